@@ -1,0 +1,61 @@
+#include "scheduler/scheduler.h"
+
+#include <algorithm>
+
+namespace lathe::scheduler {
+
+std::optional<std::string> PickJob(const IdleWorker& worker,
+                                   const std::vector<QueuedJob>& queue,
+                                   absl::Time now) {
+  (void)worker;  // every worker fits every job until devices are modelled
+  const QueuedJob* best = nullptr;
+  for (const QueuedJob& job : queue) {
+    if (job.not_before > now) continue;
+    if (best == nullptr || job.enqueue_order < best->enqueue_order) best = &job;
+  }
+  if (best == nullptr) return std::nullopt;
+  return best->job_id;
+}
+
+void LeaseTable::Grant(const std::string& job_id, int32_t attempt,
+                       const std::string& worker_id, absl::Time now) {
+  leases_[job_id] = Lease{job_id, attempt, worker_id, now + ttl_};
+}
+
+bool LeaseTable::Renew(const std::string& job_id, int32_t attempt,
+                       absl::Time now) {
+  auto it = leases_.find(job_id);
+  if (it == leases_.end() || it->second.attempt != attempt) return false;
+  it->second.deadline = now + ttl_;
+  return true;
+}
+
+void LeaseTable::Release(const std::string& job_id) { leases_.erase(job_id); }
+
+std::optional<LeaseTable::Lease> LeaseTable::Get(const std::string& job_id) const {
+  auto it = leases_.find(job_id);
+  if (it == leases_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<LeaseTable::Lease> LeaseTable::TakeExpired(absl::Time now) {
+  std::vector<Lease> out;
+  for (auto it = leases_.begin(); it != leases_.end();) {
+    if (it->second.deadline < now) {
+      out.push_back(it->second);
+      it = leases_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return out;
+}
+
+absl::Duration RetryBackoff(int attempt, absl::Duration base,
+                            absl::Duration cap) {
+  absl::Duration d = base;
+  for (int i = 1; i < attempt && d < cap; ++i) d *= 2;
+  return std::min(d, cap);
+}
+
+}  // namespace lathe::scheduler

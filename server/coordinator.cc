@@ -1,0 +1,232 @@
+#include "server/coordinator.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/ids.h"
+#include "common/job_state.h"
+#include "common/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace lathe {
+namespace {
+
+bool IsLive(v1::JobStatus s) {
+  return s == v1::JOB_STATUS_RUNNING || s == v1::JOB_STATUS_CANCELLING;
+}
+
+std::string FineTunedModelName(const v1::Job& job) {
+  // ft:<base>:<suffix>:<job id without prefix>, as the hosted APIs name them.
+  std::string id = job.id().substr(job.id().find('-') + 1);
+  return absl::StrCat("ft:", job.model(), ":",
+                      job.suffix().empty() ? "lathe" : job.suffix(), ":", id);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
+    store::Store& store, CoordinatorOptions options) {
+  std::unique_ptr<Coordinator> c(new Coordinator(store, options));
+  absl::Time now = absl::Now();
+  absl::MutexLock lock(&c->mu_);
+  for (auto status : {v1::JOB_STATUS_RUNNING, v1::JOB_STATUS_CANCELLING}) {
+    ASSIGN_OR_RETURN(auto jobs, store.JobsInStatus(status));
+    for (const v1::Job& job : jobs) {
+      c->leases_.Grant(job.id(), job.attempt(), "", now);
+    }
+  }
+  return c;
+}
+
+absl::StatusOr<v1::WorkerDirective> Coordinator::HandleReport(
+    const v1::WorkerReport& r) {
+  if (r.worker_id().empty()) {
+    return absl::InvalidArgumentError("worker_id: required");
+  }
+  v1::WorkerDirective out;
+  absl::MutexLock lock(&mu_);
+  if (r.has_attempt()) {
+    RETURN_IF_ERROR(HandleAttempt(r, out));
+  } else {
+    RETURN_IF_ERROR(MaybeAssign(r, out));
+  }
+  return out;
+}
+
+absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
+                                        v1::WorkerDirective& out) {
+  const v1::RunningAttempt& a = r.attempt();
+  auto job_or = store_.GetJob(a.job_id());
+  if (!job_or.ok() || job_or->attempt() != a.attempt()) {
+    // A message from a superseded (or unknown) attempt is refused.
+    out.set_stop(true);
+    out.set_stop_reason("attempt superseded");
+    out.set_outcome_recorded(a.has_outcome());
+    return absl::OkStatus();
+  }
+  const v1::Job& job = *job_or;
+  if (!IsLive(job.status())) {
+    // Already finished (a repeated outcome) or taken back: nothing to record.
+    out.set_stop(!a.has_outcome());
+    out.set_stop_reason(absl::StrCat("job is ", StatusName(job.status())));
+    out.set_outcome_recorded(a.has_outcome());
+    return absl::OkStatus();
+  }
+  int64_t acked = 0;
+  for (const v1::AttemptEvent& e : a.events()) {
+    auto st = store_.AppendEvent(job.id(), e.event(), a.attempt(), e.seq());
+    if (!st.ok() && !absl::IsAlreadyExists(st.status())) return st.status();
+    acked = std::max(acked, e.seq());
+  }
+  out.set_acked_event_seq(acked);
+  RETURN_IF_ERROR(store_.UpdateProgress(job.id(), a.attempt(), a.step(),
+                                        a.total_steps(),
+                                        a.trained_tokens()));
+  absl::Time now = absl::Now();
+  if (!leases_.Renew(job.id(), a.attempt(), now)) {
+    leases_.Grant(job.id(), a.attempt(), r.worker_id(), now);
+  }
+  if (a.has_outcome()) {
+    RETURN_IF_ERROR(RecordOutcome(job, a));
+    leases_.Release(job.id());
+    out.set_outcome_recorded(true);
+    return absl::OkStatus();
+  }
+  if (job.status() == v1::JOB_STATUS_CANCELLING) {
+    out.set_stop(true);
+    out.set_stop_reason("job cancelled");
+  }
+  out.set_lease_deadline_ms(
+      absl::ToUnixMillis(leases_.Get(job.id())->deadline));
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::RecordOutcome(const v1::Job& job,
+                                        const v1::RunningAttempt& a) {
+  const v1::AttemptOutcome& o = a.outcome();
+  store::TransitionUpdate u;
+  u.trained_tokens = o.trained_tokens();
+  v1::JobStatus to = v1::JOB_STATUS_FAILED;
+  switch (o.result()) {
+    case v1::AttemptOutcome::RESULT_SUCCEEDED: {
+      ASSIGN_OR_RETURN(auto files, store_.ResultFiles(job.id()));
+      for (const std::string& name : o.result_files()) {
+        bool found = false;
+        for (const auto& f : files) found = found || f.name() == name;
+        if (!found) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("result file ", name, " was not uploaded"));
+        }
+      }
+      to = v1::JOB_STATUS_SUCCEEDED;
+      u.fine_tuned_model = FineTunedModelName(job);
+      u.message = absl::StrCat("The job has successfully completed: ",
+                               *u.fine_tuned_model);
+      break;
+    }
+    case v1::AttemptOutcome::RESULT_CANCELLED:
+      to = v1::JOB_STATUS_CANCELLED;
+      u.message = "The job was cancelled";
+      break;
+    default:
+      u.error = o.error();
+      u.level = "error";
+      u.message = absl::StrCat("The job failed: ", o.error().message());
+      break;
+  }
+  return store_.Transition(job.id(), job.status(), to, a.attempt(), u).status();
+}
+
+absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
+                                      v1::WorkerDirective& out) {
+  ASSIGN_OR_RETURN(auto queue, store_.QueuedJobs());
+  std::vector<scheduler::QueuedJob> candidates;
+  for (const auto& q : queue) {
+    candidates.push_back(
+        {q.job_id, q.seq, absl::FromUnixMillis(q.not_before_ms)});
+  }
+  absl::Time now = absl::Now();
+  auto picked = scheduler::PickJob({r.worker_id()}, candidates, now);
+  if (!picked) return absl::OkStatus();
+  ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(*picked));
+  ASSIGN_OR_RETURN(std::string model_path, store_.GetModelPath(job.model()));
+  int32_t attempt = job.attempt() + 1;
+  store::TransitionUpdate u;
+  u.attempt = attempt;
+  u.worker_id = r.worker_id();
+  u.message = absl::StrCat("Job started on worker ", r.worker_id(),
+                           " (attempt ", attempt, ")");
+  ASSIGN_OR_RETURN(job, store_.Transition(job.id(), v1::JOB_STATUS_QUEUED,
+                                          v1::JOB_STATUS_RUNNING, std::nullopt,
+                                          u));
+  leases_.Grant(job.id(), attempt, r.worker_id(), now);
+  auto* as = out.mutable_assignment();
+  as->set_job_id(job.id());
+  as->set_attempt(attempt);
+  *as->mutable_job() = job;
+  as->set_model_path(model_path);
+  as->set_learning_rate(options_.base_learning_rate *
+                        job.method()
+                            .supervised()
+                            .hyperparameters()
+                            .learning_rate_multiplier());
+  out.set_lease_deadline_ms(absl::ToUnixMillis(leases_.Get(job.id())->deadline));
+  spdlog::info("assigned {} (attempt {}) to worker {}", job.id(), attempt,
+               r.worker_id());
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::CheckCurrentAttempt(const std::string& job_id,
+                                              int32_t attempt) {
+  ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
+  if (job.attempt() != attempt || !IsLive(job.status())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "attempt ", attempt, " of ", job_id, " is not current (job is ",
+        StatusName(job.status()), ", attempt ", job.attempt(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+int Coordinator::SweepExpiredLeases(absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  auto expired = leases_.TakeExpired(now);
+  for (const auto& lease : expired) {
+    auto job = store_.GetJob(lease.job_id);
+    if (!job.ok() || job->attempt() != lease.attempt) continue;
+    store::TransitionUpdate u;
+    u.level = "warn";
+    absl::StatusOr<v1::Job> moved;
+    if (job->status() == v1::JOB_STATUS_CANCELLING) {
+      u.message = "Worker lost while cancelling; the job is cancelled";
+      moved = store_.Transition(lease.job_id, job->status(),
+                                v1::JOB_STATUS_CANCELLED, lease.attempt, u);
+    } else if (lease.attempt >= options_.max_attempts) {
+      v1::JobError err;
+      err.set_code("worker_lost");
+      err.set_message(absl::StrCat("the worker stopped reporting ",
+                                   options_.max_attempts, " times"));
+      err.set_user_fault(false);
+      u.error = err;
+      u.level = "error";
+      u.message = absl::StrCat("The job failed: ", err.message());
+      moved = store_.Transition(lease.job_id, job->status(),
+                                v1::JOB_STATUS_FAILED, lease.attempt, u);
+    } else {
+      absl::Duration delay =
+          scheduler::RetryBackoff(lease.attempt, options_.retry_backoff_base,
+                                  options_.retry_backoff_cap);
+      u.not_before_ms = absl::ToUnixMillis(now + delay);
+      u.message = absl::StrCat(
+          "Worker ", lease.worker_id.empty() ? "?" : lease.worker_id,
+          " stopped reporting (lease expired); attempt ", lease.attempt,
+          " failed, retrying in ", absl::FormatDuration(delay));
+      moved = store_.Transition(lease.job_id, job->status(),
+                                v1::JOB_STATUS_QUEUED, lease.attempt, u);
+    }
+    if (!moved.ok()) {
+      spdlog::warn("lease expiry of {}: {}", lease.job_id,
+                   moved.status().ToString());
+    }
+  }
+  return static_cast<int>(expired.size());
+}
+
+}  // namespace lathe

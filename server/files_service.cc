@@ -1,0 +1,136 @@
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/ids.h"
+#include "common/status_macros.h"
+#include "server/jsonl_validator.h"
+#include "server/services.h"
+#include "spdlog/spdlog.h"
+
+namespace lathe {
+namespace {
+
+absl::Status CheckHeader(const v1::UploadFileHeader& h) {
+  const std::string& name = h.filename();
+  if (name.empty()) return absl::InvalidArgumentError("filename: required");
+  if (name.size() > 255) {
+    return absl::InvalidArgumentError("filename: longer than 255 bytes");
+  }
+  if (name.find_first_of(std::string("/\\\0", 3)) != std::string::npos ||
+      name == "." || name == "..") {
+    return absl::InvalidArgumentError(
+        "filename: must be a plain name (no '/', '\\', NUL, '.' or '..')");
+  }
+  if (h.purpose() != "fine-tune") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "purpose: \"", h.purpose(), "\" is not supported (use \"fine-tune\")"));
+  }
+  if (h.bytes() < 0) return absl::InvalidArgumentError("bytes: negative");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::File> ReceiveUpload(
+    const ServerContext& ctx,
+    grpc::ServerReader<v1::UploadFileRequest>* reader) {
+  v1::UploadFileRequest msg;
+  if (!reader->Read(&msg) || !msg.has_header()) {
+    return absl::InvalidArgumentError(
+        "header: the first message of an upload must be its header");
+  }
+  const v1::UploadFileHeader header = msg.header();
+  RETURN_IF_ERROR(CheckHeader(header));
+  if (header.bytes() > ctx.options.max_upload_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "bytes: ", header.bytes(), " exceeds max_upload_bytes (",
+        ctx.options.max_upload_bytes, ")"));
+  }
+  ASSIGN_OR_RETURN(auto writer, ctx.blobs->NewWriter());
+  JsonlValidator validator;
+  while (reader->Read(&msg)) {
+    if (!msg.has_chunk()) {
+      return absl::InvalidArgumentError("header: sent twice");
+    }
+    const std::string& chunk = msg.chunk();
+    if (writer->bytes() + static_cast<int64_t>(chunk.size()) >
+        ctx.options.max_upload_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "file exceeds max_upload_bytes (", ctx.options.max_upload_bytes,
+          " bytes)"));
+    }
+    RETURN_IF_ERROR(validator.Feed(chunk));
+    RETURN_IF_ERROR(writer->Append(chunk));
+  }
+  RETURN_IF_ERROR(validator.Finish());
+  if (header.bytes() > 0 && header.bytes() != writer->bytes()) {
+    return absl::DataLossError(absl::StrCat(
+        "bytes: the header announced ", header.bytes(), " bytes but ",
+        writer->bytes(), " arrived (interrupted upload?)"));
+  }
+  v1::File file;
+  file.set_bytes(writer->bytes());
+  ASSIGN_OR_RETURN(std::string sha, writer->Commit(header.sha256()));
+  file.set_id(NewId("file"));
+  file.set_created_at(NowUnixSeconds());
+  file.set_filename(header.filename());
+  file.set_purpose(header.purpose());
+  file.set_sha256(sha);
+  file.set_line_count(validator.examples());
+  file.set_format(validator.format());
+  RETURN_IF_ERROR(ctx.store->InsertFile(file));
+  spdlog::info("stored {} ({}, {} bytes, {} examples)", file.id(),
+               file.filename(), file.bytes(), file.line_count());
+  return file;
+}
+
+}  // namespace
+
+grpc::Status FilesService::Upload(
+    grpc::ServerContext*, grpc::ServerReader<v1::UploadFileRequest>* reader,
+    v1::File* response) {
+  auto file = ReceiveUpload(ctx_, reader);
+  if (!file.ok()) return ToGrpcStatus(file.status());
+  *response = *std::move(file);
+  return grpc::Status::OK;
+}
+
+grpc::Status FilesService::GetFile(grpc::ServerContext*,
+                                   const v1::GetFileRequest* request,
+                                   v1::File* response) {
+  auto file = ctx_.store->GetFile(request->file_id());
+  if (!file.ok()) return ToGrpcStatus(file.status());
+  *response = *std::move(file);
+  return grpc::Status::OK;
+}
+
+grpc::Status FilesService::ListFiles(grpc::ServerContext*,
+                                     const v1::ListFilesRequest* request,
+                                     v1::ListFilesResponse* response) {
+  if (request->limit() < 0 || request->limit() > 100) {
+    return ToGrpcStatus(absl::InvalidArgumentError("limit: must be 1..100"));
+  }
+  auto page = ctx_.store->ListFiles(request->limit(), request->after(),
+                                    request->purpose());
+  if (!page.ok()) return ToGrpcStatus(page.status());
+  for (auto& f : page->data) *response->add_data() = std::move(f);
+  response->set_has_more(page->has_more);
+  return grpc::Status::OK;
+}
+
+absl::Status StreamFile(const std::string& path, int64_t chunk_bytes,
+                        const std::function<bool(absl::string_view)>& write) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("blob missing: ", path));
+  std::string buf(static_cast<size_t>(chunk_bytes), '\0');
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    std::streamsize n = in.gcount();
+    if (n > 0 && !write(absl::string_view(buf.data(), static_cast<size_t>(n)))) {
+      return absl::CancelledError("the client went away");
+    }
+  }
+  if (in.bad()) return absl::InternalError(absl::StrCat("read error: ", path));
+  return absl::OkStatus();
+}
+
+}  // namespace lathe

@@ -1,0 +1,201 @@
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/ids.h"
+#include "common/job_state.h"
+#include "common/status_macros.h"
+#include "server/job_request.h"
+#include "server/services.h"
+#include "spdlog/spdlog.h"
+
+namespace lathe {
+namespace {
+
+absl::StatusOr<v1::Job> CreateJobImpl(const ServerContext& ctx,
+                                      const v1::CreateJobRequest& r) {
+  RETURN_IF_ERROR(CheckJobRequest(r));
+  if (auto path = ctx.store->GetModelPath(r.model()); !path.ok()) {
+    return absl::NotFoundError(
+        absl::StrCat("model: no base model named \"", r.model(), "\""));
+  }
+  auto training = ctx.store->GetFile(r.training_file());
+  if (!training.ok()) {
+    return absl::NotFoundError(
+        absl::StrCat("training_file: no such file ", r.training_file()));
+  }
+  if (!r.validation_file().empty() &&
+      !ctx.store->GetFile(r.validation_file()).ok()) {
+    return absl::NotFoundError(
+        absl::StrCat("validation_file: no such file ", r.validation_file()));
+  }
+  thread_local absl::BitGen gen;
+  v1::Job job = ResolveJob(r, *training, NewId("ftjob"),
+                           absl::Uniform<int64_t>(gen, 0, 1LL << 31));
+  ASSIGN_OR_RETURN(auto created, ctx.store->CreateJob(job, r.idempotency_key(),
+                                                      RequestFingerprint(r)));
+  if (!created.created) return created.job;
+  // Files are validated line by line at upload, so the check here is that
+  // they still exist; the job moves straight on to the queue.
+  store::TransitionUpdate u;
+  u.message = "Files validated; the job is queued";
+  ASSIGN_OR_RETURN(v1::Job queued,
+                   ctx.store->Transition(job.id(),
+                                         v1::JOB_STATUS_VALIDATING_FILES,
+                                         v1::JOB_STATUS_QUEUED, std::nullopt, u));
+  spdlog::info("created {} on {} ({} examples)", job.id(), job.model(),
+               training->line_count());
+  return queued;
+}
+
+absl::StatusOr<v1::Job> CancelJobImpl(const ServerContext& ctx,
+                                      const std::string& id) {
+  // Retry the compare-and-set if the job moved between read and write.
+  for (int i = 0; i < 5; ++i) {
+    ASSIGN_OR_RETURN(v1::Job job, ctx.store->GetJob(id));
+    store::TransitionUpdate u;
+    absl::StatusOr<v1::Job> moved;
+    switch (job.status()) {
+      case v1::JOB_STATUS_VALIDATING_FILES:
+      case v1::JOB_STATUS_QUEUED:
+      case v1::JOB_STATUS_PAUSED:
+        u.message = "The job was cancelled";
+        moved = ctx.store->Transition(id, job.status(),
+                                      v1::JOB_STATUS_CANCELLED, std::nullopt, u);
+        break;
+      case v1::JOB_STATUS_RUNNING:
+        u.message = "Cancellation requested; stopping the worker";
+        moved = ctx.store->Transition(id, job.status(),
+                                      v1::JOB_STATUS_CANCELLING, std::nullopt, u);
+        break;
+      case v1::JOB_STATUS_CANCELLING:
+        return job;
+      default:
+        return absl::FailedPreconditionError(absl::StrCat(
+            "job ", id, " is already ", StatusName(job.status())));
+    }
+    if (moved.ok() || !absl::IsFailedPrecondition(moved.status())) return moved;
+  }
+  return absl::UnavailableError("the job kept changing state; retry");
+}
+
+}  // namespace
+
+grpc::Status FineTuningService::CreateJob(grpc::ServerContext*,
+                                          const v1::CreateJobRequest* request,
+                                          v1::Job* response) {
+  auto job = CreateJobImpl(ctx_, *request);
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  *response = *std::move(job);
+  return grpc::Status::OK;
+}
+
+grpc::Status FineTuningService::GetJob(grpc::ServerContext*,
+                                       const v1::GetJobRequest* request,
+                                       v1::Job* response) {
+  auto job = ctx_.store->GetJob(request->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  *response = *std::move(job);
+  return grpc::Status::OK;
+}
+
+grpc::Status FineTuningService::ListJobs(grpc::ServerContext*,
+                                         const v1::ListJobsRequest* request,
+                                         v1::ListJobsResponse* response) {
+  if (request->limit() < 0 || request->limit() > 100) {
+    return ToGrpcStatus(absl::InvalidArgumentError("limit: must be 1..100"));
+  }
+  if (!v1::JobStatus_IsValid(request->status())) {
+    return ToGrpcStatus(absl::InvalidArgumentError("status: unknown value"));
+  }
+  auto page =
+      ctx_.store->ListJobs(request->limit(), request->after(), request->status());
+  if (!page.ok()) return ToGrpcStatus(page.status());
+  for (auto& j : page->data) *response->add_data() = std::move(j);
+  response->set_has_more(page->has_more);
+  return grpc::Status::OK;
+}
+
+grpc::Status FineTuningService::CancelJob(grpc::ServerContext*,
+                                          const v1::CancelJobRequest* request,
+                                          v1::Job* response) {
+  auto job = CancelJobImpl(ctx_, request->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  *response = *std::move(job);
+  return grpc::Status::OK;
+}
+
+grpc::Status FineTuningService::ListJobEvents(
+    grpc::ServerContext*, const v1::ListJobEventsRequest* request,
+    v1::ListJobEventsResponse* response) {
+  if (request->limit() < 0 || request->limit() > 1000) {
+    return ToGrpcStatus(absl::InvalidArgumentError("limit: must be 1..1000"));
+  }
+  auto page = ctx_.store->ListEvents(request->job_id(), request->after(),
+                                     request->limit());
+  if (!page.ok()) return ToGrpcStatus(page.status());
+  for (auto& e : page->data) *response->add_data() = std::move(e);
+  response->set_has_more(page->has_more);
+  return grpc::Status::OK;
+}
+
+grpc::Status FineTuningService::WatchJob(
+    grpc::ServerContext* context, const v1::WatchJobRequest* request,
+    grpc::ServerWriter<v1::WatchJobResponse>* writer) {
+  std::string cursor = request->after();
+  int64_t seen_global = 0;
+  while (!context->IsCancelled()) {
+    if (ctx_.shutting_down->load()) {
+      return ToGrpcStatus(absl::UnavailableError(
+          "lathed is shutting down; re-attach with the last event id"));
+    }
+    // Read the status before the events: a terminal status's event is
+    // written in the same transaction, so it is in the page that follows.
+    auto job = ctx_.store->GetJob(request->job_id());
+    if (!job.ok()) return ToGrpcStatus(job.status());
+    bool terminal = IsTerminal(job->status());
+    auto page = ctx_.store->ListEvents(request->job_id(), cursor, 1000);
+    if (!page.ok()) return ToGrpcStatus(page.status());
+    for (auto& e : page->data) {
+      v1::WatchJobResponse resp;
+      if (e.status() != v1::JOB_STATUS_UNSPECIFIED) {
+        auto now = ctx_.store->GetJob(request->job_id());
+        if (now.ok()) *resp.mutable_job() = *std::move(now);
+      }
+      cursor = e.id();
+      *resp.mutable_event() = std::move(e);
+      if (!writer->Write(resp)) return grpc::Status::OK;
+    }
+    if (terminal && page->data.empty()) return grpc::Status::OK;
+    if (page->has_more || !page->data.empty()) continue;
+    seen_global = ctx_.store->WaitForEventsAfter(
+        seen_global, absl::Now() + absl::Milliseconds(500));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status FineTuningService::DownloadAdapter(
+    grpc::ServerContext*, const v1::DownloadAdapterRequest* request,
+    grpc::ServerWriter<v1::DownloadChunk>* writer) {
+  auto job = ctx_.store->GetJob(request->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  if (job->result_files().empty()) {
+    return ToGrpcStatus(absl::FailedPreconditionError(absl::StrCat(
+        "job ", job->id(), " has no adapter yet (status ",
+        StatusName(job->status()), ")")));
+  }
+  for (const v1::ResultFile& f : job->result_files()) {
+    v1::DownloadChunk head;
+    *head.mutable_file() = f;
+    if (!writer->Write(head)) return grpc::Status::OK;
+    auto st = StreamFile(ctx_.blobs->PathFor(f.sha256()),
+                         ctx_.options.chunk_bytes, [&](absl::string_view data) {
+                           v1::DownloadChunk c;
+                           c.set_data(std::string(data));
+                           return writer->Write(c);
+                         });
+    if (!st.ok()) return ToGrpcStatus(st);
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace lathe

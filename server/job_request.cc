@@ -1,0 +1,143 @@
+#include "server/job_request.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/ids.h"
+#include "common/sha256.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+
+namespace lathe {
+namespace {
+
+constexpr const char* kTargetModules[] = {"q_proj", "k_proj", "v_proj",
+                                          "o_proj", "gate_proj", "up_proj",
+                                          "down_proj"};
+
+absl::Status Bad(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+}  // namespace
+
+absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
+  if (r.model().empty()) return Bad("model", "required");
+  if (r.training_file().empty()) return Bad("training_file", "required");
+  const std::string& type = r.method().type();
+  if (!type.empty() && type != "supervised") {
+    return Bad("method.type", absl::StrCat("\"", type,
+                                           "\" is not supported (use "
+                                           "\"supervised\")"));
+  }
+  const auto& hp = r.method().supervised().hyperparameters();
+  if (hp.has_n_epochs() && (hp.n_epochs() < 1 || hp.n_epochs() > 50)) {
+    return Bad("method.supervised.hyperparameters.n_epochs",
+               absl::StrCat(hp.n_epochs(), " is out of range 1..50"));
+  }
+  if (hp.has_batch_size() && (hp.batch_size() < 1 || hp.batch_size() > 256)) {
+    return Bad("method.supervised.hyperparameters.batch_size",
+               absl::StrCat(hp.batch_size(), " is out of range 1..256"));
+  }
+  if (hp.has_learning_rate_multiplier()) {
+    double m = hp.learning_rate_multiplier();
+    if (!std::isfinite(m) || m <= 0 || m > 100) {
+      return Bad("method.supervised.hyperparameters.learning_rate_multiplier",
+                 absl::StrCat(m, " must be finite and in (0, 100]"));
+    }
+  }
+  const auto& lora = r.lora();
+  if (lora.has_rank() && (lora.rank() < 1 || lora.rank() > 1024)) {
+    return Bad("lora.rank", absl::StrCat(lora.rank(), " is out of range 1..1024"));
+  }
+  if (lora.has_alpha() && (!std::isfinite(lora.alpha()) || lora.alpha() <= 0)) {
+    return Bad("lora.alpha", "must be finite and > 0");
+  }
+  if (lora.has_dropout() && (!std::isfinite(lora.dropout()) ||
+                             lora.dropout() < 0 || lora.dropout() >= 1)) {
+    return Bad("lora.dropout", "must be in [0, 1)");
+  }
+  for (int i = 0; i < lora.target_modules_size(); ++i) {
+    const std::string& m = lora.target_modules(i);
+    if (std::find(std::begin(kTargetModules), std::end(kTargetModules), m) ==
+        std::end(kTargetModules)) {
+      return Bad(absl::StrCat("lora.target_modules[", i, "]"),
+                 absl::StrCat("unknown module \"", m, "\" (known: ",
+                              absl::StrJoin(kTargetModules, ", "), ")"));
+    }
+  }
+  if (r.suffix().size() > 64) return Bad("suffix", "longer than 64 characters");
+  for (char c : r.suffix()) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
+      return Bad("suffix", "only letters, digits, '-' and '_' are allowed");
+    }
+  }
+  if (r.metadata_size() > 16) return Bad("metadata", "more than 16 pairs");
+  for (const auto& [k, v] : r.metadata()) {
+    if (k.empty() || k.size() > 64) {
+      return Bad("metadata", absl::StrCat("key \"", k, "\" must be 1..64 bytes"));
+    }
+    if (v.size() > 512) {
+      return Bad(absl::StrCat("metadata[", k, "]"), "longer than 512 bytes");
+    }
+  }
+  if (r.idempotency_key().size() > 256) {
+    return Bad("idempotency_key", "longer than 256 bytes");
+  }
+  return absl::OkStatus();
+}
+
+v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
+                   const std::string& job_id, int64_t seed_if_unset) {
+  v1::Job job;
+  job.set_id(job_id);
+  job.set_created_at(NowUnixSeconds());
+  job.set_status(v1::JOB_STATUS_VALIDATING_FILES);
+  job.set_model(r.model());
+  job.set_training_file(r.training_file());
+  job.set_validation_file(r.validation_file());
+  job.set_suffix(r.suffix());
+  job.set_seed(r.has_seed() ? r.seed() : seed_if_unset);
+  *job.mutable_metadata() = r.metadata();
+
+  auto* method = job.mutable_method();
+  method->set_type("supervised");
+  auto* hp = method->mutable_supervised()->mutable_hyperparameters();
+  *hp = r.method().supervised().hyperparameters();
+  if (!hp->has_n_epochs()) hp->set_n_epochs(3);
+  if (!hp->has_batch_size()) {
+    // About 5% of the examples per step, within 1..8.
+    hp->set_batch_size(static_cast<int32_t>(
+        std::clamp<int64_t>(training.line_count() / 20, 1, 8)));
+  }
+  if (!hp->has_learning_rate_multiplier()) hp->set_learning_rate_multiplier(1);
+
+  auto* lora = job.mutable_lora();
+  *lora = r.lora();
+  if (!lora->has_rank()) lora->set_rank(8);
+  if (!lora->has_alpha()) lora->set_alpha(2.0 * lora->rank());
+  if (!lora->has_dropout()) lora->set_dropout(0);
+  if (lora->target_modules().empty()) {
+    for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+      lora->add_target_modules(m);
+    }
+  }
+  return job;
+}
+
+std::string RequestFingerprint(const v1::CreateJobRequest& request) {
+  v1::CreateJobRequest copy = request;
+  copy.clear_idempotency_key();
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream out(&bytes);
+    google::protobuf::io::CodedOutputStream coded(&out);
+    coded.SetSerializationDeterministic(true);
+    copy.SerializeToCodedStream(&coded);
+  }
+  return Sha256Hex(bytes);
+}
+
+}  // namespace lathe

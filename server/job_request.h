@@ -1,0 +1,29 @@
+// Checks a CreateJobRequest field by field and resolves every "auto" into the
+// job that is stored, sent to the worker and shown to the user.
+#ifndef LATHE_SERVER_JOB_REQUEST_H_
+#define LATHE_SERVER_JOB_REQUEST_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "lathe/v1/files.pb.h"
+#include "lathe/v1/fine_tuning.pb.h"
+
+namespace lathe {
+
+// Fields that need no lookup: method, hyperparameters, LoRA, suffix,
+// metadata. INVALID_ARGUMENT naming the field.
+absl::Status CheckJobRequest(const v1::CreateJobRequest& request);
+
+// The new job (status validating_files) with every auto resolved, given the
+// training file's metadata. REQUIRES: CheckJobRequest(request).ok().
+v1::Job ResolveJob(const v1::CreateJobRequest& request,
+                   const v1::File& training_file, const std::string& job_id,
+                   int64_t seed_if_unset);
+
+// SHA-256 of the request without its idempotency key: "same body".
+std::string RequestFingerprint(const v1::CreateJobRequest& request);
+
+}  // namespace lathe
+
+#endif  // LATHE_SERVER_JOB_REQUEST_H_

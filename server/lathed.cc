@@ -1,0 +1,84 @@
+#include "server/lathed.h"
+
+#include <filesystem>
+
+#include <grpcpp/server_builder.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace lathe {
+
+namespace fs = std::filesystem;
+
+absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
+  std::unique_ptr<Lathed> d(new Lathed());
+  std::error_code ec;
+  fs::create_directories(options.data_dir, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data_dir: cannot create ", options.data_dir, ": ", ec.message()));
+  }
+  std::string db_path = (fs::path(options.data_dir) / "lathe.db").string();
+  ASSIGN_OR_RETURN(d->store_, store::Store::Open(db_path));
+  ASSIGN_OR_RETURN(d->blobs_, store::BlobStore::Open(options.data_dir));
+  for (const auto& [name, path] : options.base_models) {
+    fs::path abs = fs::absolute(path, ec);
+    if (ec || !fs::exists(abs / "config.json")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "base_model ", name, ": ", path, " has no config.json"));
+    }
+    RETURN_IF_ERROR(d->store_->PutModel(name, abs.lexically_normal().string()));
+    spdlog::info("base model {} -> {}", name, abs.string());
+  }
+  ASSIGN_OR_RETURN(d->coordinator_,
+                   Coordinator::Create(*d->store_, options.coordinator));
+  ServerContext ctx{d->store_.get(), d->blobs_.get(), d->coordinator_.get(),
+                    options.service, &d->shutting_down_};
+  d->files_ = std::make_unique<FilesService>(ctx);
+  d->fine_tuning_ = std::make_unique<FineTuningService>(ctx);
+  d->worker_ = std::make_unique<WorkerService>(ctx);
+
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
+                           &d->port_);
+  builder.RegisterService(d->files_.get());
+  builder.RegisterService(d->fine_tuning_.get());
+  builder.RegisterService(d->worker_.get());
+  builder.SetMaxReceiveMessageSize(16 << 20);
+  // Detect dead peers on idle streams.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             5000);
+  d->server_ = builder.BuildAndStart();
+  if (!d->server_ || d->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("listen: cannot bind ", options.listen));
+  }
+  Lathed* self = d.get();
+  absl::Duration interval = options.sweep_interval;
+  d->sweeper_ = std::thread([self, interval] {
+    while (!self->shutting_down_.load()) {
+      self->coordinator_->SweepExpiredLeases(absl::Now());
+      absl::SleepFor(interval);
+    }
+  });
+  spdlog::info("lathed serving on port {} (data in {})", d->port_,
+               options.data_dir);
+  return d;
+}
+
+void Lathed::Wait() { server_->Wait(); }
+
+void Lathed::Shutdown(absl::Duration deadline) {
+  if (shutting_down_.exchange(true)) return;
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
+  if (sweeper_.joinable()) sweeper_.join();
+}
+
+Lathed::~Lathed() { Shutdown(absl::Seconds(5)); }
+
+}  // namespace lathe

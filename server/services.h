@@ -1,0 +1,106 @@
+// The gRPC services of lathed. Handlers are thin: check the request's shape,
+// call the store / blob store / coordinator, convert the status in one place
+// (ToGrpcStatus). All use the synchronous API; streams hold a thread each.
+#ifndef LATHE_SERVER_SERVICES_H_
+#define LATHE_SERVER_SERVICES_H_
+
+#include <atomic>
+#include <string>
+
+#include "lathe/v1/files.grpc.pb.h"
+#include "lathe/v1/fine_tuning.grpc.pb.h"
+#include "lathe/v1/worker.grpc.pb.h"
+#include "server/coordinator.h"
+#include "server/store/blob_store.h"
+#include "server/store/store.h"
+
+namespace lathe {
+
+// Settings the services share; constant after start.
+struct ServiceOptions {
+  int64_t max_upload_bytes = 1LL << 30;      // 1 GiB
+  int64_t chunk_bytes = 256 << 10;           // download chunk size
+};
+
+// The objects every service borrows; all must outlive the services.
+struct ServerContext {
+  store::Store* store;
+  store::BlobStore* blobs;
+  Coordinator* coordinator;
+  ServiceOptions options;
+  // Set when lathed is shutting down: long-lived streams end.
+  std::atomic<bool>* shutting_down;
+};
+
+class FilesService final : public v1::Files::Service {
+ public:
+  explicit FilesService(ServerContext ctx) : ctx_(ctx) {}
+  grpc::Status Upload(grpc::ServerContext* context,
+                      grpc::ServerReader<v1::UploadFileRequest>* reader,
+                      v1::File* response) override;
+  grpc::Status GetFile(grpc::ServerContext* context,
+                       const v1::GetFileRequest* request,
+                       v1::File* response) override;
+  grpc::Status ListFiles(grpc::ServerContext* context,
+                         const v1::ListFilesRequest* request,
+                         v1::ListFilesResponse* response) override;
+
+ private:
+  ServerContext ctx_;
+};
+
+class FineTuningService final : public v1::FineTuning::Service {
+ public:
+  explicit FineTuningService(ServerContext ctx) : ctx_(ctx) {}
+  grpc::Status CreateJob(grpc::ServerContext* context,
+                         const v1::CreateJobRequest* request,
+                         v1::Job* response) override;
+  grpc::Status GetJob(grpc::ServerContext* context,
+                      const v1::GetJobRequest* request,
+                      v1::Job* response) override;
+  grpc::Status ListJobs(grpc::ServerContext* context,
+                        const v1::ListJobsRequest* request,
+                        v1::ListJobsResponse* response) override;
+  grpc::Status CancelJob(grpc::ServerContext* context,
+                         const v1::CancelJobRequest* request,
+                         v1::Job* response) override;
+  grpc::Status ListJobEvents(grpc::ServerContext* context,
+                             const v1::ListJobEventsRequest* request,
+                             v1::ListJobEventsResponse* response) override;
+  grpc::Status WatchJob(grpc::ServerContext* context,
+                        const v1::WatchJobRequest* request,
+                        grpc::ServerWriter<v1::WatchJobResponse>* writer) override;
+  grpc::Status DownloadAdapter(
+      grpc::ServerContext* context, const v1::DownloadAdapterRequest* request,
+      grpc::ServerWriter<v1::DownloadChunk>* writer) override;
+
+ private:
+  ServerContext ctx_;
+};
+
+class WorkerService final : public v1::Worker::Service {
+ public:
+  explicit WorkerService(ServerContext ctx) : ctx_(ctx) {}
+  grpc::Status Connect(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::WorkerDirective, v1::WorkerReport>* stream)
+      override;
+  grpc::Status FetchFile(grpc::ServerContext* context,
+                         const v1::FetchFileRequest* request,
+                         grpc::ServerWriter<v1::FileChunk>* writer) override;
+  grpc::Status UploadResult(grpc::ServerContext* context,
+                            grpc::ServerReader<v1::UploadResultRequest>* reader,
+                            v1::ResultFile* response) override;
+
+ private:
+  ServerContext ctx_;
+};
+
+// Streams the file at `path` through `write(chunk)` in chunks of
+// `chunk_bytes`. Errors: NOT_FOUND, INTERNAL, CANCELLED (write refused).
+absl::Status StreamFile(const std::string& path, int64_t chunk_bytes,
+                        const std::function<bool(absl::string_view)>& write);
+
+}  // namespace lathe
+
+#endif  // LATHE_SERVER_SERVICES_H_

@@ -1,0 +1,574 @@
+#include "server/store/store.h"
+
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/ids.h"
+#include "common/job_state.h"
+#include "common/status_macros.h"
+
+namespace lathe::store {
+namespace {
+
+// Numbered migrations; migration i moves user_version from i to i + 1.
+constexpr const char* kMigrations[] = {
+    R"sql(
+CREATE TABLE files (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  created_at INTEGER NOT NULL,
+  filename TEXT NOT NULL,
+  purpose TEXT NOT NULL,
+  bytes INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  line_count INTEGER NOT NULL,
+  format TEXT NOT NULL
+);
+CREATE TABLE models (
+  name TEXT PRIMARY KEY,
+  path TEXT NOT NULL,
+  created_at INTEGER NOT NULL
+);
+CREATE TABLE jobs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  status INTEGER NOT NULL,
+  spec BLOB NOT NULL,
+  idempotency_key TEXT UNIQUE,
+  fingerprint TEXT,
+  attempt INTEGER NOT NULL DEFAULT 0,
+  worker_id TEXT,
+  error BLOB,
+  fine_tuned_model TEXT,
+  trained_tokens INTEGER NOT NULL DEFAULT 0,
+  steps_done INTEGER NOT NULL DEFAULT 0,
+  steps_total INTEGER NOT NULL DEFAULT 0,
+  started_at INTEGER NOT NULL DEFAULT 0,
+  attempt_started_ms INTEGER NOT NULL DEFAULT 0,
+  finished_at INTEGER NOT NULL DEFAULT 0,
+  not_before_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX jobs_by_status ON jobs(status, seq);
+CREATE TABLE events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  job_id TEXT NOT NULL REFERENCES jobs(id),
+  attempt INTEGER NOT NULL,
+  attempt_seq INTEGER NOT NULL,
+  data BLOB NOT NULL
+);
+CREATE INDEX events_by_job ON events(job_id, seq);
+CREATE UNIQUE INDEX events_by_attempt ON events(job_id, attempt, attempt_seq)
+  WHERE attempt > 0;
+CREATE TABLE result_files (
+  job_id TEXT NOT NULL REFERENCES jobs(id),
+  name TEXT NOT NULL,
+  bytes INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  PRIMARY KEY (job_id, name)
+);
+)sql",
+};
+
+constexpr char kFileColumns[] =
+    "id, created_at, filename, purpose, bytes, sha256, line_count, format";
+
+v1::File ReadFile(const Statement& s) {
+  v1::File f;
+  f.set_id(s.ColumnText(0));
+  f.set_created_at(s.ColumnInt(1));
+  f.set_filename(s.ColumnText(2));
+  f.set_purpose(s.ColumnText(3));
+  f.set_bytes(s.ColumnInt(4));
+  f.set_sha256(s.ColumnText(5));
+  f.set_line_count(s.ColumnInt(6));
+  f.set_format(s.ColumnText(7));
+  return f;
+}
+
+int ClampLimit(int limit, int def, int max) {
+  if (limit <= 0) return def;
+  return std::min(limit, max);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+  ASSIGN_OR_RETURN(auto db, Database::Open(path));
+  std::unique_ptr<Store> store(new Store(std::move(db)));
+  absl::MutexLock lock(&store->mu_);
+  RETURN_IF_ERROR(store->Migrate());
+  ASSIGN_OR_RETURN(auto stmt,
+                   store->db_->Prepare("SELECT COALESCE(MAX(seq), 0) FROM events"));
+  RETURN_IF_ERROR(stmt.Step().status());
+  store->last_event_seq_ = stmt.ColumnInt(0);
+  return store;
+}
+
+absl::Status Store::Migrate() {
+  ASSIGN_OR_RETURN(int version, db_->UserVersion());
+  constexpr int kLatest = sizeof(kMigrations) / sizeof(kMigrations[0]);
+  if (version > kLatest) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "database schema version ", version, " is newer than this lathed (",
+        kLatest, "); upgrade lathed"));
+  }
+  for (int v = version; v < kLatest; ++v) {
+    ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+    RETURN_IF_ERROR(db_->Execute(kMigrations[v]));
+    RETURN_IF_ERROR(db_->Execute(absl::StrCat("PRAGMA user_version = ", v + 1)));
+    RETURN_IF_ERROR(tx->Commit());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Store::InsertFile(const v1::File& f) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare(absl::StrCat("INSERT INTO files (", kFileColumns,
+                                             ") VALUES (?,?,?,?,?,?,?,?)")));
+  stmt.Bind(1, f.id()).Bind(2, f.created_at()).Bind(3, f.filename());
+  stmt.Bind(4, f.purpose()).Bind(5, f.bytes()).Bind(6, f.sha256());
+  stmt.Bind(7, f.line_count()).Bind(8, f.format());
+  return stmt.Run();
+}
+
+absl::StatusOr<v1::File> Store::GetFile(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(absl::StrCat(
+                                  "SELECT ", kFileColumns,
+                                  " FROM files WHERE id = ?")));
+  stmt.Bind(1, id);
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("no such file: ", id));
+  return ReadFile(stmt);
+}
+
+absl::StatusOr<Page<v1::File>> Store::ListFiles(int limit,
+                                                const std::string& after,
+                                                const std::string& purpose) {
+  absl::MutexLock lock(&mu_);
+  limit = ClampLimit(limit, 20, 100);
+  int64_t before_seq = INT64_MAX;
+  if (!after.empty()) {
+    ASSIGN_OR_RETURN(auto c, db_->Prepare("SELECT seq FROM files WHERE id = ?"));
+    c.Bind(1, after);
+    ASSIGN_OR_RETURN(bool row, c.Step());
+    if (!row) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("after: unknown cursor ", after));
+    }
+    before_seq = c.ColumnInt(0);
+  }
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare(absl::StrCat(
+                       "SELECT ", kFileColumns,
+                       " FROM files WHERE seq < ? AND (? = '' OR purpose = ?)"
+                       " ORDER BY seq DESC LIMIT ?")));
+  stmt.Bind(1, before_seq).Bind(2, purpose).Bind(3, purpose);
+  stmt.Bind(4, static_cast<int64_t>(limit + 1));
+  Page<v1::File> page;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    if (static_cast<int>(page.data.size()) == limit) {
+      page.has_more = true;
+      break;
+    }
+    page.data.push_back(ReadFile(stmt));
+  }
+  return page;
+}
+
+absl::Status Store::PutModel(const std::string& name, const std::string& path) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare("INSERT INTO models (name, path, created_at) "
+                                "VALUES (?,?,?) ON CONFLICT(name) DO UPDATE "
+                                "SET path = excluded.path"));
+  stmt.Bind(1, name).Bind(2, path).Bind(3, NowUnixSeconds());
+  return stmt.Run();
+}
+
+absl::StatusOr<std::string> Store::GetModelPath(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare("SELECT path FROM models WHERE name = ?"));
+  stmt.Bind(1, name);
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("no such model: ", name));
+  return stmt.ColumnText(0);
+}
+
+absl::StatusOr<Store::Created> Store::CreateJob(
+    const v1::Job& job, const std::string& idempotency_key,
+    const std::string& request_fingerprint) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  if (!idempotency_key.empty()) {
+    ASSIGN_OR_RETURN(auto q, db_->Prepare("SELECT id, fingerprint FROM jobs "
+                                          "WHERE idempotency_key = ?"));
+    q.Bind(1, idempotency_key);
+    ASSIGN_OR_RETURN(bool row, q.Step());
+    if (row) {
+      if (q.ColumnText(1) != request_fingerprint) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "idempotency_key: already used by job ", q.ColumnText(0),
+            " with a different request"));
+      }
+      ASSIGN_OR_RETURN(v1::Job existing, LoadJob(q.ColumnText(0)));
+      return Created{std::move(existing), false};
+    }
+  }
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare("INSERT INTO jobs (id, status, spec, "
+                                "idempotency_key, fingerprint) "
+                                "VALUES (?,?,?,?,?)"));
+  stmt.Bind(1, job.id()).Bind(2, static_cast<int64_t>(job.status()));
+  stmt.BindBlob(3, job.SerializeAsString());
+  if (idempotency_key.empty()) {
+    stmt.BindNull(4);
+  } else {
+    stmt.Bind(4, idempotency_key);
+  }
+  stmt.Bind(5, request_fingerprint);
+  RETURN_IF_ERROR(stmt.Run());
+  v1::JobEvent ev;
+  ev.set_level("info");
+  ev.set_type("message");
+  ev.set_message(absl::StrCat("Created fine-tuning job: ", job.id()));
+  ev.set_status(job.status());
+  RETURN_IF_ERROR(InsertEvent(job.id(), ev, 0, 0).status());
+  ASSIGN_OR_RETURN(v1::Job stored, LoadJob(job.id()));
+  RETURN_IF_ERROR(tx->Commit());
+  return Created{std::move(stored), true};
+}
+
+absl::StatusOr<v1::Job> Store::LoadJob(const std::string& id) {
+  ASSIGN_OR_RETURN(auto s, db_->Prepare(
+                               "SELECT spec, status, attempt, error, "
+                               "fine_tuned_model, trained_tokens, steps_done, "
+                               "steps_total, started_at, finished_at, seq, "
+                               "attempt_started_ms FROM jobs WHERE id = ?"));
+  s.Bind(1, id);
+  ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("no such job: ", id));
+  v1::Job job;
+  if (!job.ParseFromString(s.ColumnBlob(0))) {
+    return absl::DataLossError(absl::StrCat("job ", id, ": corrupt spec"));
+  }
+  job.set_status(static_cast<v1::JobStatus>(s.ColumnInt(1)));
+  job.set_attempt(static_cast<int32_t>(s.ColumnInt(2)));
+  if (!s.ColumnIsNull(3)) job.mutable_error()->ParseFromString(s.ColumnBlob(3));
+  job.set_fine_tuned_model(s.ColumnText(4));
+  job.set_trained_tokens(s.ColumnInt(5));
+  int64_t done = s.ColumnInt(6), total = s.ColumnInt(7);
+  job.mutable_progress()->set_steps_done(done);
+  job.mutable_progress()->set_steps_total(total);
+  job.set_started_at(s.ColumnInt(8));
+  job.set_finished_at(s.ColumnInt(9));
+  int64_t seq = s.ColumnInt(10);
+  int64_t attempt_started_ms = s.ColumnInt(11);
+  if (job.status() == v1::JOB_STATUS_RUNNING && done > 0 && total > done &&
+      attempt_started_ms > 0) {
+    // Extrapolate from this attempt's pace (steps resumed from a checkpoint
+    // are not in its elapsed time, so the estimate errs long).
+    double elapsed_ms = static_cast<double>(NowUnixMillis() - attempt_started_ms);
+    int64_t remaining =
+        static_cast<int64_t>(elapsed_ms / done * (total - done) / 1000.0);
+    job.mutable_progress()->set_seconds_remaining(remaining);
+    job.set_estimated_finish(NowUnixSeconds() + remaining);
+  }
+  if (job.status() == v1::JOB_STATUS_QUEUED) {
+    ASSIGN_OR_RETURN(auto q, db_->Prepare("SELECT COUNT(*) FROM jobs WHERE "
+                                          "status = ? AND seq <= ?"));
+    q.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_QUEUED)).Bind(2, seq);
+    RETURN_IF_ERROR(q.Step().status());
+    job.set_queue_position(q.ColumnInt(0));
+  }
+  ASSIGN_OR_RETURN(auto rf, db_->Prepare("SELECT name, bytes, sha256 FROM "
+                                         "result_files WHERE job_id = ? "
+                                         "ORDER BY name"));
+  rf.Bind(1, id);
+  while (true) {
+    ASSIGN_OR_RETURN(bool more, rf.Step());
+    if (!more) break;
+    auto* f = job.add_result_files();
+    f->set_name(rf.ColumnText(0));
+    f->set_bytes(rf.ColumnInt(1));
+    f->set_sha256(rf.ColumnText(2));
+  }
+  return job;
+}
+
+absl::StatusOr<v1::Job> Store::GetJob(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return LoadJob(id);
+}
+
+absl::StatusOr<Page<v1::Job>> Store::ListJobs(int limit,
+                                              const std::string& after,
+                                              v1::JobStatus status) {
+  absl::MutexLock lock(&mu_);
+  limit = ClampLimit(limit, 20, 100);
+  int64_t before_seq = INT64_MAX;
+  if (!after.empty()) {
+    ASSIGN_OR_RETURN(auto c, db_->Prepare("SELECT seq FROM jobs WHERE id = ?"));
+    c.Bind(1, after);
+    ASSIGN_OR_RETURN(bool row, c.Step());
+    if (!row) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("after: unknown cursor ", after));
+    }
+    before_seq = c.ColumnInt(0);
+  }
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "SELECT id FROM jobs WHERE seq < ? AND "
+                                  "(? = 0 OR status = ?) ORDER BY seq DESC "
+                                  "LIMIT ?"));
+  stmt.Bind(1, before_seq).Bind(2, static_cast<int64_t>(status));
+  stmt.Bind(3, static_cast<int64_t>(status));
+  stmt.Bind(4, static_cast<int64_t>(limit + 1));
+  std::vector<std::string> ids;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    ids.push_back(stmt.ColumnText(0));
+  }
+  Page<v1::Job> page;
+  page.has_more = static_cast<int>(ids.size()) > limit;
+  if (page.has_more) ids.pop_back();
+  for (const auto& id : ids) {
+    ASSIGN_OR_RETURN(v1::Job job, LoadJob(id));
+    page.data.push_back(std::move(job));
+  }
+  return page;
+}
+
+absl::StatusOr<std::vector<v1::Job>> Store::JobsInStatus(v1::JobStatus status) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare("SELECT id FROM jobs WHERE "
+                                           "status = ? ORDER BY seq"));
+  stmt.Bind(1, static_cast<int64_t>(status));
+  std::vector<std::string> ids;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    ids.push_back(stmt.ColumnText(0));
+  }
+  std::vector<v1::Job> jobs;
+  for (const auto& id : ids) {
+    ASSIGN_OR_RETURN(v1::Job job, LoadJob(id));
+    jobs.push_back(std::move(job));
+  }
+  return jobs;
+}
+
+absl::StatusOr<std::vector<Store::QueueEntry>> Store::QueuedJobs() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare("SELECT id, seq, not_before_ms "
+                                           "FROM jobs WHERE status = ? "
+                                           "ORDER BY seq"));
+  stmt.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_QUEUED));
+  std::vector<QueueEntry> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    out.push_back({stmt.ColumnText(0), stmt.ColumnInt(1), stmt.ColumnInt(2)});
+  }
+  return out;
+}
+
+absl::StatusOr<v1::Job> Store::Transition(const std::string& id,
+                                          v1::JobStatus from, v1::JobStatus to,
+                                          std::optional<int32_t> expect_attempt,
+                                          const TransitionUpdate& update) {
+  if (!IsAllowedTransition(from, to)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " cannot go from ", StatusName(from), " to ",
+                     StatusName(to)));
+  }
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  ASSIGN_OR_RETURN(
+      auto stmt,
+      db_->Prepare(
+          "UPDATE jobs SET status = ?1,"
+          " attempt = COALESCE(?2, attempt),"
+          " worker_id = COALESCE(?3, worker_id),"
+          " error = COALESCE(?4, error),"
+          " fine_tuned_model = COALESCE(?5, fine_tuned_model),"
+          " trained_tokens = COALESCE(?6, trained_tokens),"
+          " started_at = CASE WHEN ?1 = ?9 AND started_at = 0 THEN ?7"
+          "   ELSE started_at END,"
+          " attempt_started_ms = CASE WHEN ?1 = ?9 THEN ?10"
+          "   ELSE attempt_started_ms END,"
+          " finished_at = CASE WHEN ?8 THEN ?7 ELSE finished_at END,"
+          " not_before_ms = COALESCE(?14, not_before_ms)"
+          " WHERE id = ?11 AND status = ?12 AND (?13 IS NULL OR attempt = ?13)"));
+  stmt.Bind(1, static_cast<int64_t>(to));
+  if (update.attempt) stmt.Bind(2, static_cast<int64_t>(*update.attempt));
+  else stmt.BindNull(2);
+  if (update.worker_id) stmt.Bind(3, *update.worker_id);
+  else stmt.BindNull(3);
+  if (update.error) stmt.BindBlob(4, update.error->SerializeAsString());
+  else stmt.BindNull(4);
+  if (update.fine_tuned_model) stmt.Bind(5, *update.fine_tuned_model);
+  else stmt.BindNull(5);
+  if (update.trained_tokens) stmt.Bind(6, *update.trained_tokens);
+  else stmt.BindNull(6);
+  stmt.Bind(7, NowUnixSeconds());
+  stmt.Bind(8, static_cast<int64_t>(IsTerminal(to)));
+  stmt.Bind(9, static_cast<int64_t>(v1::JOB_STATUS_RUNNING));
+  stmt.Bind(10, NowUnixMillis());
+  stmt.Bind(11, id).Bind(12, static_cast<int64_t>(from));
+  if (expect_attempt) stmt.Bind(13, static_cast<int64_t>(*expect_attempt));
+  else stmt.BindNull(13);
+  if (update.not_before_ms) stmt.Bind(14, *update.not_before_ms);
+  else stmt.BindNull(14);
+  RETURN_IF_ERROR(stmt.Run());
+  if (db_->Changes() == 0) {
+    ASSIGN_OR_RETURN(v1::Job current, LoadJob(id));  // NOT_FOUND if absent
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", id, " is ", StatusName(current.status()), " (attempt ",
+        current.attempt(), "), not ", StatusName(from),
+        expect_attempt ? absl::StrCat(" (attempt ", *expect_attempt, ")") : ""));
+  }
+  v1::JobEvent ev;
+  ev.set_level(update.level);
+  ev.set_type("message");
+  ev.set_message(update.message.empty()
+                     ? absl::StrCat("Job is ", StatusName(to))
+                     : update.message);
+  ev.set_status(to);
+  RETURN_IF_ERROR(InsertEvent(id, ev, 0, 0).status());
+  ASSIGN_OR_RETURN(v1::Job job, LoadJob(id));
+  RETURN_IF_ERROR(tx->Commit());
+  return job;
+}
+
+absl::Status Store::UpdateProgress(const std::string& id, int32_t attempt,
+                                   int64_t steps_done, int64_t steps_total,
+                                   int64_t trained_tokens) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "UPDATE jobs SET steps_done = ?, "
+                                  "steps_total = ?, trained_tokens = ? "
+                                  "WHERE id = ? AND attempt = ?"));
+  stmt.Bind(1, steps_done).Bind(2, steps_total).Bind(3, trained_tokens);
+  stmt.Bind(4, id).Bind(5, static_cast<int64_t>(attempt));
+  return stmt.Run();
+}
+
+absl::StatusOr<v1::JobEvent> Store::InsertEvent(const std::string& job_id,
+                                                v1::JobEvent event,
+                                                int32_t attempt,
+                                                int64_t attempt_seq) {
+  event.set_created_at(NowUnixSeconds());
+  event.clear_id();
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "INSERT INTO events (job_id, attempt, "
+                                  "attempt_seq, data) VALUES (?,?,?,?) "
+                                  "ON CONFLICT DO NOTHING"));
+  stmt.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt));
+  stmt.Bind(3, attempt_seq).BindBlob(4, event.SerializeAsString());
+  RETURN_IF_ERROR(stmt.Run());
+  if (db_->Changes() == 0) {
+    return absl::AlreadyExistsError("event already stored");
+  }
+  int64_t seq = db_->LastInsertRowId();
+  last_event_seq_ = std::max(last_event_seq_, seq);
+  event.set_id(EventId(seq));
+  return event;
+}
+
+absl::StatusOr<v1::JobEvent> Store::AppendEvent(const std::string& job_id,
+                                                const v1::JobEvent& event,
+                                                int32_t attempt,
+                                                int64_t attempt_seq) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  ASSIGN_OR_RETURN(v1::JobEvent stored,
+                   InsertEvent(job_id, event, attempt, attempt_seq));
+  RETURN_IF_ERROR(tx->Commit());
+  return stored;
+}
+
+absl::StatusOr<Page<v1::JobEvent>> Store::ListEvents(const std::string& job_id,
+                                                     const std::string& after,
+                                                     int limit) {
+  int64_t after_seq = 0;
+  if (!after.empty()) {
+    ASSIGN_OR_RETURN(after_seq, EventSeq(after));
+  }
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(LoadJob(job_id).status());
+  limit = ClampLimit(limit, 100, 1000);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "SELECT seq, data FROM events WHERE "
+                                  "job_id = ? AND seq > ? ORDER BY seq "
+                                  "LIMIT ?"));
+  stmt.Bind(1, job_id).Bind(2, after_seq);
+  stmt.Bind(3, static_cast<int64_t>(limit + 1));
+  Page<v1::JobEvent> page;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    if (static_cast<int>(page.data.size()) == limit) {
+      page.has_more = true;
+      break;
+    }
+    v1::JobEvent ev;
+    if (!ev.ParseFromString(stmt.ColumnBlob(1))) {
+      return absl::DataLossError("corrupt event");
+    }
+    ev.set_id(EventId(stmt.ColumnInt(0)));
+    page.data.push_back(std::move(ev));
+  }
+  return page;
+}
+
+int64_t Store::WaitForEventsAfter(int64_t after_seq, absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto newer = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return last_event_seq_ > after_seq;
+  };
+  mu_.AwaitWithDeadline(absl::Condition(&newer), deadline);
+  return last_event_seq_;
+}
+
+absl::Status Store::PutResultFile(const std::string& job_id,
+                                  const v1::ResultFile& file) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "INSERT INTO result_files (job_id, name, "
+                                  "bytes, sha256) VALUES (?,?,?,?) ON "
+                                  "CONFLICT(job_id, name) DO UPDATE SET "
+                                  "bytes = excluded.bytes, "
+                                  "sha256 = excluded.sha256"));
+  stmt.Bind(1, job_id).Bind(2, file.name()).Bind(3, file.bytes());
+  stmt.Bind(4, file.sha256());
+  return stmt.Run();
+}
+
+absl::StatusOr<std::vector<v1::ResultFile>> Store::ResultFiles(
+    const std::string& job_id) {
+  ASSIGN_OR_RETURN(v1::Job job, GetJob(job_id));
+  return std::vector<v1::ResultFile>(job.result_files().begin(),
+                                     job.result_files().end());
+}
+
+std::string Store::EventId(int64_t seq) { return absl::StrCat("ftevent-", seq); }
+
+absl::StatusOr<int64_t> Store::EventSeq(const std::string& id) {
+  int64_t seq = 0;
+  if (!absl::StartsWith(id, "ftevent-") ||
+      !absl::SimpleAtoi(id.substr(8), &seq) || seq <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("after: not an event id: '", id, "'"));
+  }
+  return seq;
+}
+
+}  // namespace lathe::store

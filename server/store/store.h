@@ -1,0 +1,142 @@
+// The control plane's durable state: files, jobs, events, result files and
+// base models in one SQLite database (WAL, synchronous=FULL). Speaks the
+// API's protos; knows nothing of gRPC.
+//
+// Thread-safe: one connection guarded by a mutex; every write runs in a
+// BEGIN IMMEDIATE transaction. Job status changes are compare-and-set
+// (UPDATE … WHERE status = from) and record an event in the same
+// transaction.
+#ifndef LATHE_SERVER_STORE_STORE_H_
+#define LATHE_SERVER_STORE_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "lathe/v1/files.pb.h"
+#include "lathe/v1/fine_tuning.pb.h"
+#include "server/store/database.h"
+
+namespace lathe::store {
+
+template <typename T>
+struct Page {
+  std::vector<T> data;
+  bool has_more = false;
+};
+
+// What a status change writes besides the status itself.
+struct TransitionUpdate {
+  std::optional<int32_t> attempt;           // new attempt number
+  std::optional<std::string> worker_id;
+  std::optional<v1::JobError> error;
+  std::optional<std::string> fine_tuned_model;
+  std::optional<int64_t> trained_tokens;
+  std::optional<int64_t> not_before_ms;     // queued: not placed before
+  std::string message;                      // the event's text
+  std::string level = "info";
+};
+
+class Store {
+ public:
+  // Opens the database and applies migrations (PRAGMA user_version).
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+
+  // Files. InsertFile: ALREADY_EXISTS on a duplicate id.
+  absl::Status InsertFile(const v1::File& file);
+  absl::StatusOr<v1::File> GetFile(const std::string& id);
+  // Newest first; `after` is the last id of the previous page.
+  // INVALID_ARGUMENT for an unknown cursor.
+  absl::StatusOr<Page<v1::File>> ListFiles(int limit, const std::string& after,
+                                           const std::string& purpose);
+
+  // Base models: name -> folder on this server.
+  absl::Status PutModel(const std::string& name, const std::string& path);
+  absl::StatusOr<std::string> GetModelPath(const std::string& name);
+
+  // Inserts a job (status taken from `job`). With a non-empty
+  // `idempotency_key`: if a job with that key exists and its
+  // `request_fingerprint` matches, returns that job (created = false); if it
+  // differs, ALREADY_EXISTS.
+  struct Created {
+    v1::Job job;
+    bool created = true;
+  };
+  absl::StatusOr<Created> CreateJob(const v1::Job& job,
+                                    const std::string& idempotency_key,
+                                    const std::string& request_fingerprint);
+  // NOT_FOUND if absent. queue_position is filled for queued jobs.
+  absl::StatusOr<v1::Job> GetJob(const std::string& id);
+  absl::StatusOr<Page<v1::Job>> ListJobs(int limit, const std::string& after,
+                                         v1::JobStatus status);
+  // Queued jobs, oldest first (the scheduler's input).
+  struct QueueEntry {
+    std::string job_id;
+    int64_t seq = 0;
+    int64_t not_before_ms = 0;
+  };
+  absl::StatusOr<std::vector<QueueEntry>> QueuedJobs();
+  // Jobs in `status`, e.g. running ones at start-up.
+  absl::StatusOr<std::vector<v1::Job>> JobsInStatus(v1::JobStatus status);
+
+  // Compare-and-set: moves job `id` from `from` to `to` if it is in `from`
+  // (and, when `expect_attempt` is set, on that attempt). Records a status
+  // event. FAILED_PRECONDITION if the job is elsewhere or the transition is
+  // not allowed; NOT_FOUND if there is no such job.
+  absl::StatusOr<v1::Job> Transition(const std::string& id, v1::JobStatus from,
+                                     v1::JobStatus to,
+                                     std::optional<int32_t> expect_attempt,
+                                     const TransitionUpdate& update);
+  // Progress of a running attempt; ignored unless the attempt is current.
+  absl::Status UpdateProgress(const std::string& id, int32_t attempt,
+                              int64_t steps_done, int64_t steps_total,
+                              int64_t trained_tokens);
+
+  // Appends an event. With attempt > 0, (job, attempt, attempt_seq) is
+  // unique: re-sent events are ignored. Returns the event as stored.
+  absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& job_id,
+                                           const v1::JobEvent& event,
+                                           int32_t attempt,
+                                           int64_t attempt_seq);
+  // Oldest first, after the cursor (an event id, "" = from the start).
+  absl::StatusOr<Page<v1::JobEvent>> ListEvents(const std::string& job_id,
+                                                const std::string& after,
+                                                int limit);
+  // Blocks until an event newer than `after_seq` exists for any job, or
+  // until `deadline`. Returns the store's newest event sequence number.
+  int64_t WaitForEventsAfter(int64_t after_seq, absl::Time deadline);
+
+  // Result files of a job (the adapter); names unique per job.
+  absl::Status PutResultFile(const std::string& job_id,
+                             const v1::ResultFile& file);
+  absl::StatusOr<std::vector<v1::ResultFile>> ResultFiles(
+      const std::string& job_id);
+
+  // "ftevent-<seq>" <-> seq; INVALID_ARGUMENT for a malformed id.
+  static std::string EventId(int64_t seq);
+  static absl::StatusOr<int64_t> EventSeq(const std::string& id);
+
+ private:
+  explicit Store(std::unique_ptr<Database> db) : db_(std::move(db)) {}
+  absl::Status Migrate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<v1::Job> LoadJob(const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<v1::JobEvent> InsertEvent(const std::string& job_id,
+                                           v1::JobEvent event, int32_t attempt,
+                                           int64_t attempt_seq)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Mutex mu_;
+  std::unique_ptr<Database> db_ ABSL_GUARDED_BY(mu_);
+  int64_t last_event_seq_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace lathe::store
+
+#endif  // LATHE_SERVER_STORE_STORE_H_

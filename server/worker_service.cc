@@ -1,0 +1,104 @@
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/status_macros.h"
+#include "server/services.h"
+#include "spdlog/spdlog.h"
+
+namespace lathe {
+namespace {
+
+absl::StatusOr<v1::ResultFile> ReceiveResult(
+    const ServerContext& ctx,
+    grpc::ServerReader<v1::UploadResultRequest>* reader) {
+  v1::UploadResultRequest msg;
+  if (!reader->Read(&msg) || !msg.has_header()) {
+    return absl::InvalidArgumentError("header: must come first");
+  }
+  const v1::UploadResultHeader h = msg.header();
+  if (h.name() != "adapter_config.json" &&
+      h.name() != "adapter_model.safetensors") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("name: \"", h.name(), "\" is not a result file"));
+  }
+  if (h.sha256().size() != 64) {
+    return absl::InvalidArgumentError("sha256: required (64 hex digits)");
+  }
+  RETURN_IF_ERROR(ctx.coordinator->CheckCurrentAttempt(h.job_id(), h.attempt()));
+  ASSIGN_OR_RETURN(auto writer, ctx.blobs->NewWriter());
+  while (reader->Read(&msg)) {
+    if (!msg.has_chunk()) return absl::InvalidArgumentError("header: sent twice");
+    RETURN_IF_ERROR(writer->Append(msg.chunk()));
+  }
+  if (writer->bytes() != h.bytes()) {
+    return absl::DataLossError(absl::StrCat("bytes: announced ", h.bytes(),
+                                            ", received ", writer->bytes()));
+  }
+  ASSIGN_OR_RETURN(std::string sha, writer->Commit(h.sha256()));
+  // The attempt may have been superseded while the bytes arrived.
+  RETURN_IF_ERROR(ctx.coordinator->CheckCurrentAttempt(h.job_id(), h.attempt()));
+  v1::ResultFile f;
+  f.set_name(h.name());
+  f.set_bytes(h.bytes());
+  f.set_sha256(sha);
+  RETURN_IF_ERROR(ctx.store->PutResultFile(h.job_id(), f));
+  return f;
+}
+
+}  // namespace
+
+grpc::Status WorkerService::Connect(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::WorkerDirective, v1::WorkerReport>* stream) {
+  v1::WorkerReport report;
+  std::string worker_id;
+  while (!ctx_.shutting_down->load() && stream->Read(&report)) {
+    if (worker_id.empty()) {
+      worker_id = report.worker_id();
+      spdlog::info("worker {} connected from {} ({} device(s))", worker_id,
+                   context->peer(), report.devices_size());
+    }
+    auto directive = ctx_.coordinator->HandleReport(report);
+    if (!directive.ok()) {
+      spdlog::warn("worker {}: {}", worker_id, directive.status().ToString());
+      return ToGrpcStatus(directive.status());
+    }
+    if (!stream->Write(*directive)) break;
+  }
+  spdlog::info("worker {} disconnected", worker_id);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::FetchFile(grpc::ServerContext*,
+                                      const v1::FetchFileRequest* request,
+                                      grpc::ServerWriter<v1::FileChunk>* writer) {
+  auto st = ctx_.coordinator->CheckCurrentAttempt(request->job_id(),
+                                                  request->attempt());
+  if (!st.ok()) return ToGrpcStatus(st);
+  auto job = ctx_.store->GetJob(request->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  if (request->file_id() != job->training_file() &&
+      request->file_id() != job->validation_file()) {
+    return ToGrpcStatus(absl::NotFoundError(absl::StrCat(
+        "file_id: ", request->file_id(), " is not a file of ", job->id())));
+  }
+  auto file = ctx_.store->GetFile(request->file_id());
+  if (!file.ok()) return ToGrpcStatus(file.status());
+  st = StreamFile(ctx_.blobs->PathFor(file->sha256()), ctx_.options.chunk_bytes,
+                  [&](absl::string_view data) {
+                    v1::FileChunk c;
+                    c.set_data(std::string(data));
+                    return writer->Write(c);
+                  });
+  return ToGrpcStatus(st);
+}
+
+grpc::Status WorkerService::UploadResult(
+    grpc::ServerContext*, grpc::ServerReader<v1::UploadResultRequest>* reader,
+    v1::ResultFile* response) {
+  auto f = ReceiveResult(ctx_, reader);
+  if (!f.ok()) return ToGrpcStatus(f.status());
+  *response = *std::move(f);
+  return grpc::Status::OK;
+}
+
+}  // namespace lathe
