@@ -1,0 +1,447 @@
+#include "cli/commands.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "cli/args.h"
+#include "client/client.h"
+#include "common/job_state.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace lathe::cli {
+namespace {
+
+constexpr char kUsage[] = R"(lathe: drive a Lathe fine-tuning server.
+
+Usage:
+  lathe files upload PATH [--purpose fine-tune]
+  lathe files get FILE_ID
+  lathe files list [--limit N] [--after FILE_ID]
+  lathe jobs create --model NAME --training-file FILE_ID
+                    [--validation-file FILE_ID] [--n-epochs N]
+                    [--batch-size N] [--learning-rate-multiplier X]
+                    [--lora-rank R] [--lora-alpha A] [--lora-dropout P]
+                    [--lora-target-modules q_proj,v_proj,...]
+                    [--suffix S] [--seed N] [--metadata KEY=VALUE]...
+                    [--idempotency-key KEY]
+  lathe jobs get JOB_ID
+  lathe jobs list [--status STATUS] [--limit N] [--after JOB_ID]
+  lathe jobs cancel JOB_ID
+  lathe jobs events JOB_ID [--follow] [--after EVENT_ID] [--limit N]
+  lathe jobs wait JOB_ID [--timeout SECONDS]
+  lathe jobs download JOB_ID --out DIR
+
+Global flags:
+  --server HOST:PORT   lathed's address (default $LATHE_SERVER or 127.0.0.1:7070)
+  -o, --output FORMAT  text (default) or json
+)";
+
+struct Env {
+  Args args;
+  Client* client;
+  bool json;
+};
+
+int Fail(const absl::Status& st) {
+  std::cerr << "error: " << absl::StatusCodeToString(st.code()) << ": "
+            << st.message() << "\n";
+  if (st.code() == absl::StatusCode::kUnavailable) {
+    std::cerr << "hint: is lathed running at that address? (--server or "
+                 "$LATHE_SERVER)\n";
+  }
+  return 1;
+}
+
+int Usage(const std::string& why) {
+  std::cerr << "error: " << why << "\n\n" << kUsage;
+  return 2;
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = true;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+// One JSON object per line, for streams of events.
+std::string ToJsonLine(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+std::string FormatTime(int64_t unix_seconds) {
+  if (unix_seconds == 0) return "-";
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixSeconds(unix_seconds),
+                          absl::LocalTimeZone());
+}
+
+std::string HumanBytes(int64_t n) {
+  if (n < 1024) return absl::StrCat(n, " B");
+  if (n < (1 << 20)) return absl::StrFormat("%.1f KiB", n / 1024.0);
+  if (n < (1 << 30)) return absl::StrFormat("%.1f MiB", n / 1048576.0);
+  return absl::StrFormat("%.2f GiB", n / 1073741824.0);
+}
+
+// A one-line progress display on stderr, redrawn in place on a terminal.
+Client::Progress ProgressLine(const std::string& what) {
+  bool tty = isatty(STDERR_FILENO);
+  auto last = std::make_shared<absl::Time>(absl::InfinitePast());
+  return [what, tty, last](int64_t done, int64_t total) {
+    absl::Time now = absl::Now();
+    bool end = total > 0 && done >= total;
+    if (!end && now - *last < absl::Milliseconds(tty ? 100 : 2000)) return;
+    *last = now;
+    std::string pct = total > 0 ? absl::StrFormat("%3.0f%% ", 100.0 * done / total) : "";
+    std::cerr << (tty ? "\r" : "") << what << ": " << pct << HumanBytes(done)
+              << (total > 0 ? absl::StrCat(" / ", HumanBytes(total)) : "")
+              << (tty && !end ? "" : "\n") << std::flush;
+  };
+}
+
+void PrintFile(const v1::File& f) {
+  std::cout << absl::StrFormat("%s  %s  %s  %d examples  sha256 %s\n", f.id(),
+                               f.filename(), HumanBytes(f.bytes()),
+                               f.line_count(), f.sha256().substr(0, 16));
+}
+
+void PrintJob(const v1::Job& j) {
+  std::cout << "id:               " << j.id() << "\n"
+            << "status:           " << StatusName(j.status()) << "\n"
+            << "model:            " << j.model() << "\n"
+            << "training_file:    " << j.training_file() << "\n";
+  if (!j.validation_file().empty()) {
+    std::cout << "validation_file:  " << j.validation_file() << "\n";
+  }
+  const auto& hp = j.method().supervised().hyperparameters();
+  std::cout << absl::StrFormat(
+      "hyperparameters:  n_epochs=%d batch_size=%d learning_rate_multiplier=%g\n",
+      hp.n_epochs(), hp.batch_size(), hp.learning_rate_multiplier());
+  std::cout << absl::StrFormat("lora:             rank=%d alpha=%g dropout=%g targets=%s\n",
+                               j.lora().rank(), j.lora().alpha(), j.lora().dropout(),
+                               absl::StrJoin(j.lora().target_modules(), ","));
+  std::cout << "created_at:       " << FormatTime(j.created_at()) << "\n";
+  if (j.queue_position() > 0) {
+    std::cout << "queue_position:   " << j.queue_position() << "\n";
+  }
+  if (j.progress().steps_total() > 0) {
+    std::cout << absl::StrFormat("progress:         %d/%d steps",
+                                 j.progress().steps_done(), j.progress().steps_total());
+    if (j.progress().seconds_remaining() > 0) {
+      std::cout << ", about " << j.progress().seconds_remaining() << " s left";
+    }
+    std::cout << "\n";
+  }
+  if (j.trained_tokens() > 0) std::cout << "trained_tokens:   " << j.trained_tokens() << "\n";
+  if (!j.fine_tuned_model().empty()) {
+    std::cout << "fine_tuned_model: " << j.fine_tuned_model() << "\n";
+  }
+  if (!j.error().code().empty()) {
+    std::cout << "error:            " << j.error().code() << ": " << j.error().message()
+              << (j.error().param().empty() ? "" : absl::StrCat(" (", j.error().param(), ")"))
+              << (j.error().user_fault() ? "" : " [platform fault]") << "\n";
+  }
+  for (const auto& f : j.result_files()) {
+    std::cout << "result_file:      " << f.name() << " (" << HumanBytes(f.bytes())
+              << ", sha256 " << f.sha256().substr(0, 16) << ")\n";
+  }
+}
+
+void PrintEvent(const v1::JobEvent& e) {
+  std::string when = absl::FormatTime("%H:%M:%S", absl::FromUnixSeconds(e.created_at()),
+                                      absl::LocalTimeZone());
+  if (e.type() == "metrics") {
+    const auto& m = e.metrics();
+    std::cout << absl::StrFormat(
+        "%s  step %d/%d  loss %.4f  acc %.3f  lr %.2e  %.0f tok/s\n", when, m.step(),
+        m.total_steps(), m.train_loss(), m.train_mean_token_accuracy(),
+        m.learning_rate(), m.tokens_per_second());
+  } else {
+    std::cout << when << "  " << (e.level() == "info" ? "" : e.level() + ": ")
+              << e.message() << "\n";
+  }
+  std::cout.flush();
+}
+
+absl::StatusOr<int64_t> IntFlag(const Args& a, const std::string& name) {
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(*a.Get(name), &v)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, ": not an integer"));
+  }
+  return v;
+}
+
+absl::StatusOr<double> DoubleFlag(const Args& a, const std::string& name) {
+  double v = 0;
+  if (!absl::SimpleAtod(*a.Get(name), &v)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, ": not a number"));
+  }
+  return v;
+}
+
+absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
+  v1::CreateJobRequest r;
+  r.set_model(a.GetOr("model", ""));
+  r.set_training_file(a.GetOr("training-file", ""));
+  r.set_validation_file(a.GetOr("validation-file", ""));
+  r.set_suffix(a.GetOr("suffix", ""));
+  r.set_idempotency_key(a.GetOr("idempotency-key", ""));
+  r.mutable_method()->set_type("supervised");
+  auto* hp = r.mutable_method()->mutable_supervised()->mutable_hyperparameters();
+  auto is_auto = [&](const std::string& f) { return a.GetOr(f, "auto") == "auto"; };
+  if (!is_auto("n-epochs")) {
+    auto v = IntFlag(a, "n-epochs");
+    if (!v.ok()) return v.status();
+    hp->set_n_epochs(static_cast<int32_t>(*v));
+  }
+  if (!is_auto("batch-size")) {
+    auto v = IntFlag(a, "batch-size");
+    if (!v.ok()) return v.status();
+    hp->set_batch_size(static_cast<int32_t>(*v));
+  }
+  if (!is_auto("learning-rate-multiplier")) {
+    auto v = DoubleFlag(a, "learning-rate-multiplier");
+    if (!v.ok()) return v.status();
+    hp->set_learning_rate_multiplier(*v);
+  }
+  if (a.Has("lora-rank")) {
+    auto v = IntFlag(a, "lora-rank");
+    if (!v.ok()) return v.status();
+    r.mutable_lora()->set_rank(static_cast<int32_t>(*v));
+  }
+  if (a.Has("lora-alpha")) {
+    auto v = DoubleFlag(a, "lora-alpha");
+    if (!v.ok()) return v.status();
+    r.mutable_lora()->set_alpha(*v);
+  }
+  if (a.Has("lora-dropout")) {
+    auto v = DoubleFlag(a, "lora-dropout");
+    if (!v.ok()) return v.status();
+    r.mutable_lora()->set_dropout(*v);
+  }
+  if (a.Has("lora-target-modules")) {
+    for (absl::string_view m :
+         absl::StrSplit(*a.Get("lora-target-modules"), ',', absl::SkipEmpty())) {
+      r.mutable_lora()->add_target_modules(std::string(m));
+    }
+  }
+  if (a.Has("seed")) {
+    auto v = IntFlag(a, "seed");
+    if (!v.ok()) return v.status();
+    r.set_seed(*v);
+  }
+  for (const std::string& kv : a.Values("metadata")) {
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metadata: expected KEY=VALUE, got \"", kv, "\""));
+    }
+    (*r.mutable_metadata())[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  return r;
+}
+
+int FilesCommand(Env& env, const std::string& verb) {
+  const auto& pos = env.args.positional();
+  if (verb == "upload") {
+    if (pos.size() != 3) return Usage("files upload needs PATH");
+    auto f = env.client->UploadFile(pos[2], env.args.GetOr("purpose", "fine-tune"),
+                                    ProgressLine(absl::StrCat("uploading ", pos[2])));
+    if (!f.ok()) return Fail(f.status());
+    env.json ? void(std::cout << ToJson(*f) << "\n") : PrintFile(*f);
+    return 0;
+  }
+  if (verb == "get") {
+    if (pos.size() != 3) return Usage("files get needs FILE_ID");
+    auto f = env.client->GetFile(pos[2]);
+    if (!f.ok()) return Fail(f.status());
+    env.json ? void(std::cout << ToJson(*f) << "\n") : PrintFile(*f);
+    return 0;
+  }
+  if (verb == "list") {
+    v1::ListFilesRequest r;
+    if (env.args.Has("limit")) {
+      auto v = IntFlag(env.args, "limit");
+      if (!v.ok()) return Fail(v.status());
+      r.set_limit(static_cast<int32_t>(*v));
+    }
+    r.set_after(env.args.GetOr("after", ""));
+    auto page = env.client->ListFiles(r);
+    if (!page.ok()) return Fail(page.status());
+    if (env.json) {
+      std::cout << ToJson(*page) << "\n";
+    } else {
+      for (const auto& f : page->data()) PrintFile(f);
+      if (page->has_more()) std::cout << "(more: --after " << page->data().rbegin()->id() << ")\n";
+    }
+    return 0;
+  }
+  return Usage(absl::StrCat("unknown command: files ", verb));
+}
+
+int WaitCommand(Env& env, const std::string& job_id) {
+  absl::Time deadline = absl::InfiniteFuture();
+  if (env.args.Has("timeout")) {
+    auto v = IntFlag(env.args, "timeout");
+    if (!v.ok()) return Fail(v.status());
+    deadline = absl::Now() + absl::Seconds(*v);
+  }
+  auto st = env.client->WatchJob(job_id, "", [&](const v1::WatchJobResponse& u) {
+    if (!env.json && u.has_job()) {
+      std::cerr << job_id << ": " << StatusName(u.job().status()) << "\n";
+    }
+  }, deadline);
+  if (!st.ok()) {
+    if (st.code() == absl::StatusCode::kDeadlineExceeded) {
+      std::cerr << "error: still not finished after --timeout; `lathe jobs get "
+                << job_id << "` shows where it is\n";
+      return 1;
+    }
+    return Fail(st);
+  }
+  auto job = env.client->GetJob(job_id);
+  if (!job.ok()) return Fail(job.status());
+  env.json ? void(std::cout << ToJson(*job) << "\n") : PrintJob(*job);
+  return job->status() == v1::JOB_STATUS_SUCCEEDED ? 0 : 1;
+}
+
+int EventsCommand(Env& env, const std::string& job_id) {
+  std::string after = env.args.GetOr("after", "");
+  auto print = [&](const v1::JobEvent& e) {
+    env.json ? void(std::cout << ToJsonLine(e) << std::endl) : PrintEvent(e);
+  };
+  if (env.args.Has("follow")) {
+    auto st = env.client->WatchJob(job_id, after, [&](const v1::WatchJobResponse& u) {
+      print(u.event());
+    });
+    return st.ok() ? 0 : Fail(st);
+  }
+  v1::ListJobEventsRequest r;
+  r.set_job_id(job_id);
+  r.set_after(after);
+  if (env.args.Has("limit")) {
+    auto v = IntFlag(env.args, "limit");
+    if (!v.ok()) return Fail(v.status());
+    r.set_limit(static_cast<int32_t>(*v));
+  }
+  auto page = env.client->ListJobEvents(r);
+  if (!page.ok()) return Fail(page.status());
+  if (env.json) {
+    std::cout << ToJson(*page) << "\n";
+  } else {
+    for (const auto& e : page->data()) print(e);
+    if (page->has_more()) {
+      std::cout << "(more: --after " << page->data().rbegin()->id() << ")\n";
+    }
+  }
+  return 0;
+}
+
+int JobsCommand(Env& env, const std::string& verb) {
+  const auto& pos = env.args.positional();
+  auto print_job = [&](const absl::StatusOr<v1::Job>& j) {
+    if (!j.ok()) return Fail(j.status());
+    env.json ? void(std::cout << ToJson(*j) << "\n") : PrintJob(*j);
+    return 0;
+  };
+  if (verb == "create") {
+    auto r = BuildCreate(env.args);
+    if (!r.ok()) return Usage(std::string(r.status().message()));
+    return print_job(env.client->CreateJob(*r));
+  }
+  if (verb == "list") {
+    v1::ListJobsRequest r;
+    if (env.args.Has("limit")) {
+      auto v = IntFlag(env.args, "limit");
+      if (!v.ok()) return Fail(v.status());
+      r.set_limit(static_cast<int32_t>(*v));
+    }
+    r.set_after(env.args.GetOr("after", ""));
+    if (env.args.Has("status")) {
+      v1::JobStatus s = StatusFromName(*env.args.Get("status"));
+      if (s == v1::JOB_STATUS_UNSPECIFIED) return Usage("--status: unknown status");
+      r.set_status(s);
+    }
+    auto page = env.client->ListJobs(r);
+    if (!page.ok()) return Fail(page.status());
+    if (env.json) {
+      std::cout << ToJson(*page) << "\n";
+      return 0;
+    }
+    for (const auto& j : page->data()) {
+      std::cout << absl::StrFormat("%s  %-16s %-20s %s  %s\n", j.id(),
+                                   StatusName(j.status()), j.model(),
+                                   FormatTime(j.created_at()), j.fine_tuned_model());
+    }
+    if (page->has_more()) std::cout << "(more: --after " << page->data().rbegin()->id() << ")\n";
+    return 0;
+  }
+  if (pos.size() != 3) return Usage(absl::StrCat("jobs ", verb, " needs JOB_ID"));
+  const std::string& id = pos[2];
+  if (verb == "get") return print_job(env.client->GetJob(id));
+  if (verb == "cancel") return print_job(env.client->CancelJob(id));
+  if (verb == "events") return EventsCommand(env, id);
+  if (verb == "wait") return WaitCommand(env, id);
+  if (verb == "download") {
+    auto out = env.args.Get("out");
+    if (!out) return Usage("jobs download needs --out DIR");
+    auto files = env.client->DownloadAdapter(id, *out, ProgressLine("downloading adapter"));
+    if (!files.ok()) return Fail(files.status());
+    if (env.json) {
+      std::cout << "{\"files\": [";
+      for (size_t i = 0; i < files->size(); ++i) {
+        std::cout << (i ? ", " : "") << "\"" << (*files)[i] << "\"";
+      }
+      std::cout << "]}\n";
+    } else {
+      for (const auto& f : *files) std::cout << f << "\n";
+    }
+    return 0;
+  }
+  return Usage(absl::StrCat("unknown command: jobs ", verb));
+}
+
+}  // namespace
+
+int Run(const std::vector<std::string>& argv) {
+  auto args = Args::Parse(argv, {"follow", "help"});
+  if (!args.ok()) return Usage(std::string(args.status().message()));
+  auto st = args->CheckKnown(
+      {"server", "output", "help", "purpose", "limit", "after", "status", "follow",
+       "timeout", "out", "model", "training-file", "validation-file", "n-epochs",
+       "batch-size", "learning-rate-multiplier", "lora-rank", "lora-alpha",
+       "lora-dropout", "lora-target-modules", "suffix", "seed", "metadata",
+       "idempotency-key"});
+  if (!st.ok()) return Usage(std::string(st.message()));
+  const auto& pos = args->positional();
+  if (args->Has("help") || pos.size() < 2) {
+    std::cout << kUsage;
+    return args->Has("help") ? 0 : 2;
+  }
+  std::string output = args->GetOr("output", "text");
+  if (output != "text" && output != "json") return Usage("-o: use text or json");
+  const char* env_server = std::getenv("LATHE_SERVER");
+  std::string server = args->GetOr("server", env_server ? env_server : "127.0.0.1:7070");
+  Client client(server);
+  Env env{*args, &client, output == "json"};
+  if (pos[0] == "files") return FilesCommand(env, pos[1]);
+  if (pos[0] == "jobs") return JobsCommand(env, pos[1]);
+  return Usage(absl::StrCat("unknown command: ", pos[0]));
+}
+
+}  // namespace lathe::cli

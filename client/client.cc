@@ -1,0 +1,242 @@
+#include "client/client.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+
+namespace lathe {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr absl::Duration kUnaryDeadline = absl::Seconds(30);
+
+void SetDeadline(grpc::ClientContext& ctx) {
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + kUnaryDeadline));
+}
+
+template <typename Response, typename Call>
+absl::StatusOr<Response> Unary(Call call) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  Response resp;
+  grpc::Status st = call(&ctx, &resp);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return resp;
+}
+
+}  // namespace
+
+Client::Client(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(16 << 20);
+  channel_ = grpc::CreateCustomChannel(
+      target, grpc::InsecureChannelCredentials(), args);
+  files_ = v1::Files::NewStub(channel_);
+  jobs_ = v1::FineTuning::NewStub(channel_);
+}
+
+absl::StatusOr<v1::File> Client::UploadFile(const std::string& path,
+                                            const std::string& purpose,
+                                            const Progress& progress) {
+  std::error_code ec;
+  int64_t total = static_cast<int64_t>(fs::file_size(path, ec));
+  if (ec) return absl::NotFoundError(absl::StrCat(path, ": ", ec.message()));
+  ASSIGN_OR_RETURN(std::string sha, Sha256File(path));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+
+  grpc::ClientContext ctx;
+  v1::File file;
+  auto writer = files_->Upload(&ctx, &file);
+  v1::UploadFileRequest msg;
+  auto* h = msg.mutable_header();
+  h->set_filename(fs::path(path).filename().string());
+  h->set_purpose(purpose);
+  h->set_bytes(total);
+  h->set_sha256(sha);
+  bool open = writer->Write(msg);
+  std::string buf(1 << 20, '\0');
+  int64_t done = 0;
+  while (open && in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    std::streamsize n = in.gcount();
+    if (n <= 0) break;
+    v1::UploadFileRequest chunk;
+    chunk.set_chunk(buf.data(), static_cast<size_t>(n));
+    open = writer->Write(chunk);
+    done += n;
+    if (progress) progress(done, total);
+  }
+  writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  if (!st.ok()) return FromGrpcStatus(st);
+  return file;
+}
+
+absl::StatusOr<v1::File> Client::GetFile(const std::string& file_id) {
+  v1::GetFileRequest r;
+  r.set_file_id(file_id);
+  return Unary<v1::File>([&](grpc::ClientContext* c, v1::File* out) {
+    return files_->GetFile(c, r, out);
+  });
+}
+
+absl::StatusOr<v1::ListFilesResponse> Client::ListFiles(
+    const v1::ListFilesRequest& r) {
+  return Unary<v1::ListFilesResponse>(
+      [&](grpc::ClientContext* c, v1::ListFilesResponse* out) {
+        return files_->ListFiles(c, r, out);
+      });
+}
+
+absl::StatusOr<v1::Job> Client::CreateJob(const v1::CreateJobRequest& r) {
+  return Unary<v1::Job>([&](grpc::ClientContext* c, v1::Job* out) {
+    return jobs_->CreateJob(c, r, out);
+  });
+}
+
+absl::StatusOr<v1::Job> Client::GetJob(const std::string& job_id) {
+  v1::GetJobRequest r;
+  r.set_job_id(job_id);
+  return Unary<v1::Job>([&](grpc::ClientContext* c, v1::Job* out) {
+    return jobs_->GetJob(c, r, out);
+  });
+}
+
+absl::StatusOr<v1::ListJobsResponse> Client::ListJobs(
+    const v1::ListJobsRequest& r) {
+  return Unary<v1::ListJobsResponse>(
+      [&](grpc::ClientContext* c, v1::ListJobsResponse* out) {
+        return jobs_->ListJobs(c, r, out);
+      });
+}
+
+absl::StatusOr<v1::Job> Client::CancelJob(const std::string& job_id) {
+  v1::CancelJobRequest r;
+  r.set_job_id(job_id);
+  return Unary<v1::Job>([&](grpc::ClientContext* c, v1::Job* out) {
+    return jobs_->CancelJob(c, r, out);
+  });
+}
+
+absl::StatusOr<v1::ListJobEventsResponse> Client::ListJobEvents(
+    const v1::ListJobEventsRequest& r) {
+  return Unary<v1::ListJobEventsResponse>(
+      [&](grpc::ClientContext* c, v1::ListJobEventsResponse* out) {
+        return jobs_->ListJobEvents(c, r, out);
+      });
+}
+
+absl::Status Client::WatchJob(
+    const std::string& job_id, const std::string& after,
+    const std::function<void(const v1::WatchJobResponse&)>& on_update,
+    absl::Time deadline) {
+  std::string cursor = after;
+  absl::Duration backoff = absl::Milliseconds(200);
+  while (true) {
+    grpc::ClientContext ctx;
+    if (deadline != absl::InfiniteFuture()) {
+      ctx.set_deadline(absl::ToChronoTime(deadline));
+    }
+    v1::WatchJobRequest r;
+    r.set_job_id(job_id);
+    r.set_after(cursor);
+    auto reader = jobs_->WatchJob(&ctx, r);
+    v1::WatchJobResponse resp;
+    while (reader->Read(&resp)) {
+      cursor = resp.event().id();
+      on_update(resp);
+      backoff = absl::Milliseconds(200);
+    }
+    grpc::Status st = reader->Finish();
+    if (st.ok()) return absl::OkStatus();
+    if (st.error_code() != grpc::StatusCode::UNAVAILABLE ||
+        absl::Now() + backoff >= deadline) {
+      return FromGrpcStatus(st);
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
+}
+
+absl::StatusOr<std::vector<std::string>> Client::DownloadAdapter(
+    const std::string& job_id, const std::string& out_dir,
+    const Progress& progress) {
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--out ", out_dir, ": ", ec.message()));
+  }
+  grpc::ClientContext ctx;
+  v1::DownloadAdapterRequest r;
+  r.set_job_id(job_id);
+  auto reader = jobs_->DownloadAdapter(&ctx, r);
+
+  std::vector<std::string> written;
+  v1::ResultFile current;
+  std::ofstream out;
+  std::string tmp_path;
+  std::unique_ptr<Sha256> hash;
+  int64_t got = 0, done = 0, total = 0;
+
+  // Finishes the file in progress: size and hash checked, then renamed.
+  auto finish = [&]() -> absl::Status {
+    if (!hash) return absl::OkStatus();
+    out.close();
+    std::string sha = hash->HexDigest();
+    hash.reset();
+    if (got != current.bytes() || sha != current.sha256()) {
+      fs::remove(tmp_path, ec);
+      return absl::DataLossError(absl::StrCat(
+          current.name(), ": received ", got, " bytes with SHA-256 ", sha,
+          ", expected ", current.bytes(), " bytes with ", current.sha256()));
+    }
+    std::string final_path = (fs::path(out_dir) / current.name()).string();
+    fs::rename(tmp_path, final_path, ec);
+    if (ec) return absl::InternalError(absl::StrCat(final_path, ": ", ec.message()));
+    written.push_back(final_path);
+    return absl::OkStatus();
+  };
+
+  v1::DownloadChunk chunk;
+  while (reader->Read(&chunk)) {
+    if (chunk.has_file()) {
+      RETURN_IF_ERROR(finish());
+      current = chunk.file();
+      const std::string& name = current.name();
+      if (name.empty() || name.find('/') != std::string::npos ||
+          name == "." || name == "..") {
+        return absl::DataLossError(absl::StrCat("server sent a bad file name: ", name));
+      }
+      total += current.bytes();
+      tmp_path = (fs::path(out_dir) / (name + ".part")).string();
+      out.open(tmp_path, std::ios::binary | std::ios::trunc);
+      if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp_path));
+      hash = std::make_unique<Sha256>();
+      got = 0;
+    } else if (hash) {
+      out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+      hash->Update(chunk.data());
+      got += static_cast<int64_t>(chunk.data().size());
+      done += static_cast<int64_t>(chunk.data().size());
+      if (progress) progress(done, total);
+    }
+  }
+  grpc::Status st = reader->Finish();
+  if (!st.ok()) {
+    if (hash) fs::remove(tmp_path, ec);
+    return FromGrpcStatus(st);
+  }
+  RETURN_IF_ERROR(finish());
+  return written;
+}
+
+}  // namespace lathe

@@ -1,0 +1,67 @@
+// The Lathe client library: every public RPC as a blocking call returning
+// absl::Status. The CLI is built on it and holds no private shortcut.
+//
+// Thread-safe (the gRPC channel and stubs are).
+#ifndef LATHE_CLIENT_CLIENT_H_
+#define LATHE_CLIENT_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "lathe/v1/files.grpc.pb.h"
+#include "lathe/v1/fine_tuning.grpc.pb.h"
+
+namespace lathe {
+
+class Client {
+ public:
+  // `target` is host:port of lathed. Connects lazily.
+  explicit Client(const std::string& target);
+
+  // Called with bytes done and the total (0 if unknown).
+  using Progress = std::function<void(int64_t done, int64_t total)>;
+
+  // Streams a local file in 1 MiB chunks with its size and SHA-256.
+  absl::StatusOr<v1::File> UploadFile(const std::string& path,
+                                      const std::string& purpose,
+                                      const Progress& progress);
+  absl::StatusOr<v1::File> GetFile(const std::string& file_id);
+  absl::StatusOr<v1::ListFilesResponse> ListFiles(const v1::ListFilesRequest& r);
+
+  absl::StatusOr<v1::Job> CreateJob(const v1::CreateJobRequest& request);
+  absl::StatusOr<v1::Job> GetJob(const std::string& job_id);
+  absl::StatusOr<v1::ListJobsResponse> ListJobs(const v1::ListJobsRequest& r);
+  absl::StatusOr<v1::Job> CancelJob(const std::string& job_id);
+  absl::StatusOr<v1::ListJobEventsResponse> ListJobEvents(
+      const v1::ListJobEventsRequest& r);
+
+  // Follows a job from the event after `after` ("" = the first) until its
+  // final event, calling `on_update` for each. If the stream breaks
+  // (UNAVAILABLE: server restart, network), re-attaches from the last event
+  // seen, so nothing is missed or repeated, until `deadline`.
+  absl::Status WatchJob(
+      const std::string& job_id, const std::string& after,
+      const std::function<void(const v1::WatchJobResponse&)>& on_update,
+      absl::Time deadline = absl::InfiniteFuture());
+
+  // Downloads the adapter's files into `out_dir` (created), each checked
+  // against its SHA-256 and renamed into place only when whole. Returns the
+  // paths written.
+  absl::StatusOr<std::vector<std::string>> DownloadAdapter(
+      const std::string& job_id, const std::string& out_dir,
+      const Progress& progress);
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Files::Stub> files_;
+  std::unique_ptr<v1::FineTuning::Stub> jobs_;
+};
+
+}  // namespace lathe
+
+#endif  // LATHE_CLIENT_CLIENT_H_

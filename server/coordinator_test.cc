@@ -1,0 +1,152 @@
+#include "server/coordinator.h"
+
+#include <gtest/gtest.h>
+
+#include "common/ids.h"
+
+namespace lathe {
+namespace {
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    store_ = *store::Store::Open(":memory:");
+    ASSERT_TRUE(store_->PutModel("tiny", "/models/tiny").ok());
+    CoordinatorOptions o;
+    o.lease_ttl = absl::Seconds(10);
+    o.max_attempts = 2;
+    coord_ = *Coordinator::Create(*store_, o);
+  }
+
+  void AddJob(const std::string& id) {
+    v1::Job j;
+    j.set_id(id);
+    j.set_status(v1::JOB_STATUS_QUEUED);
+    j.set_model("tiny");
+    j.mutable_method()->mutable_supervised()->mutable_hyperparameters()
+        ->set_learning_rate_multiplier(2);
+    ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
+  }
+
+  v1::WorkerDirective Report(const std::string& worker,
+                             const v1::RunningAttempt* a = nullptr) {
+    v1::WorkerReport r;
+    r.set_worker_id(worker);
+    if (a) *r.mutable_attempt() = *a;
+    auto d = coord_->HandleReport(r);
+    EXPECT_TRUE(d.ok()) << d.status();
+    return d.ok() ? *d : v1::WorkerDirective();
+  }
+
+  std::unique_ptr<store::Store> store_;
+  std::unique_ptr<Coordinator> coord_;
+};
+
+TEST_F(CoordinatorTest, AssignsFifoAndRecordsProgressAndSuccess) {
+  AddJob("ftjob-1");
+  AddJob("ftjob-2");
+  auto d = Report("w1");
+  ASSERT_TRUE(d.has_assignment());
+  EXPECT_EQ(d.assignment().job_id(), "ftjob-1");
+  EXPECT_EQ(d.assignment().attempt(), 1);
+  EXPECT_EQ(d.assignment().model_path(), "/models/tiny");
+  EXPECT_DOUBLE_EQ(d.assignment().learning_rate(), 2 * 2e-4);
+  EXPECT_GT(d.lease_deadline_ms(), NowUnixMillis());
+  EXPECT_EQ(Report("w2").assignment().job_id(), "ftjob-2");
+  EXPECT_FALSE(Report("w3").has_assignment());
+
+  v1::RunningAttempt a;
+  a.set_job_id("ftjob-1");
+  a.set_attempt(1);
+  a.set_step(2);
+  a.set_total_steps(10);
+  for (int seq = 1; seq <= 2; ++seq) {
+    auto* e = a.add_events();
+    e->set_seq(seq);
+    e->mutable_event()->set_type("metrics");
+  }
+  d = Report("w1", &a);
+  EXPECT_EQ(d.acked_event_seq(), 2);
+  EXPECT_FALSE(d.stop());
+  Report("w1", &a);  // a repeated report stores nothing twice
+  auto events = store_->ListEvents("ftjob-1", "", 100);
+  int metrics = 0;
+  for (const auto& e : events->data) metrics += e.type() == "metrics";
+  EXPECT_EQ(metrics, 2);
+  EXPECT_EQ(store_->GetJob("ftjob-1")->progress().steps_done(), 2);
+
+  // Success needs the uploaded result files.
+  a.clear_events();
+  a.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
+  a.mutable_outcome()->add_result_files("adapter_model.safetensors");
+  v1::WorkerReport r;
+  r.set_worker_id("w1");
+  *r.mutable_attempt() = a;
+  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->HandleReport(r).status()));
+  v1::ResultFile f;
+  f.set_name("adapter_model.safetensors");
+  f.set_sha256(std::string(64, 'b'));
+  ASSERT_TRUE(store_->PutResultFile("ftjob-1", f).ok());
+  d = Report("w1", &a);
+  EXPECT_TRUE(d.outcome_recorded());
+  auto job = store_->GetJob("ftjob-1");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_SUCCEEDED);
+  EXPECT_EQ(job->fine_tuned_model().rfind("ft:tiny:lathe:", 0), 0u);
+  // The same outcome reported again is harmless.
+  EXPECT_TRUE(Report("w1", &a).outcome_recorded());
+}
+
+TEST_F(CoordinatorTest, CancelReachesTheWorker) {
+  AddJob("ftjob-1");
+  Report("w1");
+  ASSERT_TRUE(store_->Transition("ftjob-1", v1::JOB_STATUS_RUNNING,
+                                 v1::JOB_STATUS_CANCELLING, std::nullopt, {})
+                  .ok());
+  v1::RunningAttempt a;
+  a.set_job_id("ftjob-1");
+  a.set_attempt(1);
+  auto d = Report("w1", &a);
+  EXPECT_TRUE(d.stop());
+  a.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_CANCELLED);
+  EXPECT_TRUE(Report("w1", &a).outcome_recorded());
+  EXPECT_EQ(store_->GetJob("ftjob-1")->status(), v1::JOB_STATUS_CANCELLED);
+}
+
+TEST_F(CoordinatorTest, ExpiredLeaseRequeuesThenFailsAndFencesOldAttempt) {
+  AddJob("ftjob-1");
+  Report("w1");
+  absl::Time later = absl::Now() + absl::Seconds(11);
+  EXPECT_EQ(coord_->SweepExpiredLeases(later), 1);
+  auto job = store_->GetJob("ftjob-1");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
+  // Backoff: not placed at once.
+  EXPECT_FALSE(Report("w2").has_assignment());
+
+  // The dead attempt speaks late: refused.
+  v1::RunningAttempt old;
+  old.set_job_id("ftjob-1");
+  old.set_attempt(1);
+  old.add_events()->set_seq(1);
+  auto d = Report("w1", &old);
+  EXPECT_TRUE(d.stop());
+  EXPECT_EQ(d.stop_reason(), "job is queued");
+  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->CheckCurrentAttempt("ftjob-1", 1)));
+
+  // Attempt 2 (after backoff) also dies: max_attempts = 2, so it fails.
+  ASSERT_TRUE(store_->Transition("ftjob-1", v1::JOB_STATUS_QUEUED,
+                                 v1::JOB_STATUS_RUNNING, std::nullopt,
+                                 {.attempt = 2, .worker_id = "w2"})
+                  .ok());
+  old.set_attempt(2);
+  old.clear_events();
+  Report("w2", &old);  // takes the lease for attempt 2
+  EXPECT_TRUE(coord_->CheckCurrentAttempt("ftjob-1", 2).ok());
+  EXPECT_EQ(coord_->SweepExpiredLeases(absl::Now() + absl::Seconds(11)), 1);
+  job = store_->GetJob("ftjob-1");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_FAILED);
+  EXPECT_EQ(job->error().code(), "worker_lost");
+  EXPECT_FALSE(job->error().user_fault());
+}
+
+}  // namespace
+}  // namespace lathe

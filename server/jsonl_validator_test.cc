@@ -1,0 +1,76 @@
+#include "server/jsonl_validator.h"
+
+#include <gtest/gtest.h>
+
+namespace lathe {
+namespace {
+
+constexpr char kGood[] =
+    R"({"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]})";
+
+struct Case {
+  const char* line;
+  const char* expect;  // a substring of the error
+};
+
+TEST(JsonlValidatorTest, RefusesBadLinesNamingLineAndField) {
+  const Case cases[] = {
+      {"{not json", "line 2: not valid JSON"},
+      {"\"just a string\"", "line 2: expected a JSON object"},
+      {R"({"prompt":"a","completion":"b"})", "line 2: messages: missing"},
+      {R"({"messages":[]})", "line 2: messages: expected a non-empty array"},
+      {R"({"messages":[{"role":"bot","content":"x"}]})",
+       "line 2: messages[0].role: unknown role \"bot\""},
+      {R"({"messages":[{"role":"user"}]})", "line 2: messages[0].content: missing"},
+      {R"({"messages":[{"role":"user","content":"q"}]})",
+       "line 2: messages: no assistant message"},
+      {R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":""}]})",
+       "line 2: messages[1].content: empty assistant message"},
+      {R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a","weight":2}]})",
+       "line 2: messages[1].weight: must be 0 or 1"},
+      {R"({"messages":[{"role":"user","content":"q","weight":1},{"role":"assistant","content":"a"}]})",
+       "line 2: messages[0].weight: only assistant"},
+      {"{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}",
+       "line 2: not valid JSON (or not valid UTF-8)"},
+  };
+  for (const Case& c : cases) {
+    JsonlValidator v;
+    std::string data = std::string(kGood) + "\n" + c.line + "\n";
+    absl::Status st = v.Feed(data);
+    if (st.ok()) st = v.Finish();
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.line << " -> " << st;
+    EXPECT_NE(st.message().find(c.expect), absl::string_view::npos)
+        << "got: " << st.message() << "\nwant: " << c.expect;
+  }
+}
+
+TEST(JsonlValidatorTest, AcceptsChunksSplitAnywhere) {
+  std::string data;
+  for (int i = 0; i < 20; ++i) data += std::string(kGood) + "\n";
+  data += "\n   \n";  // blank lines are skipped
+  data += kGood;      // no final newline
+  for (size_t chunk : {1u, 7u, 64u, 4096u}) {
+    JsonlValidator v;
+    for (size_t i = 0; i < data.size(); i += chunk) {
+      ASSERT_TRUE(v.Feed(absl::string_view(data).substr(i, chunk)).ok());
+    }
+    ASSERT_TRUE(v.Finish().ok());
+    EXPECT_EQ(v.examples(), 21);
+  }
+}
+
+TEST(JsonlValidatorTest, LimitsAndEmptyFiles) {
+  JsonlValidator::Limits limits;
+  limits.max_line_bytes = 100;
+  JsonlValidator v(limits);
+  absl::Status st = v.Feed(std::string(kGood) + "\n" + std::string(200, ' '));
+  EXPECT_TRUE(absl::IsResourceExhausted(st)) << st;
+  EXPECT_NE(st.message().find("line 2"), absl::string_view::npos);
+
+  JsonlValidator empty;
+  ASSERT_TRUE(empty.Feed("\n\n").ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(empty.Finish()));
+}
+
+}  // namespace
+}  // namespace lathe

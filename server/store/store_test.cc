@@ -1,0 +1,195 @@
+#include "server/store/store.h"
+
+#include <filesystem>
+
+#include <gtest/gtest.h>
+
+#include "common/ids.h"
+
+namespace lathe::store {
+namespace {
+
+namespace fs = std::filesystem;
+
+v1::File MakeFile(const std::string& id) {
+  v1::File f;
+  f.set_id(id);
+  f.set_created_at(NowUnixSeconds());
+  f.set_filename("train.jsonl");
+  f.set_purpose("fine-tune");
+  f.set_bytes(10);
+  f.set_sha256(std::string(64, 'a'));
+  f.set_line_count(3);
+  f.set_format("chat");
+  return f;
+}
+
+v1::Job MakeJob(const std::string& id) {
+  v1::Job j;
+  j.set_id(id);
+  j.set_status(v1::JOB_STATUS_QUEUED);
+  j.set_model("tiny");
+  j.set_training_file("file-1");
+  j.set_created_at(NowUnixSeconds());
+  return j;
+}
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto s = Store::Open(":memory:");
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = std::move(*s);
+  }
+  std::unique_ptr<Store> store_;
+};
+
+TEST_F(StoreTest, FilesRoundTripAndPage) {
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(store_->InsertFile(MakeFile("file-" + std::to_string(i))).ok());
+  }
+  EXPECT_TRUE(absl::IsAlreadyExists(store_->InsertFile(MakeFile("file-0"))));
+  auto f = store_->GetFile("file-3");
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->line_count(), 3);
+  EXPECT_TRUE(absl::IsNotFound(store_->GetFile("file-9").status()));
+
+  auto p1 = store_->ListFiles(2, "", "");
+  ASSERT_TRUE(p1.ok());
+  ASSERT_EQ(p1->data.size(), 2u);
+  EXPECT_EQ(p1->data[0].id(), "file-4");  // newest first
+  EXPECT_TRUE(p1->has_more);
+  auto p2 = store_->ListFiles(2, p1->data[1].id(), "");
+  ASSERT_TRUE(p2.ok());
+  EXPECT_EQ(p2->data[0].id(), "file-2");
+  auto p3 = store_->ListFiles(2, p2->data[1].id(), "");
+  ASSERT_TRUE(p3.ok());
+  ASSERT_EQ(p3->data.size(), 1u);
+  EXPECT_EQ(p3->data[0].id(), "file-0");
+  EXPECT_FALSE(p3->has_more);
+  EXPECT_TRUE(absl::IsInvalidArgument(store_->ListFiles(2, "file-x", "").status()));
+}
+
+TEST_F(StoreTest, IdempotentCreate) {
+  auto a = store_->CreateJob(MakeJob("ftjob-a"), "key-1", "fp-1");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE(a->created);
+  auto again = store_->CreateJob(MakeJob("ftjob-b"), "key-1", "fp-1");
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->created);
+  EXPECT_EQ(again->job.id(), "ftjob-a");
+  auto other = store_->CreateJob(MakeJob("ftjob-c"), "key-1", "fp-2");
+  EXPECT_TRUE(absl::IsAlreadyExists(other.status())) << other.status();
+  EXPECT_TRUE(absl::IsNotFound(store_->GetJob("ftjob-c").status()));
+  // Without a key every create is a new job.
+  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-d"), "", "fp-1").ok());
+  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-e"), "", "fp-1").ok());
+}
+
+TEST_F(StoreTest, TransitionIsCompareAndSet) {
+  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  TransitionUpdate u;
+  u.attempt = 1;
+  u.worker_id = "w1";
+  auto running = store_->Transition("ftjob-a", v1::JOB_STATUS_QUEUED,
+                                    v1::JOB_STATUS_RUNNING, std::nullopt, u);
+  ASSERT_TRUE(running.ok()) << running.status();
+  EXPECT_EQ(running->status(), v1::JOB_STATUS_RUNNING);
+  EXPECT_EQ(running->attempt(), 1);
+  EXPECT_GT(running->started_at(), 0);
+  // A lost race: the job is no longer queued.
+  auto lost = store_->Transition("ftjob-a", v1::JOB_STATUS_QUEUED,
+                                 v1::JOB_STATUS_RUNNING, std::nullopt, u);
+  EXPECT_TRUE(absl::IsFailedPrecondition(lost.status())) << lost.status();
+  // A stale attempt is refused.
+  auto stale = store_->Transition("ftjob-a", v1::JOB_STATUS_RUNNING,
+                                  v1::JOB_STATUS_SUCCEEDED, 7, {});
+  EXPECT_TRUE(absl::IsFailedPrecondition(stale.status()));
+  // Not an allowed transition at all.
+  auto bad = store_->Transition("ftjob-a", v1::JOB_STATUS_RUNNING,
+                                v1::JOB_STATUS_VALIDATING_FILES, 1, {});
+  EXPECT_TRUE(absl::IsFailedPrecondition(bad.status()));
+  EXPECT_TRUE(absl::IsNotFound(store_->Transition("ftjob-zz", v1::JOB_STATUS_QUEUED,
+                                                  v1::JOB_STATUS_RUNNING,
+                                                  std::nullopt, {})
+                                   .status()));
+  TransitionUpdate done;
+  done.fine_tuned_model = "ft:tiny:x";
+  done.trained_tokens = 1234;
+  auto ok = store_->Transition("ftjob-a", v1::JOB_STATUS_RUNNING,
+                               v1::JOB_STATUS_SUCCEEDED, 1, done);
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(ok->fine_tuned_model(), "ft:tiny:x");
+  EXPECT_EQ(ok->trained_tokens(), 1234);
+  EXPECT_GT(ok->finished_at(), 0);
+  // Every transition is an event, after the creation event.
+  auto events = store_->ListEvents("ftjob-a", "", 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->data.size(), 3u);
+  EXPECT_EQ(events->data[1].status(), v1::JOB_STATUS_RUNNING);
+  EXPECT_EQ(events->data[2].status(), v1::JOB_STATUS_SUCCEEDED);
+}
+
+TEST_F(StoreTest, QueuePositionAndOrder) {
+  for (const char* id : {"ftjob-1", "ftjob-2", "ftjob-3"}) {
+    ASSERT_TRUE(store_->CreateJob(MakeJob(id), "", "").ok());
+  }
+  auto q = store_->QueuedJobs();
+  ASSERT_TRUE(q.ok());
+  ASSERT_EQ(q->size(), 3u);
+  EXPECT_EQ((*q)[0].job_id, "ftjob-1");
+  EXPECT_EQ(store_->GetJob("ftjob-3")->queue_position(), 3);
+  ASSERT_TRUE(store_->Transition("ftjob-1", v1::JOB_STATUS_QUEUED,
+                                 v1::JOB_STATUS_CANCELLED, std::nullopt, {})
+                  .ok());
+  EXPECT_EQ(store_->GetJob("ftjob-3")->queue_position(), 2);
+  EXPECT_EQ(store_->GetJob("ftjob-1")->queue_position(), 0);
+}
+
+TEST_F(StoreTest, EventsDeduplicateAndPage) {
+  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  v1::JobEvent e;
+  e.set_type("metrics");
+  e.set_level("info");
+  for (int seq = 1; seq <= 5; ++seq) {
+    e.mutable_metrics()->set_step(seq);
+    ASSERT_TRUE(store_->AppendEvent("ftjob-a", e, 1, seq).ok());
+  }
+  // A repeated report of seq 3 is not stored twice.
+  EXPECT_TRUE(absl::IsAlreadyExists(store_->AppendEvent("ftjob-a", e, 1, 3).status()));
+  auto all = store_->ListEvents("ftjob-a", "", 100);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->data.size(), 6u);  // created + 5 metrics
+  auto page = store_->ListEvents("ftjob-a", all->data[2].id(), 2);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->data.size(), 2u);
+  EXPECT_EQ(page->data[0].id(), all->data[3].id());
+  EXPECT_TRUE(page->has_more);
+  EXPECT_TRUE(absl::IsInvalidArgument(store_->ListEvents("ftjob-a", "bogus", 2).status()));
+  EXPECT_TRUE(absl::IsNotFound(store_->ListEvents("ftjob-zz", "", 2).status()));
+}
+
+TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
+  std::string dir = ::testing::TempDir() + "/store_reopen";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string path = dir + "/lathe.db";
+  {
+    auto s = Store::Open(path);
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_TRUE((*s)->InsertFile(MakeFile("file-1")).ok());
+    ASSERT_TRUE((*s)->CreateJob(MakeJob("ftjob-1"), "k", "f").ok());
+  }
+  auto s = Store::Open(path);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE((*s)->GetFile("file-1").ok());
+  auto job = (*s)->GetJob("ftjob-1");
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
+  auto db = Database::Open(path);
+  ASSERT_TRUE(db.ok());
+  EXPECT_EQ(*(*db)->UserVersion(), 1);
+}
+
+}  // namespace
+}  // namespace lathe::store

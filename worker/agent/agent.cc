@@ -1,0 +1,347 @@
+#include "worker/agent/agent.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/ids.h"
+#include "common/sha256.h"
+#include "spdlog/spdlog.h"
+#include "worker/engine/trainer.h"
+
+namespace lathe::worker {
+
+namespace fs = std::filesystem;
+
+struct Agent::Attempt {
+  v1::Assignment assignment;
+  std::thread thread;
+  std::atomic<bool> stop{false};
+  // Guarded by Agent::mu_.
+  int64_t next_seq = 1;
+  std::vector<v1::AttemptEvent> pending;  // not yet acknowledged
+  int64_t step = 0;
+  int64_t total_steps = 0;
+  int64_t trained_tokens = 0;
+  std::optional<v1::AttemptOutcome> outcome;
+};
+
+namespace {
+
+std::string DefaultWorkerId() {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  return absl::StrCat(host, "-", getpid());
+}
+
+int64_t MemoryBytes() {
+  return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+}
+
+v1::JobEvent Message(const std::string& text, const std::string& level = "info") {
+  v1::JobEvent e;
+  e.set_type("message");
+  e.set_level(level);
+  e.set_message(text);
+  return e;
+}
+
+}  // namespace
+
+Agent::Agent(AgentOptions options) : options_(std::move(options)) {
+  if (options_.worker_id.empty()) {
+    const_cast<AgentOptions&>(options_).worker_id = DefaultWorkerId();
+  }
+  grpc::ChannelArguments args;
+  // Notice a hung connection (peer frozen, network cut) within seconds.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetMaxReceiveMessageSize(16 << 20);
+  channel_ = grpc::CreateCustomChannel(options_.server,
+                                       grpc::InsecureChannelCredentials(), args);
+  stub_ = v1::Worker::NewStub(channel_);
+}
+
+Agent::~Agent() {
+  Stop();
+  std::unique_ptr<Attempt> a;
+  {
+    absl::MutexLock lock(&mu_);
+    a = std::move(attempt_);
+  }
+  if (a && a->thread.joinable()) a->thread.join();
+}
+
+void Agent::Stop() {
+  stopping_.store(true);
+  absl::MutexLock lock(&mu_);
+  if (attempt_) attempt_->stop.store(true);
+  wake_ = true;
+}
+
+v1::WorkerReport Agent::BuildReport() {
+  v1::WorkerReport r;
+  r.set_worker_id(options_.worker_id);
+  auto* dev = r.add_devices();
+  dev->set_kind("cpu");
+  dev->set_name(absl::StrCat("cpu x", std::thread::hardware_concurrency()));
+  dev->set_memory_bytes(MemoryBytes());
+  absl::MutexLock lock(&mu_);
+  wake_ = false;
+  if (attempt_) {
+    auto* a = r.mutable_attempt();
+    a->set_job_id(attempt_->assignment.job_id());
+    a->set_attempt(attempt_->assignment.attempt());
+    a->set_step(attempt_->step);
+    a->set_total_steps(attempt_->total_steps);
+    a->set_trained_tokens(attempt_->trained_tokens);
+    for (const auto& e : attempt_->pending) *a->add_events() = e;
+    if (attempt_->outcome) *a->mutable_outcome() = *attempt_->outcome;
+  }
+  return r;
+}
+
+void Agent::Apply(const v1::WorkerDirective& d) {
+  std::unique_ptr<Attempt> finished;
+  {
+    absl::MutexLock lock(&mu_);
+    if (attempt_) {
+      auto& p = attempt_->pending;
+      p.erase(std::remove_if(p.begin(), p.end(),
+                             [&](const v1::AttemptEvent& e) {
+                               return e.seq() <= d.acked_event_seq();
+                             }),
+              p.end());
+      if (d.stop() && !attempt_->stop.exchange(true)) {
+        spdlog::info("server asks to stop {}: {}",
+                     attempt_->assignment.job_id(), d.stop_reason());
+      }
+      if (d.outcome_recorded() ||
+          (d.stop() && d.stop_reason() == "attempt superseded")) {
+        finished = std::move(attempt_);
+      }
+    }
+    if (!attempt_ && d.has_assignment() && !stopping_.load()) {
+      StartAttempt(d.assignment());
+    }
+  }
+  if (finished && finished->thread.joinable()) finished->thread.join();
+}
+
+void Agent::StartAttempt(const v1::Assignment& a) {
+  spdlog::info("assigned {} (attempt {})", a.job_id(), a.attempt());
+  attempt_ = std::make_unique<Attempt>();
+  attempt_->assignment = a;
+  Attempt* raw = attempt_.get();
+  raw->thread = std::thread([this, raw] { RunAttempt(raw); });
+}
+
+void Agent::Emit(Attempt* attempt, v1::JobEvent event) {
+  absl::MutexLock lock(&mu_);
+  v1::AttemptEvent e;
+  e.set_seq(attempt->next_seq++);
+  *e.mutable_event() = std::move(event);
+  attempt->pending.push_back(std::move(e));
+  wake_ = true;
+}
+
+bool Agent::FetchFile(Attempt* attempt, const std::string& file_id,
+                      const std::string& path, std::string* error) {
+  grpc::ClientContext ctx;
+  v1::FetchFileRequest r;
+  r.set_job_id(attempt->assignment.job_id());
+  r.set_attempt(attempt->assignment.attempt());
+  r.set_file_id(file_id);
+  auto reader = stub_->FetchFile(&ctx, r);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  v1::FileChunk chunk;
+  while (reader->Read(&chunk)) out.write(chunk.data().data(), chunk.data().size());
+  grpc::Status st = reader->Finish();
+  out.close();
+  if (!st.ok() || !out) {
+    *error = absl::StrCat("fetching ", file_id, ": ",
+                          st.ok() ? "write error" : st.error_message());
+    return false;
+  }
+  return true;
+}
+
+bool Agent::UploadResult(Attempt* attempt, const std::string& path,
+                         const std::string& name, std::string* error) {
+  auto sha = Sha256File(path);
+  std::error_code ec;
+  int64_t size = static_cast<int64_t>(fs::file_size(path, ec));
+  if (!sha.ok() || ec) {
+    *error = absl::StrCat("reading ", path, " failed");
+    return false;
+  }
+  grpc::ClientContext ctx;
+  v1::ResultFile stored;
+  auto writer = stub_->UploadResult(&ctx, &stored);
+  v1::UploadResultRequest head;
+  auto* h = head.mutable_header();
+  h->set_job_id(attempt->assignment.job_id());
+  h->set_attempt(attempt->assignment.attempt());
+  h->set_name(name);
+  h->set_bytes(size);
+  h->set_sha256(*sha);
+  bool open = writer->Write(head);
+  std::ifstream in(path, std::ios::binary);
+  std::string buf(1 << 20, '\0');
+  while (open && in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    if (in.gcount() <= 0) break;
+    v1::UploadResultRequest c;
+    c.set_chunk(buf.data(), static_cast<size_t>(in.gcount()));
+    open = writer->Write(c);
+  }
+  writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  if (!st.ok()) {
+    *error = absl::StrCat("uploading ", name, ": ", st.error_message());
+    return false;
+  }
+  return true;
+}
+
+void Agent::RunAttempt(Attempt* attempt) {
+  const v1::Assignment& as = attempt->assignment;
+  const v1::Job& job = as.job();
+  fs::path dir = fs::path(options_.work_dir) / as.job_id() /
+                 absl::StrCat("attempt-", as.attempt());
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  fs::create_directories(dir, ec);
+
+  v1::AttemptOutcome outcome;
+  auto fail = [&](const std::string& code, const std::string& message,
+                  bool user_fault) {
+    outcome.set_result(v1::AttemptOutcome::RESULT_FAILED);
+    outcome.mutable_error()->set_code(code);
+    outcome.mutable_error()->set_message(message);
+    outcome.mutable_error()->set_user_fault(user_fault);
+  };
+
+  engine::TrainOptions o;
+  o.model_dir = as.model_path();
+  o.base_model_name = job.model();
+  o.training_file = (dir / "train.jsonl").string();
+  o.output_dir = (dir / "adapter").string();
+  const auto& hp = job.method().supervised().hyperparameters();
+  o.n_epochs = hp.n_epochs();
+  o.batch_size = hp.batch_size();
+  o.learning_rate = as.learning_rate();
+  o.seed = static_cast<uint64_t>(job.seed());
+  o.lora.rank = job.lora().rank();
+  o.lora.alpha = job.lora().alpha();
+  o.lora.dropout = job.lora().dropout();
+  o.lora.target_modules.assign(job.lora().target_modules().begin(),
+                               job.lora().target_modules().end());
+
+  std::string error;
+  bool fetched = FetchFile(attempt, job.training_file(), o.training_file, &error);
+  if (fetched && !job.validation_file().empty()) {
+    o.validation_file = (dir / "valid.jsonl").string();
+    fetched = FetchFile(attempt, job.validation_file(), o.validation_file, &error);
+  }
+  if (!fetched) {
+    fail("file_fetch_failed", error, false);
+  } else {
+    Emit(attempt, Message(absl::StrCat("Training started on ", options_.worker_id,
+                                       ": LoRA r=", o.lora.rank, " on ", job.model(),
+                                       ", ", o.n_epochs, " epochs, batch ",
+                                       o.batch_size, ", lr ", o.learning_rate)));
+    auto result = engine::Train(
+        o,
+        [&](const engine::StepMetrics& m) {
+          v1::JobEvent e;
+          e.set_type("metrics");
+          e.set_level("info");
+          e.set_message(absl::StrCat("Step ", m.step, "/", m.total_steps,
+                                     ": training loss=", m.loss));
+          auto* mm = e.mutable_metrics();
+          mm->set_step(m.step);
+          mm->set_total_steps(m.total_steps);
+          mm->set_train_loss(m.loss);
+          mm->set_train_mean_token_accuracy(m.token_accuracy);
+          mm->set_learning_rate(m.learning_rate);
+          mm->set_tokens_per_second(m.tokens_per_second);
+          mm->set_trained_tokens(m.trained_tokens);
+          {
+            absl::MutexLock lock(&mu_);
+            attempt->step = m.step;
+            attempt->total_steps = m.total_steps;
+            attempt->trained_tokens = m.trained_tokens;
+          }
+          Emit(attempt, std::move(e));
+        },
+        [&] { return attempt->stop.load(); });
+    if (result.ok()) {
+      outcome.set_trained_tokens(result->trained_tokens);
+      bool uploaded = true;
+      for (const char* name : {"adapter_config.json", "adapter_model.safetensors"}) {
+        uploaded = uploaded &&
+                   UploadResult(attempt, (fs::path(o.output_dir) / name).string(),
+                                name, &error);
+        if (uploaded) outcome.add_result_files(name);
+      }
+      if (uploaded) {
+        outcome.set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
+        Emit(attempt, Message(absl::StrCat("Adapter uploaded (", result->steps,
+                                           " steps, loss ", result->first_loss,
+                                           " -> ", result->last_loss, ")")));
+      } else {
+        fail("upload_failed", error, false);
+      }
+    } else if (absl::IsCancelled(result.status())) {
+      outcome.set_result(v1::AttemptOutcome::RESULT_CANCELLED);
+    } else {
+      bool user = absl::IsInvalidArgument(result.status());
+      fail(user ? "invalid_training_file" : "training_error",
+           std::string(result.status().message()), user);
+    }
+  }
+  fs::remove_all(dir, ec);
+  spdlog::info("{} attempt {} ended: {}", as.job_id(), as.attempt(),
+               v1::AttemptOutcome::Result_Name(outcome.result()));
+  absl::MutexLock lock(&mu_);
+  attempt->outcome = outcome;
+  wake_ = true;
+}
+
+void Agent::Run() {
+  absl::Duration backoff = absl::Milliseconds(200);
+  while (!stopping_.load()) {
+    grpc::ClientContext ctx;
+    auto stream = stub_->Connect(&ctx);
+    bool connected = false;
+    while (!stopping_.load()) {
+      if (!stream->Write(BuildReport())) break;
+      v1::WorkerDirective d;
+      if (!stream->Read(&d)) break;
+      if (!connected) {
+        spdlog::info("connected to lathed at {} as {}", options_.server,
+                     options_.worker_id);
+        connected = true;
+        backoff = absl::Milliseconds(200);
+      }
+      Apply(d);
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&wake_), options_.heartbeat);
+    }
+    stream->WritesDone();
+    grpc::Status st = stream->Finish();
+    if (stopping_.load()) break;
+    spdlog::warn("lost the stream to lathed at {} ({}); reconnecting in {}",
+                 options_.server, st.error_message(), absl::FormatDuration(backoff));
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
+}
+
+}  // namespace lathe::worker

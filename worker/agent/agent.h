@@ -1,0 +1,67 @@
+// lathe-worker's agent: keeps one stream open to lathed, reports what this
+// worker is doing, runs the attempts the server assigns (through the engine)
+// and uploads their results. Stateless across restarts: whatever it loses,
+// the server re-assigns.
+//
+// Thread-safe: Run() on one thread, Stop() from any (e.g. a signal thread).
+#ifndef LATHE_WORKER_AGENT_AGENT_H_
+#define LATHE_WORKER_AGENT_AGENT_H_
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "lathe/v1/worker.grpc.pb.h"
+
+namespace lathe::worker {
+
+struct AgentOptions {
+  std::string server = "127.0.0.1:7070";  // lathed
+  std::string worker_id;                  // default: hostname-pid
+  std::string work_dir = ".lathe-worker"; // per-attempt files
+  absl::Duration heartbeat = absl::Seconds(1);
+};
+
+class Agent {
+ public:
+  explicit Agent(AgentOptions options);
+  ~Agent();
+
+  // Serves until Stop(): connects, reconnects with backoff when the stream
+  // breaks, and reports state on every heartbeat.
+  void Run();
+  // Asks Run() to return; a running attempt is stopped.
+  void Stop();
+
+ private:
+  struct Attempt;  // one assigned attempt and its thread
+
+  v1::WorkerReport BuildReport();
+  void Apply(const v1::WorkerDirective& d);
+  void StartAttempt(const v1::Assignment& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RunAttempt(Attempt* attempt);
+  void Emit(Attempt* attempt, v1::JobEvent event);
+  bool FetchFile(Attempt* attempt, const std::string& file_id,
+                 const std::string& path, std::string* error);
+  bool UploadResult(Attempt* attempt, const std::string& path,
+                    const std::string& name, std::string* error);
+
+  const AgentOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Worker::Stub> stub_;
+
+  absl::Mutex mu_;
+  std::unique_ptr<Attempt> attempt_ ABSL_GUARDED_BY(mu_);
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;  // report before the heartbeat
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace lathe::worker
+
+#endif  // LATHE_WORKER_AGENT_AGENT_H_

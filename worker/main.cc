@@ -1,0 +1,62 @@
+// lathe-worker: `serve` runs the agent against lathed (full build only);
+// every other subcommand is the engine's own CLI (train, make-demo, …).
+#include <cstring>
+#include <iostream>
+
+#include "worker/engine/engine_cli.h"
+
+#if LATHE_WITH_AGENT
+#include <csignal>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "spdlog/spdlog.h"
+#include "worker/agent/agent.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:7070", "lathed's host:port");
+ABSL_FLAG(std::string, worker_id, "", "this worker's name (default host-pid)");
+ABSL_FLAG(std::string, work_dir, ".lathe-worker", "folder for attempt files");
+
+namespace {
+
+int Serve(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "lathe-worker serve --server HOST:PORT [--worker_id ID] [--work_dir DIR]");
+  absl::ParseCommandLine(argc, argv);
+  // Block SIGINT/SIGTERM in every thread; one thread waits for them.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  lathe::worker::AgentOptions o;
+  o.server = absl::GetFlag(FLAGS_server);
+  o.worker_id = absl::GetFlag(FLAGS_worker_id);
+  o.work_dir = absl::GetFlag(FLAGS_work_dir);
+  lathe::worker::Agent agent(o);
+  std::thread signals([&agent, set] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    spdlog::info("signal {}: stopping", sig);
+    agent.Stop();
+  });
+  signals.detach();
+  agent.Run();
+  return 0;
+}
+
+}  // namespace
+#endif
+
+int main(int argc, char** argv) {
+#if LATHE_WITH_AGENT
+  if (argc >= 2 && std::strcmp(argv[1], "serve") == 0) {
+    return Serve(argc - 1, argv + 1);
+  }
+#endif
+  return lathe::engine::RunEngineCommand(argc, argv);
+}
