@@ -1,5 +1,7 @@
 // lathed: the Lathe control plane. Reads flags into LathedOptions and runs.
 #include <csignal>
+#include <cstdio>
+#include <fstream>
 #include <iostream>
 
 #include "absl/flags/flag.h"
@@ -19,6 +21,9 @@ ABSL_FLAG(double, base_learning_rate, 2e-4,
 ABSL_FLAG(int, lease_seconds, 15,
           "a running job's lease; a worker silent this long loses the job");
 ABSL_FLAG(int, max_attempts, 3, "attempts per job before it fails");
+ABSL_FLAG(std::string, port_file, "",
+          "if set, the bound port is written here once serving (for --listen "
+          "with port 0)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -56,6 +61,11 @@ int main(int argc, char** argv) {
   if (!server.ok()) {
     spdlog::error("cannot start: {}", server.status().ToString());
     return 1;
+  }
+  if (std::string pf = absl::GetFlag(FLAGS_port_file); !pf.empty()) {
+    std::string tmp = pf + ".tmp";
+    std::ofstream(tmp) << (*server)->port() << "\n";
+    std::rename(tmp.c_str(), pf.c_str());
   }
   int sig = 0;
   sigwait(&set, &sig);

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The main job, end to end on this machine: build Lathe, start lathed and one
+# lathe-worker, make a tiny demo model and chat dataset, upload it, create a
+# LoRA fine-tuning job, follow it, and download the adapter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+bash scripts/install-deps.sh
+bash scripts/build.sh
+
+BIN="$ROOT/build"
+WORK="$ROOT/.lathe/quickstart"
+PORT=${LATHE_PORT:-7070}
+export LATHE_SERVER="127.0.0.1:$PORT"
+LATHE="$BIN/cli/lathe"
+mkdir -p "$WORK"
+
+echo "== Making the demo model and dataset in $WORK/demo"
+"$BIN/worker/agent/lathe-worker" make-demo --out "$WORK/demo"
+
+echo "== Starting lathed on $LATHE_SERVER (data in $WORK/data, log $WORK/lathed.log)"
+"$BIN/server/lathed" --listen "$LATHE_SERVER" --data_dir "$WORK/data" \
+  --base_model "lathe-demo=$WORK/demo/model" --port_file "$WORK/lathed.port" \
+  >"$WORK/lathed.log" 2>&1 &
+LATHED_PID=$!
+echo "== Starting one lathe-worker (log $WORK/worker.log)"
+"$BIN/worker/agent/lathe-worker" serve --server "$LATHE_SERVER" \
+  --work_dir "$WORK/worker" >"$WORK/worker.log" 2>&1 &
+WORKER_PID=$!
+trap 'kill $WORKER_PID $LATHED_PID 2>/dev/null; wait 2>/dev/null' EXIT
+rm -f "$WORK/lathed.port"
+for _ in $(seq 100); do [ -s "$WORK/lathed.port" ] && break; sleep 0.1; done
+[ -s "$WORK/lathed.port" ] || { cat "$WORK/lathed.log"; echo "lathed did not start"; exit 1; }
+
+echo "== Uploading the training file"
+FILE_ID=$("$LATHE" files upload "$WORK/demo/train.jsonl" -o json | sed -n 's/.*"id": "\(file-[^"]*\)".*/\1/p')
+echo "file: $FILE_ID"
+
+echo "== Creating a LoRA fine-tuning job"
+JOB_ID=$("$LATHE" jobs create --model lathe-demo --training-file "$FILE_ID" \
+  --n-epochs 3 --batch-size 4 --learning-rate-multiplier 10 --suffix quickstart \
+  -o json | sed -n 's/.*"id": "\(ftjob-[^"]*\)".*/\1/p')
+echo "job: $JOB_ID"
+
+echo "== Following its events"
+"$LATHE" jobs events "$JOB_ID" --follow
+echo "== Final state"
+"$LATHE" jobs wait "$JOB_ID"
+
+echo "== Downloading the adapter"
+"$LATHE" jobs download "$JOB_ID" --out "$WORK/adapter"
+echo
+echo "The adapter (Hugging Face PEFT layout) is in $WORK/adapter"

@@ -1,0 +1,57 @@
+// A real Lathe on loopback for integration tests: one lathed and N
+// lathe-worker processes over a temporary data directory, with the demo
+// model registered as base model "lathe-demo".
+#ifndef LATHE_TESTS_CLUSTER_H_
+#define LATHE_TESTS_CLUSTER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "client/client.h"
+#include "tests/subprocess.h"
+
+namespace lathe::testing {
+
+// Paths of the built binaries (set by CMake).
+struct Binaries {
+  std::string lathed = LATHE_LATHED_BIN;
+  std::string worker = LATHE_WORKER_BIN;
+  std::string cli = LATHE_CLI_BIN;
+};
+
+class Cluster {
+ public:
+  // Empties `root`, makes the demo in `root`/demo and starts lathed.
+  static absl::StatusOr<std::unique_ptr<Cluster>> Start(const std::string& root,
+                                                        int workers);
+  ~Cluster();
+
+  // Starts one more worker; returns its index.
+  int AddWorker();
+  Subprocess& worker(int i) { return *workers_[i]; }
+  Subprocess& lathed() { return *lathed_; }
+
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  Client& client() { return *client_; }
+  const std::string& demo_dir() const { return demo_dir_; }
+  const std::string& root() const { return root_; }
+  // lathed's and the workers' logs, for failure messages.
+  std::string Logs() const;
+
+ private:
+  Cluster() = default;
+
+  Binaries bin_;
+  std::string root_;
+  std::string demo_dir_;
+  int port_ = 0;
+  std::unique_ptr<Subprocess> lathed_;
+  std::vector<std::unique_ptr<Subprocess>> workers_;
+  std::unique_ptr<Client> client_;
+};
+
+}  // namespace lathe::testing
+
+#endif  // LATHE_TESTS_CLUSTER_H_

@@ -1,0 +1,180 @@
+// End to end, with real processes on loopback: upload a chat dataset through
+// the CLI, create a LoRA job, let a real lathe-worker train it with LibTorch,
+// follow its events, download the adapter and check it.
+#include <filesystem>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/safetensors.h"
+#include "common/sha256.h"
+#include "tests/cluster.h"
+
+namespace lathe::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string TestRoot(const std::string& name) {
+  return ::testing::TempDir() + "/lathe-e2e-" + name;
+}
+
+TEST(EndToEndTest, UploadTrainWatchDownload) {
+  auto cluster = Cluster::Start(TestRoot("main"), 1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+
+  // Upload through the CLI, as a user would.
+  std::string out;
+  int rc = RunCommand({Binaries().cli, "--server", c.address(), "files", "upload",
+                       c.demo_dir() + "/train.jsonl", "-o", "json"},
+                      &out);
+  ASSERT_EQ(rc, 0) << out << c.Logs();
+  auto json_start = out.find('{');
+  ASSERT_NE(json_start, std::string::npos) << out;
+  auto uploaded = nlohmann::json::parse(out.substr(json_start));
+  std::string file_id = uploaded["id"];
+  EXPECT_EQ(uploaded["sha256"], *Sha256File(c.demo_dir() + "/train.jsonl"));
+
+  v1::CreateJobRequest req;
+  req.set_model("lathe-demo");
+  req.set_training_file(file_id);
+  req.set_suffix("e2e");
+  req.set_seed(7);
+  auto* hp = req.mutable_method()->mutable_supervised()->mutable_hyperparameters();
+  hp->set_n_epochs(2);
+  hp->set_batch_size(4);
+  req.mutable_lora()->set_rank(4);
+  auto job = c.client().CreateJob(req);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
+
+  std::vector<double> losses;
+  std::vector<v1::JobStatus> statuses;
+  std::string last_event;
+  auto st = c.client().WatchJob(
+      job->id(), "",
+      [&](const v1::WatchJobResponse& u) {
+        EXPECT_NE(u.event().id(), last_event);
+        last_event = u.event().id();
+        if (u.event().type() == "metrics") {
+          losses.push_back(u.event().metrics().train_loss());
+        }
+        if (u.has_job()) statuses.push_back(u.job().status());
+      },
+      absl::Now() + absl::Minutes(5));
+  ASSERT_TRUE(st.ok()) << st << c.Logs();
+
+  auto done = c.client().GetJob(job->id());
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED)
+      << done->error().message() << c.Logs();
+  EXPECT_EQ(done->fine_tuned_model().rfind("ft:lathe-demo:e2e:", 0), 0u);
+  EXPECT_GT(done->trained_tokens(), 0);
+  ASSERT_GE(losses.size(), 10u);
+  EXPECT_EQ(static_cast<int64_t>(losses.size()), done->progress().steps_total());
+  EXPECT_LT(losses.back(), losses.front());
+  ASSERT_GE(statuses.size(), 3u);
+  EXPECT_EQ(statuses.front(), v1::JOB_STATUS_QUEUED);
+  EXPECT_EQ(statuses.back(), v1::JOB_STATUS_SUCCEEDED);
+
+  std::string adapter_dir = c.root() + "/adapter";
+  fs::remove_all(adapter_dir);
+  auto files = c.client().DownloadAdapter(job->id(), adapter_dir, nullptr);
+  ASSERT_TRUE(files.ok()) << files.status();
+  ASSERT_EQ(files->size(), 2u);
+  for (const auto& f : done->result_files()) {
+    EXPECT_EQ(*Sha256File(adapter_dir + "/" + f.name()), f.sha256()) << f.name();
+  }
+
+  auto header = safetensors::ReadHeaderFile(adapter_dir + "/adapter_model.safetensors");
+  ASSERT_TRUE(header.ok()) << header.status();
+  int a = 0, b = 0;
+  for (const auto& t : header->tensors) {
+    EXPECT_EQ(t.name.rfind("base_model.model.", 0), 0u) << t.name;
+    if (t.name.find(".lora_A.weight") != std::string::npos) {
+      ++a;
+      EXPECT_EQ(t.shape[0], 4) << t.name;  // [r, in]
+    }
+    if (t.name.find(".lora_B.weight") != std::string::npos) {
+      ++b;
+      EXPECT_EQ(t.shape[1], 4) << t.name;  // [out, r]
+    }
+  }
+  EXPECT_GT(a, 0);
+  EXPECT_EQ(a, b);
+  auto config = nlohmann::json::parse(
+      ReadFileOrEmpty(adapter_dir + "/adapter_config.json"));
+  EXPECT_EQ(config["peft_type"], "LORA");
+  EXPECT_EQ(config["r"], 4);
+}
+
+TEST(EndToEndTest, CancelARunningJob) {
+  auto cluster = Cluster::Start(TestRoot("cancel"), 1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
+  ASSERT_TRUE(file.ok()) << file.status();
+  v1::CreateJobRequest req;
+  req.set_model("lathe-demo");
+  req.set_training_file(file->id());
+  req.mutable_method()->mutable_supervised()->mutable_hyperparameters()->set_n_epochs(50);
+  auto job = c.client().CreateJob(req);
+  ASSERT_TRUE(job.ok()) << job.status();
+
+  // Cancel once the first metrics arrive: the job is really running.
+  bool cancelled = false;
+  auto st = c.client().WatchJob(
+      job->id(), "",
+      [&](const v1::WatchJobResponse& u) {
+        if (u.event().type() == "metrics" && !cancelled) {
+          cancelled = true;
+          auto r = c.client().CancelJob(job->id());
+          EXPECT_TRUE(r.ok()) << r.status();
+          EXPECT_EQ(r->status(), v1::JOB_STATUS_CANCELLING);
+        }
+      },
+      absl::Now() + absl::Minutes(3));
+  ASSERT_TRUE(st.ok()) << st << c.Logs();
+  EXPECT_TRUE(cancelled);
+  auto end = c.client().GetJob(job->id());
+  ASSERT_TRUE(end.ok());
+  EXPECT_EQ(end->status(), v1::JOB_STATUS_CANCELLED) << c.Logs();
+  EXPECT_LT(end->progress().steps_done(), end->progress().steps_total());
+  // Cancelling again is refused: the job has finished.
+  EXPECT_TRUE(absl::IsFailedPrecondition(c.client().CancelJob(job->id()).status()));
+}
+
+TEST(EndToEndTest, BadUploadIsRefusedAndNothingStored) {
+  auto cluster = Cluster::Start(TestRoot("bad"), 0);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  std::string bad = c.root() + "/bad.jsonl";
+  {
+    std::ofstream f(bad);
+    f << R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]})"
+      << "\n"
+      << R"({"messages":[{"role":"user","content":"q"},{"role":"robot","content":"a"}]})"
+      << "\n";
+  }
+  auto file = c.client().UploadFile(bad, "fine-tune", nullptr);
+  ASSERT_TRUE(absl::IsInvalidArgument(file.status())) << file.status();
+  EXPECT_NE(file.status().message().find("line 2: messages[1].role"),
+            absl::string_view::npos)
+      << file.status();
+  auto list = c.client().ListFiles({});
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->data_size(), 0);
+  EXPECT_TRUE(fs::is_empty(c.root() + "/data/tmp"));
+  EXPECT_TRUE(fs::is_empty(c.root() + "/data/blobs"));
+
+  v1::CreateJobRequest req;
+  req.set_model("no-such-model");
+  req.set_training_file("file-x");
+  auto job = c.client().CreateJob(req);
+  EXPECT_TRUE(absl::IsNotFound(job.status())) << job.status();
+  EXPECT_NE(job.status().message().find("model"), absl::string_view::npos);
+}
+
+}  // namespace
+}  // namespace lathe::testing
