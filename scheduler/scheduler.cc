@@ -2,19 +2,27 @@
 
 #include <algorithm>
 
+#include "scheduler/placement.h"
+
 namespace lathe::scheduler {
 
 std::optional<std::string> PickJob(const IdleWorker& worker,
                                    const std::vector<QueuedJob>& queue,
                                    absl::Time now) {
-  (void)worker;  // every worker fits every job until devices are modelled
-  const QueuedJob* best = nullptr;
-  for (const QueuedJob& job : queue) {
-    if (job.not_before > now) continue;
-    if (best == nullptr || job.enqueue_order < best->enqueue_order) best = &job;
+  std::vector<JobRequest> requests;
+  requests.reserve(queue.size());
+  for (const QueuedJob& q : queue) {
+    JobRequest& r = requests.emplace_back();
+    r.job_id = q.job_id;
+    r.enqueue_order = q.enqueue_order;
+    r.not_before = q.not_before;
   }
-  if (best == nullptr) return std::nullopt;
-  return best->job_id;
+  WorkerInfo idle;
+  idle.worker_id = worker.worker_id;
+  idle.idle = true;
+  RoundPlan plan = PlanRound(requests, {idle}, {}, SchedulingPolicy{}, now);
+  if (plan.placements.empty()) return std::nullopt;
+  return plan.placements.front().job_id;
 }
 
 void LeaseTable::Grant(const std::string& job_id, int32_t attempt,

@@ -23,9 +23,11 @@ struct IdleWorker {
   std::string worker_id;
 };
 
-// First in, first out: the earliest queued job whose backoff has passed at
-// `now`, or nothing. (Fit, priority and fair share come with the scheduler
-// issue; this is the policy's single entry point.)
+// The job `worker` should run: the first placement of PlanRound
+// (placement.h) for this one idle worker, with every job needing no memory,
+// of normal priority and of one project, so in effect the earliest queued
+// job whose backoff has passed at `now`, or nothing. Kept only until the
+// coordinator calls PlanRound itself.
 std::optional<std::string> PickJob(const IdleWorker& worker,
                                    const std::vector<QueuedJob>& queue,
                                    absl::Time now);

@@ -1,0 +1,284 @@
+#include "scheduler/placement.h"
+
+#include <algorithm>
+#include <array>
+#include <numeric>
+#include <queue>
+#include <set>
+#include <string_view>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace lathe::scheduler {
+namespace {
+
+constexpr int kNumClasses = 3;
+constexpr int kTopClass = static_cast<int>(Priority::kHigh);
+
+using Labels = std::map<std::string, std::string>;
+
+bool HasLabels(const Labels& have, const Labels& want) {
+  for (const auto& [key, value] : want) {
+    auto it = have.find(key);
+    if (it == have.end() || it->second != value) return false;
+  }
+  return true;
+}
+
+// What a job asks of a worker besides memory, as a key for the per-round
+// caches: jobs with equal keys accept exactly the same workers.
+std::string RequirementKey(const JobRequest& job) {
+  std::string key = job.device_kind;
+  for (const auto& [name, value] : job.required_labels) {
+    key.push_back('\0');
+    absl::StrAppend(&key, name, "=", value);
+  }
+  return key;
+}
+
+int EffectiveClass(const JobRequest& job, absl::Duration aging,
+                   absl::Time now) {
+  const int base = std::clamp(static_cast<int>(job.priority), 0, kTopClass);
+  if (aging <= absl::ZeroDuration() || aging == absl::InfiniteDuration()) {
+    return base;
+  }
+  const absl::Duration waited = now - job.enqueued_at;
+  int level = base;
+  for (absl::Duration rise = aging; level < kTopClass && waited >= rise;
+       rise += aging) {
+    ++level;
+  }
+  return level;
+}
+
+std::string Gib(int64_t bytes) {
+  return absl::StrFormat("%.1f GiB", static_cast<double>(bytes) / (1 << 30));
+}
+
+// "cuda worker with labels {zone=eu-1}"
+std::string DescribeWorkerWanted(const JobRequest& job) {
+  std::string out = job.device_kind.empty()
+                        ? "worker"
+                        : absl::StrCat(job.device_kind, " worker");
+  if (!job.required_labels.empty()) {
+    absl::StrAppend(
+        &out, " with labels {",
+        absl::StrJoin(job.required_labels, ", ", absl::PairFormatter("=")),
+        "}");
+  }
+  return out;
+}
+
+// The fleet indexed for one round: every worker's capacity, and the idle
+// ones ordered by capacity for best fit. Borrows `workers`, which must
+// outlive it.
+class FleetIndex {
+ public:
+  explicit FleetIndex(const std::vector<WorkerInfo>& workers)
+      : workers_(workers) {
+    capacity_.reserve(workers.size());
+    for (int i = 0; i < static_cast<int>(workers.size()); ++i) {
+      capacity_.push_back(WorkerCapacity(workers[i]));
+      if (!workers[i].idle) continue;
+      idle_by_kind_[capacity_[i].kind].insert({capacity_[i].memory_bytes, i});
+      ++idle_count_;
+    }
+  }
+
+  bool AnyIdle() const { return idle_count_ > 0; }
+
+  // The largest capacity among the workers, idle or busy, that have the
+  // kind and labels `job` asks for (`key` is its RequirementKey), or -1 if
+  // none has.
+  int64_t MaxCapacity(const JobRequest& job, const std::string& key) {
+    auto [it, inserted] = max_capacity_.try_emplace(key, -1);
+    if (inserted) {
+      for (size_t i = 0; i < workers_.size(); ++i) {
+        if (Accepts(job, i)) {
+          it->second = std::max(it->second, capacity_[i].memory_bytes);
+        }
+      }
+    }
+    return it->second;
+  }
+
+  // Removes from the idle set and returns the smallest idle worker that
+  // fits `job` (ties: the first in the fleet), or -1 if none does.
+  int TakeBestFit(const JobRequest& job, const std::string& key) {
+    // The idle set only shrinks during a round, so a need that found no
+    // worker stays unmet, and so does any larger one with the same key.
+    auto unmet = smallest_unmet_need_.find(key);
+    if (unmet != smallest_unmet_need_.end() &&
+        job.memory_bytes >= unmet->second) {
+      return -1;
+    }
+    IdleSet* best_set = nullptr;
+    IdleSet::iterator best;
+    auto consider = [&](IdleSet& idle) {
+      for (auto it = idle.lower_bound({job.memory_bytes, -1}); it != idle.end();
+           ++it) {
+        if (best_set != nullptr && *best < *it) return;
+        if (HasLabels(workers_[it->second].labels, job.required_labels)) {
+          best_set = &idle;
+          best = it;
+          return;
+        }
+      }
+    };
+    if (job.device_kind.empty()) {
+      for (auto& [kind, idle] : idle_by_kind_) consider(idle);
+    } else if (auto it = idle_by_kind_.find(job.device_kind);
+               it != idle_by_kind_.end()) {
+      consider(it->second);
+    }
+    if (best_set == nullptr) {
+      auto [it, inserted] =
+          smallest_unmet_need_.try_emplace(key, job.memory_bytes);
+      if (!inserted) it->second = std::min(it->second, job.memory_bytes);
+      return -1;
+    }
+    const int index = best->second;
+    best_set->erase(best);
+    --idle_count_;
+    return index;
+  }
+
+ private:
+  // (capacity, index in the fleet), smallest first.
+  using IdleSet = std::set<std::pair<int64_t, int>>;
+
+  bool Accepts(const JobRequest& job, size_t i) const {
+    return (job.device_kind.empty() || capacity_[i].kind == job.device_kind) &&
+           HasLabels(workers_[i].labels, job.required_labels);
+  }
+
+  const std::vector<WorkerInfo>& workers_;
+  std::vector<Device> capacity_;  // by index in the fleet
+  std::map<std::string, IdleSet> idle_by_kind_;
+  int idle_count_ = 0;
+  // Both keyed by RequirementKey.
+  absl::flat_hash_map<std::string, int64_t> max_capacity_;
+  absl::flat_hash_map<std::string, int64_t> smallest_unmet_need_;
+};
+
+// One project's eligible jobs, by effective class, each list in enqueue
+// order; plus its fair-share standing.
+struct ProjectQueue {
+  std::array<std::vector<int>, kNumClasses> jobs;  // indexes into the queue
+  double weight = 1;
+  int64_t jobs_running = 0;  // running before the round + placed in it
+  double Share() const { return static_cast<double>(jobs_running) / weight; }
+};
+
+// A project's next job in one class, as a heap entry: the heap's top is
+// the next job in rank order within that class.
+struct Head {
+  double share;
+  int64_t enqueue_order;
+  int job;  // index into the queue: the final tie-break
+  int project;
+  size_t position;  // of `job` in the project's list
+
+  bool operator>(const Head& o) const {
+    if (share != o.share) return share > o.share;
+    if (enqueue_order != o.enqueue_order) {
+      return enqueue_order > o.enqueue_order;
+    }
+    return job > o.job;
+  }
+};
+
+}  // namespace
+
+Device WorkerCapacity(const WorkerInfo& worker) {
+  const Device* largest = nullptr;
+  for (const Device& d : worker.devices) {
+    if (largest == nullptr || d.memory_bytes > largest->memory_bytes) {
+      largest = &d;
+    }
+  }
+  return largest == nullptr ? Device{} : *largest;
+}
+
+RoundPlan PlanRound(
+    const std::vector<JobRequest>& queue, const std::vector<WorkerInfo>& fleet,
+    const absl::flat_hash_map<std::string, int>& running_per_project,
+    const SchedulingPolicy& policy, absl::Time now) {
+  RoundPlan plan;
+  FleetIndex index(fleet);
+  // Queue indexes in enqueue order (the store usually hands them over so),
+  // so that each project's lists below come out in enqueue order too.
+  std::vector<int> order(queue.size());
+  std::iota(order.begin(), order.end(), 0);
+  auto earlier = [&queue](int a, int b) {
+    return std::pair(queue[a].enqueue_order, a) <
+           std::pair(queue[b].enqueue_order, b);
+  };
+  if (!std::is_sorted(order.begin(), order.end(), earlier)) {
+    std::sort(order.begin(), order.end(), earlier);
+  }
+  std::vector<std::string> keys(queue.size());
+  std::vector<ProjectQueue> projects;
+  absl::flat_hash_map<std::string_view, int> project_of;
+  for (int i : order) {
+    const JobRequest& job = queue[i];
+    keys[i] = RequirementKey(job);
+    const int64_t max_capacity = index.MaxCapacity(job, keys[i]);
+    if (max_capacity < job.memory_bytes) {
+      plan.unplaceable.push_back(
+          {job.job_id,
+           max_capacity < 0
+               ? absl::StrCat("no ", DescribeWorkerWanted(job), " is connected")
+               : absl::StrCat("needs ", Gib(job.memory_bytes),
+                              " of device memory; the largest ",
+                              DescribeWorkerWanted(job), " has ",
+                              Gib(max_capacity))});
+      continue;
+    }
+    if (job.not_before > now) continue;
+    auto [it, inserted] =
+        project_of.try_emplace(job.project, static_cast<int>(projects.size()));
+    if (inserted) {
+      ProjectQueue& p = projects.emplace_back();
+      if (auto w = policy.project_weights.find(job.project);
+          w != policy.project_weights.end()) {
+        p.weight = w->second;
+      }
+      if (auto r = running_per_project.find(job.project);
+          r != running_per_project.end()) {
+        p.jobs_running = r->second;
+      }
+    }
+    const int job_class = EffectiveClass(job, policy.aging, now);
+    projects[it->second].jobs[job_class].push_back(i);
+  }
+
+  for (int c = kTopClass; c >= 0 && index.AnyIdle(); --c) {
+    std::priority_queue<Head, std::vector<Head>, std::greater<Head>> heads;
+    auto push = [&](int project, size_t position) {
+      const std::vector<int>& jobs = projects[project].jobs[c];
+      if (position >= jobs.size()) return;
+      const int job = jobs[position];
+      heads.push({projects[project].Share(), queue[job].enqueue_order, job,
+                  project, position});
+    };
+    for (int p = 0; p < static_cast<int>(projects.size()); ++p) push(p, 0);
+    while (!heads.empty() && index.AnyIdle()) {
+      const Head head = heads.top();
+      heads.pop();
+      const int worker = index.TakeBestFit(queue[head.job], keys[head.job]);
+      if (worker >= 0) {
+        plan.placements.push_back(
+            {queue[head.job].job_id, fleet[worker].worker_id});
+        ++projects[head.project].jobs_running;
+      }
+      push(head.project, head.position + 1);
+    }
+  }
+  return plan;
+}
+
+}  // namespace lathe::scheduler

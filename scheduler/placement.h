@@ -1,0 +1,123 @@
+// Placement: which queued job runs on which idle worker, decided one round
+// at a time as pure logic (no I/O, no clock: `now` is passed in).
+//
+// The policy, in the order it decides:
+//
+//  1. Fit. A job runs only on a worker whose capacity (its largest device's
+//     memory) is at least the job's estimated need, whose device kind is the
+//     one the job asks for (if any), and which carries every label the job
+//     requires. Among the idle workers that fit, the job takes the smallest
+//     (best fit), leaving big workers to jobs that need them.
+//  2. Rank. Jobs are taken in rank order:
+//       a. effective priority class, highest first: the job's class, raised
+//          one class per `aging` it has waited, up to kHigh, so that a job
+//          never waits forever behind a stream of higher classes;
+//       b. fair share, lowest first: (jobs of the project running + placed
+//          earlier in this round) / the project's weight, so a project that
+//          queued 100 jobs does not starve one that queued 1;
+//       c. enqueue order, earliest first.
+//  3. No head-of-line blocking. A job that fits no idle worker is passed
+//     over and the next job in rank order is tried; it keeps its rank. This
+//     never delays the passed-over job: in every round it is offered the
+//     idle workers before any job ranked below it, so a lower-ranked job can
+//     only ever take a worker the higher-ranked job cannot use (one too
+//     small, of another kind, or without its labels). When a big worker
+//     frees, a big job waiting for it gets it ahead of the small jobs ranked
+//     below it; small jobs ranked above it take it only if no smaller idle
+//     worker fits them, and aging bounds how long they can outrank it.
+//     (No reservation beyond this is needed while every job runs on one
+//     worker: reservations matter for jobs that need several workers at
+//     once, which this policy does not place.)
+//  4. Backoff. A job whose `not_before` is after `now` is not placed.
+//  5. Unplaceable. A job that fits no worker of the fleet, idle or busy, is
+//     reported with a reason instead of being ranked, so the caller can fail
+//     it rather than let it wait forever.
+//
+// Cost of a round: O(Q log Q + W log W) for Q queued jobs and W workers,
+// plus a scan past idle workers lacking a job's labels (none for jobs that
+// require no labels).
+#ifndef LATHE_SCHEDULER_PLACEMENT_H_
+#define LATHE_SCHEDULER_PLACEMENT_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+
+namespace lathe::scheduler {
+
+struct Device {
+  std::string kind;          // "cuda" or "cpu"
+  int64_t memory_bytes = 0;  // 80 GiB for an H100
+};
+
+struct WorkerInfo {
+  std::string worker_id;
+  std::vector<Device> devices;  // usually one: a worker process per GPU
+  std::map<std::string, std::string> labels;  // {"zone": "eu-1"}
+  bool idle = false;  // false while it runs (or was just given) an attempt
+};
+
+// The device that gives `worker` its capacity: its largest (the first of
+// equals), or a Device with no kind and no memory if it has none.
+Device WorkerCapacity(const WorkerInfo& worker);
+
+enum class Priority { kLow = 0, kNormal = 1, kHigh = 2 };
+
+struct JobRequest {
+  std::string job_id;
+  std::string project;
+  Priority priority = Priority::kNormal;
+  int64_t memory_bytes = 0;  // the need: EstimateMemoryBytes
+  std::string device_kind;   // "cuda", "cpu", or "" for any
+  std::map<std::string, std::string> required_labels;
+  int64_t enqueue_order = 0;                        // smaller = earlier
+  absl::Time enqueued_at = absl::InfiniteFuture();  // unset: never aged
+  absl::Time not_before = absl::InfinitePast();     // retry backoff
+};
+
+struct SchedulingPolicy {
+  // Waiting this long raises a job one priority class (up to kHigh).
+  // absl::InfiniteDuration() or a non-positive value turns aging off.
+  absl::Duration aging = absl::Minutes(10);
+  // Fair-share weight per project; a project not listed weighs 1. A project
+  // of weight 2 gets twice the running jobs of one of weight 1.
+  // REQUIRES: every weight > 0.
+  absl::flat_hash_map<std::string, double> project_weights;
+};
+
+struct Placement {
+  std::string job_id;
+  std::string worker_id;
+};
+
+struct Unplaceable {
+  std::string job_id;
+  std::string reason;  // "needs 90.0 GiB of cuda memory; the largest ..."
+};
+
+struct RoundPlan {
+  std::vector<Placement> placements;     // in the order they were decided
+  std::vector<Unplaceable> unplaceable;  // in enqueue order
+};
+
+// Decides one round: places jobs of `queue` on the idle workers of `fleet`
+// by the policy above, each worker getting at most one job. `fleet` lists
+// every connected worker, busy ones included (they decide what is
+// placeable); `running_per_project` counts each project's running jobs (a
+// project not listed runs none). Jobs that fit no worker of `fleet` are in
+// `unplaceable` (whatever their backoff); judge them against a fleet that
+// is complete, e.g. not right after the server starts.
+// REQUIRES: job ids unique in `queue`, worker ids unique in `fleet`,
+// memory_bytes >= 0.
+RoundPlan PlanRound(
+    const std::vector<JobRequest>& queue, const std::vector<WorkerInfo>& fleet,
+    const absl::flat_hash_map<std::string, int>& running_per_project,
+    const SchedulingPolicy& policy, absl::Time now);
+
+}  // namespace lathe::scheduler
+
+#endif  // LATHE_SCHEDULER_PLACEMENT_H_

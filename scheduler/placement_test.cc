@@ -1,0 +1,404 @@
+#include "scheduler/placement.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace lathe::scheduler {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::UnorderedElementsAre;
+
+constexpr int64_t kGiB = int64_t{1} << 30;
+const absl::Time kNow = absl::FromUnixSeconds(1'000'000);
+
+WorkerInfo Gpu(std::string id, int64_t gib, bool idle = true,
+               std::map<std::string, std::string> labels = {}) {
+  return {std::move(id), {{"cuda", gib * kGiB}}, std::move(labels), idle};
+}
+
+JobRequest Job(std::string id, int64_t order, int64_t need_gib = 1,
+               std::string project = "p") {
+  JobRequest job;
+  job.job_id = std::move(id);
+  job.project = std::move(project);
+  job.memory_bytes = need_gib * kGiB;
+  job.enqueue_order = order;
+  job.enqueued_at = kNow;
+  return job;
+}
+
+// "job@worker" for each placement, in decision order.
+std::vector<std::string> Placed(const RoundPlan& plan) {
+  std::vector<std::string> out;
+  for (const Placement& p : plan.placements) {
+    out.push_back(p.job_id + "@" + p.worker_id);
+  }
+  return out;
+}
+
+RoundPlan Plan(const std::vector<JobRequest>& queue,
+               const std::vector<WorkerInfo>& fleet,
+               const absl::flat_hash_map<std::string, int>& running = {},
+               const SchedulingPolicy& policy = {}, absl::Time now = kNow) {
+  return PlanRound(queue, fleet, running, policy, now);
+}
+
+TEST(WorkerCapacityTest, LargestDevice) {
+  WorkerInfo w{"w", {{"cpu", 64 * kGiB}, {"cuda", 80 * kGiB}}, {}, true};
+  EXPECT_EQ(WorkerCapacity(w).kind, "cuda");
+  EXPECT_EQ(WorkerCapacity(w).memory_bytes, 80 * kGiB);
+  EXPECT_EQ(WorkerCapacity(WorkerInfo{}).memory_bytes, 0);
+}
+
+TEST(PlanRoundTest, BestFitAndNeverTooSmall) {
+  std::vector<WorkerInfo> fleet = {Gpu("w80", 80), Gpu("w24", 24),
+                                   Gpu("w40", 40)};
+  EXPECT_THAT(Placed(Plan({Job("j30", 1, 30)}, fleet)), ElementsAre("j30@w40"));
+  EXPECT_THAT(Placed(Plan({Job("j24", 1, 24)}, fleet)),
+              ElementsAre("j24@w24"));  // an exact fit fits
+  // The 40 is taken first, so the second 30 must go to the 80, not the 24.
+  EXPECT_THAT(Placed(Plan({Job("a", 1, 30), Job("b", 2, 30)}, fleet)),
+              ElementsAre("a@w40", "b@w80"));
+}
+
+TEST(PlanRoundTest, DeviceKind) {
+  std::vector<WorkerInfo> fleet = {{"cpu", {{"cpu", 256 * kGiB}}, {}, true},
+                                   Gpu("gpu", 24)};
+  JobRequest cuda = Job("cuda30", 1, 30);
+  cuda.device_kind = "cuda";
+  JobRequest any = Job("any30", 2, 30);
+  RoundPlan plan = Plan({cuda, any}, fleet);
+  EXPECT_THAT(Placed(plan), ElementsAre("any30@cpu"));
+  ASSERT_EQ(plan.unplaceable.size(), 1u);
+  EXPECT_EQ(plan.unplaceable[0].job_id, "cuda30");
+  EXPECT_EQ(plan.unplaceable[0].reason,
+            "needs 30.0 GiB of device memory; the largest cuda worker has "
+            "24.0 GiB");
+}
+
+TEST(PlanRoundTest, RequiredLabels) {
+  std::vector<WorkerInfo> fleet = {
+      Gpu("plain", 24), Gpu("eu", 80, true, {{"zone", "eu"}, {"tier", "a"}})};
+  JobRequest eu = Job("eu", 1, 10);
+  eu.required_labels = {{"zone", "eu"}};
+  JobRequest us = Job("us", 2, 10);
+  us.required_labels = {{"zone", "us"}};
+  RoundPlan plan = Plan({eu, us}, fleet);
+  EXPECT_THAT(Placed(plan), ElementsAre("eu@eu"));
+  ASSERT_EQ(plan.unplaceable.size(), 1u);
+  EXPECT_EQ(plan.unplaceable[0].job_id, "us");
+  EXPECT_EQ(plan.unplaceable[0].reason,
+            "no worker with labels {zone=us} is connected");
+}
+
+TEST(PlanRoundTest, HigherClassFirst) {
+  JobRequest low = Job("low", 1);
+  low.priority = Priority::kLow;
+  JobRequest normal = Job("normal", 2);
+  JobRequest high = Job("high", 3);
+  high.priority = Priority::kHigh;
+  EXPECT_THAT(Placed(Plan({low, normal, high}, {Gpu("w", 24)})),
+              ElementsAre("high@w"));
+  EXPECT_THAT(Placed(Plan({low, normal, high}, {Gpu("w1", 24), Gpu("w2", 24)})),
+              ElementsAre("high@w1", "normal@w2"));
+}
+
+TEST(PlanRoundTest, AgingRaisesOneClassPerPeriod) {
+  SchedulingPolicy policy;
+  policy.aging = absl::Minutes(10);
+  JobRequest low = Job("low", 1, 1, "a");
+  low.priority = Priority::kLow;
+  low.enqueued_at = kNow;
+  JobRequest high = Job("high", 2, 1, "b");
+  high.priority = Priority::kHigh;
+  auto winner = [&](absl::Time now) {
+    high.enqueued_at = now;  // a fresh high job each time
+    return Placed(Plan({low, high}, {Gpu("w", 24)}, {}, policy, now));
+  };
+  EXPECT_THAT(winner(kNow + absl::Minutes(19)), ElementsAre("high@w"));
+  // Risen to kHigh; it ties on class and share and was queued first.
+  EXPECT_THAT(winner(kNow + absl::Minutes(20)), ElementsAre("low@w"));
+  policy.aging = absl::InfiniteDuration();
+  EXPECT_THAT(winner(kNow + absl::Hours(100)), ElementsAre("high@w"));
+}
+
+TEST(PlanRoundTest, AgingStopsAtHighSoOldJobsStillShareFairly) {
+  // Both have aged to kHigh; however much older "a"'s job is, fair share
+  // decides between them, and "a" already runs a job.
+  JobRequest old = Job("old", 1, 1, "a");
+  old.enqueued_at = kNow - absl::Hours(10);
+  JobRequest newer = Job("newer", 2, 1, "b");
+  newer.enqueued_at = kNow - absl::Minutes(10);
+  EXPECT_THAT(Placed(Plan({old, newer}, {Gpu("w", 24)}, {{"a", 1}})),
+              ElementsAre("newer@w"));
+}
+
+TEST(PlanRoundTest, AgingEndsStarvationUnderAStreamOfHighJobs) {
+  // One worker frees each minute, and each minute a new high job arrives.
+  JobRequest low = Job("low", 0, 1, "a");
+  low.priority = Priority::kLow;
+  std::vector<JobRequest> queue = {low};
+  int placed_at = -1;
+  for (int minute = 0; minute < 60 && placed_at < 0; ++minute) {
+    absl::Time now = kNow + absl::Minutes(minute);
+    JobRequest high = Job("high" + std::to_string(minute), minute + 1, 1, "b");
+    high.priority = Priority::kHigh;
+    high.enqueued_at = now;
+    queue.push_back(high);
+    RoundPlan plan = Plan(queue, {Gpu("w", 24)}, {}, {}, now);
+    ASSERT_EQ(plan.placements.size(), 1u);
+    const std::string id = plan.placements[0].job_id;
+    if (id == "low") placed_at = minute;
+    std::erase_if(queue, [&](const JobRequest& j) { return j.job_id == id; });
+  }
+  EXPECT_EQ(placed_at, 20);
+}
+
+TEST(PlanRoundTest, SmallProjectIsNotStarvedByABigOne) {
+  std::vector<JobRequest> queue;
+  for (int i = 0; i < 100; ++i) {
+    queue.push_back(Job("a" + std::to_string(i), i, 1, "a"));
+  }
+  queue.push_back(Job("b0", 100, 1, "b"));
+  EXPECT_THAT(Placed(Plan(queue, {Gpu("w1", 24), Gpu("w2", 24)})),
+              ElementsAre("a0@w1", "b0@w2"));
+  // With one job of "a" already running, "b" goes first.
+  EXPECT_THAT(Placed(Plan(queue, {Gpu("w1", 24)}, {{"a", 1}})),
+              ElementsAre("b0@w1"));
+}
+
+TEST(PlanRoundTest, FairShareInterleavesOverRounds) {
+  std::vector<JobRequest> queue;
+  for (int i = 0; i < 100; ++i) {
+    queue.push_back(Job("a" + std::to_string(i), i, 1, "a"));
+  }
+  for (int i = 0; i < 10; ++i) {
+    queue.push_back(Job("b" + std::to_string(i), 100 + i, 1, "b"));
+  }
+  absl::flat_hash_map<std::string, int> running;
+  std::vector<std::string> order;
+  for (int round = 0; round < 5; ++round) {
+    RoundPlan plan =
+        Plan(queue, {Gpu("w1", 24), Gpu("w2", 24), Gpu("w3", 24)}, running);
+    for (const Placement& p : plan.placements) {
+      order.push_back(p.job_id);
+      ++running[p.job_id.substr(0, 1)];
+      std::erase_if(queue,
+                    [&](const JobRequest& j) { return j.job_id == p.job_id; });
+    }
+    EXPECT_LE(std::abs(running["a"] - running["b"]), 1) << "round " << round;
+  }
+  EXPECT_THAT(order, ElementsAre("a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3",
+                                 "a4", "b4", "a5", "b5", "a6", "b6", "a7"));
+}
+
+TEST(PlanRoundTest, ProjectWeightsScaleTheShare) {
+  std::vector<JobRequest> queue;
+  for (int i = 0; i < 10; ++i) {
+    queue.push_back(Job("a" + std::to_string(i), i, 1, "a"));
+    queue.push_back(Job("b" + std::to_string(i), 10 + i, 1, "b"));
+  }
+  SchedulingPolicy policy;
+  policy.project_weights = {{"b", 3}};
+  std::vector<WorkerInfo> fleet;
+  for (int i = 0; i < 8; ++i) fleet.push_back(Gpu("w" + std::to_string(i), 24));
+  int a = 0;
+  for (const Placement& p : Plan(queue, fleet, {}, policy).placements) {
+    a += p.job_id[0] == 'a';
+  }
+  EXPECT_EQ(a, 2);  // 2 : 6
+}
+
+TEST(PlanRoundTest, SmallJobPassesABigOneWaitingForABigWorker) {
+  std::vector<WorkerInfo> fleet = {Gpu("big", 80, /*idle=*/false),
+                                   Gpu("small", 24)};
+  std::vector<JobRequest> queue = {Job("big-job", 1, 60),
+                                   Job("small-job", 2, 10)};
+  RoundPlan plan = Plan(queue, fleet);
+  EXPECT_THAT(Placed(plan), ElementsAre("small-job@small"));
+  EXPECT_THAT(plan.unplaceable, IsEmpty());  // it waits; it is not failed
+}
+
+TEST(PlanRoundTest, BigWorkerFreedGoesToTheWaitingBigJob) {
+  // The big job waited; now the big worker is free, the small one is busy,
+  // and small jobs queued behind the big one would fit the big worker too.
+  std::vector<WorkerInfo> fleet = {Gpu("small", 24, /*idle=*/false),
+                                   Gpu("big", 80)};
+  std::vector<JobRequest> queue = {Job("small-1", 3, 10), Job("big-job", 1, 60),
+                                   Job("small-2", 4, 10)};
+  EXPECT_THAT(Placed(Plan(queue, fleet)), ElementsAre("big-job@big"));
+  // Both free: each job gets the worker it needs.
+  fleet[0].idle = true;
+  EXPECT_THAT(Placed(Plan(queue, fleet)),
+              ElementsAre("big-job@big", "small-1@small"));
+}
+
+TEST(PlanRoundTest, HigherRankedSmallJobLeavesTheBigWorkerWhenItCan) {
+  std::vector<WorkerInfo> fleet = {Gpu("big", 80), Gpu("small", 24)};
+  JobRequest small = Job("small-job", 1, 10);
+  small.priority = Priority::kHigh;
+  EXPECT_THAT(Placed(Plan({small, Job("big-job", 2, 60)}, fleet)),
+              UnorderedElementsAre("small-job@small", "big-job@big"));
+}
+
+TEST(PlanRoundTest, BackoffDefersAJob) {
+  JobRequest retry = Job("retry", 1);
+  retry.not_before = kNow + absl::Seconds(30);
+  std::vector<JobRequest> queue = {retry, Job("next", 2)};
+  EXPECT_THAT(Placed(Plan(queue, {Gpu("w", 24)})), ElementsAre("next@w"));
+  EXPECT_THAT(
+      Placed(Plan(queue, {Gpu("w", 24)}, {}, {}, kNow + absl::Seconds(30))),
+      ElementsAre("retry@w"));
+}
+
+TEST(PlanRoundTest, UnplaceableIsReportedWhateverTheBackoffAndBlocksNothing) {
+  JobRequest huge = Job("huge", 1, 200);
+  huge.not_before = kNow + absl::Hours(1);
+  JobRequest huge2 = Job("huge2", 2, 300);
+  RoundPlan plan = Plan({huge, huge2, Job("ok", 3, 10)},
+                        {Gpu("w", 80, false), Gpu("v", 24)});
+  EXPECT_THAT(Placed(plan), ElementsAre("ok@v"));
+  ASSERT_EQ(plan.unplaceable.size(), 2u);
+  EXPECT_EQ(plan.unplaceable[0].job_id, "huge");
+  EXPECT_THAT(plan.unplaceable[0].reason,
+              HasSubstr("needs 200.0 GiB of device memory; the largest "
+                        "worker has 80.0 GiB"));
+  EXPECT_EQ(plan.unplaceable[1].job_id, "huge2");
+  EXPECT_EQ(Plan({Job("any", 1)}, {}).unplaceable[0].reason,
+            "no worker is connected");
+}
+
+TEST(PlanRoundTest, NoIdleWorkerNoPlacement) {
+  EXPECT_THAT(Plan({Job("a", 1)}, {Gpu("w", 24, false)}).placements, IsEmpty());
+}
+
+// The policy written as plainly as possible, O(Q^2 * W): the fast
+// implementation must decide exactly as this does.
+RoundPlan ReferencePlan(const std::vector<JobRequest>& queue,
+                        const std::vector<WorkerInfo>& fleet,
+                        const absl::flat_hash_map<std::string, int>& running,
+                        const SchedulingPolicy& policy, absl::Time now) {
+  auto fits = [](const JobRequest& job, const WorkerInfo& w) {
+    Device d = WorkerCapacity(w);
+    if (d.memory_bytes < job.memory_bytes) return false;
+    if (!job.device_kind.empty() && d.kind != job.device_kind) return false;
+    for (const auto& [k, v] : job.required_labels) {
+      auto it = w.labels.find(k);
+      if (it == w.labels.end() || it->second != v) return false;
+    }
+    return true;
+  };
+  RoundPlan plan;
+  std::vector<int> pending;
+  std::vector<int> by_enqueue_order(queue.size());
+  std::iota(by_enqueue_order.begin(), by_enqueue_order.end(), 0);
+  std::stable_sort(by_enqueue_order.begin(), by_enqueue_order.end(),
+                   [&](int a, int b) {
+                     return queue[a].enqueue_order < queue[b].enqueue_order;
+                   });
+  for (int i : by_enqueue_order) {
+    bool any = false;
+    for (const WorkerInfo& w : fleet) any = any || fits(queue[i], w);
+    if (!any) {
+      plan.unplaceable.push_back({queue[i].job_id, ""});
+    } else if (queue[i].not_before <= now) {
+      pending.push_back(i);
+    }
+  }
+  auto klass = [&](const JobRequest& j) {
+    int64_t waited_periods = (now - j.enqueued_at) / policy.aging;
+    return std::min<int64_t>(
+        2, static_cast<int>(j.priority) + std::max<int64_t>(0, waited_periods));
+  };
+  absl::flat_hash_map<std::string, int> count = running;
+  auto share = [&](const JobRequest& j) {
+    auto w = policy.project_weights.find(j.project);
+    return count[j.project] /
+           (w == policy.project_weights.end() ? 1.0 : w->second);
+  };
+  std::vector<bool> idle;
+  for (const WorkerInfo& w : fleet) idle.push_back(w.idle);
+  while (!pending.empty()) {
+    auto rank = [&](int i) {
+      return std::tuple(-klass(queue[i]), share(queue[i]),
+                        queue[i].enqueue_order, i);
+    };
+    auto next =
+        std::min_element(pending.begin(), pending.end(),
+                         [&](int a, int b) { return rank(a) < rank(b); });
+    const JobRequest& job = queue[*next];
+    pending.erase(next);
+    int best = -1;
+    for (int w = 0; w < static_cast<int>(fleet.size()); ++w) {
+      if (!idle[w] || !fits(job, fleet[w])) continue;
+      if (best < 0 || WorkerCapacity(fleet[w]).memory_bytes <
+                          WorkerCapacity(fleet[best]).memory_bytes) {
+        best = w;
+      }
+    }
+    if (best < 0) continue;
+    idle[best] = false;
+    ++count[job.project];
+    plan.placements.push_back({job.job_id, fleet[best].worker_id});
+  }
+  return plan;
+}
+
+TEST(PlanRoundTest, MatchesTheReferenceOnRandomRounds) {
+  std::mt19937 rng(42);
+  auto pick = [&rng](int n) {
+    return std::uniform_int_distribution<int>(0, n - 1)(rng);
+  };
+  const int64_t sizes_gib[] = {0, 16, 24, 40, 80};
+  const char* kinds[] = {"cuda", "cuda", "cpu"};
+  const char* zones[] = {"eu", "us"};
+  for (int round = 0; round < 300; ++round) {
+    std::vector<WorkerInfo> fleet;
+    for (int w = 0, n = 1 + pick(12); w < n; ++w) {
+      WorkerInfo info;
+      info.worker_id = "w" + std::to_string(w);
+      for (int d = pick(3); d > 0; --d) {
+        info.devices.push_back({kinds[pick(3)], sizes_gib[pick(5)] * kGiB});
+      }
+      if (pick(3) == 0) info.labels["zone"] = zones[pick(2)];
+      if (pick(4) == 0) info.labels["tier"] = "a";
+      info.idle = pick(3) != 0;
+      fleet.push_back(info);
+    }
+    std::vector<JobRequest> queue;
+    for (int j = 0, n = pick(40); j < n; ++j) {
+      JobRequest job = Job("j" + std::to_string(j), pick(20), 1 + pick(90),
+                           std::string(1, static_cast<char>('a' + pick(4))));
+      job.priority = static_cast<Priority>(pick(3));
+      job.enqueued_at = kNow - absl::Minutes(pick(40));
+      if (pick(5) == 0) job.not_before = kNow + absl::Seconds(1);
+      if (pick(4) == 0) job.device_kind = kinds[pick(3)];
+      if (pick(4) == 0) job.required_labels["zone"] = zones[pick(2)];
+      if (pick(6) == 0) job.required_labels["tier"] = "a";
+      queue.push_back(job);
+    }
+    absl::flat_hash_map<std::string, int> running = {{"a", pick(3)},
+                                                     {"c", pick(3)}};
+    SchedulingPolicy policy;
+    policy.project_weights = {{"b", 2}, {"d", 0.5}};
+    RoundPlan got = PlanRound(queue, fleet, running, policy, kNow);
+    RoundPlan want = ReferencePlan(queue, fleet, running, policy, kNow);
+    ASSERT_EQ(Placed(got), Placed(want)) << "round " << round;
+    ASSERT_EQ(got.unplaceable.size(), want.unplaceable.size());
+    for (size_t i = 0; i < got.unplaceable.size(); ++i) {
+      EXPECT_EQ(got.unplaceable[i].job_id, want.unplaceable[i].job_id);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lathe::scheduler
