@@ -27,6 +27,9 @@ Usage:
   lathe files upload PATH [--purpose fine-tune]
   lathe files get FILE_ID
   lathe files list [--limit N] [--after FILE_ID]
+  lathe models register NAME FOLDER   (FOLDER: absolute, on the server)
+  lathe models list
+  lathe models get MODEL_ID
   lathe jobs create --model NAME --training-file FILE_ID
                     [--validation-file FILE_ID] [--n-epochs N]
                     [--batch-size N] [--learning-rate-multiplier X]
@@ -294,6 +297,45 @@ int FilesCommand(Env& env, const std::string& verb) {
   return Usage(absl::StrCat("unknown command: files ", verb));
 }
 
+void PrintModel(const v1::Model& m) {
+  if (m.kind() == "base") {
+    std::cout << absl::StrFormat("%-24s base        %-18s %6.1fM params  %s  %s\n", m.id(),
+                                 m.architecture(), m.parameter_count() / 1e6,
+                                 HumanBytes(m.bytes()), m.path());
+  } else {
+    std::cout << absl::StrFormat("%-24s fine-tuned  base %s, job %s\n", m.id(),
+                                 m.base_model(), m.job_id());
+  }
+}
+
+int ModelsCommand(Env& env, const std::string& verb) {
+  const auto& pos = env.args.positional();
+  auto show = [&](const absl::StatusOr<v1::Model>& m) {
+    if (!m.ok()) return Fail(m.status());
+    env.json ? void(std::cout << ToJson(*m) << "\n") : PrintModel(*m);
+    return 0;
+  };
+  if (verb == "register") {
+    if (pos.size() != 4) return Usage("models register needs NAME FOLDER");
+    return show(env.client->RegisterModel(pos[2], pos[3]));
+  }
+  if (verb == "get") {
+    if (pos.size() != 3) return Usage("models get needs MODEL_ID");
+    return show(env.client->GetModel(pos[2]));
+  }
+  if (verb == "list") {
+    auto all = env.client->ListModels();
+    if (!all.ok()) return Fail(all.status());
+    if (env.json) {
+      std::cout << ToJson(*all) << "\n";
+    } else {
+      for (const auto& m : all->data()) PrintModel(m);
+    }
+    return 0;
+  }
+  return Usage(absl::StrCat("unknown command: models ", verb));
+}
+
 int WaitCommand(Env& env, const std::string& job_id) {
   absl::Time deadline = absl::InfiniteFuture();
   if (env.args.Has("timeout")) {
@@ -441,6 +483,7 @@ int Run(const std::vector<std::string>& argv) {
   Env env{*args, &client, output == "json"};
   if (pos[0] == "files") return FilesCommand(env, pos[1]);
   if (pos[0] == "jobs") return JobsCommand(env, pos[1]);
+  if (pos[0] == "models") return ModelsCommand(env, pos[1]);
   return Usage(absl::StrCat("unknown command: ", pos[0]));
 }
 

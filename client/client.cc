@@ -40,6 +40,7 @@ Client::Client(const std::string& target) {
       target, grpc::InsecureChannelCredentials(), args);
   files_ = v1::Files::NewStub(channel_);
   jobs_ = v1::FineTuning::NewStub(channel_);
+  models_ = v1::Models::NewStub(channel_);
 }
 
 absl::StatusOr<v1::File> Client::UploadFile(const std::string& path,
@@ -131,6 +132,35 @@ absl::StatusOr<v1::ListJobEventsResponse> Client::ListJobEvents(
   return Unary<v1::ListJobEventsResponse>(
       [&](grpc::ClientContext* c, v1::ListJobEventsResponse* out) {
         return jobs_->ListJobEvents(c, r, out);
+      });
+}
+
+absl::StatusOr<v1::Model> Client::RegisterModel(const std::string& name,
+                                                const std::string& path) {
+  v1::RegisterModelRequest r;
+  r.set_name(name);
+  r.set_path(path);
+  // Registration hashes every file of the model: allow for large folders.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Minutes(30)));
+  v1::Model out;
+  grpc::Status st = models_->RegisterModel(&ctx, r, &out);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return out;
+}
+
+absl::StatusOr<v1::Model> Client::GetModel(const std::string& model_id) {
+  v1::GetModelRequest r;
+  r.set_model_id(model_id);
+  return Unary<v1::Model>([&](grpc::ClientContext* c, v1::Model* out) {
+    return models_->GetModel(c, r, out);
+  });
+}
+
+absl::StatusOr<v1::ListModelsResponse> Client::ListModels() {
+  return Unary<v1::ListModelsResponse>(
+      [&](grpc::ClientContext* c, v1::ListModelsResponse* out) {
+        return models_->ListModels(c, v1::ListModelsRequest(), out);
       });
 }
 

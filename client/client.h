@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "lathe/v1/files.grpc.pb.h"
 #include "lathe/v1/fine_tuning.grpc.pb.h"
+#include "lathe/v1/models.grpc.pb.h"
 
 namespace lathe {
 
@@ -40,6 +41,11 @@ class Client {
   absl::StatusOr<v1::ListJobEventsResponse> ListJobEvents(
       const v1::ListJobEventsRequest& r);
 
+  absl::StatusOr<v1::Model> RegisterModel(const std::string& name,
+                                          const std::string& path);
+  absl::StatusOr<v1::Model> GetModel(const std::string& model_id);
+  absl::StatusOr<v1::ListModelsResponse> ListModels();
+
   // Follows a job from the event after `after` ("" = the first) until its
   // final event, calling `on_update` for each. If the stream breaks
   // (UNAVAILABLE: server restart, network), re-attaches from the last event
@@ -60,6 +66,7 @@ class Client {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Files::Stub> files_;
   std::unique_ptr<v1::FineTuning::Stub> jobs_;
+  std::unique_ptr<v1::Models::Stub> models_;
 };
 
 }  // namespace lathe

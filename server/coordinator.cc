@@ -147,7 +147,7 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
   auto picked = scheduler::PickJob({r.worker_id()}, candidates, now);
   if (!picked) return absl::OkStatus();
   ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(*picked));
-  ASSIGN_OR_RETURN(std::string model_path, store_.GetModelPath(job.model()));
+  ASSIGN_OR_RETURN(v1::Model model, store_.GetModel(job.model()));
   int32_t attempt = job.attempt() + 1;
   store::TransitionUpdate u;
   u.attempt = attempt;
@@ -162,7 +162,8 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
   as->set_job_id(job.id());
   as->set_attempt(attempt);
   *as->mutable_job() = job;
-  as->set_model_path(model_path);
+  as->set_model_path(model.path());
+  *as->mutable_model() = model;
   as->set_learning_rate(options_.base_learning_rate *
                         job.method()
                             .supervised()

@@ -11,7 +11,10 @@ class CoordinatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
     store_ = *store::Store::Open(":memory:");
-    ASSERT_TRUE(store_->PutModel("tiny", "/models/tiny").ok());
+    v1::Model m;
+    m.set_id("tiny");
+    m.set_path("/models/tiny");
+    ASSERT_TRUE(store_->RegisterModel(m).ok());
     CoordinatorOptions o;
     o.lease_ttl = absl::Seconds(10);
     o.max_attempts = 2;

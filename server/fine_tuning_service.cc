@@ -14,9 +14,15 @@ namespace {
 absl::StatusOr<v1::Job> CreateJobImpl(const ServerContext& ctx,
                                       const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckJobRequest(r));
-  if (auto path = ctx.store->GetModelPath(r.model()); !path.ok()) {
-    return absl::NotFoundError(
-        absl::StrCat("model: no base model named \"", r.model(), "\""));
+  auto model = ctx.store->GetModel(r.model());
+  if (!model.ok()) {
+    return absl::NotFoundError(absl::StrCat(
+        "model: no model named \"", r.model(), "\" (`lathe models list` shows them)"));
+  }
+  if (model->kind() != "base") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model: ", r.model(), " is a fine-tuned model; fine-tune its base, ",
+        model->base_model()));
   }
   auto training = ctx.store->GetFile(r.training_file());
   if (!training.ok()) {

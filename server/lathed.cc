@@ -25,12 +25,13 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   ASSIGN_OR_RETURN(d->blobs_, store::BlobStore::Open(options.data_dir));
   for (const auto& [name, path] : options.base_models) {
     fs::path abs = fs::absolute(path, ec);
-    if (ec || !fs::exists(abs / "config.json")) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "base_model ", name, ": ", path, " has no config.json"));
+    auto model = RegisterBaseModel(*d->store_, name, abs.string());
+    if (!model.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--base_model ", name, ": ", model.status().message()));
     }
-    RETURN_IF_ERROR(d->store_->PutModel(name, abs.lexically_normal().string()));
-    spdlog::info("base model {} -> {}", name, abs.string());
+    spdlog::info("base model {} -> {} ({} parameters)", name, model->path(),
+                 model->parameter_count());
   }
   ASSIGN_OR_RETURN(d->coordinator_,
                    Coordinator::Create(*d->store_, options.coordinator));
@@ -39,6 +40,7 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   d->files_ = std::make_unique<FilesService>(ctx);
   d->fine_tuning_ = std::make_unique<FineTuningService>(ctx);
   d->worker_ = std::make_unique<WorkerService>(ctx);
+  d->models_ = std::make_unique<ModelsService>(ctx);
 
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
@@ -46,6 +48,7 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   builder.RegisterService(d->files_.get());
   builder.RegisterService(d->fine_tuning_.get());
   builder.RegisterService(d->worker_.get());
+  builder.RegisterService(d->models_.get());
   builder.SetMaxReceiveMessageSize(16 << 20);
   // Detect dead peers on idle streams.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);

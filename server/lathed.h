@@ -48,6 +48,7 @@ class Lathed {
   std::unique_ptr<FilesService> files_;
   std::unique_ptr<FineTuningService> fine_tuning_;
   std::unique_ptr<WorkerService> worker_;
+  std::unique_ptr<ModelsService> models_;
   std::unique_ptr<grpc::Server> server_;
   std::atomic<bool> shutting_down_{false};
   std::thread sweeper_;

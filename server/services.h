@@ -9,6 +9,7 @@
 
 #include "lathe/v1/files.grpc.pb.h"
 #include "lathe/v1/fine_tuning.grpc.pb.h"
+#include "lathe/v1/models.grpc.pb.h"
 #include "lathe/v1/worker.grpc.pb.h"
 #include "server/coordinator.h"
 #include "server/store/blob_store.h"
@@ -91,10 +92,36 @@ class WorkerService final : public v1::Worker::Service {
   grpc::Status UploadResult(grpc::ServerContext* context,
                             grpc::ServerReader<v1::UploadResultRequest>* reader,
                             v1::ResultFile* response) override;
+  grpc::Status FetchModelFile(grpc::ServerContext* context,
+                              const v1::FetchModelFileRequest* request,
+                              grpc::ServerWriter<v1::FileChunk>* writer) override;
 
  private:
   ServerContext ctx_;
 };
+
+class ModelsService final : public v1::Models::Service {
+ public:
+  explicit ModelsService(ServerContext ctx) : ctx_(ctx) {}
+  grpc::Status RegisterModel(grpc::ServerContext* context,
+                             const v1::RegisterModelRequest* request,
+                             v1::Model* response) override;
+  grpc::Status GetModel(grpc::ServerContext* context,
+                        const v1::GetModelRequest* request,
+                        v1::Model* response) override;
+  grpc::Status ListModels(grpc::ServerContext* context,
+                          const v1::ListModelsRequest* request,
+                          v1::ListModelsResponse* response) override;
+
+ private:
+  ServerContext ctx_;
+};
+
+// Checks `name` and the folder at `path` and records the base model.
+// INVALID_ARGUMENT / ALREADY_EXISTS as Models.RegisterModel.
+absl::StatusOr<v1::Model> RegisterBaseModel(store::Store& store,
+                                            const std::string& name,
+                                            const std::string& path);
 
 // Streams the file at `path` through `write(chunk)` in chunks of
 // `chunk_bytes`. Errors: NOT_FOUND, INTERNAL, CANCELLED (write refused).

@@ -92,6 +92,32 @@ grpc::Status WorkerService::FetchFile(grpc::ServerContext*,
   return ToGrpcStatus(st);
 }
 
+grpc::Status WorkerService::FetchModelFile(
+    grpc::ServerContext*, const v1::FetchModelFileRequest* request,
+    grpc::ServerWriter<v1::FileChunk>* writer) {
+  auto st = ctx_.coordinator->CheckCurrentAttempt(request->job_id(),
+                                                  request->attempt());
+  if (!st.ok()) return ToGrpcStatus(st);
+  auto job = ctx_.store->GetJob(request->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  auto model = ctx_.store->GetModel(job->model());
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  for (const v1::ModelFile& f : model->files()) {
+    if (f.name() != request->name()) continue;
+    // Names come from the registration's directory listing, never from the
+    // request, so nothing outside the model folder can be read.
+    std::string path = model->path() + "/" + f.name();
+    st = StreamFile(path, ctx_.options.chunk_bytes, [&](absl::string_view data) {
+      v1::FileChunk c;
+      c.set_data(std::string(data));
+      return writer->Write(c);
+    });
+    return ToGrpcStatus(st);
+  }
+  return ToGrpcStatus(absl::NotFoundError(absl::StrCat(
+      "name: ", request->name(), " is not a file of model ", job->model())));
+}
+
 grpc::Status WorkerService::UploadResult(
     grpc::ServerContext*, grpc::ServerReader<v1::UploadResultRequest>* reader,
     v1::ResultFile* response) {

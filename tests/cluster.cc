@@ -1,5 +1,6 @@
 #include "tests/cluster.h"
 
+#include <csignal>
 #include <filesystem>
 
 #include "absl/strings/numbers.h"
@@ -51,6 +52,9 @@ int Cluster::AddWorker() {
 }
 
 Cluster::~Cluster() {
+  // Close our channel first: an idle client that polls nothing would leave
+  // lathed's graceful shutdown waiting on its ping.
+  client_.reset();
   for (auto& w : workers_) w->Signal(SIGTERM);
   for (auto& w : workers_) w->Wait(absl::Seconds(5));
   if (lathed_) {

@@ -2,6 +2,7 @@
 // the CLI, create a LoRA job, let a real lathe-worker train it with LibTorch,
 // follow its events, download the adapter and check it.
 #include <filesystem>
+#include <fstream>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

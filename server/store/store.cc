@@ -29,7 +29,8 @@ CREATE TABLE files (
 CREATE TABLE models (
   name TEXT PRIMARY KEY,
   path TEXT NOT NULL,
-  created_at INTEGER NOT NULL
+  created_at INTEGER NOT NULL,
+  info BLOB NOT NULL
 );
 CREATE TABLE jobs (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -181,24 +182,102 @@ absl::StatusOr<Page<v1::File>> Store::ListFiles(int limit,
   return page;
 }
 
-absl::Status Store::PutModel(const std::string& name, const std::string& path) {
+absl::StatusOr<v1::Model> Store::RegisterModel(const v1::Model& model) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto stmt,
-                   db_->Prepare("INSERT INTO models (name, path, created_at) "
-                                "VALUES (?,?,?) ON CONFLICT(name) DO UPDATE "
-                                "SET path = excluded.path"));
-  stmt.Bind(1, name).Bind(2, path).Bind(3, NowUnixSeconds());
-  return stmt.Run();
+  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  ASSIGN_OR_RETURN(auto q, db_->Prepare("SELECT path, created_at FROM models "
+                                        "WHERE name = ?"));
+  q.Bind(1, model.id());
+  ASSIGN_OR_RETURN(bool exists, q.Step());
+  v1::Model stored = model;
+  stored.set_kind("base");
+  stored.set_created_at(NowUnixSeconds());
+  if (exists) {
+    if (q.ColumnText(0) != model.path()) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "name: model \"", model.id(), "\" is already registered for ",
+          q.ColumnText(0)));
+    }
+    stored.set_created_at(q.ColumnInt(1));
+  }
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "INSERT INTO models (name, path, created_at, "
+                                  "info) VALUES (?,?,?,?) ON CONFLICT(name) DO "
+                                  "UPDATE SET info = excluded.info"));
+  stmt.Bind(1, stored.id()).Bind(2, stored.path()).Bind(3, stored.created_at());
+  stmt.BindBlob(4, stored.SerializeAsString());
+  RETURN_IF_ERROR(stmt.Run());
+  RETURN_IF_ERROR(tx->Commit());
+  return stored;
 }
 
-absl::StatusOr<std::string> Store::GetModelPath(const std::string& name) {
+absl::StatusOr<v1::Model> Store::GetModel(const std::string& id) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto stmt,
-                   db_->Prepare("SELECT path FROM models WHERE name = ?"));
-  stmt.Bind(1, name);
+                   db_->Prepare("SELECT info FROM models WHERE name = ?"));
+  stmt.Bind(1, id);
   ASSIGN_OR_RETURN(bool row, stmt.Step());
-  if (!row) return absl::NotFoundError(absl::StrCat("no such model: ", name));
-  return stmt.ColumnText(0);
+  if (row) {
+    v1::Model m;
+    if (!m.ParseFromString(stmt.ColumnBlob(0))) {
+      return absl::DataLossError(absl::StrCat("model ", id, ": corrupt record"));
+    }
+    return m;
+  }
+  ASSIGN_OR_RETURN(auto ft, db_->Prepare("SELECT id FROM jobs WHERE "
+                                         "fine_tuned_model = ? AND status = ?"));
+  ft.Bind(1, id).Bind(2, static_cast<int64_t>(v1::JOB_STATUS_SUCCEEDED));
+  ASSIGN_OR_RETURN(bool found, ft.Step());
+  if (!found) return absl::NotFoundError(absl::StrCat("no such model: ", id));
+  ASSIGN_OR_RETURN(v1::Job job, LoadJob(ft.ColumnText(0)));
+  return FineTunedModel(job);
+}
+
+v1::Model Store::FineTunedModel(const v1::Job& job) {
+  v1::Model m;
+  m.set_id(job.fine_tuned_model());
+  m.set_kind("fine-tuned");
+  m.set_created_at(job.finished_at());
+  m.set_base_model(job.model());
+  m.set_job_id(job.id());
+  for (const auto& f : job.result_files()) {
+    auto* mf = m.add_files();
+    mf->set_name(f.name());
+    mf->set_bytes(f.bytes());
+    mf->set_sha256(f.sha256());
+    m.set_bytes(m.bytes() + f.bytes());
+  }
+  return m;
+}
+
+absl::StatusOr<std::vector<v1::Model>> Store::ListModels() {
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::Model> out;
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare("SELECT info FROM models ORDER BY name"));
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    v1::Model m;
+    if (!m.ParseFromString(stmt.ColumnBlob(0))) {
+      return absl::DataLossError("corrupt model record");
+    }
+    out.push_back(std::move(m));
+  }
+  ASSIGN_OR_RETURN(auto ft, db_->Prepare("SELECT id FROM jobs WHERE status = ? "
+                                         "ORDER BY seq DESC"));
+  ft.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_SUCCEEDED));
+  std::vector<std::string> ids;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, ft.Step());
+    if (!row) break;
+    ids.push_back(ft.ColumnText(0));
+  }
+  for (const auto& id : ids) {
+    ASSIGN_OR_RETURN(v1::Job job, LoadJob(id));
+    out.push_back(FineTunedModel(job));
+  }
+  return out;
 }
 
 absl::StatusOr<Store::Created> Store::CreateJob(

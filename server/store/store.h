@@ -21,6 +21,7 @@
 #include "absl/time/time.h"
 #include "lathe/v1/files.pb.h"
 #include "lathe/v1/fine_tuning.pb.h"
+#include "lathe/v1/models.pb.h"
 #include "server/store/database.h"
 
 namespace lathe::store {
@@ -56,9 +57,13 @@ class Store {
   absl::StatusOr<Page<v1::File>> ListFiles(int limit, const std::string& after,
                                            const std::string& purpose);
 
-  // Base models: name -> folder on this server.
-  absl::Status PutModel(const std::string& name, const std::string& path);
-  absl::StatusOr<std::string> GetModelPath(const std::string& name);
+  // Base models (id = name). Registering a name again with the same path
+  // refreshes its record; another path is ALREADY_EXISTS.
+  absl::StatusOr<v1::Model> RegisterModel(const v1::Model& model);
+  // A base model by name or a fine-tuned model by its "ft:…" id.
+  absl::StatusOr<v1::Model> GetModel(const std::string& id);
+  // Base models by name, then fine-tuned models newest first.
+  absl::StatusOr<std::vector<v1::Model>> ListModels();
 
   // Inserts a job (status taken from `job`). With a non-empty
   // `idempotency_key`: if a job with that key exists and its
@@ -124,6 +129,7 @@ class Store {
 
  private:
   explicit Store(std::unique_ptr<Database> db) : db_(std::move(db)) {}
+  static v1::Model FineTunedModel(const v1::Job& job);
   absl::Status Migrate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::Job> LoadJob(const std::string& id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -171,6 +171,63 @@ bool Agent::FetchFile(Attempt* attempt, const std::string& file_id,
   return true;
 }
 
+bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
+                         std::string* error) {
+  const v1::Assignment& as = attempt->assignment;
+  std::error_code ec;
+  if (fs::exists(fs::path(as.model_path()) / "config.json", ec)) {
+    *dir = as.model_path();
+    return true;
+  }
+  const v1::Model& model = as.model();
+  if (model.content_sha256().size() != 64) {
+    *error = absl::StrCat("base model ", as.job().model(), " is not readable at ",
+                          as.model_path(), " and the server sent no file list");
+    return false;
+  }
+  fs::path cache = fs::path(options_.work_dir) / "models" / model.content_sha256();
+  *dir = cache.string();
+  if (fs::exists(cache / ".complete", ec)) return true;
+  Emit(attempt, Message(absl::StrCat("Fetching base model ", as.job().model(), " (",
+                                     model.bytes() >> 20, " MiB) from lathed")));
+  fs::path tmp = cache.string() + ".part";
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  for (const v1::ModelFile& f : model.files()) {
+    grpc::ClientContext ctx;
+    v1::FetchModelFileRequest r;
+    r.set_job_id(as.job_id());
+    r.set_attempt(as.attempt());
+    r.set_name(f.name());
+    auto reader = stub_->FetchModelFile(&ctx, r);
+    std::ofstream out(tmp / f.name(), std::ios::binary | std::ios::trunc);
+    Sha256 hash;
+    v1::FileChunk chunk;
+    while (reader->Read(&chunk)) {
+      out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+      hash.Update(chunk.data());
+    }
+    grpc::Status st = reader->Finish();
+    out.close();
+    std::string sha = hash.HexDigest();
+    if (!st.ok() || !out || sha != f.sha256()) {
+      *error = absl::StrCat("fetching ", f.name(), " of ", as.job().model(), ": ",
+                            !st.ok() ? st.error_message()
+                                     : absl::StrCat("SHA-256 ", sha, " != ", f.sha256()));
+      fs::remove_all(tmp, ec);
+      return false;
+    }
+  }
+  std::ofstream(tmp / ".complete") << model.content_sha256() << "\n";
+  fs::remove_all(cache, ec);
+  fs::rename(tmp, cache, ec);
+  if (ec) {
+    *error = absl::StrCat("caching the model in ", cache.string(), ": ", ec.message());
+    return false;
+  }
+  return true;
+}
+
 bool Agent::UploadResult(Attempt* attempt, const std::string& path,
                          const std::string& name, std::string* error) {
   auto sha = Sha256File(path);
@@ -228,7 +285,6 @@ void Agent::RunAttempt(Attempt* attempt) {
   };
 
   engine::TrainOptions o;
-  o.model_dir = as.model_path();
   o.base_model_name = job.model();
   o.training_file = (dir / "train.jsonl").string();
   o.output_dir = (dir / "adapter").string();
@@ -244,13 +300,14 @@ void Agent::RunAttempt(Attempt* attempt) {
                                job.lora().target_modules().end());
 
   std::string error;
-  bool fetched = FetchFile(attempt, job.training_file(), o.training_file, &error);
+  bool fetched = ResolveModel(attempt, &o.model_dir, &error) &&
+                 FetchFile(attempt, job.training_file(), o.training_file, &error);
   if (fetched && !job.validation_file().empty()) {
     o.validation_file = (dir / "valid.jsonl").string();
     fetched = FetchFile(attempt, job.validation_file(), o.validation_file, &error);
   }
   if (!fetched) {
-    fail("file_fetch_failed", error, false);
+    fail("fetch_failed", error, false);
   } else {
     Emit(attempt, Message(absl::StrCat("Training started on ", options_.worker_id,
                                        ": LoRA r=", o.lora.rank, " on ", job.model(),

@@ -51,6 +51,10 @@ class Agent {
                  const std::string& path, std::string* error);
   bool UploadResult(Attempt* attempt, const std::string& path,
                     const std::string& name, std::string* error);
+  // The base model's folder: the server's path when readable here, else a
+  // cache under work_dir/models/<content sha256>, fetched file by file and
+  // checked against the registered hashes.
+  bool ResolveModel(Attempt* attempt, std::string* dir, std::string* error);
 
   const AgentOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
