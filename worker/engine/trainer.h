@@ -18,23 +18,24 @@
 namespace lathe::engine {
 
 struct LoraOptions {
-  int rank = 8;             // r
-  double alpha = 16.0;      // lora_alpha; scale = alpha / rank
-  double dropout = 0.0;     // lora_dropout
+  int rank = 8;          // r
+  double alpha = 16.0;   // lora_alpha; scale = alpha / rank
+  double dropout = 0.0;  // lora_dropout
   std::vector<std::string> target_modules = {"q_proj", "k_proj", "v_proj",
                                              "o_proj"};
 };
 
 struct TrainOptions {
-  std::string model_dir;         // Hugging Face folder: config.json, model.safetensors, tokenizer
-  std::string base_model_name;   // written as base_model_name_or_path
-  std::string training_file;     // chat JSONL
-  std::string validation_file;   // optional chat JSONL ("" = none)
-  std::string output_dir;        // the PEFT adapter is written here
+  std::string model_dir;        // Hugging Face folder: config.json,
+                                // model.safetensors, tokenizer
+  std::string base_model_name;  // written as base_model_name_or_path
+  std::string training_file;    // chat JSONL
+  std::string validation_file;  // optional chat JSONL ("" = none)
+  std::string output_dir;       // the PEFT adapter is written here
   int n_epochs = 3;
   int batch_size = 4;
-  double learning_rate = 2e-4;   // peak, after warmup
-  int warmup_steps = 0;          // then linear decay to 0
+  double learning_rate = 2e-4;  // peak, after warmup
+  int warmup_steps = 0;         // then linear decay to 0
   double max_grad_norm = 1.0;
   int max_seq_len = 512;
   uint64_t seed = 42;
@@ -43,7 +44,7 @@ struct TrainOptions {
 
 // Figures for one optimizer step (a metrics event on the server).
 struct StepMetrics {
-  int64_t step = 0;              // 1-based
+  int64_t step = 0;  // 1-based
   int64_t total_steps = 0;
   double loss = 0;               // mean over trainable tokens of this step
   double token_accuracy = 0;     // argmax == label over trainable tokens
@@ -56,6 +57,7 @@ struct StepMetrics {
 struct TrainResult {
   int64_t steps = 0;
   int64_t trained_tokens = 0;
+  int64_t truncated_examples = 0;  // training conversations cut to max_seq_len
   double first_loss = 0;
   double last_loss = 0;
   // Mean loss over the trainable tokens of validation_file after training;

@@ -1,0 +1,24 @@
+// Reading a whole JSON document from a file, with errors naming the file.
+// Torch-free.
+#ifndef LATHE_WORKER_ENGINE_JSON_FILE_H_
+#define LATHE_WORKER_ENGINE_JSON_FILE_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace lathe::engine {
+
+// The parsed contents of `path`. NOT_FOUND when it cannot be opened,
+// INVALID_ARGUMENT when it is not JSON.
+absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
+
+// Writes `value` (pretty-printed) to `path` through a temp file and a rename.
+// INTERNAL on I/O failure.
+absl::Status WriteJsonFile(const std::string& path,
+                           const nlohmann::json& value);
+
+}  // namespace lathe::engine
+
+#endif  // LATHE_WORKER_ENGINE_JSON_FILE_H_

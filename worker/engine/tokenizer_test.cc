@@ -1,0 +1,111 @@
+#include "worker/engine/tokenizer.h"
+
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine/chat_data.h"
+#include "worker/engine/chat_template.h"
+#include "worker/engine/test_util.h"
+
+namespace lathe::engine {
+namespace {
+
+using Json = nlohmann::json;
+
+// The fixture's six conversations against Hugging Face's tokenization of
+// their rendering (input_ids) and its mask of the final assistant message.
+TEST(TokenizerFixtureTest, ReproducesHuggingFaceIdsAndAssistantMask) {
+  const std::string fixture = testing::TinyLlamaFixture();
+  LATHE_SKIP_WITHOUT_FIXTURES(fixture);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      Tokenizer::Load(fixture + "/model");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  EXPECT_EQ((*tokenizer)->eos_id(), 2);
+  absl::StatusOr<ChatTemplate> chat_template = ChatTemplate::Detect(
+      (*tokenizer)->chat_template(), (*tokenizer)->eos_token());
+  ASSERT_TRUE(chat_template.ok()) << chat_template.status();
+  absl::StatusOr<std::vector<Conversation>> conversations =
+      ReadChatJsonl(fixture + "/train.jsonl");
+  ASSERT_TRUE(conversations.ok()) << conversations.status();
+
+  std::ifstream expected_file(fixture + "/expected.jsonl");
+  std::string line;
+  size_t checked = 0;
+  for (; std::getline(expected_file, line); ++checked) {
+    const Json expected = Json::parse(line);
+    ASSERT_LT(checked, conversations->size());
+    const std::vector<ChatMessage>& messages =
+        (*conversations)[checked].messages;
+    EXPECT_EQ(chat_template->Render(messages).text, expected["rendered"]);
+    absl::StatusOr<TokenizedChat> chat =
+        TokenizeChat(**tokenizer, *chat_template, messages);
+    ASSERT_TRUE(chat.ok()) << chat.status();
+    std::vector<int32_t> ids =
+        expected["input_ids"].get<std::vector<int32_t>>();
+    EXPECT_EQ(chat->ids, ids) << "conversation " << checked;
+    std::vector<int> mask;
+    const int last = static_cast<int>(messages.size()) - 1;
+    for (int m : chat->message) mask.push_back(m == last ? 1 : 0);
+    EXPECT_EQ(mask, expected["assistant_mask"].get<std::vector<int>>())
+        << "conversation " << checked;
+  }
+  EXPECT_EQ(checked, 6u);
+}
+
+TEST(TokenizerFixtureTest, MatchesAddedTokensInsideText) {
+  const std::string fixture = testing::TinyLlamaFixture();
+  LATHE_SKIP_WITHOUT_FIXTURES(fixture);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      Tokenizer::Load(fixture + "/model");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  absl::StatusOr<Encoding> e = (*tokenizer)->Encode("a</s></s><s>");
+  ASSERT_TRUE(e.ok()) << e.status();
+  ASSERT_GE(e->ids.size(), 4u);
+  EXPECT_EQ(std::vector<int32_t>(e->ids.end() - 3, e->ids.end()),
+            (std::vector<int32_t>{2, 2, 1}));
+  EXPECT_EQ(e->ranges.back(), (std::pair<size_t, size_t>{9, 12}));
+}
+
+TEST(TokenizerTest, MissingTokenizerModelIsNotFound) {
+  testing::TempDir dir;
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      Tokenizer::Load(dir.path());
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(tokenizer.status().message().find("tokenizer.model"),
+            std::string::npos);
+}
+
+TEST(ChatTemplateTest, RendersZephyrAndMarksAssistantTurns) {
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::Detect(
+      "{{ '<|user|>\n' + message['content'] + eos_token }} "
+      "{{ '<|system|>\n' }} {{ '<|assistant|>\n' }}",
+      "</s>");
+  ASSERT_TRUE(t.ok()) << t.status();
+  RenderedChat r = t->Render({{"system", "S"},
+                              {"user", "Hi"},
+                              {"assistant", "Yo", /*train=*/false},
+                              {"user", "Q"},
+                              {"assistant", "A"}});
+  EXPECT_EQ(r.text,
+            "<|system|>\nS</s>\n<|user|>\nHi</s>\n<|assistant|>\nYo</s>\n"
+            "<|user|>\nQ</s>\n<|assistant|>\nA</s>\n");
+  ASSERT_EQ(r.trainable.size(), 1u);  // the weight-0 turn is not trained
+  EXPECT_EQ(r.text.substr(r.trainable[0].begin,
+                          r.trainable[0].end - r.trainable[0].begin),
+            "A</s>");
+  EXPECT_EQ(r.trainable[0].message, 4);
+}
+
+TEST(ChatTemplateTest, UnknownTemplateIsAnError) {
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::Detect(
+      "{% for message in messages %}<|im_start|>{{ message['role'] }}", "</s>");
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(t.status().message().find("unsupported chat_template"),
+            std::string::npos);
+  EXPECT_EQ(ChatTemplate::Detect("", "</s>").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace lathe::engine

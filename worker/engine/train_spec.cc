@@ -1,0 +1,122 @@
+#include "worker/engine/train_spec.h"
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace lathe::engine {
+namespace {
+
+using Json = nlohmann::json;
+
+// Reads spec[field] into *out when present, checking its JSON type.
+template <typename T>
+absl::Status Read(const Json& spec, const std::string& field, T* out) {
+  auto it = spec.find(field);
+  if (it == spec.end()) return absl::OkStatus();
+  bool ok;
+  if constexpr (std::is_same_v<T, std::string>) {
+    ok = it->is_string();
+  } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    ok = it->is_array() &&
+         std::all_of(it->begin(), it->end(),
+                     [](const Json& v) { return v.is_string(); });
+  } else if constexpr (std::is_floating_point_v<T>) {
+    ok = it->is_number();
+  } else {
+    ok = it->is_number_integer() && (std::is_signed_v<T> || *it >= 0);
+  }
+  if (!ok) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec field \"", field, "\" has the wrong type: ", it->dump()));
+  }
+  *out = it->get<T>();
+  return absl::OkStatus();
+}
+
+absl::Status CheckKnown(const Json& spec, const std::vector<std::string>& known,
+                        const std::string& prefix) {
+  for (const auto& [key, value] : spec.items()) {
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown spec field \"", prefix, key, "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string Resolve(const std::string& path, const std::string& base_dir) {
+  if (path.empty() || std::filesystem::path(path).is_absolute()) return path;
+  return (std::filesystem::path(base_dir) / path).lexically_normal().string();
+}
+
+}  // namespace
+
+absl::StatusOr<TrainOptions> ParseTrainSpec(const Json& spec,
+                                            const std::string& base_dir) {
+  if (!spec.is_object()) {
+    return absl::InvalidArgumentError("the spec is not a JSON object");
+  }
+  RETURN_IF_ERROR(CheckKnown(
+      spec,
+      {"model_dir", "base_model_name", "training_file", "validation_file",
+       "output_dir", "n_epochs", "batch_size", "learning_rate", "warmup_steps",
+       "max_grad_norm", "max_seq_len", "seed", "lora"},
+      ""));
+  TrainOptions o;
+  RETURN_IF_ERROR(Read(spec, "model_dir", &o.model_dir));
+  RETURN_IF_ERROR(Read(spec, "base_model_name", &o.base_model_name));
+  RETURN_IF_ERROR(Read(spec, "training_file", &o.training_file));
+  RETURN_IF_ERROR(Read(spec, "validation_file", &o.validation_file));
+  RETURN_IF_ERROR(Read(spec, "output_dir", &o.output_dir));
+  RETURN_IF_ERROR(Read(spec, "n_epochs", &o.n_epochs));
+  RETURN_IF_ERROR(Read(spec, "batch_size", &o.batch_size));
+  RETURN_IF_ERROR(Read(spec, "learning_rate", &o.learning_rate));
+  RETURN_IF_ERROR(Read(spec, "warmup_steps", &o.warmup_steps));
+  RETURN_IF_ERROR(Read(spec, "max_grad_norm", &o.max_grad_norm));
+  RETURN_IF_ERROR(Read(spec, "max_seq_len", &o.max_seq_len));
+  RETURN_IF_ERROR(Read(spec, "seed", &o.seed));
+  if (auto lora = spec.find("lora"); lora != spec.end()) {
+    if (!lora->is_object()) {
+      return absl::InvalidArgumentError(
+          "spec field \"lora\" must be an object");
+    }
+    RETURN_IF_ERROR(CheckKnown(
+        *lora, {"rank", "alpha", "dropout", "target_modules"}, "lora."));
+    RETURN_IF_ERROR(Read(*lora, "rank", &o.lora.rank));
+    RETURN_IF_ERROR(Read(*lora, "alpha", &o.lora.alpha));
+    RETURN_IF_ERROR(Read(*lora, "dropout", &o.lora.dropout));
+    RETURN_IF_ERROR(Read(*lora, "target_modules", &o.lora.target_modules));
+  }
+  o.model_dir = Resolve(o.model_dir, base_dir);
+  o.training_file = Resolve(o.training_file, base_dir);
+  o.validation_file = Resolve(o.validation_file, base_dir);
+  o.output_dir = Resolve(o.output_dir, base_dir);
+  return o;
+}
+
+Json TrainSpecJson(const TrainOptions& o) {
+  return {
+      {"model_dir", o.model_dir},
+      {"base_model_name", o.base_model_name},
+      {"training_file", o.training_file},
+      {"validation_file", o.validation_file},
+      {"output_dir", o.output_dir},
+      {"n_epochs", o.n_epochs},
+      {"batch_size", o.batch_size},
+      {"learning_rate", o.learning_rate},
+      {"warmup_steps", o.warmup_steps},
+      {"max_grad_norm", o.max_grad_norm},
+      {"max_seq_len", o.max_seq_len},
+      {"seed", o.seed},
+      {"lora",
+       {{"rank", o.lora.rank},
+        {"alpha", o.lora.alpha},
+        {"dropout", o.lora.dropout},
+        {"target_modules", o.lora.target_modules}}},
+  };
+}
+
+}  // namespace lathe::engine

@@ -1,0 +1,72 @@
+#include "worker/engine/train_spec.h"
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace lathe::engine {
+namespace {
+
+using Json = nlohmann::json;
+
+TEST(TrainSpecTest, ParsesFieldsAndResolvesRelativePaths) {
+  absl::StatusOr<TrainOptions> o = ParseTrainSpec(
+      Json{{"model_dir", "model"},
+           {"training_file", "/data/train.jsonl"},
+           {"output_dir", "out"},
+           {"n_epochs", 2},
+           {"learning_rate", 1e-3},
+           {"seed", 7},
+           {"lora", {{"rank", 4}, {"target_modules", {"q_proj", "v_proj"}}}}},
+      "/base");
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->model_dir, "/base/model");
+  EXPECT_EQ(o->training_file, "/data/train.jsonl");
+  EXPECT_EQ(o->output_dir, "/base/out");
+  EXPECT_EQ(o->validation_file, "");
+  EXPECT_EQ(o->n_epochs, 2);
+  EXPECT_EQ(o->batch_size, 4);  // default kept
+  EXPECT_DOUBLE_EQ(o->learning_rate, 1e-3);
+  EXPECT_EQ(o->seed, 7u);
+  EXPECT_EQ(o->lora.rank, 4);
+  EXPECT_EQ(o->lora.target_modules,
+            (std::vector<std::string>{"q_proj", "v_proj"}));
+}
+
+TEST(TrainSpecTest, RoundTripsThroughJson) {
+  TrainOptions options;
+  options.model_dir = "/m";
+  options.learning_rate = 5e-4;
+  options.lora.dropout = 0.1;
+  absl::StatusOr<TrainOptions> back =
+      ParseTrainSpec(TrainSpecJson(options), "/");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(TrainSpecJson(*back), TrainSpecJson(options));
+}
+
+TEST(TrainSpecTest, RejectsUnknownFieldsAndWrongTypes) {
+  EXPECT_NE(ParseTrainSpec(Json{{"epochs", 3}}, "/")
+                .status()
+                .message()
+                .find("\"epochs\""),
+            std::string::npos);
+  EXPECT_NE(ParseTrainSpec(Json{{"lora", {{"r", 3}}}}, "/")
+                .status()
+                .message()
+                .find("\"lora.r\""),
+            std::string::npos);
+  EXPECT_NE(ParseTrainSpec(Json{{"batch_size", "4"}}, "/")
+                .status()
+                .message()
+                .find("\"batch_size\""),
+            std::string::npos);
+  EXPECT_NE(ParseTrainSpec(Json{{"seed", -1}}, "/")
+                .status()
+                .message()
+                .find("\"seed\""),
+            std::string::npos);
+  EXPECT_EQ(ParseTrainSpec(Json::array(), "/").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace lathe::engine
