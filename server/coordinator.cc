@@ -43,6 +43,16 @@ absl::StatusOr<v1::WorkerDirective> Coordinator::HandleReport(
   }
   v1::WorkerDirective out;
   absl::MutexLock lock(&mu_);
+  auto [it, joined] = fleet_.try_emplace(r.worker_id());
+  scheduler::WorkerInfo& w = it->second;
+  if (joined || (!w.idle && !r.has_attempt())) replan_ = true;
+  w.worker_id = r.worker_id();
+  w.devices.clear();
+  for (const v1::Device& d : r.devices()) {
+    w.devices.push_back({d.kind(), d.memory_bytes()});
+  }
+  w.labels = {r.labels().begin(), r.labels().end()};
+  w.idle = !r.has_attempt();
   if (r.has_attempt()) {
     RETURN_IF_ERROR(HandleAttempt(r, out));
   } else {
@@ -135,18 +145,59 @@ absl::Status Coordinator::RecordOutcome(const v1::Job& job,
   return store_.Transition(job.id(), job.status(), to, a.attempt(), u).status();
 }
 
+absl::Status Coordinator::Replan(absl::Time now) {
+  ASSIGN_OR_RETURN(auto queue, store_.QueuedJobs());
+  ASSIGN_OR_RETURN(auto running, store_.RunningPerProject());
+  std::vector<scheduler::JobRequest> jobs;
+  jobs.reserve(queue.size());
+  for (const auto& q : queue) {
+    scheduler::JobRequest j;
+    j.job_id = q.job_id;
+    j.project = q.project;
+    j.priority = q.priority == v1::JOB_PRIORITY_HIGH  ? scheduler::Priority::kHigh
+                 : q.priority == v1::JOB_PRIORITY_LOW ? scheduler::Priority::kLow
+                                                      : scheduler::Priority::kNormal;
+    j.memory_bytes = q.memory_bytes;
+    j.enqueue_order = q.seq;
+    j.enqueued_at = absl::FromUnixSeconds(q.created_at);
+    j.not_before = absl::FromUnixMillis(q.not_before_ms);
+    jobs.push_back(std::move(j));
+  }
+  std::vector<scheduler::WorkerInfo> fleet;
+  fleet.reserve(fleet_.size());
+  for (const auto& [id, w] : fleet_) fleet.push_back(w);
+  absl::flat_hash_map<std::string, int> running_per_project(running.begin(),
+                                                            running.end());
+  scheduler::RoundPlan plan = scheduler::PlanRound(
+      jobs, fleet, running_per_project, options_.policy, now);
+  pending_.clear();
+  for (const auto& p : plan.placements) pending_[p.worker_id] = p.job_id;
+  plan_time_ = now;
+  replan_ = false;
+  for (const auto& u : plan.unplaceable) {
+    if (!warned_unplaceable_.insert(u.job_id).second) continue;
+    v1::JobEvent e;
+    e.set_level("warn");
+    e.set_type("message");
+    e.set_message(absl::StrCat("No connected worker can run this job (", u.reason,
+                               "); it stays queued until one joins"));
+    auto st = store_.AppendEvent(u.job_id, e, 0, 0);
+    if (!st.ok()) spdlog::warn("event for {}: {}", u.job_id, st.status().ToString());
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
                                       v1::WorkerDirective& out) {
-  ASSIGN_OR_RETURN(auto queue, store_.QueuedJobs());
-  std::vector<scheduler::QueuedJob> candidates;
-  for (const auto& q : queue) {
-    candidates.push_back(
-        {q.job_id, q.seq, absl::FromUnixMillis(q.not_before_ms)});
-  }
   absl::Time now = absl::Now();
-  auto picked = scheduler::PickJob({r.worker_id()}, candidates, now);
-  if (!picked) return absl::OkStatus();
-  ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(*picked));
+  if (replan_ || now - plan_time_ >= options_.replan_interval) {
+    RETURN_IF_ERROR(Replan(now));
+  }
+  auto it = pending_.find(r.worker_id());
+  if (it == pending_.end()) return absl::OkStatus();
+  std::string job_id = it->second;
+  pending_.erase(it);
+  ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
   ASSIGN_OR_RETURN(v1::Model model, store_.GetModel(job.model()));
   int32_t attempt = job.attempt() + 1;
   store::TransitionUpdate u;
@@ -154,9 +205,14 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
   u.worker_id = r.worker_id();
   u.message = absl::StrCat("Job started on worker ", r.worker_id(),
                            " (attempt ", attempt, ")");
-  ASSIGN_OR_RETURN(job, store_.Transition(job.id(), v1::JOB_STATUS_QUEUED,
-                                          v1::JOB_STATUS_RUNNING, std::nullopt,
-                                          u));
+  auto moved = store_.Transition(job.id(), v1::JOB_STATUS_QUEUED,
+                                 v1::JOB_STATUS_RUNNING, job.attempt(), u);
+  if (absl::IsFailedPrecondition(moved.status())) {
+    return absl::OkStatus();  // cancelled or taken since the plan was made
+  }
+  ASSIGN_OR_RETURN(job, std::move(moved));
+  fleet_[r.worker_id()].idle = false;
+  warned_unplaceable_.erase(job.id());
   leases_.Grant(job.id(), attempt, r.worker_id(), now);
   auto* as = out.mutable_assignment();
   as->set_job_id(job.id());
@@ -170,9 +226,16 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
                             .hyperparameters()
                             .learning_rate_multiplier());
   out.set_lease_deadline_ms(absl::ToUnixMillis(leases_.Get(job.id())->deadline));
-  spdlog::info("assigned {} (attempt {}) to worker {}", job.id(), attempt,
-               r.worker_id());
+  spdlog::info("assigned {} (attempt {}, project {}) to worker {}", job.id(),
+               attempt, job.project(), r.worker_id());
   return absl::OkStatus();
+}
+
+void Coordinator::WorkerDisconnected(const std::string& worker_id) {
+  absl::MutexLock lock(&mu_);
+  fleet_.erase(worker_id);
+  pending_.erase(worker_id);
+  replan_ = true;
 }
 
 absl::Status Coordinator::CheckCurrentAttempt(const std::string& job_id,
@@ -189,6 +252,7 @@ absl::Status Coordinator::CheckCurrentAttempt(const std::string& job_id,
 int Coordinator::SweepExpiredLeases(absl::Time now) {
   absl::MutexLock lock(&mu_);
   auto expired = leases_.TakeExpired(now);
+  if (!expired.empty()) replan_ = true;
   for (const auto& lease : expired) {
     auto job = store_.GetJob(lease.job_id);
     if (!job.ok() || job->attempt() != lease.attempt) continue;

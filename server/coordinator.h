@@ -15,7 +15,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "lathe/v1/worker.pb.h"
-#include "scheduler/scheduler.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "scheduler/lease_table.h"
+#include "scheduler/placement.h"
 #include "server/store/store.h"
 
 namespace lathe {
@@ -26,6 +29,9 @@ struct CoordinatorOptions {
   absl::Duration retry_backoff_base = absl::Seconds(2);
   absl::Duration retry_backoff_cap = absl::Minutes(5);
   double base_learning_rate = 2e-4;  // x learning_rate_multiplier
+  // A placement plan is reused for this long before it is recomputed.
+  absl::Duration replan_interval = absl::Milliseconds(200);
+  scheduler::SchedulingPolicy policy;
 };
 
 class Coordinator {
@@ -38,6 +44,10 @@ class Coordinator {
   // Handles one report; returns the directive to send back.
   // INVALID_ARGUMENT if the report has no worker id.
   absl::StatusOr<v1::WorkerDirective> HandleReport(const v1::WorkerReport& r);
+
+  // Forgets a worker whose stream ended (its running attempt, if any, keeps
+  // its lease until it expires or the worker reconnects).
+  void WorkerDisconnected(const std::string& worker_id);
 
   // Checks that `attempt` is the current attempt of a live job (for file
   // fetches and result uploads). FAILED_PRECONDITION otherwise.
@@ -58,12 +68,25 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status MaybeAssign(const v1::WorkerReport& r, v1::WorkerDirective& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Recomputes pending_ from the queue, the fleet and running jobs.
+  absl::Status Replan(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   store::Store& store_;
   const CoordinatorOptions options_;
 
   absl::Mutex mu_;
   scheduler::LeaseTable leases_ ABSL_GUARDED_BY(mu_);
+  // Connected workers as the scheduler sees them.
+  absl::flat_hash_map<std::string, scheduler::WorkerInfo> fleet_
+      ABSL_GUARDED_BY(mu_);
+  // The last plan: worker id -> job id it should take when it reports idle.
+  absl::flat_hash_map<std::string, std::string> pending_ ABSL_GUARDED_BY(mu_);
+  absl::Time plan_time_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // Set when a worker joins, leaves or becomes idle, or a job is requeued:
+  // the plan is recomputed on the next idle report.
+  bool replan_ ABSL_GUARDED_BY(mu_) = true;
+  // Jobs already told that no connected worker can run them.
+  absl::flat_hash_set<std::string> warned_unplaceable_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace lathe

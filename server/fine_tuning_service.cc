@@ -11,7 +11,18 @@
 namespace lathe {
 namespace {
 
+// The caller's project. Until API keys exist (they will carry the project),
+// a client names it in the "lathe-project" metadata; absent: "default".
+std::string ProjectOf(const grpc::ServerContext* context) {
+  auto it = context->client_metadata().find("lathe-project");
+  if (it == context->client_metadata().end() || it->second.empty()) {
+    return "default";
+  }
+  return std::string(it->second.data(), it->second.size());
+}
+
 absl::StatusOr<v1::Job> CreateJobImpl(const ServerContext& ctx,
+                                      const std::string& project,
                                       const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckJobRequest(r));
   auto model = ctx.store->GetModel(r.model());
@@ -35,7 +46,7 @@ absl::StatusOr<v1::Job> CreateJobImpl(const ServerContext& ctx,
         absl::StrCat("validation_file: no such file ", r.validation_file()));
   }
   thread_local absl::BitGen gen;
-  v1::Job job = ResolveJob(r, *training, NewId("ftjob"),
+  v1::Job job = ResolveJob(r, *training, *model, project, NewId("ftjob"),
                            absl::Uniform<int64_t>(gen, 0, 1LL << 31));
   ASSIGN_OR_RETURN(auto created, ctx.store->CreateJob(job, r.idempotency_key(),
                                                       RequestFingerprint(r)));
@@ -86,10 +97,14 @@ absl::StatusOr<v1::Job> CancelJobImpl(const ServerContext& ctx,
 
 }  // namespace
 
-grpc::Status FineTuningService::CreateJob(grpc::ServerContext*,
+grpc::Status FineTuningService::CreateJob(grpc::ServerContext* context,
                                           const v1::CreateJobRequest* request,
                                           v1::Job* response) {
-  auto job = CreateJobImpl(ctx_, *request);
+  std::string project = ProjectOf(context);
+  if (project.size() > 64) {
+    return ToGrpcStatus(absl::InvalidArgumentError("lathe-project: longer than 64 bytes"));
+  }
+  auto job = CreateJobImpl(ctx_, project, *request);
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
   return grpc::Status::OK;

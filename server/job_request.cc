@@ -9,6 +9,7 @@
 #include "common/sha256.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "scheduler/memory_estimate.h"
 
 namespace lathe {
 namespace {
@@ -83,6 +84,9 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
       return Bad(absl::StrCat("metadata[", k, "]"), "longer than 512 bytes");
     }
   }
+  if (!v1::JobPriority_IsValid(r.priority())) {
+    return Bad("priority", "unknown value");
+  }
   if (r.idempotency_key().size() > 256) {
     return Bad("idempotency_key", "longer than 256 bytes");
   }
@@ -90,9 +94,14 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
 }
 
 v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
+                   const v1::Model& model, const std::string& project,
                    const std::string& job_id, int64_t seed_if_unset) {
   v1::Job job;
   job.set_id(job_id);
+  job.set_project(project);
+  job.set_priority(r.priority() == v1::JOB_PRIORITY_UNSPECIFIED
+                       ? v1::JOB_PRIORITY_NORMAL
+                       : r.priority());
   job.set_created_at(NowUnixSeconds());
   job.set_status(v1::JOB_STATUS_VALIDATING_FILES);
   job.set_model(r.model());
@@ -124,6 +133,19 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
       lora->add_target_modules(m);
     }
   }
+  scheduler::ModelShape shape;
+  shape.parameters = model.parameter_count();
+  shape.hidden_size = model.hidden_size();
+  shape.num_layers = model.num_layers();
+  shape.vocab_size = model.vocab_size();
+  shape.bytes_per_weight = model.bytes_per_weight() > 0 ? model.bytes_per_weight() : 2;
+  scheduler::TrainShape train;
+  train.method = scheduler::TrainMethod::kLora;
+  train.lora_rank = lora->rank();
+  train.lora_matrices_per_layer = lora->target_modules_size();
+  train.batch_size = hp->batch_size();
+  train.sequence_length = kDefaultMaxSeqLen;
+  job.set_memory_bytes(scheduler::EstimateMemoryBytes(shape, train));
   return job;
 }
 

@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "lathe/v1/files.pb.h"
 #include "lathe/v1/fine_tuning.pb.h"
+#include "lathe/v1/models.pb.h"
 
 namespace lathe {
 
@@ -15,11 +16,16 @@ namespace lathe {
 // metadata. INVALID_ARGUMENT naming the field.
 absl::Status CheckJobRequest(const v1::CreateJobRequest& request);
 
-// The new job (status validating_files) with every auto resolved, given the
-// training file's metadata. REQUIRES: CheckJobRequest(request).ok().
+// The new job (status validating_files) of `project` with every auto
+// resolved and its memory need estimated, given the training file's and the
+// base model's metadata. REQUIRES: CheckJobRequest(request).ok().
 v1::Job ResolveJob(const v1::CreateJobRequest& request,
-                   const v1::File& training_file, const std::string& job_id,
+                   const v1::File& training_file, const v1::Model& model,
+                   const std::string& project, const std::string& job_id,
                    int64_t seed_if_unset);
+
+// The engine's sequence length cap when the job sets none.
+inline constexpr int kDefaultMaxSeqLen = 512;
 
 // SHA-256 of the request without its idempotency key: "same body".
 std::string RequestFingerprint(const v1::CreateJobRequest& request);

@@ -58,7 +58,12 @@ TEST(JobRequestTest, ResolvesAutoAndKeepsGivenValues) {
   v1::File f;
   f.set_line_count(100);
   v1::CreateJobRequest r = Valid();
-  v1::Job auto_job = ResolveJob(r, f, "ftjob-1", 7);
+  v1::Model model;
+  model.set_parameter_count(1'000'000);
+  model.set_hidden_size(64);
+  model.set_num_layers(2);
+  model.set_vocab_size(1000);
+  v1::Job auto_job = ResolveJob(r, f, model, "proj-a", "ftjob-1", 7);
   const auto& hp = auto_job.method().supervised().hyperparameters();
   EXPECT_EQ(auto_job.method().type(), "supervised");
   EXPECT_EQ(hp.n_epochs(), 3);
@@ -69,11 +74,17 @@ TEST(JobRequestTest, ResolvesAutoAndKeepsGivenValues) {
   EXPECT_EQ(auto_job.lora().target_modules_size(), 4);
   EXPECT_EQ(auto_job.seed(), 7);
   EXPECT_EQ(auto_job.status(), v1::JOB_STATUS_VALIDATING_FILES);
+  EXPECT_EQ(auto_job.project(), "proj-a");
+  EXPECT_EQ(auto_job.priority(), v1::JOB_PRIORITY_NORMAL);
+  // At least the weights and the fixed overhead.
+  EXPECT_GT(auto_job.memory_bytes(), (1LL << 30) + 2'000'000);
 
   r.mutable_method()->mutable_supervised()->mutable_hyperparameters()->set_n_epochs(1);
   r.mutable_lora()->set_rank(4);
   r.set_seed(42);
-  v1::Job given = ResolveJob(r, f, "ftjob-2", 7);
+  r.set_priority(v1::JOB_PRIORITY_HIGH);
+  v1::Job given = ResolveJob(r, f, model, "proj-a", "ftjob-2", 7);
+  EXPECT_EQ(given.priority(), v1::JOB_PRIORITY_HIGH);
   EXPECT_EQ(given.method().supervised().hyperparameters().n_epochs(), 1);
   EXPECT_EQ(given.lora().rank(), 4);
   EXPECT_EQ(given.lora().alpha(), 8);

@@ -64,6 +64,7 @@ grpc::Status WorkerService::Connect(
     }
     if (!stream->Write(*directive)) break;
   }
+  if (!worker_id.empty()) ctx_.coordinator->WorkerDisconnected(worker_id);
   spdlog::info("worker {} disconnected", worker_id);
   return grpc::Status::OK;
 }

@@ -49,8 +49,13 @@ CREATE TABLE jobs (
   started_at INTEGER NOT NULL DEFAULT 0,
   attempt_started_ms INTEGER NOT NULL DEFAULT 0,
   finished_at INTEGER NOT NULL DEFAULT 0,
-  not_before_ms INTEGER NOT NULL DEFAULT 0
+  not_before_ms INTEGER NOT NULL DEFAULT 0,
+  project TEXT NOT NULL DEFAULT 'default',
+  priority INTEGER NOT NULL DEFAULT 2,
+  memory_bytes INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX jobs_by_project ON jobs(project, status);
 CREATE INDEX jobs_by_status ON jobs(status, seq);
 CREATE TABLE events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -302,8 +307,9 @@ absl::StatusOr<Store::Created> Store::CreateJob(
   }
   ASSIGN_OR_RETURN(auto stmt,
                    db_->Prepare("INSERT INTO jobs (id, status, spec, "
-                                "idempotency_key, fingerprint) "
-                                "VALUES (?,?,?,?,?)"));
+                                "idempotency_key, fingerprint, project, "
+                                "priority, memory_bytes, created_at) "
+                                "VALUES (?,?,?,?,?,?,?,?,?)"));
   stmt.Bind(1, job.id()).Bind(2, static_cast<int64_t>(job.status()));
   stmt.BindBlob(3, job.SerializeAsString());
   if (idempotency_key.empty()) {
@@ -312,6 +318,9 @@ absl::StatusOr<Store::Created> Store::CreateJob(
     stmt.Bind(4, idempotency_key);
   }
   stmt.Bind(5, request_fingerprint);
+  stmt.Bind(6, job.project().empty() ? std::string("default") : job.project());
+  stmt.Bind(7, static_cast<int64_t>(job.priority()));
+  stmt.Bind(8, job.memory_bytes()).Bind(9, job.created_at());
   RETURN_IF_ERROR(stmt.Run());
   v1::JobEvent ev;
   ev.set_level("info");
@@ -446,15 +455,40 @@ absl::StatusOr<std::vector<v1::Job>> Store::JobsInStatus(v1::JobStatus status) {
 
 absl::StatusOr<std::vector<Store::QueueEntry>> Store::QueuedJobs() {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto stmt, db_->Prepare("SELECT id, seq, not_before_ms "
-                                           "FROM jobs WHERE status = ? "
-                                           "ORDER BY seq"));
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare("SELECT id, seq, not_before_ms, project, "
+                                "priority, memory_bytes, created_at FROM jobs "
+                                "WHERE status = ? ORDER BY seq"));
   stmt.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_QUEUED));
   std::vector<QueueEntry> out;
   while (true) {
     ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
-    out.push_back({stmt.ColumnText(0), stmt.ColumnInt(1), stmt.ColumnInt(2)});
+    QueueEntry e;
+    e.job_id = stmt.ColumnText(0);
+    e.seq = stmt.ColumnInt(1);
+    e.not_before_ms = stmt.ColumnInt(2);
+    e.project = stmt.ColumnText(3);
+    e.priority = static_cast<v1::JobPriority>(stmt.ColumnInt(4));
+    e.memory_bytes = stmt.ColumnInt(5);
+    e.created_at = stmt.ColumnInt(6);
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, int>> Store::RunningPerProject() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare("SELECT project, COUNT(*) FROM jobs "
+                                           "WHERE status IN (?, ?) "
+                                           "GROUP BY project"));
+  stmt.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_RUNNING));
+  stmt.Bind(2, static_cast<int64_t>(v1::JOB_STATUS_CANCELLING));
+  std::map<std::string, int> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    out[stmt.ColumnText(0)] = static_cast<int>(stmt.ColumnInt(1));
   }
   return out;
 }

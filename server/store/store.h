@@ -10,6 +10,7 @@
 #define LATHE_SERVER_STORE_STORE_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -83,10 +84,16 @@ class Store {
   // Queued jobs, oldest first (the scheduler's input).
   struct QueueEntry {
     std::string job_id;
-    int64_t seq = 0;
-    int64_t not_before_ms = 0;
+    int64_t seq = 0;            // creation order
+    int64_t not_before_ms = 0;  // retry backoff
+    std::string project;
+    v1::JobPriority priority = v1::JOB_PRIORITY_NORMAL;
+    int64_t memory_bytes = 0;
+    int64_t created_at = 0;     // Unix seconds
   };
   absl::StatusOr<std::vector<QueueEntry>> QueuedJobs();
+  // Running (or cancelling) jobs per project: the fair-share input.
+  absl::StatusOr<std::map<std::string, int>> RunningPerProject();
   // Jobs in `status`, e.g. running ones at start-up.
   absl::StatusOr<std::vector<v1::Job>> JobsInStatus(v1::JobStatus status);
 

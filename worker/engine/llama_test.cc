@@ -1,6 +1,7 @@
 #include "worker/engine/llama.h"
 
 #include <cmath>
+#include <fstream>
 
 #include "gtest/gtest.h"
 #include "worker/engine/lora.h"
@@ -278,6 +279,38 @@ TEST(LoraTest, AttachInitializesLikePeftAndSaveLoadRoundTrips) {
   EXPECT_TRUE(torch::allclose(loaded->Forward(ids, mask, false), adapted));
   EXPECT_FALSE(
       torch::allclose(make_model()->Forward(ids, mask, false), adapted));
+}
+
+TEST(LoraTest, LoadAdapterNamesMissingTensorsAndLeavesModelUntouched) {
+  const ModelConfig c = TinyConfig();
+  torch::manual_seed(3);
+  const TensorMap weights = RandomWeights(c);
+  std::unique_ptr<LlamaModel> model = *LlamaModel::FromTensors(c, weights, "w");
+  LoraOptions options;
+  options.rank = 2;
+  options.target_modules = {"q_proj"};
+  ASSERT_TRUE(AttachLora(*model, options).ok());
+  testing::TempDir dir;
+  ASSERT_TRUE(SaveAdapter(*model, options, "tiny", dir.path()).ok());
+  // The config now asks for v_proj too, which the weights lack.
+  std::ofstream(dir.path() + "/adapter_config.json")
+      << R"({"peft_type":"LORA","r":2,"lora_alpha":4,)"
+         R"("target_modules":["q_proj","v_proj"]})";
+  std::unique_ptr<LlamaModel> fresh = *LlamaModel::FromTensors(c, weights, "w");
+  absl::StatusOr<LoraOptions> loaded = LoadAdapter(*fresh, dir.path());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(loaded.status().message().find(
+                "\"base_model.model.model.layers.0.self_attn.v_proj.lora_A."
+                "weight\" is missing"),
+            std::string::npos)
+      << loaded.status();
+  EXPECT_FALSE(fresh->layers()[0].q_proj.lora_a.defined());
+
+  std::ofstream(dir.path() + "/adapter_config.json")
+      << R"({"peft_type":"LORA","r":2,"lora_alpha":4,"use_dora":true,)"
+         R"("target_modules":["q_proj"]})";
+  loaded = LoadAdapter(*fresh, dir.path());
+  EXPECT_NE(loaded.status().message().find("\"use_dora\""), std::string::npos);
 }
 
 class FixtureTest : public ::testing::Test {

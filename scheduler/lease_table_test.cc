@@ -1,19 +1,9 @@
-#include "scheduler/scheduler.h"
+#include "scheduler/lease_table.h"
 
 #include <gtest/gtest.h>
 
 namespace lathe::scheduler {
 namespace {
-
-TEST(PickJobTest, OldestFirstSkippingBackoff) {
-  absl::Time now = absl::FromUnixSeconds(1000);
-  std::vector<QueuedJob> q = {{"b", 2}, {"a", 1}, {"c", 3}};
-  EXPECT_EQ(PickJob({"w"}, q, now), "a");
-  q[1].not_before = now + absl::Seconds(5);  // "a" is backing off
-  EXPECT_EQ(PickJob({"w"}, q, now), "b");
-  EXPECT_EQ(PickJob({"w"}, q, now + absl::Seconds(6)), "a");
-  EXPECT_EQ(PickJob({"w"}, {}, now), std::nullopt);
-}
 
 TEST(LeaseTableTest, RenewExpireAndFence) {
   LeaseTable leases(absl::Seconds(10));

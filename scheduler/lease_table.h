@@ -1,7 +1,7 @@
-// Placement and leases, as pure logic: no gRPC, no SQLite, time passed in.
-// The server adapts this to the store and the worker streams.
-#ifndef LATHE_SCHEDULER_SCHEDULER_H_
-#define LATHE_SCHEDULER_SCHEDULER_H_
+// Leases on running attempts and retry backoff, as pure logic: no gRPC, no
+// SQLite, time passed in. (Placement is in placement.h.)
+#ifndef LATHE_SCHEDULER_LEASE_TABLE_H_
+#define LATHE_SCHEDULER_LEASE_TABLE_H_
 
 #include <cstdint>
 #include <map>
@@ -12,25 +12,6 @@
 #include "absl/time/time.h"
 
 namespace lathe::scheduler {
-
-struct QueuedJob {
-  std::string job_id;
-  int64_t enqueue_order = 0;  // smaller = earlier
-  absl::Time not_before = absl::InfinitePast();  // retry backoff
-};
-
-struct IdleWorker {
-  std::string worker_id;
-};
-
-// The job `worker` should run: the first placement of PlanRound
-// (placement.h) for this one idle worker, with every job needing no memory,
-// of normal priority and of one project, so in effect the earliest queued
-// job whose backoff has passed at `now`, or nothing. Kept only until the
-// coordinator calls PlanRound itself.
-std::optional<std::string> PickJob(const IdleWorker& worker,
-                                   const std::vector<QueuedJob>& queue,
-                                   absl::Time now);
 
 // A lease per running attempt, judged on the server's clock. Not
 // thread-safe: the owner serialises calls.
@@ -68,4 +49,4 @@ absl::Duration RetryBackoff(int attempt, absl::Duration base,
 
 }  // namespace lathe::scheduler
 
-#endif  // LATHE_SCHEDULER_SCHEDULER_H_
+#endif  // LATHE_SCHEDULER_LEASE_TABLE_H_

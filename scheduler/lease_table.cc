@@ -1,29 +1,9 @@
-#include "scheduler/scheduler.h"
+#include "scheduler/lease_table.h"
 
 #include <algorithm>
 
-#include "scheduler/placement.h"
 
 namespace lathe::scheduler {
-
-std::optional<std::string> PickJob(const IdleWorker& worker,
-                                   const std::vector<QueuedJob>& queue,
-                                   absl::Time now) {
-  std::vector<JobRequest> requests;
-  requests.reserve(queue.size());
-  for (const QueuedJob& q : queue) {
-    JobRequest& r = requests.emplace_back();
-    r.job_id = q.job_id;
-    r.enqueue_order = q.enqueue_order;
-    r.not_before = q.not_before;
-  }
-  WorkerInfo idle;
-  idle.worker_id = worker.worker_id;
-  idle.idle = true;
-  RoundPlan plan = PlanRound(requests, {idle}, {}, SchedulingPolicy{}, now);
-  if (plan.placements.empty()) return std::nullopt;
-  return plan.placements.front().job_id;
-}
 
 void LeaseTable::Grant(const std::string& job_id, int32_t attempt,
                        const std::string& worker_id, absl::Time now) {
