@@ -27,6 +27,8 @@ Usage:
   lathe files upload PATH [--purpose fine-tune]
   lathe files get FILE_ID
   lathe files list [--limit N] [--after FILE_ID]
+  lathe files delete FILE_ID
+  lathe files download FILE_ID --out PATH
   lathe models register NAME FOLDER   (FOLDER: absolute, on the server)
   lathe models list
   lathe models get MODEL_ID
@@ -36,16 +38,21 @@ Usage:
                     [--lora-rank R] [--lora-alpha A] [--lora-dropout P]
                     [--lora-target-modules q_proj,v_proj,...]
                     [--suffix S] [--seed N] [--metadata KEY=VALUE]...
-                    [--idempotency-key KEY]
+                    [--priority low|normal|high] [--idempotency-key KEY]
   lathe jobs get JOB_ID
-  lathe jobs list [--status STATUS] [--limit N] [--after JOB_ID]
-  lathe jobs cancel JOB_ID
+  lathe jobs list [--status STATUS] [--metadata KEY=VALUE]... [--limit N]
+                  [--after JOB_ID]
+  lathe jobs cancel|pause|resume JOB_ID
   lathe jobs events JOB_ID [--follow] [--after EVENT_ID] [--limit N]
+  lathe jobs watch JOB_ID [--after EVENT_ID]     (= events --follow)
   lathe jobs wait JOB_ID [--timeout SECONDS]
-  lathe jobs download JOB_ID --out DIR
+  lathe jobs checkpoints JOB_ID
+  lathe jobs download JOB_ID --out DIR [--checkpoint STEP|latest]
 
 Global flags:
   --server HOST:PORT   lathed's address (default $LATHE_SERVER or 127.0.0.1:7070)
+  --project NAME       the project to act as (default $LATHE_PROJECT or the
+                       server's default project)
   -o, --output FORMAT  text (default) or json
 )";
 
@@ -197,6 +204,19 @@ absl::StatusOr<double> DoubleFlag(const Args& a, const std::string& name) {
   return v;
 }
 
+absl::StatusOr<std::map<std::string, std::string>> MetadataFlags(const Args& a) {
+  std::map<std::string, std::string> out;
+  for (const std::string& kv : a.Values("metadata")) {
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metadata: expected KEY=VALUE, got \"", kv, "\""));
+    }
+    out[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  return out;
+}
+
 absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
   v1::CreateJobRequest r;
   r.set_model(a.GetOr("model", ""));
@@ -248,13 +268,15 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     if (!v.ok()) return v.status();
     r.set_seed(*v);
   }
-  for (const std::string& kv : a.Values("metadata")) {
-    size_t eq = kv.find('=');
-    if (eq == std::string::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--metadata: expected KEY=VALUE, got \"", kv, "\""));
-    }
-    (*r.mutable_metadata())[kv.substr(0, eq)] = kv.substr(eq + 1);
+  auto metadata = MetadataFlags(a);
+  if (!metadata.ok()) return metadata.status();
+  r.mutable_metadata()->insert(metadata->begin(), metadata->end());
+  if (a.Has("priority")) {
+    std::string p = *a.Get("priority");
+    if (p == "low") r.set_priority(v1::JOB_PRIORITY_LOW);
+    else if (p == "normal") r.set_priority(v1::JOB_PRIORITY_NORMAL);
+    else if (p == "high") r.set_priority(v1::JOB_PRIORITY_HIGH);
+    else return absl::InvalidArgumentError("--priority: use low, normal or high");
   }
   return r;
 }
@@ -292,6 +314,24 @@ int FilesCommand(Env& env, const std::string& verb) {
       for (const auto& f : page->data()) PrintFile(f);
       if (page->has_more()) std::cout << "(more: --after " << page->data().rbegin()->id() << ")\n";
     }
+    return 0;
+  }
+  if (verb == "delete") {
+    if (pos.size() != 3) return Usage("files delete needs FILE_ID");
+    auto st = env.client->DeleteFile(pos[2]);
+    if (!st.ok()) return Fail(st);
+    std::cout << (env.json ? absl::StrCat("{\"id\": \"", pos[2], "\", \"deleted\": true}")
+                           : absl::StrCat("deleted ", pos[2]))
+              << "\n";
+    return 0;
+  }
+  if (verb == "download") {
+    if (pos.size() != 3) return Usage("files download needs FILE_ID");
+    auto out = env.args.Get("out");
+    if (!out) return Usage("files download needs --out PATH");
+    auto st = env.client->DownloadFile(pos[2], *out, ProgressLine("downloading"));
+    if (!st.ok()) return Fail(st);
+    std::cout << *out << "\n";
     return 0;
   }
   return Usage(absl::StrCat("unknown command: files ", verb));
@@ -344,8 +384,8 @@ int WaitCommand(Env& env, const std::string& job_id) {
     deadline = absl::Now() + absl::Seconds(*v);
   }
   auto st = env.client->WatchJob(job_id, "", [&](const v1::WatchJobResponse& u) {
-    if (!env.json && u.has_job()) {
-      std::cerr << job_id << ": " << StatusName(u.job().status()) << "\n";
+    if (!env.json && u.event().status() != v1::JOB_STATUS_UNSPECIFIED) {
+      std::cerr << job_id << ": " << StatusName(u.event().status()) << "\n";
     }
   }, deadline);
   if (!st.ok()) {
@@ -362,12 +402,12 @@ int WaitCommand(Env& env, const std::string& job_id) {
   return job->status() == v1::JOB_STATUS_SUCCEEDED ? 0 : 1;
 }
 
-int EventsCommand(Env& env, const std::string& job_id) {
+int EventsCommand(Env& env, const std::string& job_id, bool follow) {
   std::string after = env.args.GetOr("after", "");
   auto print = [&](const v1::JobEvent& e) {
     env.json ? void(std::cout << ToJsonLine(e) << std::endl) : PrintEvent(e);
   };
-  if (env.args.Has("follow")) {
+  if (follow) {
     auto st = env.client->WatchJob(job_id, after, [&](const v1::WatchJobResponse& u) {
       print(u.event());
     });
@@ -414,6 +454,9 @@ int JobsCommand(Env& env, const std::string& verb) {
       r.set_limit(static_cast<int32_t>(*v));
     }
     r.set_after(env.args.GetOr("after", ""));
+    auto metadata = MetadataFlags(env.args);
+    if (!metadata.ok()) return Usage(std::string(metadata.status().message()));
+    r.mutable_metadata()->insert(metadata->begin(), metadata->end());
     if (env.args.Has("status")) {
       v1::JobStatus s = StatusFromName(*env.args.Get("status"));
       if (s == v1::JOB_STATUS_UNSPECIFIED) return Usage("--status: unknown status");
@@ -437,12 +480,44 @@ int JobsCommand(Env& env, const std::string& verb) {
   const std::string& id = pos[2];
   if (verb == "get") return print_job(env.client->GetJob(id));
   if (verb == "cancel") return print_job(env.client->CancelJob(id));
-  if (verb == "events") return EventsCommand(env, id);
+  if (verb == "pause") return print_job(env.client->PauseJob(id));
+  if (verb == "resume") return print_job(env.client->ResumeJob(id));
+  if (verb == "events") return EventsCommand(env, id, env.args.Has("follow"));
+  if (verb == "watch") return EventsCommand(env, id, /*follow=*/true);
+  if (verb == "checkpoints") {
+    auto all = env.client->ListJobCheckpoints(id);
+    if (!all.ok()) return Fail(all.status());
+    if (env.json) {
+      std::cout << ToJson(*all) << "\n";
+      return 0;
+    }
+    for (const auto& c : all->data()) {
+      std::cout << absl::StrFormat("step %-6d train_loss %.4f  acc %.3f", c.step_number(),
+                                   c.metrics().train_loss(),
+                                   c.metrics().train_mean_token_accuracy());
+      if (c.metrics().has_valid_loss()) {
+        std::cout << absl::StrFormat("  valid_loss %.4f", c.metrics().valid_loss());
+      }
+      std::cout << "  " << FormatTime(c.created_at()) << "\n";
+    }
+    return 0;
+  }
   if (verb == "wait") return WaitCommand(env, id);
   if (verb == "download") {
     auto out = env.args.Get("out");
     if (!out) return Usage("jobs download needs --out DIR");
-    auto files = env.client->DownloadAdapter(id, *out, ProgressLine("downloading adapter"));
+    absl::StatusOr<std::vector<std::string>> files;
+    if (env.args.Has("checkpoint")) {
+      int64_t step = 0;
+      std::string which = *env.args.Get("checkpoint");
+      if (which != "latest" && (!absl::SimpleAtoi(which, &step) || step <= 0)) {
+        return Usage("--checkpoint: a step number or \"latest\"");
+      }
+      files = env.client->DownloadCheckpoint(id, step, *out,
+                                             ProgressLine("downloading checkpoint"));
+    } else {
+      files = env.client->DownloadAdapter(id, *out, ProgressLine("downloading adapter"));
+    }
     if (!files.ok()) return Fail(files.status());
     if (env.json) {
       std::cout << "{\"files\": [";
@@ -464,11 +539,11 @@ int Run(const std::vector<std::string>& argv) {
   auto args = Args::Parse(argv, {"follow", "help"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   auto st = args->CheckKnown(
-      {"server", "output", "help", "purpose", "limit", "after", "status", "follow",
+      {"server", "project", "output", "help", "purpose", "limit", "after", "status", "follow",
        "timeout", "out", "model", "training-file", "validation-file", "n-epochs",
        "batch-size", "learning-rate-multiplier", "lora-rank", "lora-alpha",
        "lora-dropout", "lora-target-modules", "suffix", "seed", "metadata",
-       "idempotency-key"});
+       "idempotency-key", "priority", "checkpoint"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {
@@ -479,7 +554,8 @@ int Run(const std::vector<std::string>& argv) {
   if (output != "text" && output != "json") return Usage("-o: use text or json");
   const char* env_server = std::getenv("LATHE_SERVER");
   std::string server = args->GetOr("server", env_server ? env_server : "127.0.0.1:7070");
-  Client client(server);
+  const char* env_project = std::getenv("LATHE_PROJECT");
+  Client client(server, args->GetOr("project", env_project ? env_project : ""));
   Env env{*args, &client, output == "json"};
   if (pos[0] == "files") return FilesCommand(env, pos[1]);
   if (pos[0] == "jobs") return JobsCommand(env, pos[1]);

@@ -17,23 +17,25 @@ namespace fs = std::filesystem;
 
 constexpr absl::Duration kUnaryDeadline = absl::Seconds(30);
 
-void SetDeadline(grpc::ClientContext& ctx) {
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + kUnaryDeadline));
+}  // namespace
+
+void Client::Decorate(grpc::ClientContext& ctx) const {
+  if (!project_.empty()) ctx.AddMetadata("lathe-project", project_);
 }
 
 template <typename Response, typename Call>
-absl::StatusOr<Response> Unary(Call call) {
+absl::StatusOr<Response> Client::Unary(Call call) const {
   grpc::ClientContext ctx;
-  SetDeadline(ctx);
+  Decorate(ctx);
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + kUnaryDeadline));
   Response resp;
   grpc::Status st = call(&ctx, &resp);
   if (!st.ok()) return FromGrpcStatus(st);
   return resp;
 }
 
-}  // namespace
-
-Client::Client(const std::string& target) {
+Client::Client(const std::string& target, const std::string& project)
+    : project_(project) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(16 << 20);
   channel_ = grpc::CreateCustomChannel(
@@ -54,6 +56,7 @@ absl::StatusOr<v1::File> Client::UploadFile(const std::string& path,
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
 
   grpc::ClientContext ctx;
+  Decorate(ctx);
   v1::File file;
   auto writer = files_->Upload(&ctx, &file);
   v1::UploadFileRequest msg;
@@ -142,6 +145,7 @@ absl::StatusOr<v1::Model> Client::RegisterModel(const std::string& name,
   r.set_path(path);
   // Registration hashes every file of the model: allow for large folders.
   grpc::ClientContext ctx;
+  Decorate(ctx);
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Minutes(30)));
   v1::Model out;
   grpc::Status st = models_->RegisterModel(&ctx, r, &out);
@@ -172,6 +176,7 @@ absl::Status Client::WatchJob(
   absl::Duration backoff = absl::Milliseconds(200);
   while (true) {
     grpc::ClientContext ctx;
+    Decorate(ctx);
     if (deadline != absl::InfiniteFuture()) {
       ctx.set_deadline(absl::ToChronoTime(deadline));
     }
@@ -196,20 +201,15 @@ absl::Status Client::WatchJob(
   }
 }
 
-absl::StatusOr<std::vector<std::string>> Client::DownloadAdapter(
-    const std::string& job_id, const std::string& out_dir,
-    const Progress& progress) {
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--out ", out_dir, ": ", ec.message()));
-  }
-  grpc::ClientContext ctx;
-  v1::DownloadAdapterRequest r;
-  r.set_job_id(job_id);
-  auto reader = jobs_->DownloadAdapter(&ctx, r);
+namespace {
 
+// Receives the header-then-bytes stream of DownloadAdapter/DownloadCheckpoint
+// into `out_dir`: each file's size and SHA-256 checked, then renamed into
+// place.
+absl::StatusOr<std::vector<std::string>> ReceiveFiles(
+    grpc::ClientReader<v1::DownloadChunk>* reader, const std::string& out_dir,
+    const Client::Progress& progress) {
+  std::error_code ec;
   std::vector<std::string> written;
   v1::ResultFile current;
   std::ofstream out;
@@ -217,7 +217,6 @@ absl::StatusOr<std::vector<std::string>> Client::DownloadAdapter(
   std::unique_ptr<Sha256> hash;
   int64_t got = 0, done = 0, total = 0;
 
-  // Finishes the file in progress: size and hash checked, then renamed.
   auto finish = [&]() -> absl::Status {
     if (!hash) return absl::OkStatus();
     out.close();
@@ -237,19 +236,21 @@ absl::StatusOr<std::vector<std::string>> Client::DownloadAdapter(
   };
 
   v1::DownloadChunk chunk;
-  while (reader->Read(&chunk)) {
+  absl::Status st;
+  while (st.ok() && reader->Read(&chunk)) {
     if (chunk.has_file()) {
-      RETURN_IF_ERROR(finish());
+      st = finish();
       current = chunk.file();
       const std::string& name = current.name();
-      if (name.empty() || name.find('/') != std::string::npos ||
-          name == "." || name == "..") {
-        return absl::DataLossError(absl::StrCat("server sent a bad file name: ", name));
+      if (name.empty() || name.find('/') != std::string::npos || name == "." ||
+          name == "..") {
+        st = absl::DataLossError(absl::StrCat("server sent a bad file name: ", name));
+        break;
       }
       total += current.bytes();
       tmp_path = (fs::path(out_dir) / (name + ".part")).string();
       out.open(tmp_path, std::ios::binary | std::ios::trunc);
-      if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp_path));
+      if (!out) st = absl::InternalError(absl::StrCat("cannot write ", tmp_path));
       hash = std::make_unique<Sha256>();
       got = 0;
     } else if (hash) {
@@ -260,13 +261,123 @@ absl::StatusOr<std::vector<std::string>> Client::DownloadAdapter(
       if (progress) progress(done, total);
     }
   }
-  grpc::Status st = reader->Finish();
+  grpc::Status rpc = reader->Finish();
+  if (st.ok() && !rpc.ok()) st = FromGrpcStatus(rpc);
+  if (st.ok()) st = finish();
   if (!st.ok()) {
     if (hash) fs::remove(tmp_path, ec);
-    return FromGrpcStatus(st);
+    return st;
   }
-  RETURN_IF_ERROR(finish());
   return written;
+}
+
+absl::Status MakeOutDir(const std::string& out_dir) {
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--out ", out_dir, ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> Client::DownloadAdapter(
+    const std::string& job_id, const std::string& out_dir,
+    const Progress& progress) {
+  RETURN_IF_ERROR(MakeOutDir(out_dir));
+  grpc::ClientContext ctx;
+  Decorate(ctx);
+  v1::DownloadAdapterRequest r;
+  r.set_job_id(job_id);
+  auto reader = jobs_->DownloadAdapter(&ctx, r);
+  return ReceiveFiles(reader.get(), out_dir, progress);
+}
+
+absl::StatusOr<std::vector<std::string>> Client::DownloadCheckpoint(
+    const std::string& job_id, int64_t step, const std::string& out_dir,
+    const Progress& progress) {
+  RETURN_IF_ERROR(MakeOutDir(out_dir));
+  grpc::ClientContext ctx;
+  Decorate(ctx);
+  v1::DownloadCheckpointRequest r;
+  r.set_job_id(job_id);
+  r.set_step_number(step);
+  auto reader = jobs_->DownloadCheckpoint(&ctx, r);
+  return ReceiveFiles(reader.get(), out_dir, progress);
+}
+
+absl::Status Client::DeleteFile(const std::string& file_id) {
+  v1::DeleteFileRequest r;
+  r.set_file_id(file_id);
+  return Unary<v1::DeleteFileResponse>(
+             [&](grpc::ClientContext* c, v1::DeleteFileResponse* out) {
+               return files_->DeleteFile(c, r, out);
+             })
+      .status();
+}
+
+absl::Status Client::DownloadFile(const std::string& file_id,
+                                  const std::string& path,
+                                  const Progress& progress) {
+  ASSIGN_OR_RETURN(v1::File file, GetFile(file_id));
+  grpc::ClientContext ctx;
+  Decorate(ctx);
+  v1::DownloadFileRequest r;
+  r.set_file_id(file_id);
+  auto reader = files_->DownloadFile(&ctx, r);
+  std::string tmp = path + ".part";
+  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+  if (!out) return absl::InvalidArgumentError(absl::StrCat("cannot write ", tmp));
+  Sha256 hash;
+  int64_t done = 0;
+  v1::FileContent chunk;
+  while (reader->Read(&chunk)) {
+    out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+    hash.Update(chunk.data());
+    done += static_cast<int64_t>(chunk.data().size());
+    if (progress) progress(done, file.bytes());
+  }
+  out.close();
+  grpc::Status st = reader->Finish();
+  std::error_code ec;
+  std::string sha = hash.HexDigest();
+  if (!st.ok() || sha != file.sha256()) {
+    fs::remove(tmp, ec);
+    if (!st.ok()) return FromGrpcStatus(st);
+    return absl::DataLossError(absl::StrCat("received SHA-256 ", sha, ", expected ",
+                                            file.sha256()));
+  }
+  fs::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat(path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Job> Client::PauseJob(const std::string& job_id) {
+  v1::PauseJobRequest r;
+  r.set_job_id(job_id);
+  return Unary<v1::Job>([&](grpc::ClientContext* c, v1::Job* out) {
+    return jobs_->PauseJob(c, r, out);
+  });
+}
+
+absl::StatusOr<v1::Job> Client::ResumeJob(const std::string& job_id) {
+  v1::ResumeJobRequest r;
+  r.set_job_id(job_id);
+  return Unary<v1::Job>([&](grpc::ClientContext* c, v1::Job* out) {
+    return jobs_->ResumeJob(c, r, out);
+  });
+}
+
+absl::StatusOr<v1::ListJobCheckpointsResponse> Client::ListJobCheckpoints(
+    const std::string& job_id) {
+  v1::ListJobCheckpointsRequest r;
+  r.set_job_id(job_id);
+  return Unary<v1::ListJobCheckpointsResponse>(
+      [&](grpc::ClientContext* c, v1::ListJobCheckpointsResponse* out) {
+        return jobs_->ListJobCheckpoints(c, r, out);
+      });
 }
 
 }  // namespace lathe

@@ -21,8 +21,9 @@ namespace lathe {
 
 class Client {
  public:
-  // `target` is host:port of lathed. Connects lazily.
-  explicit Client(const std::string& target);
+  // `target` is host:port of lathed; `project` ("" = the server's default)
+  // owns what this client creates. Connects lazily.
+  explicit Client(const std::string& target, const std::string& project = "");
 
   // Called with bytes done and the total (0 if unknown).
   using Progress = std::function<void(int64_t done, int64_t total)>;
@@ -33,6 +34,11 @@ class Client {
                                       const Progress& progress);
   absl::StatusOr<v1::File> GetFile(const std::string& file_id);
   absl::StatusOr<v1::ListFilesResponse> ListFiles(const v1::ListFilesRequest& r);
+  absl::Status DeleteFile(const std::string& file_id);
+  // Writes the file's content to `path` (atomically), checked against its
+  // SHA-256.
+  absl::Status DownloadFile(const std::string& file_id, const std::string& path,
+                            const Progress& progress);
 
   absl::StatusOr<v1::Job> CreateJob(const v1::CreateJobRequest& request);
   absl::StatusOr<v1::Job> GetJob(const std::string& job_id);
@@ -40,6 +46,10 @@ class Client {
   absl::StatusOr<v1::Job> CancelJob(const std::string& job_id);
   absl::StatusOr<v1::ListJobEventsResponse> ListJobEvents(
       const v1::ListJobEventsRequest& r);
+  absl::StatusOr<v1::Job> PauseJob(const std::string& job_id);
+  absl::StatusOr<v1::Job> ResumeJob(const std::string& job_id);
+  absl::StatusOr<v1::ListJobCheckpointsResponse> ListJobCheckpoints(
+      const std::string& job_id);
 
   absl::StatusOr<v1::Model> RegisterModel(const std::string& name,
                                           const std::string& path);
@@ -61,8 +71,18 @@ class Client {
   absl::StatusOr<std::vector<std::string>> DownloadAdapter(
       const std::string& job_id, const std::string& out_dir,
       const Progress& progress);
+  // As DownloadAdapter, for checkpoint `step` (0 = the latest).
+  absl::StatusOr<std::vector<std::string>> DownloadCheckpoint(
+      const std::string& job_id, int64_t step, const std::string& out_dir,
+      const Progress& progress);
 
  private:
+  // Adds the caller's identity to a call.
+  void Decorate(grpc::ClientContext& ctx) const;
+  template <typename Response, typename Call>
+  absl::StatusOr<Response> Unary(Call call) const;
+
+  std::string project_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Files::Stub> files_;
   std::unique_ptr<v1::FineTuning::Stub> jobs_;

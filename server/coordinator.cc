@@ -73,7 +73,7 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
     return absl::OkStatus();
   }
   const v1::Job& job = *job_or;
-  if (!IsLive(job.status())) {
+  if (!AttemptIsLive(job)) {
     // Already finished (a repeated outcome) or taken back: nothing to record.
     out.set_stop(!a.has_outcome());
     out.set_stop_reason(absl::StrCat("job is ", StatusName(job.status())));
@@ -87,6 +87,12 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
     acked = std::max(acked, e.seq());
   }
   out.set_acked_event_seq(acked);
+  for (const v1::CheckpointReport& c : a.checkpoints()) {
+    std::vector<std::string> files(c.files().begin(), c.files().end());
+    RETURN_IF_ERROR(store_.RecordCheckpoint(job.id(), c.step(), a.attempt(),
+                                            files, c.metrics()));
+    out.add_acked_checkpoints(c.step());
+  }
   RETURN_IF_ERROR(store_.UpdateProgress(job.id(), a.attempt(), a.step(),
                                         a.total_steps(),
                                         a.trained_tokens()));
@@ -103,6 +109,10 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
   if (job.status() == v1::JOB_STATUS_CANCELLING) {
     out.set_stop(true);
     out.set_stop_reason("job cancelled");
+  } else if (job.status() == v1::JOB_STATUS_PAUSED) {
+    out.set_stop(true);
+    out.set_checkpoint_before_stop(true);
+    out.set_stop_reason("job paused");
   }
   out.set_lease_deadline_ms(
       absl::ToUnixMillis(leases_.Get(job.id())->deadline));
@@ -114,8 +124,32 @@ absl::Status Coordinator::RecordOutcome(const v1::Job& job,
   const v1::AttemptOutcome& o = a.outcome();
   store::TransitionUpdate u;
   u.trained_tokens = o.trained_tokens();
+  if (job.status() == v1::JOB_STATUS_PAUSED &&
+      o.result() != v1::AttemptOutcome::RESULT_SUCCEEDED) {
+    // The pause is complete: the device is free, the job stays paused.
+    v1::JobEvent e;
+    e.set_type("message");
+    e.set_level(o.result() == v1::AttemptOutcome::RESULT_STOPPED ? "info" : "warn");
+    e.set_message(o.result() == v1::AttemptOutcome::RESULT_STOPPED
+                      ? absl::StrCat("Paused at step ", a.step(),
+                                     "; resume continues from its checkpoint")
+                      : absl::StrCat("Paused; the attempt ended: ",
+                                     o.error().message()));
+    return store_.AppendEvent(job.id(), e, 0, 0).status();
+  }
   v1::JobStatus to = v1::JOB_STATUS_FAILED;
   switch (o.result()) {
+    case v1::AttemptOutcome::RESULT_STOPPED:
+      if (job.status() == v1::JOB_STATUS_CANCELLING) {
+        to = v1::JOB_STATUS_CANCELLED;
+        u.message = "The job was cancelled";
+      } else {
+        // The worker shut down and handed the job back after a checkpoint.
+        to = v1::JOB_STATUS_QUEUED;
+        u.message = absl::StrCat("The worker stopped at step ", a.step(),
+                                 " and handed the job back; requeued");
+      }
+      break;
     case v1::AttemptOutcome::RESULT_SUCCEEDED: {
       ASSIGN_OR_RETURN(auto files, store_.ResultFiles(job.id()));
       for (const std::string& name : o.result_files()) {
@@ -220,6 +254,9 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
   *as->mutable_job() = job;
   as->set_model_path(model.path());
   *as->mutable_model() = model;
+  ASSIGN_OR_RETURN(auto checkpoints, store_.ListCheckpoints(job.id()));
+  if (!checkpoints.empty()) *as->mutable_resume_from() = checkpoints.back();
+  as->set_checkpoint_every_steps(options_.checkpoint_every_steps);
   as->set_learning_rate(options_.base_learning_rate *
                         job.method()
                             .supervised()
@@ -241,12 +278,64 @@ void Coordinator::WorkerDisconnected(const std::string& worker_id) {
 absl::Status Coordinator::CheckCurrentAttempt(const std::string& job_id,
                                               int32_t attempt) {
   ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
-  if (job.attempt() != attempt || !IsLive(job.status())) {
+  absl::MutexLock lock(&mu_);
+  if (job.attempt() != attempt || !AttemptIsLive(job)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "attempt ", attempt, " of ", job_id, " is not current (job is ",
         StatusName(job.status()), ", attempt ", job.attempt(), ")"));
   }
   return absl::OkStatus();
+}
+
+bool Coordinator::AttemptIsLive(const v1::Job& job) {
+  if (IsLive(job.status())) return true;
+  // A paused job's attempt lives until it has checkpointed and stopped.
+  auto lease = leases_.Get(job.id());
+  return job.status() == v1::JOB_STATUS_PAUSED && lease &&
+         lease->attempt == job.attempt();
+}
+
+absl::StatusOr<v1::Job> Coordinator::PauseJob(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  for (int i = 0; i < 5; ++i) {
+    ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
+    if (job.status() != v1::JOB_STATUS_QUEUED &&
+        job.status() != v1::JOB_STATUS_RUNNING) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job ", job_id, " is ", StatusName(job.status()),
+          "; only queued or running jobs can be paused"));
+    }
+    store::TransitionUpdate u;
+    u.message = job.status() == v1::JOB_STATUS_RUNNING
+                    ? "Pause requested: the worker checkpoints and stops"
+                    : "Paused";
+    auto moved = store_.Transition(job_id, job.status(), v1::JOB_STATUS_PAUSED,
+                                   std::nullopt, u);
+    if (!absl::IsFailedPrecondition(moved.status())) {
+      replan_ = true;
+      return moved;
+    }
+  }
+  return absl::UnavailableError("the job kept changing state; retry");
+}
+
+absl::StatusOr<v1::Job> Coordinator::ResumeJob(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
+  if (job.status() != v1::JOB_STATUS_PAUSED) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", job_id, " is ", StatusName(job.status()), ", not paused"));
+  }
+  if (AttemptIsLive(job)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", job_id, " is still writing its pause checkpoint; retry in a "
+        "few seconds"));
+  }
+  store::TransitionUpdate u;
+  u.message = "Resumed; the job is queued";
+  replan_ = true;
+  return store_.Transition(job_id, v1::JOB_STATUS_PAUSED, v1::JOB_STATUS_QUEUED,
+                           std::nullopt, u);
 }
 
 int Coordinator::SweepExpiredLeases(absl::Time now) {
@@ -259,6 +348,9 @@ int Coordinator::SweepExpiredLeases(absl::Time now) {
     store::TransitionUpdate u;
     u.level = "warn";
     absl::StatusOr<v1::Job> moved;
+    if (job->status() == v1::JOB_STATUS_PAUSED) {
+      continue;  // the worker died while pausing: the job stays paused
+    }
     if (job->status() == v1::JOB_STATUS_CANCELLING) {
       u.message = "Worker lost while cancelling; the job is cancelled";
       moved = store_.Transition(lease.job_id, job->status(),

@@ -29,6 +29,7 @@ struct CoordinatorOptions {
   absl::Duration retry_backoff_base = absl::Seconds(2);
   absl::Duration retry_backoff_cap = absl::Minutes(5);
   double base_learning_rate = 2e-4;  // x learning_rate_multiplier
+  int checkpoint_every_steps = 100;  // sent with each assignment
   // A placement plan is reused for this long before it is recomputed.
   absl::Duration replan_interval = absl::Milliseconds(200);
   scheduler::SchedulingPolicy policy;
@@ -44,6 +45,12 @@ class Coordinator {
   // Handles one report; returns the directive to send back.
   // INVALID_ARGUMENT if the report has no worker id.
   absl::StatusOr<v1::WorkerDirective> HandleReport(const v1::WorkerReport& r);
+
+  // Pause: queued or running -> paused (a running attempt is then told to
+  // checkpoint and stop). Resume: paused -> queued, once the attempt has
+  // stopped. FAILED_PRECONDITION from any other state.
+  absl::StatusOr<v1::Job> PauseJob(const std::string& job_id);
+  absl::StatusOr<v1::Job> ResumeJob(const std::string& job_id);
 
   // Forgets a worker whose stream ended (its running attempt, if any, keeps
   // its lease until it expires or the worker reconnects).
@@ -68,6 +75,9 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status MaybeAssign(const v1::WorkerReport& r, v1::WorkerDirective& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // True while `job`'s current attempt may still report: running,
+  // cancelling, or paused with the attempt's lease not yet released.
+  bool AttemptIsLive(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Recomputes pending_ from the queue, the fleet and running jobs.
   absl::Status Replan(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

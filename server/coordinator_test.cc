@@ -151,5 +151,91 @@ TEST_F(CoordinatorTest, ExpiredLeaseRequeuesThenFailsAndFencesOldAttempt) {
   EXPECT_FALSE(job->error().user_fault());
 }
 
+TEST_F(CoordinatorTest, PauseCheckpointsStopsAndResumeRequeuesWithCheckpoint) {
+  AddJob("ftjob-1");
+  Report("w1");
+  v1::RunningAttempt a;
+  a.set_job_id("ftjob-1");
+  a.set_attempt(1);
+  a.set_step(7);
+  auto paused = coord_->PauseJob("ftjob-1");
+  ASSERT_TRUE(paused.ok()) << paused.status();
+  EXPECT_EQ(paused->status(), v1::JOB_STATUS_PAUSED);
+  // The worker is told to checkpoint and stop; resume waits for it.
+  auto d = Report("w1", &a);
+  EXPECT_TRUE(d.stop());
+  EXPECT_TRUE(d.checkpoint_before_stop());
+  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->ResumeJob("ftjob-1").status()));
+
+  // A checkpoint is recorded only once all its files are uploaded.
+  auto* cp = a.add_checkpoints();
+  cp->set_step(7);
+  cp->add_files("adapter_model.safetensors");
+  v1::WorkerReport r;
+  r.set_worker_id("w1");
+  *r.mutable_attempt() = a;
+  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->HandleReport(r).status()));
+  v1::ResultFile f;
+  f.set_name("adapter_model.safetensors");
+  f.set_sha256(std::string(64, 'c'));
+  ASSERT_TRUE(store_->PutCheckpointFile("ftjob-1", 7, 1, f).ok());
+  a.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_STOPPED);
+  d = Report("w1", &a);
+  EXPECT_TRUE(d.outcome_recorded());
+  ASSERT_EQ(d.acked_checkpoints_size(), 1);
+  EXPECT_EQ(store_->GetJob("ftjob-1")->status(), v1::JOB_STATUS_PAUSED);
+
+  auto resumed = coord_->ResumeJob("ftjob-1");
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->status(), v1::JOB_STATUS_QUEUED);
+  d = Report("w2");
+  ASSERT_TRUE(d.has_assignment());
+  EXPECT_EQ(d.assignment().attempt(), 2);
+  EXPECT_EQ(d.assignment().resume_from().step_number(), 7);
+  // Only queued or running jobs pause.
+  ASSERT_TRUE(store_->Transition("ftjob-1", v1::JOB_STATUS_RUNNING,
+                                 v1::JOB_STATUS_CANCELLING, 2, {}).ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->PauseJob("ftjob-1").status()));
+}
+
+TEST_F(CoordinatorTest, WorkerShutdownHandsTheJobBack) {
+  AddJob("ftjob-1");
+  Report("w1");
+  v1::RunningAttempt a;
+  a.set_job_id("ftjob-1");
+  a.set_attempt(1);
+  a.set_step(3);
+  a.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_STOPPED);
+  EXPECT_TRUE(Report("w1", &a).outcome_recorded());
+  auto job = store_->GetJob("ftjob-1");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
+  EXPECT_EQ(Report("w2").assignment().attempt(), 2);
+}
+
+TEST_F(CoordinatorTest, JobsLargerThanAnyWorkerWaitWithAWarning) {
+  v1::Job j;
+  j.set_id("ftjob-big");
+  j.set_status(v1::JOB_STATUS_QUEUED);
+  j.set_model("tiny");
+  j.set_memory_bytes(1LL << 40);
+  ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
+  v1::WorkerReport r;
+  r.set_worker_id("small");
+  auto* dev = r.add_devices();
+  dev->set_kind("cpu");
+  dev->set_memory_bytes(1LL << 30);
+  auto d = coord_->HandleReport(r);
+  ASSERT_TRUE(d.ok());
+  EXPECT_FALSE(d->has_assignment());
+  int warnings = 0;
+  auto events = store_->ListEvents("ftjob-big", "", 100);
+  ASSERT_TRUE(events.ok());
+  for (const auto& e : events->data) {
+    warnings += e.level() == "warn";
+  }
+  EXPECT_EQ(warnings, 1);
+  EXPECT_EQ(store_->GetJob("ftjob-big")->status(), v1::JOB_STATUS_QUEUED);
+}
+
 }  // namespace
 }  // namespace lathe

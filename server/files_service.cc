@@ -1,3 +1,4 @@
+#include <cstdio>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -115,6 +116,37 @@ grpc::Status FilesService::ListFiles(grpc::ServerContext*,
   for (auto& f : page->data) *response->add_data() = std::move(f);
   response->set_has_more(page->has_more);
   return grpc::Status::OK;
+}
+
+grpc::Status FilesService::DeleteFile(grpc::ServerContext*,
+                                      const v1::DeleteFileRequest* request,
+                                      v1::DeleteFileResponse* response) {
+  auto file = ctx_.store->GetFile(request->file_id());
+  if (!file.ok()) return ToGrpcStatus(file.status());
+  auto unreferenced = ctx_.store->DeleteFile(request->file_id());
+  if (!unreferenced.ok()) return ToGrpcStatus(unreferenced.status());
+  if (*unreferenced) {
+    // The record is gone first: a crash here leaves an orphan blob, never a
+    // record without its blob.
+    std::remove(ctx_.blobs->PathFor(file->sha256()).c_str());
+  }
+  response->set_id(request->file_id());
+  response->set_deleted(true);
+  return grpc::Status::OK;
+}
+
+grpc::Status FilesService::DownloadFile(grpc::ServerContext*,
+                                        const v1::DownloadFileRequest* request,
+                                        grpc::ServerWriter<v1::FileContent>* writer) {
+  auto file = ctx_.store->GetFile(request->file_id());
+  if (!file.ok()) return ToGrpcStatus(file.status());
+  return ToGrpcStatus(StreamFile(ctx_.blobs->PathFor(file->sha256()),
+                                 ctx_.options.chunk_bytes,
+                                 [&](absl::string_view data) {
+                                   v1::FileContent c;
+                                   c.set_data(std::string(data));
+                                   return writer->Write(c);
+                                 }));
 }
 
 absl::Status StreamFile(const std::string& path, int64_t chunk_bytes,

@@ -128,8 +128,10 @@ grpc::Status FineTuningService::ListJobs(grpc::ServerContext*,
   if (!v1::JobStatus_IsValid(request->status())) {
     return ToGrpcStatus(absl::InvalidArgumentError("status: unknown value"));
   }
-  auto page =
-      ctx_.store->ListJobs(request->limit(), request->after(), request->status());
+  std::map<std::string, std::string> metadata(request->metadata().begin(),
+                                              request->metadata().end());
+  auto page = ctx_.store->ListJobs(request->limit(), request->after(),
+                                   request->status(), metadata);
   if (!page.ok()) return ToGrpcStatus(page.status());
   for (auto& j : page->data) *response->add_data() = std::move(j);
   response->set_has_more(page->has_more);
@@ -204,19 +206,68 @@ grpc::Status FineTuningService::DownloadAdapter(
         "job ", job->id(), " has no adapter yet (status ",
         StatusName(job->status()), ")")));
   }
-  for (const v1::ResultFile& f : job->result_files()) {
+  return ToGrpcStatus(SendFiles(ctx_, job->result_files(), writer));
+}
+
+grpc::Status FineTuningService::PauseJob(grpc::ServerContext*,
+                                         const v1::PauseJobRequest* request,
+                                         v1::Job* response) {
+  auto job = ctx_.coordinator->PauseJob(request->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  *response = *std::move(job);
+  return grpc::Status::OK;
+}
+
+grpc::Status FineTuningService::ResumeJob(grpc::ServerContext*,
+                                          const v1::ResumeJobRequest* request,
+                                          v1::Job* response) {
+  auto job = ctx_.coordinator->ResumeJob(request->job_id());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  *response = *std::move(job);
+  return grpc::Status::OK;
+}
+
+grpc::Status FineTuningService::ListJobCheckpoints(
+    grpc::ServerContext*, const v1::ListJobCheckpointsRequest* request,
+    v1::ListJobCheckpointsResponse* response) {
+  auto all = ctx_.store->ListCheckpoints(request->job_id());
+  if (!all.ok()) return ToGrpcStatus(all.status());
+  for (auto& c : *all) *response->add_data() = std::move(c);
+  return grpc::Status::OK;
+}
+
+grpc::Status FineTuningService::DownloadCheckpoint(
+    grpc::ServerContext*, const v1::DownloadCheckpointRequest* request,
+    grpc::ServerWriter<v1::DownloadChunk>* writer) {
+  auto all = ctx_.store->ListCheckpoints(request->job_id());
+  if (!all.ok()) return ToGrpcStatus(all.status());
+  for (auto it = all->rbegin(); it != all->rend(); ++it) {
+    if (request->step_number() == 0 || it->step_number() == request->step_number()) {
+      return ToGrpcStatus(SendFiles(ctx_, it->files(), writer));
+    }
+  }
+  return ToGrpcStatus(absl::NotFoundError(
+      request->step_number() == 0
+          ? absl::StrCat("job ", request->job_id(), " has no checkpoint yet")
+          : absl::StrCat("step_number: job ", request->job_id(),
+                         " has no checkpoint at step ", request->step_number())));
+}
+
+absl::Status SendFiles(const ServerContext& ctx,
+                       const google::protobuf::RepeatedPtrField<v1::ResultFile>& files,
+                       grpc::ServerWriter<v1::DownloadChunk>* writer) {
+  for (const v1::ResultFile& f : files) {
     v1::DownloadChunk head;
     *head.mutable_file() = f;
-    if (!writer->Write(head)) return grpc::Status::OK;
-    auto st = StreamFile(ctx_.blobs->PathFor(f.sha256()),
-                         ctx_.options.chunk_bytes, [&](absl::string_view data) {
-                           v1::DownloadChunk c;
-                           c.set_data(std::string(data));
-                           return writer->Write(c);
-                         });
-    if (!st.ok()) return ToGrpcStatus(st);
+    if (!writer->Write(head)) return absl::CancelledError("the client went away");
+    RETURN_IF_ERROR(StreamFile(ctx.blobs->PathFor(f.sha256()),
+                               ctx.options.chunk_bytes, [&](absl::string_view data) {
+                                 v1::DownloadChunk c;
+                                 c.set_data(std::string(data));
+                                 return writer->Write(c);
+                               }));
   }
-  return grpc::Status::OK;
+  return absl::OkStatus();
 }
 
 }  // namespace lathe

@@ -21,6 +21,9 @@ ABSL_FLAG(double, base_learning_rate, 2e-4,
 ABSL_FLAG(int, lease_seconds, 15,
           "a running job's lease; a worker silent this long loses the job");
 ABSL_FLAG(int, max_attempts, 3, "attempts per job before it fails");
+ABSL_FLAG(int, checkpoint_every_steps, 100,
+          "workers checkpoint every this many steps (a lost worker costs at "
+          "most this many)");
 ABSL_FLAG(std::string, port_file, "",
           "if set, the bound port is written here once serving (for --listen "
           "with port 0)");
@@ -47,6 +50,7 @@ int main(int argc, char** argv) {
   o.coordinator.base_learning_rate = absl::GetFlag(FLAGS_base_learning_rate);
   o.coordinator.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   o.coordinator.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  o.coordinator.checkpoint_every_steps = absl::GetFlag(FLAGS_checkpoint_every_steps);
 
   // Block SIGINT/SIGTERM before any thread starts (threads inherit the
   // mask) and wait for one on this thread.

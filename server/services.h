@@ -45,6 +45,12 @@ class FilesService final : public v1::Files::Service {
   grpc::Status ListFiles(grpc::ServerContext* context,
                          const v1::ListFilesRequest* request,
                          v1::ListFilesResponse* response) override;
+  grpc::Status DeleteFile(grpc::ServerContext* context,
+                          const v1::DeleteFileRequest* request,
+                          v1::DeleteFileResponse* response) override;
+  grpc::Status DownloadFile(grpc::ServerContext* context,
+                            const v1::DownloadFileRequest* request,
+                            grpc::ServerWriter<v1::FileContent>* writer) override;
 
  private:
   ServerContext ctx_;
@@ -74,6 +80,18 @@ class FineTuningService final : public v1::FineTuning::Service {
   grpc::Status DownloadAdapter(
       grpc::ServerContext* context, const v1::DownloadAdapterRequest* request,
       grpc::ServerWriter<v1::DownloadChunk>* writer) override;
+  grpc::Status PauseJob(grpc::ServerContext* context,
+                        const v1::PauseJobRequest* request,
+                        v1::Job* response) override;
+  grpc::Status ResumeJob(grpc::ServerContext* context,
+                         const v1::ResumeJobRequest* request,
+                         v1::Job* response) override;
+  grpc::Status ListJobCheckpoints(
+      grpc::ServerContext* context, const v1::ListJobCheckpointsRequest* request,
+      v1::ListJobCheckpointsResponse* response) override;
+  grpc::Status DownloadCheckpoint(
+      grpc::ServerContext* context, const v1::DownloadCheckpointRequest* request,
+      grpc::ServerWriter<v1::DownloadChunk>* writer) override;
 
  private:
   ServerContext ctx_;
@@ -92,6 +110,9 @@ class WorkerService final : public v1::Worker::Service {
   grpc::Status UploadResult(grpc::ServerContext* context,
                             grpc::ServerReader<v1::UploadResultRequest>* reader,
                             v1::ResultFile* response) override;
+  grpc::Status FetchCheckpointFile(
+      grpc::ServerContext* context, const v1::FetchCheckpointFileRequest* request,
+      grpc::ServerWriter<v1::FileChunk>* writer) override;
   grpc::Status FetchModelFile(grpc::ServerContext* context,
                               const v1::FetchModelFileRequest* request,
                               grpc::ServerWriter<v1::FileChunk>* writer) override;
@@ -122,6 +143,11 @@ class ModelsService final : public v1::Models::Service {
 absl::StatusOr<v1::Model> RegisterBaseModel(store::Store& store,
                                             const std::string& name,
                                             const std::string& path);
+
+// Sends each file as a header (name, size, SHA-256) then its bytes.
+absl::Status SendFiles(const ServerContext& ctx,
+                       const google::protobuf::RepeatedPtrField<v1::ResultFile>& files,
+                       grpc::ServerWriter<v1::DownloadChunk>* writer);
 
 // Streams the file at `path` through `write(chunk)` in chunks of
 // `chunk_bytes`. Errors: NOT_FOUND, INTERNAL, CANCELLED (write refused).

@@ -15,8 +15,14 @@ absl::StatusOr<v1::ResultFile> ReceiveResult(
     return absl::InvalidArgumentError("header: must come first");
   }
   const v1::UploadResultHeader h = msg.header();
-  if (h.name() != "adapter_config.json" &&
-      h.name() != "adapter_model.safetensors") {
+  bool plain_name = !h.name().empty() && h.name().size() <= 128 &&
+                    h.name().find_first_of(std::string("/\\\0", 3)) == std::string::npos &&
+                    h.name() != "." && h.name() != "..";
+  bool allowed = h.checkpoint_step() > 0
+                     ? plain_name
+                     : h.name() == "adapter_config.json" ||
+                           h.name() == "adapter_model.safetensors";
+  if (!allowed || h.checkpoint_step() < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("name: \"", h.name(), "\" is not a result file"));
   }
@@ -40,7 +46,12 @@ absl::StatusOr<v1::ResultFile> ReceiveResult(
   f.set_name(h.name());
   f.set_bytes(h.bytes());
   f.set_sha256(sha);
-  RETURN_IF_ERROR(ctx.store->PutResultFile(h.job_id(), f));
+  if (h.checkpoint_step() > 0) {
+    RETURN_IF_ERROR(ctx.store->PutCheckpointFile(h.job_id(), h.checkpoint_step(),
+                                                 h.attempt(), f));
+  } else {
+    RETURN_IF_ERROR(ctx.store->PutResultFile(h.job_id(), f));
+  }
   return f;
 }
 
@@ -91,6 +102,32 @@ grpc::Status WorkerService::FetchFile(grpc::ServerContext*,
                     return writer->Write(c);
                   });
   return ToGrpcStatus(st);
+}
+
+grpc::Status WorkerService::FetchCheckpointFile(
+    grpc::ServerContext*, const v1::FetchCheckpointFileRequest* request,
+    grpc::ServerWriter<v1::FileChunk>* writer) {
+  auto st = ctx_.coordinator->CheckCurrentAttempt(request->job_id(),
+                                                  request->attempt());
+  if (!st.ok()) return ToGrpcStatus(st);
+  auto all = ctx_.store->ListCheckpoints(request->job_id());
+  if (!all.ok()) return ToGrpcStatus(all.status());
+  for (const v1::Checkpoint& c : *all) {
+    if (c.step_number() != request->step()) continue;
+    for (const v1::ResultFile& f : c.files()) {
+      if (f.name() != request->name()) continue;
+      return ToGrpcStatus(StreamFile(ctx_.blobs->PathFor(f.sha256()),
+                                     ctx_.options.chunk_bytes,
+                                     [&](absl::string_view data) {
+                                       v1::FileChunk chunk;
+                                       chunk.set_data(std::string(data));
+                                       return writer->Write(chunk);
+                                     }));
+    }
+  }
+  return ToGrpcStatus(absl::NotFoundError(absl::StrCat(
+      "no file ", request->name(), " in checkpoint ", request->step(), " of ",
+      request->job_id())));
 }
 
 grpc::Status WorkerService::FetchModelFile(

@@ -11,8 +11,9 @@ namespace lathe::testing {
 
 namespace fs = std::filesystem;
 
-absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const std::string& root,
-                                                        int workers) {
+absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(
+    const std::string& root, int workers,
+    const std::vector<std::string>& lathed_flags) {
   std::unique_ptr<Cluster> c(new Cluster());
   c->root_ = root;
   c->demo_dir_ = root + "/demo";
@@ -25,13 +26,13 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const std::string& root,
   }
   std::string port_file = root + "/lathed.port";
   fs::remove(port_file);
-  c->lathed_ = std::make_unique<Subprocess>(
-      std::vector<std::string>{c->bin_.lathed, "--listen=127.0.0.1:0",
-                               "--data_dir=" + root + "/data",
-                               "--base_model=lathe-demo=" + c->demo_dir_ + "/model",
-                               "--base_learning_rate=2e-3", "--lease_seconds=4",
-                               "--port_file=" + port_file},
-      root + "/lathed.log");
+  std::vector<std::string> argv = {
+      c->bin_.lathed, "--listen=127.0.0.1:0", "--data_dir=" + root + "/data",
+      "--base_model=lathe-demo=" + c->demo_dir_ + "/model",
+      "--base_learning_rate=2e-3", "--lease_seconds=4",
+      "--port_file=" + port_file};
+  argv.insert(argv.end(), lathed_flags.begin(), lathed_flags.end());
+  c->lathed_ = std::make_unique<Subprocess>(argv, root + "/lathed.log");
   std::string port = WaitForFile(port_file, absl::Seconds(20));
   if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(port), &c->port_)) {
     return absl::InternalError(absl::StrCat("lathed did not start:\n", c->Logs()));

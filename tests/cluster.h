@@ -23,9 +23,11 @@ struct Binaries {
 
 class Cluster {
  public:
-  // Empties `root`, makes the demo in `root`/demo and starts lathed.
-  static absl::StatusOr<std::unique_ptr<Cluster>> Start(const std::string& root,
-                                                        int workers);
+  // Empties `root`, makes the demo in `root`/demo and starts lathed (with
+  // `lathed_flags` added) and `workers` workers.
+  static absl::StatusOr<std::unique_ptr<Cluster>> Start(
+      const std::string& root, int workers,
+      const std::vector<std::string>& lathed_flags = {});
   ~Cluster();
 
   // Starts one more worker; returns its index.
@@ -35,6 +37,10 @@ class Cluster {
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   Client& client() { return *client_; }
+  // A client acting for `project`.
+  std::unique_ptr<Client> ClientFor(const std::string& project) const {
+    return std::make_unique<Client>(address(), project);
+  }
   const std::string& demo_dir() const { return demo_dir_; }
   const std::string& root() const { return root_; }
   // lathed's and the workers' logs, for failure messages.

@@ -53,9 +53,37 @@ CREATE TABLE jobs (
   project TEXT NOT NULL DEFAULT 'default',
   priority INTEGER NOT NULL DEFAULT 2,
   memory_bytes INTEGER NOT NULL DEFAULT 0,
-  created_at INTEGER NOT NULL DEFAULT 0
+  created_at INTEGER NOT NULL DEFAULT 0,
+  training_file TEXT NOT NULL DEFAULT '',
+  validation_file TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX jobs_by_project ON jobs(project, status);
+CREATE INDEX jobs_by_training_file ON jobs(training_file);
+CREATE INDEX jobs_by_validation_file ON jobs(validation_file);
+CREATE TABLE job_metadata (
+  job_id TEXT NOT NULL REFERENCES jobs(id),
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (job_id, key)
+);
+CREATE INDEX job_metadata_by_pair ON job_metadata(key, value);
+CREATE TABLE checkpoint_files (
+  job_id TEXT NOT NULL REFERENCES jobs(id),
+  step INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  bytes INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  PRIMARY KEY (job_id, step, name)
+);
+CREATE TABLE checkpoints (
+  job_id TEXT NOT NULL REFERENCES jobs(id),
+  step INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  metrics BLOB NOT NULL,
+  PRIMARY KEY (job_id, step)
+);
 CREATE INDEX jobs_by_status ON jobs(status, seq);
 CREATE TABLE events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -187,6 +215,123 @@ absl::StatusOr<Page<v1::File>> Store::ListFiles(int limit,
   return page;
 }
 
+absl::StatusOr<bool> Store::DeleteFile(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  ASSIGN_OR_RETURN(auto f, db_->Prepare("SELECT sha256 FROM files WHERE id = ?"));
+  f.Bind(1, id);
+  ASSIGN_OR_RETURN(bool found, f.Step());
+  if (!found) return absl::NotFoundError(absl::StrCat("no such file: ", id));
+  std::string sha = f.ColumnText(0);
+  ASSIGN_OR_RETURN(auto live, db_->Prepare(
+                                  "SELECT id FROM jobs WHERE (training_file = ?1 "
+                                  "OR validation_file = ?1) AND status NOT IN "
+                                  "(?2, ?3, ?4) LIMIT 1"));
+  live.Bind(1, id).Bind(2, static_cast<int64_t>(v1::JOB_STATUS_SUCCEEDED));
+  live.Bind(3, static_cast<int64_t>(v1::JOB_STATUS_FAILED));
+  live.Bind(4, static_cast<int64_t>(v1::JOB_STATUS_CANCELLED));
+  ASSIGN_OR_RETURN(bool used, live.Step());
+  if (used) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "file ", id, " is used by job ", live.ColumnText(0),
+        ", which has not finished; cancel it or wait"));
+  }
+  ASSIGN_OR_RETURN(auto del, db_->Prepare("DELETE FROM files WHERE id = ?"));
+  del.Bind(1, id);
+  RETURN_IF_ERROR(del.Run());
+  ASSIGN_OR_RETURN(auto others, db_->Prepare("SELECT COUNT(*) FROM files "
+                                             "WHERE sha256 = ?"));
+  others.Bind(1, sha);
+  RETURN_IF_ERROR(others.Step().status());
+  bool blob_unreferenced = others.ColumnInt(0) == 0;
+  RETURN_IF_ERROR(tx->Commit());
+  return blob_unreferenced;
+}
+
+absl::Status Store::PutCheckpointFile(const std::string& job_id, int64_t step,
+                                      int32_t attempt,
+                                      const v1::ResultFile& file) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "INSERT INTO checkpoint_files (job_id, step, "
+                                  "attempt, name, bytes, sha256) VALUES "
+                                  "(?,?,?,?,?,?) ON CONFLICT(job_id, step, "
+                                  "name) DO UPDATE SET attempt = "
+                                  "excluded.attempt, bytes = excluded.bytes, "
+                                  "sha256 = excluded.sha256"));
+  stmt.Bind(1, job_id).Bind(2, step).Bind(3, static_cast<int64_t>(attempt));
+  stmt.Bind(4, file.name()).Bind(5, file.bytes()).Bind(6, file.sha256());
+  return stmt.Run();
+}
+
+absl::Status Store::RecordCheckpoint(const std::string& job_id, int64_t step,
+                                     int32_t attempt,
+                                     const std::vector<std::string>& files,
+                                     const v1::CheckpointMetrics& metrics) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  for (const std::string& name : files) {
+    ASSIGN_OR_RETURN(auto q, db_->Prepare("SELECT 1 FROM checkpoint_files WHERE "
+                                          "job_id = ? AND step = ? AND "
+                                          "name = ? AND attempt = ?"));
+    q.Bind(1, job_id).Bind(2, step).Bind(3, name).Bind(4, static_cast<int64_t>(attempt));
+    ASSIGN_OR_RETURN(bool there, q.Step());
+    if (!there) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "checkpoint ", step, " of ", job_id, ": ", name, " was not uploaded"));
+    }
+  }
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "INSERT INTO checkpoints (job_id, step, "
+                                  "attempt, created_at, metrics) VALUES "
+                                  "(?,?,?,?,?) ON CONFLICT DO NOTHING"));
+  stmt.Bind(1, job_id).Bind(2, step).Bind(3, static_cast<int64_t>(attempt));
+  stmt.Bind(4, NowUnixSeconds()).BindBlob(5, metrics.SerializeAsString());
+  RETURN_IF_ERROR(stmt.Run());
+  if (db_->Changes() > 0) {
+    v1::JobEvent ev;
+    ev.set_level("info");
+    ev.set_type("message");
+    ev.set_message(absl::StrCat("Checkpoint saved at step ", step));
+    RETURN_IF_ERROR(InsertEvent(job_id, ev, 0, 0).status());
+  }
+  return tx->Commit();
+}
+
+absl::StatusOr<std::vector<v1::Checkpoint>> Store::ListCheckpoints(
+    const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(LoadJob(job_id).status());
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "SELECT c.step, c.attempt, c.created_at, "
+                                  "c.metrics, f.name, f.bytes, f.sha256 FROM "
+                                  "checkpoints c JOIN checkpoint_files f ON "
+                                  "f.job_id = c.job_id AND f.step = c.step "
+                                  "WHERE c.job_id = ? ORDER BY c.step, f.name"));
+  stmt.Bind(1, job_id);
+  std::vector<v1::Checkpoint> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    int64_t step = stmt.ColumnInt(0);
+    if (out.empty() || out.back().step_number() != step) {
+      v1::Checkpoint c;
+      c.set_id(absl::StrCat("ftckpt-", job_id.substr(job_id.find('-') + 1), "-", step));
+      c.set_job_id(job_id);
+      c.set_step_number(step);
+      c.set_attempt(static_cast<int32_t>(stmt.ColumnInt(1)));
+      c.set_created_at(stmt.ColumnInt(2));
+      c.mutable_metrics()->ParseFromString(stmt.ColumnBlob(3));
+      out.push_back(std::move(c));
+    }
+    auto* f = out.back().add_files();
+    f->set_name(stmt.ColumnText(4));
+    f->set_bytes(stmt.ColumnInt(5));
+    f->set_sha256(stmt.ColumnText(6));
+  }
+  return out;
+}
+
 absl::StatusOr<v1::Model> Store::RegisterModel(const v1::Model& model) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
@@ -308,8 +453,9 @@ absl::StatusOr<Store::Created> Store::CreateJob(
   ASSIGN_OR_RETURN(auto stmt,
                    db_->Prepare("INSERT INTO jobs (id, status, spec, "
                                 "idempotency_key, fingerprint, project, "
-                                "priority, memory_bytes, created_at) "
-                                "VALUES (?,?,?,?,?,?,?,?,?)"));
+                                "priority, memory_bytes, created_at, "
+                                "training_file, validation_file) "
+                                "VALUES (?,?,?,?,?,?,?,?,?,?,?)"));
   stmt.Bind(1, job.id()).Bind(2, static_cast<int64_t>(job.status()));
   stmt.BindBlob(3, job.SerializeAsString());
   if (idempotency_key.empty()) {
@@ -321,7 +467,14 @@ absl::StatusOr<Store::Created> Store::CreateJob(
   stmt.Bind(6, job.project().empty() ? std::string("default") : job.project());
   stmt.Bind(7, static_cast<int64_t>(job.priority()));
   stmt.Bind(8, job.memory_bytes()).Bind(9, job.created_at());
+  stmt.Bind(10, job.training_file()).Bind(11, job.validation_file());
   RETURN_IF_ERROR(stmt.Run());
+  for (const auto& [key, value] : job.metadata()) {
+    ASSIGN_OR_RETURN(auto md, db_->Prepare("INSERT INTO job_metadata (job_id, "
+                                           "key, value) VALUES (?,?,?)"));
+    md.Bind(1, job.id()).Bind(2, key).Bind(3, value);
+    RETURN_IF_ERROR(md.Run());
+  }
   v1::JobEvent ev;
   ev.set_level("info");
   ev.set_type("message");
@@ -395,9 +548,9 @@ absl::StatusOr<v1::Job> Store::GetJob(const std::string& id) {
   return LoadJob(id);
 }
 
-absl::StatusOr<Page<v1::Job>> Store::ListJobs(int limit,
-                                              const std::string& after,
-                                              v1::JobStatus status) {
+absl::StatusOr<Page<v1::Job>> Store::ListJobs(
+    int limit, const std::string& after, v1::JobStatus status,
+    const std::map<std::string, std::string>& metadata) {
   absl::MutexLock lock(&mu_);
   limit = ClampLimit(limit, 20, 100);
   int64_t before_seq = INT64_MAX;
@@ -411,13 +564,19 @@ absl::StatusOr<Page<v1::Job>> Store::ListJobs(int limit,
     }
     before_seq = c.ColumnInt(0);
   }
-  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
-                                  "SELECT id FROM jobs WHERE seq < ? AND "
-                                  "(? = 0 OR status = ?) ORDER BY seq DESC "
-                                  "LIMIT ?"));
-  stmt.Bind(1, before_seq).Bind(2, static_cast<int64_t>(status));
-  stmt.Bind(3, static_cast<int64_t>(status));
-  stmt.Bind(4, static_cast<int64_t>(limit + 1));
+  std::string sql =
+      "SELECT id FROM jobs WHERE seq < ? AND (? = 0 OR status = ?)";
+  for (size_t i = 0; i < metadata.size(); ++i) {
+    sql += " AND EXISTS (SELECT 1 FROM job_metadata m WHERE m.job_id = "
+           "jobs.id AND m.key = ? AND m.value = ?)";
+  }
+  sql += " ORDER BY seq DESC LIMIT ?";
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(sql));
+  int i = 1;
+  stmt.Bind(i++, before_seq).Bind(i++, static_cast<int64_t>(status));
+  stmt.Bind(i++, static_cast<int64_t>(status));
+  for (const auto& [key, value] : metadata) stmt.Bind(i++, key).Bind(i++, value);
+  stmt.Bind(i++, static_cast<int64_t>(limit + 1));
   std::vector<std::string> ids;
   while (true) {
     ASSIGN_OR_RETURN(bool row, stmt.Step());

@@ -58,6 +58,24 @@ class Store {
   absl::StatusOr<Page<v1::File>> ListFiles(int limit, const std::string& after,
                                            const std::string& purpose);
 
+  // Deletes a file record. FAILED_PRECONDITION while a job that has not
+  // finished uses it; NOT_FOUND if absent. Returns true when no other file
+  // shares its content, so the caller may delete the blob.
+  absl::StatusOr<bool> DeleteFile(const std::string& id);
+
+  // Checkpoints: each file is recorded as it is uploaded; the checkpoint
+  // exists once RecordCheckpoint finds all its files from that attempt
+  // (FAILED_PRECONDITION otherwise). Recording twice is harmless.
+  absl::Status PutCheckpointFile(const std::string& job_id, int64_t step,
+                                 int32_t attempt, const v1::ResultFile& file);
+  absl::Status RecordCheckpoint(const std::string& job_id, int64_t step,
+                                int32_t attempt,
+                                const std::vector<std::string>& files,
+                                const v1::CheckpointMetrics& metrics);
+  // Oldest first. NOT_FOUND if the job does not exist.
+  absl::StatusOr<std::vector<v1::Checkpoint>> ListCheckpoints(
+      const std::string& job_id);
+
   // Base models (id = name). Registering a name again with the same path
   // refreshes its record; another path is ALREADY_EXISTS.
   absl::StatusOr<v1::Model> RegisterModel(const v1::Model& model);
@@ -79,8 +97,10 @@ class Store {
                                     const std::string& request_fingerprint);
   // NOT_FOUND if absent. queue_position is filled for queued jobs.
   absl::StatusOr<v1::Job> GetJob(const std::string& id);
-  absl::StatusOr<Page<v1::Job>> ListJobs(int limit, const std::string& after,
-                                         v1::JobStatus status);
+  // Newest first; `status` 0 = any; every `metadata` pair must match.
+  absl::StatusOr<Page<v1::Job>> ListJobs(
+      int limit, const std::string& after, v1::JobStatus status,
+      const std::map<std::string, std::string>& metadata = {});
   // Queued jobs, oldest first (the scheduler's input).
   struct QueueEntry {
     std::string job_id;

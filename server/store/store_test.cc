@@ -169,6 +169,65 @@ TEST_F(StoreTest, EventsDeduplicateAndPage) {
   EXPECT_TRUE(absl::IsNotFound(store_->ListEvents("ftjob-zz", "", 2).status()));
 }
 
+TEST_F(StoreTest, DeleteFileRefusedWhileAJobUsesIt) {
+  ASSERT_TRUE(store_->InsertFile(MakeFile("file-1")).ok());
+  ASSERT_TRUE(store_->InsertFile(MakeFile("file-2")).ok());  // same content
+  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());  // uses file-1
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->DeleteFile("file-1").status()));
+  auto shared = store_->DeleteFile("file-2");
+  ASSERT_TRUE(shared.ok());
+  EXPECT_FALSE(*shared);  // file-1 still holds the blob
+  ASSERT_TRUE(store_->Transition("ftjob-a", v1::JOB_STATUS_QUEUED,
+                                 v1::JOB_STATUS_CANCELLED, std::nullopt, {}).ok());
+  auto last = store_->DeleteFile("file-1");
+  ASSERT_TRUE(last.ok());
+  EXPECT_TRUE(*last);
+  EXPECT_TRUE(absl::IsNotFound(store_->GetFile("file-1").status()));
+  EXPECT_TRUE(absl::IsNotFound(store_->DeleteFile("file-1").status()));
+}
+
+TEST_F(StoreTest, ListJobsFiltersByStatusAndMetadata) {
+  for (int i = 0; i < 4; ++i) {
+    v1::Job j = MakeJob("ftjob-" + std::to_string(i));
+    (*j.mutable_metadata())["team"] = i % 2 ? "nlp" : "vision";
+    if (i == 3) (*j.mutable_metadata())["tier"] = "gold";
+    ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
+  }
+  auto nlp = store_->ListJobs(10, "", v1::JOB_STATUS_UNSPECIFIED, {{"team", "nlp"}});
+  ASSERT_TRUE(nlp.ok());
+  EXPECT_EQ(nlp->data.size(), 2u);
+  auto gold = store_->ListJobs(10, "", v1::JOB_STATUS_QUEUED,
+                               {{"team", "nlp"}, {"tier", "gold"}});
+  ASSERT_EQ(gold->data.size(), 1u);
+  EXPECT_EQ(gold->data[0].id(), "ftjob-3");
+  EXPECT_TRUE(store_->ListJobs(10, "", v1::JOB_STATUS_RUNNING, {})->data.empty());
+}
+
+TEST_F(StoreTest, CheckpointsNeedAllTheirFiles) {
+  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  v1::ResultFile f;
+  f.set_name("adapter_model.safetensors");
+  f.set_bytes(3);
+  f.set_sha256(std::string(64, 'd'));
+  ASSERT_TRUE(store_->PutCheckpointFile("ftjob-a", 10, 1, f).ok());
+  v1::CheckpointMetrics m;
+  m.set_train_loss(2.5);
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->RecordCheckpoint(
+      "ftjob-a", 10, 1, {"adapter_model.safetensors", "trainer_state.json"}, m)));
+  // A file from another attempt does not count.
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->RecordCheckpoint(
+      "ftjob-a", 10, 2, {"adapter_model.safetensors"}, m)));
+  ASSERT_TRUE(store_->RecordCheckpoint("ftjob-a", 10, 1, {"adapter_model.safetensors"}, m).ok());
+  ASSERT_TRUE(store_->RecordCheckpoint("ftjob-a", 10, 1, {"adapter_model.safetensors"}, m).ok());
+  auto all = store_->ListCheckpoints("ftjob-a");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].step_number(), 10);
+  EXPECT_EQ((*all)[0].metrics().train_loss(), 2.5);
+  ASSERT_EQ((*all)[0].files_size(), 1);
+  EXPECT_TRUE(absl::IsNotFound(store_->ListCheckpoints("ftjob-zz").status()));
+}
+
 TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   std::string dir = ::testing::TempDir() + "/store_reopen";
   fs::remove_all(dir);
