@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
@@ -42,6 +43,7 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   d->worker_ = std::make_unique<WorkerService>(ctx);
   d->models_ = std::make_unique<ModelsService>(ctx);
 
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
                            &d->port_);
@@ -61,6 +63,7 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
     return absl::UnavailableError(
         absl::StrCat("listen: cannot bind ", options.listen));
   }
+  d->server_->GetHealthCheckService()->SetServingStatus(true);
   Lathed* self = d.get();
   absl::Duration interval = options.sweep_interval;
   d->sweeper_ = std::thread([self, interval] {
@@ -78,6 +81,8 @@ void Lathed::Wait() { server_->Wait(); }
 
 void Lathed::Shutdown(absl::Duration deadline) {
   if (shutting_down_.exchange(true)) return;
+  // Load balancers and workers see NOT_SERVING while calls drain.
+  server_->GetHealthCheckService()->SetServingStatus(false);
   server_->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
   if (sweeper_.joinable()) sweeper_.join();
 }
