@@ -45,52 +45,115 @@ absl::StatusOr<ChatMessage> ParseMessage(const Json& m,
   return message;
 }
 
-absl::StatusOr<Conversation> ParseLine(const std::string& text,
-                                       const std::string& where) {
+const char* FormatName(DataFormat format) {
+  switch (format) {
+    case DataFormat::kChat:
+      return "chat (\"messages\")";
+    case DataFormat::kPromptCompletion:
+      return "\"prompt\"/\"completion\"";
+    case DataFormat::kText:
+      return "\"text\"";
+  }
+  return "";
+}
+
+absl::StatusOr<std::string> StringField(const Json& line, const char* field,
+                                        const std::string& where) {
+  auto it = line.find(field);
+  if (it == line.end() || !it->is_string()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": field \"", field, "\" must be a string"));
+  }
+  return it->get<std::string>();
+}
+
+absl::StatusOr<DataRecord> ParseLine(const std::string& text,
+                                     const std::string& where) {
   Json line = Json::parse(text, nullptr, false);
   if (line.is_discarded() || !line.is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ": not a JSON object"));
   }
+  DataRecord record;
+  if (line.contains("prompt") || line.contains("completion")) {
+    record.format = DataFormat::kPromptCompletion;
+    ASSIGN_OR_RETURN(record.prompt, StringField(line, "prompt", where));
+    ASSIGN_OR_RETURN(record.completion, StringField(line, "completion", where));
+    return record;
+  }
+  if (line.contains("text")) {
+    record.format = DataFormat::kText;
+    ASSIGN_OR_RETURN(record.text, StringField(line, "text", where));
+    return record;
+  }
   auto messages = line.find("messages");
   if (messages == line.end() || !messages->is_array() || messages->empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": field \"messages\" must be a non-empty list"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        where,
+        ": field \"messages\" must be a non-empty list (or give \"prompt\" "
+        "and \"completion\", or \"text\")"));
   }
-  Conversation conversation;
   bool has_assistant = false;
   for (size_t i = 0; i < messages->size(); ++i) {
     ASSIGN_OR_RETURN(ChatMessage message,
                      ParseMessage((*messages)[i],
                                   absl::StrCat(where, ": messages[", i, "]")));
     has_assistant |= message.role == "assistant";
-    conversation.messages.push_back(std::move(message));
+    record.messages.push_back(std::move(message));
   }
   if (!has_assistant) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ": no assistant message to train on"));
   }
-  return conversation;
+  return record;
 }
 
 }  // namespace
 
-absl::StatusOr<std::vector<Conversation>> ReadChatJsonl(
-    const std::string& path) {
+absl::StatusOr<ChatTemplate> ChatTemplateFor(const Tokenizer& tokenizer,
+                                             const std::string& name) {
+  if (name.empty()) {
+    return ChatTemplate::Detect(tokenizer.chat_template(),
+                                tokenizer.eos_token(), tokenizer.bos_token());
+  }
+  return ChatTemplate::Named(name, tokenizer.chat_template(),
+                             tokenizer.eos_token(), tokenizer.bos_token());
+}
+
+absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::vector<Conversation> out;
+  std::vector<DataRecord> out;
   std::string text;
   for (int line = 1; std::getline(in, text); ++line) {
     if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
-    ASSIGN_OR_RETURN(Conversation conversation,
-                     ParseLine(text, absl::StrCat(path, ":", line)));
-    conversation.line = line;
-    out.push_back(std::move(conversation));
+    const std::string where = absl::StrCat(path, ":", line);
+    ASSIGN_OR_RETURN(DataRecord record, ParseLine(text, where));
+    record.line = line;
+    if (!out.empty() && record.format != out[0].format) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": a ", FormatName(record.format), " example in a file of ",
+          FormatName(out[0].format), " examples (line ", out[0].line,
+          "); use one format per file"));
+    }
+    out.push_back(std::move(record));
   }
   if (out.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, " holds no conversation"));
+    return absl::InvalidArgumentError(absl::StrCat(path, " holds no example"));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Conversation>> ReadChatJsonl(
+    const std::string& path) {
+  ASSIGN_OR_RETURN(std::vector<DataRecord> records, ReadDataJsonl(path));
+  std::vector<Conversation> out;
+  for (DataRecord& r : records) {
+    if (r.format != DataFormat::kChat) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", r.line, ": not a chat (\"messages\") line"));
+    }
+    out.push_back({std::move(r.messages), r.line});
   }
   return out;
 }
@@ -101,6 +164,7 @@ absl::StatusOr<TokenizedChat> TokenizeChat(
   const RenderedChat rendered = chat_template.Render(messages);
   ASSIGN_OR_RETURN(Encoding encoding, tokenizer.Encode(rendered.text));
   TokenizedChat out;
+  out.text = rendered.text;
   out.ids = std::move(encoding.ids);
   out.message.assign(out.ids.size(), -1);
   // Ranges and tokens both run in text order: walk them together.
@@ -119,44 +183,71 @@ absl::StatusOr<TokenizedChat> TokenizeChat(
   return out;
 }
 
-absl::StatusOr<Dataset> LoadChatDataset(const std::string& path,
-                                        const Tokenizer& tokenizer,
-                                        const ChatTemplate& chat_template,
-                                        int max_seq_len) {
-  ASSIGN_OR_RETURN(std::vector<Conversation> conversations,
-                   ReadChatJsonl(path));
-  Dataset dataset;
-  for (const Conversation& conversation : conversations) {
-    ASSIGN_OR_RETURN(TokenizedChat chat, TokenizeChat(tokenizer, chat_template,
-                                                      conversation.messages));
-    Example example;
+absl::StatusOr<Example> TokenizeRecord(const Tokenizer& tokenizer,
+                                       const ChatTemplate* chat_template,
+                                       const DataRecord& record) {
+  Example example;
+  if (record.format == DataFormat::kChat) {
+    if (chat_template == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("line ", record.line, ": chat data needs a template"));
+    }
+    ASSIGN_OR_RETURN(TokenizedChat chat,
+                     TokenizeChat(tokenizer, *chat_template, record.messages));
     example.ids = std::move(chat.ids);
     for (int m : chat.message) example.loss_mask.push_back(m >= 0 ? 1 : 0);
-    if (example.ids.size() > static_cast<size_t>(max_seq_len)) {
+  } else {
+    const std::string text = record.format == DataFormat::kText
+                                 ? record.text
+                                 : record.prompt + record.completion;
+    // Trained: tokens that reach past the prompt (all of them for text).
+    const size_t trained_from =
+        record.format == DataFormat::kText ? 0 : record.prompt.size();
+    ASSIGN_OR_RETURN(Encoding encoding, tokenizer.Encode(text));
+    example.ids = std::move(encoding.ids);
+    for (const auto& [begin, end] : encoding.ranges) {
+      example.loss_mask.push_back(end > trained_from ? 1 : 0);
+    }
+    example.ids.push_back(tokenizer.eos_id());
+    example.loss_mask.push_back(1);
+  }
+  if (!example.loss_mask.empty()) example.loss_mask[0] = 0;
+  return example;
+}
+
+absl::StatusOr<Dataset> LoadChatDataset(
+    const std::string& path, const Tokenizer& tokenizer,
+    const absl::StatusOr<ChatTemplate>& chat_template, int max_seq_len) {
+  ASSIGN_OR_RETURN(std::vector<DataRecord> records, ReadDataJsonl(path));
+  Dataset dataset;
+  for (const DataRecord& record : records) {
+    if (record.format == DataFormat::kChat && !chat_template.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": line ", record.line,
+                       ": chat data needs the model's chat template: ",
+                       chat_template.status().message()));
+    }
+    ASSIGN_OR_RETURN(Example example,
+                     TokenizeRecord(tokenizer,
+                                    chat_template.ok() ? &*chat_template : nullptr,
+                                    record));
+    const size_t full_size = example.ids.size();
+    if (full_size > static_cast<size_t>(max_seq_len)) {
       example.ids.resize(max_seq_len);
       example.loss_mask.resize(max_seq_len);
       ++dataset.truncated;
     }
-    // Position 0 has no preceding token, so it is never a target.
-    example.loss_mask[0] = 0;
     if (std::find(example.loss_mask.begin(), example.loss_mask.end(), 1) ==
         example.loss_mask.end()) {
-      ++dataset.dropped;
-      continue;
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ":", record.line, ": no token to train on within max_seq_len ",
+          max_seq_len, " (the example has ", full_size, " tokens)"));
     }
     dataset.examples.push_back(std::move(example));
   }
-  if (dataset.truncated > 0 || dataset.dropped > 0) {
-    spdlog::warn(
-        "{}: {} of {} conversations truncated to max_seq_len {}, {} "
-        "dropped for lack of assistant tokens",
-        path, dataset.truncated, conversations.size(), max_seq_len,
-        dataset.dropped);
-  }
-  if (dataset.examples.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": no conversation keeps an assistant token within max_seq_len ",
-        max_seq_len));
+  if (dataset.truncated > 0) {
+    spdlog::warn("{}: {} of {} examples truncated to max_seq_len {}", path,
+                 dataset.truncated, records.size(), max_seq_len);
   }
   return dataset;
 }

@@ -1,5 +1,14 @@
-// Chat training data: OpenAI chat JSONL -> rendered, tokenized examples with
-// a loss mask over the assistant turns. Torch-free.
+// Training data: JSONL -> tokenized examples with a loss mask. Torch-free.
+//
+// Three line formats, one per file (a file mixing them is refused):
+//   chat               {"messages": [{"role": ..., "content": ...,
+//                       "weight": 0|1}]}: rendered by the chat template;
+//                       loss on each assistant message's content and its
+//                       end-of-turn token (not on "weight": 0 ones)
+//   prompt/completion  {"prompt": ..., "completion": ...}: the two texts
+//                       concatenated, then EOS; loss on the completion's
+//                       tokens and the EOS
+//   text               {"text": ...}: the text, then EOS; loss on all of it
 #ifndef LATHE_WORKER_ENGINE_CHAT_DATA_H_
 #define LATHE_WORKER_ENGINE_CHAT_DATA_H_
 
@@ -13,21 +22,46 @@
 
 namespace lathe::engine {
 
+// The chat template for `tokenizer`'s model: the family `name`
+// ("zephyr", "llama3", "chatml", "mistral") when not empty, else the one
+// recognized in tokenizer_config.json's chat_template; with the model's
+// BOS/EOS tokens. Errors as ChatTemplate::Named / ChatTemplate::Detect.
+absl::StatusOr<ChatTemplate> ChatTemplateFor(const Tokenizer& tokenizer,
+                                             const std::string& name);
+
+enum class DataFormat { kChat, kPromptCompletion, kText };
+
+// One line of a data file.
+struct DataRecord {
+  DataFormat format = DataFormat::kChat;
+  std::vector<ChatMessage> messages;  // kChat
+  std::string prompt;                 // kPromptCompletion
+  std::string completion;             // kPromptCompletion
+  std::string text;                   // kText
+  int line = 0;                       // 1-based line in the file
+};
+
+// Reads a data file (blank lines skipped). INVALID_ARGUMENT naming the file
+// and line for bad JSON, a line of no known format or of another format
+// than the file's first line, a missing/unknown role, non-string content or
+// text, a bad weight or a conversation without an assistant message;
+// NOT_FOUND if unreadable.
+absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(const std::string& path);
+
 struct Conversation {
   std::vector<ChatMessage> messages;
   int line = 0;  // 1-based line in the file
 };
 
-// Reads {"messages": [{"role": ..., "content": ..., "weight": 0|1}]} lines
-// (blank lines skipped). INVALID_ARGUMENT naming the file and line for bad
-// JSON, a missing/unknown role, non-string content, a bad weight or a
-// conversation without an assistant message; NOT_FOUND if unreadable.
+// ReadDataJsonl for a file of chat lines only; INVALID_ARGUMENT naming the
+// line for any other format.
 absl::StatusOr<std::vector<Conversation>> ReadChatJsonl(
     const std::string& path);
 
 // A rendered conversation as tokens. message[i] is the index of the message
 // whose trainable range token i overlaps, or -1.
 struct TokenizedChat {
+  std::string text;  // the rendered conversation
   std::vector<int32_t> ids;
   std::vector<int> message;
 };
@@ -43,19 +77,28 @@ struct Example {
   std::vector<uint8_t> loss_mask;
 };
 
+// A record as a whole example (before truncation): the mask follows the
+// format's rule above; position 0 is never a target. `chat_template` may be
+// null for records that are not chat (INVALID_ARGUMENT for one that is).
+absl::StatusOr<Example> TokenizeRecord(const Tokenizer& tokenizer,
+                                       const ChatTemplate* chat_template,
+                                       const DataRecord& record);
+
 struct Dataset {
   std::vector<Example> examples;
-  int64_t truncated = 0;  // conversations cut to max_seq_len
-  int64_t dropped = 0;    // left with no target after truncation
+  int64_t truncated = 0;  // examples cut to max_seq_len
 };
 
-// Reads, renders, tokenizes and truncates a chat JSONL file (logging what
-// was truncated or dropped). INVALID_ARGUMENT as ReadChatJsonl, or when no
-// example is left.
-absl::StatusOr<Dataset> LoadChatDataset(const std::string& path,
-                                        const Tokenizer& tokenizer,
-                                        const ChatTemplate& chat_template,
-                                        int max_seq_len);
+// Reads, renders, tokenizes and truncates a data file of any of the three
+// formats (logging how many examples were truncated). `chat_template` is
+// used for chat lines only, so a model without a known template can still
+// train on prompt/completion or text data. INVALID_ARGUMENT as
+// ReadDataJsonl, naming the first chat line when `chat_template` is an
+// error (with that error), or naming the line of an example left with no
+// target after truncation.
+absl::StatusOr<Dataset> LoadChatDataset(
+    const std::string& path, const Tokenizer& tokenizer,
+    const absl::StatusOr<ChatTemplate>& chat_template, int max_seq_len);
 
 }  // namespace lathe::engine
 

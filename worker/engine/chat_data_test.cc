@@ -1,9 +1,9 @@
 #include "worker/engine/chat_data.h"
 
+#include <algorithm>
 #include <fstream>
 
 #include "gtest/gtest.h"
-#include "worker/engine/demo.h"
 #include "worker/engine/test_util.h"
 
 namespace lathe::engine {
@@ -48,8 +48,18 @@ TEST(ReadChatJsonlTest, ErrorsNameTheLine) {
   EXPECT_NE(ErrorOf(std::string(kGood) + "\n{oops\n")
                 .find("data.jsonl:2: not a JSON object"),
             std::string::npos);
-  EXPECT_NE(ErrorOf(R"({"prompt":"x"})").find(":1: field \"messages\""),
+  EXPECT_NE(ErrorOf(R"({"prompt":"x"})").find(":1: field \"completion\""),
             std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"messages":"x"})").find(":1: field \"messages\""),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"text":1})").find(":1: field \"text\""),
+            std::string::npos);
+  // One format per file.
+  EXPECT_NE(
+      ErrorOf(std::string(kGood) + "\n" + R"({"prompt":"p","completion":"c"})")
+          .find("data.jsonl:2: a \"prompt\"/\"completion\" example "
+                "in a file of chat (\"messages\") examples (line 1)"),
+      std::string::npos);
   EXPECT_NE(ErrorOf(R"({"messages":[{"role":"bot","content":"x"}]})")
                 .find("messages[0]: field \"role\""),
             std::string::npos);
@@ -63,59 +73,103 @@ TEST(ReadChatJsonlTest, ErrorsNameTheLine) {
       ErrorOf(R"({"messages":[{"role":"assistant","content":"x","weight":2}]})")
           .find("field \"weight\""),
       std::string::npos);
-  EXPECT_NE(ErrorOf("\n").find("holds no conversation"), std::string::npos);
+  EXPECT_NE(ErrorOf("\n").find("holds no example"), std::string::npos);
   EXPECT_EQ(ReadChatJsonl("/nonexistent.jsonl").status().code(),
             absl::StatusCode::kNotFound);
 }
 
 class ChatDatasetTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    demo_ = new testing::TempDir();
-    ASSERT_TRUE(MakeDemo(demo_->path()).ok());
+  void SetUp() override {
+    fixture_ = testing::TinyLlamaFixture();
+    if (fixture_.empty()) GTEST_SKIP() << "shared fixtures not found";
+    absl::StatusOr<std::unique_ptr<Tokenizer>> t =
+        Tokenizer::Load(fixture_ + "/model");
+    ASSERT_TRUE(t.ok()) << t.status();
+    tokenizer_ = *std::move(t);
+    absl::StatusOr<ChatTemplate> c = ChatTemplate::Detect(
+        tokenizer_->chat_template(), tokenizer_->eos_token());
+    ASSERT_TRUE(c.ok()) << c.status();
+    chat_template_ = std::make_unique<ChatTemplate>(*c);
   }
-  static void TearDownTestSuite() { delete demo_; }
 
-  static testing::TempDir* demo_;
+  absl::StatusOr<Dataset> Load(const std::string& path, int max_seq_len) {
+    return LoadChatDataset(path, *tokenizer_, *chat_template_, max_seq_len);
+  }
+
+  std::string fixture_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<ChatTemplate> chat_template_;
 };
-testing::TempDir* ChatDatasetTest::demo_ = nullptr;
 
 TEST_F(ChatDatasetTest, MasksAssistantContentAndTruncates) {
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
-      Tokenizer::Load(demo_->path() + "/model");
-  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-  absl::StatusOr<ChatTemplate> chat_template = ChatTemplate::Detect(
-      (*tokenizer)->chat_template(), (*tokenizer)->eos_token());
-  ASSERT_TRUE(chat_template.ok()) << chat_template.status();
-
-  const std::string train = demo_->path() + "/train.jsonl";
-  absl::StatusOr<Dataset> full =
-      LoadChatDataset(train, **tokenizer, *chat_template, 512);
+  const std::string train = fixture_ + "/train.jsonl";
+  absl::StatusOr<Dataset> full = Load(train, 512);
   ASSERT_TRUE(full.ok()) << full.status();
-  EXPECT_EQ(full->examples.size(), 80u);
+  ASSERT_EQ(full->examples.size(), 6u);
   EXPECT_EQ(full->truncated, 0);
   const Example& first = full->examples[0];
   // The last masked token is the end-of-turn </s>; the trailing "\n" is not.
   size_t last = first.loss_mask.size();
   while (last > 0 && first.loss_mask[last - 1] == 0) --last;
   ASSERT_GT(last, 0u);
-  EXPECT_EQ(first.ids[last - 1], (*tokenizer)->eos_id());
+  EXPECT_EQ(first.ids[last - 1], tokenizer_->eos_id());
   EXPECT_LT(last, first.ids.size());
   EXPECT_EQ(first.loss_mask[0], 0);
 
-  // Cutting at 12 tokens keeps only the prompt: every example is dropped.
-  absl::StatusOr<Dataset> cut =
-      LoadChatDataset(train, **tokenizer, *chat_template, 12);
+  // Cutting at 12 tokens keeps only the first prompt: refused, naming it.
+  absl::StatusOr<Dataset> cut = Load(train, 12);
   EXPECT_EQ(cut.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(cut.status().message().find(
+                "train.jsonl:1: no token to train on within max_seq_len 12"),
+            std::string::npos)
+      << cut.status();
 
-  // A length that cuts into the answers keeps examples, truncated.
-  const size_t shortest_full = first.ids.size() - 3;
-  absl::StatusOr<Dataset> some = LoadChatDataset(
-      train, **tokenizer, *chat_template, static_cast<int>(shortest_full));
+  // A length just past every example's first target keeps them all, and
+  // truncates the longer ones.
+  size_t keep = 0;
+  for (const Example& e : full->examples) {
+    const size_t f = std::find(e.loss_mask.begin(), e.loss_mask.end(), 1) -
+                     e.loss_mask.begin();
+    keep = std::max(keep, f + 1);
+  }
+  int64_t longer = 0;
+  for (const Example& e : full->examples) longer += e.ids.size() > keep;
+  ASSERT_GT(longer, 0);
+  absl::StatusOr<Dataset> some = Load(train, static_cast<int>(keep));
   ASSERT_TRUE(some.ok()) << some.status();
-  EXPECT_GT(some->truncated, 0);
-  for (const Example& e : some->examples)
-    EXPECT_LE(e.ids.size(), shortest_full);
+  EXPECT_EQ(some->truncated, longer);
+  for (const Example& e : some->examples) EXPECT_LE(e.ids.size(), keep);
+}
+
+TEST_F(ChatDatasetTest, PromptCompletionAndTextAddEos) {
+  testing::TempDir dir;
+  absl::StatusOr<Dataset> pc =
+      Load(WriteFile(dir, R"({"prompt":"Q: 2+2?\nA:","completion":" 4"})"), 64);
+  ASSERT_TRUE(pc.ok()) << pc.status();
+  ASSERT_EQ(pc->examples.size(), 1u);
+  const Example& e = pc->examples[0];
+  absl::StatusOr<Encoding> prompt = tokenizer_->Encode("Q: 2+2?\nA:");
+  absl::StatusOr<Encoding> whole = tokenizer_->Encode("Q: 2+2?\nA: 4");
+  ASSERT_TRUE(prompt.ok() && whole.ok());
+  std::vector<int32_t> ids = whole->ids;
+  ids.push_back(tokenizer_->eos_id());
+  EXPECT_EQ(e.ids, ids);
+  // Trained: the completion's tokens and EOS, not the prompt's.
+  const size_t n = prompt->ids.size();
+  EXPECT_EQ(std::count(e.loss_mask.begin(), e.loss_mask.begin() + n, 1), 0);
+  EXPECT_EQ(std::count(e.loss_mask.begin() + n, e.loss_mask.end(), 1),
+            static_cast<long>(e.ids.size() - n));
+
+  absl::StatusOr<Dataset> text = Load(
+      WriteFile(dir, "{\"text\":\"Hello world\"}\n\n{\"text\":\"b\"}"), 64);
+  ASSERT_TRUE(text.ok()) << text.status();
+  ASSERT_EQ(text->examples.size(), 2u);
+  const Example& t = text->examples[0];
+  EXPECT_EQ(t.ids.back(), tokenizer_->eos_id());
+  EXPECT_EQ(t.loss_mask[0], 0);
+  EXPECT_EQ(std::count(t.loss_mask.begin(), t.loss_mask.end(), 1),
+            static_cast<long>(t.ids.size() - 1));
 }
 
 }  // namespace

@@ -121,15 +121,15 @@ absl::StatusOr<std::string> TrainTokenizer(
   return model;
 }
 
-Json ModelConfigJson(int vocab_size) {
+Json ModelConfigJson(int vocab_size, const DemoModelSize& size) {
   return {{"architectures", {"LlamaForCausalLM"}},
           {"model_type", "llama"},
-          {"hidden_size", 64},
-          {"intermediate_size", 160},
-          {"num_hidden_layers", 2},
-          {"num_attention_heads", 4},
-          {"num_key_value_heads", 2},
-          {"head_dim", 16},
+          {"hidden_size", size.hidden_size},
+          {"intermediate_size", size.intermediate_size},
+          {"num_hidden_layers", size.num_hidden_layers},
+          {"num_attention_heads", size.num_attention_heads},
+          {"num_key_value_heads", size.num_key_value_heads},
+          {"head_dim", size.hidden_size / size.num_attention_heads},
           {"hidden_act", "silu"},
           {"rms_norm_eps", 1e-5},
           {"rope_theta", 10000.0},
@@ -243,7 +243,7 @@ absl::Status MakeDemo(const std::string& out_dir) {
                                       &load_error);
   if (spm == nullptr) return absl::InternalError(load_error);
 
-  const Json config = ModelConfigJson(spm->vocab_size());
+  const Json config = ModelConfigJson(spm->vocab_size(), DemoModelSize{});
   RETURN_IF_ERROR(WriteJsonFile((model_dir / "config.json").string(), config));
   RETURN_IF_ERROR(WriteJsonFile((model_dir / "tokenizer_config.json").string(),
                                 TokenizerConfigJson()));
@@ -261,6 +261,16 @@ absl::Status MakeDemo(const std::string& out_dir) {
                               "gate_proj", "up_proj", "down_proj"};
   spec.max_seq_len = 256;
   return WriteJsonFile((root / "spec.json").string(), TrainSpecJson(spec));
+}
+
+absl::Status ResizeDemoModel(const std::string& out_dir,
+                             const DemoModelSize& size) {
+  const fs::path model_dir = fs::absolute(out_dir) / "model";
+  ASSIGN_OR_RETURN(Json old,
+                   ReadJsonFile((model_dir / "config.json").string()));
+  const Json config = ModelConfigJson(old["vocab_size"].get<int>(), size);
+  RETURN_IF_ERROR(WriteJsonFile((model_dir / "config.json").string(), config));
+  return WriteRandomWeights(model_dir / "model.safetensors", config);
 }
 
 }  // namespace lathe::engine

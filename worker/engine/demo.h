@@ -20,6 +20,21 @@ namespace lathe::engine {
 // The same call always writes the same bytes. INTERNAL on I/O failure.
 absl::Status MakeDemo(const std::string& out_dir);
 
+// The shape of a demo model; the defaults are MakeDemo's.
+struct DemoModelSize {
+  int hidden_size = 64;
+  int intermediate_size = 160;
+  int num_hidden_layers = 2;
+  int num_attention_heads = 4;  // head_dim = hidden_size / heads
+  int num_key_value_heads = 2;
+};
+
+// Replaces out_dir/model's config.json and model.safetensors by a random
+// model of `size` (same tokenizer). REQUIRES: MakeDemo(out_dir) succeeded.
+// INTERNAL on I/O failure.
+absl::Status ResizeDemoModel(const std::string& out_dir,
+                             const DemoModelSize& size);
+
 }  // namespace lathe::engine
 
 #endif  // LATHE_WORKER_ENGINE_DEMO_H_

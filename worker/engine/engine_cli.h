@@ -3,6 +3,15 @@
 //                       one JSON line per step and a {"summary": ...} line
 //                       on stdout; logs go to stderr
 //   make-demo --out DIR writes the demo model and data (see demo.h)
+//   tokenize            token ids of a text, or of each line of a data file
+//                       (with its rendered chat text and loss mask)
+//   score               per example: ids, loss mask, log-probs of the actual
+//                       next tokens, mean loss over the mask (score.h);
+//                       --logits-out saves the first example's logits
+//   generate            greedy or sampled continuation of a prompt or a
+//                       chat (generate.h)
+// The usage text (RunEngineCommand with no subcommand) lists their flags.
+// tokenize/score/generate print one JSON object per line on stdout.
 #ifndef LATHE_WORKER_ENGINE_ENGINE_CLI_H_
 #define LATHE_WORKER_ENGINE_ENGINE_CLI_H_
 

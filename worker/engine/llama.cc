@@ -153,6 +153,34 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::FromTensors(
   return model;
 }
 
+TensorMap LlamaModel::Weights(bool merge_lora) const {
+  TensorMap out;
+  out["model.embed_tokens.weight"] = embed_tokens_;
+  out["model.norm.weight"] = norm_;
+  if (!config_.tie_word_embeddings) out["lm_head.weight"] = lm_head_;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const DecoderLayer& layer = layers_[i];
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    out[p + "input_layernorm.weight"] = layer.input_norm;
+    out[p + "post_attention_layernorm.weight"] = layer.post_attention_norm;
+    for (const char* name : {"q_proj", "k_proj", "v_proj", "o_proj",
+                             "gate_proj", "up_proj", "down_proj"}) {
+      const Linear& linear = *layer.Projection(name);
+      const std::string key =
+          absl::StrCat(p, std::string(ProjectionGroup(name)), ".", name, ".");
+      out[key + "weight"] =
+          merge_lora && linear.lora_a.defined()
+              ? (linear.weight +
+                 linear.lora_scale *
+                     torch::matmul(linear.lora_b, linear.lora_a))
+                    .detach()
+              : linear.weight;
+      if (linear.bias.defined()) out[key + "bias"] = linear.bias;
+    }
+  }
+  return out;
+}
+
 torch::Tensor LlamaModel::Attention(const DecoderLayer& layer,
                                     const torch::Tensor& x,
                                     const torch::Tensor& cos,

@@ -26,7 +26,7 @@ struct Linear {
   torch::Tensor bias;       // [out] or undefined
   torch::Tensor lora_a;     // [r, in] or undefined
   torch::Tensor lora_b;     // [out, r]
-  double lora_scale = 0;    // alpha / r
+  double lora_scale = 0;    // alpha / r (alpha / sqrt(r) for rsLoRA)
   double lora_dropout = 0;  // probability, applied when training
 
   torch::Tensor Forward(const torch::Tensor& x, bool training) const;
@@ -68,6 +68,12 @@ class LlamaModel {
   torch::Tensor Forward(const torch::Tensor& input_ids,
                         const torch::Tensor& attention_mask,
                         bool training) const;
+
+  // The model's weights under their Hugging Face names ("lm_head.weight"
+  // only when not tied). With `merge_lora` false they share storage with
+  // the model (so requires_grad_ on them makes them trainable); with it true
+  // each adapted projection's weight is a new W + scale * B A.
+  TensorMap Weights(bool merge_lora) const;
 
   const ModelConfig& config() const { return config_; }
   std::vector<DecoderLayer>& layers() { return layers_; }

@@ -262,7 +262,7 @@ TEST(LoraTest, AttachInitializesLikePeftAndSaveLoadRoundTrips) {
       absl::StatusCode::kInvalidArgument);
 
   // Non-zero B so the adapter changes the logits.
-  for (const torch::Tensor& p : LoraParameters(*model)) {
+  for (auto& [name, p] : LoraParameters(*model)) {
     torch::NoGradGuard no_grad;
     p.normal_(0, 0.5);
   }

@@ -22,6 +22,11 @@ std::string PeftKey(size_t layer, const std::string& module,
                       which, ".weight");
 }
 
+double LoraScale(const LoraOptions& options) {
+  return options.use_rslora ? options.alpha / std::sqrt(options.rank)
+                            : options.alpha / options.rank;
+}
+
 }  // namespace
 
 absl::Status ValidateLoraOptions(const LoraOptions& options) {
@@ -63,22 +68,22 @@ absl::Status AttachLora(LlamaModel& model, const LoraOptions& options) {
                           .uniform_(-bound, bound)
                           .requires_grad_(true);
       linear.lora_b = torch::zeros({out, options.rank}).requires_grad_(true);
-      linear.lora_scale = options.alpha / options.rank;
+      linear.lora_scale = LoraScale(options);
       linear.lora_dropout = options.dropout;
     }
   }
   return absl::OkStatus();
 }
 
-std::vector<torch::Tensor> LoraParameters(const LlamaModel& model) {
-  std::vector<torch::Tensor> params;
-  for (const DecoderLayer& layer : model.layers()) {
+TensorMap LoraParameters(const LlamaModel& model) {
+  TensorMap params;
+  for (size_t i = 0; i < model.layers().size(); ++i) {
     for (const char* name : {"q_proj", "k_proj", "v_proj", "o_proj",
                              "gate_proj", "up_proj", "down_proj"}) {
-      const Linear& linear = *layer.Projection(name);
+      const Linear& linear = *model.layers()[i].Projection(name);
       if (!linear.lora_a.defined()) continue;
-      params.push_back(linear.lora_a);
-      params.push_back(linear.lora_b);
+      params[PeftKey(i, name, "lora_A")] = linear.lora_a;
+      params[PeftKey(i, name, "lora_B")] = linear.lora_b;
     }
   }
   return params;
@@ -93,14 +98,6 @@ absl::Status SaveAdapter(const LlamaModel& model, const LoraOptions& options,
     return absl::InternalError(
         absl::StrCat("cannot create ", dir, ": ", error.message()));
   }
-  TensorMap tensors;
-  for (size_t i = 0; i < model.layers().size(); ++i) {
-    for (const std::string& module : options.target_modules) {
-      const Linear& linear = *model.layers()[i].Projection(module);
-      tensors[PeftKey(i, module, "lora_A")] = linear.lora_a;
-      tensors[PeftKey(i, module, "lora_B")] = linear.lora_b;
-    }
-  }
   const Json config = {
       {"peft_type", "LORA"},
       {"task_type", "CAUSAL_LM"},
@@ -109,7 +106,7 @@ absl::Status SaveAdapter(const LlamaModel& model, const LoraOptions& options,
       {"lora_dropout", options.dropout},
       {"target_modules", options.target_modules},
       {"bias", "none"},
-      {"use_rslora", false},
+      {"use_rslora", options.use_rslora},
       {"use_dora", false},
       {"fan_in_fan_out", false},
       {"inference_mode", true},
@@ -118,8 +115,8 @@ absl::Status SaveAdapter(const LlamaModel& model, const LoraOptions& options,
       {"base_model_name_or_path", base_model_name},
   };
   RETURN_IF_ERROR(WriteJsonFile(dir + "/adapter_config.json", config));
-  return SaveSafetensors(dir + "/adapter_model.safetensors", tensors,
-                         {{"format", "pt"}});
+  return SaveSafetensors(dir + "/adapter_model.safetensors",
+                         LoraParameters(model), {{"format", "pt"}});
 }
 
 absl::StatusOr<LoraOptions> LoadAdapter(LlamaModel& model,
@@ -154,12 +151,11 @@ absl::StatusOr<LoraOptions> LoadAdapter(LlamaModel& model,
   options.rank = config["r"].get<int>();
   options.alpha = config["lora_alpha"].get<double>();
   options.dropout = config.value("lora_dropout", 0.0);
+  options.use_rslora = config.value("use_rslora", false);
   options.target_modules =
       config["target_modules"].get<std::vector<std::string>>();
   RETURN_IF_ERROR(ValidateLoraOptions(options));
-  const double scale = config.value("use_rslora", false)
-                           ? options.alpha / std::sqrt(options.rank)
-                           : options.alpha / options.rank;
+  const double scale = LoraScale(options);
 
   const std::string weights_path = dir + "/adapter_model.safetensors";
   ASSIGN_OR_RETURN(TensorMap tensors, LoadSafetensors(weights_path));

@@ -22,13 +22,16 @@ absl::Status ValidateLoraOptions(const LoraOptions& options);
 
 // Gives every layer's `options.target_modules` fresh trainable LoRA weights:
 // A [r, in] kaiming-uniform as PEFT initializes it (U(-1/sqrt(in),
-// 1/sqrt(in))), B [out, r] zeros, scale alpha / r. Draws from torch's
+// 1/sqrt(in))), B [out, r] zeros, scale alpha / r (alpha / sqrt(r) with
+// use_rslora). Draws from torch's
 // global generator, so torch::manual_seed makes it reproducible.
 // Errors as ValidateLoraOptions.
 absl::Status AttachLora(LlamaModel& model, const LoraOptions& options);
 
-// The A and B tensors of every adapted projection, layer by layer.
-std::vector<torch::Tensor> LoraParameters(const LlamaModel& model);
+// The A and B tensors of every adapted projection, keyed by their names in
+// adapter_model.safetensors (see SaveAdapter); they share storage with the
+// model.
+TensorMap LoraParameters(const LlamaModel& model);
 
 // Writes the model's LoRA weights to `dir` (created if needed) in the PEFT
 // layout, keys

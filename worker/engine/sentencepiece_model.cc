@@ -16,6 +16,7 @@ struct Plugin {
   decltype(&LatheSpmLoad) load = nullptr;
   decltype(&LatheSpmFree) free = nullptr;
   decltype(&LatheSpmEncode) encode = nullptr;
+  decltype(&LatheSpmDecode) decode = nullptr;
   decltype(&LatheSpmVocabSize) vocab_size = nullptr;
   decltype(&LatheSpmPieceToId) piece_to_id = nullptr;
   decltype(&LatheSpmTrainBpe) train_bpe = nullptr;
@@ -60,13 +61,14 @@ const Plugin& GetPlugin() {
     p->load = reinterpret_cast<decltype(p->load)>(symbol("LatheSpmLoad"));
     p->free = reinterpret_cast<decltype(p->free)>(symbol("LatheSpmFree"));
     p->encode = reinterpret_cast<decltype(p->encode)>(symbol("LatheSpmEncode"));
+    p->decode = reinterpret_cast<decltype(p->decode)>(symbol("LatheSpmDecode"));
     p->vocab_size =
         reinterpret_cast<decltype(p->vocab_size)>(symbol("LatheSpmVocabSize"));
     p->piece_to_id =
         reinterpret_cast<decltype(p->piece_to_id)>(symbol("LatheSpmPieceToId"));
     p->train_bpe =
         reinterpret_cast<decltype(p->train_bpe)>(symbol("LatheSpmTrainBpe"));
-    if (!p->load || !p->free || !p->encode || !p->vocab_size ||
+    if (!p->load || !p->free || !p->encode || !p->decode || !p->vocab_size ||
         !p->piece_to_id || !p->train_bpe) {
       p->error = "liblathe_spm.so lacks an entry point";
     }
@@ -95,6 +97,11 @@ bool SentencePieceModel::Encode(std::string_view text,
                                 std::vector<SpmPiece>* pieces,
                                 std::string* error) const {
   return GetPlugin().encode(processor_, text, pieces, error);
+}
+
+bool SentencePieceModel::Decode(const std::vector<int>& ids, std::string* text,
+                                std::string* error) const {
+  return GetPlugin().decode(processor_, &ids, text, error);
 }
 
 int32_t SentencePieceModel::vocab_size() const {

@@ -38,6 +38,9 @@ class SentencePieceModel {
   // Encodes `text`; on failure returns false and sets *error.
   bool Encode(std::string_view text, std::vector<SpmPiece>* pieces,
               std::string* error) const;
+  // The text of `ids`; on failure returns false and sets *error.
+  bool Decode(const std::vector<int>& ids, std::string* text,
+              std::string* error) const;
   int32_t vocab_size() const;
   // The id of `piece`, or -1 when it is not in the vocabulary.
   int32_t PieceToId(const std::string& piece) const;

@@ -64,6 +64,18 @@ LATHE_EXPORT bool LatheSpmEncode(const void* processor, std::string_view text,
   return true;
 }
 
+LATHE_EXPORT bool LatheSpmDecode(const void* processor,
+                                 const std::vector<int>* ids, std::string* text,
+                                 std::string* error) {
+  const auto status =
+      static_cast<const Processor*>(processor)->Decode(*ids, text);
+  if (!status.ok()) {
+    *error = status.ToString();
+    return false;
+  }
+  return true;
+}
+
 LATHE_EXPORT int32_t LatheSpmVocabSize(const void* processor) {
   return static_cast<const Processor*>(processor)->GetPieceSize();
 }

@@ -19,6 +19,9 @@ void LatheSpmFree(void* processor);
 bool LatheSpmEncode(const void* processor, std::string_view text,
                     std::vector<lathe::engine::SpmPiece>* pieces,
                     std::string* error);
+// The text of `ids` (SentencePiece's DecodeIds); false with *error set.
+bool LatheSpmDecode(const void* processor, const std::vector<int>* ids,
+                    std::string* text, std::string* error);
 int32_t LatheSpmVocabSize(const void* processor);
 // -1 when `piece` is not in the vocabulary.
 int32_t LatheSpmPieceToId(const void* processor, const std::string* piece);

@@ -6,6 +6,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "unicode/uchar.h"
+#include "unicode/utf8.h"
 #include "worker/engine/json_file.h"
 
 namespace lathe::engine {
@@ -23,72 +25,108 @@ std::string TokenText(const Json& value) {
   return "";
 }
 
+bool IsSpace(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' ||
+         c == '\f';
+}
+
+// Whether the character ending just before / starting at `pos` is a letter
+// or digit.
+bool WordCharBefore(std::string_view text, size_t pos) {
+  if (pos == 0) return false;
+  int32_t i = static_cast<int32_t>(pos);
+  UChar32 c;
+  U8_PREV(text.data(), 0, i, c);
+  return c >= 0 && (u_isalnum(c) || c == '_');
+}
+bool WordCharAt(std::string_view text, size_t pos) {
+  if (pos >= text.size()) return false;
+  int32_t i = static_cast<int32_t>(pos);
+  UChar32 c;
+  U8_NEXT(text.data(), i, static_cast<int32_t>(text.size()), c);
+  return c >= 0 && (u_isalnum(c) || c == '_');
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
-    const std::string& model_dir) {
+    const std::string& model_dir, TokenizerFile file) {
+  const std::string json_path = model_dir + "/tokenizer.json";
   const std::string model_path = model_dir + "/tokenizer.model";
   const std::string config_path = model_dir + "/tokenizer_config.json";
-  if (!std::filesystem::exists(model_path)) {
-    return absl::NotFoundError(absl::StrCat(
-        model_path,
-        " not found: only SentencePiece tokenizers are supported so far"));
+  if (file == TokenizerFile::kAuto) {
+    file = std::filesystem::exists(json_path) ? TokenizerFile::kTokenizerJson
+                                              : TokenizerFile::kSentencePiece;
   }
-  std::string error;
-  auto tokenizer = std::unique_ptr<Tokenizer>(new Tokenizer());
-  tokenizer->spm_ = SentencePieceModel::Load(model_path, &error);
-  if (tokenizer->spm_ == nullptr) {
-    return absl::DataLossError(
-        absl::StrCat("cannot load ", model_path, ": ", error));
+  const std::string& tokenizer_path =
+      file == TokenizerFile::kTokenizerJson ? json_path : model_path;
+  if (!std::filesystem::exists(tokenizer_path)) {
+    return absl::NotFoundError(
+        absl::StrCat(tokenizer_path, " not found: the model has no tokenizer"));
   }
   ASSIGN_OR_RETURN(Json config, ReadJsonFile(config_path));
   if (!config.is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(config_path, " is not a JSON object"));
   }
-  tokenizer->vocab_size_ = tokenizer->spm_->vocab_size();
-
-  // Added tokens: id -> {"content": ...}.
-  auto added = config.find("added_tokens_decoder");
-  if (added != config.end() && added->is_object()) {
-    for (const auto& [key, value] : added->items()) {
-      const std::string content = TokenText(value);
-      int32_t id = -1;
-      try {
-        id = std::stoi(key);
-      } catch (const std::exception&) {
-      }
-      if (content.empty() || id < 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            config_path, ": field \"added_tokens_decoder\" entry \"", key,
-            "\" needs an integer id and a non-empty \"content\""));
-      }
-      tokenizer->added_tokens_.emplace_back(content, id);
-      tokenizer->vocab_size_ = std::max(tokenizer->vocab_size_, id + 1);
+  auto tokenizer = std::unique_ptr<Tokenizer>(new Tokenizer());
+  if (file == TokenizerFile::kTokenizerJson) {
+    ASSIGN_OR_RETURN(tokenizer->json_, TokenizerJson::Load(json_path));
+    tokenizer->vocab_size_ = tokenizer->json_->model().vocab_size();
+    tokenizer->added_tokens_ = tokenizer->json_->added_tokens();
+  } else {
+    std::string error;
+    tokenizer->spm_ = SentencePieceModel::Load(model_path, &error);
+    if (tokenizer->spm_ == nullptr) {
+      return absl::DataLossError(
+          absl::StrCat("cannot load ", model_path, ": ", error));
     }
+    tokenizer->vocab_size_ = tokenizer->spm_->vocab_size();
+    // Added tokens: id -> {"content": ..., "lstrip": ...}.
+    auto added = config.find("added_tokens_decoder");
+    if (added != config.end() && added->is_object()) {
+      for (const auto& [key, value] : added->items()) {
+        int32_t id = -1;
+        try {
+          id = std::stoi(key);
+        } catch (const std::exception&) {
+        }
+        AddedToken token = AddedTokenFromJson(value, id);
+        if (token.content.empty() || id < 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              config_path, ": field \"added_tokens_decoder\" entry \"", key,
+              "\" needs an integer id and a non-empty \"content\""));
+        }
+        tokenizer->added_tokens_.push_back(std::move(token));
+      }
+    }
+  }
+  for (const AddedToken& t : tokenizer->added_tokens_) {
+    tokenizer->vocab_size_ = std::max(tokenizer->vocab_size_, t.id + 1);
+    tokenizer->starts_added_token_[static_cast<unsigned char>(t.content[0])] =
+        true;
   }
   std::stable_sort(tokenizer->added_tokens_.begin(),
                    tokenizer->added_tokens_.end(),
-                   [](const auto& a, const auto& b) {
-                     return a.first.size() > b.first.size();
+                   [](const AddedToken& a, const AddedToken& b) {
+                     return a.content.size() > b.content.size();
                    });
 
-  auto id_of = [&](const std::string& text) -> int32_t {
-    for (const auto& [content, id] : tokenizer->added_tokens_) {
-      if (content == text) return id;
-    }
-    return tokenizer->spm_->PieceToId(text);
-  };
   tokenizer->eos_token_ = TokenText(config.value("eos_token", Json()));
-  tokenizer->eos_id_ =
-      tokenizer->eos_token_.empty() ? -1 : id_of(tokenizer->eos_token_);
+  tokenizer->eos_id_ = tokenizer->eos_token_.empty()
+                           ? -1
+                           : tokenizer->TokenToId(tokenizer->eos_token_);
   if (tokenizer->eos_id_ < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         config_path,
         ": field \"eos_token\" is missing or not in the vocabulary"));
   }
+  tokenizer->bos_token_ = TokenText(config.value("bos_token", Json()));
+  if (!tokenizer->bos_token_.empty()) {
+    tokenizer->bos_id_ = tokenizer->TokenToId(tokenizer->bos_token_);
+  }
   const std::string pad = TokenText(config.value("pad_token", Json()));
-  tokenizer->pad_id_ = pad.empty() ? -1 : id_of(pad);
+  tokenizer->pad_id_ = pad.empty() ? -1 : tokenizer->TokenToId(pad);
   if (tokenizer->pad_id_ < 0) tokenizer->pad_id_ = tokenizer->eos_id_;
 
   auto chat_template = config.find("chat_template");
@@ -105,44 +143,117 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
   return tokenizer;
 }
 
-const std::pair<std::string, int32_t>* Tokenizer::AddedTokenAt(
-    std::string_view text, size_t pos) const {
-  for (const auto& token : added_tokens_) {
-    if (text.substr(pos, token.first.size()) == token.first) return &token;
+int32_t Tokenizer::TokenToId(const std::string& token) const {
+  for (const AddedToken& t : added_tokens_) {
+    if (t.content == token) return t.id;
   }
-  return nullptr;
+  return json_ != nullptr ? json_->model().TokenToId(token)
+                          : spm_->PieceToId(token);
+}
+
+Tokenizer::Match Tokenizer::NextAddedToken(std::string_view text,
+                                           size_t from) const {
+  for (size_t pos = from; pos < text.size(); ++pos) {
+    if (!starts_added_token_[static_cast<unsigned char>(text[pos])]) continue;
+    for (const AddedToken& t : added_tokens_) {
+      if (text.compare(pos, t.content.size(), t.content) != 0) continue;
+      const size_t end = pos + t.content.size();
+      if (t.single_word &&
+          (WordCharBefore(text, pos) || WordCharAt(text, end))) {
+        continue;
+      }
+      Match m{&t, pos, end};
+      if (t.lstrip) {
+        while (m.begin > from && IsSpace(text[m.begin - 1])) --m.begin;
+      }
+      if (t.rstrip) {
+        while (m.end < text.size() && IsSpace(text[m.end])) ++m.end;
+      }
+      return m;
+    }
+  }
+  return Match{nullptr, text.size(), text.size()};
+}
+
+absl::Status Tokenizer::EncodeSegment(std::string_view text, size_t begin,
+                                      size_t end, Encoding* out) const {
+  if (begin == end) return absl::OkStatus();
+  const std::string_view segment = text.substr(begin, end - begin);
+  if (json_ != nullptr) {
+    return json_->EncodeSegment(segment, begin, &out->ids, &out->ranges);
+  }
+  std::vector<SpmPiece> pieces;
+  std::string error;
+  if (!spm_->Encode(segment, &pieces, &error)) {
+    return absl::InternalError(absl::StrCat("SentencePiece failed: ", error));
+  }
+  for (const SpmPiece& p : pieces) {
+    out->ids.push_back(p.id);
+    out->ranges.emplace_back(begin + p.begin, begin + p.end);
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Encoding> Tokenizer::Encode(std::string_view text) const {
   Encoding out;
-  std::vector<SpmPiece> pieces;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const Match m = NextAddedToken(text, pos);
+    RETURN_IF_ERROR(EncodeSegment(text, pos, m.begin, &out));
+    if (m.token == nullptr) break;
+    out.ids.push_back(m.token->id);
+    out.ranges.emplace_back(m.begin, m.end);
+    pos = m.end;
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> Tokenizer::Decode(
+    const std::vector<int32_t>& ids) const {
+  auto added_content = [&](int32_t id) -> const std::string* {
+    for (const AddedToken& t : added_tokens_) {
+      if (t.id == id) return &t.content;
+    }
+    return nullptr;
+  };
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab_size_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", id, " is outside the vocabulary"));
+    }
+  }
+  if (json_ != nullptr) {
+    std::vector<std::string> tokens;
+    for (int32_t id : ids) {
+      const std::string* added = added_content(id);
+      tokens.push_back(added != nullptr ? *added
+                                        : json_->model().IdToToken(id));
+    }
+    return json_->Decode(tokens);
+  }
+  // SentencePiece decodes runs of its own pieces; added tokens as written.
+  std::string out;
+  std::vector<int> run;
   std::string error;
-  // Encodes text[begin, end) with SentencePiece, offsetting the ranges.
-  auto encode_segment = [&](size_t begin, size_t end) -> absl::Status {
-    if (begin == end) return absl::OkStatus();
-    if (!spm_->Encode(text.substr(begin, end - begin), &pieces, &error)) {
+  auto flush = [&]() -> absl::Status {
+    if (run.empty()) return absl::OkStatus();
+    std::string text;
+    if (!spm_->Decode(run, &text, &error)) {
       return absl::InternalError(absl::StrCat("SentencePiece failed: ", error));
     }
-    for (const SpmPiece& p : pieces) {
-      out.ids.push_back(p.id);
-      out.ranges.emplace_back(begin + p.begin, begin + p.end);
-    }
+    out += text;
+    run.clear();
     return absl::OkStatus();
   };
-  size_t segment_begin = 0;
-  for (size_t pos = 0; pos < text.size();) {
-    const auto* token = AddedTokenAt(text, pos);
-    if (token == nullptr) {
-      ++pos;
-      continue;
+  for (int32_t id : ids) {
+    if (const std::string* added = added_content(id)) {
+      RETURN_IF_ERROR(flush());
+      out += *added;
+    } else {
+      run.push_back(id);
     }
-    RETURN_IF_ERROR(encode_segment(segment_begin, pos));
-    out.ids.push_back(token->second);
-    out.ranges.emplace_back(pos, pos + token->first.size());
-    pos += token->first.size();
-    segment_begin = pos;
   }
-  RETURN_IF_ERROR(encode_segment(segment_begin, text.size()));
+  RETURN_IF_ERROR(flush());
   return out;
 }
 

@@ -1,14 +1,22 @@
-// Text -> token ids for a Hugging Face model folder with a SentencePiece
-// `tokenizer.model` and a `tokenizer_config.json`. Torch-free.
+// Text <-> token ids for a Hugging Face model folder, giving the ids of
+// Hugging Face's encode(text, add_special_tokens=False). Torch-free.
 //
-// Added tokens (tokenizer_config's `added_tokens_decoder`, e.g. "</s>") are
-// matched verbatim inside the text; the text between them is encoded by
-// SentencePiece piece by piece, as Hugging Face tokenizers do. Their
-// lstrip / rstrip / single_word flags are not honoured (the Llama-family
-// special tokens leave them false).
+// The tokenizer is `tokenizer.json` when the folder has one (BPE, byte-level
+// or SentencePiece-style, see tokenizer_json.h), else the SentencePiece
+// `tokenizer.model`; `tokenizer_config.json` gives the special tokens and
+// the chat template.
+//
+// Added tokens (tokenizer.json's "added_tokens", or tokenizer_config's
+// "added_tokens_decoder" for tokenizer.model) are matched inside the raw
+// text, leftmost then longest, honouring lstrip / rstrip / single_word; the
+// text between them is encoded segment by segment, as Hugging Face does.
+// Added tokens flagged "normalized" are matched on the raw text too (the
+// same text for the models this engine supports, whose added tokens are
+// ASCII).
 #ifndef LATHE_WORKER_ENGINE_TOKENIZER_H_
 #define LATHE_WORKER_ENGINE_TOKENIZER_H_
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -18,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "worker/engine/sentencepiece_model.h"
+#include "worker/engine/tokenizer_json.h"
 
 namespace lathe::engine {
 
@@ -28,40 +37,75 @@ struct Encoding {
   std::vector<std::pair<size_t, size_t>> ranges;
 };
 
+// Which file of the model folder to tokenize with.
+enum class TokenizerFile {
+  kAuto,           // tokenizer.json when present, else tokenizer.model
+  kTokenizerJson,  // tokenizer.json
+  kSentencePiece,  // tokenizer.model
+};
+
 // Immutable after Load; thread-safe.
 class Tokenizer {
  public:
-  // Loads `model_dir`/tokenizer.model and `model_dir`/tokenizer_config.json.
-  // NOT_FOUND when either is missing (a folder with only tokenizer.json is
-  // not supported yet), INVALID_ARGUMENT naming the field when the config is
-  // malformed (e.g. eos_token missing or not in the vocabulary).
+  // Loads the tokenizer of `model_dir` (see TokenizerFile) and
+  // `model_dir`/tokenizer_config.json. NOT_FOUND when a needed file is
+  // missing, INVALID_ARGUMENT naming the field when one is malformed or
+  // unsupported (e.g. eos_token missing or not in the vocabulary).
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(
-      const std::string& model_dir);
+      const std::string& model_dir, TokenizerFile file = TokenizerFile::kAuto);
 
-  // Encodes `text` without adding BOS/EOS. INTERNAL if SentencePiece fails.
+  // Encodes `text` without adding BOS/EOS. INTERNAL if SentencePiece fails,
+  // INVALID_ARGUMENT if a character has no token (a BPE without byte
+  // fallback nor unk_token).
   absl::StatusOr<Encoding> Encode(std::string_view text) const;
 
-  // SentencePiece pieces plus any added token beyond them.
+  // The text of `ids`, special tokens included, as Hugging Face's
+  // decode(ids) (invalid UTF-8 becomes U+FFFD). INVALID_ARGUMENT for an id
+  // outside the vocabulary.
+  absl::StatusOr<std::string> Decode(const std::vector<int32_t>& ids) const;
+
+  // The id of a token (added or from the model), or -1.
+  int32_t TokenToId(const std::string& token) const;
+
+  // Model tokens plus any added token beyond them.
   int32_t vocab_size() const { return vocab_size_; }
   int32_t eos_id() const { return eos_id_; }
+  // bos_token's id, or -1 when the config sets none.
+  int32_t bos_id() const { return bos_id_; }
   // pad_token's id, or eos_id() when the config sets none.
   int32_t pad_id() const { return pad_id_; }
   const std::string& eos_token() const { return eos_token_; }
+  // "" when the config sets none.
+  const std::string& bos_token() const { return bos_token_; }
   // tokenizer_config's "chat_template" ("" when absent).
   const std::string& chat_template() const { return chat_template_; }
+  // True when the text came from tokenizer.json.
+  bool from_tokenizer_json() const { return json_ != nullptr; }
 
  private:
   Tokenizer() = default;
-  // The added token that starts at text[pos] (longest first), or nullptr.
-  const std::pair<std::string, int32_t>* AddedTokenAt(std::string_view text,
-                                                      size_t pos) const;
 
+  struct Match {
+    const AddedToken* token = nullptr;
+    size_t begin = 0;  // of the match, stripped whitespace included
+    size_t end = 0;
+  };
+  // The next added token in text[from, ...), or a Match without token.
+  Match NextAddedToken(std::string_view text, size_t from) const;
+  absl::Status EncodeSegment(std::string_view text, size_t begin, size_t end,
+                             Encoding* out) const;
+
+  // Exactly one of spm_ and json_ is set.
   std::unique_ptr<SentencePieceModel> spm_;
-  std::vector<std::pair<std::string, int32_t>> added_tokens_;  // longest first
+  std::unique_ptr<TokenizerJson> json_;
+  std::vector<AddedToken> added_tokens_;        // longest first
+  std::array<bool, 256> starts_added_token_{};  // by first byte
   int32_t vocab_size_ = 0;
   int32_t eos_id_ = 0;
+  int32_t bos_id_ = -1;
   int32_t pad_id_ = 0;
   std::string eos_token_;
+  std::string bos_token_;
   std::string chat_template_;
 };
 

@@ -14,12 +14,19 @@ namespace {
 using Json = nlohmann::json;
 
 // The fixture's six conversations against Hugging Face's tokenization of
-// their rendering (input_ids) and its mask of the final assistant message.
-TEST(TokenizerFixtureTest, ReproducesHuggingFaceIdsAndAssistantMask) {
+// their rendering (input_ids) and its mask of the final assistant message,
+// through tokenizer.json and through tokenizer.model.
+class TokenizerFixtureTest : public ::testing::TestWithParam<TokenizerFile> {};
+
+INSTANTIATE_TEST_SUITE_P(BothFiles, TokenizerFixtureTest,
+                         ::testing::Values(TokenizerFile::kTokenizerJson,
+                                           TokenizerFile::kSentencePiece));
+
+TEST_P(TokenizerFixtureTest, ReproducesHuggingFaceIdsAndAssistantMask) {
   const std::string fixture = testing::TinyLlamaFixture();
   LATHE_SKIP_WITHOUT_FIXTURES(fixture);
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
-      Tokenizer::Load(fixture + "/model");
+      Tokenizer::Load(fixture + "/model", GetParam());
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   EXPECT_EQ((*tokenizer)->eos_id(), 2);
   absl::StatusOr<ChatTemplate> chat_template = ChatTemplate::Detect(
@@ -53,11 +60,11 @@ TEST(TokenizerFixtureTest, ReproducesHuggingFaceIdsAndAssistantMask) {
   EXPECT_EQ(checked, 6u);
 }
 
-TEST(TokenizerFixtureTest, MatchesAddedTokensInsideText) {
+TEST_P(TokenizerFixtureTest, MatchesAddedTokensInsideText) {
   const std::string fixture = testing::TinyLlamaFixture();
   LATHE_SKIP_WITHOUT_FIXTURES(fixture);
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
-      Tokenizer::Load(fixture + "/model");
+      Tokenizer::Load(fixture + "/model", GetParam());
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   absl::StatusOr<Encoding> e = (*tokenizer)->Encode("a</s></s><s>");
   ASSERT_TRUE(e.ok()) << e.status();
@@ -74,37 +81,6 @@ TEST(TokenizerTest, MissingTokenizerModelIsNotFound) {
   EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(tokenizer.status().message().find("tokenizer.model"),
             std::string::npos);
-}
-
-TEST(ChatTemplateTest, RendersZephyrAndMarksAssistantTurns) {
-  absl::StatusOr<ChatTemplate> t = ChatTemplate::Detect(
-      "{{ '<|user|>\n' + message['content'] + eos_token }} "
-      "{{ '<|system|>\n' }} {{ '<|assistant|>\n' }}",
-      "</s>");
-  ASSERT_TRUE(t.ok()) << t.status();
-  RenderedChat r = t->Render({{"system", "S"},
-                              {"user", "Hi"},
-                              {"assistant", "Yo", /*train=*/false},
-                              {"user", "Q"},
-                              {"assistant", "A"}});
-  EXPECT_EQ(r.text,
-            "<|system|>\nS</s>\n<|user|>\nHi</s>\n<|assistant|>\nYo</s>\n"
-            "<|user|>\nQ</s>\n<|assistant|>\nA</s>\n");
-  ASSERT_EQ(r.trainable.size(), 1u);  // the weight-0 turn is not trained
-  EXPECT_EQ(r.text.substr(r.trainable[0].begin,
-                          r.trainable[0].end - r.trainable[0].begin),
-            "A</s>");
-  EXPECT_EQ(r.trainable[0].message, 4);
-}
-
-TEST(ChatTemplateTest, UnknownTemplateIsAnError) {
-  absl::StatusOr<ChatTemplate> t = ChatTemplate::Detect(
-      "{% for message in messages %}<|im_start|>{{ message['role'] }}", "</s>");
-  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(t.status().message().find("unsupported chat_template"),
-            std::string::npos);
-  EXPECT_EQ(ChatTemplate::Detect("", "</s>").status().code(),
-            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -23,6 +23,8 @@ absl::Status Read(const Json& spec, const std::string& field, T* out) {
     ok = it->is_array() &&
          std::all_of(it->begin(), it->end(),
                      [](const Json& v) { return v.is_string(); });
+  } else if constexpr (std::is_same_v<T, bool>) {
+    ok = it->is_boolean();
   } else if constexpr (std::is_floating_point_v<T>) {
     ok = it->is_number();
   } else {
@@ -59,41 +61,76 @@ absl::StatusOr<TrainOptions> ParseTrainSpec(const Json& spec,
   if (!spec.is_object()) {
     return absl::InvalidArgumentError("the spec is not a JSON object");
   }
-  RETURN_IF_ERROR(CheckKnown(
-      spec,
-      {"model_dir", "base_model_name", "training_file", "validation_file",
-       "output_dir", "n_epochs", "batch_size", "learning_rate", "warmup_steps",
-       "max_grad_norm", "max_seq_len", "seed", "lora"},
-      ""));
+  RETURN_IF_ERROR(CheckKnown(spec,
+                             {"model_dir",
+                              "base_model_name",
+                              "training_file",
+                              "validation_file",
+                              "method",
+                              "output_dir",
+                              "merge_output_dir",
+                              "n_epochs",
+                              "batch_size",
+                              "gradient_accumulation_steps",
+                              "learning_rate",
+                              "warmup_steps",
+                              "lr_scheduler",
+                              "weight_decay",
+                              "max_grad_norm",
+                              "max_seq_len",
+                              "seed",
+                              "chat_template",
+                              "eval_every",
+                              "checkpoint_every",
+                              "checkpoint_dir",
+                              "resume_from",
+                              "lora"},
+                             ""));
   TrainOptions o;
   RETURN_IF_ERROR(Read(spec, "model_dir", &o.model_dir));
   RETURN_IF_ERROR(Read(spec, "base_model_name", &o.base_model_name));
   RETURN_IF_ERROR(Read(spec, "training_file", &o.training_file));
   RETURN_IF_ERROR(Read(spec, "validation_file", &o.validation_file));
+  RETURN_IF_ERROR(Read(spec, "method", &o.method));
   RETURN_IF_ERROR(Read(spec, "output_dir", &o.output_dir));
+  RETURN_IF_ERROR(Read(spec, "merge_output_dir", &o.merge_output_dir));
   RETURN_IF_ERROR(Read(spec, "n_epochs", &o.n_epochs));
   RETURN_IF_ERROR(Read(spec, "batch_size", &o.batch_size));
+  RETURN_IF_ERROR(Read(spec, "gradient_accumulation_steps",
+                       &o.gradient_accumulation_steps));
   RETURN_IF_ERROR(Read(spec, "learning_rate", &o.learning_rate));
   RETURN_IF_ERROR(Read(spec, "warmup_steps", &o.warmup_steps));
+  RETURN_IF_ERROR(Read(spec, "lr_scheduler", &o.lr_scheduler));
+  RETURN_IF_ERROR(Read(spec, "weight_decay", &o.weight_decay));
   RETURN_IF_ERROR(Read(spec, "max_grad_norm", &o.max_grad_norm));
   RETURN_IF_ERROR(Read(spec, "max_seq_len", &o.max_seq_len));
   RETURN_IF_ERROR(Read(spec, "seed", &o.seed));
+  RETURN_IF_ERROR(Read(spec, "chat_template", &o.chat_template));
+  RETURN_IF_ERROR(Read(spec, "eval_every", &o.eval_every));
+  RETURN_IF_ERROR(Read(spec, "checkpoint_every", &o.checkpoint_every));
+  RETURN_IF_ERROR(Read(spec, "checkpoint_dir", &o.checkpoint_dir));
+  RETURN_IF_ERROR(Read(spec, "resume_from", &o.resume_from));
   if (auto lora = spec.find("lora"); lora != spec.end()) {
     if (!lora->is_object()) {
       return absl::InvalidArgumentError(
           "spec field \"lora\" must be an object");
     }
     RETURN_IF_ERROR(CheckKnown(
-        *lora, {"rank", "alpha", "dropout", "target_modules"}, "lora."));
+        *lora, {"rank", "alpha", "dropout", "use_rslora", "target_modules"},
+        "lora."));
     RETURN_IF_ERROR(Read(*lora, "rank", &o.lora.rank));
     RETURN_IF_ERROR(Read(*lora, "alpha", &o.lora.alpha));
     RETURN_IF_ERROR(Read(*lora, "dropout", &o.lora.dropout));
+    RETURN_IF_ERROR(Read(*lora, "use_rslora", &o.lora.use_rslora));
     RETURN_IF_ERROR(Read(*lora, "target_modules", &o.lora.target_modules));
   }
   o.model_dir = Resolve(o.model_dir, base_dir);
   o.training_file = Resolve(o.training_file, base_dir);
   o.validation_file = Resolve(o.validation_file, base_dir);
   o.output_dir = Resolve(o.output_dir, base_dir);
+  o.merge_output_dir = Resolve(o.merge_output_dir, base_dir);
+  o.checkpoint_dir = Resolve(o.checkpoint_dir, base_dir);
+  o.resume_from = Resolve(o.resume_from, base_dir);
   return o;
 }
 
@@ -103,18 +140,29 @@ Json TrainSpecJson(const TrainOptions& o) {
       {"base_model_name", o.base_model_name},
       {"training_file", o.training_file},
       {"validation_file", o.validation_file},
+      {"method", o.method},
       {"output_dir", o.output_dir},
+      {"merge_output_dir", o.merge_output_dir},
       {"n_epochs", o.n_epochs},
       {"batch_size", o.batch_size},
+      {"gradient_accumulation_steps", o.gradient_accumulation_steps},
       {"learning_rate", o.learning_rate},
       {"warmup_steps", o.warmup_steps},
+      {"lr_scheduler", o.lr_scheduler},
+      {"weight_decay", o.weight_decay},
       {"max_grad_norm", o.max_grad_norm},
       {"max_seq_len", o.max_seq_len},
       {"seed", o.seed},
+      {"chat_template", o.chat_template},
+      {"eval_every", o.eval_every},
+      {"checkpoint_every", o.checkpoint_every},
+      {"checkpoint_dir", o.checkpoint_dir},
+      {"resume_from", o.resume_from},
       {"lora",
        {{"rank", o.lora.rank},
         {"alpha", o.lora.alpha},
         {"dropout", o.lora.dropout},
+        {"use_rslora", o.lora.use_rslora},
         {"target_modules", o.lora.target_modules}}},
   };
 }

@@ -37,10 +37,46 @@ TEST(TrainSpecTest, RoundTripsThroughJson) {
   options.model_dir = "/m";
   options.learning_rate = 5e-4;
   options.lora.dropout = 0.1;
+  options.lora.use_rslora = true;
+  options.method = "full";
+  options.gradient_accumulation_steps = 4;
+  options.lr_scheduler = "cosine";
+  options.weight_decay = 0.01;
+  options.eval_every = 10;
+  options.checkpoint_every = 50;
+  options.checkpoint_dir = "/ckpt";
+  options.resume_from = "/ckpt/step-50";
+  options.merge_output_dir = "/merged";
   absl::StatusOr<TrainOptions> back =
       ParseTrainSpec(TrainSpecJson(options), "/");
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(TrainSpecJson(*back), TrainSpecJson(options));
+}
+
+TEST(TrainSpecTest, ParsesTrainingControlsAndResolvesTheirPaths) {
+  absl::StatusOr<TrainOptions> o =
+      ParseTrainSpec(Json{{"method", "full"},
+                          {"gradient_accumulation_steps", 2},
+                          {"lr_scheduler", "cosine"},
+                          {"weight_decay", 0.1},
+                          {"eval_every", 5},
+                          {"checkpoint_every", 20},
+                          {"checkpoint_dir", "ckpt"},
+                          {"resume_from", "ckpt/step-20"},
+                          {"merge_output_dir", "merged"},
+                          {"lora", {{"use_rslora", true}}}},
+                     "/base");
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->method, "full");
+  EXPECT_EQ(o->gradient_accumulation_steps, 2);
+  EXPECT_EQ(o->lr_scheduler, "cosine");
+  EXPECT_DOUBLE_EQ(o->weight_decay, 0.1);
+  EXPECT_EQ(o->eval_every, 5);
+  EXPECT_EQ(o->checkpoint_every, 20);
+  EXPECT_EQ(o->checkpoint_dir, "/base/ckpt");
+  EXPECT_EQ(o->resume_from, "/base/ckpt/step-20");
+  EXPECT_EQ(o->merge_output_dir, "/base/merged");
+  EXPECT_TRUE(o->lora.use_rslora);
 }
 
 TEST(TrainSpecTest, RejectsUnknownFieldsAndWrongTypes) {
@@ -63,6 +99,11 @@ TEST(TrainSpecTest, RejectsUnknownFieldsAndWrongTypes) {
                 .status()
                 .message()
                 .find("\"seed\""),
+            std::string::npos);
+  EXPECT_NE(ParseTrainSpec(Json{{"lora", {{"use_rslora", 1}}}}, "/")
+                .status()
+                .message()
+                .find("\"use_rslora\""),
             std::string::npos);
   EXPECT_EQ(ParseTrainSpec(Json::array(), "/").status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -4,22 +4,30 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <numeric>
 #include <random>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
+#include "worker/engine/adamw.h"
 #include "worker/engine/batch.h"
 #include "worker/engine/chat_data.h"
+#include "worker/engine/checkpoint.h"
 #include "worker/engine/llama.h"
 #include "worker/engine/lora.h"
+#include "worker/engine/model_export.h"
 #include "worker/engine/schedule.h"
 #include "worker/engine/tokenizer.h"
 
 namespace lathe::engine {
 namespace {
+
+using Json = nlohmann::json;
 
 absl::Status ValidateOptions(const TrainOptions& o) {
   auto invalid = [](const std::string& field, const std::string& rule) {
@@ -29,15 +37,77 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   if (o.model_dir.empty()) return invalid("model_dir", "is required");
   if (o.training_file.empty()) return invalid("training_file", "is required");
   if (o.output_dir.empty()) return invalid("output_dir", "is required");
+  if (o.method != "lora" && o.method != "full") {
+    return invalid("method", "must be \"lora\" or \"full\"");
+  }
+  if (o.method == "full" && !o.merge_output_dir.empty()) {
+    return invalid("merge_output_dir", "is for LoRA runs only");
+  }
   if (o.n_epochs <= 0) return invalid("n_epochs", "must be positive");
   if (o.batch_size <= 0) return invalid("batch_size", "must be positive");
+  if (o.gradient_accumulation_steps <= 0) {
+    return invalid("gradient_accumulation_steps", "must be positive");
+  }
   if (!(o.learning_rate > 0))
     return invalid("learning_rate", "must be positive");
   if (o.warmup_steps < 0) return invalid("warmup_steps", "must be >= 0");
+  RETURN_IF_ERROR(ParseLrSchedule(o.lr_scheduler).status());
+  if (!(o.weight_decay >= 0)) return invalid("weight_decay", "must be >= 0");
   if (!(o.max_grad_norm > 0))
     return invalid("max_grad_norm", "must be positive");
   if (o.max_seq_len < 2) return invalid("max_seq_len", "must be at least 2");
-  return ValidateLoraOptions(o.lora);
+  if (o.eval_every < 0) return invalid("eval_every", "must be >= 0");
+  if (o.checkpoint_every < 0) {
+    return invalid("checkpoint_every", "must be >= 0");
+  }
+  if (o.checkpoint_every > 0 && o.checkpoint_dir.empty()) {
+    return invalid("checkpoint_dir", "is required with checkpoint_every");
+  }
+  return o.method == "lora" ? ValidateLoraOptions(o.lora) : absl::OkStatus();
+}
+
+// FNV-1a (64-bit) of the bytes of `path`, as 16 hex digits: a content
+// fingerprint (not a security hash). NOT_FOUND when it cannot be read.
+absl::StatusOr<std::string> FileFingerprint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  uint64_t hash = 14695981039346656037ull;
+  char buffer[1 << 16];
+  while (in.read(buffer, sizeof(buffer)) || in.gcount() > 0) {
+    for (std::streamsize i = 0; i < in.gcount(); ++i) {
+      hash = (hash ^ static_cast<unsigned char>(buffer[i])) * 1099511628211ull;
+    }
+  }
+  return absl::StrCat(absl::Hex(hash, absl::kZeroPad16));
+}
+
+// The options a checkpoint must have been written with to be resumed:
+// those that decide the data order, the step count and the trainable
+// tensors. (Learning rate, schedule, weight decay, clipping, eval and
+// output options may change on resume.)
+absl::StatusOr<Json> Fingerprint(const TrainOptions& o) {
+  ASSIGN_OR_RETURN(std::string config_hash,
+                   FileFingerprint(o.model_dir + "/config.json"));
+  ASSIGN_OR_RETURN(std::string data_hash, FileFingerprint(o.training_file));
+  Json f = {
+      {"method", o.method},
+      {"model_config_fnv1a64", config_hash},
+      {"training_file_fnv1a64", data_hash},
+      {"n_epochs", o.n_epochs},
+      {"batch_size", o.batch_size},
+      {"gradient_accumulation_steps", o.gradient_accumulation_steps},
+      {"max_seq_len", o.max_seq_len},
+      {"seed", o.seed},
+      {"chat_template", o.chat_template},
+  };
+  if (o.method == "lora") {
+    f["lora.rank"] = o.lora.rank;
+    f["lora.alpha"] = o.lora.alpha;
+    f["lora.dropout"] = o.lora.dropout;
+    f["lora.use_rslora"] = o.lora.use_rslora;
+    f["lora.target_modules"] = o.lora.target_modules;
+  }
+  return f;
 }
 
 // Everything a run needs before its first step.
@@ -58,146 +128,408 @@ absl::StatusOr<Setup> SetUp(const TrainOptions& o) {
         " tokens but config.json's vocab_size is ",
         setup.model->config().vocab_size));
   }
-  ASSIGN_OR_RETURN(ChatTemplate chat_template,
-                   ChatTemplate::Detect(setup.tokenizer->chat_template(),
-                                        setup.tokenizer->eos_token()));
+  // An unknown template is an error only if the data holds chat lines.
+  const absl::StatusOr<ChatTemplate> chat_template =
+      ChatTemplateFor(*setup.tokenizer, o.chat_template);
   ASSIGN_OR_RETURN(setup.train,
                    LoadChatDataset(o.training_file, *setup.tokenizer,
                                    chat_template, o.max_seq_len));
+  if (setup.train.examples.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(o.training_file, " holds no examples"));
+  }
   if (!o.validation_file.empty()) {
     ASSIGN_OR_RETURN(setup.valid,
                      LoadChatDataset(o.validation_file, *setup.tokenizer,
                                      chat_template, o.max_seq_len));
   }
   torch::manual_seed(o.seed);
-  RETURN_IF_ERROR(AttachLora(*setup.model, o.lora));
+  if (o.method == "lora") {
+    RETURN_IF_ERROR(AttachLora(*setup.model, o.lora));
+  } else {
+    for (auto& [name, weight] : setup.model->Weights(/*merge_lora=*/false)) {
+      weight.requires_grad_(true);
+    }
+  }
   return setup;
 }
 
-// The `b`-th batch of `order`: order[b * size, (b + 1) * size), cut at its end.
-std::vector<size_t> BatchIndices(const std::vector<size_t>& order, int64_t b,
-                                 int size) {
-  const size_t first = b * size;
-  return std::vector<size_t>(
-      order.begin() + first,
-      order.begin() + std::min(order.size(), first + size));
-}
-
-// Mean loss over all target tokens of `data`, without gradients or dropout.
-double EvaluateLoss(const LlamaModel& model, const Dataset& data,
-                    int batch_size, int32_t pad_id) {
-  torch::NoGradGuard no_grad;
-  std::vector<size_t> order(data.examples.size());
-  std::iota(order.begin(), order.end(), 0);
-  double total = 0;
-  int64_t targets = 0;
-  for (int64_t b = 0; b * batch_size < static_cast<int64_t>(order.size());
-       ++b) {
-    Batch batch =
-        MakeBatch(data.examples, BatchIndices(order, b, batch_size), pad_id);
-    LossStats stats = CausalLmLoss(
-        model.Forward(batch.input_ids, batch.attention_mask, false), batch);
-    total += stats.loss.item<double>() * stats.targets;
-    targets += stats.targets;
+// The trained tensors, named as in the run's weight files. Weight decay
+// applies to LoRA's A and B, and to full fine-tuning's matrices (not to
+// norms and biases, as transformers' Trainer does).
+std::vector<AdamW::Param> TrainableParams(const LlamaModel& model,
+                                          const TrainOptions& o) {
+  std::vector<AdamW::Param> params;
+  const TensorMap named = o.method == "lora"
+                              ? LoraParameters(model)
+                              : model.Weights(/*merge_lora=*/false);
+  for (const auto& [name, tensor] : named) {
+    params.push_back({name, tensor, tensor.dim() >= 2});
   }
-  return total / targets;
+  return params;
 }
 
-// One optimizer step on `batch`: forward, loss, backward, clip, update.
-// Fills the loss, accuracy and gradient norm of `m`.
-void OptimizerStep(const LlamaModel& model, torch::optim::Optimizer& optimizer,
-                   std::vector<torch::Tensor>& params, const Batch& batch,
-                   double max_grad_norm, StepMetrics& m) {
-  torch::Tensor logits =
-      model.Forward(batch.input_ids, batch.attention_mask, /*training=*/true);
-  LossStats stats = CausalLmLoss(logits, batch);
-  optimizer.zero_grad();
-  stats.loss.backward();
-  m.grad_norm = torch::nn::utils::clip_grad_norm_(params, max_grad_norm);
-  optimizer.step();
-  m.loss = stats.loss.item<double>();
-  m.token_accuracy = static_cast<double>(stats.correct) / stats.targets;
-}
+// Where the run stands in its data: this epoch's shuffled order of the
+// examples and the next one to read.
+struct DataCursor {
+  std::mt19937_64 rng;
+  std::vector<size_t> order;
+  int epoch = 0;
+  size_t next = 0;
 
-void SetLearningRate(torch::optim::Optimizer& optimizer, double lr) {
-  for (auto& group : optimizer.param_groups()) {
-    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-  }
-}
-
-absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o,
-                                        const StepCallback& on_step,
-                                        const StopCheck& should_stop) {
-  RETURN_IF_ERROR(ValidateOptions(o));
-  ASSIGN_OR_RETURN(Setup setup, SetUp(o));
-  LlamaModel& model = *setup.model;
-  const std::vector<Example>& examples = setup.train.examples;
-  const int32_t pad_id = setup.tokenizer->pad_id();
-
-  std::vector<torch::Tensor> params = LoraParameters(model);
-  torch::optim::AdamW optimizer(
-      params, torch::optim::AdamWOptions(o.learning_rate).weight_decay(0.0));
-  const int64_t steps_per_epoch =
-      (static_cast<int64_t>(examples.size()) + o.batch_size - 1) / o.batch_size;
-  const int64_t total_steps = steps_per_epoch * o.n_epochs;
-  spdlog::info(
-      "training LoRA r={} alpha={} on {} ({} examples, {} steps, lr {}, "
-      "batch {}, max_seq_len {}, seed {})",
-      o.lora.rank, o.lora.alpha, o.model_dir, examples.size(), total_steps,
-      o.learning_rate, o.batch_size, o.max_seq_len, o.seed);
-
-  std::mt19937_64 rng(o.seed);
-  std::vector<size_t> order(examples.size());
-  TrainResult result;
-  result.truncated_examples = setup.train.truncated;
-  for (int epoch = 0; epoch < o.n_epochs; ++epoch) {
+  void Shuffle() {
     std::iota(order.begin(), order.end(), 0);
     std::shuffle(order.begin(), order.end(), rng);
-    for (int64_t b = 0; b < steps_per_epoch; ++b) {
-      if (should_stop && should_stop()) {
-        return absl::CancelledError(
-            absl::StrCat("stopped after ", result.steps, " steps"));
-      }
-      const auto start = std::chrono::steady_clock::now();
-      StepMetrics m;
-      m.step = result.steps + 1;
-      m.total_steps = total_steps;
-      m.learning_rate = LearningRateAt(result.steps, total_steps,
-                                       o.warmup_steps, o.learning_rate);
-      SetLearningRate(optimizer, m.learning_rate);
-      Batch batch =
-          MakeBatch(examples, BatchIndices(order, b, o.batch_size), pad_id);
-      OptimizerStep(model, optimizer, params, batch, o.max_grad_norm, m);
+    next = 0;
+  }
 
-      const std::chrono::duration<double> seconds =
-          std::chrono::steady_clock::now() - start;
-      m.tokens_per_second = batch.tokens / std::max(seconds.count(), 1e-9);
-      result.steps = m.step;
-      result.trained_tokens += batch.tokens;
-      m.trained_tokens = result.trained_tokens;
-      if (m.step == 1) result.first_loss = m.loss;
-      result.last_loss = m.loss;
-      if (on_step) on_step(m);
+  // The examples of the next optimizer step: up to `micro_batches` batches
+  // of `batch_size`, never crossing the end of the epoch.
+  std::vector<std::vector<size_t>> TakeStep(int batch_size, int micro_batches) {
+    std::vector<std::vector<size_t>> batches;
+    for (int i = 0; i < micro_batches && next < order.size(); ++i) {
+      const size_t end = std::min(order.size(), next + batch_size);
+      batches.emplace_back(order.begin() + next, order.begin() + end);
+      next = end;
+    }
+    if (next == order.size()) {
+      ++epoch;
+      Shuffle();
+    }
+    return batches;
+  }
+};
+
+// Counters a checkpoint carries besides the optimizer and data state.
+struct Progress {
+  int64_t step = 0;
+  int64_t trained_tokens = 0;
+  double first_loss = 0;
+  double last_loss = 0;
+};
+
+struct EvalStats {
+  double loss = 0;      // mean over target tokens
+  double accuracy = 0;  // argmax == label over target tokens
+};
+
+// Loss and accuracy over all target tokens of `data`, without gradients or
+// dropout.
+EvalStats Evaluate(const LlamaModel& model, const Dataset& data, int batch_size,
+                   int32_t pad_id) {
+  torch::NoGradGuard no_grad;
+  double total = 0;
+  int64_t targets = 0, correct = 0;
+  for (size_t first = 0; first < data.examples.size(); first += batch_size) {
+    std::vector<size_t> indices(
+        std::min<size_t>(batch_size, data.examples.size() - first));
+    std::iota(indices.begin(), indices.end(), first);
+    Batch batch = MakeBatch(data.examples, indices, pad_id);
+    LossStats stats = CausalLmLoss(
+        model.Forward(batch.input_ids, batch.attention_mask, false), batch);
+    if (stats.targets == 0) continue;
+    total += stats.loss.item<double>() * stats.targets;
+    targets += stats.targets;
+    correct += stats.correct;
+  }
+  return {total / std::max<int64_t>(targets, 1),
+          static_cast<double>(correct) / std::max<int64_t>(targets, 1)};
+}
+
+int64_t Targets(const Batch& batch) {
+  return batch.loss_mask.slice(1, 1).sum().item<int64_t>();
+}
+
+// One optimizer step over `batches` (its micro-batches): forward, loss,
+// backward for each, the loss normalised by the step's target tokens; then
+// clip and update. Fills the loss, accuracy and gradient norm of `m`.
+void OptimizerStep(const LlamaModel& model, AdamW& optimizer,
+                   const std::vector<Batch>& batches, double max_grad_norm,
+                   StepMetrics& m) {
+  int64_t step_targets = 0;
+  for (const Batch& batch : batches) step_targets += Targets(batch);
+  optimizer.ZeroGrad();
+  double loss_sum = 0;
+  int64_t correct = 0;
+  for (const Batch& batch : batches) {
+    torch::Tensor logits =
+        model.Forward(batch.input_ids, batch.attention_mask, /*training=*/true);
+    LossStats stats = CausalLmLoss(logits, batch);
+    if (stats.targets == 0) continue;
+    const double share = static_cast<double>(stats.targets) / step_targets;
+    (stats.loss * share).backward();
+    loss_sum += stats.loss.item<double>() * stats.targets;
+    correct += stats.correct;
+  }
+  m.grad_norm =
+      torch::nn::utils::clip_grad_norm_(optimizer.tensors(), max_grad_norm);
+  optimizer.Step(m.learning_rate);
+  m.loss = loss_sum / std::max<int64_t>(step_targets, 1);
+  m.token_accuracy =
+      static_cast<double>(correct) / std::max<int64_t>(step_targets, 1);
+}
+
+at::Generator TorchGenerator() {
+  return at::globalContext().defaultGenerator(torch::kCPU);
+}
+
+// Writes <checkpoint_dir>/step-<N> atomically.
+absl::StatusOr<CheckpointInfo> SaveCheckpoint(
+    const TrainOptions& o, const LlamaModel& model, const AdamW& optimizer,
+    const Progress& progress, const DataCursor& data, int64_t total_steps,
+    const Json& fingerprint) {
+  if (o.checkpoint_dir.empty()) {
+    return absl::FailedPreconditionError(
+        "a checkpoint was requested but the run has no checkpoint_dir");
+  }
+  CheckpointInfo info;
+  info.step = progress.step;
+  info.dir = absl::StrCat(o.checkpoint_dir, "/step-", progress.step);
+  const std::string temp = info.dir + ".tmp";
+  std::error_code error;
+  std::filesystem::remove_all(temp, error);
+  std::filesystem::create_directories(temp, error);
+  if (error) {
+    return absl::InternalError(
+        absl::StrCat("cannot create ", temp, ": ", error.message()));
+  }
+  if (o.method == "lora") {
+    RETURN_IF_ERROR(SaveAdapter(
+        model, o.lora,
+        o.base_model_name.empty() ? o.model_dir : o.base_model_name, temp));
+  } else {
+    // float32 whatever the source dtype, so that resuming is exact.
+    RETURN_IF_ERROR(SaveModelFolder(model, o.model_dir, temp, torch::kFloat32));
+  }
+  TrainerState state;
+  state.step = progress.step;
+  state.total_steps = total_steps;
+  state.epoch = data.epoch;
+  state.cursor = static_cast<int64_t>(data.next);
+  state.trained_tokens = progress.trained_tokens;
+  state.first_loss = progress.first_loss;
+  state.last_loss = progress.last_loss;
+  std::ostringstream rng;
+  rng << data.rng;
+  state.data_rng = rng.str();
+  state.data_order.assign(data.order.begin(), data.order.end());
+  {
+    at::Generator generator = TorchGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    state.torch_rng = generator.get_state();
+  }
+  state.optimizer_steps = optimizer.steps();
+  state.optimizer = optimizer.State();
+  state.fingerprint = fingerprint;
+  RETURN_IF_ERROR(WriteTrainerState(temp, state));
+  ASSIGN_OR_RETURN(info.files, CommitDirectory(temp, info.dir));
+  spdlog::info("checkpoint at step {} written to {}", info.step, info.dir);
+  return info;
+}
+
+// Restores the model's trained tensors, the optimizer, the counters, the
+// data cursor and torch's generator from the checkpoint o.resume_from.
+absl::Status Resume(const TrainOptions& o, const LlamaModel& model,
+                    AdamW& optimizer, Progress& progress, DataCursor& data,
+                    int64_t total_steps, const Json& fingerprint) {
+  const std::string& dir = o.resume_from;
+  ASSIGN_OR_RETURN(TrainerState state, ReadTrainerState(dir));
+  RETURN_IF_ERROR(CheckFingerprint(state.fingerprint, fingerprint));
+  const std::string state_path = dir + "/" + kTrainerStateJson;
+  if (state.total_steps != total_steps || state.step < 0 ||
+      state.step > total_steps || state.epoch < 0 ||
+      state.data_order.size() != data.order.size() || state.cursor < 0 ||
+      state.cursor > static_cast<int64_t>(state.data_order.size())) {
+    return absl::DataLossError(
+        absl::StrCat(state_path,
+                     ": its step, epoch or data position does not fit this "
+                     "run's data"));
+  }
+  for (int64_t index : state.data_order) {
+    if (index < 0 || index >= static_cast<int64_t>(data.order.size())) {
+      return absl::DataLossError(
+          absl::StrCat(state_path, ": data order holds index ", index));
     }
   }
-  if (setup.valid.has_value()) {
-    result.validation_loss =
-        EvaluateLoss(model, *setup.valid, o.batch_size, pad_id);
+  std::istringstream rng(state.data_rng);
+  rng >> data.rng;
+  if (rng.fail()) {
+    return absl::DataLossError(
+        absl::StrCat(state_path, ": field \"data_rng\" is malformed"));
+  }
+
+  const std::string weights_path =
+      dir + (o.method == "lora" ? "/adapter_model.safetensors"
+                                : "/model.safetensors");
+  ASSIGN_OR_RETURN(TensorMap saved, LoadSafetensors(weights_path));
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;
+  for (const AdamW::Param& p : TrainableParams(model, o)) {
+    ASSIGN_OR_RETURN(
+        torch::Tensor value,
+        TakeTensor(saved, p.name, p.value.sizes().vec(), weights_path));
+    copies.push_back({p.value, std::move(value)});
+  }
+  {
+    at::Generator generator = TorchGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    if (!state.torch_rng.sizes().equals(generator.get_state().sizes())) {
+      return absl::DataLossError(
+          absl::StrCat(dir, "/", kTrainerStateTensors,
+                       ": \"rng/torch\" has the wrong size"));
+    }
+    generator.set_state(state.torch_rng);
+  }
+  absl::Status restored =
+      optimizer.Restore(state.optimizer_steps, state.optimizer);
+  if (!restored.ok()) {
+    return absl::DataLossError(
+        absl::StrCat(dir, "/", kTrainerStateTensors, ": ", restored.message()));
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [param, value] : copies) param.copy_(value);
+  progress = {state.step, state.trained_tokens, state.first_loss,
+              state.last_loss};
+  data.epoch = state.epoch;
+  data.next = static_cast<size_t>(state.cursor);
+  data.order.assign(state.data_order.begin(), state.data_order.end());
+  spdlog::info("resumed from {} at step {} (epoch {}, example {})", dir,
+               state.step, state.epoch, state.cursor);
+  return absl::OkStatus();
+}
+
+absl::Status Export(const TrainOptions& o, const LlamaModel& model) {
+  ASSIGN_OR_RETURN(torch::ScalarType dtype, ModelWeightsDtype(o.model_dir));
+  if (o.method == "full") {
+    return SaveModelFolder(model, o.model_dir, o.output_dir, dtype);
   }
   RETURN_IF_ERROR(
       SaveAdapter(model, o.lora,
                   o.base_model_name.empty() ? o.model_dir : o.base_model_name,
                   o.output_dir));
+  if (o.merge_output_dir.empty()) return absl::OkStatus();
+  return SaveModelFolder(model, o.model_dir, o.merge_output_dir, dtype);
+}
+
+absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o,
+                                        const TrainHooks& hooks) {
+  RETURN_IF_ERROR(ValidateOptions(o));
+  ASSIGN_OR_RETURN(const LrSchedule schedule, ParseLrSchedule(o.lr_scheduler));
+  ASSIGN_OR_RETURN(Setup setup, SetUp(o));
+  ASSIGN_OR_RETURN(const Json fingerprint, Fingerprint(o));
+  const LlamaModel& model = *setup.model;
+  const std::vector<Example>& examples = setup.train.examples;
+  const int32_t pad_id = setup.tokenizer->pad_id();
+
+  AdamW optimizer(TrainableParams(model, o),
+                  AdamWOptions{.weight_decay = o.weight_decay});
+  const int64_t examples_per_step =
+      static_cast<int64_t>(o.batch_size) * o.gradient_accumulation_steps;
+  const int64_t steps_per_epoch =
+      (static_cast<int64_t>(examples.size()) + examples_per_step - 1) /
+      examples_per_step;
+  const int64_t total_steps = steps_per_epoch * o.n_epochs;
+
+  Progress progress;
+  DataCursor data{.rng = std::mt19937_64(o.seed),
+                  .order = std::vector<size_t>(examples.size())};
+  data.Shuffle();
+  if (!o.resume_from.empty()) {
+    RETURN_IF_ERROR(
+        Resume(o, model, optimizer, progress, data, total_steps, fingerprint));
+  }
+  spdlog::info(
+      "training {} on {} ({} examples, {} steps from step {}, lr {} {}, "
+      "batch {} x {}, max_seq_len {}, seed {})",
+      o.method == "lora" ? absl::StrCat("LoRA r=", o.lora.rank) : "all weights",
+      o.model_dir, examples.size(), total_steps, progress.step, o.learning_rate,
+      o.lr_scheduler, o.batch_size, o.gradient_accumulation_steps,
+      o.max_seq_len, o.seed);
+
+  TrainResult result;
+  result.truncated_examples = setup.train.truncated;
+  StepMetrics m;
+  m.step = progress.step;
+  m.total_steps = total_steps;
+  int64_t checkpointed_step = -1;  // written by this run
+  auto checkpoint = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(CheckpointInfo info,
+                     SaveCheckpoint(o, model, optimizer, progress, data,
+                                    total_steps, fingerprint));
+    info.metrics = m;
+    info.validation_loss = m.validation_loss;
+    checkpointed_step = progress.step;
+    if (hooks.on_checkpoint) hooks.on_checkpoint(info);
+    return absl::OkStatus();
+  };
+
+  while (progress.step < total_steps) {
+    const StopRequest stop =
+        hooks.should_stop ? hooks.should_stop() : StopRequest::kNone;
+    if (stop == StopRequest::kCancel) {
+      return absl::CancelledError(
+          absl::StrCat("cancelled at step ", progress.step));
+    }
+    if (stop == StopRequest::kCheckpointAndStop) {
+      if (checkpointed_step != progress.step) RETURN_IF_ERROR(checkpoint());
+      return absl::AbortedError(absl::StrCat("stopped at step ", progress.step,
+                                             " after checkpointing"));
+    }
+
+    const auto start = std::chrono::steady_clock::now();
+    m = StepMetrics{.step = progress.step + 1, .total_steps = total_steps};
+    m.learning_rate = LearningRateAt(schedule, progress.step, total_steps,
+                                     o.warmup_steps, o.learning_rate);
+    std::vector<Batch> batches;
+    int64_t tokens = 0;
+    for (const std::vector<size_t>& indices :
+         data.TakeStep(o.batch_size, o.gradient_accumulation_steps)) {
+      batches.push_back(MakeBatch(examples, indices, pad_id));
+      tokens += batches.back().tokens;
+    }
+    OptimizerStep(model, optimizer, batches, o.max_grad_norm, m);
+    const std::chrono::duration<double> seconds =
+        std::chrono::steady_clock::now() - start;
+    m.tokens_per_second = tokens / std::max(seconds.count(), 1e-9);
+
+    progress.step = m.step;
+    progress.trained_tokens += tokens;
+    if (m.step == 1) progress.first_loss = m.loss;
+    progress.last_loss = m.loss;
+    m.trained_tokens = progress.trained_tokens;
+    if (setup.valid.has_value() &&
+        ((o.eval_every > 0 && m.step % o.eval_every == 0) ||
+         m.step == total_steps)) {
+      const EvalStats eval =
+          Evaluate(model, *setup.valid, o.batch_size, pad_id);
+      m.validation_loss = eval.loss;
+      m.validation_accuracy = eval.accuracy;
+    }
+    if (hooks.on_step) hooks.on_step(m);
+    if (o.checkpoint_every > 0 && m.step % o.checkpoint_every == 0) {
+      RETURN_IF_ERROR(checkpoint());
+    }
+  }
+
+  result.steps = progress.step;
+  result.trained_tokens = progress.trained_tokens;
+  result.first_loss = progress.first_loss;
+  result.last_loss = progress.last_loss;
+  if (setup.valid.has_value()) {
+    result.validation_loss =
+        m.validation_loss.has_value()
+            ? *m.validation_loss
+            : Evaluate(model, *setup.valid, o.batch_size, pad_id).loss;
+  }
+  RETURN_IF_ERROR(Export(o, model));
   return result;
 }
 
 }  // namespace
 
 absl::StatusOr<TrainResult> Train(const TrainOptions& options,
-                                  const StepCallback& on_step,
-                                  const StopCheck& should_stop) {
+                                  const TrainHooks& hooks) {
   try {
-    return RunTraining(options, on_step, should_stop);
+    return RunTraining(options, hooks);
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("LibTorch error: ", e.what_without_backtrace()));

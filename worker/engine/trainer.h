@@ -1,6 +1,7 @@
-// The training engine's entry point: one LoRA fine-tuning run, read top to
-// bottom as a recipe (setup -> for each step: batch, forward, loss, backward,
-// clip, optimizer step, schedule, log -> export).
+// The training engine's entry point: one fine-tuning run (LoRA or full),
+// read top to bottom as a recipe (setup or resume -> for each step: batch,
+// forward, loss, backward, clip, optimizer step, schedule, log, eval,
+// checkpoint -> export).
 //
 // The engine never includes gRPC headers and never lets an exception escape:
 // every c10::Error / std::exception is caught here and returned as a Status.
@@ -18,9 +19,10 @@
 namespace lathe::engine {
 
 struct LoraOptions {
-  int rank = 8;          // r
-  double alpha = 16.0;   // lora_alpha; scale = alpha / rank
-  double dropout = 0.0;  // lora_dropout
+  int rank = 8;             // r
+  double alpha = 16.0;      // lora_alpha; scale = alpha / rank
+  double dropout = 0.0;     // lora_dropout
+  bool use_rslora = false;  // scale = alpha / sqrt(rank) instead
   std::vector<std::string> target_modules = {"q_proj", "k_proj", "v_proj",
                                              "o_proj"};
 };
@@ -31,14 +33,31 @@ struct TrainOptions {
   std::string base_model_name;  // written as base_model_name_or_path
   std::string training_file;    // chat JSONL
   std::string validation_file;  // optional chat JSONL ("" = none)
-  std::string output_dir;       // the PEFT adapter is written here
+  // "lora": a PEFT adapter is written to output_dir. "full": every weight
+  // is trained and output_dir receives a model folder in model_dir's layout
+  // (config and tokenizer files copied, model.safetensors in its dtype).
+  std::string method = "lora";
+  // Chat template family ("zephyr", "llama3", "chatml", "mistral"); ""
+  // recognizes it from tokenizer_config.json's chat_template.
+  std::string chat_template;
+  std::string output_dir;
+  // LoRA only: also write the merged model folder here ("" = none).
+  std::string merge_output_dir;
   int n_epochs = 3;
-  int batch_size = 4;
-  double learning_rate = 2e-4;  // peak, after warmup
-  int warmup_steps = 0;         // then linear decay to 0
+  int batch_size = 4;                   // examples per micro-batch
+  int gradient_accumulation_steps = 1;  // micro-batches per optimizer step
+  double learning_rate = 2e-4;          // peak, after warmup
+  int warmup_steps = 0;                 // linear from 0 to the peak
+  std::string lr_scheduler = "linear";  // then: linear, cosine or constant
+  double weight_decay = 0.0;  // AdamW's, on LoRA A/B or, for full, on the
+                              // matrices (not norms, biases)
   double max_grad_norm = 1.0;
   int max_seq_len = 512;
   uint64_t seed = 42;
+  int eval_every = 0;  // steps between validation passes (0 = only at end)
+  int checkpoint_every = 0;    // steps (0 = only on request)
+  std::string checkpoint_dir;  // checkpoints go to <checkpoint_dir>/step-<N>
+  std::string resume_from;     // a checkpoint folder ("" = fresh start)
   LoraOptions lora;
 };
 
@@ -49,9 +68,14 @@ struct StepMetrics {
   double loss = 0;               // mean over trainable tokens of this step
   double token_accuracy = 0;     // argmax == label over trainable tokens
   double learning_rate = 0;      // used for this step
-  double grad_norm = 0;          // total LoRA gradient norm before clipping
+  double grad_norm = 0;          // total gradient norm before clipping
   double tokens_per_second = 0;  // all tokens of the step / step wall time
   int64_t trained_tokens = 0;    // cumulative tokens processed so far
+  // Set on the steps where a validation pass ran (every eval_every steps
+  // and the last step, when there is a validation_file): mean loss and
+  // token accuracy over its trainable tokens after this step's update.
+  std::optional<double> validation_loss;
+  std::optional<double> validation_accuracy;
 };
 
 struct TrainResult {
@@ -65,19 +89,44 @@ struct TrainResult {
   std::optional<double> validation_loss;
 };
 
-// Called after each step, from the training thread.
-using StepCallback = std::function<void(const StepMetrics&)>;
-// Polled before each step; returning true ends the run with CANCELLED.
-using StopCheck = std::function<bool()>;
+enum class StopRequest { kNone, kCancel, kCheckpointAndStop };
 
-// Trains a LoRA adapter and writes it to options.output_dir in the Hugging
-// Face PEFT layout (adapter_config.json, adapter_model.safetensors).
+// A complete checkpoint folder.
+struct CheckpointInfo {
+  int64_t step = 0;
+  std::string dir;                 // <checkpoint_dir>/step-<step>
+  std::vector<std::string> files;  // names inside dir, sorted
+  StepMetrics metrics;  // of that step; only step and total_steps are set
+                        // when this run trained no step before it
+  std::optional<double> validation_loss;  // of that step, when one ran
+};
+
+// Callbacks from the training thread; each may be empty.
+struct TrainHooks {
+  std::function<void(const StepMetrics&)> on_step;  // after each step
+  std::function<StopRequest()> should_stop;         // before each step
+  // After a checkpoint folder is complete (renamed into place).
+  std::function<void(const CheckpointInfo&)> on_checkpoint;
+};
+
+// Trains and writes the result to options.output_dir: a PEFT adapter
+// (adapter_config.json, adapter_model.safetensors) for "lora", a model
+// folder for "full"; plus the merged model to merge_output_dir when set.
+//
+// Checkpoints (folder layout in checkpoint.h) are written every
+// checkpoint_every steps and when should_stop asks for kCheckpointAndStop.
+// With resume_from set, the run continues from that checkpoint exactly as
+// the uninterrupted run would have (same weights, losses, data order and
+// dropout masks).
+//
 // Errors: INVALID_ARGUMENT for bad options or data (naming the field or the
-// line), NOT_FOUND / DATA_LOSS for unreadable model files, CANCELLED when
-// `should_stop` asked to stop, INTERNAL for LibTorch failures.
+// line), NOT_FOUND / DATA_LOSS for unreadable model or checkpoint files,
+// FAILED_PRECONDITION when resume_from was written with different options
+// (naming the option) or a checkpoint is requested without checkpoint_dir,
+// CANCELLED after kCancel, ABORTED ("stopped at step N after checkpointing")
+// after kCheckpointAndStop, INTERNAL for LibTorch and I/O failures.
 absl::StatusOr<TrainResult> Train(const TrainOptions& options,
-                                  const StepCallback& on_step,
-                                  const StopCheck& should_stop);
+                                  const TrainHooks& hooks);
 
 }  // namespace lathe::engine
 

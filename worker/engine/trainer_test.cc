@@ -1,14 +1,20 @@
 #include "worker/engine/trainer.h"
 
+#include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <numeric>
 
 #include "common/safetensors.h"
 #include "gtest/gtest.h"
+#include "worker/engine/checkpoint.h"
 #include "worker/engine/demo.h"
 #include "worker/engine/json_file.h"
 #include "worker/engine/llama.h"
 #include "worker/engine/lora.h"
+#include "worker/engine/model_export.h"
+#include "worker/engine/schedule.h"
 #include "worker/engine/test_util.h"
 #include "worker/engine/train_spec.h"
 
@@ -39,16 +45,69 @@ class TrainerTest : public ::testing::Test {
                                          TrainResult* result = nullptr) {
     std::vector<double> losses;
     absl::StatusOr<TrainResult> r = Train(
-        options, [&](const StepMetrics& m) { losses.push_back(m.loss); },
-        nullptr);
+        options,
+        {.on_step = [&](const StepMetrics& m) { losses.push_back(m.loss); }});
     EXPECT_TRUE(r.ok()) << r.status();
     if (r.ok() && result != nullptr) *result = *r;
     return losses;
   }
 
+  // A run's step metrics, its checkpoints and its outcome.
+  struct Run {
+    absl::StatusOr<TrainResult> result;
+    std::vector<StepMetrics> steps;
+    std::vector<CheckpointInfo> checkpoints;
+    std::vector<double> losses() const {
+      std::vector<double> out;
+      for (const StepMetrics& m : steps) out.push_back(m.loss);
+      return out;
+    }
+  };
+
+  // Trains; asks for kCheckpointAndStop before step `stop_after` + 1 when
+  // it is positive.
+  static Run TrainRun(const TrainOptions& options, int stop_after = 0) {
+    Run run;
+    TrainHooks hooks;
+    hooks.on_checkpoint = [&](const CheckpointInfo& c) {
+      run.checkpoints.push_back(c);
+    };
+    int64_t done = 0;
+    hooks.on_step = [&](const StepMetrics& m) {
+      run.steps.push_back(m);
+      done = m.step;
+    };
+    hooks.should_stop = [&] {
+      return stop_after > 0 && done >= stop_after
+                 ? StopRequest::kCheckpointAndStop
+                 : StopRequest::kNone;
+    };
+    run.result = Train(options, hooks);
+    return run;
+  }
+
   static testing::TempDir* demo_;
 };
 testing::TempDir* TrainerTest::demo_ = nullptr;
+
+// The largest absolute difference between same-named tensors of two
+// safetensors files holding the same names.
+double MaxDifference(const std::string& a, const std::string& b) {
+  absl::StatusOr<TensorMap> x = LoadSafetensors(a);
+  absl::StatusOr<TensorMap> y = LoadSafetensors(b);
+  EXPECT_TRUE(x.ok() && y.ok());
+  if (!x.ok() || !y.ok() || x->size() != y->size()) return 1e9;
+  double max = 0;
+  for (const auto& [name, t] : *x) {
+    if (!y->contains(name)) return 1e9;
+    max = std::max(max, (t - y->at(name)).abs().max().item<double>());
+  }
+  return max;
+}
+
+std::vector<double> Tail(const std::vector<double>& v, size_t from) {
+  return std::vector<double>(v.begin() + from, v.end());
+}
 
 double Mean(const std::vector<double>& v, size_t begin, size_t end) {
   return std::accumulate(v.begin() + begin, v.begin() + end, 0.0) /
@@ -60,7 +119,7 @@ TEST_F(TrainerTest, LossFallsAndAdapterIsExportedInPeftLayout) {
   TrainOptions options = DemoOptions(out.path());
   std::vector<StepMetrics> steps;
   absl::StatusOr<TrainResult> result = Train(
-      options, [&](const StepMetrics& m) { steps.push_back(m); }, nullptr);
+      options, {.on_step = [&](const StepMetrics& m) { steps.push_back(m); }});
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(steps.size(), 60u);  // 80 examples / batch 4 * 3 epochs
   EXPECT_EQ(result->steps, 60);
@@ -146,41 +205,352 @@ TEST_F(TrainerTest, SameSeedGivesSameLossCurve) {
   EXPECT_NE(TrainLosses(options), first);
 }
 
-TEST_F(TrainerTest, StopCheckCancels) {
+TEST_F(TrainerTest, CancelStopsWithoutCheckpoint) {
   testing::TempDir out;
+  TrainOptions options = DemoOptions(out.path() + "/adapter");
+  options.checkpoint_dir = out.path() + "/ckpt";
   int steps = 0;
-  absl::StatusOr<TrainResult> result = Train(
-      DemoOptions(out.path()), [&](const StepMetrics&) { ++steps; },
-      [&] { return steps >= 2; });
+  absl::StatusOr<TrainResult> result =
+      Train(options, {.on_step = [&](const StepMetrics&) { ++steps; },
+                      .should_stop =
+                          [&] {
+                            return steps >= 2 ? StopRequest::kCancel
+                                              : StopRequest::kNone;
+                          }});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(steps, 2);
+  EXPECT_FALSE(std::filesystem::exists(options.checkpoint_dir));
+  EXPECT_FALSE(std::filesystem::exists(options.output_dir));
 }
 
 TEST_F(TrainerTest, BadOptionsAndFilesAreReported) {
   testing::TempDir out;
   TrainOptions options = DemoOptions(out.path());
   options.batch_size = 0;
-  absl::StatusOr<TrainResult> result = Train(options, nullptr, nullptr);
+  absl::StatusOr<TrainResult> result = Train(options, {});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(result.status().message().find("\"batch_size\""),
             std::string::npos);
 
   options = DemoOptions(out.path());
   options.lora.target_modules = {"qkv"};
-  EXPECT_EQ(Train(options, nullptr, nullptr).status().code(),
+  EXPECT_EQ(Train(options, {}).status().code(),
             absl::StatusCode::kInvalidArgument);
 
   options = DemoOptions(out.path());
   options.model_dir = out.path() + "/none";
-  EXPECT_EQ(Train(options, nullptr, nullptr).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(Train(options, {}).status().code(), absl::StatusCode::kNotFound);
 
   options = DemoOptions(out.path());
   options.training_file = options.model_dir + "/config.json";
-  result = Train(options, nullptr, nullptr);
+  result = Train(options, {});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(result.status().message().find("config.json:1"), std::string::npos)
       << result.status();
+}
+
+TEST_F(TrainerTest, InterruptedRunResumesToTheSameState) {
+  testing::TempDir out;
+  TrainOptions options = DemoOptions(out.path() + "/reference");
+  options.n_epochs = 2;  // 40 steps; the stop falls mid-epoch
+  options.lora.dropout = 0.1;
+  const Run reference = TrainRun(options);
+  ASSERT_TRUE(reference.result.ok()) << reference.result.status();
+  ASSERT_EQ(reference.steps.size(), 40u);
+  EXPECT_TRUE(reference.checkpoints.empty());
+
+  options.output_dir = out.path() + "/interrupted";
+  options.checkpoint_dir = out.path() + "/ckpt";
+  const Run stopped = TrainRun(options, /*stop_after=*/13);
+  EXPECT_EQ(stopped.result.status().code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(stopped.result.status().message(),
+            "stopped at step 13 after checkpointing");
+  ASSERT_EQ(stopped.checkpoints.size(), 1u);
+  const CheckpointInfo& checkpoint = stopped.checkpoints[0];
+  EXPECT_EQ(checkpoint.step, 13);
+  EXPECT_EQ(checkpoint.dir, options.checkpoint_dir + "/step-13");
+  EXPECT_EQ(checkpoint.metrics.step, 13);
+  EXPECT_EQ(checkpoint.metrics.loss, reference.steps[12].loss);
+  EXPECT_EQ(checkpoint.files,
+            (std::vector<std::string>{
+                "adapter_config.json", "adapter_model.safetensors",
+                "trainer_state.json", "trainer_state.safetensors"}));
+  EXPECT_FALSE(std::filesystem::exists(checkpoint.dir + ".tmp"));
+  // The checkpoint is itself a usable adapter.
+  absl::StatusOr<std::unique_ptr<LlamaModel>> model =
+      LlamaModel::Load(options.model_dir);
+  ASSERT_TRUE(model.ok());
+  EXPECT_TRUE(LoadAdapter(**model, checkpoint.dir).ok());
+
+  options.resume_from = checkpoint.dir;
+  const Run resumed = TrainRun(options);
+  ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+  ASSERT_EQ(resumed.steps.size(), 27u);
+  EXPECT_EQ(resumed.steps[0].step, 14);
+  std::vector<double> want = Tail(reference.losses(), 13);
+  std::vector<double> got = resumed.losses();
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(got[i], want[i], 1e-6) << "step " << i + 14;
+  }
+  EXPECT_EQ(resumed.result->first_loss, reference.result->first_loss);
+  EXPECT_EQ(resumed.result->trained_tokens, reference.result->trained_tokens);
+  EXPECT_EQ(resumed.steps.back().trained_tokens,
+            reference.steps.back().trained_tokens);
+  EXPECT_LE(
+      MaxDifference(out.path() + "/reference/adapter_model.safetensors",
+                    out.path() + "/interrupted/adapter_model.safetensors"),
+      1e-6);
+}
+
+TEST_F(TrainerTest, PeriodicCheckpointsResumeAcrossEpochs) {
+  testing::TempDir out;
+  TrainOptions options = DemoOptions(out.path() + "/reference");
+  options.n_epochs = 3;
+  options.gradient_accumulation_steps = 2;  // 10 steps an epoch
+  options.lora.dropout = 0.05;
+  options.lr_scheduler = "cosine";
+  options.warmup_steps = 2;
+  options.weight_decay = 0.01;
+  options.checkpoint_every = 7;
+  options.checkpoint_dir = out.path() + "/ckpt";
+  const Run reference = TrainRun(options);
+  ASSERT_TRUE(reference.result.ok()) << reference.result.status();
+  ASSERT_EQ(reference.steps.size(), 30u);
+  ASSERT_EQ(reference.checkpoints.size(), 4u);
+  EXPECT_EQ(reference.checkpoints[0].step, 7);
+  EXPECT_EQ(reference.checkpoints[3].step, 28);
+  for (const StepMetrics& m : reference.steps) {
+    EXPECT_DOUBLE_EQ(m.learning_rate,
+                     LearningRateAt(LrSchedule::kCosine, m.step - 1, 30, 2,
+                                    options.learning_rate));
+  }
+
+  // From the 2nd epoch into the 3rd, whose order the restored shuffle
+  // generator decides.
+  options.output_dir = out.path() + "/resumed";
+  options.checkpoint_dir = out.path() + "/ckpt2";
+  options.resume_from = out.path() + "/ckpt/step-14";
+  const Run resumed = TrainRun(options);
+  ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+  ASSERT_EQ(resumed.steps.size(), 16u);
+  ASSERT_EQ(resumed.checkpoints.size(), 2u);
+  EXPECT_EQ(resumed.checkpoints[0].step, 21);
+  std::vector<double> want = Tail(reference.losses(), 14);
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(resumed.losses()[i], want[i], 1e-6) << "step " << i + 15;
+  }
+  EXPECT_LE(MaxDifference(out.path() + "/reference/adapter_model.safetensors",
+                          out.path() + "/resumed/adapter_model.safetensors"),
+            1e-6);
+  // The resumed run's own checkpoint matches the reference's.
+  absl::StatusOr<TrainerState> a =
+      ReadTrainerState(out.path() + "/ckpt/step-28");
+  absl::StatusOr<TrainerState> b =
+      ReadTrainerState(out.path() + "/ckpt2/step-28");
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->epoch, 2);
+  EXPECT_EQ(b->epoch, 2);
+  EXPECT_EQ(a->cursor, b->cursor);
+  EXPECT_EQ(a->data_rng, b->data_rng);
+  EXPECT_EQ(a->data_order, b->data_order);
+  EXPECT_TRUE(torch::equal(a->torch_rng, b->torch_rng));
+  EXPECT_EQ(a->optimizer_steps, 28);
+  EXPECT_EQ(b->optimizer_steps, 28);
+  for (const auto& [name, t] : a->optimizer) {
+    EXPECT_TRUE(torch::allclose(t, b->optimizer.at(name), 0, 1e-6)) << name;
+  }
+}
+
+TEST_F(TrainerTest, ResumeRefusesChangedOptionsAndBadCheckpoints) {
+  testing::TempDir out;
+  TrainOptions options = DemoOptions(out.path() + "/adapter");
+  options.n_epochs = 1;
+  options.checkpoint_dir = out.path() + "/ckpt";
+  const Run stopped = TrainRun(options, /*stop_after=*/2);
+  ASSERT_EQ(stopped.result.status().code(), absl::StatusCode::kAborted);
+  const std::string dir = out.path() + "/ckpt/step-2";
+
+  auto resume_error = [&](TrainOptions changed) {
+    changed.resume_from = dir;
+    return Train(changed, {}).status();
+  };
+  TrainOptions changed = options;
+  changed.batch_size = 8;
+  absl::Status status = resume_error(changed);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(status.message().find("\"batch_size\""), std::string::npos)
+      << status;
+  changed = options;
+  changed.seed = 7;
+  EXPECT_NE(resume_error(changed).message().find("\"seed\""),
+            std::string::npos);
+  changed = options;
+  changed.lora.rank = 4;
+  EXPECT_NE(resume_error(changed).message().find("\"lora.rank\""),
+            std::string::npos);
+  changed = options;
+  changed.max_seq_len = 64;
+  EXPECT_NE(resume_error(changed).message().find("\"max_seq_len\""),
+            std::string::npos);
+
+  changed = options;
+  changed.resume_from = out.path() + "/nowhere";
+  status = Train(changed, {}).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(status.message().find("trainer_state.json"), std::string::npos);
+
+  std::ofstream(dir + "/trainer_state.safetensors") << "truncated";
+  status = resume_error(options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  EXPECT_NE(status.message().find("trainer_state.safetensors"),
+            std::string::npos);
+  std::filesystem::remove(dir + "/trainer_state.safetensors");
+  status = resume_error(options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
+  EXPECT_NE(status.message().find("trainer_state.safetensors"),
+            std::string::npos);
+  std::ofstream(dir + "/trainer_state.json") << "{\"step\": 2}";
+  status = resume_error(options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  EXPECT_NE(status.message().find("\"total_steps\""), std::string::npos);
+}
+
+TEST_F(TrainerTest, CheckpointRequestWithoutCheckpointDirIsRefused) {
+  testing::TempDir out;
+  const Run run = TrainRun(DemoOptions(out.path()), /*stop_after=*/1);
+  EXPECT_EQ(run.result.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(TrainerTest, GradientAccumulationMatchesTheLargerBatch) {
+  // Right padding never reaches real tokens, so 2 micro-batches of 4 make
+  // the same step as one batch of 8.
+  testing::TempDir out;
+  TrainOptions options = DemoOptions(out.path() + "/big");
+  options.n_epochs = 1;
+  options.batch_size = 8;
+  const Run big = TrainRun(options);
+  options.output_dir = out.path() + "/accumulated";
+  options.batch_size = 4;
+  options.gradient_accumulation_steps = 2;
+  const Run accumulated = TrainRun(options);
+  ASSERT_TRUE(big.result.ok() && accumulated.result.ok());
+  ASSERT_EQ(accumulated.steps.size(), 10u);
+  for (size_t i = 0; i < 10; ++i) {
+    EXPECT_NEAR(accumulated.steps[i].loss, big.steps[i].loss, 1e-4);
+    EXPECT_NEAR(accumulated.steps[i].grad_norm, big.steps[i].grad_norm, 1e-3);
+  }
+  EXPECT_LE(
+      MaxDifference(out.path() + "/big/adapter_model.safetensors",
+                    out.path() + "/accumulated/adapter_model.safetensors"),
+      1e-4);
+}
+
+TEST_F(TrainerTest, EvalEveryReportsValidationLossAndAccuracy) {
+  testing::TempDir out;
+  TrainOptions options = DemoOptions(out.path());
+  options.n_epochs = 1;
+  options.eval_every = 6;
+  const Run run = TrainRun(options);
+  ASSERT_TRUE(run.result.ok()) << run.result.status();
+  for (const StepMetrics& m : run.steps) {
+    const bool evaluated = m.step % 6 == 0 || m.step == 20;
+    EXPECT_EQ(m.validation_loss.has_value(), evaluated) << m.step;
+    EXPECT_EQ(m.validation_accuracy.has_value(), evaluated) << m.step;
+  }
+  EXPECT_LT(*run.steps[19].validation_loss, *run.steps[5].validation_loss);
+  EXPECT_GT(*run.steps[19].validation_accuracy, 0);
+  EXPECT_EQ(run.result->validation_loss, run.steps[19].validation_loss);
+}
+
+TEST_F(TrainerTest, MergedExportMatchesBasePlusAdapter) {
+  testing::TempDir out;
+  TrainOptions options = DemoOptions(out.path() + "/adapter");
+  options.n_epochs = 1;
+  options.lora.use_rslora = true;
+  options.merge_output_dir = out.path() + "/merged";
+  ASSERT_TRUE(TrainRun(options).result.ok());
+  absl::StatusOr<nlohmann::json> config =
+      ReadJsonFile(out.path() + "/adapter/adapter_config.json");
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ((*config)["use_rslora"], true);
+  for (const char* file : {"config.json", "tokenizer.model",
+                           "tokenizer_config.json", "model.safetensors"}) {
+    EXPECT_TRUE(std::filesystem::exists(out.path() + "/merged/" + file))
+        << file;
+  }
+  absl::StatusOr<std::unique_ptr<LlamaModel>> adapted =
+      LlamaModel::Load(options.model_dir);
+  absl::StatusOr<std::unique_ptr<LlamaModel>> merged =
+      LlamaModel::Load(out.path() + "/merged");
+  ASSERT_TRUE(adapted.ok() && merged.ok());
+  absl::StatusOr<LoraOptions> lora =
+      LoadAdapter(**adapted, out.path() + "/adapter");
+  ASSERT_TRUE(lora.ok()) << lora.status();
+  EXPECT_DOUBLE_EQ((*adapted)->layers()[0].q_proj.lora_scale,
+                   16.0 / std::sqrt(8.0));
+  torch::NoGradGuard no_grad;
+  torch::Tensor ids = torch::tensor({{5, 6, 7, 8, 9}}, torch::kInt64);
+  torch::Tensor mask = torch::ones({1, 5}, torch::kInt64);
+  EXPECT_TRUE(torch::allclose((*merged)->Forward(ids, mask, false),
+                              (*adapted)->Forward(ids, mask, false), 1e-4,
+                              1e-4));
+}
+
+TEST_F(TrainerTest, FullFineTuningResumesAndExportsInTheSourceDtype) {
+  testing::TempDir out;
+  // A bfloat16 copy of the demo model.
+  const std::string source = out.path() + "/bf16";
+  {
+    absl::StatusOr<std::unique_ptr<LlamaModel>> demo =
+        LlamaModel::Load(demo_->path() + "/model");
+    ASSERT_TRUE(demo.ok());
+    ASSERT_TRUE(SaveModelFolder(**demo, demo_->path() + "/model", source,
+                                torch::kBFloat16)
+                    .ok());
+  }
+  TrainOptions options = DemoOptions(out.path() + "/reference");
+  options.model_dir = source;
+  options.method = "full";
+  options.n_epochs = 1;
+  options.learning_rate = 1e-3;
+  options.weight_decay = 0.01;
+  const Run reference = TrainRun(options);
+  ASSERT_TRUE(reference.result.ok()) << reference.result.status();
+  EXPECT_LT(Mean(reference.losses(), 15, 20), Mean(reference.losses(), 0, 3));
+
+  absl::StatusOr<safetensors::Header> header =
+      safetensors::ReadHeaderFile(out.path() + "/reference/model.safetensors");
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_EQ(header->tensors[0].dtype, safetensors::Dtype::kBF16);
+  for (const char* file :
+       {"config.json", "tokenizer.model", "tokenizer_config.json"}) {
+    EXPECT_TRUE(std::filesystem::exists(out.path() + "/reference/" + file))
+        << file;
+  }
+  absl::StatusOr<std::unique_ptr<LlamaModel>> tuned =
+      LlamaModel::Load(out.path() + "/reference");
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+
+  options.output_dir = out.path() + "/resumed";
+  options.checkpoint_dir = out.path() + "/ckpt";
+  const Run stopped = TrainRun(options, /*stop_after=*/6);
+  ASSERT_EQ(stopped.result.status().code(), absl::StatusCode::kAborted);
+  ASSERT_EQ(stopped.checkpoints.size(), 1u);
+  EXPECT_EQ(stopped.checkpoints[0].files,
+            (std::vector<std::string>{
+                "config.json", "model.safetensors", "tokenizer.model",
+                "tokenizer_config.json", "trainer_state.json",
+                "trainer_state.safetensors"}));
+  options.resume_from = stopped.checkpoints[0].dir;
+  const Run resumed = TrainRun(options);
+  ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+  std::vector<double> want = Tail(reference.losses(), 6);
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(resumed.losses()[i], want[i], 1e-6) << "step " << i + 7;
+  }
+  EXPECT_EQ(MaxDifference(out.path() + "/reference/model.safetensors",
+                          out.path() + "/resumed/model.safetensors"),
+            0);
 }
 
 }  // namespace

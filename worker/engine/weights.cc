@@ -98,20 +98,43 @@ absl::StatusOr<torch::Tensor> TakeTensor(TensorMap& tensors,
   return t;
 }
 
-absl::Status SaveSafetensors(
-    const std::string& path, const TensorMap& tensors,
-    const std::map<std::string, std::string>& metadata) {
+absl::Status SaveSafetensors(const std::string& path, const TensorMap& tensors,
+                             const std::map<std::string, std::string>& metadata,
+                             torch::ScalarType dtype) {
+  st::Dtype file_dtype = st::Dtype::kF32;
+  if (dtype == torch::kFloat16) file_dtype = st::Dtype::kF16;
+  if (dtype == torch::kBFloat16) file_dtype = st::Dtype::kBF16;
   std::vector<torch::Tensor> contiguous;
+  contiguous.reserve(tensors.size());
   std::vector<st::TensorView> views;
   for (const auto& [name, tensor] : tensors) {
-    contiguous.push_back(tensor.detach().to(torch::kFloat32).contiguous());
+    contiguous.push_back(tensor.detach().to(dtype).contiguous());
     const torch::Tensor& t = contiguous.back();
-    views.push_back({name, st::Dtype::kF32, t.sizes().vec(),
-                     absl::Span<const std::byte>(
-                         static_cast<const std::byte*>(t.data_ptr()),
-                         t.numel() * sizeof(float))});
+    views.push_back(
+        {name, file_dtype, t.sizes().vec(),
+         absl::Span<const std::byte>(
+             static_cast<const std::byte*>(t.data_ptr()), t.nbytes())});
   }
   return st::WriteFile(path, views, metadata);
+}
+
+absl::StatusOr<torch::ScalarType> ModelWeightsDtype(
+    const std::string& model_dir) {
+  std::string path = model_dir + "/model.safetensors";
+  const std::string index_path = model_dir + "/model.safetensors.index.json";
+  if (!std::filesystem::exists(path) && std::filesystem::exists(index_path)) {
+    ASSIGN_OR_RETURN(nlohmann::json index, ReadJsonFile(index_path));
+    const nlohmann::json& weight_map = index["weight_map"];
+    if (!weight_map.is_object() || weight_map.empty() ||
+        !weight_map.begin()->is_string()) {
+      return absl::DataLossError(
+          absl::StrCat(index_path, ": field \"weight_map\" is malformed"));
+    }
+    path = model_dir + "/" + weight_map.begin()->get<std::string>();
+  }
+  ASSIGN_OR_RETURN(st::Header header, st::ReadHeaderFile(path));
+  if (header.tensors.empty()) return torch::kFloat32;
+  return TorchType(header.tensors.front(), path);
 }
 
 }  // namespace lathe::engine

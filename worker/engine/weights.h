@@ -31,10 +31,17 @@ absl::StatusOr<torch::Tensor> TakeTensor(TensorMap& tensors,
                                          const std::vector<int64_t>& shape,
                                          const std::string& source);
 
-// Writes float32 `tensors` to `path` (atomically) with `metadata`.
-absl::Status SaveSafetensors(
-    const std::string& path, const TensorMap& tensors,
-    const std::map<std::string, std::string>& metadata);
+// Writes `tensors` to `path` (atomically) with `metadata`, converted to
+// `dtype` (float32, float16 or bfloat16).
+absl::Status SaveSafetensors(const std::string& path, const TensorMap& tensors,
+                             const std::map<std::string, std::string>& metadata,
+                             torch::ScalarType dtype = torch::kFloat32);
+
+// The dtype a Hugging Face model folder stores its weights in (that of the
+// first tensor of model.safetensors or of its first shard). Errors as
+// LoadModelWeights.
+absl::StatusOr<torch::ScalarType> ModelWeightsDtype(
+    const std::string& model_dir);
 
 }  // namespace lathe::engine
 
