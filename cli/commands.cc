@@ -29,7 +29,10 @@ Usage:
   lathe files list [--limit N] [--after FILE_ID]
   lathe files delete FILE_ID
   lathe files download FILE_ID --out PATH
-  lathe models register NAME FOLDER   (FOLDER: absolute, on the server)
+  lathe admin keys create --project NAME [--role user|admin] [--name LABEL]
+  lathe admin keys list [--project NAME]
+  lathe admin keys revoke KEY_ID
+  lathe models register NAME FOLDER   (admin; FOLDER: absolute, on the server)
   lathe models list
   lathe models get MODEL_ID
   lathe jobs create --model NAME --training-file FILE_ID
@@ -51,8 +54,8 @@ Usage:
 
 Global flags:
   --server HOST:PORT   lathed's address (default $LATHE_SERVER or 127.0.0.1:7070)
-  --project NAME       the project to act as (default $LATHE_PROJECT or the
-                       server's default project)
+  --api_key KEY        your API key (default $LATHE_API_KEY); it decides the
+                       project you act in
   -o, --output FORMAT  text (default) or json
 )";
 
@@ -68,6 +71,10 @@ int Fail(const absl::Status& st) {
   if (st.code() == absl::StatusCode::kUnavailable) {
     std::cerr << "hint: is lathed running at that address? (--server or "
                  "$LATHE_SERVER)\n";
+  }
+  if (st.code() == absl::StatusCode::kUnauthenticated) {
+    std::cerr << "hint: pass an API key with --api_key or $LATHE_API_KEY (an "
+                 "operator creates one with `lathe admin keys create`)\n";
   }
   return 1;
 }
@@ -376,6 +383,51 @@ int ModelsCommand(Env& env, const std::string& verb) {
   return Usage(absl::StrCat("unknown command: models ", verb));
 }
 
+void PrintKey(const v1::ApiKey& k) {
+  std::cout << absl::StrFormat("%s  project %-16s %-5s %s%s\n", k.id(), k.project(),
+                               k.role(), FormatTime(k.created_at()),
+                               k.revoked_at() ? "  REVOKED" : "");
+}
+
+int AdminCommand(Env& env, const std::string& noun) {
+  const auto& pos = env.args.positional();
+  if (noun != "keys" || pos.size() < 3) return Usage("admin: use admin keys create|list|revoke");
+  const std::string& verb = pos[2];
+  if (verb == "create") {
+    v1::CreateApiKeyRequest r;
+    r.set_project(env.args.GetOr("project", ""));
+    r.set_role(env.args.GetOr("role", "user"));
+    r.set_name(env.args.GetOr("name", ""));
+    auto key = env.client->CreateApiKey(r);
+    if (!key.ok()) return Fail(key.status());
+    if (env.json) {
+      std::cout << ToJson(*key) << "\n";
+    } else {
+      PrintKey(*key);
+      std::cout << "secret (shown once, keep it safe): " << key->secret() << "\n";
+    }
+    return 0;
+  }
+  if (verb == "list") {
+    auto keys = env.client->ListApiKeys(env.args.GetOr("project", ""));
+    if (!keys.ok()) return Fail(keys.status());
+    if (env.json) {
+      std::cout << ToJson(*keys) << "\n";
+    } else {
+      for (const auto& k : keys->data()) PrintKey(k);
+    }
+    return 0;
+  }
+  if (verb == "revoke") {
+    if (pos.size() != 4) return Usage("admin keys revoke needs KEY_ID");
+    auto key = env.client->RevokeApiKey(pos[3]);
+    if (!key.ok()) return Fail(key.status());
+    env.json ? void(std::cout << ToJson(*key) << "\n") : PrintKey(*key);
+    return 0;
+  }
+  return Usage(absl::StrCat("unknown command: admin keys ", verb));
+}
+
 int WaitCommand(Env& env, const std::string& job_id) {
   absl::Time deadline = absl::InfiniteFuture();
   if (env.args.Has("timeout")) {
@@ -539,7 +591,7 @@ int Run(const std::vector<std::string>& argv) {
   auto args = Args::Parse(argv, {"follow", "help"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   auto st = args->CheckKnown(
-      {"server", "project", "output", "help", "purpose", "limit", "after", "status", "follow",
+      {"server", "api_key", "project", "role", "name", "output", "help", "purpose", "limit", "after", "status", "follow",
        "timeout", "out", "model", "training-file", "validation-file", "n-epochs",
        "batch-size", "learning-rate-multiplier", "lora-rank", "lora-alpha",
        "lora-dropout", "lora-target-modules", "suffix", "seed", "metadata",
@@ -554,12 +606,13 @@ int Run(const std::vector<std::string>& argv) {
   if (output != "text" && output != "json") return Usage("-o: use text or json");
   const char* env_server = std::getenv("LATHE_SERVER");
   std::string server = args->GetOr("server", env_server ? env_server : "127.0.0.1:7070");
-  const char* env_project = std::getenv("LATHE_PROJECT");
-  Client client(server, args->GetOr("project", env_project ? env_project : ""));
+  const char* env_key = std::getenv("LATHE_API_KEY");
+  Client client(server, args->GetOr("api_key", env_key ? env_key : ""));
   Env env{*args, &client, output == "json"};
   if (pos[0] == "files") return FilesCommand(env, pos[1]);
   if (pos[0] == "jobs") return JobsCommand(env, pos[1]);
   if (pos[0] == "models") return ModelsCommand(env, pos[1]);
+  if (pos[0] == "admin") return AdminCommand(env, pos[1]);
   return Usage(absl::StrCat("unknown command: ", pos[0]));
 }
 

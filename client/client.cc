@@ -20,7 +20,7 @@ constexpr absl::Duration kUnaryDeadline = absl::Seconds(30);
 }  // namespace
 
 void Client::Decorate(grpc::ClientContext& ctx) const {
-  if (!project_.empty()) ctx.AddMetadata("lathe-project", project_);
+  if (!api_key_.empty()) ctx.AddMetadata("authorization", "Bearer " + api_key_);
 }
 
 template <typename Response, typename Call>
@@ -34,8 +34,8 @@ absl::StatusOr<Response> Client::Unary(Call call) const {
   return resp;
 }
 
-Client::Client(const std::string& target, const std::string& project)
-    : project_(project) {
+Client::Client(const std::string& target, const std::string& api_key)
+    : api_key_(api_key) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(16 << 20);
   channel_ = grpc::CreateCustomChannel(
@@ -43,6 +43,31 @@ Client::Client(const std::string& target, const std::string& project)
   files_ = v1::Files::NewStub(channel_);
   jobs_ = v1::FineTuning::NewStub(channel_);
   models_ = v1::Models::NewStub(channel_);
+  admin_ = v1::Admin::NewStub(channel_);
+}
+
+absl::StatusOr<v1::ApiKey> Client::CreateApiKey(const v1::CreateApiKeyRequest& r) {
+  return Unary<v1::ApiKey>([&](grpc::ClientContext* c, v1::ApiKey* out) {
+    return admin_->CreateApiKey(c, r, out);
+  });
+}
+
+absl::StatusOr<v1::ListApiKeysResponse> Client::ListApiKeys(
+    const std::string& project) {
+  v1::ListApiKeysRequest r;
+  r.set_project(project);
+  return Unary<v1::ListApiKeysResponse>(
+      [&](grpc::ClientContext* c, v1::ListApiKeysResponse* out) {
+        return admin_->ListApiKeys(c, r, out);
+      });
+}
+
+absl::StatusOr<v1::ApiKey> Client::RevokeApiKey(const std::string& key_id) {
+  v1::RevokeApiKeyRequest r;
+  r.set_key_id(key_id);
+  return Unary<v1::ApiKey>([&](grpc::ClientContext* c, v1::ApiKey* out) {
+    return admin_->RevokeApiKey(c, r, out);
+  });
 }
 
 absl::StatusOr<v1::File> Client::UploadFile(const std::string& path,

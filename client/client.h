@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "lathe/v1/admin.grpc.pb.h"
 #include "lathe/v1/files.grpc.pb.h"
 #include "lathe/v1/fine_tuning.grpc.pb.h"
 #include "lathe/v1/models.grpc.pb.h"
@@ -21,9 +22,9 @@ namespace lathe {
 
 class Client {
  public:
-  // `target` is host:port of lathed; `project` ("" = the server's default)
-  // owns what this client creates. Connects lazily.
-  explicit Client(const std::string& target, const std::string& project = "");
+  // `target` is host:port of lathed; `api_key` identifies the caller (and so
+  // its project). Connects lazily.
+  Client(const std::string& target, const std::string& api_key);
 
   // Called with bytes done and the total (0 if unknown).
   using Progress = std::function<void(int64_t done, int64_t total)>;
@@ -50,6 +51,11 @@ class Client {
   absl::StatusOr<v1::Job> ResumeJob(const std::string& job_id);
   absl::StatusOr<v1::ListJobCheckpointsResponse> ListJobCheckpoints(
       const std::string& job_id);
+
+  // Operator calls (need an admin key).
+  absl::StatusOr<v1::ApiKey> CreateApiKey(const v1::CreateApiKeyRequest& r);
+  absl::StatusOr<v1::ListApiKeysResponse> ListApiKeys(const std::string& project);
+  absl::StatusOr<v1::ApiKey> RevokeApiKey(const std::string& key_id);
 
   absl::StatusOr<v1::Model> RegisterModel(const std::string& name,
                                           const std::string& path);
@@ -82,11 +88,12 @@ class Client {
   template <typename Response, typename Call>
   absl::StatusOr<Response> Unary(Call call) const;
 
-  std::string project_;
+  std::string api_key_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Files::Stub> files_;
   std::unique_ptr<v1::FineTuning::Stub> jobs_;
   std::unique_ptr<v1::Models::Stub> models_;
+  std::unique_ptr<v1::Admin::Stub> admin_;
 };
 
 }  // namespace lathe

@@ -13,24 +13,34 @@ WORK="$ROOT/.lathe/quickstart"
 PORT=${LATHE_PORT:-7070}
 export LATHE_SERVER="127.0.0.1:$PORT"
 LATHE="$BIN/cli/lathe"
+rm -rf "$WORK"   # a fresh demo each run
 mkdir -p "$WORK"
 
 echo "== Making the demo model and dataset in $WORK/demo"
 "$BIN/worker/agent/lathe-worker" make-demo --out "$WORK/demo"
 
 echo "== Starting lathed on $LATHE_SERVER (data in $WORK/data, log $WORK/lathed.log)"
+rm -f "$WORK/lathed.port"
 "$BIN/server/lathed" --listen "$LATHE_SERVER" --data_dir "$WORK/data" \
   --base_model "lathe-demo=$WORK/demo/model" --port_file "$WORK/lathed.port" \
   >"$WORK/lathed.log" 2>&1 &
 LATHED_PID=$!
+trap 'kill $LATHED_PID 2>/dev/null; wait 2>/dev/null' EXIT
+for _ in $(seq 100); do [ -s "$WORK/lathed.port" ] && break; sleep 0.1; done
+[ -s "$WORK/lathed.port" ] || { cat "$WORK/lathed.log"; echo "lathed did not start"; exit 1; }
+
 echo "== Starting one lathe-worker (log $WORK/worker.log)"
 "$BIN/worker/agent/lathe-worker" serve --server "$LATHE_SERVER" \
+  --token_file "$WORK/data/worker.token" \
   --work_dir "$WORK/worker" >"$WORK/worker.log" 2>&1 &
 WORKER_PID=$!
 trap 'kill $WORKER_PID $LATHED_PID 2>/dev/null; wait 2>/dev/null' EXIT
-rm -f "$WORK/lathed.port"
-for _ in $(seq 100); do [ -s "$WORK/lathed.port" ] && break; sleep 0.1; done
-[ -s "$WORK/lathed.port" ] || { cat "$WORK/lathed.log"; echo "lathed did not start"; exit 1; }
+
+echo "== Creating an API key for project \"demo\" (with the admin key lathed wrote)"
+LATHE_API_KEY=$("$LATHE" --api_key "$(cat "$WORK/data/admin.key")" \
+  admin keys create --project demo --name quickstart -o json |
+  sed -n 's/.*"secret": "\([^"]*\)".*/\1/p')
+export LATHE_API_KEY
 
 echo "== Uploading the training file"
 FILE_ID=$("$LATHE" files upload "$WORK/demo/train.jsonl" -o json | sed -n 's/.*"id": "\(file-[^"]*\)".*/\1/p')
@@ -39,6 +49,7 @@ echo "file: $FILE_ID"
 echo "== Creating a LoRA fine-tuning job"
 JOB_ID=$("$LATHE" jobs create --model lathe-demo --training-file "$FILE_ID" \
   --n-epochs 3 --batch-size 4 --learning-rate-multiplier 10 --suffix quickstart \
+  --lora-target-modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
   -o json | sed -n 's/.*"id": "\(ftjob-[^"]*\)".*/\1/p')
 echo "job: $JOB_ID"
 

@@ -32,7 +32,7 @@ absl::Status CheckHeader(const v1::UploadFileHeader& h) {
 }
 
 absl::StatusOr<v1::File> ReceiveUpload(
-    const ServerContext& ctx,
+    const ServerContext& ctx, const Caller& caller,
     grpc::ServerReader<v1::UploadFileRequest>* reader) {
   v1::UploadFileRequest msg;
   if (!reader->Read(&msg) || !msg.has_header()) {
@@ -78,6 +78,7 @@ absl::StatusOr<v1::File> ReceiveUpload(
   file.set_sha256(sha);
   file.set_line_count(validator.examples());
   file.set_format(validator.format());
+  file.set_project(caller.project);
   RETURN_IF_ERROR(ctx.store->InsertFile(file));
   spdlog::info("stored {} ({}, {} bytes, {} examples)", file.id(),
                file.filename(), file.bytes(), file.line_count());
@@ -86,31 +87,44 @@ absl::StatusOr<v1::File> ReceiveUpload(
 
 }  // namespace
 
+absl::StatusOr<v1::File> FilesService::OwnedFile(
+    const grpc::ServerContext* context, const std::string& file_id) const {
+  ASSIGN_OR_RETURN(Caller caller, ctx_.auth->User(context));
+  auto file = ctx_.store->GetFile(file_id);
+  if (!file.ok()) return file.status();
+  RETURN_IF_ERROR(CheckOwner(caller, file->project(), "file", file_id));
+  return file;
+}
+
 grpc::Status FilesService::Upload(
-    grpc::ServerContext*, grpc::ServerReader<v1::UploadFileRequest>* reader,
+    grpc::ServerContext* context, grpc::ServerReader<v1::UploadFileRequest>* reader,
     v1::File* response) {
-  auto file = ReceiveUpload(ctx_, reader);
+  auto caller = ctx_.auth->User(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto file = ReceiveUpload(ctx_, *caller, reader);
   if (!file.ok()) return ToGrpcStatus(file.status());
   *response = *std::move(file);
   return grpc::Status::OK;
 }
 
-grpc::Status FilesService::GetFile(grpc::ServerContext*,
+grpc::Status FilesService::GetFile(grpc::ServerContext* context,
                                    const v1::GetFileRequest* request,
                                    v1::File* response) {
-  auto file = ctx_.store->GetFile(request->file_id());
+  auto file = OwnedFile(context, request->file_id());
   if (!file.ok()) return ToGrpcStatus(file.status());
   *response = *std::move(file);
   return grpc::Status::OK;
 }
 
-grpc::Status FilesService::ListFiles(grpc::ServerContext*,
+grpc::Status FilesService::ListFiles(grpc::ServerContext* context,
                                      const v1::ListFilesRequest* request,
                                      v1::ListFilesResponse* response) {
+  auto caller = ctx_.auth->User(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (request->limit() < 0 || request->limit() > 100) {
     return ToGrpcStatus(absl::InvalidArgumentError("limit: must be 1..100"));
   }
-  auto page = ctx_.store->ListFiles(request->limit(), request->after(),
+  auto page = ctx_.store->ListFiles(caller->project, request->limit(), request->after(),
                                     request->purpose());
   if (!page.ok()) return ToGrpcStatus(page.status());
   for (auto& f : page->data) *response->add_data() = std::move(f);
@@ -118,10 +132,10 @@ grpc::Status FilesService::ListFiles(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status FilesService::DeleteFile(grpc::ServerContext*,
+grpc::Status FilesService::DeleteFile(grpc::ServerContext* context,
                                       const v1::DeleteFileRequest* request,
                                       v1::DeleteFileResponse* response) {
-  auto file = ctx_.store->GetFile(request->file_id());
+  auto file = OwnedFile(context, request->file_id());
   if (!file.ok()) return ToGrpcStatus(file.status());
   auto unreferenced = ctx_.store->DeleteFile(request->file_id());
   if (!unreferenced.ok()) return ToGrpcStatus(unreferenced.status());
@@ -135,18 +149,12 @@ grpc::Status FilesService::DeleteFile(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status FilesService::DownloadFile(grpc::ServerContext*,
+grpc::Status FilesService::DownloadFile(grpc::ServerContext* context,
                                         const v1::DownloadFileRequest* request,
                                         grpc::ServerWriter<v1::FileContent>* writer) {
-  auto file = ctx_.store->GetFile(request->file_id());
+  auto file = OwnedFile(context, request->file_id());
   if (!file.ok()) return ToGrpcStatus(file.status());
-  return ToGrpcStatus(StreamFile(ctx_.blobs->PathFor(file->sha256()),
-                                 ctx_.options.chunk_bytes,
-                                 [&](absl::string_view data) {
-                                   v1::FileContent c;
-                                   c.set_data(std::string(data));
-                                   return writer->Write(c);
-                                 }));
+  return ToGrpcStatus(StreamFileTo(ctx_, ctx_.blobs->PathFor(file->sha256()), writer));
 }
 
 absl::Status StreamFile(const std::string& path, int64_t chunk_bytes,

@@ -4,6 +4,7 @@
 #include "common/ids.h"
 #include "common/job_state.h"
 #include "common/status_macros.h"
+#include "server/auth.h"
 #include "server/job_request.h"
 #include "server/services.h"
 #include "spdlog/spdlog.h"
@@ -11,18 +12,8 @@
 namespace lathe {
 namespace {
 
-// The caller's project. Until API keys exist (they will carry the project),
-// a client names it in the "lathe-project" metadata; absent: "default".
-std::string ProjectOf(const grpc::ServerContext* context) {
-  auto it = context->client_metadata().find("lathe-project");
-  if (it == context->client_metadata().end() || it->second.empty()) {
-    return "default";
-  }
-  return std::string(it->second.data(), it->second.size());
-}
-
 absl::StatusOr<v1::Job> CreateJobImpl(const ServerContext& ctx,
-                                      const std::string& project,
+                                      const Caller& caller,
                                       const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckJobRequest(r));
   auto model = ctx.store->GetModel(r.model());
@@ -36,20 +27,26 @@ absl::StatusOr<v1::Job> CreateJobImpl(const ServerContext& ctx,
         model->base_model()));
   }
   auto training = ctx.store->GetFile(r.training_file());
-  if (!training.ok()) {
+  if (!training.ok() || training->project() != caller.project) {
     return absl::NotFoundError(
         absl::StrCat("training_file: no such file ", r.training_file()));
   }
-  if (!r.validation_file().empty() &&
-      !ctx.store->GetFile(r.validation_file()).ok()) {
-    return absl::NotFoundError(
-        absl::StrCat("validation_file: no such file ", r.validation_file()));
+  if (!r.validation_file().empty()) {
+    auto validation = ctx.store->GetFile(r.validation_file());
+    if (!validation.ok() || validation->project() != caller.project) {
+      return absl::NotFoundError(
+          absl::StrCat("validation_file: no such file ", r.validation_file()));
+    }
   }
   thread_local absl::BitGen gen;
-  v1::Job job = ResolveJob(r, *training, *model, project, NewId("ftjob"),
+  v1::Job job = ResolveJob(r, *training, *model, caller.project, NewId("ftjob"),
                            absl::Uniform<int64_t>(gen, 0, 1LL << 31));
-  ASSIGN_OR_RETURN(auto created, ctx.store->CreateJob(job, r.idempotency_key(),
-                                                      RequestFingerprint(r)));
+  // Idempotency keys are per project: one project cannot probe another's.
+  std::string key = r.idempotency_key().empty()
+                        ? ""
+                        : absl::StrCat(caller.project, "/", r.idempotency_key());
+  ASSIGN_OR_RETURN(auto created,
+                   ctx.store->CreateJob(job, key, RequestFingerprint(r)));
   if (!created.created) return created.job;
   // Files are validated line by line at upload, so the check here is that
   // they still exist; the job moves straight on to the queue.
@@ -97,31 +94,40 @@ absl::StatusOr<v1::Job> CancelJobImpl(const ServerContext& ctx,
 
 }  // namespace
 
+absl::StatusOr<v1::Job> FineTuningService::OwnedJob(
+    const grpc::ServerContext* context, const std::string& job_id) const {
+  ASSIGN_OR_RETURN(Caller caller, ctx_.auth->User(context));
+  auto job = ctx_.store->GetJob(job_id);
+  if (!job.ok()) return job.status();
+  RETURN_IF_ERROR(CheckOwner(caller, job->project(), "job", job_id));
+  return job;
+}
+
 grpc::Status FineTuningService::CreateJob(grpc::ServerContext* context,
                                           const v1::CreateJobRequest* request,
                                           v1::Job* response) {
-  std::string project = ProjectOf(context);
-  if (project.size() > 64) {
-    return ToGrpcStatus(absl::InvalidArgumentError("lathe-project: longer than 64 bytes"));
-  }
-  auto job = CreateJobImpl(ctx_, project, *request);
+  auto caller = ctx_.auth->User(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto job = CreateJobImpl(ctx_, *caller, *request);
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
   return grpc::Status::OK;
 }
 
-grpc::Status FineTuningService::GetJob(grpc::ServerContext*,
+grpc::Status FineTuningService::GetJob(grpc::ServerContext* context,
                                        const v1::GetJobRequest* request,
                                        v1::Job* response) {
-  auto job = ctx_.store->GetJob(request->job_id());
-  if (!job.ok()) return ToGrpcStatus(job.status());
-  *response = *std::move(job);
+  auto owned = OwnedJob(context, request->job_id());
+  if (!owned.ok()) return ToGrpcStatus(owned.status());
+  *response = *std::move(owned);
   return grpc::Status::OK;
 }
 
-grpc::Status FineTuningService::ListJobs(grpc::ServerContext*,
+grpc::Status FineTuningService::ListJobs(grpc::ServerContext* context,
                                          const v1::ListJobsRequest* request,
                                          v1::ListJobsResponse* response) {
+  auto caller = ctx_.auth->User(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (request->limit() < 0 || request->limit() > 100) {
     return ToGrpcStatus(absl::InvalidArgumentError("limit: must be 1..100"));
   }
@@ -130,17 +136,19 @@ grpc::Status FineTuningService::ListJobs(grpc::ServerContext*,
   }
   std::map<std::string, std::string> metadata(request->metadata().begin(),
                                               request->metadata().end());
-  auto page = ctx_.store->ListJobs(request->limit(), request->after(),
-                                   request->status(), metadata);
+  auto page = ctx_.store->ListJobs(caller->project, request->limit(),
+                                   request->after(), request->status(), metadata);
   if (!page.ok()) return ToGrpcStatus(page.status());
   for (auto& j : page->data) *response->add_data() = std::move(j);
   response->set_has_more(page->has_more);
   return grpc::Status::OK;
 }
 
-grpc::Status FineTuningService::CancelJob(grpc::ServerContext*,
+grpc::Status FineTuningService::CancelJob(grpc::ServerContext* context,
                                           const v1::CancelJobRequest* request,
                                           v1::Job* response) {
+  auto owned = OwnedJob(context, request->job_id());
+  if (!owned.ok()) return ToGrpcStatus(owned.status());
   auto job = CancelJobImpl(ctx_, request->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
@@ -148,8 +156,10 @@ grpc::Status FineTuningService::CancelJob(grpc::ServerContext*,
 }
 
 grpc::Status FineTuningService::ListJobEvents(
-    grpc::ServerContext*, const v1::ListJobEventsRequest* request,
+    grpc::ServerContext* context, const v1::ListJobEventsRequest* request,
     v1::ListJobEventsResponse* response) {
+  auto owned = OwnedJob(context, request->job_id());
+  if (!owned.ok()) return ToGrpcStatus(owned.status());
   if (request->limit() < 0 || request->limit() > 1000) {
     return ToGrpcStatus(absl::InvalidArgumentError("limit: must be 1..1000"));
   }
@@ -164,6 +174,8 @@ grpc::Status FineTuningService::ListJobEvents(
 grpc::Status FineTuningService::WatchJob(
     grpc::ServerContext* context, const v1::WatchJobRequest* request,
     grpc::ServerWriter<v1::WatchJobResponse>* writer) {
+  auto owned = OwnedJob(context, request->job_id());
+  if (!owned.ok()) return ToGrpcStatus(owned.status());
   std::string cursor = request->after();
   int64_t seen_global = 0;
   while (!context->IsCancelled()) {
@@ -197,8 +209,10 @@ grpc::Status FineTuningService::WatchJob(
 }
 
 grpc::Status FineTuningService::DownloadAdapter(
-    grpc::ServerContext*, const v1::DownloadAdapterRequest* request,
+    grpc::ServerContext* context, const v1::DownloadAdapterRequest* request,
     grpc::ServerWriter<v1::DownloadChunk>* writer) {
+  auto owned = OwnedJob(context, request->job_id());
+  if (!owned.ok()) return ToGrpcStatus(owned.status());
   auto job = ctx_.store->GetJob(request->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
   if (job->result_files().empty()) {
@@ -209,18 +223,22 @@ grpc::Status FineTuningService::DownloadAdapter(
   return ToGrpcStatus(SendFiles(ctx_, job->result_files(), writer));
 }
 
-grpc::Status FineTuningService::PauseJob(grpc::ServerContext*,
+grpc::Status FineTuningService::PauseJob(grpc::ServerContext* context,
                                          const v1::PauseJobRequest* request,
                                          v1::Job* response) {
+  auto owned = OwnedJob(context, request->job_id());
+  if (!owned.ok()) return ToGrpcStatus(owned.status());
   auto job = ctx_.coordinator->PauseJob(request->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
   return grpc::Status::OK;
 }
 
-grpc::Status FineTuningService::ResumeJob(grpc::ServerContext*,
+grpc::Status FineTuningService::ResumeJob(grpc::ServerContext* context,
                                           const v1::ResumeJobRequest* request,
                                           v1::Job* response) {
+  auto owned = OwnedJob(context, request->job_id());
+  if (!owned.ok()) return ToGrpcStatus(owned.status());
   auto job = ctx_.coordinator->ResumeJob(request->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
@@ -228,8 +246,10 @@ grpc::Status FineTuningService::ResumeJob(grpc::ServerContext*,
 }
 
 grpc::Status FineTuningService::ListJobCheckpoints(
-    grpc::ServerContext*, const v1::ListJobCheckpointsRequest* request,
+    grpc::ServerContext* context, const v1::ListJobCheckpointsRequest* request,
     v1::ListJobCheckpointsResponse* response) {
+  auto owned = OwnedJob(context, request->job_id());
+  if (!owned.ok()) return ToGrpcStatus(owned.status());
   auto all = ctx_.store->ListCheckpoints(request->job_id());
   if (!all.ok()) return ToGrpcStatus(all.status());
   for (auto& c : *all) *response->add_data() = std::move(c);
@@ -237,8 +257,10 @@ grpc::Status FineTuningService::ListJobCheckpoints(
 }
 
 grpc::Status FineTuningService::DownloadCheckpoint(
-    grpc::ServerContext*, const v1::DownloadCheckpointRequest* request,
+    grpc::ServerContext* context, const v1::DownloadCheckpointRequest* request,
     grpc::ServerWriter<v1::DownloadChunk>* writer) {
+  auto owned = OwnedJob(context, request->job_id());
+  if (!owned.ok()) return ToGrpcStatus(owned.status());
   auto all = ctx_.store->ListCheckpoints(request->job_id());
   if (!all.ok()) return ToGrpcStatus(all.status());
   for (auto it = all->rbegin(); it != all->rend(); ++it) {
@@ -260,12 +282,7 @@ absl::Status SendFiles(const ServerContext& ctx,
     v1::DownloadChunk head;
     *head.mutable_file() = f;
     if (!writer->Write(head)) return absl::CancelledError("the client went away");
-    RETURN_IF_ERROR(StreamFile(ctx.blobs->PathFor(f.sha256()),
-                               ctx.options.chunk_bytes, [&](absl::string_view data) {
-                                 v1::DownloadChunk c;
-                                 c.set_data(std::string(data));
-                                 return writer->Write(c);
-                               }));
+    RETURN_IF_ERROR(StreamFileTo(ctx, ctx.blobs->PathFor(f.sha256()), writer));
   }
   return absl::OkStatus();
 }

@@ -36,12 +36,23 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   }
   ASSIGN_OR_RETURN(d->coordinator_,
                    Coordinator::Create(*d->store_, options.coordinator));
-  ServerContext ctx{d->store_.get(), d->blobs_.get(), d->coordinator_.get(),
-                    options.service, &d->shutting_down_};
+  std::string admin_key_file = options.admin_key_file.empty()
+                                   ? (fs::path(options.data_dir) / "admin.key").string()
+                                   : options.admin_key_file;
+  RETURN_IF_ERROR(EnsureAdminKey(*d->store_, admin_key_file));
+  std::string token_file = options.worker_token_file.empty()
+                               ? (fs::path(options.data_dir) / "worker.token").string()
+                               : options.worker_token_file;
+  ASSIGN_OR_RETURN(std::string worker_token, LoadOrCreateSecret(token_file, "wt"));
+  d->auth_ = std::make_unique<Authenticator>(*d->store_, worker_token);
+  spdlog::info("admin key in {}, worker token in {}", admin_key_file, token_file);
+  ServerContext ctx{d->auth_.get(), d->store_.get(), d->blobs_.get(),
+                    d->coordinator_.get(), options.service, &d->shutting_down_};
   d->files_ = std::make_unique<FilesService>(ctx);
   d->fine_tuning_ = std::make_unique<FineTuningService>(ctx);
   d->worker_ = std::make_unique<WorkerService>(ctx);
   d->models_ = std::make_unique<ModelsService>(ctx);
+  d->admin_ = std::make_unique<AdminService>(ctx);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
@@ -51,6 +62,7 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   builder.RegisterService(d->fine_tuning_.get());
   builder.RegisterService(d->worker_.get());
   builder.RegisterService(d->models_.get());
+  builder.RegisterService(d->admin_.get());
   builder.SetMaxReceiveMessageSize(16 << 20);
   // Detect dead peers on idle streams.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);

@@ -24,6 +24,10 @@ struct LathedOptions {
   ServiceOptions service;
   CoordinatorOptions coordinator;
   absl::Duration sweep_interval = absl::Seconds(1);
+  // Secrets; empty = <data_dir>/admin.key and <data_dir>/worker.token,
+  // created on first start (mode 0600).
+  std::string admin_key_file;
+  std::string worker_token_file;
 };
 
 class Lathed {
@@ -45,6 +49,8 @@ class Lathed {
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<store::BlobStore> blobs_;
   std::unique_ptr<Coordinator> coordinator_;
+  std::unique_ptr<Authenticator> auth_;
+  std::unique_ptr<AdminService> admin_;
   std::unique_ptr<FilesService> files_;
   std::unique_ptr<FineTuningService> fine_tuning_;
   std::unique_ptr<WorkerService> worker_;

@@ -24,6 +24,12 @@ ABSL_FLAG(int, max_attempts, 3, "attempts per job before it fails");
 ABSL_FLAG(int, checkpoint_every_steps, 100,
           "workers checkpoint every this many steps (a lost worker costs at "
           "most this many)");
+ABSL_FLAG(std::string, admin_key_file, "",
+          "the bootstrap admin API key (default <data_dir>/admin.key, created "
+          "on first start)");
+ABSL_FLAG(std::string, worker_token_file, "",
+          "the secret workers present (default <data_dir>/worker.token, "
+          "created on first start)");
 ABSL_FLAG(std::string, port_file, "",
           "if set, the bound port is written here once serving (for --listen "
           "with port 0)");
@@ -50,6 +56,8 @@ int main(int argc, char** argv) {
   o.coordinator.base_learning_rate = absl::GetFlag(FLAGS_base_learning_rate);
   o.coordinator.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   o.coordinator.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  o.admin_key_file = absl::GetFlag(FLAGS_admin_key_file);
+  o.worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
   o.coordinator.checkpoint_every_steps = absl::GetFlag(FLAGS_checkpoint_every_steps);
 
   // Block SIGINT/SIGTERM before any thread starts (threads inherit the

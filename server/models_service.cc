@@ -28,9 +28,11 @@ absl::StatusOr<v1::Model> RegisterBaseModel(store::Store& store,
   return store.RegisterModel(model);
 }
 
-grpc::Status ModelsService::RegisterModel(grpc::ServerContext*,
+grpc::Status ModelsService::RegisterModel(grpc::ServerContext* context,
                                           const v1::RegisterModelRequest* request,
                                           v1::Model* response) {
+  auto caller = ctx_.auth->Admin(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto m = RegisterBaseModel(*ctx_.store, request->name(), request->path());
   if (!m.ok()) return ToGrpcStatus(m.status());
   spdlog::info("registered base model {} ({})", m->id(), m->path());
@@ -38,21 +40,69 @@ grpc::Status ModelsService::RegisterModel(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status ModelsService::GetModel(grpc::ServerContext*,
+grpc::Status ModelsService::GetModel(grpc::ServerContext* context,
                                      const v1::GetModelRequest* request,
                                      v1::Model* response) {
+  auto caller = ctx_.auth->User(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto m = ctx_.store->GetModel(request->model_id());
   if (!m.ok()) return ToGrpcStatus(m.status());
+  if (m->kind() != "base") {
+    // A fine-tuned model is its job's project's.
+    auto job = ctx_.store->GetJob(m->job_id());
+    if (!job.ok()) return ToGrpcStatus(job.status());
+    auto st = CheckOwner(*caller, job->project(), "model", request->model_id());
+    if (!st.ok()) return ToGrpcStatus(st);
+  }
   *response = *std::move(m);
   return grpc::Status::OK;
 }
 
-grpc::Status ModelsService::ListModels(grpc::ServerContext*,
+grpc::Status ModelsService::ListModels(grpc::ServerContext* context,
                                        const v1::ListModelsRequest*,
                                        v1::ListModelsResponse* response) {
-  auto all = ctx_.store->ListModels();
+  auto caller = ctx_.auth->User(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto all = ctx_.store->ListModels(caller->project);
   if (!all.ok()) return ToGrpcStatus(all.status());
   for (auto& m : *all) *response->add_data() = std::move(m);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::CreateApiKey(grpc::ServerContext* context,
+                                        const v1::CreateApiKeyRequest* request,
+                                        v1::ApiKey* response) {
+  auto caller = ctx_.auth->Admin(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto key = lathe::CreateApiKey(*ctx_.store, request->project(), request->role(),
+                                 request->name());
+  if (!key.ok()) return ToGrpcStatus(key.status());
+  spdlog::info("{} created API key {} for project {} ({})", caller->key_id,
+               key->id(), key->project(), key->role());
+  *response = *std::move(key);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::ListApiKeys(grpc::ServerContext* context,
+                                       const v1::ListApiKeysRequest* request,
+                                       v1::ListApiKeysResponse* response) {
+  auto caller = ctx_.auth->Admin(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto keys = ctx_.store->ListApiKeys(request->project());
+  if (!keys.ok()) return ToGrpcStatus(keys.status());
+  for (auto& k : *keys) *response->add_data() = std::move(k);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::RevokeApiKey(grpc::ServerContext* context,
+                                        const v1::RevokeApiKeyRequest* request,
+                                        v1::ApiKey* response) {
+  auto caller = ctx_.auth->Admin(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto key = ctx_.store->RevokeApiKey(request->key_id());
+  if (!key.ok()) return ToGrpcStatus(key.status());
+  spdlog::info("{} revoked API key {}", caller->key_id, key->id());
+  *response = *std::move(key);
   return grpc::Status::OK;
 }
 

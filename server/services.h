@@ -11,6 +11,8 @@
 #include "lathe/v1/fine_tuning.grpc.pb.h"
 #include "lathe/v1/models.grpc.pb.h"
 #include "lathe/v1/worker.grpc.pb.h"
+#include "lathe/v1/admin.grpc.pb.h"
+#include "server/auth.h"
 #include "server/coordinator.h"
 #include "server/store/blob_store.h"
 #include "server/store/store.h"
@@ -25,6 +27,7 @@ struct ServiceOptions {
 
 // The objects every service borrows; all must outlive the services.
 struct ServerContext {
+  const Authenticator* auth;
   store::Store* store;
   store::BlobStore* blobs;
   Coordinator* coordinator;
@@ -53,6 +56,11 @@ class FilesService final : public v1::Files::Service {
                             grpc::ServerWriter<v1::FileContent>* writer) override;
 
  private:
+  // Authenticates the caller and loads `file_id`, which must be the caller's
+  // project's (else NOT_FOUND).
+  absl::StatusOr<v1::File> OwnedFile(const grpc::ServerContext* context,
+                                     const std::string& file_id) const;
+
   ServerContext ctx_;
 };
 
@@ -94,6 +102,11 @@ class FineTuningService final : public v1::FineTuning::Service {
       grpc::ServerWriter<v1::DownloadChunk>* writer) override;
 
  private:
+  // Authenticates the caller and loads `job_id`, which must be the caller's
+  // project's (else NOT_FOUND, as for a missing job).
+  absl::StatusOr<v1::Job> OwnedJob(const grpc::ServerContext* context,
+                                   const std::string& job_id) const;
+
   ServerContext ctx_;
 };
 
@@ -116,6 +129,23 @@ class WorkerService final : public v1::Worker::Service {
   grpc::Status FetchModelFile(grpc::ServerContext* context,
                               const v1::FetchModelFileRequest* request,
                               grpc::ServerWriter<v1::FileChunk>* writer) override;
+
+ private:
+  ServerContext ctx_;
+};
+
+class AdminService final : public v1::Admin::Service {
+ public:
+  explicit AdminService(ServerContext ctx) : ctx_(ctx) {}
+  grpc::Status CreateApiKey(grpc::ServerContext* context,
+                            const v1::CreateApiKeyRequest* request,
+                            v1::ApiKey* response) override;
+  grpc::Status ListApiKeys(grpc::ServerContext* context,
+                           const v1::ListApiKeysRequest* request,
+                           v1::ListApiKeysResponse* response) override;
+  grpc::Status RevokeApiKey(grpc::ServerContext* context,
+                            const v1::RevokeApiKeyRequest* request,
+                            v1::ApiKey* response) override;
 
  private:
   ServerContext ctx_;
@@ -153,6 +183,17 @@ absl::Status SendFiles(const ServerContext& ctx,
 // `chunk_bytes`. Errors: NOT_FOUND, INTERNAL, CANCELLED (write refused).
 absl::Status StreamFile(const std::string& path, int64_t chunk_bytes,
                         const std::function<bool(absl::string_view)>& write);
+
+// StreamFile into a server stream of messages with a `data` bytes field.
+template <typename Chunk>
+absl::Status StreamFileTo(const ServerContext& ctx, const std::string& path,
+                          grpc::ServerWriter<Chunk>* writer) {
+  return StreamFile(path, ctx.options.chunk_bytes, [&](absl::string_view data) {
+    Chunk c;
+    c.set_data(std::string(data));
+    return writer->Write(c);
+  });
+}
 
 }  // namespace lathe
 

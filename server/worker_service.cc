@@ -60,6 +60,7 @@ absl::StatusOr<v1::ResultFile> ReceiveResult(
 grpc::Status WorkerService::Connect(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::WorkerDirective, v1::WorkerReport>* stream) {
+  if (auto st = ctx_.auth->Worker(context); !st.ok()) return ToGrpcStatus(st);
   v1::WorkerReport report;
   std::string worker_id;
   while (!ctx_.shutting_down->load() && stream->Read(&report)) {
@@ -80,9 +81,10 @@ grpc::Status WorkerService::Connect(
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerService::FetchFile(grpc::ServerContext*,
+grpc::Status WorkerService::FetchFile(grpc::ServerContext* context,
                                       const v1::FetchFileRequest* request,
                                       grpc::ServerWriter<v1::FileChunk>* writer) {
+  if (auto st = ctx_.auth->Worker(context); !st.ok()) return ToGrpcStatus(st);
   auto st = ctx_.coordinator->CheckCurrentAttempt(request->job_id(),
                                                   request->attempt());
   if (!st.ok()) return ToGrpcStatus(st);
@@ -95,18 +97,14 @@ grpc::Status WorkerService::FetchFile(grpc::ServerContext*,
   }
   auto file = ctx_.store->GetFile(request->file_id());
   if (!file.ok()) return ToGrpcStatus(file.status());
-  st = StreamFile(ctx_.blobs->PathFor(file->sha256()), ctx_.options.chunk_bytes,
-                  [&](absl::string_view data) {
-                    v1::FileChunk c;
-                    c.set_data(std::string(data));
-                    return writer->Write(c);
-                  });
+  st = StreamFileTo(ctx_, ctx_.blobs->PathFor(file->sha256()), writer);
   return ToGrpcStatus(st);
 }
 
 grpc::Status WorkerService::FetchCheckpointFile(
-    grpc::ServerContext*, const v1::FetchCheckpointFileRequest* request,
+    grpc::ServerContext* context, const v1::FetchCheckpointFileRequest* request,
     grpc::ServerWriter<v1::FileChunk>* writer) {
+  if (auto st = ctx_.auth->Worker(context); !st.ok()) return ToGrpcStatus(st);
   auto st = ctx_.coordinator->CheckCurrentAttempt(request->job_id(),
                                                   request->attempt());
   if (!st.ok()) return ToGrpcStatus(st);
@@ -116,13 +114,7 @@ grpc::Status WorkerService::FetchCheckpointFile(
     if (c.step_number() != request->step()) continue;
     for (const v1::ResultFile& f : c.files()) {
       if (f.name() != request->name()) continue;
-      return ToGrpcStatus(StreamFile(ctx_.blobs->PathFor(f.sha256()),
-                                     ctx_.options.chunk_bytes,
-                                     [&](absl::string_view data) {
-                                       v1::FileChunk chunk;
-                                       chunk.set_data(std::string(data));
-                                       return writer->Write(chunk);
-                                     }));
+      return ToGrpcStatus(StreamFileTo(ctx_, ctx_.blobs->PathFor(f.sha256()), writer));
     }
   }
   return ToGrpcStatus(absl::NotFoundError(absl::StrCat(
@@ -131,8 +123,9 @@ grpc::Status WorkerService::FetchCheckpointFile(
 }
 
 grpc::Status WorkerService::FetchModelFile(
-    grpc::ServerContext*, const v1::FetchModelFileRequest* request,
+    grpc::ServerContext* context, const v1::FetchModelFileRequest* request,
     grpc::ServerWriter<v1::FileChunk>* writer) {
+  if (auto st = ctx_.auth->Worker(context); !st.ok()) return ToGrpcStatus(st);
   auto st = ctx_.coordinator->CheckCurrentAttempt(request->job_id(),
                                                   request->attempt());
   if (!st.ok()) return ToGrpcStatus(st);
@@ -145,11 +138,7 @@ grpc::Status WorkerService::FetchModelFile(
     // Names come from the registration's directory listing, never from the
     // request, so nothing outside the model folder can be read.
     std::string path = model->path() + "/" + f.name();
-    st = StreamFile(path, ctx_.options.chunk_bytes, [&](absl::string_view data) {
-      v1::FileChunk c;
-      c.set_data(std::string(data));
-      return writer->Write(c);
-    });
+    st = StreamFileTo(ctx_, path, writer);
     return ToGrpcStatus(st);
   }
   return ToGrpcStatus(absl::NotFoundError(absl::StrCat(
@@ -157,8 +146,9 @@ grpc::Status WorkerService::FetchModelFile(
 }
 
 grpc::Status WorkerService::UploadResult(
-    grpc::ServerContext*, grpc::ServerReader<v1::UploadResultRequest>* reader,
+    grpc::ServerContext* context, grpc::ServerReader<v1::UploadResultRequest>* reader,
     v1::ResultFile* response) {
+  if (auto st = ctx_.auth->Worker(context); !st.ok()) return ToGrpcStatus(st);
   auto f = ReceiveResult(ctx_, reader);
   if (!f.ok()) return ToGrpcStatus(f.status());
   *response = *std::move(f);

@@ -1,15 +1,40 @@
 #include "tests/cluster.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <csignal>
 #include <filesystem>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
 
 namespace lathe::testing {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+// A TCP port on loopback that was free a moment ago.
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(
     const std::string& root, int workers,
@@ -26,29 +51,69 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(
   }
   std::string port_file = root + "/lathed.port";
   fs::remove(port_file);
+  // A fixed port (picked free now) so a restarted lathed is found again.
+  c->port_ = FreePort();
   std::vector<std::string> argv = {
-      c->bin_.lathed, "--listen=127.0.0.1:0", "--data_dir=" + root + "/data",
+      c->bin_.lathed, absl::StrCat("--listen=127.0.0.1:", c->port_),
+      "--data_dir=" + root + "/data",
       "--base_model=lathe-demo=" + c->demo_dir_ + "/model",
       "--base_learning_rate=2e-3", "--lease_seconds=4",
       "--port_file=" + port_file};
   argv.insert(argv.end(), lathed_flags.begin(), lathed_flags.end());
+  c->lathed_argv_ = argv;
   c->lathed_ = std::make_unique<Subprocess>(argv, root + "/lathed.log");
-  std::string port = WaitForFile(port_file, absl::Seconds(20));
-  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(port), &c->port_)) {
+  if (WaitForFile(port_file, absl::Seconds(20)).empty()) {
     return absl::InternalError(absl::StrCat("lathed did not start:\n", c->Logs()));
   }
-  c->client_ = std::make_unique<Client>(c->address());
+  if (auto st = c->Connect(); !st.ok()) return st;
   for (int i = 0; i < workers; ++i) c->AddWorker();
   return c;
 }
 
-int Cluster::AddWorker() {
+absl::Status Cluster::Connect() {
+  std::string admin_key(absl::StripAsciiWhitespace(
+      ReadFileOrEmpty(root_ + "/data/admin.key")));
+  if (admin_key.empty()) return absl::InternalError("no data/admin.key");
+  admin_ = std::make_unique<Client>(address(), admin_key);
+  if (api_key_.empty()) api_key_ = NewKey("default");
+  if (api_key_.empty()) return absl::InternalError(absl::StrCat("no user key:\n", Logs()));
+  client_ = std::make_unique<Client>(address(), api_key_);
+  return absl::OkStatus();
+}
+
+std::string Cluster::NewKey(const std::string& project) {
+  v1::CreateApiKeyRequest r;
+  r.set_project(project);
+  auto key = admin_->CreateApiKey(r);
+  return key.ok() ? key->secret() : "";
+}
+
+std::unique_ptr<Client> Cluster::ClientFor(const std::string& project) {
+  return std::make_unique<Client>(address(), NewKey(project));
+}
+
+absl::Status Cluster::RestartLathed() {
+  lathed_->Signal(SIGKILL);
+  lathed_->Wait(absl::Seconds(10));
+  std::string port_file = root_ + "/lathed.port";
+  fs::remove(port_file);
+  lathed_ = std::make_unique<Subprocess>(lathed_argv_, root_ + "/lathed.log");
+  if (WaitForFile(port_file, absl::Seconds(20)).empty()) {
+    return absl::InternalError(absl::StrCat("lathed did not restart:\n", Logs()));
+  }
+  // Fresh channels: the old ones may be waiting out a reconnect backoff.
+  return Connect();
+}
+
+int Cluster::AddWorker(const std::vector<std::string>& flags) {
   int i = static_cast<int>(workers_.size());
+  std::vector<std::string> argv = {bin_.worker, "serve", "--server=" + address(),
+                                   absl::StrCat("--worker_id=worker-", i),
+                                   absl::StrCat("--work_dir=", root_, "/worker-", i),
+                                   "--token_file=" + root_ + "/data/worker.token"};
+  argv.insert(argv.end(), flags.begin(), flags.end());
   workers_.push_back(std::make_unique<Subprocess>(
-      std::vector<std::string>{bin_.worker, "serve", "--server=" + address(),
-                               absl::StrCat("--worker_id=worker-", i),
-                               absl::StrCat("--work_dir=", root_, "/worker-", i)},
-      absl::StrCat(root_, "/worker-", i, ".log")));
+      argv, absl::StrCat(root_, "/worker-", i, ".log")));
   return i;
 }
 
@@ -56,6 +121,7 @@ Cluster::~Cluster() {
   // Close our channel first: an idle client that polls nothing would leave
   // lathed's graceful shutdown waiting on its ping.
   client_.reset();
+  admin_.reset();
   for (auto& w : workers_) w->Signal(SIGTERM);
   for (auto& w : workers_) w->Wait(absl::Seconds(5));
   if (lathed_) {

@@ -30,17 +30,24 @@ class Cluster {
       const std::vector<std::string>& lathed_flags = {});
   ~Cluster();
 
-  // Starts one more worker; returns its index.
-  int AddWorker();
+  // Starts one more worker (with `flags` added); returns its index.
+  int AddWorker(const std::vector<std::string>& flags = {});
   Subprocess& worker(int i) { return *workers_[i]; }
+  // Kills lathed with SIGKILL and starts it again on the same port and data
+  // directory. INTERNAL if it does not come back.
+  absl::Status RestartLathed();
   Subprocess& lathed() { return *lathed_; }
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  // A client with a user key of project "default".
   Client& client() { return *client_; }
-  // A client acting for `project`.
-  std::unique_ptr<Client> ClientFor(const std::string& project) const {
-    return std::make_unique<Client>(address(), project);
-  }
+  // A client with the bootstrap admin key.
+  Client& admin() { return *admin_; }
+  // A client with a new user key of `project`.
+  std::unique_ptr<Client> ClientFor(const std::string& project);
+  // A new user key's secret for `project`.
+  std::string NewKey(const std::string& project);
+  const std::string& api_key() const { return api_key_; }
   const std::string& demo_dir() const { return demo_dir_; }
   const std::string& root() const { return root_; }
   // lathed's and the workers' logs, for failure messages.
@@ -53,9 +60,14 @@ class Cluster {
   std::string root_;
   std::string demo_dir_;
   int port_ = 0;
+  std::vector<std::string> lathed_argv_;
   std::unique_ptr<Subprocess> lathed_;
   std::vector<std::unique_ptr<Subprocess>> workers_;
   std::unique_ptr<Client> client_;
+  std::unique_ptr<Client> admin_;
+  std::string api_key_;
+  // Makes admin_ and client_ (after a start or restart).
+  absl::Status Connect();
 };
 
 }  // namespace lathe::testing

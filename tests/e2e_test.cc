@@ -27,7 +27,8 @@ TEST(EndToEndTest, UploadTrainWatchDownload) {
 
   // Upload through the CLI, as a user would.
   std::string out;
-  int rc = RunCommand({Binaries().cli, "--server", c.address(), "files", "upload",
+  int rc = RunCommand({Binaries().cli, "--server", c.address(), "--api_key",
+                       c.api_key(), "files", "upload",
                        c.demo_dir() + "/train.jsonl", "-o", "json"},
                       &out);
   ASSERT_EQ(rc, 0) << out << c.Logs();

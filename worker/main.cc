@@ -7,6 +7,7 @@
 
 #if LATHE_WITH_AGENT
 #include <csignal>
+#include <fstream>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -18,6 +19,13 @@
 ABSL_FLAG(std::string, server, "127.0.0.1:7070", "lathed's host:port");
 ABSL_FLAG(std::string, worker_id, "", "this worker's name (default host-pid)");
 ABSL_FLAG(std::string, work_dir, ".lathe-worker", "folder for attempt files");
+ABSL_FLAG(std::string, token_file, "",
+          "file holding lathed's worker token (lathed writes it to "
+          "<data_dir>/worker.token)");
+ABSL_FLAG(std::string, model_source, "auto",
+          "auto: read a base model at the server's path when readable here, "
+          "else fetch it from lathed; server: always fetch (cached by content "
+          "hash under work_dir/models)");
 
 namespace {
 
@@ -37,6 +45,19 @@ int Serve(int argc, char** argv) {
   o.server = absl::GetFlag(FLAGS_server);
   o.worker_id = absl::GetFlag(FLAGS_worker_id);
   o.work_dir = absl::GetFlag(FLAGS_work_dir);
+  std::string token_file = absl::GetFlag(FLAGS_token_file);
+  std::ifstream token_in(token_file);
+  if (token_file.empty() || !(token_in >> o.token)) {
+    std::cerr << "--token_file: cannot read the worker token from \"" << token_file
+              << "\" (lathed writes it to <data_dir>/worker.token)\n";
+    return 2;
+  }
+  std::string source = absl::GetFlag(FLAGS_model_source);
+  if (source != "auto" && source != "server") {
+    std::cerr << "--model_source: use auto or server\n";
+    return 2;
+  }
+  o.use_local_models = source == "auto";
   lathe::worker::Agent agent(o);
   std::thread signals([&agent, set] {
     int sig = 0;

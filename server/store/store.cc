@@ -103,10 +103,25 @@ CREATE TABLE result_files (
   PRIMARY KEY (job_id, name)
 );
 )sql",
+    // 2: API keys; files belong to a project.
+    R"sql(
+CREATE TABLE api_keys (
+  id TEXT PRIMARY KEY,
+  project TEXT NOT NULL,
+  role TEXT NOT NULL,
+  secret_sha256 TEXT NOT NULL UNIQUE,
+  name TEXT NOT NULL DEFAULT '',
+  created_at INTEGER NOT NULL,
+  revoked_at INTEGER NOT NULL DEFAULT 0
+);
+ALTER TABLE files ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+CREATE INDEX files_by_project ON files(project, seq);
+)sql",
 };
 
 constexpr char kFileColumns[] =
-    "id, created_at, filename, purpose, bytes, sha256, line_count, format";
+    "id, created_at, filename, purpose, bytes, sha256, line_count, format, "
+    "project";
 
 v1::File ReadFile(const Statement& s) {
   v1::File f;
@@ -118,6 +133,7 @@ v1::File ReadFile(const Statement& s) {
   f.set_sha256(s.ColumnText(5));
   f.set_line_count(s.ColumnInt(6));
   f.set_format(s.ColumnText(7));
+  f.set_project(s.ColumnText(8));
   return f;
 }
 
@@ -161,10 +177,11 @@ absl::Status Store::InsertFile(const v1::File& f) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto stmt,
                    db_->Prepare(absl::StrCat("INSERT INTO files (", kFileColumns,
-                                             ") VALUES (?,?,?,?,?,?,?,?)")));
+                                             ") VALUES (?,?,?,?,?,?,?,?,?)")));
   stmt.Bind(1, f.id()).Bind(2, f.created_at()).Bind(3, f.filename());
   stmt.Bind(4, f.purpose()).Bind(5, f.bytes()).Bind(6, f.sha256());
   stmt.Bind(7, f.line_count()).Bind(8, f.format());
+  stmt.Bind(9, f.project().empty() ? std::string("default") : f.project());
   return stmt.Run();
 }
 
@@ -179,29 +196,33 @@ absl::StatusOr<v1::File> Store::GetFile(const std::string& id) {
   return ReadFile(stmt);
 }
 
-absl::StatusOr<Page<v1::File>> Store::ListFiles(int limit,
+absl::StatusOr<int64_t> Store::CursorSeq(absl::string_view table,
+                                         const std::string& after) {
+  if (after.empty()) return INT64_MAX;
+  ASSIGN_OR_RETURN(auto c, db_->Prepare(absl::StrCat("SELECT seq FROM ", table,
+                                                     " WHERE id = ?")));
+  c.Bind(1, after);
+  ASSIGN_OR_RETURN(bool row, c.Step());
+  if (!row) {
+    return absl::InvalidArgumentError(absl::StrCat("after: unknown cursor ", after));
+  }
+  return c.ColumnInt(0);
+}
+
+absl::StatusOr<Page<v1::File>> Store::ListFiles(const std::string& project,
+                                                int limit,
                                                 const std::string& after,
                                                 const std::string& purpose) {
   absl::MutexLock lock(&mu_);
   limit = ClampLimit(limit, 20, 100);
-  int64_t before_seq = INT64_MAX;
-  if (!after.empty()) {
-    ASSIGN_OR_RETURN(auto c, db_->Prepare("SELECT seq FROM files WHERE id = ?"));
-    c.Bind(1, after);
-    ASSIGN_OR_RETURN(bool row, c.Step());
-    if (!row) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("after: unknown cursor ", after));
-    }
-    before_seq = c.ColumnInt(0);
-  }
+  ASSIGN_OR_RETURN(int64_t before_seq, CursorSeq("files", after));
   ASSIGN_OR_RETURN(auto stmt,
                    db_->Prepare(absl::StrCat(
                        "SELECT ", kFileColumns,
                        " FROM files WHERE seq < ? AND (? = '' OR purpose = ?)"
-                       " ORDER BY seq DESC LIMIT ?")));
-  stmt.Bind(1, before_seq).Bind(2, purpose).Bind(3, purpose);
-  stmt.Bind(4, static_cast<int64_t>(limit + 1));
+                       " AND project = ? ORDER BY seq DESC LIMIT ?")));
+  stmt.Bind(1, before_seq).Bind(2, purpose).Bind(3, purpose).Bind(4, project);
+  stmt.Bind(5, static_cast<int64_t>(limit + 1));
   Page<v1::File> page;
   while (true) {
     ASSIGN_OR_RETURN(bool row, stmt.Step());
@@ -246,6 +267,76 @@ absl::StatusOr<bool> Store::DeleteFile(const std::string& id) {
   bool blob_unreferenced = others.ColumnInt(0) == 0;
   RETURN_IF_ERROR(tx->Commit());
   return blob_unreferenced;
+}
+
+absl::Status Store::InsertApiKey(const v1::ApiKey& key,
+                                 const std::string& secret_sha256) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "INSERT INTO api_keys (id, project, role, "
+                                  "secret_sha256, name, created_at) VALUES "
+                                  "(?,?,?,?,?,?)"));
+  stmt.Bind(1, key.id()).Bind(2, key.project()).Bind(3, key.role());
+  stmt.Bind(4, secret_sha256).Bind(5, key.name()).Bind(6, key.created_at());
+  return stmt.Run();
+}
+
+namespace {
+constexpr char kKeyColumns[] = "id, project, role, name, created_at, revoked_at";
+v1::ApiKey ReadKey(const Statement& s) {
+  v1::ApiKey k;
+  k.set_id(s.ColumnText(0));
+  k.set_project(s.ColumnText(1));
+  k.set_role(s.ColumnText(2));
+  k.set_name(s.ColumnText(3));
+  k.set_created_at(s.ColumnInt(4));
+  k.set_revoked_at(s.ColumnInt(5));
+  return k;
+}
+}  // namespace
+
+absl::StatusOr<v1::ApiKey> Store::FindApiKey(const std::string& secret_sha256) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(absl::StrCat(
+                                  "SELECT ", kKeyColumns,
+                                  " FROM api_keys WHERE secret_sha256 = ?")));
+  stmt.Bind(1, secret_sha256);
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return absl::NotFoundError("no such key");
+  return ReadKey(stmt);
+}
+
+absl::StatusOr<std::vector<v1::ApiKey>> Store::ListApiKeys(
+    const std::string& project) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(absl::StrCat(
+                                  "SELECT ", kKeyColumns,
+                                  " FROM api_keys WHERE ? = '' OR project = ? "
+                                  "ORDER BY created_at, id")));
+  stmt.Bind(1, project).Bind(2, project);
+  std::vector<v1::ApiKey> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    out.push_back(ReadKey(stmt));
+  }
+  return out;
+}
+
+absl::StatusOr<v1::ApiKey> Store::RevokeApiKey(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "UPDATE api_keys SET revoked_at = ? WHERE "
+                                  "id = ? AND revoked_at = 0"));
+  stmt.Bind(1, NowUnixSeconds()).Bind(2, id);
+  RETURN_IF_ERROR(stmt.Run());
+  ASSIGN_OR_RETURN(auto q, db_->Prepare(absl::StrCat(
+                               "SELECT ", kKeyColumns,
+                               " FROM api_keys WHERE id = ?")));
+  q.Bind(1, id);
+  ASSIGN_OR_RETURN(bool row, q.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("key_id: no such key ", id));
+  return ReadKey(q);
 }
 
 absl::Status Store::PutCheckpointFile(const std::string& job_id, int64_t step,
@@ -400,7 +491,8 @@ v1::Model Store::FineTunedModel(const v1::Job& job) {
   return m;
 }
 
-absl::StatusOr<std::vector<v1::Model>> Store::ListModels() {
+absl::StatusOr<std::vector<v1::Model>> Store::ListModels(
+    const std::string& project) {
   absl::MutexLock lock(&mu_);
   std::vector<v1::Model> out;
   ASSIGN_OR_RETURN(auto stmt,
@@ -415,8 +507,8 @@ absl::StatusOr<std::vector<v1::Model>> Store::ListModels() {
     out.push_back(std::move(m));
   }
   ASSIGN_OR_RETURN(auto ft, db_->Prepare("SELECT id FROM jobs WHERE status = ? "
-                                         "ORDER BY seq DESC"));
-  ft.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_SUCCEEDED));
+                                         "AND project = ? ORDER BY seq DESC"));
+  ft.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_SUCCEEDED)).Bind(2, project);
   std::vector<std::string> ids;
   while (true) {
     ASSIGN_OR_RETURN(bool row, ft.Step());
@@ -549,23 +641,14 @@ absl::StatusOr<v1::Job> Store::GetJob(const std::string& id) {
 }
 
 absl::StatusOr<Page<v1::Job>> Store::ListJobs(
-    int limit, const std::string& after, v1::JobStatus status,
-    const std::map<std::string, std::string>& metadata) {
+    const std::string& project, int limit, const std::string& after,
+    v1::JobStatus status, const std::map<std::string, std::string>& metadata) {
   absl::MutexLock lock(&mu_);
   limit = ClampLimit(limit, 20, 100);
-  int64_t before_seq = INT64_MAX;
-  if (!after.empty()) {
-    ASSIGN_OR_RETURN(auto c, db_->Prepare("SELECT seq FROM jobs WHERE id = ?"));
-    c.Bind(1, after);
-    ASSIGN_OR_RETURN(bool row, c.Step());
-    if (!row) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("after: unknown cursor ", after));
-    }
-    before_seq = c.ColumnInt(0);
-  }
+  ASSIGN_OR_RETURN(int64_t before_seq, CursorSeq("jobs", after));
   std::string sql =
-      "SELECT id FROM jobs WHERE seq < ? AND (? = 0 OR status = ?)";
+      "SELECT id FROM jobs WHERE seq < ? AND (? = 0 OR status = ?) AND "
+      "project = ?";
   for (size_t i = 0; i < metadata.size(); ++i) {
     sql += " AND EXISTS (SELECT 1 FROM job_metadata m WHERE m.job_id = "
            "jobs.id AND m.key = ? AND m.value = ?)";
@@ -575,6 +658,7 @@ absl::StatusOr<Page<v1::Job>> Store::ListJobs(
   int i = 1;
   stmt.Bind(i++, before_seq).Bind(i++, static_cast<int64_t>(status));
   stmt.Bind(i++, static_cast<int64_t>(status));
+  stmt.Bind(i++, project);
   for (const auto& [key, value] : metadata) stmt.Bind(i++, key).Bind(i++, value);
   stmt.Bind(i++, static_cast<int64_t>(limit + 1));
   std::vector<std::string> ids;

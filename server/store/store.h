@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "lathe/v1/admin.pb.h"
 #include "lathe/v1/files.pb.h"
 #include "lathe/v1/fine_tuning.pb.h"
 #include "lathe/v1/models.pb.h"
@@ -50,18 +51,29 @@ class Store {
   // Opens the database and applies migrations (PRAGMA user_version).
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
 
-  // Files. InsertFile: ALREADY_EXISTS on a duplicate id.
+  // Files (each of a project). InsertFile: ALREADY_EXISTS on a duplicate
+  // id. ListFiles: the project's files only.
   absl::Status InsertFile(const v1::File& file);
   absl::StatusOr<v1::File> GetFile(const std::string& id);
   // Newest first; `after` is the last id of the previous page.
   // INVALID_ARGUMENT for an unknown cursor.
-  absl::StatusOr<Page<v1::File>> ListFiles(int limit, const std::string& after,
+  absl::StatusOr<Page<v1::File>> ListFiles(const std::string& project,
+                                           int limit, const std::string& after,
                                            const std::string& purpose);
 
   // Deletes a file record. FAILED_PRECONDITION while a job that has not
   // finished uses it; NOT_FOUND if absent. Returns true when no other file
   // shares its content, so the caller may delete the blob.
   absl::StatusOr<bool> DeleteFile(const std::string& id);
+
+  // API keys: only the secret's SHA-256 is stored. FindApiKey: NOT_FOUND
+  // for an unknown secret (a revoked key is returned with revoked_at set).
+  absl::Status InsertApiKey(const v1::ApiKey& key,
+                            const std::string& secret_sha256);
+  absl::StatusOr<v1::ApiKey> FindApiKey(const std::string& secret_sha256);
+  absl::StatusOr<std::vector<v1::ApiKey>> ListApiKeys(const std::string& project);
+  // Revoking twice keeps the first time. NOT_FOUND if absent.
+  absl::StatusOr<v1::ApiKey> RevokeApiKey(const std::string& id);
 
   // Checkpoints: each file is recorded as it is uploaded; the checkpoint
   // exists once RecordCheckpoint finds all its files from that attempt
@@ -81,8 +93,8 @@ class Store {
   absl::StatusOr<v1::Model> RegisterModel(const v1::Model& model);
   // A base model by name or a fine-tuned model by its "ft:…" id.
   absl::StatusOr<v1::Model> GetModel(const std::string& id);
-  // Base models by name, then fine-tuned models newest first.
-  absl::StatusOr<std::vector<v1::Model>> ListModels();
+  // Base models by name, then `project`'s fine-tuned models newest first.
+  absl::StatusOr<std::vector<v1::Model>> ListModels(const std::string& project);
 
   // Inserts a job (status taken from `job`). With a non-empty
   // `idempotency_key`: if a job with that key exists and its
@@ -99,7 +111,8 @@ class Store {
   absl::StatusOr<v1::Job> GetJob(const std::string& id);
   // Newest first; `status` 0 = any; every `metadata` pair must match.
   absl::StatusOr<Page<v1::Job>> ListJobs(
-      int limit, const std::string& after, v1::JobStatus status,
+      const std::string& project, int limit, const std::string& after,
+      v1::JobStatus status,
       const std::map<std::string, std::string>& metadata = {});
   // Queued jobs, oldest first (the scheduler's input).
   struct QueueEntry {
@@ -158,6 +171,11 @@ class Store {
   explicit Store(std::unique_ptr<Database> db) : db_(std::move(db)) {}
   static v1::Model FineTunedModel(const v1::Job& job);
   absl::Status Migrate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The seq of row `after` in `table` (files or jobs), the exclusive upper
+  // bound of the next newest-first page; INT64_MAX when `after` is empty.
+  absl::StatusOr<int64_t> CursorSeq(absl::string_view table,
+                                    const std::string& after)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::Job> LoadJob(const std::string& id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::JobEvent> InsertEvent(const std::string& job_id,

@@ -54,20 +54,20 @@ TEST_F(StoreTest, FilesRoundTripAndPage) {
   EXPECT_EQ(f->line_count(), 3);
   EXPECT_TRUE(absl::IsNotFound(store_->GetFile("file-9").status()));
 
-  auto p1 = store_->ListFiles(2, "", "");
+  auto p1 = store_->ListFiles("default", 2, "", "");
   ASSERT_TRUE(p1.ok());
   ASSERT_EQ(p1->data.size(), 2u);
   EXPECT_EQ(p1->data[0].id(), "file-4");  // newest first
   EXPECT_TRUE(p1->has_more);
-  auto p2 = store_->ListFiles(2, p1->data[1].id(), "");
+  auto p2 = store_->ListFiles("default", 2, p1->data[1].id(), "");
   ASSERT_TRUE(p2.ok());
   EXPECT_EQ(p2->data[0].id(), "file-2");
-  auto p3 = store_->ListFiles(2, p2->data[1].id(), "");
+  auto p3 = store_->ListFiles("default", 2, p2->data[1].id(), "");
   ASSERT_TRUE(p3.ok());
   ASSERT_EQ(p3->data.size(), 1u);
   EXPECT_EQ(p3->data[0].id(), "file-0");
   EXPECT_FALSE(p3->has_more);
-  EXPECT_TRUE(absl::IsInvalidArgument(store_->ListFiles(2, "file-x", "").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(store_->ListFiles("default", 2, "file-x", "").status()));
 }
 
 TEST_F(StoreTest, IdempotentCreate) {
@@ -193,14 +193,14 @@ TEST_F(StoreTest, ListJobsFiltersByStatusAndMetadata) {
     if (i == 3) (*j.mutable_metadata())["tier"] = "gold";
     ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
   }
-  auto nlp = store_->ListJobs(10, "", v1::JOB_STATUS_UNSPECIFIED, {{"team", "nlp"}});
+  auto nlp = store_->ListJobs("default", 10, "", v1::JOB_STATUS_UNSPECIFIED, {{"team", "nlp"}});
   ASSERT_TRUE(nlp.ok());
   EXPECT_EQ(nlp->data.size(), 2u);
-  auto gold = store_->ListJobs(10, "", v1::JOB_STATUS_QUEUED,
+  auto gold = store_->ListJobs("default", 10, "", v1::JOB_STATUS_QUEUED,
                                {{"team", "nlp"}, {"tier", "gold"}});
   ASSERT_EQ(gold->data.size(), 1u);
   EXPECT_EQ(gold->data[0].id(), "ftjob-3");
-  EXPECT_TRUE(store_->ListJobs(10, "", v1::JOB_STATUS_RUNNING, {})->data.empty());
+  EXPECT_TRUE(store_->ListJobs("default", 10, "", v1::JOB_STATUS_RUNNING, {})->data.empty());
 }
 
 TEST_F(StoreTest, CheckpointsNeedAllTheirFiles) {
@@ -228,6 +228,38 @@ TEST_F(StoreTest, CheckpointsNeedAllTheirFiles) {
   EXPECT_TRUE(absl::IsNotFound(store_->ListCheckpoints("ftjob-zz").status()));
 }
 
+TEST_F(StoreTest, ApiKeysFoundByHashAndRevoked) {
+  v1::ApiKey k;
+  k.set_id("key-1");
+  k.set_project("team-a");
+  k.set_role("user");
+  k.set_created_at(NowUnixSeconds());
+  ASSERT_TRUE(store_->InsertApiKey(k, std::string(64, 'e')).ok());
+  auto found = store_->FindApiKey(std::string(64, 'e'));
+  ASSERT_TRUE(found.ok());
+  EXPECT_EQ(found->project(), "team-a");
+  EXPECT_EQ(found->revoked_at(), 0);
+  EXPECT_TRUE(absl::IsNotFound(store_->FindApiKey(std::string(64, 'f')).status()));
+  ASSERT_TRUE(store_->RevokeApiKey("key-1").ok());
+  EXPECT_GT(store_->FindApiKey(std::string(64, 'e'))->revoked_at(), 0);
+  EXPECT_TRUE(absl::IsNotFound(store_->RevokeApiKey("key-9").status()));
+  EXPECT_EQ(store_->ListApiKeys("team-a")->size(), 1u);
+  EXPECT_EQ(store_->ListApiKeys("team-b")->size(), 0u);
+}
+
+TEST_F(StoreTest, FilesListedPerProject) {
+  v1::File a = MakeFile("file-a");
+  a.set_project("team-a");
+  v1::File b = MakeFile("file-b");
+  b.set_project("team-b");
+  ASSERT_TRUE(store_->InsertFile(a).ok());
+  ASSERT_TRUE(store_->InsertFile(b).ok());
+  auto listed = store_->ListFiles("team-a", 10, "", "");
+  ASSERT_EQ(listed->data.size(), 1u);
+  EXPECT_EQ(listed->data[0].id(), "file-a");
+  EXPECT_EQ(store_->GetFile("file-b")->project(), "team-b");
+}
+
 TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   std::string dir = ::testing::TempDir() + "/store_reopen";
   fs::remove_all(dir);
@@ -247,7 +279,7 @@ TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
   auto db = Database::Open(path);
   ASSERT_TRUE(db.ok());
-  EXPECT_EQ(*(*db)->UserVersion(), 1);
+  EXPECT_EQ(*(*db)->UserVersion(), 2);
 }
 
 }  // namespace

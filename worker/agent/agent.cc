@@ -8,6 +8,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
 #include "common/ids.h"
 #include "common/sha256.h"
 #include "spdlog/spdlog.h"
@@ -21,6 +22,8 @@ struct Agent::Attempt {
   v1::Assignment assignment;
   std::thread thread;
   std::atomic<bool> stop{false};
+  std::atomic<bool> checkpoint_before_stop{false};
+  std::vector<v1::CheckpointReport> checkpoints;  // not yet acknowledged
   // Guarded by Agent::mu_.
   int64_t next_seq = 1;
   std::vector<v1::AttemptEvent> pending;  // not yet acknowledged
@@ -50,6 +53,24 @@ v1::JobEvent Message(const std::string& text, const std::string& level = "info")
   return e;
 }
 
+// Writes a stream of FileChunk to `path`; returns the content's SHA-256, or
+// the stream's or the write's error.
+absl::StatusOr<std::string> ReceiveToFile(
+    grpc::ClientReader<v1::FileChunk>* reader, const fs::path& path) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  Sha256 hash;
+  v1::FileChunk chunk;
+  while (reader->Read(&chunk)) {
+    out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+    hash.Update(chunk.data());
+  }
+  grpc::Status st = reader->Finish();
+  out.close();
+  if (!st.ok()) return FromGrpcStatus(st);
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path.string()));
+  return hash.HexDigest();
+}
+
 }  // namespace
 
 Agent::Agent(AgentOptions options) : options_(std::move(options)) {
@@ -77,10 +98,20 @@ Agent::~Agent() {
   if (a && a->thread.joinable()) a->thread.join();
 }
 
+std::unique_ptr<grpc::ClientContext> Agent::NewContext() const {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->AddMetadata("authorization", "Bearer " + options_.token);
+  return ctx;
+}
+
 void Agent::Stop() {
-  stopping_.store(true);
+  if (stopping_.exchange(true)) abort_.store(true);
   absl::MutexLock lock(&mu_);
-  if (attempt_) attempt_->stop.store(true);
+  if (attempt_) {
+    attempt_->checkpoint_before_stop.store(true);
+    attempt_->stop.store(true);
+  }
+  drain_deadline_ = absl::Now() + options_.drain_timeout;
   wake_ = true;
 }
 
@@ -101,6 +132,7 @@ v1::WorkerReport Agent::BuildReport() {
     a->set_total_steps(attempt_->total_steps);
     a->set_trained_tokens(attempt_->trained_tokens);
     for (const auto& e : attempt_->pending) *a->add_events() = e;
+    for (const auto& c : attempt_->checkpoints) *a->add_checkpoints() = c;
     if (attempt_->outcome) *a->mutable_outcome() = *attempt_->outcome;
   }
   return r;
@@ -117,6 +149,17 @@ void Agent::Apply(const v1::WorkerDirective& d) {
                                return e.seq() <= d.acked_event_seq();
                              }),
               p.end());
+      auto& cps = attempt_->checkpoints;
+      for (int64_t step : d.acked_checkpoints()) {
+        cps.erase(std::remove_if(cps.begin(), cps.end(),
+                                 [&](const v1::CheckpointReport& c) {
+                                   return c.step() == step;
+                                 }),
+                  cps.end());
+      }
+      if (d.stop() && d.checkpoint_before_stop()) {
+        attempt_->checkpoint_before_stop.store(true);
+      }
       if (d.stop() && !attempt_->stop.exchange(true)) {
         spdlog::info("server asks to stop {}: {}",
                      attempt_->assignment.job_id(), d.stop_reason());
@@ -152,21 +195,58 @@ void Agent::Emit(Attempt* attempt, v1::JobEvent event) {
 
 bool Agent::FetchFile(Attempt* attempt, const std::string& file_id,
                       const std::string& path, std::string* error) {
-  grpc::ClientContext ctx;
+  auto ctx = NewContext();
   v1::FetchFileRequest r;
   r.set_job_id(attempt->assignment.job_id());
   r.set_attempt(attempt->assignment.attempt());
   r.set_file_id(file_id);
-  auto reader = stub_->FetchFile(&ctx, r);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  v1::FileChunk chunk;
-  while (reader->Read(&chunk)) out.write(chunk.data().data(), chunk.data().size());
-  grpc::Status st = reader->Finish();
-  out.close();
-  if (!st.ok() || !out) {
-    *error = absl::StrCat("fetching ", file_id, ": ",
-                          st.ok() ? "write error" : st.error_message());
+  auto sha = ReceiveToFile(stub_->FetchFile(ctx.get(), r).get(), path);
+  if (!sha.ok()) {
+    *error = absl::StrCat("fetching ", file_id, ": ", sha.status().message());
     return false;
+  }
+  return true;
+}
+
+bool Agent::UploadCheckpoint(Attempt* attempt, int64_t step,
+                             const std::string& dir,
+                             const std::vector<std::string>& files,
+                             const v1::CheckpointMetrics& metrics,
+                             std::string* error) {
+  for (const std::string& name : files) {
+    if (!UploadResult(attempt, (fs::path(dir) / name).string(), name, step, error)) {
+      return false;
+    }
+  }
+  v1::CheckpointReport report;
+  report.set_step(step);
+  for (const std::string& name : files) report.add_files(name);
+  *report.mutable_metrics() = metrics;
+  absl::MutexLock lock(&mu_);
+  attempt->checkpoints.push_back(std::move(report));
+  wake_ = true;
+  return true;
+}
+
+bool Agent::FetchCheckpoint(Attempt* attempt, const v1::Checkpoint& checkpoint,
+                            const std::string& dir, std::string* error) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  for (const v1::ResultFile& f : checkpoint.files()) {
+    auto ctx = NewContext();
+    v1::FetchCheckpointFileRequest r;
+    r.set_job_id(attempt->assignment.job_id());
+    r.set_attempt(attempt->assignment.attempt());
+    r.set_step(checkpoint.step_number());
+    r.set_name(f.name());
+    auto sha = ReceiveToFile(stub_->FetchCheckpointFile(ctx.get(), r).get(),
+                             fs::path(dir) / f.name());
+    if (!sha.ok() || *sha != f.sha256()) {
+      *error = absl::StrCat("fetching checkpoint ", checkpoint.step_number(), " file ",
+                            f.name(), ": ",
+                            sha.ok() ? "SHA-256 mismatch" : sha.status().message());
+      return false;
+    }
   }
   return true;
 }
@@ -175,7 +255,8 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
                          std::string* error) {
   const v1::Assignment& as = attempt->assignment;
   std::error_code ec;
-  if (fs::exists(fs::path(as.model_path()) / "config.json", ec)) {
+  if (options_.use_local_models &&
+      fs::exists(fs::path(as.model_path()) / "config.json", ec)) {
     *dir = as.model_path();
     return true;
   }
@@ -194,26 +275,16 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
   for (const v1::ModelFile& f : model.files()) {
-    grpc::ClientContext ctx;
+    auto ctx = NewContext();
     v1::FetchModelFileRequest r;
     r.set_job_id(as.job_id());
     r.set_attempt(as.attempt());
     r.set_name(f.name());
-    auto reader = stub_->FetchModelFile(&ctx, r);
-    std::ofstream out(tmp / f.name(), std::ios::binary | std::ios::trunc);
-    Sha256 hash;
-    v1::FileChunk chunk;
-    while (reader->Read(&chunk)) {
-      out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
-      hash.Update(chunk.data());
-    }
-    grpc::Status st = reader->Finish();
-    out.close();
-    std::string sha = hash.HexDigest();
-    if (!st.ok() || !out || sha != f.sha256()) {
+    auto sha = ReceiveToFile(stub_->FetchModelFile(ctx.get(), r).get(), tmp / f.name());
+    if (!sha.ok() || *sha != f.sha256()) {
       *error = absl::StrCat("fetching ", f.name(), " of ", as.job().model(), ": ",
-                            !st.ok() ? st.error_message()
-                                     : absl::StrCat("SHA-256 ", sha, " != ", f.sha256()));
+                            sha.ok() ? absl::StrCat("SHA-256 ", *sha, " != ", f.sha256())
+                                     : std::string(sha.status().message()));
       fs::remove_all(tmp, ec);
       return false;
     }
@@ -229,7 +300,8 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
 }
 
 bool Agent::UploadResult(Attempt* attempt, const std::string& path,
-                         const std::string& name, std::string* error) {
+                         const std::string& name, int64_t checkpoint_step,
+                         std::string* error) {
   auto sha = Sha256File(path);
   std::error_code ec;
   int64_t size = static_cast<int64_t>(fs::file_size(path, ec));
@@ -237,9 +309,9 @@ bool Agent::UploadResult(Attempt* attempt, const std::string& path,
     *error = absl::StrCat("reading ", path, " failed");
     return false;
   }
-  grpc::ClientContext ctx;
+  auto ctx = NewContext();
   v1::ResultFile stored;
-  auto writer = stub_->UploadResult(&ctx, &stored);
+  auto writer = stub_->UploadResult(ctx.get(), &stored);
   v1::UploadResultRequest head;
   auto* h = head.mutable_header();
   h->set_job_id(attempt->assignment.job_id());
@@ -247,6 +319,7 @@ bool Agent::UploadResult(Attempt* attempt, const std::string& path,
   h->set_name(name);
   h->set_bytes(size);
   h->set_sha256(*sha);
+  h->set_checkpoint_step(checkpoint_step);
   bool open = writer->Write(head);
   std::ifstream in(path, std::ios::binary);
   std::string buf(1 << 20, '\0');
@@ -299,6 +372,9 @@ void Agent::RunAttempt(Attempt* attempt) {
   o.lora.target_modules.assign(job.lora().target_modules().begin(),
                                job.lora().target_modules().end());
 
+  o.checkpoint_every = as.checkpoint_every_steps();
+  o.checkpoint_dir = (dir / "checkpoints").string();
+
   std::string error;
   bool fetched = ResolveModel(attempt, &o.model_dir, &error) &&
                  FetchFile(attempt, job.training_file(), o.training_file, &error);
@@ -306,45 +382,79 @@ void Agent::RunAttempt(Attempt* attempt) {
     o.validation_file = (dir / "valid.jsonl").string();
     fetched = FetchFile(attempt, job.validation_file(), o.validation_file, &error);
   }
+  if (fetched && as.has_resume_from()) {
+    o.resume_from = (dir / "resume").string();
+    fetched = FetchCheckpoint(attempt, as.resume_from(), o.resume_from, &error);
+  }
   if (!fetched) {
     fail("fetch_failed", error, false);
   } else {
-    Emit(attempt, Message(absl::StrCat("Training started on ", options_.worker_id,
-                                       ": LoRA r=", o.lora.rank, " on ", job.model(),
-                                       ", ", o.n_epochs, " epochs, batch ",
-                                       o.batch_size, ", lr ", o.learning_rate)));
-    auto result = engine::Train(
-        o,
-        [&](const engine::StepMetrics& m) {
-          v1::JobEvent e;
-          e.set_type("metrics");
-          e.set_level("info");
-          e.set_message(absl::StrCat("Step ", m.step, "/", m.total_steps,
-                                     ": training loss=", m.loss));
-          auto* mm = e.mutable_metrics();
-          mm->set_step(m.step);
-          mm->set_total_steps(m.total_steps);
-          mm->set_train_loss(m.loss);
-          mm->set_train_mean_token_accuracy(m.token_accuracy);
-          mm->set_learning_rate(m.learning_rate);
-          mm->set_tokens_per_second(m.tokens_per_second);
-          mm->set_trained_tokens(m.trained_tokens);
-          {
-            absl::MutexLock lock(&mu_);
-            attempt->step = m.step;
-            attempt->total_steps = m.total_steps;
-            attempt->trained_tokens = m.trained_tokens;
-          }
-          Emit(attempt, std::move(e));
-        },
-        [&] { return attempt->stop.load(); });
+    Emit(attempt, Message(absl::StrCat(
+                      as.has_resume_from()
+                          ? absl::StrCat("Resuming from the checkpoint at step ",
+                                         as.resume_from().step_number(), " on ")
+                          : "Training started on ",
+                      options_.worker_id, ": LoRA r=", o.lora.rank, " on ",
+                      job.model(), ", ", o.n_epochs, " epochs, batch ",
+                      o.batch_size, ", lr ", o.learning_rate)));
+    engine::TrainHooks hooks;
+    hooks.on_step = [&](const engine::StepMetrics& m) {
+      v1::JobEvent e;
+      e.set_type("metrics");
+      e.set_level("info");
+      e.set_message(absl::StrCat("Step ", m.step, "/", m.total_steps,
+                                 ": training loss=", m.loss));
+      auto* mm = e.mutable_metrics();
+      mm->set_step(m.step);
+      mm->set_total_steps(m.total_steps);
+      mm->set_train_loss(m.loss);
+      mm->set_train_mean_token_accuracy(m.token_accuracy);
+      mm->set_learning_rate(m.learning_rate);
+      mm->set_tokens_per_second(m.tokens_per_second);
+      mm->set_trained_tokens(m.trained_tokens);
+      {
+        absl::MutexLock lock(&mu_);
+        attempt->step = m.step;
+        attempt->total_steps = m.total_steps;
+        attempt->trained_tokens = m.trained_tokens;
+      }
+      Emit(attempt, std::move(e));
+    };
+    hooks.should_stop = [&] {
+      if (!attempt->stop.load()) return engine::StopRequest::kNone;
+      return attempt->checkpoint_before_stop.load()
+                 ? engine::StopRequest::kCheckpointAndStop
+                 : engine::StopRequest::kCancel;
+    };
+    std::string checkpoint_error;
+    hooks.on_checkpoint = [&](const engine::CheckpointInfo& c) {
+      v1::CheckpointMetrics m;
+      m.set_train_loss(c.metrics.loss);
+      m.set_train_mean_token_accuracy(c.metrics.token_accuracy);
+      if (c.validation_loss) m.set_valid_loss(*c.validation_loss);
+      std::string err;
+      if (!UploadCheckpoint(attempt, c.step, c.dir, c.files, m, &err)) {
+        // Training goes on; the previous checkpoint stays the resume point.
+        checkpoint_error = err;
+        Emit(attempt, Message(absl::StrCat("Checkpoint at step ", c.step,
+                                           " was not stored: ", err),
+                              "warn"));
+      }
+    };
+    auto result = engine::Train(o, hooks);
     if (result.ok()) {
       outcome.set_trained_tokens(result->trained_tokens);
+      if (result->truncated_examples > 0) {
+        Emit(attempt, Message(absl::StrCat(result->truncated_examples,
+                                           " training examples were longer than ",
+                                           o.max_seq_len, " tokens and were truncated"),
+                              "warn"));
+      }
       bool uploaded = true;
       for (const char* name : {"adapter_config.json", "adapter_model.safetensors"}) {
         uploaded = uploaded &&
                    UploadResult(attempt, (fs::path(o.output_dir) / name).string(),
-                                name, &error);
+                                name, 0, &error);
         if (uploaded) outcome.add_result_files(name);
       }
       if (uploaded) {
@@ -357,6 +467,10 @@ void Agent::RunAttempt(Attempt* attempt) {
       }
     } else if (absl::IsCancelled(result.status())) {
       outcome.set_result(v1::AttemptOutcome::RESULT_CANCELLED);
+    } else if (absl::IsAborted(result.status()) && checkpoint_error.empty()) {
+      outcome.set_result(v1::AttemptOutcome::RESULT_STOPPED);
+    } else if (absl::IsAborted(result.status())) {
+      fail("checkpoint_failed", checkpoint_error, false);
     } else {
       bool user = absl::IsInvalidArgument(result.status());
       fail(user ? "invalid_training_file" : "training_error",
@@ -371,13 +485,20 @@ void Agent::RunAttempt(Attempt* attempt) {
   wake_ = true;
 }
 
+bool Agent::Drained() {
+  if (abort_.load()) return true;
+  if (!stopping_.load()) return false;
+  absl::MutexLock lock(&mu_);
+  return attempt_ == nullptr || absl::Now() > drain_deadline_;
+}
+
 void Agent::Run() {
   absl::Duration backoff = absl::Milliseconds(200);
-  while (!stopping_.load()) {
-    grpc::ClientContext ctx;
-    auto stream = stub_->Connect(&ctx);
+  while (!Drained()) {
+    auto ctx = NewContext();
+    auto stream = stub_->Connect(ctx.get());
     bool connected = false;
-    while (!stopping_.load()) {
+    while (!Drained()) {
       if (!stream->Write(BuildReport())) break;
       v1::WorkerDirective d;
       if (!stream->Read(&d)) break;
@@ -393,7 +514,7 @@ void Agent::Run() {
     }
     stream->WritesDone();
     grpc::Status st = stream->Finish();
-    if (stopping_.load()) break;
+    if (Drained()) break;
     spdlog::warn("lost the stream to lathed at {} ({}); reconnecting in {}",
                  options_.server, st.error_message(), absl::FormatDuration(backoff));
     absl::SleepFor(backoff);

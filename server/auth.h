@@ -1,0 +1,68 @@
+// Who is calling: API keys (a project's users and operators) on the public
+// services, a shared worker token on the worker service. A credential of one
+// kind is refused by the other kind's services.
+//
+// Thread-safe (the store is; the worker token is constant).
+#ifndef LATHE_SERVER_AUTH_H_
+#define LATHE_SERVER_AUTH_H_
+
+#include <string>
+
+#include <grpcpp/server_context.h>
+
+#include "absl/status/statusor.h"
+#include "lathe/v1/admin.pb.h"
+#include "server/store/store.h"
+
+namespace lathe {
+
+struct Caller {
+  std::string project;  // the key's project
+  bool admin = false;
+  std::string key_id;
+};
+
+class Authenticator {
+ public:
+  // `store` must outlive this.
+  Authenticator(store::Store& store, std::string worker_token)
+      : store_(store), worker_token_(std::move(worker_token)) {}
+
+  // The caller of a public RPC: `authorization: Bearer <api key>`.
+  // UNAUTHENTICATED when missing, unknown or revoked.
+  absl::StatusOr<Caller> User(const grpc::ServerContext* context) const;
+  // As User, and PERMISSION_DENIED unless the key is an admin key.
+  absl::StatusOr<Caller> Admin(const grpc::ServerContext* context) const;
+  // UNAUTHENTICATED unless the call carries the worker token.
+  absl::Status Worker(const grpc::ServerContext* context) const;
+
+ private:
+  store::Store& store_;
+  const std::string worker_token_;
+};
+
+// NOT_FOUND (worded as for a missing id) unless `owner` is the caller's
+// project: another project's ids must not be revealed to exist.
+absl::Status CheckOwner(const Caller& caller, const std::string& owner,
+                        absl::string_view what, absl::string_view id);
+
+// Creates an API key; returns it with its secret (shown once).
+// INVALID_ARGUMENT for a bad project name or role.
+absl::StatusOr<v1::ApiKey> CreateApiKey(store::Store& store,
+                                        const std::string& project,
+                                        const std::string& role,
+                                        const std::string& name);
+
+// Makes sure an admin key exists: if none is stored, creates one and writes
+// its secret to `path` (mode 0600). If `path` holds a secret the store does
+// not know (a fresh database), registers it. Returns the file's path.
+absl::Status EnsureAdminKey(store::Store& store, const std::string& path);
+
+// Reads the worker token from `path`, creating a random one (0600) if the
+// file does not exist.
+absl::StatusOr<std::string> LoadOrCreateSecret(const std::string& path,
+                                               absl::string_view prefix);
+
+}  // namespace lathe
+
+#endif  // LATHE_SERVER_AUTH_H_
