@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -35,6 +36,11 @@ int FreePort() {
 }
 
 }  // namespace
+
+std::string TestRoot(const std::string& name) {
+  const char* tmp = std::getenv("TMPDIR");
+  return absl::StrCat(tmp && *tmp ? tmp : "/tmp", "/lathe-", name, "-", getpid());
+}
 
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(
     const std::string& root, int workers,
@@ -128,6 +134,8 @@ Cluster::~Cluster() {
     lathed_->Signal(SIGTERM);
     lathed_->Wait(absl::Seconds(10));
   }
+  std::error_code ec;
+  fs::remove_all(root_, ec);
 }
 
 std::string Cluster::Logs() const {

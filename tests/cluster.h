@@ -21,6 +21,10 @@ struct Binaries {
   std::string cli = LATHE_CLI_BIN;
 };
 
+// A fresh folder for one test process: <tmp>/lathe-<name>-<pid>, so that
+// concurrent test runs never share one. Cluster removes it when done.
+std::string TestRoot(const std::string& name);
+
 class Cluster {
  public:
   // Empties `root`, makes the demo in `root`/demo and starts lathed (with

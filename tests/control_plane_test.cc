@@ -17,10 +17,6 @@
 namespace lathe::testing {
 namespace {
 
-std::string Root(const std::string& name) {
-  return ::testing::TempDir() + "/lathe-cp-" + name;
-}
-
 v1::CreateJobRequest DemoJob(const std::string& file_id, int epochs) {
   v1::CreateJobRequest r;
   r.set_model("lathe-demo");
@@ -78,7 +74,7 @@ absl::StatusOr<v1::Job> WaitFor(Client& c, const std::string& job_id,
 bool Finished(const v1::Job& j) { return IsTerminal(j.status()); }
 
 TEST(ControlPlaneTest, TwoProjectsShareWorkersFairly) {
-  auto cluster = Cluster::Start(Root("fair"), 2);
+  auto cluster = Cluster::Start(TestRoot("cp-fair"), 2);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   auto a = c.ClientFor("team-a");
@@ -131,7 +127,7 @@ TEST(ControlPlaneTest, TwoProjectsShareWorkersFairly) {
 }
 
 TEST(ControlPlaneTest, PauseCheckpointsAndResumeContinues) {
-  auto cluster = Cluster::Start(Root("pause"), 1, {"--checkpoint_every_steps=5"});
+  auto cluster = Cluster::Start(TestRoot("cp-pause"), 1, {"--checkpoint_every_steps=5"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
@@ -194,7 +190,7 @@ TEST(ControlPlaneTest, PauseCheckpointsAndResumeContinues) {
 }
 
 TEST(ControlPlaneTest, WatchReattachedMidJobMissesAndRepeatsNothing) {
-  auto cluster = Cluster::Start(Root("watch"), 1);
+  auto cluster = Cluster::Start(TestRoot("cp-watch"), 1);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
@@ -226,7 +222,7 @@ TEST(ControlPlaneTest, WatchReattachedMidJobMissesAndRepeatsNothing) {
 }
 
 TEST(ControlPlaneTest, WorkerKilledMidJobResumesOnTheOtherWorker) {
-  auto cluster = Cluster::Start(Root("kill"), 2, {"--checkpoint_every_steps=5"});
+  auto cluster = Cluster::Start(TestRoot("cp-kill"), 2, {"--checkpoint_every_steps=5"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
@@ -269,7 +265,7 @@ TEST(ControlPlaneTest, WorkerKilledMidJobResumesOnTheOtherWorker) {
 }
 
 TEST(ControlPlaneTest, ModelsRegisteredAndFetchedByWorkersThatCannotReadThem) {
-  auto cluster = Cluster::Start(Root("models"), 0);
+  auto cluster = Cluster::Start(TestRoot("cp-models"), 0);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   // A worker that never reads the server's folders fetches the model.

@@ -16,12 +16,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string TestRoot(const std::string& name) {
-  return ::testing::TempDir() + "/lathe-e2e-" + name;
-}
-
 TEST(EndToEndTest, UploadTrainWatchDownload) {
-  auto cluster = Cluster::Start(TestRoot("main"), 1);
+  auto cluster = Cluster::Start(TestRoot("e2e-main"), 1);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
 
@@ -112,7 +108,7 @@ TEST(EndToEndTest, UploadTrainWatchDownload) {
 }
 
 TEST(EndToEndTest, CancelARunningJob) {
-  auto cluster = Cluster::Start(TestRoot("cancel"), 1);
+  auto cluster = Cluster::Start(TestRoot("e2e-cancel"), 1);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
@@ -148,7 +144,7 @@ TEST(EndToEndTest, CancelARunningJob) {
 }
 
 TEST(EndToEndTest, BadUploadIsRefusedAndNothingStored) {
-  auto cluster = Cluster::Start(TestRoot("bad"), 0);
+  auto cluster = Cluster::Start(TestRoot("e2e-bad"), 0);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   std::string bad = c.root() + "/bad.jsonl";

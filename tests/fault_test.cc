@@ -48,7 +48,7 @@ void ExpectDataIntact(const std::string& data_dir) {
 }
 
 TEST(FaultTest, LathedKilledRepeatedlyLosesNothingAcknowledged) {
-  auto cluster = Cluster::Start(::testing::TempDir() + "/lathe-fault-lathed", 1,
+  auto cluster = Cluster::Start(TestRoot("fault-lathed"), 1,
                                 {"--checkpoint_every_steps=5"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
