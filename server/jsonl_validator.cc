@@ -19,7 +19,8 @@ absl::Status LineError(int64_t line, absl::string_view field,
 
 }  // namespace
 
-absl::Status JsonlValidator::CheckLine(absl::string_view line, int64_t n) {
+absl::StatusOr<std::string> JsonlValidator::CheckLine(absl::string_view line,
+                                                      int64_t n) {
   json doc = json::parse(line.data(), line.data() + line.size(), nullptr,
                          /*allow_exceptions=*/false);
   if (doc.is_discarded()) {
@@ -28,9 +29,31 @@ absl::Status JsonlValidator::CheckLine(absl::string_view line, int64_t n) {
   if (!doc.is_object()) return LineError(n, "", "expected a JSON object");
   auto it = doc.find("messages");
   if (it == doc.end()) {
+    auto prompt = doc.find("prompt");
+    auto completion = doc.find("completion");
+    if (prompt != doc.end() || completion != doc.end()) {
+      if (prompt == doc.end() || !prompt->is_string()) {
+        return LineError(n, "prompt", "missing or not a string");
+      }
+      if (completion == doc.end() || !completion->is_string()) {
+        return LineError(n, "completion", "missing or not a string");
+      }
+      if (completion->get_ref<const std::string&>().empty()) {
+        return LineError(n, "completion", "empty (nothing to learn)");
+      }
+      return std::string("prompt_completion");
+    }
+    auto text = doc.find("text");
+    if (text != doc.end()) {
+      if (!text->is_string() || text->get_ref<const std::string&>().empty()) {
+        return LineError(n, "text", "must be a non-empty string");
+      }
+      return std::string("text");
+    }
     return LineError(n, "messages",
-                     "missing (expected the OpenAI chat format: "
-                     "{\"messages\": [{\"role\": …, \"content\": …}, …]})");
+                     "missing (expected the OpenAI chat format "
+                     "{\"messages\": [{\"role\": …, \"content\": …}, …]}, "
+                     "or {\"prompt\", \"completion\"}, or {\"text\"})");
   }
   if (!it->is_array() || it->empty()) {
     return LineError(n, "messages", "expected a non-empty array");
@@ -79,14 +102,23 @@ absl::Status JsonlValidator::CheckLine(absl::string_view line, int64_t n) {
     return LineError(n, "messages",
                      "no assistant message with weight 1 (nothing to learn)");
   }
-  return absl::OkStatus();
+  return std::string("chat");
 }
 
 absl::Status JsonlValidator::EndLine() {
   ++line_number_;
   absl::string_view line = absl::StripAsciiWhitespace(line_);
   if (!line.empty()) {
-    error_ = CheckLine(line, line_number_);
+    auto format = CheckLine(line, line_number_);
+    error_ = format.status();
+    if (error_.ok() && format_.empty()) {
+      format_ = *format;
+      format_line_ = line_number_;
+    } else if (error_.ok() && *format != format_) {
+      error_ = absl::InvalidArgumentError(absl::StrCat(
+          "line ", line_number_, ": mixed formats: this line is ", *format,
+          " but line ", format_line_, " is ", format_, " (one format per file)"));
+    }
     if (error_.ok() && ++examples_ > limits_.max_examples) {
       error_ = absl::ResourceExhaustedError(absl::StrCat(
           "line ", line_number_, ": more than ", limits_.max_examples,

@@ -1,10 +1,14 @@
 // Checks an uploaded training file line by line as its bytes stream in, so
 // a file is refused at the door with an error naming the line and the field.
 //
-// Accepted: OpenAI chat JSONL, one {"messages": [...]} object per line, roles
-// system/user/assistant, string content, at least one assistant message with
-// non-empty content, optional per-message "weight" 0 or 1. Blank lines are
-// skipped. Not thread-safe.
+// Accepted, one JSON object per line, one format per file:
+// - chat: {"messages": [...]}, roles system/user/assistant, string content,
+//   at least one assistant message with non-empty content and weight 1,
+//   optional per-message "weight" 0 or 1 (assistant messages only);
+// - prompt_completion: {"prompt": "...", "completion": "..."} with a
+//   non-empty completion;
+// - text: {"text": "..."} with non-empty text.
+// Blank lines are skipped. Not thread-safe.
 #ifndef LATHE_SERVER_JSONL_VALIDATOR_H_
 #define LATHE_SERVER_JSONL_VALIDATOR_H_
 
@@ -13,6 +17,7 @@
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace lathe {
 
@@ -33,10 +38,13 @@ class JsonlValidator {
   absl::Status Finish();
 
   int64_t examples() const { return examples_; }
-  std::string format() const { return "chat"; }
+  // "chat", "prompt_completion" or "text": the format of the first line.
+  const std::string& format() const { return format_; }
 
-  // Checks one line (1-based number for messages); exposed for tests.
-  static absl::Status CheckLine(absl::string_view line, int64_t line_number);
+  // Checks one line (1-based number for messages) and returns its format;
+  // exposed for tests.
+  static absl::StatusOr<std::string> CheckLine(absl::string_view line,
+                                               int64_t line_number);
 
  private:
   absl::Status EndLine();
@@ -45,6 +53,8 @@ class JsonlValidator {
   std::string line_;
   int64_t line_number_ = 0;
   int64_t examples_ = 0;
+  int64_t format_line_ = 0;  // the line that set format_
+  std::string format_;
   absl::Status error_;
 };
 

@@ -17,7 +17,9 @@ TEST(JsonlValidatorTest, RefusesBadLinesNamingLineAndField) {
   const Case cases[] = {
       {"{not json", "line 2: not valid JSON"},
       {"\"just a string\"", "line 2: expected a JSON object"},
-      {R"({"prompt":"a","completion":"b"})", "line 2: messages: missing"},
+      {R"({"prompt":"a","completion":"b"})", "line 2: mixed formats: this line is prompt_completion but line 1 is chat"},
+      {R"({"text":"just words"})", "line 2: mixed formats"},
+      {R"({"input":"a"})", "line 2: messages: missing"},
       {R"({"messages":[]})", "line 2: messages: expected a non-empty array"},
       {R"({"messages":[{"role":"bot","content":"x"}]})",
        "line 2: messages[0].role: unknown role \"bot\""},
@@ -42,6 +44,24 @@ TEST(JsonlValidatorTest, RefusesBadLinesNamingLineAndField) {
     EXPECT_NE(st.message().find(c.expect), absl::string_view::npos)
         << "got: " << st.message() << "\nwant: " << c.expect;
   }
+}
+
+TEST(JsonlValidatorTest, RecognisesPromptCompletionAndText) {
+  JsonlValidator pc;
+  ASSERT_TRUE(pc.Feed("{\"prompt\":\"2+2=\",\"completion\":\"4\"}\n"
+                      "{\"prompt\":\"\",\"completion\":\"x\"}\n").ok());
+  ASSERT_TRUE(pc.Finish().ok());
+  EXPECT_EQ(pc.format(), "prompt_completion");
+  JsonlValidator text;
+  ASSERT_TRUE(text.Feed("{\"text\":\"Once upon a time\"}\n").ok());
+  ASSERT_TRUE(text.Finish().ok());
+  EXPECT_EQ(text.format(), "text");
+  JsonlValidator bad;
+  absl::Status st = bad.Feed("{\"prompt\":\"a\",\"completion\":\"\"}\n");
+  EXPECT_NE(st.message().find("line 1: completion: empty"), absl::string_view::npos) << st;
+  JsonlValidator no_completion;
+  st = no_completion.Feed("{\"prompt\":\"a\"}\n");
+  EXPECT_NE(st.message().find("line 1: completion: missing"), absl::string_view::npos) << st;
 }
 
 TEST(JsonlValidatorTest, AcceptsChunksSplitAnywhere) {
