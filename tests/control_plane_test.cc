@@ -127,7 +127,7 @@ TEST(ControlPlaneTest, TwoProjectsShareWorkersFairly) {
 }
 
 TEST(ControlPlaneTest, PauseCheckpointsAndResumeContinues) {
-  auto cluster = Cluster::Start(TestRoot("cp-pause"), 1, {"--checkpoint_every_steps=5"});
+  auto cluster = Cluster::Start(TestRoot("cp-pause"), 2, {"--checkpoint_every_steps=5"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
@@ -190,7 +190,7 @@ TEST(ControlPlaneTest, PauseCheckpointsAndResumeContinues) {
 }
 
 TEST(ControlPlaneTest, WatchReattachedMidJobMissesAndRepeatsNothing) {
-  auto cluster = Cluster::Start(TestRoot("cp-watch"), 1);
+  auto cluster = Cluster::Start(TestRoot("cp-watch"), 2);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);

@@ -108,7 +108,7 @@ TEST(EndToEndTest, UploadTrainWatchDownload) {
 }
 
 TEST(EndToEndTest, CancelARunningJob) {
-  auto cluster = Cluster::Start(TestRoot("e2e-cancel"), 1);
+  auto cluster = Cluster::Start(TestRoot("e2e-cancel"), 2);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);

@@ -196,6 +196,13 @@ TEST(LlamaTest, MatchesReferenceWithLlama3RopeScaling) {
   ExpectMatchesReference(c);
 }
 
+TEST(LlamaTest, MatchesReferenceWithHeadDimApartFromHiddenOverHeads) {
+  // As Qwen-style configs allow: heads * head_dim (4 * 16) != hidden (32).
+  ModelConfig c = TinyConfig();
+  c.head_dim = 16;
+  ExpectMatchesReference(c);
+}
+
 TEST(LlamaTest, NamesMissingAndMisshapenTensors) {
   const ModelConfig c = TinyConfig();
   TensorMap weights = RandomWeights(c);
@@ -362,6 +369,26 @@ TEST_F(FixtureTest, LoraLogitsMatchPeft) {
   ASSERT_TRUE(options.ok()) << options.status();
   EXPECT_EQ(options->rank, 4);
   EXPECT_LT(MaxLogitError("lora_logits0.safetensors"), 1e-4);
+}
+
+TEST_F(FixtureTest, PeftAdapterLoadsAndSavesBackUnchanged) {
+  absl::StatusOr<LoraOptions> options =
+      LoadAdapter(*model_, fixture_ + "/adapter_ref");
+  ASSERT_TRUE(options.ok()) << options.status();
+  testing::TempDir dir;
+  ASSERT_TRUE(SaveAdapter(*model_, *options, "tiny-tinyllama-spm/model",
+                          dir.path())
+                  .ok());
+  absl::StatusOr<TensorMap> original =
+      LoadSafetensors(fixture_ + "/adapter_ref/adapter_model.safetensors");
+  absl::StatusOr<TensorMap> saved =
+      LoadSafetensors(dir.path() + "/adapter_model.safetensors");
+  ASSERT_TRUE(original.ok() && saved.ok());
+  ASSERT_EQ(original->size(), saved->size());
+  for (const auto& [name, tensor] : *original) {
+    ASSERT_TRUE(saved->count(name)) << name << " missing after re-save";
+    EXPECT_TRUE(torch::equal(tensor, saved->at(name))) << name;
+  }
 }
 
 }  // namespace
