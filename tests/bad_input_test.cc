@@ -1,0 +1,185 @@
+// A table of bad inputs through the real server: each gets the right status
+// code and a message naming the field or the line, and nothing is stored.
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/sha256.h"
+#include "tests/cluster.h"
+
+namespace lathe::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Case {
+  std::string name;
+  std::function<absl::Status()> call;
+  absl::StatusCode code;
+  std::string names;  // a substring of the message: the field or the line
+};
+
+constexpr char kGood[] =
+    R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]})";
+
+class BadInputTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto c = Cluster::Start(TestRoot("bad-input"), 0);
+    ASSERT_TRUE(c.ok()) << c.status();
+    cluster_ = *std::move(c);
+  }
+
+  // Uploads `content` as a file through the client library.
+  absl::Status Upload(const std::string& content, const std::string& purpose = "fine-tune") {
+    std::string path = cluster_->root() + "/upload.jsonl";
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
+    return cluster_->client().UploadFile(path, purpose, nullptr).status();
+  }
+
+  // Sends raw upload messages (to reach what the client library never sends).
+  absl::Status RawUpload(const std::vector<v1::UploadFileRequest>& messages) {
+    auto stub = v1::Files::NewStub(
+        grpc::CreateChannel(cluster_->address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + cluster_->api_key());
+    v1::File out;
+    auto writer = stub->Upload(&ctx, &out);
+    for (const auto& m : messages) {
+      if (!writer->Write(m)) break;
+    }
+    writer->WritesDone();
+    grpc::Status st = writer->Finish();
+    return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+  }
+
+  static v1::UploadFileRequest Header(const std::string& filename, int64_t bytes = 0,
+                                      const std::string& sha = "") {
+    v1::UploadFileRequest r;
+    r.mutable_header()->set_filename(filename);
+    r.mutable_header()->set_purpose("fine-tune");
+    r.mutable_header()->set_bytes(bytes);
+    r.mutable_header()->set_sha256(sha);
+    return r;
+  }
+  static v1::UploadFileRequest Chunk(const std::string& data) {
+    v1::UploadFileRequest r;
+    r.set_chunk(data);
+    return r;
+  }
+
+  std::unique_ptr<Cluster> cluster_;
+};
+
+TEST_F(BadInputTest, EveryBadInputIsRefusedByNameAndNothingIsStored) {
+  Client& c = cluster_->client();
+  ASSERT_TRUE(Upload(std::string(kGood) + "\n").ok());
+  auto files = c.ListFiles({});
+  ASSERT_EQ(files->data_size(), 1);
+  const std::string file_id = files->data(0).id();
+  v1::CreateJobRequest good;
+  good.set_model("lathe-demo");
+  good.set_training_file(file_id);
+  good.set_idempotency_key("once");
+  auto job = c.CreateJob(good);
+  ASSERT_TRUE(job.ok()) << job.status();
+
+  auto create = [&](std::function<void(v1::CreateJobRequest&)> change) {
+    return [&c, file_id, change] {
+      v1::CreateJobRequest r;
+      r.set_model("lathe-demo");
+      r.set_training_file(file_id);
+      change(r);
+      return c.CreateJob(r).status();
+    };
+  };
+  auto hp = [](v1::CreateJobRequest& r) {
+    return r.mutable_method()->mutable_supervised()->mutable_hyperparameters();
+  };
+  using C = absl::StatusCode;
+  const std::string line1 = std::string(kGood) + "\n";
+  std::vector<Case> cases = {
+      {"invalid JSON", [&] { return Upload(line1 + "{oops\n"); }, C::kInvalidArgument, "line 2: not valid JSON"},
+      {"invalid UTF-8", [&] { return Upload(line1 + "{\"text\":\"\xc3\x28\"}\n"); }, C::kInvalidArgument, "line 2: not valid JSON (or not valid UTF-8)"},
+      {"not an object", [&] { return Upload("[1,2]\n"); }, C::kInvalidArgument, "line 1: expected a JSON object"},
+      {"messages not an array", [&] { return Upload(R"({"messages":"hi"})"); }, C::kInvalidArgument, "line 1: messages: expected a non-empty array"},
+      {"unknown role", [&] { return Upload(line1 + R"({"messages":[{"role":"user","content":"q"},{"role":"robot","content":"a"}]})"); }, C::kInvalidArgument, "line 2: messages[1].role"},
+      {"content not a string", [&] { return Upload(R"({"messages":[{"role":"user","content":5},{"role":"assistant","content":"a"}]})"); }, C::kInvalidArgument, "line 1: messages[0].content"},
+      {"empty assistant", [&] { return Upload(R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":""}]})"); }, C::kInvalidArgument, "line 1: messages[1].content: empty assistant"},
+      {"no assistant", [&] { return Upload(R"({"messages":[{"role":"user","content":"q"}]})"); }, C::kInvalidArgument, "line 1: messages: no assistant message"},
+      {"bad weight", [&] { return Upload(R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a","weight":0.5}]})"); }, C::kInvalidArgument, "line 1: messages[1].weight"},
+      {"mixed formats", [&] { return Upload(line1 + R"({"text":"plain"})"); }, C::kInvalidArgument, "line 2: mixed formats"},
+      {"prompt without completion", [&] { return Upload(R"({"prompt":"a"})"); }, C::kInvalidArgument, "line 1: completion: missing"},
+      {"empty text", [&] { return Upload(R"({"text":""})"); }, C::kInvalidArgument, "line 1: text"},
+      {"unknown format", [&] { return Upload(R"({"input":"a","output":"b"})"); }, C::kInvalidArgument, "line 1: messages: missing"},
+      {"a single huge line", [&] { return Upload(line1 + "{\"text\":\"" + std::string(5 << 20, 'x') + "\"}\n"); }, C::kResourceExhausted, "line 2: longer than"},
+      {"empty file", [&] { return Upload("\n\n"); }, C::kInvalidArgument, "no examples"},
+      {"bad purpose", [&] { return Upload(line1, "batch"); }, C::kInvalidArgument, "purpose"},
+      {"path traversal in filename", [&] { return RawUpload({Header("../../etc/passwd"), Chunk(line1)}); }, C::kInvalidArgument, "filename"},
+      {"dot-dot filename", [&] { return RawUpload({Header(".."), Chunk(line1)}); }, C::kInvalidArgument, "filename"},
+      {"NUL in filename", [&] { return RawUpload({Header(std::string("a\0b", 3)), Chunk(line1)}); }, C::kInvalidArgument, "filename"},
+      {"overlong filename", [&] { return RawUpload({Header(std::string(300, 'a')), Chunk(line1)}); }, C::kInvalidArgument, "filename: longer than 255"},
+      {"no header first", [&] { return RawUpload({Chunk(line1)}); }, C::kInvalidArgument, "header"},
+      {"header twice", [&] { return RawUpload({Header("a.jsonl"), Header("b.jsonl")}); }, C::kInvalidArgument, "header: sent twice"},
+      {"truncated upload", [&] { return RawUpload({Header("a.jsonl", 1000), Chunk(line1)}); }, C::kDataLoss, "bytes: the header announced 1000"},
+      {"wrong sha256", [&] { return RawUpload({Header("a.jsonl", 0, std::string(64, '0')), Chunk(line1)}); }, C::kDataLoss, "sha256 mismatch"},
+      {"model missing", create([](auto& r) { r.clear_model(); }), C::kInvalidArgument, "model: required"},
+      {"model unknown", create([](auto& r) { r.set_model("gpt-9"); }), C::kNotFound, "model: no model named \"gpt-9\""},
+      {"model with traversal", create([](auto& r) { r.set_model("../../etc"); }), C::kNotFound, "model:"},
+      {"training_file missing", create([](auto& r) { r.clear_training_file(); }), C::kInvalidArgument, "training_file: required"},
+      {"training_file unknown", create([](auto& r) { r.set_training_file("file-nope"); }), C::kNotFound, "training_file: no such file"},
+      {"validation_file unknown", create([](auto& r) { r.set_validation_file("file-nope"); }), C::kNotFound, "validation_file: no such file"},
+      {"method dpo", create([](auto& r) { r.mutable_method()->set_type("dpo"); }), C::kInvalidArgument, "method.type"},
+      {"n_epochs 0", create([&](auto& r) { hp(r)->set_n_epochs(0); }), C::kInvalidArgument, "hyperparameters.n_epochs"},
+      {"n_epochs too many", create([&](auto& r) { hp(r)->set_n_epochs(1000); }), C::kInvalidArgument, "hyperparameters.n_epochs"},
+      {"batch_size 0", create([&](auto& r) { hp(r)->set_batch_size(0); }), C::kInvalidArgument, "hyperparameters.batch_size"},
+      {"batch_size huge", create([&](auto& r) { hp(r)->set_batch_size(1 << 20); }), C::kInvalidArgument, "hyperparameters.batch_size"},
+      {"lr NaN", create([&](auto& r) { hp(r)->set_learning_rate_multiplier(NAN); }), C::kInvalidArgument, "learning_rate_multiplier"},
+      {"lr infinite", create([&](auto& r) { hp(r)->set_learning_rate_multiplier(INFINITY); }), C::kInvalidArgument, "learning_rate_multiplier"},
+      {"lr negative", create([&](auto& r) { hp(r)->set_learning_rate_multiplier(-1); }), C::kInvalidArgument, "learning_rate_multiplier"},
+      {"lr zero", create([&](auto& r) { hp(r)->set_learning_rate_multiplier(0); }), C::kInvalidArgument, "learning_rate_multiplier"},
+      {"LoRA rank 0", create([](auto& r) { r.mutable_lora()->set_rank(0); }), C::kInvalidArgument, "lora.rank"},
+      {"LoRA alpha negative", create([](auto& r) { r.mutable_lora()->set_alpha(-2); }), C::kInvalidArgument, "lora.alpha"},
+      {"LoRA dropout 1.5", create([](auto& r) { r.mutable_lora()->set_dropout(1.5); }), C::kInvalidArgument, "lora.dropout"},
+      {"unknown target module", create([](auto& r) { r.mutable_lora()->add_target_modules("attn.c_attn"); }), C::kInvalidArgument, "lora.target_modules[0]"},
+      {"suffix with a slash", create([](auto& r) { r.set_suffix("a/b"); }), C::kInvalidArgument, "suffix"},
+      {"suffix too long", create([](auto& r) { r.set_suffix(std::string(65, 'a')); }), C::kInvalidArgument, "suffix"},
+      {"17 metadata pairs", create([](auto& r) { for (int i = 0; i < 17; ++i) (*r.mutable_metadata())[absl::StrCat("k", i)] = "v"; }), C::kInvalidArgument, "metadata"},
+      {"metadata value too long", create([](auto& r) { (*r.mutable_metadata())["k"] = std::string(600, 'v'); }), C::kInvalidArgument, "metadata[k]"},
+      {"unknown priority", create([](auto& r) { r.set_priority(static_cast<v1::JobPriority>(99)); }), C::kInvalidArgument, "priority"},
+      {"idempotency key reused with another body", create([](auto& r) { r.set_idempotency_key("once"); r.set_suffix("other"); }), C::kAlreadyExists, "idempotency_key"},
+      {"list limit too large", [&] { v1::ListFilesRequest r; r.set_limit(1000); return c.ListFiles(r).status(); }, C::kInvalidArgument, "limit"},
+      {"unknown list cursor", [&] { v1::ListJobsRequest r; r.set_after("ftjob-nope"); return c.ListJobs(r).status(); }, C::kInvalidArgument, "after: unknown cursor"},
+      {"bad event cursor", [&] { v1::ListJobEventsRequest r; r.set_job_id(job->id()); r.set_after("bogus"); return c.ListJobEvents(r).status(); }, C::kInvalidArgument, "after: not an event id"},
+      {"unknown checkpoint step", [&] { return c.DownloadCheckpoint(job->id(), 999, cluster_->root() + "/ck", nullptr).status(); }, C::kNotFound, "step_number"},
+      {"register model: bad name", [&] { return cluster_->admin().RegisterModel("a/b", cluster_->demo_dir() + "/model").status(); }, C::kInvalidArgument, "name"},
+      {"register model: relative path", [&] { return cluster_->admin().RegisterModel("m", "demo/model").status(); }, C::kInvalidArgument, "path: must be an absolute folder"},
+      {"register model: no config.json", [&] { return cluster_->admin().RegisterModel("m", cluster_->root()).status(); }, C::kInvalidArgument, "config.json"},
+      {"resume a queued job", [&] { return c.ResumeJob(job->id()).status(); }, C::kFailedPrecondition, "not paused"},
+  };
+  ASSERT_GE(cases.size(), 40u);
+  for (const Case& k : cases) {
+    absl::Status st = k.call();
+    EXPECT_EQ(st.code(), k.code) << k.name << ": " << st;
+    EXPECT_TRUE(absl::StrContains(st.message(), k.names))
+        << k.name << ": \"" << st.message() << "\" should name \"" << k.names << "\"";
+  }
+  // Nothing was stored: one file, one job, one blob, no temporaries.
+  EXPECT_EQ(c.ListFiles({})->data_size(), 1);
+  EXPECT_EQ(c.ListJobs({})->data_size(), 1);
+  EXPECT_EQ(c.ListModels()->data_size(), 1);
+  EXPECT_TRUE(fs::is_empty(cluster_->root() + "/data/tmp"));
+  int blobs = 0;
+  for (const auto& e : fs::recursive_directory_iterator(cluster_->root() + "/data/blobs")) {
+    blobs += e.is_regular_file();
+  }
+  EXPECT_EQ(blobs, 1);
+}
+
+}  // namespace
+}  // namespace lathe::testing
