@@ -472,9 +472,22 @@ void Agent::RunAttempt(Attempt* attempt) {
     } else if (absl::IsAborted(result.status())) {
       fail("checkpoint_failed", checkpoint_error, false);
     } else {
-      bool user = absl::IsInvalidArgument(result.status());
-      fail(user ? "invalid_training_file" : "training_error",
-           std::string(result.status().message()), user);
+      const absl::Status& st = result.status();
+      std::string message(st.message());
+      if (absl::IsOutOfRange(st)) {
+        fail("nan_loss", message, true);
+        outcome.mutable_error()->set_param(
+            "method.supervised.hyperparameters.learning_rate_multiplier");
+      } else if (absl::IsResourceExhausted(st)) {
+        fail("out_of_memory", message, true);
+        outcome.mutable_error()->set_param(
+            "method.supervised.hyperparameters.batch_size");
+      } else if (absl::IsInvalidArgument(st)) {
+        fail("invalid_training_file", message, true);
+        outcome.mutable_error()->set_param("training_file");
+      } else {
+        fail("training_error", message, false);
+      }
     }
   }
   fs::remove_all(dir, ec);

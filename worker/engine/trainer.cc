@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -243,9 +244,11 @@ int64_t Targets(const Batch& batch) {
 // One optimizer step over `batches` (its micro-batches): forward, loss,
 // backward for each, the loss normalised by the step's target tokens; then
 // clip and update. Fills the loss, accuracy and gradient norm of `m`.
-void OptimizerStep(const LlamaModel& model, AdamW& optimizer,
-                   const std::vector<Batch>& batches, double max_grad_norm,
-                   StepMetrics& m) {
+// OUT_OF_RANGE ("nan_loss: …", naming the step) when the loss is not finite;
+// the weights are then left as they were before the step.
+absl::Status OptimizerStep(const LlamaModel& model, AdamW& optimizer,
+                           const std::vector<Batch>& batches,
+                           double max_grad_norm, StepMetrics& m) {
   int64_t step_targets = 0;
   for (const Batch& batch : batches) step_targets += Targets(batch);
   optimizer.ZeroGrad();
@@ -261,12 +264,20 @@ void OptimizerStep(const LlamaModel& model, AdamW& optimizer,
     loss_sum += stats.loss.item<double>() * stats.targets;
     correct += stats.correct;
   }
-  m.grad_norm =
-      torch::nn::utils::clip_grad_norm_(optimizer.tensors(), max_grad_norm);
-  optimizer.Step(m.learning_rate);
   m.loss = loss_sum / std::max<int64_t>(step_targets, 1);
   m.token_accuracy =
       static_cast<double>(correct) / std::max<int64_t>(step_targets, 1);
+  if (!std::isfinite(m.loss)) {
+    // Retrying would diverge the same way: stop and say what to change.
+    return absl::OutOfRangeError(absl::StrCat(
+        "nan_loss: the training loss became ", m.loss, " at step ", m.step,
+        "; lower the learning rate (learning_rate_multiplier) or check the "
+        "data"));
+  }
+  m.grad_norm =
+      torch::nn::utils::clip_grad_norm_(optimizer.tensors(), max_grad_norm);
+  optimizer.Step(m.learning_rate);
+  return absl::OkStatus();
 }
 
 at::Generator TorchGenerator() {
@@ -486,7 +497,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o,
       batches.push_back(MakeBatch(examples, indices, pad_id));
       tokens += batches.back().tokens;
     }
-    OptimizerStep(model, optimizer, batches, o.max_grad_norm, m);
+    RETURN_IF_ERROR(OptimizerStep(model, optimizer, batches, o.max_grad_norm, m));
     const std::chrono::duration<double> seconds =
         std::chrono::steady_clock::now() - start;
     m.tokens_per_second = tokens / std::max(seconds.count(), 1e-9);
@@ -530,6 +541,12 @@ absl::StatusOr<TrainResult> Train(const TrainOptions& options,
                                   const TrainHooks& hooks) {
   try {
     return RunTraining(options, hooks);
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "out_of_memory: the device ran out of memory (", options.batch_size,
+        " examples of up to ", options.max_seq_len,
+        " tokens per micro-batch); use a smaller batch_size or max_seq_len, "
+        "or gradient accumulation"));
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("LibTorch error: ", e.what_without_backtrace()));

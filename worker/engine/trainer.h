@@ -124,7 +124,10 @@ struct TrainHooks {
 // FAILED_PRECONDITION when resume_from was written with different options
 // (naming the option) or a checkpoint is requested without checkpoint_dir,
 // CANCELLED after kCancel, ABORTED ("stopped at step N after checkpointing")
-// after kCheckpointAndStop, INTERNAL for LibTorch and I/O failures.
+// after kCheckpointAndStop, OUT_OF_RANGE ("nan_loss: …" naming the step) when
+// the loss stops being finite, RESOURCE_EXHAUSTED ("out_of_memory: …") when
+// the device runs out of memory, INTERNAL for other LibTorch and I/O
+// failures.
 absl::StatusOr<TrainResult> Train(const TrainOptions& options,
                                   const TrainHooks& hooks);
 

@@ -223,6 +223,23 @@ TEST_F(TrainerTest, CancelStopsWithoutCheckpoint) {
   EXPECT_FALSE(std::filesystem::exists(options.output_dir));
 }
 
+TEST_F(TrainerTest, DivergingLossStopsWithNanLossNamingTheStep) {
+  testing::TempDir out;
+  TrainOptions options = DemoOptions(out.path() + "/adapter");
+  options.learning_rate = 1e30;  // the weights blow up after one update
+  options.max_grad_norm = 1e30;
+  int steps = 0;
+  absl::StatusOr<TrainResult> result =
+      Train(options, {.on_step = [&](const StepMetrics&) { ++steps; }});
+  ASSERT_EQ(result.status().code(), absl::StatusCode::kOutOfRange) << result.status();
+  EXPECT_NE(result.status().message().find("nan_loss"), absl::string_view::npos);
+  EXPECT_NE(result.status().message().find(
+                absl::StrCat("at step ", steps + 1)),
+            absl::string_view::npos)
+      << result.status();
+  EXPECT_FALSE(std::filesystem::exists(options.output_dir));
+}
+
 TEST_F(TrainerTest, BadOptionsAndFilesAreReported) {
   testing::TempDir out;
   TrainOptions options = DemoOptions(out.path());
