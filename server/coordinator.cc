@@ -69,6 +69,7 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
     // A message from a superseded (or unknown) attempt is refused.
     out.set_stop(true);
     out.set_stop_reason("attempt superseded");
+    out.set_superseded(true);
     out.set_outcome_recorded(a.has_outcome());
     return absl::OkStatus();
   }

@@ -132,6 +132,7 @@ TEST_F(CoordinatorTest, ExpiredLeaseRequeuesThenFailsAndFencesOldAttempt) {
   old.add_events()->set_seq(1);
   auto d = Report("w1", &old);
   EXPECT_TRUE(d.stop());
+  EXPECT_FALSE(d.superseded());  // same attempt number, job taken back
   EXPECT_EQ(d.stop_reason(), "job is queued");
   EXPECT_TRUE(absl::IsFailedPrecondition(coord_->CheckCurrentAttempt("ftjob-1", 1)));
 
@@ -140,6 +141,7 @@ TEST_F(CoordinatorTest, ExpiredLeaseRequeuesThenFailsAndFencesOldAttempt) {
                                  v1::JOB_STATUS_RUNNING, std::nullopt,
                                  {.attempt = 2, .worker_id = "w2"})
                   .ok());
+  EXPECT_TRUE(Report("w1", &old).superseded());  // attempt 1 is over
   old.set_attempt(2);
   old.clear_events();
   Report("w2", &old);  // takes the lease for attempt 2

@@ -131,6 +131,10 @@ class WorkerService final : public v1::Worker::Service {
                               grpc::ServerWriter<v1::FileChunk>* writer) override;
 
  private:
+  // The worker token, and `attempt` being the job's current attempt.
+  absl::Status CheckAttemptCall(const grpc::ServerContext* context,
+                                const std::string& job_id, int32_t attempt) const;
+
   ServerContext ctx_;
 };
 

@@ -57,6 +57,13 @@ absl::StatusOr<v1::ResultFile> ReceiveResult(
 
 }  // namespace
 
+absl::Status WorkerService::CheckAttemptCall(const grpc::ServerContext* context,
+                                             const std::string& job_id,
+                                             int32_t attempt) const {
+  RETURN_IF_ERROR(ctx_.auth->Worker(context));
+  return ctx_.coordinator->CheckCurrentAttempt(job_id, attempt);
+}
+
 grpc::Status WorkerService::Connect(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::WorkerDirective, v1::WorkerReport>* stream) {
@@ -84,9 +91,7 @@ grpc::Status WorkerService::Connect(
 grpc::Status WorkerService::FetchFile(grpc::ServerContext* context,
                                       const v1::FetchFileRequest* request,
                                       grpc::ServerWriter<v1::FileChunk>* writer) {
-  if (auto st = ctx_.auth->Worker(context); !st.ok()) return ToGrpcStatus(st);
-  auto st = ctx_.coordinator->CheckCurrentAttempt(request->job_id(),
-                                                  request->attempt());
+  auto st = CheckAttemptCall(context, request->job_id(), request->attempt());
   if (!st.ok()) return ToGrpcStatus(st);
   auto job = ctx_.store->GetJob(request->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());
@@ -104,9 +109,7 @@ grpc::Status WorkerService::FetchFile(grpc::ServerContext* context,
 grpc::Status WorkerService::FetchCheckpointFile(
     grpc::ServerContext* context, const v1::FetchCheckpointFileRequest* request,
     grpc::ServerWriter<v1::FileChunk>* writer) {
-  if (auto st = ctx_.auth->Worker(context); !st.ok()) return ToGrpcStatus(st);
-  auto st = ctx_.coordinator->CheckCurrentAttempt(request->job_id(),
-                                                  request->attempt());
+  auto st = CheckAttemptCall(context, request->job_id(), request->attempt());
   if (!st.ok()) return ToGrpcStatus(st);
   auto all = ctx_.store->ListCheckpoints(request->job_id());
   if (!all.ok()) return ToGrpcStatus(all.status());
@@ -125,9 +128,7 @@ grpc::Status WorkerService::FetchCheckpointFile(
 grpc::Status WorkerService::FetchModelFile(
     grpc::ServerContext* context, const v1::FetchModelFileRequest* request,
     grpc::ServerWriter<v1::FileChunk>* writer) {
-  if (auto st = ctx_.auth->Worker(context); !st.ok()) return ToGrpcStatus(st);
-  auto st = ctx_.coordinator->CheckCurrentAttempt(request->job_id(),
-                                                  request->attempt());
+  auto st = CheckAttemptCall(context, request->job_id(), request->attempt());
   if (!st.ok()) return ToGrpcStatus(st);
   auto job = ctx_.store->GetJob(request->job_id());
   if (!job.ok()) return ToGrpcStatus(job.status());

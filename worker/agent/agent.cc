@@ -165,7 +165,7 @@ void Agent::Apply(const v1::WorkerDirective& d) {
                      attempt_->assignment.job_id(), d.stop_reason());
       }
       if (d.outcome_recorded() ||
-          (d.stop() && d.stop_reason() == "attempt superseded")) {
+          d.superseded()) {
         finished = std::move(attempt_);
       }
     }
