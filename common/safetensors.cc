@@ -99,8 +99,12 @@ absl::StatusOr<TensorInfo> ParseTensor(const std::string& name,
   }
   for (const Json& dim : *shape) {
     if (!dim.is_number_integer() || dim.get<int64_t>() < 0) {
+      // Not dump() for an array or object: it recurses once per nesting
+      // level, and a deeply nested one would overflow the stack.
+      const std::string got =
+          dim.is_structured() ? std::string(dim.type_name()) : dim.dump();
       return Malformed(source,
-                       absl::StrCat(where, ": field \"shape\" has ", dim.dump(),
+                       absl::StrCat(where, ": field \"shape\" has ", got,
                                     ", not a non-negative integer"));
     }
     info.shape.push_back(dim.get<int64_t>());

@@ -198,6 +198,18 @@ TEST_F(SafetensorsTest, MalformedHeadersNameTheProblem) {
             std::string::npos);
 }
 
+// Regression: the error for a deeply nested "shape" entry used to recurse
+// once per level (dump()) and overflow the stack.
+TEST_F(SafetensorsTest, DeeplyNestedShapeIsMalformedNotACrash) {
+  const int depth = 200'000;
+  const std::string nested = std::string(depth, '[') + std::string(depth, ']');
+  EXPECT_NE(ErrorOf(R"({"t":{"dtype":"F32","shape":[)" + nested +
+                        R"(],"data_offsets":[0,0]}})",
+                    0)
+                .find("\"shape\" has array"),
+            std::string::npos);
+}
+
 TEST(DtypeTest, NamesAndSizes) {
   EXPECT_EQ(*ParseDtype("BF16"), Dtype::kBF16);
   EXPECT_EQ(DtypeSize(Dtype::kBF16), 2u);

@@ -48,8 +48,10 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(
     return invalid("model.vocab must be a non-empty object");
   }
   for (const auto& [token, id] : vocab.items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0) {
-      return invalid(absl::StrCat("model.vocab[\"", token, "\"] is not an id"));
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
+        id.get<int64_t>() >= kMaxTokenIds) {
+      return invalid(absl::StrCat("model.vocab[\"", token,
+                                  "\"] is not an id below ", kMaxTokenIds));
     }
     const int32_t i = id.get<int32_t>();
     out->vocab_.emplace(token, i);

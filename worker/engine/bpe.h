@@ -25,13 +25,20 @@ struct BpeToken {
   size_t end = 0;
 };
 
+// Token ids read from a tokenizer file are below this: 2^24, 64 times the
+// largest vocabulary in use, so that a malformed file cannot ask for a
+// huge id table.
+inline constexpr int64_t kMaxTokenIds = int64_t{1} << 24;
+
 // Immutable after FromJson; thread-safe.
 class BpeModel {
  public:
   // `model` is tokenizer.json's "model". Merges may be "a b" strings or
   // ["a", "b"] pairs. INVALID_ARGUMENT for another model type, a
-  // continuing_subword_prefix / end_of_word_suffix (not supported), or a
-  // merge whose parts or result are not in the vocabulary.
+  // continuing_subword_prefix / end_of_word_suffix (not supported), an id
+  // outside [0, kMaxTokenIds), or a merge whose parts or result are not in
+  // the vocabulary. Throws nlohmann::json::exception for a field of the
+  // wrong type (TokenizerJson::Load turns it into INVALID_ARGUMENT).
   static absl::StatusOr<std::unique_ptr<BpeModel>> FromJson(
       const nlohmann::json& model);
 

@@ -1,5 +1,6 @@
 #include "worker/engine/json_file.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -13,9 +14,20 @@ absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   std::stringstream text;
   text << in.rdbuf();
-  nlohmann::json value = nlohmann::json::parse(text.str(), nullptr, false);
+  int depth = 0;
+  nlohmann::json value = nlohmann::json::parse(
+      text.str(),
+      [&depth](int d, nlohmann::json::parse_event_t, nlohmann::json&) {
+        depth = std::max(depth, d);
+        return true;
+      },
+      /*allow_exceptions=*/false);
   if (value.is_discarded()) {
     return absl::InvalidArgumentError(absl::StrCat(path, " is not valid JSON"));
+  }
+  if (depth > kMaxJsonDepth) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " nests deeper than ", kMaxJsonDepth, " levels"));
   }
   return value;
 }

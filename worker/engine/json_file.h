@@ -10,8 +10,13 @@
 
 namespace lathe::engine {
 
+// Documents nested deeper are refused: code that reads a document (copies,
+// dump(), Sequence steps) recurses once per level, so a deep one would
+// overflow the stack. Real configs and tokenizer.json nest < 10 levels.
+inline constexpr int kMaxJsonDepth = 64;
+
 // The parsed contents of `path`. NOT_FOUND when it cannot be opened,
-// INVALID_ARGUMENT when it is not JSON.
+// INVALID_ARGUMENT when it is not JSON or nests deeper than kMaxJsonDepth.
 absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
 
 // Writes `value` (pretty-printed) to `path` through a temp file and a rename.

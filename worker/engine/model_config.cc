@@ -108,7 +108,16 @@ absl::Status ParseRopeScaling(const Json& config, const std::string& source,
   if (!it->is_object()) {
     return FieldError(source, "rope_scaling", "must be an object or null");
   }
-  std::string type = it->value("rope_type", it->value("type", std::string()));
+  // Newer configs call it "rope_type", older ones "type".
+  auto type_field = it->find("rope_type");
+  if (type_field == it->end()) type_field = it->find("type");
+  if (type_field != it->end() && !type_field->is_string()) {
+    return FieldError(
+        source, "rope_scaling",
+        absl::StrCat("has rope_type ", type_field->dump(), ", not a string"));
+  }
+  const std::string type =
+      type_field == it->end() ? "" : type_field->get<std::string>();
   if (type == "default") return absl::OkStatus();
   if (type != "llama3") {
     return FieldError(source, "rope_scaling",

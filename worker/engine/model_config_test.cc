@@ -1,5 +1,7 @@
 #include "worker/engine/model_config.h"
 
+#include <fstream>
+
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/test_util.h"
@@ -108,6 +110,32 @@ TEST(ModelConfigTest, ErrorsNameTheField) {
   config = TinyConfig();
   config["rms_norm_eps"] = -1;
   EXPECT_NE(ErrorOf(config).find("\"rms_norm_eps\""), std::string::npos);
+}
+
+// Regression: a non-string rope_scaling type used to throw
+// nlohmann::json::type_error out of the parser.
+TEST(ModelConfigTest, RopeTypeOfTheWrongTypeIsAnError) {
+  Json config = TinyConfig();
+  config["rope_scaling"] = {{"type", 5}, {"factor", 4.0}};
+  EXPECT_NE(ErrorOf(config).find("\"rope_scaling\" has rope_type 5"),
+            std::string::npos);
+  config["rope_scaling"] = {{"rope_type", nullptr}};
+  EXPECT_NE(ErrorOf(config).find("\"rope_scaling\""), std::string::npos);
+}
+
+// A value nested deeply enough to overflow the stack of the recursive code
+// that reads it (dump() in the error message) is refused by the reader.
+TEST(ModelConfigTest, DeeplyNestedConfigIsInvalidNotACrash) {
+  testing::TempDir dir;
+  const int depth = 200'000;
+  std::string text = TinyConfig().dump();
+  text.insert(text.size() - 1, ",\"hidden_act\":" + std::string(depth, '[') +
+                                   std::string(depth, ']'));
+  std::ofstream(dir.path() + "/config.json") << text;
+  absl::StatusOr<ModelConfig> c = LoadModelConfig(dir.path());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("nests deeper"), std::string::npos)
+      << c.status();
 }
 
 TEST(ModelConfigTest, LoadsFixtureAndReportsMissingFile) {

@@ -38,7 +38,8 @@ struct AlignedText {
 class Normalizer {
  public:
   // `json` is tokenizer.json's "normalizer" (null: the identity).
-  // INVALID_ARGUMENT naming an unsupported type.
+  // INVALID_ARGUMENT naming an unsupported type. Throws
+  // nlohmann::json::exception for a field of the wrong type.
   static absl::StatusOr<Normalizer> FromJson(const nlohmann::json& json);
 
   // REQUIRES: text.source covers each byte of text.text.
@@ -55,7 +56,8 @@ class PreTokenizer {
  public:
   // `json` is tokenizer.json's "pre_tokenizer" (null: the whole text is one
   // pre-token). INVALID_ARGUMENT naming an unsupported type or a pattern
-  // ICU cannot compile.
+  // ICU cannot compile. Throws nlohmann::json::exception for a field of the
+  // wrong type.
   static absl::StatusOr<PreTokenizer> FromJson(const nlohmann::json& json);
 
   // Splits one normalized segment into pre-tokens (none empty).

@@ -51,6 +51,19 @@ bool WordCharAt(std::string_view text, size_t pos) {
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
     const std::string& model_dir, TokenizerFile file) {
+  // nlohmann::json throws when a field has the wrong type (a number where a
+  // string belongs); no exception leaves the loader.
+  try {
+    return LoadMayThrow(model_dir, file);
+  } catch (const Json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        model_dir,
+        "/tokenizer_config.json: a field has the wrong type: ", e.what()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadMayThrow(
+    const std::string& model_dir, TokenizerFile file) {
   const std::string json_path = model_dir + "/tokenizer.json";
   const std::string model_path = model_dir + "/tokenizer.model";
   const std::string config_path = model_dir + "/tokenizer_config.json";
@@ -92,10 +105,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(
         } catch (const std::exception&) {
         }
         AddedToken token = AddedTokenFromJson(value, id);
-        if (token.content.empty() || id < 0) {
+        if (token.content.empty() || id < 0 || id >= kMaxTokenIds) {
           return absl::InvalidArgumentError(absl::StrCat(
               config_path, ": field \"added_tokens_decoder\" entry \"", key,
-              "\" needs an integer id and a non-empty \"content\""));
+              "\" needs an integer id below ", kMaxTokenIds,
+              " and a non-empty \"content\""));
         }
         tokenizer->added_tokens_.push_back(std::move(token));
       }

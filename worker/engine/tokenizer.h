@@ -85,6 +85,11 @@ class Tokenizer {
  private:
   Tokenizer() = default;
 
+  // Load's work; throws nlohmann::json::exception for a field of
+  // tokenizer_config.json of the wrong type.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadMayThrow(
+      const std::string& model_dir, TokenizerFile file);
+
   struct Match {
     const AddedToken* token = nullptr;
     size_t begin = 0;  // of the match, stripped whitespace included

@@ -189,6 +189,18 @@ std::vector<std::string> RunStep(const DecodeStep& step,
 absl::StatusOr<std::unique_ptr<TokenizerJson>> TokenizerJson::Load(
     const std::string& path) {
   ASSIGN_OR_RETURN(Json json, ReadJsonFile(path));
+  // nlohmann::json throws when a field has the wrong type (a number where a
+  // string belongs); no exception leaves the loader.
+  try {
+    return FromJson(json, path);
+  } catch (const Json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": a field has the wrong type: ", e.what()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<TokenizerJson>> TokenizerJson::FromJson(
+    const Json& json, const std::string& path) {
   auto where = [&](absl::Status s) {
     return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
   };
@@ -218,9 +230,11 @@ absl::StatusOr<std::unique_ptr<TokenizerJson>> TokenizerJson::Load(
   }
   for (const Json& t : added) {
     if (!t.is_object() || !t.contains("id") || !t["id"].is_number_integer() ||
+        t["id"].get<int64_t>() < 0 || t["id"].get<int64_t>() >= kMaxTokenIds ||
         t.value("content", "").empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ": each of \"added_tokens\" needs an id and a content"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": each of \"added_tokens\" needs an id below ",
+                       kMaxTokenIds, " and a content"));
     }
     out->added_.push_back(AddedTokenFromJson(t, t["id"].get<int32_t>()));
   }

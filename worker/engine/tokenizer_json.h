@@ -65,6 +65,11 @@ class TokenizerJson {
  private:
   TokenizerJson() = default;
 
+  // Load's work on the parsed document; throws nlohmann::json::exception
+  // for a field of the wrong type.
+  static absl::StatusOr<std::unique_ptr<TokenizerJson>> FromJson(
+      const nlohmann::json& json, const std::string& path);
+
   Normalizer normalizer_;
   PreTokenizer pre_tokenizer_;
   std::unique_ptr<BpeModel> model_;

@@ -1,6 +1,7 @@
 #include "worker/engine/tokenizer_json.h"
 
 #include <fstream>
+#include <functional>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -244,6 +245,70 @@ TEST(TokenizerJsonTest, UnsupportedPartsAreNamed) {
       TokenizerJson::Load(dir.path() + "/tokenizer.json");
   EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(t.status().message().find("BertPreTokenizer"), std::string::npos);
+}
+
+// The status code of Tokenizer::Load for ByteLevelJson() changed by
+// `mutate` (tokenizer.json) and `config` (tokenizer_config.json).
+absl::StatusCode LoadCode(const std::function<void(Json&)>& mutate,
+                          const Json& config = {{"eos_token", "<eos>"}}) {
+  Json json = ByteLevelJson();
+  mutate(json);
+  testing::TempDir dir;
+  std::ofstream(dir.path() + "/tokenizer.json") << json.dump();
+  std::ofstream(dir.path() + "/tokenizer_config.json") << config.dump();
+  return Tokenizer::Load(dir.path()).status().code();
+}
+
+// Regression: fields of the wrong type used to throw
+// nlohmann::json::type_error out of Load; an id past 2^31 wrapped to a
+// negative index (out-of-bounds write) and a huge one asked for a huge
+// table; an added token id of 2^31-1 overflowed vocab_size.
+TEST(TokenizerJsonTest, MalformedDocumentsAreInvalidArgument) {
+  constexpr auto kInvalid = absl::StatusCode::kInvalidArgument;
+  EXPECT_EQ(LoadCode([](Json& j) { j["model"]["type"] = 5; }), kInvalid);
+  EXPECT_EQ(LoadCode([](Json& j) { j["decoder"] = 5; }), kInvalid);
+  EXPECT_EQ(LoadCode([](Json& j) {
+              j["pre_tokenizer"] = {{"type", "Sequence"},
+                                    {"pretokenizers", {{{"type", false}}}}};
+            }),
+            kInvalid);
+  EXPECT_EQ(
+      LoadCode([](Json& j) {
+        j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", 5}}}};
+      }),
+      kInvalid);
+  EXPECT_EQ(LoadCode([](Json& j) { j["added_tokens"][0]["content"] = 5; }),
+            kInvalid);
+  EXPECT_EQ(LoadCode([](Json& j) { j["model"]["vocab"]["zz"] = 3000000000; }),
+            kInvalid);
+  EXPECT_EQ(LoadCode([](Json& j) { j["model"]["vocab"]["zz"] = 1 << 24; }),
+            kInvalid);
+  EXPECT_EQ(LoadCode([](Json& j) { j["added_tokens"][1]["id"] = -1; }),
+            kInvalid);
+  EXPECT_EQ(LoadCode([](Json& j) { j["added_tokens"][1]["id"] = 2147483647; }),
+            kInvalid);
+  const Json config = {
+      {"eos_token", "<eos>"},
+      {"chat_template", Json::array({{{"name", 5}, {"template", "x"}}})}};
+  EXPECT_EQ(LoadCode([](Json&) {}, config), kInvalid);
+}
+
+// Nesting deep enough to overflow the stack of the code that reads the
+// document (copies of its parts) is refused by the reader.
+TEST(TokenizerJsonTest, DeeplyNestedDocumentIsInvalidNotACrash) {
+  Json json = ByteLevelJson();
+  json["normalizer"]["x"] = "DEEP";
+  std::string text = json.dump();
+  const int depth = 200'000;
+  text.replace(text.find("\"DEEP\""), 6,
+               std::string(depth, '[') + std::string(depth, ']'));
+  testing::TempDir dir;
+  std::ofstream(dir.path() + "/tokenizer.json") << text;
+  absl::StatusOr<std::unique_ptr<TokenizerJson>> t =
+      TokenizerJson::Load(dir.path() + "/tokenizer.json");
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(t.status().message().find("nests deeper"), std::string::npos)
+      << t.status();
 }
 
 // TinyLlama's tokenizer.json (SentencePiece-style BPE, legacy Prepend +
