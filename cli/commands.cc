@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -56,6 +58,11 @@ Global flags:
   --server HOST:PORT   lathed's address (default $LATHE_SERVER or 127.0.0.1:7070)
   --api_key KEY        your API key (default $LATHE_API_KEY); it decides the
                        project you act in
+  --ca_cert FILE       PEM CA that signed lathed's certificate (default
+                       $LATHE_CA_CERT, else the system's roots)
+  --tls_server_name N  expect N in lathed's certificate instead of the host
+  --insecure           plaintext, for a lathed started with --insecure
+                       (default: on if $LATHE_INSECURE is 1)
   -o, --output FORMAT  text (default) or json
 )";
 
@@ -68,9 +75,16 @@ struct Env {
 int Fail(const absl::Status& st) {
   std::cerr << "error: " << absl::StatusCodeToString(st.code()) << ": "
             << st.message() << "\n";
-  if (st.code() == absl::StatusCode::kUnavailable) {
+  std::string lower = absl::AsciiStrToLower(st.message());
+  if (st.code() == absl::StatusCode::kUnavailable &&
+      (absl::StrContains(lower, "ssl") || absl::StrContains(lower, "handshake") ||
+       absl::StrContains(lower, "tls"))) {
+    std::cerr << "hint: the TLS handshake failed: pass the CA that signed "
+                 "lathed's certificate with --ca_cert or $LATHE_CA_CERT (or "
+                 "--insecure if lathed serves plaintext)\n";
+  } else if (st.code() == absl::StatusCode::kUnavailable) {
     std::cerr << "hint: is lathed running at that address? (--server or "
-                 "$LATHE_SERVER)\n";
+                 "$LATHE_SERVER; --insecure if it serves plaintext)\n";
   }
   if (st.code() == absl::StatusCode::kUnauthenticated) {
     std::cerr << "hint: pass an API key with --api_key or $LATHE_API_KEY (an "
@@ -588,10 +602,10 @@ int JobsCommand(Env& env, const std::string& verb) {
 }  // namespace
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, {"follow", "help"});
+  auto args = Args::Parse(argv, {"follow", "help", "insecure"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   auto st = args->CheckKnown(
-      {"server", "api_key", "project", "role", "name", "output", "help", "purpose", "limit", "after", "status", "follow",
+      {"server", "api_key", "ca_cert", "tls_server_name", "insecure", "project", "role", "name", "output", "help", "purpose", "limit", "after", "status", "follow",
        "timeout", "out", "model", "training-file", "validation-file", "n-epochs",
        "batch-size", "learning-rate-multiplier", "lora-rank", "lora-alpha",
        "lora-dropout", "lora-target-modules", "suffix", "seed", "metadata",
@@ -607,8 +621,16 @@ int Run(const std::vector<std::string>& argv) {
   const char* env_server = std::getenv("LATHE_SERVER");
   std::string server = args->GetOr("server", env_server ? env_server : "127.0.0.1:7070");
   const char* env_key = std::getenv("LATHE_API_KEY");
-  Client client(server, args->GetOr("api_key", env_key ? env_key : ""));
-  Env env{*args, &client, output == "json"};
+  ChannelTls tls;
+  const char* env_ca = std::getenv("LATHE_CA_CERT");
+  tls.ca_file = args->GetOr("ca_cert", env_ca ? env_ca : "");
+  tls.server_name = args->GetOr("tls_server_name", "");
+  const char* env_insecure = std::getenv("LATHE_INSECURE");
+  tls.insecure = args->Has("insecure") ||
+                 (env_insecure != nullptr && std::string(env_insecure) == "1");
+  auto client = Client::Connect(server, args->GetOr("api_key", env_key ? env_key : ""), tls);
+  if (!client.ok()) return Fail(client.status());
+  Env env{*args, client->get(), output == "json"};
   if (pos[0] == "files") return FilesCommand(env, pos[1]);
   if (pos[0] == "jobs") return JobsCommand(env, pos[1]);
   if (pos[0] == "models") return ModelsCommand(env, pos[1]);

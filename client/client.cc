@@ -34,12 +34,19 @@ absl::StatusOr<Response> Client::Unary(Call call) const {
   return resp;
 }
 
-Client::Client(const std::string& target, const std::string& api_key)
-    : api_key_(api_key) {
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
+                                                        const std::string& api_key,
+                                                        const ChannelTls& tls) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(16 << 20);
-  channel_ = grpc::CreateCustomChannel(
-      target, grpc::InsecureChannelCredentials(), args);
+  // WatchJob re-attaches within seconds of a lathed restart.
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 5000);
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, MakeChannel(target, tls, args));
+  return std::make_unique<Client>(std::move(channel), api_key);
+}
+
+Client::Client(std::shared_ptr<grpc::Channel> channel, const std::string& api_key)
+    : api_key_(api_key), channel_(std::move(channel)) {
   files_ = v1::Files::NewStub(channel_);
   jobs_ = v1::FineTuning::NewStub(channel_);
   models_ = v1::Models::NewStub(channel_);

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls.h"
 #include "lathe/v1/admin.grpc.pb.h"
 #include "lathe/v1/files.grpc.pb.h"
 #include "lathe/v1/fine_tuning.grpc.pb.h"
@@ -22,9 +23,14 @@ namespace lathe {
 
 class Client {
  public:
-  // `target` is host:port of lathed; `api_key` identifies the caller (and so
-  // its project). Connects lazily.
-  Client(const std::string& target, const std::string& api_key);
+  // A client of lathed at `target` (host:port) over TLS as `tls` says;
+  // `api_key` identifies the caller (and so its project). Connects lazily.
+  // INVALID_ARGUMENT naming the option when a TLS file cannot be used.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target,
+                                                         const std::string& api_key,
+                                                         const ChannelTls& tls);
+  // Over an existing channel (e.g. one made by MakeChannel).
+  Client(std::shared_ptr<grpc::Channel> channel, const std::string& api_key);
 
   // Called with bytes done and the total (0 if unknown).
   using Progress = std::function<void(int64_t done, int64_t total)>;

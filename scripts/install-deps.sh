@@ -12,6 +12,8 @@ PACKAGES=(
   # LibTorch's CPU matrix multiply is ~45x faster with OpenBLAS than with
   # Debian's reference BLAS.
   libopenblas0-openmp
+  # scripts/make-certs.sh (the quick start's and the tests' private CA).
+  openssl
   # scripts/fuzz.sh: clang with libFuzzer and the ASan/UBSan runtimes, and
   # llvm-symbolizer for readable reports.
   clang-14 libclang-rt-14-dev llvm-14

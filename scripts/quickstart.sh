@@ -19,9 +19,16 @@ mkdir -p "$WORK"
 echo "== Making the demo model and dataset in $WORK/demo"
 "$BIN/worker/agent/lathe-worker" make-demo --out "$WORK/demo"
 
-echo "== Starting lathed on $LATHE_SERVER (data in $WORK/data, log $WORK/lathed.log)"
+echo "== Making a private CA and certificates in $WORK/certs (TLS, mutual TLS for workers)"
+bash scripts/make-certs.sh "$WORK/certs"
+export LATHE_CA_CERT="$WORK/certs/ca.pem"
+
+WORKER_PORT=${LATHE_WORKER_PORT:-7071}
+echo "== Starting lathed on $LATHE_SERVER, workers on port $WORKER_PORT (data in $WORK/data, log $WORK/lathed.log)"
 rm -f "$WORK/lathed.port"
-"$BIN/server/lathed" --listen "$LATHE_SERVER" --data_dir "$WORK/data" \
+"$BIN/server/lathed" --listen "$LATHE_SERVER" --worker_listen "127.0.0.1:$WORKER_PORT" \
+  --tls_cert "$WORK/certs/server.pem" --tls_key "$WORK/certs/server.key" \
+  --worker_client_ca "$WORK/certs/ca.pem" --data_dir "$WORK/data" \
   --base_model "lathe-demo=$WORK/demo/model" --port_file "$WORK/lathed.port" \
   >"$WORK/lathed.log" 2>&1 &
 LATHED_PID=$!
@@ -30,8 +37,9 @@ for _ in $(seq 100); do [ -s "$WORK/lathed.port" ] && break; sleep 0.1; done
 [ -s "$WORK/lathed.port" ] || { cat "$WORK/lathed.log"; echo "lathed did not start"; exit 1; }
 
 echo "== Starting one lathe-worker (log $WORK/worker.log)"
-"$BIN/worker/agent/lathe-worker" serve --server "$LATHE_SERVER" \
-  --token_file "$WORK/data/worker.token" \
+"$BIN/worker/agent/lathe-worker" serve --server "127.0.0.1:$WORKER_PORT" \
+  --ca_cert "$WORK/certs/ca.pem" --tls_cert "$WORK/certs/worker.pem" \
+  --tls_key "$WORK/certs/worker.key" --token_file "$WORK/data/worker.token" \
   --work_dir "$WORK/worker" >"$WORK/worker.log" 2>&1 &
 WORKER_PID=$!
 trap 'kill $WORKER_PID $LATHED_PID 2>/dev/null; wait 2>/dev/null' EXIT

@@ -8,6 +8,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "common/tls.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
@@ -92,6 +93,13 @@ absl::Status Authenticator::Worker(const grpc::ServerContext* context) const {
   if (!token.ok() || !ConstantTimeEquals(*token, worker_token_)) {
     return absl::UnauthenticatedError(
         "the worker service needs the worker token (lathe-worker --token_file)");
+  }
+  if (require_worker_certificate_ &&
+      (context->auth_context() == nullptr ||
+       !PeerHasVerifiedCertificate(*context->auth_context()))) {
+    return absl::UnauthenticatedError(
+        "the worker service needs a client certificate signed by lathed's "
+        "--worker_client_ca (lathe-worker --tls_cert/--tls_key)");
   }
   return absl::OkStatus();
 }

@@ -25,20 +25,27 @@ struct Caller {
 class Authenticator {
  public:
   // `store` must outlive this.
-  Authenticator(store::Store& store, std::string worker_token)
-      : store_(store), worker_token_(std::move(worker_token)) {}
+  // `require_worker_certificate`: worker calls must also come over mutual
+  // TLS with a client certificate the worker port verified.
+  Authenticator(store::Store& store, std::string worker_token,
+                bool require_worker_certificate = false)
+      : store_(store),
+        worker_token_(std::move(worker_token)),
+        require_worker_certificate_(require_worker_certificate) {}
 
   // The caller of a public RPC: `authorization: Bearer <api key>`.
   // UNAUTHENTICATED when missing, unknown or revoked.
   absl::StatusOr<Caller> User(const grpc::ServerContext* context) const;
   // As User, and PERMISSION_DENIED unless the key is an admin key.
   absl::StatusOr<Caller> Admin(const grpc::ServerContext* context) const;
-  // UNAUTHENTICATED unless the call carries the worker token.
+  // UNAUTHENTICATED unless the call carries the worker token (and, when
+  // required, a verified client certificate).
   absl::Status Worker(const grpc::ServerContext* context) const;
 
  private:
   store::Store& store_;
   const std::string worker_token_;
+  const bool require_worker_certificate_;
 };
 
 // NOT_FOUND (worded as for a missing id) unless `owner` is the caller's

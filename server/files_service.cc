@@ -47,7 +47,9 @@ absl::StatusOr<v1::File> ReceiveUpload(
         ctx.options.max_upload_bytes, ")"));
   }
   ASSIGN_OR_RETURN(auto writer, ctx.blobs->NewWriter());
-  JsonlValidator validator;
+  JsonlValidator validator(JsonlValidator::Limits{
+      .max_line_bytes = ctx.options.max_line_bytes,
+      .max_examples = ctx.options.max_examples_per_file});
   while (reader->Read(&msg)) {
     if (!msg.has_chunk()) {
       return absl::InvalidArgumentError("header: sent twice");

@@ -46,7 +46,8 @@ absl::StatusOr<v1::Job> CreateJobImpl(const ServerContext& ctx,
                         ? ""
                         : absl::StrCat(caller.project, "/", r.idempotency_key());
   ASSIGN_OR_RETURN(auto created,
-                   ctx.store->CreateJob(job, key, RequestFingerprint(r)));
+                   ctx.store->CreateJob(job, key, RequestFingerprint(r),
+                                        ctx.options.max_jobs_in_flight_per_project));
   if (!created.created) return created.job;
   // Files are validated line by line at upload, so the check here is that
   // they still exist; the job moves straight on to the queue.

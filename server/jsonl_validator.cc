@@ -122,7 +122,7 @@ absl::Status JsonlValidator::EndLine() {
     if (error_.ok() && ++examples_ > limits_.max_examples) {
       error_ = absl::ResourceExhaustedError(absl::StrCat(
           "line ", line_number_, ": more than ", limits_.max_examples,
-          " examples (max_examples)"));
+          " examples (max_examples_per_file)"));
     }
   }
   line_.clear();

@@ -14,6 +14,30 @@ namespace lathe {
 namespace fs = std::filesystem;
 
 absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
+  // TLS first: a bad certificate stops the start before anything is
+  // opened. Both ports serve the same certificate; the worker port may also
+  // require client certificates.
+  ServerTls public_tls = options.tls;
+  ServerTls worker_tls = options.tls;
+  worker_tls.client_ca_file = options.worker_client_ca;
+  worker_tls.require_client_cert = !options.worker_listen.empty();
+  if (options.worker_listen.empty()) public_tls = worker_tls;
+  if (!options.worker_client_ca.empty() && options.tls.insecure) {
+    return absl::InvalidArgumentError(
+        "--worker_client_ca: mutual TLS needs --tls_cert/--tls_key, not --insecure");
+  }
+  ASSIGN_OR_RETURN(auto public_creds, MakeServerCredentials(public_tls));
+  std::shared_ptr<grpc::ServerCredentials> worker_creds;
+  if (!options.worker_listen.empty()) {
+    ASSIGN_OR_RETURN(worker_creds, MakeServerCredentials(worker_tls));
+  }
+  if (options.tls.insecure) {
+    spdlog::warn("--insecure: serving PLAINTEXT on {}{}: API keys, worker "
+                 "tokens and training data cross the network unencrypted; "
+                 "use only on loopback or a trusted network",
+                 options.listen,
+                 options.worker_listen.empty() ? "" : " and " + options.worker_listen);
+  }
   std::unique_ptr<Lathed> d(new Lathed());
   std::error_code ec;
   fs::create_directories(options.data_dir, ec);
@@ -44,7 +68,8 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
                                ? (fs::path(options.data_dir) / "worker.token").string()
                                : options.worker_token_file;
   ASSIGN_OR_RETURN(std::string worker_token, LoadOrCreateSecret(token_file, "wt"));
-  d->auth_ = std::make_unique<Authenticator>(*d->store_, worker_token);
+  d->auth_ = std::make_unique<Authenticator>(*d->store_, worker_token,
+                                             !options.worker_client_ca.empty());
   spdlog::info("admin key in {}, worker token in {}", admin_key_file, token_file);
   ServerContext ctx{d->auth_.get(), d->store_.get(), d->blobs_.get(),
                     d->coordinator_.get(), options.service, &d->shutting_down_};
@@ -55,25 +80,39 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   d->admin_ = std::make_unique<AdminService>(ctx);
 
   grpc::EnableDefaultHealthCheckService(true);
+  // Keepalives detect dead peers on idle streams.
+  auto configure = [&](grpc::ServerBuilder& b) {
+    b.SetMaxReceiveMessageSize(options.max_message_bytes);
+    b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+    b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+    b.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  };
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
-                           &d->port_);
+  builder.AddListeningPort(options.listen, public_creds, &d->port_);
   builder.RegisterService(d->files_.get());
   builder.RegisterService(d->fine_tuning_.get());
-  builder.RegisterService(d->worker_.get());
   builder.RegisterService(d->models_.get());
   builder.RegisterService(d->admin_.get());
-  builder.SetMaxReceiveMessageSize(16 << 20);
-  // Detect dead peers on idle streams.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
-                             5000);
+  if (options.worker_listen.empty()) builder.RegisterService(d->worker_.get());
+  configure(builder);
   d->server_ = builder.BuildAndStart();
   if (!d->server_ || d->port_ == 0) {
     return absl::UnavailableError(
         absl::StrCat("listen: cannot bind ", options.listen));
+  }
+  d->worker_port_ = d->port_;
+  if (!options.worker_listen.empty()) {
+      grpc::ServerBuilder wb;
+    wb.AddListeningPort(options.worker_listen, worker_creds, &d->worker_port_);
+    wb.RegisterService(d->worker_.get());
+    configure(wb);
+    d->worker_server_ = wb.BuildAndStart();
+    if (!d->worker_server_ || d->worker_port_ == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("worker_listen: cannot bind ", options.worker_listen));
+    }
+    d->worker_server_->GetHealthCheckService()->SetServingStatus(true);
   }
   d->server_->GetHealthCheckService()->SetServingStatus(true);
   Lathed* self = d.get();
@@ -84,7 +123,11 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
       absl::SleepFor(interval);
     }
   });
-  spdlog::info("lathed serving on port {} (data in {})", d->port_,
+  spdlog::info("lathed serving on port {}{} over {} (data in {})", d->port_,
+               d->worker_server_ ? absl::StrCat(", workers on port ", d->worker_port_) : "",
+               options.tls.insecure ? "plaintext"
+               : options.worker_client_ca.empty() ? "TLS"
+                                                   : "TLS (workers: mutual TLS)",
                options.data_dir);
   return d;
 }
@@ -93,9 +136,16 @@ void Lathed::Wait() { server_->Wait(); }
 
 void Lathed::Shutdown(absl::Duration deadline) {
   if (shutting_down_.exchange(true)) return;
+  if (!server_) return;  // Start failed before serving
   // Load balancers and workers see NOT_SERVING while calls drain.
   server_->GetHealthCheckService()->SetServingStatus(false);
-  server_->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
+  if (worker_server_) worker_server_->GetHealthCheckService()->SetServingStatus(false);
+  // Both servers drain in parallel within the one deadline.
+  auto until = absl::ToChronoTime(absl::Now() + deadline);
+  std::thread workers;
+  if (worker_server_) workers = std::thread([this, until] { worker_server_->Shutdown(until); });
+  server_->Shutdown(until);
+  if (workers.joinable()) workers.join();
   if (sweeper_.joinable()) sweeper_.join();
 }
 

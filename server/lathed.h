@@ -12,6 +12,7 @@
 #include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
+#include "common/tls.h"
 #include "server/coordinator.h"
 #include "server/services.h"
 
@@ -19,6 +20,17 @@ namespace lathe {
 
 struct LathedOptions {
   std::string listen = "127.0.0.1:7070";     // host:port; port 0 = any
+  // The worker service's own port, e.g. on a cluster-internal interface.
+  // Empty: workers connect to `listen` as users do.
+  std::string worker_listen;
+  // Both ports' certificate and key (or insecure). MakeServerCredentials
+  // refuses a start with neither.
+  ServerTls tls;
+  // PEM CA of the workers' client certificates: workers must present one
+  // (mutual TLS) in addition to the worker token. Empty: token only.
+  std::string worker_client_ca;
+  // Largest gRPC message lathed accepts (uploads stream in 1 MiB chunks).
+  int max_message_bytes = 16 << 20;
   std::string data_dir = ".lathe";           // lathe.db and blobs/
   std::map<std::string, std::string> base_models;  // name -> folder
   ServiceOptions service;
@@ -38,6 +50,8 @@ class Lathed {
   ~Lathed();
 
   int port() const { return port_; }
+  // The worker port (== port() without worker_listen).
+  int worker_port() const { return worker_port_; }
   // Blocks until Shutdown() is called from another thread or a signal.
   void Wait();
   // Stops accepting calls, ends streams, and returns within `deadline`.
@@ -56,9 +70,11 @@ class Lathed {
   std::unique_ptr<WorkerService> worker_;
   std::unique_ptr<ModelsService> models_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> worker_server_;  // null without worker_listen
   std::atomic<bool> shutting_down_{false};
   std::thread sweeper_;
   int port_ = 0;
+  int worker_port_ = 0;
 };
 
 }  // namespace lathe

@@ -12,6 +12,27 @@
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "host:port to serve on");
+ABSL_FLAG(std::string, worker_listen, "",
+          "host:port for the worker service alone (e.g. a cluster-internal "
+          "address); default: workers use --listen");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain served on both ports (scripts/make-certs.sh "
+          "makes a private CA, this and the key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, worker_client_ca, "",
+          "PEM CA: workers must also present a client certificate it signed "
+          "(mutual TLS; required at the handshake on --worker_listen)");
+ABSL_FLAG(bool, insecure, false,
+          "serve plaintext instead of TLS (loopback or a trusted network "
+          "only; a warning is logged)");
+ABSL_FLAG(int, max_message_bytes, 16 << 20,
+          "largest gRPC message accepted (RESOURCE_EXHAUSTED beyond)");
+ABSL_FLAG(int64_t, max_line_bytes, 4 << 20,
+          "longest accepted line of an uploaded JSONL file");
+ABSL_FLAG(int64_t, max_examples_per_file, 1'000'000,
+          "most examples (lines) in one uploaded file");
+ABSL_FLAG(int, max_jobs_in_flight_per_project, 100,
+          "most jobs of one project that are queued, running or paused at once");
 ABSL_FLAG(std::string, data_dir, ".lathe", "folder for lathe.db and blobs");
 ABSL_FLAG(std::vector<std::string>, base_model, {},
           "base models as NAME=FOLDER, comma-separated");
@@ -42,6 +63,16 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   lathe::LathedOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
+  o.worker_listen = absl::GetFlag(FLAGS_worker_listen);
+  o.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  o.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  o.tls.insecure = absl::GetFlag(FLAGS_insecure);
+  o.worker_client_ca = absl::GetFlag(FLAGS_worker_client_ca);
+  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o.service.max_line_bytes = absl::GetFlag(FLAGS_max_line_bytes);
+  o.service.max_examples_per_file = absl::GetFlag(FLAGS_max_examples_per_file);
+  o.service.max_jobs_in_flight_per_project =
+      absl::GetFlag(FLAGS_max_jobs_in_flight_per_project);
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   for (const std::string& spec : absl::GetFlag(FLAGS_base_model)) {
     std::pair<std::string, std::string> kv = absl::StrSplit(spec, '=');
@@ -75,6 +106,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (std::string pf = absl::GetFlag(FLAGS_port_file); !pf.empty()) {
+    if ((*server)->worker_port() != (*server)->port()) {
+      std::string wtmp = pf + ".worker.tmp";
+      std::ofstream(wtmp) << (*server)->worker_port() << "\n";
+      std::rename(wtmp.c_str(), (pf + ".worker").c_str());
+    }
     std::string tmp = pf + ".tmp";
     std::ofstream(tmp) << (*server)->port() << "\n";
     std::rename(tmp.c_str(), pf.c_str());

@@ -23,6 +23,9 @@ namespace lathe {
 struct ServiceOptions {
   int64_t max_upload_bytes = 1LL << 30;      // 1 GiB
   int64_t chunk_bytes = 256 << 10;           // download chunk size
+  int64_t max_line_bytes = 4 << 20;          // per JSONL line
+  int64_t max_examples_per_file = 1'000'000;
+  int max_jobs_in_flight_per_project = 100;  // queued, running or paused
 };
 
 // The objects every service borrows; all must outlive the services.

@@ -109,8 +109,8 @@ TEST_F(AuthTest, AnotherProjectSeesNothingAndGetsNotFoundLikeMissingIds) {
 }
 
 TEST_F(AuthTest, CallsWithoutAValidKeyAreUnauthenticated) {
-  Client none(cluster_->address(), "");
-  Client wrong(cluster_->address(), "sk-not-a-key");
+  Client none(cluster_->NewChannel(), "");
+  Client wrong(cluster_->NewChannel(), "sk-not-a-key");
   for (Client* c : {&none, &wrong}) {
     EXPECT_TRUE(absl::IsUnauthenticated(c->ListFiles({}).status()));
     EXPECT_TRUE(absl::IsUnauthenticated(c->GetJob(job_id_).status()));
@@ -125,7 +125,7 @@ TEST_F(AuthTest, RevocationTakesEffectAtOnce) {
   r.set_project("short-lived");
   auto key = cluster_->admin().CreateApiKey(r);
   ASSERT_TRUE(key.ok());
-  Client c(cluster_->address(), key->secret());
+  Client c(cluster_->NewChannel(), key->secret());
   ASSERT_TRUE(c.ListJobs({}).ok());
   ASSERT_TRUE(cluster_->admin().RevokeApiKey(key->id()).ok());
   EXPECT_TRUE(absl::IsUnauthenticated(c.ListJobs({}).status()));
@@ -153,12 +153,13 @@ TEST_F(AuthTest, WorkerTokenAndUserKeysAreNotInterchangeable) {
       ReadFileOrEmpty(cluster_->root() + "/data/worker.token")));
   ASSERT_FALSE(token.empty());
   // The worker token is not a user key.
-  Client as_user(cluster_->address(), token);
+  Client as_user(cluster_->NewChannel(), token);
   EXPECT_TRUE(absl::IsUnauthenticated(as_user.ListJobs({}).status()));
   EXPECT_TRUE(absl::IsUnauthenticated(as_user.GetJob(job_id_).status()));
 
-  // A user (or admin) key is not the worker token.
-  auto channel = grpc::CreateChannel(cluster_->address(), grpc::InsecureChannelCredentials());
+  // A user (or admin) key is not the worker token, even over a channel
+  // with a valid worker client certificate.
+  auto channel = cluster_->NewWorkerChannel();
   auto worker = v1::Worker::NewStub(channel);
   for (const std::string& secret : {cluster_->api_key(), std::string("")}) {
     grpc::ClientContext ctx;

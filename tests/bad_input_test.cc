@@ -30,7 +30,11 @@ constexpr char kGood[] =
 class BadInputTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto c = Cluster::Start(TestRoot("bad-input"), 0);
+    // Small limits, to reach each with a small request.
+    auto c = Cluster::Start(TestRoot("bad-input"), 0,
+                            {"--max_upload_bytes=8000000", "--max_examples_per_file=50",
+                             "--max_jobs_in_flight_per_project=1",
+                             "--max_message_bytes=2097152"});
     ASSERT_TRUE(c.ok()) << c.status();
     cluster_ = *std::move(c);
   }
@@ -44,8 +48,7 @@ class BadInputTest : public ::testing::Test {
 
   // Sends raw upload messages (to reach what the client library never sends).
   absl::Status RawUpload(const std::vector<v1::UploadFileRequest>& messages) {
-    auto stub = v1::Files::NewStub(
-        grpc::CreateChannel(cluster_->address(), grpc::InsecureChannelCredentials()));
+    auto stub = v1::Files::NewStub(cluster_->NewChannel());
     grpc::ClientContext ctx;
     ctx.AddMetadata("authorization", "Bearer " + cluster_->api_key());
     v1::File out;
@@ -56,6 +59,22 @@ class BadInputTest : public ::testing::Test {
     writer->WritesDone();
     grpc::Status st = writer->Finish();
     return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+  }
+
+  // Registers a model folder whose model.safetensors is `header` (a JSON
+  // header, with `declared` as its length prefix if >= 0) and `data`.
+  absl::Status RegisterBadWeights(const std::string& name, const std::string& header,
+                                  const std::string& data, int64_t declared = -1) {
+    std::string dir = cluster_->root() + "/bad-" + name;
+    fs::create_directories(dir);
+    fs::copy_file(cluster_->demo_dir() + "/model/config.json", dir + "/config.json",
+                  fs::copy_options::overwrite_existing);
+    uint64_t n = declared >= 0 ? static_cast<uint64_t>(declared) : header.size();
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    std::ofstream(dir + "/model.safetensors", std::ios::binary | std::ios::trunc)
+        << bytes << header << data;
+    return cluster_->admin().RegisterModel("bad-" + name, dir).status();
   }
 
   static v1::UploadFileRequest Header(const std::string& filename, int64_t bytes = 0,
@@ -160,6 +179,16 @@ TEST_F(BadInputTest, EveryBadInputIsRefusedByNameAndNothingIsStored) {
       {"register model: bad name", [&] { return cluster_->admin().RegisterModel("a/b", cluster_->demo_dir() + "/model").status(); }, C::kInvalidArgument, "name"},
       {"register model: relative path", [&] { return cluster_->admin().RegisterModel("m", "demo/model").status(); }, C::kInvalidArgument, "path: must be an absolute folder"},
       {"register model: no config.json", [&] { return cluster_->admin().RegisterModel("m", cluster_->root()).status(); }, C::kInvalidArgument, "config.json"},
+      {"limit: upload size", [&] { return RawUpload({Header("a.jsonl", 9'000'000), Chunk(line1)}); }, C::kResourceExhausted, "max_upload_bytes"},
+      {"limit: examples per file", [&] { std::string many; for (int i = 0; i < 51; ++i) many += line1; return Upload(many); }, C::kResourceExhausted, "line 51: more than 50 examples (max_examples_per_file)"},
+      {"limit: jobs in flight", create([](auto&) {}), C::kResourceExhausted, "max_jobs_in_flight_per_project"},
+      {"limit: message size", [&] { return RawUpload({Header("a.jsonl"), Chunk(std::string(3 << 20, 'x'))}); }, C::kResourceExhausted, "larger than max"},
+      {"safetensors: header length beyond the file", [&] { return RegisterBadWeights("long", "{}", "", 1'000'000); }, C::kInvalidArgument, "model.safetensors"},
+      {"safetensors: header not JSON", [&] { return RegisterBadWeights("json", "{oops", ""); }, C::kInvalidArgument, "model.safetensors"},
+      {"safetensors: unknown dtype", [&] { return RegisterBadWeights("dtype", R"({"w":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}})", std::string(8, '\0')); }, C::kInvalidArgument, "\"dtype\""},
+      {"safetensors: shape/size mismatch", [&] { return RegisterBadWeights("shape", R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, '\0')); }, C::kInvalidArgument, "tensor \"w\""},
+      {"safetensors: offsets beyond the data", [&] { return RegisterBadWeights("range", R"({"w":{"dtype":"F32","shape":[16],"data_offsets":[0,64]}})", std::string(8, '\0')); }, C::kInvalidArgument, "the data section holds 8 bytes"},
+      {"safetensors: overlapping tensors", [&] { return RegisterBadWeights("overlap", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", std::string(12, '\0')); }, C::kInvalidArgument, "model.safetensors"},
       {"resume a queued job", [&] { return c.ResumeJob(job->id()).status(); }, C::kFailedPrecondition, "not paused"},
   };
   ASSERT_GE(cases.size(), 40u);

@@ -5,7 +5,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 
@@ -57,14 +59,35 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(
   }
   std::string port_file = root + "/lathed.port";
   fs::remove(port_file);
-  // A fixed port (picked free now) so a restarted lathed is found again.
+  // Fixed ports (picked free now) so a restarted lathed is found again.
   c->port_ = FreePort();
+  c->insecure_ = std::find(lathed_flags.begin(), lathed_flags.end(), "--insecure") !=
+                 lathed_flags.end();
   std::vector<std::string> argv = {
-      c->bin_.lathed, absl::StrCat("--listen=127.0.0.1:", c->port_),
+      c->bin_.lathed, absl::StrCat("--listen=127.0.0.1:", c->port_)};
+  if (c->insecure_) {
+    c->worker_port_ = c->port_;
+  } else {
+    do {
+      c->worker_port_ = FreePort();
+    } while (c->worker_port_ == c->port_);
+    rc = RunCommand({"bash", std::string(LATHE_SOURCE_DIR) + "/scripts/make-certs.sh",
+                     c->certs_dir()},
+                    &out);
+    if (rc != 0) {
+      return absl::InternalError(absl::StrCat("make-certs.sh failed (", rc, "): ", out));
+    }
+    argv.insert(argv.end(),
+                {absl::StrCat("--worker_listen=127.0.0.1:", c->worker_port_),
+                 "--tls_cert=" + c->certs_dir() + "/server.pem",
+                 "--tls_key=" + c->certs_dir() + "/server.key",
+                 "--worker_client_ca=" + c->certs_dir() + "/ca.pem"});
+  }
+  argv.insert(argv.end(), {
       "--data_dir=" + root + "/data",
       "--base_model=lathe-demo=" + c->demo_dir_ + "/model",
       "--base_learning_rate=2e-3", "--lease_seconds=4",
-      "--port_file=" + port_file};
+      "--port_file=" + port_file});
   argv.insert(argv.end(), lathed_flags.begin(), lathed_flags.end());
   c->lathed_argv_ = argv;
   c->lathed_ = std::make_unique<Subprocess>(argv, root + "/lathed.log");
@@ -80,11 +103,54 @@ absl::Status Cluster::Connect() {
   std::string admin_key(absl::StripAsciiWhitespace(
       ReadFileOrEmpty(root_ + "/data/admin.key")));
   if (admin_key.empty()) return absl::InternalError("no data/admin.key");
-  admin_ = std::make_unique<Client>(address(), admin_key);
+  admin_ = std::make_unique<Client>(NewChannel(), admin_key);
   if (api_key_.empty()) api_key_ = NewKey("default");
   if (api_key_.empty()) return absl::InternalError(absl::StrCat("no user key:\n", Logs()));
-  client_ = std::make_unique<Client>(address(), api_key_);
+  client_ = std::make_unique<Client>(NewChannel(), api_key_);
   return absl::OkStatus();
+}
+
+ChannelTls Cluster::client_tls() const {
+  ChannelTls tls;
+  tls.insecure = insecure_;
+  if (!insecure_) tls.ca_file = certs_dir() + "/ca.pem";
+  return tls;
+}
+
+ChannelTls Cluster::worker_tls() const {
+  ChannelTls tls = client_tls();
+  if (!insecure_) {
+    tls.cert_file = certs_dir() + "/worker.pem";
+    tls.key_file = certs_dir() + "/worker.key";
+  }
+  return tls;
+}
+
+std::vector<std::string> Cluster::CliTlsFlags() const {
+  if (insecure_) return {"--insecure"};
+  return {"--ca_cert", certs_dir() + "/ca.pem"};
+}
+
+namespace {
+std::shared_ptr<grpc::Channel> MustMakeChannel(const std::string& target,
+                                               const ChannelTls& tls) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(16 << 20);
+  auto channel = MakeChannel(target, tls, args);
+  if (!channel.ok()) {
+    std::fprintf(stderr, "cluster: %s\n", channel.status().ToString().c_str());
+    std::abort();
+  }
+  return *channel;
+}
+}  // namespace
+
+std::shared_ptr<grpc::Channel> Cluster::NewChannel() const {
+  return MustMakeChannel(address(), client_tls());
+}
+
+std::shared_ptr<grpc::Channel> Cluster::NewWorkerChannel() const {
+  return MustMakeChannel(worker_address(), worker_tls());
 }
 
 std::string Cluster::NewKey(const std::string& project) {
@@ -95,7 +161,7 @@ std::string Cluster::NewKey(const std::string& project) {
 }
 
 std::unique_ptr<Client> Cluster::ClientFor(const std::string& project) {
-  return std::make_unique<Client>(address(), NewKey(project));
+  return std::make_unique<Client>(NewChannel(), NewKey(project));
 }
 
 absl::Status Cluster::RestartLathed() {
@@ -113,10 +179,17 @@ absl::Status Cluster::RestartLathed() {
 
 int Cluster::AddWorker(const std::vector<std::string>& flags) {
   int i = static_cast<int>(workers_.size());
-  std::vector<std::string> argv = {bin_.worker, "serve", "--server=" + address(),
+  std::vector<std::string> argv = {bin_.worker, "serve", "--server=" + worker_address(),
                                    absl::StrCat("--worker_id=worker-", i),
                                    absl::StrCat("--work_dir=", root_, "/worker-", i),
                                    "--token_file=" + root_ + "/data/worker.token"};
+  if (insecure_) {
+    argv.push_back("--insecure");
+  } else {
+    argv.insert(argv.end(), {"--ca_cert=" + certs_dir() + "/ca.pem",
+                             "--tls_cert=" + certs_dir() + "/worker.pem",
+                             "--tls_key=" + certs_dir() + "/worker.key"});
+  }
   argv.insert(argv.end(), flags.begin(), flags.end());
   workers_.push_back(std::make_unique<Subprocess>(
       argv, absl::StrCat(root_, "/worker-", i, ".log")));

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "client/client.h"
+#include "common/tls.h"
 #include "tests/subprocess.h"
 
 namespace lathe::testing {
@@ -25,6 +26,10 @@ struct Binaries {
 // concurrent test runs never share one. Cluster removes it when done.
 std::string TestRoot(const std::string& name);
 
+// Serves as production does: TLS on the public port from a private CA made
+// by scripts/make-certs.sh, and workers on their own port with mutual TLS
+// plus the worker token. With "--insecure" among lathed_flags, everything
+// is plaintext on one port instead.
 class Cluster {
  public:
   // Empties `root`, makes the demo in `root`/demo and starts lathed (with
@@ -43,6 +48,22 @@ class Cluster {
   Subprocess& lathed() { return *lathed_; }
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  // Where workers connect (== address() when insecure).
+  std::string worker_address() const {
+    return "127.0.0.1:" + std::to_string(worker_port_);
+  }
+  // How a user's channel reaches address() (the CA, or insecure).
+  ChannelTls client_tls() const;
+  // As a worker does: plus the worker client certificate.
+  ChannelTls worker_tls() const;
+  // Flags that give the CLI client_tls(), e.g. {"--ca_cert", path}.
+  std::vector<std::string> CliTlsFlags() const;
+  // A new channel to address() / worker_address().
+  std::shared_ptr<grpc::Channel> NewChannel() const;
+  std::shared_ptr<grpc::Channel> NewWorkerChannel() const;
+  bool insecure() const { return insecure_; }
+  // The folder of ca.pem, server.pem/.key and worker.pem/.key.
+  std::string certs_dir() const { return root_ + "/certs"; }
   // A client with a user key of project "default".
   Client& client() { return *client_; }
   // A client with the bootstrap admin key.
@@ -64,6 +85,8 @@ class Cluster {
   std::string root_;
   std::string demo_dir_;
   int port_ = 0;
+  int worker_port_ = 0;
+  bool insecure_ = false;
   std::vector<std::string> lathed_argv_;
   std::unique_ptr<Subprocess> lathed_;
   std::vector<std::unique_ptr<Subprocess>> workers_;

@@ -23,10 +23,11 @@ TEST(EndToEndTest, UploadTrainWatchDownload) {
 
   // Upload through the CLI, as a user would.
   std::string out;
-  int rc = RunCommand({Binaries().cli, "--server", c.address(), "--api_key",
-                       c.api_key(), "files", "upload",
-                       c.demo_dir() + "/train.jsonl", "-o", "json"},
-                      &out);
+  std::vector<std::string> upload = {Binaries().cli, "--server", c.address(), "--api_key",
+                                     c.api_key(), "files", "upload",
+                                     c.demo_dir() + "/train.jsonl", "-o", "json"};
+  for (const std::string& f : c.CliTlsFlags()) upload.push_back(f);
+  int rc = RunCommand(upload, &out);
   ASSERT_EQ(rc, 0) << out << c.Logs();
   auto json_start = out.find('{');
   ASSERT_NE(json_start, std::string::npos) << out;

@@ -14,7 +14,7 @@ namespace lathe::testing {
 
 class Subprocess {
  public:
-  // Starts argv[0] with stdout and stderr appended to `log_path`.
+  // Starts argv[0] (a path, or a name looked up in PATH) with stdout and stderr appended to `log_path`.
   Subprocess(const std::vector<std::string>& argv, const std::string& log_path);
   ~Subprocess();  // SIGKILLs the process if still running
   Subprocess(const Subprocess&) = delete;

@@ -22,6 +22,15 @@ ABSL_FLAG(std::string, work_dir, ".lathe-worker", "folder for attempt files");
 ABSL_FLAG(std::string, token_file, "",
           "file holding lathed's worker token (lathed writes it to "
           "<data_dir>/worker.token)");
+ABSL_FLAG(std::string, ca_cert, "",
+          "PEM CA that signed lathed's certificate (default: system roots)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "this worker's PEM client certificate, for a lathed with "
+          "--worker_client_ca (mutual TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "expect this name in lathed's certificate instead of --server's host");
+ABSL_FLAG(bool, insecure, false, "plaintext, for a lathed started with --insecure");
 ABSL_FLAG(std::string, model_source, "auto",
           "auto: read a base model at the server's path when readable here, "
           "else fetch it from lathed; server: always fetch (cached by content "
@@ -58,15 +67,25 @@ int Serve(int argc, char** argv) {
     return 2;
   }
   o.use_local_models = source == "auto";
-  lathe::worker::Agent agent(o);
-  std::thread signals([&agent, set] {
+  o.tls.insecure = absl::GetFlag(FLAGS_insecure);
+  o.tls.ca_file = absl::GetFlag(FLAGS_ca_cert);
+  o.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  o.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  o.tls.server_name = absl::GetFlag(FLAGS_tls_server_name);
+  auto agent = lathe::worker::Agent::Create(o);
+  if (!agent.ok()) {
+    std::cerr << "--" << agent.status().message() << "\n";
+    return 2;
+  }
+  lathe::worker::Agent* a = agent->get();
+  std::thread signals([a, set] {
     int sig = 0;
     sigwait(&set, &sig);
     spdlog::info("signal {}: stopping", sig);
-    agent.Stop();
+    a->Stop();
   });
   signals.detach();
-  agent.Run();
+  a->Run();
   return 0;
 }
 

@@ -524,7 +524,7 @@ absl::StatusOr<std::vector<v1::Model>> Store::ListModels(
 
 absl::StatusOr<Store::Created> Store::CreateJob(
     const v1::Job& job, const std::string& idempotency_key,
-    const std::string& request_fingerprint) {
+    const std::string& request_fingerprint, int max_in_flight) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
   if (!idempotency_key.empty()) {
@@ -542,6 +542,22 @@ absl::StatusOr<Store::Created> Store::CreateJob(
       return Created{std::move(existing), false};
     }
   }
+  const std::string project = job.project().empty() ? std::string("default") : job.project();
+  if (max_in_flight > 0) {
+    ASSIGN_OR_RETURN(auto count, db_->Prepare("SELECT COUNT(*) FROM jobs WHERE project = ? "
+                                              "AND status NOT IN (?,?,?)"));
+    count.Bind(1, project)
+        .Bind(2, static_cast<int64_t>(v1::JOB_STATUS_SUCCEEDED))
+        .Bind(3, static_cast<int64_t>(v1::JOB_STATUS_FAILED))
+        .Bind(4, static_cast<int64_t>(v1::JOB_STATUS_CANCELLED));
+    ASSIGN_OR_RETURN(bool row, count.Step());
+    if (row && count.ColumnInt(0) >= max_in_flight) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "max_jobs_in_flight_per_project: project ", project, " already has ",
+          count.ColumnInt(0), " unfinished jobs (the limit is ", max_in_flight,
+          "); wait for some to finish or cancel some"));
+    }
+  }
   ASSIGN_OR_RETURN(auto stmt,
                    db_->Prepare("INSERT INTO jobs (id, status, spec, "
                                 "idempotency_key, fingerprint, project, "
@@ -556,7 +572,7 @@ absl::StatusOr<Store::Created> Store::CreateJob(
     stmt.Bind(4, idempotency_key);
   }
   stmt.Bind(5, request_fingerprint);
-  stmt.Bind(6, job.project().empty() ? std::string("default") : job.project());
+  stmt.Bind(6, project);
   stmt.Bind(7, static_cast<int64_t>(job.priority()));
   stmt.Bind(8, job.memory_bytes()).Bind(9, job.created_at());
   stmt.Bind(10, job.training_file()).Bind(11, job.validation_file());

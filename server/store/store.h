@@ -99,14 +99,17 @@ class Store {
   // Inserts a job (status taken from `job`). With a non-empty
   // `idempotency_key`: if a job with that key exists and its
   // `request_fingerprint` matches, returns that job (created = false); if it
-  // differs, ALREADY_EXISTS.
+  // differs, ALREADY_EXISTS. With `max_in_flight` > 0, RESOURCE_EXHAUSTED
+  // when the job's project already has that many unfinished jobs (checked
+  // in the insert's transaction, so concurrent creates cannot overshoot).
   struct Created {
     v1::Job job;
     bool created = true;
   };
   absl::StatusOr<Created> CreateJob(const v1::Job& job,
                                     const std::string& idempotency_key,
-                                    const std::string& request_fingerprint);
+                                    const std::string& request_fingerprint,
+                                    int max_in_flight = 0);
   // NOT_FOUND if absent. queue_position is filled for queued jobs.
   absl::StatusOr<v1::Job> GetJob(const std::string& id);
   // Newest first; `status` 0 = any; every `metadata` pair must match.

@@ -11,6 +11,7 @@
 #include "common/grpc_status.h"
 #include "common/ids.h"
 #include "common/sha256.h"
+#include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/engine/trainer.h"
 
@@ -73,18 +74,23 @@ absl::StatusOr<std::string> ReceiveToFile(
 
 }  // namespace
 
-Agent::Agent(AgentOptions options) : options_(std::move(options)) {
-  if (options_.worker_id.empty()) {
-    const_cast<AgentOptions&>(options_).worker_id = DefaultWorkerId();
-  }
+absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
+  if (options.worker_id.empty()) options.worker_id = DefaultWorkerId();
   grpc::ChannelArguments args;
   // Notice a hung connection (peer frozen, network cut) within seconds.
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Back within seconds of a lathed restart, not gRPC's default 2 minutes.
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 5000);
   args.SetMaxReceiveMessageSize(16 << 20);
-  channel_ = grpc::CreateCustomChannel(options_.server,
-                                       grpc::InsecureChannelCredentials(), args);
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
+                   MakeChannel(options.server, options.tls, args));
+  return std::unique_ptr<Agent>(new Agent(std::move(options), std::move(channel)));
+}
+
+Agent::Agent(AgentOptions options, std::shared_ptr<grpc::Channel> channel)
+    : options_(std::move(options)), channel_(std::move(channel)) {
   stub_ = v1::Worker::NewStub(channel_);
 }
 

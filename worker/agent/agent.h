@@ -15,8 +15,10 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/tls.h"
 #include "lathe/v1/worker.grpc.pb.h"
 
 namespace lathe::worker {
@@ -26,6 +28,7 @@ struct AgentOptions {
   std::string worker_id;                  // default: hostname-pid
   std::string work_dir = ".lathe-worker"; // per-attempt files
   std::string token;                      // lathed's worker token
+  ChannelTls tls;                         // CA, client certificate, or insecure
   absl::Duration heartbeat = absl::Seconds(1);
   absl::Duration drain_timeout = absl::Seconds(60);
   // Read base models from the server's path when it is readable here
@@ -35,7 +38,8 @@ struct AgentOptions {
 
 class Agent {
  public:
-  explicit Agent(AgentOptions options);
+  // INVALID_ARGUMENT naming the option when a TLS file cannot be used.
+  static absl::StatusOr<std::unique_ptr<Agent>> Create(AgentOptions options);
   ~Agent();
 
   // Serves until Stop(): connects, reconnects with backoff when the stream
@@ -47,6 +51,8 @@ class Agent {
   void Stop();
 
  private:
+  explicit Agent(AgentOptions options, std::shared_ptr<grpc::Channel> channel);
+
   struct Attempt;  // one assigned attempt and its thread
 
   v1::WorkerReport BuildReport();
