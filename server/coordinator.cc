@@ -90,8 +90,21 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
   out.set_acked_event_seq(acked);
   for (const v1::CheckpointReport& c : a.checkpoints()) {
     std::vector<std::string> files(c.files().begin(), c.files().end());
-    RETURN_IF_ERROR(store_.RecordCheckpoint(job.id(), c.step(), a.attempt(),
-                                            files, c.metrics()));
+    absl::Status st = store_.RecordCheckpoint(job.id(), c.step(), a.attempt(),
+                                              files, c.metrics());
+    if (absl::IsFailedPrecondition(st)) {
+      // Files missing from this attempt: repeating the report cannot help,
+      // and failing the stream would only make the worker send it again.
+      // The latest whole checkpoint stays the resume point.
+      v1::JobEvent e;
+      e.set_type("message");
+      e.set_level("warn");
+      e.set_message(absl::StrCat("Checkpoint at step ", c.step(),
+                                 " was not recorded: ", st.message()));
+      RETURN_IF_ERROR(store_.AppendEvent(job.id(), e, 0, 0).status());
+    } else if (!st.ok()) {
+      return st;
+    }
     out.add_acked_checkpoints(c.step());
   }
   RETURN_IF_ERROR(store_.UpdateProgress(job.id(), a.attempt(), a.step(),
@@ -278,14 +291,32 @@ void Coordinator::WorkerDisconnected(const std::string& worker_id) {
 
 absl::Status Coordinator::CheckCurrentAttempt(const std::string& job_id,
                                               int32_t attempt) {
-  ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
   absl::MutexLock lock(&mu_);
+  return CheckCurrentAttemptLocked(job_id, attempt);
+}
+
+absl::Status Coordinator::CheckCurrentAttemptLocked(const std::string& job_id,
+                                                    int32_t attempt) {
+  // Read under mu_: a job read before it could have lost its lease since.
+  ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
   if (job.attempt() != attempt || !AttemptIsLive(job)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "attempt ", attempt, " of ", job_id, " is not current (job is ",
         StatusName(job.status()), ", attempt ", job.attempt(), ")"));
   }
   return absl::OkStatus();
+}
+
+absl::Status Coordinator::RecordResultFile(const std::string& job_id,
+                                           int32_t attempt,
+                                           int64_t checkpoint_step,
+                                           const v1::ResultFile& file) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(CheckCurrentAttemptLocked(job_id, attempt));
+  if (checkpoint_step > 0) {
+    return store_.PutCheckpointFile(job_id, checkpoint_step, attempt, file);
+  }
+  return store_.PutResultFile(job_id, file);
 }
 
 bool Coordinator::AttemptIsLive(const v1::Job& job) {

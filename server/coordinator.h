@@ -60,6 +60,15 @@ class Coordinator {
   // fetches and result uploads). FAILED_PRECONDITION otherwise.
   absl::Status CheckCurrentAttempt(const std::string& job_id, int32_t attempt);
 
+  // Records an uploaded result file: one of checkpoint `checkpoint_step`'s,
+  // or of the adapter when it is 0. Checked and written under the lock that
+  // lease expiry and assignment take, so the upload of an attempt that lost
+  // its lease meanwhile is never recorded. FAILED_PRECONDITION when
+  // `attempt` is not current (or the checkpoint is already recorded).
+  absl::Status RecordResultFile(const std::string& job_id, int32_t attempt,
+                                int64_t checkpoint_step,
+                                const v1::ResultFile& file);
+
   // Expires overdue leases: the attempt fails and the job requeues with
   // backoff (or fails after max_attempts). Returns how many expired.
   int SweepExpiredLeases(absl::Time now);
@@ -78,6 +87,9 @@ class Coordinator {
   // True while `job`'s current attempt may still report: running,
   // cancelling, or paused with the attempt's lease not yet released.
   bool AttemptIsLive(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckCurrentAttemptLocked(const std::string& job_id,
+                                         int32_t attempt)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Recomputes pending_ from the queue, the fleet and running jobs.
   absl::Status Replan(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -135,6 +135,12 @@ TEST_F(CoordinatorTest, ExpiredLeaseRequeuesThenFailsAndFencesOldAttempt) {
   EXPECT_FALSE(d.superseded());  // same attempt number, job taken back
   EXPECT_EQ(d.stop_reason(), "job is queued");
   EXPECT_TRUE(absl::IsFailedPrecondition(coord_->CheckCurrentAttempt("ftjob-1", 1)));
+  v1::ResultFile late;
+  late.set_name("adapter_model.safetensors");
+  late.set_sha256(std::string(64, 'f'));
+  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->RecordResultFile("ftjob-1", 1, 0, late)));
+  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->RecordResultFile("ftjob-1", 1, 5, late)));
+  EXPECT_TRUE(store_->ResultFiles("ftjob-1")->empty());
 
   // Attempt 2 (after backoff) also dies: max_attempts = 2, so it fails.
   ASSERT_TRUE(store_->Transition("ftjob-1", v1::JOB_STATUS_QUEUED,
@@ -169,14 +175,19 @@ TEST_F(CoordinatorTest, PauseCheckpointsStopsAndResumeRequeuesWithCheckpoint) {
   EXPECT_TRUE(d.checkpoint_before_stop());
   EXPECT_TRUE(absl::IsFailedPrecondition(coord_->ResumeJob("ftjob-1").status()));
 
-  // A checkpoint is recorded only once all its files are uploaded.
+  // A checkpoint is recorded only once all its files are uploaded; one
+  // reported without them is refused with a warning, not a broken stream.
   auto* cp = a.add_checkpoints();
   cp->set_step(7);
   cp->add_files("adapter_model.safetensors");
-  v1::WorkerReport r;
-  r.set_worker_id("w1");
-  *r.mutable_attempt() = a;
-  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->HandleReport(r).status()));
+  d = Report("w1", &a);
+  EXPECT_EQ(d.acked_checkpoints_size(), 1);
+  EXPECT_TRUE(store_->ListCheckpoints("ftjob-1")->empty());
+  auto events = store_->ListEvents("ftjob-1", "", 100);
+  ASSERT_TRUE(events.ok());
+  EXPECT_EQ(events->data.back().level(), "warn");
+  EXPECT_NE(events->data.back().message().find("was not uploaded"), std::string::npos)
+      << events->data.back().message();
   v1::ResultFile f;
   f.set_name("adapter_model.safetensors");
   f.set_sha256(std::string(64, 'c'));

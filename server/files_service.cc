@@ -1,4 +1,3 @@
-#include <cstdio>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -142,9 +141,17 @@ grpc::Status FilesService::DeleteFile(grpc::ServerContext* context,
   auto unreferenced = ctx_.store->DeleteFile(request->file_id());
   if (!unreferenced.ok()) return ToGrpcStatus(unreferenced.status());
   if (*unreferenced) {
-    // The record is gone first: a crash here leaves an orphan blob, never a
-    // record without its blob.
-    std::remove(ctx_.blobs->PathFor(file->sha256()).c_str());
+    // The record is gone first: a crash here leaves an orphan blob (removed
+    // at the next start), never a record without its blob. Asked again
+    // once no commit is in flight: an upload of the same bytes may have
+    // just committed them for a record of its own.
+    const std::string& sha = file->sha256();
+    auto st = ctx_.blobs->RemoveIfUnreferenced(sha, [&]() -> absl::StatusOr<bool> {
+      ASSIGN_OR_RETURN(bool referenced, ctx_.store->BlobReferenced(sha));
+      return !referenced;
+    });
+    // The file is deleted either way; a blob left behind goes at the next start.
+    if (!st.ok()) spdlog::warn("deleting the blob of {}: {}", file->id(), st.ToString());
   }
   response->set_id(request->file_id());
   response->set_deleted(true);

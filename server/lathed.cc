@@ -48,6 +48,13 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   std::string db_path = (fs::path(options.data_dir) / "lathe.db").string();
   ASSIGN_OR_RETURN(d->store_, store::Store::Open(db_path));
   ASSIGN_OR_RETURN(d->blobs_, store::BlobStore::Open(options.data_dir));
+  // A crash between a blob's rename and its record's commit (or between a
+  // record's delete and its blob's) leaves a blob no record names.
+  ASSIGN_OR_RETURN(auto referenced, d->store_->ReferencedBlobs());
+  ASSIGN_OR_RETURN(int removed, d->blobs_->RemoveUnreferenced(referenced));
+  if (removed > 0) {
+    spdlog::info("removed {} blob(s) that no record names (left by a crash)", removed);
+  }
   for (const auto& [name, path] : options.base_models) {
     fs::path abs = fs::absolute(path, ec);
     auto model = RegisterBaseModel(*d->store_, name, abs.string());

@@ -99,6 +99,9 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
+  // A write past RLIMIT_FSIZE then fails with EFBIG, which the stores report
+  // as an error, instead of killing lathed.
+  std::signal(SIGXFSZ, SIG_IGN);
 
   auto server = lathe::Lathed::Start(o);
   if (!server.ok()) {

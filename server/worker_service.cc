@@ -39,19 +39,17 @@ absl::StatusOr<v1::ResultFile> ReceiveResult(
     return absl::DataLossError(absl::StrCat("bytes: announced ", h.bytes(),
                                             ", received ", writer->bytes()));
   }
+  // A failed write or fsync is an error here, never a stored file: the
+  // worker keeps its previous checkpoint and tries again later.
   ASSIGN_OR_RETURN(std::string sha, writer->Commit(h.sha256()));
-  // The attempt may have been superseded while the bytes arrived.
-  RETURN_IF_ERROR(ctx.coordinator->CheckCurrentAttempt(h.job_id(), h.attempt()));
   v1::ResultFile f;
   f.set_name(h.name());
   f.set_bytes(h.bytes());
   f.set_sha256(sha);
-  if (h.checkpoint_step() > 0) {
-    RETURN_IF_ERROR(ctx.store->PutCheckpointFile(h.job_id(), h.checkpoint_step(),
-                                                 h.attempt(), f));
-  } else {
-    RETURN_IF_ERROR(ctx.store->PutResultFile(h.job_id(), f));
-  }
+  // The attempt may have been superseded while the bytes arrived: checked
+  // again together with the write.
+  RETURN_IF_ERROR(ctx.coordinator->RecordResultFile(h.job_id(), h.attempt(),
+                                                    h.checkpoint_step(), f));
   return f;
 }
 

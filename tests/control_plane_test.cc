@@ -13,36 +13,10 @@
 #include "absl/strings/numbers.h"
 #include "common/job_state.h"
 #include "tests/cluster.h"
+#include "tests/job_history.h"
 
 namespace lathe::testing {
 namespace {
-
-v1::CreateJobRequest DemoJob(const std::string& file_id, int epochs) {
-  v1::CreateJobRequest r;
-  r.set_model("lathe-demo");
-  r.set_training_file(file_id);
-  r.set_seed(1);
-  auto* hp = r.mutable_method()->mutable_supervised()->mutable_hyperparameters();
-  hp->set_n_epochs(epochs);
-  hp->set_batch_size(4);
-  return r;
-}
-
-// Every event of a job, oldest first.
-std::vector<v1::JobEvent> AllEvents(Client& c, const std::string& job_id) {
-  std::vector<v1::JobEvent> out;
-  v1::ListJobEventsRequest r;
-  r.set_job_id(job_id);
-  r.set_limit(1000);
-  while (true) {
-    auto page = c.ListJobEvents(r);
-    EXPECT_TRUE(page.ok()) << page.status();
-    if (!page.ok()) return out;
-    out.insert(out.end(), page->data().begin(), page->data().end());
-    if (!page->has_more()) return out;
-    r.set_after(out.back().id());
-  }
-}
 
 int64_t Seq(const std::string& event_id) {
   int64_t seq = 0;
@@ -56,19 +30,6 @@ int64_t StartSeq(Client& c, const std::string& job_id) {
     if (e.status() == v1::JOB_STATUS_RUNNING) return Seq(e.id());
   }
   return INT64_MAX;
-}
-
-absl::StatusOr<v1::Job> WaitFor(Client& c, const std::string& job_id,
-                                const std::function<bool(const v1::Job&)>& done,
-                                absl::Duration timeout = absl::Minutes(2)) {
-  absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    auto job = c.GetJob(job_id);
-    if (!job.ok()) return job.status();
-    if (done(*job)) return job;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return absl::DeadlineExceededError("condition not reached for " + job_id);
 }
 
 bool Finished(const v1::Job& j) { return IsTerminal(j.status()); }
@@ -94,7 +55,7 @@ TEST(ControlPlaneTest, TwoProjectsShareWorkersFairly) {
   }
   // Team A fills both workers before team B submits anything.
   for (int i = 0; i < 2; ++i) {
-    ASSERT_TRUE(WaitFor(*a, a_jobs[i], [](const v1::Job& j) {
+    ASSERT_TRUE(WaitForJob(*a, a_jobs[i], [](const v1::Job& j) {
                   return j.status() != v1::JOB_STATUS_QUEUED;
                 }).ok()) << c.Logs();
   }
@@ -104,8 +65,8 @@ TEST(ControlPlaneTest, TwoProjectsShareWorkersFairly) {
     b_jobs.push_back(j->id());
   }
   EXPECT_EQ(b->GetJob(b_jobs[1])->queue_position(), 6);  // FIFO position
-  for (const auto& id : a_jobs) ASSERT_TRUE(WaitFor(*a, id, Finished).ok()) << c.Logs();
-  for (const auto& id : b_jobs) ASSERT_TRUE(WaitFor(*b, id, Finished).ok()) << c.Logs();
+  for (const auto& id : a_jobs) ASSERT_TRUE(WaitForJob(*a, id, Finished).ok()) << c.Logs();
+  for (const auto& id : b_jobs) ASSERT_TRUE(WaitForJob(*b, id, Finished).ok()) << c.Logs();
 
   // First-in-first-out would start both of B's jobs after all six of A's.
   // Fair share gives B a worker as soon as B runs fewer jobs than A (ties go
@@ -134,7 +95,7 @@ TEST(ControlPlaneTest, PauseCheckpointsAndResumeContinues) {
   ASSERT_TRUE(file.ok());
   auto job = c.client().CreateJob(DemoJob(file->id(), 20));
   ASSERT_TRUE(job.ok());
-  ASSERT_TRUE(WaitFor(c.client(), job->id(), [](const v1::Job& j) {
+  ASSERT_TRUE(WaitForJob(c.client(), job->id(), [](const v1::Job& j) {
                 return j.progress().steps_done() >= 12;
               }).ok()) << c.Logs();
 
@@ -169,7 +130,7 @@ TEST(ControlPlaneTest, PauseCheckpointsAndResumeContinues) {
   EXPECT_TRUE(has_adapter);
 
   ASSERT_TRUE(c.client().ResumeJob(job->id()).ok());
-  auto done = WaitFor(c.client(), job->id(), Finished);
+  auto done = WaitForJob(c.client(), job->id(), Finished);
   ASSERT_TRUE(done.ok()) << c.Logs();
   EXPECT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED) << c.Logs();
   // The second attempt started from the pause checkpoint: its first
@@ -229,7 +190,7 @@ TEST(ControlPlaneTest, WorkerKilledMidJobResumesOnTheOtherWorker) {
   ASSERT_TRUE(file.ok());
   auto job = c.client().CreateJob(DemoJob(file->id(), 20));
   ASSERT_TRUE(job.ok());
-  auto running = WaitFor(c.client(), job->id(), [](const v1::Job& j) {
+  auto running = WaitForJob(c.client(), job->id(), [](const v1::Job& j) {
     return j.progress().steps_done() >= 12;
   });
   ASSERT_TRUE(running.ok()) << c.Logs();
@@ -243,7 +204,7 @@ TEST(ControlPlaneTest, WorkerKilledMidJobResumesOnTheOtherWorker) {
   c.worker(victim).Signal(SIGKILL);
   int64_t killed_at = c.client().GetJob(job->id())->progress().steps_done();
 
-  auto done = WaitFor(c.client(), job->id(), Finished);
+  auto done = WaitForJob(c.client(), job->id(), Finished);
   ASSERT_TRUE(done.ok()) << c.Logs();
   ASSERT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED) << c.Logs();
   EXPECT_EQ(done->attempt(), 2);
@@ -288,7 +249,7 @@ TEST(ControlPlaneTest, ModelsRegisteredAndFetchedByWorkersThatCannotReadThem) {
   ASSERT_TRUE(file.ok());
   auto job = c.client().CreateJob(DemoJob(file->id(), 1));
   ASSERT_TRUE(job.ok());
-  auto done = WaitFor(c.client(), job->id(), Finished);
+  auto done = WaitForJob(c.client(), job->id(), Finished);
   ASSERT_TRUE(done.ok()) << c.Logs();
   EXPECT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED) << c.Logs();
   EXPECT_TRUE(std::filesystem::exists(c.root() + "/worker-0/models/" +

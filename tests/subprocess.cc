@@ -58,13 +58,15 @@ void Subprocess::Signal(int sig) {
 
 int Subprocess::Wait(absl::Duration timeout) {
   if (pid_ <= 0) return -1;
+  if (exited_) return exit_code_;  // already reaped: the pid is not ours now
   absl::Time deadline = absl::Now() + timeout;
   while (true) {
     int status = 0;
     pid_t r = ::waitpid(pid_, &status, WNOHANG);
     if (r == pid_) {
       exited_ = true;
-      return DecodeStatus(status);
+      exit_code_ = DecodeStatus(status);
+      return exit_code_;
     }
     if (absl::Now() >= deadline) return -1;
     absl::SleepFor(absl::Milliseconds(20));

@@ -24,12 +24,13 @@ class Subprocess {
   bool started() const { return pid_ > 0; }
   void Signal(int sig);
   // Waits up to `timeout` for exit; returns the exit code, 128+signal, or -1
-  // if still running.
+  // if still running. Once it has exited, returns the same code at once.
   int Wait(absl::Duration timeout);
 
  private:
   pid_t pid_ = -1;
   bool exited_ = false;
+  int exit_code_ = -1;
 };
 
 // Runs a command to completion (up to `timeout`); returns its exit code and

@@ -20,7 +20,11 @@ namespace fs = std::filesystem;
 absl::Status ErrnoError(absl::string_view what, const std::string& path) {
   int e = errno;
   std::string msg = absl::StrCat(what, " ", path, ": ", std::strerror(e));
-  if (e == ENOSPC || e == EDQUOT) return absl::ResourceExhaustedError(msg);
+  // Out of space, over quota, or past the file size limit (RLIMIT_FSIZE,
+  // with SIGXFSZ ignored): the write may work later, once space is freed.
+  if (e == ENOSPC || e == EDQUOT || e == EFBIG) {
+    return absl::ResourceExhaustedError(msg);
+  }
   return absl::InternalError(msg);
 }
 
@@ -47,6 +51,30 @@ absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(
   return std::unique_ptr<BlobStore>(new BlobStore(root));
 }
 
+absl::StatusOr<int> BlobStore::RemoveUnreferenced(
+    const absl::flat_hash_set<std::string>& keep) const {
+  if (keep.empty()) return 0;
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& dir : fs::directory_iterator(fs::path(root_) / "blobs", ec)) {
+    std::string prefix = dir.path().filename().string();
+    if (!dir.is_directory() || prefix.size() != 2) continue;
+    for (const auto& f : fs::directory_iterator(dir.path(), ec)) {
+      std::string sha = f.path().filename().string();
+      bool blob_name = sha.size() == 64 && sha.compare(0, 2, prefix) == 0 &&
+                       sha.find_first_not_of("0123456789abcdef") == std::string::npos;
+      if (!blob_name || !f.is_regular_file() || keep.contains(sha)) continue;
+      if (::unlink(f.path().c_str()) != 0) return ErrnoError("unlink", f.path().string());
+      ++removed;
+    }
+    if (ec) break;
+  }
+  if (ec) {
+    return absl::InternalError(absl::StrCat("listing ", root_, "/blobs: ", ec.message()));
+  }
+  return removed;
+}
+
 absl::StatusOr<std::unique_ptr<BlobStore::Writer>> BlobStore::NewWriter() const {
   std::string tmp = (fs::path(root_) / "tmp" / NewId("blob")).string();
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -65,9 +93,21 @@ bool BlobStore::Exists(absl::string_view sha256) const {
   return sha256.size() == 64 && fs::exists(PathFor(sha256), ec);
 }
 
-BlobStore::Writer::~Writer() {
+absl::Status BlobStore::RemoveIfUnreferenced(
+    absl::string_view sha256,
+    const std::function<absl::StatusOr<bool>()>& unreferenced) const {
+  absl::MutexLock lock(&remove_mu_);
+  ASSIGN_OR_RETURN(bool remove, unreferenced());
+  if (remove && ::unlink(PathFor(sha256).c_str()) != 0 && errno != ENOENT) {
+    return ErrnoError("unlink", PathFor(sha256));
+  }
+  return absl::OkStatus();
+}
+
+BlobStore::Writer::~Writer() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) ::unlink(tmp_path_.c_str());
+  if (pinned_) store_.remove_mu_.ReaderUnlock();
 }
 
 absl::Status BlobStore::Writer::Append(absl::string_view data) {
@@ -88,7 +128,7 @@ absl::Status BlobStore::Writer::Append(absl::string_view data) {
 }
 
 absl::StatusOr<std::string> BlobStore::Writer::Commit(
-    absl::string_view expect_sha256) {
+    absl::string_view expect_sha256) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   std::string sha = hash_.HexDigest();
   if (!expect_sha256.empty() && expect_sha256 != sha) {
     return absl::DataLossError(absl::StrCat(
@@ -97,13 +137,17 @@ absl::StatusOr<std::string> BlobStore::Writer::Commit(
   // A failed fsync leaves the page cache in an unknown state: the blob is
   // abandoned, never retried as if it had worked.
   if (::fsync(fd_) != 0) return ErrnoError("fsync", tmp_path_);
-  ::close(fd_);
+  int rc = ::close(fd_);
   fd_ = -1;
+  if (rc != 0) return ErrnoError("close", tmp_path_);
   std::string final_path = store_.PathFor(sha);
   std::string dir = fs::path(final_path).parent_path().string();
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("mkdir ", dir, ": ", ec.message()));
+  // From here a blob of this name may be one a record is about to name.
+  store_.remove_mu_.ReaderLock();
+  pinned_ = true;
   if (::rename(tmp_path_.c_str(), final_path.c_str()) != 0) {
     return ErrnoError("rename", final_path);
   }

@@ -260,13 +260,9 @@ absl::StatusOr<bool> Store::DeleteFile(const std::string& id) {
   ASSIGN_OR_RETURN(auto del, db_->Prepare("DELETE FROM files WHERE id = ?"));
   del.Bind(1, id);
   RETURN_IF_ERROR(del.Run());
-  ASSIGN_OR_RETURN(auto others, db_->Prepare("SELECT COUNT(*) FROM files "
-                                             "WHERE sha256 = ?"));
-  others.Bind(1, sha);
-  RETURN_IF_ERROR(others.Step().status());
-  bool blob_unreferenced = others.ColumnInt(0) == 0;
+  ASSIGN_OR_RETURN(bool referenced, BlobReferencedLocked(sha));
   RETURN_IF_ERROR(tx->Commit());
-  return blob_unreferenced;
+  return !referenced;
 }
 
 absl::Status Store::InsertApiKey(const v1::ApiKey& key,
@@ -343,6 +339,16 @@ absl::Status Store::PutCheckpointFile(const std::string& job_id, int64_t step,
                                       int32_t attempt,
                                       const v1::ResultFile& file) {
   absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  ASSIGN_OR_RETURN(auto recorded, db_->Prepare("SELECT 1 FROM checkpoints WHERE "
+                                               "job_id = ? AND step = ?"));
+  recorded.Bind(1, job_id).Bind(2, step);
+  ASSIGN_OR_RETURN(bool exists, recorded.Step());
+  if (exists) {
+    // Its files are what a resume reads and a user downloads: they stay.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", step, " of ", job_id, " is already recorded"));
+  }
   ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
                                   "INSERT INTO checkpoint_files (job_id, step, "
                                   "attempt, name, bytes, sha256) VALUES "
@@ -352,7 +358,8 @@ absl::Status Store::PutCheckpointFile(const std::string& job_id, int64_t step,
                                   "sha256 = excluded.sha256"));
   stmt.Bind(1, job_id).Bind(2, step).Bind(3, static_cast<int64_t>(attempt));
   stmt.Bind(4, file.name()).Bind(5, file.bytes()).Bind(6, file.sha256());
-  return stmt.Run();
+  RETURN_IF_ERROR(stmt.Run());
+  return tx->Commit();
 }
 
 absl::Status Store::RecordCheckpoint(const std::string& job_id, int64_t step,
@@ -929,6 +936,40 @@ absl::StatusOr<std::vector<v1::ResultFile>> Store::ResultFiles(
   ASSIGN_OR_RETURN(v1::Job job, GetJob(job_id));
   return std::vector<v1::ResultFile>(job.result_files().begin(),
                                      job.result_files().end());
+}
+
+absl::StatusOr<absl::flat_hash_set<std::string>> Store::ReferencedBlobs() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "SELECT sha256 FROM files UNION "
+                                  "SELECT sha256 FROM result_files UNION "
+                                  "SELECT sha256 FROM checkpoint_files"));
+  absl::flat_hash_set<std::string> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    out.insert(stmt.ColumnText(0));
+  }
+  return out;
+}
+
+absl::StatusOr<bool> Store::BlobReferenced(const std::string& sha256) {
+  absl::MutexLock lock(&mu_);
+  return BlobReferencedLocked(sha256);
+}
+
+absl::StatusOr<bool> Store::BlobReferencedLocked(const std::string& sha256) {
+  // The same tables as ReferencedBlobs(): a result or checkpoint file can
+  // have the same bytes as an uploaded file.
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
+                                  "SELECT EXISTS (SELECT 1 FROM files WHERE "
+                                  "sha256 = ?1) OR EXISTS (SELECT 1 FROM "
+                                  "result_files WHERE sha256 = ?1) OR EXISTS "
+                                  "(SELECT 1 FROM checkpoint_files WHERE "
+                                  "sha256 = ?1)"));
+  stmt.Bind(1, sha256);
+  RETURN_IF_ERROR(stmt.Step().status());
+  return stmt.ColumnInt(0) != 0;
 }
 
 std::string Store::EventId(int64_t seq) { return absl::StrCat("ftevent-", seq); }

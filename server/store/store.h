@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -62,8 +63,9 @@ class Store {
                                            const std::string& purpose);
 
   // Deletes a file record. FAILED_PRECONDITION while a job that has not
-  // finished uses it; NOT_FOUND if absent. Returns true when no other file
-  // shares its content, so the caller may delete the blob.
+  // finished uses it; NOT_FOUND if absent. Returns true when no other
+  // record (BlobReferenced) shares its content, so the caller may delete
+  // the blob.
   absl::StatusOr<bool> DeleteFile(const std::string& id);
 
   // API keys: only the secret's SHA-256 is stored. FindApiKey: NOT_FOUND
@@ -77,7 +79,9 @@ class Store {
 
   // Checkpoints: each file is recorded as it is uploaded; the checkpoint
   // exists once RecordCheckpoint finds all its files from that attempt
-  // (FAILED_PRECONDITION otherwise). Recording twice is harmless.
+  // (FAILED_PRECONDITION otherwise). Recording twice is harmless; a file of
+  // a recorded checkpoint is never replaced (PutCheckpointFile:
+  // FAILED_PRECONDITION).
   absl::Status PutCheckpointFile(const std::string& job_id, int64_t step,
                                  int32_t attempt, const v1::ResultFile& file);
   absl::Status RecordCheckpoint(const std::string& job_id, int64_t step,
@@ -166,6 +170,14 @@ class Store {
   absl::StatusOr<std::vector<v1::ResultFile>> ResultFiles(
       const std::string& job_id);
 
+  // The SHA-256 of every blob a record names: files, result files and
+  // checkpoint files (of recorded checkpoints or not). The blob store's
+  // start-up sweep deletes every other blob, so a new table that names
+  // blobs must be added here.
+  absl::StatusOr<absl::flat_hash_set<std::string>> ReferencedBlobs();
+  // Whether any record of those names blob `sha256`.
+  absl::StatusOr<bool> BlobReferenced(const std::string& sha256);
+
   // "ftevent-<seq>" <-> seq; INVALID_ARGUMENT for a malformed id.
   static std::string EventId(int64_t seq);
   static absl::StatusOr<int64_t> EventSeq(const std::string& id);
@@ -180,6 +192,8 @@ class Store {
                                     const std::string& after)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::Job> LoadJob(const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<bool> BlobReferencedLocked(const std::string& sha256)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::JobEvent> InsertEvent(const std::string& job_id,
                                            v1::JobEvent event, int32_t attempt,

@@ -184,6 +184,16 @@ TEST_F(StoreTest, DeleteFileRefusedWhileAJobUsesIt) {
   EXPECT_TRUE(*last);
   EXPECT_TRUE(absl::IsNotFound(store_->GetFile("file-1").status()));
   EXPECT_TRUE(absl::IsNotFound(store_->DeleteFile("file-1").status()));
+  // A result file with the same bytes keeps the blob too.
+  ASSERT_TRUE(store_->InsertFile(MakeFile("file-3")).ok());
+  v1::ResultFile same;
+  same.set_name("adapter_model.safetensors");
+  same.set_sha256(MakeFile("file-3").sha256());
+  ASSERT_TRUE(store_->PutResultFile("ftjob-a", same).ok());
+  auto kept = store_->DeleteFile("file-3");
+  ASSERT_TRUE(kept.ok());
+  EXPECT_FALSE(*kept);
+  EXPECT_TRUE(*store_->BlobReferenced(same.sha256()));
 }
 
 TEST_F(StoreTest, ListJobsFiltersByStatusAndMetadata) {
@@ -226,6 +236,27 @@ TEST_F(StoreTest, CheckpointsNeedAllTheirFiles) {
   EXPECT_EQ((*all)[0].metrics().train_loss(), 2.5);
   ASSERT_EQ((*all)[0].files_size(), 1);
   EXPECT_TRUE(absl::IsNotFound(store_->ListCheckpoints("ftjob-zz").status()));
+  // A recorded checkpoint's files are never replaced (a late upload).
+  f.set_sha256(std::string(64, 'e'));
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->PutCheckpointFile("ftjob-a", 10, 2, f)));
+  EXPECT_EQ(store_->ListCheckpoints("ftjob-a")->at(0).files(0).sha256(),
+            std::string(64, 'd'));
+}
+
+TEST_F(StoreTest, ReferencedBlobsNameEveryTableThatHoldsOne) {
+  ASSERT_TRUE(store_->InsertFile(MakeFile("file-1")).ok());  // 'a' * 64
+  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  v1::ResultFile f;
+  f.set_name("adapter_model.safetensors");
+  f.set_sha256(std::string(64, 'b'));
+  ASSERT_TRUE(store_->PutResultFile("ftjob-a", f).ok());
+  f.set_sha256(std::string(64, 'c'));  // a checkpoint not (yet) recorded
+  ASSERT_TRUE(store_->PutCheckpointFile("ftjob-a", 5, 1, f).ok());
+  auto refs = store_->ReferencedBlobs();
+  ASSERT_TRUE(refs.ok()) << refs.status();
+  EXPECT_EQ(*refs, (absl::flat_hash_set<std::string>{
+                       std::string(64, 'a'), std::string(64, 'b'),
+                       std::string(64, 'c')}));
 }
 
 TEST_F(StoreTest, ApiKeysFoundByHashAndRevoked) {

@@ -24,6 +24,7 @@ struct Agent::Attempt {
   std::thread thread;
   std::atomic<bool> stop{false};
   std::atomic<bool> checkpoint_before_stop{false};
+  std::atomic<bool> superseded{false};  // the server dropped it
   std::vector<v1::CheckpointReport> checkpoints;  // not yet acknowledged
   // Guarded by Agent::mu_.
   int64_t next_seq = 1;
@@ -52,6 +53,25 @@ v1::JobEvent Message(const std::string& text, const std::string& level = "info")
   e.set_level(level);
   e.set_message(text);
   return e;
+}
+
+// Whether a transfer that failed with `code` may work if tried again: lathed
+// was restarting, unreachable or shutting down, or could not store the
+// bytes for now (disk full, file size limit, a failed write or fsync).
+// Refusals (the attempt superseded, a bad request) and corrupt data are final.
+bool Passing(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnknown:
+      return true;
+    default:
+      return false;
+  }
 }
 
 // Writes a stream of FileChunk to `path`; returns the content's SHA-256, or
@@ -170,9 +190,11 @@ void Agent::Apply(const v1::WorkerDirective& d) {
         spdlog::info("server asks to stop {}: {}",
                      attempt_->assignment.job_id(), d.stop_reason());
       }
+      if (d.superseded()) attempt_->superseded.store(true);
       if (d.outcome_recorded() ||
           d.superseded()) {
         finished = std::move(attempt_);
+        wake_ = true;  // say "idle" now, not a heartbeat later
       }
     }
     if (!attempt_ && d.has_assignment() && !stopping_.load()) {
@@ -199,16 +221,50 @@ void Agent::Emit(Attempt* attempt, v1::JobEvent event) {
   wake_ = true;
 }
 
+absl::Status Agent::Retry(Attempt* attempt, const std::string& what,
+                          absl::Duration patience,
+                          const std::function<absl::Status()>& transfer) {
+  absl::Time deadline = absl::Now() + patience;
+  absl::Duration backoff = absl::Milliseconds(200);
+  bool warned = false;
+  while (true) {
+    absl::Status st = transfer();
+    if (st.ok() || !Passing(st.code()) || GivingUp(attempt) ||
+        absl::Now() + backoff > deadline) {
+      return st;
+    }
+    if (!warned) {
+      Emit(attempt, Message(absl::StrCat(what, " failed (", st.ToString(),
+                                         "); retrying for up to ",
+                                         absl::FormatDuration(patience)),
+                            "warn"));
+      warned = true;
+    }
+    AwaitLathed(absl::Now() + backoff, [&] { return GivingUp(attempt); });
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
+}
+
+bool Agent::GivingUp(Attempt* attempt) {
+  if (attempt->superseded.load() || abort_.load()) return true;
+  absl::MutexLock lock(&mu_);
+  return stopping_.load() && absl::Now() > drain_deadline_;
+}
+
 bool Agent::FetchFile(Attempt* attempt, const std::string& file_id,
                       const std::string& path, std::string* error) {
-  auto ctx = NewContext();
   v1::FetchFileRequest r;
   r.set_job_id(attempt->assignment.job_id());
   r.set_attempt(attempt->assignment.attempt());
   r.set_file_id(file_id);
-  auto sha = ReceiveToFile(stub_->FetchFile(ctx.get(), r).get(), path);
-  if (!sha.ok()) {
-    *error = absl::StrCat("fetching ", file_id, ": ", sha.status().message());
+  absl::Status st = Retry(
+      attempt, absl::StrCat("Fetching ", file_id), options_.transfer_patience,
+      [&] {
+        auto ctx = NewContext();
+        return ReceiveToFile(stub_->FetchFile(ctx.get(), r).get(), path).status();
+      });
+  if (!st.ok()) {
+    *error = absl::StrCat("fetching ", file_id, ": ", st.message());
     return false;
   }
   return true;
@@ -220,7 +276,8 @@ bool Agent::UploadCheckpoint(Attempt* attempt, int64_t step,
                              const v1::CheckpointMetrics& metrics,
                              std::string* error) {
   for (const std::string& name : files) {
-    if (!UploadResult(attempt, (fs::path(dir) / name).string(), name, step, error)) {
+    if (!UploadResult(attempt, (fs::path(dir) / name).string(), name, step,
+                      options_.checkpoint_patience, error)) {
       return false;
     }
   }
@@ -239,18 +296,24 @@ bool Agent::FetchCheckpoint(Attempt* attempt, const v1::Checkpoint& checkpoint,
   std::error_code ec;
   fs::create_directories(dir, ec);
   for (const v1::ResultFile& f : checkpoint.files()) {
-    auto ctx = NewContext();
     v1::FetchCheckpointFileRequest r;
     r.set_job_id(attempt->assignment.job_id());
     r.set_attempt(attempt->assignment.attempt());
     r.set_step(checkpoint.step_number());
     r.set_name(f.name());
-    auto sha = ReceiveToFile(stub_->FetchCheckpointFile(ctx.get(), r).get(),
-                             fs::path(dir) / f.name());
-    if (!sha.ok() || *sha != f.sha256()) {
-      *error = absl::StrCat("fetching checkpoint ", checkpoint.step_number(), " file ",
-                            f.name(), ": ",
-                            sha.ok() ? "SHA-256 mismatch" : sha.status().message());
+    std::string what = absl::StrCat("Fetching checkpoint ",
+                                    checkpoint.step_number(), " file ", f.name());
+    absl::Status st = Retry(attempt, what, options_.transfer_patience, [&] {
+      auto ctx = NewContext();
+      auto sha = ReceiveToFile(stub_->FetchCheckpointFile(ctx.get(), r).get(),
+                               fs::path(dir) / f.name());
+      if (!sha.ok()) return sha.status();
+      if (*sha != f.sha256()) return absl::DataLossError("SHA-256 mismatch");
+      return absl::OkStatus();
+    });
+    if (!st.ok()) {
+      *error = absl::StrCat("fetching checkpoint ", checkpoint.step_number(),
+                            " file ", f.name(), ": ", st.message());
       return false;
     }
   }
@@ -281,16 +344,23 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
   for (const v1::ModelFile& f : model.files()) {
-    auto ctx = NewContext();
     v1::FetchModelFileRequest r;
     r.set_job_id(as.job_id());
     r.set_attempt(as.attempt());
     r.set_name(f.name());
-    auto sha = ReceiveToFile(stub_->FetchModelFile(ctx.get(), r).get(), tmp / f.name());
-    if (!sha.ok() || *sha != f.sha256()) {
+    std::string what = absl::StrCat("Fetching ", f.name(), " of ", as.job().model());
+    absl::Status st = Retry(attempt, what, options_.transfer_patience, [&] {
+      auto ctx = NewContext();
+      auto sha = ReceiveToFile(stub_->FetchModelFile(ctx.get(), r).get(), tmp / f.name());
+      if (!sha.ok()) return sha.status();
+      if (*sha != f.sha256()) {
+        return absl::DataLossError(absl::StrCat("SHA-256 ", *sha, " != ", f.sha256()));
+      }
+      return absl::OkStatus();
+    });
+    if (!st.ok()) {
       *error = absl::StrCat("fetching ", f.name(), " of ", as.job().model(), ": ",
-                            sha.ok() ? absl::StrCat("SHA-256 ", *sha, " != ", f.sha256())
-                                     : std::string(sha.status().message()));
+                            st.message());
       fs::remove_all(tmp, ec);
       return false;
     }
@@ -307,7 +377,7 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
 
 bool Agent::UploadResult(Attempt* attempt, const std::string& path,
                          const std::string& name, int64_t checkpoint_step,
-                         std::string* error) {
+                         absl::Duration patience, std::string* error) {
   auto sha = Sha256File(path);
   std::error_code ec;
   int64_t size = static_cast<int64_t>(fs::file_size(path, ec));
@@ -315,6 +385,24 @@ bool Agent::UploadResult(Attempt* attempt, const std::string& path,
     *error = absl::StrCat("reading ", path, " failed");
     return false;
   }
+  std::string what = checkpoint_step > 0
+                         ? absl::StrCat("Uploading checkpoint ", checkpoint_step,
+                                        " file ", name)
+                         : absl::StrCat("Uploading ", name);
+  absl::Status st = Retry(attempt, what, patience, [&] {
+    return UploadOnce(attempt, path, name, size, *sha, checkpoint_step);
+  });
+  if (!st.ok()) {
+    *error = absl::StrCat("uploading ", name, ": ", st.message());
+    return false;
+  }
+  return true;
+}
+
+absl::Status Agent::UploadOnce(Attempt* attempt, const std::string& path,
+                               const std::string& name, int64_t bytes,
+                               const std::string& sha256,
+                               int64_t checkpoint_step) {
   auto ctx = NewContext();
   v1::ResultFile stored;
   auto writer = stub_->UploadResult(ctx.get(), &stored);
@@ -323,8 +411,8 @@ bool Agent::UploadResult(Attempt* attempt, const std::string& path,
   h->set_job_id(attempt->assignment.job_id());
   h->set_attempt(attempt->assignment.attempt());
   h->set_name(name);
-  h->set_bytes(size);
-  h->set_sha256(*sha);
+  h->set_bytes(bytes);
+  h->set_sha256(sha256);
   h->set_checkpoint_step(checkpoint_step);
   bool open = writer->Write(head);
   std::ifstream in(path, std::ios::binary);
@@ -337,12 +425,7 @@ bool Agent::UploadResult(Attempt* attempt, const std::string& path,
     open = writer->Write(c);
   }
   writer->WritesDone();
-  grpc::Status st = writer->Finish();
-  if (!st.ok()) {
-    *error = absl::StrCat("uploading ", name, ": ", st.error_message());
-    return false;
-  }
-  return true;
+  return FromGrpcStatus(writer->Finish());
 }
 
 void Agent::RunAttempt(Attempt* attempt) {
@@ -439,7 +522,10 @@ void Agent::RunAttempt(Attempt* attempt) {
       m.set_train_mean_token_accuracy(c.metrics.token_accuracy);
       if (c.validation_loss) m.set_valid_loss(*c.validation_loss);
       std::string err;
-      if (!UploadCheckpoint(attempt, c.step, c.dir, c.files, m, &err)) {
+      if (UploadCheckpoint(attempt, c.step, c.dir, c.files, m, &err)) {
+        // A stop (pause, shutdown) fails only if its own checkpoint did.
+        checkpoint_error.clear();
+      } else {
         // Training goes on; the previous checkpoint stays the resume point.
         checkpoint_error = err;
         Emit(attempt, Message(absl::StrCat("Checkpoint at step ", c.step,
@@ -460,7 +546,7 @@ void Agent::RunAttempt(Attempt* attempt) {
       for (const char* name : {"adapter_config.json", "adapter_model.safetensors"}) {
         uploaded = uploaded &&
                    UploadResult(attempt, (fs::path(o.output_dir) / name).string(),
-                                name, 0, &error);
+                                name, 0, options_.transfer_patience, &error);
         if (uploaded) outcome.add_result_files(name);
       }
       if (uploaded) {
@@ -534,10 +620,26 @@ void Agent::Run() {
     stream->WritesDone();
     grpc::Status st = stream->Finish();
     if (Drained()) break;
-    spdlog::warn("lost the stream to lathed at {} ({}); reconnecting in {}",
+    spdlog::warn("lost the stream to lathed at {} ({}); reconnecting within {}",
                  options_.server, st.error_message(), absl::FormatDuration(backoff));
-    absl::SleepFor(backoff);
+    AwaitLathed(absl::Now() + backoff, [this] { return Drained(); });
     backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
+}
+
+void Agent::AwaitLathed(absl::Time until, const std::function<bool()>& give_up) {
+  bool down = channel_->GetState(false) != GRPC_CHANNEL_READY;
+  // gRPC's own reconnect backoff grows to 2 minutes while connecting fails
+  // and fails calls at once meanwhile: without a reset a worker would sit
+  // idle long after lathed is back from a restart or an outage.
+  if (down) grpc::experimental::ChannelResetConnectionBackoff(channel_.get());
+  while (absl::Now() < until && !give_up()) {
+    absl::Time slice = std::min(until, absl::Now() + absl::Milliseconds(100));
+    if (!down) {
+      absl::SleepFor(slice - absl::Now());
+    } else if (channel_->WaitForConnected(absl::ToChronoTime(slice))) {
+      return;
+    }
   }
 }
 

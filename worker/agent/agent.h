@@ -8,6 +8,7 @@
 #define LATHE_WORKER_AGENT_AGENT_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,6 +35,13 @@ struct AgentOptions {
   // Read base models from the server's path when it is readable here
   // (false: always fetch them from lathed into the cache).
   bool use_local_models = true;
+  // How long a transfer that failed for a passing reason (lathed
+  // restarting or unreachable, or unable to store the bytes for now) is
+  // tried again. A checkpoint is soon given up: training goes on and the
+  // next one tries again. The inputs and the final adapter wait longer, as
+  // the attempt cannot go on without them.
+  absl::Duration checkpoint_patience = absl::Seconds(5);
+  absl::Duration transfer_patience = absl::Minutes(10);
 };
 
 class Agent {
@@ -63,11 +71,30 @@ class Agent {
   void StartAttempt(const v1::Assignment& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RunAttempt(Attempt* attempt);
   void Emit(Attempt* attempt, v1::JobEvent event);
+  // Runs `transfer` until it succeeds, fails for good (e.g. the attempt is
+  // superseded), `patience` runs out, or the attempt is given up (GivingUp).
+  // The first passing failure is reported as a warning event naming `what`.
+  absl::Status Retry(Attempt* attempt, const std::string& what,
+                     absl::Duration patience,
+                     const std::function<absl::Status()>& transfer);
+  // True when retrying is pointless: the server dropped the attempt, or the
+  // agent is aborting or past its drain deadline.
+  bool GivingUp(Attempt* attempt);
   bool FetchFile(Attempt* attempt, const std::string& file_id,
                  const std::string& path, std::string* error);
+  // Uploads a result file (a checkpoint's when `checkpoint_step` > 0),
+  // retrying passing failures for up to `patience`.
   bool UploadResult(Attempt* attempt, const std::string& path,
                     const std::string& name, int64_t checkpoint_step,
-                    std::string* error);
+                    absl::Duration patience, std::string* error);
+  // One try of UploadResult.
+  absl::Status UploadOnce(Attempt* attempt, const std::string& path,
+                          const std::string& name, int64_t bytes,
+                          const std::string& sha256, int64_t checkpoint_step);
+  // Waits until `until` before the next try of a failed call, or only
+  // until lathed can be reached again when it could not be; stops early
+  // when `give_up` says so.
+  void AwaitLathed(absl::Time until, const std::function<bool()>& give_up);
   // A context carrying the worker token.
   std::unique_ptr<grpc::ClientContext> NewContext() const;
   // Uploads a checkpoint's files and queues its report.
