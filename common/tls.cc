@@ -49,7 +49,8 @@ std::unique_ptr<BIO, BioDeleter> MemBio(const std::string& pem) {
       BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
 }
 
-// The first certificate of `pem`, checked for being in its validity period.
+// The first certificate of `pem`, checked for being in its validity period
+// (of a CA bundle, the first CA: the usual single-CA file).
 absl::StatusOr<std::unique_ptr<X509, X509Deleter>> ParseCert(const std::string& flag,
                                                               const std::string& path,
                                                               const std::string& pem) {
@@ -60,9 +61,20 @@ absl::StatusOr<std::unique_ptr<X509, X509Deleter>> ParseCert(const std::string& 
     return absl::InvalidArgumentError(
         absl::StrCat(flag, ": \"", path, "\" holds no PEM certificate"));
   }
-  if (X509_cmp_current_time(X509_get0_notAfter(cert.get())) < 0) {
+  // X509_cmp_current_time: < 0 before now, > 0 after, 0 on a bad time.
+  const int not_after = X509_cmp_current_time(X509_get0_notAfter(cert.get()));
+  const int not_before = X509_cmp_current_time(X509_get0_notBefore(cert.get()));
+  if (not_after == 0 || not_before == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        flag, ": the certificate in \"", path, "\" has an unreadable validity period"));
+  }
+  if (not_after < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         flag, ": the certificate in \"", path, "\" has expired; issue a new one"));
+  }
+  if (not_before > 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        flag, ": the certificate in \"", path, "\" is not valid yet (check the clock)"));
   }
   return cert;
 }
@@ -74,8 +86,11 @@ absl::Status CheckPair(const std::string& cert_flag, const std::string& cert_pat
                        const std::string& key_path, const std::string& key_pem) {
   ASSIGN_OR_RETURN(auto cert, ParseCert(cert_flag, cert_path, cert_pem));
   auto bio = MemBio(key_pem);
+  // A callback that supplies no passphrase: an encrypted key is refused
+  // here instead of OpenSSL prompting on the terminal.
+  pem_password_cb* no_passphrase = [](char*, int, int, void*) { return 0; };
   std::unique_ptr<EVP_PKEY, KeyDeleter> key(
-      PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+      PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr));
   if (!key) {
     return absl::InvalidArgumentError(absl::StrCat(
         key_flag, ": \"", key_path, "\" holds no unencrypted PEM private key"));

@@ -58,7 +58,10 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
     grpc::ChannelArguments args = {});
 
 // Whether the peer of a server call presented a client certificate that
-// verified against the port's client CA.
+// verified against the port's client CA. Relies on the port verifying what
+// it requests (MakeServerCredentials only uses the *_AND_VERIFY modes): a
+// port that requests without verifying would make this true for any
+// certificate.
 bool PeerHasVerifiedCertificate(const grpc::AuthContext& auth);
 
 }  // namespace lathe

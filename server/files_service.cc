@@ -80,13 +80,25 @@ absl::StatusOr<v1::File> ReceiveUpload(
   file.set_line_count(validator.examples());
   file.set_format(validator.format());
   file.set_project(caller.project);
-  RETURN_IF_ERROR(ctx.store->InsertFile(file));
+  if (absl::Status st = ctx.store->InsertFile(file); !st.ok()) {
+    writer.reset();  // unpinned before the delete waits for pins
+    RemoveBlobIfUnreferenced(ctx, sha);
+    return st;
+  }
   spdlog::info("stored {} ({}, {} bytes, {} examples)", file.id(),
                file.filename(), file.bytes(), file.line_count());
   return file;
 }
 
 }  // namespace
+
+void RemoveBlobIfUnreferenced(const ServerContext& ctx, const std::string& sha256) {
+  auto st = ctx.blobs->RemoveIfUnreferenced(sha256, [&]() -> absl::StatusOr<bool> {
+    ASSIGN_OR_RETURN(bool referenced, ctx.store->BlobReferenced(sha256));
+    return !referenced;
+  });
+  if (!st.ok()) spdlog::warn("deleting blob {}: {}", sha256, st.ToString());
+}
 
 absl::StatusOr<v1::File> FilesService::OwnedFile(
     const grpc::ServerContext* context, const std::string& file_id) const {
@@ -145,13 +157,7 @@ grpc::Status FilesService::DeleteFile(grpc::ServerContext* context,
     // at the next start), never a record without its blob. Asked again
     // once no commit is in flight: an upload of the same bytes may have
     // just committed them for a record of its own.
-    const std::string& sha = file->sha256();
-    auto st = ctx_.blobs->RemoveIfUnreferenced(sha, [&]() -> absl::StatusOr<bool> {
-      ASSIGN_OR_RETURN(bool referenced, ctx_.store->BlobReferenced(sha));
-      return !referenced;
-    });
-    // The file is deleted either way; a blob left behind goes at the next start.
-    if (!st.ok()) spdlog::warn("deleting the blob of {}: {}", file->id(), st.ToString());
+    RemoveBlobIfUnreferenced(ctx_, file->sha256());
   }
   response->set_id(request->file_id());
   response->set_deleted(true);

@@ -26,6 +26,11 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
     return absl::InvalidArgumentError(
         "--worker_client_ca: mutual TLS needs --tls_cert/--tls_key, not --insecure");
   }
+  // Uploads and checkpoints stream in 1 MiB chunks.
+  if (options.max_message_bytes < (1 << 20) + (64 << 10)) {
+    return absl::InvalidArgumentError(
+        "--max_message_bytes: must be at least 1114112 (a 1 MiB upload chunk and its framing)");
+  }
   ASSIGN_OR_RETURN(auto public_creds, MakeServerCredentials(public_tls));
   std::shared_ptr<grpc::ServerCredentials> worker_creds;
   if (!options.worker_listen.empty()) {

@@ -181,6 +181,12 @@ absl::StatusOr<v1::Model> RegisterBaseModel(store::Store& store,
                                             const std::string& name,
                                             const std::string& path);
 
+// Deletes blob `sha256` unless a record names it (asked once no blob
+// commit is in flight); for a blob whose record was refused or deleted.
+// Logs a failure: a blob left behind goes at the next start.
+// REQUIRES: the caller holds no committed BlobStore::Writer.
+void RemoveBlobIfUnreferenced(const ServerContext& ctx, const std::string& sha256);
+
 // Sends each file as a header (name, size, SHA-256) then its bytes.
 absl::Status SendFiles(const ServerContext& ctx,
                        const google::protobuf::RepeatedPtrField<v1::ResultFile>& files,

@@ -48,8 +48,13 @@ absl::StatusOr<v1::ResultFile> ReceiveResult(
   f.set_sha256(sha);
   // The attempt may have been superseded while the bytes arrived: checked
   // again together with the write.
-  RETURN_IF_ERROR(ctx.coordinator->RecordResultFile(h.job_id(), h.attempt(),
-                                                    h.checkpoint_step(), f));
+  absl::Status recorded =
+      ctx.coordinator->RecordResultFile(h.job_id(), h.attempt(), h.checkpoint_step(), f);
+  if (!recorded.ok()) {
+    writer.reset();  // unpinned before the delete waits for pins
+    RemoveBlobIfUnreferenced(ctx, sha);
+    return recorded;
+  }
   return f;
 }
 

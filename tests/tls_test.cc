@@ -173,9 +173,9 @@ TEST_F(TlsTest, WorkerPortNeedsAClientCertificateFromTheWorkerCa) {
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNIMPLEMENTED);
 }
 
-// Starts lathed with `flags` on a fresh data dir; returns its exit code if
-// it exits within a few seconds (else -1, and it is left serving until the
-// returned process goes out of scope).
+// Starts lathed with `flags` on a fresh data dir and waits until it exits
+// (exit_code) or serves (port; exit_code -1, and it serves until the result
+// goes out of scope).
 struct Started {
   std::string root;
   std::unique_ptr<Subprocess> process;
@@ -200,8 +200,14 @@ std::unique_ptr<Started> StartLathed(const std::string& name, const std::vector<
   auto s = std::make_unique<Started>();
   s->root = root;
   s->process = std::make_unique<Subprocess>(argv, root + "/lathed.log");
-  s->exit_code = s->process->Wait(absl::Seconds(3));
-  if (s->exit_code == -1) s->port = WaitForFile(root + "/port", absl::Seconds(20));
+  // Until it exits (a refused start) or serves (the port file appears).
+  absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline) {
+    s->exit_code = s->process->Wait(absl::Milliseconds(100));
+    if (s->exit_code != -1) break;
+    s->port = ReadFileOrEmpty(root + "/port");
+    if (!s->port.empty()) break;
+  }
   s->log = ReadFileOrEmpty(root + "/lathed.log");
   return s;
 }
@@ -222,6 +228,23 @@ TEST_F(TlsTest, LathedRefusesToStartWithoutTlsOrExplicitPlaintext) {
       "missing", {"--tls_cert=" + certs + "/nope.pem", "--tls_key=" + certs + "/server.key"});
   EXPECT_EQ(missing->exit_code, 1) << missing->log;
   EXPECT_TRUE(absl::StrContains(missing->log, "--tls_cert: cannot read")) << missing->log;
+
+  // An encrypted key is refused by name (no passphrase prompt that would
+  // hang a service).
+  std::string out;
+  ASSERT_EQ(RunCommand({"openssl", "ec", "-in", certs + "/server.key", "-aes256", "-passout",
+                        "pass:secret", "-out", certs + "/encrypted.key"},
+                       &out),
+            0)
+      << out;
+  auto encrypted = StartLathed(
+      "encrypted", {"--tls_cert=" + certs + "/server.pem", "--tls_key=" + certs + "/encrypted.key"});
+  EXPECT_EQ(encrypted->exit_code, 1) << encrypted->log;
+  EXPECT_TRUE(absl::StrContains(encrypted->log, "--tls_key")) << encrypted->log;
+
+  auto tiny = StartLathed("tiny-messages", {"--insecure", "--max_message_bytes=1000"});
+  EXPECT_EQ(tiny->exit_code, 1) << tiny->log;
+  EXPECT_TRUE(absl::StrContains(tiny->log, "--max_message_bytes")) << tiny->log;
 
   auto plaintext = StartLathed("plaintext", {"--insecure"});
   EXPECT_EQ(plaintext->exit_code, -1) << plaintext->log;
@@ -263,6 +286,11 @@ TEST_F(TlsTest, OnOnePortWorkerCallsNeedAVerifiedCertificate) {
   EXPECT_EQ(no_cert.error_code(), grpc::StatusCode::UNAUTHENTICATED) << no_cert.error_message();
   EXPECT_TRUE(absl::StrContains(no_cert.error_message(), "client certificate"))
       << no_cert.error_message();
+  ChannelTls rogue = cluster_->client_tls();
+  rogue.cert_file = Rogue() + "/worker.pem";
+  rogue.key_file = Rogue() + "/worker.key";
+  grpc::Status foreign = call(rogue);  // refused at the handshake
+  EXPECT_EQ(foreign.error_code(), grpc::StatusCode::UNAVAILABLE) << foreign.error_message();
   grpc::Status with_cert = call(cluster_->worker_tls());
   EXPECT_NE(with_cert.error_code(), grpc::StatusCode::UNAUTHENTICATED)
       << with_cert.error_message();

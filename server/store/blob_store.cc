@@ -56,15 +56,19 @@ absl::StatusOr<int> BlobStore::RemoveUnreferenced(
   if (keep.empty()) return 0;
   int removed = 0;
   std::error_code ec;
-  for (const auto& dir : fs::directory_iterator(fs::path(root_) / "blobs", ec)) {
-    std::string prefix = dir.path().filename().string();
-    if (!dir.is_directory() || prefix.size() != 2) continue;
-    for (const auto& f : fs::directory_iterator(dir.path(), ec)) {
-      std::string sha = f.path().filename().string();
+  // The error_code forms throughout: an I/O error is a status, not a throw.
+  const fs::directory_iterator end;
+  for (fs::directory_iterator dir(fs::path(root_) / "blobs", ec); !ec && dir != end;
+       dir.increment(ec)) {
+    std::string prefix = dir->path().filename().string();
+    std::error_code type_ec;
+    if (!dir->is_directory(type_ec) || prefix.size() != 2) continue;
+    for (fs::directory_iterator f(dir->path(), ec); !ec && f != end; f.increment(ec)) {
+      std::string sha = f->path().filename().string();
       bool blob_name = sha.size() == 64 && sha.compare(0, 2, prefix) == 0 &&
                        sha.find_first_not_of("0123456789abcdef") == std::string::npos;
-      if (!blob_name || !f.is_regular_file() || keep.contains(sha)) continue;
-      if (::unlink(f.path().c_str()) != 0) return ErrnoError("unlink", f.path().string());
+      if (!blob_name || !f->is_regular_file(type_ec) || keep.contains(sha)) continue;
+      if (::unlink(f->path().c_str()) != 0) return ErrnoError("unlink", f->path().string());
       ++removed;
     }
     if (ec) break;

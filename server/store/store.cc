@@ -346,6 +346,14 @@ absl::Status Store::PutCheckpointFile(const std::string& job_id, int64_t step,
   ASSIGN_OR_RETURN(bool exists, recorded.Step());
   if (exists) {
     // Its files are what a resume reads and a user downloads: they stay.
+    // The same file sent again (a report repeated after a lost ack) is
+    // already there.
+    ASSIGN_OR_RETURN(auto same, db_->Prepare("SELECT 1 FROM checkpoint_files WHERE "
+                                             "job_id = ? AND step = ? AND name = ? "
+                                             "AND sha256 = ?"));
+    same.Bind(1, job_id).Bind(2, step).Bind(3, file.name()).Bind(4, file.sha256());
+    ASSIGN_OR_RETURN(bool identical, same.Step());
+    if (identical) return absl::OkStatus();
     return absl::FailedPreconditionError(absl::StrCat(
         "checkpoint ", step, " of ", job_id, " is already recorded"));
   }

@@ -81,7 +81,7 @@ class Store {
   // exists once RecordCheckpoint finds all its files from that attempt
   // (FAILED_PRECONDITION otherwise). Recording twice is harmless; a file of
   // a recorded checkpoint is never replaced (PutCheckpointFile:
-  // FAILED_PRECONDITION).
+  // FAILED_PRECONDITION, or OK when the same name and sha256 is sent again).
   absl::Status PutCheckpointFile(const std::string& job_id, int64_t step,
                                  int32_t attempt, const v1::ResultFile& file);
   absl::Status RecordCheckpoint(const std::string& job_id, int64_t step,

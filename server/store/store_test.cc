@@ -236,7 +236,9 @@ TEST_F(StoreTest, CheckpointsNeedAllTheirFiles) {
   EXPECT_EQ((*all)[0].metrics().train_loss(), 2.5);
   ASSERT_EQ((*all)[0].files_size(), 1);
   EXPECT_TRUE(absl::IsNotFound(store_->ListCheckpoints("ftjob-zz").status()));
-  // A recorded checkpoint's files are never replaced (a late upload).
+  // The same file again (a repeated report) is fine; a recorded
+  // checkpoint's files are never replaced (a late upload).
+  EXPECT_TRUE(store_->PutCheckpointFile("ftjob-a", 10, 2, f).ok());
   f.set_sha256(std::string(64, 'e'));
   EXPECT_TRUE(absl::IsFailedPrecondition(store_->PutCheckpointFile("ftjob-a", 10, 2, f)));
   EXPECT_EQ(store_->ListCheckpoints("ftjob-a")->at(0).files(0).sha256(),

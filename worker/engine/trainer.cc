@@ -461,7 +461,10 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o,
   StepMetrics m;
   m.step = progress.step;
   m.total_steps = total_steps;
-  int64_t checkpointed_step = -1;  // written by this run
+  // The step whose checkpoint exists: the one resumed from, then the ones
+  // this run writes. A stop right after a resume does not write (and
+  // upload) the same step again.
+  int64_t checkpointed_step = o.resume_from.empty() ? -1 : progress.step;
   auto checkpoint = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(CheckpointInfo info,
                      SaveCheckpoint(o, model, optimizer, progress, data,
