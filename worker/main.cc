@@ -8,6 +8,7 @@
 #if LATHE_WITH_AGENT
 #include <csignal>
 #include <fstream>
+#include <memory>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -77,7 +78,8 @@ int Serve(int argc, char** argv) {
     std::cerr << "--" << agent.status().message() << "\n";
     return 2;
   }
-  lathe::worker::Agent* a = agent->get();
+  // Shared with the signal thread, which may still wake while main returns.
+  std::shared_ptr<lathe::worker::Agent> a = *std::move(agent);
   std::thread signals([a, set] {
     int sig = 0;
     sigwait(&set, &sig);
