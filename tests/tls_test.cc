@@ -53,14 +53,19 @@ class TlsTest : public ::testing::Test {
   // A worker RPC (FetchFile with the worker token) to the worker port over
   // `tls`; the code it ends with.
   static grpc::Status FetchAsWorker(const ChannelTls& tls) {
-    auto channel = MakeChannel(cluster_->worker_address(), tls);
+    return FetchAsWorkerAt(cluster_->worker_address(), cluster_->root() + "/data", tls);
+  }
+  // The same to `target`, with the token of the lathed on `data_dir`.
+  static grpc::Status FetchAsWorkerAt(const std::string& target, const std::string& data_dir,
+                                      const ChannelTls& tls) {
+    auto channel = MakeChannel(target, tls);
     EXPECT_TRUE(channel.ok()) << channel.status();
     auto stub = v1::Worker::NewStub(*channel);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     ctx.AddMetadata("authorization",
-                    "Bearer " + std::string(absl::StripAsciiWhitespace(ReadFileOrEmpty(
-                                    cluster_->root() + "/data/worker.token"))));
+                    "Bearer " + std::string(absl::StripAsciiWhitespace(
+                                    ReadFileOrEmpty(data_dir + "/worker.token"))));
     v1::FetchFileRequest r;
     r.set_job_id("ftjob-none");
     r.set_attempt(1);
@@ -263,24 +268,8 @@ TEST_F(TlsTest, OnOnePortWorkerCallsNeedAVerifiedCertificate) {
   ASSERT_EQ(s->exit_code, -1) << s->log;
   ASSERT_FALSE(s->port.empty()) << s->log;
   std::string target = absl::StrCat("127.0.0.1:", absl::StripAsciiWhitespace(s->port));
-  std::string root = TestRoot("tls-one-port");
-  std::string token(absl::StripAsciiWhitespace(ReadFileOrEmpty(root + "/data/worker.token")));
   auto call = [&](const ChannelTls& tls) {
-    auto channel = MakeChannel(target, tls);
-    EXPECT_TRUE(channel.ok());
-    auto stub = v1::Worker::NewStub(*channel);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    ctx.AddMetadata("authorization", "Bearer " + token);
-    v1::FetchFileRequest r;
-    r.set_job_id("ftjob-none");
-    r.set_attempt(1);
-    r.set_file_id("file-none");
-    auto reader = stub->FetchFile(&ctx, r);
-    v1::FileChunk chunk;
-    while (reader->Read(&chunk)) {
-    }
-    return reader->Finish();
+    return FetchAsWorkerAt(target, TestRoot("tls-one-port") + "/data", tls);
   };
   grpc::Status no_cert = call(cluster_->client_tls());
   EXPECT_EQ(no_cert.error_code(), grpc::StatusCode::UNAUTHENTICATED) << no_cert.error_message();
