@@ -34,14 +34,19 @@ absl::StatusOr<Response> Client::Unary(Call call) const {
   return resp;
 }
 
-absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
-                                                        const std::string& api_key,
-                                                        const ChannelTls& tls) {
+grpc::ChannelArguments Client::ChannelArgs() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(16 << 20);
   // WatchJob re-attaches within seconds of a lathed restart.
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 5000);
-  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, MakeChannel(target, tls, args));
+  return args;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
+                                                        const std::string& api_key,
+                                                        const ChannelTls& tls) {
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
+                   MakeChannel(target, tls, ChannelArgs()));
   return std::make_unique<Client>(std::move(channel), api_key);
 }
 

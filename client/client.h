@@ -29,6 +29,9 @@ class Client {
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target,
                                                          const std::string& api_key,
                                                          const ChannelTls& tls);
+  // The channel settings Connect uses (message size, reconnect backoff),
+  // for callers that make their own channel with MakeChannel.
+  static grpc::ChannelArguments ChannelArgs();
   // Over an existing channel (e.g. one made by MakeChannel).
   Client(std::shared_ptr<grpc::Channel> channel, const std::string& api_key);
 

@@ -107,8 +107,8 @@ absl::Status CheckPair(const std::string& cert_flag, const std::string& cert_pat
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const ServerTls& tls) {
-  const std::string cert_flag = absl::StrCat("--", tls.flag_prefix, "_cert");
-  const std::string key_flag = absl::StrCat("--", tls.flag_prefix, "_key");
+  const std::string cert_flag = "--tls_cert";
+  const std::string key_flag = "--tls_key";
   if (tls.insecure) {
     if (!tls.cert_file.empty() || !tls.key_file.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -128,7 +128,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   grpc::SslServerCredentialsOptions options(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
   options.pem_key_cert_pairs.push_back({key, cert});
   if (!tls.client_ca_file.empty()) {
-    const std::string ca_flag = absl::StrCat("--", tls.flag_prefix, "_client_ca");
+    const std::string ca_flag = "--worker_client_ca";
     ASSIGN_OR_RETURN(options.pem_root_certs, ReadPem(ca_flag, tls.client_ca_file));
     RETURN_IF_ERROR(ParseCert(ca_flag, tls.client_ca_file, options.pem_root_certs).status());
     options.client_certificate_request =

@@ -29,11 +29,10 @@ struct ServerTls {
   // fails the handshake; false = a certificate is optional but verified
   // when presented (services then check ServerContext::auth_context()).
   bool require_client_cert = false;
-  // Names the flags in error messages, e.g. "tls" -> "--tls_cert".
-  std::string flag_prefix = "tls";
 };
 
-// INVALID_ARGUMENT naming the flag when a file is missing, unreadable, not
+// INVALID_ARGUMENT naming lathed's flag (--tls_cert, --tls_key,
+// --worker_client_ca) when a file is missing, unreadable, not
 // PEM, or the key does not belong to the certificate; or when neither TLS
 // nor insecure was chosen.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(

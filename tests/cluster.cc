@@ -134,9 +134,7 @@ std::vector<std::string> Cluster::CliTlsFlags() const {
 namespace {
 std::shared_ptr<grpc::Channel> MustMakeChannel(const std::string& target,
                                                const ChannelTls& tls) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(16 << 20);
-  auto channel = MakeChannel(target, tls, args);
+  auto channel = MakeChannel(target, tls, Client::ChannelArgs());
   if (!channel.ok()) {
     std::fprintf(stderr, "cluster: %s\n", channel.status().ToString().c_str());
     std::abort();

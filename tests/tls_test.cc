@@ -247,6 +247,12 @@ TEST_F(TlsTest, LathedRefusesToStartWithoutTlsOrExplicitPlaintext) {
   EXPECT_EQ(encrypted->exit_code, 1) << encrypted->log;
   EXPECT_TRUE(absl::StrContains(encrypted->log, "--tls_key")) << encrypted->log;
 
+  auto bad_ca = StartLathed("bad-ca", {"--tls_cert=" + certs + "/server.pem",
+                                       "--tls_key=" + certs + "/server.key",
+                                       "--worker_client_ca=" + certs + "/server.key"});
+  EXPECT_EQ(bad_ca->exit_code, 1) << bad_ca->log;
+  EXPECT_TRUE(absl::StrContains(bad_ca->log, "--worker_client_ca")) << bad_ca->log;
+
   auto tiny = StartLathed("tiny-messages", {"--insecure", "--max_message_bytes=1000"});
   EXPECT_EQ(tiny->exit_code, 1) << tiny->log;
   EXPECT_TRUE(absl::StrContains(tiny->log, "--max_message_bytes")) << tiny->log;
