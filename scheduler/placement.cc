@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <functional>
 #include <numeric>
 #include <queue>
 #include <set>
@@ -203,12 +204,15 @@ Device WorkerCapacity(const WorkerInfo& worker) {
   return largest == nullptr ? Device{} : *largest;
 }
 
-RoundPlan PlanRound(
-    const std::vector<JobRequest>& queue, const std::vector<WorkerInfo>& fleet,
+namespace {
+
+// The eligible jobs of `queue` (`eligible(i)`), sorted into per-project,
+// per-class lists, each in enqueue order.
+std::vector<ProjectQueue> ProjectQueues(
+    const std::vector<JobRequest>& queue,
     const absl::flat_hash_map<std::string, int>& running_per_project,
-    const SchedulingPolicy& policy, absl::Time now) {
-  RoundPlan plan;
-  FleetIndex index(fleet);
+    const SchedulingPolicy& policy, absl::Time now,
+    const std::function<bool(int)>& eligible) {
   // Queue indexes in enqueue order (the store usually hands them over so),
   // so that each project's lists below come out in enqueue order too.
   std::vector<int> order(queue.size());
@@ -220,25 +224,11 @@ RoundPlan PlanRound(
   if (!std::is_sorted(order.begin(), order.end(), earlier)) {
     std::sort(order.begin(), order.end(), earlier);
   }
-  std::vector<std::string> keys(queue.size());
   std::vector<ProjectQueue> projects;
   absl::flat_hash_map<std::string_view, int> project_of;
   for (int i : order) {
     const JobRequest& job = queue[i];
-    keys[i] = RequirementKey(job);
-    const int64_t max_capacity = index.MaxCapacity(job, keys[i]);
-    if (max_capacity < job.memory_bytes) {
-      plan.unplaceable.push_back(
-          {job.job_id,
-           max_capacity < 0
-               ? absl::StrCat("no ", DescribeWorkerWanted(job), " is connected")
-               : absl::StrCat("needs ", Gib(job.memory_bytes),
-                              " of device memory; the largest ",
-                              DescribeWorkerWanted(job), " has ",
-                              Gib(max_capacity))});
-      continue;
-    }
-    if (job.not_before > now) continue;
+    if (!eligible(i)) continue;
     auto [it, inserted] =
         project_of.try_emplace(job.project, static_cast<int>(projects.size()));
     if (inserted) {
@@ -255,8 +245,17 @@ RoundPlan PlanRound(
     const int job_class = EffectiveClass(job, policy.aging, now);
     projects[it->second].jobs[job_class].push_back(i);
   }
+  return projects;
+}
 
-  for (int c = kTopClass; c >= 0 && index.AnyIdle(); --c) {
+// Offers the jobs of `projects` in rank order (class, then fair share,
+// then enqueue order) while `more()`; `offer(job)` returns whether the job
+// was placed, which raises its project's share.
+void OfferInRankOrder(const std::vector<JobRequest>& queue,
+                      std::vector<ProjectQueue>& projects,
+                      const std::function<bool()>& more,
+                      const std::function<bool(int)>& offer) {
+  for (int c = kTopClass; c >= 0 && more(); --c) {
     std::priority_queue<Head, std::vector<Head>, std::greater<Head>> heads;
     auto push = [&](int project, size_t position) {
       const std::vector<int>& jobs = projects[project].jobs[c];
@@ -266,19 +265,87 @@ RoundPlan PlanRound(
                   project, position});
     };
     for (int p = 0; p < static_cast<int>(projects.size()); ++p) push(p, 0);
-    while (!heads.empty() && index.AnyIdle()) {
+    while (!heads.empty() && more()) {
       const Head head = heads.top();
       heads.pop();
-      const int worker = index.TakeBestFit(queue[head.job], keys[head.job]);
-      if (worker >= 0) {
-        plan.placements.push_back(
-            {queue[head.job].job_id, fleet[worker].worker_id});
-        ++projects[head.project].jobs_running;
-      }
+      if (offer(head.job)) ++projects[head.project].jobs_running;
       push(head.project, head.position + 1);
     }
   }
+}
+
+}  // namespace
+
+RoundPlan PlanRound(
+    const std::vector<JobRequest>& queue, const std::vector<WorkerInfo>& fleet,
+    const absl::flat_hash_map<std::string, int>& running_per_project,
+    const SchedulingPolicy& policy, absl::Time now) {
+  RoundPlan plan;
+  FleetIndex index(fleet);
+  std::vector<std::string> keys(queue.size());
+  // Unplaceable jobs are reported in enqueue order.
+  std::vector<int> order(queue.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&queue](int a, int b) {
+    return queue[a].enqueue_order < queue[b].enqueue_order;
+  });
+  std::vector<bool> eligible(queue.size(), false);
+  for (int i : order) {
+    const JobRequest& job = queue[i];
+    keys[i] = RequirementKey(job);
+    const int64_t max_capacity = index.MaxCapacity(job, keys[i]);
+    if (max_capacity < job.memory_bytes) {
+      plan.unplaceable.push_back(
+          {job.job_id,
+           max_capacity < 0
+               ? absl::StrCat("no ", DescribeWorkerWanted(job), " is connected")
+               : absl::StrCat("needs ", Gib(job.memory_bytes),
+                              " of device memory; the largest ",
+                              DescribeWorkerWanted(job), " has ",
+                              Gib(max_capacity))});
+      continue;
+    }
+    eligible[i] = job.not_before <= now;
+  }
+  std::vector<ProjectQueue> projects =
+      ProjectQueues(queue, running_per_project, policy, now,
+                    [&](int i) { return eligible[i]; });
+  OfferInRankOrder(
+      queue, projects, [&] { return index.AnyIdle(); },
+      [&](int job) {
+        const int worker = index.TakeBestFit(queue[job], keys[job]);
+        if (worker < 0) return false;
+        plan.placements.push_back({queue[job].job_id, fleet[worker].worker_id});
+        return true;
+      });
   return plan;
+}
+
+std::vector<std::string> RankOrder(
+    const std::vector<JobRequest>& queue,
+    const absl::flat_hash_map<std::string, int>& running_per_project,
+    const SchedulingPolicy& policy, absl::Time now) {
+  std::vector<std::string> out;
+  out.reserve(queue.size());
+  std::vector<ProjectQueue> projects =
+      ProjectQueues(queue, running_per_project, policy, now,
+                    [&](int i) { return queue[i].not_before <= now; });
+  OfferInRankOrder(
+      queue, projects, [] { return true; },
+      [&](int job) {
+        out.push_back(queue[job].job_id);
+        return true;
+      });
+  // Jobs waiting out a retry backoff come last, in enqueue order.
+  std::vector<int> waiting;
+  for (int i = 0; i < static_cast<int>(queue.size()); ++i) {
+    if (queue[i].not_before > now) waiting.push_back(i);
+  }
+  std::stable_sort(waiting.begin(), waiting.end(), [&queue](int a, int b) {
+    return queue[a].enqueue_order < queue[b].enqueue_order;
+  });
+  for (int i : waiting) out.push_back(queue[i].job_id);
+  return out;
 }
 
 }  // namespace lathe::scheduler

@@ -118,6 +118,16 @@ RoundPlan PlanRound(
     const absl::flat_hash_map<std::string, int>& running_per_project,
     const SchedulingPolicy& policy, absl::Time now);
 
+// The order in which rounds of PlanRound would take `queue`'s jobs if every
+// job fitted an idle worker: rank order (effective class, fair share as
+// each job is taken, enqueue order), then the jobs waiting out a retry
+// backoff in enqueue order. What a job's queue position is measured by.
+// REQUIRES: as PlanRound.
+std::vector<std::string> RankOrder(
+    const std::vector<JobRequest>& queue,
+    const absl::flat_hash_map<std::string, int>& running_per_project,
+    const SchedulingPolicy& policy, absl::Time now);
+
 }  // namespace lathe::scheduler
 
 #endif  // LATHE_SCHEDULER_PLACEMENT_H_

@@ -277,6 +277,57 @@ TEST(PlanRoundTest, UnplaceableIsReportedWhateverTheBackoffAndBlocksNothing) {
             "no worker is connected");
 }
 
+TEST(RankOrderTest, PriorityThenFairShareThenAgeThenBackoff) {
+  // Project a queued five normal jobs, then b one, then a a high one; a
+  // retry of a waits out its backoff. By hand: the high job first (class);
+  // then b's job (b runs nothing, a now one); then a's in enqueue order;
+  // the backed-off job last.
+  std::vector<JobRequest> queue;
+  for (int i = 1; i <= 5; ++i)
+    queue.push_back(Job("a" + std::to_string(i), i, 1, "a"));
+  queue.push_back(Job("b1", 6, 1, "b"));
+  JobRequest high = Job("a-high", 7, 1, "a");
+  high.priority = Priority::kHigh;
+  queue.push_back(high);
+  JobRequest retry = Job("a-retry", 0, 1, "a");
+  retry.not_before = kNow + absl::Seconds(30);
+  queue.push_back(retry);
+  EXPECT_THAT(
+      RankOrder(queue, {}, {}, kNow),
+      ElementsAre("a-high", "b1", "a1", "a2", "a3", "a4", "a5", "a-retry"));
+  // With three of b's jobs running, a's go first until a runs as many as
+  // b (a-high, a1, a2: three), then the tie goes to the older job (a3).
+  EXPECT_THAT(
+      RankOrder(queue, {{"b", 3}}, {}, kNow),
+      ElementsAre("a-high", "a1", "a2", "a3", "b1", "a4", "a5", "a-retry"));
+}
+
+TEST(RankOrderTest, IsTheOrderRoundsPlaceJobsInWhenEverythingFits) {
+  std::mt19937 rng(7);
+  std::vector<JobRequest> queue;
+  for (int i = 0; i < 40; ++i) {
+    JobRequest j =
+        Job("j" + std::to_string(i), i, 1, "p" + std::to_string(rng() % 4));
+    j.priority = static_cast<Priority>(rng() % 3);
+    queue.push_back(j);
+  }
+  absl::flat_hash_map<std::string, int> running = {{"p0", 2}, {"p3", 1}};
+  // One idle worker per round, rounds until the queue drains.
+  std::vector<std::string> placed;
+  std::vector<JobRequest> left = queue;
+  while (!left.empty()) {
+    RoundPlan plan = Plan(left, {Gpu("w", 24)}, running);
+    ASSERT_EQ(plan.placements.size(), 1u);
+    const std::string id = plan.placements[0].job_id;
+    placed.push_back(id);
+    auto it = std::find_if(left.begin(), left.end(),
+                           [&](const JobRequest& j) { return j.job_id == id; });
+    ++running[it->project];
+    left.erase(it);
+  }
+  EXPECT_EQ(RankOrder(queue, {{"p0", 2}, {"p3", 1}}, {}, kNow), placed);
+}
+
 TEST(PlanRoundTest, NoIdleWorkerNoPlacement) {
   EXPECT_THAT(Plan({Job("a", 1)}, {Gpu("w", 24, false)}).placements, IsEmpty());
 }

@@ -14,6 +14,8 @@
 #include "common/ids.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "common/tls.h"
+#include "server/request_limits.h"
 
 namespace lathe {
 namespace {
@@ -107,7 +109,7 @@ absl::Status Authenticator::Worker(const grpc::ServerContext* context) const {
 absl::Status CheckOwner(const Caller& caller, const std::string& owner,
                         absl::string_view what, absl::string_view id) {
   if (owner == caller.project) return absl::OkStatus();
-  return absl::NotFoundError(absl::StrCat("no such ", what, ": ", id));
+  return NotFoundAs(what, id, absl::NotFoundError(""));
 }
 
 absl::StatusOr<v1::ApiKey> CreateApiKey(store::Store& store,

@@ -20,6 +20,28 @@ std::string FineTunedModelName(const v1::Job& job) {
                       job.suffix().empty() ? "lathe" : job.suffix(), ":", id);
 }
 
+// The store's queue as the scheduler sees it.
+std::vector<scheduler::JobRequest> SchedulerQueue(
+    const std::vector<store::Store::QueueEntry>& queue) {
+  std::vector<scheduler::JobRequest> jobs;
+  jobs.reserve(queue.size());
+  for (const auto& q : queue) {
+    scheduler::JobRequest j;
+    j.job_id = q.job_id;
+    j.project = q.project;
+    j.priority =
+        q.priority == v1::JOB_PRIORITY_HIGH  ? scheduler::Priority::kHigh
+        : q.priority == v1::JOB_PRIORITY_LOW ? scheduler::Priority::kLow
+                                             : scheduler::Priority::kNormal;
+    j.memory_bytes = q.memory_bytes;
+    j.enqueue_order = q.seq;
+    j.enqueued_at = absl::FromUnixSeconds(q.created_at);
+    j.not_before = absl::FromUnixMillis(q.not_before_ms);
+    jobs.push_back(std::move(j));
+  }
+  return jobs;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
@@ -32,6 +54,30 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
     for (const v1::Job& job : jobs) {
       c->leases_.Grant(job.id(), job.attempt(), "", now);
     }
+  }
+  // Every other non-terminal state must be one something advances. A job
+  // in validating_files (written by a lathed before creation became one
+  // transaction) has had its files checked: it is queued. A paused job
+  // whose resume waited for a pause checkpoint has no live attempt after a
+  // restart (paused attempts get no lease back): it is queued too.
+  ASSIGN_OR_RETURN(auto validating,
+                   store.JobsInStatus(v1::JOB_STATUS_VALIDATING_FILES));
+  for (const v1::Job& job : validating) {
+    store::TransitionUpdate u;
+    u.message = "Files validated; the job is queued (recovered at start-up)";
+    auto moved = store.Transition(job.id(), v1::JOB_STATUS_VALIDATING_FILES,
+                                  v1::JOB_STATUS_QUEUED, std::nullopt, u);
+    if (!moved.ok()) return moved.status();
+  }
+  ASSIGN_OR_RETURN(auto paused, store.JobsInStatus(v1::JOB_STATUS_PAUSED));
+  for (const v1::Job& job : paused) {
+    if (!job.resume_requested()) continue;
+    store::TransitionUpdate u;
+    u.message =
+        "Resumed; the job is queued (lathed restarted during the pause)";
+    auto moved = store.Transition(job.id(), v1::JOB_STATUS_PAUSED,
+                                  v1::JOB_STATUS_QUEUED, std::nullopt, u);
+    if (!moved.ok()) return moved.status();
   }
   return c;
 }
@@ -143,13 +189,22 @@ absl::Status Coordinator::RecordOutcome(const v1::Job& job,
     // The pause is complete: the device is free, the job stays paused.
     v1::JobEvent e;
     e.set_type("message");
-    e.set_level(o.result() == v1::AttemptOutcome::RESULT_STOPPED ? "info" : "warn");
-    e.set_message(o.result() == v1::AttemptOutcome::RESULT_STOPPED
-                      ? absl::StrCat("Paused at step ", a.step(),
-                                     "; resume continues from its checkpoint")
-                      : absl::StrCat("Paused; the attempt ended: ",
-                                     o.error().message()));
-    return store_.AppendEvent(job.id(), e, 0, 0).status();
+    e.set_level(o.result() == v1::AttemptOutcome::RESULT_STOPPED ? "info"
+                                                                 : "warn");
+    e.set_message(
+        o.result() == v1::AttemptOutcome::RESULT_STOPPED
+            ? absl::StrCat("Paused at step ", a.step(),
+                           "; resume continues from its checkpoint")
+            : absl::StrCat("Paused; the attempt ended: ", o.error().message()));
+    RETURN_IF_ERROR(store_.AppendEvent(job.id(), e, 0, 0).status());
+    if (!job.resume_requested()) return absl::OkStatus();
+    // A resume was asked for while the checkpoint was being written.
+    replan_ = true;
+    u.message = "Resumed; the job is queued";
+    return store_
+        .Transition(job.id(), v1::JOB_STATUS_PAUSED, v1::JOB_STATUS_QUEUED,
+                    a.attempt(), u)
+        .status();
   }
   v1::JobStatus to = v1::JOB_STATUS_FAILED;
   switch (o.result()) {
@@ -196,21 +251,7 @@ absl::Status Coordinator::RecordOutcome(const v1::Job& job,
 absl::Status Coordinator::Replan(absl::Time now) {
   ASSIGN_OR_RETURN(auto queue, store_.QueuedJobs());
   ASSIGN_OR_RETURN(auto running, store_.RunningPerProject());
-  std::vector<scheduler::JobRequest> jobs;
-  jobs.reserve(queue.size());
-  for (const auto& q : queue) {
-    scheduler::JobRequest j;
-    j.job_id = q.job_id;
-    j.project = q.project;
-    j.priority = q.priority == v1::JOB_PRIORITY_HIGH  ? scheduler::Priority::kHigh
-                 : q.priority == v1::JOB_PRIORITY_LOW ? scheduler::Priority::kLow
-                                                      : scheduler::Priority::kNormal;
-    j.memory_bytes = q.memory_bytes;
-    j.enqueue_order = q.seq;
-    j.enqueued_at = absl::FromUnixSeconds(q.created_at);
-    j.not_before = absl::FromUnixMillis(q.not_before_ms);
-    jobs.push_back(std::move(j));
-  }
+  std::vector<scheduler::JobRequest> jobs = SchedulerQueue(queue);
   std::vector<scheduler::WorkerInfo> fleet;
   fleet.reserve(fleet_.size());
   for (const auto& [id, w] : fleet_) fleet.push_back(w);
@@ -331,6 +372,12 @@ absl::StatusOr<v1::Job> Coordinator::PauseJob(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   for (int i = 0; i < 5; ++i) {
     ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
+    if (job.status() == v1::JOB_STATUS_PAUSED && job.resume_requested()) {
+      // Paused again before the resume took effect: it stays paused.
+      return store_.SetResumeRequested(
+          job_id, job.attempt(), false,
+          "Pause requested again; the pending resume is cancelled");
+    }
     if (job.status() != v1::JOB_STATUS_QUEUED &&
         job.status() != v1::JOB_STATUS_RUNNING) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -359,15 +406,37 @@ absl::StatusOr<v1::Job> Coordinator::ResumeJob(const std::string& job_id) {
         "job ", job_id, " is ", StatusName(job.status()), ", not paused"));
   }
   if (AttemptIsLive(job)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "job ", job_id, " is still writing its pause checkpoint; retry in a "
-        "few seconds"));
+    // The attempt is still writing its pause checkpoint: the job is
+    // queued as soon as that lands (RecordOutcome), or its worker is lost.
+    return store_.SetResumeRequested(job_id, job.attempt(), true,
+                                     "Resume requested; the job is queued once "
+                                     "its pause checkpoint is written");
   }
   store::TransitionUpdate u;
   u.message = "Resumed; the job is queued";
   replan_ = true;
   return store_.Transition(job_id, v1::JOB_STATUS_PAUSED, v1::JOB_STATUS_QUEUED,
                            std::nullopt, u);
+}
+
+absl::StatusOr<absl::flat_hash_map<std::string, int64_t>>
+Coordinator::QueuePositions(const std::string& project) {
+  ASSIGN_OR_RETURN(auto queue, store_.QueuedJobs());
+  ASSIGN_OR_RETURN(auto running, store_.RunningPerProject());
+  std::vector<scheduler::JobRequest> jobs = SchedulerQueue(queue);
+  absl::flat_hash_map<std::string, int> running_per_project(running.begin(),
+                                                            running.end());
+  absl::flat_hash_map<std::string, std::string> project_of;
+  for (const auto& q : queue) project_of[q.job_id] = q.project;
+  absl::flat_hash_map<std::string, int64_t> out;
+  for (const std::string& id : scheduler::RankOrder(
+           jobs, running_per_project, options_.policy, absl::Now())) {
+    // Only the project's own jobs are counted: how many jobs other
+    // projects have queued is not theirs to see.
+    if (project_of[id] == project)
+      out[id] = static_cast<int64_t>(out.size()) + 1;
+  }
+  return out;
 }
 
 int Coordinator::SweepExpiredLeases(absl::Time now) {
@@ -380,18 +449,26 @@ int Coordinator::SweepExpiredLeases(absl::Time now) {
     store::TransitionUpdate u;
     u.level = "warn";
     absl::StatusOr<v1::Job> moved;
-    if (job->status() == v1::JOB_STATUS_PAUSED) {
+    if (job->status() == v1::JOB_STATUS_PAUSED && !job->resume_requested()) {
       continue;  // the worker died while pausing: the job stays paused
     }
+    // Only failures count against max_attempts: pauses and hand-backs
+    // started new attempts too.
+    const int failures = job->failed_attempts() + 1;
+    u.count_failure = job->status() != v1::JOB_STATUS_CANCELLING;
     if (job->status() == v1::JOB_STATUS_CANCELLING) {
       u.message = "Worker lost while cancelling; the job is cancelled";
       moved = store_.Transition(lease.job_id, job->status(),
                                 v1::JOB_STATUS_CANCELLED, lease.attempt, u);
-    } else if (lease.attempt >= options_.max_attempts) {
+    } else if (failures >= options_.max_attempts &&
+               job->status() != v1::JOB_STATUS_PAUSED) {
+      // (A paused job whose resume was pending goes back to the queue: the
+      // user asked for it, and it had stopped training.)
       v1::JobError err;
       err.set_code("worker_lost");
-      err.set_message(absl::StrCat("the worker stopped reporting ",
-                                   options_.max_attempts, " times"));
+      err.set_message(absl::StrCat("the worker stopped reporting ", failures,
+                                   " times (--max_attempts ",
+                                   options_.max_attempts, ")"));
       err.set_user_fault(false);
       u.error = err;
       u.level = "error";
@@ -399,14 +476,14 @@ int Coordinator::SweepExpiredLeases(absl::Time now) {
       moved = store_.Transition(lease.job_id, job->status(),
                                 v1::JOB_STATUS_FAILED, lease.attempt, u);
     } else {
-      absl::Duration delay =
-          scheduler::RetryBackoff(lease.attempt, options_.retry_backoff_base,
-                                  options_.retry_backoff_cap);
+      absl::Duration delay = scheduler::RetryBackoff(
+          failures, options_.retry_backoff_base, options_.retry_backoff_cap);
       u.not_before_ms = absl::ToUnixMillis(now + delay);
       u.message = absl::StrCat(
           "Worker ", lease.worker_id.empty() ? "?" : lease.worker_id,
           " stopped reporting (lease expired); attempt ", lease.attempt,
-          " failed, retrying in ", absl::FormatDuration(delay));
+          " failed (", failures, " of ", options_.max_attempts,
+          " allowed), retrying in ", absl::FormatDuration(delay));
       moved = store_.Transition(lease.job_id, job->status(),
                                 v1::JOB_STATUS_QUEUED, lease.attempt, u);
     }

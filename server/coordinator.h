@@ -47,8 +47,11 @@ class Coordinator {
   absl::StatusOr<v1::WorkerDirective> HandleReport(const v1::WorkerReport& r);
 
   // Pause: queued or running -> paused (a running attempt is then told to
-  // checkpoint and stop). Resume: paused -> queued, once the attempt has
-  // stopped. FAILED_PRECONDITION from any other state.
+  // checkpoint and stop). Resume: paused -> queued; while the attempt is
+  // still writing its pause checkpoint the job stays paused with
+  // resume_requested set and is queued as soon as the attempt stops (or
+  // its worker is lost); pausing again cancels that request.
+  // FAILED_PRECONDITION from any other state.
   absl::StatusOr<v1::Job> PauseJob(const std::string& job_id);
   absl::StatusOr<v1::Job> ResumeJob(const std::string& job_id);
 
@@ -69,8 +72,15 @@ class Coordinator {
                                 int64_t checkpoint_step,
                                 const v1::ResultFile& file);
 
+  // The queue position of each of `project`'s queued jobs: 1 + how many
+  // of the project's queued jobs the scheduler would place before it
+  // (scheduler::RankOrder). Other projects' jobs are not counted.
+  absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> QueuePositions(
+      const std::string& project);
+
   // Expires overdue leases: the attempt fails and the job requeues with
-  // backoff (or fails after max_attempts). Returns how many expired.
+  // backoff (or fails once max_attempts attempts have failed). Returns how
+  // many expired.
   int SweepExpiredLeases(absl::Time now);
 
  private:

@@ -173,7 +173,6 @@ TEST_F(CoordinatorTest, PauseCheckpointsStopsAndResumeRequeuesWithCheckpoint) {
   auto d = Report("w1", &a);
   EXPECT_TRUE(d.stop());
   EXPECT_TRUE(d.checkpoint_before_stop());
-  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->ResumeJob("ftjob-1").status()));
 
   // A checkpoint is recorded only once all its files are uploaded; one
   // reported without them is refused with a warning, not a broken stream.
@@ -248,6 +247,168 @@ TEST_F(CoordinatorTest, JobsLargerThanAnyWorkerWaitWithAWarning) {
   }
   EXPECT_EQ(warnings, 1);
   EXPECT_EQ(store_->GetJob("ftjob-big")->status(), v1::JOB_STATUS_QUEUED);
+}
+
+TEST_F(CoordinatorTest,
+       ResumeWhileThePauseCheckpointIsWrittenQueuesWhenItLands) {
+  AddJob("ftjob-1");
+  Report("w1");
+  ASSERT_TRUE(coord_->PauseJob("ftjob-1").ok());
+  v1::RunningAttempt a;
+  a.set_job_id("ftjob-1");
+  a.set_attempt(1);
+  a.set_step(4);
+  EXPECT_TRUE(Report("w1", &a).checkpoint_before_stop());
+  // Resume right after pause: accepted, the job shows it waits.
+  auto resumed = coord_->ResumeJob("ftjob-1");
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->status(), v1::JOB_STATUS_PAUSED);
+  EXPECT_TRUE(resumed->resume_requested());
+  EXPECT_TRUE(coord_->ResumeJob("ftjob-1").ok());  // asking twice is harmless
+  // The worker still finishes its pause checkpoint and stops...
+  a.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_STOPPED);
+  EXPECT_TRUE(Report("w1", &a).outcome_recorded());
+  // ...and then the job is queued, with no second call.
+  auto job = store_->GetJob("ftjob-1");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
+  EXPECT_FALSE(job->resume_requested());
+  EXPECT_EQ(Report("w2").assignment().attempt(), 2);
+}
+
+TEST_F(CoordinatorTest, PausingAgainCancelsAPendingResume) {
+  AddJob("ftjob-1");
+  Report("w1");
+  ASSERT_TRUE(coord_->PauseJob("ftjob-1").ok());
+  ASSERT_TRUE(coord_->ResumeJob("ftjob-1")->resume_requested());
+  auto again = coord_->PauseJob("ftjob-1");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->resume_requested());
+  v1::RunningAttempt a;
+  a.set_job_id("ftjob-1");
+  a.set_attempt(1);
+  a.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_STOPPED);
+  EXPECT_TRUE(Report("w1", &a).outcome_recorded());
+  EXPECT_EQ(store_->GetJob("ftjob-1")->status(), v1::JOB_STATUS_PAUSED);
+}
+
+TEST_F(CoordinatorTest, PausesAndResumesDoNotUseUpAttempts) {
+  // max_attempts = 2. Two pause/resume cycles start attempts 2 and 3; a
+  // lost worker after them is the first failure, so the job is retried.
+  AddJob("ftjob-1");
+  int32_t attempt = 0;
+  for (int cycle = 0; cycle < 2; ++cycle) {
+    attempt = Report("w1").assignment().attempt();
+    ASSERT_EQ(attempt, cycle + 1);
+    ASSERT_TRUE(coord_->PauseJob("ftjob-1").ok());
+    v1::RunningAttempt a;
+    a.set_job_id("ftjob-1");
+    a.set_attempt(attempt);
+    a.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_STOPPED);
+    ASSERT_TRUE(Report("w1", &a).outcome_recorded());
+    auto resumed = coord_->ResumeJob("ftjob-1");
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+    ASSERT_EQ(resumed->status(), v1::JOB_STATUS_QUEUED);
+  }
+  ASSERT_EQ(Report("w1").assignment().attempt(), 3);
+  EXPECT_EQ(coord_->SweepExpiredLeases(absl::Now() + absl::Seconds(11)), 1);
+  auto job = store_->GetJob("ftjob-1");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED) << job->error().message();
+  EXPECT_EQ(job->failed_attempts(), 1);
+  // A second failure reaches max_attempts.
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-1", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_RUNNING, std::nullopt,
+                               {.attempt = 4, .worker_id = "w1"})
+                  .ok());
+  v1::RunningAttempt a;
+  a.set_job_id("ftjob-1");
+  a.set_attempt(4);
+  Report("w1", &a);
+  EXPECT_EQ(coord_->SweepExpiredLeases(absl::Now() + absl::Seconds(11)), 1);
+  job = store_->GetJob("ftjob-1");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_FAILED);
+  EXPECT_EQ(job->failed_attempts(), 2);
+  EXPECT_NE(job->error().message().find("2 times"), std::string::npos)
+      << job->error().message();
+}
+
+TEST(CoordinatorStartTest, NoJobIsLeftInAStateNothingAdvances) {
+  auto store = *store::Store::Open(":memory:");
+  v1::Model m;
+  m.set_id("tiny");
+  m.set_path("/models/tiny");
+  ASSERT_TRUE(store->RegisterModel(m).ok());
+  // As a lathed that crashed between the two steps of an old creation left it.
+  v1::Job j;
+  j.set_id("ftjob-stranded");
+  j.set_status(v1::JOB_STATUS_VALIDATING_FILES);
+  j.set_model("tiny");
+  ASSERT_TRUE(store->CreateJob(j, "", "").ok());
+  // A pause whose resume waited for the checkpoint when lathed died.
+  j.set_id("ftjob-resuming");
+  j.set_status(v1::JOB_STATUS_QUEUED);
+  ASSERT_TRUE(store->CreateJob(j, "", "").ok());
+  ASSERT_TRUE(store
+                  ->Transition("ftjob-resuming", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_RUNNING, std::nullopt,
+                               {.attempt = 1})
+                  .ok());
+  ASSERT_TRUE(store
+                  ->Transition("ftjob-resuming", v1::JOB_STATUS_RUNNING,
+                               v1::JOB_STATUS_PAUSED, std::nullopt, {})
+                  .ok());
+  ASSERT_TRUE(
+      store->SetResumeRequested("ftjob-resuming", 1, true, "resume asked")
+          .ok());
+  // A plain paused job stays paused.
+  j.set_id("ftjob-paused");
+  ASSERT_TRUE(store->CreateJob(j, "", "").ok());
+  ASSERT_TRUE(store
+                  ->Transition("ftjob-paused", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_PAUSED, std::nullopt, {})
+                  .ok());
+
+  auto coord = Coordinator::Create(*store, {});
+  ASSERT_TRUE(coord.ok()) << coord.status();
+  EXPECT_EQ(store->GetJob("ftjob-stranded")->status(), v1::JOB_STATUS_QUEUED);
+  EXPECT_EQ(store->GetJob("ftjob-resuming")->status(), v1::JOB_STATUS_QUEUED);
+  EXPECT_FALSE(store->GetJob("ftjob-resuming")->resume_requested());
+  EXPECT_EQ(store->GetJob("ftjob-paused")->status(), v1::JOB_STATUS_PAUSED);
+}
+
+TEST_F(CoordinatorTest,
+       QueuePositionIsTheSchedulersOrderAmongTheProjectsOwnJobs) {
+  auto add = [&](const std::string& id, const std::string& project,
+                 v1::JobPriority p) {
+    v1::Job j;
+    j.set_id(id);
+    j.set_status(v1::JOB_STATUS_QUEUED);
+    j.set_model("tiny");
+    j.set_project(project);
+    j.set_priority(p);
+    j.set_created_at(NowUnixSeconds());
+    ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
+  };
+  add("ftjob-other-1", "other", v1::JOB_PRIORITY_HIGH);
+  for (int i = 1; i <= 5; ++i)
+    add("ftjob-n" + std::to_string(i), "p", v1::JOB_PRIORITY_NORMAL);
+  add("ftjob-other-2", "other", v1::JOB_PRIORITY_NORMAL);
+  add("ftjob-high", "p", v1::JOB_PRIORITY_HIGH);
+  auto positions = coord_->QueuePositions("p");
+  ASSERT_TRUE(positions.ok()) << positions.status();
+  // The high-priority job is placed first: position 1, though created
+  // last; the other project's jobs are not counted.
+  EXPECT_EQ(positions->size(), 6u);
+  EXPECT_EQ(positions->at("ftjob-high"), 1);
+  for (int i = 1; i <= 5; ++i)
+    EXPECT_EQ(positions->at("ftjob-n" + std::to_string(i)), i + 1);
+  EXPECT_FALSE(positions->contains("ftjob-other-1"));
+  // And the scheduler does place it first among p's jobs.
+  auto d = Report("w1");
+  ASSERT_TRUE(d.has_assignment());
+  EXPECT_EQ(d.assignment().job_id(),
+            "ftjob-other-1");  // a high job created before
+  EXPECT_EQ(Report("w2").assignment().job_id(), "ftjob-high");
 }
 
 }  // namespace

@@ -1,27 +1,53 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "common/echo.h"
 #include "common/grpc_status.h"
 #include "common/ids.h"
 #include "common/job_state.h"
 #include "common/status_macros.h"
 #include "server/auth.h"
 #include "server/job_request.h"
+#include "server/request_limits.h"
 #include "server/services.h"
 #include "spdlog/spdlog.h"
 
 namespace lathe {
 namespace {
 
+// Fills what a job shows that is not stored with it: its queue position
+// among its project's queued jobs, in the scheduler's order.
+absl::Status Present(const ServerContext& ctx, v1::Job& job) {
+  if (job.status() != v1::JOB_STATUS_QUEUED) return absl::OkStatus();
+  ASSIGN_OR_RETURN(auto positions,
+                   ctx.coordinator->QueuePositions(job.project()));
+  auto it = positions.find(job.id());
+  job.set_queue_position(it == positions.end() ? 0 : it->second);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Job> Presented(const ServerContext& ctx,
+                                  absl::StatusOr<v1::Job> job) {
+  if (job.ok()) RETURN_IF_ERROR(Present(ctx, *job));
+  return job;
+}
+
 absl::StatusOr<v1::Job> CreateJobImpl(const ServerContext& ctx,
                                       const Caller& caller,
                                       const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckJobRequest(r));
+  auto missing_model = [&] {
+    return absl::NotFoundError(
+        absl::StrCat("model: no model named \"", Echo(r.model()),
+                     "\" (`lathe models list` shows them)"));
+  };
   auto model = ctx.store->GetModel(r.model());
-  if (!model.ok()) {
-    return absl::NotFoundError(absl::StrCat(
-        "model: no model named \"", r.model(), "\" (`lathe models list` shows them)"));
-  }
+  if (!model.ok()) return missing_model();
   if (model->kind() != "base") {
+    // Another project's fine-tuned model is as missing as one that never
+    // existed.
+    auto owner = ctx.store->GetJob(model->job_id());
+    if (!owner.ok() || owner->project() != caller.project)
+      return missing_model();
     return absl::InvalidArgumentError(absl::StrCat(
         "model: ", r.model(), " is a fine-tuned model; fine-tune its base, ",
         model->base_model()));
@@ -29,37 +55,31 @@ absl::StatusOr<v1::Job> CreateJobImpl(const ServerContext& ctx,
   auto training = ctx.store->GetFile(r.training_file());
   if (!training.ok() || training->project() != caller.project) {
     return absl::NotFoundError(
-        absl::StrCat("training_file: no such file ", r.training_file()));
-  }
-  if (!r.validation_file().empty()) {
-    auto validation = ctx.store->GetFile(r.validation_file());
-    if (!validation.ok() || validation->project() != caller.project) {
-      return absl::NotFoundError(
-          absl::StrCat("validation_file: no such file ", r.validation_file()));
-    }
+        absl::StrCat("training_file: no such file ", Echo(r.training_file())));
   }
   thread_local absl::BitGen gen;
   v1::Job job = ResolveJob(r, *training, *model, caller.project, NewId("ftjob"),
                            absl::Uniform<int64_t>(gen, 0, 1LL << 31));
+  // Files are validated line by line at upload; the store checks in the
+  // insert's own transaction that they still exist, so the job is written
+  // straight into the queue with both events: no crash can leave it in
+  // validating_files, which nothing would advance.
+  job.set_status(v1::JOB_STATUS_QUEUED);
   // Idempotency keys are per project: one project cannot probe another's.
-  std::string key = r.idempotency_key().empty()
-                        ? ""
-                        : absl::StrCat(caller.project, "/", r.idempotency_key());
-  ASSIGN_OR_RETURN(auto created,
-                   ctx.store->CreateJob(job, key, RequestFingerprint(r),
-                                        ctx.options.max_jobs_in_flight_per_project));
-  if (!created.created) return created.job;
-  // Files are validated line by line at upload, so the check here is that
-  // they still exist; the job moves straight on to the queue.
-  store::TransitionUpdate u;
-  u.message = "Files validated; the job is queued";
-  ASSIGN_OR_RETURN(v1::Job queued,
-                   ctx.store->Transition(job.id(),
-                                         v1::JOB_STATUS_VALIDATING_FILES,
-                                         v1::JOB_STATUS_QUEUED, std::nullopt, u));
-  spdlog::info("created {} on {} ({} examples)", job.id(), job.model(),
-               training->line_count());
-  return queued;
+  std::string key =
+      r.idempotency_key().empty()
+          ? ""
+          : absl::StrCat(caller.project, "/", r.idempotency_key());
+  ASSIGN_OR_RETURN(
+      auto created,
+      ctx.store->CreateJob(job, key, RequestFingerprint(r),
+                           ctx.options.max_jobs_in_flight_per_project));
+  if (created.created) {
+    spdlog::info("created {} on {} ({} examples)", job.id(), job.model(),
+                 training->line_count());
+  }
+  RETURN_IF_ERROR(Present(ctx, created.job));
+  return created.job;
 }
 
 absl::StatusOr<v1::Job> CancelJobImpl(const ServerContext& ctx,
@@ -98,9 +118,11 @@ absl::StatusOr<v1::Job> CancelJobImpl(const ServerContext& ctx,
 absl::StatusOr<v1::Job> FineTuningService::OwnedJob(
     const grpc::ServerContext* context, const std::string& job_id) const {
   ASSIGN_OR_RETURN(Caller caller, ctx_.auth->User(context));
+  RETURN_IF_ERROR(CheckIdField("job_id", job_id));
   auto job = ctx_.store->GetJob(job_id);
-  if (!job.ok()) return job.status();
+  if (!job.ok()) return NotFoundAs("job", job_id, job.status());
   RETURN_IF_ERROR(CheckOwner(caller, job->project(), "job", job_id));
+  RETURN_IF_ERROR(Present(ctx_, *job));
   return job;
 }
 
@@ -137,10 +159,23 @@ grpc::Status FineTuningService::ListJobs(grpc::ServerContext* context,
   }
   std::map<std::string, std::string> metadata(request->metadata().begin(),
                                               request->metadata().end());
-  auto page = ctx_.store->ListJobs(caller->project, request->limit(),
-                                   request->after(), request->status(), metadata);
+  if (auto st = CheckMetadata(metadata); !st.ok()) return ToGrpcStatus(st);
+  if (auto st = CheckIdField("after", request->after(), /*required=*/false);
+      !st.ok()) {
+    return ToGrpcStatus(st);
+  }
+  auto page =
+      ctx_.store->ListJobs(caller->project, request->limit(), request->after(),
+                           request->status(), metadata);
   if (!page.ok()) return ToGrpcStatus(page.status());
-  for (auto& j : page->data) *response->add_data() = std::move(j);
+  auto positions = ctx_.coordinator->QueuePositions(caller->project);
+  if (!positions.ok()) return ToGrpcStatus(positions.status());
+  for (auto& j : page->data) {
+    if (auto it = positions->find(j.id()); it != positions->end()) {
+      j.set_queue_position(it->second);
+    }
+    *response->add_data() = std::move(j);
+  }
   response->set_has_more(page->has_more);
   return grpc::Status::OK;
 }
@@ -150,7 +185,7 @@ grpc::Status FineTuningService::CancelJob(grpc::ServerContext* context,
                                           v1::Job* response) {
   auto owned = OwnedJob(context, request->job_id());
   if (!owned.ok()) return ToGrpcStatus(owned.status());
-  auto job = CancelJobImpl(ctx_, request->job_id());
+  auto job = Presented(ctx_, CancelJobImpl(ctx_, request->job_id()));
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
   return grpc::Status::OK;
@@ -229,7 +264,7 @@ grpc::Status FineTuningService::PauseJob(grpc::ServerContext* context,
                                          v1::Job* response) {
   auto owned = OwnedJob(context, request->job_id());
   if (!owned.ok()) return ToGrpcStatus(owned.status());
-  auto job = ctx_.coordinator->PauseJob(request->job_id());
+  auto job = Presented(ctx_, ctx_.coordinator->PauseJob(request->job_id()));
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
   return grpc::Status::OK;
@@ -240,7 +275,7 @@ grpc::Status FineTuningService::ResumeJob(grpc::ServerContext* context,
                                           v1::Job* response) {
   auto owned = OwnedJob(context, request->job_id());
   if (!owned.ok()) return ToGrpcStatus(owned.status());
-  auto job = ctx_.coordinator->ResumeJob(request->job_id());
+  auto job = Presented(ctx_, ctx_.coordinator->ResumeJob(request->job_id()));
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
   return grpc::Status::OK;

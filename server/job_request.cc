@@ -5,11 +5,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/echo.h"
 #include "common/ids.h"
 #include "common/sha256.h"
+#include "common/status_macros.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "scheduler/memory_estimate.h"
+#include "server/request_limits.h"
 
 namespace lathe {
 namespace {
@@ -25,8 +28,10 @@ absl::Status Bad(absl::string_view field, absl::string_view what) {
 }  // namespace
 
 absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
-  if (r.model().empty()) return Bad("model", "required");
-  if (r.training_file().empty()) return Bad("training_file", "required");
+  RETURN_IF_ERROR(CheckIdField("model", r.model()));
+  RETURN_IF_ERROR(CheckIdField("training_file", r.training_file()));
+  RETURN_IF_ERROR(
+      CheckIdField("validation_file", r.validation_file(), /*required=*/false));
   const std::string& type = r.method().type();
   if (!type.empty() && type != "supervised") {
     return Bad("method.type", absl::StrCat("\"", type,
@@ -53,8 +58,12 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   if (lora.has_rank() && (lora.rank() < 1 || lora.rank() > 1024)) {
     return Bad("lora.rank", absl::StrCat(lora.rank(), " is out of range 1..1024"));
   }
-  if (lora.has_alpha() && (!std::isfinite(lora.alpha()) || lora.alpha() <= 0)) {
-    return Bad("lora.alpha", "must be finite and > 0");
+  // Beyond this the adapter's scale (alpha / rank) overflows the training
+  // arithmetic: 1e308 made every loss NaN at step 1.
+  constexpr double kMaxAlpha = 65536;
+  if (lora.has_alpha() && (!std::isfinite(lora.alpha()) || lora.alpha() <= 0 ||
+                           lora.alpha() > kMaxAlpha)) {
+    return Bad("lora.alpha", absl::StrCat("must be in (0, ", kMaxAlpha, "]"));
   }
   if (lora.has_dropout() && (!std::isfinite(lora.dropout()) ||
                              lora.dropout() < 0 || lora.dropout() >= 1)) {
@@ -65,8 +74,15 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
     if (std::find(std::begin(kTargetModules), std::end(kTargetModules), m) ==
         std::end(kTargetModules)) {
       return Bad(absl::StrCat("lora.target_modules[", i, "]"),
-                 absl::StrCat("unknown module \"", m, "\" (known: ",
+                 absl::StrCat("unknown module \"", Echo(m), "\" (known: ",
                               absl::StrJoin(kTargetModules, ", "), ")"));
+    }
+    for (int j = 0; j < i; ++j) {
+      if (lora.target_modules(j) == m) {
+        return Bad(absl::StrCat("lora.target_modules[", i, "]"),
+                   absl::StrCat("\"", m, "\" is already lora.target_modules[",
+                                j, "]"));
+      }
     }
   }
   if (r.suffix().size() > 64) return Bad("suffix", "longer than 64 characters");
@@ -75,15 +91,7 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
       return Bad("suffix", "only letters, digits, '-' and '_' are allowed");
     }
   }
-  if (r.metadata_size() > 16) return Bad("metadata", "more than 16 pairs");
-  for (const auto& [k, v] : r.metadata()) {
-    if (k.empty() || k.size() > 64) {
-      return Bad("metadata", absl::StrCat("key \"", k, "\" must be 1..64 bytes"));
-    }
-    if (v.size() > 512) {
-      return Bad(absl::StrCat("metadata[", k, "]"), "longer than 512 bytes");
-    }
-  }
+  RETURN_IF_ERROR(CheckMetadata({r.metadata().begin(), r.metadata().end()}));
   if (!v1::JobPriority_IsValid(r.priority())) {
     return Bad("priority", "unknown value");
   }

@@ -37,6 +37,18 @@ TEST(JobRequestTest, RefusesBadFieldsByName) {
       {[](auto& r) { r.mutable_lora()->set_dropout(1.0); }, "lora.dropout"},
       {[](auto& r) { r.mutable_lora()->add_target_modules("lm_head"); },
        "lora.target_modules[0]"},
+      {[](auto& r) { r.mutable_lora()->set_alpha(1e308); }, "lora.alpha"},
+      {[](auto& r) {
+         r.mutable_lora()->add_target_modules("q_proj");
+         r.mutable_lora()->add_target_modules("v_proj");
+         r.mutable_lora()->add_target_modules("q_proj");
+       },
+       "lora.target_modules[2]: \"q_proj\" is already lora.target_modules[0]"},
+      {[](auto& r) { r.set_model(std::string(100'000, 'm')); },
+       "model: longer than 128 bytes"},
+      {[](auto& r) { r.set_training_file("file-\x1b[2J"); }, "training_file"},
+      {[](auto& r) { r.set_validation_file(std::string(200, 'v')); },
+       "validation_file"},
       {[](auto& r) { r.set_suffix("../etc"); }, "suffix"},
       {[](auto& r) {
          for (int i = 0; i < 17; ++i) (*r.mutable_metadata())["k" + std::to_string(i)] = "v";

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "server/request_interceptor.h"
 #include "spdlog/spdlog.h"
 
 namespace lathe {
@@ -94,6 +95,7 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   grpc::EnableDefaultHealthCheckService(true);
   // Keepalives detect dead peers on idle streams.
   auto configure = [&](grpc::ServerBuilder& b) {
+    b.experimental().SetInterceptorCreators(RequestInterceptors());
     b.SetMaxReceiveMessageSize(options.max_message_bytes);
     b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
@@ -124,9 +126,8 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
       return absl::UnavailableError(
           absl::StrCat("worker_listen: cannot bind ", options.worker_listen));
     }
-    d->worker_server_->GetHealthCheckService()->SetServingStatus(true);
   }
-  d->server_->GetHealthCheckService()->SetServingStatus(true);
+  d->SetServing(true);
   Lathed* self = d.get();
   absl::Duration interval = options.sweep_interval;
   d->sweeper_ = std::thread([self, interval] {
@@ -144,14 +145,35 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   return d;
 }
 
+void Lathed::SetServing(bool serving) {
+  // The server as a whole ("") and each service by its full name, as
+  // `grpc-health-probe -service=lathe.v1.FineTuning` asks.
+  auto set = [serving](grpc::Server& server,
+                       const std::vector<std::string>& services) {
+    grpc::HealthCheckServiceInterface* health = server.GetHealthCheckService();
+    health->SetServingStatus(serving);
+    for (const std::string& name : services)
+      health->SetServingStatus(name, serving);
+  };
+  std::vector<std::string> public_services = {
+      "lathe.v1.Files", "lathe.v1.FineTuning", "lathe.v1.Models",
+      "lathe.v1.Admin"};
+  const std::string worker_service = "lathe.v1.Worker";
+  if (worker_server_) {
+    set(*worker_server_, {worker_service});
+  } else {
+    public_services.push_back(worker_service);
+  }
+  set(*server_, public_services);
+}
+
 void Lathed::Wait() { server_->Wait(); }
 
 void Lathed::Shutdown(absl::Duration deadline) {
   if (shutting_down_.exchange(true)) return;
   if (!server_) return;  // Start failed before serving
   // Load balancers and workers see NOT_SERVING while calls drain.
-  server_->GetHealthCheckService()->SetServingStatus(false);
-  if (worker_server_) worker_server_->GetHealthCheckService()->SetServingStatus(false);
+  SetServing(false);
   // Both servers drain in parallel within the one deadline.
   auto until = absl::ToChronoTime(absl::Now() + deadline);
   std::thread workers;

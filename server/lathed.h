@@ -60,6 +60,9 @@ class Lathed {
  private:
   Lathed() = default;
 
+  // The health service's answer for the server and each of its services.
+  void SetServing(bool serving);
+
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<store::BlobStore> blobs_;
   std::unique_ptr<Coordinator> coordinator_;

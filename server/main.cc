@@ -7,6 +7,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "server/lathed.h"
 #include "spdlog/spdlog.h"
@@ -41,7 +43,9 @@ ABSL_FLAG(double, base_learning_rate, 2e-4,
           "learning rate at learning_rate_multiplier 1");
 ABSL_FLAG(int, lease_seconds, 15,
           "a running job's lease; a worker silent this long loses the job");
-ABSL_FLAG(int, max_attempts, 3, "attempts per job before it fails");
+ABSL_FLAG(int, max_attempts, 3,
+          "failed attempts (a worker lost) per job before it fails; pauses and "
+          "hand-backs do not count");
 ABSL_FLAG(int, checkpoint_every_steps, 100,
           "workers checkpoint every this many steps (a lost worker costs at "
           "most this many)");
@@ -60,6 +64,13 @@ int main(int argc, char** argv) {
       "lathed: the Lathe fine-tuning control plane.\n"
       "  lathed --data_dir DIR --listen 127.0.0.1:7070 "
       "--base_model NAME=FOLDER");
+  // --help lists the flags of this file (absl's default looks for files
+  // named after the program, and lathed's are in main.cc).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/main.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   lathe::LathedOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);

@@ -36,13 +36,43 @@ bool IsModelFile(const std::string& name) {
          (name.size() > 12 && name.substr(name.size() - 12) == ".safetensors");
 }
 
+// OK unless `file` (in `dir`, canonical) is a symbolic link whose target is
+// outside `dir`: what a model folder names is hashed, listed and served to
+// workers, so a link to ../secret.txt must not make it one of its files.
+absl::Status CheckStaysInside(const fs::path& dir, const fs::path& file) {
+  std::error_code ec;
+  if (!fs::is_symlink(fs::symlink_status(file, ec))) return absl::OkStatus();
+  fs::path target = fs::weakly_canonical(file, ec);
+  if (ec) return Bad(file.string(), "an unreadable symbolic link");
+  auto [d, t] =
+      std::mismatch(dir.begin(), dir.end(), target.begin(), target.end());
+  if (d == dir.end() && t != target.end()) return absl::OkStatus();
+  return Bad(
+      file.string(),
+      absl::StrCat("a symbolic link out of the model folder (to ",
+                   target.string(),
+                   "); copy the files into the folder, or register the folder "
+                   "they are in"));
+}
+
 }  // namespace
 
 absl::StatusOr<v1::Model> InspectModelFolder(const std::string& folder) {
-  fs::path dir(folder);
   std::error_code ec;
-  if (!dir.is_absolute()) return Bad("path", "must be an absolute folder");
-  if (!fs::is_directory(dir, ec)) return Bad("path", absl::StrCat(folder, " is not a folder"));
+  if (!fs::path(folder).is_absolute())
+    return Bad("path", "must be an absolute folder");
+  if (!fs::is_directory(folder, ec))
+    return Bad("path", absl::StrCat(folder, " is not a folder"));
+  // The folder itself may be reached through links; its files may not
+  // lead out of it.
+  fs::path dir = fs::canonical(folder, ec);
+  if (ec) return Bad("path", absl::StrCat(folder, ": ", ec.message()));
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (IsModelFile(entry.path().filename().string())) {
+      RETURN_IF_ERROR(CheckStaysInside(dir, entry.path()));
+    }
+  }
+  if (ec) return Bad("path", absl::StrCat(folder, ": ", ec.message()));
   std::string config_path = (dir / "config.json").string();
   std::ifstream in(config_path);
   if (!in) return Bad(config_path, "missing or unreadable");
@@ -50,7 +80,7 @@ absl::StatusOr<v1::Model> InspectModelFolder(const std::string& folder) {
   if (config.is_discarded() || !config.is_object()) return Bad(config_path, "not valid JSON");
   v1::Model m;
   m.set_kind("base");
-  m.set_path(dir.lexically_normal().string());
+  m.set_path(fs::path(folder).lexically_normal().string());
   auto arch = config.find("architectures");
   if (arch == config.end() || !arch->is_array() || arch->empty() ||
       !(*arch)[0].is_string()) {

@@ -2,10 +2,21 @@
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "server/model_inspect.h"
+#include "server/request_limits.h"
 #include "server/services.h"
 #include "spdlog/spdlog.h"
 
 namespace lathe {
+namespace {
+
+// Where a base model lives on the server is the operators' business: a
+// project key sees the model, not the server's folders.
+v1::Model ForCaller(const Caller& caller, v1::Model model) {
+  if (!caller.admin) model.clear_path();
+  return model;
+}
+
+}  // namespace
 
 absl::StatusOr<v1::Model> RegisterBaseModel(store::Store& store,
                                             const std::string& name,
@@ -45,8 +56,12 @@ grpc::Status ModelsService::GetModel(grpc::ServerContext* context,
                                      v1::Model* response) {
   auto caller = ctx_.auth->User(context);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (auto st = CheckIdField("model_id", request->model_id()); !st.ok()) {
+    return ToGrpcStatus(st);
+  }
   auto m = ctx_.store->GetModel(request->model_id());
-  if (!m.ok()) return ToGrpcStatus(m.status());
+  if (!m.ok())
+    return ToGrpcStatus(NotFoundAs("model", request->model_id(), m.status()));
   if (m->kind() != "base") {
     // A fine-tuned model is its job's project's.
     auto job = ctx_.store->GetJob(m->job_id());
@@ -54,7 +69,7 @@ grpc::Status ModelsService::GetModel(grpc::ServerContext* context,
     auto st = CheckOwner(*caller, job->project(), "model", request->model_id());
     if (!st.ok()) return ToGrpcStatus(st);
   }
-  *response = *std::move(m);
+  *response = ForCaller(*caller, *std::move(m));
   return grpc::Status::OK;
 }
 
@@ -65,7 +80,7 @@ grpc::Status ModelsService::ListModels(grpc::ServerContext* context,
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   auto all = ctx_.store->ListModels(caller->project);
   if (!all.ok()) return ToGrpcStatus(all.status());
-  for (auto& m : *all) *response->add_data() = std::move(m);
+  for (auto& m : *all) *response->add_data() = ForCaller(*caller, std::move(m));
   return grpc::Status::OK;
 }
 

@@ -78,7 +78,26 @@ std::vector<std::pair<std::string, absl::Status>> ProbeAll(Client& c,
   create.set_model("lathe-demo");
   create.set_training_file(file_id);
   out.push_back({"CreateJob(training_file)", c.CreateJob(create).status()});
+  create.set_model(model_id);
+  out.push_back({"CreateJob(model)", c.CreateJob(create).status()});
+  v1::ListJobsRequest jobs_after;
+  jobs_after.set_after(job_id);
+  out.push_back({"ListJobs(after)", c.ListJobs(jobs_after).status()});
+  v1::ListFilesRequest files_after;
+  files_after.set_after(file_id);
+  out.push_back({"ListFiles(after)", c.ListFiles(files_after).status()});
   return out;
+}
+
+// `message` with each of `ids` replaced by "<id>": what a probe of an id
+// and of a missing one must both read as.
+std::string WithoutIds(std::string message,
+                       const std::vector<std::string>& ids) {
+  for (const std::string& id : ids) {
+    for (size_t at; (at = message.find(id)) != std::string::npos;)
+      message.replace(at, id.size(), "<id>");
+  }
+  return message;
 }
 
 TEST_F(AuthTest, AnotherProjectSeesNothingAndGetsNotFoundLikeMissingIds) {
@@ -88,17 +107,37 @@ TEST_F(AuthTest, AnotherProjectSeesNothingAndGetsNotFoundLikeMissingIds) {
   auto missing = ProbeAll(*other, "file-doesnotexist", "ftjob-doesnotexist",
                           "ft:lathe-demo:x:doesnotexist", dir);
   ASSERT_EQ(probes.size(), missing.size());
+  const std::vector<std::string> ids = {file_id_,
+                                        job_id_,
+                                        fine_tuned_,
+                                        "file-doesnotexist",
+                                        "ftjob-doesnotexist",
+                                        "ft:lathe-demo:x:doesnotexist"};
   for (size_t i = 0; i < probes.size(); ++i) {
-    EXPECT_TRUE(absl::IsNotFound(probes[i].second))
+    // Cursors are refused as unknown, the rest is not found; either way
+    // exactly as for an id that does not exist, to the letter.
+    EXPECT_TRUE(absl::IsNotFound(probes[i].second) ||
+                absl::IsInvalidArgument(probes[i].second))
         << probes[i].first << ": " << probes[i].second;
-    EXPECT_EQ(probes[i].second.code(), missing[i].second.code()) << probes[i].first;
+    EXPECT_EQ(probes[i].second.code(), missing[i].second.code())
+        << probes[i].first << ": " << probes[i].second << " vs "
+        << missing[i].second;
+    EXPECT_EQ(WithoutIds(std::string(probes[i].second.message()), ids),
+              WithoutIds(std::string(missing[i].second.message()), ids))
+        << probes[i].first;
   }
   // Lists hold nothing of the owner's.
   EXPECT_EQ(other->ListFiles({})->data_size(), 0);
   EXPECT_EQ(other->ListJobs({})->data_size(), 0);
   auto models = other->ListModels();
   ASSERT_TRUE(models.ok());
-  for (const auto& m : models->data()) EXPECT_EQ(m.kind(), "base");
+  for (const auto& m : models->data()) {
+    EXPECT_EQ(m.kind(), "base");
+    // Where a base model lives on the server is not a project's business.
+    EXPECT_EQ(m.path(), "") << m.id();
+  }
+  EXPECT_EQ(other->GetModel("lathe-demo")->path(), "");
+  EXPECT_NE(cluster_->admin().GetModel("lathe-demo")->path(), "");
   // The owner's data is untouched by the probes.
   auto job = owner_->GetJob(job_id_);
   ASSERT_TRUE(job.ok());

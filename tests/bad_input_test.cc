@@ -77,6 +77,22 @@ class BadInputTest : public ::testing::Test {
     return cluster_->admin().RegisterModel("bad-" + name, dir).status();
   }
 
+  // A model folder whose weights and tokenizer are symbolic links, one of
+  // them to a file outside the folder.
+  absl::Status RegisterLinkedModel() {
+    std::string dir = cluster_->root() + "/linked";
+    fs::create_directories(dir);
+    for (const char* name : {"config.json", "model.safetensors"}) {
+      fs::path target = fs::absolute(cluster_->demo_dir() + "/model/" + name);
+      std::error_code ec;
+      fs::create_symlink(target, fs::path(dir) / name, ec);
+    }
+    std::ofstream(cluster_->root() + "/secret.txt") << "not a tokenizer\n";
+    std::error_code ec;
+    fs::create_symlink("../secret.txt", fs::path(dir) / "tokenizer.json", ec);
+    return cluster_->admin().RegisterModel("linked", dir).status();
+  }
+
   static v1::UploadFileRequest Header(const std::string& filename, int64_t bytes = 0,
                                       const std::string& sha = "") {
     v1::UploadFileRequest r;
@@ -190,11 +206,24 @@ TEST_F(BadInputTest, EveryBadInputIsRefusedByNameAndNothingIsStored) {
       {"safetensors: offsets beyond the data", [&] { return RegisterBadWeights("range", R"({"w":{"dtype":"F32","shape":[16],"data_offsets":[0,64]}})", std::string(8, '\0')); }, C::kInvalidArgument, "the data section holds 8 bytes"},
       {"safetensors: overlapping tensors", [&] { return RegisterBadWeights("overlap", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", std::string(12, '\0')); }, C::kInvalidArgument, "model.safetensors"},
       {"resume a queued job", [&] { return c.ResumeJob(job->id()).status(); }, C::kFailedPrecondition, "not paused"},
+      {"LoRA alpha 1e308", create([](auto& r) { r.mutable_lora()->set_alpha(1e308); }), C::kInvalidArgument, "lora.alpha: must be in (0, 65536]"},
+      {"repeated target module", create([](auto& r) { r.mutable_lora()->add_target_modules("q_proj"); r.mutable_lora()->add_target_modules("q_proj"); }), C::kInvalidArgument, "lora.target_modules[1]: \"q_proj\" is already"},
+      {"100 KB model name", create([](auto& r) { r.set_model(std::string(100'000, 'm')); }), C::kInvalidArgument, "model: longer than 128 bytes"},
+      {"100 KB job id", [&] { return c.GetJob(std::string(100'000, 'j')).status(); }, C::kInvalidArgument, "job_id: longer than 128 bytes"},
+      {"control characters in a job id", [&] { return c.GetJob("ftjob-\x1b[2J\r\n").status(); }, C::kInvalidArgument, "job_id: \"ftjob-\\x1b[2J\\x0d\\x0a\" is not an id"},
+      {"100 KB model id", [&] { return c.GetModel(std::string(100'000, 'm')).status(); }, C::kInvalidArgument, "model_id: longer than 128 bytes"},
+      {"999 metadata filter pairs", [&] { v1::ListJobsRequest r; for (int i = 0; i < 999; ++i) (*r.mutable_metadata())[absl::StrCat("k", i)] = "v"; return c.ListJobs(r).status(); }, C::kInvalidArgument, "metadata: 999 pairs; at most 16"},
+      {"100 KB list cursor", [&] { v1::ListJobsRequest r; r.set_after(std::string(100'000, 'a')); return c.ListJobs(r).status(); }, C::kInvalidArgument, "after: longer than 128 bytes"},
+      {"invalid UTF-8 in a string field", [&] { return c.GetJob("ftjob-\xff\xfe").status(); }, C::kInvalidArgument, "request: not a valid message for this method: a string field holds bytes that are not UTF-8"},
+      {"register model: a link out of the folder", [&] { return RegisterLinkedModel(); }, C::kInvalidArgument, "a symbolic link out of the model folder"},
   };
   ASSERT_GE(cases.size(), 40u);
   for (const Case& k : cases) {
     absl::Status st = k.call();
     EXPECT_EQ(st.code(), k.code) << k.name << ": " << st;
+    // Input is echoed bounded, and never as SQL.
+    EXPECT_LT(st.message().size(), 1024u) << k.name;
+    EXPECT_FALSE(absl::StrContains(st.message(), "SELECT")) << k.name << ": " << st;
     EXPECT_TRUE(absl::StrContains(st.message(), k.names))
         << k.name << ": \"" << st.message() << "\" should name \"" << k.names << "\"";
   }

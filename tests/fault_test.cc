@@ -89,6 +89,8 @@ struct Acknowledged {
   std::map<std::string, std::map<int64_t, std::string>> checkpoints ABSL_GUARDED_BY(mu);
   int upload_errors ABSL_GUARDED_BY(mu) = 0;  // refused by a dead lathed
   int create_retries ABSL_GUARDED_BY(mu) = 0;
+  int flood_jobs ABSL_GUARDED_BY(mu) =
+      0;  // created (and cancelled) by the flood
 };
 
 std::string FilesOf(const v1::Checkpoint& cp) {
@@ -190,6 +192,49 @@ void CreateLoop(Client& client, Gate& gate, Acknowledged& ack, uint32_t seed,
   }
 }
 
+// Creates jobs as fast as lathed answers, each cancelled as soon as it is
+// acknowledged (so the workers are not swamped), retrying a refused create
+// with the same idempotency key: the kills land mid-create often.
+void FloodLoop(Client& client, Gate& gate, Acknowledged& ack,
+               const std::string& file_id) {
+  for (int n = 0; gate.Pass(); ++n) {
+    v1::CreateJobRequest r = DemoJob(file_id, 1);
+    r.set_idempotency_key(absl::StrCat("flood-", n));
+    while (true) {
+      auto job = client.CreateJob(r);
+      if (job.ok()) {
+        auto cancelled = client.CancelJob(job->id());
+        EXPECT_TRUE(cancelled.ok() || ServerDown(cancelled.status()) ||
+                    absl::IsFailedPrecondition(cancelled.status()))
+            << cancelled.status();
+        absl::MutexLock lock(&ack.mu);
+        ++ack.flood_jobs;
+        break;
+      }
+      ASSERT_TRUE(ServerDown(job.status())) << job.status();
+      if (!gate.Pass()) return;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
+}
+
+// Jobs of the project in `status` (paging through them all).
+std::vector<std::string> JobsIn(Client& c, v1::JobStatus status) {
+  std::vector<std::string> out;
+  v1::ListJobsRequest r;
+  r.set_limit(100);
+  r.set_status(status);
+  while (true) {
+    auto page = c.ListJobs(r);
+    EXPECT_TRUE(page.ok()) << page.status();
+    if (!page.ok()) break;
+    for (const v1::Job& j : page->data()) out.push_back(j.id());
+    if (!page->has_more() || page->data().empty()) break;
+    r.set_after(page->data().rbegin()->id());
+  }
+  return out;
+}
+
 // Reads the events and checkpoints of random jobs: what it sees is stored.
 void WatchLoop(Client& client, Gate& gate, Acknowledged& ack, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -283,7 +328,8 @@ TEST(LathedFaultTest, KilledRepeatedlyLosesNoAcknowledgedWriteAndLeavesNoStrayBl
   std::unique_ptr<Client> uploader = QuicklyReconnectingClient(c);
   std::unique_ptr<Client> creator = QuicklyReconnectingClient(c);
   std::unique_ptr<Client> watcher = QuicklyReconnectingClient(c);
-  Gate gate(3);
+  std::unique_ptr<Client> flooder = QuicklyReconnectingClient(c);
+  Gate gate(4);
   std::vector<std::thread> threads;
   // A thread whose loop ends (done, or a failed assertion) still parks at
   // the gate, so Pause() never waits for it in vain.
@@ -297,6 +343,12 @@ TEST(LathedFaultTest, KilledRepeatedlyLosesNoAcknowledgedWriteAndLeavesNoStrayBl
   std::atomic<bool> creating{true}, created{false};
   run([&] { CreateLoop(*creator, gate, ack, seed + 1, creating, created); });
   run([&] { WatchLoop(*watcher, gate, ack, seed + 2); });
+  std::string flood_file;
+  {
+    absl::MutexLock lock(&ack.mu);
+    flood_file = ack.files.begin()->first;
+  }
+  run([&] { FloodLoop(*flooder, gate, ack, flood_file); });
   absl::Cleanup join = [&] {  // also when an assertion ends the test early
     gate.Stop();
     for (std::thread& t : threads) {
@@ -306,7 +358,9 @@ TEST(LathedFaultTest, KilledRepeatedlyLosesNoAcknowledgedWriteAndLeavesNoStrayBl
 
   absl::flat_hash_set<std::string> hashed;
   int kills = 0, integrity_ok = 0;
-  int64_t strays_left = 0, tmp_left = 0, checks = 0, strays_after = 0, tmp_after = 0;
+  int64_t strays_left = 0, tmp_left = 0, checks = 0, strays_after = 0,
+          tmp_after = 0;
+  int64_t stranded = 0;  // jobs in validating_files after a restart
   // Kills lathed, checks what the crash left, restarts it and checks what
   // its start-up made of it, with clients and workers held still.
   auto kill_and_check = [&](bool last) {
@@ -337,6 +391,13 @@ TEST(LathedFaultTest, KilledRepeatedlyLosesNoAcknowledgedWriteAndLeavesNoStrayBl
       strays_after += static_cast<int64_t>(after.stray.size());
       tmp_after += static_cast<int64_t>(after.tmp.size());
       checks += ExpectAcknowledgedStored(c.client(), ack, kills);
+      // Nothing advances a job left in validating_files: none may be.
+      std::vector<std::string> stuck =
+          JobsIn(c.client(), v1::JOB_STATUS_VALIDATING_FILES);
+      EXPECT_TRUE(stuck.empty())
+          << "kill " << kills
+          << ": stranded in validating_files: " << absl::StrJoin(stuck, " ");
+      stranded += static_cast<int64_t>(stuck.size());
     }
     for (int i = 0; i < kWorkers; ++i) c.worker(i).Signal(SIGCONT);
     if (!last) gate.Resume();
@@ -405,9 +466,13 @@ TEST(LathedFaultTest, KilledRepeatedlyLosesNoAcknowledgedWriteAndLeavesNoStrayBl
                       " finished while the kills went on; the last ",
                       absl::FormatDuration(absl::Trunc(all_done - kills_over, absl::Seconds(1))),
                       " after them)"));
-  Figure(kSuite, "client calls refused while lathed was down",
-         absl::StrCat(ack.upload_errors, " uploads, ", ack.create_retries,
-                      " job creations (retried with the same idempotency key)"));
+  Figure(kSuite, "jobs created by the flood (each cancelled at once)",
+         absl::StrCat(ack.flood_jobs, "; ", stranded,
+                      " left in validating_files by a kill"));
+  Figure(
+      kSuite, "client calls refused while lathed was down",
+      absl::StrCat(ack.upload_errors, " uploads, ", ack.create_retries,
+                   " job creations (retried with the same idempotency key)"));
 }
 
 }  // namespace

@@ -4,13 +4,19 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
 
 namespace lathe::store {
 namespace {
 
+// The whole story (the statement, SQLite's text) goes to lathed's log; the
+// status a caller may pass on to a client carries the kind of failure only:
+// never SQL text, table names or the request's values.
 absl::Status SqliteError(sqlite3* db, absl::string_view what) {
   int code = sqlite3_extended_errcode(db);
-  std::string msg = absl::StrCat(what, ": ", sqlite3_errmsg(db));
+  spdlog::warn("sqlite: {}: {}", std::string(what), sqlite3_errmsg(db));
+  std::string msg = absl::StrCat("database: ", sqlite3_errstr(code),
+                                 " (details in lathed's log)");
   if ((code & 0xff) == SQLITE_BUSY || (code & 0xff) == SQLITE_LOCKED) {
     return absl::UnavailableError(msg);
   }

@@ -5,6 +5,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/echo.h"
 #include "common/ids.h"
 #include "common/job_state.h"
 #include "common/status_macros.h"
@@ -117,6 +118,13 @@ CREATE TABLE api_keys (
 ALTER TABLE files ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
 CREATE INDEX files_by_project ON files(project, seq);
 )sql",
+    // 3: max_attempts counts failed attempts, not assignments (a pause or
+    // a hand-back is not a failure); a resume asked for while the pause
+    // checkpoint is still being written.
+    R"sql(
+ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN resume_requested INTEGER NOT NULL DEFAULT 0;
+)sql",
 };
 
 constexpr char kFileColumns[] =
@@ -197,14 +205,18 @@ absl::StatusOr<v1::File> Store::GetFile(const std::string& id) {
 }
 
 absl::StatusOr<int64_t> Store::CursorSeq(absl::string_view table,
+                                         const std::string& project,
                                          const std::string& after) {
   if (after.empty()) return INT64_MAX;
-  ASSIGN_OR_RETURN(auto c, db_->Prepare(absl::StrCat("SELECT seq FROM ", table,
-                                                     " WHERE id = ?")));
-  c.Bind(1, after);
+  // Another project's id is as unknown as a missing one.
+  ASSIGN_OR_RETURN(auto c,
+                   db_->Prepare(absl::StrCat("SELECT seq FROM ", table,
+                                             " WHERE id = ? AND project = ?")));
+  c.Bind(1, after).Bind(2, project);
   ASSIGN_OR_RETURN(bool row, c.Step());
   if (!row) {
-    return absl::InvalidArgumentError(absl::StrCat("after: unknown cursor ", after));
+    return absl::InvalidArgumentError(
+        absl::StrCat("after: unknown cursor ", Echo(after)));
   }
   return c.ColumnInt(0);
 }
@@ -215,7 +227,7 @@ absl::StatusOr<Page<v1::File>> Store::ListFiles(const std::string& project,
                                                 const std::string& purpose) {
   absl::MutexLock lock(&mu_);
   limit = ClampLimit(limit, 20, 100);
-  ASSIGN_OR_RETURN(int64_t before_seq, CursorSeq("files", after));
+  ASSIGN_OR_RETURN(int64_t before_seq, CursorSeq("files", project, after));
   ASSIGN_OR_RETURN(auto stmt,
                    db_->Prepare(absl::StrCat(
                        "SELECT ", kFileColumns,
@@ -557,7 +569,25 @@ absl::StatusOr<Store::Created> Store::CreateJob(
       return Created{std::move(existing), false};
     }
   }
-  const std::string project = job.project().empty() ? std::string("default") : job.project();
+  const std::string project =
+      job.project().empty() ? std::string("default") : job.project();
+  // The files are checked in the insert's transaction: a concurrent
+  // DeleteFile (which refuses while an unfinished job names the file) is
+  // either before it (the create is refused) or after it (the delete is).
+  for (const auto& [field, id] : {std::pair<const char*, const std::string&>{
+                                      "training_file", job.training_file()},
+                                  {"validation_file", job.validation_file()}}) {
+    if (id.empty()) continue;
+    ASSIGN_OR_RETURN(
+        auto f,
+        db_->Prepare("SELECT 1 FROM files WHERE id = ? AND project = ?"));
+    f.Bind(1, id).Bind(2, project);
+    ASSIGN_OR_RETURN(bool found, f.Step());
+    if (!found) {
+      return absl::NotFoundError(
+          absl::StrCat(field, ": no such file ", Echo(id)));
+    }
+  }
   if (max_in_flight > 0) {
     ASSIGN_OR_RETURN(auto count, db_->Prepare("SELECT COUNT(*) FROM jobs WHERE project = ? "
                                               "AND status NOT IN (?,?,?)"));
@@ -602,19 +632,25 @@ absl::StatusOr<Store::Created> Store::CreateJob(
   ev.set_level("info");
   ev.set_type("message");
   ev.set_message(absl::StrCat("Created fine-tuning job: ", job.id()));
-  ev.set_status(job.status());
+  ev.set_status(v1::JOB_STATUS_VALIDATING_FILES);
   RETURN_IF_ERROR(InsertEvent(job.id(), ev, 0, 0).status());
+  if (job.status() == v1::JOB_STATUS_QUEUED) {
+    ev.set_message("Files validated; the job is queued");
+    ev.set_status(v1::JOB_STATUS_QUEUED);
+    RETURN_IF_ERROR(InsertEvent(job.id(), ev, 0, 0).status());
+  }
   ASSIGN_OR_RETURN(v1::Job stored, LoadJob(job.id()));
   RETURN_IF_ERROR(tx->Commit());
   return Created{std::move(stored), true};
 }
 
 absl::StatusOr<v1::Job> Store::LoadJob(const std::string& id) {
-  ASSIGN_OR_RETURN(auto s, db_->Prepare(
-                               "SELECT spec, status, attempt, error, "
-                               "fine_tuned_model, trained_tokens, steps_done, "
-                               "steps_total, started_at, finished_at, seq, "
-                               "attempt_started_ms FROM jobs WHERE id = ?"));
+  ASSIGN_OR_RETURN(
+      auto s, db_->Prepare("SELECT spec, status, attempt, error, "
+                           "fine_tuned_model, trained_tokens, steps_done, "
+                           "steps_total, started_at, finished_at, seq, "
+                           "attempt_started_ms, failures, resume_requested "
+                           "FROM jobs WHERE id = ?"));
   s.Bind(1, id);
   ASSIGN_OR_RETURN(bool row, s.Step());
   if (!row) return absl::NotFoundError(absl::StrCat("no such job: ", id));
@@ -632,8 +668,9 @@ absl::StatusOr<v1::Job> Store::LoadJob(const std::string& id) {
   job.mutable_progress()->set_steps_total(total);
   job.set_started_at(s.ColumnInt(8));
   job.set_finished_at(s.ColumnInt(9));
-  int64_t seq = s.ColumnInt(10);
   int64_t attempt_started_ms = s.ColumnInt(11);
+  job.set_failed_attempts(static_cast<int32_t>(s.ColumnInt(12)));
+  job.set_resume_requested(s.ColumnInt(13) != 0);
   if (job.status() == v1::JOB_STATUS_RUNNING && done > 0 && total > done &&
       attempt_started_ms > 0) {
     // Extrapolate from this attempt's pace (steps resumed from a checkpoint
@@ -643,13 +680,6 @@ absl::StatusOr<v1::Job> Store::LoadJob(const std::string& id) {
         static_cast<int64_t>(elapsed_ms / done * (total - done) / 1000.0);
     job.mutable_progress()->set_seconds_remaining(remaining);
     job.set_estimated_finish(NowUnixSeconds() + remaining);
-  }
-  if (job.status() == v1::JOB_STATUS_QUEUED) {
-    ASSIGN_OR_RETURN(auto q, db_->Prepare("SELECT COUNT(*) FROM jobs WHERE "
-                                          "status = ? AND seq <= ?"));
-    q.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_QUEUED)).Bind(2, seq);
-    RETURN_IF_ERROR(q.Step().status());
-    job.set_queue_position(q.ColumnInt(0));
   }
   ASSIGN_OR_RETURN(auto rf, db_->Prepare("SELECT name, bytes, sha256 FROM "
                                          "result_files WHERE job_id = ? "
@@ -676,7 +706,7 @@ absl::StatusOr<Page<v1::Job>> Store::ListJobs(
     v1::JobStatus status, const std::map<std::string, std::string>& metadata) {
   absl::MutexLock lock(&mu_);
   limit = ClampLimit(limit, 20, 100);
-  ASSIGN_OR_RETURN(int64_t before_seq, CursorSeq("jobs", after));
+  ASSIGN_OR_RETURN(int64_t before_seq, CursorSeq("jobs", project, after));
   std::string sql =
       "SELECT id FROM jobs WHERE seq < ? AND (? = 0 OR status = ?) AND "
       "project = ?";
@@ -792,8 +822,12 @@ absl::StatusOr<v1::Job> Store::Transition(const std::string& id,
           " attempt_started_ms = CASE WHEN ?1 = ?9 THEN ?10"
           "   ELSE attempt_started_ms END,"
           " finished_at = CASE WHEN ?8 THEN ?7 ELSE finished_at END,"
-          " not_before_ms = COALESCE(?14, not_before_ms)"
-          " WHERE id = ?11 AND status = ?12 AND (?13 IS NULL OR attempt = ?13)"));
+          " not_before_ms = COALESCE(?14, not_before_ms),"
+          " failures = failures + ?15,"
+          " resume_requested = CASE WHEN ?1 = ?16 THEN resume_requested"
+          "   ELSE 0 END"
+          " WHERE id = ?11 AND status = ?12 AND (?13 IS NULL OR attempt = "
+          "?13)"));
   stmt.Bind(1, static_cast<int64_t>(to));
   if (update.attempt) stmt.Bind(2, static_cast<int64_t>(*update.attempt));
   else stmt.BindNull(2);
@@ -810,10 +844,17 @@ absl::StatusOr<v1::Job> Store::Transition(const std::string& id,
   stmt.Bind(9, static_cast<int64_t>(v1::JOB_STATUS_RUNNING));
   stmt.Bind(10, NowUnixMillis());
   stmt.Bind(11, id).Bind(12, static_cast<int64_t>(from));
-  if (expect_attempt) stmt.Bind(13, static_cast<int64_t>(*expect_attempt));
-  else stmt.BindNull(13);
-  if (update.not_before_ms) stmt.Bind(14, *update.not_before_ms);
-  else stmt.BindNull(14);
+  if (expect_attempt)
+    stmt.Bind(13, static_cast<int64_t>(*expect_attempt));
+  else
+    stmt.BindNull(13);
+  if (update.not_before_ms)
+    stmt.Bind(14, *update.not_before_ms);
+  else
+    stmt.BindNull(14);
+  stmt.Bind(15, static_cast<int64_t>(update.count_failure ? 1 : 0));
+  // Leaving `paused` by any path ends a pending resume request.
+  stmt.Bind(16, static_cast<int64_t>(v1::JOB_STATUS_PAUSED));
   RETURN_IF_ERROR(stmt.Run());
   if (db_->Changes() == 0) {
     ASSIGN_OR_RETURN(v1::Job current, LoadJob(id));  // NOT_FOUND if absent
@@ -831,6 +872,38 @@ absl::StatusOr<v1::Job> Store::Transition(const std::string& id,
   ev.set_status(to);
   RETURN_IF_ERROR(InsertEvent(id, ev, 0, 0).status());
   ASSIGN_OR_RETURN(v1::Job job, LoadJob(id));
+  RETURN_IF_ERROR(tx->Commit());
+  return job;
+}
+
+absl::StatusOr<v1::Job> Store::SetResumeRequested(const std::string& id,
+                                                  int32_t attempt,
+                                                  bool requested,
+                                                  const std::string& message) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare("UPDATE jobs SET resume_requested = ? WHERE "
+                                "id = ? AND status = ? AND attempt = ? AND "
+                                "resume_requested != ?"));
+  stmt.Bind(1, static_cast<int64_t>(requested)).Bind(2, id);
+  stmt.Bind(3, static_cast<int64_t>(v1::JOB_STATUS_PAUSED));
+  stmt.Bind(4, static_cast<int64_t>(attempt))
+      .Bind(5, static_cast<int64_t>(requested));
+  RETURN_IF_ERROR(stmt.Run());
+  if (db_->Changes() > 0) {
+    v1::JobEvent ev;
+    ev.set_level("info");
+    ev.set_type("message");
+    ev.set_message(message);
+    RETURN_IF_ERROR(InsertEvent(id, ev, 0, 0).status());
+  }
+  ASSIGN_OR_RETURN(v1::Job job, LoadJob(id));
+  if (job.status() != v1::JOB_STATUS_PAUSED || job.attempt() != attempt) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " is ", StatusName(job.status()), " (attempt ",
+                     job.attempt(), "), not paused (attempt ", attempt, ")"));
+  }
   RETURN_IF_ERROR(tx->Commit());
   return job;
 }

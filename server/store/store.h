@@ -42,8 +42,9 @@ struct TransitionUpdate {
   std::optional<v1::JobError> error;
   std::optional<std::string> fine_tuned_model;
   std::optional<int64_t> trained_tokens;
-  std::optional<int64_t> not_before_ms;     // queued: not placed before
-  std::string message;                      // the event's text
+  std::optional<int64_t> not_before_ms;  // queued: not placed before
+  bool count_failure = false;  // the attempt failed (failed_attempts + 1)
+  std::string message;         // the event's text
   std::string level = "info";
 };
 
@@ -100,7 +101,10 @@ class Store {
   // Base models by name, then `project`'s fine-tuned models newest first.
   absl::StatusOr<std::vector<v1::Model>> ListModels(const std::string& project);
 
-  // Inserts a job (status taken from `job`). With a non-empty
+  // Inserts a job (status taken from `job`: validating_files, or queued
+  // with both events in the one transaction), after checking in that
+  // transaction that its training and validation files exist in its
+  // project (NOT_FOUND naming the field otherwise). With a non-empty
   // `idempotency_key`: if a job with that key exists and its
   // `request_fingerprint` matches, returns that job (created = false); if it
   // differs, ALREADY_EXISTS. With `max_in_flight` > 0, RESOURCE_EXHAUSTED
@@ -114,7 +118,8 @@ class Store {
                                     const std::string& idempotency_key,
                                     const std::string& request_fingerprint,
                                     int max_in_flight = 0);
-  // NOT_FOUND if absent. queue_position is filled for queued jobs.
+  // NOT_FOUND if absent. queue_position is left 0: it is the scheduler's
+  // (Coordinator::QueuePositions).
   absl::StatusOr<v1::Job> GetJob(const std::string& id);
   // Newest first; `status` 0 = any; every `metadata` pair must match.
   absl::StatusOr<Page<v1::Job>> ListJobs(
@@ -145,6 +150,13 @@ class Store {
                                      v1::JobStatus to,
                                      std::optional<int32_t> expect_attempt,
                                      const TransitionUpdate& update);
+  // Sets or clears the resume request of job `id`, paused on `attempt`
+  // (recording `message` as an event when it changes). Any move out of
+  // `paused` clears it. FAILED_PRECONDITION unless the job is paused on
+  // that attempt.
+  absl::StatusOr<v1::Job> SetResumeRequested(const std::string& id,
+                                             int32_t attempt, bool requested,
+                                             const std::string& message);
   // Progress of a running attempt; ignored unless the attempt is current.
   absl::Status UpdateProgress(const std::string& id, int32_t attempt,
                               int64_t steps_done, int64_t steps_total,
@@ -186,9 +198,12 @@ class Store {
   explicit Store(std::unique_ptr<Database> db) : db_(std::move(db)) {}
   static v1::Model FineTunedModel(const v1::Job& job);
   absl::Status Migrate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The seq of row `after` in `table` (files or jobs), the exclusive upper
-  // bound of the next newest-first page; INT64_MAX when `after` is empty.
+  // The seq of row `after` in `table` (files or jobs) of `project`, the
+  // exclusive upper bound of the next newest-first page; INT64_MAX when
+  // `after` is empty; INVALID_ARGUMENT (unknown cursor) for an id that is
+  // missing or another project's.
   absl::StatusOr<int64_t> CursorSeq(absl::string_view table,
+                                    const std::string& project,
                                     const std::string& after)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::Job> LoadJob(const std::string& id)

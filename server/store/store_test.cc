@@ -41,6 +41,18 @@ class StoreTest : public ::testing::Test {
     ASSERT_TRUE(s.ok()) << s.status();
     store_ = std::move(*s);
   }
+  // Creates `job`, first storing its training file if the test has not.
+  absl::StatusOr<Store::Created> CreateJob(const v1::Job& job,
+                                           const std::string& key,
+                                           const std::string& fingerprint) {
+    if (!store_->GetFile(job.training_file()).ok()) {
+      v1::File f = MakeFile(job.training_file());
+      f.set_project(job.project());
+      if (absl::Status st = store_->InsertFile(f); !st.ok()) return st;
+    }
+    return store_->CreateJob(job, key, fingerprint);
+  }
+
   std::unique_ptr<Store> store_;
 };
 
@@ -71,23 +83,23 @@ TEST_F(StoreTest, FilesRoundTripAndPage) {
 }
 
 TEST_F(StoreTest, IdempotentCreate) {
-  auto a = store_->CreateJob(MakeJob("ftjob-a"), "key-1", "fp-1");
+  auto a = CreateJob(MakeJob("ftjob-a"), "key-1", "fp-1");
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_TRUE(a->created);
-  auto again = store_->CreateJob(MakeJob("ftjob-b"), "key-1", "fp-1");
+  auto again = CreateJob(MakeJob("ftjob-b"), "key-1", "fp-1");
   ASSERT_TRUE(again.ok());
   EXPECT_FALSE(again->created);
   EXPECT_EQ(again->job.id(), "ftjob-a");
-  auto other = store_->CreateJob(MakeJob("ftjob-c"), "key-1", "fp-2");
+  auto other = CreateJob(MakeJob("ftjob-c"), "key-1", "fp-2");
   EXPECT_TRUE(absl::IsAlreadyExists(other.status())) << other.status();
   EXPECT_TRUE(absl::IsNotFound(store_->GetJob("ftjob-c").status()));
   // Without a key every create is a new job.
-  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-d"), "", "fp-1").ok());
-  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-e"), "", "fp-1").ok());
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-d"), "", "fp-1").ok());
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-e"), "", "fp-1").ok());
 }
 
 TEST_F(StoreTest, TransitionIsCompareAndSet) {
-  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-a"), "", "").ok());
   TransitionUpdate u;
   u.attempt = 1;
   u.worker_id = "w1";
@@ -122,32 +134,137 @@ TEST_F(StoreTest, TransitionIsCompareAndSet) {
   EXPECT_EQ(ok->fine_tuned_model(), "ft:tiny:x");
   EXPECT_EQ(ok->trained_tokens(), 1234);
   EXPECT_GT(ok->finished_at(), 0);
-  // Every transition is an event, after the creation event.
+  // Every transition is an event, after the creation and queued events.
   auto events = store_->ListEvents("ftjob-a", "", 100);
   ASSERT_TRUE(events.ok());
-  ASSERT_EQ(events->data.size(), 3u);
-  EXPECT_EQ(events->data[1].status(), v1::JOB_STATUS_RUNNING);
-  EXPECT_EQ(events->data[2].status(), v1::JOB_STATUS_SUCCEEDED);
+  ASSERT_EQ(events->data.size(), 4u);
+  EXPECT_EQ(events->data[2].status(), v1::JOB_STATUS_RUNNING);
+  EXPECT_EQ(events->data[3].status(), v1::JOB_STATUS_SUCCEEDED);
 }
 
-TEST_F(StoreTest, QueuePositionAndOrder) {
+TEST_F(StoreTest, QueueOrder) {
   for (const char* id : {"ftjob-1", "ftjob-2", "ftjob-3"}) {
-    ASSERT_TRUE(store_->CreateJob(MakeJob(id), "", "").ok());
+    ASSERT_TRUE(CreateJob(MakeJob(id), "", "").ok());
   }
   auto q = store_->QueuedJobs();
   ASSERT_TRUE(q.ok());
   ASSERT_EQ(q->size(), 3u);
   EXPECT_EQ((*q)[0].job_id, "ftjob-1");
-  EXPECT_EQ(store_->GetJob("ftjob-3")->queue_position(), 3);
-  ASSERT_TRUE(store_->Transition("ftjob-1", v1::JOB_STATUS_QUEUED,
-                                 v1::JOB_STATUS_CANCELLED, std::nullopt, {})
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-1", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_CANCELLED, std::nullopt, {})
                   .ok());
-  EXPECT_EQ(store_->GetJob("ftjob-3")->queue_position(), 2);
-  EXPECT_EQ(store_->GetJob("ftjob-1")->queue_position(), 0);
+  q = store_->QueuedJobs();
+  ASSERT_EQ(q->size(), 2u);
+  EXPECT_EQ((*q)[0].job_id, "ftjob-2");
+}
+
+TEST_F(StoreTest, CreateJobChecksItsFilesInItsOwnTransaction) {
+  v1::Job j = MakeJob("ftjob-a");
+  j.set_training_file("file-missing");
+  auto st = store_->CreateJob(j, "key", "fp");
+  EXPECT_TRUE(absl::IsNotFound(st.status())) << st.status();
+  EXPECT_EQ(st.status().message(), "training_file: no such file file-missing");
+  // Another project's file is as missing.
+  v1::File theirs = MakeFile("file-theirs");
+  theirs.set_project("other");
+  ASSERT_TRUE(store_->InsertFile(theirs).ok());
+  j.set_training_file("file-theirs");
+  st = store_->CreateJob(j, "key", "fp");
+  EXPECT_EQ(st.status().message(), "training_file: no such file file-theirs");
+  ASSERT_TRUE(store_->InsertFile(MakeFile("file-mine")).ok());
+  j.set_training_file("file-mine");
+  j.set_validation_file("file-theirs");
+  st = store_->CreateJob(j, "key", "fp");
+  EXPECT_EQ(st.status().message(), "validation_file: no such file file-theirs");
+  // Nothing was stored, and the idempotency key is still free.
+  EXPECT_TRUE(absl::IsNotFound(store_->GetJob("ftjob-a").status()));
+  j.clear_validation_file();
+  auto created = store_->CreateJob(j, "key", "fp");
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(created->created);
+  // Once a job uses the file, deleting it is refused (and the other way
+  // round: see DeleteFileRefusedWhileAJobUsesIt).
+  EXPECT_TRUE(
+      absl::IsFailedPrecondition(store_->DeleteFile("file-mine").status()));
+}
+
+TEST_F(StoreTest, AQueuedJobIsWrittenWithBothOfItsEventsAtOnce) {
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  auto events = store_->ListEvents("ftjob-a", "", 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->data.size(), 2u);
+  EXPECT_EQ(events->data[0].status(), v1::JOB_STATUS_VALIDATING_FILES);
+  EXPECT_EQ(events->data[1].status(), v1::JOB_STATUS_QUEUED);
+  EXPECT_EQ(store_->GetJob("ftjob-a")->status(), v1::JOB_STATUS_QUEUED);
+}
+
+TEST_F(StoreTest, AnotherProjectsIdIsAnUnknownCursor) {
+  v1::File theirs = MakeFile("file-theirs");
+  theirs.set_project("other");
+  ASSERT_TRUE(store_->InsertFile(theirs).ok());
+  v1::Job j = MakeJob("ftjob-theirs");
+  j.set_project("other");
+  j.set_training_file("file-theirs");
+  ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
+  auto files = store_->ListFiles("default", 10, "file-theirs", "");
+  auto missing_file = store_->ListFiles("default", 10, "file-nope", "");
+  EXPECT_TRUE(absl::IsInvalidArgument(files.status()));
+  EXPECT_EQ(files.status().message(), "after: unknown cursor file-theirs");
+  EXPECT_EQ(missing_file.status().message(), "after: unknown cursor file-nope");
+  auto jobs = store_->ListJobs("default", 10, "ftjob-theirs",
+                               v1::JOB_STATUS_UNSPECIFIED);
+  EXPECT_TRUE(absl::IsInvalidArgument(jobs.status()));
+  EXPECT_EQ(jobs.status().message(), "after: unknown cursor ftjob-theirs");
+  // The owner pages with it.
+  EXPECT_TRUE(
+      store_->ListJobs("other", 10, "ftjob-theirs", v1::JOB_STATUS_UNSPECIFIED)
+          .ok());
+}
+
+TEST_F(StoreTest, FailuresAreCountedAndAResumeRequestEndsWithThePause) {
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-a", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_RUNNING, std::nullopt,
+                               {.attempt = 1})
+                  .ok());
+  store::TransitionUpdate failed;
+  failed.count_failure = true;
+  auto j = store_->Transition("ftjob-a", v1::JOB_STATUS_RUNNING,
+                              v1::JOB_STATUS_QUEUED, 1, failed);
+  ASSERT_TRUE(j.ok());
+  EXPECT_EQ(j->failed_attempts(), 1);
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-a", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_RUNNING, std::nullopt,
+                               {.attempt = 2})
+                  .ok());
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-a", v1::JOB_STATUS_RUNNING,
+                               v1::JOB_STATUS_PAUSED, std::nullopt, {})
+                  .ok());
+  EXPECT_EQ(store_->GetJob("ftjob-a")->failed_attempts(),
+            1);  // a pause is no failure
+  // Only on the paused attempt.
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      store_->SetResumeRequested("ftjob-a", 1, true, "resume").status()));
+  auto r = store_->SetResumeRequested("ftjob-a", 2, true, "resume");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->resume_requested());
+  int events =
+      static_cast<int>(store_->ListEvents("ftjob-a", "", 100)->data.size());
+  ASSERT_TRUE(store_->SetResumeRequested("ftjob-a", 2, true, "resume").ok());
+  EXPECT_EQ(store_->ListEvents("ftjob-a", "", 100)->data.size(),
+            events);  // no change, no event
+  j = store_->Transition("ftjob-a", v1::JOB_STATUS_PAUSED,
+                         v1::JOB_STATUS_QUEUED, 2, {});
+  ASSERT_TRUE(j.ok());
+  EXPECT_FALSE(j->resume_requested());
 }
 
 TEST_F(StoreTest, EventsDeduplicateAndPage) {
-  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-a"), "", "").ok());
   v1::JobEvent e;
   e.set_type("metrics");
   e.set_level("info");
@@ -159,7 +276,7 @@ TEST_F(StoreTest, EventsDeduplicateAndPage) {
   EXPECT_TRUE(absl::IsAlreadyExists(store_->AppendEvent("ftjob-a", e, 1, 3).status()));
   auto all = store_->ListEvents("ftjob-a", "", 100);
   ASSERT_TRUE(all.ok());
-  ASSERT_EQ(all->data.size(), 6u);  // created + 5 metrics
+  ASSERT_EQ(all->data.size(), 7u);  // created + queued + 5 metrics
   auto page = store_->ListEvents("ftjob-a", all->data[2].id(), 2);
   ASSERT_TRUE(page.ok());
   ASSERT_EQ(page->data.size(), 2u);
@@ -172,8 +289,9 @@ TEST_F(StoreTest, EventsDeduplicateAndPage) {
 TEST_F(StoreTest, DeleteFileRefusedWhileAJobUsesIt) {
   ASSERT_TRUE(store_->InsertFile(MakeFile("file-1")).ok());
   ASSERT_TRUE(store_->InsertFile(MakeFile("file-2")).ok());  // same content
-  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());  // uses file-1
-  EXPECT_TRUE(absl::IsFailedPrecondition(store_->DeleteFile("file-1").status()));
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-a"), "", "").ok());   // uses file-1
+  EXPECT_TRUE(
+      absl::IsFailedPrecondition(store_->DeleteFile("file-1").status()));
   auto shared = store_->DeleteFile("file-2");
   ASSERT_TRUE(shared.ok());
   EXPECT_FALSE(*shared);  // file-1 still holds the blob
@@ -201,7 +319,7 @@ TEST_F(StoreTest, ListJobsFiltersByStatusAndMetadata) {
     v1::Job j = MakeJob("ftjob-" + std::to_string(i));
     (*j.mutable_metadata())["team"] = i % 2 ? "nlp" : "vision";
     if (i == 3) (*j.mutable_metadata())["tier"] = "gold";
-    ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
+    ASSERT_TRUE(CreateJob(j, "", "").ok());
   }
   auto nlp = store_->ListJobs("default", 10, "", v1::JOB_STATUS_UNSPECIFIED, {{"team", "nlp"}});
   ASSERT_TRUE(nlp.ok());
@@ -214,7 +332,7 @@ TEST_F(StoreTest, ListJobsFiltersByStatusAndMetadata) {
 }
 
 TEST_F(StoreTest, CheckpointsNeedAllTheirFiles) {
-  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-a"), "", "").ok());
   v1::ResultFile f;
   f.set_name("adapter_model.safetensors");
   f.set_bytes(3);
@@ -247,7 +365,7 @@ TEST_F(StoreTest, CheckpointsNeedAllTheirFiles) {
 
 TEST_F(StoreTest, ReferencedBlobsNameEveryTableThatHoldsOne) {
   ASSERT_TRUE(store_->InsertFile(MakeFile("file-1")).ok());  // 'a' * 64
-  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-a"), "", "").ok());
   v1::ResultFile f;
   f.set_name("adapter_model.safetensors");
   f.set_sha256(std::string(64, 'b'));
@@ -312,7 +430,7 @@ TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
   auto db = Database::Open(path);
   ASSERT_TRUE(db.ok());
-  EXPECT_EQ(*(*db)->UserVersion(), 2);
+  EXPECT_EQ(*(*db)->UserVersion(), 3);
 }
 
 }  // namespace
