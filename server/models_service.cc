@@ -1,4 +1,5 @@
 #include "absl/strings/str_cat.h"
+#include "common/echo.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "server/model_inspect.h"
@@ -33,6 +34,13 @@ absl::StatusOr<v1::Model> RegisterBaseModel(store::Store& store,
   }
   if (name.rfind("ft:", 0) == 0 || name == "." || name == "..") {
     return absl::InvalidArgumentError("name: reserved");
+  }
+  if (path.size() > 4096) return absl::InvalidArgumentError("path: longer than 4096 bytes");
+  for (char c : path) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("path: \"", Echo(path), "\" holds a control character"));
+    }
   }
   ASSIGN_OR_RETURN(v1::Model model, InspectModelFolder(path));
   model.set_id(name);
@@ -103,6 +111,9 @@ grpc::Status AdminService::ListApiKeys(grpc::ServerContext* context,
                                        v1::ListApiKeysResponse* response) {
   auto caller = ctx_.auth->Admin(context);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (auto st = CheckIdField("project", request->project(), /*required=*/false); !st.ok()) {
+    return ToGrpcStatus(st);
+  }
   auto keys = ctx_.store->ListApiKeys(request->project());
   if (!keys.ok()) return ToGrpcStatus(keys.status());
   for (auto& k : *keys) *response->add_data() = std::move(k);
@@ -114,6 +125,7 @@ grpc::Status AdminService::RevokeApiKey(grpc::ServerContext* context,
                                         v1::ApiKey* response) {
   auto caller = ctx_.auth->Admin(context);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (auto st = CheckIdField("key_id", request->key_id()); !st.ok()) return ToGrpcStatus(st);
   auto key = ctx_.store->RevokeApiKey(request->key_id());
   if (!key.ok()) return ToGrpcStatus(key.status());
   spdlog::info("{} revoked API key {}", caller->key_id, key->id());

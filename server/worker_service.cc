@@ -1,6 +1,8 @@
 #include "absl/strings/str_cat.h"
+#include "common/echo.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
+#include "server/request_limits.h"
 #include "server/services.h"
 #include "spdlog/spdlog.h"
 
@@ -64,6 +66,7 @@ absl::Status WorkerService::CheckAttemptCall(const grpc::ServerContext* context,
                                              const std::string& job_id,
                                              int32_t attempt) const {
   RETURN_IF_ERROR(ctx_.auth->Worker(context));
+  RETURN_IF_ERROR(CheckIdField("job_id", job_id));
   return ctx_.coordinator->CheckCurrentAttempt(job_id, attempt);
 }
 
@@ -101,7 +104,7 @@ grpc::Status WorkerService::FetchFile(grpc::ServerContext* context,
   if (request->file_id() != job->training_file() &&
       request->file_id() != job->validation_file()) {
     return ToGrpcStatus(absl::NotFoundError(absl::StrCat(
-        "file_id: ", request->file_id(), " is not a file of ", job->id())));
+        "file_id: ", Echo(request->file_id()), " is not a file of ", job->id())));
   }
   auto file = ctx_.store->GetFile(request->file_id());
   if (!file.ok()) return ToGrpcStatus(file.status());
@@ -124,7 +127,7 @@ grpc::Status WorkerService::FetchCheckpointFile(
     }
   }
   return ToGrpcStatus(absl::NotFoundError(absl::StrCat(
-      "no file ", request->name(), " in checkpoint ", request->step(), " of ",
+      "no file ", Echo(request->name()), " in checkpoint ", request->step(), " of ",
       request->job_id())));
 }
 
@@ -146,7 +149,7 @@ grpc::Status WorkerService::FetchModelFile(
     return ToGrpcStatus(st);
   }
   return ToGrpcStatus(absl::NotFoundError(absl::StrCat(
-      "name: ", request->name(), " is not a file of model ", job->model())));
+      "name: ", Echo(request->name()), " is not a file of model ", job->model())));
 }
 
 grpc::Status WorkerService::UploadResult(
