@@ -38,10 +38,15 @@ Usage:
   lathe models list
   lathe models get MODEL_ID
   lathe jobs create --model NAME --training-file FILE_ID
-                    [--validation-file FILE_ID] [--n-epochs N]
-                    [--batch-size N] [--learning-rate-multiplier X]
+                    [--validation-file FILE_ID] [--method lora|full]
+                    [--n-epochs N] [--batch-size N]
+                    [--learning-rate-multiplier X] [--warmup-steps N]
+                    [--lr-scheduler linear|cosine|constant]
+                    [--weight-decay X] [--gradient-accumulation-steps N]
+                    [--max-seq-len N] [--max-grad-norm X]
+                    [--eval-every-steps N] [--checkpoint-every-steps N]
                     [--lora-rank R] [--lora-alpha A] [--lora-dropout P]
-                    [--lora-target-modules q_proj,v_proj,...]
+                    [--lora-target-modules q_proj,v_proj,...] [--lora-rslora]
                     [--suffix S] [--seed N] [--metadata KEY=VALUE]...
                     [--priority low|normal|high] [--idempotency-key KEY]
   lathe jobs get JOB_ID
@@ -151,6 +156,14 @@ void PrintFile(const v1::File& f) {
                                f.line_count(), f.sha256().substr(0, 16));
 }
 
+// "linear", "cosine", "constant" (the proto's names, lower-cased).
+std::string SchedulerName(v1::LrScheduler s) {
+  std::string name = v1::LrScheduler_Name(s);
+  constexpr absl::string_view kPrefix = "LR_SCHEDULER_";
+  if (absl::StartsWith(name, kPrefix)) name = name.substr(kPrefix.size());
+  return absl::AsciiStrToLower(name);
+}
+
 void PrintJob(const v1::Job& j) {
   std::cout << "id:               " << j.id() << "\n"
             << "status:           " << StatusName(j.status()) << "\n"
@@ -161,11 +174,24 @@ void PrintJob(const v1::Job& j) {
   }
   const auto& hp = j.method().supervised().hyperparameters();
   std::cout << absl::StrFormat(
-      "hyperparameters:  n_epochs=%d batch_size=%d learning_rate_multiplier=%g\n",
-      hp.n_epochs(), hp.batch_size(), hp.learning_rate_multiplier());
-  std::cout << absl::StrFormat("lora:             rank=%d alpha=%g dropout=%g targets=%s\n",
-                               j.lora().rank(), j.lora().alpha(), j.lora().dropout(),
-                               absl::StrJoin(j.lora().target_modules(), ","));
+      "hyperparameters:  n_epochs=%d batch_size=%d learning_rate_multiplier=%g "
+      "(learning_rate=%g)\n"
+      "                  warmup_steps=%d lr_scheduler=%s weight_decay=%g "
+      "gradient_accumulation_steps=%d\n"
+      "                  max_seq_len=%d max_grad_norm=%g eval_every_steps=%d "
+      "checkpoint_every_steps=%d\n",
+      hp.n_epochs(), hp.batch_size(), hp.learning_rate_multiplier(), hp.learning_rate(),
+      hp.warmup_steps(), SchedulerName(hp.lr_scheduler()), hp.weight_decay(),
+      hp.gradient_accumulation_steps(), hp.max_seq_len(), hp.max_grad_norm(),
+      hp.eval_every_steps(), hp.checkpoint_every_steps());
+  if (j.adapter() == v1::ADAPTER_TYPE_FULL) {
+    std::cout << "method:           full (every weight is trained)\n";
+  } else {
+    std::cout << absl::StrFormat(
+        "lora:             rank=%d alpha=%g dropout=%g targets=%s%s\n", j.lora().rank(),
+        j.lora().alpha(), j.lora().dropout(), absl::StrJoin(j.lora().target_modules(), ","),
+        j.lora().use_rslora() ? " rslora" : "");
+  }
   std::cout << "created_at:       " << FormatTime(j.created_at()) << "\n";
   if (j.queue_position() > 0) {
     std::cout << "queue_position:   " << j.queue_position() << "\n";
@@ -263,6 +289,53 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     if (!v.ok()) return v.status();
     hp->set_learning_rate_multiplier(*v);
   }
+  // Lathe's settings: each unset one is auto (the job shows what ran).
+  if (a.Has("method")) {
+    // The objective is supervised; lora/full choose what is trained.
+    std::string m = *a.Get("method");
+    if (m == "full") r.set_adapter(v1::ADAPTER_TYPE_FULL);
+    else if (m == "lora") r.set_adapter(v1::ADAPTER_TYPE_LORA);
+    else if (m != "supervised") {
+      return absl::InvalidArgumentError("--method: use lora or full (supervised fine-tuning)");
+    }
+  }
+  struct IntSetting {
+    const char* flag;
+    void (v1::Hyperparameters::*set)(int32_t);
+  };
+  for (const IntSetting& f : {
+           IntSetting{"warmup-steps", &v1::Hyperparameters::set_warmup_steps},
+           IntSetting{"gradient-accumulation-steps",
+                      &v1::Hyperparameters::set_gradient_accumulation_steps},
+           IntSetting{"max-seq-len", &v1::Hyperparameters::set_max_seq_len},
+           IntSetting{"eval-every-steps", &v1::Hyperparameters::set_eval_every_steps},
+           IntSetting{"checkpoint-every-steps",
+                      &v1::Hyperparameters::set_checkpoint_every_steps},
+       }) {
+    if (is_auto(f.flag)) continue;
+    auto v = IntFlag(a, f.flag);
+    if (!v.ok()) return v.status();
+    (hp->*f.set)(static_cast<int32_t>(*v));
+  }
+  for (const auto& [flag, set] :
+       std::vector<std::pair<const char*, void (v1::Hyperparameters::*)(double)>>{
+           {"weight-decay", &v1::Hyperparameters::set_weight_decay},
+           {"max-grad-norm", &v1::Hyperparameters::set_max_grad_norm}}) {
+    if (is_auto(flag)) continue;
+    auto v = DoubleFlag(a, flag);
+    if (!v.ok()) return v.status();
+    (hp->*set)(*v);
+  }
+  if (!is_auto("lr-scheduler")) {
+    v1::LrScheduler s;
+    if (!v1::LrScheduler_Parse("LR_SCHEDULER_" + absl::AsciiStrToUpper(*a.Get("lr-scheduler")),
+                               &s) ||
+        s == v1::LR_SCHEDULER_UNSPECIFIED) {
+      return absl::InvalidArgumentError("--lr-scheduler: use linear, cosine or constant");
+    }
+    hp->set_lr_scheduler(s);
+  }
+  if (a.Has("lora-rslora")) r.mutable_lora()->set_use_rslora(true);
   if (a.Has("lora-rank")) {
     auto v = IntFlag(a, "lora-rank");
     if (!v.ok()) return v.status();
@@ -602,14 +675,16 @@ int JobsCommand(Env& env, const std::string& verb) {
 }  // namespace
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, {"follow", "help", "insecure"});
+  auto args = Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   auto st = args->CheckKnown(
       {"server", "api_key", "ca_cert", "tls_server_name", "insecure", "project", "role", "name", "output", "help", "purpose", "limit", "after", "status", "follow",
        "timeout", "out", "model", "training-file", "validation-file", "n-epochs",
        "batch-size", "learning-rate-multiplier", "lora-rank", "lora-alpha",
-       "lora-dropout", "lora-target-modules", "suffix", "seed", "metadata",
-       "idempotency-key", "priority", "checkpoint"});
+       "lora-dropout", "lora-target-modules", "lora-rslora", "suffix", "seed", "metadata",
+       "idempotency-key", "priority", "checkpoint", "method", "warmup-steps",
+       "lr-scheduler", "weight-decay", "gradient-accumulation-steps", "max-seq-len",
+       "max-grad-norm", "eval-every-steps", "checkpoint-every-steps"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

@@ -311,12 +311,6 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
   *as->mutable_model() = model;
   ASSIGN_OR_RETURN(auto checkpoints, store_.ListCheckpoints(job.id()));
   if (!checkpoints.empty()) *as->mutable_resume_from() = checkpoints.back();
-  as->set_checkpoint_every_steps(options_.checkpoint_every_steps);
-  as->set_learning_rate(options_.base_learning_rate *
-                        job.method()
-                            .supervised()
-                            .hyperparameters()
-                            .learning_rate_multiplier());
   out.set_lease_deadline_ms(absl::ToUnixMillis(leases_.Get(job.id())->deadline));
   spdlog::info("assigned {} (attempt {}, project {}) to worker {}", job.id(),
                attempt, job.project(), r.worker_id());

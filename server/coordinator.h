@@ -28,8 +28,6 @@ struct CoordinatorOptions {
   int max_attempts = 3;
   absl::Duration retry_backoff_base = absl::Seconds(2);
   absl::Duration retry_backoff_cap = absl::Minutes(5);
-  double base_learning_rate = 2e-4;  // x learning_rate_multiplier
-  int checkpoint_every_steps = 100;  // sent with each assignment
   // A placement plan is reused for this long before it is recomputed.
   absl::Duration replan_interval = absl::Milliseconds(200);
   scheduler::SchedulingPolicy policy;

@@ -59,7 +59,8 @@ absl::StatusOr<v1::Job> CreateJobImpl(const ServerContext& ctx,
   }
   thread_local absl::BitGen gen;
   v1::Job job = ResolveJob(r, *training, *model, caller.project, NewId("ftjob"),
-                           absl::Uniform<int64_t>(gen, 0, 1LL << 31));
+                           absl::Uniform<int64_t>(gen, 0, 1LL << 31),
+                           ctx.options.job_defaults);
   // Files are validated line by line at upload; the store checks in the
   // insert's own transaction that they still exist, so the job is written
   // straight into the queue with both events: no crash can leave it in

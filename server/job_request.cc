@@ -54,7 +54,47 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
                  absl::StrCat(m, " must be finite and in (0, 100]"));
     }
   }
+  struct IntRange {
+    const char* field;
+    bool set;
+    int64_t value, min, max;
+  };
+  const std::string kHp = "method.supervised.hyperparameters.";
+  for (const IntRange& f : {
+           IntRange{"warmup_steps", hp.has_warmup_steps(), hp.warmup_steps(), 0, 1'000'000},
+           IntRange{"gradient_accumulation_steps", hp.has_gradient_accumulation_steps(),
+                    hp.gradient_accumulation_steps(), 1, 1024},
+           IntRange{"max_seq_len", hp.has_max_seq_len(), hp.max_seq_len(), 8, 131'072},
+           IntRange{"eval_every_steps", hp.has_eval_every_steps(), hp.eval_every_steps(), 0,
+                    1'000'000},
+           IntRange{"checkpoint_every_steps", hp.has_checkpoint_every_steps(),
+                    hp.checkpoint_every_steps(), 0, 1'000'000},
+       }) {
+    if (f.set && (f.value < f.min || f.value > f.max)) {
+      return Bad(kHp + f.field,
+                 absl::StrCat(f.value, " is out of range ", f.min, "..", f.max));
+    }
+  }
+  if (hp.has_weight_decay() &&
+      (!std::isfinite(hp.weight_decay()) || hp.weight_decay() < 0 || hp.weight_decay() > 1)) {
+    return Bad(kHp + "weight_decay", "must be in [0, 1]");
+  }
+  if (hp.has_max_grad_norm() && (!std::isfinite(hp.max_grad_norm()) ||
+                                 hp.max_grad_norm() <= 0 || hp.max_grad_norm() > 1e4)) {
+    return Bad(kHp + "max_grad_norm", "must be in (0, 10000]");
+  }
+  if (!v1::LrScheduler_IsValid(hp.lr_scheduler())) {
+    return Bad(kHp + "lr_scheduler", "unknown value");
+  }
+  if (hp.learning_rate() != 0) {
+    return Bad(kHp + "learning_rate",
+               "output only (the resolved peak rate); set learning_rate_multiplier");
+  }
+  if (!v1::AdapterType_IsValid(r.adapter())) return Bad("adapter", "unknown value");
   const auto& lora = r.lora();
+  if (r.adapter() == v1::ADAPTER_TYPE_FULL && r.has_lora()) {
+    return Bad("lora", "LoRA settings are for adapter LORA; full fine-tuning trains every weight");
+  }
   if (lora.has_rank() && (lora.rank() < 1 || lora.rank() > 1024)) {
     return Bad("lora.rank", absl::StrCat(lora.rank(), " is out of range 1..1024"));
   }
@@ -103,7 +143,8 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
 
 v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
                    const v1::Model& model, const std::string& project,
-                   const std::string& job_id, int64_t seed_if_unset) {
+                   const std::string& job_id, int64_t seed_if_unset,
+                   const JobDefaults& defaults) {
   v1::Job job;
   job.set_id(job_id);
   job.set_project(project);
@@ -130,16 +171,42 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
         std::clamp<int64_t>(training.line_count() / 20, 1, 8)));
   }
   if (!hp->has_learning_rate_multiplier()) hp->set_learning_rate_multiplier(1);
+  hp->set_learning_rate(defaults.base_learning_rate * hp->learning_rate_multiplier());
+  if (!hp->has_warmup_steps()) hp->set_warmup_steps(0);
+  if (hp->lr_scheduler() == v1::LR_SCHEDULER_UNSPECIFIED) {
+    hp->set_lr_scheduler(v1::LR_SCHEDULER_LINEAR);
+  }
+  if (!hp->has_weight_decay()) hp->set_weight_decay(0);
+  if (!hp->has_gradient_accumulation_steps()) hp->set_gradient_accumulation_steps(1);
+  if (!hp->has_max_seq_len()) hp->set_max_seq_len(512);
+  if (!hp->has_eval_every_steps()) hp->set_eval_every_steps(0);
+  if (!hp->has_max_grad_norm()) hp->set_max_grad_norm(1.0);
+  if (!hp->has_checkpoint_every_steps()) {
+    hp->set_checkpoint_every_steps(defaults.checkpoint_every_steps);
+  }
 
-  auto* lora = job.mutable_lora();
-  *lora = r.lora();
-  if (!lora->has_rank()) lora->set_rank(8);
-  if (!lora->has_alpha()) lora->set_alpha(2.0 * lora->rank());
-  if (!lora->has_dropout()) lora->set_dropout(0);
-  if (lora->target_modules().empty()) {
-    for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
-      lora->add_target_modules(m);
+  job.set_adapter(r.adapter() == v1::ADAPTER_TYPE_UNSPECIFIED ? v1::ADAPTER_TYPE_LORA
+                                                              : r.adapter());
+  scheduler::TrainShape train;
+  train.batch_size = hp->batch_size();
+  train.sequence_length = hp->max_seq_len();
+  if (job.adapter() == v1::ADAPTER_TYPE_LORA) {
+    auto* lora = job.mutable_lora();
+    *lora = r.lora();
+    if (!lora->has_rank()) lora->set_rank(8);
+    if (!lora->has_alpha()) lora->set_alpha(2.0 * lora->rank());
+    if (!lora->has_dropout()) lora->set_dropout(0);
+    if (!lora->has_use_rslora()) lora->set_use_rslora(false);
+    if (lora->target_modules().empty()) {
+      for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+        lora->add_target_modules(m);
+      }
     }
+    train.method = scheduler::TrainMethod::kLora;
+    train.lora_rank = lora->rank();
+    train.lora_matrices_per_layer = lora->target_modules_size();
+  } else {
+    train.method = scheduler::TrainMethod::kFull;
   }
   scheduler::ModelShape shape;
   shape.parameters = model.parameter_count();
@@ -147,12 +214,6 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   shape.num_layers = model.num_layers();
   shape.vocab_size = model.vocab_size();
   shape.bytes_per_weight = model.bytes_per_weight() > 0 ? model.bytes_per_weight() : 2;
-  scheduler::TrainShape train;
-  train.method = scheduler::TrainMethod::kLora;
-  train.lora_rank = lora->rank();
-  train.lora_matrices_per_layer = lora->target_modules_size();
-  train.batch_size = hp->batch_size();
-  train.sequence_length = kDefaultMaxSeqLen;
   job.set_memory_bytes(scheduler::EstimateMemoryBytes(shape, train));
   return job;
 }

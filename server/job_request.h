@@ -16,16 +16,21 @@ namespace lathe {
 // metadata. INVALID_ARGUMENT naming the field.
 absl::Status CheckJobRequest(const v1::CreateJobRequest& request);
 
+// The operator's settings that job resolution reads (lathed's flags).
+struct JobDefaults {
+  double base_learning_rate = 2e-4;  // x learning_rate_multiplier
+  int checkpoint_every_steps = 100;  // when the job sets none
+};
+
 // The new job (status validating_files) of `project` with every auto
 // resolved and its memory need estimated, given the training file's and the
-// base model's metadata. REQUIRES: CheckJobRequest(request).ok().
+// base model's metadata: the one place a job's defaults are written. The
+// job is what runs: the worker reads every setting from it.
+// REQUIRES: CheckJobRequest(request).ok().
 v1::Job ResolveJob(const v1::CreateJobRequest& request,
                    const v1::File& training_file, const v1::Model& model,
                    const std::string& project, const std::string& job_id,
-                   int64_t seed_if_unset);
-
-// The engine's sequence length cap when the job sets none.
-inline constexpr int kDefaultMaxSeqLen = 512;
+                   int64_t seed_if_unset, const JobDefaults& defaults);
 
 // SHA-256 of the request without its idempotency key: "same body".
 std::string RequestFingerprint(const v1::CreateJobRequest& request);

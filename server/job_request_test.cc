@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "google/protobuf/descriptor.h"
+
 namespace lathe {
 namespace {
 
@@ -49,6 +51,19 @@ TEST(JobRequestTest, RefusesBadFieldsByName) {
       {[](auto& r) { r.set_training_file("file-\x1b[2J"); }, "training_file"},
       {[](auto& r) { r.set_validation_file(std::string(200, 'v')); },
        "validation_file"},
+      {[&](auto& r) { hp(r)->set_warmup_steps(-1); }, "hyperparameters.warmup_steps"},
+      {[&](auto& r) { hp(r)->set_gradient_accumulation_steps(0); },
+       "hyperparameters.gradient_accumulation_steps"},
+      {[&](auto& r) { hp(r)->set_max_seq_len(4); }, "hyperparameters.max_seq_len"},
+      {[&](auto& r) { hp(r)->set_eval_every_steps(-3); }, "hyperparameters.eval_every_steps"},
+      {[&](auto& r) { hp(r)->set_checkpoint_every_steps(-1); },
+       "hyperparameters.checkpoint_every_steps"},
+      {[&](auto& r) { hp(r)->set_weight_decay(NAN); }, "hyperparameters.weight_decay"},
+      {[&](auto& r) { hp(r)->set_max_grad_norm(0); }, "hyperparameters.max_grad_norm"},
+      {[&](auto& r) { hp(r)->set_lr_scheduler(static_cast<v1::LrScheduler>(9)); },
+       "hyperparameters.lr_scheduler"},
+      {[&](auto& r) { hp(r)->set_learning_rate(0.1); }, "hyperparameters.learning_rate: output only"},
+      {[](auto& r) { r.set_adapter(static_cast<v1::AdapterType>(7)); }, "adapter"},
       {[](auto& r) { r.set_suffix("../etc"); }, "suffix"},
       {[](auto& r) {
          for (int i = 0; i < 17; ++i) (*r.mutable_metadata())["k" + std::to_string(i)] = "v";
@@ -75,7 +90,7 @@ TEST(JobRequestTest, ResolvesAutoAndKeepsGivenValues) {
   model.set_hidden_size(64);
   model.set_num_layers(2);
   model.set_vocab_size(1000);
-  v1::Job auto_job = ResolveJob(r, f, model, "proj-a", "ftjob-1", 7);
+  v1::Job auto_job = ResolveJob(r, f, model, "proj-a", "ftjob-1", 7, JobDefaults{});
   const auto& hp = auto_job.method().supervised().hyperparameters();
   EXPECT_EQ(auto_job.method().type(), "supervised");
   EXPECT_EQ(hp.n_epochs(), 3);
@@ -84,6 +99,31 @@ TEST(JobRequestTest, ResolvesAutoAndKeepsGivenValues) {
   EXPECT_EQ(auto_job.lora().rank(), 8);
   EXPECT_EQ(auto_job.lora().alpha(), 16);
   EXPECT_EQ(auto_job.lora().target_modules_size(), 4);
+  EXPECT_FALSE(auto_job.lora().use_rslora());
+  EXPECT_EQ(auto_job.adapter(), v1::ADAPTER_TYPE_LORA);
+  // Every setting the engine needs is resolved, so the job shows what runs.
+  EXPECT_DOUBLE_EQ(hp.learning_rate(), 2e-4);
+  EXPECT_EQ(hp.warmup_steps(), 0);
+  EXPECT_EQ(hp.lr_scheduler(), v1::LR_SCHEDULER_LINEAR);
+  EXPECT_EQ(hp.weight_decay(), 0);
+  EXPECT_EQ(hp.gradient_accumulation_steps(), 1);
+  EXPECT_EQ(hp.max_seq_len(), 512);
+  EXPECT_EQ(hp.eval_every_steps(), 0);
+  EXPECT_EQ(hp.max_grad_norm(), 1);
+  EXPECT_EQ(hp.checkpoint_every_steps(), 100);
+  // Every optional field of the hyperparameters and LoRA settings is set:
+  // a field added to the proto but not to resolution fails here.
+  for (const google::protobuf::Message* m :
+       {static_cast<const google::protobuf::Message*>(&hp),
+        static_cast<const google::protobuf::Message*>(&auto_job.lora())}) {
+    const google::protobuf::Descriptor* d = m->GetDescriptor();
+    for (int i = 0; i < d->field_count(); ++i) {
+      const google::protobuf::FieldDescriptor* fd = d->field(i);
+      if (fd->has_presence()) {
+        EXPECT_TRUE(m->GetReflection()->HasField(*m, fd)) << fd->full_name() << " not resolved";
+      }
+    }
+  }
   EXPECT_EQ(auto_job.seed(), 7);
   EXPECT_EQ(auto_job.status(), v1::JOB_STATUS_VALIDATING_FILES);
   EXPECT_EQ(auto_job.project(), "proj-a");
@@ -95,12 +135,45 @@ TEST(JobRequestTest, ResolvesAutoAndKeepsGivenValues) {
   r.mutable_lora()->set_rank(4);
   r.set_seed(42);
   r.set_priority(v1::JOB_PRIORITY_HIGH);
-  v1::Job given = ResolveJob(r, f, model, "proj-a", "ftjob-2", 7);
+  v1::Job given = ResolveJob(r, f, model, "proj-a", "ftjob-2", 7, JobDefaults{});
   EXPECT_EQ(given.priority(), v1::JOB_PRIORITY_HIGH);
   EXPECT_EQ(given.method().supervised().hyperparameters().n_epochs(), 1);
   EXPECT_EQ(given.lora().rank(), 4);
   EXPECT_EQ(given.lora().alpha(), 8);
   EXPECT_EQ(given.seed(), 42);
+}
+
+TEST(JobRequestTest, FullFineTuningAndTheOperatorsDefaults) {
+  v1::File f;
+  f.set_line_count(10);
+  v1::Model model;
+  model.set_parameter_count(1'000'000);
+  model.set_hidden_size(64);
+  model.set_num_layers(2);
+  model.set_vocab_size(1000);
+  v1::CreateJobRequest r = Valid();
+  auto* hp = r.mutable_method()->mutable_supervised()->mutable_hyperparameters();
+  hp->set_learning_rate_multiplier(0.5);
+  hp->set_max_seq_len(1024);
+  hp->set_lr_scheduler(v1::LR_SCHEDULER_COSINE);
+  v1::Job lora = ResolveJob(r, f, model, "p", "ftjob-l", 1, JobDefaults{});
+  r.set_adapter(v1::ADAPTER_TYPE_FULL);
+  JobDefaults defaults{.base_learning_rate = 1e-5, .checkpoint_every_steps = 7};
+  v1::Job full = ResolveJob(r, f, model, "p", "ftjob-f", 1, defaults);
+  EXPECT_EQ(full.adapter(), v1::ADAPTER_TYPE_FULL);
+  EXPECT_FALSE(full.has_lora());
+  const auto& fhp = full.method().supervised().hyperparameters();
+  EXPECT_DOUBLE_EQ(fhp.learning_rate(), 0.5e-5);
+  EXPECT_EQ(fhp.checkpoint_every_steps(), 7);
+  EXPECT_EQ(fhp.max_seq_len(), 1024);
+  EXPECT_EQ(fhp.lr_scheduler(), v1::LR_SCHEDULER_COSINE);
+  // Full fine-tuning keeps optimizer state for every weight.
+  EXPECT_GT(full.memory_bytes(), lora.memory_bytes());
+  // LoRA settings with full fine-tuning are refused.
+  r.mutable_lora()->set_rank(4);
+  absl::Status st = CheckJobRequest(r);
+  EXPECT_TRUE(absl::IsInvalidArgument(st));
+  EXPECT_EQ(st.message().substr(0, 6), "lora: ");
 }
 
 TEST(JobRequestTest, FingerprintIgnoresOnlyTheKey) {

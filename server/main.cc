@@ -95,12 +95,12 @@ int main(int argc, char** argv) {
     o.base_models[kv.first] = kv.second;
   }
   o.service.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
-  o.coordinator.base_learning_rate = absl::GetFlag(FLAGS_base_learning_rate);
+  o.service.job_defaults.base_learning_rate = absl::GetFlag(FLAGS_base_learning_rate);
   o.coordinator.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   o.coordinator.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   o.admin_key_file = absl::GetFlag(FLAGS_admin_key_file);
   o.worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
-  o.coordinator.checkpoint_every_steps = absl::GetFlag(FLAGS_checkpoint_every_steps);
+  o.service.job_defaults.checkpoint_every_steps = absl::GetFlag(FLAGS_checkpoint_every_steps);
 
   // Block SIGINT/SIGTERM before any thread starts (threads inherit the
   // mask) and wait for one on this thread.

@@ -14,6 +14,7 @@
 #include "lathe/v1/admin.grpc.pb.h"
 #include "server/auth.h"
 #include "server/coordinator.h"
+#include "server/job_request.h"
 #include "server/store/blob_store.h"
 #include "server/store/store.h"
 
@@ -26,6 +27,7 @@ struct ServiceOptions {
   int64_t max_line_bytes = 4 << 20;          // per JSONL line
   int64_t max_examples_per_file = 1'000'000;
   int max_jobs_in_flight_per_project = 100;  // queued, running or paused
+  JobDefaults job_defaults;                  // job resolution's operator settings
 };
 
 // The objects every service borrows; all must outlive the services.

@@ -20,18 +20,22 @@ absl::StatusOr<v1::ResultFile> ReceiveResult(
   bool plain_name = !h.name().empty() && h.name().size() <= 128 &&
                     h.name().find_first_of(std::string("/\\\0", 3)) == std::string::npos &&
                     h.name() != "." && h.name() != "..";
-  bool allowed = h.checkpoint_step() > 0
+  if (h.sha256().size() != 64) {
+    return absl::InvalidArgumentError("sha256: required (64 hex digits)");
+  }
+  RETURN_IF_ERROR(CheckIdField("job_id", h.job_id()));
+  RETURN_IF_ERROR(ctx.coordinator->CheckCurrentAttempt(h.job_id(), h.attempt()));
+  // A checkpoint holds any plain file names; a LoRA job's result is the
+  // PEFT adapter's two files, a full fine-tuning job's a model folder.
+  ASSIGN_OR_RETURN(v1::Job job, ctx.store->GetJob(h.job_id()));
+  bool allowed = h.checkpoint_step() > 0 || job.adapter() == v1::ADAPTER_TYPE_FULL
                      ? plain_name
                      : h.name() == "adapter_config.json" ||
                            h.name() == "adapter_model.safetensors";
   if (!allowed || h.checkpoint_step() < 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("name: \"", h.name(), "\" is not a result file"));
+        absl::StrCat("name: \"", Echo(h.name()), "\" is not a result file"));
   }
-  if (h.sha256().size() != 64) {
-    return absl::InvalidArgumentError("sha256: required (64 hex digits)");
-  }
-  RETURN_IF_ERROR(ctx.coordinator->CheckCurrentAttempt(h.job_id(), h.attempt()));
   ASSIGN_OR_RETURN(auto writer, ctx.blobs->NewWriter());
   while (reader->Read(&msg)) {
     if (!msg.has_chunk()) return absl::InvalidArgumentError("header: sent twice");

@@ -177,3 +177,86 @@ TEST(EndToEndTest, BadUploadIsRefusedAndNothingStored) {
 
 }  // namespace
 }  // namespace lathe::testing
+
+namespace lathe::testing {
+namespace {
+
+// Runs the CLI against `c` as the default project's user; returns its exit
+// code, with stdout and stderr in `out`.
+int Cli(Cluster& c, std::vector<std::string> args, std::string* out) {
+  std::vector<std::string> argv = {Binaries().cli, "--server", c.address(), "--api_key",
+                                   c.api_key()};
+  for (const std::string& f : c.CliTlsFlags()) argv.push_back(f);
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunCommand(argv, out);
+}
+
+// The options the public API adds beyond OpenAI's, set through the CLI,
+// reach the engine: full fine-tuning with warmup, a cosine schedule,
+// gradient accumulation and a sequence cap; `lathe jobs get` shows them
+// resolved, the learning rates of the steps follow them, and the result is
+// a whole model.
+TEST(EndToEndTest, FullFineTuningWithScheduleOptionsThroughTheCli) {
+  auto cluster = Cluster::Start(TestRoot("e2e-full"), 1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
+  ASSERT_TRUE(file.ok()) << file.status();
+
+  std::string out;
+  ASSERT_EQ(Cli(c,
+                {"jobs", "create", "--model", "lathe-demo", "--training-file", file->id(),
+                 "--method", "full", "--n-epochs", "1", "--batch-size", "2",
+                 "--gradient-accumulation-steps", "2", "--warmup-steps", "2",
+                 "--lr-scheduler", "cosine", "--max-seq-len", "96", "--weight-decay", "0.01",
+                 "-o", "json"},
+                &out),
+            0)
+      << out;
+  auto created = nlohmann::json::parse(out.substr(out.find('{')));
+  const std::string id = created["id"];
+  ASSERT_EQ(Cli(c, {"jobs", "get", id}, &out), 0) << out;
+  for (const char* shown :
+       {"method:           full", "warmup_steps=2", "lr_scheduler=cosine",
+        "gradient_accumulation_steps=2", "max_seq_len=96", "weight_decay=0.01"}) {
+    EXPECT_NE(out.find(shown), std::string::npos) << shown << " not in:\n" << out;
+  }
+  ASSERT_EQ(Cli(c, {"jobs", "wait", id, "--timeout", "300"}, &out), 0) << out << c.Logs();
+
+  auto job = c.client().GetJob(id);
+  ASSERT_TRUE(job.ok());
+  const auto& hp = job->method().supervised().hyperparameters();
+  const int64_t examples = file->line_count();
+  EXPECT_EQ(job->progress().steps_total(), (examples + 3) / 4);  // batch 2 x 2 micro-batches
+  std::vector<double> rates;
+  v1::ListJobEventsRequest r;
+  r.set_job_id(id);
+  r.set_limit(1000);
+  auto events = c.client().ListJobEvents(r);
+  ASSERT_TRUE(events.ok());
+  for (const auto& e : events->data()) {
+    if (e.type() == "metrics") rates.push_back(e.metrics().learning_rate());
+  }
+  ASSERT_GE(rates.size(), 4u);
+  // Warmup over two steps, then the cosine from the peak.
+  EXPECT_DOUBLE_EQ(rates[0], 0);
+  EXPECT_NEAR(rates[1], hp.learning_rate() / 2, 1e-12);
+  EXPECT_NEAR(rates[2], hp.learning_rate(), 1e-12);
+  EXPECT_LT(rates.back(), rates[2]);
+
+  // The result is a whole model folder, not an adapter.
+  std::string dir = c.root() + "/full-model";
+  ASSERT_EQ(Cli(c, {"jobs", "download", id, "--out", dir}, &out), 0) << out;
+  EXPECT_TRUE(fs::exists(dir + "/config.json"));
+  EXPECT_FALSE(fs::exists(dir + "/adapter_config.json"));
+  auto header = safetensors::ReadHeaderFile(dir + "/model.safetensors");
+  ASSERT_TRUE(header.ok()) << header.status();
+  bool has_layer = false;
+  for (const auto& t : header->tensors) {
+    has_layer = has_layer || t.name == "model.layers.0.self_attn.q_proj.weight";
+  }
+  EXPECT_TRUE(has_layer);
+}
+
+}  // namespace
+}  // namespace lathe::testing

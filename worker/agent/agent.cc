@@ -1,5 +1,8 @@
 #include "worker/agent/agent.h"
 
+#include "worker/agent/job_options.h"
+
+#include <algorithm>
 #include <unistd.h>
 
 #include <filesystem>
@@ -446,26 +449,14 @@ void Agent::RunAttempt(Attempt* attempt) {
     outcome.mutable_error()->set_user_fault(user_fault);
   };
 
-  engine::TrainOptions o;
-  o.base_model_name = job.model();
+  auto translated = TrainOptionsForJob(job);
+  engine::TrainOptions o = translated.ok() ? *translated : engine::TrainOptions();
   o.training_file = (dir / "train.jsonl").string();
   o.output_dir = (dir / "adapter").string();
-  const auto& hp = job.method().supervised().hyperparameters();
-  o.n_epochs = hp.n_epochs();
-  o.batch_size = hp.batch_size();
-  o.learning_rate = as.learning_rate();
-  o.seed = static_cast<uint64_t>(job.seed());
-  o.lora.rank = job.lora().rank();
-  o.lora.alpha = job.lora().alpha();
-  o.lora.dropout = job.lora().dropout();
-  o.lora.target_modules.assign(job.lora().target_modules().begin(),
-                               job.lora().target_modules().end());
-
-  o.checkpoint_every = as.checkpoint_every_steps();
   o.checkpoint_dir = (dir / "checkpoints").string();
 
   std::string error;
-  bool fetched = ResolveModel(attempt, &o.model_dir, &error) &&
+  bool fetched = translated.ok() && ResolveModel(attempt, &o.model_dir, &error) &&
                  FetchFile(attempt, job.training_file(), o.training_file, &error);
   if (fetched && !job.validation_file().empty()) {
     o.validation_file = (dir / "valid.jsonl").string();
@@ -475,7 +466,10 @@ void Agent::RunAttempt(Attempt* attempt) {
     o.resume_from = (dir / "resume").string();
     fetched = FetchCheckpoint(attempt, as.resume_from(), o.resume_from, &error);
   }
-  if (!fetched) {
+  if (!translated.ok()) {
+    // lathed resolves every setting: one left unresolved is the platform's.
+    fail("platform_error", std::string(translated.status().message()), false);
+  } else if (!fetched) {
     fail("fetch_failed", error, false);
   } else {
     Emit(attempt, Message(absl::StrCat(
@@ -483,8 +477,10 @@ void Agent::RunAttempt(Attempt* attempt) {
                           ? absl::StrCat("Resuming from the checkpoint at step ",
                                          as.resume_from().step_number(), " on ")
                           : "Training started on ",
-                      options_.worker_id, ": LoRA r=", o.lora.rank, " on ",
-                      job.model(), ", ", o.n_epochs, " epochs, batch ",
+                      options_.worker_id, ": ",
+                      o.method == "full" ? std::string("full fine-tuning")
+                                         : absl::StrCat("LoRA r=", o.lora.rank),
+                      " on ", job.model(), ", ", o.n_epochs, " epochs, batch ",
                       o.batch_size, ", lr ", o.learning_rate)));
     engine::TrainHooks hooks;
     hooks.on_step = [&](const engine::StepMetrics& m) {
@@ -542,8 +538,16 @@ void Agent::RunAttempt(Attempt* attempt) {
                                            o.max_seq_len, " tokens and were truncated"),
                               "warn"));
       }
-      bool uploaded = true;
-      for (const char* name : {"adapter_config.json", "adapter_model.safetensors"}) {
+      // A LoRA job's result is the PEFT adapter; a full fine-tuning job's,
+      // the whole model folder the engine wrote.
+      std::vector<std::string> names;
+      for (const auto& entry : fs::directory_iterator(o.output_dir, ec)) {
+        if (entry.is_regular_file()) names.push_back(entry.path().filename().string());
+      }
+      std::sort(names.begin(), names.end());
+      bool uploaded = !names.empty();
+      if (!uploaded) error = absl::StrCat("the engine wrote nothing to ", o.output_dir);
+      for (const std::string& name : names) {
         uploaded = uploaded &&
                    UploadResult(attempt, (fs::path(o.output_dir) / name).string(),
                                 name, 0, options_.transfer_patience, &error);
@@ -551,9 +555,10 @@ void Agent::RunAttempt(Attempt* attempt) {
       }
       if (uploaded) {
         outcome.set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
-        Emit(attempt, Message(absl::StrCat("Adapter uploaded (", result->steps,
-                                           " steps, loss ", result->first_loss,
-                                           " -> ", result->last_loss, ")")));
+        Emit(attempt, Message(absl::StrCat(o.method == "full" ? "Model" : "Adapter",
+                                           " uploaded (", result->steps, " steps, loss ",
+                                           result->first_loss, " -> ", result->last_loss,
+                                           ")")));
       } else {
         fail("upload_failed", error, false);
       }

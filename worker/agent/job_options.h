@@ -1,0 +1,26 @@
+// The one translation from the wire to the engine: a job as lathed resolved
+// it (every default settled, see server/job_request.cc) into the engine's
+// TrainOptions. Total over the job's settings: the round-trip test in
+// job_options_test.cc fails when a field is added to the proto's
+// hyperparameters or LoRA settings and not here.
+#ifndef LATHE_WORKER_AGENT_JOB_OPTIONS_H_
+#define LATHE_WORKER_AGENT_JOB_OPTIONS_H_
+
+#include "absl/status/statusor.h"
+#include "lathe/v1/fine_tuning.pb.h"
+#include "worker/engine/trainer.h"
+
+namespace lathe::worker {
+
+// The run settings of `job` (adapter, hyperparameters, LoRA, seed, base
+// model name). Paths (model, data, output, checkpoints, resume) are the
+// agent's to fill. INVALID_ARGUMENT naming the field for a value the engine
+// has no name for (an unknown scheduler or adapter type).
+absl::StatusOr<engine::TrainOptions> TrainOptionsForJob(const v1::Job& job);
+
+// The inverse over the same fields, for the round-trip test.
+v1::Job JobForTrainOptions(const engine::TrainOptions& options);
+
+}  // namespace lathe::worker
+
+#endif  // LATHE_WORKER_AGENT_JOB_OPTIONS_H_
