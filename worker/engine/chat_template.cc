@@ -58,7 +58,8 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Detect(
   const std::string template_text = Unescape(raw_template);
   if (template_text.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "tokenizer_config.json has no chat_template; chat data needs one (or "
+        "the model has no chat template (neither chat_template.jinja nor "
+        "tokenizer_config.json's chat_template); chat data needs one (or "
         "name a family with the chat_template option: ",
         kFamilies, ")"));
   }
