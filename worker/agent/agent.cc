@@ -13,6 +13,7 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
+#include "worker/agent/attempt_setup.h"
 #include "worker/engine/trainer.h"
 
 namespace lathe::worker {
@@ -446,33 +447,15 @@ void Agent::RunAttempt(Attempt* attempt) {
     outcome.mutable_error()->set_user_fault(user_fault);
   };
 
-  engine::TrainOptions o;
-  o.base_model_name = job.model();
-  o.training_file = (dir / "train.jsonl").string();
-  o.output_dir = (dir / "adapter").string();
-  const auto& hp = job.method().supervised().hyperparameters();
-  o.n_epochs = hp.n_epochs();
-  o.batch_size = hp.batch_size();
-  o.learning_rate = as.learning_rate();
-  o.seed = static_cast<uint64_t>(job.seed());
-  o.lora.rank = job.lora().rank();
-  o.lora.alpha = job.lora().alpha();
-  o.lora.dropout = job.lora().dropout();
-  o.lora.target_modules.assign(job.lora().target_modules().begin(),
-                               job.lora().target_modules().end());
-
-  o.checkpoint_every = as.checkpoint_every_steps();
-  o.checkpoint_dir = (dir / "checkpoints").string();
+  engine::TrainOptions o = TrainOptionsFor(as, dir.string());
 
   std::string error;
   bool fetched = ResolveModel(attempt, &o.model_dir, &error) &&
                  FetchFile(attempt, job.training_file(), o.training_file, &error);
-  if (fetched && !job.validation_file().empty()) {
-    o.validation_file = (dir / "valid.jsonl").string();
+  if (fetched && !o.validation_file.empty()) {
     fetched = FetchFile(attempt, job.validation_file(), o.validation_file, &error);
   }
-  if (fetched && as.has_resume_from()) {
-    o.resume_from = (dir / "resume").string();
+  if (fetched && !o.resume_from.empty()) {
     fetched = FetchCheckpoint(attempt, as.resume_from(), o.resume_from, &error);
   }
   if (!fetched) {
@@ -564,22 +547,10 @@ void Agent::RunAttempt(Attempt* attempt) {
     } else if (absl::IsAborted(result.status())) {
       fail("checkpoint_failed", checkpoint_error, false);
     } else {
-      const absl::Status& st = result.status();
-      std::string message(st.message());
-      if (absl::IsOutOfRange(st)) {
-        fail("nan_loss", message, true);
-        outcome.mutable_error()->set_param(
-            "method.supervised.hyperparameters.learning_rate_multiplier");
-      } else if (absl::IsResourceExhausted(st)) {
-        fail("out_of_memory", message, true);
-        outcome.mutable_error()->set_param(
-            "method.supervised.hyperparameters.batch_size");
-      } else if (absl::IsInvalidArgument(st)) {
-        fail("invalid_training_file", message, true);
-        outcome.mutable_error()->set_param("training_file");
-      } else {
-        fail("training_error", message, false);
-      }
+      spdlog::error("{} attempt {} failed: {}", as.job_id(), as.attempt(),
+                    result.status().ToString());
+      outcome.set_result(v1::AttemptOutcome::RESULT_FAILED);
+      *outcome.mutable_error() = JobErrorFor(result.status());
     }
   }
   fs::remove_all(dir, ec);
