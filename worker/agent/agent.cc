@@ -1,11 +1,10 @@
 #include "worker/agent/agent.h"
 
+#include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
@@ -25,7 +24,7 @@ struct Agent::Attempt {
   std::thread thread;
   std::atomic<bool> stop{false};
   std::atomic<bool> checkpoint_before_stop{false};
-  std::atomic<bool> superseded{false};  // the server dropped it
+  std::atomic<bool> superseded{false};            // the server dropped it
   std::vector<v1::CheckpointReport> checkpoints;  // not yet acknowledged
   // Guarded by Agent::mu_.
   int64_t next_seq = 1;
@@ -48,7 +47,8 @@ int64_t MemoryBytes() {
   return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
 }
 
-v1::JobEvent Message(const std::string& text, const std::string& level = "info") {
+v1::JobEvent Message(const std::string& text,
+                     const std::string& level = "info") {
   v1::JobEvent e;
   e.set_type("message");
   e.set_level(level);
@@ -83,13 +83,15 @@ absl::StatusOr<std::string> ReceiveToFile(
   Sha256 hash;
   v1::FileChunk chunk;
   while (reader->Read(&chunk)) {
-    out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+    out.write(chunk.data().data(),
+              static_cast<std::streamsize>(chunk.data().size()));
     hash.Update(chunk.data());
   }
   grpc::Status st = reader->Finish();
   out.close();
   if (!st.ok()) return FromGrpcStatus(st);
-  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path.string()));
+  if (!out)
+    return absl::InternalError(absl::StrCat("cannot write ", path.string()));
   return hash.HexDigest();
 }
 
@@ -107,7 +109,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   args.SetMaxReceiveMessageSize(16 << 20);
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
                    MakeChannel(options.server, options.tls, args));
-  return std::unique_ptr<Agent>(new Agent(std::move(options), std::move(channel)));
+  return std::unique_ptr<Agent>(
+      new Agent(std::move(options), std::move(channel)));
 }
 
 Agent::Agent(AgentOptions options, std::shared_ptr<grpc::Channel> channel)
@@ -192,8 +195,7 @@ void Agent::Apply(const v1::WorkerDirective& d) {
                      attempt_->assignment.job_id(), d.stop_reason());
       }
       if (d.superseded()) attempt_->superseded.store(true);
-      if (d.outcome_recorded() ||
-          d.superseded()) {
+      if (d.outcome_recorded() || d.superseded()) {
         finished = std::move(attempt_);
         wake_ = true;  // say "idle" now, not a heartbeat later
       }
@@ -258,12 +260,13 @@ bool Agent::FetchFile(Attempt* attempt, const std::string& file_id,
   r.set_job_id(attempt->assignment.job_id());
   r.set_attempt(attempt->assignment.attempt());
   r.set_file_id(file_id);
-  absl::Status st = Retry(
-      attempt, absl::StrCat("Fetching ", file_id), options_.transfer_patience,
-      [&] {
-        auto ctx = NewContext();
-        return ReceiveToFile(stub_->FetchFile(ctx.get(), r).get(), path).status();
-      });
+  absl::Status st =
+      Retry(attempt, absl::StrCat("Fetching ", file_id),
+            options_.transfer_patience, [&] {
+              auto ctx = NewContext();
+              return ReceiveToFile(stub_->FetchFile(ctx.get(), r).get(), path)
+                  .status();
+            });
   if (!st.ok()) {
     *error = absl::StrCat("fetching ", file_id, ": ", st.message());
     return false;
@@ -302,8 +305,8 @@ bool Agent::FetchCheckpoint(Attempt* attempt, const v1::Checkpoint& checkpoint,
     r.set_attempt(attempt->assignment.attempt());
     r.set_step(checkpoint.step_number());
     r.set_name(f.name());
-    std::string what = absl::StrCat("Fetching checkpoint ",
-                                    checkpoint.step_number(), " file ", f.name());
+    std::string what = absl::StrCat(
+        "Fetching checkpoint ", checkpoint.step_number(), " file ", f.name());
     absl::Status st = Retry(attempt, what, options_.transfer_patience, [&] {
       auto ctx = NewContext();
       auto sha = ReceiveToFile(stub_->FetchCheckpointFile(ctx.get(), r).get(),
@@ -332,15 +335,18 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
   }
   const v1::Model& model = as.model();
   if (model.content_sha256().size() != 64) {
-    *error = absl::StrCat("base model ", as.job().model(), " is not readable at ",
-                          as.model_path(), " and the server sent no file list");
+    *error =
+        absl::StrCat("base model ", as.job().model(), " is not readable at ",
+                     as.model_path(), " and the server sent no file list");
     return false;
   }
-  fs::path cache = fs::path(options_.work_dir) / "models" / model.content_sha256();
+  fs::path cache =
+      fs::path(options_.work_dir) / "models" / model.content_sha256();
   *dir = cache.string();
   if (fs::exists(cache / ".complete", ec)) return true;
-  Emit(attempt, Message(absl::StrCat("Fetching base model ", as.job().model(), " (",
-                                     model.bytes() >> 20, " MiB) from lathed")));
+  Emit(attempt,
+       Message(absl::StrCat("Fetching base model ", as.job().model(), " (",
+                            model.bytes() >> 20, " MiB) from lathed")));
   fs::path tmp = cache.string() + ".part";
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
@@ -349,19 +355,22 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
     r.set_job_id(as.job_id());
     r.set_attempt(as.attempt());
     r.set_name(f.name());
-    std::string what = absl::StrCat("Fetching ", f.name(), " of ", as.job().model());
+    std::string what =
+        absl::StrCat("Fetching ", f.name(), " of ", as.job().model());
     absl::Status st = Retry(attempt, what, options_.transfer_patience, [&] {
       auto ctx = NewContext();
-      auto sha = ReceiveToFile(stub_->FetchModelFile(ctx.get(), r).get(), tmp / f.name());
+      auto sha = ReceiveToFile(stub_->FetchModelFile(ctx.get(), r).get(),
+                               tmp / f.name());
       if (!sha.ok()) return sha.status();
       if (*sha != f.sha256()) {
-        return absl::DataLossError(absl::StrCat("SHA-256 ", *sha, " != ", f.sha256()));
+        return absl::DataLossError(
+            absl::StrCat("SHA-256 ", *sha, " != ", f.sha256()));
       }
       return absl::OkStatus();
     });
     if (!st.ok()) {
-      *error = absl::StrCat("fetching ", f.name(), " of ", as.job().model(), ": ",
-                            st.message());
+      *error = absl::StrCat("fetching ", f.name(), " of ", as.job().model(),
+                            ": ", st.message());
       fs::remove_all(tmp, ec);
       return false;
     }
@@ -370,7 +379,8 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
   fs::remove_all(cache, ec);
   fs::rename(tmp, cache, ec);
   if (ec) {
-    *error = absl::StrCat("caching the model in ", cache.string(), ": ", ec.message());
+    *error = absl::StrCat("caching the model in ", cache.string(), ": ",
+                          ec.message());
     return false;
   }
   return true;
@@ -387,8 +397,8 @@ bool Agent::UploadResult(Attempt* attempt, const std::string& path,
     return false;
   }
   std::string what = checkpoint_step > 0
-                         ? absl::StrCat("Uploading checkpoint ", checkpoint_step,
-                                        " file ", name)
+                         ? absl::StrCat("Uploading checkpoint ",
+                                        checkpoint_step, " file ", name)
                          : absl::StrCat("Uploading ", name);
   absl::Status st = Retry(attempt, what, patience, [&] {
     return UploadOnce(attempt, path, name, size, *sha, checkpoint_step);
@@ -450,10 +460,12 @@ void Agent::RunAttempt(Attempt* attempt) {
   engine::TrainOptions o = TrainOptionsFor(as, dir.string());
 
   std::string error;
-  bool fetched = ResolveModel(attempt, &o.model_dir, &error) &&
-                 FetchFile(attempt, job.training_file(), o.training_file, &error);
+  bool fetched =
+      ResolveModel(attempt, &o.model_dir, &error) &&
+      FetchFile(attempt, job.training_file(), o.training_file, &error);
   if (fetched && !o.validation_file.empty()) {
-    fetched = FetchFile(attempt, job.validation_file(), o.validation_file, &error);
+    fetched =
+        FetchFile(attempt, job.validation_file(), o.validation_file, &error);
   }
   if (fetched && !o.resume_from.empty()) {
     fetched = FetchCheckpoint(attempt, as.resume_from(), o.resume_from, &error);
@@ -461,14 +473,15 @@ void Agent::RunAttempt(Attempt* attempt) {
   if (!fetched) {
     fail("fetch_failed", error, false);
   } else {
-    Emit(attempt, Message(absl::StrCat(
-                      as.has_resume_from()
-                          ? absl::StrCat("Resuming from the checkpoint at step ",
-                                         as.resume_from().step_number(), " on ")
-                          : "Training started on ",
-                      options_.worker_id, ": LoRA r=", o.lora.rank, " on ",
-                      job.model(), ", ", o.n_epochs, " epochs, batch ",
-                      o.batch_size, ", lr ", o.learning_rate)));
+    Emit(attempt,
+         Message(absl::StrCat(
+             as.has_resume_from()
+                 ? absl::StrCat("Resuming from the checkpoint at step ",
+                                as.resume_from().step_number(), " on ")
+                 : "Training started on ",
+             options_.worker_id, ": LoRA r=", o.lora.rank, " on ", job.model(),
+             ", ", o.n_epochs, " epochs, batch ", o.batch_size, ", lr ",
+             o.learning_rate)));
     engine::TrainHooks hooks;
     hooks.on_step = [&](const engine::StepMetrics& m) {
       v1::JobEvent e;
@@ -520,16 +533,19 @@ void Agent::RunAttempt(Attempt* attempt) {
     if (result.ok()) {
       outcome.set_trained_tokens(result->trained_tokens);
       if (result->truncated_examples > 0) {
-        Emit(attempt, Message(absl::StrCat(result->truncated_examples,
-                                           " training examples were longer than ",
-                                           o.max_seq_len, " tokens and were truncated"),
-                              "warn"));
+        Emit(attempt,
+             Message(absl::StrCat(result->truncated_examples,
+                                  " training examples were longer than ",
+                                  o.max_seq_len, " tokens and were truncated"),
+                     "warn"));
       }
       bool uploaded = true;
-      for (const char* name : {"adapter_config.json", "adapter_model.safetensors"}) {
-        uploaded = uploaded &&
-                   UploadResult(attempt, (fs::path(o.output_dir) / name).string(),
-                                name, 0, options_.transfer_patience, &error);
+      for (const char* name :
+           {"adapter_config.json", "adapter_model.safetensors"}) {
+        uploaded =
+            uploaded &&
+            UploadResult(attempt, (fs::path(o.output_dir) / name).string(),
+                         name, 0, options_.transfer_patience, &error);
         if (uploaded) outcome.add_result_files(name);
       }
       if (uploaded) {
@@ -592,13 +608,15 @@ void Agent::Run() {
     grpc::Status st = stream->Finish();
     if (Drained()) break;
     spdlog::warn("lost the stream to lathed at {} ({}); reconnecting within {}",
-                 options_.server, st.error_message(), absl::FormatDuration(backoff));
+                 options_.server, st.error_message(),
+                 absl::FormatDuration(backoff));
     AwaitLathed(absl::Now() + backoff, [this] { return Drained(); });
     backoff = std::min(backoff * 2, absl::Seconds(5));
   }
 }
 
-void Agent::AwaitLathed(absl::Time until, const std::function<bool()>& give_up) {
+void Agent::AwaitLathed(absl::Time until,
+                        const std::function<bool()>& give_up) {
   bool down = channel_->GetState(false) != GRPC_CHANNEL_READY;
   // gRPC's own reconnect backoff grows to 2 minutes while connecting fails
   // and fails calls at once meanwhile: without a reset a worker would sit
