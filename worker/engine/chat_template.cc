@@ -70,7 +70,8 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Detect(
                                                 : nullptr;
   if (name == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "unsupported chat_template in tokenizer_config.json (supported: ",
+        "unsupported chat template (chat_template.jinja or "
+        "tokenizer_config.json's chat_template; supported: ",
         kFamilies, "; the chat_template option can name one); it begins: ",
         template_text.substr(0, 80)));
   }
