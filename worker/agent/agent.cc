@@ -1,14 +1,11 @@
 #include "worker/agent/agent.h"
 
-#include "worker/agent/job_options.h"
-
-#include <algorithm>
+#include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
@@ -16,6 +13,7 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
+#include "worker/agent/attempt_setup.h"
 #include "worker/engine/trainer.h"
 
 namespace lathe::worker {
@@ -27,7 +25,7 @@ struct Agent::Attempt {
   std::thread thread;
   std::atomic<bool> stop{false};
   std::atomic<bool> checkpoint_before_stop{false};
-  std::atomic<bool> superseded{false};  // the server dropped it
+  std::atomic<bool> superseded{false};            // the server dropped it
   std::vector<v1::CheckpointReport> checkpoints;  // not yet acknowledged
   // Guarded by Agent::mu_.
   int64_t next_seq = 1;
@@ -50,7 +48,8 @@ int64_t MemoryBytes() {
   return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
 }
 
-v1::JobEvent Message(const std::string& text, const std::string& level = "info") {
+v1::JobEvent Message(const std::string& text,
+                     const std::string& level = "info") {
   v1::JobEvent e;
   e.set_type("message");
   e.set_level(level);
@@ -85,13 +84,15 @@ absl::StatusOr<std::string> ReceiveToFile(
   Sha256 hash;
   v1::FileChunk chunk;
   while (reader->Read(&chunk)) {
-    out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+    out.write(chunk.data().data(),
+              static_cast<std::streamsize>(chunk.data().size()));
     hash.Update(chunk.data());
   }
   grpc::Status st = reader->Finish();
   out.close();
   if (!st.ok()) return FromGrpcStatus(st);
-  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path.string()));
+  if (!out)
+    return absl::InternalError(absl::StrCat("cannot write ", path.string()));
   return hash.HexDigest();
 }
 
@@ -109,7 +110,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   args.SetMaxReceiveMessageSize(16 << 20);
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
                    MakeChannel(options.server, options.tls, args));
-  return std::unique_ptr<Agent>(new Agent(std::move(options), std::move(channel)));
+  return std::unique_ptr<Agent>(
+      new Agent(std::move(options), std::move(channel)));
 }
 
 Agent::Agent(AgentOptions options, std::shared_ptr<grpc::Channel> channel)
@@ -194,8 +196,7 @@ void Agent::Apply(const v1::WorkerDirective& d) {
                      attempt_->assignment.job_id(), d.stop_reason());
       }
       if (d.superseded()) attempt_->superseded.store(true);
-      if (d.outcome_recorded() ||
-          d.superseded()) {
+      if (d.outcome_recorded() || d.superseded()) {
         finished = std::move(attempt_);
         wake_ = true;  // say "idle" now, not a heartbeat later
       }
@@ -260,12 +261,13 @@ bool Agent::FetchFile(Attempt* attempt, const std::string& file_id,
   r.set_job_id(attempt->assignment.job_id());
   r.set_attempt(attempt->assignment.attempt());
   r.set_file_id(file_id);
-  absl::Status st = Retry(
-      attempt, absl::StrCat("Fetching ", file_id), options_.transfer_patience,
-      [&] {
-        auto ctx = NewContext();
-        return ReceiveToFile(stub_->FetchFile(ctx.get(), r).get(), path).status();
-      });
+  absl::Status st =
+      Retry(attempt, absl::StrCat("Fetching ", file_id),
+            options_.transfer_patience, [&] {
+              auto ctx = NewContext();
+              return ReceiveToFile(stub_->FetchFile(ctx.get(), r).get(), path)
+                  .status();
+            });
   if (!st.ok()) {
     *error = absl::StrCat("fetching ", file_id, ": ", st.message());
     return false;
@@ -304,8 +306,8 @@ bool Agent::FetchCheckpoint(Attempt* attempt, const v1::Checkpoint& checkpoint,
     r.set_attempt(attempt->assignment.attempt());
     r.set_step(checkpoint.step_number());
     r.set_name(f.name());
-    std::string what = absl::StrCat("Fetching checkpoint ",
-                                    checkpoint.step_number(), " file ", f.name());
+    std::string what = absl::StrCat(
+        "Fetching checkpoint ", checkpoint.step_number(), " file ", f.name());
     absl::Status st = Retry(attempt, what, options_.transfer_patience, [&] {
       auto ctx = NewContext();
       auto sha = ReceiveToFile(stub_->FetchCheckpointFile(ctx.get(), r).get(),
@@ -334,15 +336,18 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
   }
   const v1::Model& model = as.model();
   if (model.content_sha256().size() != 64) {
-    *error = absl::StrCat("base model ", as.job().model(), " is not readable at ",
-                          as.model_path(), " and the server sent no file list");
+    *error =
+        absl::StrCat("base model ", as.job().model(), " is not readable at ",
+                     as.model_path(), " and the server sent no file list");
     return false;
   }
-  fs::path cache = fs::path(options_.work_dir) / "models" / model.content_sha256();
+  fs::path cache =
+      fs::path(options_.work_dir) / "models" / model.content_sha256();
   *dir = cache.string();
   if (fs::exists(cache / ".complete", ec)) return true;
-  Emit(attempt, Message(absl::StrCat("Fetching base model ", as.job().model(), " (",
-                                     model.bytes() >> 20, " MiB) from lathed")));
+  Emit(attempt,
+       Message(absl::StrCat("Fetching base model ", as.job().model(), " (",
+                            model.bytes() >> 20, " MiB) from lathed")));
   fs::path tmp = cache.string() + ".part";
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
@@ -351,19 +356,22 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
     r.set_job_id(as.job_id());
     r.set_attempt(as.attempt());
     r.set_name(f.name());
-    std::string what = absl::StrCat("Fetching ", f.name(), " of ", as.job().model());
+    std::string what =
+        absl::StrCat("Fetching ", f.name(), " of ", as.job().model());
     absl::Status st = Retry(attempt, what, options_.transfer_patience, [&] {
       auto ctx = NewContext();
-      auto sha = ReceiveToFile(stub_->FetchModelFile(ctx.get(), r).get(), tmp / f.name());
+      auto sha = ReceiveToFile(stub_->FetchModelFile(ctx.get(), r).get(),
+                               tmp / f.name());
       if (!sha.ok()) return sha.status();
       if (*sha != f.sha256()) {
-        return absl::DataLossError(absl::StrCat("SHA-256 ", *sha, " != ", f.sha256()));
+        return absl::DataLossError(
+            absl::StrCat("SHA-256 ", *sha, " != ", f.sha256()));
       }
       return absl::OkStatus();
     });
     if (!st.ok()) {
-      *error = absl::StrCat("fetching ", f.name(), " of ", as.job().model(), ": ",
-                            st.message());
+      *error = absl::StrCat("fetching ", f.name(), " of ", as.job().model(),
+                            ": ", st.message());
       fs::remove_all(tmp, ec);
       return false;
     }
@@ -372,7 +380,8 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
   fs::remove_all(cache, ec);
   fs::rename(tmp, cache, ec);
   if (ec) {
-    *error = absl::StrCat("caching the model in ", cache.string(), ": ", ec.message());
+    *error = absl::StrCat("caching the model in ", cache.string(), ": ",
+                          ec.message());
     return false;
   }
   return true;
@@ -389,8 +398,8 @@ bool Agent::UploadResult(Attempt* attempt, const std::string& path,
     return false;
   }
   std::string what = checkpoint_step > 0
-                         ? absl::StrCat("Uploading checkpoint ", checkpoint_step,
-                                        " file ", name)
+                         ? absl::StrCat("Uploading checkpoint ",
+                                        checkpoint_step, " file ", name)
                          : absl::StrCat("Uploading ", name);
   absl::Status st = Retry(attempt, what, patience, [&] {
     return UploadOnce(attempt, path, name, size, *sha, checkpoint_step);
@@ -449,21 +458,18 @@ void Agent::RunAttempt(Attempt* attempt) {
     outcome.mutable_error()->set_user_fault(user_fault);
   };
 
-  auto translated = TrainOptionsForJob(job);
+  auto translated = TrainOptionsFor(as, dir.string());
   engine::TrainOptions o = translated.ok() ? *translated : engine::TrainOptions();
-  o.training_file = (dir / "train.jsonl").string();
-  o.output_dir = (dir / "adapter").string();
-  o.checkpoint_dir = (dir / "checkpoints").string();
 
   std::string error;
-  bool fetched = translated.ok() && ResolveModel(attempt, &o.model_dir, &error) &&
-                 FetchFile(attempt, job.training_file(), o.training_file, &error);
-  if (fetched && !job.validation_file().empty()) {
-    o.validation_file = (dir / "valid.jsonl").string();
-    fetched = FetchFile(attempt, job.validation_file(), o.validation_file, &error);
+  bool fetched =
+      translated.ok() && ResolveModel(attempt, &o.model_dir, &error) &&
+      FetchFile(attempt, job.training_file(), o.training_file, &error);
+  if (fetched && !o.validation_file.empty()) {
+    fetched =
+        FetchFile(attempt, job.validation_file(), o.validation_file, &error);
   }
-  if (fetched && as.has_resume_from()) {
-    o.resume_from = (dir / "resume").string();
+  if (fetched && !o.resume_from.empty()) {
     fetched = FetchCheckpoint(attempt, as.resume_from(), o.resume_from, &error);
   }
   if (!translated.ok()) {
@@ -472,16 +478,17 @@ void Agent::RunAttempt(Attempt* attempt) {
   } else if (!fetched) {
     fail("fetch_failed", error, false);
   } else {
-    Emit(attempt, Message(absl::StrCat(
-                      as.has_resume_from()
-                          ? absl::StrCat("Resuming from the checkpoint at step ",
-                                         as.resume_from().step_number(), " on ")
-                          : "Training started on ",
-                      options_.worker_id, ": ",
-                      o.method == "full" ? std::string("full fine-tuning")
-                                         : absl::StrCat("LoRA r=", o.lora.rank),
-                      " on ", job.model(), ", ", o.n_epochs, " epochs, batch ",
-                      o.batch_size, ", lr ", o.learning_rate)));
+    Emit(attempt,
+         Message(absl::StrCat(
+             as.has_resume_from()
+                 ? absl::StrCat("Resuming from the checkpoint at step ",
+                                as.resume_from().step_number(), " on ")
+                 : "Training started on ",
+             options_.worker_id, ": ",
+             o.method == "full" ? std::string("full fine-tuning")
+                                : absl::StrCat("LoRA r=", o.lora.rank),
+             " on ", job.model(), ", ", o.n_epochs, " epochs, batch ",
+             o.batch_size, ", lr ", o.learning_rate)));
     engine::TrainHooks hooks;
     hooks.on_step = [&](const engine::StepMetrics& m) {
       v1::JobEvent e;
@@ -533,32 +540,36 @@ void Agent::RunAttempt(Attempt* attempt) {
     if (result.ok()) {
       outcome.set_trained_tokens(result->trained_tokens);
       if (result->truncated_examples > 0) {
-        Emit(attempt, Message(absl::StrCat(result->truncated_examples,
-                                           " training examples were longer than ",
-                                           o.max_seq_len, " tokens and were truncated"),
-                              "warn"));
+        Emit(attempt,
+             Message(absl::StrCat(result->truncated_examples,
+                                  " training examples were longer than ",
+                                  o.max_seq_len, " tokens and were truncated"),
+                     "warn"));
       }
       // A LoRA job's result is the PEFT adapter; a full fine-tuning job's,
       // the whole model folder the engine wrote.
       std::vector<std::string> names;
       for (const auto& entry : fs::directory_iterator(o.output_dir, ec)) {
-        if (entry.is_regular_file()) names.push_back(entry.path().filename().string());
+        if (entry.is_regular_file()) {
+          names.push_back(entry.path().filename().string());
+        }
       }
       std::sort(names.begin(), names.end());
       bool uploaded = !names.empty();
-      if (!uploaded) error = absl::StrCat("the engine wrote nothing to ", o.output_dir);
+      if (!uploaded) error = "the engine wrote no result files";
       for (const std::string& name : names) {
-        uploaded = uploaded &&
-                   UploadResult(attempt, (fs::path(o.output_dir) / name).string(),
-                                name, 0, options_.transfer_patience, &error);
+        uploaded =
+            uploaded &&
+            UploadResult(attempt, (fs::path(o.output_dir) / name).string(),
+                         name, 0, options_.transfer_patience, &error);
         if (uploaded) outcome.add_result_files(name);
       }
       if (uploaded) {
         outcome.set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
         Emit(attempt, Message(absl::StrCat(o.method == "full" ? "Model" : "Adapter",
-                                           " uploaded (", result->steps, " steps, loss ",
-                                           result->first_loss, " -> ", result->last_loss,
-                                           ")")));
+                                           " uploaded (", result->steps,
+                                           " steps, loss ", result->first_loss,
+                                           " -> ", result->last_loss, ")")));
       } else {
         fail("upload_failed", error, false);
       }
@@ -569,22 +580,10 @@ void Agent::RunAttempt(Attempt* attempt) {
     } else if (absl::IsAborted(result.status())) {
       fail("checkpoint_failed", checkpoint_error, false);
     } else {
-      const absl::Status& st = result.status();
-      std::string message(st.message());
-      if (absl::IsOutOfRange(st)) {
-        fail("nan_loss", message, true);
-        outcome.mutable_error()->set_param(
-            "method.supervised.hyperparameters.learning_rate_multiplier");
-      } else if (absl::IsResourceExhausted(st)) {
-        fail("out_of_memory", message, true);
-        outcome.mutable_error()->set_param(
-            "method.supervised.hyperparameters.batch_size");
-      } else if (absl::IsInvalidArgument(st)) {
-        fail("invalid_training_file", message, true);
-        outcome.mutable_error()->set_param("training_file");
-      } else {
-        fail("training_error", message, false);
-      }
+      spdlog::error("{} attempt {} failed: {}", as.job_id(), as.attempt(),
+                    result.status().ToString());
+      outcome.set_result(v1::AttemptOutcome::RESULT_FAILED);
+      *outcome.mutable_error() = JobErrorFor(result.status());
     }
   }
   fs::remove_all(dir, ec);
@@ -626,13 +625,15 @@ void Agent::Run() {
     grpc::Status st = stream->Finish();
     if (Drained()) break;
     spdlog::warn("lost the stream to lathed at {} ({}); reconnecting within {}",
-                 options_.server, st.error_message(), absl::FormatDuration(backoff));
+                 options_.server, st.error_message(),
+                 absl::FormatDuration(backoff));
     AwaitLathed(absl::Now() + backoff, [this] { return Drained(); });
     backoff = std::min(backoff * 2, absl::Seconds(5));
   }
 }
 
-void Agent::AwaitLathed(absl::Time until, const std::function<bool()>& give_up) {
+void Agent::AwaitLathed(absl::Time until,
+                        const std::function<bool()>& give_up) {
   bool down = channel_->GetState(false) != GRPC_CHANNEL_READY;
   // gRPC's own reconnect backoff grows to 2 minutes while connecting fails
   // and fails calls at once meanwhile: without a reset a worker would sit

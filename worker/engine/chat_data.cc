@@ -120,14 +120,16 @@ absl::StatusOr<ChatTemplate> ChatTemplateFor(const Tokenizer& tokenizer,
                              tokenizer.eos_token(), tokenizer.bos_token());
 }
 
-absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(const std::string& path) {
+absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(const std::string& path,
+                                                      const std::string& name) {
+  const std::string& file = name.empty() ? path : name;
   std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", file));
   std::vector<DataRecord> out;
   std::string text;
   for (int line = 1; std::getline(in, text); ++line) {
     if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = absl::StrCat(path, ":", line);
+    const std::string where = absl::StrCat(file, ": line ", line);
     ASSIGN_OR_RETURN(DataRecord record, ParseLine(text, where));
     record.line = line;
     if (!out.empty() && record.format != out[0].format) {
@@ -139,7 +141,7 @@ absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(const std::string& path) {
     out.push_back(std::move(record));
   }
   if (out.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " holds no example"));
+    return absl::InvalidArgumentError(absl::StrCat(file, " holds no example"));
   }
   return out;
 }
@@ -150,8 +152,8 @@ absl::StatusOr<std::vector<Conversation>> ReadChatJsonl(
   std::vector<Conversation> out;
   for (DataRecord& r : records) {
     if (r.format != DataFormat::kChat) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ":", r.line, ": not a chat (\"messages\") line"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": line ", r.line, ": not a chat (\"messages\") line"));
     }
     out.push_back({std::move(r.messages), r.line});
   }
@@ -217,20 +219,26 @@ absl::StatusOr<Example> TokenizeRecord(const Tokenizer& tokenizer,
 
 absl::StatusOr<Dataset> LoadChatDataset(
     const std::string& path, const Tokenizer& tokenizer,
-    const absl::StatusOr<ChatTemplate>& chat_template, int max_seq_len) {
-  ASSIGN_OR_RETURN(std::vector<DataRecord> records, ReadDataJsonl(path));
+    const absl::StatusOr<ChatTemplate>& chat_template, int max_seq_len,
+    const std::string& name) {
+  const std::string& file = name.empty() ? path : name;
+  ASSIGN_OR_RETURN(std::vector<DataRecord> records, ReadDataJsonl(path, name));
   Dataset dataset;
   for (const DataRecord& record : records) {
     if (record.format == DataFormat::kChat && !chat_template.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ": line ", record.line,
+          absl::StrCat(file, ": line ", record.line,
                        ": chat data needs the model's chat template: ",
                        chat_template.status().message()));
     }
-    ASSIGN_OR_RETURN(Example example,
-                     TokenizeRecord(tokenizer,
-                                    chat_template.ok() ? &*chat_template : nullptr,
-                                    record));
+    absl::StatusOr<Example> tokenized = TokenizeRecord(
+        tokenizer, chat_template.ok() ? &*chat_template : nullptr, record);
+    if (!tokenized.ok()) {
+      return absl::Status(tokenized.status().code(),
+                          absl::StrCat(file, ": line ", record.line, ": ",
+                                       tokenized.status().message()));
+    }
+    Example example = *std::move(tokenized);
     const size_t full_size = example.ids.size();
     if (full_size > static_cast<size_t>(max_seq_len)) {
       example.ids.resize(max_seq_len);
@@ -240,13 +248,14 @@ absl::StatusOr<Dataset> LoadChatDataset(
     if (std::find(example.loss_mask.begin(), example.loss_mask.end(), 1) ==
         example.loss_mask.end()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          path, ":", record.line, ": no token to train on within max_seq_len ",
-          max_seq_len, " (the example has ", full_size, " tokens)"));
+          file, ": line ", record.line,
+          ": no token to train on within max_seq_len ", max_seq_len,
+          " (the example has ", full_size, " tokens)"));
     }
     dataset.examples.push_back(std::move(example));
   }
   if (dataset.truncated > 0) {
-    spdlog::warn("{}: {} of {} examples truncated to max_seq_len {}", path,
+    spdlog::warn("{}: {} of {} examples truncated to max_seq_len {}", file,
                  dataset.truncated, records.size(), max_seq_len);
   }
   return dataset;

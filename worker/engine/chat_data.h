@@ -42,11 +42,13 @@ struct DataRecord {
 };
 
 // Reads a data file (blank lines skipped). INVALID_ARGUMENT naming the file
-// and line for bad JSON, a line of no known format or of another format
-// than the file's first line, a missing/unknown role, non-string content or
-// text, a bad weight or a conversation without an assistant message;
-// NOT_FOUND if unreadable.
-absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(const std::string& path);
+// and line ("<name>: line 2: ...") for bad JSON, a line of no known format
+// or of another format than the file's first line, a missing/unknown role,
+// non-string content or text, a bad weight or a conversation without an
+// assistant message; NOT_FOUND if unreadable. `name` is what errors call the
+// file ("" = its path): a job's file id, where the path is the worker's.
+absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(
+    const std::string& path, const std::string& name = "");
 
 struct Conversation {
   std::vector<ChatMessage> messages;
@@ -95,10 +97,11 @@ struct Dataset {
 // train on prompt/completion or text data. INVALID_ARGUMENT as
 // ReadDataJsonl, naming the first chat line when `chat_template` is an
 // error (with that error), or naming the line of an example left with no
-// target after truncation.
+// target after truncation; `name` as for ReadDataJsonl.
 absl::StatusOr<Dataset> LoadChatDataset(
     const std::string& path, const Tokenizer& tokenizer,
-    const absl::StatusOr<ChatTemplate>& chat_template, int max_seq_len);
+    const absl::StatusOr<ChatTemplate>& chat_template, int max_seq_len,
+    const std::string& name = "");
 
 }  // namespace lathe::engine
 

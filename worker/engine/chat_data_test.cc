@@ -46,18 +46,18 @@ TEST(ReadChatJsonlTest, ReadsMessagesAndSkipsBlankLines) {
 
 TEST(ReadChatJsonlTest, ErrorsNameTheLine) {
   EXPECT_NE(ErrorOf(std::string(kGood) + "\n{oops\n")
-                .find("data.jsonl:2: not a JSON object"),
+                .find("data.jsonl: line 2: not a JSON object"),
             std::string::npos);
-  EXPECT_NE(ErrorOf(R"({"prompt":"x"})").find(":1: field \"completion\""),
+  EXPECT_NE(ErrorOf(R"({"prompt":"x"})").find(": line 1: field \"completion\""),
             std::string::npos);
-  EXPECT_NE(ErrorOf(R"({"messages":"x"})").find(":1: field \"messages\""),
+  EXPECT_NE(ErrorOf(R"({"messages":"x"})").find(": line 1: field \"messages\""),
             std::string::npos);
-  EXPECT_NE(ErrorOf(R"({"text":1})").find(":1: field \"text\""),
+  EXPECT_NE(ErrorOf(R"({"text":1})").find(": line 1: field \"text\""),
             std::string::npos);
   // One format per file.
   EXPECT_NE(
       ErrorOf(std::string(kGood) + "\n" + R"({"prompt":"p","completion":"c"})")
-          .find("data.jsonl:2: a \"prompt\"/\"completion\" example "
+          .find("data.jsonl: line 2: a \"prompt\"/\"completion\" example "
                 "in a file of chat (\"messages\") examples (line 1)"),
       std::string::npos);
   EXPECT_NE(ErrorOf(R"({"messages":[{"role":"bot","content":"x"}]})")
@@ -102,6 +102,39 @@ class ChatDatasetTest : public ::testing::Test {
   std::unique_ptr<ChatTemplate> chat_template_;
 };
 
+// Errors name the file as the caller calls it (a job's file id), never by
+// the path it was read from (a worker's folder).
+TEST_F(ChatDatasetTest, ErrorsNameTheFileByTheGivenName) {
+  testing::TempDir dir;
+  const std::string path = WriteFile(
+      dir, std::string(kGood) +
+               "\n{\"messages\":[{\"role\":\"user\",\"content\":1}]}\n");
+  absl::StatusOr<Dataset> d = LoadChatDataset(
+      path, *tokenizer_, *chat_template_, 64, "training_file file-abc");
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(d.status().message().find("training_file file-abc: line 2: "
+                                      "messages[0]: field \"content\""),
+            0u)
+      << d.status();
+  EXPECT_EQ(d.status().message().find(dir.path()), std::string::npos);
+
+  // Also for lines only the tokenizer or the template refuse, and a file
+  // with no example.
+  const std::string long_path = WriteFile(dir, kGood);
+  d = LoadChatDataset(long_path, *tokenizer_, *chat_template_, 2,
+                      "validation_file file-xyz");
+  EXPECT_EQ(d.status().message().find("validation_file file-xyz: line 1: "), 0u)
+      << d.status();
+  d = LoadChatDataset(long_path, *tokenizer_,
+                      absl::InvalidArgumentError("no template"), 64,
+                      "training_file file-abc");
+  EXPECT_EQ(d.status().message().find("training_file file-abc: line 1: "), 0u)
+      << d.status();
+  d = LoadChatDataset(WriteFile(dir, "\n"), *tokenizer_, *chat_template_, 64,
+                      "training_file file-abc");
+  EXPECT_EQ(d.status().message(), "training_file file-abc holds no example");
+}
+
 TEST_F(ChatDatasetTest, MasksAssistantContentAndTruncates) {
   const std::string train = fixture_ + "/train.jsonl";
   absl::StatusOr<Dataset> full = Load(train, 512);
@@ -120,9 +153,10 @@ TEST_F(ChatDatasetTest, MasksAssistantContentAndTruncates) {
   // Cutting at 12 tokens keeps only the first prompt: refused, naming it.
   absl::StatusOr<Dataset> cut = Load(train, 12);
   EXPECT_EQ(cut.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(cut.status().message().find(
-                "train.jsonl:1: no token to train on within max_seq_len 12"),
-            std::string::npos)
+  EXPECT_NE(
+      cut.status().message().find(
+          "train.jsonl: line 1: no token to train on within max_seq_len 12"),
+      std::string::npos)
       << cut.status();
 
   // A length just past every example's first target keeps them all, and

@@ -58,7 +58,8 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Detect(
   const std::string template_text = Unescape(raw_template);
   if (template_text.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "tokenizer_config.json has no chat_template; chat data needs one (or "
+        "the model has no chat template (neither chat_template.jinja nor "
+        "tokenizer_config.json's chat_template); chat data needs one (or "
         "name a family with the chat_template option: ",
         kFamilies, ")"));
   }
@@ -69,7 +70,8 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Detect(
                                                 : nullptr;
   if (name == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "unsupported chat_template in tokenizer_config.json (supported: ",
+        "unsupported chat template (chat_template.jinja or "
+        "tokenizer_config.json's chat_template; supported: ",
         kFamilies, "; the chat_template option can name one); it begins: ",
         template_text.substr(0, 80)));
   }

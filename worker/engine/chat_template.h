@@ -48,7 +48,7 @@ class ChatTemplate {
  public:
   enum class Family { kZephyr, kLlama3, kChatMl, kMistral };
 
-  // Recognizes `template_text` (tokenizer_config's chat_template).
+  // Recognizes `template_text` (Tokenizer::chat_template()).
   // INVALID_ARGUMENT, naming tokenizer_config.json's chat_template and the
   // `chat_template` option, when it is empty or not one of the families.
   static absl::StatusOr<ChatTemplate> Detect(const std::string& template_text,

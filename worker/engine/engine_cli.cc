@@ -39,13 +39,16 @@ constexpr char kUsage[] =
     "  %1$s train SPEC.json       train a LoRA adapter locally\n"
     "  %1$s make-demo --out DIR   write a tiny demo model and data set\n"
     "  %1$s tokenize --model DIR (--text STR | --chat FILE.jsonl) [-o json]\n"
-    "      [--chat-template NAME] [--mask assistant|last|all]\n"
+    "      [--add-special-tokens] [--chat-template NAME]\n"
+    "      [--mask assistant|last|all]\n"
     "  %1$s score --model DIR [--adapter DIR] --data FILE.jsonl [-o json]\n"
     "      [--logits-out FILE.safetensors] [--chat-template NAME]\n"
     "      [--mask assistant|last|all]\n"
     "  %1$s generate --model DIR [--adapter DIR] (--prompt STR | --chat FILE)\n"
     "      [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n"
     "      [--chat-template NAME]\n"
+    "  --add-special-tokens (with --text) adds what Hugging Face's\n"
+    "  encode(text) adds by default (BOS for Llama 2, Mistral, TinyLlama).\n"
     "  --chat-template names the family (zephyr, llama3, chatml, mistral)\n"
     "  instead of recognizing tokenizer_config.json's chat_template; --mask\n"
     "  picks the chat tokens scored: every assistant turn (default), the\n"
@@ -75,7 +78,8 @@ int TrainCommand(const std::string& spec_path) {
                  {"tokens_per_second", m.tokens_per_second},
                  {"trained_tokens", m.trained_tokens}};
     if (m.validation_loss) line["validation_loss"] = *m.validation_loss;
-    if (m.validation_accuracy) line["validation_accuracy"] = *m.validation_accuracy;
+    if (m.validation_accuracy)
+      line["validation_accuracy"] = *m.validation_accuracy;
     std::cout << line.dump() << std::endl;
   };
   absl::StatusOr<TrainResult> result = Train(*options, hooks);
@@ -93,16 +97,21 @@ int TrainCommand(const std::string& spec_path) {
   return 0;
 }
 
-// "--name value" flags after the subcommand. nullopt (usage error) for a
-// flag not in `known`, a repeated one, or one without a value.
+// Flags that take no value; present means "true".
+const std::vector<std::string> kSwitches = {"--add-special-tokens"};
+
+// "--name value" flags (and switches) after the subcommand. nullopt (usage
+// error) for a flag not in `known`, a repeated one, or one without a value.
 std::optional<std::map<std::string, std::string>> ParseFlags(
     int argc, char** argv, const std::vector<std::string>& known) {
   std::map<std::string, std::string> flags;
-  for (int i = 2; i < argc; i += 2) {
+  for (int i = 2; i < argc; ++i) {
     const std::string name = argv[i];
-    if (i + 1 >= argc ||
+    const bool is_switch =
+        std::find(kSwitches.begin(), kSwitches.end(), name) != kSwitches.end();
+    if ((!is_switch && i + 1 >= argc) ||
         std::find(known.begin(), known.end(), name) == known.end() ||
-        !flags.emplace(name, argv[i + 1]).second) {
+        !flags.emplace(name, is_switch ? "true" : argv[++i]).second) {
       return std::nullopt;
     }
   }
@@ -190,9 +199,18 @@ absl::Status TokenizeCommand(const std::map<std::string, std::string>& flags) {
   if (flags.count("--text") == flags.count("--chat")) {
     return absl::InvalidArgumentError("give one of --text and --chat");
   }
+  const bool add_special_tokens = flags.count("--add-special-tokens") > 0;
+  if (add_special_tokens && !chat.empty()) {
+    return absl::InvalidArgumentError(
+        "--add-special-tokens is for --text (data lines are encoded as "
+        "training encodes them)");
+  }
   if (chat.empty()) {
     ASSIGN_OR_RETURN(TextSetup setup, LoadText(flags, false));
-    ASSIGN_OR_RETURN(Encoding e, setup.tokenizer->Encode(text));
+    ASSIGN_OR_RETURN(Encoding e,
+                     add_special_tokens
+                         ? setup.tokenizer->EncodeWithSpecialTokens(text)
+                         : setup.tokenizer->Encode(text));
     std::cout << Json{{"input_ids", e.ids}}.dump() << std::endl;
     return absl::OkStatus();
   }
@@ -334,8 +352,8 @@ int RunEngineCommand(int argc, char** argv) {
         commands = {
             {"tokenize",
              {TokenizeCommand,
-              {"--model", "--text", "--chat", "-o", "--chat-template",
-               "--mask"}}},
+              {"--model", "--text", "--chat", "-o", "--chat-template", "--mask",
+               "--add-special-tokens"}}},
             {"score",
              {ScoreCommand,
               {"--model", "--adapter", "--data", "-o", "--logits-out",

@@ -3,8 +3,10 @@
 //                       one JSON line per step and a {"summary": ...} line
 //                       on stdout; logs go to stderr
 //   make-demo --out DIR writes the demo model and data (see demo.h)
-//   tokenize            token ids of a text, or of each line of a data file
-//                       (with its rendered chat text and loss mask)
+//   tokenize            token ids of a text (--add-special-tokens: with
+//                       what Hugging Face's encode adds, e.g. BOS), or of
+//                       each line of a data file (with its rendered chat
+//                       text and loss mask)
 //   score               per example: ids, loss mask, log-probs of the actual
 //                       next tokens, mean loss over the mask (score.h);
 //                       --logits-out saves the first example's logits

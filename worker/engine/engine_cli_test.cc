@@ -96,6 +96,39 @@ TEST(EngineCliTest, TokenizeChatReproducesHuggingFace) {
   EXPECT_FALSE(lines[0].contains("rendered"));
 }
 
+// --add-special-tokens: what Hugging Face's encode(text) adds by default,
+// BOS (1) for TinyLlama (add_bos_token), nothing for SmolLM2 (whose
+// tokenizer.json's post-processor adds none).
+TEST(EngineCliTest, TokenizeAddSpecialTokensAddsWhatHuggingFaceAdds) {
+  const std::string fixture = testing::TinyLlamaFixture();
+  LATHE_SKIP_WITHOUT_FIXTURES(fixture);
+  auto tokenize = [](const std::string& model, bool special) {
+    std::vector<std::string> args = {"lathe-worker", "tokenize", "--model",
+                                     model,          "--text",   "Hi</s>"};
+    if (special) args.push_back("--add-special-tokens");
+    std::vector<Json> lines;
+    EXPECT_EQ(RunCliJson(args, &lines), 0);
+    return lines.size() == 1 ? lines[0]["input_ids"] : Json();
+  };
+  const Json plain = tokenize(fixture + "/model", false);
+  ASSERT_TRUE(plain.is_array());
+  Json with_bos = Json::array({1});
+  for (const Json& id : plain) with_bos.push_back(id);
+  EXPECT_EQ(tokenize(fixture + "/model", true), with_bos);
+
+  const std::string smollm2 =
+      std::string(LATHE_FIXTURES_DIR) + "/tokenizers/smollm2";
+  const Json smollm2_plain = tokenize(smollm2, false);
+  ASSERT_TRUE(smollm2_plain.is_array());
+  EXPECT_EQ(tokenize(smollm2, true), smollm2_plain);
+
+  // Not with data files; a switch takes no value.
+  EXPECT_EQ(
+      RunCli({"lathe-worker", "tokenize", "--model", fixture + "/model",
+              "--chat", fixture + "/train.jsonl", "--add-special-tokens"}),
+      1);
+}
+
 TEST(EngineCliTest, ScoreReproducesHuggingFaceLossesAndLogits) {
   const std::string fixture = testing::TinyLlamaFixture();
   LATHE_SKIP_WITHOUT_FIXTURES(fixture);

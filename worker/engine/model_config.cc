@@ -1,5 +1,6 @@
 #include "worker/engine/model_config.h"
 
+#include <cctype>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -142,6 +143,30 @@ absl::Status ParseRopeScaling(const Json& config, const std::string& source,
   return absl::OkStatus();
 }
 
+// Whether `name` is a Hub model id of the form "owner/name": each part of
+// letters, digits, '-', '_' and '.', starting and ending with a letter,
+// digit or '_', with no "--" or ".." (the Hub's rule), the name at most 96
+// characters. A path ("/models/x", "./x", "~/x", "a/b/c") is not.
+bool IsHubId(const std::string& name) {
+  const size_t slash = name.find('/');
+  if (slash == std::string::npos || name.find('/', slash + 1) != name.npos ||
+      name.find("--") != name.npos || name.find("..") != name.npos ||
+      name.size() - slash - 1 > 96) {
+    return false;
+  }
+  auto word = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+  };
+  for (const std::string part :
+       {name.substr(0, slash), name.substr(slash + 1)}) {
+    if (part.empty() || !word(part.front()) || !word(part.back())) return false;
+    for (char c : part) {
+      if (!word(c) && c != '-' && c != '.') return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(const Json& config,
@@ -192,6 +217,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const Json& config,
                    Bool(config, "attention_bias", source, false));
   out.qkv_bias = attention_bias || out.model_type == "qwen2";
   out.o_bias = attention_bias && out.model_type != "qwen2";
+  auto name = config.find("_name_or_path");
+  if (name != config.end() && name->is_string() &&
+      IsHubId(name->get<std::string>())) {
+    out.hub_name = name->get<std::string>();
+  }
   return out;
 }
 

@@ -34,6 +34,11 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool qkv_bias = false;  // attention_bias, or always for qwen2
   bool o_bias = false;    // attention_bias for llama/mistral
+  // The model's Hugging Face Hub id ("TinyLlama/TinyLlama-1.1B-Chat-v1.0"):
+  // "_name_or_path", which transformers wrote into config.json before it
+  // started leaving it out, when that is an "owner/name" id; "" when absent
+  // or a local path (what it holds for a model loaded from a folder).
+  std::string hub_name;
 };
 
 // Parses a config.json document. `source` names the file in errors.

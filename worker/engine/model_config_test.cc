@@ -34,6 +34,28 @@ std::string ErrorOf(const Json& config) {
   return std::string(parsed.status().message());
 }
 
+// config.json's "_name_or_path" is the Hub id when it is one, and nothing
+// when it is a local path (or absent, as transformers now saves it).
+TEST(ModelConfigTest, HubNameIsNameOrPathWhenItIsAHubId) {
+  auto hub_name = [](const Json& value) {
+    Json config = TinyConfig();
+    if (!value.is_null()) config["_name_or_path"] = value;
+    absl::StatusOr<ModelConfig> c = ParseModelConfig(config, "cfg.json");
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? c->hub_name : "error";
+  };
+  EXPECT_EQ(hub_name("TinyLlama/TinyLlama-1.1B-Chat-v1.0"),
+            "TinyLlama/TinyLlama-1.1B-Chat-v1.0");
+  EXPECT_EQ(hub_name("Qwen/Qwen2.5-0.5B"), "Qwen/Qwen2.5-0.5B");
+  EXPECT_EQ(hub_name(Json()), "");
+  for (const char* path :
+       {"/home/me/models/llama", "./out", "out", "~/m/x", "models/a/b",
+        "../x/y", "a/..b", "a/-b", "a/b.", "", "owner/", "/name"}) {
+    EXPECT_EQ(hub_name(path), "") << path;
+  }
+  EXPECT_EQ(hub_name(5), "");
+}
+
 TEST(ModelConfigTest, ParsesFieldsAndDefaults) {
   absl::StatusOr<ModelConfig> c = ParseModelConfig(TinyConfig(), "cfg.json");
   ASSERT_TRUE(c.ok()) << c.status();

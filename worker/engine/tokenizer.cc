@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -23,6 +25,33 @@ std::string TokenText(const Json& value) {
     return value["content"].get<std::string>();
   }
   return "";
+}
+
+// tokenizer_config's special tokens, as written ("text" or {"content": ...}):
+// the *_token fields and the additional_special_tokens list.
+std::vector<Json> SpecialTokenEntries(const Json& config) {
+  std::vector<Json> out;
+  for (const char* field : {"bos_token", "eos_token", "unk_token", "pad_token",
+                            "sep_token", "cls_token", "mask_token"}) {
+    auto it = config.find(field);
+    if (it != config.end() && (it->is_string() || it->is_object())) {
+      out.push_back(*it);
+    }
+  }
+  auto extra = config.find("additional_special_tokens");
+  if (extra != config.end() && extra->is_array()) {
+    for (const Json& t : *extra) {
+      if (t.is_string() || t.is_object()) out.push_back(t);
+    }
+  }
+  return out;
+}
+
+// A boolean field of tokenizer_config, or `fallback` when it is absent or
+// null.
+bool BoolField(const Json& config, const char* field, bool fallback) {
+  auto it = config.find(field);
+  return it == config.end() || it->is_null() ? fallback : it->get<bool>();
 }
 
 bool IsSpace(char c) {
@@ -114,6 +143,18 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadMayThrow(
         tokenizer->added_tokens_.push_back(std::move(token));
       }
     }
+    for (const Json& value : SpecialTokenEntries(config)) {
+      AddedToken token = AddedTokenFromJson(value, -1);
+      token.id = token.content.empty()
+                     ? -1
+                     : tokenizer->spm_->PieceToId(token.content);
+      const bool listed = std::any_of(
+          tokenizer->added_tokens_.begin(), tokenizer->added_tokens_.end(),
+          [&](const AddedToken& t) { return t.content == token.content; });
+      if (token.id < 0 || listed) continue;
+      token.special = true;
+      tokenizer->added_tokens_.push_back(std::move(token));
+    }
   }
   for (const AddedToken& t : tokenizer->added_tokens_) {
     tokenizer->vocab_size_ = std::max(tokenizer->vocab_size_, t.id + 1);
@@ -143,6 +184,35 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadMayThrow(
   tokenizer->pad_id_ = pad.empty() ? -1 : tokenizer->TokenToId(pad);
   if (tokenizer->pad_id_ < 0) tokenizer->pad_id_ = tokenizer->eos_id_;
 
+  // What encode(text) adds (see EncodeWithSpecialTokens).
+  if (config.contains("add_bos_token") || config.contains("add_eos_token") ||
+      tokenizer->json_ == nullptr) {
+    SpecialTokens special;
+    if (BoolField(config, "add_bos_token", true) && tokenizer->bos_id_ >= 0) {
+      special.prefix.push_back(tokenizer->bos_id_);
+    }
+    if (BoolField(config, "add_eos_token", false)) {
+      special.suffix.push_back(tokenizer->eos_id_);
+    }
+    tokenizer->special_tokens_ = std::move(special);
+  } else {
+    tokenizer->special_tokens_ = tokenizer->json_->post_processor();
+  }
+
+  // transformers reads chat_template.jinja in preference to the config's
+  // "chat_template" (the layout it saves since it moved templates out of
+  // tokenizer_config.json).
+  const std::string jinja_path = model_dir + "/chat_template.jinja";
+  if (std::filesystem::exists(jinja_path)) {
+    std::ifstream in(jinja_path, std::ios::binary);
+    std::stringstream text;
+    text << in.rdbuf();
+    if (!in) {
+      return absl::NotFoundError(absl::StrCat("cannot read ", jinja_path));
+    }
+    tokenizer->chat_template_ = text.str();
+    return tokenizer;
+  }
   auto chat_template = config.find("chat_template");
   if (chat_template != config.end() && chat_template->is_string()) {
     tokenizer->chat_template_ = chat_template->get<std::string>();
@@ -218,6 +288,24 @@ absl::StatusOr<Encoding> Tokenizer::Encode(std::string_view text) const {
     out.ids.push_back(m.token->id);
     out.ranges.emplace_back(m.begin, m.end);
     pos = m.end;
+  }
+  return out;
+}
+
+absl::StatusOr<Encoding> Tokenizer::EncodeWithSpecialTokens(
+    std::string_view text) const {
+  RETURN_IF_ERROR(special_tokens_.status());
+  ASSIGN_OR_RETURN(Encoding body, Encode(text));
+  Encoding out;
+  for (int32_t id : special_tokens_->prefix) {
+    out.ids.push_back(id);
+    out.ranges.emplace_back(0, 0);
+  }
+  out.ids.insert(out.ids.end(), body.ids.begin(), body.ids.end());
+  out.ranges.insert(out.ranges.end(), body.ranges.begin(), body.ranges.end());
+  for (int32_t id : special_tokens_->suffix) {
+    out.ids.push_back(id);
+    out.ranges.emplace_back(text.size(), text.size());
   }
   return out;
 }

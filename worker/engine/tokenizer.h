@@ -3,16 +3,20 @@
 //
 // The tokenizer is `tokenizer.json` when the folder has one (BPE, byte-level
 // or SentencePiece-style, see tokenizer_json.h), else the SentencePiece
-// `tokenizer.model`; `tokenizer_config.json` gives the special tokens and
-// the chat template.
+// `tokenizer.model`; `tokenizer_config.json` gives the special tokens, and
+// the chat template unless the folder has `chat_template.jinja`, which takes
+// precedence over the config's "chat_template" as in transformers.
 //
-// Added tokens (tokenizer.json's "added_tokens", or tokenizer_config's
-// "added_tokens_decoder" for tokenizer.model) are matched inside the raw
-// text, leftmost then longest, honouring lstrip / rstrip / single_word; the
-// text between them is encoded segment by segment, as Hugging Face does.
-// Added tokens flagged "normalized" are matched on the raw text too (the
-// same text for the models this engine supports, whose added tokens are
-// ASCII).
+// Added tokens are matched inside the raw text, leftmost then longest,
+// honouring lstrip / rstrip / single_word; the text between them is encoded
+// segment by segment, as Hugging Face does. They are tokenizer.json's
+// "added_tokens"; for tokenizer.model, tokenizer_config's
+// "added_tokens_decoder" plus its special tokens (bos/eos/unk/pad/sep/cls/
+// mask_token and additional_special_tokens) that are SentencePiece pieces,
+// as Hugging Face's slow tokenizer adds them all: SentencePiece alone would
+// split "</s>" written in the text into "</", "s", ">". Added tokens flagged
+// "normalized" are matched on the raw text too (the same text for the models
+// this engine supports, whose added tokens are ASCII).
 #ifndef LATHE_WORKER_ENGINE_TOKENIZER_H_
 #define LATHE_WORKER_ENGINE_TOKENIZER_H_
 
@@ -59,6 +63,15 @@ class Tokenizer {
   // fallback nor unk_token).
   absl::StatusOr<Encoding> Encode(std::string_view text) const;
 
+  // Encode, with the special tokens Hugging Face's encode(text) adds by
+  // default (add_special_tokens=True) around the text's tokens; their byte
+  // ranges are empty, at the text's start / end. What is added:
+  // tokenizer_config's add_bos_token / add_eos_token when it sets either
+  // (defaults true / false, as LlamaTokenizer's), else tokenizer.json's
+  // post_processor, else (tokenizer.model) BOS. Errors as Encode, and
+  // INVALID_ARGUMENT for a post_processor this engine cannot read.
+  absl::StatusOr<Encoding> EncodeWithSpecialTokens(std::string_view text) const;
+
   // The text of `ids`, special tokens included, as Hugging Face's
   // decode(ids) (invalid UTF-8 becomes U+FFFD). INVALID_ARGUMENT for an id
   // outside the vocabulary.
@@ -77,7 +90,8 @@ class Tokenizer {
   const std::string& eos_token() const { return eos_token_; }
   // "" when the config sets none.
   const std::string& bos_token() const { return bos_token_; }
-  // tokenizer_config's "chat_template" ("" when absent).
+  // chat_template.jinja's text when the folder has one, else
+  // tokenizer_config's "chat_template" ("" when neither).
   const std::string& chat_template() const { return chat_template_; }
   // True when the text came from tokenizer.json.
   bool from_tokenizer_json() const { return json_ != nullptr; }
@@ -109,6 +123,7 @@ class Tokenizer {
   int32_t eos_id_ = 0;
   int32_t bos_id_ = -1;
   int32_t pad_id_ = 0;
+  absl::StatusOr<SpecialTokens> special_tokens_ = SpecialTokens{};
   std::string eos_token_;
   std::string bos_token_;
   std::string chat_template_;

@@ -184,6 +184,50 @@ std::vector<std::string> RunStep(const DecodeStep& step,
   return out;
 }
 
+// Adds what the post-processor `p` puts around a single sequence to *out.
+absl::Status ParsePostProcessor(const Json& p, SpecialTokens* out) {
+  if (p.is_null()) return absl::OkStatus();
+  const std::string type = p.value("type", "");
+  if (type == "ByteLevel") return absl::OkStatus();  // offsets only
+  if (type == "Sequence") {
+    for (const Json& step : p.value("processors", Json::array())) {
+      RETURN_IF_ERROR(ParsePostProcessor(step, out));
+    }
+    return absl::OkStatus();
+  }
+  if (type != "TemplateProcessing") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("post_processor type \"", type,
+                     "\" is not supported (supported: TemplateProcessing, "
+                     "ByteLevel, Sequence)"));
+  }
+  const Json specials = p.value("special_tokens", Json::object());
+  bool after_text = false;
+  for (const Json& piece : p.value("single", Json::array())) {
+    if (piece.contains("Sequence")) {
+      after_text = true;
+      continue;
+    }
+    const std::string name = piece.at("SpecialToken").at("id");
+    auto special = specials.find(name);
+    if (special == specials.end() || !special->contains("ids")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "post_processor: special token \"", name, "\" has no ids"));
+    }
+    for (const Json& id : special->at("ids")) {
+      const int64_t value = id.get<int64_t>();
+      if (value < 0 || value >= kMaxTokenIds) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("post_processor: special token \"", name,
+                         "\" has an id outside [0, ", kMaxTokenIds, ")"));
+      }
+      (after_text ? out->suffix : out->prefix)
+          .push_back(static_cast<int32_t>(value));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TokenizerJson>> TokenizerJson::Load(
@@ -237,6 +281,14 @@ absl::StatusOr<std::unique_ptr<TokenizerJson>> TokenizerJson::FromJson(
                        kMaxTokenIds, " and a content"));
     }
     out->added_.push_back(AddedTokenFromJson(t, t["id"].get<int32_t>()));
+  }
+  SpecialTokens special;
+  absl::Status post =
+      ParsePostProcessor(json.value("post_processor", Json()), &special);
+  if (post.ok()) {
+    out->post_processor_ = std::move(special);
+  } else {
+    out->post_processor_ = where(post);
   }
   return out;
 }

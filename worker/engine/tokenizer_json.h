@@ -38,6 +38,13 @@ struct AddedToken {
 // Reads an added token's flags from `json` ({"content": ..., "lstrip": ...}).
 AddedToken AddedTokenFromJson(const nlohmann::json& json, int32_t id);
 
+// The ids Hugging Face's encode(text) (add_special_tokens=True) puts around
+// the text's own tokens.
+struct SpecialTokens {
+  std::vector<int32_t> prefix;  // e.g. {1}: BOS
+  std::vector<int32_t> suffix;  // e.g. {} or {2}: EOS
+};
+
 // Immutable after Load; thread-safe.
 class TokenizerJson {
  public:
@@ -58,6 +65,14 @@ class TokenizerJson {
   std::string Decode(const std::vector<std::string>& tokens) const;
 
   const std::vector<AddedToken>& added_tokens() const { return added_; }
+  // What the "post_processor" adds around a single text: a
+  // TemplateProcessing's "single" template, nothing for ByteLevel or none,
+  // a Sequence of those combined. INVALID_ARGUMENT naming the file and the
+  // type for another post-processor (which Load accepts: only encoding with
+  // special tokens needs it).
+  const absl::StatusOr<SpecialTokens>& post_processor() const {
+    return post_processor_;
+  }
   const BpeModel& model() const { return *model_; }
 
   struct DecodeStep;
@@ -75,6 +90,7 @@ class TokenizerJson {
   std::unique_ptr<BpeModel> model_;
   std::vector<std::shared_ptr<const DecodeStep>> decoder_;
   std::vector<AddedToken> added_;
+  absl::StatusOr<SpecialTokens> post_processor_ = SpecialTokens{};
 };
 
 }  // namespace lathe::engine

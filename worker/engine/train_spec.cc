@@ -66,6 +66,8 @@ absl::StatusOr<TrainOptions> ParseTrainSpec(const Json& spec,
                               "base_model_name",
                               "training_file",
                               "validation_file",
+                              "training_file_name",
+                              "validation_file_name",
                               "method",
                               "output_dir",
                               "merge_output_dir",
@@ -91,6 +93,8 @@ absl::StatusOr<TrainOptions> ParseTrainSpec(const Json& spec,
   RETURN_IF_ERROR(Read(spec, "base_model_name", &o.base_model_name));
   RETURN_IF_ERROR(Read(spec, "training_file", &o.training_file));
   RETURN_IF_ERROR(Read(spec, "validation_file", &o.validation_file));
+  RETURN_IF_ERROR(Read(spec, "training_file_name", &o.training_file_name));
+  RETURN_IF_ERROR(Read(spec, "validation_file_name", &o.validation_file_name));
   RETURN_IF_ERROR(Read(spec, "method", &o.method));
   RETURN_IF_ERROR(Read(spec, "output_dir", &o.output_dir));
   RETURN_IF_ERROR(Read(spec, "merge_output_dir", &o.merge_output_dir));
@@ -140,6 +144,8 @@ Json TrainSpecJson(const TrainOptions& o) {
       {"base_model_name", o.base_model_name},
       {"training_file", o.training_file},
       {"validation_file", o.validation_file},
+      {"training_file_name", o.training_file_name},
+      {"validation_file_name", o.validation_file_name},
       {"method", o.method},
       {"output_dir", o.output_dir},
       {"merge_output_dir", o.merge_output_dir},

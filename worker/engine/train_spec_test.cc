@@ -47,6 +47,8 @@ TEST(TrainSpecTest, RoundTripsThroughJson) {
   options.checkpoint_dir = "/ckpt";
   options.resume_from = "/ckpt/step-50";
   options.merge_output_dir = "/merged";
+  options.training_file_name = "training_file file-abc";
+  options.validation_file_name = "validation_file file-xyz";
   absl::StatusOr<TrainOptions> back =
       ParseTrainSpec(TrainSpecJson(options), "/");
   ASSERT_TRUE(back.ok()) << back.status();

@@ -3,8 +3,8 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -12,6 +12,7 @@
 #include <random>
 #include <sstream>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
@@ -29,6 +30,20 @@ namespace lathe::engine {
 namespace {
 
 using Json = nlohmann::json;
+
+// The payload that marks an error as bad data in one of the files.
+constexpr char kDataErrorFieldUrl[] = "type.lathe/engine.DataErrorField";
+
+absl::Status WithDataErrorField(absl::Status status, const char* field) {
+  status.SetPayload(kDataErrorFieldUrl, absl::Cord(field));
+  return status;
+}
+
+// adapter_config.json's base_model_name_or_path (see TrainOptions).
+std::string AdapterBaseName(const TrainOptions& o, const LlamaModel& model) {
+  if (!model.config().hub_name.empty()) return model.config().hub_name;
+  return o.base_model_name.empty() ? o.model_dir : o.base_model_name;
+}
 
 absl::Status ValidateOptions(const TrainOptions& o) {
   auto invalid = [](const std::string& field, const std::string& rule) {
@@ -132,17 +147,19 @@ absl::StatusOr<Setup> SetUp(const TrainOptions& o) {
   // An unknown template is an error only if the data holds chat lines.
   const absl::StatusOr<ChatTemplate> chat_template =
       ChatTemplateFor(*setup.tokenizer, o.chat_template);
-  ASSIGN_OR_RETURN(setup.train,
-                   LoadChatDataset(o.training_file, *setup.tokenizer,
-                                   chat_template, o.max_seq_len));
-  if (setup.train.examples.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(o.training_file, " holds no examples"));
-  }
+  absl::StatusOr<Dataset> train =
+      LoadChatDataset(o.training_file, *setup.tokenizer, chat_template,
+                      o.max_seq_len, o.training_file_name);
+  if (!train.ok()) return WithDataErrorField(train.status(), "training_file");
+  setup.train = *std::move(train);
   if (!o.validation_file.empty()) {
-    ASSIGN_OR_RETURN(setup.valid,
-                     LoadChatDataset(o.validation_file, *setup.tokenizer,
-                                     chat_template, o.max_seq_len));
+    absl::StatusOr<Dataset> valid =
+        LoadChatDataset(o.validation_file, *setup.tokenizer, chat_template,
+                        o.max_seq_len, o.validation_file_name);
+    if (!valid.ok()) {
+      return WithDataErrorField(valid.status(), "validation_file");
+    }
+    setup.valid = *std::move(valid);
   }
   torch::manual_seed(o.seed);
   if (o.method == "lora") {
@@ -305,9 +322,8 @@ absl::StatusOr<CheckpointInfo> SaveCheckpoint(
         absl::StrCat("cannot create ", temp, ": ", error.message()));
   }
   if (o.method == "lora") {
-    RETURN_IF_ERROR(SaveAdapter(
-        model, o.lora,
-        o.base_model_name.empty() ? o.model_dir : o.base_model_name, temp));
+    RETURN_IF_ERROR(
+        SaveAdapter(model, o.lora, AdapterBaseName(o, model), temp));
   } else {
     // float32 whatever the source dtype, so that resuming is exact.
     RETURN_IF_ERROR(SaveModelFolder(model, o.model_dir, temp, torch::kFloat32));
@@ -414,9 +430,7 @@ absl::Status Export(const TrainOptions& o, const LlamaModel& model) {
     return SaveModelFolder(model, o.model_dir, o.output_dir, dtype);
   }
   RETURN_IF_ERROR(
-      SaveAdapter(model, o.lora,
-                  o.base_model_name.empty() ? o.model_dir : o.base_model_name,
-                  o.output_dir));
+      SaveAdapter(model, o.lora, AdapterBaseName(o, model), o.output_dir));
   if (o.merge_output_dir.empty()) return absl::OkStatus();
   return SaveModelFolder(model, o.model_dir, o.merge_output_dir, dtype);
 }
@@ -500,7 +514,8 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o,
       batches.push_back(MakeBatch(examples, indices, pad_id));
       tokens += batches.back().tokens;
     }
-    RETURN_IF_ERROR(OptimizerStep(model, optimizer, batches, o.max_grad_norm, m));
+    RETURN_IF_ERROR(
+        OptimizerStep(model, optimizer, batches, o.max_grad_norm, m));
     const std::chrono::duration<double> seconds =
         std::chrono::steady_clock::now() - start;
     m.tokens_per_second = tokens / std::max(seconds.count(), 1e-9);
@@ -556,6 +571,11 @@ absl::StatusOr<TrainResult> Train(const TrainOptions& options,
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("training failed: ", e.what()));
   }
+}
+
+std::string DataErrorField(const absl::Status& status) {
+  absl::optional<absl::Cord> field = status.GetPayload(kDataErrorFieldUrl);
+  return field.has_value() ? std::string(*field) : "";
 }
 
 }  // namespace lathe::engine

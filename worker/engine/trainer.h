@@ -28,11 +28,18 @@ struct LoraOptions {
 };
 
 struct TrainOptions {
-  std::string model_dir;        // Hugging Face folder: config.json,
-                                // model.safetensors, tokenizer
-  std::string base_model_name;  // written as base_model_name_or_path
+  std::string model_dir;  // Hugging Face folder: config.json,
+                          // model.safetensors, tokenizer
+  // adapter_config.json's base_model_name_or_path when config.json names
+  // no Hugging Face model (ModelConfig::hub_name); "" = model_dir.
+  std::string base_model_name;
   std::string training_file;    // chat JSONL
   std::string validation_file;  // optional chat JSONL ("" = none)
+  // What errors call the two files ("" = their paths): a worker gives the
+  // job's file ids ("training_file file-abc"), so that no path of its own
+  // reaches the job's owner.
+  std::string training_file_name;
+  std::string validation_file_name;
   // "lora": a PEFT adapter is written to output_dir. "full": every weight
   // is trained and output_dir receives a model folder in model_dir's layout
   // (config and tokenizer files copied, model.safetensors in its dtype).
@@ -119,8 +126,9 @@ struct TrainHooks {
 // the uninterrupted run would have (same weights, losses, data order and
 // dropout masks).
 //
-// Errors: INVALID_ARGUMENT for bad options or data (naming the field or the
-// line), NOT_FOUND / DATA_LOSS for unreadable model or checkpoint files,
+// Errors: INVALID_ARGUMENT for bad options or data (naming the field, or
+// the file by its *_file_name and the line, with DataErrorField() set),
+// NOT_FOUND / DATA_LOSS for unreadable model or checkpoint files,
 // FAILED_PRECONDITION when resume_from was written with different options
 // (naming the option) or a checkpoint is requested without checkpoint_dir,
 // CANCELLED after kCancel, ABORTED ("stopped at step N after checkpointing")
@@ -130,6 +138,10 @@ struct TrainHooks {
 // failures.
 absl::StatusOr<TrainResult> Train(const TrainOptions& options,
                                   const TrainHooks& hooks);
+
+// The option whose file an error of Train is about: "training_file" or
+// "validation_file" for bad data in that file, "" for any other error.
+std::string DataErrorField(const absl::Status& status);
 
 }  // namespace lathe::engine
 

@@ -192,6 +192,48 @@ TEST_F(TrainerTest, LossFallsAndAdapterIsExportedInPeftLayout) {
       1e-3);
 }
 
+// adapter_config.json names the base by its Hugging Face id when the model
+// folder's config.json gives one ("_name_or_path"), so that PEFT can load
+// it; else by base_model_name (a lathed model name), as before. The
+// checkpoints' adapters too.
+TEST_F(TrainerTest, AdapterNamesTheBaseByItsHuggingFaceName) {
+  auto base_name = [&](const nlohmann::json& name_or_path) {
+    testing::TempDir dir;
+    std::filesystem::copy(demo_->path() + "/model", dir.path() + "/model");
+    absl::StatusOr<nlohmann::json> config =
+        ReadJsonFile(dir.path() + "/model/config.json");
+    EXPECT_TRUE(config.ok()) << config.status();
+    (*config)["_name_or_path"] = name_or_path;
+    std::ofstream(dir.path() + "/model/config.json") << config->dump();
+    std::ifstream in(demo_->path() + "/train.jsonl");
+    std::ofstream train(dir.path() + "/train.jsonl");
+    std::string line;
+    for (int i = 0; i < 4 && std::getline(in, line); ++i) train << line << "\n";
+    train.close();
+    TrainOptions options = DemoOptions(dir.path() + "/out");
+    options.model_dir = dir.path() + "/model";
+    options.training_file = dir.path() + "/train.jsonl";
+    options.validation_file = "";
+    options.n_epochs = 1;
+    options.checkpoint_every = 1;
+    options.checkpoint_dir = dir.path() + "/checkpoints";
+    EXPECT_TRUE(Train(options, {}).ok());
+    absl::StatusOr<nlohmann::json> adapter =
+        ReadJsonFile(dir.path() + "/out/adapter_config.json");
+    absl::StatusOr<nlohmann::json> checkpoint =
+        ReadJsonFile(dir.path() + "/checkpoints/step-1/adapter_config.json");
+    EXPECT_TRUE(adapter.ok() && checkpoint.ok());
+    if (!adapter.ok() || !checkpoint.ok()) return std::string();
+    EXPECT_EQ((*checkpoint)["base_model_name_or_path"],
+              (*adapter)["base_model_name_or_path"]);
+    return (*adapter)["base_model_name_or_path"].get<std::string>();
+  };
+  EXPECT_EQ(base_name("TinyLlama/TinyLlama-1.1B-Chat-v1.0"),
+            "TinyLlama/TinyLlama-1.1B-Chat-v1.0");
+  // A local path is no name PEFT can load: base_model_name instead.
+  EXPECT_EQ(base_name("/home/me/models/tinyllama"), "lathe-demo-tiny-llama");
+}
+
 TEST_F(TrainerTest, SameSeedGivesSameLossCurve) {
   testing::TempDir out;
   TrainOptions options = DemoOptions(out.path());
@@ -231,10 +273,11 @@ TEST_F(TrainerTest, DivergingLossStopsWithNanLossNamingTheStep) {
   int steps = 0;
   absl::StatusOr<TrainResult> result =
       Train(options, {.on_step = [&](const StepMetrics&) { ++steps; }});
-  ASSERT_EQ(result.status().code(), absl::StatusCode::kOutOfRange) << result.status();
-  EXPECT_NE(result.status().message().find("nan_loss"), absl::string_view::npos);
-  EXPECT_NE(result.status().message().find(
-                absl::StrCat("at step ", steps + 1)),
+  ASSERT_EQ(result.status().code(), absl::StatusCode::kOutOfRange)
+      << result.status();
+  EXPECT_NE(result.status().message().find("nan_loss"),
+            absl::string_view::npos);
+  EXPECT_NE(result.status().message().find(absl::StrCat("at step ", steps + 1)),
             absl::string_view::npos)
       << result.status();
   EXPECT_FALSE(std::filesystem::exists(options.output_dir));
@@ -262,7 +305,8 @@ TEST_F(TrainerTest, BadOptionsAndFilesAreReported) {
   options.training_file = options.model_dir + "/config.json";
   result = Train(options, {});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(result.status().message().find("config.json:1"), std::string::npos)
+  EXPECT_NE(result.status().message().find("config.json: line 1"),
+            std::string::npos)
       << result.status();
 }
 

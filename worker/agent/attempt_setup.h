@@ -1,0 +1,44 @@
+// The engine side of an assigned attempt: the TrainOptions the agent runs it
+// with, and the JobError its failure is reported as. No I/O.
+//
+// A job's owner sees the error, so it names the job's own things (its file
+// ids, its hyperparameters) and never the worker's: a data error reads
+// "training_file file-abc: line 2: messages[1]: field \"content\" must be a
+// string", not ".../attempt-1/train.jsonl:2: ...".
+#ifndef LATHE_WORKER_AGENT_ATTEMPT_SETUP_H_
+#define LATHE_WORKER_AGENT_ATTEMPT_SETUP_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "lathe/v1/worker.pb.h"
+#include "worker/engine/trainer.h"
+
+namespace lathe::worker {
+
+// The options for `assignment`: its job's settings (TrainOptionsForJob,
+// whose errors it returns), with its files in `dir` (the attempt's
+// folder): training_file dir/train.jsonl, validation_file dir/valid.jsonl
+// when the job has one, resume_from dir/resume when it resumes, the result
+// and checkpoints under dir. Errors name the files by the job's file ids
+// ("training_file file-abc"). model_dir is the caller's to set.
+absl::StatusOr<engine::TrainOptions> TrainOptionsFor(const v1::Assignment& assignment,
+                                                     const std::string& dir);
+
+// The error a failed engine::Train (`status`: not OK, CANCELLED or ABORTED)
+// is reported as:
+//   bad data in a file (engine::DataErrorField)  invalid_training_file /
+//                                                invalid_validation_file,
+//                                                param that field, the
+//                                                engine's message
+//   OUT_OF_RANGE        nan_loss, param learning_rate_multiplier
+//   RESOURCE_EXHAUSTED  out_of_memory, param batch_size
+//   anything else       training_error, a platform fault, whose details
+//                       (paths of the worker, of the model) stay in the
+//                       worker's log: the message says only its code.
+v1::JobError JobErrorFor(const absl::Status& status);
+
+}  // namespace lathe::worker
+
+#endif  // LATHE_WORKER_AGENT_ATTEMPT_SETUP_H_

@@ -1,0 +1,145 @@
+#include "worker/agent/attempt_setup.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "worker/engine/demo.h"
+#include "worker/engine/test_util.h"
+
+namespace lathe::worker {
+namespace {
+
+namespace fs = std::filesystem;
+
+v1::Assignment DemoAssignment() {
+  v1::Assignment as;
+  as.set_job_id("ftjob-1");
+  as.set_attempt(1);
+  v1::Job* job = as.mutable_job();
+  job->set_model("demo");
+  job->set_training_file("file-abc");
+  job->set_seed(7);
+  job->set_adapter(v1::ADAPTER_TYPE_LORA);
+  auto* hp =
+      job->mutable_method()->mutable_supervised()->mutable_hyperparameters();
+  hp->set_n_epochs(1);
+  hp->set_batch_size(2);
+  hp->set_learning_rate(1e-3);
+  hp->set_lr_scheduler(v1::LR_SCHEDULER_LINEAR);
+  hp->set_gradient_accumulation_steps(1);
+  hp->set_max_seq_len(512);
+  hp->set_max_grad_norm(1);
+  job->mutable_lora()->set_rank(4);
+  job->mutable_lora()->set_alpha(8);
+  job->mutable_lora()->add_target_modules("q_proj");
+  return as;
+}
+
+constexpr char kGoodLine[] =
+    R"({"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]})";
+constexpr char kBadLine[] =
+    R"({"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":5}]})";
+
+TEST(AttemptSetupTest, OptionsKeepFilesInTheAttemptFolderAndNameThemById) {
+  v1::Assignment as = DemoAssignment();
+  as.mutable_job()->set_validation_file("file-xyz");
+  as.mutable_resume_from()->set_step_number(3);
+  as.mutable_job()->mutable_method()->mutable_supervised()->mutable_hyperparameters()
+      ->set_checkpoint_every_steps(5);
+  const engine::TrainOptions o = *TrainOptionsFor(as, "/w/ftjob-1/attempt-1");
+  EXPECT_EQ(o.training_file, "/w/ftjob-1/attempt-1/train.jsonl");
+  EXPECT_EQ(o.training_file_name, "training_file file-abc");
+  EXPECT_EQ(o.validation_file, "/w/ftjob-1/attempt-1/valid.jsonl");
+  EXPECT_EQ(o.validation_file_name, "validation_file file-xyz");
+  EXPECT_EQ(o.resume_from, "/w/ftjob-1/attempt-1/resume");
+  EXPECT_EQ(o.output_dir, "/w/ftjob-1/attempt-1/adapter");
+  EXPECT_EQ(o.checkpoint_dir, "/w/ftjob-1/attempt-1/checkpoints");
+  EXPECT_EQ(o.checkpoint_every, 5);
+  EXPECT_EQ(o.base_model_name, "demo");
+  EXPECT_EQ(o.n_epochs, 1);
+  EXPECT_EQ(o.batch_size, 2);
+  EXPECT_EQ(o.learning_rate, 1e-3);
+  EXPECT_EQ(o.seed, 7u);
+  EXPECT_EQ(o.lora.rank, 4);
+  EXPECT_EQ(o.lora.target_modules, std::vector<std::string>{"q_proj"});
+
+  const engine::TrainOptions fresh = *TrainOptionsFor(DemoAssignment(), "/w");
+  EXPECT_EQ(fresh.validation_file, "");
+  EXPECT_EQ(fresh.validation_file_name, "");
+  EXPECT_EQ(fresh.resume_from, "");
+}
+
+// The engine run as the agent runs it, on data the engine refuses: the job
+// error names the job's file id and the line, and no path of the worker.
+TEST(AttemptSetupTest, BadDataIsReportedByFileIdAndLineWithoutWorkerPaths) {
+  engine::testing::TempDir demo;
+  ASSERT_TRUE(engine::MakeDemo(demo.path()).ok());
+  engine::testing::TempDir attempt;
+  v1::Assignment as = DemoAssignment();
+  as.mutable_job()->set_validation_file("file-xyz");
+  engine::TrainOptions o = *TrainOptionsFor(as, attempt.path());
+  o.model_dir = demo.path() + "/model";
+
+  std::ofstream(o.training_file) << kGoodLine << "\n" << kBadLine << "\n";
+  std::ofstream(o.validation_file) << kGoodLine << "\n";
+  absl::StatusOr<engine::TrainResult> result = engine::Train(o, {});
+  ASSERT_FALSE(result.ok());
+  v1::JobError error = JobErrorFor(result.status());
+  EXPECT_EQ(error.code(), "invalid_training_file");
+  EXPECT_EQ(error.param(), "training_file");
+  EXPECT_TRUE(error.user_fault());
+  EXPECT_EQ(error.message(),
+            "training_file file-abc: line 2: messages[1]: field \"content\" "
+            "must be a string");
+
+  // The validation file is named as such (not blamed on training_file).
+  std::ofstream(o.training_file) << kGoodLine << "\n";
+  std::ofstream(o.validation_file) << "\n"
+                                   << "\n"
+                                   << "{oops\n";
+  result = engine::Train(o, {});
+  ASSERT_FALSE(result.ok());
+  error = JobErrorFor(result.status());
+  EXPECT_EQ(error.code(), "invalid_validation_file");
+  EXPECT_EQ(error.param(), "validation_file");
+  EXPECT_EQ(error.message(),
+            "validation_file file-xyz: line 3: not a JSON object");
+
+  // A platform fault (here the model folder is gone) keeps its details,
+  // paths included, for the worker's log.
+  o.model_dir = attempt.path() + "/no-model";
+  result = engine::Train(o, {});
+  ASSERT_FALSE(result.ok());
+  ASSERT_NE(result.status().message().find(attempt.path()), std::string::npos);
+  error = JobErrorFor(result.status());
+  EXPECT_EQ(error.code(), "training_error");
+  EXPECT_FALSE(error.user_fault());
+  EXPECT_EQ(error.message().find(attempt.path()), std::string::npos)
+      << error.message();
+}
+
+TEST(AttemptSetupTest, LossAndMemoryErrorsNameTheHyperparameter) {
+  v1::JobError nan = JobErrorFor(absl::OutOfRangeError("nan_loss: step 3"));
+  EXPECT_EQ(nan.code(), "nan_loss");
+  EXPECT_EQ(nan.message(), "nan_loss: step 3");
+  EXPECT_EQ(nan.param(),
+            "method.supervised.hyperparameters.learning_rate_multiplier");
+  EXPECT_TRUE(nan.user_fault());
+  v1::JobError oom =
+      JobErrorFor(absl::ResourceExhaustedError("out_of_memory: smaller"));
+  EXPECT_EQ(oom.code(), "out_of_memory");
+  EXPECT_EQ(oom.param(), "method.supervised.hyperparameters.batch_size");
+  EXPECT_TRUE(oom.user_fault());
+  // INVALID_ARGUMENT about no data file (a model the engine refuses): the
+  // platform's, not the training file's.
+  v1::JobError model = JobErrorFor(
+      absl::InvalidArgumentError("/models/x/tokenizer_config.json: bad"));
+  EXPECT_EQ(model.code(), "training_error");
+  EXPECT_EQ(model.param(), "");
+  EXPECT_FALSE(model.user_fault());
+  EXPECT_EQ(model.message().find("/models/x"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace lathe::worker
