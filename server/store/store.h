@@ -156,7 +156,10 @@ class Store {
                                            const v1::JobEvent& event,
                                            int32_t attempt,
                                            int64_t attempt_seq);
-  // Oldest first, after the cursor (an event id, "" = from the start).
+  // Oldest first, after the cursor (an event id of this job, "" = from the
+  // start). NOT_FOUND if the job does not exist; INVALID_ARGUMENT, naming
+  // `after`, for a cursor that is not one of this job's event ids (malformed
+  // or another job's alike).
   absl::StatusOr<Page<v1::JobEvent>> ListEvents(const std::string& job_id,
                                                 const std::string& after,
                                                 int limit);
@@ -178,9 +181,12 @@ class Store {
   // Whether any record of those names blob `sha256`.
   absl::StatusOr<bool> BlobReferenced(const std::string& sha256);
 
-  // "ftevent-<seq>" <-> seq; INVALID_ARGUMENT for a malformed id.
-  static std::string EventId(int64_t seq);
-  static absl::StatusOr<int64_t> EventSeq(const std::string& id);
+  // Event n of a job (1, 2, … in the order written) <-> its id,
+  // "ftevent-<the job id's random part>-<n>": an id tells nothing of other
+  // jobs. EventSeq: INVALID_ARGUMENT unless `id` has that form for `job_id`.
+  static std::string EventId(const std::string& job_id, int64_t job_seq);
+  static absl::StatusOr<int64_t> EventSeq(const std::string& job_id,
+                                          const std::string& id);
 
  private:
   explicit Store(std::unique_ptr<Database> db) : db_(std::move(db)) {}

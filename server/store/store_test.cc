@@ -1,9 +1,10 @@
 #include "server/store/store.h"
 
-#include <filesystem>
-
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
 #include "common/ids.h"
 
 namespace lathe::store {
@@ -169,6 +170,50 @@ TEST_F(StoreTest, EventsDeduplicateAndPage) {
   EXPECT_TRUE(absl::IsNotFound(store_->ListEvents("ftjob-zz", "", 2).status()));
 }
 
+// Appends metrics events to jobs "ftjob-a" and "ftjob-b" in turn.
+void InterleaveEvents(Store& store, int per_job) {
+  v1::JobEvent e;
+  e.set_type("metrics");
+  e.set_level("info");
+  for (int step = 1; step <= per_job; ++step) {
+    e.mutable_metrics()->set_step(step);
+    for (const char* job : {"ftjob-a", "ftjob-b"}) {
+      ASSERT_TRUE(store.AppendEvent(job, e, 1, step).ok());
+    }
+  }
+}
+
+TEST_F(StoreTest, EventsAreNumberedPerJobAndCursorsStayInTheirJob) {
+  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-b"), "", "").ok());
+  InterleaveEvents(*store_, 3);
+  auto a = store_->ListEvents("ftjob-a", "", 100);
+  auto b = store_->ListEvents("ftjob-b", "", 100);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->data.size(), 4u);  // created + 3 metrics
+  ASSERT_EQ(b->data.size(), 4u);
+  for (int n = 0; n < 4; ++n) {
+    EXPECT_EQ(a->data[n].id(), absl::StrCat("ftevent-a-", n + 1));
+    EXPECT_EQ(b->data[n].id(), absl::StrCat("ftevent-b-", n + 1));
+  }
+  auto after = store_->ListEvents("ftjob-a", a->data[1].id(), 100);
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after->data.size(), 2u);
+  EXPECT_EQ(after->data[0].metrics().step(), 2);
+  // Another job's id, a number not written yet and a malformed id are all
+  // the same unknown cursor.
+  for (const std::string& cursor :
+       {b->data[1].id(), std::string("ftevent-a-5"), std::string("ftevent-a-0"),
+        std::string("ftevent-a-+2"), std::string("ftevent-2"),
+        std::string("bogus")}) {
+    auto st = store_->ListEvents("ftjob-a", cursor, 100).status();
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << cursor << ": " << st;
+    EXPECT_EQ(
+        st.message(),
+        absl::StrCat("after: not an event id of job ftjob-a: '", cursor, "'"));
+  }
+}
+
 TEST_F(StoreTest, DeleteFileRefusedWhileAJobUsesIt) {
   ASSERT_TRUE(store_->InsertFile(MakeFile("file-1")).ok());
   ASSERT_TRUE(store_->InsertFile(MakeFile("file-2")).ok());  // same content
@@ -312,7 +357,54 @@ TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
   auto db = Database::Open(path);
   ASSERT_TRUE(db.ok());
-  EXPECT_EQ(*(*db)->UserVersion(), 2);
+  EXPECT_EQ(*(*db)->UserVersion(), 3);
+}
+
+TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
+  std::string dir = ::testing::TempDir() + "/store_event_migration";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string path = dir + "/lathe.db";
+  {
+    auto s = Store::Open(path);
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_TRUE((*s)->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+    ASSERT_TRUE((*s)->CreateJob(MakeJob("ftjob-b"), "", "").ok());
+    InterleaveEvents(**s, 2);
+  }
+  {
+    // The events table as the schema before per-job numbers had it.
+    auto db = Database::Open(path);
+    ASSERT_TRUE(db.ok());
+    int version = *(*db)->UserVersion();
+    ASSERT_TRUE(
+        (*db)
+            ->Execute("DROP INDEX events_by_job_seq;"
+                      "ALTER TABLE events DROP COLUMN job_seq;"
+                      "CREATE INDEX events_by_job ON events(job_id, seq);")
+            .ok());
+    ASSERT_TRUE(
+        (*db)
+            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 1))
+            .ok());
+  }
+  auto s = Store::Open(path);
+  ASSERT_TRUE(s.ok()) << s.status();
+  v1::JobEvent e;
+  e.mutable_metrics()->set_step(3);
+  auto added = (*s)->AppendEvent("ftjob-a", e, 1, 3);
+  ASSERT_TRUE(added.ok()) << added.status();
+  EXPECT_EQ(added->id(), "ftevent-a-4");
+  auto a = (*s)->ListEvents("ftjob-a", "", 100);
+  auto b = (*s)->ListEvents("ftjob-b", "ftevent-b-1", 100);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->data.size(), 4u);
+  for (int n = 0; n < 4; ++n) {
+    EXPECT_EQ(a->data[n].id(), absl::StrCat("ftevent-a-", n + 1));
+    EXPECT_EQ(a->data[n].metrics().step(), n);  // written order kept
+  }
+  ASSERT_EQ(b->data.size(), 2u);
+  EXPECT_EQ(b->data[1].id(), "ftevent-b-3");
 }
 
 }  // namespace
