@@ -163,10 +163,6 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
   std::unique_ptr<Store> store(new Store(std::move(db)));
   absl::MutexLock lock(&store->mu_);
   RETURN_IF_ERROR(store->Migrate());
-  ASSIGN_OR_RETURN(auto stmt,
-                   store->db_->Prepare("SELECT COALESCE(MAX(seq), 0) FROM events"));
-  RETURN_IF_ERROR(stmt.Step().status());
-  store->last_event_seq_ = stmt.ColumnInt(0);
   return store;
 }
 
@@ -881,7 +877,7 @@ absl::StatusOr<v1::JobEvent> Store::InsertEvent(const std::string& job_id,
   ASSIGN_OR_RETURN(bool inserted, stmt.Step());
   if (!inserted) return absl::AlreadyExistsError("event already stored");
   event.set_id(EventId(job_id, stmt.ColumnInt(0)));
-  last_event_seq_ = std::max(last_event_seq_, db_->LastInsertRowId());
+  if (event_listener_) event_listener_(job_id);
   return event;
 }
 
@@ -944,13 +940,9 @@ absl::StatusOr<Page<v1::JobEvent>> Store::ListEvents(const std::string& job_id,
   return page;
 }
 
-int64_t Store::WaitForEventsAfter(int64_t after_seq, absl::Time deadline) {
+void Store::SetEventListener(std::function<void(const std::string&)> listener) {
   absl::MutexLock lock(&mu_);
-  auto newer = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return last_event_seq_ > after_seq;
-  };
-  mu_.AwaitWithDeadline(absl::Condition(&newer), deadline);
-  return last_event_seq_;
+  event_listener_ = std::move(listener);
 }
 
 absl::Status Store::PutResultFile(const std::string& job_id,

@@ -10,6 +10,7 @@
 #define LATHE_SERVER_STORE_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -163,9 +164,13 @@ class Store {
   absl::StatusOr<Page<v1::JobEvent>> ListEvents(const std::string& job_id,
                                                 const std::string& after,
                                                 int limit);
-  // Blocks until an event newer than `after_seq` exists for any job, or
-  // until `deadline`. Returns the store's newest event sequence number.
-  int64_t WaitForEventsAfter(int64_t after_seq, absl::Time deadline);
+  // `listener(job_id)` is called for every event written, from inside the
+  // writing transaction with the store's lock held: a reader it wakes takes
+  // that lock, so it sees the event once committed (or nothing, if the
+  // write rolled back). The listener must return quickly and must not call
+  // into the store. Empty: none.
+  void SetEventListener(
+      std::function<void(const std::string& job_id)> listener);
 
   // Result files of a job (the adapter); names unique per job.
   absl::Status PutResultFile(const std::string& job_id,
@@ -208,7 +213,7 @@ class Store {
 
   absl::Mutex mu_;
   std::unique_ptr<Database> db_ ABSL_GUARDED_BY(mu_);
-  int64_t last_event_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void(const std::string&)> event_listener_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace lathe::store

@@ -214,6 +214,29 @@ TEST_F(StoreTest, EventsAreNumberedPerJobAndCursorsStayInTheirJob) {
   }
 }
 
+TEST_F(StoreTest, TheListenerHearsTheJobOfEveryEvent) {
+  std::vector<std::string> heard;
+  store_->SetEventListener(
+      [&](const std::string& job) { heard.push_back(job); });
+  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  ASSERT_TRUE(store_->CreateJob(MakeJob("ftjob-b"), "", "").ok());
+  InterleaveEvents(*store_, 1);
+  store::TransitionUpdate u;
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-b", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_CANCELLED, std::nullopt, u)
+                  .ok());
+  // A repeated event is not stored, so not heard.
+  v1::JobEvent e;
+  e.mutable_metrics()->set_step(1);
+  EXPECT_FALSE(store_->AppendEvent("ftjob-a", e, 1, 1).ok());
+  EXPECT_EQ(heard, (std::vector<std::string>{"ftjob-a", "ftjob-b", "ftjob-a",
+                                             "ftjob-b", "ftjob-b"}));
+  store_->SetEventListener(nullptr);
+  InterleaveEvents(*store_, 0);
+  EXPECT_EQ(heard.size(), 5u);
+}
+
 TEST_F(StoreTest, DeleteFileRefusedWhileAJobUsesIt) {
   ASSERT_TRUE(store_->InsertFile(MakeFile("file-1")).ok());
   ASSERT_TRUE(store_->InsertFile(MakeFile("file-2")).ok());  // same content
