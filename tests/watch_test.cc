@@ -284,6 +284,18 @@ TEST_F(WatchTest, IdleWatchersHoldNoThreadsAndCostNoWorkWhileAnotherJobRuns) {
   ASSERT_TRUE(runner->CancelJob(busy->id()).ok());
 }
 
+TEST(WatchFlagsTest, LathedRefusesAStreamLifeUnderASecond) {
+  std::string root = TestRoot("watch-flags");
+  std::string out;
+  int rc = RunCommand({Binaries().lathed, "--insecure", "--listen=127.0.0.1:0",
+                       "--data_dir=" + root, "--max_stream_seconds=0"},
+                      &out, absl::Seconds(20));
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_TRUE(
+      absl::StrContains(out, "--max_stream_seconds: must be at least 1"))
+      << out;
+}
+
 // Its own lathed: streams end after two seconds.
 TEST(WatchLifetimeTest, StreamsEndAfterMaxStreamSecondsAndTheClientReattaches) {
   auto cluster =
