@@ -20,22 +20,6 @@
 namespace lathe {
 namespace {
 
-absl::StatusOr<std::string> BearerToken(const grpc::ServerContext* context) {
-  const auto& md = context->client_metadata();
-  auto it = md.find("authorization");
-  if (it == md.end()) {
-    return absl::UnauthenticatedError(
-        "no API key: send `authorization: Bearer <key>` (lathe --api_key or "
-        "$LATHE_API_KEY)");
-  }
-  absl::string_view value(it->second.data(), it->second.size());
-  if (!absl::ConsumePrefix(&value, "Bearer ") || value.empty()) {
-    return absl::UnauthenticatedError(
-        "authorization: expected \"Bearer <key>\"");
-  }
-  return std::string(value);
-}
-
 bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
   if (a.size() != b.size()) return false;
   unsigned char diff = 0;
@@ -66,9 +50,32 @@ absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
 
 }  // namespace
 
-absl::StatusOr<Caller> Authenticator::User(const grpc::ServerContext* context) const {
-  ASSIGN_OR_RETURN(std::string token, BearerToken(context));
-  auto key = store_.FindApiKey(Sha256Hex(token));
+absl::StatusOr<std::string> BearerToken(
+    const grpc::ServerContextBase& context) {
+  const auto& md = context.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) {
+    return absl::UnauthenticatedError(
+        "no API key: send `authorization: Bearer <key>` (lathe --api_key or "
+        "$LATHE_API_KEY)");
+  }
+  absl::string_view value(it->second.data(), it->second.size());
+  if (!absl::ConsumePrefix(&value, "Bearer ") || value.empty()) {
+    return absl::UnauthenticatedError(
+        "authorization: expected \"Bearer <key>\"");
+  }
+  return std::string(value);
+}
+
+absl::StatusOr<Caller> Authenticator::User(
+    const grpc::ServerContextBase* context) const {
+  ASSIGN_OR_RETURN(std::string token, BearerToken(*context));
+  return UserWithKey(token);
+}
+
+absl::StatusOr<Caller> Authenticator::UserWithKey(
+    absl::string_view api_key) const {
+  auto key = store_.FindApiKey(Sha256Hex(api_key));
   if (!key.ok()) {
     if (absl::IsNotFound(key.status())) {
       return absl::UnauthenticatedError("unknown API key");
@@ -91,7 +98,7 @@ absl::StatusOr<Caller> Authenticator::Admin(const grpc::ServerContext* context) 
 }
 
 absl::Status Authenticator::Worker(const grpc::ServerContext* context) const {
-  auto token = BearerToken(context);
+  auto token = BearerToken(*context);
   if (!token.ok() || !ConstantTimeEquals(*token, worker_token_)) {
     return absl::UnauthenticatedError(
         "the worker service needs the worker token (lathe-worker --token_file)");

@@ -35,7 +35,10 @@ class Authenticator {
 
   // The caller of a public RPC: `authorization: Bearer <api key>`.
   // UNAUTHENTICATED when missing, unknown or revoked.
-  absl::StatusOr<Caller> User(const grpc::ServerContext* context) const;
+  absl::StatusOr<Caller> User(const grpc::ServerContextBase* context) const;
+  // The holder of `api_key` (the bearer string), for operations that know
+  // no transport; as User.
+  absl::StatusOr<Caller> UserWithKey(absl::string_view api_key) const;
   // As User, and PERMISSION_DENIED unless the key is an admin key.
   absl::StatusOr<Caller> Admin(const grpc::ServerContext* context) const;
   // UNAUTHENTICATED unless the call carries the worker token (and, when
@@ -47,6 +50,10 @@ class Authenticator {
   const std::string worker_token_;
   const bool require_worker_certificate_;
 };
+
+// The API key a call carries in `authorization: Bearer <key>`.
+// UNAUTHENTICATED, saying how to send one, when missing or malformed.
+absl::StatusOr<std::string> BearerToken(const grpc::ServerContextBase& context);
 
 // NOT_FOUND (worded as for a missing id) unless `owner` is the caller's
 // project: another project's ids must not be revealed to exist.

@@ -433,6 +433,16 @@ Coordinator::QueuePositions(const std::string& project) {
   return out;
 }
 
+absl::Status Coordinator::FillQueuePosition(v1::Job& job) {
+  job.set_queue_position(0);
+  if (job.status() != v1::JOB_STATUS_QUEUED) return absl::OkStatus();
+  ASSIGN_OR_RETURN(auto positions, QueuePositions(job.project()));
+  if (auto it = positions.find(job.id()); it != positions.end()) {
+    job.set_queue_position(it->second);
+  }
+  return absl::OkStatus();
+}
+
 int Coordinator::SweepExpiredLeases(absl::Time now) {
   absl::MutexLock lock(&mu_);
   auto expired = leases_.TakeExpired(now);

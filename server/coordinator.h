@@ -75,6 +75,8 @@ class Coordinator {
   // (scheduler::RankOrder). Other projects' jobs are not counted.
   absl::StatusOr<absl::flat_hash_map<std::string, int64_t>> QueuePositions(
       const std::string& project);
+  // Sets `job`'s queue_position (QueuePositions; 0 unless queued).
+  absl::Status FillQueuePosition(v1::Job& job);
 
   // Expires overdue leases: the attempt fails and the job requeues with
   // backoff (or fails once max_attempts attempts have failed). Returns how

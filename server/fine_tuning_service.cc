@@ -1,3 +1,6 @@
+#include <deque>
+#include <optional>
+
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "common/echo.h"
@@ -17,12 +20,7 @@ namespace {
 // Fills what a job shows that is not stored with it: its queue position
 // among its project's queued jobs, in the scheduler's order.
 absl::Status Present(const ServerContext& ctx, v1::Job& job) {
-  if (job.status() != v1::JOB_STATUS_QUEUED) return absl::OkStatus();
-  ASSIGN_OR_RETURN(auto positions,
-                   ctx.coordinator->QueuePositions(job.project()));
-  auto it = positions.find(job.id());
-  job.set_queue_position(it == positions.end() ? 0 : it->second);
-  return absl::OkStatus();
+  return ctx.coordinator->FillQueuePosition(job);
 }
 
 absl::StatusOr<v1::Job> Presented(const ServerContext& ctx,
@@ -208,41 +206,135 @@ grpc::Status FineTuningService::ListJobEvents(
   return grpc::Status::OK;
 }
 
-grpc::Status FineTuningService::WatchJob(
-    grpc::ServerContext* context, const v1::WatchJobRequest* request,
-    grpc::ServerWriter<v1::WatchJobResponse>* writer) {
-  auto owned = OwnedJob(context, request->job_id());
-  if (!owned.ok()) return ToGrpcStatus(owned.status());
-  std::string cursor = request->after();
-  int64_t seen_global = 0;
-  while (!context->IsCancelled()) {
-    if (ctx_.shutting_down->load()) {
-      return ToGrpcStatus(absl::UnavailableError(
-          "lathed is shutting down; re-attach with the last event id"));
+namespace {
+
+// One WatchJob call on gRPC's callback API. The event feed's thread wakes it
+// (new events, or a periodic check); it writes one update at a time and
+// never blocks. Owned through shared_ptr: by itself until OnDone, and by the
+// feed's thread while a Wake runs, so it is freed in OnDone or right after
+// a Wake that was under way.
+class WatchJobReactor final
+    : public grpc::ServerWriteReactor<v1::WatchJobResponse>,
+      public EventFeed::Subscriber {
+ public:
+  static WatchJobReactor* Start(EventFeed& feed,
+                                const grpc::CallbackServerContext& context,
+                                const v1::WatchJobRequest& request) {
+    std::shared_ptr<WatchJobReactor> r(new WatchJobReactor());
+    r->self_ = r;
+    auto key = BearerToken(context);
+    auto follow = key.ok()
+                      ? feed.Open(*key, request.job_id(), request.after(), r)
+                      : key.status();
+    absl::MutexLock lock(&r->mu_);
+    if (!follow.ok()) {
+      r->finished_ = true;  // a later OnCancel finishes nothing
+      r->Finish(ToGrpcStatus(follow.status()));  // unbound: only recorded
+      return r.get();
     }
-    // Read the status before the events: a terminal status's event is
-    // written in the same transaction, so it is in the page that follows.
-    auto job = ctx_.store->GetJob(request->job_id());
-    if (!job.ok()) return ToGrpcStatus(job.status());
-    bool terminal = IsTerminal(job->status());
-    auto page = ctx_.store->ListEvents(request->job_id(), cursor, 1000);
-    if (!page.ok()) return ToGrpcStatus(page.status());
-    for (auto& e : page->data) {
-      v1::WatchJobResponse resp;
-      if (e.status() != v1::JOB_STATUS_UNSPECIFIED) {
-        auto now = ctx_.store->GetJob(request->job_id());
-        if (now.ok()) *resp.mutable_job() = *std::move(now);
-      }
-      cursor = e.id();
-      *resp.mutable_event() = std::move(e);
-      if (!writer->Write(resp)) return grpc::Status::OK;
-    }
-    if (terminal && page->data.empty()) return grpc::Status::OK;
-    if (page->has_more || !page->data.empty()) continue;
-    seen_global = ctx_.store->WaitForEventsAfter(
-        seen_global, absl::Now() + absl::Milliseconds(500));
+    r->follow_ = *std::move(follow);
+    r->follow_->WakeIfNews();  // the first page
+    return r.get();
   }
-  return grpc::Status::OK;
+
+  void Wake() override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (follow_ == nullptr || end_) return;
+      if (writing_ || !queue_.empty()) {
+        // Still sending the last batch: the key and the age are checked now,
+        // the events once it is sent.
+        if (absl::Status st = follow_->Check(); !st.ok()) End(ToGrpcStatus(st));
+      } else if (auto batch = follow_->Next(); !batch.ok()) {
+        End(ToGrpcStatus(batch.status()));
+      } else {
+        for (auto& u : batch->updates) queue_.push_back(std::move(u));
+        if (batch->finished) End(grpc::Status::OK);
+      }
+    }
+    Send();
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        End(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+      }
+    }
+    Send();
+  }
+
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&mu_);
+      End(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+    }
+    Send();
+  }
+
+  void OnDone() override {
+    // Destroyed in reverse: the lock, then `self` (this reactor is freed,
+    // unless a Wake holds it), then `follow` (its wake-ups end).
+    std::unique_ptr<EventFeed::Follow> follow;
+    std::shared_ptr<WatchJobReactor> self;
+    absl::MutexLock lock(&mu_);
+    follow = std::move(follow_);
+    self = std::move(self_);
+  }
+
+ private:
+  WatchJobReactor() = default;
+
+  // The stream ends with `status` once what is being written is sent; the
+  // rest is dropped. The first ending counts.
+  void End(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (end_) return;
+    end_ = std::move(status);
+    if (!end_->ok()) queue_.clear();
+  }
+
+  // Starts the next write, or the finish, unless a write is under way; with
+  // nothing left to send, asks the feed for more if the job has news.
+  void Send() ABSL_LOCKS_EXCLUDED(mu_) {
+    const v1::WatchJobResponse* write = nullptr;
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_ || writing_) return;
+      if (!queue_.empty()) {
+        sending_ = std::move(queue_.front());
+        queue_.pop_front();
+        writing_ = true;
+        write = &sending_;
+      } else if (end_) {
+        finished_ = true;
+        finish = *end_;
+      } else if (follow_ != nullptr) {
+        follow_->WakeIfNews();
+      }
+    }
+    // gRPC's calls outside the lock: they may run reactions inline.
+    if (write != nullptr) StartWrite(write);
+    if (finish) Finish(*std::move(finish));
+  }
+
+  absl::Mutex mu_;
+  std::shared_ptr<WatchJobReactor> self_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<EventFeed::Follow> follow_ ABSL_GUARDED_BY(mu_);
+  std::deque<v1::WatchJobResponse> queue_ ABSL_GUARDED_BY(mu_);
+  v1::WatchJobResponse sending_ ABSL_GUARDED_BY(mu_);  // until OnWriteDone
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> end_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish called
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::WatchJobResponse>* FineTuningService::WatchJob(
+    grpc::CallbackServerContext* context, const v1::WatchJobRequest* request) {
+  return WatchJobReactor::Start(*ctx_.feed, *context, *request);
 }
 
 grpc::Status FineTuningService::DownloadAdapter(

@@ -32,6 +32,10 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
     return absl::InvalidArgumentError(
         "--max_message_bytes: must be at least 1114112 (a 1 MiB upload chunk and its framing)");
   }
+  if (options.feed.max_follow < absl::Seconds(1)) {
+    return absl::InvalidArgumentError(
+        "--max_stream_seconds: must be at least 1");
+  }
   ASSIGN_OR_RETURN(auto public_creds, MakeServerCredentials(public_tls));
   std::shared_ptr<grpc::ServerCredentials> worker_creds;
   if (!options.worker_listen.empty()) {
@@ -84,8 +88,13 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   d->auth_ = std::make_unique<Authenticator>(*d->store_, worker_token,
                                              !options.worker_client_ca.empty());
   spdlog::info("admin key in {}, worker token in {}", admin_key_file, token_file);
-  ServerContext ctx{d->auth_.get(), d->store_.get(), d->blobs_.get(),
-                    d->coordinator_.get(), options.service, &d->shutting_down_};
+  EventFeedOptions feed = options.feed;
+  Coordinator* coordinator = d->coordinator_.get();
+  feed.present = [coordinator](v1::Job& job) { return coordinator->FillQueuePosition(job); };
+  d->feed_ = std::make_unique<EventFeed>(*d->store_, *d->auth_, feed);
+  ServerContext ctx{d->auth_.get(),        d->store_.get(), d->blobs_.get(),
+                    d->coordinator_.get(), options.service, &d->shutting_down_,
+                    d->feed_.get()};
   d->files_ = std::make_unique<FilesService>(ctx);
   d->fine_tuning_ = std::make_unique<FineTuningService>(ctx);
   d->worker_ = std::make_unique<WorkerService>(ctx);
@@ -174,6 +183,8 @@ void Lathed::Shutdown(absl::Duration deadline) {
   if (!server_) return;  // Start failed before serving
   // Load balancers and workers see NOT_SERVING while calls drain.
   SetServing(false);
+  // WatchJob streams end now (UNAVAILABLE: re-attach), not at the deadline.
+  feed_->Stop();
   // Both servers drain in parallel within the one deadline.
   auto until = absl::ToChronoTime(absl::Now() + deadline);
   std::thread workers;

@@ -3,17 +3,18 @@
 #ifndef LATHE_SERVER_LATHED_H_
 #define LATHE_SERVER_LATHED_H_
 
+#include <grpcpp/server.h>
+
 #include <atomic>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
 
-#include <grpcpp/server.h>
-
 #include "absl/status/statusor.h"
 #include "common/tls.h"
 #include "server/coordinator.h"
+#include "server/event_feed.h"
 #include "server/services.h"
 
 namespace lathe {
@@ -35,6 +36,7 @@ struct LathedOptions {
   std::map<std::string, std::string> base_models;  // name -> folder
   ServiceOptions service;
   CoordinatorOptions coordinator;
+  EventFeedOptions feed;  // WatchJob streams
   absl::Duration sweep_interval = absl::Seconds(1);
   // Secrets; empty = <data_dir>/admin.key and <data_dir>/worker.token,
   // created on first start (mode 0600).
@@ -67,6 +69,7 @@ class Lathed {
   std::unique_ptr<store::BlobStore> blobs_;
   std::unique_ptr<Coordinator> coordinator_;
   std::unique_ptr<Authenticator> auth_;
+  std::unique_ptr<EventFeed> feed_;
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<FilesService> files_;
   std::unique_ptr<FineTuningService> fine_tuning_;

@@ -49,6 +49,9 @@ ABSL_FLAG(int, max_attempts, 3,
 ABSL_FLAG(int, checkpoint_every_steps, 100,
           "workers checkpoint every this many steps (a lost worker costs at "
           "most this many)");
+ABSL_FLAG(int, max_stream_seconds, 3600,
+          "a WatchJob stream ends (UNAVAILABLE) after this long; clients "
+          "re-attach with their last event id");
 ABSL_FLAG(std::string, admin_key_file, "",
           "the bootstrap admin API key (default <data_dir>/admin.key, created "
           "on first start)");
@@ -98,6 +101,7 @@ int main(int argc, char** argv) {
   o.service.job_defaults.base_learning_rate = absl::GetFlag(FLAGS_base_learning_rate);
   o.coordinator.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   o.coordinator.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  o.feed.max_follow = absl::Seconds(absl::GetFlag(FLAGS_max_stream_seconds));
   o.admin_key_file = absl::GetFlag(FLAGS_admin_key_file);
   o.worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
   o.service.job_defaults.checkpoint_every_steps = absl::GetFlag(FLAGS_checkpoint_every_steps);

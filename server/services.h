@@ -1,19 +1,23 @@
 // The gRPC services of lathed. Handlers are thin: check the request's shape,
-// call the store / blob store / coordinator, convert the status in one place
-// (ToGrpcStatus). All use the synchronous API; streams hold a thread each.
+// call the store / blob store / coordinator / event feed, convert the status
+// in one place (ToGrpcStatus). All use the synchronous API (a stream holds a
+// thread while it runs) except WatchJob, whose streams are idle most of
+// their lives: it uses the callback API and the event feed's wake-ups, and
+// holds no thread while idle.
 #ifndef LATHE_SERVER_SERVICES_H_
 #define LATHE_SERVER_SERVICES_H_
 
 #include <atomic>
 #include <string>
 
+#include "lathe/v1/admin.grpc.pb.h"
 #include "lathe/v1/files.grpc.pb.h"
 #include "lathe/v1/fine_tuning.grpc.pb.h"
 #include "lathe/v1/models.grpc.pb.h"
 #include "lathe/v1/worker.grpc.pb.h"
-#include "lathe/v1/admin.grpc.pb.h"
 #include "server/auth.h"
 #include "server/coordinator.h"
+#include "server/event_feed.h"
 #include "server/job_request.h"
 #include "server/store/blob_store.h"
 #include "server/store/store.h"
@@ -39,6 +43,7 @@ struct ServerContext {
   ServiceOptions options;
   // Set when lathed is shutting down: long-lived streams end.
   std::atomic<bool>* shutting_down;
+  EventFeed* feed;
 };
 
 class FilesService final : public v1::Files::Service {
@@ -69,7 +74,9 @@ class FilesService final : public v1::Files::Service {
   ServerContext ctx_;
 };
 
-class FineTuningService final : public v1::FineTuning::Service {
+class FineTuningService final
+    : public v1::FineTuning::WithCallbackMethod_WatchJob<
+          v1::FineTuning::Service> {
  public:
   explicit FineTuningService(ServerContext ctx) : ctx_(ctx) {}
   grpc::Status CreateJob(grpc::ServerContext* context,
@@ -87,9 +94,11 @@ class FineTuningService final : public v1::FineTuning::Service {
   grpc::Status ListJobEvents(grpc::ServerContext* context,
                              const v1::ListJobEventsRequest* request,
                              v1::ListJobEventsResponse* response) override;
-  grpc::Status WatchJob(grpc::ServerContext* context,
-                        const v1::WatchJobRequest* request,
-                        grpc::ServerWriter<v1::WatchJobResponse>* writer) override;
+  // Follows the job through ctx_.feed until it ends, the key is revoked,
+  // the stream reaches --max_stream_seconds or lathed stops.
+  grpc::ServerWriteReactor<v1::WatchJobResponse>* WatchJob(
+      grpc::CallbackServerContext* context,
+      const v1::WatchJobRequest* request) override;
   grpc::Status DownloadAdapter(
       grpc::ServerContext* context, const v1::DownloadAdapterRequest* request,
       grpc::ServerWriter<v1::DownloadChunk>* writer) override;

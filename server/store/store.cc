@@ -2,9 +2,11 @@
 
 #include <algorithm>
 
-#include "absl/strings/numbers.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/echo.h"
 #include "common/ids.h"
 #include "common/job_state.h"
@@ -125,6 +127,18 @@ CREATE INDEX files_by_project ON files(project, seq);
 ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN resume_requested INTEGER NOT NULL DEFAULT 0;
 )sql",
+    // 4: events are numbered per job (job_seq, the event id's number), so an
+    // id tells a project nothing of other jobs; existing events are numbered
+    // in the order they were written.
+    R"sql(
+ALTER TABLE events ADD COLUMN job_seq INTEGER NOT NULL DEFAULT 0;
+UPDATE events SET job_seq = numbered.n
+  FROM (SELECT seq, ROW_NUMBER() OVER (PARTITION BY job_id ORDER BY seq) AS n
+        FROM events) AS numbered
+  WHERE events.seq = numbered.seq;
+DROP INDEX events_by_job;
+CREATE UNIQUE INDEX events_by_job_seq ON events(job_id, job_seq);
+)sql",
 };
 
 constexpr char kFileColumns[] =
@@ -157,10 +171,6 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
   std::unique_ptr<Store> store(new Store(std::move(db)));
   absl::MutexLock lock(&store->mu_);
   RETURN_IF_ERROR(store->Migrate());
-  ASSIGN_OR_RETURN(auto stmt,
-                   store->db_->Prepare("SELECT COALESCE(MAX(seq), 0) FROM events"));
-  RETURN_IF_ERROR(stmt.Step().status());
-  store->last_event_seq_ = stmt.ColumnInt(0);
   return store;
 }
 
@@ -927,19 +937,20 @@ absl::StatusOr<v1::JobEvent> Store::InsertEvent(const std::string& job_id,
                                                 int64_t attempt_seq) {
   event.set_created_at(NowUnixSeconds());
   event.clear_id();
-  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
-                                  "INSERT INTO events (job_id, attempt, "
-                                  "attempt_seq, data) VALUES (?,?,?,?) "
-                                  "ON CONFLICT DO NOTHING"));
+  // The job's next number; the store's lock and the transaction keep it
+  // unique (events_by_job_seq).
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare("INSERT INTO events (job_id, attempt, "
+                                "attempt_seq, data, job_seq) VALUES "
+                                "(?1,?2,?3,?4,(SELECT COALESCE(MAX(job_seq), "
+                                "0) + 1 FROM events WHERE job_id = ?1)) "
+                                "ON CONFLICT DO NOTHING RETURNING job_seq"));
   stmt.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt));
   stmt.Bind(3, attempt_seq).BindBlob(4, event.SerializeAsString());
-  RETURN_IF_ERROR(stmt.Run());
-  if (db_->Changes() == 0) {
-    return absl::AlreadyExistsError("event already stored");
-  }
-  int64_t seq = db_->LastInsertRowId();
-  last_event_seq_ = std::max(last_event_seq_, seq);
-  event.set_id(EventId(seq));
+  ASSIGN_OR_RETURN(bool inserted, stmt.Step());
+  if (!inserted) return absl::AlreadyExistsError("event already stored");
+  event.set_id(EventId(job_id, stmt.ColumnInt(0)));
+  if (event_listener_) event_listener_(job_id);
   return event;
 }
 
@@ -958,17 +969,30 @@ absl::StatusOr<v1::JobEvent> Store::AppendEvent(const std::string& job_id,
 absl::StatusOr<Page<v1::JobEvent>> Store::ListEvents(const std::string& job_id,
                                                      const std::string& after,
                                                      int limit) {
-  int64_t after_seq = 0;
-  if (!after.empty()) {
-    ASSIGN_OR_RETURN(after_seq, EventSeq(after));
-  }
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(LoadJob(job_id).status());
+  int64_t after_seq = 0;
+  if (!after.empty()) {
+    // Malformed, another job's, or not (yet) written: the same answer.
+    auto seq = EventSeq(job_id, after);
+    bool known = false;
+    if (seq.ok()) {
+      ASSIGN_OR_RETURN(auto q, db_->Prepare("SELECT 1 FROM events WHERE "
+                                            "job_id = ? AND job_seq = ?"));
+      q.Bind(1, job_id).Bind(2, *seq);
+      ASSIGN_OR_RETURN(known, q.Step());
+    }
+    if (!known) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "after: not an event id of job ", job_id, ": '", Echo(after), "'"));
+    }
+    after_seq = *seq;
+  }
   limit = ClampLimit(limit, 100, 1000);
-  ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
-                                  "SELECT seq, data FROM events WHERE "
-                                  "job_id = ? AND seq > ? ORDER BY seq "
-                                  "LIMIT ?"));
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare("SELECT job_seq, data FROM events WHERE "
+                                "job_id = ? AND job_seq > ? ORDER BY job_seq "
+                                "LIMIT ?"));
   stmt.Bind(1, job_id).Bind(2, after_seq);
   stmt.Bind(3, static_cast<int64_t>(limit + 1));
   Page<v1::JobEvent> page;
@@ -983,19 +1007,15 @@ absl::StatusOr<Page<v1::JobEvent>> Store::ListEvents(const std::string& job_id,
     if (!ev.ParseFromString(stmt.ColumnBlob(1))) {
       return absl::DataLossError("corrupt event");
     }
-    ev.set_id(EventId(stmt.ColumnInt(0)));
+    ev.set_id(EventId(job_id, stmt.ColumnInt(0)));
     page.data.push_back(std::move(ev));
   }
   return page;
 }
 
-int64_t Store::WaitForEventsAfter(int64_t after_seq, absl::Time deadline) {
+void Store::SetEventListener(std::function<void(const std::string&)> listener) {
   absl::MutexLock lock(&mu_);
-  auto newer = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return last_event_seq_ > after_seq;
-  };
-  mu_.AwaitWithDeadline(absl::Condition(&newer), deadline);
-  return last_event_seq_;
+  event_listener_ = std::move(listener);
 }
 
 absl::Status Store::PutResultFile(const std::string& job_id,
@@ -1053,14 +1073,30 @@ absl::StatusOr<bool> Store::BlobReferencedLocked(const std::string& sha256) {
   return stmt.ColumnInt(0) != 0;
 }
 
-std::string Store::EventId(int64_t seq) { return absl::StrCat("ftevent-", seq); }
+namespace {
 
-absl::StatusOr<int64_t> Store::EventSeq(const std::string& id) {
+// What follows the job id's kind: "ftjob-AbC…" -> "AbC…".
+absl::string_view JobIdSuffix(absl::string_view job_id) {
+  size_t dash = job_id.find('-');
+  return dash == absl::string_view::npos ? job_id : job_id.substr(dash + 1);
+}
+
+}  // namespace
+
+std::string Store::EventId(const std::string& job_id, int64_t job_seq) {
+  return absl::StrCat("ftevent-", JobIdSuffix(job_id), "-", job_seq);
+}
+
+absl::StatusOr<int64_t> Store::EventSeq(const std::string& job_id,
+                                        const std::string& id) {
+  absl::string_view n(id);
   int64_t seq = 0;
-  if (!absl::StartsWith(id, "ftevent-") ||
-      !absl::SimpleAtoi(id.substr(8), &seq) || seq <= 0) {
+  if (!absl::ConsumePrefix(
+          &n, absl::StrCat("ftevent-", JobIdSuffix(job_id), "-")) ||
+      n.empty() || !std::all_of(n.begin(), n.end(), absl::ascii_isdigit) ||
+      !absl::SimpleAtoi(n, &seq) || seq <= 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("after: not an event id: '", id, "'"));
+        absl::StrCat("after: not an event id of job ", job_id, ": '", Echo(id), "'"));
   }
   return seq;
 }

@@ -10,6 +10,7 @@
 #define LATHE_SERVER_STORE_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -168,13 +169,20 @@ class Store {
                                            const v1::JobEvent& event,
                                            int32_t attempt,
                                            int64_t attempt_seq);
-  // Oldest first, after the cursor (an event id, "" = from the start).
+  // Oldest first, after the cursor (an event id of this job, "" = from the
+  // start). NOT_FOUND if the job does not exist; INVALID_ARGUMENT, naming
+  // `after`, for a cursor that is not one of this job's event ids (malformed
+  // or another job's alike).
   absl::StatusOr<Page<v1::JobEvent>> ListEvents(const std::string& job_id,
                                                 const std::string& after,
                                                 int limit);
-  // Blocks until an event newer than `after_seq` exists for any job, or
-  // until `deadline`. Returns the store's newest event sequence number.
-  int64_t WaitForEventsAfter(int64_t after_seq, absl::Time deadline);
+  // `listener(job_id)` is called for every event written, from inside the
+  // writing transaction with the store's lock held: a reader it wakes takes
+  // that lock, so it sees the event once committed (or nothing, if the
+  // write rolled back). The listener must return quickly and must not call
+  // into the store. Empty: none.
+  void SetEventListener(
+      std::function<void(const std::string& job_id)> listener);
 
   // Result files of a job (the adapter); names unique per job.
   absl::Status PutResultFile(const std::string& job_id,
@@ -190,9 +198,12 @@ class Store {
   // Whether any record of those names blob `sha256`.
   absl::StatusOr<bool> BlobReferenced(const std::string& sha256);
 
-  // "ftevent-<seq>" <-> seq; INVALID_ARGUMENT for a malformed id.
-  static std::string EventId(int64_t seq);
-  static absl::StatusOr<int64_t> EventSeq(const std::string& id);
+  // Event n of a job (1, 2, … in the order written) <-> its id,
+  // "ftevent-<the job id's random part>-<n>": an id tells nothing of other
+  // jobs. EventSeq: INVALID_ARGUMENT unless `id` has that form for `job_id`.
+  static std::string EventId(const std::string& job_id, int64_t job_seq);
+  static absl::StatusOr<int64_t> EventSeq(const std::string& job_id,
+                                          const std::string& id);
 
  private:
   explicit Store(std::unique_ptr<Database> db) : db_(std::move(db)) {}
@@ -217,7 +228,7 @@ class Store {
 
   absl::Mutex mu_;
   std::unique_ptr<Database> db_ ABSL_GUARDED_BY(mu_);
-  int64_t last_event_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void(const std::string&)> event_listener_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace lathe::store

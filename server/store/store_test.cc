@@ -1,9 +1,10 @@
 #include "server/store/store.h"
 
-#include <filesystem>
-
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
 #include "common/ids.h"
 
 namespace lathe::store {
@@ -286,6 +287,74 @@ TEST_F(StoreTest, EventsDeduplicateAndPage) {
   EXPECT_TRUE(absl::IsNotFound(store_->ListEvents("ftjob-zz", "", 2).status()));
 }
 
+// Appends metrics events to jobs "ftjob-a" and "ftjob-b" in turn.
+void InterleaveEvents(Store& store, int per_job) {
+  v1::JobEvent e;
+  e.set_type("metrics");
+  e.set_level("info");
+  for (int step = 1; step <= per_job; ++step) {
+    e.mutable_metrics()->set_step(step);
+    for (const char* job : {"ftjob-a", "ftjob-b"}) {
+      ASSERT_TRUE(store.AppendEvent(job, e, 1, step).ok());
+    }
+  }
+}
+
+TEST_F(StoreTest, EventsAreNumberedPerJobAndCursorsStayInTheirJob) {
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-b"), "", "").ok());
+  InterleaveEvents(*store_, 3);
+  auto a = store_->ListEvents("ftjob-a", "", 100);
+  auto b = store_->ListEvents("ftjob-b", "", 100);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->data.size(), 5u);  // created + queued + 3 metrics
+  ASSERT_EQ(b->data.size(), 5u);
+  for (int n = 0; n < 5; ++n) {
+    EXPECT_EQ(a->data[n].id(), absl::StrCat("ftevent-a-", n + 1));
+    EXPECT_EQ(b->data[n].id(), absl::StrCat("ftevent-b-", n + 1));
+  }
+  auto after = store_->ListEvents("ftjob-a", a->data[2].id(), 100);
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after->data.size(), 2u);
+  EXPECT_EQ(after->data[0].metrics().step(), 2);
+  // Another job's id, a number not written yet and a malformed id are all
+  // the same unknown cursor.
+  for (const std::string& cursor :
+       {b->data[1].id(), std::string("ftevent-a-6"), std::string("ftevent-a-0"),
+        std::string("ftevent-a-+2"), std::string("ftevent-2"),
+        std::string("bogus")}) {
+    auto st = store_->ListEvents("ftjob-a", cursor, 100).status();
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << cursor << ": " << st;
+    EXPECT_EQ(
+        st.message(),
+        absl::StrCat("after: not an event id of job ftjob-a: '", cursor, "'"));
+  }
+}
+
+TEST_F(StoreTest, TheListenerHearsTheJobOfEveryEvent) {
+  std::vector<std::string> heard;
+  store_->SetEventListener(
+      [&](const std::string& job) { heard.push_back(job); });
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-b"), "", "").ok());
+  InterleaveEvents(*store_, 1);
+  store::TransitionUpdate u;
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-b", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_CANCELLED, std::nullopt, u)
+                  .ok());
+  // A repeated event is not stored, so not heard.
+  v1::JobEvent e;
+  e.mutable_metrics()->set_step(1);
+  EXPECT_FALSE(store_->AppendEvent("ftjob-a", e, 1, 1).ok());
+  // (A queued job is written with two events: created, queued.)
+  EXPECT_EQ(heard, (std::vector<std::string>{"ftjob-a", "ftjob-a", "ftjob-b", "ftjob-b",
+                                             "ftjob-a", "ftjob-b", "ftjob-b"}));
+  store_->SetEventListener(nullptr);
+  InterleaveEvents(*store_, 0);
+  EXPECT_EQ(heard.size(), 7u);
+}
+
 TEST_F(StoreTest, DeleteFileRefusedWhileAJobUsesIt) {
   ASSERT_TRUE(store_->InsertFile(MakeFile("file-1")).ok());
   ASSERT_TRUE(store_->InsertFile(MakeFile("file-2")).ok());  // same content
@@ -430,7 +499,58 @@ TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
   auto db = Database::Open(path);
   ASSERT_TRUE(db.ok());
-  EXPECT_EQ(*(*db)->UserVersion(), 3);
+  EXPECT_EQ(*(*db)->UserVersion(), 4);
+}
+
+TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
+  std::string dir = ::testing::TempDir() + "/store_event_migration";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string path = dir + "/lathe.db";
+  {
+    auto s = Store::Open(path);
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_TRUE((*s)->InsertFile(MakeFile("file-1")).ok());
+    ASSERT_TRUE((*s)->CreateJob(MakeJob("ftjob-a"), "", "").ok());
+    ASSERT_TRUE((*s)->CreateJob(MakeJob("ftjob-b"), "", "").ok());
+    InterleaveEvents(**s, 2);
+  }
+  {
+    // The events table as the schema before per-job numbers had it.
+    auto db = Database::Open(path);
+    ASSERT_TRUE(db.ok());
+    int version = *(*db)->UserVersion();
+    ASSERT_TRUE(
+        (*db)
+            ->Execute("DROP INDEX events_by_job_seq;"
+                      "ALTER TABLE events DROP COLUMN job_seq;"
+                      "CREATE INDEX events_by_job ON events(job_id, seq);")
+            .ok());
+    ASSERT_TRUE(
+        (*db)
+            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 1))
+            .ok());
+  }
+  auto s = Store::Open(path);
+  ASSERT_TRUE(s.ok()) << s.status();
+  v1::JobEvent e;
+  e.mutable_metrics()->set_step(3);
+  auto added = (*s)->AppendEvent("ftjob-a", e, 1, 3);
+  ASSERT_TRUE(added.ok()) << added.status();
+  // created, queued, 2 metrics, then this one.
+  EXPECT_EQ(added->id(), "ftevent-a-5");
+  auto a = (*s)->ListEvents("ftjob-a", "", 100);
+  auto b = (*s)->ListEvents("ftjob-b", "ftevent-b-2", 100);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->data.size(), 5u);
+  for (int n = 0; n < 5; ++n) {
+    EXPECT_EQ(a->data[n].id(), absl::StrCat("ftevent-a-", n + 1));
+  }
+  for (int n = 2; n < 5; ++n) {
+    EXPECT_EQ(a->data[n].metrics().step(), n - 1);  // written order kept
+  }
+  ASSERT_EQ(b->data.size(), 2u);
+  EXPECT_EQ(b->data[1].id(), "ftevent-b-4");
 }
 
 }  // namespace
