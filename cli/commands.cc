@@ -150,8 +150,9 @@ Client::Progress ProgressLine(const std::string& what) {
 // control characters, and one must not drive the terminal.
 void PrintFile(const v1::File& f) {
   std::cout << absl::StrFormat("%s  %s  %s  %d examples  sha256 %s\n", f.id(),
-                               EscapeControlChars(f.filename()), HumanBytes(f.bytes()),
-                               f.line_count(), f.sha256().substr(0, 16));
+                               EscapeControlChars(f.filename()),
+                               HumanBytes(f.bytes()), f.line_count(),
+                               f.sha256().substr(0, 16));
 }
 
 void PrintJob(const v1::Job& j) {

@@ -155,6 +155,8 @@ grpc::Status FilesService::Upload(
     grpc::ServerReader<v1::UploadFileRequest>* reader, v1::File* response) {
   auto caller = ctx_.auth->User(context);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto slot = uploads_.Acquire(caller->key_id);
+  if (!slot.ok()) return ToGrpcStatus(slot.status());
   auto file = ReceiveUpload(ctx_, *caller, context, reader);
   if (!file.ok()) return ToGrpcStatus(file.status());
   *response = *std::move(file);

@@ -33,6 +33,14 @@ ABSL_FLAG(int64_t, max_examples_per_file, 1'000'000,
           "most examples (lines) in one uploaded file");
 ABSL_FLAG(int, max_jobs_in_flight_per_project, 100,
           "most jobs of one project that are queued, running or paused at once");
+ABSL_FLAG(int, max_uploads_in_flight_per_key,
+          lathe::ServiceOptions().max_uploads_in_flight_per_key,
+          "most uploads one API key has open at once (RESOURCE_EXHAUSTED "
+          "beyond)");
+ABSL_FLAG(int, max_uploads_in_flight,
+          lathe::ServiceOptions().max_uploads_in_flight,
+          "most uploads open at once, all keys together (each holds up to "
+          "about 3 x max_line_bytes plus a message)");
 ABSL_FLAG(std::string, data_dir, ".lathe", "folder for lathe.db and blobs");
 ABSL_FLAG(std::vector<std::string>, base_model, {},
           "base models as NAME=FOLDER, comma-separated");
@@ -73,6 +81,15 @@ int main(int argc, char** argv) {
   o.service.max_examples_per_file = absl::GetFlag(FLAGS_max_examples_per_file);
   o.service.max_jobs_in_flight_per_project =
       absl::GetFlag(FLAGS_max_jobs_in_flight_per_project);
+  o.service.max_uploads_in_flight_per_key =
+      absl::GetFlag(FLAGS_max_uploads_in_flight_per_key);
+  o.service.max_uploads_in_flight = absl::GetFlag(FLAGS_max_uploads_in_flight);
+  if (o.service.max_uploads_in_flight_per_key < 1 ||
+      o.service.max_uploads_in_flight < 1) {
+    std::cerr << "--max_uploads_in_flight_per_key and --max_uploads_in_flight "
+                 "must be at least 1\n";
+    return 2;
+  }
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   for (const std::string& spec : absl::GetFlag(FLAGS_base_model)) {
     std::pair<std::string, std::string> kv = absl::StrSplit(spec, '=');

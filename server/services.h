@@ -7,15 +7,16 @@
 #include <atomic>
 #include <string>
 
+#include "lathe/v1/admin.grpc.pb.h"
 #include "lathe/v1/files.grpc.pb.h"
 #include "lathe/v1/fine_tuning.grpc.pb.h"
 #include "lathe/v1/models.grpc.pb.h"
 #include "lathe/v1/worker.grpc.pb.h"
-#include "lathe/v1/admin.grpc.pb.h"
 #include "server/auth.h"
 #include "server/coordinator.h"
 #include "server/store/blob_store.h"
 #include "server/store/store.h"
+#include "server/upload_slots.h"
 
 namespace lathe {
 
@@ -26,6 +27,8 @@ struct ServiceOptions {
   int64_t max_line_bytes = 4 << 20;          // per JSONL line
   int64_t max_examples_per_file = 1'000'000;
   int max_jobs_in_flight_per_project = 100;  // queued, running or paused
+  int max_uploads_in_flight_per_key = 4;     // open Files.Upload calls
+  int max_uploads_in_flight = 16;            // of all keys together
 };
 
 // The objects every service borrows; all must outlive the services.
@@ -39,9 +42,14 @@ struct ServerContext {
   std::atomic<bool>* shutting_down;
 };
 
+// Uploads hold a slot of uploads_ (see UploadSlots) from their first
+// message to their status, so memory for uploads in flight is bounded.
 class FilesService final : public v1::Files::Service {
  public:
-  explicit FilesService(ServerContext ctx) : ctx_(ctx) {}
+  explicit FilesService(ServerContext ctx)
+      : ctx_(ctx),
+        uploads_({.per_key = ctx.options.max_uploads_in_flight_per_key,
+                  .per_server = ctx.options.max_uploads_in_flight}) {}
   grpc::Status Upload(grpc::ServerContext* context,
                       grpc::ServerReader<v1::UploadFileRequest>* reader,
                       v1::File* response) override;
@@ -65,6 +73,7 @@ class FilesService final : public v1::Files::Service {
                                      const std::string& file_id) const;
 
   ServerContext ctx_;
+  UploadSlots uploads_;
 };
 
 class FineTuningService final : public v1::FineTuning::Service {

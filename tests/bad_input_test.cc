@@ -30,6 +30,33 @@ struct Case {
 constexpr char kGood[] =
     R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]})";
 
+// An upload held open: the header sent, the stream neither finished nor
+// cancelled until it is destroyed.
+class OpenUpload {
+ public:
+  OpenUpload(Cluster& cluster, const std::string& key)
+      : stub_(v1::Files::NewStub(cluster.NewChannel())) {
+    ctx_.AddMetadata("authorization", "Bearer " + key);
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    writer_ = stub_->Upload(&ctx_, &out_);
+    v1::UploadFileRequest r;
+    r.mutable_header()->set_filename("held.jsonl");
+    r.mutable_header()->set_purpose("fine-tune");
+    r.mutable_header()->set_bytes(1000);
+    writer_->Write(r);
+  }
+  ~OpenUpload() {
+    ctx_.TryCancel();
+    writer_->Finish();
+  }
+
+ private:
+  std::unique_ptr<v1::Files::Stub> stub_;
+  grpc::ClientContext ctx_;
+  v1::File out_;
+  std::unique_ptr<grpc::ClientWriter<v1::UploadFileRequest>> writer_;
+};
+
 class BadInputTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -254,6 +281,7 @@ TEST_F(BadInputTest, EveryBadInputIsRefusedByNameAndNothingIsStored) {
       {"limit: examples per file", [&] { std::string many; for (int i = 0; i < 51; ++i) many += line1; return Upload(many); }, C::kResourceExhausted, "line 51: more than 50 examples (max_examples_per_file)"},
       {"limit: jobs in flight", create([](auto&) {}), C::kResourceExhausted, "max_jobs_in_flight_per_project"},
       {"limit: message size", [&] { return RawUpload({Header("a.jsonl", 3 << 20), Chunk(std::string(3 << 20, 'x'))}); }, C::kResourceExhausted, "larger than max"},
+      {"limit: uploads in flight per key", [&] { std::vector<std::unique_ptr<OpenUpload>> held; for (int i = 0; i < 4; ++i) held.push_back(std::make_unique<OpenUpload>(*cluster_, cluster_->api_key())); std::this_thread::sleep_for(std::chrono::milliseconds(500)); return Upload(line1); }, C::kResourceExhausted, "max_uploads_in_flight_per_key: this API key already has 4"},
       {"safetensors: header length beyond the file", [&] { return RegisterBadWeights("long", "{}", "", 1'000'000); }, C::kInvalidArgument, "model.safetensors"},
       {"safetensors: header not JSON", [&] { return RegisterBadWeights("json", "{oops", ""); }, C::kInvalidArgument, "model.safetensors"},
       {"safetensors: unknown dtype", [&] { return RegisterBadWeights("dtype", R"({"w":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}})", std::string(8, '\0')); }, C::kInvalidArgument, "\"dtype\""},
@@ -345,6 +373,50 @@ TEST_F(BadInputTest, TheCliEscapesControlCharactersInOldNames) {
   EXPECT_TRUE(absl::StrContains(out, "evil\\u001B[2J\\u000D\\u0007\\u202Elnosj.exe")) << out;
   EXPECT_EQ(out.find_first_of("\x1b\r\a"), std::string::npos) << out;
   EXPECT_FALSE(absl::StrContains(out, "\xe2\x80\xae")) << out;
+}
+
+// Open uploads are capped per API key and per server, refused with
+// RESOURCE_EXHAUSTED naming the flag; a cancelled upload frees its slot.
+TEST(UploadCapsTest, UploadsInFlightAreCappedPerKeyAndPerServer) {
+  auto c = Cluster::Start(TestRoot("upload-caps"), 0,
+                          {"--max_uploads_in_flight_per_key=1", "--max_uploads_in_flight=2"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  Cluster& cluster = **c;
+  const std::string a = cluster.api_key();
+  const std::string b = cluster.NewKey("default");
+  const std::string other_project = cluster.NewKey("other");
+  const std::string path = cluster.root() + "/ok.jsonl";
+  std::ofstream(path) << kGood << "\n";
+  auto upload = [&](const std::string& key) {
+    return Client(cluster.NewChannel(), key).UploadFile(path, "fine-tune", nullptr).status();
+  };
+  {
+    auto held_a = std::make_unique<OpenUpload>(cluster, a);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // lathed has it
+    absl::Status st = upload(a);
+    EXPECT_TRUE(absl::IsResourceExhausted(st)) << st;
+    EXPECT_TRUE(absl::StrContains(st.message(), "max_uploads_in_flight_per_key")) << st;
+
+    OpenUpload held_b(cluster, b);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    st = upload(other_project);
+    EXPECT_TRUE(absl::IsResourceExhausted(st)) << st;
+    EXPECT_TRUE(absl::StrContains(st.message(), "max_uploads_in_flight:")) << st;
+
+    held_a.reset();  // cancelled: its slot comes back
+    for (int i = 0; i < 50 && !(st = upload(a)).ok(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_TRUE(st.ok()) << st;
+  }
+  // Every slot is back: each key uploads again.
+  for (const std::string& key : {a, b, other_project}) {
+    absl::Status st;
+    for (int i = 0; i < 50 && !(st = upload(key)).ok(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_TRUE(st.ok()) << st;
+  }
 }
 
 }  // namespace
