@@ -1,4 +1,6 @@
 // lathed: the Lathe control plane. Reads flags into LathedOptions and runs.
+#include <malloc.h>
+
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -107,6 +109,12 @@ int main(int argc, char** argv) {
   o.admin_key_file = absl::GetFlag(FLAGS_admin_key_file);
   o.worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
   o.coordinator.checkpoint_every_steps = absl::GetFlag(FLAGS_checkpoint_every_steps);
+
+  // Blocks of 1 MiB and more (upload lines and chunks) are mmapped and go
+  // back to the system when freed, instead of staying in malloc's arenas
+  // after a burst of uploads (a fixed threshold also stops glibc raising it
+  // to the largest block freed). tests/upload_memory_bench measures it.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
   // Block SIGINT/SIGTERM before any thread starts (threads inherit the
   // mask) and wait for one on this thread.

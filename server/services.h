@@ -28,7 +28,7 @@ struct ServiceOptions {
   int64_t max_examples_per_file = 1'000'000;
   int max_jobs_in_flight_per_project = 100;  // queued, running or paused
   int max_uploads_in_flight_per_key = 4;     // open Files.Upload calls
-  int max_uploads_in_flight = 16;            // of all keys together
+  int max_uploads_in_flight = 8;             // of all keys together
 };
 
 // The objects every service borrows; all must outlive the services.
