@@ -42,7 +42,7 @@ ABSL_FLAG(int, max_uploads_in_flight_per_key,
 ABSL_FLAG(int, max_uploads_in_flight,
           lathe::ServiceOptions().max_uploads_in_flight,
           "most uploads open at once, all keys together (each holds up to "
-          "about 3 x max_line_bytes plus a message)");
+          "about 4 x max_line_bytes plus a message)");
 ABSL_FLAG(std::string, data_dir, ".lathe", "folder for lathe.db and blobs");
 ABSL_FLAG(std::vector<std::string>, base_model, {},
           "base models as NAME=FOLDER, comma-separated");
