@@ -4,7 +4,7 @@
 // Each line is parsed by common/data_format.h (the engine's parser too), so
 // a file that passes here is one the engine reads; one format per file.
 // Blank lines (JSON whitespace only) are skipped. Memory is bounded by
-// max_line_bytes: about three times the longest line, never a DOM.
+// max_line_bytes: under four times the longest line, never a DOM.
 // Not thread-safe.
 #ifndef LATHE_SERVER_JSONL_VALIDATOR_H_
 #define LATHE_SERVER_JSONL_VALIDATOR_H_
