@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "cli/args.h"
 #include "client/client.h"
+#include "common/control_chars.h"
 #include "common/job_state.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -150,10 +151,13 @@ Client::Progress ProgressLine(const std::string& what) {
   };
 }
 
+// The name is escaped: a database may hold names from before lathed refused
+// control characters, and one must not drive the terminal.
 void PrintFile(const v1::File& f) {
   std::cout << absl::StrFormat("%s  %s  %s  %d examples  sha256 %s\n", f.id(),
-                               f.filename(), HumanBytes(f.bytes()),
-                               f.line_count(), f.sha256().substr(0, 16));
+                               EscapeControlChars(f.filename()),
+                               HumanBytes(f.bytes()), f.line_count(),
+                               f.sha256().substr(0, 16));
 }
 
 // "linear", "cosine", "constant" (the proto's names, lower-cased).

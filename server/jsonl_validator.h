@@ -1,23 +1,20 @@
 // Checks an uploaded training file line by line as its bytes stream in, so
 // a file is refused at the door with an error naming the line and the field.
 //
-// Accepted, one JSON object per line, one format per file:
-// - chat: {"messages": [...]}, roles system/user/assistant, string content,
-//   at least one assistant message with non-empty content and weight 1,
-//   optional per-message "weight" 0 or 1 (assistant messages only);
-// - prompt_completion: {"prompt": "...", "completion": "..."} with a
-//   non-empty completion;
-// - text: {"text": "..."} with non-empty text.
-// Blank lines are skipped. Not thread-safe.
+// Each line is parsed by common/data_format.h (the engine's parser too), so
+// a file that passes here is one the engine reads; one format per file.
+// Blank lines (JSON whitespace only) are skipped. Memory is bounded by
+// max_line_bytes: under four times the longest line, never a DOM.
+// Not thread-safe.
 #ifndef LATHE_SERVER_JSONL_VALIDATOR_H_
 #define LATHE_SERVER_JSONL_VALIDATOR_H_
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/data_format.h"
 
 namespace lathe {
 
@@ -38,13 +35,11 @@ class JsonlValidator {
   absl::Status Finish();
 
   int64_t examples() const { return examples_; }
-  // "chat", "prompt_completion" or "text": the format of the first line.
-  const std::string& format() const { return format_; }
-
-  // Checks one line (1-based number for messages) and returns its format;
-  // exposed for tests.
-  static absl::StatusOr<std::string> CheckLine(absl::string_view line,
-                                               int64_t line_number);
+  // "chat", "prompt_completion" or "text": the format of the first line;
+  // "" before any example.
+  const char* format() const {
+    return file_format_.empty() ? "" : DataFormatName(file_format_.format());
+  }
 
  private:
   absl::Status EndLine();
@@ -53,8 +48,7 @@ class JsonlValidator {
   std::string line_;
   int64_t line_number_ = 0;
   int64_t examples_ = 0;
-  int64_t format_line_ = 0;  // the line that set format_
-  std::string format_;
+  DataFileFormat file_format_;
   absl::Status error_;
 };
 

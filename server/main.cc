@@ -1,4 +1,6 @@
 // lathed: the Lathe control plane. Reads flags into LathedOptions and runs.
+#include <malloc.h>
+
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -35,6 +37,14 @@ ABSL_FLAG(int64_t, max_examples_per_file, 1'000'000,
           "most examples (lines) in one uploaded file");
 ABSL_FLAG(int, max_jobs_in_flight_per_project, 100,
           "most jobs of one project that are queued, running or paused at once");
+ABSL_FLAG(int, max_uploads_in_flight_per_key,
+          lathe::ServiceOptions().max_uploads_in_flight_per_key,
+          "most uploads one API key has open at once (RESOURCE_EXHAUSTED "
+          "beyond)");
+ABSL_FLAG(int, max_uploads_in_flight,
+          lathe::ServiceOptions().max_uploads_in_flight,
+          "most uploads open at once, all keys together (each holds up to "
+          "about 4 x max_line_bytes plus a message)");
 ABSL_FLAG(std::string, data_dir, ".lathe", "folder for lathe.db and blobs");
 ABSL_FLAG(std::vector<std::string>, base_model, {},
           "base models as NAME=FOLDER, comma-separated");
@@ -87,6 +97,15 @@ int main(int argc, char** argv) {
   o.service.max_examples_per_file = absl::GetFlag(FLAGS_max_examples_per_file);
   o.service.max_jobs_in_flight_per_project =
       absl::GetFlag(FLAGS_max_jobs_in_flight_per_project);
+  o.service.max_uploads_in_flight_per_key =
+      absl::GetFlag(FLAGS_max_uploads_in_flight_per_key);
+  o.service.max_uploads_in_flight = absl::GetFlag(FLAGS_max_uploads_in_flight);
+  if (o.service.max_uploads_in_flight_per_key < 1 ||
+      o.service.max_uploads_in_flight < 1) {
+    std::cerr << "--max_uploads_in_flight_per_key and --max_uploads_in_flight "
+                 "must be at least 1\n";
+    return 2;
+  }
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   for (const std::string& spec : absl::GetFlag(FLAGS_base_model)) {
     std::pair<std::string, std::string> kv = absl::StrSplit(spec, '=');
@@ -105,6 +124,12 @@ int main(int argc, char** argv) {
   o.admin_key_file = absl::GetFlag(FLAGS_admin_key_file);
   o.worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
   o.service.job_defaults.checkpoint_every_steps = absl::GetFlag(FLAGS_checkpoint_every_steps);
+
+  // Blocks of 1 MiB and more (upload lines and chunks) are mmapped and go
+  // back to the system when freed, instead of staying in malloc's arenas
+  // after a burst of uploads (a fixed threshold also stops glibc raising it
+  // to the largest block freed). tests/upload_memory_bench measures it.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
   // Block SIGINT/SIGTERM before any thread starts (threads inherit the
   // mask) and wait for one on this thread.

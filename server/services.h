@@ -21,6 +21,7 @@
 #include "server/job_request.h"
 #include "server/store/blob_store.h"
 #include "server/store/store.h"
+#include "server/upload_slots.h"
 
 namespace lathe {
 
@@ -31,6 +32,8 @@ struct ServiceOptions {
   int64_t max_line_bytes = 4 << 20;          // per JSONL line
   int64_t max_examples_per_file = 1'000'000;
   int max_jobs_in_flight_per_project = 100;  // queued, running or paused
+  int max_uploads_in_flight_per_key = 4;     // open Files.Upload calls
+  int max_uploads_in_flight = 8;             // of all keys together
   JobDefaults job_defaults;                  // job resolution's operator settings
 };
 
@@ -46,9 +49,14 @@ struct ServerContext {
   EventFeed* feed;
 };
 
+// Uploads hold a slot of uploads_ (see UploadSlots) from their first
+// message to their status, so memory for uploads in flight is bounded.
 class FilesService final : public v1::Files::Service {
  public:
-  explicit FilesService(ServerContext ctx) : ctx_(ctx) {}
+  explicit FilesService(ServerContext ctx)
+      : ctx_(ctx),
+        uploads_({.per_key = ctx.options.max_uploads_in_flight_per_key,
+                  .per_server = ctx.options.max_uploads_in_flight}) {}
   grpc::Status Upload(grpc::ServerContext* context,
                       grpc::ServerReader<v1::UploadFileRequest>* reader,
                       v1::File* response) override;
@@ -72,6 +80,7 @@ class FilesService final : public v1::Files::Service {
                                      const std::string& file_id) const;
 
   ServerContext ctx_;
+  UploadSlots uploads_;
 };
 
 class FineTuningService final

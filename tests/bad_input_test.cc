@@ -1,8 +1,10 @@
 // A table of bad inputs through the real server: each gets the right status
 // code and a message naming the field or the line, and nothing is stored.
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -10,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/sha256.h"
+#include "server/store/store.h"
 #include "tests/cluster.h"
 
 namespace lathe::testing {
@@ -26,6 +29,33 @@ struct Case {
 
 constexpr char kGood[] =
     R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]})";
+
+// An upload held open: the header sent, the stream neither finished nor
+// cancelled until it is destroyed.
+class OpenUpload {
+ public:
+  OpenUpload(Cluster& cluster, const std::string& key)
+      : stub_(v1::Files::NewStub(cluster.NewChannel())) {
+    ctx_.AddMetadata("authorization", "Bearer " + key);
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    writer_ = stub_->Upload(&ctx_, &out_);
+    v1::UploadFileRequest r;
+    r.mutable_header()->set_filename("held.jsonl");
+    r.mutable_header()->set_purpose("fine-tune");
+    r.mutable_header()->set_bytes(1000);
+    writer_->Write(r);
+  }
+  ~OpenUpload() {
+    ctx_.TryCancel();
+    writer_->Finish();
+  }
+
+ private:
+  std::unique_ptr<v1::Files::Stub> stub_;
+  grpc::ClientContext ctx_;
+  v1::File out_;
+  std::unique_ptr<grpc::ClientWriter<v1::UploadFileRequest>> writer_;
+};
 
 class BadInputTest : public ::testing::Test {
  protected:
@@ -59,6 +89,58 @@ class BadInputTest : public ::testing::Test {
     writer->WritesDone();
     grpc::Status st = writer->Finish();
     return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+  }
+
+  // Sends `header` and neither a body nor the end of the stream: the status
+  // of an upload refused at its header (DEADLINE_EXCEEDED if the server
+  // waits for the body instead).
+  absl::Status HeaderOnly(const v1::UploadFileRequest& header) {
+    auto stub = v1::Files::NewStub(cluster_->NewChannel());
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + cluster_->api_key());
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::File out;
+    auto writer = stub->Upload(&ctx, &out);
+    writer->Write(header);
+    grpc::Status st = writer->Finish();
+    return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+  }
+
+  // How an upload can end without the client finishing it.
+  enum class CutShort { kCancel, kDeadline };
+  // Sends `messages`, then cancels the call or lets its deadline pass
+  // instead of half-closing; returns the call's status.
+  absl::Status UploadCutShort(const std::vector<v1::UploadFileRequest>& messages,
+                              CutShort how) {
+    auto stub = v1::Files::NewStub(cluster_->NewChannel());
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + cluster_->api_key());
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::File out;
+    auto writer = stub->Upload(&ctx, &out);
+    for (const auto& m : messages) writer->Write(m);
+    // Let the server read everything first: then only the end is missing.
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    if (how == CutShort::kCancel) ctx.TryCancel();
+    grpc::Status st = writer->Finish();
+    return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+  }
+
+  // Asserts that no file, blob or temporary is stored, once the server has
+  // dropped the upload (a cancelled client may hear of it first).
+  void ExpectNothingStored() {
+    const std::string tmp = cluster_->root() + "/data/tmp";
+    for (int i = 0; i < 100 && !fs::is_empty(tmp); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_TRUE(fs::is_empty(tmp));
+    EXPECT_EQ(cluster_->client().ListFiles({})->data_size(), 0);
+    int blobs = 0;
+    for (const auto& e : fs::recursive_directory_iterator(cluster_->root() + "/data/blobs")) {
+      blobs += e.is_regular_file();
+    }
+    EXPECT_EQ(blobs, 0);
   }
 
   // Registers a model folder whose model.safetensors is `header` (a JSON
@@ -154,13 +236,29 @@ TEST_F(BadInputTest, EveryBadInputIsRefusedByNameAndNothingIsStored) {
       {"unknown format", [&] { return Upload(R"({"input":"a","output":"b"})"); }, C::kInvalidArgument, "line 1: messages: missing"},
       {"a single huge line", [&] { return Upload(line1 + "{\"text\":\"" + std::string(5 << 20, 'x') + "\"}\n"); }, C::kResourceExhausted, "line 2: longer than"},
       {"empty file", [&] { return Upload("\n\n"); }, C::kInvalidArgument, "no examples"},
+      {"a line of only \\f", [&] { return Upload(line1 + "\f\n"); }, C::kInvalidArgument, "line 2: not valid JSON"},
+      {"JSON then \\v", [&] { return Upload(line1 + R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]})" "\v\n"); }, C::kInvalidArgument, "line 2: not valid JSON"},
+      {"messages and text", [&] { return Upload(R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}],"text":"t"})"); }, C::kInvalidArgument, "line 1: ambiguous: holds \"messages\" and \"text\""},
+      {"messages and prompt", [&] { return Upload(R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}],"prompt":"p"})"); }, C::kInvalidArgument, "line 1: ambiguous: holds \"messages\" and \"prompt\""},
+      {"a key twice", [&] { return Upload(R"({"text":"a","text":"b"})"); }, C::kInvalidArgument, "line 1: text: given twice"},
       {"bad purpose", [&] { return Upload(line1, "batch"); }, C::kInvalidArgument, "purpose"},
       {"path traversal in filename", [&] { return RawUpload({Header("../../etc/passwd"), Chunk(line1)}); }, C::kInvalidArgument, "filename"},
       {"dot-dot filename", [&] { return RawUpload({Header(".."), Chunk(line1)}); }, C::kInvalidArgument, "filename"},
       {"NUL in filename", [&] { return RawUpload({Header(std::string("a\0b", 3)), Chunk(line1)}); }, C::kInvalidArgument, "filename"},
+      {"ESC in filename", [&] { return RawUpload({Header("a\x1b[2Jb.jsonl", 100), Chunk(line1)}); }, C::kInvalidArgument, "filename: control character U+001B at byte 1"},
+      {"CR in filename", [&] { return RawUpload({Header("a\rb.jsonl", 100), Chunk(line1)}); }, C::kInvalidArgument, "filename: control character U+000D"},
+      {"LF in filename", [&] { return RawUpload({Header("a\nb.jsonl", 100), Chunk(line1)}); }, C::kInvalidArgument, "filename: control character U+000A"},
+      {"BEL in filename", [&] { return RawUpload({Header("a\ab.jsonl", 100), Chunk(line1)}); }, C::kInvalidArgument, "filename: control character U+0007"},
+      {"DEL in filename", [&] { return RawUpload({Header("a\x7f.jsonl", 100), Chunk(line1)}); }, C::kInvalidArgument, "filename: control character U+007F"},
+      {"C1 control in filename", [&] { return RawUpload({Header("a\xc2\x9b" "2J.jsonl", 100), Chunk(line1)}); }, C::kInvalidArgument, "filename: control character U+009B"},
+      {"bidi override in filename", [&] { return RawUpload({Header("a\xe2\x80\xaelnosj.exe", 100), Chunk(line1)}); }, C::kInvalidArgument, "filename: control character U+202E"},
+      {"filename of only spaces", [&] { return RawUpload({Header("   ", 100), Chunk(line1)}); }, C::kInvalidArgument, "filename: blank"},
+      {"sha256 not hex", [&] { return RawUpload({Header("a.jsonl", 0, std::string(64, 'z')), Chunk(line1)}); }, C::kInvalidArgument, "sha256: expected 64 hex digits"},
+      {"sha256 too short", [&] { return RawUpload({Header("a.jsonl", 0, "abc"), Chunk(line1)}); }, C::kInvalidArgument, "sha256: expected 64 hex digits"},
+      {"neither bytes nor sha256", [&] { return RawUpload({Header("a.jsonl"), Chunk(line1)}); }, C::kInvalidArgument, "bytes: required"},
       {"overlong filename", [&] { return RawUpload({Header(std::string(300, 'a')), Chunk(line1)}); }, C::kInvalidArgument, "filename: longer than 255"},
       {"no header first", [&] { return RawUpload({Chunk(line1)}); }, C::kInvalidArgument, "header"},
-      {"header twice", [&] { return RawUpload({Header("a.jsonl"), Header("b.jsonl")}); }, C::kInvalidArgument, "header: sent twice"},
+      {"header twice", [&] { return RawUpload({Header("a.jsonl", 100), Header("b.jsonl", 100)}); }, C::kInvalidArgument, "header: sent twice"},
       {"truncated upload", [&] { return RawUpload({Header("a.jsonl", 1000), Chunk(line1)}); }, C::kDataLoss, "bytes: the header announced 1000"},
       {"wrong sha256", [&] { return RawUpload({Header("a.jsonl", 0, std::string(64, '0')), Chunk(line1)}); }, C::kDataLoss, "sha256 mismatch"},
       {"model missing", create([](auto& r) { r.clear_model(); }), C::kInvalidArgument, "model: required"},
@@ -198,7 +296,8 @@ TEST_F(BadInputTest, EveryBadInputIsRefusedByNameAndNothingIsStored) {
       {"limit: upload size", [&] { return RawUpload({Header("a.jsonl", 9'000'000), Chunk(line1)}); }, C::kResourceExhausted, "max_upload_bytes"},
       {"limit: examples per file", [&] { std::string many; for (int i = 0; i < 51; ++i) many += line1; return Upload(many); }, C::kResourceExhausted, "line 51: more than 50 examples (max_examples_per_file)"},
       {"limit: jobs in flight", create([](auto&) {}), C::kResourceExhausted, "max_jobs_in_flight_per_project"},
-      {"limit: message size", [&] { return RawUpload({Header("a.jsonl"), Chunk(std::string(3 << 20, 'x'))}); }, C::kResourceExhausted, "larger than max"},
+      {"limit: message size", [&] { return RawUpload({Header("a.jsonl", 3 << 20), Chunk(std::string(3 << 20, 'x'))}); }, C::kResourceExhausted, "larger than max"},
+      {"limit: uploads in flight per key", [&] { std::vector<std::unique_ptr<OpenUpload>> held; for (int i = 0; i < 4; ++i) held.push_back(std::make_unique<OpenUpload>(*cluster_, cluster_->api_key())); std::this_thread::sleep_for(std::chrono::milliseconds(500)); return Upload(line1); }, C::kResourceExhausted, "max_uploads_in_flight_per_key: this API key already has 4"},
       {"safetensors: header length beyond the file", [&] { return RegisterBadWeights("long", "{}", "", 1'000'000); }, C::kInvalidArgument, "model.safetensors"},
       {"safetensors: header not JSON", [&] { return RegisterBadWeights("json", "{oops", ""); }, C::kInvalidArgument, "model.safetensors"},
       {"safetensors: unknown dtype", [&] { return RegisterBadWeights("dtype", R"({"w":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}})", std::string(8, '\0')); }, C::kInvalidArgument, "\"dtype\""},
@@ -237,6 +336,116 @@ TEST_F(BadInputTest, EveryBadInputIsRefusedByNameAndNothingIsStored) {
     blobs += e.is_regular_file();
   }
   EXPECT_EQ(blobs, 1);
+}
+
+// A stream that ends without the client's half-close (cancelled, or past its
+// deadline) is never stored, even when everything announced arrived; and a
+// header that announces neither size nor hash is refused before its body.
+TEST_F(BadInputTest, AnUploadCutShortIsNeverStored) {
+  const std::string lines = std::string(kGood) + "\n" + kGood + "\n";
+  for (CutShort how : {CutShort::kCancel, CutShort::kDeadline}) {
+    const char* name = how == CutShort::kCancel ? "cancelled" : "past its deadline";
+    absl::Status st = UploadCutShort({Header("a.jsonl"), Chunk(lines)}, how);
+    EXPECT_FALSE(st.ok()) << name;
+    ExpectNothingStored();
+    st = UploadCutShort(
+        {Header("a.jsonl", static_cast<int64_t>(lines.size()), Sha256Hex(lines)), Chunk(lines)},
+        how);
+    EXPECT_FALSE(st.ok()) << name << ", with size and hash";
+    ExpectNothingStored();
+  }
+  absl::Status st = HeaderOnly(Header("a.jsonl"));
+  EXPECT_TRUE(absl::IsInvalidArgument(st)) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "bytes: required")) << st;
+  ExpectNothingStored();
+}
+
+// The header's sha256 is hex in either case; a malformed one is refused at
+// once, before any of the body is read.
+TEST_F(BadInputTest, Sha256IsCheckedAtTheHeader) {
+  const std::string line1 = std::string(kGood) + "\n";
+  std::string upper = Sha256Hex(line1);
+  for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  absl::Status st = RawUpload({Header("a.jsonl", 0, upper), Chunk(line1)});
+  EXPECT_TRUE(st.ok()) << st;
+  auto files = cluster_->client().ListFiles({});
+  ASSERT_EQ(files->data_size(), 1);
+  EXPECT_EQ(files->data(0).sha256(), Sha256Hex(line1));
+  for (const std::string& bad : {std::string(63, 'a'), std::string(64, 'g'), std::string(65, 'a'),
+                                 "sha256:" + std::string(64, 'a')}) {
+    st = HeaderOnly(Header("b.jsonl", 100, bad));
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << bad << ": " << st;
+    EXPECT_TRUE(absl::StrContains(st.message(), "sha256: ")) << st;
+  }
+  EXPECT_EQ(cluster_->client().ListFiles({})->data_size(), 1);
+}
+
+// A database from before names were checked may hold control characters:
+// `lathe files list` prints them escaped, never raw to the terminal.
+TEST_F(BadInputTest, TheCliEscapesControlCharactersInOldNames) {
+  {
+    auto store = store::Store::Open(cluster_->root() + "/data/lathe.db");
+    ASSERT_TRUE(store.ok()) << store.status();
+    v1::File f;
+    f.set_id("file-old");
+    f.set_filename("evil\x1b[2J\r\a\xe2\x80\xaelnosj.exe");
+    f.set_purpose("fine-tune");
+    f.set_format("chat");
+    f.set_project("default");
+    ASSERT_TRUE((*store)->InsertFile(f).ok());
+  }
+  std::vector<std::string> argv = {Binaries().cli, "--server", cluster_->address(),
+                                   "--api_key", cluster_->api_key(), "files", "list"};
+  for (const std::string& flag : cluster_->CliTlsFlags()) argv.push_back(flag);
+  std::string out;
+  ASSERT_EQ(RunCommand(argv, &out), 0) << out;
+  EXPECT_TRUE(absl::StrContains(out, "evil\\u001B[2J\\u000D\\u0007\\u202Elnosj.exe")) << out;
+  EXPECT_EQ(out.find_first_of("\x1b\r\a"), std::string::npos) << out;
+  EXPECT_FALSE(absl::StrContains(out, "\xe2\x80\xae")) << out;
+}
+
+// Open uploads are capped per API key and per server, refused with
+// RESOURCE_EXHAUSTED naming the flag; a cancelled upload frees its slot.
+TEST(UploadCapsTest, UploadsInFlightAreCappedPerKeyAndPerServer) {
+  auto c = Cluster::Start(TestRoot("upload-caps"), 0,
+                          {"--max_uploads_in_flight_per_key=1", "--max_uploads_in_flight=2"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  Cluster& cluster = **c;
+  const std::string a = cluster.api_key();
+  const std::string b = cluster.NewKey("default");
+  const std::string other_project = cluster.NewKey("other");
+  const std::string path = cluster.root() + "/ok.jsonl";
+  std::ofstream(path) << kGood << "\n";
+  auto upload = [&](const std::string& key) {
+    return Client(cluster.NewChannel(), key).UploadFile(path, "fine-tune", nullptr).status();
+  };
+  {
+    auto held_a = std::make_unique<OpenUpload>(cluster, a);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // lathed has it
+    absl::Status st = upload(a);
+    EXPECT_TRUE(absl::IsResourceExhausted(st)) << st;
+    EXPECT_TRUE(absl::StrContains(st.message(), "max_uploads_in_flight_per_key")) << st;
+
+    OpenUpload held_b(cluster, b);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    st = upload(other_project);
+    EXPECT_TRUE(absl::IsResourceExhausted(st)) << st;
+    EXPECT_TRUE(absl::StrContains(st.message(), "max_uploads_in_flight:")) << st;
+
+    held_a.reset();  // cancelled: its slot comes back
+    for (int i = 0; i < 50 && !(st = upload(a)).ok(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_TRUE(st.ok()) << st;
+  }
+  // Every slot is back: each key uploads again.
+  for (const std::string& key : {a, b, other_project}) {
+    absl::Status st;
+    for (int i = 0; i < 50 && !(st = upload(key)).ok(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_TRUE(st.ok()) << st;
+  }
 }
 
 }  // namespace

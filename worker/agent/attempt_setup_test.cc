@@ -90,8 +90,8 @@ TEST(AttemptSetupTest, BadDataIsReportedByFileIdAndLineWithoutWorkerPaths) {
   EXPECT_EQ(error.param(), "training_file");
   EXPECT_TRUE(error.user_fault());
   EXPECT_EQ(error.message(),
-            "training_file file-abc: line 2: messages[1]: field \"content\" "
-            "must be a string");
+            "training_file file-abc: line 2: messages[1].content: "
+            "missing or not a string");
 
   // The validation file is named as such (not blamed on training_file).
   std::ofstream(o.training_file) << kGoodLine << "\n";
@@ -104,7 +104,7 @@ TEST(AttemptSetupTest, BadDataIsReportedByFileIdAndLineWithoutWorkerPaths) {
   EXPECT_EQ(error.code(), "invalid_validation_file");
   EXPECT_EQ(error.param(), "validation_file");
   EXPECT_EQ(error.message(),
-            "validation_file file-xyz: line 3: not a JSON object");
+            "validation_file file-xyz: line 3: not valid JSON (or not valid UTF-8) near byte 2");
 
   // A platform fault (here the model folder is gone) keeps its details,
   // paths included, for the worker's log.

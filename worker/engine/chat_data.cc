@@ -5,106 +5,28 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
 namespace lathe::engine {
 namespace {
 
-using Json = nlohmann::json;
-
-absl::StatusOr<ChatMessage> ParseMessage(const Json& m,
-                                         const std::string& where) {
-  if (!m.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(where, " is not an object"));
-  }
-  ChatMessage message;
-  auto role = m.find("role");
-  if (role == m.end() || !role->is_string() ||
-      (*role != "system" && *role != "user" && *role != "assistant")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where,
-        ": field \"role\" must be \"system\", \"user\" or \"assistant\""));
-  }
-  message.role = role->get<std::string>();
-  auto content = m.find("content");
-  if (content == m.end() || !content->is_string()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": field \"content\" must be a string"));
-  }
-  message.content = content->get<std::string>();
-  auto weight = m.find("weight");
-  if (weight != m.end()) {
-    if (!weight->is_number_integer() || (*weight != 0 && *weight != 1) ||
-        message.role != "assistant") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": field \"weight\" must be 0 or 1, on assistant messages"));
-    }
-    message.train = *weight == 1;
-  }
-  return message;
-}
-
-const char* FormatName(DataFormat format) {
-  switch (format) {
-    case DataFormat::kChat:
-      return "chat (\"messages\")";
-    case DataFormat::kPromptCompletion:
-      return "\"prompt\"/\"completion\"";
-    case DataFormat::kText:
-      return "\"text\"";
-  }
-  return "";
-}
-
-absl::StatusOr<std::string> StringField(const Json& line, const char* field,
-                                        const std::string& where) {
-  auto it = line.find(field);
-  if (it == line.end() || !it->is_string()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": field \"", field, "\" must be a string"));
-  }
-  return it->get<std::string>();
-}
-
-absl::StatusOr<DataRecord> ParseLine(const std::string& text,
+// One line through the upload validator's parser, as a DataRecord.
+absl::StatusOr<DataRecord> ParseLine(absl::string_view text,
                                      const std::string& where) {
-  Json line = Json::parse(text, nullptr, false);
-  if (line.is_discarded() || !line.is_object()) {
+  absl::StatusOr<DataExample> example = ParseDataLine(text);
+  if (!example.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(where, ": not a JSON object"));
+        absl::StrCat(where, ": ", example.status().message()));
   }
   DataRecord record;
-  if (line.contains("prompt") || line.contains("completion")) {
-    record.format = DataFormat::kPromptCompletion;
-    ASSIGN_OR_RETURN(record.prompt, StringField(line, "prompt", where));
-    ASSIGN_OR_RETURN(record.completion, StringField(line, "completion", where));
-    return record;
+  record.format = example->format;
+  for (DataMessage& m : example->messages) {
+    record.messages.push_back(
+        {RoleName(m.role), std::move(m.content), m.train});
   }
-  if (line.contains("text")) {
-    record.format = DataFormat::kText;
-    ASSIGN_OR_RETURN(record.text, StringField(line, "text", where));
-    return record;
-  }
-  auto messages = line.find("messages");
-  if (messages == line.end() || !messages->is_array() || messages->empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where,
-        ": field \"messages\" must be a non-empty list (or give \"prompt\" "
-        "and \"completion\", or \"text\")"));
-  }
-  bool has_assistant = false;
-  for (size_t i = 0; i < messages->size(); ++i) {
-    ASSIGN_OR_RETURN(ChatMessage message,
-                     ParseMessage((*messages)[i],
-                                  absl::StrCat(where, ": messages[", i, "]")));
-    has_assistant |= message.role == "assistant";
-    record.messages.push_back(std::move(message));
-  }
-  if (!has_assistant) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": no assistant message to train on"));
-  }
+  record.prompt = std::move(example->prompt);
+  record.completion = std::move(example->completion);
+  record.text = std::move(example->text);
   return record;
 }
 
@@ -126,17 +48,16 @@ absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(const std::string& path,
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", file));
   std::vector<DataRecord> out;
+  DataFileFormat file_format;
   std::string text;
   for (int line = 1; std::getline(in, text); ++line) {
-    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+    if (IsBlankDataLine(text)) continue;
     const std::string where = absl::StrCat(file, ": line ", line);
     ASSIGN_OR_RETURN(DataRecord record, ParseLine(text, where));
     record.line = line;
-    if (!out.empty() && record.format != out[0].format) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": a ", FormatName(record.format), " example in a file of ",
-          FormatName(out[0].format), " examples (line ", out[0].line,
-          "); use one format per file"));
+    if (absl::Status st = file_format.Add(record.format, line); !st.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": ", st.message()));
     }
     out.push_back(std::move(record));
   }

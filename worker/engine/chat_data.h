@@ -1,6 +1,8 @@
 // Training data: JSONL -> tokenized examples with a loss mask. Torch-free.
 //
-// Three line formats, one per file (a file mixing them is refused):
+// Three line formats, one per file (a file mixing them is refused), parsed
+// by common/data_format.h, the upload validator's parser, so the engine
+// reads exactly the lines lathed accepted:
 //   chat               {"messages": [{"role": ..., "content": ...,
 //                       "weight": 0|1}]}: rendered by the chat template;
 //                       loss on each assistant message's content and its
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/data_format.h"
 #include "worker/engine/chat_template.h"
 #include "worker/engine/tokenizer.h"
 
@@ -29,8 +32,6 @@ namespace lathe::engine {
 absl::StatusOr<ChatTemplate> ChatTemplateFor(const Tokenizer& tokenizer,
                                              const std::string& name);
 
-enum class DataFormat { kChat, kPromptCompletion, kText };
-
 // One line of a data file.
 struct DataRecord {
   DataFormat format = DataFormat::kChat;
@@ -42,11 +43,10 @@ struct DataRecord {
 };
 
 // Reads a data file (blank lines skipped). INVALID_ARGUMENT naming the file
-// and line ("<name>: line 2: ...") for bad JSON, a line of no known format
-// or of another format than the file's first line, a missing/unknown role,
-// non-string content or text, a bad weight or a conversation without an
-// assistant message; NOT_FOUND if unreadable. `name` is what errors call the
-// file ("" = its path): a job's file id, where the path is the worker's.
+// and line ("<name>: line 3: messages[1].role: ...") for a line that
+// ParseDataLine refuses or of another format than the file's first line;
+// NOT_FOUND if unreadable. `name` is what errors call the file ("" = its
+// path): a job's file id, where the path is the worker's.
 absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(
     const std::string& path, const std::string& name = "");
 
