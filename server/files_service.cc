@@ -9,6 +9,7 @@
 #include "common/ids.h"
 #include "common/status_macros.h"
 #include "server/jsonl_validator.h"
+#include "server/request_limits.h"
 #include "server/services.h"
 #include "spdlog/spdlog.h"
 
@@ -144,8 +145,9 @@ void RemoveBlobIfUnreferenced(const ServerContext& ctx,
 absl::StatusOr<v1::File> FilesService::OwnedFile(
     const grpc::ServerContext* context, const std::string& file_id) const {
   ASSIGN_OR_RETURN(Caller caller, ctx_.auth->User(context));
+  RETURN_IF_ERROR(CheckIdField("file_id", file_id));
   auto file = ctx_.store->GetFile(file_id);
-  if (!file.ok()) return file.status();
+  if (!file.ok()) return NotFoundAs("file", file_id, file.status());
   RETURN_IF_ERROR(CheckOwner(caller, file->project(), "file", file_id));
   return file;
 }
@@ -179,6 +181,13 @@ grpc::Status FilesService::ListFiles(grpc::ServerContext* context,
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (request->limit() < 0 || request->limit() > 100) {
     return ToGrpcStatus(absl::InvalidArgumentError("limit: must be 1..100"));
+  }
+  for (const auto& [field, value] :
+       {std::pair<const char*, const std::string&>{"after", request->after()},
+        {"purpose", request->purpose()}}) {
+    if (auto st = CheckIdField(field, value, /*required=*/false); !st.ok()) {
+      return ToGrpcStatus(st);
+    }
   }
   auto page = ctx_.store->ListFiles(caller->project, request->limit(),
                                     request->after(), request->purpose());
