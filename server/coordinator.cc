@@ -127,12 +127,16 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
     out.set_outcome_recorded(a.has_outcome());
     return absl::OkStatus();
   }
+  // The report's events and progress in one transaction.
   int64_t acked = 0;
+  std::vector<store::Store::AttemptEvent> events;
+  events.reserve(a.events_size());
   for (const v1::AttemptEvent& e : a.events()) {
-    auto st = store_.AppendEvent(job.id(), e.event(), a.attempt(), e.seq());
-    if (!st.ok() && !absl::IsAlreadyExists(st.status())) return st.status();
+    events.push_back({e.seq(), e.event()});
     acked = std::max(acked, e.seq());
   }
+  RETURN_IF_ERROR(store_.RecordAttemptReport(job.id(), a.attempt(), events, a.step(),
+                                             a.total_steps(), a.trained_tokens()));
   out.set_acked_event_seq(acked);
   for (const v1::CheckpointReport& c : a.checkpoints()) {
     std::vector<std::string> files(c.files().begin(), c.files().end());
@@ -153,9 +157,6 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
     }
     out.add_acked_checkpoints(c.step());
   }
-  RETURN_IF_ERROR(store_.UpdateProgress(job.id(), a.attempt(), a.step(),
-                                        a.total_steps(),
-                                        a.trained_tokens()));
   absl::Time now = absl::Now();
   if (!leases_.Renew(job.id(), a.attempt(), now)) {
     leases_.Grant(job.id(), a.attempt(), r.worker_id(), now);

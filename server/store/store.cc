@@ -918,17 +918,24 @@ absl::StatusOr<v1::Job> Store::SetResumeRequested(const std::string& id,
   return job;
 }
 
-absl::Status Store::UpdateProgress(const std::string& id, int32_t attempt,
-                                   int64_t steps_done, int64_t steps_total,
-                                   int64_t trained_tokens) {
+absl::Status Store::RecordAttemptReport(const std::string& id, int32_t attempt,
+                                        const std::vector<AttemptEvent>& events,
+                                        int64_t steps_done, int64_t steps_total,
+                                        int64_t trained_tokens) {
   absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  for (const AttemptEvent& e : events) {
+    auto stored = InsertEvent(id, e.event, attempt, e.seq);
+    if (!stored.ok() && !absl::IsAlreadyExists(stored.status())) return stored.status();
+  }
   ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
                                   "UPDATE jobs SET steps_done = ?, "
                                   "steps_total = ?, trained_tokens = ? "
                                   "WHERE id = ? AND attempt = ?"));
   stmt.Bind(1, steps_done).Bind(2, steps_total).Bind(3, trained_tokens);
   stmt.Bind(4, id).Bind(5, static_cast<int64_t>(attempt));
-  return stmt.Run();
+  RETURN_IF_ERROR(stmt.Run());
+  return tx->Commit();
 }
 
 absl::StatusOr<v1::JobEvent> Store::InsertEvent(const std::string& job_id,

@@ -158,11 +158,18 @@ class Store {
   absl::StatusOr<v1::Job> SetResumeRequested(const std::string& id,
                                              int32_t attempt, bool requested,
                                              const std::string& message);
-  // Progress of a running attempt; ignored unless the attempt is current.
-  absl::Status UpdateProgress(const std::string& id, int32_t attempt,
-                              int64_t steps_done, int64_t steps_total,
-                              int64_t trained_tokens);
-
+  // What one report of a running attempt says, in one transaction (one
+  // fsync): its events (each (job, attempt, seq) stored once: a repeated
+  // one is skipped) and its progress (ignored unless the attempt is
+  // current).
+  struct AttemptEvent {
+    int64_t seq = 0;  // the attempt's own numbering, from 1
+    v1::JobEvent event;
+  };
+  absl::Status RecordAttemptReport(const std::string& id, int32_t attempt,
+                                   const std::vector<AttemptEvent>& events,
+                                   int64_t steps_done, int64_t steps_total,
+                                   int64_t trained_tokens);
   // Appends an event. With attempt > 0, (job, attempt, attempt_seq) is
   // unique: re-sent events are ignored. Returns the event as stored.
   absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& job_id,

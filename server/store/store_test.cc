@@ -355,6 +355,35 @@ TEST_F(StoreTest, TheListenerHearsTheJobOfEveryEvent) {
   EXPECT_EQ(heard.size(), 7u);
 }
 
+TEST_F(StoreTest, AnAttemptsReportIsRecordedAsAWholeAndRepeatsAreHarmless) {
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  ASSERT_TRUE(store_->Transition("ftjob-a", v1::JOB_STATUS_QUEUED, v1::JOB_STATUS_RUNNING,
+                                 std::nullopt, {.attempt = 1})
+                  .ok());
+  std::vector<Store::AttemptEvent> report;
+  for (int seq = 1; seq <= 3; ++seq) {
+    Store::AttemptEvent e{.seq = seq};
+    e.event.set_type("metrics");
+    e.event.mutable_metrics()->set_step(seq);
+    report.push_back(e);
+  }
+  ASSERT_TRUE(store_->RecordAttemptReport("ftjob-a", 1, report, 3, 10, 300).ok());
+  // The same report again (its ack was lost), and one more event.
+  report.push_back({.seq = 4});
+  ASSERT_TRUE(store_->RecordAttemptReport("ftjob-a", 1, report, 4, 10, 400).ok());
+  auto events = store_->ListEvents("ftjob-a", "", 100);
+  int metrics = 0;
+  for (const auto& e : events->data) metrics += e.type() == "metrics";
+  EXPECT_EQ(metrics, 3);
+  EXPECT_EQ(events->data.size(), 3u + 4u);  // created, queued, running + 4
+  auto job = store_->GetJob("ftjob-a");
+  EXPECT_EQ(job->progress().steps_done(), 4);
+  EXPECT_EQ(job->trained_tokens(), 400);
+  // A superseded attempt's progress is not taken.
+  ASSERT_TRUE(store_->RecordAttemptReport("ftjob-a", 7, {}, 9, 10, 900).ok());
+  EXPECT_EQ(store_->GetJob("ftjob-a")->progress().steps_done(), 4);
+}
+
 TEST_F(StoreTest, DeleteFileRefusedWhileAJobUsesIt) {
   ASSERT_TRUE(store_->InsertFile(MakeFile("file-1")).ok());
   ASSERT_TRUE(store_->InsertFile(MakeFile("file-2")).ok());  // same content
