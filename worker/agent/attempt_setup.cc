@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/error_kind.h"
 #include "common/status_macros.h"
 #include "worker/agent/job_options.h"
 
@@ -29,24 +30,36 @@ absl::StatusOr<engine::TrainOptions> TrainOptionsFor(const v1::Assignment& as,
 v1::JobError JobErrorFor(const absl::Status& status) {
   v1::JobError error;
   error.set_message(std::string(status.message()));
+  error.set_param(engine::ErrorFieldOf(status));
   error.set_user_fault(true);
-  const std::string field = engine::DataErrorField(status);
-  if (absl::IsInvalidArgument(status) && !field.empty()) {
-    error.set_code(absl::StrCat("invalid_", field));
-    error.set_param(field);
-  } else if (absl::IsOutOfRange(status)) {
-    error.set_code("nan_loss");
-    error.set_param(
-        "method.supervised.hyperparameters.learning_rate_multiplier");
-  } else if (absl::IsResourceExhausted(status)) {
-    error.set_code("out_of_memory");
-    error.set_param("method.supervised.hyperparameters.batch_size");
-  } else {
-    error.set_code("training_error");
-    error.set_user_fault(false);
-    error.set_message(absl::StrCat("training failed on the worker (",
-                                   absl::StatusCodeToString(status.code()),
-                                   "); the worker's log holds the details"));
+  switch (engine::ErrorKindOf(status)) {
+    case engine::ErrorKind::kUserData:
+      error.set_code(absl::StrCat("invalid_", error.param()));
+      break;
+    case engine::ErrorKind::kUserOptions:
+      error.set_code(absl::IsOutOfRange(status)          ? "nan_loss"
+                     : absl::IsResourceExhausted(status) ? "out_of_memory"
+                                                         : "invalid_hyperparameters");
+      break;
+    case engine::ErrorKind::kModel:
+      // The operator registered the model; the details (its paths on the
+      // server and worker) stay in the worker's log.
+      error.set_code("invalid_base_model");
+      error.set_param("model");
+      error.set_user_fault(false);
+      error.set_message(
+          "the base model's files could not be loaded (config, weights or "
+          "tokenizer); an operator should check the registered folder: the "
+          "worker's log holds the details");
+      break;
+    case engine::ErrorKind::kPlatform:
+      error.set_code("training_error");
+      error.clear_param();
+      error.set_user_fault(false);
+      error.set_message(absl::StrCat("training failed on the worker (",
+                                     absl::StatusCodeToString(status.code()),
+                                     "); the worker's log holds the details"));
+      break;
   }
   return error;
 }

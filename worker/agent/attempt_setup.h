@@ -27,16 +27,16 @@ absl::StatusOr<engine::TrainOptions> TrainOptionsFor(const v1::Assignment& assig
                                                      const std::string& dir);
 
 // The error a failed engine::Train (`status`: not OK, CANCELLED or ABORTED)
-// is reported as:
-//   bad data in a file (engine::DataErrorField)  invalid_training_file /
-//                                                invalid_validation_file,
-//                                                param that field, the
-//                                                engine's message
-//   OUT_OF_RANGE        nan_loss, param learning_rate_multiplier
-//   RESOURCE_EXHAUSTED  out_of_memory, param batch_size
-//   anything else       training_error, a platform fault, whose details
-//                       (paths of the worker, of the model) stay in the
-//                       worker's log: the message says only its code.
+// is reported as, by the kind the engine marked it with (the one place
+// kinds become job errors):
+//   user data     invalid_training_file / invalid_validation_file, param
+//                 that field, the engine's message (file id and line)
+//   user options  nan_loss (param learning_rate_multiplier), out_of_memory
+//                 (param batch_size), else invalid_hyperparameters
+//   model         invalid_base_model, param model, a platform fault
+//   platform      training_error, a platform fault
+// Platform and model errors' details (paths of the worker, of the model)
+// stay in the worker's log.
 v1::JobError JobErrorFor(const absl::Status& status);
 
 }  // namespace lathe::worker

@@ -5,6 +5,7 @@
 
 #include "gtest/gtest.h"
 #include "worker/engine/demo.h"
+#include "worker/engine/error_kind.h"
 #include "worker/engine/test_util.h"
 
 namespace lathe::worker {
@@ -106,33 +107,67 @@ TEST(AttemptSetupTest, BadDataIsReportedByFileIdAndLineWithoutWorkerPaths) {
   EXPECT_EQ(error.message(),
             "validation_file file-xyz: line 3: not valid JSON (or not valid UTF-8) near byte 2");
 
-  // A platform fault (here the model folder is gone) keeps its details,
-  // paths included, for the worker's log.
+  // A missing model folder is the base model's fault, not the data's; its
+  // details, paths included, stay in the worker's log.
   o.model_dir = attempt.path() + "/no-model";
   result = engine::Train(o, {});
   ASSERT_FALSE(result.ok());
   ASSERT_NE(result.status().message().find(attempt.path()), std::string::npos);
   error = JobErrorFor(result.status());
-  EXPECT_EQ(error.code(), "training_error");
+  EXPECT_EQ(error.code(), "invalid_base_model");
   EXPECT_FALSE(error.user_fault());
   EXPECT_EQ(error.message().find(attempt.path()), std::string::npos)
       << error.message();
 }
 
+// A corrupt base model (its weights cut short) is a model error, a
+// platform fault: never blamed on the user's training file.
+TEST(AttemptSetupTest, ACorruptBaseModelIsAModelErrorNotTheDatas) {
+  engine::testing::TempDir demo;
+  ASSERT_TRUE(engine::MakeDemo(demo.path()).ok());
+  const std::string weights = demo.path() + "/model/model.safetensors";
+  fs::resize_file(weights, fs::file_size(weights) / 2);
+  engine::testing::TempDir attempt;
+  engine::TrainOptions o = *TrainOptionsFor(DemoAssignment(), attempt.path());
+  o.model_dir = demo.path() + "/model";
+  std::ofstream(o.training_file) << kGoodLine << "\n";
+  absl::StatusOr<engine::TrainResult> result = engine::Train(o, {});
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(engine::ErrorKindOf(result.status()), engine::ErrorKind::kModel)
+      << result.status();
+  v1::JobError error = JobErrorFor(result.status());
+  EXPECT_EQ(error.code(), "invalid_base_model");
+  EXPECT_EQ(error.param(), "model");
+  EXPECT_FALSE(error.user_fault());
+  // A bad setting is the user's, named.
+  o.lr_scheduler = "sawtooth";
+  o.model_dir = demo.path() + "/no-such-model";
+  result = engine::Train(o, {});
+  error = JobErrorFor(result.status());
+  EXPECT_EQ(error.code(), "invalid_hyperparameters");
+  EXPECT_NE(error.message().find("lr_scheduler"), std::string::npos) << error.message();
+  EXPECT_TRUE(error.user_fault());
+}
+
 TEST(AttemptSetupTest, LossAndMemoryErrorsNameTheHyperparameter) {
-  v1::JobError nan = JobErrorFor(absl::OutOfRangeError("nan_loss: step 3"));
+  using engine::ErrorKind;
+  using engine::WithErrorKind;
+  v1::JobError nan = JobErrorFor(
+      WithErrorKind(absl::OutOfRangeError("nan_loss: step 3"), ErrorKind::kUserOptions,
+                    "method.supervised.hyperparameters.learning_rate_multiplier"));
   EXPECT_EQ(nan.code(), "nan_loss");
   EXPECT_EQ(nan.message(), "nan_loss: step 3");
   EXPECT_EQ(nan.param(),
             "method.supervised.hyperparameters.learning_rate_multiplier");
   EXPECT_TRUE(nan.user_fault());
-  v1::JobError oom =
-      JobErrorFor(absl::ResourceExhaustedError("out_of_memory: smaller"));
+  v1::JobError oom = JobErrorFor(WithErrorKind(absl::ResourceExhaustedError("out_of_memory: smaller"),
+                                               ErrorKind::kUserOptions,
+                                               "method.supervised.hyperparameters.batch_size"));
   EXPECT_EQ(oom.code(), "out_of_memory");
   EXPECT_EQ(oom.param(), "method.supervised.hyperparameters.batch_size");
   EXPECT_TRUE(oom.user_fault());
-  // INVALID_ARGUMENT about no data file (a model the engine refuses): the
-  // platform's, not the training file's.
+  // An error with no kind (INVALID_ARGUMENT, say) is the platform's, not
+  // the training file's.
   v1::JobError model = JobErrorFor(
       absl::InvalidArgumentError("/models/x/tokenizer_config.json: bad"));
   EXPECT_EQ(model.code(), "training_error");

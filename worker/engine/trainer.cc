@@ -22,6 +22,7 @@
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/llama.h"
 #include "worker/engine/lora.h"
+#include "worker/engine/error_kind.h"
 #include "worker/engine/model_export.h"
 #include "worker/engine/schedule.h"
 #include "worker/engine/tokenizer.h"
@@ -31,12 +32,14 @@ namespace {
 
 using Json = nlohmann::json;
 
-// The payload that marks an error as bad data in one of the files.
-constexpr char kDataErrorFieldUrl[] = "type.lathe/engine.DataErrorField";
-
-absl::Status WithDataErrorField(absl::Status status, const char* field) {
-  status.SetPayload(kDataErrorFieldUrl, absl::Cord(field));
-  return status;
+// Marks a failure of `step` as `kind` (see error_kind.h).
+template <typename T>
+absl::StatusOr<T> Kind(absl::StatusOr<T> result, ErrorKind kind, absl::string_view field = "") {
+  if (result.ok()) return result;
+  return WithErrorKind(result.status(), kind, field);
+}
+absl::Status Kind(absl::Status status, ErrorKind kind, absl::string_view field = "") {
+  return status.ok() ? status : WithErrorKind(status, kind, field);
 }
 
 // adapter_config.json's base_model_name_or_path (see TrainOptions).
@@ -136,13 +139,17 @@ struct Setup {
 
 absl::StatusOr<Setup> SetUp(const TrainOptions& o) {
   Setup setup;
-  ASSIGN_OR_RETURN(setup.model, LlamaModel::Load(o.model_dir));
-  ASSIGN_OR_RETURN(setup.tokenizer, Tokenizer::Load(o.model_dir));
+  // The base model's files are the operator's: a broken one is never
+  // blamed on the user's data.
+  ASSIGN_OR_RETURN(setup.model, Kind(LlamaModel::Load(o.model_dir), ErrorKind::kModel));
+  ASSIGN_OR_RETURN(setup.tokenizer, Kind(Tokenizer::Load(o.model_dir), ErrorKind::kModel));
   if (setup.tokenizer->vocab_size() > setup.model->config().vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        o.model_dir, ": the tokenizer has ", setup.tokenizer->vocab_size(),
-        " tokens but config.json's vocab_size is ",
-        setup.model->config().vocab_size));
+    return WithErrorKind(absl::InvalidArgumentError(absl::StrCat(
+                             o.model_dir, ": the tokenizer has ",
+                             setup.tokenizer->vocab_size(),
+                             " tokens but config.json's vocab_size is ",
+                             setup.model->config().vocab_size)),
+                         ErrorKind::kModel);
   }
   // An unknown template is an error only if the data holds chat lines.
   const absl::StatusOr<ChatTemplate> chat_template =
@@ -150,14 +157,16 @@ absl::StatusOr<Setup> SetUp(const TrainOptions& o) {
   absl::StatusOr<Dataset> train =
       LoadChatDataset(o.training_file, *setup.tokenizer, chat_template,
                       o.max_seq_len, o.training_file_name);
-  if (!train.ok()) return WithDataErrorField(train.status(), "training_file");
+  if (!train.ok()) {
+    return WithErrorKind(train.status(), ErrorKind::kUserData, "training_file");
+  }
   setup.train = *std::move(train);
   if (!o.validation_file.empty()) {
     absl::StatusOr<Dataset> valid =
         LoadChatDataset(o.validation_file, *setup.tokenizer, chat_template,
                         o.max_seq_len, o.validation_file_name);
     if (!valid.ok()) {
-      return WithDataErrorField(valid.status(), "validation_file");
+      return WithErrorKind(valid.status(), ErrorKind::kUserData, "validation_file");
     }
     setup.valid = *std::move(valid);
   }
@@ -286,10 +295,11 @@ absl::Status OptimizerStep(const LlamaModel& model, AdamW& optimizer,
       static_cast<double>(correct) / std::max<int64_t>(step_targets, 1);
   if (!std::isfinite(m.loss)) {
     // Retrying would diverge the same way: stop and say what to change.
-    return absl::OutOfRangeError(absl::StrCat(
+    return WithErrorKind(absl::OutOfRangeError(absl::StrCat(
         "nan_loss: the training loss became ", m.loss, " at step ", m.step,
         "; lower the learning rate (learning_rate_multiplier) or check the "
-        "data"));
+        "data")),
+        ErrorKind::kUserOptions, "method.supervised.hyperparameters.learning_rate_multiplier");
   }
   m.grad_norm =
       torch::nn::utils::clip_grad_norm_(optimizer.tensors(), max_grad_norm);
@@ -437,8 +447,10 @@ absl::Status Export(const TrainOptions& o, const LlamaModel& model) {
 
 absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o,
                                         const TrainHooks& hooks) {
-  RETURN_IF_ERROR(ValidateOptions(o));
-  ASSIGN_OR_RETURN(const LrSchedule schedule, ParseLrSchedule(o.lr_scheduler));
+  RETURN_IF_ERROR(Kind(ValidateOptions(o), ErrorKind::kUserOptions));
+  ASSIGN_OR_RETURN(const LrSchedule schedule,
+                   Kind(ParseLrSchedule(o.lr_scheduler), ErrorKind::kUserOptions,
+                        "method.supervised.hyperparameters.lr_scheduler"));
   ASSIGN_OR_RETURN(Setup setup, SetUp(o));
   ASSIGN_OR_RETURN(const Json fingerprint, Fingerprint(o));
   const LlamaModel& model = *setup.model;
@@ -560,11 +572,13 @@ absl::StatusOr<TrainResult> Train(const TrainOptions& options,
   try {
     return RunTraining(options, hooks);
   } catch (const c10::OutOfMemoryError& e) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "out_of_memory: the device ran out of memory (", options.batch_size,
-        " examples of up to ", options.max_seq_len,
-        " tokens per micro-batch); use a smaller batch_size or max_seq_len, "
-        "or gradient accumulation"));
+    return WithErrorKind(
+        absl::ResourceExhaustedError(absl::StrCat(
+            "out_of_memory: the device ran out of memory (", options.batch_size,
+            " examples of up to ", options.max_seq_len,
+            " tokens per micro-batch); use a smaller batch_size or max_seq_len, "
+            "or gradient accumulation")),
+        ErrorKind::kUserOptions, "method.supervised.hyperparameters.batch_size");
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("LibTorch error: ", e.what_without_backtrace()));
@@ -573,9 +587,5 @@ absl::StatusOr<TrainResult> Train(const TrainOptions& options,
   }
 }
 
-std::string DataErrorField(const absl::Status& status) {
-  absl::optional<absl::Cord> field = status.GetPayload(kDataErrorFieldUrl);
-  return field.has_value() ? std::string(*field) : "";
-}
 
 }  // namespace lathe::engine

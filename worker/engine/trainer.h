@@ -126,8 +126,10 @@ struct TrainHooks {
 // the uninterrupted run would have (same weights, losses, data order and
 // dropout masks).
 //
-// Errors: INVALID_ARGUMENT for bad options or data (naming the field, or
-// the file by its *_file_name and the line, with DataErrorField() set),
+// Every error carries its kind (error_kind.h: user data with the file's
+// field, user options with the setting's API name, the base model, or the
+// platform). Codes: INVALID_ARGUMENT for bad options or data (naming the
+// field, or the file by its *_file_name and the line),
 // NOT_FOUND / DATA_LOSS for unreadable model or checkpoint files,
 // FAILED_PRECONDITION when resume_from was written with different options
 // (naming the option) or a checkpoint is requested without checkpoint_dir,
@@ -139,9 +141,6 @@ struct TrainHooks {
 absl::StatusOr<TrainResult> Train(const TrainOptions& options,
                                   const TrainHooks& hooks);
 
-// The option whose file an error of Train is about: "training_file" or
-// "validation_file" for bad data in that file, "" for any other error.
-std::string DataErrorField(const absl::Status& status);
 
 }  // namespace lathe::engine
 
