@@ -25,6 +25,9 @@ TEST(TrainSpecTest, ParsesFieldsAndResolvesRelativePaths) {
   EXPECT_EQ(o->validation_file, "");
   EXPECT_EQ(o->n_epochs, 2);
   EXPECT_EQ(o->batch_size, 4);  // default kept
+  EXPECT_TRUE(o->packing);
+  EXPECT_FALSE(o->activation_checkpointing);
+  EXPECT_EQ(o->loss_chunk_tokens, 1024);
   EXPECT_DOUBLE_EQ(o->learning_rate, 1e-3);
   EXPECT_EQ(o->seed, 7u);
   EXPECT_EQ(o->lora.rank, 4);
@@ -47,6 +50,9 @@ TEST(TrainSpecTest, RoundTripsThroughJson) {
   options.checkpoint_dir = "/ckpt";
   options.resume_from = "/ckpt/step-50";
   options.merge_output_dir = "/merged";
+  options.packing = false;
+  options.activation_checkpointing = true;
+  options.loss_chunk_tokens = 77;
   absl::StatusOr<TrainOptions> back =
       ParseTrainSpec(TrainSpecJson(options), "/");
   ASSERT_TRUE(back.ok()) << back.status();
