@@ -75,13 +75,16 @@ int TrainCommand(const std::string& spec_path) {
                  {"tokens_per_second", m.tokens_per_second},
                  {"trained_tokens", m.trained_tokens}};
     if (m.validation_loss) line["validation_loss"] = *m.validation_loss;
-    if (m.validation_accuracy) line["validation_accuracy"] = *m.validation_accuracy;
+    if (m.validation_accuracy)
+      line["validation_accuracy"] = *m.validation_accuracy;
     std::cout << line.dump() << std::endl;
   };
   absl::StatusOr<TrainResult> result = Train(*options, hooks);
   if (!result.ok()) return Fail(result.status());
   Json summary = {{"steps", result->steps},
                   {"trained_tokens", result->trained_tokens},
+                  {"padding_tokens", result->padding_tokens},
+                  {"loss_peak_bytes", result->loss_peak_bytes},
                   {"truncated_examples", result->truncated_examples},
                   {"first_loss", result->first_loss},
                   {"last_loss", result->last_loss},

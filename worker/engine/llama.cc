@@ -191,11 +191,9 @@ SequenceLayout SequenceLayout::Padded(const torch::Tensor& attention_mask) {
       attention_mask.sum(1).to(torch::kCPU, torch::kInt64).contiguous();
   for (int64_t b = 0; b < B; ++b) {
     const int64_t real = lengths.data_ptr<int64_t>()[b];
-    layout.segments.push_back({real});
-    if (real == 0)
-      layout.segments.back() = {T};
-    else if (real < T)
-      layout.segments.back().push_back(T - real);
+    std::vector<int64_t>& row = layout.segments.emplace_back();
+    if (real > 0) row.push_back(real);
+    if (real < T) row.push_back(T - real);  // the padding, a segment of its own
   }
   return layout;
 }
