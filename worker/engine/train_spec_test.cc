@@ -86,6 +86,15 @@ TEST(TrainSpecTest, ParsesTrainingControlsAndResolvesTheirPaths) {
 }
 
 TEST(TrainSpecTest, RejectsUnknownFieldsAndWrongTypes) {
+  for (const Json& spec :
+       {Json{{"packing", 1}}, Json{{"activation_checkpointing", "no"}},
+        Json{{"loss_chunk_tokens", 1.5}}}) {
+    absl::Status status = ParseTrainSpec(spec, "/").status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(status.message().find("\"" + spec.begin().key() + "\""),
+              std::string::npos)
+        << status;
+  }
   EXPECT_NE(ParseTrainSpec(Json{{"epochs", 3}}, "/")
                 .status()
                 .message()

@@ -90,7 +90,9 @@ absl::StatusOr<std::string> FileFingerprint(const std::string& path) {
 // The options a checkpoint must have been written with to be resumed:
 // those that decide the data order, the step count and the trainable
 // tensors. (Learning rate, schedule, weight decay, clipping, eval and
-// output options may change on resume.)
+// output options may change on resume, and so may packing, loss chunking and
+// activation checkpointing: they change how a step is computed, not its
+// examples; dropout masks then differ, as their shape does.)
 absl::StatusOr<Json> Fingerprint(const TrainOptions& o) {
   ASSIGN_OR_RETURN(std::string config_hash,
                    FileFingerprint(o.model_dir + "/config.json"));
