@@ -264,7 +264,8 @@ EvalStats Evaluate(const LlamaModel& model, const Dataset& data,
 
 // One optimizer step over `batches` (its micro-batches): forward, loss,
 // backward for each, the loss normalised by the step's target tokens; then
-// clip and update. Fills the loss, accuracy and gradient norm of `m`.
+// clip and update. Fills the loss, accuracy and gradient norm of `m`, and
+// raises loss_peak_bytes to the largest logits block the loss held.
 // OUT_OF_RANGE ("nan_loss: …", naming the step) when the loss is not finite;
 // the weights are then left as they were before the step.
 absl::Status OptimizerStep(const LlamaModel& model, AdamW& optimizer,
