@@ -12,22 +12,28 @@ Batch MakeBatch(const std::vector<Example>& examples,
   Batch batch;
   batch.input_ids =
       torch::full({B, static_cast<int64_t>(T)}, pad_id, torch::kInt64);
-  batch.attention_mask =
+  torch::Tensor attention_mask =
       torch::zeros({B, static_cast<int64_t>(T)}, torch::kInt64);
   batch.loss_mask = torch::zeros({B, static_cast<int64_t>(T)}, torch::kBool);
   auto ids = batch.input_ids.accessor<int64_t, 2>();
-  auto attention = batch.attention_mask.accessor<int64_t, 2>();
+  auto attention = attention_mask.accessor<int64_t, 2>();
   auto targets = batch.loss_mask.accessor<bool, 2>();
   for (int64_t b = 0; b < B; ++b) {
     const Example& example = examples[indices[b]];
     for (size_t t = 0; t < example.ids.size(); ++t) {
       ids[b][t] = example.ids[t];
       attention[b][t] = 1;
-      targets[b][t] = example.loss_mask[t] != 0;
+      targets[b][t] = t > 0 && example.loss_mask[t] != 0;
     }
     batch.tokens += static_cast<int64_t>(example.ids.size());
   }
+  batch.layout = SequenceLayout::Padded(attention_mask);
+  batch.padding = B * static_cast<int64_t>(T) - batch.tokens;
   return batch;
+}
+
+int64_t Targets(const Batch& batch) {
+  return batch.loss_mask.slice(1, 1).sum().item<int64_t>();
 }
 
 LossStats CausalLmLoss(const torch::Tensor& logits, const Batch& batch) {

@@ -268,7 +268,9 @@ absl::Status ResizeDemoModel(const std::string& out_dir,
   const fs::path model_dir = fs::absolute(out_dir) / "model";
   ASSIGN_OR_RETURN(Json old,
                    ReadJsonFile((model_dir / "config.json").string()));
-  const Json config = ModelConfigJson(old["vocab_size"].get<int>(), size);
+  const Json config = ModelConfigJson(
+      size.vocab_size > 0 ? size.vocab_size : old["vocab_size"].get<int>(),
+      size);
   RETURN_IF_ERROR(WriteJsonFile((model_dir / "config.json").string(), config));
   return WriteRandomWeights(model_dir / "model.safetensors", config);
 }

@@ -27,6 +27,7 @@ struct DemoModelSize {
   int num_hidden_layers = 2;
   int num_attention_heads = 4;  // head_dim = hidden_size / heads
   int num_key_value_heads = 2;
+  int vocab_size = 0;  // 0: the tokenizer's (a larger one leaves ids unused)
 };
 
 // Replaces out_dir/model's config.json and model.safetensors by a random

@@ -86,6 +86,8 @@ int TrainCommand(const std::string& spec_path) {
   if (!result.ok()) return Fail(result.status());
   Json summary = {{"steps", result->steps},
                   {"trained_tokens", result->trained_tokens},
+                  {"padding_tokens", result->padding_tokens},
+                  {"loss_peak_bytes", result->loss_peak_bytes},
                   {"truncated_examples", result->truncated_examples},
                   {"first_loss", result->first_loss},
                   {"last_loss", result->last_loss},

@@ -252,6 +252,8 @@ TEST(EngineCliTest, MakeDemoThenTrainPrintsStepsAndSummary) {
   EXPECT_EQ(lines[0]["step"], 1);
   EXPECT_EQ(lines[19]["total_steps"], 20);
   EXPECT_EQ(lines[20]["summary"]["steps"], 20);
+  EXPECT_EQ(lines[20]["summary"]["padding_tokens"], 0);  // packed by default
+  EXPECT_GT(lines[20]["summary"]["loss_peak_bytes"], 0);
   EXPECT_EQ(lines[20]["summary"]["adapter_dir"], dir.path() + "/out");
   EXPECT_TRUE(
       std::filesystem::exists(dir.path() + "/out/adapter_model.safetensors"));

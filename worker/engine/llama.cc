@@ -1,11 +1,11 @@
 #include "worker/engine/llama.h"
 
 #include <cmath>
-#include <limits>
 #include <numbers>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "worker/engine/model/activation_checkpoint.h"
 
 namespace lathe::engine {
 namespace {
@@ -181,16 +181,34 @@ TensorMap LlamaModel::Weights(bool merge_lora) const {
   return out;
 }
 
+SequenceLayout SequenceLayout::Padded(const torch::Tensor& attention_mask) {
+  const int64_t B = attention_mask.size(0), T = attention_mask.size(1);
+  SequenceLayout layout;
+  layout.position_ids = torch::arange(T, torch::kInt64)
+                            .expand({B, T})
+                            .to(attention_mask.device());
+  const torch::Tensor lengths =
+      attention_mask.sum(1).to(torch::kCPU, torch::kInt64).contiguous();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t real = lengths.data_ptr<int64_t>()[b];
+    std::vector<int64_t>& row = layout.segments.emplace_back();
+    if (real > 0) row.push_back(real);
+    if (real < T) row.push_back(T - real);  // the padding, a segment of its own
+  }
+  return layout;
+}
+
 torch::Tensor LlamaModel::Attention(const DecoderLayer& layer,
                                     const torch::Tensor& x,
                                     const torch::Tensor& cos,
                                     const torch::Tensor& sin,
-                                    const torch::Tensor& allowed,
-                                    bool training) const {
+                                    const SequenceLayout& layout,
+                                    const ForwardOptions& options) const {
   const int64_t B = x.size(0), T = x.size(1);
   const int64_t H = config_.num_attention_heads;
   const int64_t KV = config_.num_key_value_heads;
   const int64_t D = config_.head_dim;
+  const bool training = options.training;
   // [B, T, heads * D] -> [B, heads, T, D]
   auto heads = [&](const torch::Tensor& t, int64_t n) {
     return t.view({B, T, n, D}).transpose(1, 2);
@@ -204,44 +222,60 @@ torch::Tensor LlamaModel::Attention(const DecoderLayer& layer,
     k = k.repeat_interleave(H / KV, 1);
     v = v.repeat_interleave(H / KV, 1);
   }
-  torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)) *
-                         std::pow(static_cast<double>(D), -0.5);
-  scores = scores.masked_fill(allowed.logical_not(),
-                              std::numeric_limits<float>::lowest());
-  torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat32);
   torch::Tensor out =
-      torch::matmul(probs, v).transpose(1, 2).reshape({B, T, H * D});
+      SegmentedCausalAttention(q, k, v, layout.segments, options.attention)
+          .transpose(1, 2)
+          .reshape({B, T, H * D});
   return layer.o_proj.Forward(out, training);
+}
+
+torch::Tensor LlamaModel::Layer(const DecoderLayer& layer,
+                                const torch::Tensor& x,
+                                const torch::Tensor& cos,
+                                const torch::Tensor& sin,
+                                const SequenceLayout& layout,
+                                const ForwardOptions& options) const {
+  const bool training = options.training;
+  torch::Tensor h = RmsNorm(x, layer.input_norm, config_.rms_norm_eps);
+  torch::Tensor y = x + Attention(layer, h, cos, sin, layout, options);
+  h = RmsNorm(y, layer.post_attention_norm, config_.rms_norm_eps);
+  return y + layer.down_proj.Forward(
+                 torch::silu(layer.gate_proj.Forward(h, training)) *
+                     layer.up_proj.Forward(h, training),
+                 training);
 }
 
 torch::Tensor LlamaModel::Forward(const torch::Tensor& input_ids,
                                   const torch::Tensor& attention_mask,
                                   bool training) const {
-  const int64_t T = input_ids.size(1);
+  return torch::linear(Hidden(input_ids, SequenceLayout::Padded(attention_mask),
+                              {.training = training}),
+                       lm_head_);
+}
+
+torch::Tensor LlamaModel::Hidden(const torch::Tensor& input_ids,
+                                 const SequenceLayout& layout,
+                                 const ForwardOptions& options) const {
   torch::Tensor x = torch::embedding(embed_tokens_, input_ids);  // [B, T, C]
-
-  torch::Tensor positions = torch::arange(T, torch::kFloat32);
-  torch::Tensor freqs = torch::outer(positions, inv_freq_);  // [T, D/2]
-  torch::Tensor angles = torch::cat({freqs, freqs}, -1);     // [T, D]
+  // angles[b, t]: position_ids[b, t] * inv_freq, twice -> [B, 1, T, D]
+  torch::Tensor freqs = layout.position_ids.to(torch::kFloat32).unsqueeze(-1) *
+                        inv_freq_.to(x.device());
+  torch::Tensor angles = torch::cat({freqs, freqs}, -1).unsqueeze(1);
   torch::Tensor cos = angles.cos(), sin = angles.sin();
-
-  // allowed[b, 0, i, j]: query i may attend to key j (causal, not padding).
-  torch::Tensor causal = torch::ones({T, T}, torch::kBool).tril();
-  torch::Tensor allowed =
-      causal.view({1, 1, T, T})
-          .logical_and(attention_mask.to(torch::kBool).view({-1, 1, 1, T}));
-
   for (const DecoderLayer& layer : layers_) {
-    torch::Tensor h = RmsNorm(x, layer.input_norm, config_.rms_norm_eps);
-    x = x + Attention(layer, h, cos, sin, allowed, training);
-    h = RmsNorm(x, layer.post_attention_norm, config_.rms_norm_eps);
-    x = x + layer.down_proj.Forward(
-                torch::silu(layer.gate_proj.Forward(h, training)) *
-                    layer.up_proj.Forward(h, training),
-                training);
+    if (!options.checkpoint_layers) {
+      x = Layer(layer, x, cos, sin, layout, options);
+      continue;
+    }
+    // The recompute runs in backward, after this call has returned: it
+    // holds copies of what it needs (the model and its layers outlive it).
+    x = Checkpointed(
+        [this, &layer, cos, sin, layout, options](const torch::Tensor& in) {
+          return Layer(layer, in, cos, sin, layout, options);
+        },
+        x);
   }
-  x = RmsNorm(x, norm_, config_.rms_norm_eps);
-  return torch::linear(x, lm_head_);
+  return RmsNorm(x, norm_, config_.rms_norm_eps);
 }
 
 }  // namespace lathe::engine

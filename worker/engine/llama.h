@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/engine/model/attention.h"
 #include "worker/engine/model_config.h"
 #include "worker/engine/weights.h"
 
@@ -46,6 +47,26 @@ struct DecoderLayer {
 // The Hugging Face module path of a projection: "self_attn" or "mlp".
 std::string_view ProjectionGroup(std::string_view name);
 
+// Where each token of a batch sits: its rotary position and the segment
+// (one example, or a row's padding) whose tokens it may attend to.
+struct SequenceLayout {
+  torch::Tensor position_ids;  // [B, T] int64, 0 at the start of a segment
+  // segments[b]: the lengths of row b's segments, in order, summing to T.
+  std::vector<std::vector<int64_t>> segments;
+
+  // One example per row followed by its right padding (attention_mask
+  // [B, T], 1 on real tokens), positions 0..T-1.
+  static SequenceLayout Padded(const torch::Tensor& attention_mask);
+};
+
+struct ForwardOptions {
+  bool training = false;  // LoRA dropout on
+  // Recompute each decoder layer's activations in backward instead of
+  // keeping them (see activation_checkpoint.h).
+  bool checkpoint_layers = false;
+  AttentionKernel attention = DefaultAttentionKernel();
+};
+
 // Thread-compatible. Forward may throw c10::Error; the engine's entry points
 // catch it.
 class LlamaModel {
@@ -69,6 +90,15 @@ class LlamaModel {
                         const torch::Tensor& attention_mask,
                         bool training) const;
 
+  // The final hidden states [B, T, C] (after the last norm), whose product
+  // with head() gives the logits. REQUIRES: layout fits input_ids [B, T].
+  torch::Tensor Hidden(const torch::Tensor& input_ids,
+                       const SequenceLayout& layout,
+                       const ForwardOptions& options) const;
+
+  // The output head [V, C]: the embedding when tied.
+  const torch::Tensor& head() const { return lm_head_; }
+
   // The model's weights under their Hugging Face names ("lm_head.weight"
   // only when not tied). With `merge_lora` false they share storage with
   // the model (so requires_grad_ on them makes them trainable); with it true
@@ -82,9 +112,15 @@ class LlamaModel {
  private:
   explicit LlamaModel(const ModelConfig& config) : config_(config) {}
 
+  // One decoder layer: x + attention, then + MLP. cos, sin: [B, 1, T, D].
+  torch::Tensor Layer(const DecoderLayer& layer, const torch::Tensor& x,
+                      const torch::Tensor& cos, const torch::Tensor& sin,
+                      const SequenceLayout& layout,
+                      const ForwardOptions& options) const;
   torch::Tensor Attention(const DecoderLayer& layer, const torch::Tensor& x,
                           const torch::Tensor& cos, const torch::Tensor& sin,
-                          const torch::Tensor& mask, bool training) const;
+                          const SequenceLayout& layout,
+                          const ForwardOptions& options) const;
 
   ModelConfig config_;
   torch::Tensor embed_tokens_;  // [V, C]

@@ -5,6 +5,7 @@
 
 #include "gtest/gtest.h"
 #include "worker/engine/lora.h"
+#include "worker/engine/model/random_model_test_util.h"
 #include "worker/engine/test_util.h"
 #include "worker/engine/tokenizer.h"
 #include "worker/engine/weights.h"
@@ -14,51 +15,8 @@ namespace {
 
 using torch::indexing::Slice;
 
-ModelConfig TinyConfig() {
-  ModelConfig c;
-  c.model_type = "llama";
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.vocab_size = 50;
-  c.rms_norm_eps = 1e-5;
-  c.rope_theta = 10000.0;
-  return c;
-}
-
-// Random weights under Hugging Face names (norm weights near 1).
-TensorMap RandomWeights(const ModelConfig& c) {
-  const int64_t C = c.hidden_size, I = c.intermediate_size;
-  const int64_t q = c.num_attention_heads * c.head_dim;
-  const int64_t kv = c.num_key_value_heads * c.head_dim;
-  auto w = [](std::vector<int64_t> shape) { return torch::randn(shape) * 0.3; };
-  auto norm = [](int64_t n) { return 1 + 0.1 * torch::randn({n}); };
-  TensorMap t;
-  t["model.embed_tokens.weight"] = w({c.vocab_size, C});
-  t["model.norm.weight"] = norm(C);
-  if (!c.tie_word_embeddings) t["lm_head.weight"] = w({c.vocab_size, C});
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    t[p + "input_layernorm.weight"] = norm(C);
-    t[p + "post_attention_layernorm.weight"] = norm(C);
-    t[p + "self_attn.q_proj.weight"] = w({q, C});
-    t[p + "self_attn.k_proj.weight"] = w({kv, C});
-    t[p + "self_attn.v_proj.weight"] = w({kv, C});
-    t[p + "self_attn.o_proj.weight"] = w({C, q});
-    if (c.qkv_bias) {
-      t[p + "self_attn.q_proj.bias"] = w({q});
-      t[p + "self_attn.k_proj.bias"] = w({kv});
-      t[p + "self_attn.v_proj.bias"] = w({kv});
-    }
-    t[p + "mlp.gate_proj.weight"] = w({I, C});
-    t[p + "mlp.up_proj.weight"] = w({I, C});
-    t[p + "mlp.down_proj.weight"] = w({C, I});
-  }
-  return t;
-}
+using testing::RandomWeights;
+using testing::TinyConfig;
 
 // An independent float64 forward pass for one unpadded sequence, written
 // from the Llama paper / HF modeling code with plain ops: per-head loops,
@@ -376,9 +334,9 @@ TEST_F(FixtureTest, PeftAdapterLoadsAndSavesBackUnchanged) {
       LoadAdapter(*model_, fixture_ + "/adapter_ref");
   ASSERT_TRUE(options.ok()) << options.status();
   testing::TempDir dir;
-  ASSERT_TRUE(SaveAdapter(*model_, *options, "tiny-tinyllama-spm/model",
-                          dir.path())
-                  .ok());
+  ASSERT_TRUE(
+      SaveAdapter(*model_, *options, "tiny-tinyllama-spm/model", dir.path())
+          .ok());
   absl::StatusOr<TensorMap> original =
       LoadSafetensors(fixture_ + "/adapter_ref/adapter_model.safetensors");
   absl::StatusOr<TensorMap> saved =

@@ -86,6 +86,9 @@ absl::StatusOr<TrainOptions> ParseTrainSpec(const Json& spec,
                               "checkpoint_every",
                               "checkpoint_dir",
                               "resume_from",
+                              "packing",
+                              "activation_checkpointing",
+                              "loss_chunk_tokens",
                               "lora"},
                              ""));
   TrainOptions o;
@@ -114,6 +117,10 @@ absl::StatusOr<TrainOptions> ParseTrainSpec(const Json& spec,
   RETURN_IF_ERROR(Read(spec, "checkpoint_every", &o.checkpoint_every));
   RETURN_IF_ERROR(Read(spec, "checkpoint_dir", &o.checkpoint_dir));
   RETURN_IF_ERROR(Read(spec, "resume_from", &o.resume_from));
+  RETURN_IF_ERROR(Read(spec, "packing", &o.packing));
+  RETURN_IF_ERROR(
+      Read(spec, "activation_checkpointing", &o.activation_checkpointing));
+  RETURN_IF_ERROR(Read(spec, "loss_chunk_tokens", &o.loss_chunk_tokens));
   if (auto lora = spec.find("lora"); lora != spec.end()) {
     if (!lora->is_object()) {
       return absl::InvalidArgumentError(
@@ -164,6 +171,9 @@ Json TrainSpecJson(const TrainOptions& o) {
       {"checkpoint_every", o.checkpoint_every},
       {"checkpoint_dir", o.checkpoint_dir},
       {"resume_from", o.resume_from},
+      {"packing", o.packing},
+      {"activation_checkpointing", o.activation_checkpointing},
+      {"loss_chunk_tokens", o.loss_chunk_tokens},
       {"lora",
        {{"rank", o.lora.rank},
         {"alpha", o.lora.alpha},

@@ -25,6 +25,9 @@ TEST(TrainSpecTest, ParsesFieldsAndResolvesRelativePaths) {
   EXPECT_EQ(o->validation_file, "");
   EXPECT_EQ(o->n_epochs, 2);
   EXPECT_EQ(o->batch_size, 4);  // default kept
+  EXPECT_TRUE(o->packing);
+  EXPECT_FALSE(o->activation_checkpointing);
+  EXPECT_EQ(o->loss_chunk_tokens, 1024);
   EXPECT_DOUBLE_EQ(o->learning_rate, 1e-3);
   EXPECT_EQ(o->seed, 7u);
   EXPECT_EQ(o->lora.rank, 4);
@@ -49,6 +52,9 @@ TEST(TrainSpecTest, RoundTripsThroughJson) {
   options.merge_output_dir = "/merged";
   options.training_file_name = "training_file file-abc";
   options.validation_file_name = "validation_file file-xyz";
+  options.packing = false;
+  options.activation_checkpointing = true;
+  options.loss_chunk_tokens = 77;
   absl::StatusOr<TrainOptions> back =
       ParseTrainSpec(TrainSpecJson(options), "/");
   ASSERT_TRUE(back.ok()) << back.status();
@@ -82,6 +88,15 @@ TEST(TrainSpecTest, ParsesTrainingControlsAndResolvesTheirPaths) {
 }
 
 TEST(TrainSpecTest, RejectsUnknownFieldsAndWrongTypes) {
+  for (const Json& spec :
+       {Json{{"packing", 1}}, Json{{"activation_checkpointing", "no"}},
+        Json{{"loss_chunk_tokens", 1.5}}}) {
+    absl::Status status = ParseTrainSpec(spec, "/").status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(status.message().find("\"" + spec.begin().key() + "\""),
+              std::string::npos)
+        << status;
+  }
   EXPECT_NE(ParseTrainSpec(Json{{"epochs", 3}}, "/")
                 .status()
                 .message()

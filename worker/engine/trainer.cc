@@ -20,9 +20,11 @@
 #include "worker/engine/batch.h"
 #include "worker/engine/chat_data.h"
 #include "worker/engine/checkpoint.h"
+#include "worker/engine/data/packing.h"
 #include "worker/engine/llama.h"
 #include "worker/engine/lora.h"
 #include "worker/engine/error_kind.h"
+#include "worker/engine/loss/chunked_cross_entropy.h"
 #include "worker/engine/model_export.h"
 #include "worker/engine/schedule.h"
 #include "worker/engine/tokenizer.h"
@@ -79,6 +81,9 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   if (o.checkpoint_every < 0) {
     return invalid("checkpoint_every", "must be >= 0");
   }
+  if (o.loss_chunk_tokens <= 0) {
+    return invalid("loss_chunk_tokens", "must be positive");
+  }
   if (o.checkpoint_every > 0 && o.checkpoint_dir.empty()) {
     return invalid("checkpoint_dir", "is required with checkpoint_every");
   }
@@ -103,7 +108,9 @@ absl::StatusOr<std::string> FileFingerprint(const std::string& path) {
 // The options a checkpoint must have been written with to be resumed:
 // those that decide the data order, the step count and the trainable
 // tensors. (Learning rate, schedule, weight decay, clipping, eval and
-// output options may change on resume.)
+// output options may change on resume, and so may packing, loss chunking and
+// activation checkpointing: they change how a step is computed, not its
+// examples; dropout masks then differ, as their shape does.)
 absl::StatusOr<Json> Fingerprint(const TrainOptions& o) {
   ASSIGN_OR_RETURN(std::string config_hash,
                    FileFingerprint(o.model_dir + "/config.json"));
@@ -235,6 +242,24 @@ struct Progress {
   double last_loss = 0;
 };
 
+// examples[indices] as the model's input: packed or padded.
+Batch MakeInput(const std::vector<Example>& examples,
+                const std::vector<size_t>& indices, const TrainOptions& o,
+                int32_t pad_id) {
+  return o.packing ? PackBatch(examples, indices)
+                   : MakeBatch(examples, indices, pad_id);
+}
+
+// The batch's loss through the final hidden states and the chunked head.
+LossStats BatchLoss(const LlamaModel& model, const Batch& batch,
+                    const TrainOptions& o, bool training) {
+  const torch::Tensor hidden = model.Hidden(
+      batch.input_ids, batch.layout,
+      {.training = training,
+       .checkpoint_layers = training && o.activation_checkpointing});
+  return ChunkedCausalLmLoss(hidden, model.head(), batch, o.loss_chunk_tokens);
+}
+
 struct EvalStats {
   double loss = 0;      // mean over target tokens
   double accuracy = 0;  // argmax == label over target tokens
@@ -242,19 +267,19 @@ struct EvalStats {
 
 // Loss and accuracy over all target tokens of `data`, without gradients or
 // dropout.
-EvalStats Evaluate(const LlamaModel& model, const Dataset& data, int batch_size,
-                   int32_t pad_id) {
+EvalStats Evaluate(const LlamaModel& model, const Dataset& data,
+                   const TrainOptions& o, int32_t pad_id) {
   torch::NoGradGuard no_grad;
   double total = 0;
   int64_t targets = 0, correct = 0;
+  const size_t batch_size = o.batch_size;
   for (size_t first = 0; first < data.examples.size(); first += batch_size) {
     std::vector<size_t> indices(
         std::min<size_t>(batch_size, data.examples.size() - first));
     std::iota(indices.begin(), indices.end(), first);
-    Batch batch = MakeBatch(data.examples, indices, pad_id);
-    LossStats stats = CausalLmLoss(
-        model.Forward(batch.input_ids, batch.attention_mask, false), batch);
-    if (stats.targets == 0) continue;
+    Batch batch = MakeInput(data.examples, indices, o, pad_id);
+    if (Targets(batch) == 0) continue;
+    LossStats stats = BatchLoss(model, batch, o, /*training=*/false);
     total += stats.loss.item<double>() * stats.targets;
     targets += stats.targets;
     correct += stats.correct;
@@ -263,28 +288,25 @@ EvalStats Evaluate(const LlamaModel& model, const Dataset& data, int batch_size,
           static_cast<double>(correct) / std::max<int64_t>(targets, 1)};
 }
 
-int64_t Targets(const Batch& batch) {
-  return batch.loss_mask.slice(1, 1).sum().item<int64_t>();
-}
-
 // One optimizer step over `batches` (its micro-batches): forward, loss,
 // backward for each, the loss normalised by the step's target tokens; then
-// clip and update. Fills the loss, accuracy and gradient norm of `m`.
+// clip and update. Fills the loss, accuracy and gradient norm of `m`, and
+// raises loss_peak_bytes to the largest logits block the loss held.
 // OUT_OF_RANGE ("nan_loss: …", naming the step) when the loss is not finite;
 // the weights are then left as they were before the step.
 absl::Status OptimizerStep(const LlamaModel& model, AdamW& optimizer,
                            const std::vector<Batch>& batches,
-                           double max_grad_norm, StepMetrics& m) {
+                           const TrainOptions& o, StepMetrics& m,
+                           int64_t& loss_peak_bytes) {
   int64_t step_targets = 0;
   for (const Batch& batch : batches) step_targets += Targets(batch);
   optimizer.ZeroGrad();
   double loss_sum = 0;
   int64_t correct = 0;
   for (const Batch& batch : batches) {
-    torch::Tensor logits =
-        model.Forward(batch.input_ids, batch.attention_mask, /*training=*/true);
-    LossStats stats = CausalLmLoss(logits, batch);
-    if (stats.targets == 0) continue;
+    if (Targets(batch) == 0) continue;
+    LossStats stats = BatchLoss(model, batch, o, /*training=*/true);
+    loss_peak_bytes = std::max(loss_peak_bytes, stats.peak_logits_bytes);
     const double share = static_cast<double>(stats.targets) / step_targets;
     (stats.loss * share).backward();
     loss_sum += stats.loss.item<double>() * stats.targets;
@@ -302,7 +324,7 @@ absl::Status OptimizerStep(const LlamaModel& model, AdamW& optimizer,
         ErrorKind::kUserOptions, "method.supervised.hyperparameters.learning_rate_multiplier");
   }
   m.grad_norm =
-      torch::nn::utils::clip_grad_norm_(optimizer.tensors(), max_grad_norm);
+      torch::nn::utils::clip_grad_norm_(optimizer.tensors(), o.max_grad_norm);
   optimizer.Step(m.learning_rate);
   return absl::OkStatus();
 }
@@ -476,11 +498,13 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o,
   }
   spdlog::info(
       "training {} on {} ({} examples, {} steps from step {}, lr {} {}, "
-      "batch {} x {}, max_seq_len {}, seed {})",
+      "batch {} x {}, max_seq_len {}, seed {}, packing {}, activation "
+      "checkpointing {}, loss chunks of {} tokens)",
       o.method == "lora" ? absl::StrCat("LoRA r=", o.lora.rank) : "all weights",
       o.model_dir, examples.size(), total_steps, progress.step, o.learning_rate,
       o.lr_scheduler, o.batch_size, o.gradient_accumulation_steps,
-      o.max_seq_len, o.seed);
+      o.max_seq_len, o.seed, o.packing, o.activation_checkpointing,
+      o.loss_chunk_tokens);
 
   TrainResult result;
   result.truncated_examples = setup.train.truncated;
@@ -523,11 +547,12 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o,
     int64_t tokens = 0;
     for (const std::vector<size_t>& indices :
          data.TakeStep(o.batch_size, o.gradient_accumulation_steps)) {
-      batches.push_back(MakeBatch(examples, indices, pad_id));
+      batches.push_back(MakeInput(examples, indices, o, pad_id));
       tokens += batches.back().tokens;
+      result.padding_tokens += batches.back().padding;
     }
     RETURN_IF_ERROR(
-        OptimizerStep(model, optimizer, batches, o.max_grad_norm, m));
+        OptimizerStep(model, optimizer, batches, o, m, result.loss_peak_bytes));
     const std::chrono::duration<double> seconds =
         std::chrono::steady_clock::now() - start;
     m.tokens_per_second = tokens / std::max(seconds.count(), 1e-9);
@@ -540,8 +565,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o,
     if (setup.valid.has_value() &&
         ((o.eval_every > 0 && m.step % o.eval_every == 0) ||
          m.step == total_steps)) {
-      const EvalStats eval =
-          Evaluate(model, *setup.valid, o.batch_size, pad_id);
+      const EvalStats eval = Evaluate(model, *setup.valid, o, pad_id);
       m.validation_loss = eval.loss;
       m.validation_accuracy = eval.accuracy;
     }
@@ -559,7 +583,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o,
     result.validation_loss =
         m.validation_loss.has_value()
             ? *m.validation_loss
-            : Evaluate(model, *setup.valid, o.batch_size, pad_id).loss;
+            : Evaluate(model, *setup.valid, o, pad_id).loss;
   }
   RETURN_IF_ERROR(Export(o, model));
   return result;

@@ -65,6 +65,16 @@ struct TrainOptions {
   int checkpoint_every = 0;    // steps (0 = only on request)
   std::string checkpoint_dir;  // checkpoints go to <checkpoint_dir>/step-<N>
   std::string resume_from;     // a checkpoint folder ("" = fresh start)
+  // Each micro-batch's examples end to end in one row, with per-example
+  // attention and positions, instead of one padded row each (see
+  // data/packing.h): the same loss, no padding computed.
+  bool packing = true;
+  // Recompute each decoder layer's activations in backward instead of
+  // keeping them: less memory, about a third more compute.
+  bool activation_checkpointing = false;
+  // Target positions per chunk of the output head + cross-entropy; the loss
+  // path holds at most loss_chunk_tokens x vocab_size float32 logits.
+  int loss_chunk_tokens = 1024;
   LoraOptions lora;
 };
 
@@ -89,6 +99,11 @@ struct TrainResult {
   int64_t steps = 0;
   int64_t trained_tokens = 0;
   int64_t truncated_examples = 0;  // training conversations cut to max_seq_len
+  // Pad positions the training steps of this run computed (trained_tokens
+  // counts the real ones); near 0 with packing.
+  int64_t padding_tokens = 0;
+  // The largest logits block the loss path held in this run, in bytes.
+  int64_t loss_peak_bytes = 0;
   double first_loss = 0;
   double last_loss = 0;
   // Mean loss over the trainable tokens of validation_file after training;

@@ -293,6 +293,13 @@ TEST_F(TrainerTest, BadOptionsAndFilesAreReported) {
             std::string::npos);
 
   options = DemoOptions(out.path());
+  options.loss_chunk_tokens = 0;
+  result = Train(options, {});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find("\"loss_chunk_tokens\""),
+            std::string::npos);
+
+  options = DemoOptions(out.path());
   options.lora.target_modules = {"qkv"};
   EXPECT_EQ(Train(options, {}).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -504,6 +511,58 @@ TEST_F(TrainerTest, GradientAccumulationMatchesTheLargerBatch) {
       MaxDifference(out.path() + "/big/adapter_model.safetensors",
                     out.path() + "/accumulated/adapter_model.safetensors"),
       1e-4);
+}
+
+TEST_F(TrainerTest, PackingGivesTheUnpackedStepsWithoutPadding) {
+  // The same examples per micro-batch, so the same loss each step (sum of
+  // token losses / the step's targets) up to float32 rounding, which the
+  // updates carry on; validation runs packed too.
+  testing::TempDir out;
+  TrainOptions options = DemoOptions(out.path() + "/padded");
+  options.n_epochs = 1;
+  options.packing = false;
+  const Run padded = TrainRun(options);
+  options.output_dir = out.path() + "/packed";
+  options.packing = true;
+  const Run packed = TrainRun(options);
+  ASSERT_TRUE(padded.result.ok() && packed.result.ok());
+  ASSERT_EQ(packed.steps.size(), 20u);
+  EXPECT_NEAR(packed.steps[0].loss, padded.steps[0].loss,
+              1e-5 * padded.steps[0].loss);
+  for (size_t i = 0; i < 20; ++i) {
+    EXPECT_NEAR(packed.steps[i].loss, padded.steps[i].loss, 1e-4) << i;
+    EXPECT_EQ(packed.steps[i].token_accuracy, padded.steps[i].token_accuracy)
+        << i;
+  }
+  EXPECT_NEAR(*packed.result->validation_loss, *padded.result->validation_loss,
+              1e-4);
+  EXPECT_EQ(packed.result->trained_tokens, padded.result->trained_tokens);
+  EXPECT_EQ(packed.result->padding_tokens, 0);
+  // The demo's conversations differ in length: padded batches carry pads.
+  EXPECT_GT(padded.result->padding_tokens, padded.result->trained_tokens / 10);
+  EXPECT_GT(packed.result->loss_peak_bytes, 0);
+}
+
+TEST_F(TrainerTest, ActivationCheckpointingGivesTheSameRun) {
+  testing::TempDir out;
+  TrainOptions options = DemoOptions(out.path() + "/plain");
+  options.n_epochs = 1;
+  options.lora.dropout = 0.1;  // the recompute must draw the same masks
+  const Run plain = TrainRun(options);
+  options.output_dir = out.path() + "/checkpointed";
+  options.activation_checkpointing = true;
+  const Run checkpointed = TrainRun(options);
+  ASSERT_TRUE(plain.result.ok() && checkpointed.result.ok());
+  ASSERT_EQ(checkpointed.steps.size(), 20u);
+  for (size_t i = 0; i < 20; ++i) {
+    EXPECT_NEAR(checkpointed.steps[i].loss, plain.steps[i].loss, 1e-5) << i;
+    EXPECT_NEAR(checkpointed.steps[i].grad_norm, plain.steps[i].grad_norm, 1e-4)
+        << i;
+  }
+  EXPECT_LE(
+      MaxDifference(out.path() + "/plain/adapter_model.safetensors",
+                    out.path() + "/checkpointed/adapter_model.safetensors"),
+      1e-5);
 }
 
 TEST_F(TrainerTest, EvalEveryReportsValidationLossAndAccuracy) {

@@ -1,0 +1,129 @@
+#include "worker/engine/loss/chunked_cross_entropy.h"
+
+#include <algorithm>
+
+namespace lathe::engine {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct Chunked {
+  torch::Tensor loss_sum;  // scalar, sum over rows of -log p(label)
+  int64_t correct = 0;
+  int64_t peak_logits_bytes = 0;
+  torch::Tensor grad_hidden;  // d loss_sum / d hidden, when asked for
+  torch::Tensor grad_head;    // d loss_sum / d head, when asked for
+};
+
+// Runs without recording gradients; computes the gradients of loss_sum
+// chunk by chunk where asked.
+Chunked Compute(const torch::Tensor& hidden, const torch::Tensor& head,
+                const torch::Tensor& labels, int64_t chunk_tokens,
+                bool want_hidden, bool want_head) {
+  torch::NoGradGuard no_grad;
+  const int64_t N = hidden.size(0);
+  Chunked out;
+  out.loss_sum = torch::zeros({}, hidden.options().dtype(torch::kFloat32));
+  if (want_hidden) out.grad_hidden = torch::empty_like(hidden);
+  if (want_head) out.grad_head = torch::zeros_like(head);
+  for (int64_t start = 0; start < N; start += chunk_tokens) {
+    const int64_t end = std::min(N, start + chunk_tokens);
+    const torch::Tensor h = hidden.slice(0, start, end);
+    const torch::Tensor y = labels.slice(0, start, end);
+    torch::Tensor logits = torch::matmul(h, head.t()).to(torch::kFloat32);
+    const torch::Tensor lse = torch::logsumexp(logits, 1, /*keepdim=*/true);
+    out.loss_sum +=
+        (lse.squeeze(1) - logits.gather(1, y.unsqueeze(1)).squeeze(1)).sum();
+    out.correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+    int64_t bytes =
+        logits.numel() * static_cast<int64_t>(logits.element_size());
+    if (want_hidden || want_head) {
+      // d(-log softmax(z)[y]) / dz = softmax(z) - onehot(y), in place.
+      torch::Tensor grad = logits.sub_(lse).exp_();
+      grad.scatter_add_(1, y.unsqueeze(1),
+                        torch::full({end - start, 1}, -1.0, grad.options()));
+      grad = grad.to(hidden.scalar_type());
+      if (want_hidden)
+        out.grad_hidden.slice(0, start, end).copy_(grad.mm(head));
+      if (want_head) out.grad_head.add_(grad.t().mm(h));
+      if (grad.data_ptr() != logits.data_ptr()) bytes *= 2;
+    }
+    out.peak_logits_bytes = std::max(out.peak_logits_bytes, bytes);
+  }
+  return out;
+}
+
+// loss = loss_sum / N; backward scales the gradients computed in forward.
+struct ChunkedCrossEntropyFunction
+    : torch::autograd::Function<ChunkedCrossEntropyFunction> {
+  static variable_list forward(AutogradContext* ctx,
+                               const torch::Tensor& hidden,
+                               const torch::Tensor& head,
+                               const torch::Tensor& labels,
+                               int64_t chunk_tokens, bool want_hidden,
+                               bool want_head) {
+    Chunked c =
+        Compute(hidden, head, labels, chunk_tokens, want_hidden, want_head);
+    const double n = static_cast<double>(hidden.size(0));
+    ctx->save_for_backward(
+        {want_hidden ? c.grad_hidden.div_(n) : torch::Tensor(),
+         want_head ? c.grad_head.div_(n) : torch::Tensor()});
+    torch::Tensor stats =
+        torch::tensor({c.correct, c.peak_logits_bytes}, torch::kInt64);
+    ctx->mark_non_differentiable({stats});
+    return {c.loss_sum / n, stats};
+  }
+
+  static variable_list backward(AutogradContext* ctx,
+                                variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor& g = grad_outputs[0];
+    auto scaled = [&](const torch::Tensor& grad) {
+      return grad.defined() ? grad * g.to(grad.scalar_type()) : torch::Tensor();
+    };
+    return {scaled(saved[0]), scaled(saved[1]), torch::Tensor(),
+            torch::Tensor(),  torch::Tensor(),  torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+LossStats ChunkedCrossEntropy(const torch::Tensor& hidden,
+                              const torch::Tensor& head,
+                              const torch::Tensor& labels,
+                              int64_t chunk_tokens) {
+  const bool grad = torch::GradMode::is_enabled();
+  const bool want_hidden = grad && hidden.requires_grad();
+  const bool want_head = grad && head.requires_grad();
+  LossStats stats;
+  stats.targets = hidden.size(0);
+  if (!want_hidden && !want_head) {
+    Chunked c = Compute(hidden, head, labels, chunk_tokens, false, false);
+    stats.loss = c.loss_sum / static_cast<double>(stats.targets);
+    stats.correct = c.correct;
+    stats.peak_logits_bytes = c.peak_logits_bytes;
+    return stats;
+  }
+  variable_list out = ChunkedCrossEntropyFunction::apply(
+      hidden, head, labels, chunk_tokens, want_hidden, want_head);
+  stats.loss = out[0];
+  stats.correct = out[1][0].item<int64_t>();
+  stats.peak_logits_bytes = out[1][1].item<int64_t>();
+  return stats;
+}
+
+LossStats ChunkedCausalLmLoss(const torch::Tensor& hidden,
+                              const torch::Tensor& head, const Batch& batch,
+                              int64_t chunk_tokens) {
+  const int64_t C = hidden.size(-1);
+  const torch::Tensor mask = batch.loss_mask.slice(1, 1).reshape({-1});
+  const torch::Tensor rows = mask.nonzero().squeeze(1);
+  const torch::Tensor predicting =
+      hidden.slice(1, 0, -1).reshape({-1, C}).index_select(0, rows);
+  const torch::Tensor labels =
+      batch.input_ids.slice(1, 1).reshape({-1}).index_select(0, rows);
+  return ChunkedCrossEntropy(predicting, head, labels, chunk_tokens);
+}
+
+}  // namespace lathe::engine
