@@ -55,10 +55,14 @@ if ! command -v debootstrap > /dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
 fi
 
-# Runs a command in the root with a clean environment.
+# Runs a command in the root with a clean environment. ccache's settings let
+# clones at other paths share objects (paths under the tree are hashed
+# relative to it) and cache the precompiled torch header.
 in_root() {
   chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-    LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive CCACHE_DIR=/var/cache/ccache "$@"
+    LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive CCACHE_DIR=/var/cache/ccache \
+    CCACHE_BASEDIR="$SRC" CCACHE_NOHASHDIR=1 CCACHE_SLOPPINESS=pch_defines,time_macros \
+    "$@"
 }
 
 # What the root's programs need: /proc, /dev, /dev/pts, a private /dev/shm.
