@@ -45,7 +45,8 @@ TEST_P(TokenizerFixtureTest, ReproducesHuggingFaceIdsAndAssistantMask) {
     ASSERT_LT(checked, conversations->size());
     const std::vector<ChatMessage>& messages =
         (*conversations)[checked].messages;
-    EXPECT_EQ(chat_template->Render(messages).text, expected["rendered"]);
+    EXPECT_EQ(chat_template->Render(messages).text,
+              expected["rendered"].get<std::string>());
     absl::StatusOr<TokenizedChat> chat =
         TokenizeChat(**tokenizer, *chat_template, messages);
     ASSERT_TRUE(chat.ok()) << chat.status();

@@ -6,6 +6,7 @@
 #include <map>
 #include <numeric>
 
+#include "absl/strings/str_cat.h"
 #include "common/safetensors.h"
 #include "gtest/gtest.h"
 #include "worker/engine/checkpoint.h"
