@@ -307,6 +307,7 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
   auto* as = out.mutable_assignment();
   as->set_job_id(job.id());
   as->set_attempt(attempt);
+  FillJobDefaults(job, options_.job_defaults);  // no-op but for older records
   *as->mutable_job() = job;
   as->set_model_path(model.path());
   *as->mutable_model() = model;

@@ -19,6 +19,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "scheduler/lease_table.h"
 #include "scheduler/placement.h"
+#include "server/job_request.h"
 #include "server/store/store.h"
 
 namespace lathe {
@@ -28,6 +29,9 @@ struct CoordinatorOptions {
   int max_attempts = 3;
   absl::Duration retry_backoff_base = absl::Seconds(2);
   absl::Duration retry_backoff_cap = absl::Minutes(5);
+  // A job stored by an older lathed is brought up to the settings the
+  // worker expects (FillJobDefaults) when it is assigned.
+  JobDefaults job_defaults;
   // A placement plan is reused for this long before it is recomputed.
   absl::Duration replan_interval = absl::Milliseconds(200);
   scheduler::SchedulingPolicy policy;

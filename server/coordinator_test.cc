@@ -332,6 +332,27 @@ TEST_F(CoordinatorTest, PausesAndResumesDoNotUseUpAttempts) {
       << job->error().message();
 }
 
+TEST_F(CoordinatorTest, AJobStoredByAnOlderLathedIsAssignedWithEverySettingResolved) {
+  // As the previous lathed resolved it: epochs, batch, multiplier and LoRA
+  // only (AddJob's record), nothing of the settings added since.
+  AddJob("ftjob-old");
+  auto d = Report("w1");
+  ASSERT_TRUE(d.has_assignment());
+  const v1::Job& job = d.assignment().job();
+  const auto& hp = job.method().supervised().hyperparameters();
+  EXPECT_EQ(job.adapter(), v1::ADAPTER_TYPE_LORA);
+  EXPECT_DOUBLE_EQ(hp.learning_rate(), 2 * JobDefaults{}.base_learning_rate);
+  EXPECT_EQ(hp.lr_scheduler(), v1::LR_SCHEDULER_LINEAR);
+  EXPECT_EQ(hp.max_seq_len(), 512);
+  EXPECT_EQ(hp.gradient_accumulation_steps(), 1);
+  EXPECT_EQ(hp.checkpoint_every_steps(), JobDefaults{}.checkpoint_every_steps);
+  EXPECT_EQ(job.lora().rank(), 8);
+  // A job resolved now is sent as it is.
+  v1::Job resolved = job;
+  FillJobDefaults(resolved, JobDefaults{.base_learning_rate = 1, .checkpoint_every_steps = 1});
+  EXPECT_EQ(resolved.SerializeAsString(), job.SerializeAsString());
+}
+
 TEST(CoordinatorStartTest, NoJobIsLeftInAStateNothingAdvances) {
   auto store = *store::Store::Open(":memory:");
   v1::Model m;

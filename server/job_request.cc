@@ -141,6 +141,38 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   return absl::OkStatus();
 }
 
+void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
+  auto* hp = job.mutable_method()->mutable_supervised()->mutable_hyperparameters();
+  if (!hp->has_n_epochs()) hp->set_n_epochs(3);
+  if (!hp->has_batch_size()) hp->set_batch_size(1);
+  if (!hp->has_learning_rate_multiplier()) hp->set_learning_rate_multiplier(1);
+  if (hp->learning_rate() == 0) {
+    hp->set_learning_rate(defaults.base_learning_rate * hp->learning_rate_multiplier());
+  }
+  if (!hp->has_warmup_steps()) hp->set_warmup_steps(0);
+  if (hp->lr_scheduler() == v1::LR_SCHEDULER_UNSPECIFIED) {
+    hp->set_lr_scheduler(v1::LR_SCHEDULER_LINEAR);
+  }
+  if (!hp->has_weight_decay()) hp->set_weight_decay(0);
+  if (!hp->has_gradient_accumulation_steps()) hp->set_gradient_accumulation_steps(1);
+  if (!hp->has_max_seq_len()) hp->set_max_seq_len(512);
+  if (!hp->has_eval_every_steps()) hp->set_eval_every_steps(0);
+  if (!hp->has_max_grad_norm()) hp->set_max_grad_norm(1.0);
+  if (!hp->has_checkpoint_every_steps()) {
+    hp->set_checkpoint_every_steps(defaults.checkpoint_every_steps);
+  }
+  if (job.adapter() == v1::ADAPTER_TYPE_UNSPECIFIED) job.set_adapter(v1::ADAPTER_TYPE_LORA);
+  if (job.adapter() != v1::ADAPTER_TYPE_LORA) return;
+  auto* lora = job.mutable_lora();
+  if (!lora->has_rank()) lora->set_rank(8);
+  if (!lora->has_alpha()) lora->set_alpha(2.0 * lora->rank());
+  if (!lora->has_dropout()) lora->set_dropout(0);
+  if (!lora->has_use_rslora()) lora->set_use_rslora(false);
+  if (lora->target_modules().empty()) {
+    for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) lora->add_target_modules(m);
+  }
+}
+
 v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
                    const v1::Model& model, const std::string& project,
                    const std::string& job_id, int64_t seed_if_unset,
@@ -171,40 +203,16 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
         std::clamp<int64_t>(training.line_count() / 20, 1, 8)));
   }
   if (!hp->has_learning_rate_multiplier()) hp->set_learning_rate_multiplier(1);
-  hp->set_learning_rate(defaults.base_learning_rate * hp->learning_rate_multiplier());
-  if (!hp->has_warmup_steps()) hp->set_warmup_steps(0);
-  if (hp->lr_scheduler() == v1::LR_SCHEDULER_UNSPECIFIED) {
-    hp->set_lr_scheduler(v1::LR_SCHEDULER_LINEAR);
-  }
-  if (!hp->has_weight_decay()) hp->set_weight_decay(0);
-  if (!hp->has_gradient_accumulation_steps()) hp->set_gradient_accumulation_steps(1);
-  if (!hp->has_max_seq_len()) hp->set_max_seq_len(512);
-  if (!hp->has_eval_every_steps()) hp->set_eval_every_steps(0);
-  if (!hp->has_max_grad_norm()) hp->set_max_grad_norm(1.0);
-  if (!hp->has_checkpoint_every_steps()) {
-    hp->set_checkpoint_every_steps(defaults.checkpoint_every_steps);
-  }
-
-  job.set_adapter(r.adapter() == v1::ADAPTER_TYPE_UNSPECIFIED ? v1::ADAPTER_TYPE_LORA
-                                                              : r.adapter());
+  job.set_adapter(r.adapter());
+  if (r.adapter() != v1::ADAPTER_TYPE_FULL) *job.mutable_lora() = r.lora();
+  FillJobDefaults(job, defaults);
   scheduler::TrainShape train;
   train.batch_size = hp->batch_size();
   train.sequence_length = hp->max_seq_len();
   if (job.adapter() == v1::ADAPTER_TYPE_LORA) {
-    auto* lora = job.mutable_lora();
-    *lora = r.lora();
-    if (!lora->has_rank()) lora->set_rank(8);
-    if (!lora->has_alpha()) lora->set_alpha(2.0 * lora->rank());
-    if (!lora->has_dropout()) lora->set_dropout(0);
-    if (!lora->has_use_rslora()) lora->set_use_rslora(false);
-    if (lora->target_modules().empty()) {
-      for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
-        lora->add_target_modules(m);
-      }
-    }
     train.method = scheduler::TrainMethod::kLora;
-    train.lora_rank = lora->rank();
-    train.lora_matrices_per_layer = lora->target_modules_size();
+    train.lora_rank = job.lora().rank();
+    train.lora_matrices_per_layer = job.lora().target_modules_size();
   } else {
     train.method = scheduler::TrainMethod::kFull;
   }

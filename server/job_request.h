@@ -22,6 +22,12 @@ struct JobDefaults {
   int checkpoint_every_steps = 100;  // when the job sets none
 };
 
+// Fills every setting of `job` left unset with its default: what ResolveJob
+// does once the request's own values and the file-dependent batch size are
+// in. Also brings a job stored by an older lathed (without the settings
+// added since) up to what the worker now expects. A no-op on a resolved job.
+void FillJobDefaults(v1::Job& job, const JobDefaults& defaults);
+
 // The new job (status validating_files) of `project` with every auto
 // resolved and its memory need estimated, given the training file's and the
 // base model's metadata: the one place a job's defaults are written. The

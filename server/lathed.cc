@@ -75,6 +75,7 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
     spdlog::info("base model {} -> {} ({} parameters)", name, model->path(),
                  model->parameter_count());
   }
+  options.coordinator.job_defaults = options.service.job_defaults;
   ASSIGN_OR_RETURN(d->coordinator_,
                    Coordinator::Create(*d->store_, options.coordinator));
   std::string admin_key_file = options.admin_key_file.empty()
