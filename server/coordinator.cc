@@ -455,9 +455,10 @@ int Coordinator::SweepExpiredLeases(absl::Time now) {
     store::TransitionUpdate u;
     u.level = "warn";
     absl::StatusOr<v1::Job> moved;
-    if (job->status() == v1::JOB_STATUS_PAUSED && !job->resume_requested()) {
-      continue;  // the worker died while pausing: the job stays paused
-    }
+    // The worker died while pausing: the job stays paused, unless a resume
+    // was asked for meanwhile; then it is queued (below) whatever its
+    // failures, since the user asked for it and it had stopped training.
+    if (job->status() == v1::JOB_STATUS_PAUSED && !job->resume_requested()) continue;
     // Only failures count against max_attempts: pauses and hand-backs
     // started new attempts too.
     const int failures = job->failed_attempts() + 1;
@@ -468,8 +469,6 @@ int Coordinator::SweepExpiredLeases(absl::Time now) {
                                 v1::JOB_STATUS_CANCELLED, lease.attempt, u);
     } else if (failures >= options_.max_attempts &&
                job->status() != v1::JOB_STATUS_PAUSED) {
-      // (A paused job whose resume was pending goes back to the queue: the
-      // user asked for it, and it had stopped training.)
       v1::JobError err;
       err.set_code("worker_lost");
       err.set_message(absl::StrCat("the worker stopped reporting ", failures,

@@ -17,15 +17,11 @@
 namespace lathe {
 namespace {
 
-// Fills what a job shows that is not stored with it: its queue position
-// among its project's queued jobs, in the scheduler's order.
-absl::Status Present(const ServerContext& ctx, v1::Job& job) {
-  return ctx.coordinator->FillQueuePosition(job);
-}
-
+// The job with what it shows beyond its stored record: its queue position
+// (Coordinator::FillQueuePosition).
 absl::StatusOr<v1::Job> Presented(const ServerContext& ctx,
                                   absl::StatusOr<v1::Job> job) {
-  if (job.ok()) RETURN_IF_ERROR(Present(ctx, *job));
+  if (job.ok()) RETURN_IF_ERROR(ctx.coordinator->FillQueuePosition(*job));
   return job;
 }
 
@@ -77,7 +73,7 @@ absl::StatusOr<v1::Job> CreateJobImpl(const ServerContext& ctx,
     spdlog::info("created {} on {} ({} examples)", job.id(), job.model(),
                  training->line_count());
   }
-  RETURN_IF_ERROR(Present(ctx, created.job));
+  RETURN_IF_ERROR(ctx.coordinator->FillQueuePosition(created.job));
   return created.job;
 }
 
@@ -121,7 +117,7 @@ absl::StatusOr<v1::Job> FineTuningService::OwnedJob(
   auto job = ctx_.store->GetJob(job_id);
   if (!job.ok()) return NotFoundAs("job", job_id, job.status());
   RETURN_IF_ERROR(CheckOwner(caller, job->project(), "job", job_id));
-  RETURN_IF_ERROR(Present(ctx_, *job));
+  RETURN_IF_ERROR(ctx_.coordinator->FillQueuePosition(*job));
   return job;
 }
 
