@@ -3,7 +3,7 @@
 #include <cstring>
 #include <iostream>
 
-#include "worker/engine/engine_cli.h"
+#include "worker/engine/cli/engine_cli.h"
 
 #if LATHE_WITH_AGENT
 #include <csignal>

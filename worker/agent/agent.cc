@@ -14,7 +14,7 @@
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/agent/attempt_setup.h"
-#include "worker/engine/trainer.h"
+#include "worker/engine/recipes/run.h"
 
 namespace lathe::worker {
 
@@ -458,19 +458,20 @@ void Agent::RunAttempt(Attempt* attempt) {
     outcome.mutable_error()->set_user_fault(user_fault);
   };
 
-  auto translated = TrainOptionsFor(as, dir.string());
-  engine::TrainOptions o = translated.ok() ? *translated : engine::TrainOptions();
+  auto translated = RunSpecFor(as, dir.string(), options_.device);
+  engine::RunSpec o = translated.ok() ? *translated : engine::RunSpec();
 
   std::string error;
   bool fetched =
-      translated.ok() && ResolveModel(attempt, &o.model_dir, &error) &&
-      FetchFile(attempt, job.training_file(), o.training_file, &error);
-  if (fetched && !o.validation_file.empty()) {
-    fetched =
-        FetchFile(attempt, job.validation_file(), o.validation_file, &error);
+      translated.ok() && ResolveModel(attempt, &o.model.dir, &error) &&
+      FetchFile(attempt, job.training_file(), o.data.training_file, &error);
+  if (fetched && !o.data.validation_file.empty()) {
+    fetched = FetchFile(attempt, job.validation_file(),
+                        o.data.validation_file, &error);
   }
-  if (fetched && !o.resume_from.empty()) {
-    fetched = FetchCheckpoint(attempt, as.resume_from(), o.resume_from, &error);
+  if (fetched && !o.checkpoint.resume_from.empty()) {
+    fetched = FetchCheckpoint(attempt, as.resume_from(),
+                              o.checkpoint.resume_from, &error);
   }
   if (!translated.ok()) {
     // lathed resolves every setting: one left unresolved is the platform's.
@@ -485,10 +486,12 @@ void Agent::RunAttempt(Attempt* attempt) {
                                 as.resume_from().step_number(), " on ")
                  : "Training started on ",
              options_.worker_id, ": ",
-             o.method == "full" ? std::string("full fine-tuning")
-                                : absl::StrCat("LoRA r=", o.lora.rank),
-             " on ", job.model(), ", ", o.n_epochs, " epochs, batch ",
-             o.batch_size, ", lr ", o.learning_rate)));
+             engine::Lora(o.adapter) == nullptr
+                 ? std::string("full fine-tuning")
+                 : absl::StrCat("LoRA r=", engine::Lora(o.adapter)->rank),
+             " on ", job.model(), ", ", o.schedule.n_epochs,
+             " epochs, batch ", o.data.batch_size, ", lr ",
+             o.optimizer.learning_rate)));
     engine::TrainHooks hooks;
     hooks.on_step = [&](const engine::StepMetrics& m) {
       v1::JobEvent e;
@@ -543,13 +546,13 @@ void Agent::RunAttempt(Attempt* attempt) {
         Emit(attempt,
              Message(absl::StrCat(result->truncated_examples,
                                   " training examples were longer than ",
-                                  o.max_seq_len, " tokens and were truncated"),
+                                  o.data.max_seq_len, " tokens and were truncated"),
                      "warn"));
       }
       // A LoRA job's result is the PEFT adapter; a full fine-tuning job's,
       // the whole model folder the engine wrote.
       std::vector<std::string> names;
-      for (const auto& entry : fs::directory_iterator(o.output_dir, ec)) {
+      for (const auto& entry : fs::directory_iterator(o.output.dir, ec)) {
         if (entry.is_regular_file()) {
           names.push_back(entry.path().filename().string());
         }
@@ -560,13 +563,13 @@ void Agent::RunAttempt(Attempt* attempt) {
       for (const std::string& name : names) {
         uploaded =
             uploaded &&
-            UploadResult(attempt, (fs::path(o.output_dir) / name).string(),
+            UploadResult(attempt, (fs::path(o.output.dir) / name).string(),
                          name, 0, options_.transfer_patience, &error);
         if (uploaded) outcome.add_result_files(name);
       }
       if (uploaded) {
         outcome.set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
-        Emit(attempt, Message(absl::StrCat(o.method == "full" ? "Model" : "Adapter",
+        Emit(attempt, Message(absl::StrCat(engine::Lora(o.adapter) == nullptr ? "Model" : "Adapter",
                                            " uploaded (", result->steps,
                                            " steps, loss ", result->first_loss,
                                            " -> ", result->last_loss, ")")));

@@ -29,6 +29,7 @@ struct AgentOptions {
   std::string worker_id;                  // default: hostname-pid
   std::string work_dir = ".lathe-worker"; // per-attempt files
   std::string token;                      // lathed's worker token
+  std::string device = "auto";            // the run spec's device.device
   ChannelTls tls;                         // CA, client certificate, or insecure
   absl::Duration heartbeat = absl::Seconds(1);
   absl::Duration drain_timeout = absl::Seconds(60);

@@ -9,22 +9,27 @@
 
 namespace lathe::worker {
 
-absl::StatusOr<engine::TrainOptions> TrainOptionsFor(const v1::Assignment& as,
-                                                     const std::string& dir) {
+absl::StatusOr<engine::RunSpec> RunSpecFor(const v1::Assignment& as,
+                                           const std::string& dir,
+                                           const std::string& device) {
   namespace fs = std::filesystem;
   const v1::Job& job = as.job();
-  ASSIGN_OR_RETURN(engine::TrainOptions o, TrainOptionsForJob(job));
-  o.training_file = (fs::path(dir) / "train.jsonl").string();
-  o.training_file_name = absl::StrCat("training_file ", job.training_file());
+  ASSIGN_OR_RETURN(engine::RunSpec spec, RunSpecForJob(job));
+  spec.data.training_file = (fs::path(dir) / "train.jsonl").string();
+  spec.data.training_file_name =
+      absl::StrCat("training_file ", job.training_file());
   if (!job.validation_file().empty()) {
-    o.validation_file = (fs::path(dir) / "valid.jsonl").string();
-    o.validation_file_name =
+    spec.data.validation_file = (fs::path(dir) / "valid.jsonl").string();
+    spec.data.validation_file_name =
         absl::StrCat("validation_file ", job.validation_file());
   }
-  if (as.has_resume_from()) o.resume_from = (fs::path(dir) / "resume").string();
-  o.output_dir = (fs::path(dir) / "adapter").string();
-  o.checkpoint_dir = (fs::path(dir) / "checkpoints").string();
-  return o;
+  if (as.has_resume_from()) {
+    spec.checkpoint.resume_from = (fs::path(dir) / "resume").string();
+  }
+  spec.output.dir = (fs::path(dir) / "adapter").string();
+  spec.checkpoint.dir = (fs::path(dir) / "checkpoints").string();
+  spec.device.device = device;
+  return spec;
 }
 
 v1::JobError JobErrorFor(const absl::Status& status) {

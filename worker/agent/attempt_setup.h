@@ -1,4 +1,4 @@
-// The engine side of an assigned attempt: the TrainOptions the agent runs it
+// The engine side of an assigned attempt: the RunSpec the agent runs it
 // with, and the JobError its failure is reported as. No I/O.
 //
 // A job's owner sees the error, so it names the job's own things (its file
@@ -13,18 +13,20 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "lathe/v1/worker.pb.h"
-#include "worker/engine/trainer.h"
+#include "worker/engine/spec/run_spec.h"
 
 namespace lathe::worker {
 
-// The options for `assignment`: its job's settings (TrainOptionsForJob,
-// whose errors it returns), with its files in `dir` (the attempt's
-// folder): training_file dir/train.jsonl, validation_file dir/valid.jsonl
-// when the job has one, resume_from dir/resume when it resumes, the result
-// and checkpoints under dir. Errors name the files by the job's file ids
-// ("training_file file-abc"). model_dir is the caller's to set.
-absl::StatusOr<engine::TrainOptions> TrainOptionsFor(const v1::Assignment& assignment,
-                                                     const std::string& dir);
+// The run spec for `assignment`: its job's settings (RunSpecForJob, whose
+// errors it returns), with its files in `dir` (the attempt's folder):
+// data.training_file dir/train.jsonl, data.validation_file dir/valid.jsonl
+// when the job has one, checkpoint.resume_from dir/resume when it resumes,
+// the result and checkpoints under dir, and the worker's `device`
+// ("auto", "cpu", "cuda"). Errors name the files by the job's file ids
+// ("training_file file-abc"). model.dir is the caller's to set.
+absl::StatusOr<engine::RunSpec> RunSpecFor(const v1::Assignment& assignment,
+                                           const std::string& dir,
+                                           const std::string& device = "auto");
 
 // The error a failed engine::Train (`status`: not OK, CANCELLED or ABORTED)
 // is reported as, by the kind the engine marked it with (the one place

@@ -4,8 +4,9 @@
 #include <fstream>
 
 #include "gtest/gtest.h"
-#include "worker/engine/demo.h"
+#include "worker/engine/cli/demo.h"
 #include "worker/engine/error_kind.h"
+#include "worker/engine/recipes/run.h"
 #include "worker/engine/test_util.h"
 
 namespace lathe::worker {
@@ -48,27 +49,27 @@ TEST(AttemptSetupTest, OptionsKeepFilesInTheAttemptFolderAndNameThemById) {
   as.mutable_resume_from()->set_step_number(3);
   as.mutable_job()->mutable_method()->mutable_supervised()->mutable_hyperparameters()
       ->set_checkpoint_every_steps(5);
-  const engine::TrainOptions o = *TrainOptionsFor(as, "/w/ftjob-1/attempt-1");
-  EXPECT_EQ(o.training_file, "/w/ftjob-1/attempt-1/train.jsonl");
-  EXPECT_EQ(o.training_file_name, "training_file file-abc");
-  EXPECT_EQ(o.validation_file, "/w/ftjob-1/attempt-1/valid.jsonl");
-  EXPECT_EQ(o.validation_file_name, "validation_file file-xyz");
-  EXPECT_EQ(o.resume_from, "/w/ftjob-1/attempt-1/resume");
-  EXPECT_EQ(o.output_dir, "/w/ftjob-1/attempt-1/adapter");
-  EXPECT_EQ(o.checkpoint_dir, "/w/ftjob-1/attempt-1/checkpoints");
-  EXPECT_EQ(o.checkpoint_every, 5);
-  EXPECT_EQ(o.base_model_name, "demo");
-  EXPECT_EQ(o.n_epochs, 1);
-  EXPECT_EQ(o.batch_size, 2);
-  EXPECT_EQ(o.learning_rate, 1e-3);
+  const engine::RunSpec o = *RunSpecFor(as, "/w/ftjob-1/attempt-1");
+  EXPECT_EQ(o.data.training_file, "/w/ftjob-1/attempt-1/train.jsonl");
+  EXPECT_EQ(o.data.training_file_name, "training_file file-abc");
+  EXPECT_EQ(o.data.validation_file, "/w/ftjob-1/attempt-1/valid.jsonl");
+  EXPECT_EQ(o.data.validation_file_name, "validation_file file-xyz");
+  EXPECT_EQ(o.checkpoint.resume_from, "/w/ftjob-1/attempt-1/resume");
+  EXPECT_EQ(o.output.dir, "/w/ftjob-1/attempt-1/adapter");
+  EXPECT_EQ(o.checkpoint.dir, "/w/ftjob-1/attempt-1/checkpoints");
+  EXPECT_EQ(o.checkpoint.every_steps, 5);
+  EXPECT_EQ(o.model.base_model_name, "demo");
+  EXPECT_EQ(o.schedule.n_epochs, 1);
+  EXPECT_EQ(o.data.batch_size, 2);
+  EXPECT_EQ(o.optimizer.learning_rate, 1e-3);
   EXPECT_EQ(o.seed, 7u);
-  EXPECT_EQ(o.lora.rank, 4);
-  EXPECT_EQ(o.lora.target_modules, std::vector<std::string>{"q_proj"});
+  EXPECT_EQ(engine::Lora(o.adapter)->rank, 4);
+  EXPECT_EQ(engine::Lora(o.adapter)->target_modules, std::vector<std::string>{"q_proj"});
 
-  const engine::TrainOptions fresh = *TrainOptionsFor(DemoAssignment(), "/w");
-  EXPECT_EQ(fresh.validation_file, "");
-  EXPECT_EQ(fresh.validation_file_name, "");
-  EXPECT_EQ(fresh.resume_from, "");
+  const engine::RunSpec fresh = *RunSpecFor(DemoAssignment(), "/w");
+  EXPECT_EQ(fresh.data.validation_file, "");
+  EXPECT_EQ(fresh.data.validation_file_name, "");
+  EXPECT_EQ(fresh.checkpoint.resume_from, "");
 }
 
 // The engine run as the agent runs it, on data the engine refuses: the job
@@ -79,11 +80,11 @@ TEST(AttemptSetupTest, BadDataIsReportedByFileIdAndLineWithoutWorkerPaths) {
   engine::testing::TempDir attempt;
   v1::Assignment as = DemoAssignment();
   as.mutable_job()->set_validation_file("file-xyz");
-  engine::TrainOptions o = *TrainOptionsFor(as, attempt.path());
-  o.model_dir = demo.path() + "/model";
+  engine::RunSpec o = *RunSpecFor(as, attempt.path());
+  o.model.dir = demo.path() + "/model";
 
-  std::ofstream(o.training_file) << kGoodLine << "\n" << kBadLine << "\n";
-  std::ofstream(o.validation_file) << kGoodLine << "\n";
+  std::ofstream(o.data.training_file) << kGoodLine << "\n" << kBadLine << "\n";
+  std::ofstream(o.data.validation_file) << kGoodLine << "\n";
   absl::StatusOr<engine::TrainResult> result = engine::Train(o, {});
   ASSERT_FALSE(result.ok());
   v1::JobError error = JobErrorFor(result.status());
@@ -95,8 +96,8 @@ TEST(AttemptSetupTest, BadDataIsReportedByFileIdAndLineWithoutWorkerPaths) {
             "missing or not a string");
 
   // The validation file is named as such (not blamed on training_file).
-  std::ofstream(o.training_file) << kGoodLine << "\n";
-  std::ofstream(o.validation_file) << "\n"
+  std::ofstream(o.data.training_file) << kGoodLine << "\n";
+  std::ofstream(o.data.validation_file) << "\n"
                                    << "\n"
                                    << "{oops\n";
   result = engine::Train(o, {});
@@ -109,7 +110,7 @@ TEST(AttemptSetupTest, BadDataIsReportedByFileIdAndLineWithoutWorkerPaths) {
 
   // A missing model folder is the base model's fault, not the data's; its
   // details, paths included, stay in the worker's log.
-  o.model_dir = attempt.path() + "/no-model";
+  o.model.dir = attempt.path() + "/no-model";
   result = engine::Train(o, {});
   ASSERT_FALSE(result.ok());
   ASSERT_NE(result.status().message().find(attempt.path()), std::string::npos);
@@ -128,9 +129,9 @@ TEST(AttemptSetupTest, ACorruptBaseModelIsAModelErrorNotTheDatas) {
   const std::string weights = demo.path() + "/model/model.safetensors";
   fs::resize_file(weights, fs::file_size(weights) / 2);
   engine::testing::TempDir attempt;
-  engine::TrainOptions o = *TrainOptionsFor(DemoAssignment(), attempt.path());
-  o.model_dir = demo.path() + "/model";
-  std::ofstream(o.training_file) << kGoodLine << "\n";
+  engine::RunSpec o = *RunSpecFor(DemoAssignment(), attempt.path());
+  o.model.dir = demo.path() + "/model";
+  std::ofstream(o.data.training_file) << kGoodLine << "\n";
   absl::StatusOr<engine::TrainResult> result = engine::Train(o, {});
   ASSERT_FALSE(result.ok());
   EXPECT_EQ(engine::ErrorKindOf(result.status()), engine::ErrorKind::kModel)
@@ -140,8 +141,8 @@ TEST(AttemptSetupTest, ACorruptBaseModelIsAModelErrorNotTheDatas) {
   EXPECT_EQ(error.param(), "model");
   EXPECT_FALSE(error.user_fault());
   // A bad setting is the user's, named.
-  o.lr_scheduler = "sawtooth";
-  o.model_dir = demo.path() + "/no-such-model";
+  o.schedule.lr_scheduler = "sawtooth";
+  o.model.dir = demo.path() + "/no-such-model";
   result = engine::Train(o, {});
   error = JobErrorFor(result.status());
   EXPECT_EQ(error.code(), "invalid_hyperparameters");

@@ -1,25 +1,28 @@
 // The one translation from the wire to the engine: a job as lathed resolved
 // it (every default settled, see server/job_request.cc) into the engine's
-// TrainOptions. Total over the job's settings: the round-trip test in
-// job_options_test.cc fails when a field is added to the proto's
-// hyperparameters or LoRA settings and not here.
+// RunSpec (worker/engine/spec/run_spec.h). Total over the job's settings:
+// the round-trip test in job_options_test.cc fails when a field is added to
+// the proto's hyperparameters or LoRA settings and not here, or to the run
+// spec and neither here nor on its list of settings the agent or the engine
+// owns.
 #ifndef LATHE_WORKER_AGENT_JOB_OPTIONS_H_
 #define LATHE_WORKER_AGENT_JOB_OPTIONS_H_
 
 #include "absl/status/statusor.h"
 #include "lathe/v1/fine_tuning.pb.h"
-#include "worker/engine/trainer.h"
+#include "worker/engine/spec/run_spec.h"
 
 namespace lathe::worker {
 
-// The run settings of `job` (adapter, hyperparameters, LoRA, seed, base
-// model name). Paths (model, data, output, checkpoints, resume) are the
-// agent's to fill. INVALID_ARGUMENT naming the field for a value the engine
-// has no name for (an unknown scheduler or adapter type).
-absl::StatusOr<engine::TrainOptions> TrainOptionsForJob(const v1::Job& job);
+// The run settings of `job` (adapter, objective, hyperparameters, LoRA,
+// seed, base model name). Paths (model, data, output, checkpoints, resume)
+// and the device are the agent's to fill. INVALID_ARGUMENT naming the field
+// for a value the engine has no name for (an unknown scheduler, adapter
+// type or method).
+absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job);
 
 // The inverse over the same fields, for the round-trip test.
-v1::Job JobForTrainOptions(const engine::TrainOptions& options);
+v1::Job JobForRunSpec(const engine::RunSpec& spec);
 
 }  // namespace lathe::worker
 

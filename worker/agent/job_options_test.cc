@@ -7,6 +7,7 @@
 
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "nlohmann/json.hpp"
 
 namespace lathe::worker {
 namespace {
@@ -71,9 +72,9 @@ v1::Job EveryFieldJob(v1::AdapterType adapter) {
 TEST(JobOptionsTest, EveryResolvedSettingReachesTheEngineAndBack) {
   for (v1::AdapterType adapter : {v1::ADAPTER_TYPE_LORA, v1::ADAPTER_TYPE_FULL}) {
     v1::Job job = EveryFieldJob(adapter);
-    auto options = TrainOptionsForJob(job);
+    auto options = RunSpecForJob(job);
     ASSERT_TRUE(options.ok()) << options.status();
-    v1::Job back = JobForTrainOptions(*options);
+    v1::Job back = JobForRunSpec(*options);
     google::protobuf::util::MessageDifferencer diff;
     std::string report;
     diff.ReportDifferencesToString(&report);
@@ -89,27 +90,77 @@ TEST(JobOptionsTest, TheValuesLandInTheirEngineFields) {
   hp->set_learning_rate(3e-4);
   job.mutable_lora()->set_rank(16);
   job.mutable_lora()->set_use_rslora(true);
-  auto o = TrainOptionsForJob(job);
+  auto o = RunSpecForJob(job);
   ASSERT_TRUE(o.ok());
-  EXPECT_EQ(o->method, "lora");
-  EXPECT_EQ(o->lr_scheduler, "cosine");
-  EXPECT_EQ(o->max_seq_len, 384);
-  EXPECT_DOUBLE_EQ(o->learning_rate, 3e-4);
-  EXPECT_EQ(o->lora.rank, 16);
-  EXPECT_TRUE(o->lora.use_rslora);
+  ASSERT_NE(engine::Lora(o->adapter), nullptr);
+  EXPECT_EQ(o->schedule.lr_scheduler, "cosine");
+  EXPECT_EQ(o->data.max_seq_len, 384);
+  EXPECT_DOUBLE_EQ(o->optimizer.learning_rate, 3e-4);
+  EXPECT_EQ(engine::Lora(o->adapter)->rank, 16);
+  EXPECT_TRUE(engine::Lora(o->adapter)->use_rslora);
   EXPECT_EQ(o->seed, 1234u);
+  EXPECT_EQ(engine::ObjectiveType(o->objective), "sft");
   job.set_adapter(v1::ADAPTER_TYPE_FULL);
-  EXPECT_EQ(TrainOptionsForJob(job)->method, "full");
+  EXPECT_EQ(engine::AdapterType(RunSpecForJob(job)->adapter), "full");
+}
+
+// The spec's side of totality: every field of the run spec is either set
+// from the job (it differs from the engine default when every job field
+// has a value of its own) or on this list, with the reason it is not.
+const std::set<std::string> kNotFromTheJob = {
+    // The agent's paths and the worker's device (attempt_setup.h).
+    "model.dir", "data.training_file", "data.validation_file",
+    "data.training_file_name", "data.validation_file_name", "checkpoint.dir",
+    "checkpoint.resume_from", "output.dir", "output.merged_dir",
+    "device.device",
+    // Recognized from the base model's tokenizer_config.json: a job names
+    // no template.
+    "model.chat_template",
+    // How a step is computed, not what it computes: the engine's choice
+    // (the same loss and gradients either way; tests prove each).
+    "data.packing", "objective.loss_chunk_tokens",
+    "device.activation_checkpointing", "device.dtype",
+};
+
+void CollectChanged(const nlohmann::json& now, const nlohmann::json& before,
+                    const std::string& prefix, std::set<std::string>& changed,
+                    std::set<std::string>& all) {
+  for (const auto& [key, value] : now.items()) {
+    const std::string name = prefix.empty() ? key : prefix + "." + key;
+    if (value.is_object()) {
+      CollectChanged(value, before.value(key, nlohmann::json::object()), name,
+                     changed, all);
+      continue;
+    }
+    if (key == "type") continue;  // the variant's tag
+    all.insert(name);
+    if (!before.contains(key) || before[key] != value) changed.insert(name);
+  }
+}
+
+TEST(JobOptionsTest, EverySpecFieldComesFromTheJobOrIsListed) {
+  auto spec = RunSpecForJob(EveryFieldJob(v1::ADAPTER_TYPE_LORA));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  engine::RunSpec defaults;
+  std::set<std::string> changed, all;
+  CollectChanged(engine::RunSpecJson(*spec), engine::RunSpecJson(defaults), "",
+                 changed, all);
+  for (const std::string& field : all) {
+    EXPECT_TRUE(changed.count(field) || kNotFromTheJob.count(field))
+        << field << " is neither set from the job nor listed in kNotFromTheJob";
+    EXPECT_FALSE(changed.count(field) && kNotFromTheJob.count(field))
+        << field << " is set from the job: take it off kNotFromTheJob";
+  }
 }
 
 TEST(JobOptionsTest, UnresolvedValuesAreRefusedByName) {
   v1::Job job = EveryFieldJob(v1::ADAPTER_TYPE_LORA);
   job.set_adapter(v1::ADAPTER_TYPE_UNSPECIFIED);
-  EXPECT_EQ(TrainOptionsForJob(job).status().message().substr(0, 8), "adapter:");
+  EXPECT_EQ(RunSpecForJob(job).status().message().substr(0, 8), "adapter:");
   job.set_adapter(v1::ADAPTER_TYPE_LORA);
   job.mutable_method()->mutable_supervised()->mutable_hyperparameters()->set_lr_scheduler(
       v1::LR_SCHEDULER_UNSPECIFIED);
-  EXPECT_TRUE(absl::IsInvalidArgument(TrainOptionsForJob(job).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(RunSpecForJob(job).status()));
 }
 
 }  // namespace

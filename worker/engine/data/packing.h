@@ -20,8 +20,8 @@
 #include <cstddef>
 #include <vector>
 
-#include "worker/engine/batch.h"
-#include "worker/engine/chat_data.h"
+#include "worker/engine/data/batch.h"
+#include "worker/engine/data/chat_data.h"
 
 namespace lathe::engine {
 

@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "worker/engine/batch.h"
+#include "worker/engine/data/batch.h"
 
 namespace lathe::engine {
 

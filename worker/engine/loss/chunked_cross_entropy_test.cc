@@ -1,7 +1,7 @@
 #include "worker/engine/loss/chunked_cross_entropy.h"
 
 #include "gtest/gtest.h"
-#include "worker/engine/batch.h"
+#include "worker/engine/data/batch.h"
 #include "worker/engine/model/random_model_test_util.h"
 
 namespace lathe::engine {

@@ -3,7 +3,7 @@
 #include <mutex>
 
 #include "gtest/gtest.h"
-#include "worker/engine/batch.h"
+#include "worker/engine/data/batch.h"
 #include "worker/engine/data/packing.h"
 #include "worker/engine/model/random_model_test_util.h"
 

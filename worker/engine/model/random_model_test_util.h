@@ -9,10 +9,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "worker/engine/llama.h"
-#include "worker/engine/lora.h"
-#include "worker/engine/model_config.h"
-#include "worker/engine/weights.h"
+#include "worker/engine/model/llama.h"
+#include "worker/engine/adapters/lora.h"
+#include "worker/engine/model/model_config.h"
+#include "worker/engine/model/weights.h"
 
 namespace lathe::engine::testing {
 
@@ -80,7 +80,7 @@ inline std::unique_ptr<LlamaModel> RandomModel(const ModelConfig& c,
     for (auto& [name, w] : (*model)->Weights(false)) w.requires_grad_(true);
     return std::move(*model);
   }
-  LoraOptions lora;
+  LoraSpec lora;
   lora.rank = 4;
   lora.dropout = lora_dropout;
   lora.target_modules = {"q_proj",    "k_proj",  "v_proj",   "o_proj",

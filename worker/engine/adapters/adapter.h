@@ -1,0 +1,51 @@
+// What a run trains, by the adapter section's kind: LoRA factors (lora.h)
+// or every weight of the model (full fine-tuning). The one place that
+// branches on the adapter kind; recipes call these and never test it.
+#ifndef LATHE_WORKER_ENGINE_ADAPTERS_ADAPTER_H_
+#define LATHE_WORKER_ENGINE_ADAPTERS_ADAPTER_H_
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "worker/engine/model/llama.h"
+#include "worker/engine/optim/adamw.h"
+#include "worker/engine/spec/run_spec.h"
+
+namespace lathe::engine {
+
+// Makes `adapter`'s tensors trainable: fresh LoRA factors (drawn from
+// torch's global generator), or requires_grad on every weight.
+absl::Status MakeTrainable(LlamaModel& model, const AdapterSpec& adapter);
+
+// The trained tensors, named as in the adapter's weight file. Weight decay
+// applies to LoRA's A and B, and to full fine-tuning's matrices (not to
+// norms and biases, as transformers' Trainer does).
+std::vector<AdamW::Param> TrainableParams(const LlamaModel& model,
+                                          const AdapterSpec& adapter);
+
+// The file of SaveTrained's folder that holds the trained tensors.
+std::string TrainedWeightsFile(const AdapterSpec& adapter);
+
+// adapter_config.json's base_model_name_or_path: the Hugging Face id from
+// config.json, else model.base_model_name, else model.dir.
+std::string AdapterBaseName(const ModelSpec& model_spec,
+                            const LlamaModel& model);
+
+// Writes what was trained to `dir`: the PEFT adapter (LoRA, float32), or a
+// model folder in the base's layout with its weights in `dtype` (full).
+absl::Status SaveTrained(const LlamaModel& model, const AdapterSpec& adapter,
+                         const ModelSpec& model_spec, const std::string& dir,
+                         torch::ScalarType dtype);
+
+// The run's result: SaveTrained to output.dir in the base model's dtype,
+// and for LoRA the merged model folder to output.merged_dir when set.
+absl::Status ExportResult(const LlamaModel& model, const AdapterSpec& adapter,
+                          const ModelSpec& model_spec,
+                          const OutputSpec& output);
+
+}  // namespace lathe::engine
+
+#endif  // LATHE_WORKER_ENGINE_ADAPTERS_ADAPTER_H_

@@ -1,0 +1,48 @@
+// LoRA adapters on a LlamaModel's projections, and their Hugging Face PEFT
+// files (adapter_config.json + adapter_model.safetensors).
+#ifndef LATHE_WORKER_ENGINE_ADAPTERS_LORA_H_
+#define LATHE_WORKER_ENGINE_ADAPTERS_LORA_H_
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "worker/engine/model/llama.h"
+#include "worker/engine/spec/run_spec.h"
+
+namespace lathe::engine {
+
+// Gives every layer's `options.target_modules` fresh trainable LoRA weights:
+// A [r, in] kaiming-uniform as PEFT initializes it (U(-1/sqrt(in),
+// 1/sqrt(in))), B [out, r] zeros, scale alpha / r (alpha / sqrt(r) with
+// use_rslora). Draws from torch's
+// global generator, so torch::manual_seed makes it reproducible.
+// INVALID_ARGUMENT naming the field (Validate(AdapterSpec)) for an adapter
+// this engine cannot build.
+absl::Status AttachLora(LlamaModel& model, const LoraSpec& options);
+
+// The A and B tensors of every adapted projection, keyed by their names in
+// adapter_model.safetensors (see SaveAdapter); they share storage with the
+// model.
+TensorMap LoraParameters(const LlamaModel& model);
+
+// Writes the model's LoRA weights to `dir` (created if needed) in the PEFT
+// layout, keys
+// "base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight" etc.,
+// float32, metadata {"format": "pt"}. INTERNAL on I/O failure.
+absl::Status SaveAdapter(const LlamaModel& model, const LoraSpec& options,
+                         const std::string& base_model_name,
+                         const std::string& dir);
+
+// Reads a PEFT LoRA adapter from `dir` and attaches it (frozen) to `model`.
+// Returns its options. INVALID_ARGUMENT naming the field or tensor for an
+// unsupported config, a missing, unexpected or mis-shaped tensor.
+absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
+                                        const std::string& dir);
+
+}  // namespace lathe::engine
+
+#endif  // LATHE_WORKER_ENGINE_ADAPTERS_LORA_H_

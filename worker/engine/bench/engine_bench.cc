@@ -1,0 +1,321 @@
+// engine_bench: training throughput of the engine on CPU (or whatever
+// LibTorch runs on), on a random Llama of a given shape with the demo's
+// tokenizer and generated data. Not a test. One configuration per run;
+// `engine_bench --help` lists the flags. Prints the configuration, then
+//   tokens/s (real tokens), padding tokens, the loss path's largest logits
+//   block, and the process's peak resident memory (VmHWM).
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine/data/chat_data.h"
+#include "worker/engine/text/chat_template.h"
+#include "worker/engine/cli/demo.h"
+#include "worker/engine/text/tokenizer.h"
+#include "worker/engine/recipes/run.h"
+
+namespace lathe::engine {
+namespace {
+
+struct BenchOptions {
+  DemoModelSize model = {.hidden_size = 256,
+                         .intermediate_size = 688,
+                         .num_hidden_layers = 4,
+                         .num_attention_heads = 8,
+                         .num_key_value_heads = 4,
+                         .vocab_size = 32000};
+  int batch = 4;
+  int seq_len = 256;
+  std::string method = "lora";
+  int lora_rank = 16;
+  std::string lora_targets =
+      "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+  std::string data = "chat";         // chat or text
+  double assistant_share = 1.0 / 3;  // chat: of each conversation's words
+  bool packing = true;
+  int loss_chunk_tokens = 1024;
+  bool activation_checkpointing = false;
+  int threads = 2;
+  int steps = 8;
+  int warmup_steps = 2;
+};
+
+constexpr char kUsage[] = R"(Usage: engine_bench [--flag=value ...]
+  --hidden=256 --intermediate=688 --layers=4 --heads=8 --kv_heads=4
+  --vocab=32000          model shape (random weights, the demo tokenizer)
+  --batch=4 --seq_len=256
+                         examples per step; each is 1/2 to 1 x seq_len
+                         tokens long, so a padded batch carries padding
+  --method=lora          lora or full
+  --lora_rank=16 --lora_targets=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+  --data=chat            chat (a user turn, then an assistant turn that
+                         holds --assistant_share of the words) or text
+  --assistant_share=0.333
+  --packing=true --loss_chunk_tokens=1024 --activation_checkpointing=false
+  --threads=2            LibTorch intra-op threads
+  --steps=8 --warmup_steps=2
+                         measured steps, after the warm-up steps
+  --help                 this text
+)";
+
+absl::Status ParseFlag(const std::string& arg, BenchOptions& o) {
+  const std::vector<std::string> kv =
+      absl::StrSplit(arg, absl::MaxSplits('=', 1));
+  if (kv.size() != 2 || kv[0].rfind("--", 0) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown argument \"", arg, "\" (see --help)"));
+  }
+  const std::string name = kv[0].substr(2), value = kv[1];
+  auto integer = [&](int& out) {
+    return absl::SimpleAtoi(value, &out) && out > 0;
+  };
+  auto boolean = [&](bool& out) {
+    if (value != "true" && value != "false") return false;
+    out = value == "true";
+    return true;
+  };
+  bool ok;
+  if (name == "hidden")
+    ok = integer(o.model.hidden_size);
+  else if (name == "intermediate")
+    ok = integer(o.model.intermediate_size);
+  else if (name == "layers")
+    ok = integer(o.model.num_hidden_layers);
+  else if (name == "heads")
+    ok = integer(o.model.num_attention_heads);
+  else if (name == "kv_heads")
+    ok = integer(o.model.num_key_value_heads);
+  else if (name == "vocab")
+    ok = integer(o.model.vocab_size);
+  else if (name == "batch")
+    ok = integer(o.batch);
+  else if (name == "seq_len")
+    ok = integer(o.seq_len);
+  else if (name == "method")
+    ok = (o.method = value) == "lora" || value == "full";
+  else if (name == "lora_rank")
+    ok = integer(o.lora_rank);
+  else if (name == "lora_targets")
+    ok = !(o.lora_targets = value).empty();
+  else if (name == "data")
+    ok = (o.data = value) == "chat" || value == "text";
+  else if (name == "assistant_share") {
+    ok = absl::SimpleAtod(value, &o.assistant_share) && o.assistant_share > 0 &&
+         o.assistant_share < 1;
+  } else if (name == "packing")
+    ok = boolean(o.packing);
+  else if (name == "loss_chunk_tokens")
+    ok = integer(o.loss_chunk_tokens);
+  else if (name == "activation_checkpointing") {
+    ok = boolean(o.activation_checkpointing);
+  } else if (name == "threads")
+    ok = integer(o.threads);
+  else if (name == "steps")
+    ok = integer(o.steps);
+  else if (name == "warmup_steps")
+    ok = integer(o.warmup_steps);
+  else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown flag --", name, " (see --help)"));
+  }
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad value for --", name, ": \"", value, "\""));
+  }
+  return absl::OkStatus();
+}
+
+// `words` words of filler text.
+std::string Words(std::mt19937& rng, int words) {
+  static const char* kWords[] = {"the",   "capital", "of",    "France", "is",
+                                 "Paris", "red",     "green", "plus",   "two",
+                                 "three", "colour",  "sum",   "sky",    "blue"};
+  std::string out;
+  for (int i = 0; i < words; ++i) {
+    absl::StrAppend(&out, i ? " " : "", kWords[rng() % std::size(kWords)]);
+  }
+  return out;
+}
+
+// `n` examples of 1/2 to 1 x seq_len tokens (words_per_token converts),
+// with the chat template's few tokens on top, cut to seq_len by the trainer.
+void WriteData(const std::string& path, const BenchOptions& o, int n,
+               double words_per_token) {
+  std::mt19937 rng(7);
+  std::ofstream out(path);
+  const int usable = o.seq_len - 16;  // the template's role markers
+  for (int i = 0; i < n; ++i) {
+    const int tokens = usable / 2 + static_cast<int>(rng() % (usable / 2));
+    const int words = std::max(2, static_cast<int>(tokens * words_per_token));
+    nlohmann::json line;
+    if (o.data == "text") {
+      line = {{"text", Words(rng, words)}};
+    } else {
+      const int answer =
+          std::max(1, static_cast<int>(words * o.assistant_share));
+      line = {{"messages",
+               {{{"role", "user"}, {"content", Words(rng, words - answer)}},
+                {{"role", "assistant"}, {"content", Words(rng, answer)}}}}};
+    }
+    out << line.dump() << "\n";
+  }
+}
+
+// Words of Words() per token of `tokenizer`.
+absl::StatusOr<double> WordsPerToken(const Tokenizer& tokenizer) {
+  std::mt19937 rng(1);
+  absl::StatusOr<Encoding> sample = tokenizer.Encode(Words(rng, 1000));
+  if (!sample.ok()) return sample.status();
+  return 1000.0 / static_cast<double>(sample->ids.size());
+}
+
+// The share of the data's tokens that carry a loss, as the trainer sees it.
+absl::StatusOr<double> TargetShare(const Tokenizer& tokenizer,
+                                   const std::string& path, int seq_len) {
+  absl::StatusOr<Dataset> data =
+      LoadChatDataset(path, tokenizer, ChatTemplateFor(tokenizer, ""), seq_len);
+  if (!data.ok()) return data.status();
+  int64_t tokens = 0, targets = 0;
+  for (const Example& e : data->examples) {
+    tokens += static_cast<int64_t>(e.ids.size());
+    for (uint8_t m : e.loss_mask) targets += m;
+  }
+  return static_cast<double>(targets) / static_cast<double>(tokens);
+}
+
+// VmHWM of this process in MiB, or -1.
+double PeakRssMib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      return std::strtod(line.c_str() + 6, nullptr) / 1024;
+    }
+  }
+  return -1;
+}
+
+int Run(const BenchOptions& o) {
+  torch::set_num_threads(o.threads);
+  const std::string dir = (std::filesystem::temp_directory_path() /
+                           absl::StrCat("lathe_engine_bench.", getpid()))
+                              .string();
+  std::filesystem::remove_all(dir);
+  absl::Status status = MakeDemo(dir);
+  if (status.ok()) status = ResizeDemoModel(dir, o.model);
+  if (!status.ok()) {
+    std::cerr << status << "\n";
+    return 1;
+  }
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      Tokenizer::Load(dir + "/model");
+  if (!tokenizer.ok()) {
+    std::cerr << tokenizer.status() << "\n";
+    return 1;
+  }
+  const absl::StatusOr<double> words_per_token = WordsPerToken(**tokenizer);
+  if (!words_per_token.ok()) {
+    std::cerr << words_per_token.status() << "\n";
+    return 1;
+  }
+  const std::string data = dir + "/bench.jsonl";
+  WriteData(data, o, o.batch * (o.warmup_steps + o.steps), *words_per_token);
+
+  RunSpec options;
+  options.model.dir = dir + "/model";
+  options.data.training_file = data;
+  options.data.batch_size = o.batch;
+  options.data.max_seq_len = o.seq_len;
+  options.data.packing = o.packing;
+  options.output.dir = dir + "/out";
+  options.schedule.n_epochs = 1;
+  options.optimizer.learning_rate = 1e-4;
+  options.objective = SftSpec{.loss_chunk_tokens = o.loss_chunk_tokens};
+  options.device.activation_checkpointing = o.activation_checkpointing;
+  if (o.method == "full") {
+    options.adapter = FullSpec{};
+  } else {
+    options.adapter =
+        LoraSpec{.rank = o.lora_rank,
+                 .alpha = 2.0 * o.lora_rank,
+                 .target_modules = absl::StrSplit(o.lora_targets, ',')};
+  }
+
+  const absl::StatusOr<double> share =
+      TargetShare(**tokenizer, data, o.seq_len);
+  if (!share.ok()) {
+    std::cerr << share.status() << "\n";
+    return 1;
+  }
+  double tokens = 0, seconds = 0;
+  int64_t previous_tokens = 0;
+  TrainHooks hooks;
+  hooks.on_step = [&](const StepMetrics& m) {
+    const int64_t step_tokens = m.trained_tokens - previous_tokens;
+    previous_tokens = m.trained_tokens;
+    if (m.step <= o.warmup_steps) return;
+    tokens += step_tokens;
+    seconds += step_tokens / m.tokens_per_second;
+  };
+  absl::StatusOr<TrainResult> result = Train(options, hooks);
+  std::filesystem::remove_all(dir);
+  if (!result.ok()) {
+    std::cerr << result.status() << "\n";
+    return 1;
+  }
+  std::cout << "model: hidden " << o.model.hidden_size << ", intermediate "
+            << o.model.intermediate_size << ", " << o.model.num_hidden_layers
+            << " layers, " << o.model.num_attention_heads << "/"
+            << o.model.num_key_value_heads << " heads, vocab "
+            << o.model.vocab_size << "; " << o.method;
+  if (o.method == "lora")
+    std::cout << " r=" << o.lora_rank << " on " << o.lora_targets;
+  std::cout << "\ndata: " << o.data << ", "
+            << static_cast<int>(100 * *share + 0.5)
+            << "% of tokens carry a loss; batch " << o.batch << " x up to "
+            << o.seq_len << "; packing " << o.packing << ", loss chunks of "
+            << o.loss_chunk_tokens << ", activation checkpointing "
+            << o.activation_checkpointing << ", " << o.threads << " threads\n"
+            << "tokens/s: " << static_cast<int64_t>(tokens / seconds)
+            << " (real tokens, " << o.steps << " steps after " << o.warmup_steps
+            << " warm-up)\n"
+            << "padding tokens: " << result->padding_tokens << " of "
+            << result->padding_tokens + result->trained_tokens << " computed\n"
+            << "loss path peak: " << result->loss_peak_bytes / (1 << 20)
+            << " MiB of logits\n"
+            << "peak RSS: " << static_cast<int64_t>(PeakRssMib()) << " MiB"
+            << std::endl;
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  BenchOptions options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::cout << kUsage;
+      return 0;
+    }
+    if (absl::Status s = ParseFlag(arg, options); !s.ok()) {
+      std::cerr << "engine_bench: " << s.message() << "\n";
+      return 2;
+    }
+  }
+  return Run(options);
+}
+
+}  // namespace
+}  // namespace lathe::engine
+
+int main(int argc, char** argv) { return lathe::engine::Main(argc, argv); }

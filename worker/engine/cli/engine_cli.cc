@@ -1,0 +1,384 @@
+#include "worker/engine/cli/engine_cli.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <type_traits>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+#include "worker/engine/data/chat_data.h"
+#include "worker/engine/text/chat_template.h"
+#include "worker/engine/cli/demo.h"
+#include "worker/engine/inference/generate.h"
+#include "worker/engine/text/json_file.h"
+#include "worker/engine/model/llama.h"
+#include "worker/engine/adapters/lora.h"
+#include "worker/engine/inference/score.h"
+#include "worker/engine/text/tokenizer.h"
+#include "worker/engine/recipes/run.h"
+#include "worker/engine/spec/run_spec.h"
+#include "worker/engine/model/weights.h"
+
+namespace lathe::engine {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr char kUsage[] =
+    "usage:\n"
+    "  %1$s train SPEC.json       train a LoRA adapter locally\n"
+    "  %1$s make-demo --out DIR   write a tiny demo model and data set\n"
+    "  %1$s tokenize --model DIR (--text STR | --chat FILE.jsonl) [-o json]\n"
+    "      [--add-special-tokens] [--chat-template NAME]\n"
+    "      [--mask assistant|last|all]\n"
+    "  %1$s score --model DIR [--adapter DIR] --data FILE.jsonl [-o json]\n"
+    "      [--logits-out FILE.safetensors] [--chat-template NAME]\n"
+    "      [--mask assistant|last|all]\n"
+    "  %1$s generate --model DIR [--adapter DIR] (--prompt STR | --chat FILE)\n"
+    "      [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n"
+    "      [--chat-template NAME]\n"
+    "  --add-special-tokens (with --text) adds what Hugging Face's\n"
+    "  encode(text) adds by default (BOS for Llama 2, Mistral, TinyLlama).\n"
+    "  --chat-template names the family (zephyr, llama3, chatml, mistral)\n"
+    "  instead of recognizing tokenizer_config.json's chat_template; --mask\n"
+    "  picks the chat tokens scored: every assistant turn (default), the\n"
+    "  last one, or all tokens.\n";
+
+int Fail(const absl::Status& status) {
+  std::cerr << "error: " << status << "\n";
+  return 1;
+}
+
+int TrainCommand(const std::string& spec_path) {
+  absl::StatusOr<Json> spec = ReadJsonFile(spec_path);
+  if (!spec.ok()) return Fail(spec.status());
+  const std::string base_dir =
+      std::filesystem::absolute(spec_path).parent_path().string();
+  absl::StatusOr<RunSpec> options = ParseRunSpec(*spec, base_dir);
+  if (!options.ok()) return Fail(options.status());
+  spdlog::info("train spec: {}", RunSpecJson(*options).dump());
+  TrainHooks hooks;
+  hooks.on_step = [](const StepMetrics& m) {
+    Json line = {{"step", m.step},
+                 {"total_steps", m.total_steps},
+                 {"loss", m.loss},
+                 {"token_accuracy", m.token_accuracy},
+                 {"learning_rate", m.learning_rate},
+                 {"grad_norm", m.grad_norm},
+                 {"tokens_per_second", m.tokens_per_second},
+                 {"trained_tokens", m.trained_tokens}};
+    if (m.validation_loss) line["validation_loss"] = *m.validation_loss;
+    if (m.validation_accuracy)
+      line["validation_accuracy"] = *m.validation_accuracy;
+    std::cout << line.dump() << std::endl;
+  };
+  absl::StatusOr<TrainResult> result = Train(*options, hooks);
+  if (!result.ok()) return Fail(result.status());
+  Json summary = {{"steps", result->steps},
+                  {"trained_tokens", result->trained_tokens},
+                  {"padding_tokens", result->padding_tokens},
+                  {"loss_peak_bytes", result->loss_peak_bytes},
+                  {"truncated_examples", result->truncated_examples},
+                  {"first_loss", result->first_loss},
+                  {"last_loss", result->last_loss},
+                  {"adapter_dir", options->output.dir}};
+  if (result->validation_loss.has_value()) {
+    summary["validation_loss"] = *result->validation_loss;
+  }
+  std::cout << Json{{"summary", summary}}.dump() << std::endl;
+  return 0;
+}
+
+// Flags that take no value; present means "true".
+const std::vector<std::string> kSwitches = {"--add-special-tokens"};
+
+// "--name value" flags (and switches) after the subcommand. nullopt (usage
+// error) for a flag not in `known`, a repeated one, or one without a value.
+std::optional<std::map<std::string, std::string>> ParseFlags(
+    int argc, char** argv, const std::vector<std::string>& known) {
+  std::map<std::string, std::string> flags;
+  for (int i = 2; i < argc; ++i) {
+    const std::string name = argv[i];
+    const bool is_switch =
+        std::find(kSwitches.begin(), kSwitches.end(), name) != kSwitches.end();
+    if ((!is_switch && i + 1 >= argc) ||
+        std::find(known.begin(), known.end(), name) == known.end() ||
+        !flags.emplace(name, is_switch ? "true" : argv[++i]).second) {
+      return std::nullopt;
+    }
+  }
+  if (flags.count("-o") && flags["-o"] != "json") return std::nullopt;
+  return flags;
+}
+
+std::string Flag(const std::map<std::string, std::string>& flags,
+                 const std::string& name) {
+  auto it = flags.find(name);
+  return it == flags.end() ? "" : it->second;
+}
+
+enum class MaskMode { kAssistant, kLast, kAll };
+
+// The model folder's tokenizer and chat template (the family named by
+// --chat-template, else recognized).
+struct TextSetup {
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::optional<ChatTemplate> chat_template;
+  MaskMode mask = MaskMode::kAssistant;
+};
+
+absl::StatusOr<TextSetup> LoadText(
+    const std::map<std::string, std::string>& flags, bool needs_template) {
+  TextSetup setup;
+  ASSIGN_OR_RETURN(setup.tokenizer, Tokenizer::Load(Flag(flags, "--model")));
+  const std::string name = Flag(flags, "--chat-template");
+  if (needs_template || !name.empty()) {
+    ASSIGN_OR_RETURN(setup.chat_template,
+                     ChatTemplateFor(*setup.tokenizer, name));
+  }
+  const std::string mask = Flag(flags, "--mask");
+  if (mask == "last") {
+    setup.mask = MaskMode::kLast;
+  } else if (mask == "all") {
+    setup.mask = MaskMode::kAll;
+  } else if (!mask.empty() && mask != "assistant") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--mask must be assistant, last or all, not \"", mask, "\""));
+  }
+  return setup;
+}
+
+// A data line as an example under --mask; *rendered gets a chat line's
+// rendered text.
+absl::StatusOr<Example> MakeExample(const TextSetup& setup,
+                                    const DataRecord& record,
+                                    std::string* rendered) {
+  if (record.format != DataFormat::kChat) {
+    ASSIGN_OR_RETURN(
+        Example e,
+        TokenizeRecord(*setup.tokenizer,
+                       setup.chat_template ? &*setup.chat_template : nullptr,
+                       record));
+    if (setup.mask == MaskMode::kAll) {
+      e.loss_mask.assign(e.ids.size(), 1);
+      e.loss_mask[0] = 0;
+    }
+    return e;
+  }
+  ASSIGN_OR_RETURN(
+      TokenizedChat chat,
+      TokenizeChat(*setup.tokenizer, *setup.chat_template, record.messages));
+  *rendered = chat.text;
+  int last = -1;
+  for (size_t i = 0; i < record.messages.size(); ++i) {
+    if (record.messages[i].role == "assistant") last = static_cast<int>(i);
+  }
+  Example e;
+  e.ids = std::move(chat.ids);
+  for (int m : chat.message) {
+    const bool on = setup.mask == MaskMode::kAll ||
+                    (setup.mask == MaskMode::kAssistant && m >= 0) ||
+                    (setup.mask == MaskMode::kLast && m == last);
+    e.loss_mask.push_back(on ? 1 : 0);
+  }
+  if (!e.loss_mask.empty()) e.loss_mask[0] = 0;
+  return e;
+}
+
+absl::Status TokenizeCommand(const std::map<std::string, std::string>& flags) {
+  const std::string text = Flag(flags, "--text");
+  const std::string chat = Flag(flags, "--chat");
+  if (flags.count("--text") == flags.count("--chat")) {
+    return absl::InvalidArgumentError("give one of --text and --chat");
+  }
+  const bool add_special_tokens = flags.count("--add-special-tokens") > 0;
+  if (add_special_tokens && !chat.empty()) {
+    return absl::InvalidArgumentError(
+        "--add-special-tokens is for --text (data lines are encoded as "
+        "training encodes them)");
+  }
+  if (chat.empty()) {
+    ASSIGN_OR_RETURN(TextSetup setup, LoadText(flags, false));
+    ASSIGN_OR_RETURN(Encoding e,
+                     add_special_tokens
+                         ? setup.tokenizer->EncodeWithSpecialTokens(text)
+                         : setup.tokenizer->Encode(text));
+    std::cout << Json{{"input_ids", e.ids}}.dump() << std::endl;
+    return absl::OkStatus();
+  }
+  // The data file may be of any format (see chat_data.h).
+  ASSIGN_OR_RETURN(std::vector<DataRecord> records, ReadDataJsonl(chat));
+  ASSIGN_OR_RETURN(TextSetup setup,
+                   LoadText(flags, records[0].format == DataFormat::kChat));
+  for (const DataRecord& record : records) {
+    std::string rendered;
+    ASSIGN_OR_RETURN(Example e, MakeExample(setup, record, &rendered));
+    Json line = {{"line", record.line},
+                 {"input_ids", e.ids},
+                 {"loss_mask", e.loss_mask}};
+    if (record.format == DataFormat::kChat) line["rendered"] = rendered;
+    std::cout << line.dump() << std::endl;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LoadModel(
+    const std::map<std::string, std::string>& flags) {
+  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
+                   LlamaModel::Load(Flag(flags, "--model")));
+  if (!Flag(flags, "--adapter").empty()) {
+    RETURN_IF_ERROR(LoadAdapter(*model, Flag(flags, "--adapter")).status());
+  }
+  return model;
+}
+
+// A JSON number, or null for NaN (JSON has no NaN).
+Json Number(double x) { return std::isnan(x) ? Json(nullptr) : Json(x); }
+
+absl::Status ScoreCommand(const std::map<std::string, std::string>& flags) {
+  const std::string data = Flag(flags, "--data");
+  if (data.empty()) return absl::InvalidArgumentError("--data is required");
+  ASSIGN_OR_RETURN(std::vector<DataRecord> records, ReadDataJsonl(data));
+  ASSIGN_OR_RETURN(TextSetup setup,
+                   LoadText(flags, records[0].format == DataFormat::kChat));
+  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LoadModel(flags));
+  for (size_t i = 0; i < records.size(); ++i) {
+    std::string rendered;
+    ASSIGN_OR_RETURN(Example e, MakeExample(setup, records[i], &rendered));
+    absl::StatusOr<Scores> scores = ScoreExample(*model, e);
+    if (!scores.ok()) {
+      return absl::Status(scores.status().code(),
+                          absl::StrCat(data, ":", records[i].line, ": ",
+                                       scores.status().message()));
+    }
+    Json logprobs = Json::array();
+    for (double lp : scores->logprobs) logprobs.push_back(Number(lp));
+    std::cout << Json{{"line", records[i].line},
+                      {"input_ids", e.ids},
+                      {"loss_mask", e.loss_mask},
+                      {"logprobs", logprobs},
+                      {"loss", Number(scores->loss)},
+                      {"loss_all", Number(scores->loss_all)}}
+                     .dump()
+              << std::endl;
+    if (i == 0 && !Flag(flags, "--logits-out").empty()) {
+      RETURN_IF_ERROR(SaveSafetensors(Flag(flags, "--logits-out"),
+                                      {{"logits", scores->logits}}, {}));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GenerateCommand(const std::map<std::string, std::string>& flags) {
+  if (flags.count("--prompt") == flags.count("--chat")) {
+    return absl::InvalidArgumentError("give one of --prompt and --chat");
+  }
+  GenerateOptions options;
+  auto number = [&](const char* name, auto* value) -> absl::Status {
+    const std::string text = Flag(flags, name);
+    bool ok = true;
+    if constexpr (std::is_same_v<std::decay_t<decltype(*value)>, double>) {
+      ok = text.empty() || absl::SimpleAtod(text, value);
+    } else {
+      ok = text.empty() || absl::SimpleAtoi(text, value);
+    }
+    return ok ? absl::OkStatus()
+              : absl::InvalidArgumentError(
+                    absl::StrCat(name, " is not a number: ", text));
+  };
+  RETURN_IF_ERROR(number("--max-new-tokens", &options.max_new_tokens));
+  RETURN_IF_ERROR(number("--temperature", &options.temperature));
+  RETURN_IF_ERROR(number("--top-p", &options.top_p));
+  RETURN_IF_ERROR(number("--seed", &options.seed));
+  const std::string chat = Flag(flags, "--chat");
+  ASSIGN_OR_RETURN(TextSetup setup, LoadText(flags, !chat.empty()));
+  const Tokenizer& tokenizer = *setup.tokenizer;
+  std::string prompt = Flag(flags, "--prompt");
+  options.stop_ids.push_back(tokenizer.eos_id());
+  if (!chat.empty()) {
+    // The first conversation, up to its last user turn.
+    ASSIGN_OR_RETURN(std::vector<Conversation> conversations,
+                     ReadChatJsonl(chat));
+    std::vector<ChatMessage> messages = conversations[0].messages;
+    while (!messages.empty() && messages.back().role == "assistant") {
+      messages.pop_back();
+    }
+    prompt = setup.chat_template->RenderPrompt(messages);
+    const int32_t end_of_turn =
+        tokenizer.TokenToId(setup.chat_template->EndOfTurn());
+    if (end_of_turn >= 0) options.stop_ids.push_back(end_of_turn);
+  }
+  ASSIGN_OR_RETURN(Encoding encoding, tokenizer.Encode(prompt));
+  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LoadModel(flags));
+  ASSIGN_OR_RETURN(std::vector<int32_t> output,
+                   Generate(*model, encoding.ids, options));
+  ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(output));
+  std::cout << Json{{"prompt", prompt},
+                    {"prompt_ids", encoding.ids},
+                    {"output_ids", output},
+                    {"text", text}}
+                   .dump()
+            << std::endl;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunEngineCommand(int argc, char** argv) {
+  try {
+    // stdout carries the JSON lines; logs go to stderr.
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+        "engine", std::make_shared<spdlog::sinks::stderr_color_sink_mt>()));
+    const std::string command = argc > 1 ? argv[1] : "";
+    if (command == "train" && argc == 3) return TrainCommand(argv[2]);
+    if (command == "make-demo" && argc == 4 &&
+        std::string(argv[2]) == "--out") {
+      absl::Status status = MakeDemo(argv[3]);
+      if (!status.ok()) return Fail(status);
+      std::cout << "demo written to " << argv[3] << "; try: " << argv[0]
+                << " train " << argv[3] << "/spec.json\n";
+      return 0;
+    }
+    using Command = absl::Status (*)(const std::map<std::string, std::string>&);
+    const std::map<std::string, std::pair<Command, std::vector<std::string>>>
+        commands = {
+            {"tokenize",
+             {TokenizeCommand,
+              {"--model", "--text", "--chat", "-o", "--chat-template", "--mask",
+               "--add-special-tokens"}}},
+            {"score",
+             {ScoreCommand,
+              {"--model", "--adapter", "--data", "-o", "--logits-out",
+               "--chat-template", "--mask"}}},
+            {"generate",
+             {GenerateCommand,
+              {"--model", "--adapter", "--prompt", "--chat", "--max-new-tokens",
+               "--temperature", "--top-p", "--seed", "-o", "--chat-template"}}},
+        };
+    auto it = commands.find(command);
+    if (it != commands.end()) {
+      auto flags = ParseFlags(argc, argv, it->second.second);
+      if (flags.has_value() && flags->count("--model")) {
+        const absl::Status status = it->second.first(*flags);
+        return status.ok() ? 0 : Fail(status);
+      }
+    }
+    std::fprintf(stderr, kUsage, argv[0]);
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace lathe::engine

@@ -1,0 +1,263 @@
+#include "worker/engine/cli/engine_cli.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "common/safetensors.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine/test_util.h"
+
+namespace lathe::engine {
+namespace {
+
+int RunCli(std::vector<std::string> args) {
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  return RunEngineCommand(static_cast<int>(argv.size()), argv.data());
+}
+
+using Json = nlohmann::json;
+
+// Runs the CLI, returning its exit code and its stdout lines as JSON.
+int RunCliJson(std::vector<std::string> args, std::vector<Json>* lines) {
+  ::testing::internal::CaptureStdout();
+  const int code = RunCli(std::move(args));
+  std::stringstream out(::testing::internal::GetCapturedStdout());
+  std::string line;
+  while (std::getline(out, line)) lines->push_back(Json::parse(line));
+  return code;
+}
+
+std::vector<Json> ExpectedLines(const std::string& fixture) {
+  std::ifstream in(fixture + "/expected.jsonl");
+  std::vector<Json> out;
+  std::string line;
+  while (std::getline(in, line)) out.push_back(Json::parse(line));
+  return out;
+}
+
+// The float32 tensor `name` of a safetensors file, flattened.
+std::vector<float> ReadFloats(const std::string& path, const std::string& name,
+                              std::vector<int64_t>* shape) {
+  auto file = safetensors::MappedFile::Open(path);
+  EXPECT_TRUE(file.ok()) << file.status();
+  if (!file.ok()) return {};
+  const safetensors::TensorInfo* info = (*file)->header().Find(name);
+  EXPECT_NE(info, nullptr);
+  if (info == nullptr || info->dtype != safetensors::Dtype::kF32) return {};
+  *shape = info->shape;
+  const auto data = (*file)->Data(*info);
+  std::vector<float> out(data.size() / sizeof(float));
+  std::memcpy(out.data(), data.data(), data.size());
+  return out;
+}
+
+TEST(EngineCliTest, TokenizeChatReproducesHuggingFace) {
+  const std::string fixture = testing::TinyLlamaFixture();
+  LATHE_SKIP_WITHOUT_FIXTURES(fixture);
+  std::vector<Json> lines;
+  ASSERT_EQ(RunCliJson({"lathe-worker", "tokenize", "--model",
+                        fixture + "/model", "--chat", fixture + "/train.jsonl",
+                        "--mask", "last", "-o", "json"},
+                       &lines),
+            0);
+  const std::vector<Json> expected = ExpectedLines(fixture);
+  ASSERT_EQ(lines.size(), expected.size());
+  for (size_t i = 0; i < lines.size(); ++i) {
+    EXPECT_EQ(lines[i]["rendered"], expected[i]["rendered"]) << i;
+    EXPECT_EQ(lines[i]["input_ids"], expected[i]["input_ids"]) << i;
+    EXPECT_EQ(lines[i]["loss_mask"], expected[i]["assistant_mask"]) << i;
+  }
+  lines.clear();
+  ASSERT_EQ(RunCliJson({"lathe-worker", "tokenize", "--model",
+                        fixture + "/model", "--text", "a</s>"},
+                       &lines),
+            0);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0]["input_ids"].back(), 2);
+
+  // Plain text needs no chat template (SmolLM2's config has none).
+  const std::string smollm2 =
+      std::string(LATHE_FIXTURES_DIR) + "/tokenizers/smollm2";
+  testing::TempDir dir;
+  std::ofstream(dir.path() + "/text.jsonl") << R"({"text":"Hi there"})";
+  lines.clear();
+  ASSERT_EQ(RunCliJson({"lathe-worker", "tokenize", "--model", smollm2,
+                        "--chat", dir.path() + "/text.jsonl"},
+                       &lines),
+            0);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0]["input_ids"].back(), 0);  // <|endoftext|>
+  EXPECT_FALSE(lines[0].contains("rendered"));
+}
+
+// --add-special-tokens: what Hugging Face's encode(text) adds by default,
+// BOS (1) for TinyLlama (add_bos_token), nothing for SmolLM2 (whose
+// tokenizer.json's post-processor adds none).
+TEST(EngineCliTest, TokenizeAddSpecialTokensAddsWhatHuggingFaceAdds) {
+  const std::string fixture = testing::TinyLlamaFixture();
+  LATHE_SKIP_WITHOUT_FIXTURES(fixture);
+  auto tokenize = [](const std::string& model, bool special) {
+    std::vector<std::string> args = {"lathe-worker", "tokenize", "--model",
+                                     model,          "--text",   "Hi</s>"};
+    if (special) args.push_back("--add-special-tokens");
+    std::vector<Json> lines;
+    EXPECT_EQ(RunCliJson(args, &lines), 0);
+    return lines.size() == 1 ? lines[0]["input_ids"] : Json();
+  };
+  const Json plain = tokenize(fixture + "/model", false);
+  ASSERT_TRUE(plain.is_array());
+  Json with_bos = Json::array({1});
+  for (const Json& id : plain) with_bos.push_back(id);
+  EXPECT_EQ(tokenize(fixture + "/model", true), with_bos);
+
+  const std::string smollm2 =
+      std::string(LATHE_FIXTURES_DIR) + "/tokenizers/smollm2";
+  const Json smollm2_plain = tokenize(smollm2, false);
+  ASSERT_TRUE(smollm2_plain.is_array());
+  EXPECT_EQ(tokenize(smollm2, true), smollm2_plain);
+
+  // Not with data files; a switch takes no value.
+  EXPECT_EQ(
+      RunCli({"lathe-worker", "tokenize", "--model", fixture + "/model",
+              "--chat", fixture + "/train.jsonl", "--add-special-tokens"}),
+      1);
+}
+
+TEST(EngineCliTest, ScoreReproducesHuggingFaceLossesAndLogits) {
+  const std::string fixture = testing::TinyLlamaFixture();
+  LATHE_SKIP_WITHOUT_FIXTURES(fixture);
+  testing::TempDir dir;
+  const std::string logits_path = dir.path() + "/logits.safetensors";
+  std::vector<Json> lines;
+  ASSERT_EQ(RunCliJson({"lathe-worker", "score", "--model", fixture + "/model",
+                        "--data", fixture + "/train.jsonl", "--mask", "last",
+                        "--logits-out", logits_path, "-o", "json"},
+                       &lines),
+            0);
+  const std::vector<Json> expected = ExpectedLines(fixture);
+  ASSERT_EQ(lines.size(), expected.size());
+  for (size_t i = 0; i < lines.size(); ++i) {
+    EXPECT_NEAR(lines[i]["loss_all"].get<double>(),
+                expected[i]["loss_all"].get<double>(), 1e-4)
+        << i;
+    EXPECT_NEAR(lines[i]["loss"].get<double>(),
+                expected[i]["loss_assistant"].get<double>(), 1e-4)
+        << i;
+    EXPECT_EQ(lines[i]["logprobs"].size(), lines[i]["input_ids"].size() - 1);
+  }
+  std::vector<int64_t> shape, expected_shape;
+  const std::vector<float> logits = ReadFloats(logits_path, "logits", &shape);
+  const std::vector<float> reference =
+      ReadFloats(fixture + "/logits0.safetensors", "logits", &expected_shape);
+  EXPECT_EQ(shape, expected_shape);
+  ASSERT_EQ(logits.size(), reference.size());
+  float worst = 0;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    worst = std::max(worst, std::abs(logits[i] - reference[i]));
+  }
+  EXPECT_LT(worst, 1e-4);
+}
+
+TEST(EngineCliTest, ScoreWithAdapterMatchesPeftLogits) {
+  const std::string fixture = testing::TinyLlamaFixture();
+  LATHE_SKIP_WITHOUT_FIXTURES(fixture);
+  testing::TempDir dir;
+  const std::string logits_path = dir.path() + "/logits.safetensors";
+  std::vector<Json> lines;
+  ASSERT_EQ(RunCliJson({"lathe-worker", "score", "--model", fixture + "/model",
+                        "--adapter", fixture + "/adapter_ref", "--data",
+                        fixture + "/train.jsonl", "--logits-out", logits_path},
+                       &lines),
+            0);
+  std::vector<int64_t> shape, expected_shape;
+  const std::vector<float> logits = ReadFloats(logits_path, "logits", &shape);
+  const std::vector<float> reference = ReadFloats(
+      fixture + "/lora_logits0.safetensors", "logits", &expected_shape);
+  EXPECT_EQ(shape, expected_shape);
+  ASSERT_EQ(logits.size(), reference.size());
+  float worst = 0;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    worst = std::max(worst, std::abs(logits[i] - reference[i]));
+  }
+  EXPECT_LT(worst, 1e-4);
+}
+
+TEST(EngineCliTest, GenerateIsGreedyOrSeeded) {
+  const std::string fixture = testing::TinyLlamaFixture();
+  LATHE_SKIP_WITHOUT_FIXTURES(fixture);
+  auto generate = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {
+        "lathe-worker",     "generate", "--model",
+        fixture + "/model", "--chat",   fixture + "/train.jsonl",
+        "--max-new-tokens", "6"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<Json> lines;
+    EXPECT_EQ(RunCliJson(args, &lines), 0);
+    return lines.empty() ? Json() : lines[0];
+  };
+  const Json greedy = generate({});
+  ASSERT_TRUE(greedy.is_object());
+  EXPECT_LE(greedy["output_ids"].size(), 6u);
+  EXPECT_GE(greedy["output_ids"].size(), 1u);
+  // The prompt ends with the zephyr generation prompt.
+  const std::string prompt = greedy["prompt"];
+  EXPECT_EQ(prompt.substr(prompt.size() - 14), "<|assistant|>\n");
+  EXPECT_EQ(generate({})["output_ids"], greedy["output_ids"]);
+  const Json sampled =
+      generate({"--temperature", "1", "--top-p", "0.9", "--seed", "7"});
+  EXPECT_EQ(generate({"--temperature", "1", "--top-p", "0.9", "--seed",
+                      "7"})["output_ids"],
+            sampled["output_ids"]);
+}
+
+TEST(EngineCliTest, BadUsageReturnsTwo) {
+  EXPECT_EQ(RunCli({"lathe-worker"}), 2);
+  EXPECT_EQ(RunCli({"lathe-worker", "frobnicate"}), 2);
+  EXPECT_EQ(RunCli({"lathe-worker", "make-demo", "DIR"}), 2);
+  EXPECT_EQ(RunCli({"lathe-worker", "tokenize", "--text", "x"}), 2);
+  EXPECT_EQ(RunCli({"lathe-worker", "score", "--model", "m", "--bogus", "x"}),
+            2);
+  EXPECT_EQ(RunCli({"lathe-worker", "tokenize", "--model", "m", "-o", "csv"}),
+            2);
+}
+
+TEST(EngineCliTest, MissingSpecFails) {
+  EXPECT_EQ(RunCli({"lathe-worker", "train", "/nonexistent/spec.json"}), 1);
+}
+
+TEST(EngineCliTest, MakeDemoThenTrainPrintsStepsAndSummary) {
+  testing::TempDir dir;
+  ASSERT_EQ(RunCli({"lathe-worker", "make-demo", "--out", dir.path()}), 0);
+  // One epoch through a spec with a relative output.dir.
+  std::ifstream in(dir.path() + "/spec.json");
+  nlohmann::json spec = nlohmann::json::parse(in);
+  spec["schedule"]["n_epochs"] = 1;
+  spec["output"]["dir"] = "out";
+  std::ofstream(dir.path() + "/one.json") << spec.dump();
+
+  ::testing::internal::CaptureStdout();
+  const int code = RunCli({"lathe-worker", "train", dir.path() + "/one.json"});
+  std::stringstream out(::testing::internal::GetCapturedStdout());
+  ASSERT_EQ(code, 0);
+  std::string line;
+  std::vector<nlohmann::json> lines;
+  while (std::getline(out, line)) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 21u);  // 20 steps + summary
+  EXPECT_EQ(lines[0]["step"], 1);
+  EXPECT_EQ(lines[19]["total_steps"], 20);
+  EXPECT_EQ(lines[20]["summary"]["steps"], 20);
+  EXPECT_EQ(lines[20]["summary"]["padding_tokens"], 0);  // packed by default
+  EXPECT_GT(lines[20]["summary"]["loss_peak_bytes"], 0);
+  EXPECT_EQ(lines[20]["summary"]["adapter_dir"], dir.path() + "/out");
+  EXPECT_TRUE(
+      std::filesystem::exists(dir.path() + "/out/adapter_model.safetensors"));
+}
+
+}  // namespace
+}  // namespace lathe::engine

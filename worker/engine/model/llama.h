@@ -1,0 +1,135 @@
+// A Llama-family decoder (Llama 2/3, Mistral, Qwen2) in float32 with
+// optional LoRA on its projections, computing the same numbers as Hugging
+// Face transformers' LlamaForCausalLM: RMSNorm, rotary embeddings
+// (rotate-half, optional Llama 3 scaling), grouped-query attention, SwiGLU,
+// tied or separate output head.
+#ifndef LATHE_WORKER_ENGINE_MODEL_LLAMA_H_
+#define LATHE_WORKER_ENGINE_MODEL_LLAMA_H_
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/model/attention.h"
+#include "worker/engine/model/model_config.h"
+#include "worker/engine/model/weights.h"
+
+namespace lathe::engine {
+
+// y = x W^T + b + scale * dropout(x) A^T B^T; the LoRA part only when
+// lora_a is defined. Base weight and bias are frozen.
+struct Linear {
+  torch::Tensor weight;     // [out, in]
+  torch::Tensor bias;       // [out] or undefined
+  torch::Tensor lora_a;     // [r, in] or undefined
+  torch::Tensor lora_b;     // [out, r]
+  double lora_scale = 0;    // alpha / r (alpha / sqrt(r) for rsLoRA)
+  double lora_dropout = 0;  // probability, applied when training
+
+  torch::Tensor Forward(const torch::Tensor& x, bool training) const;
+};
+
+struct DecoderLayer {
+  torch::Tensor input_norm;               // [C]
+  torch::Tensor post_attention_norm;      // [C]
+  Linear q_proj, k_proj, v_proj, o_proj;  // self_attn
+  Linear gate_proj, up_proj, down_proj;   // mlp
+
+  // The projection called `name` ("q_proj", ..., "down_proj"), or nullptr.
+  Linear* Projection(std::string_view name);
+  const Linear* Projection(std::string_view name) const;
+};
+
+// The Hugging Face module path of a projection: "self_attn" or "mlp".
+std::string_view ProjectionGroup(std::string_view name);
+
+// Where each token of a batch sits: its rotary position and the segment
+// (one example, or a row's padding) whose tokens it may attend to.
+struct SequenceLayout {
+  torch::Tensor position_ids;  // [B, T] int64, 0 at the start of a segment
+  // segments[b]: the lengths of row b's segments, in order, summing to T.
+  std::vector<std::vector<int64_t>> segments;
+
+  // One example per row followed by its right padding (attention_mask
+  // [B, T], 1 on real tokens), positions 0..T-1.
+  static SequenceLayout Padded(const torch::Tensor& attention_mask);
+};
+
+struct ForwardOptions {
+  bool training = false;  // LoRA dropout on
+  // Recompute each decoder layer's activations in backward instead of
+  // keeping them (see activation_checkpoint.h).
+  bool checkpoint_layers = false;
+  AttentionKernel attention = DefaultAttentionKernel();
+};
+
+// Thread-compatible. Forward may throw c10::Error; the engine's entry points
+// catch it.
+class LlamaModel {
+ public:
+  // Reads config.json and the weights of a Hugging Face model folder.
+  // Errors from LoadModelConfig / LoadModelWeights, or FromTensors.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(
+      const std::string& model_dir);
+
+  // Builds the model from Hugging Face-named float32 tensors
+  // ("model.layers.0.self_attn.q_proj.weight", ...). INVALID_ARGUMENT naming
+  // the tensor when one is missing or has the wrong shape; `source` names
+  // the weights in errors.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> FromTensors(
+      const ModelConfig& config, TensorMap tensors, const std::string& source);
+
+  // input_ids: [B, T] int64; attention_mask: [B, T], 1 for real tokens,
+  // 0 for right padding. Returns logits [B, T, V] float32. `training`
+  // enables LoRA dropout.
+  torch::Tensor Forward(const torch::Tensor& input_ids,
+                        const torch::Tensor& attention_mask,
+                        bool training) const;
+
+  // The final hidden states [B, T, C] (after the last norm), whose product
+  // with head() gives the logits. REQUIRES: layout fits input_ids [B, T].
+  torch::Tensor Hidden(const torch::Tensor& input_ids,
+                       const SequenceLayout& layout,
+                       const ForwardOptions& options) const;
+
+  // The output head [V, C]: the embedding when tied.
+  const torch::Tensor& head() const { return lm_head_; }
+
+  // The model's weights under their Hugging Face names ("lm_head.weight"
+  // only when not tied). With `merge_lora` false they share storage with
+  // the model (so requires_grad_ on them makes them trainable); with it true
+  // each adapted projection's weight is a new W + scale * B A.
+  TensorMap Weights(bool merge_lora) const;
+
+  const ModelConfig& config() const { return config_; }
+  std::vector<DecoderLayer>& layers() { return layers_; }
+  const std::vector<DecoderLayer>& layers() const { return layers_; }
+
+ private:
+  explicit LlamaModel(const ModelConfig& config) : config_(config) {}
+
+  // One decoder layer: x + attention, then + MLP. cos, sin: [B, 1, T, D].
+  torch::Tensor Layer(const DecoderLayer& layer, const torch::Tensor& x,
+                      const torch::Tensor& cos, const torch::Tensor& sin,
+                      const SequenceLayout& layout,
+                      const ForwardOptions& options) const;
+  torch::Tensor Attention(const DecoderLayer& layer, const torch::Tensor& x,
+                          const torch::Tensor& cos, const torch::Tensor& sin,
+                          const SequenceLayout& layout,
+                          const ForwardOptions& options) const;
+
+  ModelConfig config_;
+  torch::Tensor embed_tokens_;  // [V, C]
+  torch::Tensor norm_;          // [C]
+  torch::Tensor lm_head_;       // [V, C], the embedding when tied
+  torch::Tensor inv_freq_;      // [D / 2]
+  std::vector<DecoderLayer> layers_;
+};
+
+}  // namespace lathe::engine
+
+#endif  // LATHE_WORKER_ENGINE_MODEL_LLAMA_H_

@@ -1,0 +1,92 @@
+#include "worker/engine/optim/adamw.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace lathe::engine {
+
+AdamW::AdamW(std::vector<Param> params, const AdamWOptions& options)
+    : params_(std::move(params)), options_(options) {
+  for (const Param& p : params_) {
+    exp_avg_.push_back(torch::zeros_like(p.value));
+    exp_avg_sq_.push_back(torch::zeros_like(p.value));
+  }
+}
+
+void AdamW::ZeroGrad() {
+  for (Param& p : params_) {
+    if (p.value.grad().defined()) p.value.mutable_grad().reset();
+  }
+}
+
+void AdamW::Step(double lr) {
+  torch::NoGradGuard no_grad;
+  ++steps_;
+  // The same operations, in the same order, as torch's single-tensor AdamW.
+  const double bias_correction1 = 1 - std::pow(options_.beta1, steps_);
+  const double bias_correction2 = 1 - std::pow(options_.beta2, steps_);
+  const double step_size = lr / bias_correction1;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    torch::Tensor& p = params_[i].value;
+    const torch::Tensor& grad = p.grad();
+    if (!grad.defined()) continue;
+    if (params_[i].decay) p.mul_(1 - lr * options_.weight_decay);
+    exp_avg_[i].mul_(options_.beta1).add_(grad, 1 - options_.beta1);
+    exp_avg_sq_[i]
+        .mul_(options_.beta2)
+        .addcmul_(grad, grad, 1 - options_.beta2);
+    torch::Tensor denom = (exp_avg_sq_[i].sqrt() / std::sqrt(bias_correction2))
+                              .add_(options_.eps);
+    p.addcdiv_(exp_avg_[i], denom, -step_size);
+  }
+}
+
+TensorMap AdamW::State() const {
+  TensorMap state;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    state["exp_avg/" + params_[i].name] = exp_avg_[i];
+    state["exp_avg_sq/" + params_[i].name] = exp_avg_sq_[i];
+  }
+  return state;
+}
+
+absl::Status AdamW::Restore(int64_t steps, const TensorMap& state) {
+  auto find = [&](const std::string& key,
+                  const torch::Tensor& like) -> absl::StatusOr<torch::Tensor> {
+    auto it = state.find(key);
+    if (it == state.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer tensor \"", key, "\" is missing"));
+    }
+    if (!it->second.sizes().equals(like.sizes())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer tensor \"", key, "\" has shape [",
+                       absl::StrJoin(it->second.sizes(), ", "), "], expected [",
+                       absl::StrJoin(like.sizes(), ", "), "]"));
+    }
+    return it->second.to(torch::kFloat32).clone();
+  };
+  std::vector<torch::Tensor> avg, avg_sq;
+  for (const Param& p : params_) {
+    absl::StatusOr<torch::Tensor> m = find("exp_avg/" + p.name, p.value);
+    if (!m.ok()) return m.status();
+    absl::StatusOr<torch::Tensor> v = find("exp_avg_sq/" + p.name, p.value);
+    if (!v.ok()) return v.status();
+    avg.push_back(*std::move(m));
+    avg_sq.push_back(*std::move(v));
+  }
+  steps_ = steps;
+  exp_avg_ = std::move(avg);
+  exp_avg_sq_ = std::move(avg_sq);
+  return absl::OkStatus();
+}
+
+std::vector<torch::Tensor> AdamW::tensors() const {
+  std::vector<torch::Tensor> out;
+  for (const Param& p : params_) out.push_back(p.value);
+  return out;
+}
+
+}  // namespace lathe::engine

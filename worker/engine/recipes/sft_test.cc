@@ -1,0 +1,678 @@
+#include "worker/engine/recipes/run.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "common/safetensors.h"
+#include "gtest/gtest.h"
+#include "worker/engine/checkpoint/checkpoint.h"
+#include "worker/engine/cli/demo.h"
+#include "worker/engine/text/json_file.h"
+#include "worker/engine/model/llama.h"
+#include "worker/engine/adapters/lora.h"
+#include "worker/engine/model/model_export.h"
+#include "worker/engine/optim/schedule.h"
+#include "worker/engine/test_util.h"
+#include "worker/engine/spec/run_spec.h"
+
+namespace lathe::engine {
+namespace {
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    demo_ = new testing::TempDir();
+    ASSERT_TRUE(MakeDemo(demo_->path()).ok());
+  }
+  static void TearDownTestSuite() { delete demo_; }
+
+  // The demo's spec, writing its adapter under `out`.
+  static RunSpec DemoOptions(const std::string& out) {
+    absl::StatusOr<nlohmann::json> spec =
+        ReadJsonFile(demo_->path() + "/spec.json");
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    absl::StatusOr<RunSpec> options = ParseRunSpec(*spec, demo_->path());
+    EXPECT_TRUE(options.ok()) << options.status();
+    options->output.dir = out;
+    return *options;
+  }
+
+  // Trains and returns every step's loss.
+  static std::vector<double> TrainLosses(const RunSpec& options,
+                                         TrainResult* result = nullptr) {
+    std::vector<double> losses;
+    absl::StatusOr<TrainResult> r = Train(
+        options,
+        {.on_step = [&](const StepMetrics& m) { losses.push_back(m.loss); }});
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok() && result != nullptr) *result = *r;
+    return losses;
+  }
+
+  // A run's step metrics, its checkpoints and its outcome.
+  struct Run {
+    absl::StatusOr<TrainResult> result;
+    std::vector<StepMetrics> steps;
+    std::vector<CheckpointInfo> checkpoints;
+    std::vector<double> losses() const {
+      std::vector<double> out;
+      for (const StepMetrics& m : steps) out.push_back(m.loss);
+      return out;
+    }
+  };
+
+  // Trains; asks for kCheckpointAndStop before step `stop_after` + 1 when
+  // it is positive.
+  static Run TrainRun(const RunSpec& options, int stop_after = 0) {
+    Run run;
+    TrainHooks hooks;
+    hooks.on_checkpoint = [&](const CheckpointInfo& c) {
+      run.checkpoints.push_back(c);
+    };
+    int64_t done = 0;
+    hooks.on_step = [&](const StepMetrics& m) {
+      run.steps.push_back(m);
+      done = m.step;
+    };
+    hooks.should_stop = [&] {
+      return stop_after > 0 && done >= stop_after
+                 ? StopRequest::kCheckpointAndStop
+                 : StopRequest::kNone;
+    };
+    run.result = Train(options, hooks);
+    return run;
+  }
+
+  static testing::TempDir* demo_;
+};
+testing::TempDir* TrainerTest::demo_ = nullptr;
+
+// The largest absolute difference between same-named tensors of two
+// safetensors files holding the same names.
+double MaxDifference(const std::string& a, const std::string& b) {
+  absl::StatusOr<TensorMap> x = LoadSafetensors(a);
+  absl::StatusOr<TensorMap> y = LoadSafetensors(b);
+  EXPECT_TRUE(x.ok() && y.ok());
+  if (!x.ok() || !y.ok() || x->size() != y->size()) return 1e9;
+  double max = 0;
+  for (const auto& [name, t] : *x) {
+    if (!y->contains(name)) return 1e9;
+    max = std::max(max, (t - y->at(name)).abs().max().item<double>());
+  }
+  return max;
+}
+
+std::vector<double> Tail(const std::vector<double>& v, size_t from) {
+  return std::vector<double>(v.begin() + from, v.end());
+}
+
+double Mean(const std::vector<double>& v, size_t begin, size_t end) {
+  return std::accumulate(v.begin() + begin, v.begin() + end, 0.0) /
+         (end - begin);
+}
+
+TEST_F(TrainerTest, LossFallsAndAdapterIsExportedInPeftLayout) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path());
+  std::vector<StepMetrics> steps;
+  absl::StatusOr<TrainResult> result = Train(
+      options, {.on_step = [&](const StepMetrics& m) { steps.push_back(m); }});
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(steps.size(), 60u);  // 80 examples / batch 4 * 3 epochs
+  EXPECT_EQ(result->steps, 60);
+  EXPECT_EQ(steps.back().step, 60);
+  EXPECT_EQ(steps.back().total_steps, 60);
+  EXPECT_DOUBLE_EQ(steps[0].learning_rate, 2e-3);
+  EXPECT_LT(steps.back().learning_rate, steps[0].learning_rate);
+  EXPECT_EQ(steps.back().trained_tokens, result->trained_tokens);
+  EXPECT_GT(steps[0].tokens_per_second, 0);
+  std::vector<double> losses;
+  for (const StepMetrics& m : steps) losses.push_back(m.loss);
+  EXPECT_LT(result->last_loss, result->first_loss);
+  // Clearly falling: the last epoch averages well under the first steps.
+  EXPECT_LT(Mean(losses, 40, 60), Mean(losses, 0, 5) - 1.5);
+  EXPECT_GT(steps.back().token_accuracy, steps[0].token_accuracy);
+  ASSERT_TRUE(result->validation_loss.has_value());
+  EXPECT_LT(*result->validation_loss, Mean(losses, 0, 5));
+
+  absl::StatusOr<nlohmann::json> config =
+      ReadJsonFile(out.path() + "/adapter_config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ((*config)["peft_type"], "LORA");
+  EXPECT_EQ((*config)["task_type"], "CAUSAL_LM");
+  EXPECT_EQ((*config)["r"], 8);
+  EXPECT_EQ((*config)["lora_alpha"], 16.0);
+  EXPECT_EQ((*config)["bias"], "none");
+  EXPECT_EQ((*config)["use_rslora"], false);
+  EXPECT_EQ((*config)["fan_in_fan_out"], false);
+  EXPECT_EQ((*config)["inference_mode"], true);
+  EXPECT_EQ((*config)["base_model_name_or_path"], "lathe-demo-tiny-llama");
+
+  absl::StatusOr<safetensors::Header> header =
+      safetensors::ReadHeaderFile(out.path() + "/adapter_model.safetensors");
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_EQ(header->metadata.at("format"), "pt");
+  EXPECT_EQ((*config)["target_modules"].size(), 7u);
+  EXPECT_EQ(header->tensors.size(), 2u * 2 * 7);  // layers * {A,B} * modules
+  // Shapes: A [r, in], B [out, r]; hidden 64, kv 32, intermediate 160.
+  const std::map<std::string, std::pair<int64_t, int64_t>> in_out = {
+      {"self_attn.q_proj", {64, 64}}, {"self_attn.k_proj", {64, 32}},
+      {"self_attn.v_proj", {64, 32}}, {"self_attn.o_proj", {64, 64}},
+      {"mlp.gate_proj", {64, 160}},   {"mlp.up_proj", {64, 160}},
+      {"mlp.down_proj", {160, 64}}};
+  for (const auto& [module, dims] : in_out) {
+    const std::string p = "base_model.model.model.layers.1." + module;
+    const safetensors::TensorInfo* a = header->Find(p + ".lora_A.weight");
+    const safetensors::TensorInfo* b = header->Find(p + ".lora_B.weight");
+    ASSERT_NE(a, nullptr) << p;
+    ASSERT_NE(b, nullptr) << p;
+    EXPECT_EQ(a->dtype, safetensors::Dtype::kF32);
+    EXPECT_EQ(a->shape, (std::vector<int64_t>{8, dims.first}));
+    EXPECT_EQ(b->shape, (std::vector<int64_t>{dims.second, 8}));
+  }
+
+  // The exported adapter loads back and changes the model's outputs.
+  absl::StatusOr<std::unique_ptr<LlamaModel>> base =
+      LlamaModel::Load(options.model.dir);
+  absl::StatusOr<std::unique_ptr<LlamaModel>> tuned =
+      LlamaModel::Load(options.model.dir);
+  ASSERT_TRUE(base.ok() && tuned.ok());
+  ASSERT_TRUE(LoadAdapter(**tuned, out.path()).ok());
+  torch::NoGradGuard no_grad;
+  torch::Tensor ids = torch::tensor({{5, 6, 7, 8}}, torch::kInt64);
+  torch::Tensor mask = torch::ones({1, 4}, torch::kInt64);
+  EXPECT_GT(
+      ((*tuned)->Forward(ids, mask, false) - (*base)->Forward(ids, mask, false))
+          .abs()
+          .max()
+          .item<double>(),
+      1e-3);
+}
+
+// adapter_config.json names the base by its Hugging Face id when the model
+// folder's config.json gives one ("_name_or_path"), so that PEFT can load
+// it; else by base_model_name (a lathed model name), as before. The
+// checkpoints' adapters too.
+TEST_F(TrainerTest, AdapterNamesTheBaseByItsHuggingFaceName) {
+  auto base_name = [&](const nlohmann::json& name_or_path) {
+    testing::TempDir dir;
+    std::filesystem::copy(demo_->path() + "/model", dir.path() + "/model");
+    absl::StatusOr<nlohmann::json> config =
+        ReadJsonFile(dir.path() + "/model/config.json");
+    EXPECT_TRUE(config.ok()) << config.status();
+    (*config)["_name_or_path"] = name_or_path;
+    std::ofstream(dir.path() + "/model/config.json") << config->dump();
+    std::ifstream in(demo_->path() + "/train.jsonl");
+    std::ofstream train(dir.path() + "/train.jsonl");
+    std::string line;
+    for (int i = 0; i < 4 && std::getline(in, line); ++i) train << line << "\n";
+    train.close();
+    RunSpec options = DemoOptions(dir.path() + "/out");
+    options.model.dir = dir.path() + "/model";
+    options.data.training_file = dir.path() + "/train.jsonl";
+    options.data.validation_file = "";
+    options.schedule.n_epochs = 1;
+    options.checkpoint.every_steps = 1;
+    options.checkpoint.dir = dir.path() + "/checkpoints";
+    EXPECT_TRUE(Train(options, {}).ok());
+    absl::StatusOr<nlohmann::json> adapter =
+        ReadJsonFile(dir.path() + "/out/adapter_config.json");
+    absl::StatusOr<nlohmann::json> checkpoint =
+        ReadJsonFile(dir.path() + "/checkpoints/step-1/adapter_config.json");
+    EXPECT_TRUE(adapter.ok() && checkpoint.ok());
+    if (!adapter.ok() || !checkpoint.ok()) return std::string();
+    EXPECT_EQ((*checkpoint)["base_model_name_or_path"],
+              (*adapter)["base_model_name_or_path"]);
+    return (*adapter)["base_model_name_or_path"].get<std::string>();
+  };
+  EXPECT_EQ(base_name("TinyLlama/TinyLlama-1.1B-Chat-v1.0"),
+            "TinyLlama/TinyLlama-1.1B-Chat-v1.0");
+  // A local path is no name PEFT can load: base_model_name instead.
+  EXPECT_EQ(base_name("/home/me/models/tinyllama"), "lathe-demo-tiny-llama");
+}
+
+TEST_F(TrainerTest, SameSeedGivesSameLossCurve) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path());
+  options.schedule.n_epochs = 1;
+  Lora(options.adapter)->dropout = 0.1;  // dropout masks come from the seeded generator
+  const std::vector<double> first = TrainLosses(options);
+  const std::vector<double> second = TrainLosses(options);
+  ASSERT_EQ(first.size(), 20u);
+  EXPECT_EQ(first, second);
+  options.seed = 43;
+  EXPECT_NE(TrainLosses(options), first);
+}
+
+TEST_F(TrainerTest, CancelStopsWithoutCheckpoint) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/adapter");
+  options.checkpoint.dir = out.path() + "/ckpt";
+  int steps = 0;
+  absl::StatusOr<TrainResult> result =
+      Train(options, {.on_step = [&](const StepMetrics&) { ++steps; },
+                      .should_stop =
+                          [&] {
+                            return steps >= 2 ? StopRequest::kCancel
+                                              : StopRequest::kNone;
+                          }});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(steps, 2);
+  EXPECT_FALSE(std::filesystem::exists(options.checkpoint.dir));
+  EXPECT_FALSE(std::filesystem::exists(options.output.dir));
+}
+
+TEST_F(TrainerTest, DivergingLossStopsWithNanLossNamingTheStep) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/adapter");
+  options.optimizer.learning_rate = 1e30;  // the weights blow up after one update
+  options.optimizer.max_grad_norm = 1e30;
+  int steps = 0;
+  absl::StatusOr<TrainResult> result =
+      Train(options, {.on_step = [&](const StepMetrics&) { ++steps; }});
+  ASSERT_EQ(result.status().code(), absl::StatusCode::kOutOfRange)
+      << result.status();
+  EXPECT_NE(result.status().message().find("nan_loss"),
+            absl::string_view::npos);
+  EXPECT_NE(result.status().message().find(absl::StrCat("at step ", steps + 1)),
+            absl::string_view::npos)
+      << result.status();
+  EXPECT_FALSE(std::filesystem::exists(options.output.dir));
+}
+
+TEST_F(TrainerTest, BadOptionsAndFilesAreReported) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path());
+  options.data.batch_size = 0;
+  absl::StatusOr<TrainResult> result = Train(options, {});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find("\"data.batch_size\""),
+            std::string::npos);
+
+  options = DemoOptions(out.path());
+  options.objective = SftSpec{.loss_chunk_tokens = 0};
+  result = Train(options, {});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find("\"objective.loss_chunk_tokens\""),
+            std::string::npos);
+
+  options = DemoOptions(out.path());
+  Lora(options.adapter)->target_modules = {"qkv"};
+  EXPECT_EQ(Train(options, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  options = DemoOptions(out.path());
+  options.model.dir = out.path() + "/none";
+  EXPECT_EQ(Train(options, {}).status().code(), absl::StatusCode::kNotFound);
+
+  options = DemoOptions(out.path());
+  options.data.training_file = options.model.dir + "/config.json";
+  result = Train(options, {});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find("config.json: line 1"),
+            std::string::npos)
+      << result.status();
+}
+
+TEST_F(TrainerTest, InterruptedRunResumesToTheSameState) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/reference");
+  options.schedule.n_epochs = 2;  // 40 steps; the stop falls mid-epoch
+  Lora(options.adapter)->dropout = 0.1;
+  const Run reference = TrainRun(options);
+  ASSERT_TRUE(reference.result.ok()) << reference.result.status();
+  ASSERT_EQ(reference.steps.size(), 40u);
+  EXPECT_TRUE(reference.checkpoints.empty());
+
+  options.output.dir = out.path() + "/interrupted";
+  options.checkpoint.dir = out.path() + "/ckpt";
+  const Run stopped = TrainRun(options, /*stop_after=*/13);
+  EXPECT_EQ(stopped.result.status().code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(stopped.result.status().message(),
+            "stopped at step 13 after checkpointing");
+  ASSERT_EQ(stopped.checkpoints.size(), 1u);
+  const CheckpointInfo& checkpoint = stopped.checkpoints[0];
+  EXPECT_EQ(checkpoint.step, 13);
+  EXPECT_EQ(checkpoint.dir, options.checkpoint.dir + "/step-13");
+  EXPECT_EQ(checkpoint.metrics.step, 13);
+  EXPECT_EQ(checkpoint.metrics.loss, reference.steps[12].loss);
+  EXPECT_EQ(checkpoint.files,
+            (std::vector<std::string>{
+                "adapter_config.json", "adapter_model.safetensors",
+                "trainer_state.json", "trainer_state.safetensors"}));
+  EXPECT_FALSE(std::filesystem::exists(checkpoint.dir + ".tmp"));
+  // The checkpoint is itself a usable adapter.
+  absl::StatusOr<std::unique_ptr<LlamaModel>> model =
+      LlamaModel::Load(options.model.dir);
+  ASSERT_TRUE(model.ok());
+  EXPECT_TRUE(LoadAdapter(**model, checkpoint.dir).ok());
+
+  options.checkpoint.resume_from = checkpoint.dir;
+  const Run resumed = TrainRun(options);
+  ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+  ASSERT_EQ(resumed.steps.size(), 27u);
+  EXPECT_EQ(resumed.steps[0].step, 14);
+  std::vector<double> want = Tail(reference.losses(), 13);
+  std::vector<double> got = resumed.losses();
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(got[i], want[i], 1e-6) << "step " << i + 14;
+  }
+  EXPECT_EQ(resumed.result->first_loss, reference.result->first_loss);
+  EXPECT_EQ(resumed.result->trained_tokens, reference.result->trained_tokens);
+  EXPECT_EQ(resumed.steps.back().trained_tokens,
+            reference.steps.back().trained_tokens);
+  EXPECT_LE(
+      MaxDifference(out.path() + "/reference/adapter_model.safetensors",
+                    out.path() + "/interrupted/adapter_model.safetensors"),
+      1e-6);
+}
+
+TEST_F(TrainerTest, PeriodicCheckpointsResumeAcrossEpochs) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/reference");
+  options.schedule.n_epochs = 3;
+  options.optimizer.gradient_accumulation_steps = 2;  // 10 steps an epoch
+  Lora(options.adapter)->dropout = 0.05;
+  options.schedule.lr_scheduler = "cosine";
+  options.schedule.warmup_steps = 2;
+  options.optimizer.weight_decay = 0.01;
+  options.checkpoint.every_steps = 7;
+  options.checkpoint.dir = out.path() + "/ckpt";
+  const Run reference = TrainRun(options);
+  ASSERT_TRUE(reference.result.ok()) << reference.result.status();
+  ASSERT_EQ(reference.steps.size(), 30u);
+  ASSERT_EQ(reference.checkpoints.size(), 4u);
+  EXPECT_EQ(reference.checkpoints[0].step, 7);
+  EXPECT_EQ(reference.checkpoints[3].step, 28);
+  for (const StepMetrics& m : reference.steps) {
+    EXPECT_DOUBLE_EQ(m.learning_rate,
+                     LearningRateAt(LrSchedule::kCosine, m.step - 1, 30, 2,
+                                    options.optimizer.learning_rate));
+  }
+
+  // From the 2nd epoch into the 3rd, whose order the restored shuffle
+  // generator decides.
+  options.output.dir = out.path() + "/resumed";
+  options.checkpoint.dir = out.path() + "/ckpt2";
+  options.checkpoint.resume_from = out.path() + "/ckpt/step-14";
+  const Run resumed = TrainRun(options);
+  ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+  ASSERT_EQ(resumed.steps.size(), 16u);
+  ASSERT_EQ(resumed.checkpoints.size(), 2u);
+  EXPECT_EQ(resumed.checkpoints[0].step, 21);
+  std::vector<double> want = Tail(reference.losses(), 14);
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(resumed.losses()[i], want[i], 1e-6) << "step " << i + 15;
+  }
+  EXPECT_LE(MaxDifference(out.path() + "/reference/adapter_model.safetensors",
+                          out.path() + "/resumed/adapter_model.safetensors"),
+            1e-6);
+  // The resumed run's own checkpoint matches the reference's.
+  absl::StatusOr<TrainerState> a =
+      ReadTrainerState(out.path() + "/ckpt/step-28");
+  absl::StatusOr<TrainerState> b =
+      ReadTrainerState(out.path() + "/ckpt2/step-28");
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->epoch, 2);
+  EXPECT_EQ(b->epoch, 2);
+  EXPECT_EQ(a->cursor, b->cursor);
+  EXPECT_EQ(a->data_rng, b->data_rng);
+  EXPECT_EQ(a->data_order, b->data_order);
+  EXPECT_TRUE(torch::equal(a->torch_rng, b->torch_rng));
+  EXPECT_EQ(a->optimizer_steps, 28);
+  EXPECT_EQ(b->optimizer_steps, 28);
+  for (const auto& [name, t] : a->optimizer) {
+    EXPECT_TRUE(torch::allclose(t, b->optimizer.at(name), 0, 1e-6)) << name;
+  }
+}
+
+TEST_F(TrainerTest, ResumeRefusesChangedOptionsAndBadCheckpoints) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/adapter");
+  options.schedule.n_epochs = 1;
+  options.checkpoint.dir = out.path() + "/ckpt";
+  const Run stopped = TrainRun(options, /*stop_after=*/2);
+  ASSERT_EQ(stopped.result.status().code(), absl::StatusCode::kAborted);
+  const std::string dir = out.path() + "/ckpt/step-2";
+
+  auto resume_error = [&](RunSpec changed) {
+    changed.checkpoint.resume_from = dir;
+    return Train(changed, {}).status();
+  };
+  RunSpec changed = options;
+  changed.data.batch_size = 8;
+  absl::Status status = resume_error(changed);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(status.message().find("\"batch_size\""), std::string::npos)
+      << status;
+  changed = options;
+  changed.seed = 7;
+  EXPECT_NE(resume_error(changed).message().find("\"seed\""),
+            std::string::npos);
+  changed = options;
+  Lora(changed.adapter)->rank = 4;
+  EXPECT_NE(resume_error(changed).message().find("\"lora.rank\""),
+            std::string::npos);
+  changed = options;
+  changed.data.max_seq_len = 64;
+  EXPECT_NE(resume_error(changed).message().find("\"max_seq_len\""),
+            std::string::npos);
+
+  changed = options;
+  changed.checkpoint.resume_from = out.path() + "/nowhere";
+  status = Train(changed, {}).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(status.message().find("trainer_state.json"), std::string::npos);
+
+  std::ofstream(dir + "/trainer_state.safetensors") << "truncated";
+  status = resume_error(options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  EXPECT_NE(status.message().find("trainer_state.safetensors"),
+            std::string::npos);
+  std::filesystem::remove(dir + "/trainer_state.safetensors");
+  status = resume_error(options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
+  EXPECT_NE(status.message().find("trainer_state.safetensors"),
+            std::string::npos);
+  std::ofstream(dir + "/trainer_state.json") << "{\"step\": 2}";
+  status = resume_error(options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  EXPECT_NE(status.message().find("\"total_steps\""), std::string::npos);
+}
+
+TEST_F(TrainerTest, CheckpointRequestWithoutCheckpointDirIsRefused) {
+  testing::TempDir out;
+  const Run run = TrainRun(DemoOptions(out.path()), /*stop_after=*/1);
+  EXPECT_EQ(run.result.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(TrainerTest, GradientAccumulationMatchesTheLargerBatch) {
+  // Right padding never reaches real tokens, so 2 micro-batches of 4 make
+  // the same step as one batch of 8.
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/big");
+  options.schedule.n_epochs = 1;
+  options.data.batch_size = 8;
+  const Run big = TrainRun(options);
+  options.output.dir = out.path() + "/accumulated";
+  options.data.batch_size = 4;
+  options.optimizer.gradient_accumulation_steps = 2;
+  const Run accumulated = TrainRun(options);
+  ASSERT_TRUE(big.result.ok() && accumulated.result.ok());
+  ASSERT_EQ(accumulated.steps.size(), 10u);
+  for (size_t i = 0; i < 10; ++i) {
+    EXPECT_NEAR(accumulated.steps[i].loss, big.steps[i].loss, 1e-4);
+    EXPECT_NEAR(accumulated.steps[i].grad_norm, big.steps[i].grad_norm, 1e-3);
+  }
+  EXPECT_LE(
+      MaxDifference(out.path() + "/big/adapter_model.safetensors",
+                    out.path() + "/accumulated/adapter_model.safetensors"),
+      1e-4);
+}
+
+TEST_F(TrainerTest, PackingGivesTheUnpackedStepsWithoutPadding) {
+  // The same examples per micro-batch, so the same loss each step (sum of
+  // token losses / the step's targets) up to float32 rounding, which the
+  // updates carry on; validation runs packed too.
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/padded");
+  options.schedule.n_epochs = 1;
+  options.data.packing = false;
+  const Run padded = TrainRun(options);
+  options.output.dir = out.path() + "/packed";
+  options.data.packing = true;
+  const Run packed = TrainRun(options);
+  ASSERT_TRUE(padded.result.ok() && packed.result.ok());
+  ASSERT_EQ(packed.steps.size(), 20u);
+  EXPECT_NEAR(packed.steps[0].loss, padded.steps[0].loss,
+              1e-5 * padded.steps[0].loss);
+  for (size_t i = 0; i < 20; ++i) {
+    EXPECT_NEAR(packed.steps[i].loss, padded.steps[i].loss, 1e-4) << i;
+    EXPECT_EQ(packed.steps[i].token_accuracy, padded.steps[i].token_accuracy)
+        << i;
+  }
+  EXPECT_NEAR(*packed.result->validation_loss, *padded.result->validation_loss,
+              1e-4);
+  EXPECT_EQ(packed.result->trained_tokens, padded.result->trained_tokens);
+  EXPECT_EQ(packed.result->padding_tokens, 0);
+  // The demo's conversations differ in length: padded batches carry pads.
+  EXPECT_GT(padded.result->padding_tokens, padded.result->trained_tokens / 10);
+  EXPECT_GT(packed.result->loss_peak_bytes, 0);
+}
+
+TEST_F(TrainerTest, ActivationCheckpointingGivesTheSameRun) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/plain");
+  options.schedule.n_epochs = 1;
+  Lora(options.adapter)->dropout = 0.1;  // the recompute must draw the same masks
+  const Run plain = TrainRun(options);
+  options.output.dir = out.path() + "/checkpointed";
+  options.device.activation_checkpointing = true;
+  const Run checkpointed = TrainRun(options);
+  ASSERT_TRUE(plain.result.ok() && checkpointed.result.ok());
+  ASSERT_EQ(checkpointed.steps.size(), 20u);
+  for (size_t i = 0; i < 20; ++i) {
+    EXPECT_NEAR(checkpointed.steps[i].loss, plain.steps[i].loss, 1e-5) << i;
+    EXPECT_NEAR(checkpointed.steps[i].grad_norm, plain.steps[i].grad_norm, 1e-4)
+        << i;
+  }
+  EXPECT_LE(
+      MaxDifference(out.path() + "/plain/adapter_model.safetensors",
+                    out.path() + "/checkpointed/adapter_model.safetensors"),
+      1e-5);
+}
+
+TEST_F(TrainerTest, EvalEveryReportsValidationLossAndAccuracy) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path());
+  options.schedule.n_epochs = 1;
+  options.evaluation.every_steps = 6;
+  const Run run = TrainRun(options);
+  ASSERT_TRUE(run.result.ok()) << run.result.status();
+  for (const StepMetrics& m : run.steps) {
+    const bool evaluated = m.step % 6 == 0 || m.step == 20;
+    EXPECT_EQ(m.validation_loss.has_value(), evaluated) << m.step;
+    EXPECT_EQ(m.validation_accuracy.has_value(), evaluated) << m.step;
+  }
+  EXPECT_LT(*run.steps[19].validation_loss, *run.steps[5].validation_loss);
+  EXPECT_GT(*run.steps[19].validation_accuracy, 0);
+  EXPECT_EQ(run.result->validation_loss, run.steps[19].validation_loss);
+}
+
+TEST_F(TrainerTest, MergedExportMatchesBasePlusAdapter) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/adapter");
+  options.schedule.n_epochs = 1;
+  Lora(options.adapter)->use_rslora = true;
+  options.output.merged_dir = out.path() + "/merged";
+  ASSERT_TRUE(TrainRun(options).result.ok());
+  absl::StatusOr<nlohmann::json> config =
+      ReadJsonFile(out.path() + "/adapter/adapter_config.json");
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ((*config)["use_rslora"], true);
+  for (const char* file : {"config.json", "tokenizer.model",
+                           "tokenizer_config.json", "model.safetensors"}) {
+    EXPECT_TRUE(std::filesystem::exists(out.path() + "/merged/" + file))
+        << file;
+  }
+  absl::StatusOr<std::unique_ptr<LlamaModel>> adapted =
+      LlamaModel::Load(options.model.dir);
+  absl::StatusOr<std::unique_ptr<LlamaModel>> merged =
+      LlamaModel::Load(out.path() + "/merged");
+  ASSERT_TRUE(adapted.ok() && merged.ok());
+  absl::StatusOr<LoraSpec> lora =
+      LoadAdapter(**adapted, out.path() + "/adapter");
+  ASSERT_TRUE(lora.ok()) << lora.status();
+  EXPECT_DOUBLE_EQ((*adapted)->layers()[0].q_proj.lora_scale,
+                   16.0 / std::sqrt(8.0));
+  torch::NoGradGuard no_grad;
+  torch::Tensor ids = torch::tensor({{5, 6, 7, 8, 9}}, torch::kInt64);
+  torch::Tensor mask = torch::ones({1, 5}, torch::kInt64);
+  EXPECT_TRUE(torch::allclose((*merged)->Forward(ids, mask, false),
+                              (*adapted)->Forward(ids, mask, false), 1e-4,
+                              1e-4));
+}
+
+TEST_F(TrainerTest, FullFineTuningResumesAndExportsInTheSourceDtype) {
+  testing::TempDir out;
+  // A bfloat16 copy of the demo model.
+  const std::string source = out.path() + "/bf16";
+  {
+    absl::StatusOr<std::unique_ptr<LlamaModel>> demo =
+        LlamaModel::Load(demo_->path() + "/model");
+    ASSERT_TRUE(demo.ok());
+    ASSERT_TRUE(SaveModelFolder(**demo, demo_->path() + "/model", source,
+                                torch::kBFloat16)
+                    .ok());
+  }
+  RunSpec options = DemoOptions(out.path() + "/reference");
+  options.model.dir = source;
+  options.adapter = FullSpec{};
+  options.schedule.n_epochs = 1;
+  options.optimizer.learning_rate = 1e-3;
+  options.optimizer.weight_decay = 0.01;
+  const Run reference = TrainRun(options);
+  ASSERT_TRUE(reference.result.ok()) << reference.result.status();
+  EXPECT_LT(Mean(reference.losses(), 15, 20), Mean(reference.losses(), 0, 3));
+
+  absl::StatusOr<safetensors::Header> header =
+      safetensors::ReadHeaderFile(out.path() + "/reference/model.safetensors");
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_EQ(header->tensors[0].dtype, safetensors::Dtype::kBF16);
+  for (const char* file :
+       {"config.json", "tokenizer.model", "tokenizer_config.json"}) {
+    EXPECT_TRUE(std::filesystem::exists(out.path() + "/reference/" + file))
+        << file;
+  }
+  absl::StatusOr<std::unique_ptr<LlamaModel>> tuned =
+      LlamaModel::Load(out.path() + "/reference");
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+
+  options.output.dir = out.path() + "/resumed";
+  options.checkpoint.dir = out.path() + "/ckpt";
+  const Run stopped = TrainRun(options, /*stop_after=*/6);
+  ASSERT_EQ(stopped.result.status().code(), absl::StatusCode::kAborted);
+  ASSERT_EQ(stopped.checkpoints.size(), 1u);
+  EXPECT_EQ(stopped.checkpoints[0].files,
+            (std::vector<std::string>{
+                "config.json", "model.safetensors", "tokenizer.model",
+                "tokenizer_config.json", "trainer_state.json",
+                "trainer_state.safetensors"}));
+  options.checkpoint.resume_from = stopped.checkpoints[0].dir;
+  const Run resumed = TrainRun(options);
+  ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+  std::vector<double> want = Tail(reference.losses(), 6);
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(resumed.losses()[i], want[i], 1e-6) << "step " << i + 7;
+  }
+  EXPECT_EQ(MaxDifference(out.path() + "/reference/model.safetensors",
+                          out.path() + "/resumed/model.safetensors"),
+            0);
+}
+
+}  // namespace
+}  // namespace lathe::engine

@@ -1,0 +1,545 @@
+#include "worker/engine/spec/run_spec.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <limits>
+#include <set>
+#include <type_traits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+
+namespace lathe::engine {
+namespace {
+
+using Json = nlohmann::json;
+
+// The projections LoRA can adapt, in Hugging Face's names.
+constexpr const char* kProjections[] = {"q_proj",    "k_proj",  "v_proj",
+                                        "o_proj",    "gate_proj", "up_proj",
+                                        "down_proj"};
+
+absl::Status Invalid(const std::string& field, const std::string& rule) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("field \"", field, "\" ", rule));
+}
+
+// The one field list of each section: Fields(section, f) calls
+// f(name, member) for every field. ToJson, FromJson and the unknown-field
+// check are all written from it.
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, ModelSpec> {
+  f("dir", s.dir);
+  f("base_model_name", s.base_model_name);
+  f("chat_template", s.chat_template);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, DataSpec> {
+  f("training_file", s.training_file);
+  f("validation_file", s.validation_file);
+  f("training_file_name", s.training_file_name);
+  f("validation_file_name", s.validation_file_name);
+  f("batch_size", s.batch_size);
+  f("max_seq_len", s.max_seq_len);
+  f("packing", s.packing);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, LoraSpec> {
+  f("rank", s.rank);
+  f("alpha", s.alpha);
+  f("dropout", s.dropout);
+  f("use_rslora", s.use_rslora);
+  f("target_modules", s.target_modules);
+}
+template <typename S, typename F>
+void Fields(S&, F&&) requires std::is_same_v<std::remove_const_t<S>, FullSpec> {}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, SftSpec> {
+  f("loss_chunk_tokens", s.loss_chunk_tokens);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, OptimizerSpec> {
+  f("learning_rate", s.learning_rate);
+  f("weight_decay", s.weight_decay);
+  f("max_grad_norm", s.max_grad_norm);
+  f("gradient_accumulation_steps", s.gradient_accumulation_steps);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, ScheduleSpec> {
+  f("n_epochs", s.n_epochs);
+  f("warmup_steps", s.warmup_steps);
+  f("lr_scheduler", s.lr_scheduler);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, CheckpointSpec> {
+  f("every_steps", s.every_steps);
+  f("dir", s.dir);
+  f("resume_from", s.resume_from);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, DeviceSpec> {
+  f("device", s.device);
+  f("dtype", s.dtype);
+  f("activation_checkpointing", s.activation_checkpointing);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, EvaluationSpec> {
+  f("every_steps", s.every_steps);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, OutputSpec> {
+  f("dir", s.dir);
+  f("merged_dir", s.merged_dir);
+}
+
+// The section names, for errors.
+template <typename S> constexpr const char* kName = "";
+template <> constexpr const char* kName<ModelSpec> = "model";
+template <> constexpr const char* kName<DataSpec> = "data";
+template <> constexpr const char* kName<LoraSpec> = "adapter";
+template <> constexpr const char* kName<FullSpec> = "adapter";
+template <> constexpr const char* kName<SftSpec> = "objective";
+template <> constexpr const char* kName<OptimizerSpec> = "optimizer";
+template <> constexpr const char* kName<ScheduleSpec> = "schedule";
+template <> constexpr const char* kName<CheckpointSpec> = "checkpoint";
+template <> constexpr const char* kName<DeviceSpec> = "device";
+template <> constexpr const char* kName<EvaluationSpec> = "evaluation";
+template <> constexpr const char* kName<OutputSpec> = "output";
+
+template <typename T>
+bool HasType(const Json& v) {
+  if constexpr (std::is_same_v<T, std::string>) {
+    return v.is_string();
+  } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    return v.is_array() && std::all_of(v.begin(), v.end(), [](const Json& e) {
+             return e.is_string();
+           });
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return v.is_boolean();
+  } else if constexpr (std::is_floating_point_v<T>) {
+    return v.is_number();
+  } else {
+    return v.is_number_integer() && (std::is_signed_v<T> || v >= 0) &&
+           (!std::is_same_v<T, int> ||
+            (v >= std::numeric_limits<int>::min() &&
+             v <= std::numeric_limits<int>::max()));
+  }
+}
+
+template <typename S>
+Json SectionToJson(const S& s) {
+  Json json = Json::object();
+  Fields(s, [&](const char* name, const auto& value) { json[name] = value; });
+  return json;
+}
+
+// Reads the fields of `json` into *s; `skip` is a key that is not a field
+// (the variant's "type").
+template <typename S>
+absl::Status SectionFromJson(const Json& json, S* s, const char* skip = "") {
+  const std::string section = kName<S>;
+  if (!json.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec field \"", section, "\" must be an object"));
+  }
+  std::set<std::string> known = {skip};
+  absl::Status status;
+  Fields(*s, [&](const char* name, auto& value) {
+    known.insert(name);
+    auto it = json.find(name);
+    if (!status.ok() || it == json.end()) return;
+    using T = std::decay_t<decltype(value)>;
+    if (!HasType<T>(*it)) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat("spec field \"", section, ".", name,
+                       "\" has the wrong type: ", it->dump()));
+      return;
+    }
+    value = it->template get<T>();
+  });
+  RETURN_IF_ERROR(status);
+  for (const auto& [key, value] : json.items()) {
+    if (!known.count(key)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown spec field \"", section, ".", key, "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// {"type": "<name>", ...fields} for a variant section.
+template <typename V>
+absl::Status VariantFromJson(
+    const Json& json, V* out, const char* section,
+    const std::vector<std::pair<std::string, V>>& alternatives) {
+  if (!json.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec field \"", section, "\" must be an object"));
+  }
+  std::string type = alternatives.front().first;
+  if (auto it = json.find("type"); it != json.end()) {
+    if (!it->is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec field \"", section, ".type\" has the wrong type: ",
+          it->dump()));
+    }
+    type = it->template get<std::string>();
+  }
+  std::vector<std::string> names;
+  for (const auto& [name, value] : alternatives) {
+    names.push_back(name);
+    if (name != type) continue;
+    *out = value;
+    return std::visit(
+        [&](auto& alternative) {
+          return SectionFromJson(json, &alternative, "type");
+        },
+        *out);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("spec field \"", section, ".type\" is \"", type,
+                   "\"; known: ", absl::StrJoin(names, ", ")));
+}
+
+absl::Status Positive(const char* section, const char* field, double value) {
+  if (value > 0) return absl::OkStatus();
+  return Invalid(absl::StrCat(section, ".", field), "must be positive");
+}
+absl::Status NonNegative(const char* section, const char* field,
+                         double value) {
+  if (value >= 0) return absl::OkStatus();
+  return Invalid(absl::StrCat(section, ".", field), "must be >= 0");
+}
+
+// The legacy flat spec.json's fields and where they are now.
+constexpr std::pair<const char*, const char*> kFlatFields[] = {
+    {"model_dir", "model.dir"},
+    {"base_model_name", "model.base_model_name"},
+    {"chat_template", "model.chat_template"},
+    {"training_file", "data.training_file"},
+    {"validation_file", "data.validation_file"},
+    {"training_file_name", "data.training_file_name"},
+    {"validation_file_name", "data.validation_file_name"},
+    {"batch_size", "data.batch_size"},
+    {"max_seq_len", "data.max_seq_len"},
+    {"packing", "data.packing"},
+    {"method", "adapter.type"},
+    {"lora", "adapter (with \"type\": \"lora\")"},
+    {"loss_chunk_tokens", "objective.loss_chunk_tokens"},
+    {"learning_rate", "optimizer.learning_rate"},
+    {"weight_decay", "optimizer.weight_decay"},
+    {"max_grad_norm", "optimizer.max_grad_norm"},
+    {"gradient_accumulation_steps", "optimizer.gradient_accumulation_steps"},
+    {"n_epochs", "schedule.n_epochs"},
+    {"warmup_steps", "schedule.warmup_steps"},
+    {"lr_scheduler", "schedule.lr_scheduler"},
+    {"checkpoint_every", "checkpoint.every_steps"},
+    {"checkpoint_dir", "checkpoint.dir"},
+    {"resume_from", "checkpoint.resume_from"},
+    {"activation_checkpointing", "device.activation_checkpointing"},
+    {"eval_every", "evaluation.every_steps"},
+    {"output_dir", "output.dir"},
+    {"merge_output_dir", "output.merged_dir"},
+};
+
+std::string Resolve(const std::string& path, const std::string& base_dir) {
+  if (path.empty() || std::filesystem::path(path).is_absolute()) return path;
+  return (std::filesystem::path(base_dir) / path).lexically_normal().string();
+}
+
+}  // namespace
+
+std::string AdapterType(const AdapterSpec& adapter) {
+  return std::holds_alternative<LoraSpec>(adapter) ? "lora" : "full";
+}
+
+std::string ObjectiveType(const ObjectiveSpec&) { return "sft"; }
+
+// ---- model
+Json ToJson(const ModelSpec& s) { return SectionToJson(s); }
+absl::Status FromJson(const Json& j, ModelSpec* s) {
+  return SectionFromJson(j, s);
+}
+absl::Status Validate(const ModelSpec& s) {
+  if (s.dir.empty()) return Invalid("model.dir", "is required");
+  return absl::OkStatus();
+}
+void AddResumeKeys(const ModelSpec& s, Json* keys) {
+  (*keys)["chat_template"] = s.chat_template;
+}
+
+// ---- data
+Json ToJson(const DataSpec& s) { return SectionToJson(s); }
+absl::Status FromJson(const Json& j, DataSpec* s) {
+  return SectionFromJson(j, s);
+}
+absl::Status Validate(const DataSpec& s) {
+  if (s.training_file.empty()) {
+    return Invalid("data.training_file", "is required");
+  }
+  RETURN_IF_ERROR(Positive("data", "batch_size", s.batch_size));
+  if (s.max_seq_len < 2) return Invalid("data.max_seq_len", "must be at least 2");
+  return absl::OkStatus();
+}
+void AddResumeKeys(const DataSpec& s, Json* keys) {
+  // Key names as before the spec had sections, so that older checkpoints
+  // stay resumable.
+  (*keys)["batch_size"] = s.batch_size;
+  (*keys)["max_seq_len"] = s.max_seq_len;
+}
+
+// ---- adapter
+Json ToJson(const AdapterSpec& s) {
+  Json json = std::visit([](const auto& a) { return SectionToJson(a); }, s);
+  json["type"] = AdapterType(s);
+  return json;
+}
+absl::Status FromJson(const Json& j, AdapterSpec* s) {
+  return VariantFromJson<AdapterSpec>(
+      j, s, "adapter", {{"lora", LoraSpec{}}, {"full", FullSpec{}}});
+}
+absl::Status Validate(const AdapterSpec& s) {
+  const LoraSpec* lora = Lora(s);
+  if (lora == nullptr) return absl::OkStatus();
+  RETURN_IF_ERROR(Positive("adapter", "rank", lora->rank));
+  RETURN_IF_ERROR(Positive("adapter", "alpha", lora->alpha));
+  if (!(lora->dropout >= 0 && lora->dropout < 1)) {
+    return Invalid("adapter.dropout", "must be in [0, 1)");
+  }
+  if (lora->target_modules.empty()) {
+    return Invalid("adapter.target_modules", "must not be empty");
+  }
+  std::set<std::string> seen;
+  for (const std::string& module : lora->target_modules) {
+    const bool known = std::any_of(
+        std::begin(kProjections), std::end(kProjections),
+        [&](const char* p) { return module == p; });
+    if (!known || !seen.insert(module).second) {
+      return Invalid("adapter.target_modules",
+                     absl::StrCat(": \"", module,
+                                  "\" is unknown or repeated; known: ",
+                                  absl::StrJoin(kProjections, ", ")));
+    }
+  }
+  return absl::OkStatus();
+}
+void AddResumeKeys(const AdapterSpec& s, Json* keys) {
+  (*keys)["method"] = AdapterType(s);
+  if (const LoraSpec* lora = Lora(s)) {
+    (*keys)["lora.rank"] = lora->rank;
+    (*keys)["lora.alpha"] = lora->alpha;
+    (*keys)["lora.dropout"] = lora->dropout;
+    (*keys)["lora.use_rslora"] = lora->use_rslora;
+    (*keys)["lora.target_modules"] = lora->target_modules;
+  }
+}
+
+// ---- objective
+Json ToJson(const ObjectiveSpec& s) {
+  Json json = std::visit([](const auto& o) { return SectionToJson(o); }, s);
+  json["type"] = ObjectiveType(s);
+  return json;
+}
+absl::Status FromJson(const Json& j, ObjectiveSpec* s) {
+  return VariantFromJson<ObjectiveSpec>(j, s, "objective",
+                                        {{"sft", SftSpec{}}});
+}
+absl::Status Validate(const ObjectiveSpec& s) {
+  const SftSpec& sft = std::get<SftSpec>(s);
+  return Positive("objective", "loss_chunk_tokens", sft.loss_chunk_tokens);
+}
+void AddResumeKeys(const ObjectiveSpec& s, Json* keys) {
+  // A checkpoint of one objective is not resumed by another; "sft", the
+  // only one so far, adds no key, so that older checkpoints stay resumable.
+  if (ObjectiveType(s) != "sft") (*keys)["objective"] = ObjectiveType(s);
+}
+
+// ---- optimizer
+Json ToJson(const OptimizerSpec& s) { return SectionToJson(s); }
+absl::Status FromJson(const Json& j, OptimizerSpec* s) {
+  return SectionFromJson(j, s);
+}
+absl::Status Validate(const OptimizerSpec& s) {
+  RETURN_IF_ERROR(Positive("optimizer", "learning_rate", s.learning_rate));
+  RETURN_IF_ERROR(NonNegative("optimizer", "weight_decay", s.weight_decay));
+  RETURN_IF_ERROR(Positive("optimizer", "max_grad_norm", s.max_grad_norm));
+  return Positive("optimizer", "gradient_accumulation_steps",
+                  s.gradient_accumulation_steps);
+}
+void AddResumeKeys(const OptimizerSpec& s, Json* keys) {
+  (*keys)["gradient_accumulation_steps"] = s.gradient_accumulation_steps;
+}
+
+// ---- schedule
+Json ToJson(const ScheduleSpec& s) { return SectionToJson(s); }
+absl::Status FromJson(const Json& j, ScheduleSpec* s) {
+  return SectionFromJson(j, s);
+}
+absl::Status Validate(const ScheduleSpec& s) {
+  RETURN_IF_ERROR(Positive("schedule", "n_epochs", s.n_epochs));
+  RETURN_IF_ERROR(NonNegative("schedule", "warmup_steps", s.warmup_steps));
+  if (s.lr_scheduler != "linear" && s.lr_scheduler != "cosine" &&
+      s.lr_scheduler != "constant") {
+    return Invalid("schedule.lr_scheduler",
+                   absl::StrCat("is \"", s.lr_scheduler,
+                                "\"; known: linear, cosine, constant"));
+  }
+  return absl::OkStatus();
+}
+void AddResumeKeys(const ScheduleSpec& s, Json* keys) {
+  (*keys)["n_epochs"] = s.n_epochs;
+}
+
+// ---- checkpoint
+Json ToJson(const CheckpointSpec& s) { return SectionToJson(s); }
+absl::Status FromJson(const Json& j, CheckpointSpec* s) {
+  return SectionFromJson(j, s);
+}
+absl::Status Validate(const CheckpointSpec& s) {
+  RETURN_IF_ERROR(NonNegative("checkpoint", "every_steps", s.every_steps));
+  if (s.every_steps > 0 && s.dir.empty()) {
+    return Invalid("checkpoint.dir", "is required with checkpoint.every_steps");
+  }
+  return absl::OkStatus();
+}
+void AddResumeKeys(const CheckpointSpec&, Json*) {}
+
+// ---- device
+Json ToJson(const DeviceSpec& s) { return SectionToJson(s); }
+absl::Status FromJson(const Json& j, DeviceSpec* s) {
+  return SectionFromJson(j, s);
+}
+absl::Status Validate(const DeviceSpec& s) {
+  const bool cuda_index =
+      s.device.rfind("cuda:", 0) == 0 && s.device.size() > 5 &&
+      s.device.size() <= 8 &&
+      std::all_of(s.device.begin() + 5, s.device.end(),
+                  [](char c) { return c >= '0' && c <= '9'; });
+  if (s.device != "auto" && s.device != "cpu" && s.device != "cuda" &&
+      !cuda_index) {
+    return Invalid("device.device",
+                   absl::StrCat("is \"", s.device,
+                                "\"; known: auto, cpu, cuda, cuda:N"));
+  }
+  if (s.dtype != "auto" && s.dtype != "float32" && s.dtype != "bfloat16") {
+    return Invalid("device.dtype",
+                   absl::StrCat("is \"", s.dtype,
+                                "\"; known: auto, float32, bfloat16"));
+  }
+  return absl::OkStatus();
+}
+void AddResumeKeys(const DeviceSpec&, Json*) {}
+
+// ---- evaluation
+Json ToJson(const EvaluationSpec& s) { return SectionToJson(s); }
+absl::Status FromJson(const Json& j, EvaluationSpec* s) {
+  return SectionFromJson(j, s);
+}
+absl::Status Validate(const EvaluationSpec& s) {
+  return NonNegative("evaluation", "every_steps", s.every_steps);
+}
+void AddResumeKeys(const EvaluationSpec&, Json*) {}
+
+// ---- output
+Json ToJson(const OutputSpec& s) { return SectionToJson(s); }
+absl::Status FromJson(const Json& j, OutputSpec* s) {
+  return SectionFromJson(j, s);
+}
+absl::Status Validate(const OutputSpec& s) {
+  if (s.dir.empty()) return Invalid("output.dir", "is required");
+  return absl::OkStatus();
+}
+void AddResumeKeys(const OutputSpec&, Json*) {}
+
+// ---- the whole spec
+namespace {
+
+// Calls f(name, section) for every section of `spec`.
+template <typename S, typename F>
+void Sections(S& spec, F&& f) {
+  f("model", spec.model);
+  f("data", spec.data);
+  f("adapter", spec.adapter);
+  f("objective", spec.objective);
+  f("optimizer", spec.optimizer);
+  f("schedule", spec.schedule);
+  f("checkpoint", spec.checkpoint);
+  f("device", spec.device);
+  f("evaluation", spec.evaluation);
+  f("output", spec.output);
+}
+
+}  // namespace
+
+absl::StatusOr<RunSpec> ParseRunSpec(const Json& json,
+                                     const std::string& base_dir) {
+  if (!json.is_object()) {
+    return absl::InvalidArgumentError("the spec is not a JSON object");
+  }
+  RunSpec spec;
+  std::set<std::string> known = {"seed"};
+  absl::Status status;
+  Sections(spec, [&](const char* name, auto& section) {
+    known.insert(name);
+    auto it = json.find(name);
+    if (status.ok() && it != json.end()) status = FromJson(*it, &section);
+  });
+  RETURN_IF_ERROR(status);
+  for (const auto& [key, value] : json.items()) {
+    if (known.count(key)) continue;
+    for (const auto& [flat, now] : kFlatFields) {
+      if (key == flat) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "spec field \"", key, "\" is from the flat spec layout; it is ",
+            now, " now (see docs/adding-a-method.md for the sections)"));
+      }
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown spec field \"", key, "\""));
+  }
+  if (auto it = json.find("seed"); it != json.end()) {
+    if (!HasType<uint64_t>(*it)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec field \"seed\" has the wrong type: ", it->dump()));
+    }
+    spec.seed = it->get<uint64_t>();
+  }
+  for (std::string* path :
+       {&spec.model.dir, &spec.data.training_file, &spec.data.validation_file,
+        &spec.checkpoint.dir, &spec.checkpoint.resume_from, &spec.output.dir,
+        &spec.output.merged_dir}) {
+    *path = Resolve(*path, base_dir);
+  }
+  return spec;
+}
+
+Json RunSpecJson(const RunSpec& spec) {
+  Json json = {{"seed", spec.seed}};
+  Sections(spec, [&](const char* name, const auto& section) {
+    json[name] = ToJson(section);
+  });
+  return json;
+}
+
+absl::Status ValidateRunSpec(const RunSpec& spec) {
+  absl::Status status;
+  Sections(spec, [&](const char*, const auto& section) {
+    if (status.ok()) status = Validate(section);
+  });
+  RETURN_IF_ERROR(status);
+  if (Lora(spec.adapter) == nullptr && !spec.output.merged_dir.empty()) {
+    return Invalid("output.merged_dir", "is for LoRA runs only");
+  }
+  return absl::OkStatus();
+}
+
+Json ResumeKeys(const RunSpec& spec) {
+  Json keys = {{"seed", spec.seed}};
+  Sections(spec, [&](const char*, const auto& section) {
+    AddResumeKeys(section, &keys);
+  });
+  return keys;
+}
+
+}  // namespace lathe::engine

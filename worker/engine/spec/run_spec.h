@@ -1,0 +1,202 @@
+// The run spec: everything one engine run does, in sections. Torch-free.
+//
+// Each section is a small struct with its defaults, and an example value
+// beside each field. Each has
+//   - one JSON mapping (the section's object in spec.json; ToJson and
+//     FromJson are written from one field list per section),
+//   - one validation (Validate: INVALID_ARGUMENT naming "section.field"),
+//   - one "must match on resume" rule (AddResumeKeys: the fields a checkpoint
+//     must have been written with to be resumed).
+// Components receive only their own section (the LoRA adapter gets LoraSpec,
+// the optimizer OptimizerSpec, ...); a recipe (recipes/) reads the whole
+// spec and hands each component its part.
+//
+// On a worker, lathed has settled every value (server/job_request.cc) and
+// worker/agent/job_options.cc translates the job into this spec; the
+// defaults below only matter for local `lathe-worker train spec.json` runs.
+#ifndef LATHE_WORKER_ENGINE_SPEC_RUN_SPEC_H_
+#define LATHE_WORKER_ENGINE_SPEC_RUN_SPEC_H_
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace lathe::engine {
+
+// "model": the base model and how its text is formatted.
+struct ModelSpec {
+  // A Hugging Face folder: config.json, model.safetensors, tokenizer.
+  std::string dir;  // "models/Llama-3.2-1B" (required)
+  // adapter_config.json's base_model_name_or_path when config.json names
+  // no Hugging Face model; "" = dir.
+  std::string base_model_name;  // "meta-llama/Llama-3.2-1B"
+  // Chat template family; "" recognizes it from tokenizer_config.json.
+  std::string chat_template;  // "llama3" (or zephyr, chatml, mistral)
+};
+
+// "data": the JSONL files and how examples become batches.
+struct DataSpec {
+  std::string training_file;    // "train.jsonl" (required)
+  std::string validation_file;  // "valid.jsonl"; "" = none
+  // What errors call the two files ("" = their paths): a worker gives the
+  // job's file ids, so that no path of its own reaches the job's owner.
+  std::string training_file_name;    // "training_file file-abc"
+  std::string validation_file_name;  // "validation_file file-xyz"
+  int batch_size = 4;                // 8: examples per micro-batch
+  int max_seq_len = 512;             // 2048: longer examples are cut
+  // Each micro-batch's examples end to end in one row, with per-example
+  // attention and positions, instead of one padded row each (see
+  // data/packing.h): the same loss, no padding computed.
+  bool packing = true;
+};
+
+// "adapter" {"type": "lora", ...}: low-rank factors on the projections; the
+// result is a PEFT adapter.
+struct LoraSpec {
+  int rank = 8;             // 16: r
+  double alpha = 16.0;      // 32: lora_alpha; scale = alpha / rank
+  double dropout = 0.0;     // 0.05: lora_dropout
+  bool use_rslora = false;  // true: scale = alpha / sqrt(rank)
+  std::vector<std::string> target_modules = {"q_proj", "k_proj", "v_proj",
+                                             "o_proj"};  // + gate/up/down
+};
+
+// "adapter" {"type": "full"}: every weight is trained; the result is a
+// model folder in the base's layout.
+struct FullSpec {};
+
+using AdapterSpec = std::variant<LoraSpec, FullSpec>;
+
+// "objective" {"type": "sft", ...}: next-token cross-entropy on the
+// completion (assistant) tokens. The methods issues add more variants.
+struct SftSpec {
+  // Target positions per chunk of the output head + cross-entropy; the loss
+  // path holds at most loss_chunk_tokens x vocab_size float32 logits.
+  int loss_chunk_tokens = 1024;  // 4096
+};
+
+using ObjectiveSpec = std::variant<SftSpec>;
+
+// "optimizer": AdamW and what one optimizer step is.
+struct OptimizerSpec {
+  double learning_rate = 2e-4;  // 1e-4: peak, after warmup
+  // AdamW's decoupled decay, on LoRA's A/B or, for full fine-tuning, on the
+  // matrices (not norms, biases).
+  double weight_decay = 0.0;           // 0.01
+  double max_grad_norm = 1.0;          // 0.3: clip the total norm
+  int gradient_accumulation_steps = 1;  // 4: micro-batches per step
+};
+
+// "schedule": how long, and the learning rate over the steps.
+struct ScheduleSpec {
+  int n_epochs = 3;                     // 1
+  int warmup_steps = 0;                 // 100: linear from 0 to the peak
+  std::string lr_scheduler = "linear";  // "cosine", "constant": after warmup
+};
+
+// "checkpoint": where and when a run saves what resuming needs.
+struct CheckpointSpec {
+  int every_steps = 0;      // 500; 0 = only when a stop asks for one
+  std::string dir;          // "ckpt": checkpoints go to <dir>/step-<N>
+  std::string resume_from;  // "ckpt/step-500"; "" = fresh start
+};
+
+// "device": where and in which precision the run computes.
+struct DeviceSpec {
+  std::string device = "auto";  // "cpu", "cuda", "cuda:1"; auto = cuda if any
+  // auto = bfloat16 on CUDA, float32 on CPU (see device/).
+  std::string dtype = "auto";  // "float32", "bfloat16"
+  // Recompute each decoder layer's activations in backward instead of
+  // keeping them: less memory, about a third more compute.
+  bool activation_checkpointing = false;  // true
+};
+
+// "evaluation": validation passes over data.validation_file.
+struct EvaluationSpec {
+  int every_steps = 0;  // 50; 0 = only after the last step
+};
+
+// "output": where the result goes.
+struct OutputSpec {
+  // The adapter (LoRA) or the model folder (full) (required).
+  std::string dir;  // "out/adapter"
+  // LoRA only: also write the merged model folder here ("" = none).
+  std::string merged_dir;  // "out/merged"
+};
+
+struct RunSpec {
+  // Decides the data order, the adapter's initialization and dropout.
+  uint64_t seed = 42;
+  ModelSpec model;
+  DataSpec data;
+  AdapterSpec adapter;
+  ObjectiveSpec objective;
+  OptimizerSpec optimizer;
+  ScheduleSpec schedule;
+  CheckpointSpec checkpoint;
+  DeviceSpec device;
+  EvaluationSpec evaluation;
+  OutputSpec output;
+};
+
+// "lora" or "full"; "sft".
+std::string AdapterType(const AdapterSpec& adapter);
+std::string ObjectiveType(const ObjectiveSpec& objective);
+// The LoRA settings, or nullptr for another adapter.
+inline const LoraSpec* Lora(const AdapterSpec& a) {
+  return std::get_if<LoraSpec>(&a);
+}
+inline LoraSpec* Lora(AdapterSpec& a) { return std::get_if<LoraSpec>(&a); }
+
+// Per section: its JSON object, its reading (fields absent keep their
+// defaults; INVALID_ARGUMENT naming "section.field" for an unknown field or
+// a wrong type), its validation, and its resume keys (added to *keys).
+#define LATHE_RUN_SPEC_SECTION(Spec)                                       \
+  nlohmann::json ToJson(const Spec& section);                              \
+  absl::Status FromJson(const nlohmann::json& json, Spec* section);       \
+  absl::Status Validate(const Spec& section);                              \
+  void AddResumeKeys(const Spec& section, nlohmann::json* keys);
+LATHE_RUN_SPEC_SECTION(ModelSpec)
+LATHE_RUN_SPEC_SECTION(DataSpec)
+LATHE_RUN_SPEC_SECTION(AdapterSpec)
+LATHE_RUN_SPEC_SECTION(ObjectiveSpec)
+LATHE_RUN_SPEC_SECTION(OptimizerSpec)
+LATHE_RUN_SPEC_SECTION(ScheduleSpec)
+LATHE_RUN_SPEC_SECTION(CheckpointSpec)
+LATHE_RUN_SPEC_SECTION(DeviceSpec)
+LATHE_RUN_SPEC_SECTION(EvaluationSpec)
+LATHE_RUN_SPEC_SECTION(OutputSpec)
+#undef LATHE_RUN_SPEC_SECTION
+
+// spec.json: {"seed": 42, "model": {...}, "data": {...}, "adapter": {"type":
+// "lora", ...}, "objective": {"type": "sft", ...}, "optimizer": {...},
+// "schedule": {...}, "checkpoint": {...}, "device": {...}, "evaluation":
+// {...}, "output": {...}}. Sections absent keep their defaults; relative
+// paths are resolved against `base_dir`. A field of the old flat layout
+// ("n_epochs") is refused naming its new place ("schedule.n_epochs").
+absl::StatusOr<RunSpec> ParseRunSpec(const nlohmann::json& json,
+                                     const std::string& base_dir);
+
+// The spec.json that ParseRunSpec reads back as `spec`.
+nlohmann::json RunSpecJson(const RunSpec& spec);
+
+// Every section's validation, then the rules across sections (a checkpoint
+// interval needs a checkpoint dir; merged_dir is for LoRA).
+absl::Status ValidateRunSpec(const RunSpec& spec);
+
+// The resume keys of every section and the seed: a checkpoint is resumed
+// only by a run whose keys equal those it was written with. (Learning rate,
+// schedule, weight decay, clipping, evaluation, device and output may change
+// on resume, and so may packing and loss chunking: they change how a step is
+// computed, not its examples.) The recipe adds the content hashes of the
+// model config and the training file.
+nlohmann::json ResumeKeys(const RunSpec& spec);
+
+}  // namespace lathe::engine
+
+#endif  // LATHE_WORKER_ENGINE_SPEC_RUN_SPEC_H_

@@ -1,0 +1,245 @@
+#include "worker/engine/spec/run_spec.h"
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace lathe::engine {
+namespace {
+
+using Json = nlohmann::json;
+
+// A spec with every field away from its default.
+RunSpec EveryFieldSet() {
+  RunSpec s;
+  s.seed = 7;
+  s.model = {.dir = "/m", .base_model_name = "org/m", .chat_template = "chatml"};
+  s.data = {.training_file = "/t.jsonl",
+            .validation_file = "/v.jsonl",
+            .training_file_name = "training_file file-abc",
+            .validation_file_name = "validation_file file-xyz",
+            .batch_size = 3,
+            .max_seq_len = 99,
+            .packing = false};
+  s.adapter = LoraSpec{.rank = 5,
+                       .alpha = 3.5,
+                       .dropout = 0.1,
+                       .use_rslora = true,
+                       .target_modules = {"up_proj", "q_proj"}};
+  s.objective = SftSpec{.loss_chunk_tokens = 77};
+  s.optimizer = {.learning_rate = 5e-4,
+                 .weight_decay = 0.01,
+                 .max_grad_norm = 0.5,
+                 .gradient_accumulation_steps = 4};
+  s.schedule = {.n_epochs = 2, .warmup_steps = 3, .lr_scheduler = "cosine"};
+  s.checkpoint = {.every_steps = 50, .dir = "/ckpt", .resume_from = "/ckpt/s"};
+  s.device = {.device = "cuda:1",
+              .dtype = "bfloat16",
+              .activation_checkpointing = true};
+  s.evaluation = {.every_steps = 10};
+  s.output = {.dir = "/out", .merged_dir = "/merged"};
+  return s;
+}
+
+// Each section's JSON reads back as the section, field for field.
+template <typename S>
+void ExpectRoundTrip(const S& section) {
+  S back;
+  ASSERT_TRUE(FromJson(ToJson(section), &back).ok());
+  EXPECT_EQ(ToJson(back), ToJson(section));
+}
+
+TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
+  const RunSpec s = EveryFieldSet();
+  ExpectRoundTrip(s.model);
+  ExpectRoundTrip(s.data);
+  ExpectRoundTrip(s.adapter);
+  ExpectRoundTrip(AdapterSpec(FullSpec{}));
+  ExpectRoundTrip(s.objective);
+  ExpectRoundTrip(s.optimizer);
+  ExpectRoundTrip(s.schedule);
+  ExpectRoundTrip(s.checkpoint);
+  ExpectRoundTrip(s.device);
+  ExpectRoundTrip(s.evaluation);
+  ExpectRoundTrip(s.output);
+
+  absl::StatusOr<RunSpec> back = ParseRunSpec(RunSpecJson(s), "/");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(RunSpecJson(*back), RunSpecJson(s));
+  // Every field of the sections is in the JSON, away from the default: a
+  // field added to a struct and not to its field list fails here.
+  const Json json = RunSpecJson(s), defaults = RunSpecJson(RunSpec{});
+  for (const auto& [section, fields] : json.items()) {
+    if (!fields.is_object()) continue;
+    for (const auto& [name, value] : fields.items()) {
+      if (name == "type") continue;
+      EXPECT_NE(value, defaults[section][name]) << section << "." << name;
+    }
+  }
+  EXPECT_EQ(ToJson(s.adapter)["type"], "lora");
+  EXPECT_EQ(ToJson(AdapterSpec(FullSpec{})), (Json{{"type", "full"}}));
+  EXPECT_EQ(ToJson(s.objective)["type"], "sft");
+}
+
+TEST(RunSpecTest, AbsentSectionsAndFieldsKeepDefaultsAndPathsResolve) {
+  absl::StatusOr<RunSpec> s = ParseRunSpec(
+      Json{{"model", {{"dir", "model"}}},
+           {"data", {{"training_file", "/data/train.jsonl"}}},
+           {"adapter", {{"rank", 4}, {"target_modules", {"q_proj"}}}},
+           {"checkpoint", {{"dir", "ckpt"}, {"resume_from", "ckpt/step-2"}}},
+           {"output", {{"dir", "out"}, {"merged_dir", "merged"}}},
+           {"seed", 9}},
+      "/base");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->model.dir, "/base/model");
+  EXPECT_EQ(s->data.training_file, "/data/train.jsonl");
+  EXPECT_EQ(s->data.validation_file, "");
+  EXPECT_EQ(s->checkpoint.dir, "/base/ckpt");
+  EXPECT_EQ(s->checkpoint.resume_from, "/base/ckpt/step-2");
+  EXPECT_EQ(s->output.dir, "/base/out");
+  EXPECT_EQ(s->output.merged_dir, "/base/merged");
+  EXPECT_EQ(s->seed, 9u);
+  ASSERT_NE(Lora(s->adapter), nullptr);  // "type" defaults to lora
+  EXPECT_EQ(Lora(s->adapter)->rank, 4);
+  EXPECT_DOUBLE_EQ(Lora(s->adapter)->alpha, 16.0);
+  EXPECT_EQ(s->data.batch_size, 4);
+  EXPECT_TRUE(s->data.packing);
+  EXPECT_EQ(std::get<SftSpec>(s->objective).loss_chunk_tokens, 1024);
+  EXPECT_EQ(s->device.device, "auto");
+  EXPECT_TRUE(ValidateRunSpec(*s).ok()) << ValidateRunSpec(*s);
+}
+
+absl::Status ParseError(const Json& json) {
+  return ParseRunSpec(json, "/").status();
+}
+
+TEST(RunSpecTest, ReadingErrorsNameTheField) {
+  const std::pair<Json, std::string> cases[] = {
+      {Json{{"data", {{"packing", 1}}}}, "\"data.packing\""},
+      {Json{{"device", {{"activation_checkpointing", "no"}}}},
+       "\"device.activation_checkpointing\""},
+      {Json{{"objective", {{"loss_chunk_tokens", 1.5}}}},
+       "\"objective.loss_chunk_tokens\""},
+      {Json{{"data", {{"batch_size", "4"}}}}, "\"data.batch_size\""},
+      {Json{{"data", {{"batch_size", 1e12}}}}, "\"data.batch_size\""},
+      {Json{{"data", {{"max_seq_len", 5000000000}}}}, "\"data.max_seq_len\""},
+      {Json{{"seed", -1}}, "\"seed\""},
+      {Json{{"adapter", {{"r", 3}}}}, "\"adapter.r\""},
+      {Json{{"adapter", {{"type", "full"}, {"rank", 3}}}}, "\"adapter.rank\""},
+      {Json{{"adapter", {{"type", "dora"}}}}, "\"adapter.type\""},
+      {Json{{"adapter", {{"use_rslora", 1}}}}, "\"adapter.use_rslora\""},
+      {Json{{"objective", {{"type", "dpo"}}}}, "\"objective.type\""},
+      {Json{{"schedule", 3}}, "\"schedule\""},
+      {Json{{"epochs", 3}}, "\"epochs\""},
+      // The flat layout's fields say where they went.
+      {Json{{"n_epochs", 3}}, "schedule.n_epochs"},
+      {Json{{"lora", Json::object()}}, "adapter"},
+      {Json{{"merge_output_dir", "m"}}, "output.merged_dir"},
+  };
+  for (const auto& [json, field] : cases) {
+    const absl::Status status = ParseError(json);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << json;
+    EXPECT_NE(status.message().find(field), std::string::npos)
+        << json << ": " << status;
+  }
+  EXPECT_EQ(ParseError(Json::array()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
+  struct Case {
+    void (*change)(RunSpec&);
+    std::string field;
+  };
+  const Case cases[] = {
+      {[](RunSpec& s) { s.model.dir.clear(); }, "model.dir"},
+      {[](RunSpec& s) { s.data.training_file.clear(); }, "data.training_file"},
+      {[](RunSpec& s) { s.data.batch_size = 0; }, "data.batch_size"},
+      {[](RunSpec& s) { s.data.max_seq_len = 1; }, "data.max_seq_len"},
+      {[](RunSpec& s) { Lora(s.adapter)->rank = 0; }, "adapter.rank"},
+      {[](RunSpec& s) { Lora(s.adapter)->alpha = -1; }, "adapter.alpha"},
+      {[](RunSpec& s) { Lora(s.adapter)->dropout = 1; }, "adapter.dropout"},
+      {[](RunSpec& s) { Lora(s.adapter)->target_modules = {}; },
+       "adapter.target_modules"},
+      {[](RunSpec& s) { Lora(s.adapter)->target_modules = {"qkv"}; },
+       "adapter.target_modules"},
+      {[](RunSpec& s) {
+         Lora(s.adapter)->target_modules = {"q_proj", "q_proj"};
+       },
+       "adapter.target_modules"},
+      {[](RunSpec& s) { s.objective = SftSpec{.loss_chunk_tokens = 0}; },
+       "objective.loss_chunk_tokens"},
+      {[](RunSpec& s) { s.optimizer.learning_rate = 0; },
+       "optimizer.learning_rate"},
+      {[](RunSpec& s) { s.optimizer.weight_decay = -1; },
+       "optimizer.weight_decay"},
+      {[](RunSpec& s) { s.optimizer.max_grad_norm = 0; },
+       "optimizer.max_grad_norm"},
+      {[](RunSpec& s) { s.optimizer.gradient_accumulation_steps = 0; },
+       "optimizer.gradient_accumulation_steps"},
+      {[](RunSpec& s) { s.schedule.n_epochs = 0; }, "schedule.n_epochs"},
+      {[](RunSpec& s) { s.schedule.warmup_steps = -1; },
+       "schedule.warmup_steps"},
+      {[](RunSpec& s) { s.schedule.lr_scheduler = "step"; },
+       "schedule.lr_scheduler"},
+      {[](RunSpec& s) { s.checkpoint.every_steps = -1; },
+       "checkpoint.every_steps"},
+      {[](RunSpec& s) { s.checkpoint.dir.clear(); }, "checkpoint.dir"},
+      {[](RunSpec& s) { s.device.device = "tpu"; }, "device.device"},
+      {[](RunSpec& s) { s.device.device = "cuda:x"; }, "device.device"},
+      {[](RunSpec& s) { s.device.dtype = "float16"; }, "device.dtype"},
+      {[](RunSpec& s) { s.evaluation.every_steps = -1; },
+       "evaluation.every_steps"},
+      {[](RunSpec& s) { s.output.dir.clear(); }, "output.dir"},
+      {[](RunSpec& s) { s.adapter = FullSpec{}; }, "output.merged_dir"},
+  };
+  ASSERT_TRUE(ValidateRunSpec(EveryFieldSet()).ok())
+      << ValidateRunSpec(EveryFieldSet());
+  for (const Case& c : cases) {
+    RunSpec s = EveryFieldSet();
+    c.change(s);
+    const absl::Status status = ValidateRunSpec(s);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_NE(status.message().find("\"" + c.field + "\""), std::string::npos)
+        << c.field << ": " << status;
+  }
+}
+
+TEST(RunSpecTest, ResumeKeysAreWhatDecidesTheDataAndTheTrainedTensors) {
+  const RunSpec base = EveryFieldSet();
+  const Json keys = ResumeKeys(base);
+  // Key names as checkpoints written before the spec had sections carry.
+  EXPECT_EQ(keys, (Json{{"seed", 7},
+                        {"chat_template", "chatml"},
+                        {"batch_size", 3},
+                        {"max_seq_len", 99},
+                        {"method", "lora"},
+                        {"lora.rank", 5},
+                        {"lora.alpha", 3.5},
+                        {"lora.dropout", 0.1},
+                        {"lora.use_rslora", true},
+                        {"lora.target_modules", {"up_proj", "q_proj"}},
+                        {"gradient_accumulation_steps", 4},
+                        {"n_epochs", 2}}));
+  // What may change on resume changes no key.
+  RunSpec free = base;
+  free.optimizer.learning_rate = 1;
+  free.optimizer.weight_decay = 0;
+  free.optimizer.max_grad_norm = 9;
+  free.schedule.warmup_steps = 0;
+  free.schedule.lr_scheduler = "constant";
+  free.data.packing = true;
+  free.objective = SftSpec{.loss_chunk_tokens = 5};
+  free.device = DeviceSpec{};
+  free.evaluation.every_steps = 1;
+  free.checkpoint = {.every_steps = 1, .dir = "/x"};
+  free.output = {.dir = "/y"};
+  free.model.dir = "/other";  // its config's content hash is the recipe's
+  EXPECT_EQ(ResumeKeys(free), keys);
+  RunSpec full = base;
+  full.adapter = FullSpec{};
+  EXPECT_EQ(ResumeKeys(full)["method"], "full");
+  EXPECT_FALSE(ResumeKeys(full).contains("lora.rank"));
+}
+
+}  // namespace
+}  // namespace lathe::engine
