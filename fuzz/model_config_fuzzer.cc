@@ -1,4 +1,4 @@
-// Fuzzes the model config.json reader (worker/engine/model_config.h) with
+// Fuzzes the model config.json reader (worker/engine/model/model_config.h) with
 // arbitrary files: it refuses with INVALID_ARGUMENT, or returns a config
 // that holds what it promises to check (positive sizes, key/value heads
 // that divide the heads, an even head_dim, a sound rope_scaling).
@@ -7,7 +7,7 @@
 #include <string_view>
 
 #include "fuzz/fuzz_util.h"
-#include "worker/engine/model_config.h"
+#include "worker/engine/model/model_config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string& dir = lathe::fuzz::ScratchDir();

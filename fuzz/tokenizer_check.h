@@ -6,8 +6,8 @@
 #include <string_view>
 
 #include "fuzz/fuzz_util.h"
-#include "worker/engine/pretokenize.h"
-#include "worker/engine/tokenizer.h"
+#include "worker/engine/text/pretokenize.h"
+#include "worker/engine/text/tokenizer.h"
 
 namespace lathe::fuzz {
 

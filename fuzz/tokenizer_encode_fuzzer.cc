@@ -1,4 +1,4 @@
-// Fuzzes Tokenizer::Encode and Decode (worker/engine/tokenizer.h) with
+// Fuzzes Tokenizer::Encode and Decode (worker/engine/text/tokenizer.h) with
 // arbitrary text on three small tokenizers in fuzz/tokenizers/ (see
 // fuzz/README.md): byte-level with Digits (SmolLM2), byte-level with an ICU
 // Split regex, NFC and stripping added tokens (Qwen2 style), and
@@ -14,7 +14,7 @@
 #include <string_view>
 
 #include "fuzz/tokenizer_check.h"
-#include "worker/engine/tokenizer.h"
+#include "worker/engine/text/tokenizer.h"
 
 namespace {
 

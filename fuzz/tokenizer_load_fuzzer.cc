@@ -1,5 +1,5 @@
 // Fuzzes the tokenizer.json loader (Tokenizer::Load over
-// worker/engine/tokenizer_json.h, pretokenize.h and bpe.h) with arbitrary
+// worker/engine/text/tokenizer_json.h, pretokenize.h and bpe.h) with arbitrary
 // documents. A document it accepts must then encode and decode a few fixed
 // texts as tokenizer_check.h requires, and decode its first ids.
 #include <algorithm>
@@ -13,7 +13,7 @@
 #include "fuzz/fuzz_util.h"
 #include "fuzz/tokenizer_check.h"
 #include "nlohmann/json.hpp"
-#include "worker/engine/tokenizer.h"
+#include "worker/engine/text/tokenizer.h"
 
 namespace {
 
