@@ -36,10 +36,15 @@ absl::Status AttachLora(LlamaModel& model, const LoraSpec& options) {
       Linear& linear = *layer.Projection(module);
       const int64_t out = linear.weight.size(0), in = linear.weight.size(1);
       const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-      linear.lora_a = torch::empty({options.rank, in})
+      // float32 masters on the base's device, whatever the base's dtype.
+      const auto on_device = torch::TensorOptions()
+                                 .dtype(torch::kFloat32)
+                                 .device(linear.weight.device());
+      linear.lora_a = torch::empty({options.rank, in}, on_device)
                           .uniform_(-bound, bound)
                           .requires_grad_(true);
-      linear.lora_b = torch::zeros({out, options.rank}).requires_grad_(true);
+      linear.lora_b =
+          torch::zeros({out, options.rank}, on_device).requires_grad_(true);
       linear.lora_scale = LoraScale(options);
       linear.lora_dropout = options.dropout;
     }
@@ -156,8 +161,8 @@ absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
         weights_path, ": unexpected tensor \"", tensors.begin()->first, "\""));
   }
   for (auto& [linear, ab] : pending) {
-    linear->lora_a = std::move(ab.first);
-    linear->lora_b = std::move(ab.second);
+    linear->lora_a = ab.first.to(linear->weight.device());
+    linear->lora_b = ab.second.to(linear->weight.device());
     linear->lora_scale = scale;
     linear->lora_dropout = options.dropout;
   }

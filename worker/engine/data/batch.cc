@@ -32,6 +32,14 @@ Batch MakeBatch(const std::vector<Example>& examples,
   return batch;
 }
 
+Batch ToDevice(Batch batch, torch::Device device) {
+  if (batch.input_ids.device() == device) return batch;
+  batch.input_ids = batch.input_ids.to(device);
+  batch.loss_mask = batch.loss_mask.to(device);
+  batch.layout.position_ids = batch.layout.position_ids.to(device);
+  return batch;
+}
+
 int64_t Targets(const Batch& batch) {
   return batch.loss_mask.slice(1, 1).sum().item<int64_t>();
 }

@@ -31,6 +31,9 @@ struct Batch {
 Batch MakeBatch(const std::vector<Example>& examples,
                 const std::vector<size_t>& indices, int32_t pad_id);
 
+// `batch` with its tensors on `device`.
+Batch ToDevice(Batch batch, torch::Device device);
+
 // The number of target tokens of `batch`.
 int64_t Targets(const Batch& batch);
 

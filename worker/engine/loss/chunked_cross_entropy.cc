@@ -26,7 +26,11 @@ Chunked Compute(const torch::Tensor& hidden, const torch::Tensor& head,
   Chunked out;
   out.loss_sum = torch::zeros({}, hidden.options().dtype(torch::kFloat32));
   if (want_hidden) out.grad_hidden = torch::empty_like(hidden);
-  if (want_head) out.grad_head = torch::zeros_like(head);
+  // Summed over chunks in float32 whatever the compute dtype.
+  if (want_head) {
+    out.grad_head = torch::zeros(head.sizes(),
+                                 head.options().dtype(torch::kFloat32));
+  }
   for (int64_t start = 0; start < N; start += chunk_tokens) {
     const int64_t end = std::min(N, start + chunk_tokens);
     const torch::Tensor h = hidden.slice(0, start, end);
@@ -46,7 +50,7 @@ Chunked Compute(const torch::Tensor& hidden, const torch::Tensor& head,
       grad = grad.to(hidden.scalar_type());
       if (want_hidden)
         out.grad_hidden.slice(0, start, end).copy_(grad.mm(head));
-      if (want_head) out.grad_head.add_(grad.t().mm(h));
+      if (want_head) out.grad_head.add_(grad.t().mm(h).to(torch::kFloat32));
       if (grad.data_ptr() != logits.data_ptr()) bytes *= 2;
     }
     out.peak_logits_bytes = std::max(out.peak_logits_bytes, bytes);
@@ -90,12 +94,17 @@ struct ChunkedCrossEntropyFunction
 }  // namespace
 
 LossStats ChunkedCrossEntropy(const torch::Tensor& hidden,
-                              const torch::Tensor& head,
+                              const torch::Tensor& head_in,
                               const torch::Tensor& labels,
                               int64_t chunk_tokens) {
   const bool grad = torch::GradMode::is_enabled();
   const bool want_hidden = grad && hidden.requires_grad();
-  const bool want_head = grad && head.requires_grad();
+  const bool want_head = grad && head_in.requires_grad();
+  // The head in the compute dtype (float32 masters are cast, so that their
+  // gradient arrives in float32); logits and the loss are float32.
+  const torch::Tensor head = head_in.scalar_type() == hidden.scalar_type()
+                                 ? head_in
+                                 : head_in.to(hidden.scalar_type());
   LossStats stats;
   stats.targets = hidden.size(0);
   if (!want_hidden && !want_head) {

@@ -12,13 +12,16 @@ namespace {
 torch::Tensor ExplicitCausal(const torch::Tensor& q, const torch::Tensor& k,
                              const torch::Tensor& v) {
   const int64_t T = q.size(2);
-  torch::Tensor scores = torch::matmul(q, k.transpose(2, 3)) *
+  // The scores' mask and softmax in float32, whatever q's dtype.
+  torch::Tensor scores = torch::matmul(q, k.transpose(2, 3))
+                             .to(torch::kFloat32) *
                          std::pow(static_cast<double>(q.size(3)), -0.5);
   torch::Tensor future =
       torch::ones({T, T}, torch::TensorOptions(torch::kBool).device(q.device()))
           .triu(1);
   scores = scores.masked_fill(future, std::numeric_limits<float>::lowest());
-  return torch::matmul(torch::softmax(scores, -1, torch::kFloat32), v);
+  return torch::matmul(
+      torch::softmax(scores, -1, torch::kFloat32).to(v.scalar_type()), v);
 }
 
 // The one place that names at::scaled_dot_product_attention, which

@@ -36,10 +36,20 @@ class TensorTaker {
   const std::string& source_;
 };
 
+// In float32 whatever x's dtype, the result in x's dtype.
 torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& weight,
                       double eps) {
-  torch::Tensor variance = x.pow(2).mean(-1, /*keepdim=*/true);
-  return weight * (x * torch::rsqrt(variance + eps));
+  const torch::Tensor xf = x.to(torch::kFloat32);
+  torch::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return (weight.to(torch::kFloat32) * (xf * torch::rsqrt(variance + eps)))
+      .to(x.scalar_type());
+}
+
+// `t` in the dtype of `like` (the same tensor when it already is).
+torch::Tensor As(const torch::Tensor& t, const torch::Tensor& like) {
+  return !t.defined() || t.scalar_type() == like.scalar_type()
+             ? t
+             : t.to(like.scalar_type());
 }
 
 torch::Tensor RotateHalf(const torch::Tensor& x) {
@@ -73,10 +83,12 @@ torch::Tensor InverseFrequencies(const ModelConfig& c) {
 }  // namespace
 
 torch::Tensor Linear::Forward(const torch::Tensor& x, bool training) const {
-  torch::Tensor y = torch::linear(x, weight, bias);
+  torch::Tensor y = torch::linear(x, As(weight, x), As(bias, x));
   if (!lora_a.defined()) return y;
   torch::Tensor dropped = torch::dropout(x, lora_dropout, training);
-  return y + torch::linear(torch::linear(dropped, lora_a), lora_b) * lora_scale;
+  return y + torch::linear(torch::linear(dropped, As(lora_a, x)),
+                           As(lora_b, x)) *
+                 lora_scale;
 }
 
 Linear* DecoderLayer::Projection(std::string_view name) {
@@ -151,6 +163,33 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::FromTensors(
   }
   model->inv_freq_ = InverseFrequencies(c);
   return model;
+}
+
+void LlamaModel::Place(torch::Device device, torch::ScalarType storage,
+                       torch::ScalarType compute) {
+  torch::NoGradGuard no_grad;
+  auto place = [&](torch::Tensor& t) {
+    if (t.defined()) t = t.to(device, storage);
+  };
+  place(embed_tokens_);
+  place(norm_);
+  if (config_.tie_word_embeddings) {
+    lm_head_ = embed_tokens_;
+  } else {
+    place(lm_head_);
+  }
+  for (DecoderLayer& layer : layers_) {
+    place(layer.input_norm);
+    place(layer.post_attention_norm);
+    for (Linear* linear :
+         {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj,
+          &layer.gate_proj, &layer.up_proj, &layer.down_proj}) {
+      place(linear->weight);
+      place(linear->bias);
+    }
+  }
+  inv_freq_ = inv_freq_.to(device);
+  compute_dtype_ = compute;
 }
 
 TensorMap LlamaModel::Weights(bool merge_lora) const {
@@ -248,20 +287,23 @@ torch::Tensor LlamaModel::Layer(const DecoderLayer& layer,
 torch::Tensor LlamaModel::Forward(const torch::Tensor& input_ids,
                                   const torch::Tensor& attention_mask,
                                   bool training) const {
-  return torch::linear(Hidden(input_ids, SequenceLayout::Padded(attention_mask),
-                              {.training = training}),
-                       lm_head_);
+  const torch::Tensor hidden = Hidden(
+      input_ids, SequenceLayout::Padded(attention_mask), {.training = training});
+  return torch::linear(hidden, As(lm_head_, hidden)).to(torch::kFloat32);
 }
 
 torch::Tensor LlamaModel::Hidden(const torch::Tensor& input_ids,
                                  const SequenceLayout& layout,
                                  const ForwardOptions& options) const {
-  torch::Tensor x = torch::embedding(embed_tokens_, input_ids);  // [B, T, C]
+  torch::Tensor x = torch::embedding(embed_tokens_, input_ids)  // [B, T, C]
+                        .to(compute_dtype_);
   // angles[b, t]: position_ids[b, t] * inv_freq, twice -> [B, 1, T, D]
   torch::Tensor freqs = layout.position_ids.to(torch::kFloat32).unsqueeze(-1) *
                         inv_freq_.to(x.device());
   torch::Tensor angles = torch::cat({freqs, freqs}, -1).unsqueeze(1);
-  torch::Tensor cos = angles.cos(), sin = angles.sin();
+  // In float32, used in the compute dtype (as transformers does).
+  torch::Tensor cos = angles.cos().to(compute_dtype_);
+  torch::Tensor sin = angles.sin().to(compute_dtype_);
   for (const DecoderLayer& layer : layers_) {
     if (!options.checkpoint_layers) {
       x = Layer(layer, x, cos, sin, layout, options);

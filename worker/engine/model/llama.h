@@ -1,8 +1,10 @@
-// A Llama-family decoder (Llama 2/3, Mistral, Qwen2) in float32 with
-// optional LoRA on its projections, computing the same numbers as Hugging
-// Face transformers' LlamaForCausalLM: RMSNorm, rotary embeddings
-// (rotate-half, optional Llama 3 scaling), grouped-query attention, SwiGLU,
-// tied or separate output head.
+// A Llama-family decoder (Llama 2/3, Mistral, Qwen2) with optional LoRA on
+// its projections, computing the same numbers as Hugging Face transformers'
+// LlamaForCausalLM: RMSNorm, rotary embeddings (rotate-half, optional
+// Llama 3 scaling), grouped-query attention, SwiGLU, tied or separate output
+// head. Float32 on the CPU as loaded; Place() moves it to a device and a
+// compute dtype (bf16 mixed precision: matrix products in bf16, RMSNorm,
+// softmax and the loss in float32).
 #ifndef LATHE_WORKER_ENGINE_MODEL_LLAMA_H_
 #define LATHE_WORKER_ENGINE_MODEL_LLAMA_H_
 
@@ -21,7 +23,9 @@
 namespace lathe::engine {
 
 // y = x W^T + b + scale * dropout(x) A^T B^T; the LoRA part only when
-// lora_a is defined. Base weight and bias are frozen.
+// lora_a is defined. Base weight and bias are frozen. Each tensor is used in
+// x's dtype: float32 masters (LoRA's A and B, full fine-tuning's weights)
+// are cast at use, so their gradients arrive in float32.
 struct Linear {
   torch::Tensor weight;     // [out, in]
   torch::Tensor bias;       // [out] or undefined
@@ -105,6 +109,15 @@ class LlamaModel {
   // each adapted projection's weight is a new W + scale * B A.
   TensorMap Weights(bool merge_lora) const;
 
+  // Moves every weight to `device`, stored in `storage` (bf16 for a frozen
+  // base under LoRA; float32 masters for full fine-tuning), and computes in
+  // `compute` from then on. Call before attaching an adapter: its tensors
+  // are made on the base's device, in float32.
+  void Place(torch::Device device, torch::ScalarType storage,
+             torch::ScalarType compute);
+  torch::Device device() const { return embed_tokens_.device(); }
+  torch::ScalarType compute_dtype() const { return compute_dtype_; }
+
   const ModelConfig& config() const { return config_; }
   std::vector<DecoderLayer>& layers() { return layers_; }
   const std::vector<DecoderLayer>& layers() const { return layers_; }
@@ -126,7 +139,8 @@ class LlamaModel {
   torch::Tensor embed_tokens_;  // [V, C]
   torch::Tensor norm_;          // [C]
   torch::Tensor lm_head_;       // [V, C], the embedding when tied
-  torch::Tensor inv_freq_;      // [D / 2]
+  torch::Tensor inv_freq_;      // [D / 2], float32
+  torch::ScalarType compute_dtype_ = torch::kFloat32;
   std::vector<DecoderLayer> layers_;
 };
 

@@ -108,7 +108,7 @@ absl::Status SaveSafetensors(const std::string& path, const TensorMap& tensors,
   contiguous.reserve(tensors.size());
   std::vector<st::TensorView> views;
   for (const auto& [name, tensor] : tensors) {
-    contiguous.push_back(tensor.detach().to(dtype).contiguous());
+    contiguous.push_back(tensor.detach().to(torch::kCPU, dtype).contiguous());
     const torch::Tensor& t = contiguous.back();
     views.push_back(
         {name, file_dtype, t.sizes().vec(),

@@ -49,10 +49,40 @@ struct Setup {
   std::optional<Dataset> valid;
 };
 
+// Where and in which precision the run computes (the device section).
+struct Placement {
+  torch::Device device = torch::kCPU;
+  torch::ScalarType compute = torch::kFloat32;
+};
+
+absl::StatusOr<Placement> Place(const DeviceSpec& spec) {
+  Placement p;
+  const bool cuda = torch::cuda::is_available();
+  if (spec.device == "auto") {
+    p.device = cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  } else if (spec.device != "cpu") {
+    if (!cuda) {
+      return WithErrorKind(
+          absl::FailedPreconditionError(absl::StrCat(
+              "device \"", spec.device,
+              "\": this worker's LibTorch sees no CUDA device; run it on a "
+              "GPU machine or use device \"cpu\" (or \"auto\")")),
+          ErrorKind::kPlatform);
+    }
+    p.device = torch::Device(spec.device);
+  }
+  if (spec.dtype == "bfloat16" ||
+      (spec.dtype == "auto" && p.device.is_cuda())) {
+    p.compute = torch::kBFloat16;
+  }
+  return p;
+}
+
 absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
   const ModelSpec& m = spec.model;
   const DataSpec& d = spec.data;
   Setup setup;
+  ASSIGN_OR_RETURN(const Placement placement, Place(spec.device));
   // The base model's files are the operator's: a broken one is never
   // blamed on the user's data.
   ASSIGN_OR_RETURN(setup.model,
@@ -88,6 +118,12 @@ absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
     }
     setup.valid = *std::move(valid);
   }
+  // Mixed precision: a frozen base is held in the compute dtype; what is
+  // trained stays float32 (masters, and AdamW's moments with them).
+  setup.model->Place(placement.device,
+                     Lora(spec.adapter) != nullptr ? placement.compute
+                                                   : torch::kFloat32,
+                     placement.compute);
   torch::manual_seed(spec.seed);
   RETURN_IF_ERROR(MakeTrainable(*setup.model, spec.adapter));
   return setup;
@@ -136,7 +172,8 @@ EvalStats Evaluate(const LlamaModel& model, const Dataset& data,
     std::vector<size_t> indices(
         std::min<size_t>(batch_size, data.examples.size() - first));
     std::iota(indices.begin(), indices.end(), first);
-    Batch batch = MakeInput(data.examples, indices, data_spec, pad_id);
+    Batch batch = ToDevice(MakeInput(data.examples, indices, data_spec, pad_id),
+                           model.device());
     if (Targets(batch) == 0) continue;
     LossStats stats = loss(model, batch, /*training=*/false);
     total += stats.loss.item<double>() * stats.targets;
@@ -194,16 +231,6 @@ absl::Status OptimizerStep(const LlamaModel& model, AdamW& optimizer,
 
 absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
                                    const TrainHooks& hooks) {
-  // Device: the CPU in float32 (the GPU path comes with device/).
-  if ((spec.device.device != "auto" && spec.device.device != "cpu") ||
-      (spec.device.dtype != "auto" && spec.device.dtype != "float32")) {
-    return WithErrorKind(
-        absl::FailedPreconditionError(absl::StrCat(
-            "device \"", spec.device.device, "\" with dtype \"",
-            spec.device.dtype,
-            "\" is not available in this build; use device \"cpu\"")),
-        ErrorKind::kPlatform);
-  }
   ASSIGN_OR_RETURN(const LrSchedule schedule,
                    Kind(ParseLrSchedule(spec.schedule.lr_scheduler),
                         ErrorKind::kUserOptions,
@@ -242,11 +269,12 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
   }
   const LoraSpec* lora = Lora(spec.adapter);
   spdlog::info(
-      "training {} on {} ({} examples, {} steps from step {}, lr {} {}, "
-      "batch {} x {}, max_seq_len {}, seed {}, packing {}, activation "
-      "checkpointing {}, loss chunks of {} tokens)",
+      "training {} on {} ({} on {}, {} examples, {} steps from step {}, lr "
+      "{} {}, batch {} x {}, max_seq_len {}, seed {}, packing {}, "
+      "activation checkpointing {}, loss chunks of {} tokens)",
       lora != nullptr ? absl::StrCat("LoRA r=", lora->rank) : "all weights",
-      spec.model.dir, examples.size(), total_steps, progress.step,
+      spec.model.dir, c10::toString(model.compute_dtype()),
+      model.device().str(), examples.size(), total_steps, progress.step,
       optimizer_spec.learning_rate, spec.schedule.lr_scheduler,
       data_spec.batch_size, optimizer_spec.gradient_accumulation_steps,
       data_spec.max_seq_len, spec.seed, data_spec.packing,
@@ -307,7 +335,8 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
     for (const std::vector<size_t>& indices :
          data.TakeStep(data_spec.batch_size,
                        optimizer_spec.gradient_accumulation_steps)) {
-      batches.push_back(MakeInput(examples, indices, data_spec, pad_id));
+      batches.push_back(ToDevice(MakeInput(examples, indices, data_spec, pad_id),
+                                 model.device()));
       tokens += batches.back().tokens;
       result.padding_tokens += batches.back().padding;
     }
