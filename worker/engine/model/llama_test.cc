@@ -349,5 +349,34 @@ TEST_F(FixtureTest, PeftAdapterLoadsAndSavesBackUnchanged) {
   }
 }
 
+// bf16 mixed precision against transformers' float32 logits: what bf16's
+// 8-bit mantissa allows (relative rounding 2^-8 per operation, a few dozen
+// operations deep), and never the float32 path in disguise.
+TEST_F(FixtureTest, Bf16LogitsStayWithinBf16ToleranceOfTransformers) {
+  const double fp32_error = MaxLogitError("logits0.safetensors");
+  model_->Place(torch::kCPU, torch::kBFloat16, torch::kBFloat16);
+  EXPECT_EQ(model_->compute_dtype(), torch::kBFloat16);
+  EXPECT_EQ(model_->Weights(false).at("model.embed_tokens.weight").scalar_type(),
+            torch::kBFloat16);
+  absl::StatusOr<TensorMap> reference =
+      LoadSafetensors(fixture_ + "/logits0.safetensors");
+  ASSERT_TRUE(reference.ok());
+  const double scale = reference->at("logits").abs().max().item<double>();
+  const double bf16_error = MaxLogitError("logits0.safetensors");
+  EXPECT_LT(bf16_error, 0.05 * scale) << "logit scale " << scale;
+  EXPECT_GT(bf16_error, 10 * fp32_error) << "bf16 did not run";
+}
+
+TEST_F(FixtureTest, Bf16BaseWithFloat32LoraFactorsMatchesPeft) {
+  model_->Place(torch::kCPU, torch::kBFloat16, torch::kBFloat16);
+  ASSERT_TRUE(LoadAdapter(*model_, fixture_ + "/adapter_ref").ok());
+  EXPECT_EQ(model_->layers()[0].q_proj.lora_a.scalar_type(), torch::kFloat32);
+  absl::StatusOr<TensorMap> reference =
+      LoadSafetensors(fixture_ + "/lora_logits0.safetensors");
+  ASSERT_TRUE(reference.ok());
+  const double scale = reference->at("logits").abs().max().item<double>();
+  EXPECT_LT(MaxLogitError("lora_logits0.safetensors"), 0.05 * scale);
+}
+
 }  // namespace
 }  // namespace lathe::engine

@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "worker/engine/checkpoint/checkpoint.h"
 #include "worker/engine/cli/demo.h"
+#include "worker/engine/error_kind.h"
 #include "worker/engine/text/json_file.h"
 #include "worker/engine/model/llama.h"
 #include "worker/engine/adapters/lora.h"
@@ -672,6 +673,86 @@ TEST_F(TrainerTest, FullFineTuningResumesAndExportsInTheSourceDtype) {
   EXPECT_EQ(MaxDifference(out.path() + "/reference/model.safetensors",
                           out.path() + "/resumed/model.safetensors"),
             0);
+}
+
+// Mixed precision on the CPU: a bf16 LoRA run's loss curve tracks the
+// float32 one step by step, while the adapter's factors and AdamW's moments
+// stay float32 (the exported adapter is float32).
+TEST_F(TrainerTest, Bf16LoraRunTracksTheFloat32LossCurve) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/fp32");
+  options.schedule.n_epochs = 1;
+  options.device.device = "cpu";
+  const std::vector<double> fp32 = TrainLosses(options);
+  options.output.dir = out.path() + "/bf16";
+  options.device.dtype = "bfloat16";
+  const std::vector<double> bf16 = TrainLosses(options);
+  ASSERT_EQ(bf16.size(), fp32.size());
+  ASSERT_GE(fp32.size(), 10u);
+  double max_relative = 0;
+  for (size_t i = 0; i < fp32.size(); ++i) {
+    max_relative =
+        std::max(max_relative, std::abs(bf16[i] - fp32[i]) / fp32[i]);
+  }
+  EXPECT_LT(max_relative, 0.03);
+  EXPECT_GT(max_relative, 1e-6) << "bf16 did not run";
+  EXPECT_LT(Mean(bf16, fp32.size() - 3, fp32.size()), Mean(bf16, 0, 3));
+  absl::StatusOr<safetensors::Header> header = safetensors::ReadHeaderFile(
+      out.path() + "/bf16/adapter_model.safetensors");
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_EQ(header->tensors[0].dtype, safetensors::Dtype::kF32);
+}
+
+TEST_F(TrainerTest, Bf16FullFineTuningKeepsFloat32MastersAndTracksFloat32) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/fp32");
+  options.adapter = FullSpec{};
+  options.schedule.n_epochs = 1;
+  options.optimizer.learning_rate = 1e-3;
+  options.checkpoint.every_steps = 5;
+  options.checkpoint.dir = out.path() + "/ckpt32";
+  const Run fp32 = TrainRun(options);
+  ASSERT_TRUE(fp32.result.ok()) << fp32.result.status();
+  options.output.dir = out.path() + "/bf16";
+  options.checkpoint.dir = out.path() + "/ckpt16";
+  options.device.dtype = "bfloat16";
+  const Run bf16 = TrainRun(options);
+  ASSERT_TRUE(bf16.result.ok()) << bf16.result.status();
+  ASSERT_EQ(bf16.steps.size(), fp32.steps.size());
+  for (size_t i = 0; i < fp32.steps.size(); ++i) {
+    EXPECT_NEAR(bf16.steps[i].loss, fp32.steps[i].loss,
+                0.03 * fp32.steps[i].loss)
+        << "step " << i + 1;
+  }
+  // The checkpoint holds the float32 masters and moments: updates smaller
+  // than bf16's resolution are kept, not rounded away.
+  absl::StatusOr<TrainerState> state =
+      ReadTrainerState(out.path() + "/ckpt16/step-5");
+  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_FALSE(state->optimizer.empty());
+  for (const auto& [name, tensor] : state->optimizer) {
+    EXPECT_EQ(tensor.scalar_type(), torch::kFloat32) << name;
+  }
+  absl::StatusOr<TensorMap> weights =
+      LoadSafetensors(out.path() + "/ckpt16/step-5/model.safetensors");
+  ASSERT_TRUE(weights.ok());
+  const torch::Tensor w =
+      weights->at("model.layers.0.self_attn.q_proj.weight");
+  EXPECT_EQ(w.scalar_type(), torch::kFloat32);
+  EXPECT_FALSE(torch::equal(w, w.to(torch::kBFloat16).to(torch::kFloat32)))
+      << "the masters were rounded to bf16";
+}
+
+TEST_F(TrainerTest, AMissingCudaDeviceIsAPlatformErrorNamingTheDevice) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "this machine has CUDA";
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path());
+  options.device.device = "cuda";
+  const absl::Status status = Train(options, {}).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_EQ(ErrorKindOf(status), ErrorKind::kPlatform);
+  EXPECT_NE(status.message().find("device \"cuda\""), std::string::npos)
+      << status;
 }
 
 }  // namespace
