@@ -49,6 +49,8 @@ struct BenchOptions {
   int threads = 2;
   int steps = 8;
   int warmup_steps = 2;
+  std::string device = "cpu";  // the run spec's device.device
+  std::string dtype = "auto";  // device.dtype: auto, float32, bfloat16
 };
 
 constexpr char kUsage[] = R"(Usage: engine_bench [--flag=value ...]
@@ -66,8 +68,25 @@ constexpr char kUsage[] = R"(Usage: engine_bench [--flag=value ...]
   --threads=2            LibTorch intra-op threads
   --steps=8 --warmup_steps=2
                          measured steps, after the warm-up steps
+  --device=cpu --dtype=auto
+                         the run spec's device section (cuda, cuda:N, auto;
+                         float32, bfloat16; auto = bf16 on CUDA)
   --help                 this text
 )";
+
+// Training FLOPs per token as PaLM's appendix counts them: 6 per weight of
+// the matrix products (forward 2, backward 4), plus attention's 12 L C T;
+// the embedding lookup costs none, the output head counts.
+int64_t TrainFlopsPerToken(const BenchOptions& o) {
+  const DemoModelSize& m = o.model;
+  const int64_t C = m.hidden_size, L = m.num_hidden_layers;
+  const int64_t head_dim = C / m.num_attention_heads;
+  const int64_t kv = m.num_key_value_heads * head_dim;
+  const int64_t per_layer =
+      C * C * 2 + C * kv * 2 + 3 * C * m.intermediate_size;
+  const int64_t n = L * per_layer + C * m.vocab_size;
+  return 6 * n + 12 * L * C * o.seq_len;
+}
 
 absl::Status ParseFlag(const std::string& arg, BenchOptions& o) {
   const std::vector<std::string> kv =
@@ -125,6 +144,11 @@ absl::Status ParseFlag(const std::string& arg, BenchOptions& o) {
     ok = integer(o.steps);
   else if (name == "warmup_steps")
     ok = integer(o.warmup_steps);
+  else if (name == "device")
+    ok = !(o.device = value).empty();
+  else if (name == "dtype")
+    ok = (o.dtype = value) == "auto" || value == "float32" ||
+         value == "bfloat16";
   else {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown flag --", name, " (see --help)"));
@@ -243,6 +267,8 @@ int Run(const BenchOptions& o) {
   options.optimizer.learning_rate = 1e-4;
   options.objective = SftSpec{.loss_chunk_tokens = o.loss_chunk_tokens};
   options.device.activation_checkpointing = o.activation_checkpointing;
+  options.device.device = o.device;
+  options.device.dtype = o.dtype;
   if (o.method == "full") {
     options.adapter = FullSpec{};
   } else {
@@ -286,7 +312,8 @@ int Run(const BenchOptions& o) {
             << "% of tokens carry a loss; batch " << o.batch << " x up to "
             << o.seq_len << "; packing " << o.packing << ", loss chunks of "
             << o.loss_chunk_tokens << ", activation checkpointing "
-            << o.activation_checkpointing << ", " << o.threads << " threads\n"
+            << o.activation_checkpointing << ", " << o.threads << " threads, "
+            << "device " << o.device << ", dtype " << o.dtype << "\n"
             << "tokens/s: " << static_cast<int64_t>(tokens / seconds)
             << " (real tokens, " << o.steps << " steps after " << o.warmup_steps
             << " warm-up)\n"
@@ -294,7 +321,9 @@ int Run(const BenchOptions& o) {
             << result->padding_tokens + result->trained_tokens << " computed\n"
             << "loss path peak: " << result->loss_peak_bytes / (1 << 20)
             << " MiB of logits\n"
-            << "peak RSS: " << static_cast<int64_t>(PeakRssMib()) << " MiB"
+            << "peak RSS: " << static_cast<int64_t>(PeakRssMib()) << " MiB\n"
+            << "train FLOPs per token: " << TrainFlopsPerToken(o)
+            << " (6N + 12 L C T, PaLM's convention; N without embeddings)"
             << std::endl;
   return 0;
 }
