@@ -23,6 +23,7 @@
 #include "worker/engine/text/json_file.h"
 #include "worker/engine/model/llama.h"
 #include "worker/engine/adapters/lora.h"
+#include "worker/engine/device/placement.h"
 #include "worker/engine/inference/score.h"
 #include "worker/engine/text/tokenizer.h"
 #include "worker/engine/recipes/run.h"
@@ -36,12 +37,13 @@ using Json = nlohmann::json;
 
 constexpr char kUsage[] =
     "usage:\n"
-    "  %1$s train SPEC.json       train a LoRA adapter locally\n"
+    "  %1$s train SPEC.json       run a spec locally (spec/run_spec.h)\n"
     "  %1$s make-demo --out DIR   write a tiny demo model and data set\n"
     "  %1$s tokenize --model DIR (--text STR | --chat FILE.jsonl) [-o json]\n"
     "      [--add-special-tokens] [--chat-template NAME]\n"
     "      [--mask assistant|last|all]\n"
     "  %1$s score --model DIR [--adapter DIR] --data FILE.jsonl [-o json]\n"
+    "      [--device cpu|cuda|auto] [--dtype float32|bfloat16|auto]\n"
     "      [--logits-out FILE.safetensors] [--chat-template NAME]\n"
     "      [--mask assistant|last|all]\n"
     "  %1$s generate --model DIR [--adapter DIR] (--prompt STR | --chat FILE)\n"
@@ -236,6 +238,11 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LoadModel(
     const std::map<std::string, std::string>& flags) {
   ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
                    LlamaModel::Load(Flag(flags, "--model")));
+  DeviceSpec device{.device = "cpu", .dtype = "auto"};
+  if (!Flag(flags, "--device").empty()) device.device = Flag(flags, "--device");
+  if (!Flag(flags, "--dtype").empty()) device.dtype = Flag(flags, "--dtype");
+  ASSIGN_OR_RETURN(const Placement placement, ResolvePlacement(device));
+  model->Place(placement.device, placement.compute, placement.compute);
   if (!Flag(flags, "--adapter").empty()) {
     RETURN_IF_ERROR(LoadAdapter(*model, Flag(flags, "--adapter")).status());
   }
@@ -359,7 +366,7 @@ int RunEngineCommand(int argc, char** argv) {
             {"score",
              {ScoreCommand,
               {"--model", "--adapter", "--data", "-o", "--logits-out",
-               "--chat-template", "--mask"}}},
+               "--chat-template", "--mask", "--device", "--dtype"}}},
             {"generate",
              {GenerateCommand,
               {"--model", "--adapter", "--prompt", "--chat", "--max-new-tokens",

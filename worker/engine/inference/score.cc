@@ -28,8 +28,9 @@ absl::StatusOr<Scores> ScoreExample(const LlamaModel& model,
             std::vector<int64_t>(example.ids.begin(), example.ids.end()),
             torch::kInt64)
             .view({1, T});
+    const torch::Tensor input = ids.to(model.device());
     Scores out;
-    out.logits = model.Forward(ids, torch::ones_like(ids), false)
+    out.logits = model.Forward(input, torch::ones_like(input), false)
                      .to(torch::kCPU, torch::kFloat32);  // [1, T, V]
     // Position t - 1 predicts token t.
     const torch::Tensor logprobs =

@@ -21,6 +21,7 @@
 #include "worker/engine/data/chat_data.h"
 #include "worker/engine/data/cursor.h"
 #include "worker/engine/data/packing.h"
+#include "worker/engine/device/placement.h"
 #include "worker/engine/error_kind.h"
 #include "worker/engine/loss/chunked_cross_entropy.h"
 #include "worker/engine/model/llama.h"
@@ -49,40 +50,11 @@ struct Setup {
   std::optional<Dataset> valid;
 };
 
-// Where and in which precision the run computes (the device section).
-struct Placement {
-  torch::Device device = torch::kCPU;
-  torch::ScalarType compute = torch::kFloat32;
-};
-
-absl::StatusOr<Placement> Place(const DeviceSpec& spec) {
-  Placement p;
-  const bool cuda = torch::cuda::is_available();
-  if (spec.device == "auto") {
-    p.device = cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-  } else if (spec.device != "cpu") {
-    if (!cuda) {
-      return WithErrorKind(
-          absl::FailedPreconditionError(absl::StrCat(
-              "device \"", spec.device,
-              "\": this worker's LibTorch sees no CUDA device; run it on a "
-              "GPU machine or use device \"cpu\" (or \"auto\")")),
-          ErrorKind::kPlatform);
-    }
-    p.device = torch::Device(spec.device);
-  }
-  if (spec.dtype == "bfloat16" ||
-      (spec.dtype == "auto" && p.device.is_cuda())) {
-    p.compute = torch::kBFloat16;
-  }
-  return p;
-}
-
 absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
   const ModelSpec& m = spec.model;
   const DataSpec& d = spec.data;
   Setup setup;
-  ASSIGN_OR_RETURN(const Placement placement, Place(spec.device));
+  ASSIGN_OR_RETURN(const Placement placement, ResolvePlacement(spec.device));
   // The base model's files are the operator's: a broken one is never
   // blamed on the user's data.
   ASSIGN_OR_RETURN(setup.model,
