@@ -22,6 +22,7 @@ using Json = nlohmann::json;
 
 constexpr char kOptimizerPrefix[] = "optimizer/";
 constexpr char kTorchRng[] = "rng/torch";
+constexpr char kDeviceRng[] = "rng/device";
 constexpr char kDataOrder[] = "data/order";
 
 absl::Status Fsync(const std::string& path) {
@@ -69,9 +70,13 @@ absl::Status WriteTrainerState(const std::string& dir, const TrainerState& s) {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (const auto& [name, t] : s.optimizer) {
     tensors.push_back(
-        {kOptimizerPrefix + name, t.detach().to(torch::kFloat32).contiguous()});
+        {kOptimizerPrefix + name,
+         t.detach().to(torch::kCPU, torch::kFloat32).contiguous()});
   }
   tensors.push_back({kTorchRng, s.torch_rng.contiguous()});
+  if (s.device_rng.defined()) {
+    tensors.push_back({kDeviceRng, s.device_rng.to(torch::kCPU).contiguous()});
+  }
   tensors.push_back(
       {kDataOrder,
        torch::tensor(s.data_order, torch::kInt64).reshape({-1}).contiguous()});
@@ -146,6 +151,10 @@ absl::StatusOr<TrainerState> ReadTrainerState(const std::string& dir) {
       if (info.dtype != st::Dtype::kU8) return malformed(info.name);
       s.torch_rng = torch::from_blob(bytes, info.shape, torch::kUInt8).clone();
       have_rng = true;
+    } else if (info.name == kDeviceRng) {
+      if (info.dtype != st::Dtype::kU8) return malformed(info.name);
+      s.device_rng =
+          torch::from_blob(bytes, info.shape, torch::kUInt8).clone();
     } else if (info.name == kDataOrder) {
       if (info.dtype != st::Dtype::kI64 || info.shape.size() != 1) {
         return malformed(info.name);

@@ -7,7 +7,8 @@
 //   trainer_state.json         TrainerState's scalars and the fingerprint
 //   trainer_state.safetensors  "optimizer/exp_avg/<param>" and
 //                              "optimizer/exp_avg_sq/<param>" F32,
-//                              "rng/torch" U8, "data/order" I64
+//                              "rng/torch" U8, "data/order" I64,
+//                              "rng/device" U8 (runs on a GPU)
 #ifndef LATHE_WORKER_ENGINE_CHECKPOINT_CHECKPOINT_H_
 #define LATHE_WORKER_ENGINE_CHECKPOINT_CHECKPOINT_H_
 
@@ -39,6 +40,7 @@ struct TrainerState {
   std::string data_rng;  // the shuffle's std::mt19937_64, as << writes it
   std::vector<int64_t> data_order;  // this epoch's permutation of examples
   torch::Tensor torch_rng;          // U8: torch's CPU generator (dropout)
+  torch::Tensor device_rng;  // U8: the run's device generator, when not CPU
   int64_t optimizer_steps = 0;      // AdamW::steps()
   TensorMap optimizer;              // AdamW::State()
   nlohmann::json fingerprint;       // options a resume must match

@@ -17,8 +17,8 @@ namespace {
 
 using Json = nlohmann::json;
 
-at::Generator TorchGenerator() {
-  return at::globalContext().defaultGenerator(torch::kCPU);
+at::Generator TorchGenerator(torch::Device device = torch::kCPU) {
+  return at::globalContext().defaultGenerator(device);
 }
 
 }  // namespace
@@ -49,7 +49,7 @@ absl::StatusOr<SavedCheckpoint> SaveRunCheckpoint(
     const CheckpointSpec& spec,
     const std::function<absl::Status(const std::string& dir)>& save_weights,
     const AdamW& optimizer, const Progress& progress, const DataCursor& data,
-    int64_t total_steps, const Json& fingerprint) {
+    int64_t total_steps, const Json& fingerprint, torch::Device device) {
   if (spec.dir.empty()) {
     return absl::FailedPreconditionError(
         "a checkpoint was requested but the run has no checkpoint.dir");
@@ -82,6 +82,11 @@ absl::StatusOr<SavedCheckpoint> SaveRunCheckpoint(
     std::lock_guard<std::mutex> lock(generator.mutex());
     state.torch_rng = generator.get_state();
   }
+  if (!device.is_cpu()) {
+    at::Generator generator = TorchGenerator(device);
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    state.device_rng = generator.get_state();
+  }
   state.optimizer_steps = optimizer.steps();
   state.optimizer = optimizer.State();
   state.fingerprint = fingerprint;
@@ -97,7 +102,8 @@ absl::Status ResumeRunCheckpoint(const std::string& dir,
                                  const std::vector<AdamW::Param>& params,
                                  AdamW& optimizer, Progress& progress,
                                  DataCursor& data, int64_t total_steps,
-                                 const Json& fingerprint) {
+                                 const Json& fingerprint,
+                                 torch::Device device) {
   ASSIGN_OR_RETURN(TrainerState state, ReadTrainerState(dir));
   RETURN_IF_ERROR(CheckFingerprint(state.fingerprint, fingerprint));
   const std::string state_path = dir + "/" + kTrainerStateJson;
@@ -142,6 +148,15 @@ absl::Status ResumeRunCheckpoint(const std::string& dir,
                        ": \"rng/torch\" has the wrong size"));
     }
     generator.set_state(state.torch_rng);
+  }
+  // A checkpoint written on another kind of device resumes with fresh
+  // device draws: the same data and weights, other dropout masks.
+  if (!device.is_cpu() && state.device_rng.defined()) {
+    at::Generator generator = TorchGenerator(device);
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    if (state.device_rng.sizes().equals(generator.get_state().sizes())) {
+      generator.set_state(state.device_rng);
+    }
   }
   absl::Status restored =
       optimizer.Restore(state.optimizer_steps, state.optimizer);

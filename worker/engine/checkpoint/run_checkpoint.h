@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/torch.h>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
@@ -43,13 +45,16 @@ struct SavedCheckpoint {
 };
 
 // Writes <checkpoint.dir>/step-<progress.step> atomically: `save_weights`
-// fills the folder with the trained weights, then the trainer state.
+// fills the folder with the trained weights, then the trainer state (with
+// the generator of `device` too when it is not the CPU: dropout draws
+// there).
 // FAILED_PRECONDITION when the spec has no checkpoint.dir.
 absl::StatusOr<SavedCheckpoint> SaveRunCheckpoint(
     const CheckpointSpec& spec,
     const std::function<absl::Status(const std::string& dir)>& save_weights,
     const AdamW& optimizer, const Progress& progress, const DataCursor& data,
-    int64_t total_steps, const nlohmann::json& fingerprint);
+    int64_t total_steps, const nlohmann::json& fingerprint,
+    torch::Device device = torch::kCPU);
 
 // Restores `params` (from `dir`/`weights_file`), the optimizer, the
 // counters, the data cursor and torch's generator from checkpoint `dir`.
@@ -61,7 +66,8 @@ absl::Status ResumeRunCheckpoint(const std::string& dir,
                                  const std::vector<AdamW::Param>& params,
                                  AdamW& optimizer, Progress& progress,
                                  DataCursor& data, int64_t total_steps,
-                                 const nlohmann::json& fingerprint);
+                                 const nlohmann::json& fingerprint,
+                                 torch::Device device = torch::kCPU);
 
 }  // namespace lathe::engine
 

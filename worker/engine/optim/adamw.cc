@@ -66,7 +66,7 @@ absl::Status AdamW::Restore(int64_t steps, const TensorMap& state) {
                        absl::StrJoin(it->second.sizes(), ", "), "], expected [",
                        absl::StrJoin(like.sizes(), ", "), "]"));
     }
-    return it->second.to(torch::kFloat32).clone();
+    return it->second.to(like.device(), torch::kFloat32).clone();
   };
   std::vector<torch::Tensor> avg, avg_sq;
   for (const Param& p : params_) {

@@ -237,7 +237,7 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
   if (!resume_from.empty()) {
     RETURN_IF_ERROR(ResumeRunCheckpoint(
         resume_from, TrainedWeightsFile(spec.adapter), params, optimizer,
-        progress, data, total_steps, fingerprint));
+        progress, data, total_steps, fingerprint, model.device()));
   }
   const LoraSpec* lora = Lora(spec.adapter);
   spdlog::info(
@@ -270,7 +270,7 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
     ASSIGN_OR_RETURN(SavedCheckpoint saved,
                      SaveRunCheckpoint(spec.checkpoint, save_weights,
                                        optimizer, progress, data, total_steps,
-                                       fingerprint));
+                                       fingerprint, model.device()));
     CheckpointInfo info{.step = progress.step,
                         .dir = saved.dir,
                         .files = saved.files,
