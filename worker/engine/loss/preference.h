@@ -1,0 +1,60 @@
+// Preference losses over sequence log-probabilities (../shared/METHODS.md
+// §1.3, TRL v0.24's dpo_loss): DPO (sigmoid, with label smoothing for
+// cDPO), robust DPO, hinge (SLiC), IPO, and the metrics TRL reports (§1.5).
+// The recipe computes the log-probabilities (summed over completion
+// tokens; for IPO, averaged); this computes the per-pair losses from them.
+#ifndef LATHE_WORKER_ENGINE_LOSS_PREFERENCE_H_
+#define LATHE_WORKER_ENGINE_LOSS_PREFERENCE_H_
+
+#include <torch/torch.h>
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace lathe::engine {
+
+enum class PreferenceLoss { kSigmoid, kRobust, kHinge, kIpo };
+
+// "sigmoid", "robust", "hinge", "ipo"; INVALID_ARGUMENT naming
+// `loss_type` otherwise.
+absl::StatusOr<PreferenceLoss> ParsePreferenceLoss(const std::string& name);
+
+struct PreferenceOptions {
+  PreferenceLoss loss = PreferenceLoss::kSigmoid;
+  double beta = 0.1;             // (0, 2] as OpenAI bounds it
+  double label_smoothing = 0.0;  // ε: sigmoid and robust; [0, 0.5)
+};
+
+// Sequence log-probabilities of a batch of pairs, each [P].
+struct PairLogps {
+  torch::Tensor policy_chosen;
+  torch::Tensor policy_rejected;
+  torch::Tensor reference_chosen;  // zeros for reference-free
+  torch::Tensor reference_rejected;
+};
+
+struct PreferenceStats {
+  torch::Tensor loss;  // scalar: mean over pairs of the per-pair loss
+  // Batch means (§1.5): β(πw − rw), β(πl − rl), [chosen > rejected]
+  // (strict: 0 at init), their difference, and the policy logps.
+  double rewards_chosen = 0;
+  double rewards_rejected = 0;
+  double rewards_accuracies = 0;
+  double rewards_margins = 0;
+  double logps_chosen = 0;
+  double logps_rejected = 0;
+};
+
+// Per pair, with h = (πw − rw) − (πl − rl):
+//   sigmoid  −(1−ε)·logσ(βh) − ε·logσ(−βh)
+//   robust   [−(1−ε)·logσ(βh) + ε·logσ(−βh)] / (1 − 2ε)
+//   hinge    relu(1 − βh)
+//   ipo      (h − 1/(2β))²   (the logps given length-averaged)
+// Gradients flow to the policy logps only.
+PreferenceStats PreferenceLossOf(const PairLogps& logps,
+                                 const PreferenceOptions& options);
+
+}  // namespace lathe::engine
+
+#endif  // LATHE_WORKER_ENGINE_LOSS_PREFERENCE_H_
