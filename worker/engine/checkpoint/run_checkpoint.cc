@@ -36,12 +36,12 @@ absl::StatusOr<std::string> FileFingerprint(const std::string& path) {
   return absl::StrCat(absl::Hex(hash, absl::kZeroPad16));
 }
 
-absl::StatusOr<Json> RunFingerprint(const RunSpec& spec) {
-  Json keys = ResumeKeys(spec);
+absl::StatusOr<Json> RunFingerprint(Json keys, const std::string& model_dir,
+                                    const std::string& training_file) {
   ASSIGN_OR_RETURN(keys["model_config_fnv1a64"],
-                   FileFingerprint(spec.model.dir + "/config.json"));
+                   FileFingerprint(model_dir + "/config.json"));
   ASSIGN_OR_RETURN(keys["training_file_fnv1a64"],
-                   FileFingerprint(spec.data.training_file));
+                   FileFingerprint(training_file));
   return keys;
 }
 

@@ -35,9 +35,11 @@ struct Progress {
 absl::StatusOr<std::string> FileFingerprint(const std::string& path);
 
 // What a resume must match (checkpoint.h's fingerprint): the spec's
-// ResumeKeys plus the content hashes of the model's config.json and the
-// training file.
-absl::StatusOr<nlohmann::json> RunFingerprint(const RunSpec& spec);
+// `resume_keys` (ResumeKeys) plus the content hashes of the model's
+// config.json and the training file. NOT_FOUND when one cannot be read.
+absl::StatusOr<nlohmann::json> RunFingerprint(nlohmann::json resume_keys,
+                                              const std::string& model_dir,
+                                              const std::string& training_file);
 
 struct SavedCheckpoint {
   std::string dir;                 // <checkpoint.dir>/step-<step>

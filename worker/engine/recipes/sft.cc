@@ -210,7 +210,9 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
 
   // Setup: model, tokenizer, data, adapter, optimizer.
   ASSIGN_OR_RETURN(Setup setup, SetUp(spec));
-  ASSIGN_OR_RETURN(const Json fingerprint, RunFingerprint(spec));
+  ASSIGN_OR_RETURN(const Json fingerprint,
+                   RunFingerprint(ResumeKeys(spec), spec.model.dir,
+                                  spec.data.training_file));
   const LlamaModel& model = *setup.model;
   const std::vector<Example>& examples = setup.train.examples;
   const int32_t pad_id = setup.tokenizer->pad_id();
