@@ -364,6 +364,36 @@ bool Coordinator::AttemptIsLive(const v1::Job& job) {
          lease->attempt == job.attempt();
 }
 
+absl::StatusOr<v1::Job> Coordinator::CancelJob(const std::string& id) {
+  // Retry the compare-and-set if the job moved between read and write.
+  for (int i = 0; i < 5; ++i) {
+    ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(id));
+    store::TransitionUpdate u;
+    absl::StatusOr<v1::Job> moved;
+    switch (job.status()) {
+      case v1::JOB_STATUS_VALIDATING_FILES:
+      case v1::JOB_STATUS_QUEUED:
+      case v1::JOB_STATUS_PAUSED:
+        u.message = "The job was cancelled";
+        moved = store_.Transition(id, job.status(), v1::JOB_STATUS_CANCELLED,
+                                  std::nullopt, u);
+        break;
+      case v1::JOB_STATUS_RUNNING:
+        u.message = "Cancellation requested; stopping the worker";
+        moved = store_.Transition(id, job.status(), v1::JOB_STATUS_CANCELLING,
+                                  std::nullopt, u);
+        break;
+      case v1::JOB_STATUS_CANCELLING:
+        return job;
+      default:
+        return absl::FailedPreconditionError(
+            absl::StrCat("job ", id, " is already ", StatusName(job.status())));
+    }
+    if (moved.ok() || !absl::IsFailedPrecondition(moved.status())) return moved;
+  }
+  return absl::UnavailableError("the job kept changing state; retry");
+}
+
 absl::StatusOr<v1::Job> Coordinator::PauseJob(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   for (int i = 0; i < 5; ++i) {

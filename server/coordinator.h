@@ -48,6 +48,10 @@ class Coordinator {
   // INVALID_ARGUMENT if the report has no worker id.
   absl::StatusOr<v1::WorkerDirective> HandleReport(const v1::WorkerReport& r);
 
+  // Cancel: queued, paused (or validating_files) -> cancelled; running ->
+  // cancelling (the attempt is then told to stop); cancelling stays.
+  // FAILED_PRECONDITION once the job has finished.
+  absl::StatusOr<v1::Job> CancelJob(const std::string& job_id);
   // Pause: queued or running -> paused (a running attempt is then told to
   // checkpoint and stop). Resume: paused -> queued; while the attempt is
   // still writing its pause checkpoint the job stays paused with

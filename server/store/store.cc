@@ -324,6 +324,17 @@ absl::StatusOr<v1::ApiKey> Store::FindApiKey(const std::string& secret_sha256) {
   return ReadKey(stmt);
 }
 
+absl::StatusOr<v1::ApiKey> Store::GetApiKey(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare(absl::StrCat("SELECT ", kKeyColumns,
+                                             " FROM api_keys WHERE id = ?")));
+  stmt.Bind(1, id);
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return absl::NotFoundError("no such key");
+  return ReadKey(stmt);
+}
+
 absl::StatusOr<std::vector<v1::ApiKey>> Store::ListApiKeys(
     const std::string& project) {
   absl::MutexLock lock(&mu_);

@@ -75,6 +75,8 @@ class Store {
   absl::Status InsertApiKey(const v1::ApiKey& key,
                             const std::string& secret_sha256);
   absl::StatusOr<v1::ApiKey> FindApiKey(const std::string& secret_sha256);
+  // The key with id `id`; NOT_FOUND if absent.
+  absl::StatusOr<v1::ApiKey> GetApiKey(const std::string& id);
   absl::StatusOr<std::vector<v1::ApiKey>> ListApiKeys(const std::string& project);
   // Revoking twice keeps the first time. NOT_FOUND if absent.
   absl::StatusOr<v1::ApiKey> RevokeApiKey(const std::string& id);
