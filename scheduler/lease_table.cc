@@ -26,17 +26,23 @@ std::optional<LeaseTable::Lease> LeaseTable::Get(const std::string& job_id) cons
   return it->second;
 }
 
-std::vector<LeaseTable::Lease> LeaseTable::TakeExpired(absl::Time now) {
+std::vector<LeaseTable::Lease> LeaseTable::Expired(absl::Time now) const {
   std::vector<Lease> out;
-  for (auto it = leases_.begin(); it != leases_.end();) {
-    if (it->second.deadline < now) {
-      out.push_back(it->second);
-      it = leases_.erase(it);
-    } else {
-      ++it;
-    }
+  for (const auto& [job_id, lease] : leases_) {
+    if (lease.deadline < now) out.push_back(lease);
   }
   return out;
+}
+
+bool LeaseTable::TakeIfExpired(const std::string& job_id, int32_t attempt,
+                               absl::Time now) {
+  auto it = leases_.find(job_id);
+  if (it == leases_.end() || it->second.attempt != attempt ||
+      it->second.deadline >= now) {
+    return false;
+  }
+  leases_.erase(it);
+  return true;
 }
 
 absl::Duration RetryBackoff(int attempt, absl::Duration base,

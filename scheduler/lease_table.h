@@ -34,8 +34,12 @@ class LeaseTable {
   bool Renew(const std::string& job_id, int32_t attempt, absl::Time now);
   void Release(const std::string& job_id);
   std::optional<Lease> Get(const std::string& job_id) const;
-  // Removes and returns every lease whose deadline is before `now`.
-  std::vector<Lease> TakeExpired(absl::Time now);
+  // Every lease whose deadline is before `now`.
+  std::vector<Lease> Expired(absl::Time now) const;
+  // Removes `job_id`'s lease if `attempt` holds it and it is expired at
+  // `now` (a renewal since Expired() keeps it); true if it did.
+  bool TakeIfExpired(const std::string& job_id, int32_t attempt,
+                     absl::Time now);
 
  private:
   absl::Duration ttl_;

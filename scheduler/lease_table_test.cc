@@ -11,11 +11,15 @@ TEST(LeaseTableTest, RenewExpireAndFence) {
   leases.Grant("job", 1, "w1", t0);
   EXPECT_TRUE(leases.Renew("job", 1, t0 + absl::Seconds(8)));
   EXPECT_FALSE(leases.Renew("job", 2, t0 + absl::Seconds(8)));  // not the holder
-  EXPECT_TRUE(leases.TakeExpired(t0 + absl::Seconds(17)).empty());
-  auto expired = leases.TakeExpired(t0 + absl::Seconds(19));
+  EXPECT_TRUE(leases.Expired(t0 + absl::Seconds(17)).empty());
+  auto expired = leases.Expired(t0 + absl::Seconds(19));
   ASSERT_EQ(expired.size(), 1u);
   EXPECT_EQ(expired[0].job_id, "job");
   EXPECT_EQ(expired[0].attempt, 1);
+  EXPECT_TRUE(leases.Get("job").has_value());  // Expired() only looks
+  EXPECT_FALSE(leases.TakeIfExpired("job", 2, t0 + absl::Seconds(19)));
+  EXPECT_FALSE(leases.TakeIfExpired("job", 1, t0 + absl::Seconds(17)));
+  EXPECT_TRUE(leases.TakeIfExpired("job", 1, t0 + absl::Seconds(19)));
   EXPECT_FALSE(leases.Get("job").has_value());
   EXPECT_FALSE(leases.Renew("job", 1, t0 + absl::Seconds(20)));
 }

@@ -7,14 +7,11 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
-#include "common/tls.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/ids.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
-#include "common/tls.h"
 #include "server/request_limits.h"
 
 namespace lathe {
@@ -51,15 +48,13 @@ absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
 }  // namespace
 
 absl::StatusOr<std::string> BearerToken(
-    const grpc::ServerContextBase& context) {
-  const auto& md = context.client_metadata();
-  auto it = md.find("authorization");
-  if (it == md.end()) {
+    std::optional<absl::string_view> authorization) {
+  if (!authorization) {
     return absl::UnauthenticatedError(
         "no API key: send `authorization: Bearer <key>` (lathe --api_key or "
         "$LATHE_API_KEY)");
   }
-  absl::string_view value(it->second.data(), it->second.size());
+  absl::string_view value = *authorization;
   if (!absl::ConsumePrefix(&value, "Bearer ") || value.empty()) {
     return absl::UnauthenticatedError(
         "authorization: expected \"Bearer <key>\"");
@@ -68,14 +63,14 @@ absl::StatusOr<std::string> BearerToken(
 }
 
 absl::StatusOr<Caller> Authenticator::User(
-    const grpc::ServerContextBase* context) const {
-  ASSIGN_OR_RETURN(std::string token, BearerToken(*context));
+    std::optional<absl::string_view> authorization) const {
+  ASSIGN_OR_RETURN(std::string token, BearerToken(authorization));
   return UserWithKey(token);
 }
 
-absl::StatusOr<Caller> Authenticator::UserWithKey(
-    absl::string_view api_key) const {
-  auto key = store_.FindApiKey(Sha256Hex(api_key));
+namespace {
+
+absl::StatusOr<Caller> CallerOf(const absl::StatusOr<v1::ApiKey>& key) {
   if (!key.ok()) {
     if (absl::IsNotFound(key.status())) {
       return absl::UnauthenticatedError("unknown API key");
@@ -89,26 +84,36 @@ absl::StatusOr<Caller> Authenticator::UserWithKey(
   return Caller{key->project(), key->role() == "admin", key->id()};
 }
 
-absl::StatusOr<Caller> Authenticator::Admin(const grpc::ServerContext* context) const {
-  ASSIGN_OR_RETURN(Caller caller, User(context));
-  if (!caller.admin) {
-    return absl::PermissionDeniedError("this call needs an admin API key");
-  }
-  return caller;
+}  // namespace
+
+absl::StatusOr<Caller> Authenticator::UserWithKey(
+    absl::string_view api_key) const {
+  return CallerOf(store_.FindApiKey(Sha256Hex(api_key)));
 }
 
-absl::Status Authenticator::Worker(const grpc::ServerContext* context) const {
-  auto token = BearerToken(*context);
+absl::Status Authenticator::Recheck(const Caller& caller) const {
+  return CallerOf(store_.GetApiKey(caller.key_id)).status();
+}
+
+absl::StatusOr<WorkerCaller> Authenticator::Worker(
+    std::optional<absl::string_view> authorization,
+    bool verified_client_certificate) const {
+  auto token = BearerToken(authorization);
   if (!token.ok() || !ConstantTimeEquals(*token, worker_token_)) {
     return absl::UnauthenticatedError(
         "the worker service needs the worker token (lathe-worker --token_file)");
   }
-  if (require_worker_certificate_ &&
-      (context->auth_context() == nullptr ||
-       !PeerHasVerifiedCertificate(*context->auth_context()))) {
+  if (require_worker_certificate_ && !verified_client_certificate) {
     return absl::UnauthenticatedError(
         "the worker service needs a client certificate signed by lathed's "
         "--worker_client_ca (lathe-worker --tls_cert/--tls_key)");
+  }
+  return WorkerCaller();
+}
+
+absl::Status CheckAdmin(const Caller& caller) {
+  if (!caller.admin) {
+    return absl::PermissionDeniedError("this call needs an admin API key");
   }
   return absl::OkStatus();
 }

@@ -2,24 +2,38 @@
 // services, a shared worker token on the worker service. A credential of one
 // kind is refused by the other kind's services.
 //
+// Knows no transport: each one hands over what its call carries (the
+// `authorization` header's value; whether its TLS layer verified a client
+// certificate). server/grpc_auth.h reads them off a gRPC call.
+//
 // Thread-safe (the store is; the worker token is constant).
 #ifndef LATHE_SERVER_AUTH_H_
 #define LATHE_SERVER_AUTH_H_
 
+#include <optional>
 #include <string>
 
-#include <grpcpp/server_context.h>
-
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "lathe/v1/admin.pb.h"
 #include "server/store/store.h"
 
 namespace lathe {
 
+// The holder of an API key, as Authenticator::User found it.
 struct Caller {
   std::string project;  // the key's project
   bool admin = false;
   std::string key_id;
+};
+
+// A worker, as the worker token (and its certificate, when required)
+// proved; only Authenticator::Worker makes one, so an operation that takes
+// it cannot be reached unauthenticated.
+class WorkerCaller {
+ private:
+  friend class Authenticator;
+  WorkerCaller() = default;
 };
 
 class Authenticator {
@@ -33,17 +47,20 @@ class Authenticator {
         worker_token_(std::move(worker_token)),
         require_worker_certificate_(require_worker_certificate) {}
 
-  // The caller of a public RPC: `authorization: Bearer <api key>`.
-  // UNAUTHENTICATED when missing, unknown or revoked.
-  absl::StatusOr<Caller> User(const grpc::ServerContextBase* context) const;
-  // The holder of `api_key` (the bearer string), for operations that know
-  // no transport; as User.
+  // The caller of a public operation, from the value of its
+  // `authorization` header ("Bearer <api key>"; nullopt when the call has
+  // none). UNAUTHENTICATED when missing, malformed, unknown or revoked.
+  absl::StatusOr<Caller> User(
+      std::optional<absl::string_view> authorization) const;
+  // The holder of `api_key` (the bearer string itself); as User.
   absl::StatusOr<Caller> UserWithKey(absl::string_view api_key) const;
-  // As User, and PERMISSION_DENIED unless the key is an admin key.
-  absl::StatusOr<Caller> Admin(const grpc::ServerContext* context) const;
-  // UNAUTHENTICATED unless the call carries the worker token (and, when
-  // required, a verified client certificate).
-  absl::Status Worker(const grpc::ServerContext* context) const;
+  // For long calls: UNAUTHENTICATED once `caller`'s key is revoked.
+  absl::Status Recheck(const Caller& caller) const;
+  // A worker: UNAUTHENTICATED unless `authorization` carries the worker
+  // token and, when required, `verified_client_certificate` is true.
+  absl::StatusOr<WorkerCaller> Worker(
+      std::optional<absl::string_view> authorization,
+      bool verified_client_certificate) const;
 
  private:
   store::Store& store_;
@@ -51,9 +68,13 @@ class Authenticator {
   const bool require_worker_certificate_;
 };
 
-// The API key a call carries in `authorization: Bearer <key>`.
+// The key in the value of an `authorization` header, "Bearer <key>".
 // UNAUTHENTICATED, saying how to send one, when missing or malformed.
-absl::StatusOr<std::string> BearerToken(const grpc::ServerContextBase& context);
+absl::StatusOr<std::string> BearerToken(
+    std::optional<absl::string_view> authorization);
+
+// PERMISSION_DENIED unless `caller` holds an admin key.
+absl::Status CheckAdmin(const Caller& caller);
 
 // NOT_FOUND (worded as for a missing id) unless `owner` is the caller's
 // project: another project's ids must not be revealed to exist.

@@ -1,5 +1,8 @@
 #include "server/coordinator.h"
 
+#include <utility>
+
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
 #include "common/job_state.h"
@@ -48,9 +51,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
     store::Store& store, CoordinatorOptions options) {
   std::unique_ptr<Coordinator> c(new Coordinator(store, options));
   absl::Time now = absl::Now();
-  absl::MutexLock lock(&c->mu_);
   for (auto status : {v1::JOB_STATUS_RUNNING, v1::JOB_STATUS_CANCELLING}) {
     ASSIGN_OR_RETURN(auto jobs, store.JobsInStatus(status));
+    absl::MutexLock lock(&c->mu_);
     for (const v1::Job& job : jobs) {
       c->leases_.Grant(job.id(), job.attempt(), "", now);
     }
@@ -87,18 +90,20 @@ absl::StatusOr<v1::WorkerDirective> Coordinator::HandleReport(
   if (r.worker_id().empty()) {
     return absl::InvalidArgumentError("worker_id: required");
   }
-  v1::WorkerDirective out;
-  absl::MutexLock lock(&mu_);
-  auto [it, joined] = fleet_.try_emplace(r.worker_id());
-  scheduler::WorkerInfo& w = it->second;
-  if (joined || (!w.idle && !r.has_attempt())) replan_ = true;
-  w.worker_id = r.worker_id();
-  w.devices.clear();
-  for (const v1::Device& d : r.devices()) {
-    w.devices.push_back({d.kind(), d.memory_bytes()});
+  {
+    absl::MutexLock lock(&mu_);
+    auto [it, joined] = fleet_.try_emplace(r.worker_id());
+    scheduler::WorkerInfo& w = it->second;
+    if (joined || (!w.idle && !r.has_attempt())) PlanIsStale();
+    w.worker_id = r.worker_id();
+    w.devices.clear();
+    for (const v1::Device& d : r.devices()) {
+      w.devices.push_back({d.kind(), d.memory_bytes()});
+    }
+    w.labels = {r.labels().begin(), r.labels().end()};
+    w.idle = !r.has_attempt();
   }
-  w.labels = {r.labels().begin(), r.labels().end()};
-  w.idle = !r.has_attempt();
+  v1::WorkerDirective out;
   if (r.has_attempt()) {
     RETURN_IF_ERROR(HandleAttempt(r, out));
   } else {
@@ -110,6 +115,11 @@ absl::StatusOr<v1::WorkerDirective> Coordinator::HandleReport(
 absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
                                         v1::WorkerDirective& out) {
   const v1::RunningAttempt& a = r.attempt();
+  // The job's lock from this read to the report's write: a cancel, pause,
+  // lease expiry or upload of the same job waits, so the report is decided
+  // and written on the job as it is, and nothing of it lands after a later
+  // change. mu_ is taken only for the lease table, never across the write.
+  JobLocks::Lock job_lock = job_locks_.Acquire(a.job_id());
   auto job_or = store_.GetJob(a.job_id());
   if (!job_or.ok() || job_or->attempt() != a.attempt()) {
     // A message from a superseded (or unknown) attempt is refused.
@@ -120,50 +130,63 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
     return absl::OkStatus();
   }
   const v1::Job& job = *job_or;
-  if (!AttemptIsLive(job)) {
+  if (!AttemptIsLiveNow(job)) {
     // Already finished (a repeated outcome) or taken back: nothing to record.
     out.set_stop(!a.has_outcome());
     out.set_stop_reason(absl::StrCat("job is ", StatusName(job.status())));
     out.set_outcome_recorded(a.has_outcome());
     return absl::OkStatus();
   }
-  // The report's events and progress in one transaction.
+  // The decision: everything the report writes, in one transaction.
+  store::Store::AttemptReport report{.job_id = job.id(),
+                                     .attempt = a.attempt(),
+                                     .steps_done = a.step(),
+                                     .steps_total = a.total_steps(),
+                                     .trained_tokens = a.trained_tokens()};
   int64_t acked = 0;
-  std::vector<store::Store::AttemptEvent> events;
-  events.reserve(a.events_size());
+  report.events.reserve(a.events_size());
   for (const v1::AttemptEvent& e : a.events()) {
-    events.push_back({e.seq(), e.event()});
+    report.events.push_back({e.seq(), e.event()});
     acked = std::max(acked, e.seq());
   }
-  RETURN_IF_ERROR(store_.RecordAttemptReport(job.id(), a.attempt(), events, a.step(),
-                                             a.total_steps(), a.trained_tokens()));
+  for (const v1::CheckpointReport& c : a.checkpoints()) {
+    report.checkpoints.push_back(
+        {c.step(), {c.files().begin(), c.files().end()}, c.metrics()});
+  }
+  // An outcome that cannot be recorded yet (a result file not uploaded)
+  // is refused once the rest of the report is written: the worker sends it
+  // again, and what it reported meanwhile is kept.
+  absl::Status outcome_refused;
+  bool requeued = false;
+  if (a.has_outcome()) {
+    outcome_refused = DecideOutcome(job, a, report, requeued);
+    if (!outcome_refused.ok()) {
+      report.notes.clear();
+      report.status_change.reset();
+    }
+  }
+  RETURN_IF_ERROR(store_.RecordAttemptReport(report));
   out.set_acked_event_seq(acked);
   for (const v1::CheckpointReport& c : a.checkpoints()) {
-    std::vector<std::string> files(c.files().begin(), c.files().end());
-    absl::Status st = store_.RecordCheckpoint(job.id(), c.step(), a.attempt(),
-                                              files, c.metrics());
-    if (absl::IsFailedPrecondition(st)) {
-      // Files missing from this attempt: repeating the report cannot help,
-      // and failing the stream would only make the worker send it again.
-      // The latest whole checkpoint stays the resume point.
-      v1::JobEvent e;
-      e.set_type("message");
-      e.set_level("warn");
-      e.set_message(absl::StrCat("Checkpoint at step ", c.step(),
-                                 " was not recorded: ", st.message()));
-      RETURN_IF_ERROR(store_.AppendEvent(job.id(), e, 0, 0).status());
-    } else if (!st.ok()) {
-      return st;
-    }
     out.add_acked_checkpoints(c.step());
   }
+  const bool outcome_recorded = a.has_outcome() && outcome_refused.ok();
   absl::Time now = absl::Now();
-  if (!leases_.Renew(job.id(), a.attempt(), now)) {
-    leases_.Grant(job.id(), a.attempt(), r.worker_id(), now);
+  absl::Time deadline;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!leases_.Renew(job.id(), a.attempt(), now)) {
+      leases_.Grant(job.id(), a.attempt(), r.worker_id(), now);
+    }
+    if (outcome_recorded) {
+      leases_.Release(job.id());
+      if (requeued) PlanIsStale();
+    } else {
+      deadline = leases_.Get(job.id())->deadline;
+    }
   }
-  if (a.has_outcome()) {
-    RETURN_IF_ERROR(RecordOutcome(job, a));
-    leases_.Release(job.id());
+  RETURN_IF_ERROR(outcome_refused);
+  if (outcome_recorded) {
     out.set_outcome_recorded(true);
     return absl::OkStatus();
   }
@@ -175,13 +198,14 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
     out.set_checkpoint_before_stop(true);
     out.set_stop_reason("job paused");
   }
-  out.set_lease_deadline_ms(
-      absl::ToUnixMillis(leases_.Get(job.id())->deadline));
+  out.set_lease_deadline_ms(absl::ToUnixMillis(deadline));
   return absl::OkStatus();
 }
 
-absl::Status Coordinator::RecordOutcome(const v1::Job& job,
-                                        const v1::RunningAttempt& a) {
+absl::Status Coordinator::DecideOutcome(const v1::Job& job,
+                                        const v1::RunningAttempt& a,
+                                        store::Store::AttemptReport& report,
+                                        bool& requeued) {
   const v1::AttemptOutcome& o = a.outcome();
   store::TransitionUpdate u;
   u.trained_tokens = o.trained_tokens();
@@ -197,15 +221,14 @@ absl::Status Coordinator::RecordOutcome(const v1::Job& job,
             ? absl::StrCat("Paused at step ", a.step(),
                            "; resume continues from its checkpoint")
             : absl::StrCat("Paused; the attempt ended: ", o.error().message()));
-    RETURN_IF_ERROR(store_.AppendEvent(job.id(), e, 0, 0).status());
+    report.notes.push_back(std::move(e));
     if (!job.resume_requested()) return absl::OkStatus();
     // A resume was asked for while the checkpoint was being written.
-    replan_ = true;
+    requeued = true;
     u.message = "Resumed; the job is queued";
-    return store_
-        .Transition(job.id(), v1::JOB_STATUS_PAUSED, v1::JOB_STATUS_QUEUED,
-                    a.attempt(), u)
-        .status();
+    report.status_change = store::Store::AttemptReport::StatusChange{
+        v1::JOB_STATUS_PAUSED, v1::JOB_STATUS_QUEUED, u};
+    return absl::OkStatus();
   }
   v1::JobStatus to = v1::JOB_STATUS_FAILED;
   switch (o.result()) {
@@ -246,33 +269,66 @@ absl::Status Coordinator::RecordOutcome(const v1::Job& job,
       u.message = absl::StrCat("The job failed: ", o.error().message());
       break;
   }
-  return store_.Transition(job.id(), job.status(), to, a.attempt(), u).status();
+  report.status_change =
+      store::Store::AttemptReport::StatusChange{job.status(), to, u};
+  return absl::OkStatus();
 }
 
-absl::Status Coordinator::Replan(absl::Time now) {
-  ASSIGN_OR_RETURN(auto queue, store_.QueuedJobs());
-  ASSIGN_OR_RETURN(auto running, store_.RunningPerProject());
-  std::vector<scheduler::JobRequest> jobs = SchedulerQueue(queue);
-  std::vector<scheduler::WorkerInfo> fleet;
-  fleet.reserve(fleet_.size());
-  for (const auto& [id, w] : fleet_) fleet.push_back(w);
-  absl::flat_hash_map<std::string, int> running_per_project(running.begin(),
-                                                            running.end());
-  scheduler::RoundPlan plan = scheduler::PlanRound(
-      jobs, fleet, running_per_project, options_.policy, now);
-  pending_.clear();
-  for (const auto& p : plan.placements) pending_[p.worker_id] = p.job_id;
-  plan_time_ = now;
-  replan_ = false;
-  for (const auto& u : plan.unplaceable) {
-    if (!warned_unplaceable_.insert(u.job_id).second) continue;
+absl::Status Coordinator::RefreshPlan(absl::Time now) {
+  uint64_t seen;
+  {
+    absl::MutexLock lock(&mu_);
+    if (changes_ == planned_changes_ &&
+        now - plan_time_ < options_.replan_interval) {
+      return absl::OkStatus();
+    }
+    seen = changes_;
+  }
+  // Read outside mu_: the store may be busy with another job's write.
+  ASSIGN_OR_RETURN(store::Store::SchedulerInput in,
+                   store_.ReadSchedulerInput());
+  std::vector<std::pair<std::string, std::string>> unplaceable;
+  {
+    absl::MutexLock lock(&mu_);
+    // A plan made since this read began saw more than this one.
+    if (plan_time_ > now) return absl::OkStatus();
+    // A job being assigned, or assigned since the read, is not placed
+    // again: it counts as its project's running job.
+    std::vector<store::Store::QueueEntry> queue;
+    absl::flat_hash_map<std::string, int> running_per_project(
+        in.running_per_project.begin(), in.running_per_project.end());
+    for (store::Store::QueueEntry& q : in.queued) {
+      if (starting_.contains(q.job_id) || leases_.Get(q.job_id)) {
+        ++running_per_project[q.project];
+      } else {
+        queue.push_back(std::move(q));
+      }
+    }
+    std::vector<scheduler::WorkerInfo> fleet;
+    fleet.reserve(fleet_.size());
+    for (const auto& [id, w] : fleet_) fleet.push_back(w);
+    scheduler::RoundPlan plan =
+        scheduler::PlanRound(SchedulerQueue(queue), fleet, running_per_project,
+                             options_.policy, now);
+    pending_.clear();
+    for (const auto& p : plan.placements) pending_[p.worker_id] = p.job_id;
+    plan_time_ = now;
+    planned_changes_ = seen;
+    for (const auto& u : plan.unplaceable) {
+      if (warned_unplaceable_.insert(u.job_id).second) {
+        unplaceable.emplace_back(u.job_id, u.reason);
+      }
+    }
+  }
+  for (const auto& [job_id, reason] : unplaceable) {
     v1::JobEvent e;
     e.set_level("warn");
     e.set_type("message");
-    e.set_message(absl::StrCat("No connected worker can run this job (", u.reason,
+    e.set_message(absl::StrCat("No connected worker can run this job (", reason,
                                "); it stays queued until one joins"));
-    auto st = store_.AppendEvent(u.job_id, e, 0, 0);
-    if (!st.ok()) spdlog::warn("event for {}: {}", u.job_id, st.status().ToString());
+    auto st = store_.AppendEvent(job_id, e, 0, 0);
+    if (!st.ok())
+      spdlog::warn("event for {}: {}", job_id, st.status().ToString());
   }
   return absl::OkStatus();
 }
@@ -280,13 +336,23 @@ absl::Status Coordinator::Replan(absl::Time now) {
 absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
                                       v1::WorkerDirective& out) {
   absl::Time now = absl::Now();
-  if (replan_ || now - plan_time_ >= options_.replan_interval) {
-    RETURN_IF_ERROR(Replan(now));
+  RETURN_IF_ERROR(RefreshPlan(now));
+  std::string job_id;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = pending_.find(r.worker_id());
+    if (it == pending_.end()) return absl::OkStatus();
+    job_id = std::move(it->second);
+    pending_.erase(it);
+    starting_.insert(job_id);
   }
-  auto it = pending_.find(r.worker_id());
-  if (it == pending_.end()) return absl::OkStatus();
-  std::string job_id = it->second;
-  pending_.erase(it);
+  // Off the plan until its lease is granted (or the assignment failed);
+  // runs once the job's lock is released.
+  absl::Cleanup started = [&] {
+    absl::MutexLock lock(&mu_);
+    starting_.erase(job_id);
+  };
+  JobLocks::Lock job_lock = job_locks_.Acquire(job_id);
   ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
   ASSIGN_OR_RETURN(v1::Model model, store_.GetModel(job.model()));
   int32_t attempt = job.attempt() + 1;
@@ -301,9 +367,14 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
     return absl::OkStatus();  // cancelled or taken since the plan was made
   }
   ASSIGN_OR_RETURN(job, std::move(moved));
-  fleet_[r.worker_id()].idle = false;
-  warned_unplaceable_.erase(job.id());
-  leases_.Grant(job.id(), attempt, r.worker_id(), now);
+  absl::Time deadline;
+  {
+    absl::MutexLock lock(&mu_);
+    fleet_[r.worker_id()].idle = false;
+    warned_unplaceable_.erase(job.id());
+    leases_.Grant(job.id(), attempt, r.worker_id(), now);
+    deadline = leases_.Get(job.id())->deadline;
+  }
   auto* as = out.mutable_assignment();
   as->set_job_id(job.id());
   as->set_attempt(attempt);
@@ -313,7 +384,7 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
   *as->mutable_model() = model;
   ASSIGN_OR_RETURN(auto checkpoints, store_.ListCheckpoints(job.id()));
   if (!checkpoints.empty()) *as->mutable_resume_from() = checkpoints.back();
-  out.set_lease_deadline_ms(absl::ToUnixMillis(leases_.Get(job.id())->deadline));
+  out.set_lease_deadline_ms(absl::ToUnixMillis(deadline));
   spdlog::info("assigned {} (attempt {}, project {}) to worker {}", job.id(),
                attempt, job.project(), r.worker_id());
   return absl::OkStatus();
@@ -323,20 +394,21 @@ void Coordinator::WorkerDisconnected(const std::string& worker_id) {
   absl::MutexLock lock(&mu_);
   fleet_.erase(worker_id);
   pending_.erase(worker_id);
-  replan_ = true;
+  PlanIsStale();
 }
 
 absl::Status Coordinator::CheckCurrentAttempt(const std::string& job_id,
                                               int32_t attempt) {
-  absl::MutexLock lock(&mu_);
+  JobLocks::Lock job_lock = job_locks_.Acquire(job_id);
   return CheckCurrentAttemptLocked(job_id, attempt);
 }
 
 absl::Status Coordinator::CheckCurrentAttemptLocked(const std::string& job_id,
                                                     int32_t attempt) {
-  // Read under mu_: a job read before it could have lost its lease since.
+  // Read under the job's lock: a job read before it could have lost its
+  // lease since.
   ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
-  if (job.attempt() != attempt || !AttemptIsLive(job)) {
+  if (job.attempt() != attempt || !AttemptIsLiveNow(job)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "attempt ", attempt, " of ", job_id, " is not current (job is ",
         StatusName(job.status()), ", attempt ", job.attempt(), ")"));
@@ -348,7 +420,7 @@ absl::Status Coordinator::RecordResultFile(const std::string& job_id,
                                            int32_t attempt,
                                            int64_t checkpoint_step,
                                            const v1::ResultFile& file) {
-  absl::MutexLock lock(&mu_);
+  JobLocks::Lock job_lock = job_locks_.Acquire(job_id);
   RETURN_IF_ERROR(CheckCurrentAttemptLocked(job_id, attempt));
   if (checkpoint_step > 0) {
     return store_.PutCheckpointFile(job_id, checkpoint_step, attempt, file);
@@ -364,66 +436,96 @@ bool Coordinator::AttemptIsLive(const v1::Job& job) {
          lease->attempt == job.attempt();
 }
 
-absl::StatusOr<v1::Job> Coordinator::PauseJob(const std::string& job_id) {
+bool Coordinator::AttemptIsLiveNow(const v1::Job& job) {
   absl::MutexLock lock(&mu_);
-  for (int i = 0; i < 5; ++i) {
-    ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
-    if (job.status() == v1::JOB_STATUS_PAUSED && job.resume_requested()) {
-      // Paused again before the resume took effect: it stays paused.
-      return store_.SetResumeRequested(
-          job_id, job.attempt(), false,
-          "Pause requested again; the pending resume is cancelled");
-    }
-    if (job.status() != v1::JOB_STATUS_QUEUED &&
-        job.status() != v1::JOB_STATUS_RUNNING) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "job ", job_id, " is ", StatusName(job.status()),
-          "; only queued or running jobs can be paused"));
-    }
-    store::TransitionUpdate u;
-    u.message = job.status() == v1::JOB_STATUS_RUNNING
-                    ? "Pause requested: the worker checkpoints and stops"
-                    : "Paused";
-    auto moved = store_.Transition(job_id, job.status(), v1::JOB_STATUS_PAUSED,
-                                   std::nullopt, u);
-    if (!absl::IsFailedPrecondition(moved.status())) {
-      replan_ = true;
-      return moved;
-    }
+  return AttemptIsLive(job);
+}
+
+absl::StatusOr<v1::Job> Coordinator::CancelJob(const std::string& id) {
+  // Under the job's lock nothing else moves the job: the compare-and-set
+  // below finds it as it was read.
+  JobLocks::Lock job_lock = job_locks_.Acquire(id);
+  ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(id));
+  store::TransitionUpdate u;
+  switch (job.status()) {
+    case v1::JOB_STATUS_VALIDATING_FILES:
+    case v1::JOB_STATUS_QUEUED:
+    case v1::JOB_STATUS_PAUSED:
+      u.message = "The job was cancelled";
+      return store_.Transition(id, job.status(), v1::JOB_STATUS_CANCELLED,
+                               std::nullopt, u);
+    case v1::JOB_STATUS_RUNNING:
+      u.message = "Cancellation requested; stopping the worker";
+      return store_.Transition(id, job.status(), v1::JOB_STATUS_CANCELLING,
+                               std::nullopt, u);
+    case v1::JOB_STATUS_CANCELLING:
+      return job;
+    default:
+      return absl::FailedPreconditionError(
+          absl::StrCat("job ", id, " is already ", StatusName(job.status())));
   }
-  return absl::UnavailableError("the job kept changing state; retry");
+}
+
+absl::StatusOr<v1::Job> Coordinator::PauseJob(const std::string& job_id) {
+  JobLocks::Lock job_lock = job_locks_.Acquire(job_id);
+  ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
+  if (job.status() == v1::JOB_STATUS_PAUSED && job.resume_requested()) {
+    // Paused again before the resume took effect: it stays paused.
+    return store_.SetResumeRequested(
+        job_id, job.attempt(), false,
+        "Pause requested again; the pending resume is cancelled");
+  }
+  if (job.status() != v1::JOB_STATUS_QUEUED &&
+      job.status() != v1::JOB_STATUS_RUNNING) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, " is ", StatusName(job.status()),
+                     "; only queued or running jobs can be paused"));
+  }
+  store::TransitionUpdate u;
+  u.message = job.status() == v1::JOB_STATUS_RUNNING
+                  ? "Pause requested: the worker checkpoints and stops"
+                  : "Paused";
+  auto moved = store_.Transition(job_id, job.status(), v1::JOB_STATUS_PAUSED,
+                                 std::nullopt, u);
+  if (moved.ok()) {
+    absl::MutexLock lock(&mu_);
+    PlanIsStale();
+  }
+  return moved;
 }
 
 absl::StatusOr<v1::Job> Coordinator::ResumeJob(const std::string& job_id) {
-  absl::MutexLock lock(&mu_);
+  JobLocks::Lock job_lock = job_locks_.Acquire(job_id);
   ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
   if (job.status() != v1::JOB_STATUS_PAUSED) {
     return absl::FailedPreconditionError(absl::StrCat(
         "job ", job_id, " is ", StatusName(job.status()), ", not paused"));
   }
-  if (AttemptIsLive(job)) {
+  if (AttemptIsLiveNow(job)) {
     // The attempt is still writing its pause checkpoint: the job is
-    // queued as soon as that lands (RecordOutcome), or its worker is lost.
+    // queued as soon as that lands (DecideOutcome), or its worker is lost.
     return store_.SetResumeRequested(job_id, job.attempt(), true,
                                      "Resume requested; the job is queued once "
                                      "its pause checkpoint is written");
   }
   store::TransitionUpdate u;
   u.message = "Resumed; the job is queued";
-  replan_ = true;
-  return store_.Transition(job_id, v1::JOB_STATUS_PAUSED, v1::JOB_STATUS_QUEUED,
-                           std::nullopt, u);
+  auto moved = store_.Transition(job_id, v1::JOB_STATUS_PAUSED,
+                                 v1::JOB_STATUS_QUEUED, std::nullopt, u);
+  absl::MutexLock lock(&mu_);
+  PlanIsStale();
+  return moved;
 }
 
 absl::StatusOr<absl::flat_hash_map<std::string, int64_t>>
 Coordinator::QueuePositions(const std::string& project) {
-  ASSIGN_OR_RETURN(auto queue, store_.QueuedJobs());
-  ASSIGN_OR_RETURN(auto running, store_.RunningPerProject());
-  std::vector<scheduler::JobRequest> jobs = SchedulerQueue(queue);
-  absl::flat_hash_map<std::string, int> running_per_project(running.begin(),
-                                                            running.end());
+  ASSIGN_OR_RETURN(store::Store::SchedulerInput in,
+                   store_.ReadSchedulerInput());
+  std::vector<scheduler::JobRequest> jobs = SchedulerQueue(in.queued);
+  absl::flat_hash_map<std::string, int> running_per_project(
+      in.running_per_project.begin(), in.running_per_project.end());
   absl::flat_hash_map<std::string, std::string> project_of;
-  for (const auto& q : queue) project_of[q.job_id] = q.project;
+  for (const auto& q : in.queued) project_of[q.job_id] = q.project;
   absl::flat_hash_map<std::string, int64_t> out;
   for (const std::string& id : scheduler::RankOrder(
            jobs, running_per_project, options_.policy, absl::Now())) {
@@ -446,58 +548,77 @@ absl::Status Coordinator::FillQueuePosition(v1::Job& job) {
 }
 
 int Coordinator::SweepExpiredLeases(absl::Time now) {
-  absl::MutexLock lock(&mu_);
-  auto expired = leases_.TakeExpired(now);
-  if (!expired.empty()) replan_ = true;
-  for (const auto& lease : expired) {
-    auto job = store_.GetJob(lease.job_id);
-    if (!job.ok() || job->attempt() != lease.attempt) continue;
-    store::TransitionUpdate u;
-    u.level = "warn";
-    absl::StatusOr<v1::Job> moved;
-    // The worker died while pausing: the job stays paused, unless a resume
-    // was asked for meanwhile; then it is queued (below) whatever its
-    // failures, since the user asked for it and it had stopped training.
-    if (job->status() == v1::JOB_STATUS_PAUSED && !job->resume_requested()) continue;
-    // Only failures count against max_attempts: pauses and hand-backs
-    // started new attempts too.
-    const int failures = job->failed_attempts() + 1;
-    u.count_failure = job->status() != v1::JOB_STATUS_CANCELLING;
-    if (job->status() == v1::JOB_STATUS_CANCELLING) {
-      u.message = "Worker lost while cancelling; the job is cancelled";
-      moved = store_.Transition(lease.job_id, job->status(),
-                                v1::JOB_STATUS_CANCELLED, lease.attempt, u);
-    } else if (failures >= options_.max_attempts &&
-               job->status() != v1::JOB_STATUS_PAUSED) {
-      v1::JobError err;
-      err.set_code("worker_lost");
-      err.set_message(absl::StrCat("the worker stopped reporting ", failures,
-                                   " times (--max_attempts ",
-                                   options_.max_attempts, ")"));
-      err.set_user_fault(false);
-      u.error = err;
-      u.level = "error";
-      u.message = absl::StrCat("The job failed: ", err.message());
-      moved = store_.Transition(lease.job_id, job->status(),
-                                v1::JOB_STATUS_FAILED, lease.attempt, u);
-    } else {
-      absl::Duration delay = scheduler::RetryBackoff(
-          failures, options_.retry_backoff_base, options_.retry_backoff_cap);
-      u.not_before_ms = absl::ToUnixMillis(now + delay);
-      u.message = absl::StrCat(
-          "Worker ", lease.worker_id.empty() ? "?" : lease.worker_id,
-          " stopped reporting (lease expired); attempt ", lease.attempt,
-          " failed (", failures, " of ", options_.max_attempts,
-          " allowed), retrying in ", absl::FormatDuration(delay));
-      moved = store_.Transition(lease.job_id, job->status(),
-                                v1::JOB_STATUS_QUEUED, lease.attempt, u);
-    }
-    if (!moved.ok()) {
-      spdlog::warn("lease expiry of {}: {}", lease.job_id,
-                   moved.status().ToString());
-    }
+  std::vector<scheduler::LeaseTable::Lease> due;
+  {
+    absl::MutexLock lock(&mu_);
+    due = leases_.Expired(now);
   }
-  return static_cast<int>(expired.size());
+  int expired = 0;
+  for (const auto& lease : due) {
+    // Taken under the job's lock, so that no report of the attempt is
+    // between its decision and its write; one that came since Expired()
+    // renewed the lease, and the worker is alive.
+    JobLocks::Lock job_lock = job_locks_.Acquire(lease.job_id);
+    {
+      absl::MutexLock lock(&mu_);
+      if (!leases_.TakeIfExpired(lease.job_id, lease.attempt, now)) continue;
+      PlanIsStale();
+    }
+    ++expired;
+    ExpireAttempt(lease, now);
+  }
+  return expired;
+}
+
+void Coordinator::ExpireAttempt(const scheduler::LeaseTable::Lease& lease,
+                                absl::Time now) {
+  auto job = store_.GetJob(lease.job_id);
+  if (!job.ok() || job->attempt() != lease.attempt) return;
+  store::TransitionUpdate u;
+  u.level = "warn";
+  absl::StatusOr<v1::Job> moved;
+  // The worker died while pausing: the job stays paused, unless a resume
+  // was asked for meanwhile; then it is queued (below) whatever its
+  // failures, since the user asked for it and it had stopped training.
+  if (job->status() == v1::JOB_STATUS_PAUSED && !job->resume_requested())
+    return;
+  // Only failures count against max_attempts: pauses and hand-backs
+  // started new attempts too.
+  const int failures = job->failed_attempts() + 1;
+  u.count_failure = job->status() != v1::JOB_STATUS_CANCELLING;
+  if (job->status() == v1::JOB_STATUS_CANCELLING) {
+    u.message = "Worker lost while cancelling; the job is cancelled";
+    moved = store_.Transition(lease.job_id, job->status(),
+                              v1::JOB_STATUS_CANCELLED, lease.attempt, u);
+  } else if (failures >= options_.max_attempts &&
+             job->status() != v1::JOB_STATUS_PAUSED) {
+    v1::JobError err;
+    err.set_code("worker_lost");
+    err.set_message(absl::StrCat("the worker stopped reporting ", failures,
+                                 " times (--max_attempts ",
+                                 options_.max_attempts, ")"));
+    err.set_user_fault(false);
+    u.error = err;
+    u.level = "error";
+    u.message = absl::StrCat("The job failed: ", err.message());
+    moved = store_.Transition(lease.job_id, job->status(),
+                              v1::JOB_STATUS_FAILED, lease.attempt, u);
+  } else {
+    absl::Duration delay = scheduler::RetryBackoff(
+        failures, options_.retry_backoff_base, options_.retry_backoff_cap);
+    u.not_before_ms = absl::ToUnixMillis(now + delay);
+    u.message = absl::StrCat(
+        "Worker ", lease.worker_id.empty() ? "?" : lease.worker_id,
+        " stopped reporting (lease expired); attempt ", lease.attempt,
+        " failed (", failures, " of ", options_.max_attempts,
+        " allowed), retrying in ", absl::FormatDuration(delay));
+    moved = store_.Transition(lease.job_id, job->status(),
+                              v1::JOB_STATUS_QUEUED, lease.attempt, u);
+  }
+  if (!moved.ok()) {
+    spdlog::warn("lease expiry of {}: {}", lease.job_id,
+                 moved.status().ToString());
+  }
 }
 
 }  // namespace lathe

@@ -1,24 +1,45 @@
 // The domain side of the worker protocol: turns a worker's report of its
-// state into durable changes (events, progress, outcomes) and answers with
-// the state the server wants (run this attempt, stop that one, lease
-// deadline). Also expires leases of silent workers and requeues their jobs.
+// state into durable changes (events, progress, checkpoints, outcomes) and
+// answers with the state the server wants (run this attempt, stop that one,
+// lease deadline). Also places queued jobs on idle workers, moves jobs on
+// cancel, pause and resume, and expires leases of silent workers and
+// requeues their jobs.
 //
-// Knows nothing of gRPC. Thread-safe: reports from many worker streams and
-// the lease sweep serialise on `mu_`.
+// Knows nothing of gRPC. Thread-safe; it decides under its lock and writes
+// outside it:
+// - mu_ guards the in-memory state only (the fleet, the placement plan,
+//   the lease table) and is never held across a store call, so no report,
+//   heartbeat or sweep waits on mu_ for another job's SQLite fsync.
+// - A job's record, its events and its lease change only under that job's
+//   own lock (JobLocks), held from the read a decision is made on to the
+//   write it makes: a worker's report, an assignment, cancel, pause and
+//   resume, a lease expiry, a result upload. Per job these therefore run one
+//   at a time, each on the state the previous one left, exactly as they did
+//   under one global lock: no lost update, no reordering, no report of an
+//   attempt written after the sweep has requeued its job. Different jobs'
+//   writes no longer wait for each other's decisions (the store still
+//   commits one transaction at a time).
+// - Placement is planned from a snapshot of the queue read outside mu_;
+//   the assignment itself is the compare-and-set queued -> running under
+//   the job's lock, and a job being assigned (or holding a lease) is left
+//   out of any plan made meanwhile.
+// - Lock order: a job's lock, then mu_, then the store's. Never mu_ then a
+//   job's lock; never two jobs' locks at once.
 #ifndef LATHE_SERVER_COORDINATOR_H_
 #define LATHE_SERVER_COORDINATOR_H_
 
 #include <string>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "lathe/v1/worker.pb.h"
-#include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "scheduler/lease_table.h"
 #include "scheduler/placement.h"
+#include "server/job_locks.h"
 #include "server/job_request.h"
 #include "server/store/store.h"
 
@@ -44,10 +65,17 @@ class Coordinator {
   static absl::StatusOr<std::unique_ptr<Coordinator>> Create(
       store::Store& store, CoordinatorOptions options);
 
-  // Handles one report; returns the directive to send back.
-  // INVALID_ARGUMENT if the report has no worker id.
+  // Handles one report; returns the directive to send back. A report of a
+  // running attempt is written in one transaction: its events, progress,
+  // checkpoints and outcome, all or none. INVALID_ARGUMENT if the report
+  // has no worker id; FAILED_PRECONDITION for an outcome naming a result
+  // file not uploaded (the rest of the report is written).
   absl::StatusOr<v1::WorkerDirective> HandleReport(const v1::WorkerReport& r);
 
+  // Cancel: queued, paused (or validating_files) -> cancelled; running ->
+  // cancelling (the attempt is then told to stop); cancelling stays.
+  // FAILED_PRECONDITION once the job has finished.
+  absl::StatusOr<v1::Job> CancelJob(const std::string& job_id);
   // Pause: queued or running -> paused (a running attempt is then told to
   // checkpoint and stop). Resume: paused -> queued; while the attempt is
   // still writing its pause checkpoint the job stays paused with
@@ -66,10 +94,11 @@ class Coordinator {
   absl::Status CheckCurrentAttempt(const std::string& job_id, int32_t attempt);
 
   // Records an uploaded result file: one of checkpoint `checkpoint_step`'s,
-  // or of the adapter when it is 0. Checked and written under the lock that
-  // lease expiry and assignment take, so the upload of an attempt that lost
-  // its lease meanwhile is never recorded. FAILED_PRECONDITION when
-  // `attempt` is not current (or the checkpoint is already recorded).
+  // or of the adapter when it is 0. Checked and written under the job's
+  // lock, which lease expiry and assignment take too, so the upload of an
+  // attempt that lost its lease meanwhile is never recorded.
+  // FAILED_PRECONDITION when `attempt` is not current (or the checkpoint is
+  // already recorded).
   absl::Status RecordResultFile(const std::string& job_id, int32_t attempt,
                                 int64_t checkpoint_step,
                                 const v1::ResultFile& file);
@@ -91,26 +120,45 @@ class Coordinator {
   Coordinator(store::Store& store, CoordinatorOptions options)
       : store_(store), options_(options), leases_(options.lease_ttl) {}
 
+  // Takes the job's lock for the report, and mu_ only around the lease
+  // table.
   absl::Status HandleAttempt(const v1::WorkerReport& r,
-                             v1::WorkerDirective& out)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status RecordOutcome(const v1::Job& job, const v1::RunningAttempt& a)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                             v1::WorkerDirective& out) ABSL_LOCKS_EXCLUDED(mu_);
+  // What `a`'s outcome writes (into `report`); `requeued` when it queues
+  // the job again. FAILED_PRECONDITION if a result file it names was not
+  // uploaded. REQUIRES: the job's lock.
+  absl::Status DecideOutcome(const v1::Job& job, const v1::RunningAttempt& a,
+                             store::Store::AttemptReport& report,
+                             bool& requeued) ABSL_LOCKS_EXCLUDED(mu_);
+  // Takes the planned job's lock for its assignment.
   absl::Status MaybeAssign(const v1::WorkerReport& r, v1::WorkerDirective& out)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Fails or requeues the job of `lease`, whose lease has just been taken.
+  // REQUIRES: the job's lock.
+  void ExpireAttempt(const scheduler::LeaseTable::Lease& lease, absl::Time now)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // CheckCurrentAttempt. REQUIRES: the job's lock.
+  absl::Status CheckCurrentAttemptLocked(const std::string& job_id,
+                                         int32_t attempt)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // True while `job`'s current attempt may still report: running,
   // cancelling, or paused with the attempt's lease not yet released.
   bool AttemptIsLive(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CheckCurrentAttemptLocked(const std::string& job_id,
-                                         int32_t attempt)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Recomputes pending_ from the queue, the fleet and running jobs.
-  absl::Status Replan(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AttemptIsLiveNow(const v1::Job& job) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Recomputes pending_ from a snapshot of the queue (read outside mu_),
+  // the fleet and the jobs being assigned, unless the plan is fresh.
+  absl::Status RefreshPlan(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // A worker joined, left or became idle, or a job was requeued: the plan
+  // is recomputed on the next idle report.
+  void PlanIsStale() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++changes_; }
 
   store::Store& store_;
   const CoordinatorOptions options_;
+  JobLocks job_locks_;
 
   absl::Mutex mu_;
+  // A job's entry also changes only under that job's lock.
   scheduler::LeaseTable leases_ ABSL_GUARDED_BY(mu_);
   // Connected workers as the scheduler sees them.
   absl::flat_hash_map<std::string, scheduler::WorkerInfo> fleet_
@@ -118,9 +166,11 @@ class Coordinator {
   // The last plan: worker id -> job id it should take when it reports idle.
   absl::flat_hash_map<std::string, std::string> pending_ ABSL_GUARDED_BY(mu_);
   absl::Time plan_time_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  // Set when a worker joins, leaves or becomes idle, or a job is requeued:
-  // the plan is recomputed on the next idle report.
-  bool replan_ ABSL_GUARDED_BY(mu_) = true;
+  // PlanIsStale() calls, and how many of them the plan has seen.
+  uint64_t changes_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t planned_changes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Jobs taken off the plan for an assignment not yet written.
+  absl::flat_hash_set<std::string> starting_ ABSL_GUARDED_BY(mu_);
   // Jobs already told that no connected worker can run them.
   absl::flat_hash_set<std::string> warned_unplaceable_ ABSL_GUARDED_BY(mu_);
 };

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <future>
+
 #include "common/ids.h"
 
 namespace lathe {
@@ -351,6 +353,41 @@ TEST_F(CoordinatorTest, AJobStoredByAnOlderLathedIsAssignedWithEverySettingResol
   v1::Job resolved = job;
   FillJobDefaults(resolved, JobDefaults{.base_learning_rate = 1, .checkpoint_every_steps = 1});
   EXPECT_EQ(resolved.SerializeAsString(), job.SerializeAsString());
+}
+
+TEST_F(CoordinatorTest, AReportsWritesDoNotHoldTheCoordinatorsLock) {
+  CoordinatorOptions o;
+  o.lease_ttl = absl::Seconds(10);
+  o.replan_interval = absl::Hours(1);  // a fresh plan needs no store read
+  coord_ = *Coordinator::Create(*store_, o);
+  AddJob("ftjob-1");
+  ASSERT_TRUE(Report("w1").has_assignment());
+  EXPECT_FALSE(Report("w2").has_assignment());  // joins; nothing left to place
+  v1::WorkerReport idle;
+  idle.set_worker_id("w2");
+  // w1's report writes its event inside its transaction, the store's lock
+  // held (where the listener runs). Meanwhile w2's heartbeat, which needs
+  // the coordinator's lock and no store, is answered.
+  std::future<absl::StatusOr<v1::WorkerDirective>> heartbeat;
+  bool answered_during_write = false;
+  bool armed = true;
+  store_->SetEventListener([&](const std::string&) {
+    if (!std::exchange(armed, false)) return;
+    heartbeat = std::async(std::launch::async,
+                           [&] { return coord_->HandleReport(idle); });
+    answered_during_write = heartbeat.wait_for(std::chrono::seconds(30)) ==
+                            std::future_status::ready;
+  });
+  v1::RunningAttempt a;
+  a.set_job_id("ftjob-1");
+  a.set_attempt(1);
+  a.add_events()->set_seq(1);
+  v1::WorkerDirective d = Report("w1", &a);
+  store_->SetEventListener(nullptr);
+  EXPECT_EQ(d.acked_event_seq(), 1);
+  ASSERT_TRUE(heartbeat.valid());
+  EXPECT_TRUE(heartbeat.get().ok());
+  EXPECT_TRUE(answered_during_write);
 }
 
 TEST(CoordinatorStartTest, NoJobIsLeftInAStateNothingAdvances) {

@@ -24,16 +24,15 @@ EventFeed::~EventFeed() {
 }
 
 absl::StatusOr<std::unique_ptr<EventFeed::Follow>> EventFeed::Open(
-    const std::string& api_key, const std::string& job_id,
-    const std::string& after, std::weak_ptr<Subscriber> subscriber) {
-  ASSIGN_OR_RETURN(Caller caller, auth_.UserWithKey(api_key));
+    const Caller& caller, const std::string& job_id, const std::string& after,
+    std::weak_ptr<Subscriber> subscriber) {
   ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
   RETURN_IF_ERROR(CheckOwner(caller, job.project(), "job", job_id));
   if (!after.empty()) {
     RETURN_IF_ERROR(store_.ListEvents(job_id, after, 1).status());
   }
   std::unique_ptr<Follow> follow(
-      new Follow(*this, api_key, job_id, after, std::move(subscriber)));
+      new Follow(*this, caller, job_id, after, std::move(subscriber)));
   absl::MutexLock lock(&mu_);
   by_job_[job_id].insert(follow.get());
   return follow;
@@ -94,11 +93,11 @@ void EventFeed::Remove(Follow* follow) {
   if (it->second.empty()) by_job_.erase(it);
 }
 
-EventFeed::Follow::Follow(EventFeed& feed, std::string api_key,
-                          std::string job_id, std::string after,
+EventFeed::Follow::Follow(EventFeed& feed, Caller caller, std::string job_id,
+                          std::string after,
                           std::weak_ptr<Subscriber> subscriber)
     : feed_(feed),
-      api_key_(std::move(api_key)),
+      caller_(std::move(caller)),
       job_id_(std::move(job_id)),
       opened_(absl::Now()),
       subscriber_(std::move(subscriber)),
@@ -117,7 +116,7 @@ absl::Status EventFeed::Follow::Check() const {
         absl::FormatDuration(feed_.options_.max_follow),
         " (lathed --max_stream_seconds); re-attach with the last event id"));
   }
-  return feed_.auth_.UserWithKey(api_key_).status();
+  return feed_.auth_.Recheck(caller_);
 }
 
 absl::StatusOr<EventFeed::Follow::Batch> EventFeed::Follow::Next() {

@@ -63,15 +63,14 @@ class EventFeed {
   EventFeed(const EventFeed&) = delete;
   EventFeed& operator=(const EventFeed&) = delete;
 
-  // Opens the follow of job `job_id` for the holder of `api_key`, from the
-  // event after `after` ("" = from the first). The feed holds `subscriber`
-  // weakly and wakes it once WakeIfNews() is first called.
-  // UNAUTHENTICATED (unknown or revoked key), NOT_FOUND (no such job, or
-  // another project's), INVALID_ARGUMENT (`after` is not one of the job's
-  // event ids).
+  // Opens the follow of job `job_id` for `caller`, from the event after
+  // `after` ("" = from the first). The feed holds `subscriber` weakly and
+  // wakes it once WakeIfNews() is first called.
+  // NOT_FOUND (no such job, or another project's), INVALID_ARGUMENT
+  // (`after` is not one of the job's event ids).
   absl::StatusOr<std::unique_ptr<Follow>> Open(
-      const std::string& api_key, const std::string& job_id,
-      const std::string& after, std::weak_ptr<Subscriber> subscriber);
+      const Caller& caller, const std::string& job_id, const std::string& after,
+      std::weak_ptr<Subscriber> subscriber);
 
   // Ends every follow, for shutdown: each one's next Check() or Next() is
   // UNAVAILABLE. Wakes them all now.
@@ -124,12 +123,12 @@ class EventFeed::Follow {
 
  private:
   friend class EventFeed;
-  Follow(EventFeed& feed, std::string api_key, std::string job_id,
-         std::string after, std::weak_ptr<Subscriber> subscriber);
+  Follow(EventFeed& feed, Caller caller, std::string job_id, std::string after,
+         std::weak_ptr<Subscriber> subscriber);
 
   // Constant after construction.
   EventFeed& feed_;
-  const std::string api_key_;
+  const Caller caller_;
   const std::string job_id_;
   const absl::Time opened_;
   const std::weak_ptr<Subscriber> subscriber_;

@@ -75,7 +75,7 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
     spdlog::info("base model {} -> {} ({} parameters)", name, model->path(),
                  model->parameter_count());
   }
-  options.coordinator.job_defaults = options.service.job_defaults;
+  options.coordinator.job_defaults = options.operations.job_defaults;
   ASSIGN_OR_RETURN(d->coordinator_,
                    Coordinator::Create(*d->store_, options.coordinator));
   std::string admin_key_file = options.admin_key_file.empty()
@@ -93,9 +93,11 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   Coordinator* coordinator = d->coordinator_.get();
   feed.present = [coordinator](v1::Job& job) { return coordinator->FillQueuePosition(job); };
   d->feed_ = std::make_unique<EventFeed>(*d->store_, *d->auth_, feed);
-  ServerContext ctx{d->auth_.get(),        d->store_.get(), d->blobs_.get(),
-                    d->coordinator_.get(), options.service, &d->shutting_down_,
-                    d->feed_.get()};
+  d->ops_ = std::make_unique<Operations>(
+      OperationDeps{d->store_.get(), d->blobs_.get(), d->coordinator_.get(),
+                    d->feed_.get(), options.operations});
+  ServiceDeps ctx{d->auth_.get(), d->ops_.get(), options.operations.chunk_bytes,
+                  &d->shutting_down_};
   d->files_ = std::make_unique<FilesService>(ctx);
   d->fine_tuning_ = std::make_unique<FineTuningService>(ctx);
   d->worker_ = std::make_unique<WorkerService>(ctx);

@@ -1,5 +1,6 @@
-// lathed, assembled: the store, the blob store, the coordinator, the gRPC
-// services and the lease sweeper, under one data directory.
+// lathed, assembled: the store, the blob store, the coordinator, the
+// operations, the gRPC services over them and the lease sweeper, under one
+// data directory.
 #ifndef LATHE_SERVER_LATHED_H_
 #define LATHE_SERVER_LATHED_H_
 
@@ -15,6 +16,7 @@
 #include "common/tls.h"
 #include "server/coordinator.h"
 #include "server/event_feed.h"
+#include "server/operations/operations.h"
 #include "server/services.h"
 
 namespace lathe {
@@ -34,7 +36,7 @@ struct LathedOptions {
   int max_message_bytes = 16 << 20;
   std::string data_dir = ".lathe";           // lathe.db and blobs/
   std::map<std::string, std::string> base_models;  // name -> folder
-  ServiceOptions service;
+  OperationOptions operations;
   CoordinatorOptions coordinator;
   EventFeedOptions feed;  // WatchJob streams
   absl::Duration sweep_interval = absl::Seconds(1);
@@ -70,6 +72,7 @@ class Lathed {
   std::unique_ptr<Coordinator> coordinator_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<EventFeed> feed_;
+  std::unique_ptr<Operations> ops_;
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<FilesService> files_;
   std::unique_ptr<FineTuningService> fine_tuning_;

@@ -38,11 +38,11 @@ ABSL_FLAG(int64_t, max_examples_per_file, 1'000'000,
 ABSL_FLAG(int, max_jobs_in_flight_per_project, 100,
           "most jobs of one project that are queued, running or paused at once");
 ABSL_FLAG(int, max_uploads_in_flight_per_key,
-          lathe::ServiceOptions().max_uploads_in_flight_per_key,
+          lathe::OperationOptions().max_uploads_in_flight_per_key,
           "most uploads one API key has open at once (RESOURCE_EXHAUSTED "
           "beyond)");
 ABSL_FLAG(int, max_uploads_in_flight,
-          lathe::ServiceOptions().max_uploads_in_flight,
+          lathe::OperationOptions().max_uploads_in_flight,
           "most uploads open at once, all keys together (each holds up to "
           "about 4 x max_line_bytes plus a message)");
 ABSL_FLAG(std::string, data_dir, ".lathe", "folder for lathe.db and blobs");
@@ -93,15 +93,17 @@ int main(int argc, char** argv) {
   o.tls.insecure = absl::GetFlag(FLAGS_insecure);
   o.worker_client_ca = absl::GetFlag(FLAGS_worker_client_ca);
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
-  o.service.max_line_bytes = absl::GetFlag(FLAGS_max_line_bytes);
-  o.service.max_examples_per_file = absl::GetFlag(FLAGS_max_examples_per_file);
-  o.service.max_jobs_in_flight_per_project =
+  o.operations.max_line_bytes = absl::GetFlag(FLAGS_max_line_bytes);
+  o.operations.max_examples_per_file =
+      absl::GetFlag(FLAGS_max_examples_per_file);
+  o.operations.max_jobs_in_flight_per_project =
       absl::GetFlag(FLAGS_max_jobs_in_flight_per_project);
-  o.service.max_uploads_in_flight_per_key =
+  o.operations.max_uploads_in_flight_per_key =
       absl::GetFlag(FLAGS_max_uploads_in_flight_per_key);
-  o.service.max_uploads_in_flight = absl::GetFlag(FLAGS_max_uploads_in_flight);
-  if (o.service.max_uploads_in_flight_per_key < 1 ||
-      o.service.max_uploads_in_flight < 1) {
+  o.operations.max_uploads_in_flight =
+      absl::GetFlag(FLAGS_max_uploads_in_flight);
+  if (o.operations.max_uploads_in_flight_per_key < 1 ||
+      o.operations.max_uploads_in_flight < 1) {
     std::cerr << "--max_uploads_in_flight_per_key and --max_uploads_in_flight "
                  "must be at least 1\n";
     return 2;
@@ -116,14 +118,16 @@ int main(int argc, char** argv) {
     }
     o.base_models[kv.first] = kv.second;
   }
-  o.service.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
-  o.service.job_defaults.base_learning_rate = absl::GetFlag(FLAGS_base_learning_rate);
+  o.operations.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  o.operations.job_defaults.base_learning_rate =
+      absl::GetFlag(FLAGS_base_learning_rate);
   o.coordinator.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   o.coordinator.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   o.feed.max_follow = absl::Seconds(absl::GetFlag(FLAGS_max_stream_seconds));
   o.admin_key_file = absl::GetFlag(FLAGS_admin_key_file);
   o.worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
-  o.service.job_defaults.checkpoint_every_steps = absl::GetFlag(FLAGS_checkpoint_every_steps);
+  o.operations.job_defaults.checkpoint_every_steps =
+      absl::GetFlag(FLAGS_checkpoint_every_steps);
 
   // Blocks of 1 MiB and more (upload lines and chunks) are mmapped and go
   // back to the system when freed, instead of staying in malloc's arenas

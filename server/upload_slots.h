@@ -19,8 +19,8 @@ namespace lathe {
 class UploadSlots {
  public:
   struct Limits {
-    int per_key;     // ServiceOptions::max_uploads_in_flight_per_key
-    int per_server;  // ServiceOptions::max_uploads_in_flight
+    int per_key;     // OperationOptions::max_uploads_in_flight_per_key
+    int per_server;  // OperationOptions::max_uploads_in_flight
   };
 
   // One upload's place; frees it when destroyed. Move-only.

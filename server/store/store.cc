@@ -324,6 +324,17 @@ absl::StatusOr<v1::ApiKey> Store::FindApiKey(const std::string& secret_sha256) {
   return ReadKey(stmt);
 }
 
+absl::StatusOr<v1::ApiKey> Store::GetApiKey(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare(absl::StrCat("SELECT ", kKeyColumns,
+                                             " FROM api_keys WHERE id = ?")));
+  stmt.Bind(1, id);
+  ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return absl::NotFoundError("no such key");
+  return ReadKey(stmt);
+}
+
 absl::StatusOr<std::vector<v1::ApiKey>> Store::ListApiKeys(
     const std::string& project) {
   absl::MutexLock lock(&mu_);
@@ -398,6 +409,15 @@ absl::Status Store::RecordCheckpoint(const std::string& job_id, int64_t step,
                                      const v1::CheckpointMetrics& metrics) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  RETURN_IF_ERROR(
+      RecordCheckpointLocked(job_id, step, attempt, files, metrics));
+  return tx->Commit();
+}
+
+absl::Status Store::RecordCheckpointLocked(
+    const std::string& job_id, int64_t step, int32_t attempt,
+    const std::vector<std::string>& files,
+    const v1::CheckpointMetrics& metrics) {
   for (const std::string& name : files) {
     ASSIGN_OR_RETURN(auto q, db_->Prepare("SELECT 1 FROM checkpoint_files WHERE "
                                           "job_id = ? AND step = ? AND "
@@ -423,7 +443,7 @@ absl::Status Store::RecordCheckpoint(const std::string& job_id, int64_t step,
     ev.set_message(absl::StrCat("Checkpoint saved at step ", step));
     RETURN_IF_ERROR(InsertEvent(job_id, ev, 0, 0).status());
   }
-  return tx->Commit();
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<v1::Checkpoint>> Store::ListCheckpoints(
@@ -767,8 +787,15 @@ absl::StatusOr<std::vector<v1::Job>> Store::JobsInStatus(v1::JobStatus status) {
   return jobs;
 }
 
-absl::StatusOr<std::vector<Store::QueueEntry>> Store::QueuedJobs() {
+absl::StatusOr<Store::SchedulerInput> Store::ReadSchedulerInput() {
   absl::MutexLock lock(&mu_);
+  SchedulerInput in;
+  ASSIGN_OR_RETURN(in.queued, QueuedJobsLocked());
+  ASSIGN_OR_RETURN(in.running_per_project, RunningPerProjectLocked());
+  return in;
+}
+
+absl::StatusOr<std::vector<Store::QueueEntry>> Store::QueuedJobsLocked() {
   ASSIGN_OR_RETURN(auto stmt,
                    db_->Prepare("SELECT id, seq, not_before_ms, project, "
                                 "priority, memory_bytes, created_at FROM jobs "
@@ -791,8 +818,7 @@ absl::StatusOr<std::vector<Store::QueueEntry>> Store::QueuedJobs() {
   return out;
 }
 
-absl::StatusOr<std::map<std::string, int>> Store::RunningPerProject() {
-  absl::MutexLock lock(&mu_);
+absl::StatusOr<std::map<std::string, int>> Store::RunningPerProjectLocked() {
   ASSIGN_OR_RETURN(auto stmt, db_->Prepare("SELECT project, COUNT(*) FROM jobs "
                                            "WHERE status IN (?, ?) "
                                            "GROUP BY project"));
@@ -811,13 +837,22 @@ absl::StatusOr<v1::Job> Store::Transition(const std::string& id,
                                           v1::JobStatus from, v1::JobStatus to,
                                           std::optional<int32_t> expect_attempt,
                                           const TransitionUpdate& update) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  ASSIGN_OR_RETURN(v1::Job job,
+                   TransitionLocked(id, from, to, expect_attempt, update));
+  RETURN_IF_ERROR(tx->Commit());
+  return job;
+}
+
+absl::StatusOr<v1::Job> Store::TransitionLocked(
+    const std::string& id, v1::JobStatus from, v1::JobStatus to,
+    std::optional<int32_t> expect_attempt, const TransitionUpdate& update) {
   if (!IsAllowedTransition(from, to)) {
     return absl::FailedPreconditionError(
         absl::StrCat("job ", id, " cannot go from ", StatusName(from), " to ",
                      StatusName(to)));
   }
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
   ASSIGN_OR_RETURN(
       auto stmt,
       db_->Prepare(
@@ -881,9 +916,7 @@ absl::StatusOr<v1::Job> Store::Transition(const std::string& id,
                      : update.message);
   ev.set_status(to);
   RETURN_IF_ERROR(InsertEvent(id, ev, 0, 0).status());
-  ASSIGN_OR_RETURN(v1::Job job, LoadJob(id));
-  RETURN_IF_ERROR(tx->Commit());
-  return job;
+  return LoadJob(id);
 }
 
 absl::StatusOr<v1::Job> Store::SetResumeRequested(const std::string& id,
@@ -918,23 +951,44 @@ absl::StatusOr<v1::Job> Store::SetResumeRequested(const std::string& id,
   return job;
 }
 
-absl::Status Store::RecordAttemptReport(const std::string& id, int32_t attempt,
-                                        const std::vector<AttemptEvent>& events,
-                                        int64_t steps_done, int64_t steps_total,
-                                        int64_t trained_tokens) {
+absl::Status Store::RecordAttemptReport(const AttemptReport& r) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
-  for (const AttemptEvent& e : events) {
-    auto stored = InsertEvent(id, e.event, attempt, e.seq);
+  for (const AttemptEvent& e : r.events) {
+    auto stored = InsertEvent(r.job_id, e.event, r.attempt, e.seq);
     if (!stored.ok() && !absl::IsAlreadyExists(stored.status())) return stored.status();
   }
   ASSIGN_OR_RETURN(auto stmt, db_->Prepare(
                                   "UPDATE jobs SET steps_done = ?, "
                                   "steps_total = ?, trained_tokens = ? "
                                   "WHERE id = ? AND attempt = ?"));
-  stmt.Bind(1, steps_done).Bind(2, steps_total).Bind(3, trained_tokens);
-  stmt.Bind(4, id).Bind(5, static_cast<int64_t>(attempt));
+  stmt.Bind(1, r.steps_done).Bind(2, r.steps_total).Bind(3, r.trained_tokens);
+  stmt.Bind(4, r.job_id).Bind(5, static_cast<int64_t>(r.attempt));
   RETURN_IF_ERROR(stmt.Run());
+  for (const AttemptReport::Checkpoint& c : r.checkpoints) {
+    absl::Status st =
+        RecordCheckpointLocked(r.job_id, c.step, r.attempt, c.files, c.metrics);
+    if (absl::IsFailedPrecondition(st)) {
+      // Files missing from this attempt: repeating the report cannot help.
+      // The latest whole checkpoint stays the resume point.
+      v1::JobEvent e;
+      e.set_type("message");
+      e.set_level("warn");
+      e.set_message(absl::StrCat("Checkpoint at step ", c.step,
+                                 " was not recorded: ", st.message()));
+      RETURN_IF_ERROR(InsertEvent(r.job_id, e, 0, 0).status());
+    } else if (!st.ok()) {
+      return st;
+    }
+  }
+  for (const v1::JobEvent& e : r.notes) {
+    RETURN_IF_ERROR(InsertEvent(r.job_id, e, 0, 0).status());
+  }
+  if (r.status_change) {
+    const AttemptReport::StatusChange& c = *r.status_change;
+    RETURN_IF_ERROR(
+        TransitionLocked(r.job_id, c.from, c.to, r.attempt, c.update).status());
+  }
   return tx->Commit();
 }
 

@@ -75,6 +75,8 @@ class Store {
   absl::Status InsertApiKey(const v1::ApiKey& key,
                             const std::string& secret_sha256);
   absl::StatusOr<v1::ApiKey> FindApiKey(const std::string& secret_sha256);
+  // The key with id `id`; NOT_FOUND if absent.
+  absl::StatusOr<v1::ApiKey> GetApiKey(const std::string& id);
   absl::StatusOr<std::vector<v1::ApiKey>> ListApiKeys(const std::string& project);
   // Revoking twice keeps the first time. NOT_FOUND if absent.
   absl::StatusOr<v1::ApiKey> RevokeApiKey(const std::string& id);
@@ -127,7 +129,7 @@ class Store {
       const std::string& project, int limit, const std::string& after,
       v1::JobStatus status,
       const std::map<std::string, std::string>& metadata = {});
-  // Queued jobs, oldest first (the scheduler's input).
+  // The scheduler's input: queued jobs and the running ones per project.
   struct QueueEntry {
     std::string job_id;
     int64_t seq = 0;            // creation order
@@ -137,9 +139,13 @@ class Store {
     int64_t memory_bytes = 0;
     int64_t created_at = 0;     // Unix seconds
   };
-  absl::StatusOr<std::vector<QueueEntry>> QueuedJobs();
-  // Running (or cancelling) jobs per project: the fair-share input.
-  absl::StatusOr<std::map<std::string, int>> RunningPerProject();
+  struct SchedulerInput {
+    std::vector<QueueEntry> queued;  // oldest first
+    // Running (or cancelling) jobs per project: the fair-share input.
+    std::map<std::string, int> running_per_project;
+  };
+  // Both read under one lock, so that they agree with each other.
+  absl::StatusOr<SchedulerInput> ReadSchedulerInput();
   // Jobs in `status`, e.g. running ones at start-up.
   absl::StatusOr<std::vector<v1::Job>> JobsInStatus(v1::JobStatus status);
 
@@ -158,18 +164,43 @@ class Store {
   absl::StatusOr<v1::Job> SetResumeRequested(const std::string& id,
                                              int32_t attempt, bool requested,
                                              const std::string& message);
-  // What one report of a running attempt says, in one transaction (one
-  // fsync): its events (each (job, attempt, seq) stored once: a repeated
-  // one is skipped) and its progress (ignored unless the attempt is
-  // current).
+  // What one report of a running attempt writes: all of it in one
+  // transaction (one fsync), so a report is recorded whole or not at all.
   struct AttemptEvent {
     int64_t seq = 0;  // the attempt's own numbering, from 1
     v1::JobEvent event;
   };
-  absl::Status RecordAttemptReport(const std::string& id, int32_t attempt,
-                                   const std::vector<AttemptEvent>& events,
-                                   int64_t steps_done, int64_t steps_total,
-                                   int64_t trained_tokens);
+  struct AttemptReport {
+    std::string job_id;
+    int32_t attempt = 0;
+    // Each (job, attempt, seq) is stored once: a repeated one is skipped.
+    std::vector<AttemptEvent> events;
+    // Progress; ignored unless `attempt` is the job's current one.
+    int64_t steps_done = 0;
+    int64_t steps_total = 0;
+    int64_t trained_tokens = 0;
+    // Each recorded as RecordCheckpoint does; one whose files are not all
+    // uploaded from this attempt is a warning event instead (repeating the
+    // report cannot help).
+    struct Checkpoint {
+      int64_t step = 0;
+      std::vector<std::string> files;
+      v1::CheckpointMetrics metrics;
+    };
+    std::vector<Checkpoint> checkpoints;
+    // Then the server's own events, then a status change: a
+    // compare-and-set as Transition, on `attempt`.
+    std::vector<v1::JobEvent> notes;
+    struct StatusChange {
+      v1::JobStatus from = v1::JOB_STATUS_UNSPECIFIED;
+      v1::JobStatus to = v1::JOB_STATUS_UNSPECIFIED;
+      TransitionUpdate update;
+    };
+    std::optional<StatusChange> status_change;
+  };
+  // FAILED_PRECONDITION, with nothing written, when the status change's
+  // compare-and-set finds the job elsewhere.
+  absl::Status RecordAttemptReport(const AttemptReport& report);
   // Appends an event. With attempt > 0, (job, attempt, attempt_seq) is
   // unique: re-sent events are ignored. Returns the event as stored.
   absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& job_id,
@@ -227,6 +258,20 @@ class Store {
   absl::StatusOr<v1::Job> LoadJob(const std::string& id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<bool> BlobReferencedLocked(const std::string& sha256)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Within a transaction of the caller's: as the public methods.
+  absl::StatusOr<v1::Job> TransitionLocked(
+      const std::string& id, v1::JobStatus from, v1::JobStatus to,
+      std::optional<int32_t> expect_attempt, const TransitionUpdate& update)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status RecordCheckpointLocked(const std::string& job_id, int64_t step,
+                                      int32_t attempt,
+                                      const std::vector<std::string>& files,
+                                      const v1::CheckpointMetrics& metrics)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::vector<QueueEntry>> QueuedJobsLocked()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::map<std::string, int>> RunningPerProjectLocked()
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::JobEvent> InsertEvent(const std::string& job_id,
                                            v1::JobEvent event, int32_t attempt,

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
 
@@ -147,17 +148,19 @@ TEST_F(StoreTest, QueueOrder) {
   for (const char* id : {"ftjob-1", "ftjob-2", "ftjob-3"}) {
     ASSERT_TRUE(CreateJob(MakeJob(id), "", "").ok());
   }
-  auto q = store_->QueuedJobs();
-  ASSERT_TRUE(q.ok());
-  ASSERT_EQ(q->size(), 3u);
-  EXPECT_EQ((*q)[0].job_id, "ftjob-1");
+  auto in = store_->ReadSchedulerInput();
+  ASSERT_TRUE(in.ok());
+  ASSERT_EQ(in->queued.size(), 3u);
+  EXPECT_EQ(in->queued[0].job_id, "ftjob-1");
+  EXPECT_TRUE(in->running_per_project.empty());
   ASSERT_TRUE(store_
                   ->Transition("ftjob-1", v1::JOB_STATUS_QUEUED,
-                               v1::JOB_STATUS_CANCELLED, std::nullopt, {})
+                               v1::JOB_STATUS_RUNNING, std::nullopt, {})
                   .ok());
-  q = store_->QueuedJobs();
-  ASSERT_EQ(q->size(), 2u);
-  EXPECT_EQ((*q)[0].job_id, "ftjob-2");
+  in = store_->ReadSchedulerInput();
+  ASSERT_EQ(in->queued.size(), 2u);
+  EXPECT_EQ(in->queued[0].job_id, "ftjob-2");
+  EXPECT_EQ(in->running_per_project.at("default"), 1);
 }
 
 TEST_F(StoreTest, CreateJobChecksItsFilesInItsOwnTransaction) {
@@ -367,10 +370,18 @@ TEST_F(StoreTest, AnAttemptsReportIsRecordedAsAWholeAndRepeatsAreHarmless) {
     e.event.mutable_metrics()->set_step(seq);
     report.push_back(e);
   }
-  ASSERT_TRUE(store_->RecordAttemptReport("ftjob-a", 1, report, 3, 10, 300).ok());
+  Store::AttemptReport r{.job_id = "ftjob-a",
+                         .attempt = 1,
+                         .events = report,
+                         .steps_done = 3,
+                         .steps_total = 10,
+                         .trained_tokens = 300};
+  ASSERT_TRUE(store_->RecordAttemptReport(r).ok());
   // The same report again (its ack was lost), and one more event.
-  report.push_back({.seq = 4});
-  ASSERT_TRUE(store_->RecordAttemptReport("ftjob-a", 1, report, 4, 10, 400).ok());
+  r.events.push_back({.seq = 4});
+  r.steps_done = 4;
+  r.trained_tokens = 400;
+  ASSERT_TRUE(store_->RecordAttemptReport(r).ok());
   auto events = store_->ListEvents("ftjob-a", "", 100);
   int metrics = 0;
   for (const auto& e : events->data) metrics += e.type() == "metrics";
@@ -380,8 +391,61 @@ TEST_F(StoreTest, AnAttemptsReportIsRecordedAsAWholeAndRepeatsAreHarmless) {
   EXPECT_EQ(job->progress().steps_done(), 4);
   EXPECT_EQ(job->trained_tokens(), 400);
   // A superseded attempt's progress is not taken.
-  ASSERT_TRUE(store_->RecordAttemptReport("ftjob-a", 7, {}, 9, 10, 900).ok());
+  ASSERT_TRUE(store_
+                  ->RecordAttemptReport({.job_id = "ftjob-a",
+                                         .attempt = 7,
+                                         .steps_done = 9,
+                                         .steps_total = 10,
+                                         .trained_tokens = 900})
+                  .ok());
   EXPECT_EQ(store_->GetJob("ftjob-a")->progress().steps_done(), 4);
+}
+
+TEST_F(StoreTest, AReportsCheckpointsNotesAndOutcomeGoInItsOneTransaction) {
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-a"), "", "").ok());
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-a", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_RUNNING, std::nullopt,
+                               {.attempt = 1})
+                  .ok());
+  v1::ResultFile f;
+  f.set_name("adapter_model.safetensors");
+  f.set_sha256(std::string(64, 'd'));
+  ASSERT_TRUE(store_->PutCheckpointFile("ftjob-a", 5, 1, f).ok());
+  Store::AttemptReport r{.job_id = "ftjob-a", .attempt = 1};
+  r.events.push_back({.seq = 1});
+  r.events.back().event.set_type("metrics");
+  r.checkpoints.push_back({.step = 5, .files = {"adapter_model.safetensors"}});
+  r.checkpoints.push_back({.step = 9, .files = {"missing.bin"}});
+  v1::JobEvent note;
+  note.set_type("message");
+  note.set_message("a note");
+  r.notes.push_back(note);
+  // An outcome whose compare-and-set fails (the job is not cancelling):
+  // nothing of the report is written.
+  r.status_change = Store::AttemptReport::StatusChange{
+      .from = v1::JOB_STATUS_CANCELLING, .to = v1::JOB_STATUS_CANCELLED};
+  auto before = store_->ListEvents("ftjob-a", "", 100)->data.size();
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->RecordAttemptReport(r)));
+  EXPECT_EQ(store_->ListEvents("ftjob-a", "", 100)->data.size(), before);
+  EXPECT_TRUE(store_->ListCheckpoints("ftjob-a")->empty());
+
+  r.status_change = Store::AttemptReport::StatusChange{
+      .from = v1::JOB_STATUS_RUNNING, .to = v1::JOB_STATUS_FAILED};
+  r.status_change->update.message = "The job failed: boom";
+  ASSERT_TRUE(store_->RecordAttemptReport(r).ok());
+  auto events = store_->ListEvents("ftjob-a", "", 100)->data;
+  ASSERT_EQ(events.size(), before + 5);
+  EXPECT_EQ(events[before].type(), "metrics");
+  EXPECT_EQ(events[before + 1].message(), "Checkpoint saved at step 5");
+  EXPECT_EQ(events[before + 2].level(), "warn");
+  EXPECT_TRUE(absl::StrContains(events[before + 2].message(),
+                                "step 9 was not recorded"))
+      << events[before + 2].message();
+  EXPECT_EQ(events[before + 3].message(), "a note");
+  EXPECT_EQ(events[before + 4].status(), v1::JOB_STATUS_FAILED);
+  EXPECT_EQ(store_->ListCheckpoints("ftjob-a")->size(), 1u);
+  EXPECT_EQ(store_->GetJob("ftjob-a")->status(), v1::JOB_STATUS_FAILED);
 }
 
 TEST_F(StoreTest, DeleteFileRefusedWhileAJobUsesIt) {

@@ -1,0 +1,236 @@
+#include "server/operations/job_ops.h"
+
+#include <map>
+#include <optional>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/echo.h"
+#include "common/ids.h"
+#include "common/job_state.h"
+#include "common/status_macros.h"
+#include "server/job_request.h"
+#include "server/request_limits.h"
+#include "spdlog/spdlog.h"
+
+namespace lathe {
+namespace {
+
+// Wakes NextJobEvents' thread when the feed says the job may have news.
+class Waiter final : public EventFeed::Subscriber {
+ public:
+  void Wake() override {
+    absl::MutexLock lock(&mu_);
+    woken_ = true;
+  }
+  // True if woken before `deadline` (since the last call).
+  bool WaitUntil(absl::Time deadline) {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithDeadline(absl::Condition(&woken_), deadline);
+    return std::exchange(woken_, false);
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool woken_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+absl::StatusOr<v1::Job> JobOps::OwnedJob(const Caller& caller,
+                                         const std::string& job_id) const {
+  RETURN_IF_ERROR(CheckIdField("job_id", job_id));
+  auto job = deps_.store->GetJob(job_id);
+  if (!job.ok()) return NotFoundAs("job", job_id, job.status());
+  RETURN_IF_ERROR(CheckOwner(caller, job->project(), "job", job_id));
+  return job;
+}
+
+absl::StatusOr<v1::Job> JobOps::Presented(absl::StatusOr<v1::Job> job) const {
+  if (job.ok()) RETURN_IF_ERROR(deps_.coordinator->FillQueuePosition(*job));
+  return job;
+}
+
+absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
+                                          const v1::CreateJobRequest& r) const {
+  RETURN_IF_ERROR(CheckJobRequest(r));
+  auto missing_model = [&] {
+    return absl::NotFoundError(
+        absl::StrCat("model: no model named \"", Echo(r.model()),
+                     "\" (`lathe models list` shows them)"));
+  };
+  auto model = deps_.store->GetModel(r.model());
+  if (!model.ok()) return missing_model();
+  if (model->kind() != "base") {
+    // Another project's fine-tuned model is as missing as one that never
+    // existed.
+    auto owner = deps_.store->GetJob(model->job_id());
+    if (!owner.ok() || owner->project() != caller.project)
+      return missing_model();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model: ", r.model(), " is a fine-tuned model; fine-tune its base, ",
+        model->base_model()));
+  }
+  auto training = deps_.store->GetFile(r.training_file());
+  if (!training.ok() || training->project() != caller.project) {
+    return absl::NotFoundError(
+        absl::StrCat("training_file: no such file ", Echo(r.training_file())));
+  }
+  thread_local absl::BitGen gen;
+  v1::Job job = ResolveJob(r, *training, *model, caller.project, NewId("ftjob"),
+                           absl::Uniform<int64_t>(gen, 0, 1LL << 31),
+                           deps_.options.job_defaults);
+  // Files are validated line by line at upload; the store checks in the
+  // insert's own transaction that they still exist, so the job is written
+  // straight into the queue with both events: no crash can leave it in
+  // validating_files, which nothing would advance.
+  job.set_status(v1::JOB_STATUS_QUEUED);
+  // Idempotency keys are per project: one project cannot probe another's.
+  std::string key =
+      r.idempotency_key().empty()
+          ? ""
+          : absl::StrCat(caller.project, "/", r.idempotency_key());
+  ASSIGN_OR_RETURN(
+      auto created,
+      deps_.store->CreateJob(job, key, RequestFingerprint(r),
+                             deps_.options.max_jobs_in_flight_per_project));
+  if (created.created) {
+    spdlog::info("created {} on {} ({} examples)", job.id(), job.model(),
+                 training->line_count());
+  }
+  return Presented(std::move(created.job));
+}
+
+absl::StatusOr<v1::Job> JobOps::GetJob(const Caller& caller,
+                                       const v1::GetJobRequest& r) const {
+  return Presented(OwnedJob(caller, r.job_id()));
+}
+
+absl::StatusOr<v1::ListJobsResponse> JobOps::ListJobs(
+    const Caller& caller, const v1::ListJobsRequest& r) const {
+  if (r.limit() < 0 || r.limit() > 100) {
+    return absl::InvalidArgumentError("limit: must be 1..100");
+  }
+  if (!v1::JobStatus_IsValid(r.status())) {
+    return absl::InvalidArgumentError("status: unknown value");
+  }
+  std::map<std::string, std::string> metadata(r.metadata().begin(),
+                                              r.metadata().end());
+  RETURN_IF_ERROR(CheckMetadata(metadata));
+  RETURN_IF_ERROR(CheckIdField("after", r.after(), /*required=*/false));
+  ASSIGN_OR_RETURN(auto page,
+                   deps_.store->ListJobs(caller.project, r.limit(), r.after(),
+                                         r.status(), metadata));
+  ASSIGN_OR_RETURN(auto positions,
+                   deps_.coordinator->QueuePositions(caller.project));
+  v1::ListJobsResponse out;
+  for (auto& j : page.data) {
+    if (auto it = positions.find(j.id()); it != positions.end()) {
+      j.set_queue_position(it->second);
+    }
+    *out.add_data() = std::move(j);
+  }
+  out.set_has_more(page.has_more);
+  return out;
+}
+
+absl::StatusOr<v1::Job> JobOps::CancelJob(const Caller& caller,
+                                          const v1::CancelJobRequest& r) const {
+  RETURN_IF_ERROR(OwnedJob(caller, r.job_id()).status());
+  return Presented(deps_.coordinator->CancelJob(r.job_id()));
+}
+
+absl::StatusOr<v1::Job> JobOps::PauseJob(const Caller& caller,
+                                         const v1::PauseJobRequest& r) const {
+  RETURN_IF_ERROR(OwnedJob(caller, r.job_id()).status());
+  return Presented(deps_.coordinator->PauseJob(r.job_id()));
+}
+
+absl::StatusOr<v1::Job> JobOps::ResumeJob(const Caller& caller,
+                                          const v1::ResumeJobRequest& r) const {
+  RETURN_IF_ERROR(OwnedJob(caller, r.job_id()).status());
+  return Presented(deps_.coordinator->ResumeJob(r.job_id()));
+}
+
+absl::StatusOr<v1::ListJobEventsResponse> JobOps::ListJobEvents(
+    const Caller& caller, const v1::ListJobEventsRequest& r) const {
+  RETURN_IF_ERROR(OwnedJob(caller, r.job_id()).status());
+  if (r.limit() < 0 || r.limit() > 1000) {
+    return absl::InvalidArgumentError("limit: must be 1..1000");
+  }
+  ASSIGN_OR_RETURN(auto page,
+                   deps_.store->ListEvents(r.job_id(), r.after(), r.limit()));
+  v1::ListJobEventsResponse out;
+  for (auto& e : page.data) *out.add_data() = std::move(e);
+  out.set_has_more(page.has_more);
+  return out;
+}
+
+absl::StatusOr<v1::ListJobCheckpointsResponse> JobOps::ListJobCheckpoints(
+    const Caller& caller, const v1::ListJobCheckpointsRequest& r) const {
+  RETURN_IF_ERROR(OwnedJob(caller, r.job_id()).status());
+  ASSIGN_OR_RETURN(auto all, deps_.store->ListCheckpoints(r.job_id()));
+  v1::ListJobCheckpointsResponse out;
+  for (auto& c : all) *out.add_data() = std::move(c);
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<EventFeed::Follow>> JobOps::WatchJob(
+    const Caller& caller, const v1::WatchJobRequest& r,
+    std::weak_ptr<EventFeed::Subscriber> subscriber) const {
+  return deps_.feed->Open(caller, r.job_id(), r.after(), std::move(subscriber));
+}
+
+absl::StatusOr<EventFeed::Follow::Batch> JobOps::NextJobEvents(
+    const Caller& caller, const v1::WatchJobRequest& r,
+    absl::Time deadline) const {
+  auto waiter = std::make_shared<Waiter>();
+  ASSIGN_OR_RETURN(auto follow, WatchJob(caller, r, waiter));
+  while (true) {
+    // Next() also re-checks the key and the follow's age on each wake-up
+    // (the feed wakes every follow once per check interval).
+    ASSIGN_OR_RETURN(EventFeed::Follow::Batch batch, follow->Next());
+    if (!batch.updates.empty() || batch.finished) return batch;
+    if (!waiter->WaitUntil(deadline)) return batch;
+  }
+}
+
+std::vector<Download> JobOps::DownloadsOf(
+    const google::protobuf::RepeatedPtrField<v1::ResultFile>& files) const {
+  std::vector<Download> out;
+  out.reserve(files.size());
+  for (const v1::ResultFile& f : files) {
+    out.push_back({f, deps_.blobs->PathFor(f.sha256())});
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Download>> JobOps::DownloadAdapter(
+    const Caller& caller, const v1::DownloadAdapterRequest& r) const {
+  ASSIGN_OR_RETURN(v1::Job job, OwnedJob(caller, r.job_id()));
+  if (job.result_files().empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job.id(), " has no adapter yet (status ",
+                     StatusName(job.status()), ")"));
+  }
+  return DownloadsOf(job.result_files());
+}
+
+absl::StatusOr<std::vector<Download>> JobOps::DownloadCheckpoint(
+    const Caller& caller, const v1::DownloadCheckpointRequest& r) const {
+  RETURN_IF_ERROR(OwnedJob(caller, r.job_id()).status());
+  ASSIGN_OR_RETURN(auto all, deps_.store->ListCheckpoints(r.job_id()));
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    if (r.step_number() == 0 || it->step_number() == r.step_number()) {
+      return DownloadsOf(it->files());
+    }
+  }
+  return absl::NotFoundError(
+      r.step_number() == 0
+          ? absl::StrCat("job ", r.job_id(), " has no checkpoint yet")
+          : absl::StrCat("step_number: job ", r.job_id(),
+                         " has no checkpoint at step ", r.step_number()));
+}
+
+}  // namespace lathe

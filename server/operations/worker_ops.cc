@@ -1,0 +1,73 @@
+#include "server/operations/worker_ops.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/echo.h"
+#include "common/status_macros.h"
+#include "server/request_limits.h"
+
+namespace lathe {
+
+absl::Status WorkerOps::CheckAttempt(const std::string& job_id,
+                                     int32_t attempt) const {
+  RETURN_IF_ERROR(CheckIdField("job_id", job_id));
+  return deps_.coordinator->CheckCurrentAttempt(job_id, attempt);
+}
+
+absl::StatusOr<v1::WorkerDirective> WorkerOps::Report(
+    const WorkerCaller&, const v1::WorkerReport& report) const {
+  return deps_.coordinator->HandleReport(report);
+}
+
+void WorkerOps::Disconnected(const WorkerCaller&,
+                             const std::string& worker_id) const {
+  deps_.coordinator->WorkerDisconnected(worker_id);
+}
+
+absl::StatusOr<std::string> WorkerOps::FetchFile(
+    const WorkerCaller&, const v1::FetchFileRequest& r) const {
+  RETURN_IF_ERROR(CheckAttempt(r.job_id(), r.attempt()));
+  ASSIGN_OR_RETURN(v1::Job job, deps_.store->GetJob(r.job_id()));
+  if (r.file_id() != job.training_file() &&
+      r.file_id() != job.validation_file()) {
+    return absl::NotFoundError(absl::StrCat("file_id: ", Echo(r.file_id()),
+                                            " is not a file of ", job.id()));
+  }
+  ASSIGN_OR_RETURN(v1::File file, deps_.store->GetFile(r.file_id()));
+  return deps_.blobs->PathFor(file.sha256());
+}
+
+absl::StatusOr<std::string> WorkerOps::FetchCheckpointFile(
+    const WorkerCaller&, const v1::FetchCheckpointFileRequest& r) const {
+  RETURN_IF_ERROR(CheckAttempt(r.job_id(), r.attempt()));
+  ASSIGN_OR_RETURN(auto all, deps_.store->ListCheckpoints(r.job_id()));
+  for (const v1::Checkpoint& c : all) {
+    if (c.step_number() != r.step()) continue;
+    for (const v1::ResultFile& f : c.files()) {
+      if (f.name() == r.name()) return deps_.blobs->PathFor(f.sha256());
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("no file ", Echo(r.name()),
+                                          " in checkpoint ", r.step(), " of ",
+                                          r.job_id()));
+}
+
+absl::StatusOr<std::string> WorkerOps::FetchModelFile(
+    const WorkerCaller&, const v1::FetchModelFileRequest& r) const {
+  RETURN_IF_ERROR(CheckAttempt(r.job_id(), r.attempt()));
+  ASSIGN_OR_RETURN(v1::Job job, deps_.store->GetJob(r.job_id()));
+  ASSIGN_OR_RETURN(v1::Model model, deps_.store->GetModel(job.model()));
+  for (const v1::ModelFile& f : model.files()) {
+    // Names come from the registration's directory listing, never from the
+    // request, so nothing outside the model folder can be read.
+    if (f.name() == r.name()) return model.path() + "/" + f.name();
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "name: ", Echo(r.name()), " is not a file of model ", job.model()));
+}
+
+std::unique_ptr<ResultUpload> WorkerOps::StartResultUpload(
+    const WorkerCaller&) const {
+  return std::make_unique<ResultUpload>(deps_);
+}
+
+}  // namespace lathe
