@@ -538,11 +538,21 @@ Coordinator::QueuePositions(const std::string& project) {
 }
 
 absl::Status Coordinator::FillQueuePosition(v1::Job& job) {
-  job.set_queue_position(0);
-  if (job.status() != v1::JOB_STATUS_QUEUED) return absl::OkStatus();
-  ASSIGN_OR_RETURN(auto positions, QueuePositions(job.project()));
-  if (auto it = positions.find(job.id()); it != positions.end()) {
-    job.set_queue_position(it->second);
+  // The job was read before the queue: a job placed (or cancelled) in
+  // between is missing from the queue, and is then read again, so that a
+  // job shown as queued always has its place. Assignments are not under
+  // one lock with reads any more; a few rounds settle it.
+  for (int round = 0; round < 3; ++round) {
+    job.set_queue_position(0);
+    if (job.status() != v1::JOB_STATUS_QUEUED) return absl::OkStatus();
+    ASSIGN_OR_RETURN(auto positions, QueuePositions(job.project()));
+    if (auto it = positions.find(job.id()); it != positions.end()) {
+      job.set_queue_position(it->second);
+      return absl::OkStatus();
+    }
+    absl::StatusOr<v1::Job> now = store_.GetJob(job.id());
+    if (!now.ok()) return absl::OkStatus();  // deleted: shown as it was read
+    job = *std::move(now);
   }
   return absl::OkStatus();
 }
