@@ -17,7 +17,9 @@ torch::Tensor ExplicitCausal(const torch::Tensor& q, const torch::Tensor& k,
   torch::Tensor future =
       torch::ones({T, T}, torch::TensorOptions(torch::kBool).device(q.device()))
           .triu(1);
-  scores = scores.masked_fill(future, std::numeric_limits<float>::lowest());
+  // -inf, not float's lowest: that overflows the bfloat16 scores of a
+  // mixed-precision run. Every row keeps its diagonal, so none is all -inf.
+  scores = scores.masked_fill(future, -std::numeric_limits<double>::infinity());
   return torch::matmul(torch::softmax(scores, -1, torch::kFloat32), v);
 }
 
