@@ -251,6 +251,33 @@ TEST_F(CoordinatorTest, JobsLargerThanAnyWorkerWaitWithAWarning) {
   EXPECT_EQ(store_->GetJob("ftjob-big")->status(), v1::JOB_STATUS_QUEUED);
 }
 
+// The reported devices reach placement: a job goes to a worker whose
+// device's total memory fits it, whatever is free at the moment.
+TEST_F(CoordinatorTest, PlacesByTheReportedDevicesTotalMemory) {
+  v1::Job j;
+  j.set_id("ftjob-8g");
+  j.set_status(v1::JOB_STATUS_QUEUED);
+  j.set_model("tiny");
+  j.set_memory_bytes(8LL << 30);
+  ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
+  auto report = [&](const std::string& worker, int64_t total, int64_t free) {
+    v1::WorkerReport r;
+    r.set_worker_id(worker);
+    v1::Device* dev = r.add_devices();
+    dev->set_kind("cuda");
+    dev->set_name("NVIDIA test GPU");
+    dev->set_memory_bytes(total);
+    dev->set_free_memory_bytes(free);
+    auto d = coord_->HandleReport(r);
+    EXPECT_TRUE(d.ok()) << d.status();
+    return d.ok() ? *d : v1::WorkerDirective();
+  };
+  EXPECT_FALSE(report("small", 4LL << 30, 4LL << 30).has_assignment());
+  const v1::WorkerDirective big = report("big", 80LL << 30, 2LL << 30);
+  ASSERT_TRUE(big.has_assignment());
+  EXPECT_EQ(big.assignment().job_id(), "ftjob-8g");
+}
+
 TEST_F(CoordinatorTest,
        ResumeWhileThePauseCheckpointIsWrittenQueuesWhenItLands) {
   AddJob("ftjob-1");

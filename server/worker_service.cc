@@ -1,3 +1,6 @@
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/echo.h"
 #include "common/grpc_status.h"
 #include "server/grpc_adapter.h"
 #include "server/grpc_auth.h"
@@ -5,6 +8,24 @@
 #include "spdlog/spdlog.h"
 
 namespace lathe {
+namespace {
+
+// "cuda NVIDIA H100 80GB HBM3 (79.1 GiB, 78.6 GiB free), …": what an
+// operator reads in the log when a worker connects.
+std::string DescribeDevices(const v1::WorkerReport& report) {
+  std::string out;
+  for (const v1::Device& d : report.devices()) {
+    absl::StrAppend(&out, out.empty() ? "" : ", ", Echo(d.kind()), " ",
+                    Echo(d.name()),
+                    absl::StrFormat(" (%.1f GiB, %.1f GiB free)",
+                                    d.memory_bytes() / double(1LL << 30),
+                                    d.free_memory_bytes() / double(1LL << 30)));
+  }
+  return out.empty() ? "no devices" : out;
+}
+
+}  // namespace
+
 
 grpc::Status WorkerService::Connect(
     grpc::ServerContext* context,
@@ -17,8 +38,8 @@ grpc::Status WorkerService::Connect(
   while (!deps_.shutting_down->load() && stream->Read(&report)) {
     if (worker_id.empty()) {
       worker_id = report.worker_id();
-      spdlog::info("worker {} connected from {} ({} device(s))", worker_id,
-                   context->peer(), report.devices_size());
+      spdlog::info("worker {} connected from {}: {}", worker_id,
+                   context->peer(), DescribeDevices(report));
     }
     auto directive = ops.Report(*worker, report);
     if (!directive.ok()) {

@@ -32,6 +32,9 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_server_name, "",
           "expect this name in lathed's certificate instead of --server's host");
 ABSL_FLAG(bool, insecure, false, "plaintext, for a lathed started with --insecure");
+ABSL_FLAG(std::string, device, "auto",
+          "the device to train on and report to lathed: auto (the first GPU "
+          "if there is one, else the CPU), cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, model_source, "auto",
           "auto: read a base model at the server's path when readable here, "
           "else fetch it from lathed; server: always fetch (cached by content "
@@ -41,7 +44,8 @@ namespace {
 
 int Serve(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "lathe-worker serve --server HOST:PORT [--worker_id ID] [--work_dir DIR]");
+      "lathe-worker serve --server HOST:PORT [--worker_id ID] [--work_dir DIR] "
+      "[--device auto|cpu|cuda|cuda:N]");
   absl::ParseCommandLine(argc, argv);
   // Block SIGINT/SIGTERM in every thread; one thread waits for them.
   sigset_t set;
@@ -55,6 +59,7 @@ int Serve(int argc, char** argv) {
   o.server = absl::GetFlag(FLAGS_server);
   o.worker_id = absl::GetFlag(FLAGS_worker_id);
   o.work_dir = absl::GetFlag(FLAGS_work_dir);
+  o.device = absl::GetFlag(FLAGS_device);
   std::string token_file = absl::GetFlag(FLAGS_token_file);
   std::ifstream token_in(token_file);
   if (token_file.empty() || !(token_in >> o.token)) {

@@ -14,6 +14,7 @@
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/agent/attempt_setup.h"
+#include "worker/agent/device_report.h"
 #include "worker/engine/recipes/run.h"
 
 namespace lathe::worker {
@@ -42,10 +43,6 @@ std::string DefaultWorkerId() {
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
   return absl::StrCat(host, "-", getpid());
-}
-
-int64_t MemoryBytes() {
-  return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
 }
 
 v1::JobEvent Message(const std::string& text,
@@ -110,12 +107,17 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   args.SetMaxReceiveMessageSize(16 << 20);
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
                    MakeChannel(options.server, options.tls, args));
+  ASSIGN_OR_RETURN(std::vector<v1::Device> devices,
+                   ReportedDevices(options.device));
   return std::unique_ptr<Agent>(
-      new Agent(std::move(options), std::move(channel)));
+      new Agent(std::move(options), std::move(channel), std::move(devices)));
 }
 
-Agent::Agent(AgentOptions options, std::shared_ptr<grpc::Channel> channel)
-    : options_(std::move(options)), channel_(std::move(channel)) {
+Agent::Agent(AgentOptions options, std::shared_ptr<grpc::Channel> channel,
+             std::vector<v1::Device> devices)
+    : options_(std::move(options)),
+      channel_(std::move(channel)),
+      devices_(std::move(devices)) {
   stub_ = v1::Worker::NewStub(channel_);
 }
 
@@ -149,10 +151,14 @@ void Agent::Stop() {
 v1::WorkerReport Agent::BuildReport() {
   v1::WorkerReport r;
   r.set_worker_id(options_.worker_id);
-  auto* dev = r.add_devices();
-  dev->set_kind("cpu");
-  dev->set_name(absl::StrCat("cpu x", std::thread::hardware_concurrency()));
-  dev->set_memory_bytes(MemoryBytes());
+  // Free memory changes: read again for every report.
+  if (auto devices = ReportedDevices(options_.device); devices.ok()) {
+    devices_ = *std::move(devices);
+  } else {
+    spdlog::warn("reporting the devices read before: {}",
+                 devices.status().ToString());
+  }
+  for (const v1::Device& d : devices_) *r.add_devices() = d;
   absl::MutexLock lock(&mu_);
   wake_ = false;
   if (attempt_) {

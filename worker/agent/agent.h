@@ -29,8 +29,10 @@ struct AgentOptions {
   std::string worker_id;                  // default: hostname-pid
   std::string work_dir = ".lathe-worker"; // per-attempt files
   std::string token;                      // lathed's worker token
-  std::string device = "auto";            // the run spec's device.device
   ChannelTls tls;                         // CA, client certificate, or insecure
+  // The device this worker trains on and reports: auto, cpu, cuda or
+  // cuda:N (engine/device/device_inventory.h), for the engine's run spec.
+  std::string device = "auto";
   absl::Duration heartbeat = absl::Seconds(1);
   absl::Duration drain_timeout = absl::Seconds(60);
   // Read base models from the server's path when it is readable here
@@ -47,7 +49,9 @@ struct AgentOptions {
 
 class Agent {
  public:
-  // INVALID_ARGUMENT naming the option when a TLS file cannot be used.
+  // INVALID_ARGUMENT naming the option when a TLS file cannot be used or
+  // `device` is not a device; FAILED_PRECONDITION naming `device` when this
+  // machine does not have it.
   static absl::StatusOr<std::unique_ptr<Agent>> Create(AgentOptions options);
   ~Agent();
 
@@ -60,7 +64,8 @@ class Agent {
   void Stop();
 
  private:
-  explicit Agent(AgentOptions options, std::shared_ptr<grpc::Channel> channel);
+  Agent(AgentOptions options, std::shared_ptr<grpc::Channel> channel,
+        std::vector<v1::Device> devices);
 
   struct Attempt;  // one assigned attempt and its thread
 
@@ -113,6 +118,9 @@ class Agent {
   const AgentOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Worker::Stub> stub_;
+  // The devices last read (kept when a later reading fails); Run()'s
+  // thread only.
+  std::vector<v1::Device> devices_;
 
   absl::Mutex mu_;
   std::unique_ptr<Attempt> attempt_ ABSL_GUARDED_BY(mu_);

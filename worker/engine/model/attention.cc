@@ -19,7 +19,9 @@ torch::Tensor ExplicitCausal(const torch::Tensor& q, const torch::Tensor& k,
   torch::Tensor future =
       torch::ones({T, T}, torch::TensorOptions(torch::kBool).device(q.device()))
           .triu(1);
-  scores = scores.masked_fill(future, std::numeric_limits<float>::lowest());
+  // -inf, not float's lowest (which overflows bfloat16); every row keeps its
+  // diagonal, so none is all -inf.
+  scores = scores.masked_fill(future, -std::numeric_limits<double>::infinity());
   return torch::matmul(
       torch::softmax(scores, -1, torch::kFloat32).to(v.scalar_type()), v);
 }

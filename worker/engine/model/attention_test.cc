@@ -34,6 +34,24 @@ TEST(AttentionTest, SegmentsEqualABlockDiagonalCausalMask) {
       want, 1e-5, 1e-6));
 }
 
+// Scores in bfloat16 (a mixed-precision run) mask the future without
+// overflowing, and stay near the float32 result.
+TEST(AttentionTest, ExplicitPathTakesBfloat16) {
+  torch::manual_seed(4);
+  const torch::Tensor q = torch::randn({1, 2, 6, 4});
+  const torch::Tensor k = torch::randn({1, 2, 6, 4});
+  const torch::Tensor v = torch::randn({1, 2, 6, 4});
+  auto attend = [](const torch::Tensor& q, const torch::Tensor& k,
+                   const torch::Tensor& v) {
+    return SegmentedCausalAttention(q, k, v, {{6}}, AttentionKernel::kExplicit);
+  };
+  const torch::Tensor bf16 =
+      attend(q.to(torch::kBFloat16), k.to(torch::kBFloat16),
+             v.to(torch::kBFloat16).to(torch::kFloat32))
+          .to(torch::kFloat32);
+  EXPECT_TRUE(torch::allclose(bf16, attend(q, k, v), 0.05, 0.05));
+}
+
 // On LibTorch 2.x: the fused kernel gives the explicit path's logits and
 // gradients through the whole model, packed and padded.
 TEST(AttentionTest, FusedEqualsExplicitLogitsAndGradients) {
