@@ -2,36 +2,40 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "worker/engine/device/device.h"
 #include "worker/engine/error_kind.h"
 
 namespace lathe::engine {
+namespace {
+
+// The device section's name for a field, in errors of the shared parsers.
+absl::Status InSection(const absl::Status& status, const char* field) {
+  if (status.ok()) return status;
+  const ErrorKind kind = absl::IsInvalidArgument(status)
+                             ? ErrorKind::kUserOptions
+                             : ErrorKind::kPlatform;
+  // The parsers name their field ("device: …"): only the section is added.
+  const std::string message(status.message());
+  const std::string own = absl::StrCat(field, ": ");
+  return WithErrorKind(
+      absl::Status(status.code(),
+                   message.rfind(own, 0) == 0
+                       ? absl::StrCat("device.", message)
+                       : absl::StrCat("device.", own, message)),
+      kind);
+}
+
+}  // namespace
 
 absl::StatusOr<Placement> ResolvePlacement(const DeviceSpec& spec) {
   RETURN_IF_ERROR(Validate(spec));
   Placement p;
-  const int64_t gpus = torch::cuda::is_available()
-                           ? static_cast<int64_t>(torch::cuda::device_count())
-                           : 0;
-  if (spec.device == "auto") {
-    p.device = gpus > 0 ? torch::Device(torch::kCUDA, 0)
-                        : torch::Device(torch::kCPU);
-  } else if (spec.device != "cpu") {
-    torch::Device wanted(spec.device);
-    const int64_t index = wanted.has_index() ? wanted.index() : 0;
-    if (index >= gpus) {
-      return WithErrorKind(
-          absl::FailedPreconditionError(absl::StrCat(
-              "device \"", spec.device, "\": this worker's LibTorch sees ",
-              gpus, " CUDA device(s); run it on a GPU machine with a CUDA "
-              "build of LibTorch, or use device \"cpu\" (or \"auto\")")),
-          ErrorKind::kPlatform);
-    }
-    p.device = torch::Device(torch::kCUDA, static_cast<int8_t>(index));
-  }
-  if (spec.dtype == "bfloat16" ||
-      (spec.dtype == "auto" && p.device.is_cuda())) {
-    p.compute = torch::kBFloat16;
-  }
+  absl::StatusOr<torch::Device> device = ParseDevice(spec.device);
+  RETURN_IF_ERROR(InSection(device.status(), "device"));
+  p.device = *device;
+  absl::StatusOr<torch::ScalarType> dtype = ResolveDtype(spec.dtype, p.device);
+  RETURN_IF_ERROR(InSection(dtype.status(), "dtype"));
+  p.compute = *dtype;
   return p;
 }
 

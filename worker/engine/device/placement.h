@@ -15,11 +15,12 @@ struct Placement {
   torch::ScalarType compute = torch::kFloat32;  // of the matrix products
 };
 
-// device "auto" is CUDA when LibTorch sees a CUDA device, else the CPU;
-// dtype "auto" is bfloat16 on CUDA and float32 on the CPU.
-// FAILED_PRECONDITION (a platform error, error_kind.h) naming the device
-// when CUDA is asked for and absent or the index is out of range;
-// INVALID_ARGUMENT naming the field for a value Validate refuses.
+// ParseDevice and ResolveDtype (device.h) over the section: device "auto"
+// is the first GPU when there is one, else the CPU; dtype "auto" is
+// bfloat16 on a GPU that computes it natively, float32 on the CPU.
+// INVALID_ARGUMENT naming the field for a value the section refuses;
+// FAILED_PRECONDITION (a platform error, error_kind.h) naming
+// "device.device" or "device.dtype" when this machine lacks what is asked.
 absl::StatusOr<Placement> ResolvePlacement(const DeviceSpec& spec);
 
 }  // namespace lathe::engine
