@@ -23,6 +23,8 @@
 #include "worker/engine/text/chat_template.h"
 #include "worker/engine/cli/demo.h"
 #include "worker/engine/text/tokenizer.h"
+#include "worker/engine/device/device.h"
+#include "worker/engine/device/peak_memory.h"
 #include "worker/engine/recipes/run.h"
 
 namespace lathe::engine {
@@ -294,7 +296,19 @@ int Run(const BenchOptions& o) {
     tokens += step_tokens;
     seconds += step_tokens / m.tokens_per_second;
   };
+  // On a GPU, the caching allocator's peak over the run (the CPU's peak is
+  // the process's RSS, printed below).
+  absl::StatusOr<torch::Device> device = ParseDevice(o.device);
+  if (device.ok() && device->is_cuda()) {
+    (void)ResetPeakMemory(*device);
+  }
   absl::StatusOr<TrainResult> result = Train(options, hooks);
+  std::string device_peak;
+  if (device.ok() && device->is_cuda()) {
+    if (absl::StatusOr<int64_t> peak = PeakMemoryBytes(*device); peak.ok()) {
+      device_peak = absl::StrCat("peak device memory: ", *peak >> 20, " MiB\n");
+    }
+  }
   std::filesystem::remove_all(dir);
   if (!result.ok()) {
     std::cerr << result.status() << "\n";
@@ -322,6 +336,7 @@ int Run(const BenchOptions& o) {
             << "loss path peak: " << result->loss_peak_bytes / (1 << 20)
             << " MiB of logits\n"
             << "peak RSS: " << static_cast<int64_t>(PeakRssMib()) << " MiB\n"
+            << device_peak
             << "train FLOPs per token: " << TrainFlopsPerToken(o)
             << " (6N + 12 L C T, PaLM's convention; N without embeddings)"
             << std::endl;
