@@ -15,7 +15,9 @@
 #   PYTHON=/usr/bin/python3   a Python with torch (Debian's python3-torch)
 #   ENGINE_ARGS= HF_ARGS=     extra flags for one side only
 #   WAIT_QUIET=1         before each run wait (up to WAIT_MAX_S=2400 in all)
-#                        for a 1-minute load below MAX_LOAD=0.5 and no cc1plus
+#                        until the CPUs are below MAX_BUSY_PCT=15 % busy over
+#                        3 s and no cc1plus runs (the load average is not
+#                        used: the previous run's own load lingers in it)
 #   OMP_WAIT_POLICY=PASSIVE   (default here; both sides get it)
 set -u
 cd "$(dirname "$0")/../../.."
@@ -26,7 +28,7 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 HF=worker/engine/bench/hf_reference.py
 WAIT_QUIET=${WAIT_QUIET:-1}
 WAIT_MAX_S=${WAIT_MAX_S:-2400}
-MAX_LOAD=${MAX_LOAD:-0.5}
+MAX_BUSY_PCT=${MAX_BUSY_PCT:-15}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 read -r -a engine_extra <<<"${ENGINE_ARGS:-}"
 read -r -a hf_extra <<<"${HF_ARGS:-}"
@@ -35,21 +37,30 @@ read -r -a hf_extra <<<"${HF_ARGS:-}"
 "$PYTHON" -c 'import torch' 2>/dev/null ||
   { echo "$PYTHON has no torch (apt-get install -y python3-torch)" >&2; exit 1; }
 
+cpu_busy_pct() {  # percent of all CPU time not idle over 3 seconds
+  local a b
+  a=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8, $5+$6}' /proc/stat)
+  sleep 3
+  b=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8, $5+$6}' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN{split(a, x, " "); split(b, y, " ");
+    t = y[1] - x[1]; i = y[2] - x[2]; printf "%d", t > 0 ? 100 * (t - i) / t : 0}'
+}
+
 waited=0
 wait_quiet() {
   [[ $WAIT_QUIET == 1 ]] || return 0
   while :; do
-    local load busy
-    load=$(cut -d' ' -f1 /proc/loadavg)
-    busy=$(pgrep -c -x cc1plus || true)
-    if awk -v l="$load" -v m="$MAX_LOAD" 'BEGIN{exit !(l < m)}' && [[ $busy == 0 ]]; then
+    local pct cc
+    pct=$(cpu_busy_pct)
+    cc=$(pgrep -c -x cc1plus || true)
+    if ((pct < MAX_BUSY_PCT)) && [[ $cc == 0 ]]; then
       return 0
     fi
     if ((waited >= WAIT_MAX_S)); then
-      echo "# still busy (load $load, $busy cc1plus) after ${waited}s; running anyway" >&2
+      echo "# still busy (${pct}% CPU, $cc cc1plus) after ${waited}s; running anyway" >&2
       return 0
     fi
-    sleep 15
+    sleep 12
     waited=$((waited + 15))
   done
 }
@@ -58,7 +69,7 @@ rows=()
 run_one() {  # program data run
   local prog=$1 data=$2 run=$3 out load
   wait_quiet
-  load=$(cut -d' ' -f1 /proc/loadavg)
+  load=$(cut -d' ' -f1 /proc/loadavg)  # reported only
   if [[ $prog == lathe ]]; then
     out=$("$ENGINE_BENCH" --data="$data" "${common[@]}" "${engine_extra[@]}" 2>&1)
   else
@@ -90,7 +101,7 @@ done
 median() { sort -n | awk '{a[NR]=$1} END{if (NR) print (NR%2 ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)); else print "-"}'; }
 
 echo
-echo "| program | data | run | tokens/s | peak RSS (MiB) | padding computed | load before |"
+echo "| program | data | run | tokens/s | peak RSS (MiB) | padding computed (whole run) | 1-min load before (incl. the previous run) |"
 echo "|---|---|---|---|---|---|---|"
 for r in "${rows[@]}"; do
   IFS='|' read -r prog data run tps rss pad load <<<"$r"
