@@ -43,7 +43,7 @@ cpu_busy_pct() {  # percent of all CPU time not idle over 3 seconds
   sleep 3
   b=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8, $5+$6}' /proc/stat)
   awk -v a="$a" -v b="$b" 'BEGIN{split(a, x, " "); split(b, y, " ");
-    t = y[1] - x[1]; i = y[2] - x[2]; printf "%d", t > 0 ? 100 * (t - i) / t : 0}'
+    t = y[1] - x[1]; i = y[2] - x[2]; printf "%d", (t > 0 ? 100 * (t - i) / t : 0)}'
 }
 
 waited=0
