@@ -55,8 +55,7 @@ absl::Status AttachLora(LlamaModel& model, const LoraSpec& options) {
 TensorMap LoraParameters(const LlamaModel& model) {
   TensorMap params;
   for (size_t i = 0; i < model.layers().size(); ++i) {
-    for (const char* name : {"q_proj", "k_proj", "v_proj", "o_proj",
-                             "gate_proj", "up_proj", "down_proj"}) {
+    for (const char* name : kProjectionNames) {
       const Linear& linear = *model.layers()[i].Projection(name);
       if (!linear.lora_a.defined()) continue;
       params[PeftKey(i, name, "lora_A")] = linear.lora_a;

@@ -115,8 +115,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LoadOn(
   if (adapter_dir.empty()) return model;
   RETURN_IF_ERROR(LoadAdapter(*model, adapter_dir).status());
   for (DecoderLayer& layer : model->layers()) {
-    for (const char* name : {"q_proj", "k_proj", "v_proj", "o_proj",
-                             "gate_proj", "up_proj", "down_proj"}) {
+    for (const char* name : kProjectionNames) {
       Linear* p = layer.Projection(name);
       if (!p->lora_a.defined()) continue;
       p->lora_a = p->lora_a.to(device);

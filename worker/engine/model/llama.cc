@@ -202,8 +202,7 @@ TensorMap LlamaModel::Weights(bool merge_lora) const {
     const std::string p = absl::StrCat("model.layers.", i, ".");
     out[p + "input_layernorm.weight"] = layer.input_norm;
     out[p + "post_attention_layernorm.weight"] = layer.post_attention_norm;
-    for (const char* name : {"q_proj", "k_proj", "v_proj", "o_proj",
-                             "gate_proj", "up_proj", "down_proj"}) {
+    for (const char* name : kProjectionNames) {
       const Linear& linear = *layer.Projection(name);
       const std::string key =
           absl::StrCat(p, std::string(ProjectionGroup(name)), ".", name, ".");

@@ -11,6 +11,12 @@
 
 namespace lathe::engine {
 
+// The seven projections of a decoder layer, in Hugging Face's names and
+// order: attention (self_attn), then the MLP (mlp). LoRA adapts any of them.
+inline constexpr const char* kProjectionNames[] = {
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+    "down_proj"};
+
 // Llama 3 "rope_scaling": {"rope_type": "llama3", ...}; factor 0 = none.
 struct RopeScaling {
   double factor = 0;                  // 32.0

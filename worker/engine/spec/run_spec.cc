@@ -9,16 +9,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "worker/engine/model/model_config.h"
 
 namespace lathe::engine {
 namespace {
 
 using Json = nlohmann::json;
-
-// The projections LoRA can adapt, in Hugging Face's names.
-constexpr const char* kProjections[] = {"q_proj",    "k_proj",  "v_proj",
-                                        "o_proj",    "gate_proj", "up_proj",
-                                        "down_proj"};
 
 absl::Status Invalid(const std::string& field, const std::string& rule) {
   return absl::InvalidArgumentError(
@@ -313,13 +309,13 @@ absl::Status Validate(const AdapterSpec& s) {
   std::set<std::string> seen;
   for (const std::string& module : lora->target_modules) {
     const bool known = std::any_of(
-        std::begin(kProjections), std::end(kProjections),
+        std::begin(kProjectionNames), std::end(kProjectionNames),
         [&](const char* p) { return module == p; });
     if (!known || !seen.insert(module).second) {
       return Invalid("adapter.target_modules",
                      absl::StrCat(": \"", module,
                                   "\" is unknown or repeated; known: ",
-                                  absl::StrJoin(kProjections, ", ")));
+                                  absl::StrJoin(kProjectionNames, ", ")));
     }
   }
   return absl::OkStatus();
