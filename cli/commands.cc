@@ -9,6 +9,7 @@
 #include <map>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -43,7 +44,8 @@ Usage:
   lathe models get MODEL_ID
   lathe jobs create --model NAME --training-file FILE_ID
                     [--validation-file FILE_ID]
-                    [--method supervised|dpo|orpo] [--adapter lora|full]
+                    [--method supervised|dpo|orpo|prompt_tuning]
+                    [--adapter lora|full]
                     [--n-epochs N] [--batch-size N]
                     [--learning-rate-multiplier X] [--warmup-steps N]
                     [--lr-scheduler linear|cosine|constant]
@@ -55,6 +57,9 @@ Usage:
                     dpo, orpo: [--beta B] [--max-prompt-len N]
                     dpo: [--loss-type sigmoid|robust|hinge|ipo]
                          [--label-smoothing E] [--rpo-alpha A]
+                    prompt_tuning: [--num-virtual-tokens N]
+                         [--prompt-init random|text|sample_vocab]
+                         [--prompt-init-text TEXT]
                     [--suffix S] [--seed N] [--metadata KEY=VALUE]...
                     [--priority low|normal|high] [--idempotency-key KEY]
   lathe jobs get JOB_ID
@@ -208,7 +213,16 @@ void PrintJob(const v1::Job& j) {
     std::cout << absl::StrFormat("orpo:             lambda=%g max_prompt_len=%d\n",
                                  hp.beta(), hp.max_prompt_len());
   }
-  if (j.adapter() == v1::ADAPTER_TYPE_FULL) {
+  if (j.adapter() == v1::ADAPTER_TYPE_PROMPT_TUNING) {
+    const auto& p = j.method().prompt_tuning();
+    std::cout << absl::StrFormat(
+        "adapter:          prompt tuning, num_virtual_tokens=%d init=%s%s\n",
+        p.num_virtual_tokens(),
+        absl::AsciiStrToLower(v1::PromptTuningInit_Name(p.init()).substr(19)),
+        p.init_text().empty() ? ""
+                              : absl::StrCat(" init_text=\"", absl::CHexEscape(p.init_text()),
+                                             "\""));
+  } else if (j.adapter() == v1::ADAPTER_TYPE_FULL) {
     std::cout << "adapter:          full (every weight is trained)\n";
   } else {
     std::cout << absl::StrFormat(
@@ -378,6 +392,24 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
       return absl::InvalidArgumentError("--lr-scheduler: use linear, cosine or constant");
     }
     hp->set_lr_scheduler(s);
+  }
+  if (a.Has("num-virtual-tokens")) {
+    auto v = IntFlag(a, "num-virtual-tokens");
+    if (!v.ok()) return v.status();
+    r.mutable_method()->mutable_prompt_tuning()->set_num_virtual_tokens(
+        static_cast<int32_t>(*v));
+  }
+  if (!is_auto("prompt-init")) {
+    v1::PromptTuningInit init;
+    if (!v1::PromptTuningInit_Parse(
+            "PROMPT_TUNING_INIT_" + absl::AsciiStrToUpper(*a.Get("prompt-init")), &init) ||
+        init == v1::PROMPT_TUNING_INIT_UNSPECIFIED) {
+      return absl::InvalidArgumentError("--prompt-init: use random, text or sample_vocab");
+    }
+    r.mutable_method()->mutable_prompt_tuning()->set_init(init);
+  }
+  if (a.Has("prompt-init-text")) {
+    r.mutable_method()->mutable_prompt_tuning()->set_init_text(*a.Get("prompt-init-text"));
   }
   if (!is_auto("loss-type")) {
     v1::PreferenceLoss l;
@@ -738,7 +770,8 @@ int Run(const std::vector<std::string>& argv) {
        "idempotency-key", "priority", "checkpoint", "method", "warmup-steps",
        "lr-scheduler", "weight-decay", "gradient-accumulation-steps", "max-seq-len",
        "max-grad-norm", "eval-every-steps", "checkpoint-every-steps", "adapter", "beta",
-       "loss-type", "label-smoothing", "rpo-alpha", "max-prompt-len"});
+       "loss-type", "label-smoothing", "rpo-alpha", "max-prompt-len", "num-virtual-tokens",
+       "prompt-init", "prompt-init-text"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

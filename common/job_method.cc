@@ -16,6 +16,7 @@ const v1::Hyperparameters& MethodHyperparameters(const v1::Method& method) {
   const std::string type = MethodType(method);
   if (type == "dpo") return method.dpo().hyperparameters();
   if (type == "orpo") return method.orpo().hyperparameters();
+  if (type == "prompt_tuning") return method.prompt_tuning().hyperparameters();
   return method.supervised().hyperparameters();
 }
 
@@ -23,13 +24,16 @@ v1::Hyperparameters* MutableMethodHyperparameters(v1::Method& method) {
   const std::string type = MethodType(method);
   if (type == "dpo") return method.mutable_dpo()->mutable_hyperparameters();
   if (type == "orpo") return method.mutable_orpo()->mutable_hyperparameters();
+  if (type == "prompt_tuning") {
+    return method.mutable_prompt_tuning()->mutable_hyperparameters();
+  }
   return method.mutable_supervised()->mutable_hyperparameters();
 }
 
 std::string HyperparametersPrefix(const v1::Method& method) {
   const std::string type = MethodType(method);
-  return absl::StrCat("method.",
-                      type == "dpo" || type == "orpo" ? type : "supervised",
+  const bool known = type == "dpo" || type == "orpo" || type == "prompt_tuning";
+  return absl::StrCat("method.", known ? type : "supervised",
                       ".hyperparameters.");
 }
 

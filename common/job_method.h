@@ -11,7 +11,8 @@
 namespace lathe {
 
 // The method types, as Method.type spells them.
-inline constexpr const char* kMethodTypes[] = {"supervised", "dpo", "orpo"};
+inline constexpr const char* kMethodTypes[] = {"supervised", "dpo", "orpo",
+                                               "prompt_tuning"};
 
 // method.type, with "" (auto, and jobs stored before the field was always
 // set) read as "supervised".

@@ -82,6 +82,44 @@ absl::Status CheckPreferenceHyperparameters(const std::string& type,
   return absl::OkStatus();
 }
 
+// Prompt tuning's settings, and its adapter: nothing of LoRA's.
+absl::Status CheckPromptTuning(const v1::CreateJobRequest& r) {
+  const bool prompt = MethodType(r.method()) == "prompt_tuning";
+  if (!prompt) {
+    if (r.adapter() == v1::ADAPTER_TYPE_PROMPT_TUNING) {
+      return Bad("adapter", "PROMPT_TUNING comes with method.type \"prompt_tuning\"");
+    }
+    return absl::OkStatus();
+  }
+  if (r.adapter() != v1::ADAPTER_TYPE_UNSPECIFIED &&
+      r.adapter() != v1::ADAPTER_TYPE_PROMPT_TUNING) {
+    return Bad("adapter", "prompt tuning trains its virtual tokens; leave adapter unset");
+  }
+  if (r.has_lora()) {
+    return Bad("lora", "LoRA settings are for adapter LORA; prompt tuning trains virtual tokens");
+  }
+  const v1::PromptTuningMethod& p = r.method().prompt_tuning();
+  if (p.has_num_virtual_tokens() &&
+      (p.num_virtual_tokens() < 1 || p.num_virtual_tokens() > 1024)) {
+    return Bad("method.prompt_tuning.num_virtual_tokens",
+               absl::StrCat(p.num_virtual_tokens(), " is out of range 1..1024"));
+  }
+  if (!v1::PromptTuningInit_IsValid(p.init())) {
+    return Bad("method.prompt_tuning.init", "unknown value");
+  }
+  const bool text = p.init() == v1::PROMPT_TUNING_INIT_TEXT;
+  if (text && p.init_text().empty()) {
+    return Bad("method.prompt_tuning.init_text", "required with init TEXT");
+  }
+  if (!text && !p.init_text().empty()) {
+    return Bad("method.prompt_tuning.init_text", "is for init TEXT only");
+  }
+  if (p.init_text().size() > 4096) {
+    return Bad("method.prompt_tuning.init_text", "longer than 4096 bytes");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
@@ -101,7 +139,8 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   for (const auto& [name, set] :
        {std::pair<const char*, bool>{"supervised", method.has_supervised()},
         {"dpo", method.has_dpo()},
-        {"orpo", method.has_orpo()}}) {
+        {"orpo", method.has_orpo()},
+        {"prompt_tuning", method.has_prompt_tuning()}}) {
     if (set && type != name) {
       return Bad(absl::StrCat("method.", name),
                  absl::StrCat("is for method.type \"", name,
@@ -164,6 +203,7 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
                "output only (the resolved peak rate); set learning_rate_multiplier");
   }
   RETURN_IF_ERROR(CheckPreferenceHyperparameters(type, hp, kHp));
+  RETURN_IF_ERROR(CheckPromptTuning(r));
   if (!v1::AdapterType_IsValid(r.adapter())) return Bad("adapter", "unknown value");
   const auto& lora = r.lora();
   if (r.adapter() == v1::ADAPTER_TYPE_FULL && r.has_lora()) {
@@ -250,6 +290,14 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
     if (!hp->has_label_smoothing()) hp->set_label_smoothing(0);
     if (!hp->has_rpo_alpha()) hp->set_rpo_alpha(0);
   }
+  if (type == "prompt_tuning") {
+    job.set_adapter(v1::ADAPTER_TYPE_PROMPT_TUNING);
+    auto* p = job.mutable_method()->mutable_prompt_tuning();
+    if (!p->has_num_virtual_tokens()) p->set_num_virtual_tokens(20);
+    if (p->init() == v1::PROMPT_TUNING_INIT_UNSPECIFIED) {
+      p->set_init(v1::PROMPT_TUNING_INIT_RANDOM);
+    }
+  }
   if (job.adapter() == v1::ADAPTER_TYPE_UNSPECIFIED) job.set_adapter(v1::ADAPTER_TYPE_LORA);
   if (job.adapter() != v1::ADAPTER_TYPE_LORA) return;
   auto* lora = job.mutable_lora();
@@ -283,6 +331,9 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
 
   auto* method = job.mutable_method();
   method->set_type(MethodType(r.method()));
+  if (method->type() == "prompt_tuning") {
+    *method->mutable_prompt_tuning() = r.method().prompt_tuning();
+  }
   auto* hp = MutableMethodHyperparameters(*method);
   *hp = MethodHyperparameters(r.method());
   if (!hp->has_n_epochs()) hp->set_n_epochs(3);
@@ -293,7 +344,9 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   }
   if (!hp->has_learning_rate_multiplier()) hp->set_learning_rate_multiplier(1);
   job.set_adapter(r.adapter());
-  if (r.adapter() != v1::ADAPTER_TYPE_FULL) *job.mutable_lora() = r.lora();
+  if (r.adapter() != v1::ADAPTER_TYPE_FULL && method->type() != "prompt_tuning") {
+    *job.mutable_lora() = r.lora();
+  }
   FillJobDefaults(job, defaults);
   scheduler::TrainShape train;
   // A preference step runs both rows of each pair.
@@ -303,6 +356,13 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
     train.method = scheduler::TrainMethod::kLora;
     train.lora_rank = job.lora().rank();
     train.lora_matrices_per_layer = job.lora().target_modules_size();
+  } else if (job.adapter() == v1::ADAPTER_TYPE_PROMPT_TUNING) {
+    // A frozen base and N x hidden trained values (fewer than any LoRA);
+    // the virtual tokens lengthen every sequence.
+    train.method = scheduler::TrainMethod::kLora;
+    train.lora_rank = 1;
+    train.lora_matrices_per_layer = 1;
+    train.sequence_length += job.method().prompt_tuning().num_virtual_tokens();
   } else {
     train.method = scheduler::TrainMethod::kFull;
   }

@@ -298,6 +298,59 @@ TEST(JobRequestTest, ResolvesPreferenceDefaultsAndChecksTheFilesFormat) {
   EXPECT_TRUE(CheckJobFiles(Valid(), chat, nullptr).ok());
 }
 
+TEST(JobRequestTest, PromptTuningResolvesItsAdapterAndRefusesLoraSettings) {
+  v1::File f;
+  f.set_line_count(40);
+  v1::Model model;
+  model.set_parameter_count(1'000'000);
+  model.set_hidden_size(64);
+  model.set_num_layers(2);
+  model.set_vocab_size(1000);
+  v1::CreateJobRequest r = Valid();
+  r.mutable_method()->set_type("prompt_tuning");
+  r.mutable_method()->mutable_prompt_tuning()->mutable_hyperparameters()->set_n_epochs(2);
+  ASSERT_TRUE(CheckJobRequest(r).ok()) << CheckJobRequest(r);
+  const v1::Job job = ResolveJob(r, f, model, "p", "ftjob-p", 1, JobDefaults{});
+  EXPECT_EQ(job.adapter(), v1::ADAPTER_TYPE_PROMPT_TUNING);
+  EXPECT_FALSE(job.has_lora());
+  EXPECT_EQ(job.method().prompt_tuning().num_virtual_tokens(), 20);
+  EXPECT_EQ(job.method().prompt_tuning().init(), v1::PROMPT_TUNING_INIT_RANDOM);
+  EXPECT_EQ(job.method().prompt_tuning().hyperparameters().n_epochs(), 2);
+  EXPECT_EQ(job.method().prompt_tuning().hyperparameters().max_seq_len(), 512);
+
+  struct Case {
+    std::function<void(v1::CreateJobRequest&)> mutate;
+    const char* error;
+  };
+  const Case cases[] = {
+      {[](auto& r) { r.mutable_lora()->set_rank(4); }, "lora: LoRA settings are for adapter LORA"},
+      {[](auto& r) { r.set_adapter(v1::ADAPTER_TYPE_FULL); }, "adapter: prompt tuning trains"},
+      {[](auto& r) { r.mutable_method()->mutable_prompt_tuning()->set_num_virtual_tokens(0); },
+       "method.prompt_tuning.num_virtual_tokens: 0 is out of range 1..1024"},
+      {[](auto& r) {
+         r.mutable_method()->mutable_prompt_tuning()->set_init(v1::PROMPT_TUNING_INIT_TEXT);
+       },
+       "method.prompt_tuning.init_text: required with init TEXT"},
+      {[](auto& r) { r.mutable_method()->mutable_prompt_tuning()->set_init_text("hi"); },
+       "method.prompt_tuning.init_text: is for init TEXT only"},
+      {[](auto& r) {
+         r.mutable_method()->mutable_prompt_tuning()->mutable_hyperparameters()->set_beta(0.1);
+       },
+       "method.prompt_tuning.hyperparameters.beta: is for method.type"},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest bad = r;
+    c.mutate(bad);
+    const absl::Status st = CheckJobRequest(bad);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.error;
+    EXPECT_TRUE(absl::StartsWith(st.message(), c.error)) << st.message();
+  }
+  v1::CreateJobRequest sft = Valid();
+  sft.set_adapter(v1::ADAPTER_TYPE_PROMPT_TUNING);
+  EXPECT_TRUE(absl::StartsWith(CheckJobRequest(sft).message(),
+                               "adapter: PROMPT_TUNING comes with method.type"));
+}
+
 TEST(JobRequestTest, FingerprintIgnoresOnlyTheKey) {
   v1::CreateJobRequest a = Valid(), b = Valid();
   a.set_idempotency_key("k1");

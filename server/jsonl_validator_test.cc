@@ -55,7 +55,8 @@ TEST(JsonlValidatorTest, RefusesBadLinesNamingLineAndField) {
        "line 2: mixed formats: this line is prompt_completion but line 1 is "
        "chat"},
       {R"({"text":"just words"})", "line 2: mixed formats"},
-      {R"({"input":"a"})", "line 2: messages: missing"},
+      {R"({"input":"a"})", "line 2: input: expected an object"},
+      {R"({"output":"a"})", "line 2: messages: missing"},
       {R"({"messages":[]})", "line 2: messages: expected a non-empty array"},
       {R"({"messages":[{"role":"bot","content":"x"}]})",
        "line 2: messages[0].role: unknown role \"bot\""},

@@ -258,5 +258,51 @@ TEST(EndToEndTest, FullFineTuningWithScheduleOptionsThroughTheCli) {
   EXPECT_TRUE(has_layer);
 }
 
+// Prompt tuning through the CLI: the job trains virtual tokens only and
+// downloads as PEFT's PROMPT_TUNING adapter.
+TEST(EndToEndTest, PromptTuningThroughTheCliDownloadsPeftsLayout) {
+  auto cluster = Cluster::Start(TestRoot("e2e-prompt"), 1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::vector<std::string> base = {Binaries().cli, "--server", c.address(), "--api_key",
+                                   c.api_key()};
+  for (const std::string& f : c.CliTlsFlags()) base.push_back(f);
+  auto cli = [&](std::vector<std::string> args, std::string* out) {
+    std::vector<std::string> argv = base;
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv, out);
+  };
+  std::string out;
+  ASSERT_EQ(cli({"jobs", "create", "--model", "lathe-demo", "--training-file", file->id(),
+                 "--method", "prompt_tuning", "--num-virtual-tokens", "8", "--prompt-init",
+                 "text", "--prompt-init-text", "Answer briefly:", "--n-epochs", "1",
+                 "--batch-size", "4", "--learning-rate-multiplier", "100", "-o", "json"},
+                &out),
+            0)
+      << out;
+  const std::string id = nlohmann::json::parse(out.substr(out.find('{')))["id"];
+  ASSERT_EQ(cli({"jobs", "get", id}, &out), 0) << out;
+  EXPECT_NE(out.find("method:           prompt_tuning"), std::string::npos) << out;
+  EXPECT_NE(out.find("adapter:          prompt tuning, num_virtual_tokens=8 init=text "
+                     "init_text=\"Answer briefly:\""),
+            std::string::npos)
+      << out;
+  ASSERT_EQ(cli({"jobs", "wait", id, "--timeout", "300"}, &out), 0) << out << c.Logs();
+  const std::string dir = c.root() + "/prompt";
+  ASSERT_EQ(cli({"jobs", "download", id, "--out", dir}, &out), 0) << out;
+  auto header = safetensors::ReadHeaderFile(dir + "/adapter_model.safetensors");
+  ASSERT_TRUE(header.ok()) << header.status();
+  ASSERT_EQ(header->tensors.size(), 1u);
+  EXPECT_EQ(header->tensors[0].name, "prompt_embeddings");
+  EXPECT_EQ(header->tensors[0].shape, (std::vector<int64_t>{8, 64}));
+  const auto config = nlohmann::json::parse(ReadFileOrEmpty(dir + "/adapter_config.json"));
+  EXPECT_EQ(config["peft_type"], "PROMPT_TUNING");
+  EXPECT_EQ(config["num_virtual_tokens"], 8);
+  EXPECT_EQ(config["prompt_tuning_init"], "TEXT");
+  EXPECT_EQ(config["prompt_tuning_init_text"], "Answer briefly:");
+}
+
 }  // namespace
 }  // namespace lathe::testing

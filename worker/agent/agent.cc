@@ -497,9 +497,15 @@ void Agent::RunAttempt(Attempt* attempt) {
                  ? ""
                  : absl::AsciiStrToUpper(engine::ObjectiveType(o.objective)) +
                        " ",
-             engine::Lora(o.adapter) == nullptr
-                 ? std::string("full fine-tuning")
-                 : absl::StrCat("LoRA r=", engine::Lora(o.adapter)->rank),
+             engine::Lora(o.adapter) != nullptr
+                 ? absl::StrCat("LoRA r=", engine::Lora(o.adapter)->rank)
+             : std::holds_alternative<engine::PromptTuningSpec>(o.adapter)
+                 ? absl::StrCat(
+                       "prompt tuning, ",
+                       std::get<engine::PromptTuningSpec>(o.adapter)
+                           .num_virtual_tokens,
+                       " virtual tokens")
+                 : std::string("full fine-tuning"),
              " on ", job.model(), ", ", o.schedule.n_epochs,
              " epochs, batch ", o.data.batch_size, ", lr ",
              o.optimizer.learning_rate)));
@@ -595,7 +601,7 @@ void Agent::RunAttempt(Attempt* attempt) {
       }
       if (uploaded) {
         outcome.set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
-        Emit(attempt, Message(absl::StrCat(engine::Lora(o.adapter) == nullptr ? "Model" : "Adapter",
+        Emit(attempt, Message(absl::StrCat(std::holds_alternative<engine::FullSpec>(o.adapter) ? "Model" : "Adapter",
                                            " uploaded (", result->steps,
                                            " steps, loss ", result->first_loss,
                                            " -> ", result->last_loss, ")")));

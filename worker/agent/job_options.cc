@@ -27,6 +27,16 @@ constexpr LossName kLosses[] = {
     {v1::PREFERENCE_LOSS_IPO, "ipo"},
 };
 
+struct InitName {
+  v1::PromptTuningInit wire;
+  const char* engine;  // PromptTuningSpec::init
+};
+constexpr InitName kInits[] = {
+    {v1::PROMPT_TUNING_INIT_RANDOM, "random"},
+    {v1::PROMPT_TUNING_INIT_TEXT, "text"},
+    {v1::PROMPT_TUNING_INIT_SAMPLE_VOCAB, "sample_vocab"},
+};
+
 }  // namespace
 
 absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
@@ -49,6 +59,23 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
     case v1::ADAPTER_TYPE_FULL:
       spec.adapter = engine::FullSpec{};
       break;
+    case v1::ADAPTER_TYPE_PROMPT_TUNING: {
+      const v1::PromptTuningMethod& wire = job.method().prompt_tuning();
+      engine::PromptTuningSpec prompt;
+      prompt.num_virtual_tokens = wire.num_virtual_tokens();
+      prompt.init.clear();
+      for (const InitName& i : kInits) {
+        if (i.wire == wire.init()) prompt.init = i.engine;
+      }
+      if (prompt.init.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("method.prompt_tuning.init: ",
+                         v1::PromptTuningInit_Name(wire.init()), " is not resolved"));
+      }
+      prompt.init_text = wire.init_text();
+      spec.adapter = prompt;
+      break;
+    }
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("adapter: ", v1::AdapterType_Name(job.adapter()),
@@ -58,7 +85,7 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
   const std::string type = MethodType(job.method());
   const v1::Hyperparameters& hp = MethodHyperparameters(job.method());
   const std::string prefix = HyperparametersPrefix(job.method());
-  if (type == "supervised") {
+  if (type == "supervised" || type == "prompt_tuning") {
     spec.objective = engine::SftSpec{};
   } else if (type == "dpo") {
     engine::DpoSpec dpo;
@@ -123,11 +150,24 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
     for (const std::string& m : lora->target_modules) {
       wire.add_target_modules(m);
     }
+  } else if (std::holds_alternative<engine::PromptTuningSpec>(spec.adapter)) {
+    job.set_adapter(v1::ADAPTER_TYPE_PROMPT_TUNING);
   } else {
     job.set_adapter(v1::ADAPTER_TYPE_FULL);
   }
   const std::string type = engine::ObjectiveType(spec.objective);
-  job.mutable_method()->set_type(type == "sft" ? "supervised" : type);
+  const auto* prompt = std::get_if<engine::PromptTuningSpec>(&spec.adapter);
+  job.mutable_method()->set_type(prompt != nullptr ? "prompt_tuning"
+                                 : type == "sft"   ? "supervised"
+                                                   : type);
+  if (prompt != nullptr) {
+    v1::PromptTuningMethod& wire = *job.mutable_method()->mutable_prompt_tuning();
+    wire.set_num_virtual_tokens(prompt->num_virtual_tokens);
+    for (const InitName& i : kInits) {
+      if (prompt->init == i.engine) wire.set_init(i.wire);
+    }
+    wire.set_init_text(prompt->init_text);
+  }
   v1::Hyperparameters& hp = *MutableMethodHyperparameters(*job.mutable_method());
   if (const auto* dpo = std::get_if<engine::DpoSpec>(&spec.objective)) {
     hp.set_beta(dpo->beta);

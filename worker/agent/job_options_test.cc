@@ -71,9 +71,17 @@ v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supe
   job.set_adapter(adapter);
   job.mutable_method()->set_type(method);
   SetEveryField(*MutableMethodHyperparameters(*job.mutable_method()),
-                method == "supervised" ? kPreference
-                : method == "orpo"     ? kDpoOnly
-                                       : std::set<std::string>{});
+                method == "dpo"    ? std::set<std::string>{}
+                : method == "orpo" ? kDpoOnly
+                                   : kPreference);
+  if (method == std::string("prompt_tuning")) {
+    job.set_adapter(v1::ADAPTER_TYPE_PROMPT_TUNING);
+    auto* p = job.mutable_method()->mutable_prompt_tuning();
+    p->set_num_virtual_tokens(13);
+    p->set_init(v1::PROMPT_TUNING_INIT_TEXT);
+    p->set_init_text("Answer briefly:");
+    return job;
+  }
   if (adapter == v1::ADAPTER_TYPE_LORA) SetEveryField(*job.mutable_lora());
   return job;
 }

@@ -2,12 +2,18 @@
 
 #include "common/status_macros.h"
 #include "worker/engine/adapters/lora.h"
+#include "worker/engine/adapters/prompt_tuning.h"
+#include "worker/engine/text/json_file.h"
 #include "worker/engine/model/model_export.h"
 
 namespace lathe::engine {
 
-absl::Status MakeTrainable(LlamaModel& model, const AdapterSpec& adapter) {
+absl::Status MakeTrainable(LlamaModel& model, const AdapterSpec& adapter,
+                           const Tokenizer* tokenizer) {
   if (const LoraSpec* lora = Lora(adapter)) return AttachLora(model, *lora);
+  if (const auto* prompt = std::get_if<PromptTuningSpec>(&adapter)) {
+    return AttachPromptTuning(model, *prompt, tokenizer);
+  }
   for (auto& [name, weight] : model.Weights(/*merge_lora=*/false)) {
     weight.requires_grad_(true);
   }
@@ -17,6 +23,9 @@ absl::Status MakeTrainable(LlamaModel& model, const AdapterSpec& adapter) {
 std::vector<AdamW::Param> TrainableParams(const LlamaModel& model,
                                           const AdapterSpec& adapter) {
   std::vector<AdamW::Param> params;
+  if (std::holds_alternative<PromptTuningSpec>(adapter)) {
+    return {{"prompt_embeddings", model.prompt_embeddings(), true}};
+  }
   const TensorMap named = Lora(adapter) != nullptr
                               ? LoraParameters(model)
                               : model.Weights(/*merge_lora=*/false);
@@ -27,8 +36,8 @@ std::vector<AdamW::Param> TrainableParams(const LlamaModel& model,
 }
 
 std::string TrainedWeightsFile(const AdapterSpec& adapter) {
-  return Lora(adapter) != nullptr ? "adapter_model.safetensors"
-                                  : "model.safetensors";
+  return std::holds_alternative<FullSpec>(adapter) ? "model.safetensors"
+                                                   : "adapter_model.safetensors";
 }
 
 std::string AdapterBaseName(const ModelSpec& model_spec,
@@ -44,7 +53,23 @@ absl::Status SaveTrained(const LlamaModel& model, const AdapterSpec& adapter,
   if (const LoraSpec* lora = Lora(adapter)) {
     return SaveAdapter(model, *lora, AdapterBaseName(model_spec, model), dir);
   }
+  if (const auto* prompt = std::get_if<PromptTuningSpec>(&adapter)) {
+    return SavePromptTuning(model, *prompt, AdapterBaseName(model_spec, model),
+                            dir);
+  }
   return SaveModelFolder(model, model_spec.dir, dir, dtype);
+}
+
+absl::StatusOr<AdapterSpec> LoadTrained(LlamaModel& model,
+                                        const std::string& dir) {
+  ASSIGN_OR_RETURN(const nlohmann::json config,
+                   ReadJsonFile(dir + "/adapter_config.json"));
+  if (config.value("peft_type", "") == "PROMPT_TUNING") {
+    ASSIGN_OR_RETURN(PromptTuningSpec prompt, LoadPromptTuning(model, dir));
+    return AdapterSpec(prompt);
+  }
+  ASSIGN_OR_RETURN(LoraSpec lora, LoadAdapter(model, dir));
+  return AdapterSpec(lora);
 }
 
 absl::Status ExportResult(const LlamaModel& model, const AdapterSpec& adapter,

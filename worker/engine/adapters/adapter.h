@@ -1,5 +1,6 @@
-// What a run trains, by the adapter section's kind: LoRA factors (lora.h)
-// or every weight of the model (full fine-tuning). The one place that
+// What a run trains, by the adapter section's kind: LoRA factors (lora.h),
+// every weight of the model (full fine-tuning), or prompt tuning's virtual
+// tokens (prompt_tuning.h). The one place that
 // branches on the adapter kind; recipes call these and never test it.
 #ifndef LATHE_WORKER_ENGINE_ADAPTERS_ADAPTER_H_
 #define LATHE_WORKER_ENGINE_ADAPTERS_ADAPTER_H_
@@ -13,12 +14,15 @@
 #include "worker/engine/model/llama.h"
 #include "worker/engine/optim/adamw.h"
 #include "worker/engine/spec/run_spec.h"
+#include "worker/engine/text/tokenizer.h"
 
 namespace lathe::engine {
 
-// Makes `adapter`'s tensors trainable: fresh LoRA factors (drawn from
-// torch's global generator), or requires_grad on every weight.
-absl::Status MakeTrainable(LlamaModel& model, const AdapterSpec& adapter);
+// Makes `adapter`'s tensors trainable: fresh LoRA factors or prompt
+// embeddings (drawn from torch's global generator), or requires_grad on
+// every weight. `tokenizer`: for prompt tuning's text init.
+absl::Status MakeTrainable(LlamaModel& model, const AdapterSpec& adapter,
+                           const Tokenizer* tokenizer = nullptr);
 
 // The trained tensors, named as in the adapter's weight file. Weight decay
 // applies to LoRA's A and B, and to full fine-tuning's matrices (not to
@@ -39,6 +43,12 @@ std::string AdapterBaseName(const ModelSpec& model_spec,
 absl::Status SaveTrained(const LlamaModel& model, const AdapterSpec& adapter,
                          const ModelSpec& model_spec, const std::string& dir,
                          torch::ScalarType dtype);
+
+// Loads the PEFT adapter folder `dir` (LORA or PROMPT_TUNING, by its
+// adapter_config.json) into `model`. Errors as LoadAdapter /
+// LoadPromptTuning.
+absl::StatusOr<AdapterSpec> LoadTrained(LlamaModel& model,
+                                        const std::string& dir);
 
 // The run's result: SaveTrained to output.dir in the base model's dtype,
 // and for LoRA the merged model folder to output.merged_dir when set.

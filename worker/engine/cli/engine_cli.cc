@@ -22,6 +22,7 @@
 #include "worker/engine/inference/generate.h"
 #include "worker/engine/text/json_file.h"
 #include "worker/engine/model/llama.h"
+#include "worker/engine/adapters/adapter.h"
 #include "worker/engine/adapters/lora.h"
 #include "worker/engine/device/placement.h"
 #include "worker/engine/inference/score.h"
@@ -244,7 +245,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LoadModel(
   ASSIGN_OR_RETURN(const Placement placement, ResolvePlacement(device));
   model->Place(placement.device, placement.compute, placement.compute);
   if (!Flag(flags, "--adapter").empty()) {
-    RETURN_IF_ERROR(LoadAdapter(*model, Flag(flags, "--adapter")).status());
+    RETURN_IF_ERROR(LoadTrained(*model, Flag(flags, "--adapter")).status());
   }
   return model;
 }

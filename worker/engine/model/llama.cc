@@ -289,6 +289,19 @@ torch::Tensor LlamaModel::Layer(const DecoderLayer& layer,
 torch::Tensor LlamaModel::Forward(const torch::Tensor& input_ids,
                                   const torch::Tensor& attention_mask,
                                   bool training) const {
+  const int64_t N = num_virtual_tokens();
+  if (N > 0) {
+    // The virtual tokens' placeholders, attended like any token.
+    const int64_t B = input_ids.size(0);
+    const torch::Tensor ids =
+        torch::cat({torch::zeros({B, N}, input_ids.options()), input_ids}, 1);
+    const torch::Tensor mask = torch::cat(
+        {torch::ones({B, N}, attention_mask.options()), attention_mask}, 1);
+    const torch::Tensor hidden =
+        Hidden(ids, SequenceLayout::Padded(mask), {.training = training})
+            .slice(1, N);
+    return torch::linear(hidden, As(lm_head_, hidden)).to(torch::kFloat32);
+  }
   const torch::Tensor hidden = Hidden(
       input_ids, SequenceLayout::Padded(attention_mask), {.training = training});
   return torch::linear(hidden, As(lm_head_, hidden)).to(torch::kFloat32);
@@ -299,6 +312,15 @@ torch::Tensor LlamaModel::Hidden(const torch::Tensor& input_ids,
                                  const ForwardOptions& options) const {
   torch::Tensor x = torch::embedding(embed_tokens_, input_ids)  // [B, T, C]
                         .to(compute_dtype_);
+  if (const int64_t N = num_virtual_tokens(); N > 0) {
+    // Prompt tuning: the first N positions of each example are the virtual
+    // tokens (their gradient reaches prompt_embeddings_ only).
+    const torch::Tensor virtual_position = layout.position_ids.lt(N);
+    const torch::Tensor rows = torch::embedding(
+        As(prompt_embeddings_, x),
+        layout.position_ids.clamp_max(N - 1));
+    x = torch::where(virtual_position.unsqueeze(-1), rows, x);
+  }
   // angles[b, t]: position_ids[b, t] * inv_freq, twice -> [B, 1, T, D]
   torch::Tensor freqs = layout.position_ids.to(torch::kFloat32).unsqueeze(-1) *
                         inv_freq_.to(x.device());

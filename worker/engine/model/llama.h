@@ -114,6 +114,20 @@ class LlamaModel {
   // each adapted projection's weight is a new W + scale * B A.
   TensorMap Weights(bool merge_lora) const;
 
+  // Prompt tuning's virtual tokens (adapters/prompt_tuning.h): [N, C]
+  // float32, or undefined (none). While set, Hidden embeds every position
+  // whose position id is below N as row position_id of these instead of its
+  // token, so each example (each segment, its positions restarting at 0)
+  // must start with N placeholder tokens; Forward prepends them itself and
+  // returns the logits of the real tokens only (PEFT's logits[:, N:]).
+  void SetPromptEmbeddings(torch::Tensor embeddings) {
+    prompt_embeddings_ = std::move(embeddings);
+  }
+  const torch::Tensor& prompt_embeddings() const { return prompt_embeddings_; }
+  int64_t num_virtual_tokens() const {
+    return prompt_embeddings_.defined() ? prompt_embeddings_.size(0) : 0;
+  }
+
   // Moves every weight to `device`, stored in `storage` (bf16 for a frozen
   // base under LoRA; float32 masters for full fine-tuning), and computes in
   // `compute` from then on. Call before attaching an adapter: its tensors
@@ -145,6 +159,7 @@ class LlamaModel {
   torch::Tensor norm_;          // [C]
   torch::Tensor lm_head_;       // [V, C], the embedding when tied
   torch::Tensor inv_freq_;      // [D / 2], float32
+  torch::Tensor prompt_embeddings_;  // [N, C] float32 or undefined
   torch::ScalarType compute_dtype_ = torch::kFloat32;
   std::vector<DecoderLayer> layers_;
 };

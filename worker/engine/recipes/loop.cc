@@ -43,11 +43,13 @@ absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec) {
   // Mixed precision: a frozen base is held in the compute dtype; what is
   // trained stays float32 (masters, and AdamW's moments with them).
   setup.model->Place(placement.device,
-                     Lora(spec.adapter) != nullptr ? placement.compute
-                                                   : torch::kFloat32,
+                     std::holds_alternative<FullSpec>(spec.adapter)
+                         ? torch::kFloat32
+                         : placement.compute,
                      placement.compute);
   torch::manual_seed(spec.seed);
-  RETURN_IF_ERROR(MakeTrainable(*setup.model, spec.adapter));
+  RETURN_IF_ERROR(
+      MakeTrainable(*setup.model, spec.adapter, setup.tokenizer.get()));
   return setup;
 }
 

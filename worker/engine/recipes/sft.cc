@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "worker/engine/adapters/prompt_tuning.h"
 #include "worker/engine/data/batch.h"
 #include "worker/engine/data/chat_data.h"
 #include "worker/engine/data/packing.h"
@@ -145,6 +146,10 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
   std::optional<Dataset> valid;
   if (!spec.data.validation_file.empty()) {
     ASSIGN_OR_RETURN(valid, LoadRunData(spec, setup, true));
+  }
+  if (const int n = setup.model->num_virtual_tokens(); n > 0) {
+    PrependVirtualTokens(train.examples, n);
+    if (valid) PrependVirtualTokens(valid->examples, n);
   }
   SftObjective objective(spec, sft, *setup.model, std::move(train),
                          std::move(valid), setup.tokenizer->pad_id());

@@ -51,6 +51,12 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, LoraSpe
 template <typename S, typename F>
 void Fields(S&, F&&) requires std::is_same_v<std::remove_const_t<S>, FullSpec> {}
 template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, PromptTuningSpec> {
+  f("num_virtual_tokens", s.num_virtual_tokens);
+  f("init", s.init);
+  f("init_text", s.init_text);
+}
+template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, SftSpec> {
   f("loss_chunk_tokens", s.loss_chunk_tokens);
 }
@@ -110,6 +116,7 @@ template <> constexpr const char* kName<ModelSpec> = "model";
 template <> constexpr const char* kName<DataSpec> = "data";
 template <> constexpr const char* kName<LoraSpec> = "adapter";
 template <> constexpr const char* kName<FullSpec> = "adapter";
+template <> constexpr const char* kName<PromptTuningSpec> = "adapter";
 template <> constexpr const char* kName<SftSpec> = "objective";
 template <> constexpr const char* kName<DpoSpec> = "objective";
 template <> constexpr const char* kName<OrpoSpec> = "objective";
@@ -264,7 +271,9 @@ std::string Resolve(const std::string& path, const std::string& base_dir) {
 }  // namespace
 
 std::string AdapterType(const AdapterSpec& adapter) {
-  return std::holds_alternative<LoraSpec>(adapter) ? "lora" : "full";
+  constexpr const char* kTypes[] = {"lora", "full", "prompt_tuning"};
+  static_assert(std::variant_size_v<AdapterSpec> == std::size(kTypes));
+  return kTypes[adapter.index()];
 }
 
 std::string ObjectiveType(const ObjectiveSpec& objective) {
@@ -324,9 +333,29 @@ Json ToJson(const AdapterSpec& s) {
 }
 absl::Status FromJson(const Json& j, AdapterSpec* s) {
   return VariantFromJson<AdapterSpec>(
-      j, s, "adapter", {{"lora", LoraSpec{}}, {"full", FullSpec{}}});
+      j, s, "adapter",
+      {{"lora", LoraSpec{}},
+       {"full", FullSpec{}},
+       {"prompt_tuning", PromptTuningSpec{}}});
 }
 absl::Status Validate(const AdapterSpec& s) {
+  if (const auto* prompt = std::get_if<PromptTuningSpec>(&s)) {
+    if (prompt->num_virtual_tokens < 1 || prompt->num_virtual_tokens > 1024) {
+      return Invalid("adapter.num_virtual_tokens", "must be in 1..1024");
+    }
+    if (prompt->init != "random" && prompt->init != "text" &&
+        prompt->init != "sample_vocab") {
+      return Invalid("adapter.init",
+                     absl::StrCat("is \"", prompt->init,
+                                  "\"; known: random, text, sample_vocab"));
+    }
+    if ((prompt->init == "text") == prompt->init_text.empty()) {
+      return Invalid("adapter.init_text", prompt->init == "text"
+                                              ? "is required with init text"
+                                              : "is for init text only");
+    }
+    return absl::OkStatus();
+  }
   const LoraSpec* lora = Lora(s);
   if (lora == nullptr) return absl::OkStatus();
   RETURN_IF_ERROR(Positive("adapter", "rank", lora->rank));
@@ -359,6 +388,11 @@ void AddResumeKeys(const AdapterSpec& s, Json* keys) {
     (*keys)["lora.dropout"] = lora->dropout;
     (*keys)["lora.use_rslora"] = lora->use_rslora;
     (*keys)["lora.target_modules"] = lora->target_modules;
+  }
+  if (const auto* prompt = std::get_if<PromptTuningSpec>(&s)) {
+    (*keys)["prompt_tuning.num_virtual_tokens"] = prompt->num_virtual_tokens;
+    (*keys)["prompt_tuning.init"] = prompt->init;
+    (*keys)["prompt_tuning.init_text"] = prompt->init_text;
   }
 }
 
@@ -600,6 +634,12 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
   RETURN_IF_ERROR(status);
   if (Lora(spec.adapter) == nullptr && !spec.output.merged_dir.empty()) {
     return Invalid("output.merged_dir", "is for LoRA runs only");
+  }
+  if (IsPreference(spec.objective) &&
+      std::holds_alternative<PromptTuningSpec>(spec.adapter)) {
+    return Invalid("adapter.type",
+                   "prompt_tuning is for objective sft; dpo and orpo train a "
+                   "LoRA or a full adapter");
   }
   // A pair row must keep at least one reply token after its prompt.
   const int max_prompt_len = std::visit(

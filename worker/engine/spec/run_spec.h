@@ -70,7 +70,19 @@ struct LoraSpec {
 // model folder in the base's layout.
 struct FullSpec {};
 
-using AdapterSpec = std::variant<LoraSpec, FullSpec>;
+// "adapter" {"type": "prompt_tuning", ...}: N trained virtual-token
+// embeddings before every example, the model frozen (METHODS.md §10); the
+// result is a PEFT PROMPT_TUNING adapter (adapters/prompt_tuning.h).
+struct PromptTuningSpec {
+  int num_virtual_tokens = 20;  // 8: N
+  // PEFT's prompt_tuning_init: "random" (N(0, 1), nn.Embedding's),
+  // "text" (the embeddings of init_text's tokens, cut or repeated to N),
+  // "sample_vocab" (the embeddings of N random vocabulary ids).
+  std::string init = "random";  // "text"
+  std::string init_text;        // "Classify the sentiment:" (for "text")
+};
+
+using AdapterSpec = std::variant<LoraSpec, FullSpec, PromptTuningSpec>;
 
 // "objective" {"type": "sft", ...}: next-token cross-entropy on the
 // completion (assistant) tokens. The methods issues add more variants.
@@ -174,7 +186,7 @@ struct RunSpec {
   OutputSpec output;
 };
 
-// "lora" or "full"; "sft", "dpo" or "orpo".
+// "lora", "full" or "prompt_tuning"; "sft", "dpo" or "orpo".
 std::string AdapterType(const AdapterSpec& adapter);
 std::string ObjectiveType(const ObjectiveSpec& objective);
 // The API's name of the objective's hyperparameters, for errors about a
