@@ -62,7 +62,7 @@ constexpr char kUsage[] = R"(Usage: engine_bench [--flag=value ...]
   --batch=4 --seq_len=256
                          examples per step; each is 1/2 to 1 x seq_len
                          tokens long, so a padded batch carries padding
-  --method=lora          lora or full
+  --method=lora          lora, full or prompt_tuning (20 virtual tokens)
   --objective=sft        sft, dpo or orpo (preference pairs: the chat data's
                          prompt with its answer preferred to a second one of
                          the same length; a step holds batch x 2 rows)
@@ -128,7 +128,8 @@ absl::Status ParseFlag(const std::string& arg, BenchOptions& o) {
   else if (name == "seq_len")
     ok = integer(o.seq_len);
   else if (name == "method")
-    ok = (o.method = value) == "lora" || value == "full";
+    ok = (o.method = value) == "lora" || value == "full" ||
+         value == "prompt_tuning";
   else if (name == "objective")
     ok = (o.objective = value) == "sft" || value == "dpo" || value == "orpo";
   else if (name == "lora_rank")
@@ -298,6 +299,8 @@ int Run(const BenchOptions& o) {
   options.device.dtype = o.dtype;
   if (o.method == "full") {
     options.adapter = FullSpec{};
+  } else if (o.method == "prompt_tuning") {
+    options.adapter = PromptTuningSpec{.num_virtual_tokens = 20};
   } else {
     options.adapter =
         LoraSpec{.rank = o.lora_rank,
