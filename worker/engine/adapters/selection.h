@@ -45,6 +45,10 @@
 
 namespace lathe::engine {
 
+// The file beside a run's result that holds its selection's final
+// State(): the manifest of what was trained.
+inline constexpr char kSelectionManifest[] = "trainable_selection.json";
+
 class TrainableSelection {
  public:
   // A selection of `model`'s tensors by `spec` (REQUIRES: spec.Selects()).

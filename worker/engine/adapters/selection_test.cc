@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "worker/engine/model/random_model_test_util.h"
+#include "worker/engine/optim/adamw.h"
 
 namespace lathe::engine {
 namespace {
@@ -92,6 +93,45 @@ TEST(TrainableSelectionTest, LisaDrawsEveryKStepsFromTheSeededGenerator) {
   EXPECT_NE(too_many.status().message().find("trainable.lisa.activated_layers"),
             std::string::npos)
       << too_many.status();
+}
+
+// METHODS.md §4.2's per-step check, with the optimizer following the
+// selection as the recipe does: at every step exactly one decoder layer has
+// gradients, the embeddings and the head always; AdamW holds moments for
+// the trained tensors only.
+TEST(TrainableSelectionTest, LisaStepsGiveGradientsToOneLayerAndTheEnds) {
+  auto model = FourLayers();
+  auto s = Make({.lisa = LisaSpec{.activated_layers = 1, .interval_steps = 2}},
+                *model);
+  std::vector<AdamW::Param> all;
+  for (const auto& [name, t] : model->Weights(false)) all.push_back({name, t});
+  AdamW optimizer({}, AdamWOptions{});
+  const torch::Tensor ids = torch::tensor({{1, 5, 7, 2, 9, 3}}, torch::kInt64);
+  for (int64_t step = 0; step < 6; ++step) {
+    if (s->Advance(step, 0)) {
+      s->Apply(*model);
+      std::vector<AdamW::Param> trained;
+      for (const AdamW::Param& p : all) {
+        if (s->trained().count(p.name)) trained.push_back(p);
+      }
+      optimizer.SetParams(trained);
+    }
+    optimizer.ZeroGrad();
+    model->Forward(ids, torch::ones_like(ids), true).pow(2).mean().backward();
+    std::set<int> with_grads;
+    for (const auto& [name, t] : model->Weights(false)) {
+      if (!t.grad().defined()) continue;
+      if (absl::StartsWith(name, "model.layers.")) {
+        with_grads.insert(name[13] - '0');
+      }
+    }
+    EXPECT_EQ(with_grads.size(), 1u) << step;
+    for (const char* name : {"model.embed_tokens.weight", "lm_head.weight"}) {
+      EXPECT_TRUE(model->Weights(false).at(name).grad().defined()) << name;
+    }
+    optimizer.Step(1e-3);
+    EXPECT_EQ(optimizer.State().size(), 3 * s->trained().size());
+  }
 }
 
 TEST(TrainableSelectionTest, RestoredStateContinuesWithTheSameDraws) {

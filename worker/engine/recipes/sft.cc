@@ -16,6 +16,7 @@
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/engine/adapters/adapter.h"
+#include "worker/engine/adapters/selection.h"
 #include "worker/engine/checkpoint/run_checkpoint.h"
 #include "worker/engine/data/batch.h"
 #include "worker/engine/data/chat_data.h"
@@ -27,6 +28,7 @@
 #include "worker/engine/model/llama.h"
 #include "worker/engine/optim/adamw.h"
 #include "worker/engine/optim/schedule.h"
+#include "worker/engine/text/json_file.h"
 #include "worker/engine/text/tokenizer.h"
 
 namespace lathe::engine {
@@ -48,6 +50,8 @@ struct Setup {
   std::unique_ptr<Tokenizer> tokenizer;
   Dataset train;
   std::optional<Dataset> valid;
+  // What a full fine-tuning run trains, when the spec selects (else null).
+  std::unique_ptr<TrainableSelection> selection;
 };
 
 absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
@@ -98,7 +102,29 @@ absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
                      placement.compute);
   torch::manual_seed(spec.seed);
   RETURN_IF_ERROR(MakeTrainable(*setup.model, spec.adapter));
+  if (spec.trainable.Selects()) {
+    absl::StatusOr<std::unique_ptr<TrainableSelection>> selection =
+        TrainableSelection::Create(spec.trainable, *setup.model, spec.seed);
+    if (!selection.ok()) {
+      // The field the message names, e.g. trainable.lisa.activated_layers.
+      const std::string message(selection.status().message());
+      const size_t open = message.find('"') + 1;
+      return WithErrorKind(selection.status(), ErrorKind::kUserOptions,
+                           message.substr(open, message.find('"', open) - open));
+    }
+    setup.selection = *std::move(selection);
+  }
   return setup;
+}
+
+// The parameters of `all` that `selection` trains now.
+std::vector<AdamW::Param> Selected(const std::vector<AdamW::Param>& all,
+                                   const TrainableSelection& selection) {
+  std::vector<AdamW::Param> params;
+  for (const AdamW::Param& p : all) {
+    if (selection.trained().count(p.name)) params.push_back(p);
+  }
+  return params;
 }
 
 // examples[indices] as the model's input: packed or padded.
@@ -222,7 +248,11 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
 
   const std::vector<AdamW::Param> params =
       TrainableParams(model, spec.adapter);
-  AdamW optimizer(params,
+  TrainableSelection* selection = setup.selection.get();
+  // With a selection, the optimizer holds only what is trained now (its
+  // moments for the rest are never made, or dropped when they leave: see
+  // select below).
+  AdamW optimizer(selection != nullptr ? std::vector<AdamW::Param>{} : params,
                   AdamWOptions{.weight_decay = optimizer_spec.weight_decay});
   const int64_t examples_per_step =
       static_cast<int64_t>(data_spec.batch_size) *
@@ -232,14 +262,49 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
       examples_per_step;
   const int64_t total_steps = steps_per_epoch * spec.schedule.n_epochs;
 
+  // The trainable selection for the step about to run: LISA's draws, HFT's
+  // halves. The optimizer follows it: LISA's inactive layers lose their
+  // AdamW moments and start fresh when drawn again (LMFlow keeps them; the
+  // paper's memory saving needs them dropped, METHODS.md §4.2).
+  auto use_selection = [&] {
+    selection->Apply(model);
+    optimizer.SetParams(Selected(params, *selection));
+  };
+  auto select = [&](int64_t step) {
+    if (selection == nullptr ||
+        !selection->Advance(step, static_cast<int>(step / steps_per_epoch))) {
+      return;
+    }
+    use_selection();
+    const Json state = selection->State();
+    spdlog::info("step {}: training {} tensors, {:.1f}% of the parameters{}",
+                 step, selection->trained().size(),
+                 100 * state["trained_fraction"].get<double>(),
+                 state.contains("draws")
+                     ? absl::StrCat(" (LISA layers ",
+                                    state["draws"].back()["layers"].dump(), ")")
+                     : "");
+  };
+
   // Or resume.
   Progress progress;
   DataCursor data = DataCursor::Start(examples.size(), spec.seed);
   const std::string& resume_from = spec.checkpoint.resume_from;
   if (!resume_from.empty()) {
+    std::function<absl::Status(const Json&)> restore_selection;
+    if (selection != nullptr) {
+      restore_selection = [&](const Json& state) -> absl::Status {
+        // A checkpoint at step 0 has no selection yet.
+        if (state.is_null()) return absl::OkStatus();
+        RETURN_IF_ERROR(selection->Restore(state));
+        use_selection();
+        return absl::OkStatus();
+      };
+    }
     RETURN_IF_ERROR(ResumeRunCheckpoint(
         resume_from, TrainedWeightsFile(spec.adapter), params, optimizer,
-        progress, data, total_steps, fingerprint, model.device()));
+        progress, data, total_steps, fingerprint, model.device(),
+        restore_selection));
   }
   const LoraSpec* lora = Lora(spec.adapter);
   spdlog::info(
@@ -269,10 +334,13 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
       return SaveTrained(model, spec.adapter, spec.model, dir,
                          torch::kFloat32);
     };
-    ASSIGN_OR_RETURN(SavedCheckpoint saved,
-                     SaveRunCheckpoint(spec.checkpoint, save_weights,
-                                       optimizer, progress, data, total_steps,
-                                       fingerprint, model.device()));
+    ASSIGN_OR_RETURN(
+        SavedCheckpoint saved,
+        SaveRunCheckpoint(spec.checkpoint, save_weights, optimizer, progress,
+                          data, total_steps, fingerprint, model.device(),
+                          selection != nullptr && !selection->trained().empty()
+                              ? selection->State()
+                              : Json(nullptr)));
     CheckpointInfo info{.step = progress.step,
                         .dir = saved.dir,
                         .files = saved.files,
@@ -314,6 +382,7 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
       tokens += batches.back().tokens;
       result.padding_tokens += batches.back().padding;
     }
+    select(progress.step);
     RETURN_IF_ERROR(OptimizerStep(model, optimizer, batches, loss,
                                   optimizer_spec, m, result.loss_peak_bytes));
     const std::chrono::duration<double> seconds =
@@ -351,6 +420,11 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
             : Evaluate(model, *setup.valid, data_spec, loss, pad_id).loss;
   }
   RETURN_IF_ERROR(ExportResult(model, spec.adapter, spec.model, spec.output));
+  if (selection != nullptr) {
+    // The manifest: what was trained (LISA's draws, HFT's halves).
+    RETURN_IF_ERROR(WriteJsonFile(spec.output.dir + "/" + kSelectionManifest,
+                                  selection->State()));
+  }
   return result;
 }
 
