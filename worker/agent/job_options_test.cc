@@ -33,7 +33,16 @@ void SetEveryField(Message& m) {
     const int n = i + 2;
     switch (f->cpp_type()) {
       case FieldDescriptor::CPPTYPE_INT32:
-        r->SetInt32(&m, f, 10 * n + 1);
+        if (f->is_repeated()) {
+          r->AddInt32(&m, f, 10 * n + 1);
+          r->AddInt32(&m, f, 10 * n + 2);
+        } else {
+          r->SetInt32(&m, f, 10 * n + 1);
+        }
+        break;
+      case FieldDescriptor::CPPTYPE_MESSAGE:
+        ASSERT_FALSE(f->is_repeated()) << f->full_name();
+        SetEveryField(*r->MutableMessage(&m, f));
         break;
       case FieldDescriptor::CPPTYPE_INT64:
         r->SetInt64(&m, f, 10 * n + 3);
@@ -66,6 +75,8 @@ v1::Job EveryFieldJob(v1::AdapterType adapter) {
   job.mutable_method()->set_type("supervised");
   SetEveryField(*job.mutable_method()->mutable_supervised()->mutable_hyperparameters());
   if (adapter == v1::ADAPTER_TYPE_LORA) SetEveryField(*job.mutable_lora());
+  // Not a valid selection (all kinds at once), but every field travels.
+  if (adapter == v1::ADAPTER_TYPE_FULL) SetEveryField(*job.mutable_trainable());
   return job;
 }
 
@@ -133,18 +144,23 @@ void CollectChanged(const nlohmann::json& now, const nlohmann::json& before,
       continue;
     }
     if (key == "type") continue;  // the variant's tag
+    // An optional nested section left unset; the other job sets it.
+    if (value.is_null()) continue;
     all.insert(name);
     if (!before.contains(key) || before[key] != value) changed.insert(name);
   }
 }
 
 TEST(JobOptionsTest, EverySpecFieldComesFromTheJobOrIsListed) {
-  auto spec = RunSpecForJob(EveryFieldJob(v1::ADAPTER_TYPE_LORA));
-  ASSERT_TRUE(spec.ok()) << spec.status();
   engine::RunSpec defaults;
   std::set<std::string> changed, all;
-  CollectChanged(engine::RunSpecJson(*spec), engine::RunSpecJson(defaults), "",
-                 changed, all);
+  // LoRA's fields from a LoRA job, the trainable selection from a full one.
+  for (v1::AdapterType adapter : {v1::ADAPTER_TYPE_LORA, v1::ADAPTER_TYPE_FULL}) {
+    auto spec = RunSpecForJob(EveryFieldJob(adapter));
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    CollectChanged(engine::RunSpecJson(*spec), engine::RunSpecJson(defaults), "",
+                   changed, all);
+  }
   for (const std::string& field : all) {
     EXPECT_TRUE(changed.count(field) || kNotFromTheJob.count(field))
         << field << " is neither set from the job nor listed in kNotFromTheJob";
