@@ -40,6 +40,10 @@ struct BenchOptions {
   int batch = 4;
   int seq_len = 256;
   std::string method = "lora";
+  // --method=full only: LISA's activated layers (0 = every weight trained)
+  // and interval.
+  int lisa_layers = 0;
+  int lisa_interval = 20;
   int lora_rank = 16;
   std::string lora_targets =
       "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
@@ -62,6 +66,8 @@ constexpr char kUsage[] = R"(Usage: engine_bench [--flag=value ...]
                          examples per step; each is 1/2 to 1 x seq_len
                          tokens long, so a padded batch carries padding
   --method=lora          lora or full
+  --lisa_layers=0 --lisa_interval=20
+                         full only: train LISA's drawn layers (0 = all)
   --lora_rank=16 --lora_targets=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
   --data=chat            chat (a user turn, then an assistant turn that
                          holds --assistant_share of the words) or text
@@ -125,6 +131,10 @@ absl::Status ParseFlag(const std::string& arg, BenchOptions& o) {
     ok = integer(o.seq_len);
   else if (name == "method")
     ok = (o.method = value) == "lora" || value == "full";
+  else if (name == "lisa_layers")
+    ok = integer(o.lisa_layers);
+  else if (name == "lisa_interval")
+    ok = integer(o.lisa_interval);
   else if (name == "lora_rank")
     ok = integer(o.lora_rank);
   else if (name == "lora_targets")
@@ -273,6 +283,10 @@ int Run(const BenchOptions& o) {
   options.device.dtype = o.dtype;
   if (o.method == "full") {
     options.adapter = FullSpec{};
+    if (o.lisa_layers > 0) {
+      options.trainable.lisa = LisaSpec{.activated_layers = o.lisa_layers,
+                                        .interval_steps = o.lisa_interval};
+    }
   } else {
     options.adapter =
         LoraSpec{.rank = o.lora_rank,
@@ -321,6 +335,10 @@ int Run(const BenchOptions& o) {
             << o.model.vocab_size << "; " << o.method;
   if (o.method == "lora")
     std::cout << " r=" << o.lora_rank << " on " << o.lora_targets;
+  if (o.method == "full" && o.lisa_layers > 0) {
+    std::cout << " LISA " << o.lisa_layers << " layers every "
+              << o.lisa_interval << " steps";
+  }
   std::cout << "\ndata: " << o.data << ", "
             << static_cast<int>(100 * *share + 0.5)
             << "% of tokens carry a loss; batch " << o.batch << " x up to "
