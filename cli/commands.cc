@@ -201,8 +201,8 @@ void PrintJob(const v1::Job& j) {
         j.lora().use_rslora() ? " rslora" : "");
     if (j.lora().use_dora()) std::cout << "                  dora\n";
     if (j.lora().layers_to_transform_size() > 0) {
-      std::cout << "                  layers=" << absl::StrJoin(j.lora().layers_to_transform(), ",")
-                << "\n";
+      std::cout << "                  layers="
+                << absl::StrJoin(j.lora().layers_to_transform(), ",") << "\n";
     }
   }
   if (j.has_trainable()) {
@@ -210,16 +210,20 @@ void PrintJob(const v1::Job& j) {
     std::string what;
     if (t.has_lisa()) {
       what = absl::StrFormat("lisa activated_layers=%d interval_steps=%d",
-                             t.lisa().activated_layers(), t.lisa().interval_steps());
+                             t.lisa().activated_layers(),
+                             t.lisa().interval_steps());
     } else if (t.has_half_ft()) {
       what = absl::StrFormat(
           "half_ft reselect=%s seed=%d",
-          t.half_ft().reselect() == v1::HALF_FT_RESELECT_EPOCH ? "epoch" : "stage",
+          t.half_ft().reselect() == v1::HALF_FT_RESELECT_EPOCH ? "epoch"
+                                                               : "stage",
           t.half_ft().seed());
     } else {
-      what = absl::StrCat("layers=", t.layers().empty() ? "all" : absl::StrJoin(t.layers(), ","),
-                          " modules=",
-                          t.modules().empty() ? "all" : absl::StrJoin(t.modules(), ","));
+      what = absl::StrCat(
+          "layers=",
+          t.layers().empty() ? "all" : absl::StrJoin(t.layers(), ","),
+          " modules=",
+          t.modules().empty() ? "all" : absl::StrJoin(t.modules(), ","));
     }
     std::cout << "trainable:        " << what << "\n";
   }
@@ -390,7 +394,8 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
   }
   if (a.Has("lora-dora")) r.mutable_lora()->set_use_dora(true);
   if (a.Has("lora-layers")) {
-    for (absl::string_view l : absl::StrSplit(*a.Get("lora-layers"), ',', absl::SkipEmpty())) {
+    for (absl::string_view l :
+         absl::StrSplit(*a.Get("lora-layers"), ',', absl::SkipEmpty())) {
       int32_t layer = 0;
       if (!absl::SimpleAtoi(l, &layer)) {
         return absl::InvalidArgumentError(
@@ -401,11 +406,13 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
   }
   // What full fine-tuning trains (lathed checks the names).
   for (const auto& [flag, list] :
-       {std::pair<const char*, google::protobuf::RepeatedPtrField<std::string>*>{
+       {std::pair<const char*,
+                  google::protobuf::RepeatedPtrField<std::string>*>{
             "layers", r.mutable_trainable()->mutable_layers()},
         {"modules", r.mutable_trainable()->mutable_modules()}}) {
     if (!a.Has(flag)) continue;
-    for (absl::string_view v : absl::StrSplit(*a.Get(flag), ',', absl::SkipEmpty())) {
+    for (absl::string_view v :
+         absl::StrSplit(*a.Get(flag), ',', absl::SkipEmpty())) {
       list->Add(std::string(v));
     }
   }
@@ -431,12 +438,14 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
       } else if (reselect == "epoch") {
         half->set_reselect(v1::HALF_FT_RESELECT_EPOCH);
       } else {
-        return absl::InvalidArgumentError("--half-ft-reselect: use stage or epoch");
+        return absl::InvalidArgumentError(
+            "--half-ft-reselect: use stage or epoch");
       }
     }
   }
   if (!a.Has("layers") && !a.Has("modules") && !a.Has("lisa-layers") &&
-      !a.Has("lisa-interval") && !a.Has("half-ft") && !a.Has("half-ft-reselect")) {
+      !a.Has("lisa-interval") && !a.Has("half-ft") &&
+      !a.Has("half-ft-reselect")) {
     r.clear_trainable();  // the loop above made an empty one
   }
   if (a.Has("seed")) {
@@ -757,18 +766,60 @@ int JobsCommand(Env& env, const std::string& verb) {
 }  // namespace
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora", "lora-dora", "half-ft"});
+  auto args = Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora",
+                                 "lora-dora", "half-ft"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
-  auto st = args->CheckKnown(
-      {"server", "api_key", "ca_cert", "tls_server_name", "insecure", "project", "role", "name", "output", "help", "purpose", "limit", "after", "status", "follow",
-       "timeout", "out", "model", "training-file", "validation-file", "n-epochs",
-       "batch-size", "learning-rate-multiplier", "lora-rank", "lora-alpha",
-       "lora-dropout", "lora-target-modules", "lora-rslora", "suffix", "seed", "metadata",
-       "idempotency-key", "priority", "checkpoint", "method", "warmup-steps",
-       "lr-scheduler", "weight-decay", "gradient-accumulation-steps", "max-seq-len",
-       "max-grad-norm", "eval-every-steps", "checkpoint-every-steps", "lora-dora",
-       "lora-layers", "layers", "modules", "lisa-layers", "lisa-interval", "half-ft",
-       "half-ft-reselect"});
+  auto st = args->CheckKnown({"server",
+                              "api_key",
+                              "ca_cert",
+                              "tls_server_name",
+                              "insecure",
+                              "project",
+                              "role",
+                              "name",
+                              "output",
+                              "help",
+                              "purpose",
+                              "limit",
+                              "after",
+                              "status",
+                              "follow",
+                              "timeout",
+                              "out",
+                              "model",
+                              "training-file",
+                              "validation-file",
+                              "n-epochs",
+                              "batch-size",
+                              "learning-rate-multiplier",
+                              "lora-rank",
+                              "lora-alpha",
+                              "lora-dropout",
+                              "lora-target-modules",
+                              "lora-rslora",
+                              "suffix",
+                              "seed",
+                              "metadata",
+                              "idempotency-key",
+                              "priority",
+                              "checkpoint",
+                              "method",
+                              "warmup-steps",
+                              "lr-scheduler",
+                              "weight-decay",
+                              "gradient-accumulation-steps",
+                              "max-seq-len",
+                              "max-grad-norm",
+                              "eval-every-steps",
+                              "checkpoint-every-steps",
+                              "lora-dora",
+                              "lora-layers",
+                              "layers",
+                              "modules",
+                              "lisa-layers",
+                              "lisa-interval",
+                              "half-ft",
+                              "half-ft-reselect"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

@@ -28,10 +28,17 @@ absl::Status Bad(absl::string_view field, absl::string_view what) {
 
 // The module names trainable.modules accepts: a layer's projections, its
 // groups and its norms.
-constexpr const char* kLayerModules[] = {
-    "q_proj",    "k_proj",  "v_proj",    "o_proj",    "gate_proj",
-    "up_proj",   "down_proj", "self_attn", "mlp", "input_layernorm",
-    "post_attention_layernorm"};
+constexpr const char* kLayerModules[] = {"q_proj",
+                                         "k_proj",
+                                         "v_proj",
+                                         "o_proj",
+                                         "gate_proj",
+                                         "up_proj",
+                                         "down_proj",
+                                         "self_attn",
+                                         "mlp",
+                                         "input_layernorm",
+                                         "post_attention_layernorm"};
 
 absl::Status CheckTrainable(const v1::CreateJobRequest& r) {
   const v1::Trainable& t = r.trainable();
@@ -41,10 +48,11 @@ absl::Status CheckTrainable(const v1::CreateJobRequest& r) {
                         : t.layers_size()  ? "trainable.layers"
                         : t.modules_size() ? "trainable.modules"
                                            : "trainable";
-    return Bad(field,
-               "is for full fine-tuning (adapter FULL); LoRA chooses its layers "
-               "with lora.layers_to_transform and its projections with "
-               "lora.target_modules");
+    return Bad(
+        field,
+        "is for full fine-tuning (adapter FULL); LoRA chooses its layers "
+        "with lora.layers_to_transform and its projections with "
+        "lora.target_modules");
   }
   RETURN_IF_ERROR(CheckLayerRanges({t.layers().begin(), t.layers().end()},
                                    "trainable.layers"));
@@ -53,39 +61,46 @@ absl::Status CheckTrainable(const v1::CreateJobRequest& r) {
     const std::string field = absl::StrCat("trainable.modules[", i, "]");
     if (std::find(std::begin(kLayerModules), std::end(kLayerModules), m) ==
         std::end(kLayerModules)) {
-      return Bad(field, absl::StrCat("unknown module \"", Echo(m), "\" (known: ",
-                                     absl::StrJoin(kLayerModules, ", "), ")"));
+      return Bad(field,
+                 absl::StrCat("unknown module \"", Echo(m), "\" (known: ",
+                              absl::StrJoin(kLayerModules, ", "), ")"));
     }
     for (int j = 0; j < i; ++j) {
       if (t.modules(j) == m) {
-        return Bad(field, absl::StrCat("\"", m, "\" is already trainable.modules[", j, "]"));
+        return Bad(
+            field,
+            absl::StrCat("\"", m, "\" is already trainable.modules[", j, "]"));
       }
     }
   }
   const bool by_name = t.layers_size() > 0 || t.modules_size() > 0;
   if (t.has_lisa()) {
     if (by_name || t.has_half_ft()) {
-      return Bad("trainable.lisa",
-                 "draws its own layers: it cannot be combined with trainable.layers, "
-                 "trainable.modules or trainable.half_ft");
+      return Bad(
+          "trainable.lisa",
+          "draws its own layers: it cannot be combined with trainable.layers, "
+          "trainable.modules or trainable.half_ft");
     }
     const v1::Lisa& lisa = t.lisa();
     if (lisa.has_activated_layers() &&
         (lisa.activated_layers() < 1 || lisa.activated_layers() > 4096)) {
-      return Bad("trainable.lisa.activated_layers",
-                 absl::StrCat(lisa.activated_layers(), " is out of range 1..4096"));
+      return Bad(
+          "trainable.lisa.activated_layers",
+          absl::StrCat(lisa.activated_layers(), " is out of range 1..4096"));
     }
     if (lisa.has_interval_steps() &&
         (lisa.interval_steps() < 1 || lisa.interval_steps() > 1'000'000)) {
-      return Bad("trainable.lisa.interval_steps",
-                 absl::StrCat(lisa.interval_steps(), " is out of range 1..1000000"));
+      return Bad(
+          "trainable.lisa.interval_steps",
+          absl::StrCat(lisa.interval_steps(), " is out of range 1..1000000"));
     }
   }
   if (t.has_half_ft()) {
     if (by_name) {
-      return Bad("trainable.half_ft",
-                 "draws its own half of every layer: it cannot be combined with "
-                 "trainable.layers or trainable.modules");
+      return Bad(
+          "trainable.half_ft",
+          "draws its own half of every layer: it cannot be combined with "
+          "trainable.layers or trainable.modules");
     }
     if (!v1::HalfFtReselect_IsValid(t.half_ft().reselect())) {
       return Bad("trainable.half_ft.reselect", "unknown value");
@@ -205,7 +220,9 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
     }
     for (int j = 0; j < i; ++j) {
       if (lora.layers_to_transform(j) == layer) {
-        return Bad(field, absl::StrCat(layer, " is already lora.layers_to_transform[", j, "]"));
+        return Bad(field,
+                   absl::StrCat(layer, " is already lora.layers_to_transform[",
+                                j, "]"));
       }
     }
   }
@@ -226,29 +243,34 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   return absl::OkStatus();
 }
 
-absl::Status CheckJobForModel(const v1::CreateJobRequest& r, const v1::Model& model) {
+absl::Status CheckJobForModel(const v1::CreateJobRequest& r,
+                              const v1::Model& model) {
   const int64_t layers = model.num_layers();
   if (layers <= 0) return absl::OkStatus();  // not known: the engine checks
   const v1::Trainable& t = r.trainable();
   const auto on = [&](const std::string& what) {
-    return absl::StrCat(what, "; model ", r.model(), " has ", layers, " layers (0-", layers - 1,
-                        ")");
+    return absl::StrCat(what, "; model ", r.model(), " has ", layers,
+                        " layers (0-", layers - 1, ")");
   };
   if (t.has_lisa()) {
-    const int32_t gamma = t.lisa().has_activated_layers() ? t.lisa().activated_layers()
-                                                          : kDefaultLisaLayers;
+    const int32_t gamma = t.lisa().has_activated_layers()
+                              ? t.lisa().activated_layers()
+                              : kDefaultLisaLayers;
     if (gamma > layers) {
       return Bad("trainable.lisa.activated_layers",
-                 on(absl::StrCat(gamma, " layers at a time is more than the model has")));
+                 on(absl::StrCat(
+                     gamma, " layers at a time is more than the model has")));
     }
   }
-  absl::StatusOr<std::vector<int>> resolved = ResolveLayerRanges(
-      {t.layers().begin(), t.layers().end()}, static_cast<int>(layers), "trainable.layers");
+  absl::StatusOr<std::vector<int>> resolved =
+      ResolveLayerRanges({t.layers().begin(), t.layers().end()},
+                         static_cast<int>(layers), "trainable.layers");
   if (!resolved.ok()) return resolved.status();
   for (int i = 0; i < r.lora().layers_to_transform_size(); ++i) {
     if (r.lora().layers_to_transform(i) >= layers) {
       return Bad(absl::StrCat("lora.layers_to_transform[", i, "]"),
-                 on(absl::StrCat("layer ", r.lora().layers_to_transform(i), " does not exist")));
+                 on(absl::StrCat("layer ", r.lora().layers_to_transform(i),
+                                 " does not exist")));
     }
   }
   return absl::OkStatus();
@@ -279,8 +301,10 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
     v1::Trainable& t = *job.mutable_trainable();
     if (t.has_lisa()) {
       // LMFlow's defaults (METHODS.md §4.2).
-      if (!t.lisa().has_activated_layers()) t.mutable_lisa()->set_activated_layers(kDefaultLisaLayers);
-      if (!t.lisa().has_interval_steps()) t.mutable_lisa()->set_interval_steps(20);
+      if (!t.lisa().has_activated_layers())
+        t.mutable_lisa()->set_activated_layers(kDefaultLisaLayers);
+      if (!t.lisa().has_interval_steps())
+        t.mutable_lisa()->set_interval_steps(20);
     }
     if (t.has_half_ft()) {
       if (t.half_ft().reselect() == v1::HALF_FT_RESELECT_UNSPECIFIED) {

@@ -23,7 +23,8 @@ inline constexpr int32_t kDefaultLisaLayers = 2;
 // and every named layer within its layer count. INVALID_ARGUMENT naming the
 // field. OK when the model's layer count is not known (the engine checks at
 // setup). REQUIRES: CheckJobRequest(request).ok().
-absl::Status CheckJobForModel(const v1::CreateJobRequest& request, const v1::Model& model);
+absl::Status CheckJobForModel(const v1::CreateJobRequest& request,
+                              const v1::Model& model);
 
 // The operator's settings that job resolution reads (lathed's flags).
 struct JobDefaults {

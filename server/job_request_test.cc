@@ -187,7 +187,8 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
   v1::CreateJobRequest hft = Valid();
   hft.set_adapter(v1::ADAPTER_TYPE_LORA);
   hft.mutable_trainable()->mutable_half_ft();
-  EXPECT_EQ(CheckJobRequest(hft).message().substr(0, 19), "trainable.half_ft: ");
+  EXPECT_EQ(CheckJobRequest(hft).message().substr(0, 19),
+            "trainable.half_ft: ");
 
   struct Case {
     std::function<void(v1::Trainable&)> mutate;
@@ -215,7 +216,9 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
          t.add_modules("mlp");
        },
        "trainable.half_ft: "},
-      {[](auto& t) { t.mutable_half_ft()->set_reselect(static_cast<v1::HalfFtReselect>(9)); },
+      {[](auto& t) {
+         t.mutable_half_ft()->set_reselect(static_cast<v1::HalfFtReselect>(9));
+       },
        "trainable.half_ft.reselect"},
   };
   for (const Case& c : cases) {
@@ -242,15 +245,19 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
   EXPECT_TRUE(CheckJobForModel(lisa, model).ok());
   lisa.mutable_trainable()->mutable_lisa()->set_activated_layers(3);
   st = CheckJobForModel(lisa, model);
-  EXPECT_EQ(st.message().substr(0, 33), "trainable.lisa.activated_layers: ") << st;
+  EXPECT_EQ(st.message().substr(0, 33), "trainable.lisa.activated_layers: ")
+      << st;
   v1::CreateJobRequest layers = Valid();
   layers.set_adapter(v1::ADAPTER_TYPE_FULL);
   layers.mutable_trainable()->add_layers("1-2");
-  EXPECT_NE(CheckJobForModel(layers, model).message().find("trainable.layers[0]"),
-            std::string::npos);
+  EXPECT_NE(
+      CheckJobForModel(layers, model).message().find("trainable.layers[0]"),
+      std::string::npos);
   dora.mutable_lora()->clear_layers_to_transform();
   dora.mutable_lora()->add_layers_to_transform(2);
-  EXPECT_NE(CheckJobForModel(dora, model).message().find("lora.layers_to_transform[0]"),
+  EXPECT_NE(CheckJobForModel(dora, model)
+                .message()
+                .find("lora.layers_to_transform[0]"),
             std::string::npos);
 
   // Resolution: LMFlow's defaults, HFT's seed from the job's.
@@ -266,7 +273,8 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
   EXPECT_EQ(job.trainable().half_ft().seed(), 77);
   job = ResolveJob(dora, f, model, "p", "ftjob-3", 77, JobDefaults{});
   EXPECT_TRUE(job.lora().use_dora());
-  EXPECT_FALSE(ResolveJob(Valid(), f, model, "p", "ftjob-4", 1, JobDefaults{}).has_trainable());
+  EXPECT_FALSE(ResolveJob(Valid(), f, model, "p", "ftjob-4", 1, JobDefaults{})
+                   .has_trainable());
 }
 
 TEST(JobRequestTest, FingerprintIgnoresOnlyTheKey) {

@@ -24,24 +24,27 @@ constexpr ReselectName kReselects[] = {
     {v1::HALF_FT_RESELECT_EPOCH, "epoch"},
 };
 
-absl::StatusOr<engine::TrainableSpec> TrainableForJob(const v1::Trainable& wire) {
+absl::StatusOr<engine::TrainableSpec> TrainableForJob(
+    const v1::Trainable& wire) {
   engine::TrainableSpec t;
   t.layers.assign(wire.layers().begin(), wire.layers().end());
   t.modules.assign(wire.modules().begin(), wire.modules().end());
   if (wire.has_lisa()) {
-    t.lisa = engine::LisaSpec{.activated_layers = wire.lisa().activated_layers(),
-                              .interval_steps = wire.lisa().interval_steps()};
+    t.lisa =
+        engine::LisaSpec{.activated_layers = wire.lisa().activated_layers(),
+                         .interval_steps = wire.lisa().interval_steps()};
   }
   if (wire.has_half_ft()) {
-    engine::HalfFtSpec half{.reselect = "",
-                            .seed = static_cast<uint64_t>(wire.half_ft().seed())};
+    engine::HalfFtSpec half{
+        .reselect = "", .seed = static_cast<uint64_t>(wire.half_ft().seed())};
     for (const ReselectName& r : kReselects) {
       if (r.wire == wire.half_ft().reselect()) half.reselect = r.engine;
     }
     if (half.reselect.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "trainable.half_ft.reselect: ",
-          v1::HalfFtReselect_Name(wire.half_ft().reselect()), " is not resolved"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("trainable.half_ft.reselect: ",
+                       v1::HalfFtReselect_Name(wire.half_ft().reselect()),
+                       " is not resolved"));
     }
     t.half_ft = half;
   }
@@ -79,7 +82,8 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
                        " is not resolved"));
   }
   if (job.has_trainable()) {
-    absl::StatusOr<engine::TrainableSpec> trainable = TrainableForJob(job.trainable());
+    absl::StatusOr<engine::TrainableSpec> trainable =
+        TrainableForJob(job.trainable());
     if (!trainable.ok()) return trainable.status();
     spec.trainable = *std::move(trainable);
   }
@@ -128,7 +132,8 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
       wire.add_target_modules(m);
     }
     wire.set_use_dora(lora->use_dora);
-    for (int layer : lora->layers_to_transform) wire.add_layers_to_transform(layer);
+    for (int layer : lora->layers_to_transform)
+      wire.add_layers_to_transform(layer);
   } else {
     job.set_adapter(v1::ADAPTER_TYPE_FULL);
   }
@@ -143,7 +148,8 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
     }
     if (t.half_ft) {
       for (const ReselectName& r : kReselects) {
-        if (t.half_ft->reselect == r.engine) wire.mutable_half_ft()->set_reselect(r.wire);
+        if (t.half_ft->reselect == r.engine)
+          wire.mutable_half_ft()->set_reselect(r.wire);
       }
       wire.mutable_half_ft()->set_seed(static_cast<int64_t>(t.half_ft->seed));
     }

@@ -155,11 +155,12 @@ TEST(JobOptionsTest, EverySpecFieldComesFromTheJobOrIsListed) {
   engine::RunSpec defaults;
   std::set<std::string> changed, all;
   // LoRA's fields from a LoRA job, the trainable selection from a full one.
-  for (v1::AdapterType adapter : {v1::ADAPTER_TYPE_LORA, v1::ADAPTER_TYPE_FULL}) {
+  for (v1::AdapterType adapter :
+       {v1::ADAPTER_TYPE_LORA, v1::ADAPTER_TYPE_FULL}) {
     auto spec = RunSpecForJob(EveryFieldJob(adapter));
     ASSERT_TRUE(spec.ok()) << spec.status();
-    CollectChanged(engine::RunSpecJson(*spec), engine::RunSpecJson(defaults), "",
-                   changed, all);
+    CollectChanged(engine::RunSpecJson(*spec), engine::RunSpecJson(defaults),
+                   "", changed, all);
   }
   for (const std::string& field : all) {
     EXPECT_TRUE(changed.count(field) || kNotFromTheJob.count(field))

@@ -23,7 +23,8 @@ std::vector<AdamW::Param> TrainableParams(const LlamaModel& model,
   for (const auto& [name, tensor] : named) {
     // LoRA: every factor, DoRA's magnitude too (transformers' Trainer
     // exempts only biases and norm layers' weights).
-    params.push_back({name, tensor, Lora(adapter) != nullptr || tensor.dim() >= 2});
+    params.push_back(
+        {name, tensor, Lora(adapter) != nullptr || tensor.dim() >= 2});
   }
   return params;
 }

@@ -8,8 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
-#include "worker/engine/text/json_file.h"
 #include "worker/engine/model/weights.h"
+#include "worker/engine/text/json_file.h"
 
 namespace lathe::engine {
 namespace {
@@ -43,8 +43,7 @@ absl::Status CheckLayers(const LoraSpec& options, const LlamaModel& model) {
     if (layer >= static_cast<int>(model.layers().size())) {
       return absl::InvalidArgumentError(absl::StrCat(
           "field \"adapter.layers_to_transform\": layer ", layer,
-          " does not exist; the model has ", model.layers().size(),
-          " layers"));
+          " does not exist; the model has ", model.layers().size(), " layers"));
     }
   }
   return absl::OkStatus();
@@ -122,9 +121,9 @@ absl::Status SaveAdapter(const LlamaModel& model, const LoraSpec& options,
       {"bias", "none"},
       {"use_rslora", options.use_rslora},
       {"use_dora", options.use_dora},
-      {"layers_to_transform",
-       options.layers_to_transform.empty() ? Json(nullptr)
-                                           : Json(options.layers_to_transform)},
+      {"layers_to_transform", options.layers_to_transform.empty()
+                                  ? Json(nullptr)
+                                  : Json(options.layers_to_transform)},
       {"layers_pattern", nullptr},
       {"fan_in_fan_out", false},
       {"inference_mode", true},
@@ -171,8 +170,9 @@ absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
     if (it->is_number_integer()) {
       layers.push_back(it->get<int>());
     } else if (it->is_array() &&
-               std::all_of(it->begin(), it->end(),
-                           [](const Json& e) { return e.is_number_integer(); })) {
+               std::all_of(it->begin(), it->end(), [](const Json& e) {
+                 return e.is_number_integer();
+               })) {
       layers = it->get<std::vector<int>>();
     } else {
       return field_error("layers_to_transform",
@@ -225,7 +225,8 @@ absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
         ASSIGN_OR_RETURN(magnitude, TakeTensor(tensors, MagnitudeKey(i, module),
                                                {out}, weights_path));
       }
-      pending.push_back({linear, std::move(a), std::move(b), std::move(magnitude)});
+      pending.push_back(
+          {linear, std::move(a), std::move(b), std::move(magnitude)});
     }
   }
   if (!tensors.empty()) {

@@ -86,13 +86,14 @@ torch::Tensor Linear::Forward(const torch::Tensor& x, bool training) const {
   torch::Tensor y = torch::linear(x, As(weight, x), As(bias, x));
   if (!lora_a.defined()) return y;
   torch::Tensor dropped = torch::dropout(x, lora_dropout, training);
-  torch::Tensor lora = torch::linear(torch::linear(dropped, As(lora_a, x)),
-                                     As(lora_b, x)) *
-                       lora_scale;
+  torch::Tensor lora =
+      torch::linear(torch::linear(dropped, As(lora_a, x)), As(lora_b, x)) *
+      lora_scale;
   if (!lora_magnitude.defined()) return y + lora;
   // DoRA, term for term as PEFT's DoraLinearLayer (dropout on: the base
   // product of the dropped input is computed again).
-  const torch::Tensor g = As(lora_magnitude, x) / DoraRowNorm().to(x.scalar_type());
+  const torch::Tensor g =
+      As(lora_magnitude, x) / DoraRowNorm().to(x.scalar_type());
   const bool dropping = training && lora_dropout > 0;
   torch::Tensor base = torch::linear(x, As(weight, x));
   torch::Tensor base_dropped =
@@ -112,8 +113,7 @@ torch::Tensor Linear::DoraRowNorm() const {
 torch::Tensor Linear::MergedWeight() const {
   torch::NoGradGuard no_grad;
   if (!lora_a.defined()) return weight;
-  torch::Tensor merged =
-      weight + lora_scale * torch::matmul(lora_b, lora_a);
+  torch::Tensor merged = weight + lora_scale * torch::matmul(lora_b, lora_a);
   if (!lora_magnitude.defined()) return merged;
   return (lora_magnitude / DoraRowNorm()).unsqueeze(1) * merged;
 }

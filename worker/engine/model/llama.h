@@ -26,7 +26,8 @@ namespace lathe::engine {
 // lora_a is defined. With DoRA (lora_magnitude defined) as PEFT computes it:
 // with g = m / ||W + scale B A|| per output row (the norm detached, no
 // gradient through it),
-//   y = x W^T + (g - 1) * (dropout(x) W^T) + g * scale * dropout(x) A^T B^T + b,
+//   y = x W^T + (g - 1) * (dropout(x) W^T) + g * scale * dropout(x) A^T B^T +
+//   b,
 // which is dropout(x)-free x (g W')^T + b for W' = W + scale B A, i.e. the
 // weight m W' / ||W'||, when dropout is off. Base weight and bias are
 // frozen. Each tensor is used in x's dtype: float32 masters (LoRA's A, B

@@ -91,8 +91,8 @@ TEST(AdamWTest, SetParamsKeepsDropsAndStartsStatePerParameter) {
   torch::Tensor added_ref = added.detach().clone().requires_grad_(true);
   AdamW ours({{"kept", kept, true}, {"dropped", dropped, true}},
              AdamWOptions{.weight_decay = 0.1});
-  torch::optim::AdamW kept_torch({kept_ref},
-                                 torch::optim::AdamWOptions(1e-2).weight_decay(0.1));
+  torch::optim::AdamW kept_torch(
+      {kept_ref}, torch::optim::AdamWOptions(1e-2).weight_decay(0.1));
   torch::optim::AdamW added_torch(
       {added_ref}, torch::optim::AdamWOptions(1e-2).weight_decay(0.1));
   for (int step = 0; step < 3; ++step) {

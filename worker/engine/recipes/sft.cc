@@ -109,8 +109,9 @@ absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
       // The field the message names, e.g. trainable.lisa.activated_layers.
       const std::string message(selection.status().message());
       const size_t open = message.find('"') + 1;
-      return WithErrorKind(selection.status(), ErrorKind::kUserOptions,
-                           message.substr(open, message.find('"', open) - open));
+      return WithErrorKind(
+          selection.status(), ErrorKind::kUserOptions,
+          message.substr(open, message.find('"', open) - open));
     }
     setup.selection = *std::move(selection);
   }
@@ -301,10 +302,10 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
         return absl::OkStatus();
       };
     }
-    RETURN_IF_ERROR(ResumeRunCheckpoint(
-        resume_from, TrainedWeightsFile(spec.adapter), params, optimizer,
-        progress, data, total_steps, fingerprint, model.device(),
-        restore_selection));
+    RETURN_IF_ERROR(
+        ResumeRunCheckpoint(resume_from, TrainedWeightsFile(spec.adapter),
+                            params, optimizer, progress, data, total_steps,
+                            fingerprint, model.device(), restore_selection));
   }
   const LoraSpec* lora = Lora(spec.adapter);
   spdlog::info(

@@ -216,8 +216,9 @@ LATHE_RUN_SPEC_SECTION(OutputSpec)
 // spec.json: {"seed": 42, "model": {...}, "data": {...}, "adapter": {"type":
 // "lora", ...}, "trainable": {...}, "objective": {"type": "sft", ...},
 // "optimizer": {...}, "schedule": {...}, "checkpoint": {...}, "device":
-// {...}, "evaluation": {...}, "output": {...}}. Sections absent keep their defaults; relative
-// paths are resolved against `base_dir`. A field of the old flat layout
+// {...}, "evaluation": {...}, "output": {...}}. Sections absent keep their
+// defaults; relative paths are resolved against `base_dir`. A field of the old
+// flat layout
 // ("n_epochs") is refused naming its new place ("schedule.n_epochs").
 absl::StatusOr<RunSpec> ParseRunSpec(const nlohmann::json& json,
                                      const std::string& base_dir);

@@ -230,7 +230,9 @@ TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
        "evaluation.every_steps"},
       {[](RunSpec& s) { s.output.dir.clear(); }, "output.dir"},
       {[](RunSpec& s) { s.adapter = FullSpec{}; }, "output.merged_dir"},
-      {[](RunSpec& s) { Lora(s.adapter)->layers_to_transform = {1, 1}; },
+      {[](RunSpec& s) {
+         Lora(s.adapter)->layers_to_transform = {1, 1};
+       },
        "adapter.layers_to_transform"},
       {[](RunSpec& s) { Lora(s.adapter)->layers_to_transform = {-1}; },
        "adapter.layers_to_transform"},
@@ -279,9 +281,10 @@ TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
   };
   ASSERT_TRUE(ValidateRunSpec(EveryFieldSet()).ok())
       << ValidateRunSpec(EveryFieldSet());
-  for (const TrainableSpec& valid :
-       {TrainableSpec{.layers = {"bottom2"}, .modules = {"up_proj", "down_proj"}},
-        TrainableSpec{.lisa = LisaSpec{}}, TrainableSpec{.half_ft = HalfFtSpec{}}}) {
+  for (const TrainableSpec& valid : {TrainableSpec{.layers = {"bottom2"},
+                                    .modules = {"up_proj", "down_proj"}},
+                                     TrainableSpec{.lisa = LisaSpec{}},
+                                     TrainableSpec{.half_ft = HalfFtSpec{}}}) {
     RunSpec s = EveryFieldSet();
     FullFineTuning(s);
     s.trainable = valid;
