@@ -42,7 +42,9 @@ struct Linear {
   double lora_scale = 0;         // alpha / r (alpha / sqrt(r) for rsLoRA)
   double lora_dropout = 0;       // probability, applied when training
 
-  torch::Tensor Forward(const torch::Tensor& x, bool training) const;
+  // `adapter` false: the base projection alone, as if no LoRA were attached.
+  torch::Tensor Forward(const torch::Tensor& x, bool training,
+                        bool adapter = true) const;
 
   // ||W + scale B A|| over the input dimension, per output row: [out]
   // float32, without gradient (PEFT computes it in the input's dtype; this
@@ -86,6 +88,9 @@ struct ForwardOptions {
   // keeping them (see activation_checkpoint.h).
   bool checkpoint_layers = false;
   AttentionKernel attention = DefaultAttentionKernel();
+  // false: the base model alone, every adapter bypassed (no copy of the
+  // weights): DPO's reference model for a LoRA policy.
+  bool adapters = true;
 };
 
 // Thread-compatible. Forward may throw c10::Error; the engine's entry points
