@@ -54,6 +54,10 @@ Usage:
                     [--eval-every-steps N] [--checkpoint-every-steps N]
                     [--lora-rank R] [--lora-alpha A] [--lora-dropout P]
                     [--lora-target-modules q_proj,v_proj,...] [--lora-rslora]
+                    [--lora-dora] [--lora-layers 0,1,...]
+                    [--layers 2-3,bottom2,...] [--modules up_proj,down_proj,...]
+                    [--lisa-layers N] [--lisa-interval K]
+                    [--half-ft] [--half-ft-reselect stage|epoch]
                     dpo, orpo: [--beta B] [--max-prompt-len N]
                     dpo: [--loss-type sigmoid|robust|hinge|ipo]
                          [--label-smoothing E] [--rpo-alpha A]
@@ -229,6 +233,33 @@ void PrintJob(const v1::Job& j) {
         "lora:             rank=%d alpha=%g dropout=%g targets=%s%s\n", j.lora().rank(),
         j.lora().alpha(), j.lora().dropout(), absl::StrJoin(j.lora().target_modules(), ","),
         j.lora().use_rslora() ? " rslora" : "");
+    if (j.lora().use_dora()) std::cout << "                  dora\n";
+    if (j.lora().layers_to_transform_size() > 0) {
+      std::cout << "                  layers="
+                << absl::StrJoin(j.lora().layers_to_transform(), ",") << "\n";
+    }
+  }
+  if (j.has_trainable()) {
+    const v1::Trainable& t = j.trainable();
+    std::string what;
+    if (t.has_lisa()) {
+      what = absl::StrFormat("lisa activated_layers=%d interval_steps=%d",
+                             t.lisa().activated_layers(),
+                             t.lisa().interval_steps());
+    } else if (t.has_half_ft()) {
+      what = absl::StrFormat(
+          "half_ft reselect=%s seed=%d",
+          t.half_ft().reselect() == v1::HALF_FT_RESELECT_EPOCH ? "epoch"
+                                                               : "stage",
+          t.half_ft().seed());
+    } else {
+      what = absl::StrCat(
+          "layers=",
+          t.layers().empty() ? "all" : absl::StrJoin(t.layers(), ","),
+          " modules=",
+          t.modules().empty() ? "all" : absl::StrJoin(t.modules(), ","));
+    }
+    std::cout << "trainable:        " << what << "\n";
   }
   std::cout << "created_at:       " << FormatTime(j.created_at()) << "\n";
   if (j.queue_position() > 0) {
@@ -441,6 +472,62 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
          absl::StrSplit(*a.Get("lora-target-modules"), ',', absl::SkipEmpty())) {
       r.mutable_lora()->add_target_modules(std::string(m));
     }
+  }
+  if (a.Has("lora-dora")) r.mutable_lora()->set_use_dora(true);
+  if (a.Has("lora-layers")) {
+    for (absl::string_view l :
+         absl::StrSplit(*a.Get("lora-layers"), ',', absl::SkipEmpty())) {
+      int32_t layer = 0;
+      if (!absl::SimpleAtoi(l, &layer)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--lora-layers: \"", l, "\" is not a layer index"));
+      }
+      r.mutable_lora()->add_layers_to_transform(layer);
+    }
+  }
+  // What full fine-tuning trains (lathed checks the names).
+  for (const auto& [flag, list] :
+       {std::pair<const char*,
+                  google::protobuf::RepeatedPtrField<std::string>*>{
+            "layers", r.mutable_trainable()->mutable_layers()},
+        {"modules", r.mutable_trainable()->mutable_modules()}}) {
+    if (!a.Has(flag)) continue;
+    for (absl::string_view v :
+         absl::StrSplit(*a.Get(flag), ',', absl::SkipEmpty())) {
+      list->Add(std::string(v));
+    }
+  }
+  if (a.Has("lisa-layers") || a.Has("lisa-interval")) {
+    v1::Lisa* lisa = r.mutable_trainable()->mutable_lisa();
+    if (a.Has("lisa-layers")) {
+      auto v = IntFlag(a, "lisa-layers");
+      if (!v.ok()) return v.status();
+      lisa->set_activated_layers(static_cast<int32_t>(*v));
+    }
+    if (a.Has("lisa-interval")) {
+      auto v = IntFlag(a, "lisa-interval");
+      if (!v.ok()) return v.status();
+      lisa->set_interval_steps(static_cast<int32_t>(*v));
+    }
+  }
+  if (a.Has("half-ft") || a.Has("half-ft-reselect")) {
+    v1::HalfFt* half = r.mutable_trainable()->mutable_half_ft();
+    if (a.Has("half-ft-reselect")) {
+      const std::string reselect = *a.Get("half-ft-reselect");
+      if (reselect == "stage") {
+        half->set_reselect(v1::HALF_FT_RESELECT_STAGE);
+      } else if (reselect == "epoch") {
+        half->set_reselect(v1::HALF_FT_RESELECT_EPOCH);
+      } else {
+        return absl::InvalidArgumentError(
+            "--half-ft-reselect: use stage or epoch");
+      }
+    }
+  }
+  if (!a.Has("layers") && !a.Has("modules") && !a.Has("lisa-layers") &&
+      !a.Has("lisa-interval") && !a.Has("half-ft") &&
+      !a.Has("half-ft-reselect")) {
+    r.clear_trainable();  // the loop above made an empty one
   }
   if (a.Has("seed")) {
     auto v = IntFlag(a, "seed");
@@ -760,7 +847,8 @@ int JobsCommand(Env& env, const std::string& verb) {
 }  // namespace
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora"});
+  auto args = Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora",
+                                 "lora-dora", "half-ft"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   auto st = args->CheckKnown(
       {"server", "api_key", "ca_cert", "tls_server_name", "insecure", "project", "role", "name", "output", "help", "purpose", "limit", "after", "status", "follow",
@@ -771,7 +859,8 @@ int Run(const std::vector<std::string>& argv) {
        "lr-scheduler", "weight-decay", "gradient-accumulation-steps", "max-seq-len",
        "max-grad-norm", "eval-every-steps", "checkpoint-every-steps", "adapter", "beta",
        "loss-type", "label-smoothing", "rpo-alpha", "max-prompt-len", "num-virtual-tokens",
-       "prompt-init", "prompt-init-text"});
+       "prompt-init", "prompt-init-text", "lora-dora", "lora-layers", "layers", "modules",
+       "lisa-layers", "lisa-interval", "half-ft", "half-ft-reselect"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "common/echo.h"
 #include "common/ids.h"
+#include "common/layer_ranges.h"
 #include "common/job_method.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
@@ -24,6 +25,92 @@ constexpr const char* kTargetModules[] = {"q_proj", "k_proj", "v_proj",
 
 absl::Status Bad(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+// The module names trainable.modules accepts: a layer's projections, its
+// groups and its norms.
+constexpr const char* kLayerModules[] = {"q_proj",
+                                         "k_proj",
+                                         "v_proj",
+                                         "o_proj",
+                                         "gate_proj",
+                                         "up_proj",
+                                         "down_proj",
+                                         "self_attn",
+                                         "mlp",
+                                         "input_layernorm",
+                                         "post_attention_layernorm"};
+
+absl::Status CheckTrainable(const v1::CreateJobRequest& r) {
+  const v1::Trainable& t = r.trainable();
+  if (r.adapter() != v1::ADAPTER_TYPE_FULL) {
+    const char* field = t.has_lisa()       ? "trainable.lisa"
+                        : t.has_half_ft()  ? "trainable.half_ft"
+                        : t.layers_size()  ? "trainable.layers"
+                        : t.modules_size() ? "trainable.modules"
+                                           : "trainable";
+    return Bad(
+        field,
+        "is for full fine-tuning (adapter FULL); LoRA chooses its layers "
+        "with lora.layers_to_transform and its projections with "
+        "lora.target_modules");
+  }
+  RETURN_IF_ERROR(CheckLayerRanges({t.layers().begin(), t.layers().end()},
+                                   "trainable.layers"));
+  for (int i = 0; i < t.modules_size(); ++i) {
+    const std::string& m = t.modules(i);
+    const std::string field = absl::StrCat("trainable.modules[", i, "]");
+    if (std::find(std::begin(kLayerModules), std::end(kLayerModules), m) ==
+        std::end(kLayerModules)) {
+      return Bad(field,
+                 absl::StrCat("unknown module \"", Echo(m), "\" (known: ",
+                              absl::StrJoin(kLayerModules, ", "), ")"));
+    }
+    for (int j = 0; j < i; ++j) {
+      if (t.modules(j) == m) {
+        return Bad(
+            field,
+            absl::StrCat("\"", m, "\" is already trainable.modules[", j, "]"));
+      }
+    }
+  }
+  const bool by_name = t.layers_size() > 0 || t.modules_size() > 0;
+  if (t.has_lisa()) {
+    if (by_name || t.has_half_ft()) {
+      return Bad(
+          "trainable.lisa",
+          "draws its own layers: it cannot be combined with trainable.layers, "
+          "trainable.modules or trainable.half_ft");
+    }
+    const v1::Lisa& lisa = t.lisa();
+    if (lisa.has_activated_layers() &&
+        (lisa.activated_layers() < 1 || lisa.activated_layers() > 4096)) {
+      return Bad(
+          "trainable.lisa.activated_layers",
+          absl::StrCat(lisa.activated_layers(), " is out of range 1..4096"));
+    }
+    if (lisa.has_interval_steps() &&
+        (lisa.interval_steps() < 1 || lisa.interval_steps() > 1'000'000)) {
+      return Bad(
+          "trainable.lisa.interval_steps",
+          absl::StrCat(lisa.interval_steps(), " is out of range 1..1000000"));
+    }
+  }
+  if (t.has_half_ft()) {
+    if (by_name) {
+      return Bad(
+          "trainable.half_ft",
+          "draws its own half of every layer: it cannot be combined with "
+          "trainable.layers or trainable.modules");
+    }
+    if (!v1::HalfFtReselect_IsValid(t.half_ft().reselect())) {
+      return Bad("trainable.half_ft.reselect", "unknown value");
+    }
+    if (t.half_ft().has_seed() && t.half_ft().seed() < 0) {
+      return Bad("trainable.half_ft.seed", "must be >= 0");
+    }
+  }
+  return absl::OkStatus();
 }
 
 // The preference settings: only for the methods that take them, in range.
@@ -239,6 +326,21 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
       }
     }
   }
+  for (int i = 0; i < lora.layers_to_transform_size(); ++i) {
+    const int32_t layer = lora.layers_to_transform(i);
+    const std::string field = absl::StrCat("lora.layers_to_transform[", i, "]");
+    if (layer < 0 || layer >= 4096) {
+      return Bad(field, absl::StrCat(layer, " is out of range 0..4095"));
+    }
+    for (int j = 0; j < i; ++j) {
+      if (lora.layers_to_transform(j) == layer) {
+        return Bad(field,
+                   absl::StrCat(layer, " is already lora.layers_to_transform[",
+                                j, "]"));
+      }
+    }
+  }
+  if (r.has_trainable()) RETURN_IF_ERROR(CheckTrainable(r));
   if (r.suffix().size() > 64) return Bad("suffix", "longer than 64 characters");
   for (char c : r.suffix()) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
@@ -251,6 +353,39 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   }
   if (r.idempotency_key().size() > 256) {
     return Bad("idempotency_key", "longer than 256 bytes");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckJobForModel(const v1::CreateJobRequest& r,
+                              const v1::Model& model) {
+  const int64_t layers = model.num_layers();
+  if (layers <= 0) return absl::OkStatus();  // not known: the engine checks
+  const v1::Trainable& t = r.trainable();
+  const auto on = [&](const std::string& what) {
+    return absl::StrCat(what, "; model ", r.model(), " has ", layers,
+                        " layers (0-", layers - 1, ")");
+  };
+  if (t.has_lisa()) {
+    const int32_t gamma = t.lisa().has_activated_layers()
+                              ? t.lisa().activated_layers()
+                              : kDefaultLisaLayers;
+    if (gamma > layers) {
+      return Bad("trainable.lisa.activated_layers",
+                 on(absl::StrCat(
+                     gamma, " layers at a time is more than the model has")));
+    }
+  }
+  absl::StatusOr<std::vector<int>> resolved =
+      ResolveLayerRanges({t.layers().begin(), t.layers().end()},
+                         static_cast<int>(layers), "trainable.layers");
+  if (!resolved.ok()) return resolved.status();
+  for (int i = 0; i < r.lora().layers_to_transform_size(); ++i) {
+    if (r.lora().layers_to_transform(i) >= layers) {
+      return Bad(absl::StrCat("lora.layers_to_transform[", i, "]"),
+                 on(absl::StrCat("layer ", r.lora().layers_to_transform(i),
+                                 " does not exist")));
+    }
   }
   return absl::OkStatus();
 }
@@ -299,12 +434,29 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
     }
   }
   if (job.adapter() == v1::ADAPTER_TYPE_UNSPECIFIED) job.set_adapter(v1::ADAPTER_TYPE_LORA);
+  if (job.has_trainable()) {
+    v1::Trainable& t = *job.mutable_trainable();
+    if (t.has_lisa()) {
+      // LMFlow's defaults (METHODS.md §4.2).
+      if (!t.lisa().has_activated_layers())
+        t.mutable_lisa()->set_activated_layers(kDefaultLisaLayers);
+      if (!t.lisa().has_interval_steps())
+        t.mutable_lisa()->set_interval_steps(20);
+    }
+    if (t.has_half_ft()) {
+      if (t.half_ft().reselect() == v1::HALF_FT_RESELECT_UNSPECIFIED) {
+        t.mutable_half_ft()->set_reselect(v1::HALF_FT_RESELECT_STAGE);
+      }
+      if (!t.half_ft().has_seed()) t.mutable_half_ft()->set_seed(job.seed());
+    }
+  }
   if (job.adapter() != v1::ADAPTER_TYPE_LORA) return;
   auto* lora = job.mutable_lora();
   if (!lora->has_rank()) lora->set_rank(8);
   if (!lora->has_alpha()) lora->set_alpha(2.0 * lora->rank());
   if (!lora->has_dropout()) lora->set_dropout(0);
   if (!lora->has_use_rslora()) lora->set_use_rslora(false);
+  if (!lora->has_use_dora()) lora->set_use_dora(false);
   if (lora->target_modules().empty()) {
     for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) lora->add_target_modules(m);
   }
@@ -347,6 +499,7 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   if (r.adapter() != v1::ADAPTER_TYPE_FULL && method->type() != "prompt_tuning") {
     *job.mutable_lora() = r.lora();
   }
+  if (r.has_trainable()) *job.mutable_trainable() = r.trainable();
   FillJobDefaults(job, defaults);
   scheduler::TrainShape train;
   // A preference step runs both rows of each pair.

@@ -16,6 +16,16 @@ namespace lathe {
 // metadata. INVALID_ARGUMENT naming the field.
 absl::Status CheckJobRequest(const v1::CreateJobRequest& request);
 
+// LISA's activated_layers when the job sets none (LMFlow's default).
+inline constexpr int32_t kDefaultLisaLayers = 2;
+
+// The fields that need the base model: LISA's activated_layers (resolved)
+// and every named layer within its layer count. INVALID_ARGUMENT naming the
+// field. OK when the model's layer count is not known (the engine checks at
+// setup). REQUIRES: CheckJobRequest(request).ok().
+absl::Status CheckJobForModel(const v1::CreateJobRequest& request,
+                              const v1::Model& model);
+
 // The operator's settings that job resolution reads (lathed's flags).
 struct JobDefaults {
   double base_learning_rate = 2e-4;  // x learning_rate_multiplier

@@ -191,6 +191,107 @@ TEST(JobRequestTest, FullFineTuningAndTheOperatorsDefaults) {
   EXPECT_EQ(st.message().substr(0, 6), "lora: ");
 }
 
+// Layer selection, LISA and HFT are for full fine-tuning; each is checked
+// by name, alone, and against the model's layer count.
+TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
+  v1::CreateJobRequest lisa = Valid();
+  lisa.mutable_trainable()->mutable_lisa();
+  absl::Status st = CheckJobRequest(lisa);  // adapter auto = LoRA
+  EXPECT_TRUE(absl::IsInvalidArgument(st));
+  EXPECT_EQ(st.message().substr(0, 16), "trainable.lisa: ") << st;
+  v1::CreateJobRequest hft = Valid();
+  hft.set_adapter(v1::ADAPTER_TYPE_LORA);
+  hft.mutable_trainable()->mutable_half_ft();
+  EXPECT_EQ(CheckJobRequest(hft).message().substr(0, 19),
+            "trainable.half_ft: ");
+
+  struct Case {
+    std::function<void(v1::Trainable&)> mutate;
+    const char* field;
+  };
+  const Case cases[] = {
+      {[](auto& t) { t.add_layers("2-x"); }, "trainable.layers[0]"},
+      {[](auto& t) { t.add_modules("lm_head"); }, "trainable.modules[0]"},
+      {[](auto& t) {
+         t.add_modules("mlp");
+         t.add_modules("mlp");
+       },
+       "trainable.modules[1]"},
+      {[](auto& t) { t.mutable_lisa()->set_activated_layers(0); },
+       "trainable.lisa.activated_layers"},
+      {[](auto& t) { t.mutable_lisa()->set_interval_steps(0); },
+       "trainable.lisa.interval_steps"},
+      {[](auto& t) {
+         t.mutable_lisa();
+         t.add_layers("1");
+       },
+       "trainable.lisa: "},
+      {[](auto& t) {
+         t.mutable_half_ft();
+         t.add_modules("mlp");
+       },
+       "trainable.half_ft: "},
+      {[](auto& t) {
+         t.mutable_half_ft()->set_reselect(static_cast<v1::HalfFtReselect>(9));
+       },
+       "trainable.half_ft.reselect"},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest r = Valid();
+    r.set_adapter(v1::ADAPTER_TYPE_FULL);
+    c.mutate(*r.mutable_trainable());
+    absl::Status status = CheckJobRequest(r);
+    EXPECT_TRUE(absl::IsInvalidArgument(status)) << c.field;
+    EXPECT_NE(status.message().find(c.field), absl::string_view::npos)
+        << status.message() << " should name " << c.field;
+  }
+  v1::CreateJobRequest dora = Valid();
+  dora.mutable_lora()->set_use_dora(true);
+  dora.mutable_lora()->add_layers_to_transform(1);
+  dora.mutable_lora()->add_layers_to_transform(1);
+  EXPECT_NE(CheckJobRequest(dora).message().find("lora.layers_to_transform[1]"),
+            std::string::npos);
+
+  // Against a 2-layer model: LISA's default of 2 fits, 3 does not.
+  v1::Model model;
+  model.set_num_layers(2);
+  lisa.set_adapter(v1::ADAPTER_TYPE_FULL);
+  ASSERT_TRUE(CheckJobRequest(lisa).ok());
+  EXPECT_TRUE(CheckJobForModel(lisa, model).ok());
+  lisa.mutable_trainable()->mutable_lisa()->set_activated_layers(3);
+  st = CheckJobForModel(lisa, model);
+  EXPECT_EQ(st.message().substr(0, 33), "trainable.lisa.activated_layers: ")
+      << st;
+  v1::CreateJobRequest layers = Valid();
+  layers.set_adapter(v1::ADAPTER_TYPE_FULL);
+  layers.mutable_trainable()->add_layers("1-2");
+  EXPECT_NE(
+      CheckJobForModel(layers, model).message().find("trainable.layers[0]"),
+      std::string::npos);
+  dora.mutable_lora()->clear_layers_to_transform();
+  dora.mutable_lora()->add_layers_to_transform(2);
+  EXPECT_NE(CheckJobForModel(dora, model)
+                .message()
+                .find("lora.layers_to_transform[0]"),
+            std::string::npos);
+
+  // Resolution: LMFlow's defaults, HFT's seed from the job's.
+  v1::File f;
+  f.set_line_count(10);
+  lisa.mutable_trainable()->mutable_lisa()->clear_activated_layers();
+  v1::Job job = ResolveJob(lisa, f, model, "p", "ftjob-1", 77, JobDefaults{});
+  EXPECT_EQ(job.trainable().lisa().activated_layers(), 2);
+  EXPECT_EQ(job.trainable().lisa().interval_steps(), 20);
+  hft.set_adapter(v1::ADAPTER_TYPE_FULL);
+  job = ResolveJob(hft, f, model, "p", "ftjob-2", 77, JobDefaults{});
+  EXPECT_EQ(job.trainable().half_ft().reselect(), v1::HALF_FT_RESELECT_STAGE);
+  EXPECT_EQ(job.trainable().half_ft().seed(), 77);
+  job = ResolveJob(dora, f, model, "p", "ftjob-3", 77, JobDefaults{});
+  EXPECT_TRUE(job.lora().use_dora());
+  EXPECT_FALSE(ResolveJob(Valid(), f, model, "p", "ftjob-4", 1, JobDefaults{})
+                   .has_trainable());
+}
+
 TEST(JobRequestTest, RefusesBadPreferenceSettingsByName) {
   struct Case {
     const char* type;

@@ -1,11 +1,12 @@
 // End to end, with real processes on loopback: upload a chat dataset through
 // the CLI, create a LoRA job, let a real lathe-worker train it with LibTorch,
 // follow its events, download the adapter and check it.
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <fstream>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/safetensors.h"
 #include "common/sha256.h"
@@ -302,6 +303,84 @@ TEST(EndToEndTest, PromptTuningThroughTheCliDownloadsPeftsLayout) {
   EXPECT_EQ(config["num_virtual_tokens"], 8);
   EXPECT_EQ(config["prompt_tuning_init"], "TEXT");
   EXPECT_EQ(config["prompt_tuning_init_text"], "Answer briefly:");
+}
+
+// LISA full fine-tuning (METHODS.md §4.2) through the CLI, lathed and a
+// worker: lathed refuses what does not fit, the job shows its resolved
+// selection, streams metrics, and its download holds the draws; a layer
+// never drawn is the base's, bit for bit.
+TEST(EndToEndTest, LisaFullFineTuningThroughTheCli) {
+  auto cluster = Cluster::Start(TestRoot("e2e-lisa"), 1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune",
+                                    nullptr);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const std::vector<std::string> create = {
+      "jobs", "create", "--model", "lathe-demo", "--training-file", file->id()};
+  std::string out;
+  // The demo model has 2 layers; LISA is for full fine-tuning.
+  std::vector<std::string> too_many = create;
+  too_many.insert(too_many.end(), {"--method", "full", "--lisa-layers", "3"});
+  EXPECT_NE(Cli(c, too_many, &out), 0);
+  EXPECT_NE(out.find("trainable.lisa.activated_layers"), std::string::npos)
+      << out;
+  std::vector<std::string> with_lora = create;
+  with_lora.insert(with_lora.end(), {"--lisa-layers", "1"});
+  EXPECT_NE(Cli(c, with_lora, &out), 0);
+  EXPECT_NE(out.find("trainable.lisa"), std::string::npos) << out;
+
+  std::vector<std::string> lisa = create;
+  lisa.insert(lisa.end(),
+              {"--method", "full", "--lisa-layers", "1", "--lisa-interval", "2",
+               "--n-epochs", "1", "--batch-size", "8", "--max-seq-len", "96",
+               "--seed", "3", "-o", "json"});
+  ASSERT_EQ(Cli(c, lisa, &out), 0) << out;
+  const std::string id = nlohmann::json::parse(out.substr(out.find('{')))["id"];
+  ASSERT_EQ(Cli(c, {"jobs", "get", id}, &out), 0) << out;
+  EXPECT_NE(
+      out.find("trainable:        lisa activated_layers=1 interval_steps=2"),
+      std::string::npos)
+      << out;
+  ASSERT_EQ(Cli(c, {"jobs", "wait", id, "--timeout", "300"}, &out), 0)
+      << out << c.Logs();
+
+  v1::ListJobEventsRequest r;
+  r.set_job_id(id);
+  r.set_limit(1000);
+  auto events = c.client().ListJobEvents(r);
+  ASSERT_TRUE(events.ok());
+  int metrics = 0;
+  for (const auto& e : events->data()) metrics += e.type() == "metrics";
+  EXPECT_EQ(metrics, (file->line_count() + 7) / 8);
+
+  const std::string dir = c.root() + "/lisa-model";
+  ASSERT_EQ(Cli(c, {"jobs", "download", id, "--out", dir}, &out), 0) << out;
+  std::ifstream manifest_file(dir + "/trainable_selection.json");
+  ASSERT_TRUE(manifest_file.good());
+  const nlohmann::json manifest = nlohmann::json::parse(manifest_file);
+  ASSERT_EQ(manifest["kind"], "lisa");
+  std::set<int> drawn;
+  for (const auto& draw : manifest["draws"]) {
+    EXPECT_EQ(draw["step"].get<int>() % 2, 0);
+    drawn.insert(draw["layers"][0].get<int>());
+  }
+  auto trained = safetensors::MappedFile::Open(dir + "/model.safetensors");
+  auto base =
+      safetensors::MappedFile::Open(c.demo_dir() + "/model/model.safetensors");
+  ASSERT_TRUE(trained.ok() && base.ok());
+  auto bytes = [](const safetensors::MappedFile& f, const std::string& name) {
+    absl::Span<const std::byte> data = f.Data(*f.header().Find(name));
+    return std::string(reinterpret_cast<const char*>(data.data()), data.size());
+  };
+  for (int layer = 0; layer < 2; ++layer) {
+    const std::string q =
+        "model.layers." + std::to_string(layer) + ".self_attn.q_proj.weight";
+    EXPECT_EQ(bytes(**trained, q) == bytes(**base, q), drawn.count(layer) == 0)
+        << q;
+  }
+  EXPECT_NE(bytes(**trained, "model.embed_tokens.weight"),
+            bytes(**base, "model.embed_tokens.weight"));
 }
 
 }  // namespace

@@ -72,6 +72,7 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
         "model: ", r.model(), " is a fine-tuned model; fine-tune its base, ",
         model->base_model()));
   }
+  RETURN_IF_ERROR(CheckJobForModel(r, *model));
   auto training = deps_.store->GetFile(r.training_file());
   if (!training.ok() || training->project() != caller.project) {
     return absl::NotFoundError(

@@ -16,6 +16,42 @@ constexpr SchedulerName kSchedulers[] = {
     {v1::LR_SCHEDULER_CONSTANT, "constant"},
 };
 
+struct ReselectName {
+  v1::HalfFtReselect wire;
+  const char* engine;  // HalfFtSpec::reselect
+};
+constexpr ReselectName kReselects[] = {
+    {v1::HALF_FT_RESELECT_STAGE, "stage"},
+    {v1::HALF_FT_RESELECT_EPOCH, "epoch"},
+};
+
+absl::StatusOr<engine::TrainableSpec> TrainableForJob(
+    const v1::Trainable& wire) {
+  engine::TrainableSpec t;
+  t.layers.assign(wire.layers().begin(), wire.layers().end());
+  t.modules.assign(wire.modules().begin(), wire.modules().end());
+  if (wire.has_lisa()) {
+    t.lisa =
+        engine::LisaSpec{.activated_layers = wire.lisa().activated_layers(),
+                         .interval_steps = wire.lisa().interval_steps()};
+  }
+  if (wire.has_half_ft()) {
+    engine::HalfFtSpec half{
+        .reselect = "", .seed = static_cast<uint64_t>(wire.half_ft().seed())};
+    for (const ReselectName& r : kReselects) {
+      if (r.wire == wire.half_ft().reselect()) half.reselect = r.engine;
+    }
+    if (half.reselect.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("trainable.half_ft.reselect: ",
+                       v1::HalfFtReselect_Name(wire.half_ft().reselect()),
+                       " is not resolved"));
+    }
+    t.half_ft = half;
+  }
+  return t;
+}
+
 struct LossName {
   v1::PreferenceLoss wire;
   const char* engine;  // DpoSpec::loss_type
@@ -53,6 +89,9 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
       lora.use_rslora = wire.use_rslora();
       lora.target_modules.assign(wire.target_modules().begin(),
                                  wire.target_modules().end());
+      lora.use_dora = wire.use_dora();
+      lora.layers_to_transform.assign(wire.layers_to_transform().begin(),
+                                      wire.layers_to_transform().end());
       spec.adapter = lora;
       break;
     }
@@ -80,6 +119,12 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
       return absl::InvalidArgumentError(
           absl::StrCat("adapter: ", v1::AdapterType_Name(job.adapter()),
                        " is not resolved"));
+  }
+  if (job.has_trainable()) {
+    absl::StatusOr<engine::TrainableSpec> trainable =
+        TrainableForJob(job.trainable());
+    if (!trainable.ok()) return trainable.status();
+    spec.trainable = *std::move(trainable);
   }
   // Jobs stored before method.type was always set are supervised.
   const std::string type = MethodType(job.method());
@@ -150,10 +195,30 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
     for (const std::string& m : lora->target_modules) {
       wire.add_target_modules(m);
     }
+    wire.set_use_dora(lora->use_dora);
+    for (int layer : lora->layers_to_transform)
+      wire.add_layers_to_transform(layer);
   } else if (std::holds_alternative<engine::PromptTuningSpec>(spec.adapter)) {
     job.set_adapter(v1::ADAPTER_TYPE_PROMPT_TUNING);
   } else {
     job.set_adapter(v1::ADAPTER_TYPE_FULL);
+  }
+  if (spec.trainable.Selects()) {
+    const engine::TrainableSpec& t = spec.trainable;
+    v1::Trainable& wire = *job.mutable_trainable();
+    for (const std::string& l : t.layers) wire.add_layers(l);
+    for (const std::string& m : t.modules) wire.add_modules(m);
+    if (t.lisa) {
+      wire.mutable_lisa()->set_activated_layers(t.lisa->activated_layers);
+      wire.mutable_lisa()->set_interval_steps(t.lisa->interval_steps);
+    }
+    if (t.half_ft) {
+      for (const ReselectName& r : kReselects) {
+        if (t.half_ft->reselect == r.engine)
+          wire.mutable_half_ft()->set_reselect(r.wire);
+      }
+      wire.mutable_half_ft()->set_seed(static_cast<int64_t>(t.half_ft->seed));
+    }
   }
   const std::string type = engine::ObjectiveType(spec.objective);
   const auto* prompt = std::get_if<engine::PromptTuningSpec>(&spec.adapter);

@@ -30,7 +30,10 @@ std::vector<AdamW::Param> TrainableParams(const LlamaModel& model,
                               ? LoraParameters(model)
                               : model.Weights(/*merge_lora=*/false);
   for (const auto& [name, tensor] : named) {
-    params.push_back({name, tensor, tensor.dim() >= 2});
+    // LoRA: every factor, DoRA's magnitude too (transformers' Trainer
+    // exempts only biases and norm layers' weights).
+    params.push_back(
+        {name, tensor, Lora(adapter) != nullptr || tensor.dim() >= 2});
   }
   return params;
 }

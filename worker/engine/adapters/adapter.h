@@ -25,8 +25,8 @@ absl::Status MakeTrainable(LlamaModel& model, const AdapterSpec& adapter,
                            const Tokenizer* tokenizer = nullptr);
 
 // The trained tensors, named as in the adapter's weight file. Weight decay
-// applies to LoRA's A and B, and to full fine-tuning's matrices (not to
-// norms and biases, as transformers' Trainer does).
+// applies to LoRA's A, B and DoRA magnitudes, and to full fine-tuning's
+// matrices (not to norms and biases, as transformers' Trainer does).
 std::vector<AdamW::Param> TrainableParams(const LlamaModel& model,
                                           const AdapterSpec& adapter);
 

@@ -1,5 +1,6 @@
 #include "worker/engine/adapters/lora.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <set>
@@ -7,8 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
-#include "worker/engine/text/json_file.h"
 #include "worker/engine/model/weights.h"
+#include "worker/engine/text/json_file.h"
 
 namespace lathe::engine {
 namespace {
@@ -22,6 +23,32 @@ std::string PeftKey(size_t layer, const std::string& module,
                       which, ".weight");
 }
 
+// DoRA's magnitude: no ".weight" suffix, as PEFT saves it.
+std::string MagnitudeKey(size_t layer, const std::string& module) {
+  return absl::StrCat("base_model.model.model.layers.", layer, ".",
+                      std::string(ProjectionGroup(module)), ".", module,
+                      ".lora_magnitude_vector");
+}
+
+// Whether layer `i` gets factors (PEFT's layers_to_transform).
+bool Transforms(const LoraSpec& options, size_t i) {
+  return options.layers_to_transform.empty() ||
+         std::find(options.layers_to_transform.begin(),
+                   options.layers_to_transform.end(),
+                   static_cast<int>(i)) != options.layers_to_transform.end();
+}
+
+absl::Status CheckLayers(const LoraSpec& options, const LlamaModel& model) {
+  for (int layer : options.layers_to_transform) {
+    if (layer >= static_cast<int>(model.layers().size())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "field \"adapter.layers_to_transform\": layer ", layer,
+          " does not exist; the model has ", model.layers().size(), " layers"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 double LoraScale(const LoraSpec& options) {
   return options.use_rslora ? options.alpha / std::sqrt(options.rank)
                             : options.alpha / options.rank;
@@ -31,7 +58,10 @@ double LoraScale(const LoraSpec& options) {
 
 absl::Status AttachLora(LlamaModel& model, const LoraSpec& options) {
   RETURN_IF_ERROR(Validate(AdapterSpec(options)));
-  for (DecoderLayer& layer : model.layers()) {
+  RETURN_IF_ERROR(CheckLayers(options, model));
+  for (size_t i = 0; i < model.layers().size(); ++i) {
+    if (!Transforms(options, i)) continue;
+    DecoderLayer& layer = model.layers()[i];
     for (const std::string& module : options.target_modules) {
       Linear& linear = *layer.Projection(module);
       const int64_t out = linear.weight.size(0), in = linear.weight.size(1);
@@ -47,6 +77,10 @@ absl::Status AttachLora(LlamaModel& model, const LoraSpec& options) {
           torch::zeros({out, options.rank}, on_device).requires_grad_(true);
       linear.lora_scale = LoraScale(options);
       linear.lora_dropout = options.dropout;
+      if (options.use_dora) {
+        // ||W + scale B A|| with B = 0: the row norms of W, as PEFT starts.
+        linear.lora_magnitude = linear.DoraRowNorm().requires_grad_(true);
+      }
     }
   }
   return absl::OkStatus();
@@ -60,6 +94,9 @@ TensorMap LoraParameters(const LlamaModel& model) {
       if (!linear.lora_a.defined()) continue;
       params[PeftKey(i, name, "lora_A")] = linear.lora_a;
       params[PeftKey(i, name, "lora_B")] = linear.lora_b;
+      if (linear.lora_magnitude.defined()) {
+        params[MagnitudeKey(i, name)] = linear.lora_magnitude;
+      }
     }
   }
   return params;
@@ -83,7 +120,11 @@ absl::Status SaveAdapter(const LlamaModel& model, const LoraSpec& options,
       {"target_modules", options.target_modules},
       {"bias", "none"},
       {"use_rslora", options.use_rslora},
-      {"use_dora", false},
+      {"use_dora", options.use_dora},
+      {"layers_to_transform", options.layers_to_transform.empty()
+                                  ? Json(nullptr)
+                                  : Json(options.layers_to_transform)},
+      {"layers_pattern", nullptr},
       {"fan_in_fan_out", false},
       {"inference_mode", true},
       {"init_lora_weights", true},
@@ -116,9 +157,27 @@ absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
       !config["target_modules"].is_array()) {
     return field_error("target_modules", "must be a list of module names");
   }
-  for (const char* flag : {"fan_in_fan_out", "use_dora"}) {
-    if (config.value(flag, false))
-      return field_error(flag, "true is not supported");
+  if (config.value("fan_in_fan_out", false)) {
+    return field_error("fan_in_fan_out", "true is not supported");
+  }
+  if (config.contains("use_dora") && !config["use_dora"].is_boolean()) {
+    return field_error("use_dora", "must be true or false");
+  }
+  // PEFT takes an int or a list of ints; null = every layer.
+  std::vector<int> layers;
+  if (auto it = config.find("layers_to_transform");
+      it != config.end() && !it->is_null()) {
+    if (it->is_number_integer()) {
+      layers.push_back(it->get<int>());
+    } else if (it->is_array() &&
+               std::all_of(it->begin(), it->end(), [](const Json& e) {
+                 return e.is_number_integer();
+               })) {
+      layers = it->get<std::vector<int>>();
+    } else {
+      return field_error("layers_to_transform",
+                         "must be a layer index or a list of them");
+    }
   }
   if (config.value("bias", "none") != "none") {
     return field_error("bias", "must be \"none\"");
@@ -130,9 +189,14 @@ absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
   options.use_rslora = config.value("use_rslora", false);
   options.target_modules =
       config["target_modules"].get<std::vector<std::string>>();
-  if (absl::Status valid = Validate(AdapterSpec(options)); !valid.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(config_path, ": ", valid.message()));
+  options.use_dora = config.value("use_dora", false);
+  options.layers_to_transform = layers;
+  for (absl::Status valid :
+       {Validate(AdapterSpec(options)), CheckLayers(options, model)}) {
+    if (!valid.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(config_path, ": ", valid.message()));
+    }
   }
   const double scale = LoraScale(options);
 
@@ -140,9 +204,13 @@ absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
   ASSIGN_OR_RETURN(TensorMap tensors, LoadSafetensors(weights_path));
   // Check every tensor before touching the model, so a bad file leaves it
   // as it was.
-  std::vector<std::pair<Linear*, std::pair<torch::Tensor, torch::Tensor>>>
-      pending;
+  struct Factors {
+    Linear* linear;
+    torch::Tensor a, b, magnitude;
+  };
+  std::vector<Factors> pending;
   for (size_t i = 0; i < model.layers().size(); ++i) {
+    if (!Transforms(options, i)) continue;
     for (const std::string& module : options.target_modules) {
       Linear* linear = model.layers()[i].Projection(module);
       const int64_t out = linear->weight.size(0), in = linear->weight.size(1);
@@ -152,16 +220,26 @@ absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
       ASSIGN_OR_RETURN(torch::Tensor b,
                        TakeTensor(tensors, PeftKey(i, module, "lora_B"),
                                   {out, options.rank}, weights_path));
-      pending.push_back({linear, {std::move(a), std::move(b)}});
+      torch::Tensor magnitude;
+      if (options.use_dora) {
+        ASSIGN_OR_RETURN(magnitude, TakeTensor(tensors, MagnitudeKey(i, module),
+                                               {out}, weights_path));
+      }
+      pending.push_back(
+          {linear, std::move(a), std::move(b), std::move(magnitude)});
     }
   }
   if (!tensors.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         weights_path, ": unexpected tensor \"", tensors.begin()->first, "\""));
   }
-  for (auto& [linear, ab] : pending) {
-    linear->lora_a = ab.first.to(linear->weight.device());
-    linear->lora_b = ab.second.to(linear->weight.device());
+  for (Factors& f : pending) {
+    Linear* linear = f.linear;
+    linear->lora_a = f.a.to(linear->weight.device());
+    linear->lora_b = f.b.to(linear->weight.device());
+    if (f.magnitude.defined()) {
+      linear->lora_magnitude = f.magnitude.to(linear->weight.device());
+    }
     linear->lora_scale = scale;
     linear->lora_dropout = options.dropout;
   }

@@ -15,24 +15,29 @@
 
 namespace lathe::engine {
 
-// Gives every layer's `options.target_modules` fresh trainable LoRA weights:
-// A [r, in] kaiming-uniform as PEFT initializes it (U(-1/sqrt(in),
-// 1/sqrt(in))), B [out, r] zeros, scale alpha / r (alpha / sqrt(r) with
-// use_rslora). Draws from torch's
-// global generator, so torch::manual_seed makes it reproducible.
-// INVALID_ARGUMENT naming the field (Validate(AdapterSpec)) for an adapter
-// this engine cannot build.
+// Gives `options.target_modules` of every layer (of those in
+// layers_to_transform, when set) fresh trainable LoRA weights: A [r, in]
+// kaiming-uniform as PEFT initializes it (U(-1/sqrt(in), 1/sqrt(in))),
+// B [out, r] zeros, scale alpha / r (alpha / sqrt(r) with use_rslora), and
+// with use_dora the magnitude m [out] = the row norms of W (so that the
+// adapted model starts as the base). Draws from torch's global generator,
+// so torch::manual_seed makes it reproducible. INVALID_ARGUMENT naming the
+// field (Validate(AdapterSpec), "adapter.layers_to_transform" for a layer
+// the model lacks) for an adapter this engine cannot build.
 absl::Status AttachLora(LlamaModel& model, const LoraSpec& options);
 
-// The A and B tensors of every adapted projection, keyed by their names in
-// adapter_model.safetensors (see SaveAdapter); they share storage with the
-// model.
+// The A and B tensors (and DoRA's m) of every adapted projection, keyed by
+// their names in adapter_model.safetensors (see SaveAdapter); they share
+// storage with the model.
 TensorMap LoraParameters(const LlamaModel& model);
 
 // Writes the model's LoRA weights to `dir` (created if needed) in the PEFT
 // layout, keys
 // "base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight" etc.,
-// float32, metadata {"format": "pt"}. INTERNAL on I/O failure.
+// DoRA's "....q_proj.lora_magnitude_vector" [out] (no ".weight", as PEFT
+// writes it), float32, metadata {"format": "pt"}; adapter_config.json with
+// "use_dora" and "layers_to_transform" (null = every layer). INTERNAL on
+// I/O failure.
 absl::Status SaveAdapter(const LlamaModel& model, const LoraSpec& options,
                          const std::string& base_model_name,
                          const std::string& dir);

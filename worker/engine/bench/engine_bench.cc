@@ -40,6 +40,10 @@ struct BenchOptions {
   int batch = 4;
   int seq_len = 256;
   std::string method = "lora";
+  // --method=full only: LISA's activated layers (0 = every weight trained)
+  // and interval.
+  int lisa_layers = 0;
+  int lisa_interval = 20;
   std::string objective = "sft";  // sft, dpo or orpo
   int lora_rank = 16;
   std::string lora_targets =
@@ -63,6 +67,8 @@ constexpr char kUsage[] = R"(Usage: engine_bench [--flag=value ...]
                          examples per step; each is 1/2 to 1 x seq_len
                          tokens long, so a padded batch carries padding
   --method=lora          lora, full or prompt_tuning (20 virtual tokens)
+  --lisa_layers=0 --lisa_interval=20
+                         full only: train LISA's drawn layers (0 = all)
   --objective=sft        sft, dpo or orpo (preference pairs: the chat data's
                          prompt with its answer preferred to a second one of
                          the same length; a step holds batch x 2 rows)
@@ -130,6 +136,10 @@ absl::Status ParseFlag(const std::string& arg, BenchOptions& o) {
   else if (name == "method")
     ok = (o.method = value) == "lora" || value == "full" ||
          value == "prompt_tuning";
+  else if (name == "lisa_layers")
+    ok = integer(o.lisa_layers);
+  else if (name == "lisa_interval")
+    ok = integer(o.lisa_interval);
   else if (name == "objective")
     ok = (o.objective = value) == "sft" || value == "dpo" || value == "orpo";
   else if (name == "lora_rank")
@@ -299,6 +309,10 @@ int Run(const BenchOptions& o) {
   options.device.dtype = o.dtype;
   if (o.method == "full") {
     options.adapter = FullSpec{};
+    if (o.lisa_layers > 0) {
+      options.trainable.lisa = LisaSpec{.activated_layers = o.lisa_layers,
+                                        .interval_steps = o.lisa_interval};
+    }
   } else if (o.method == "prompt_tuning") {
     options.adapter = PromptTuningSpec{.num_virtual_tokens = 20};
   } else {
@@ -350,6 +364,10 @@ int Run(const BenchOptions& o) {
             << o.model.vocab_size << "; " << o.objective << ", " << o.method;
   if (o.method == "lora")
     std::cout << " r=" << o.lora_rank << " on " << o.lora_targets;
+  if (o.method == "full" && o.lisa_layers > 0) {
+    std::cout << " LISA " << o.lisa_layers << " layers every "
+              << o.lisa_interval << " steps";
+  }
   std::cout << "\ndata: " << o.data << ", "
             << static_cast<int>(100 * *share + 0.5)
             << "% of tokens carry a loss; batch " << o.batch << " x up to "

@@ -53,7 +53,7 @@ st::TensorView View(const std::string& name, const torch::Tensor& t) {
 }  // namespace
 
 absl::Status WriteTrainerState(const std::string& dir, const TrainerState& s) {
-  const Json json = {
+  Json json = {
       {"step", s.step},
       {"total_steps", s.total_steps},
       {"epoch", s.epoch},
@@ -65,6 +65,7 @@ absl::Status WriteTrainerState(const std::string& dir, const TrainerState& s) {
       {"optimizer_steps", s.optimizer_steps},
       {"fingerprint", s.fingerprint},
   };
+  if (!s.selection.is_null()) json["selection"] = s.selection;
   RETURN_IF_ERROR(WriteJsonFile(dir + "/" + kTrainerStateJson, json));
   // Contiguous copies whose bytes outlive WriteFile.
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
@@ -130,6 +131,9 @@ absl::StatusOr<TrainerState> ReadTrainerState(const std::string& dir) {
   RETURN_IF_ERROR(field("data_rng", &s.data_rng));
   RETURN_IF_ERROR(field("optimizer_steps", &s.optimizer_steps));
   RETURN_IF_ERROR(field("fingerprint", &s.fingerprint));
+  if (json->contains("selection")) {
+    RETURN_IF_ERROR(field("selection", &s.selection));
+  }
 
   if (!fs::exists(tensors_path)) {
     return absl::NotFoundError(absl::StrCat(

@@ -4,7 +4,8 @@
 // A checkpoint folder holds the trainable weights in the layout of the
 // run's export (PEFT adapter files for LoRA, a model folder for full
 // fine-tuning), written by the trainer, plus:
-//   trainer_state.json         TrainerState's scalars and the fingerprint
+//   trainer_state.json         TrainerState's scalars, the fingerprint and
+//                              the trainable selection ("selection")
 //   trainer_state.safetensors  "optimizer/exp_avg/<param>" and
 //                              "optimizer/exp_avg_sq/<param>" F32,
 //                              "rng/torch" U8, "data/order" I64,
@@ -44,6 +45,8 @@ struct TrainerState {
   int64_t optimizer_steps = 0;      // AdamW::steps()
   TensorMap optimizer;              // AdamW::State()
   nlohmann::json fingerprint;       // options a resume must match
+  // A trainable selection's state (adapters/selection.h), null without one.
+  nlohmann::json selection;
 };
 
 // Writes trainer_state.json and trainer_state.safetensors into `dir`.

@@ -49,7 +49,8 @@ absl::StatusOr<SavedCheckpoint> SaveRunCheckpoint(
     const CheckpointSpec& spec,
     const std::function<absl::Status(const std::string& dir)>& save_weights,
     const AdamW& optimizer, const Progress& progress, const DataCursor& data,
-    int64_t total_steps, const Json& fingerprint, torch::Device device) {
+    int64_t total_steps, const Json& fingerprint, torch::Device device,
+    const Json& selection) {
   if (spec.dir.empty()) {
     return absl::FailedPreconditionError(
         "a checkpoint was requested but the run has no checkpoint.dir");
@@ -90,6 +91,7 @@ absl::StatusOr<SavedCheckpoint> SaveRunCheckpoint(
   state.optimizer_steps = optimizer.steps();
   state.optimizer = optimizer.State();
   state.fingerprint = fingerprint;
+  state.selection = selection;
   RETURN_IF_ERROR(WriteTrainerState(temp, state));
   ASSIGN_OR_RETURN(saved.files, CommitDirectory(temp, saved.dir));
   spdlog::info("checkpoint at step {} written to {}", progress.step,
@@ -97,13 +99,12 @@ absl::StatusOr<SavedCheckpoint> SaveRunCheckpoint(
   return saved;
 }
 
-absl::Status ResumeRunCheckpoint(const std::string& dir,
-                                 const std::string& weights_file,
-                                 const std::vector<AdamW::Param>& params,
-                                 AdamW& optimizer, Progress& progress,
-                                 DataCursor& data, int64_t total_steps,
-                                 const Json& fingerprint,
-                                 torch::Device device) {
+absl::Status ResumeRunCheckpoint(
+    const std::string& dir, const std::string& weights_file,
+    const std::vector<AdamW::Param>& params, AdamW& optimizer,
+    Progress& progress, DataCursor& data, int64_t total_steps,
+    const Json& fingerprint, torch::Device device,
+    const std::function<absl::Status(const Json&)>& restore_selection) {
   ASSIGN_OR_RETURN(TrainerState state, ReadTrainerState(dir));
   RETURN_IF_ERROR(CheckFingerprint(state.fingerprint, fingerprint));
   const std::string state_path = dir + "/" + kTrainerStateJson;
@@ -156,6 +157,13 @@ absl::Status ResumeRunCheckpoint(const std::string& dir,
     std::lock_guard<std::mutex> lock(generator.mutex());
     if (state.device_rng.sizes().equals(generator.get_state().sizes())) {
       generator.set_state(state.device_rng);
+    }
+  }
+  if (restore_selection) {
+    absl::Status selected = restore_selection(state.selection);
+    if (!selected.ok()) {
+      return absl::DataLossError(
+          absl::StrCat(state_path, ": ", selected.message()));
     }
   }
   absl::Status restored =

@@ -56,20 +56,25 @@ absl::StatusOr<SavedCheckpoint> SaveRunCheckpoint(
     const std::function<absl::Status(const std::string& dir)>& save_weights,
     const AdamW& optimizer, const Progress& progress, const DataCursor& data,
     int64_t total_steps, const nlohmann::json& fingerprint,
-    torch::Device device = torch::kCPU);
+    torch::Device device = torch::kCPU,
+    const nlohmann::json& selection = nullptr);
 
 // Restores `params` (from `dir`/`weights_file`), the optimizer, the
 // counters, the data cursor and torch's generator from checkpoint `dir`.
+// A run with a trainable selection passes `restore_selection`: it gets the
+// checkpoint's selection state (null when it has none) before the optimizer
+// is restored, so that it can set the optimizer's parameters to those the
+// checkpoint's moments are of.
 // FAILED_PRECONDITION naming the option when it was written with different
 // resume keys; DATA_LOSS naming the file when its state does not fit this
 // run.
-absl::Status ResumeRunCheckpoint(const std::string& dir,
-                                 const std::string& weights_file,
-                                 const std::vector<AdamW::Param>& params,
-                                 AdamW& optimizer, Progress& progress,
-                                 DataCursor& data, int64_t total_steps,
-                                 const nlohmann::json& fingerprint,
-                                 torch::Device device = torch::kCPU);
+absl::Status ResumeRunCheckpoint(
+    const std::string& dir, const std::string& weights_file,
+    const std::vector<AdamW::Param>& params, AdamW& optimizer,
+    Progress& progress, DataCursor& data, int64_t total_steps,
+    const nlohmann::json& fingerprint, torch::Device device = torch::kCPU,
+    const std::function<absl::Status(const nlohmann::json&)>&
+        restore_selection = nullptr);
 
 }  // namespace lathe::engine
 

@@ -87,9 +87,36 @@ torch::Tensor Linear::Forward(const torch::Tensor& x, bool training,
   torch::Tensor y = torch::linear(x, As(weight, x), As(bias, x));
   if (!lora_a.defined() || !adapter) return y;
   torch::Tensor dropped = torch::dropout(x, lora_dropout, training);
-  return y + torch::linear(torch::linear(dropped, As(lora_a, x)),
-                           As(lora_b, x)) *
-                 lora_scale;
+  torch::Tensor lora =
+      torch::linear(torch::linear(dropped, As(lora_a, x)), As(lora_b, x)) *
+      lora_scale;
+  if (!lora_magnitude.defined()) return y + lora;
+  // DoRA, term for term as PEFT's DoraLinearLayer (dropout on: the base
+  // product of the dropped input is computed again).
+  const torch::Tensor g =
+      As(lora_magnitude, x) / DoraRowNorm().to(x.scalar_type());
+  const bool dropping = training && lora_dropout > 0;
+  const torch::Tensor base = bias.defined() ? y - As(bias, x) : y;
+  torch::Tensor base_dropped =
+      dropping ? torch::linear(dropped, As(weight, x)) : base;
+  torch::Tensor out = base + (g - 1) * base_dropped + g * lora;
+  return bias.defined() ? out + As(bias, x) : out;
+}
+
+torch::Tensor Linear::DoraRowNorm() const {
+  torch::NoGradGuard no_grad;
+  return (weight.to(torch::kFloat32) +
+          lora_scale * torch::matmul(lora_b.to(torch::kFloat32),
+                                     lora_a.to(torch::kFloat32)))
+      .norm(2, {1});
+}
+
+torch::Tensor Linear::MergedWeight() const {
+  torch::NoGradGuard no_grad;
+  if (!lora_a.defined()) return weight;
+  torch::Tensor merged = weight + lora_scale * torch::matmul(lora_b, lora_a);
+  if (!lora_magnitude.defined()) return merged;
+  return (lora_magnitude / DoraRowNorm()).unsqueeze(1) * merged;
 }
 
 Linear* DecoderLayer::Projection(std::string_view name) {
@@ -207,13 +234,7 @@ TensorMap LlamaModel::Weights(bool merge_lora) const {
       const Linear& linear = *layer.Projection(name);
       const std::string key =
           absl::StrCat(p, std::string(ProjectionGroup(name)), ".", name, ".");
-      out[key + "weight"] =
-          merge_lora && linear.lora_a.defined()
-              ? (linear.weight +
-                 linear.lora_scale *
-                     torch::matmul(linear.lora_b, linear.lora_a))
-                    .detach()
-              : linear.weight;
+      out[key + "weight"] = merge_lora ? linear.MergedWeight() : linear.weight;
       if (linear.bias.defined()) out[key + "bias"] = linear.bias;
     }
   }

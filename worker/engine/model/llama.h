@@ -23,20 +23,37 @@
 namespace lathe::engine {
 
 // y = x W^T + b + scale * dropout(x) A^T B^T; the LoRA part only when
-// lora_a is defined. Base weight and bias are frozen. Each tensor is used in
-// x's dtype: float32 masters (LoRA's A and B, full fine-tuning's weights)
-// are cast at use, so their gradients arrive in float32.
+// lora_a is defined. With DoRA (lora_magnitude defined) as PEFT computes it:
+// with g = m / ||W + scale B A|| per output row (the norm detached, no
+// gradient through it),
+//   y = x W^T + (g - 1) * (dropout(x) W^T) + g * scale * dropout(x) A^T B^T +
+//   b,
+// which is dropout(x)-free x (g W')^T + b for W' = W + scale B A, i.e. the
+// weight m W' / ||W'||, when dropout is off. Base weight and bias are
+// frozen. Each tensor is used in x's dtype: float32 masters (LoRA's A, B
+// and m, full fine-tuning's weights) are cast at use, so their gradients
+// arrive in float32.
 struct Linear {
-  torch::Tensor weight;     // [out, in]
-  torch::Tensor bias;       // [out] or undefined
-  torch::Tensor lora_a;     // [r, in] or undefined
-  torch::Tensor lora_b;     // [out, r]
-  double lora_scale = 0;    // alpha / r (alpha / sqrt(r) for rsLoRA)
-  double lora_dropout = 0;  // probability, applied when training
+  torch::Tensor weight;          // [out, in]
+  torch::Tensor bias;            // [out] or undefined
+  torch::Tensor lora_a;          // [r, in] or undefined
+  torch::Tensor lora_b;          // [out, r]
+  torch::Tensor lora_magnitude;  // [out]: DoRA's m, or undefined
+  double lora_scale = 0;         // alpha / r (alpha / sqrt(r) for rsLoRA)
+  double lora_dropout = 0;       // probability, applied when training
 
   // `adapter` false: the base projection alone, as if no LoRA were attached.
   torch::Tensor Forward(const torch::Tensor& x, bool training,
                         bool adapter = true) const;
+
+  // ||W + scale B A|| over the input dimension, per output row: [out]
+  // float32, without gradient (PEFT computes it in the input's dtype; this
+  // is float32 whatever the compute dtype). REQUIRES: lora_a defined.
+  torch::Tensor DoraRowNorm() const;
+
+  // The weight the layer applies: W, W + scale B A (LoRA) or
+  // m (W + scale B A) / ||W + scale B A|| (DoRA), without gradient.
+  torch::Tensor MergedWeight() const;
 };
 
 struct DecoderLayer {
@@ -111,7 +128,7 @@ class LlamaModel {
   // The model's weights under their Hugging Face names ("lm_head.weight"
   // only when not tied). With `merge_lora` false they share storage with
   // the model (so requires_grad_ on them makes them trainable); with it true
-  // each adapted projection's weight is a new W + scale * B A.
+  // each adapted projection's weight is a new Linear::MergedWeight().
   TensorMap Weights(bool merge_lora) const;
 
   // Prompt tuning's virtual tokens (adapters/prompt_tuning.h): [N, C]

@@ -275,7 +275,12 @@ TEST(LoraTest, LoadAdapterNamesMissingTensorsAndLeavesModelUntouched) {
       << R"({"peft_type":"LORA","r":2,"lora_alpha":4,"use_dora":true,)"
          R"("target_modules":["q_proj"]})";
   loaded = LoadAdapter(*fresh, dir.path());
-  EXPECT_NE(loaded.status().message().find("\"use_dora\""), std::string::npos);
+  // A DoRA adapter needs its magnitudes.
+  EXPECT_NE(loaded.status().message().find(
+                "q_proj.lora_magnitude_vector\" is missing"),
+            std::string::npos)
+      << loaded.status();
+  EXPECT_FALSE(fresh->layers()[0].q_proj.lora_a.defined());
 }
 
 class FixtureTest : public ::testing::Test {

@@ -22,6 +22,9 @@ struct AdamWOptions {
   double weight_decay = 0.0;  // decoupled: p -= lr * weight_decay * p
 };
 
+// Each parameter has its own step count (as torch's per-parameter
+// state["step"]): a step without a gradient for it does not count.
+//
 // Thread-compatible. The parameters are borrowed: they must outlive the
 // optimizer and be leaf tensors that require grad.
 class AdamW {
@@ -34,6 +37,13 @@ class AdamW {
 
   AdamW(std::vector<Param> params, const AdamWOptions& options);
 
+  // Replaces the set of parameters, for a method that trains a changing
+  // subset (LISA, HFT per epoch; adapters/selection.h). A parameter named as
+  // before keeps its moments and step count; a new one starts fresh (zero
+  // moments, step 0, as on its first step in torch); one no longer named
+  // has its state dropped, so that its memory is freed.
+  void SetParams(std::vector<Param> params);
+
   // Clears the gradients of every parameter.
   void ZeroGrad();
 
@@ -41,16 +51,18 @@ class AdamW {
   // (a parameter without a gradient is left as it is).
   void Step(double lr);
 
-  // Steps taken so far (the bias-correction count).
+  // Step() calls so far.
   int64_t steps() const { return steps_; }
 
-  // The first and second moments, keyed "exp_avg/<name>" and
-  // "exp_avg_sq/<name>".
+  // The first and second moments and the step count of every parameter,
+  // keyed "exp_avg/<name>", "exp_avg_sq/<name>" and "step/<name>" (a
+  // float32 scalar).
   TensorMap State() const;
 
-  // Restores `steps` and the moments State() returned. INVALID_ARGUMENT
-  // naming the tensor when one is missing or mis-shaped; the optimizer is
-  // unchanged then.
+  // Restores `steps` and what State() returned, for the current parameters.
+  // A parameter without "step/<name>" (a checkpoint from before per-
+  // parameter counts) gets `steps`. INVALID_ARGUMENT naming the tensor when
+  // one is missing or mis-shaped; the optimizer is unchanged then.
   absl::Status Restore(int64_t steps, const TensorMap& state);
 
   std::vector<torch::Tensor> tensors() const;
@@ -61,6 +73,7 @@ class AdamW {
   int64_t steps_ = 0;
   std::vector<torch::Tensor> exp_avg_;     // parallel to params_
   std::vector<torch::Tensor> exp_avg_sq_;  // parallel to params_
+  std::vector<int64_t> param_steps_;       // parallel to params_
 };
 
 }  // namespace lathe::engine

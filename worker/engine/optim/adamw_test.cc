@@ -78,5 +78,50 @@ TEST(AdamWTest, RestoredStateContinuesIdentically) {
   EXPECT_EQ(second.steps(), 6);  // unchanged by the failed restores
 }
 
+// LISA's and HFT's changing subsets: a parameter kept keeps its moments and
+// count, one added starts as torch's AdamW starts a parameter (its first
+// step is a first step, bias correction included), one removed leaves no
+// state; a step without a gradient for a parameter does not count for it
+// (as torch skips a parameter whose grad is None).
+TEST(AdamWTest, SetParamsKeepsDropsAndStartsStatePerParameter) {
+  torch::Tensor kept = torch::ones({2, 3}).requires_grad_(true);
+  torch::Tensor dropped = torch::ones({4}).requires_grad_(true);
+  torch::Tensor added = torch::full({3}, 2.0).requires_grad_(true);
+  torch::Tensor kept_ref = kept.detach().clone().requires_grad_(true);
+  torch::Tensor added_ref = added.detach().clone().requires_grad_(true);
+  AdamW ours({{"kept", kept, true}, {"dropped", dropped, true}},
+             AdamWOptions{.weight_decay = 0.1});
+  torch::optim::AdamW kept_torch(
+      {kept_ref}, torch::optim::AdamWOptions(1e-2).weight_decay(0.1));
+  torch::optim::AdamW added_torch(
+      {added_ref}, torch::optim::AdamWOptions(1e-2).weight_decay(0.1));
+  for (int step = 0; step < 3; ++step) {
+    SetGrad(kept, step);
+    SetGrad(kept_ref, step);
+    if (step != 1) SetGrad(dropped, step);  // no gradient at step 1
+    ours.Step(1e-2);
+    kept_torch.step();
+    dropped.mutable_grad().reset();
+  }
+  EXPECT_EQ(ours.State().at("step/dropped").item<float>(), 2);
+  ours.SetParams({{"added", added, true}, {"kept", kept, true}});
+  EXPECT_FALSE(ours.State().contains("exp_avg/dropped"));
+  EXPECT_EQ(ours.State().at("step/added").item<float>(), 0);
+  for (int step = 3; step < 6; ++step) {
+    SetGrad(kept, step);
+    SetGrad(kept_ref, step);
+    SetGrad(added, step);
+    SetGrad(added_ref, step);
+    ours.Step(1e-2);
+    kept_torch.step();
+    added_torch.step();
+  }
+  EXPECT_EQ(ours.steps(), 6);
+  EXPECT_EQ(ours.State().at("step/kept").item<float>(), 6);
+  EXPECT_TRUE(torch::allclose(kept, kept_ref, 1e-6, 1e-7));
+  EXPECT_TRUE(torch::allclose(added, added_ref, 1e-6, 1e-7));
+  EXPECT_GT((added - 2).abs().max().item<double>(), 1e-3);
+}
+
 }  // namespace
 }  // namespace lathe::engine

@@ -10,12 +10,14 @@
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/engine/adapters/adapter.h"
+#include "worker/engine/adapters/selection.h"
 #include "worker/engine/checkpoint/run_checkpoint.h"
 #include "worker/engine/data/cursor.h"
 #include "worker/engine/device/placement.h"
 #include "worker/engine/error_kind.h"
 #include "worker/engine/optim/adamw.h"
 #include "worker/engine/optim/schedule.h"
+#include "worker/engine/text/json_file.h"
 
 namespace lathe::engine {
 
@@ -64,6 +66,31 @@ void Record(const EvalWork& eval, StepMetrics& m) {
   }
 }
 
+// The parameters of `all` that `selection` trains now.
+std::vector<AdamW::Param> Selected(const std::vector<AdamW::Param>& all,
+                                   const TrainableSelection& selection) {
+  std::vector<AdamW::Param> params;
+  for (const AdamW::Param& p : all) {
+    if (selection.trained().count(p.name)) params.push_back(p);
+  }
+  return params;
+}
+
+// The spec's trainable selection of `model`, or null when it selects none.
+// Errors are the user's options, naming the field.
+absl::StatusOr<std::unique_ptr<TrainableSelection>> MakeSelection(
+    const RunSpec& spec, const LlamaModel& model) {
+  if (!spec.trainable.Selects()) return nullptr;
+  absl::StatusOr<std::unique_ptr<TrainableSelection>> selection =
+      TrainableSelection::Create(spec.trainable, model, spec.seed);
+  if (selection.ok()) return selection;
+  // Create's errors read `field "<name>" ...`.
+  const std::string message(selection.status().message());
+  const size_t open = message.find('"') + 1;
+  return WithErrorKind(selection.status(), ErrorKind::kUserOptions,
+                       message.substr(open, message.find('"', open) - open));
+}
+
 }  // namespace
 
 absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
@@ -83,7 +110,12 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
 
   const std::vector<AdamW::Param> params =
       TrainableParams(model, spec.adapter);
-  AdamW optimizer(params,
+  ASSIGN_OR_RETURN(std::unique_ptr<TrainableSelection> selection,
+                   MakeSelection(spec, model));
+  // With a selection, the optimizer holds only what is trained now (its
+  // moments for the rest are never made, or dropped when they leave: see
+  // select below).
+  AdamW optimizer(selection != nullptr ? std::vector<AdamW::Param>{} : params,
                   AdamWOptions{.weight_decay = optimizer_spec.weight_decay});
   const size_t examples = objective.train_examples();
   const int64_t examples_per_step =
@@ -94,14 +126,49 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
       examples_per_step;
   const int64_t total_steps = steps_per_epoch * spec.schedule.n_epochs;
 
+  // The trainable selection for the step about to run: LISA's draws, HFT's
+  // halves. The optimizer follows it: LISA's inactive layers lose their
+  // AdamW moments and start fresh when drawn again (LMFlow keeps them; the
+  // paper's memory saving needs them dropped, METHODS.md §4.2).
+  auto use_selection = [&] {
+    selection->Apply(model);
+    optimizer.SetParams(Selected(params, *selection));
+  };
+  auto select = [&](int64_t step) {
+    if (selection == nullptr ||
+        !selection->Advance(step, static_cast<int>(step / steps_per_epoch))) {
+      return;
+    }
+    use_selection();
+    const Json state = selection->State();
+    spdlog::info("step {}: training {} tensors, {:.1f}% of the parameters{}",
+                 step, selection->trained().size(),
+                 100 * state["trained_fraction"].get<double>(),
+                 state.contains("draws")
+                     ? absl::StrCat(" (LISA layers ",
+                                    state["draws"].back()["layers"].dump(), ")")
+                     : "");
+  };
+
   // Fresh, or resumed.
   Progress progress;
   DataCursor data = DataCursor::Start(examples, spec.seed);
   const std::string& resume_from = spec.checkpoint.resume_from;
   if (!resume_from.empty()) {
+    std::function<absl::Status(const Json&)> restore_selection;
+    if (selection != nullptr) {
+      restore_selection = [&](const Json& state) -> absl::Status {
+        // A checkpoint at step 0 has no selection yet.
+        if (state.is_null()) return absl::OkStatus();
+        RETURN_IF_ERROR(selection->Restore(state));
+        use_selection();
+        return absl::OkStatus();
+      };
+    }
     RETURN_IF_ERROR(ResumeRunCheckpoint(
         resume_from, TrainedWeightsFile(spec.adapter), params, optimizer,
-        progress, data, total_steps, fingerprint, model.device()));
+        progress, data, total_steps, fingerprint, model.device(),
+        restore_selection));
     RETURN_IF_ERROR(objective.LoadState(resume_from));
   } else {
     RETURN_IF_ERROR(objective.Prepare());
@@ -136,9 +203,12 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
       return objective.SaveState(dir);
     };
     ASSIGN_OR_RETURN(SavedCheckpoint saved,
-                     SaveRunCheckpoint(spec.checkpoint, save_state, optimizer,
-                                       progress, data, total_steps,
-                                       fingerprint, model.device()));
+                     SaveRunCheckpoint(
+                         spec.checkpoint, save_state, optimizer, progress,
+                         data, total_steps, fingerprint, model.device(),
+                         selection != nullptr && !selection->trained().empty()
+                             ? selection->State()
+                             : Json(nullptr)));
     CheckpointInfo info{.step = progress.step,
                         .dir = saved.dir,
                         .files = saved.files,
@@ -170,6 +240,7 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
     m.learning_rate = LearningRateAt(schedule, progress.step, total_steps,
                                      spec.schedule.warmup_steps,
                                      optimizer_spec.learning_rate);
+    select(progress.step);
     optimizer.ZeroGrad();
     ASSIGN_OR_RETURN(
         StepWork work,
@@ -228,6 +299,11 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
                                  : objective.Evaluate().loss;
   }
   RETURN_IF_ERROR(ExportResult(model, spec.adapter, spec.model, spec.output));
+  if (selection != nullptr) {
+    // The manifest: what was trained (LISA's draws, HFT's halves).
+    RETURN_IF_ERROR(WriteJsonFile(spec.output.dir + "/" + kSelectionManifest,
+                                  selection->State()));
+  }
   return result;
 }
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/layer_ranges.h"
 #include "common/status_macros.h"
 #include "worker/engine/model/model_config.h"
 
@@ -47,6 +48,8 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, LoraSpe
   f("dropout", s.dropout);
   f("use_rslora", s.use_rslora);
   f("target_modules", s.target_modules);
+  f("use_dora", s.use_dora);
+  f("layers_to_transform", s.layers_to_transform);
 }
 template <typename S, typename F>
 void Fields(S&, F&&) requires std::is_same_v<std::remove_const_t<S>, FullSpec> {}
@@ -55,6 +58,23 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, PromptT
   f("num_virtual_tokens", s.num_virtual_tokens);
   f("init", s.init);
   f("init_text", s.init_text);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, LisaSpec> {
+  f("activated_layers", s.activated_layers);
+  f("interval_steps", s.interval_steps);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, HalfFtSpec> {
+  f("reselect", s.reselect);
+  f("seed", s.seed);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, TrainableSpec> {
+  f("layers", s.layers);
+  f("modules", s.modules);
+  f("lisa", s.lisa);
+  f("half_ft", s.half_ft);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, SftSpec> {
@@ -117,6 +137,9 @@ template <> constexpr const char* kName<DataSpec> = "data";
 template <> constexpr const char* kName<LoraSpec> = "adapter";
 template <> constexpr const char* kName<FullSpec> = "adapter";
 template <> constexpr const char* kName<PromptTuningSpec> = "adapter";
+template <> constexpr const char* kName<TrainableSpec> = "trainable";
+template <> constexpr const char* kName<LisaSpec> = "trainable.lisa";
+template <> constexpr const char* kName<HalfFtSpec> = "trainable.half_ft";
 template <> constexpr const char* kName<SftSpec> = "objective";
 template <> constexpr const char* kName<DpoSpec> = "objective";
 template <> constexpr const char* kName<OrpoSpec> = "objective";
@@ -127,9 +150,24 @@ template <> constexpr const char* kName<DeviceSpec> = "device";
 template <> constexpr const char* kName<EvaluationSpec> = "evaluation";
 template <> constexpr const char* kName<OutputSpec> = "output";
 
+// A section nested in another as an optional object ("trainable.lisa"):
+// null or absent = not set.
+template <typename T>
+constexpr bool kIsNested = false;
+template <typename S>
+constexpr bool kIsNested<std::optional<S>> = true;
+
 template <typename T>
 bool HasType(const Json& v) {
-  if constexpr (std::is_same_v<T, std::string>) {
+  if constexpr (kIsNested<T>) {
+    return v.is_null() || v.is_object();
+  } else if constexpr (std::is_same_v<T, std::vector<int>>) {
+    return v.is_array() && std::all_of(v.begin(), v.end(), [](const Json& e) {
+             return e.is_number_integer() &&
+                    e >= std::numeric_limits<int>::min() &&
+                    e <= std::numeric_limits<int>::max();
+           });
+  } else if constexpr (std::is_same_v<T, std::string>) {
     return v.is_string();
   } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
     return v.is_array() && std::all_of(v.begin(), v.end(), [](const Json& e) {
@@ -150,7 +188,14 @@ bool HasType(const Json& v) {
 template <typename S>
 Json SectionToJson(const S& s) {
   Json json = Json::object();
-  Fields(s, [&](const char* name, const auto& value) { json[name] = value; });
+  Fields(s, [&](const char* name, const auto& value) {
+    using T = std::decay_t<decltype(value)>;
+    if constexpr (kIsNested<T>) {
+      json[name] = value.has_value() ? SectionToJson(*value) : Json(nullptr);
+    } else {
+      json[name] = value;
+    }
+  });
   return json;
 }
 
@@ -176,7 +221,13 @@ absl::Status SectionFromJson(const Json& json, S* s, const char* skip = "") {
                        "\" has the wrong type: ", it->dump()));
       return;
     }
-    value = it->template get<T>();
+    if constexpr (kIsNested<T>) {
+      value.reset();
+      if (it->is_null()) return;
+      status = SectionFromJson(*it, &value.emplace());
+    } else {
+      value = it->template get<T>();
+    }
   });
   RETURN_IF_ERROR(status);
   for (const auto& [key, value] : json.items()) {
@@ -378,6 +429,13 @@ absl::Status Validate(const AdapterSpec& s) {
                                   absl::StrJoin(kProjectionNames, ", ")));
     }
   }
+  std::set<int> layers;
+  for (int layer : lora->layers_to_transform) {
+    if (layer < 0 || !layers.insert(layer).second) {
+      return Invalid("adapter.layers_to_transform",
+                     absl::StrCat(": layer ", layer, " is negative or repeated"));
+    }
+  }
   return absl::OkStatus();
 }
 void AddResumeKeys(const AdapterSpec& s, Json* keys) {
@@ -388,12 +446,71 @@ void AddResumeKeys(const AdapterSpec& s, Json* keys) {
     (*keys)["lora.dropout"] = lora->dropout;
     (*keys)["lora.use_rslora"] = lora->use_rslora;
     (*keys)["lora.target_modules"] = lora->target_modules;
+    // Only when set, so that checkpoints from before these fields resume.
+    if (lora->use_dora) (*keys)["lora.use_dora"] = true;
+    if (!lora->layers_to_transform.empty()) {
+      (*keys)["lora.layers_to_transform"] = lora->layers_to_transform;
+    }
   }
   if (const auto* prompt = std::get_if<PromptTuningSpec>(&s)) {
     (*keys)["prompt_tuning.num_virtual_tokens"] = prompt->num_virtual_tokens;
     (*keys)["prompt_tuning.init"] = prompt->init;
     (*keys)["prompt_tuning.init_text"] = prompt->init_text;
   }
+}
+
+// ---- trainable
+Json ToJson(const TrainableSpec& s) { return SectionToJson(s); }
+absl::Status FromJson(const Json& j, TrainableSpec* s) {
+  return SectionFromJson(j, s);
+}
+absl::Status Validate(const TrainableSpec& s) {
+  RETURN_IF_ERROR(CheckLayerRanges(s.layers, "field \"trainable.layers\""));
+  std::set<std::string> seen;
+  for (const std::string& module : s.modules) {
+    std::vector<std::string> known(std::begin(kProjectionNames),
+                                   std::end(kProjectionNames));
+    known.insert(known.end(), {"self_attn", "mlp", "input_layernorm",
+                               "post_attention_layernorm"});
+    if (std::find(known.begin(), known.end(), module) == known.end() ||
+        !seen.insert(module).second) {
+      return Invalid("trainable.modules",
+                     absl::StrCat(": \"", module,
+                                  "\" is unknown or repeated; known: ",
+                                  absl::StrJoin(known, ", ")));
+    }
+  }
+  const bool by_name = !s.layers.empty() || !s.modules.empty();
+  if (s.lisa) {
+    if (by_name || s.half_ft) {
+      return Invalid("trainable.lisa",
+                     "draws its own layers: it cannot be combined with "
+                     "trainable.layers, trainable.modules or "
+                     "trainable.half_ft");
+    }
+    RETURN_IF_ERROR(Positive("trainable.lisa", "activated_layers",
+                             s.lisa->activated_layers));
+    RETURN_IF_ERROR(
+        Positive("trainable.lisa", "interval_steps", s.lisa->interval_steps));
+  }
+  if (s.half_ft) {
+    if (by_name) {
+      return Invalid("trainable.half_ft",
+                     "draws its own half of every layer: it cannot be "
+                     "combined with trainable.layers or trainable.modules");
+    }
+    if (s.half_ft->reselect != "stage" && s.half_ft->reselect != "epoch") {
+      return Invalid("trainable.half_ft.reselect",
+                     absl::StrCat("is \"", s.half_ft->reselect,
+                                  "\"; known: stage, epoch"));
+    }
+  }
+  return absl::OkStatus();
+}
+void AddResumeKeys(const TrainableSpec& s, Json* keys) {
+  // What is trained decides the state; a run without a selection adds no
+  // key, so that older checkpoints stay resumable.
+  if (s.Selects()) (*keys)["trainable"] = ToJson(s);
 }
 
 // ---- objective
@@ -565,6 +682,7 @@ void Sections(S& spec, F&& f) {
   f("model", spec.model);
   f("data", spec.data);
   f("adapter", spec.adapter);
+  f("trainable", spec.trainable);
   f("objective", spec.objective);
   f("optimizer", spec.optimizer);
   f("schedule", spec.schedule);
@@ -640,6 +758,18 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
     return Invalid("adapter.type",
                    "prompt_tuning is for objective sft; dpo and orpo train a "
                    "LoRA or a full adapter");
+  }
+  if (!std::holds_alternative<FullSpec>(spec.adapter) &&
+      spec.trainable.Selects()) {
+    const TrainableSpec& t = spec.trainable;
+    const char* field = t.lisa      ? "trainable.lisa"
+                        : t.half_ft ? "trainable.half_ft"
+                        : !t.layers.empty() ? "trainable.layers"
+                                            : "trainable.modules";
+    return Invalid(field,
+                   "is for full fine-tuning (LoRA chooses its layers with "
+                   "adapter.layers_to_transform and its projections with "
+                   "adapter.target_modules)");
   }
   // A pair row must keep at least one reply token after its prompt.
   const int max_prompt_len = std::visit(

@@ -18,6 +18,7 @@
 #define LATHE_WORKER_ENGINE_SPEC_RUN_SPEC_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -64,6 +65,12 @@ struct LoraSpec {
   bool use_rslora = false;  // true: scale = alpha / sqrt(rank)
   std::vector<std::string> target_modules = {"q_proj", "k_proj", "v_proj",
                                              "o_proj"};  // + gate/up/down
+  // DoRA (PEFT's use_dora): each adapted weight is m * (W + s B A) /
+  // ||W + s B A|| per output row, with a trained magnitude m per row.
+  bool use_dora = false;  // true
+  // PEFT's layers_to_transform: only these decoder layers get factors;
+  // empty = every layer.
+  std::vector<int> layers_to_transform;  // {0, 1}
 };
 
 // "adapter" {"type": "full"}: every weight is trained; the result is a
@@ -83,6 +90,37 @@ struct PromptTuningSpec {
 };
 
 using AdapterSpec = std::variant<LoraSpec, FullSpec, PromptTuningSpec>;
+
+// "trainable": which of the model's tensors a full fine-tuning run trains
+// (METHODS.md §2.3 coarse level, §4); adapters/selection.h applies it. No
+// field set = every weight. At most one of: layers and/or modules, lisa,
+// half_ft.
+struct LisaSpec {
+  // LISA (LMFlow): every interval_steps optimizer steps (from step 0),
+  // train activated_layers decoder layers drawn afresh, plus the
+  // embeddings, final norm and head.
+  int activated_layers = 2;  // 1: gamma
+  int interval_steps = 20;   // 10: K
+};
+struct HalfFtSpec {
+  // HFT: half of each layer's matrices (2 of 4 attention, 2 or 1 of 3 MLP).
+  std::string reselect = "stage";  // "epoch": a new half every epoch
+  uint64_t seed = 0;               // 7; 0 = the run's seed
+};
+struct TrainableSpec {
+  // Decoder layers: indices, ranges or bands (common/layer_ranges.h).
+  std::vector<std::string> layers;  // {"2-3"}, {"bottom2"}; empty = all
+  // Which tensors of those layers: projection names, "self_attn", "mlp",
+  // "input_layernorm", "post_attention_layernorm".
+  std::vector<std::string> modules;  // {"up_proj", "down_proj"}; empty = all
+  std::optional<LisaSpec> lisa;
+  std::optional<HalfFtSpec> half_ft;
+
+  // Whether any field is set (a run with none trains every weight).
+  bool Selects() const {
+    return !layers.empty() || !modules.empty() || lisa || half_ft;
+  }
+};
 
 // "objective" {"type": "sft", ...}: next-token cross-entropy on the
 // completion (assistant) tokens. The methods issues add more variants.
@@ -177,6 +215,7 @@ struct RunSpec {
   ModelSpec model;
   DataSpec data;
   AdapterSpec adapter;
+  TrainableSpec trainable;
   ObjectiveSpec objective;
   OptimizerSpec optimizer;
   ScheduleSpec schedule;
@@ -212,6 +251,7 @@ inline LoraSpec* Lora(AdapterSpec& a) { return std::get_if<LoraSpec>(&a); }
 LATHE_RUN_SPEC_SECTION(ModelSpec)
 LATHE_RUN_SPEC_SECTION(DataSpec)
 LATHE_RUN_SPEC_SECTION(AdapterSpec)
+LATHE_RUN_SPEC_SECTION(TrainableSpec)
 LATHE_RUN_SPEC_SECTION(ObjectiveSpec)
 LATHE_RUN_SPEC_SECTION(OptimizerSpec)
 LATHE_RUN_SPEC_SECTION(ScheduleSpec)
@@ -222,10 +262,11 @@ LATHE_RUN_SPEC_SECTION(OutputSpec)
 #undef LATHE_RUN_SPEC_SECTION
 
 // spec.json: {"seed": 42, "model": {...}, "data": {...}, "adapter": {"type":
-// "lora", ...}, "objective": {"type": "sft", ...}, "optimizer": {...},
-// "schedule": {...}, "checkpoint": {...}, "device": {...}, "evaluation":
-// {...}, "output": {...}}. Sections absent keep their defaults; relative
-// paths are resolved against `base_dir`. A field of the old flat layout
+// "lora", ...}, "trainable": {...}, "objective": {"type": "sft", ...},
+// "optimizer": {...}, "schedule": {...}, "checkpoint": {...}, "device":
+// {...}, "evaluation": {...}, "output": {...}}. Sections absent keep their
+// defaults; relative paths are resolved against `base_dir`. A field of the old
+// flat layout
 // ("n_epochs") is refused naming its new place ("schedule.n_epochs").
 absl::StatusOr<RunSpec> ParseRunSpec(const nlohmann::json& json,
                                      const std::string& base_dir);
@@ -234,7 +275,8 @@ absl::StatusOr<RunSpec> ParseRunSpec(const nlohmann::json& json,
 nlohmann::json RunSpecJson(const RunSpec& spec);
 
 // Every section's validation, then the rules across sections (a checkpoint
-// interval needs a checkpoint dir; merged_dir is for LoRA).
+// interval needs a checkpoint dir; merged_dir is for LoRA, a trainable
+// selection for full fine-tuning).
 absl::Status ValidateRunSpec(const RunSpec& spec);
 
 // The resume keys of every section and the seed: a checkpoint is resumed

@@ -24,7 +24,9 @@ RunSpec EveryFieldSet() {
                        .alpha = 3.5,
                        .dropout = 0.1,
                        .use_rslora = true,
-                       .target_modules = {"up_proj", "q_proj"}};
+                       .target_modules = {"up_proj", "q_proj"},
+                       .use_dora = true,
+                       .layers_to_transform = {0, 1}};
   s.objective = SftSpec{.loss_chunk_tokens = 77};
   s.optimizer = {.learning_rate = 5e-4,
                  .weight_decay = 0.01,
@@ -38,6 +40,15 @@ RunSpec EveryFieldSet() {
   s.evaluation = {.every_steps = 10};
   s.output = {.dir = "/out", .merged_dir = "/merged"};
   return s;
+}
+
+// Every field of the trainable section away from its default (not a valid
+// selection: it combines all three kinds).
+TrainableSpec EveryTrainableFieldSet() {
+  return {.layers = {"1-2"},
+          .modules = {"up_proj"},
+          .lisa = LisaSpec{.activated_layers = 1, .interval_steps = 5},
+          .half_ft = HalfFtSpec{.reselect = "epoch", .seed = 3}};
 }
 
 // Each section's JSON reads back as the section, field for field.
@@ -54,6 +65,8 @@ TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
   ExpectRoundTrip(s.data);
   ExpectRoundTrip(s.adapter);
   ExpectRoundTrip(AdapterSpec(FullSpec{}));
+  ExpectRoundTrip(EveryTrainableFieldSet());
+  ExpectRoundTrip(TrainableSpec{});
   ExpectRoundTrip(s.objective);
   // The preference objectives, every field away from its default.
   const DpoSpec dpo{.beta = 0.3,
@@ -93,7 +106,9 @@ TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
   // field added to a struct and not to its field list fails here.
   const Json json = RunSpecJson(s), defaults = RunSpecJson(RunSpec{});
   for (const auto& [section, fields] : json.items()) {
-    if (!fields.is_object()) continue;
+    // A LoRA run selects no trainable tensors: that section is checked on
+    // its own below.
+    if (!fields.is_object() || section == "trainable") continue;
     for (const auto& [name, value] : fields.items()) {
       if (name == "type") continue;
       EXPECT_NE(value, defaults[section][name]) << section << "." << name;
@@ -102,6 +117,17 @@ TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
   EXPECT_EQ(ToJson(s.adapter)["type"], "lora");
   EXPECT_EQ(ToJson(AdapterSpec(FullSpec{})), (Json{{"type", "full"}}));
   EXPECT_EQ(ToJson(s.objective)["type"], "sft");
+  const Json trainable = ToJson(EveryTrainableFieldSet());
+  const Json no_selection = ToJson(TrainableSpec{});
+  for (const auto& [name, value] : trainable.items()) {
+    EXPECT_NE(value, no_selection[name]) << "trainable." << name;
+  }
+  EXPECT_EQ(no_selection["lisa"], nullptr);
+  TrainableSpec lisa;
+  ASSERT_TRUE(FromJson(Json{{"lisa", Json::object()}}, &lisa).ok());
+  ASSERT_TRUE(lisa.lisa.has_value());
+  EXPECT_EQ(lisa.lisa->activated_layers, 2);  // LMFlow's defaults
+  EXPECT_EQ(lisa.lisa->interval_steps, 20);
 }
 
 TEST(RunSpecTest, AbsentSectionsAndFieldsKeepDefaultsAndPathsResolve) {
@@ -154,6 +180,13 @@ TEST(RunSpecTest, ReadingErrorsNameTheField) {
       {Json{{"objective", {{"type", "kto"}}}}, "\"objective.type\""},
       {Json{{"objective", {{"type", "orpo"}, {"beta", 0.1}}}},
        "\"objective.beta\""},
+      {Json{{"adapter", {{"layers_to_transform", {0, "1"}}}}},
+       "\"adapter.layers_to_transform\""},
+      {Json{{"trainable", {{"lisa", 2}}}}, "\"trainable.lisa\""},
+      {Json{{"trainable", {{"lisa", {{"gamma", 2}}}}}},
+       "\"trainable.lisa.gamma\""},
+      {Json{{"trainable", {{"half_ft", {{"seed", -3}}}}}},
+       "\"trainable.half_ft.seed\""},
       {Json{{"schedule", 3}}, "\"schedule\""},
       {Json{{"epochs", 3}}, "\"epochs\""},
       // The flat layout's fields say where they went.
@@ -169,6 +202,12 @@ TEST(RunSpecTest, ReadingErrorsNameTheField) {
   }
   EXPECT_EQ(ParseError(Json::array()).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// EveryFieldSet as a full fine-tuning run (which has no merged model).
+void FullFineTuning(RunSpec& s) {
+  s.adapter = FullSpec{};
+  s.output.merged_dir.clear();
 }
 
 TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
@@ -236,9 +275,66 @@ TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
        "evaluation.every_steps"},
       {[](RunSpec& s) { s.output.dir.clear(); }, "output.dir"},
       {[](RunSpec& s) { s.adapter = FullSpec{}; }, "output.merged_dir"},
+      {[](RunSpec& s) {
+         Lora(s.adapter)->layers_to_transform = {1, 1};
+       },
+       "adapter.layers_to_transform"},
+      {[](RunSpec& s) { Lora(s.adapter)->layers_to_transform = {-1}; },
+       "adapter.layers_to_transform"},
+      // A selection is for full fine-tuning, each kind alone.
+      {[](RunSpec& s) { s.trainable.lisa = LisaSpec{}; }, "trainable.lisa"},
+      {[](RunSpec& s) { s.trainable.half_ft = HalfFtSpec{}; },
+       "trainable.half_ft"},
+      {[](RunSpec& s) { s.trainable.layers = {"0"}; }, "trainable.layers"},
+      {[](RunSpec& s) {
+         FullFineTuning(s);
+         s.trainable.layers = {"0", "x"};
+       },
+       "trainable.layers"},
+      {[](RunSpec& s) {
+         FullFineTuning(s);
+         s.trainable.modules = {"mlp", "lm_head"};
+       },
+       "trainable.modules"},
+      {[](RunSpec& s) {
+         FullFineTuning(s);
+         s.trainable.lisa = LisaSpec{.activated_layers = 0};
+       },
+       "trainable.lisa.activated_layers"},
+      {[](RunSpec& s) {
+         FullFineTuning(s);
+         s.trainable.lisa = LisaSpec{.interval_steps = 0};
+       },
+       "trainable.lisa.interval_steps"},
+      {[](RunSpec& s) {
+         FullFineTuning(s);
+         s.trainable.lisa = LisaSpec{};
+         s.trainable.modules = {"mlp"};
+       },
+       "trainable.lisa"},
+      {[](RunSpec& s) {
+         FullFineTuning(s);
+         s.trainable.half_ft = HalfFtSpec{.reselect = "step"};
+       },
+       "trainable.half_ft.reselect"},
+      {[](RunSpec& s) {
+         FullFineTuning(s);
+         s.trainable.half_ft = HalfFtSpec{};
+         s.trainable.layers = {"1"};
+       },
+       "trainable.half_ft"},
   };
   ASSERT_TRUE(ValidateRunSpec(EveryFieldSet()).ok())
       << ValidateRunSpec(EveryFieldSet());
+  for (const TrainableSpec& valid : {TrainableSpec{.layers = {"bottom2"},
+                                    .modules = {"up_proj", "down_proj"}},
+                                     TrainableSpec{.lisa = LisaSpec{}},
+                                     TrainableSpec{.half_ft = HalfFtSpec{}}}) {
+    RunSpec s = EveryFieldSet();
+    FullFineTuning(s);
+    s.trainable = valid;
+    EXPECT_TRUE(ValidateRunSpec(s).ok()) << ValidateRunSpec(s);
+  }
   for (const Case& c : cases) {
     RunSpec s = EveryFieldSet();
     c.change(s);
@@ -263,6 +359,8 @@ TEST(RunSpecTest, ResumeKeysAreWhatDecidesTheDataAndTheTrainedTensors) {
                         {"lora.dropout", 0.1},
                         {"lora.use_rslora", true},
                         {"lora.target_modules", {"up_proj", "q_proj"}},
+                        {"lora.use_dora", true},
+                        {"lora.layers_to_transform", {0, 1}},
                         {"gradient_accumulation_steps", 4},
                         {"n_epochs", 2}}));
   // What may change on resume changes no key.
@@ -284,6 +382,9 @@ TEST(RunSpecTest, ResumeKeysAreWhatDecidesTheDataAndTheTrainedTensors) {
   full.adapter = FullSpec{};
   EXPECT_EQ(ResumeKeys(full)["method"], "full");
   EXPECT_FALSE(ResumeKeys(full).contains("lora.rank"));
+  EXPECT_FALSE(ResumeKeys(full).contains("trainable"));
+  full.trainable.lisa = LisaSpec{};
+  EXPECT_EQ(ResumeKeys(full)["trainable"], ToJson(full.trainable));
 }
 
 }  // namespace
