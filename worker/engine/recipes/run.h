@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,6 +36,10 @@ struct StepMetrics {
   // token accuracy over its trainable tokens after this step's update.
   std::optional<double> validation_loss;
   std::optional<double> validation_accuracy;
+  // On those steps, for a mixture whose sources have validation files:
+  // each one's mean loss, by source name ("math" -> 1.25). validation_loss
+  // is then over all of them together unless data.validation_file is set.
+  std::map<std::string, double> source_validation_loss;
 };
 
 struct TrainResult {
@@ -52,6 +57,8 @@ struct TrainResult {
   // Mean loss over the trainable tokens of validation_file after training;
   // empty when there is none.
   std::optional<double> validation_loss;
+  // Per mixture source with a validation file, as in StepMetrics.
+  std::map<std::string, double> source_validation_loss;
 };
 
 enum class StopRequest { kNone, kCancel, kCheckpointAndStop };
@@ -96,9 +103,7 @@ struct TrainHooks {
 // kCheckpointAndStop, OUT_OF_RANGE ("nan_loss: …" naming the step) when the
 // loss stops being finite, RESOURCE_EXHAUSTED ("out_of_memory: …") when the
 // device runs out of memory, INTERNAL for other LibTorch and I/O failures.
-absl::StatusOr<TrainResult> Train(const RunSpec& spec,
-                                  const TrainHooks& hooks);
-
+absl::StatusOr<TrainResult> Train(const RunSpec& spec, const TrainHooks& hooks);
 
 }  // namespace lathe::engine
 

@@ -20,6 +20,8 @@
 #include "worker/engine/data/batch.h"
 #include "worker/engine/data/chat_data.h"
 #include "worker/engine/data/cursor.h"
+#include "worker/engine/data/masked_thought.h"
+#include "worker/engine/data/mixture.h"
 #include "worker/engine/data/packing.h"
 #include "worker/engine/device/placement.h"
 #include "worker/engine/error_kind.h"
@@ -46,8 +48,12 @@ absl::StatusOr<T> Kind(absl::StatusOr<T> result, ErrorKind kind,
 struct Setup {
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;
-  Dataset train;
+  Dataset train;  // for a mixture: its sources end to end
   std::optional<Dataset> valid;
+  std::optional<MixturePlan> mixture;  // how epochs draw from the sources
+  // The validation files of the mixture's sources, by source name.
+  std::vector<std::pair<std::string, Dataset>> source_valid;
+  int64_t mask_id = 0;  // Masked Thought's replacement token
 };
 
 absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
@@ -62,24 +68,56 @@ absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
   ASSIGN_OR_RETURN(setup.tokenizer,
                    Kind(Tokenizer::Load(m.dir), ErrorKind::kModel));
   if (setup.tokenizer->vocab_size() > setup.model->config().vocab_size) {
-    return WithErrorKind(absl::InvalidArgumentError(absl::StrCat(
-                             m.dir, ": the tokenizer has ",
-                             setup.tokenizer->vocab_size(),
-                             " tokens but config.json's vocab_size is ",
-                             setup.model->config().vocab_size)),
-                         ErrorKind::kModel);
+    return WithErrorKind(
+        absl::InvalidArgumentError(absl::StrCat(
+            m.dir, ": the tokenizer has ", setup.tokenizer->vocab_size(),
+            " tokens but config.json's vocab_size is ",
+            setup.model->config().vocab_size)),
+        ErrorKind::kModel);
   }
   // An unknown template is an error only if the data holds chat lines.
   const absl::StatusOr<ChatTemplate> chat_template =
       ChatTemplateFor(*setup.tokenizer, m.chat_template);
-  absl::StatusOr<Dataset> train =
-      LoadChatDataset(d.training_file, *setup.tokenizer, chat_template,
-                      d.max_seq_len, d.training_file_name);
-  if (!train.ok()) {
-    return WithErrorKind(train.status(), ErrorKind::kUserData,
-                         "training_file");
+  if (!d.mixture.sources.empty()) {
+    absl::StatusOr<MixtureData> mixture =
+        LoadMixture(d, *setup.tokenizer, chat_template, spec.seed);
+    if (!mixture.ok()) {
+      return WithErrorKind(mixture.status(), ErrorKind::kUserData,
+                           "training_mixture");
+    }
+    setup.train = {std::move(mixture->examples), mixture->truncated};
+    setup.mixture = std::move(mixture->plan);
+    for (const MixtureSourceSpec& source : d.mixture.sources) {
+      if (source.validation_file.empty()) continue;
+      absl::StatusOr<Dataset> valid = LoadChatDataset(
+          source.validation_file, *setup.tokenizer, chat_template,
+          d.max_seq_len, source.validation_file_name);
+      if (!valid.ok()) {
+        return WithErrorKind(valid.status(), ErrorKind::kUserData,
+                             "training_mixture");
+      }
+      setup.source_valid.emplace_back(source.name, *std::move(valid));
+    }
+  } else {
+    absl::StatusOr<Dataset> train =
+        LoadChatDataset(d.training_file, *setup.tokenizer, chat_template,
+                        d.max_seq_len, d.training_file_name);
+    if (!train.ok()) {
+      return WithErrorKind(train.status(), ErrorKind::kUserData,
+                           "training_file");
+    }
+    setup.train = *std::move(train);
   }
-  setup.train = *std::move(train);
+  const MaskedThoughtSpec& masked_thought =
+      std::get<SftSpec>(spec.objective).masked_thought;
+  if (masked_thought.mask_rate > 0) {
+    ASSIGN_OR_RETURN(
+        setup.mask_id,
+        Kind(MaskTokenId(masked_thought.mask_token, setup.tokenizer->pad_id(),
+                         setup.model->config().vocab_size),
+             ErrorKind::kUserOptions,
+             "method.supervised.masked_thought.mask_token"));
+  }
   if (!d.validation_file.empty()) {
     absl::StatusOr<Dataset> valid =
         LoadChatDataset(d.validation_file, *setup.tokenizer, chat_template,
@@ -92,10 +130,10 @@ absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
   }
   // Mixed precision: a frozen base is held in the compute dtype; what is
   // trained stays float32 (masters, and AdamW's moments with them).
-  setup.model->Place(placement.device,
-                     Lora(spec.adapter) != nullptr ? placement.compute
-                                                   : torch::kFloat32,
-                     placement.compute);
+  setup.model->Place(
+      placement.device,
+      Lora(spec.adapter) != nullptr ? placement.compute : torch::kFloat32,
+      placement.compute);
   torch::manual_seed(spec.seed);
   RETURN_IF_ERROR(MakeTrainable(*setup.model, spec.adapter));
   return setup;
@@ -106,7 +144,7 @@ Batch MakeInput(const std::vector<Example>& examples,
                 const std::vector<size_t>& indices, const DataSpec& data,
                 int32_t pad_id) {
   return data.packing ? PackBatch(examples, indices)
-                   : MakeBatch(examples, indices, pad_id);
+                      : MakeBatch(examples, indices, pad_id);
 }
 
 // How the recipe computes a batch's loss: through the final hidden states
@@ -129,6 +167,7 @@ struct LossPath {
 struct EvalStats {
   double loss = 0;      // mean over target tokens
   double accuracy = 0;  // argmax == label over target tokens
+  int64_t targets = 0;
 };
 
 // Loss and accuracy over all target tokens of `data`, without gradients or
@@ -153,7 +192,35 @@ EvalStats Evaluate(const LlamaModel& model, const Dataset& data,
     correct += stats.correct;
   }
   return {total / std::max<int64_t>(targets, 1),
-          static_cast<double>(correct) / std::max<int64_t>(targets, 1)};
+          static_cast<double>(correct) / std::max<int64_t>(targets, 1),
+          targets};
+}
+
+// The validation pass of a step: data.validation_file's loss and accuracy
+// when there is one; each mixture source's loss, and, without
+// validation_file, the loss and accuracy over all of them together.
+void RunValidation(const LlamaModel& model, const Setup& setup,
+                   const DataSpec& data_spec, const LossPath& loss,
+                   int32_t pad_id, StepMetrics& m) {
+  if (setup.valid.has_value()) {
+    const EvalStats eval =
+        Evaluate(model, *setup.valid, data_spec, loss, pad_id);
+    m.validation_loss = eval.loss;
+    m.validation_accuracy = eval.accuracy;
+  }
+  double total = 0, correct = 0;
+  int64_t targets = 0;
+  for (const auto& [name, data] : setup.source_valid) {
+    const EvalStats eval = Evaluate(model, data, data_spec, loss, pad_id);
+    m.source_validation_loss[name] = eval.loss;
+    total += eval.loss * eval.targets;
+    correct += eval.accuracy * eval.targets;
+    targets += eval.targets;
+  }
+  if (!setup.valid.has_value() && targets > 0) {
+    m.validation_loss = total / targets;
+    m.validation_accuracy = correct / targets;
+  }
 }
 
 // One optimizer step over `batches` (its micro-batches): forward, loss,
@@ -186,15 +253,16 @@ absl::Status OptimizerStep(const LlamaModel& model, AdamW& optimizer,
       static_cast<double>(correct) / std::max<int64_t>(step_targets, 1);
   if (!std::isfinite(m.loss)) {
     // Retrying would diverge the same way: stop and say what to change.
-    return WithErrorKind(absl::OutOfRangeError(absl::StrCat(
-        "nan_loss: the training loss became ", m.loss, " at step ", m.step,
-        "; lower the learning rate (learning_rate_multiplier) or check the "
-        "data")),
-        ErrorKind::kUserOptions, "method.supervised.hyperparameters.learning_rate_multiplier");
+    return WithErrorKind(
+        absl::OutOfRangeError(absl::StrCat(
+            "nan_loss: the training loss became ", m.loss, " at step ", m.step,
+            "; lower the learning rate (learning_rate_multiplier) or check the "
+            "data")),
+        ErrorKind::kUserOptions,
+        "method.supervised.hyperparameters.learning_rate_multiplier");
   }
-  m.grad_norm =
-      torch::nn::utils::clip_grad_norm_(optimizer.tensors(),
-                                        optimizer_spec.max_grad_norm);
+  m.grad_norm = torch::nn::utils::clip_grad_norm_(optimizer.tensors(),
+                                                  optimizer_spec.max_grad_norm);
   optimizer.Step(m.learning_rate);
   return absl::OkStatus();
 }
@@ -203,16 +271,25 @@ absl::Status OptimizerStep(const LlamaModel& model, AdamW& optimizer,
 
 absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
                                    const TrainHooks& hooks) {
-  ASSIGN_OR_RETURN(const LrSchedule schedule,
-                   Kind(ParseLrSchedule(spec.schedule.lr_scheduler),
-                        ErrorKind::kUserOptions,
-                        "method.supervised.hyperparameters.lr_scheduler"));
+  ASSIGN_OR_RETURN(
+      const LrSchedule schedule,
+      Kind(ParseLrSchedule(spec.schedule.lr_scheduler), ErrorKind::kUserOptions,
+           "method.supervised.hyperparameters.lr_scheduler"));
 
   // Setup: model, tokenizer, data, adapter, optimizer.
   ASSIGN_OR_RETURN(Setup setup, SetUp(spec));
+  // A mixture's sources are fingerprinted by content, each.
+  Json resume_keys = ResumeKeys(spec);
+  const std::vector<MixtureSourceSpec>& sources = spec.data.mixture.sources;
+  for (size_t i = 1; i < sources.size(); ++i) {
+    ASSIGN_OR_RETURN(
+        resume_keys[absl::StrCat("mixture.sources[", i, "].fnv1a64")],
+        FileFingerprint(sources[i].file));
+  }
   ASSIGN_OR_RETURN(const Json fingerprint,
-                   RunFingerprint(ResumeKeys(spec), spec.model.dir,
-                                  spec.data.training_file));
+                   RunFingerprint(std::move(resume_keys), spec.model.dir,
+                                  sources.empty() ? spec.data.training_file
+                                                  : sources[0].file));
   const LlamaModel& model = *setup.model;
   const std::vector<Example>& examples = setup.train.examples;
   const int32_t pad_id = setup.tokenizer->pad_id();
@@ -220,21 +297,23 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
   const OptimizerSpec& optimizer_spec = spec.optimizer;
   const LossPath loss{sft, spec.device};
 
-  const std::vector<AdamW::Param> params =
-      TrainableParams(model, spec.adapter);
+  const std::vector<AdamW::Param> params = TrainableParams(model, spec.adapter);
   AdamW optimizer(params,
                   AdamWOptions{.weight_decay = optimizer_spec.weight_decay});
-  const int64_t examples_per_step =
-      static_cast<int64_t>(data_spec.batch_size) *
-      optimizer_spec.gradient_accumulation_steps;
+  const int64_t examples_per_step = static_cast<int64_t>(data_spec.batch_size) *
+                                    optimizer_spec.gradient_accumulation_steps;
+  const MixturePlan* mixture =
+      setup.mixture.has_value() ? &*setup.mixture : nullptr;
+  const auto epoch_size = static_cast<int64_t>(
+      mixture != nullptr ? mixture->EpochSize() : examples.size());
   const int64_t steps_per_epoch =
-      (static_cast<int64_t>(examples.size()) + examples_per_step - 1) /
-      examples_per_step;
+      (epoch_size + examples_per_step - 1) / examples_per_step;
   const int64_t total_steps = steps_per_epoch * spec.schedule.n_epochs;
 
   // Or resume.
   Progress progress;
-  DataCursor data = DataCursor::Start(examples.size(), spec.seed);
+  DataCursor data = DataCursor::Start(examples.size(), spec.seed, mixture);
+  const MaskedThoughtSpec& masked_thought = sft.masked_thought;
   const std::string& resume_from = spec.checkpoint.resume_from;
   if (!resume_from.empty()) {
     RETURN_IF_ERROR(ResumeRunCheckpoint(
@@ -245,14 +324,23 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
   spdlog::info(
       "training {} on {} ({} on {}, {} examples, {} steps from step {}, lr "
       "{} {}, batch {} x {}, max_seq_len {}, seed {}, packing {}, "
-      "activation checkpointing {}, loss chunks of {} tokens)",
+      "activation checkpointing {}, loss chunks of {} tokens{}{})",
       lora != nullptr ? absl::StrCat("LoRA r=", lora->rank) : "all weights",
       spec.model.dir, c10::toString(model.compute_dtype()),
       model.device().str(), examples.size(), total_steps, progress.step,
       optimizer_spec.learning_rate, spec.schedule.lr_scheduler,
       data_spec.batch_size, optimizer_spec.gradient_accumulation_steps,
       data_spec.max_seq_len, spec.seed, data_spec.packing,
-      spec.device.activation_checkpointing, sft.loss_chunk_tokens);
+      spec.device.activation_checkpointing, sft.loss_chunk_tokens,
+      sources.empty()
+          ? ""
+          : absl::StrCat(", a ", spec.data.mixture.strategy, " mixture of ",
+                         sources.size(), " sources, ", epoch_size,
+                         " examples an epoch"),
+      masked_thought.mask_rate > 0
+          ? absl::StrCat(", masked thought p=", masked_thought.mask_rate, " ",
+                         masked_thought.schedule, " mask id ", setup.mask_id)
+          : "");
 
   TrainResult result;
   result.truncated_examples = setup.train.truncated;
@@ -266,13 +354,12 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
   auto checkpoint = [&]() -> absl::Status {
     auto save_weights = [&](const std::string& dir) {
       // float32 whatever the source dtype, so that resuming is exact.
-      return SaveTrained(model, spec.adapter, spec.model, dir,
-                         torch::kFloat32);
+      return SaveTrained(model, spec.adapter, spec.model, dir, torch::kFloat32);
     };
-    ASSIGN_OR_RETURN(SavedCheckpoint saved,
-                     SaveRunCheckpoint(spec.checkpoint, save_weights,
-                                       optimizer, progress, data, total_steps,
-                                       fingerprint, model.device()));
+    ASSIGN_OR_RETURN(
+        SavedCheckpoint saved,
+        SaveRunCheckpoint(spec.checkpoint, save_weights, optimizer, progress,
+                          data, total_steps, fingerprint, model.device()));
     CheckpointInfo info{.step = progress.step,
                         .dir = saved.dir,
                         .files = saved.files,
@@ -306,11 +393,17 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
                                      optimizer_spec.learning_rate);
     std::vector<Batch> batches;
     int64_t tokens = 0;
+    const double mask_rate =
+        MaskRateAt(masked_thought, progress.step, total_steps);
     for (const std::vector<size_t>& indices :
          data.TakeStep(data_spec.batch_size,
                        optimizer_spec.gradient_accumulation_steps)) {
-      batches.push_back(ToDevice(MakeInput(examples, indices, data_spec, pad_id),
-                                 model.device()));
+      Batch batch = MakeInput(examples, indices, data_spec, pad_id);
+      if (masked_thought.mask_rate > 0) {
+        MaskTargets(&batch, mask_rate, setup.mask_id, spec.seed, progress.step,
+                    static_cast<int64_t>(batches.size()));
+      }
+      batches.push_back(ToDevice(std::move(batch), model.device()));
       tokens += batches.back().tokens;
       result.padding_tokens += batches.back().padding;
     }
@@ -325,13 +418,11 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
     if (m.step == 1) progress.first_loss = m.loss;
     progress.last_loss = m.loss;
     m.trained_tokens = progress.trained_tokens;
-    if (setup.valid.has_value() &&
-        ((eval_every > 0 && m.step % eval_every == 0) ||
-         m.step == total_steps)) {
-      const EvalStats eval =
-          Evaluate(model, *setup.valid, data_spec, loss, pad_id);
-      m.validation_loss = eval.loss;
-      m.validation_accuracy = eval.accuracy;
+    const bool validates =
+        setup.valid.has_value() || !setup.source_valid.empty();
+    if (validates && ((eval_every > 0 && m.step % eval_every == 0) ||
+                      m.step == total_steps)) {
+      RunValidation(model, setup, data_spec, loss, pad_id, m);
     }
     if (hooks.on_step) hooks.on_step(m);
     if (checkpoint_every > 0 && m.step % checkpoint_every == 0) {
@@ -344,11 +435,12 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
   result.trained_tokens = progress.trained_tokens;
   result.first_loss = progress.first_loss;
   result.last_loss = progress.last_loss;
-  if (setup.valid.has_value()) {
-    result.validation_loss =
-        m.validation_loss.has_value()
-            ? *m.validation_loss
-            : Evaluate(model, *setup.valid, data_spec, loss, pad_id).loss;
+  if (setup.valid.has_value() || !setup.source_valid.empty()) {
+    if (!m.validation_loss.has_value()) {
+      RunValidation(model, setup, data_spec, loss, pad_id, m);
+    }
+    result.validation_loss = m.validation_loss;
+    result.source_validation_loss = m.source_validation_loss;
   }
   RETURN_IF_ERROR(ExportResult(model, spec.adapter, spec.model, spec.output));
   return result;
