@@ -468,9 +468,20 @@ void Agent::RunAttempt(Attempt* attempt) {
   engine::RunSpec o = translated.ok() ? *translated : engine::RunSpec();
 
   std::string error;
-  bool fetched =
-      translated.ok() && ResolveModel(attempt, &o.model.dir, &error) &&
-      FetchFile(attempt, job.training_file(), o.data.training_file, &error);
+  bool fetched = translated.ok() && ResolveModel(attempt, &o.model.dir, &error);
+  if (fetched && !o.data.training_file.empty()) {
+    fetched =
+        FetchFile(attempt, job.training_file(), o.data.training_file, &error);
+  }
+  // A mixture's sources and their validation files, in the job's order.
+  for (size_t i = 0; fetched && i < o.data.mixture.sources.size(); ++i) {
+    const v1::MixtureSource& wire = job.training_mixture().sources(i);
+    const engine::MixtureSourceSpec& source = o.data.mixture.sources[i];
+    fetched = FetchFile(attempt, wire.file_id(), source.file, &error) &&
+              (source.validation_file.empty() ||
+               FetchFile(attempt, wire.validation_file_id(),
+                         source.validation_file, &error));
+  }
   if (fetched && !o.data.validation_file.empty()) {
     fetched = FetchFile(attempt, job.validation_file(),
                         o.data.validation_file, &error);
@@ -513,6 +524,10 @@ void Agent::RunAttempt(Attempt* attempt) {
       mm->set_learning_rate(m.learning_rate);
       mm->set_tokens_per_second(m.tokens_per_second);
       mm->set_trained_tokens(m.trained_tokens);
+      if (m.validation_loss) (*mm->mutable_values())["valid_loss"] = *m.validation_loss;
+      for (const auto& [name, loss] : m.source_validation_loss) {
+        (*mm->mutable_values())[absl::StrCat("valid_loss/", name)] = loss;
+      }
       {
         absl::MutexLock lock(&mu_);
         attempt->step = m.step;
@@ -533,6 +548,9 @@ void Agent::RunAttempt(Attempt* attempt) {
       m.set_train_loss(c.metrics.loss);
       m.set_train_mean_token_accuracy(c.metrics.token_accuracy);
       if (c.validation_loss) m.set_valid_loss(*c.validation_loss);
+      for (const auto& [name, loss] : c.metrics.source_validation_loss) {
+        (*m.mutable_values())[absl::StrCat("valid_loss/", name)] = loss;
+      }
       std::string err;
       if (UploadCheckpoint(attempt, c.step, c.dir, c.files, m, &err)) {
         // A stop (pause, shutdown) fails only if its own checkpoint did.
