@@ -103,7 +103,9 @@ struct TrainHooks {
 // kCheckpointAndStop, OUT_OF_RANGE ("nan_loss: …" naming the step) when the
 // loss stops being finite, RESOURCE_EXHAUSTED ("out_of_memory: …") when the
 // device runs out of memory, INTERNAL for other LibTorch and I/O failures.
-absl::StatusOr<TrainResult> Train(const RunSpec& spec, const TrainHooks& hooks);
+absl::StatusOr<TrainResult> Train(const RunSpec& spec,
+                                  const TrainHooks& hooks);
+
 
 }  // namespace lathe::engine
 

@@ -68,12 +68,12 @@ absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
   ASSIGN_OR_RETURN(setup.tokenizer,
                    Kind(Tokenizer::Load(m.dir), ErrorKind::kModel));
   if (setup.tokenizer->vocab_size() > setup.model->config().vocab_size) {
-    return WithErrorKind(
-        absl::InvalidArgumentError(absl::StrCat(
-            m.dir, ": the tokenizer has ", setup.tokenizer->vocab_size(),
-            " tokens but config.json's vocab_size is ",
-            setup.model->config().vocab_size)),
-        ErrorKind::kModel);
+    return WithErrorKind(absl::InvalidArgumentError(absl::StrCat(
+                             m.dir, ": the tokenizer has ",
+                             setup.tokenizer->vocab_size(),
+                             " tokens but config.json's vocab_size is ",
+                             setup.model->config().vocab_size)),
+                         ErrorKind::kModel);
   }
   // An unknown template is an error only if the data holds chat lines.
   const absl::StatusOr<ChatTemplate> chat_template =
@@ -89,9 +89,10 @@ absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
     setup.mixture = std::move(mixture->plan);
     for (const MixtureSourceSpec& source : d.mixture.sources) {
       if (source.validation_file.empty()) continue;
-      absl::StatusOr<Dataset> valid = LoadChatDataset(
-          source.validation_file, *setup.tokenizer, chat_template,
-          d.max_seq_len, source.validation_file_name);
+      absl::StatusOr<Dataset> valid =
+          LoadChatDataset(source.validation_file, *setup.tokenizer,
+                          chat_template, d.max_seq_len,
+                          source.validation_file_name);
       if (!valid.ok()) {
         return WithErrorKind(valid.status(), ErrorKind::kUserData,
                              "training_mixture");
@@ -130,10 +131,10 @@ absl::StatusOr<Setup> SetUp(const RunSpec& spec) {
   }
   // Mixed precision: a frozen base is held in the compute dtype; what is
   // trained stays float32 (masters, and AdamW's moments with them).
-  setup.model->Place(
-      placement.device,
-      Lora(spec.adapter) != nullptr ? placement.compute : torch::kFloat32,
-      placement.compute);
+  setup.model->Place(placement.device,
+                     Lora(spec.adapter) != nullptr ? placement.compute
+                                                   : torch::kFloat32,
+                     placement.compute);
   torch::manual_seed(spec.seed);
   RETURN_IF_ERROR(MakeTrainable(*setup.model, spec.adapter));
   return setup;
@@ -144,7 +145,7 @@ Batch MakeInput(const std::vector<Example>& examples,
                 const std::vector<size_t>& indices, const DataSpec& data,
                 int32_t pad_id) {
   return data.packing ? PackBatch(examples, indices)
-                      : MakeBatch(examples, indices, pad_id);
+                   : MakeBatch(examples, indices, pad_id);
 }
 
 // How the recipe computes a batch's loss: through the final hidden states
@@ -253,16 +254,15 @@ absl::Status OptimizerStep(const LlamaModel& model, AdamW& optimizer,
       static_cast<double>(correct) / std::max<int64_t>(step_targets, 1);
   if (!std::isfinite(m.loss)) {
     // Retrying would diverge the same way: stop and say what to change.
-    return WithErrorKind(
-        absl::OutOfRangeError(absl::StrCat(
-            "nan_loss: the training loss became ", m.loss, " at step ", m.step,
-            "; lower the learning rate (learning_rate_multiplier) or check the "
-            "data")),
-        ErrorKind::kUserOptions,
-        "method.supervised.hyperparameters.learning_rate_multiplier");
+    return WithErrorKind(absl::OutOfRangeError(absl::StrCat(
+        "nan_loss: the training loss became ", m.loss, " at step ", m.step,
+        "; lower the learning rate (learning_rate_multiplier) or check the "
+        "data")),
+        ErrorKind::kUserOptions, "method.supervised.hyperparameters.learning_rate_multiplier");
   }
-  m.grad_norm = torch::nn::utils::clip_grad_norm_(optimizer.tensors(),
-                                                  optimizer_spec.max_grad_norm);
+  m.grad_norm =
+      torch::nn::utils::clip_grad_norm_(optimizer.tensors(),
+                                        optimizer_spec.max_grad_norm);
   optimizer.Step(m.learning_rate);
   return absl::OkStatus();
 }
@@ -271,10 +271,10 @@ absl::Status OptimizerStep(const LlamaModel& model, AdamW& optimizer,
 
 absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
                                    const TrainHooks& hooks) {
-  ASSIGN_OR_RETURN(
-      const LrSchedule schedule,
-      Kind(ParseLrSchedule(spec.schedule.lr_scheduler), ErrorKind::kUserOptions,
-           "method.supervised.hyperparameters.lr_scheduler"));
+  ASSIGN_OR_RETURN(const LrSchedule schedule,
+                   Kind(ParseLrSchedule(spec.schedule.lr_scheduler),
+                        ErrorKind::kUserOptions,
+                        "method.supervised.hyperparameters.lr_scheduler"));
 
   // Setup: model, tokenizer, data, adapter, optimizer.
   ASSIGN_OR_RETURN(Setup setup, SetUp(spec));
@@ -286,10 +286,11 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
         resume_keys[absl::StrCat("mixture.sources[", i, "].fnv1a64")],
         FileFingerprint(sources[i].file));
   }
-  ASSIGN_OR_RETURN(const Json fingerprint,
-                   RunFingerprint(std::move(resume_keys), spec.model.dir,
-                                  sources.empty() ? spec.data.training_file
-                                                  : sources[0].file));
+  ASSIGN_OR_RETURN(
+      const Json fingerprint,
+      RunFingerprint(std::move(resume_keys), spec.model.dir,
+                     sources.empty() ? spec.data.training_file
+                                     : sources[0].file));
   const LlamaModel& model = *setup.model;
   const std::vector<Example>& examples = setup.train.examples;
   const int32_t pad_id = setup.tokenizer->pad_id();
@@ -297,11 +298,13 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
   const OptimizerSpec& optimizer_spec = spec.optimizer;
   const LossPath loss{sft, spec.device};
 
-  const std::vector<AdamW::Param> params = TrainableParams(model, spec.adapter);
+  const std::vector<AdamW::Param> params =
+      TrainableParams(model, spec.adapter);
   AdamW optimizer(params,
                   AdamWOptions{.weight_decay = optimizer_spec.weight_decay});
-  const int64_t examples_per_step = static_cast<int64_t>(data_spec.batch_size) *
-                                    optimizer_spec.gradient_accumulation_steps;
+  const int64_t examples_per_step =
+      static_cast<int64_t>(data_spec.batch_size) *
+      optimizer_spec.gradient_accumulation_steps;
   const MixturePlan* mixture =
       setup.mixture.has_value() ? &*setup.mixture : nullptr;
   const auto epoch_size = static_cast<int64_t>(
@@ -354,12 +357,13 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
   auto checkpoint = [&]() -> absl::Status {
     auto save_weights = [&](const std::string& dir) {
       // float32 whatever the source dtype, so that resuming is exact.
-      return SaveTrained(model, spec.adapter, spec.model, dir, torch::kFloat32);
+      return SaveTrained(model, spec.adapter, spec.model, dir,
+                         torch::kFloat32);
     };
-    ASSIGN_OR_RETURN(
-        SavedCheckpoint saved,
-        SaveRunCheckpoint(spec.checkpoint, save_weights, optimizer, progress,
-                          data, total_steps, fingerprint, model.device()));
+    ASSIGN_OR_RETURN(SavedCheckpoint saved,
+                     SaveRunCheckpoint(spec.checkpoint, save_weights,
+                                       optimizer, progress, data, total_steps,
+                                       fingerprint, model.device()));
     CheckpointInfo info{.step = progress.step,
                         .dir = saved.dir,
                         .files = saved.files,
