@@ -29,9 +29,24 @@ std::string Quote(absl::string_view s) {
   return absl::StrCat("\"", absl::CHexEscape(s), cut ? "\"..." : "\"");
 }
 
-enum TopKey { kMessagesKey, kPromptKey, kCompletionKey, kTextKey, kTopKeys };
-constexpr const char* kTopKeyNames[kTopKeys] = {"messages", "prompt",
-                                                "completion", "text"};
+enum TopKey {
+  kMessagesKey,
+  kPromptKey,
+  kCompletionKey,
+  kTextKey,
+  kInputKey,
+  kPreferredKey,
+  kNonPreferredKey,
+  kTopKeys
+};
+constexpr const char* kTopKeyNames[kTopKeys] = {
+    "messages", "prompt",           "completion",          "text",
+    "input",    "preferred_output", "non_preferred_output"};
+// The message arrays of a line: a chat line's, and a preference line's
+// prompt and two outputs.
+enum List { kChatList, kInputList, kPreferredList, kNonPreferredList, kLists };
+constexpr const char* kListNames[kLists] = {
+    "messages", "input.messages", "preferred_output", "non_preferred_output"};
 enum MessageKey { kRoleKey, kContentKey, kWeightKey, kMessageKeys };
 constexpr const char* kMessageKeyNames[kMessageKeys] = {"role", "content",
                                                         "weight"};
@@ -91,7 +106,9 @@ class LineHandler {
     kStart,         // before the top-level value
     kTop,           // in the top-level object, before a key or its end
     kTopValue,      // after a top-level key of a format
-    kMessages,      // in "messages", before an element or its end
+    kInput,         // in "input", before a key or its end
+    kInputValue,    // after "input"'s "messages" key
+    kMessages,      // in a message array, before an element or its end
     kMessage,       // in a message, before a key or its end
     kMessageValue,  // after a message key
     kDone,          // after the top-level object
@@ -102,10 +119,13 @@ class LineHandler {
     return false;
   }
   std::string MessageField(int key = -1) const {
-    return key < 0 ? absl::StrCat("messages[", messages_, "]")
-                   : absl::StrCat("messages[", messages_, "].",
-                                  kMessageKeyNames[key]);
+    return key < 0 ? absl::StrCat(kListNames[list_], "[", messages_[list_],
+                                  "]")
+                   : absl::StrCat(kListNames[list_], "[", messages_[list_],
+                                  "].", kMessageKeyNames[key]);
   }
+  // Starts reading the message array `list`, whose value is of `kind`.
+  bool OpenList(List list, Kind kind);
   bool Value(Kind kind, std::string* s = nullptr, int64_t integer = 0);
   bool TopValue(Kind kind, std::string* s);
   bool MessageValue(Kind kind, std::string* s, int64_t integer);
@@ -120,8 +140,11 @@ class LineHandler {
   int key_ = -1;            // the TopKey or MessageKey whose value is next
   std::bitset<kTopKeys> top_seen_;
   std::bitset<kMessageKeys> message_seen_;
-  DataMessage message_;   // the message being read
-  int64_t messages_ = 0;  // messages read
+  bool input_messages_seen_ = false;
+  List list_ = kChatList;  // the array being read
+  DataMessage message_;    // the message being read
+  int64_t messages_[kLists] = {};  // messages read, per array
+  Role last_input_role_ = Role::kUser;
   bool trained_assistant_ = false;
   DataExample example_;
   absl::Status error_;
@@ -146,6 +169,9 @@ bool LineHandler::Value(Kind kind, std::string* s, int64_t integer) {
     case State::kTopValue:
       state_ = State::kTop;
       return TopValue(kind, s);
+    case State::kInputValue:
+      state_ = State::kInput;
+      return OpenList(kInputList, kind);
     case State::kMessages:
       if (kind != Kind::kObject)
         return Fail(MessageField(), "expected an object");
@@ -157,6 +183,7 @@ bool LineHandler::Value(Kind kind, std::string* s, int64_t integer) {
       state_ = State::kMessage;
       return MessageValue(kind, s, integer);
     case State::kTop:
+    case State::kInput:
     case State::kMessage:
     case State::kDone:
       break;
@@ -164,13 +191,31 @@ bool LineHandler::Value(Kind kind, std::string* s, int64_t integer) {
   return Fail("", "unexpected value");  // the parser sends none here
 }
 
+bool LineHandler::OpenList(List list, Kind kind) {
+  if (kind != Kind::kArray) {
+    return Fail(kListNames[list],
+                list == kChatList || list == kInputList
+                    ? "expected a non-empty array"
+                    : "expected an array of one assistant message");
+  }
+  list_ = list;
+  state_ = State::kMessages;
+  return true;
+}
+
 bool LineHandler::TopValue(Kind kind, std::string* s) {
   switch (key_) {
     case kMessagesKey:
-      if (kind != Kind::kArray) {
-        return Fail("messages", "expected a non-empty array");
+      return OpenList(kChatList, kind);
+    case kPreferredKey:
+      return OpenList(kPreferredList, kind);
+    case kNonPreferredKey:
+      return OpenList(kNonPreferredList, kind);
+    case kInputKey:
+      if (kind != Kind::kObject) {
+        return Fail("input", "expected an object {\"messages\": [...]}");
       }
-      state_ = State::kMessages;
+      state_ = State::kInput;
       return true;
     case kPromptKey:
     case kCompletionKey:
@@ -235,6 +280,16 @@ bool LineHandler::Key(const std::string& k) {
     state_ = State::kTopValue;
     return true;
   }
+  if (state_ == State::kInput) {
+    if (k != "messages") {  // "tools", "parallel_tool_calls", ...
+      skip_next_ = true;
+      return true;
+    }
+    if (input_messages_seen_) return Fail("input.messages", "given twice");
+    input_messages_seen_ = true;
+    state_ = State::kInputValue;
+    return true;
+  }
   key_ = KeyIndex(kMessageKeyNames, k);
   if (key_ < 0) {
     skip_next_ = true;
@@ -255,8 +310,11 @@ bool LineHandler::Close() {
     case State::kTop:
       state_ = State::kDone;
       return true;
-    case State::kMessages:
+    case State::kInput:
       state_ = State::kTop;
+      return true;
+    case State::kMessages:
+      state_ = list_ == kInputList ? State::kInput : State::kTop;
       return true;
     case State::kMessage:
       state_ = State::kMessages;
@@ -274,6 +332,38 @@ bool LineHandler::EndMessage() {
     return Fail(MessageField(kContentKey), "missing or not a string");
   }
   const bool assistant = message_.role == Role::kAssistant;
+  if (list_ != kChatList) {
+    if (message_seen_[kWeightKey]) {
+      return Fail(MessageField(kWeightKey),
+                  "not used in preference lines (the outputs are what is "
+                  "trained)");
+    }
+    if (list_ == kInputList) {
+      last_input_role_ = message_.role;
+    } else {
+      if (messages_[list_] > 0) {
+        return Fail(kListNames[list_],
+                    "expected exactly one assistant message");
+      }
+      if (!assistant) {
+        return Fail(MessageField(kRoleKey),
+                    absl::StrCat("must be \"assistant\", not \"",
+                                 RoleName(message_.role), "\""));
+      }
+      if (message_.content.empty()) {
+        return Fail(MessageField(kContentKey),
+                    "empty assistant message (nothing to compare)");
+      }
+    }
+    ++messages_[list_];
+    if (keep_messages_) {
+      (list_ == kInputList       ? example_.messages
+       : list_ == kPreferredList ? example_.preferred
+                                 : example_.non_preferred)
+          .push_back(std::move(message_));
+    }
+    return true;
+  }
   if (message_seen_[kWeightKey] && !assistant) {
     return Fail(MessageField(kWeightKey),
                 "only assistant messages take a weight");
@@ -283,7 +373,7 @@ bool LineHandler::EndMessage() {
                 "empty assistant message (nothing to learn)");
   }
   trained_assistant_ = trained_assistant_ || (assistant && message_.train);
-  ++messages_;
+  ++messages_[kChatList];
   if (keep_messages_) example_.messages.push_back(std::move(message_));
   return true;
 }
@@ -294,21 +384,50 @@ absl::StatusOr<DataExample> LineHandler::Result() {
   const bool prompt_completion =
       top_seen_[kPromptKey] || top_seen_[kCompletionKey];
   const bool text = top_seen_[kTextKey];
-  if (chat + prompt_completion + text > 1) {
+  const bool preference = top_seen_[kInputKey] || top_seen_[kPreferredKey] ||
+                          top_seen_[kNonPreferredKey];
+  if (chat + prompt_completion + text + preference > 1) {
     std::vector<std::string> keys;
     if (chat) keys.push_back("\"messages\"");
     if (prompt_completion) {
       keys.push_back(top_seen_[kPromptKey] ? "\"prompt\"" : "\"completion\"");
     }
     if (text) keys.push_back("\"text\"");
+    if (preference) {
+      keys.push_back(top_seen_[kInputKey]       ? "\"input\""
+                     : top_seen_[kPreferredKey] ? "\"preferred_output\""
+                                                : "\"non_preferred_output\"");
+    }
     return FieldError(
         "", absl::StrCat("ambiguous: holds ", keys[0], " and ", keys[1],
-                         " (a line is chat, prompt/completion or text, not "
-                         "two of them)"));
+                         " (a line is chat, prompt/completion, text or "
+                         "preference, not two of them)"));
+  }
+  if (preference) {
+    example_.format = DataFormat::kPreference;
+    if (!top_seen_[kInputKey]) {
+      return FieldError("input", "missing (expected {\"messages\": [...]})");
+    }
+    if (messages_[kInputList] == 0) {
+      return FieldError("input.messages", "expected a non-empty array");
+    }
+    if (last_input_role_ == Role::kAssistant) {
+      return FieldError(
+          absl::StrCat("input.messages[", messages_[kInputList] - 1, "]"),
+          "the prompt ends with an assistant message; the outputs are the "
+          "assistant's reply to the last user message");
+    }
+    for (List list : {kPreferredList, kNonPreferredList}) {
+      if (messages_[list] != 1) {
+        return FieldError(kListNames[list],
+                          "expected exactly one assistant message");
+      }
+    }
+    return std::move(example_);
   }
   if (chat) {
     example_.format = DataFormat::kChat;
-    if (messages_ == 0) {
+    if (messages_[kChatList] == 0) {
       return FieldError("messages", "expected a non-empty array");
     }
     if (!trained_assistant_) {
@@ -340,7 +459,9 @@ absl::StatusOr<DataExample> LineHandler::Result() {
   return FieldError("messages",
                     "missing (expected the OpenAI chat format "
                     "{\"messages\": [{\"role\": …, \"content\": …}, …]}, "
-                    "or {\"prompt\", \"completion\"}, or {\"text\"})");
+                    "or {\"prompt\", \"completion\"}, or {\"text\"}, or "
+                    "the preference format {\"input\", \"preferred_output\", "
+                    "\"non_preferred_output\"})");
 }
 
 }  // namespace
@@ -353,6 +474,8 @@ const char* DataFormatName(DataFormat format) {
       return "prompt_completion";
     case DataFormat::kText:
       return "text";
+    case DataFormat::kPreference:
+      return "preference";
   }
   return "";
 }

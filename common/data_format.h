@@ -2,14 +2,21 @@
 // upload validator and the engine both read lines through ParseDataLine, so
 // a line that passes upload is the line the engine trains on.
 //
-// A line is one JSON object in one of three formats:
+// A line is one JSON object in one of four formats:
 // - chat: {"messages": [{"role": "system"|"user"|"assistant",
 //   "content": "...", "weight": 0|1}, ...]}, at least one assistant
 //   message with weight 1 (the default) and non-empty content; only
 //   assistant messages take a weight;
 // - prompt/completion: {"prompt": "...", "completion": "..."} with a
 //   non-empty completion;
-// - text: {"text": "..."} with non-empty text.
+// - text: {"text": "..."} with non-empty text;
+// - preference (OpenAI's DPO format): {"input": {"messages": [...]},
+//   "preferred_output": [{"role": "assistant", "content": "..."}],
+//   "non_preferred_output": [{"role": "assistant", "content": "..."}]}:
+//   input.messages is the prompt (system, user and earlier assistant turns,
+//   no weights, ending with a system or user message), each output exactly
+//   one assistant message with non-empty content. "tools" and
+//   "parallel_tool_calls" in input are skipped, as other unknown keys.
 // The format is the one whose keys the line holds; a line holding keys of
 // two formats (e.g. "messages" and "prompt") is ambiguous and refused, as is
 // a key given twice. Other keys, at the top and in messages, are skipped
@@ -33,9 +40,10 @@
 
 namespace lathe {
 
-enum class DataFormat { kChat, kPromptCompletion, kText };
+enum class DataFormat { kChat, kPromptCompletion, kText, kPreference };
 
-// "chat", "prompt_completion" or "text" (File.format in the API).
+// "chat", "prompt_completion", "text" or "preference" (File.format in the
+// API).
 const char* DataFormatName(DataFormat format);
 
 enum class Role { kSystem, kUser, kAssistant };
@@ -52,7 +60,9 @@ struct DataMessage {
 // One parsed line; the fields of its format are set, the others empty.
 struct DataExample {
   DataFormat format = DataFormat::kChat;
-  std::vector<DataMessage> messages;  // kChat
+  std::vector<DataMessage> messages;  // kChat; kPreference: input.messages
+  std::vector<DataMessage> preferred;      // kPreference: one assistant
+  std::vector<DataMessage> non_preferred;  // kPreference: one assistant
   std::string prompt;                 // kPromptCompletion
   std::string completion;             // kPromptCompletion
   std::string text;                   // kText

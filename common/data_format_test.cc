@@ -59,7 +59,11 @@ TEST(DataFormatTest, AmbiguousLinesAreRefused) {
       ErrorOf(
           R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}],"text":"t"})"),
       "ambiguous: holds \"messages\" and \"text\" (a line is chat, "
-      "prompt/completion or text, not two of them)");
+      "prompt/completion, text or preference, not two of them)");
+  EXPECT_TRUE(absl::StrContains(
+      ErrorOf(
+          R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}],"preferred_output":[]})"),
+      "ambiguous: holds \"messages\" and \"preferred_output\""));
   EXPECT_TRUE(absl::StrContains(
       ErrorOf(
           R"({"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}],"prompt":"p"})"),
@@ -96,7 +100,8 @@ TEST(DataFormatTest, BadLinesNameTheField) {
       {"{oops", "not valid JSON (or not valid UTF-8) near byte 2"},
       {"[1,2]", "expected a JSON object"},
       {"{\"text\":\"\xc3\x28\"}", "not valid JSON (or not valid UTF-8)"},
-      {R"({"input":"a"})", "messages: missing"},
+      {R"({"input":"a"})", "input: expected an object"},
+      {R"({"id":"a"})", "messages: missing"},
       {R"({"messages":"hi"})", "messages: expected a non-empty array"},
       {R"({"messages":[]})", "messages: expected a non-empty array"},
       {R"({"messages":[3]})", "messages[0]: expected an object"},
@@ -121,6 +126,100 @@ TEST(DataFormatTest, BadLinesNameTheField) {
       {R"({"prompt":1,"completion":"a"})", "prompt: missing or not a string"},
       {R"({"text":""})", "text: must be a non-empty string"},
       {R"({"text":["a"]})", "text: must be a non-empty string"},
+  };
+  for (const Case& c : cases) {
+    EXPECT_TRUE(absl::StartsWith(ErrorOf(c.line), c.error))
+        << c.line << "\n got: " << ErrorOf(c.line) << "\nwant: " << c.error;
+  }
+}
+
+// OpenAI's DPO line: the prompt in input.messages, one assistant message
+// in each output.
+constexpr char kPreferenceLine[] =
+    R"({"input":{"messages":[{"role":"system","content":"s"},)"
+    R"({"role":"user","content":"q"}],"tools":[{"type":"function"}],)"
+    R"("parallel_tool_calls":false},)"
+    R"("preferred_output":[{"role":"assistant","content":"good"}],)"
+    R"("non_preferred_output":[{"role":"assistant","content":"bad"}]})";
+
+TEST(DataFormatTest, ParsesPreferenceLines) {
+  auto e = ParseDataLine(kPreferenceLine);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->format, DataFormat::kPreference);
+  EXPECT_STREQ(DataFormatName(e->format), "preference");
+  ASSERT_EQ(e->messages.size(), 2u);
+  EXPECT_EQ(e->messages[0].role, Role::kSystem);
+  EXPECT_EQ(e->messages[1].content, "q");
+  ASSERT_EQ(e->preferred.size(), 1u);
+  EXPECT_EQ(e->preferred[0].content, "good");
+  EXPECT_EQ(e->preferred[0].role, Role::kAssistant);
+  ASSERT_EQ(e->non_preferred.size(), 1u);
+  EXPECT_EQ(e->non_preferred[0].content, "bad");
+  EXPECT_EQ(CheckDataLine(kPreferenceLine).value(), DataFormat::kPreference);
+  // A multi-turn prompt (earlier assistant turns) is a prompt like any.
+  auto multi = ParseDataLine(
+      R"({"input":{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"},)"
+      R"({"role":"user","content":"c"}]},"preferred_output":[{"role":"assistant","content":"d"}],)"
+      R"("non_preferred_output":[{"role":"assistant","content":"e"}]})");
+  ASSERT_TRUE(multi.ok()) << multi.status();
+  EXPECT_EQ(multi->messages.size(), 3u);
+}
+
+TEST(DataFormatTest, BadPreferenceLinesNameTheField) {
+  const std::string good_outputs =
+      R"("preferred_output":[{"role":"assistant","content":"g"}],)"
+      R"("non_preferred_output":[{"role":"assistant","content":"b"}])";
+  struct Case {
+    std::string line;
+    const char* error;
+  };
+  const Case cases[] = {
+      {absl::StrCat("{", good_outputs, "}"), "input: missing"},
+      {absl::StrCat(R"({"input":{"tools":[]},)", good_outputs, "}"),
+       "input.messages: expected a non-empty array"},
+      {absl::StrCat(R"({"input":{"messages":{}},)", good_outputs, "}"),
+       "input.messages: expected a non-empty array"},
+      {absl::StrCat(R"({"input":{"messages":[{"role":"user","content":"q"}],)"
+                    R"("messages":[]},)",
+                    good_outputs, "}"),
+       "input.messages: given twice"},
+      {absl::StrCat(
+           R"({"input":{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]},)",
+           good_outputs, "}"),
+       "input.messages[1]: the prompt ends with an assistant message"},
+      {absl::StrCat(
+           R"({"input":{"messages":[{"role":"robot","content":"q"}]},)",
+           good_outputs, "}"),
+       "input.messages[0].role: unknown role \"robot\""},
+      {absl::StrCat(
+           R"({"input":{"messages":[{"role":"user","content":"q","weight":1}]},)",
+           good_outputs, "}"),
+       "input.messages[0].weight: not used in preference lines"},
+      {R"({"input":{"messages":[{"role":"user","content":"q"}]},)"
+       R"("non_preferred_output":[{"role":"assistant","content":"b"}]})",
+       "preferred_output: expected exactly one assistant message"},
+      {R"({"input":{"messages":[{"role":"user","content":"q"}]},)"
+       R"("preferred_output":[],"non_preferred_output":[{"role":"assistant","content":"b"}]})",
+       "preferred_output: expected exactly one assistant message"},
+      {R"({"input":{"messages":[{"role":"user","content":"q"}]},)"
+       R"("preferred_output":{"role":"assistant","content":"g"},)"
+       R"("non_preferred_output":[{"role":"assistant","content":"b"}]})",
+       "preferred_output: expected an array of one assistant message"},
+      {R"({"input":{"messages":[{"role":"user","content":"q"}]},)"
+       R"("preferred_output":[{"role":"assistant","content":"g"},{"role":"assistant","content":"h"}],)"
+       R"("non_preferred_output":[{"role":"assistant","content":"b"}]})",
+       "preferred_output: expected exactly one assistant message"},
+      {R"({"input":{"messages":[{"role":"user","content":"q"}]},)"
+       R"("preferred_output":[{"role":"assistant","content":"g"}],)"
+       R"("non_preferred_output":[{"role":"user","content":"b"}]})",
+       "non_preferred_output[0].role: must be \"assistant\", not \"user\""},
+      {R"({"input":{"messages":[{"role":"user","content":"q"}]},)"
+       R"("preferred_output":[{"role":"assistant","content":""}],)"
+       R"("non_preferred_output":[{"role":"assistant","content":"b"}]})",
+       "preferred_output[0].content: empty assistant message"},
+      {R"({"input":{"messages":[{"role":"user","content":"q"}]},)"
+       R"("preferred_output":[{"role":"assistant","content":"g"}]})",
+       "non_preferred_output: expected exactly one assistant message"},
   };
   for (const Case& c : cases) {
     EXPECT_TRUE(absl::StartsWith(ErrorOf(c.line), c.error))

@@ -524,10 +524,10 @@ void Agent::RunAttempt(Attempt* attempt) {
       mm->set_learning_rate(m.learning_rate);
       mm->set_tokens_per_second(m.tokens_per_second);
       mm->set_trained_tokens(m.trained_tokens);
+      // The objective's named figures, and each mixture source's
+      // validation loss ("valid_loss/<source>").
+      mm->mutable_values()->insert(m.values.begin(), m.values.end());
       if (m.validation_loss) (*mm->mutable_values())["valid_loss"] = *m.validation_loss;
-      for (const auto& [name, loss] : m.source_validation_loss) {
-        (*mm->mutable_values())[absl::StrCat("valid_loss/", name)] = loss;
-      }
       {
         absl::MutexLock lock(&mu_);
         attempt->step = m.step;
@@ -548,9 +548,7 @@ void Agent::RunAttempt(Attempt* attempt) {
       m.set_train_loss(c.metrics.loss);
       m.set_train_mean_token_accuracy(c.metrics.token_accuracy);
       if (c.validation_loss) m.set_valid_loss(*c.validation_loss);
-      for (const auto& [name, loss] : c.metrics.source_validation_loss) {
-        (*m.mutable_values())[absl::StrCat("valid_loss/", name)] = loss;
-      }
+      m.mutable_values()->insert(c.metrics.values.begin(), c.metrics.values.end());
       std::string err;
       if (UploadCheckpoint(attempt, c.step, c.dir, c.files, m, &err)) {
         // A stop (pause, shutdown) fails only if its own checkpoint did.

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace lathe::engine {
@@ -22,6 +23,14 @@ enum class ErrorKind { kPlatform, kUserData, kUserOptions, kModel };
 
 // `status` (not OK) marked as `kind`, about `field` ("" for none).
 absl::Status WithErrorKind(absl::Status status, ErrorKind kind, absl::string_view field = "");
+
+// `result`, its error marked as `kind` about `field`.
+template <typename T>
+absl::StatusOr<T> WithErrorKind(absl::StatusOr<T> result, ErrorKind kind,
+                                absl::string_view field = "") {
+  if (result.ok()) return result;
+  return WithErrorKind(result.status(), kind, field);
+}
 
 // The kind `status` was marked with; kPlatform when none.
 ErrorKind ErrorKindOf(const absl::Status& status);

@@ -20,10 +20,15 @@ absl::StatusOr<DataRecord> ParseLine(absl::string_view text,
   }
   DataRecord record;
   record.format = example->format;
-  for (DataMessage& m : example->messages) {
-    record.messages.push_back(
-        {RoleName(m.role), std::move(m.content), m.train});
-  }
+  auto convert = [](std::vector<DataMessage>& from,
+                    std::vector<ChatMessage>& to) {
+    for (DataMessage& m : from) {
+      to.push_back({RoleName(m.role), std::move(m.content), m.train});
+    }
+  };
+  convert(example->messages, record.messages);
+  convert(example->preferred, record.preferred);
+  convert(example->non_preferred, record.non_preferred);
   record.prompt = std::move(example->prompt);
   record.completion = std::move(example->completion);
   record.text = std::move(example->text);
@@ -110,6 +115,12 @@ absl::StatusOr<Example> TokenizeRecord(const Tokenizer& tokenizer,
                                        const ChatTemplate* chat_template,
                                        const DataRecord& record) {
   Example example;
+  if (record.format == DataFormat::kPreference) {
+    return absl::InvalidArgumentError(
+        "a preference line (input, preferred_output, non_preferred_output); "
+        "supervised fine-tuning trains on chat, prompt/completion or text "
+        "lines: train this file with method dpo or orpo");
+  }
   if (record.format == DataFormat::kChat) {
     if (chat_template == nullptr) {
       return absl::InvalidArgumentError(

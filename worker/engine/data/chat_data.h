@@ -1,8 +1,10 @@
 // Training data: JSONL -> tokenized examples with a loss mask. Torch-free.
 //
-// Three line formats, one per file (a file mixing them is refused), parsed
+// Four line formats, one per file (a file mixing them is refused), parsed
 // by common/data_format.h, the upload validator's parser, so the engine
-// reads exactly the lines lathed accepted:
+// reads exactly the lines lathed accepted; the first three are supervised
+// data (below), the fourth, preference pairs, is read by
+// data/preference_data.h:
 //   chat               {"messages": [{"role": ..., "content": ...,
 //                       "weight": 0|1}]}: rendered by the chat template;
 //                       loss on each assistant message's content and its
@@ -11,6 +13,8 @@
 //                       concatenated, then EOS; loss on the completion's
 //                       tokens and the EOS
 //   text               {"text": ...}: the text, then EOS; loss on all of it
+//   preference         {"input": {"messages": [...]}, "preferred_output":
+//                       [...], "non_preferred_output": [...]}
 #ifndef LATHE_WORKER_ENGINE_DATA_CHAT_DATA_H_
 #define LATHE_WORKER_ENGINE_DATA_CHAT_DATA_H_
 
@@ -35,7 +39,9 @@ absl::StatusOr<ChatTemplate> ChatTemplateFor(const Tokenizer& tokenizer,
 // One line of a data file.
 struct DataRecord {
   DataFormat format = DataFormat::kChat;
-  std::vector<ChatMessage> messages;  // kChat
+  std::vector<ChatMessage> messages;  // kChat; kPreference: the prompt
+  std::vector<ChatMessage> preferred;      // kPreference: one assistant
+  std::vector<ChatMessage> non_preferred;  // kPreference: one assistant
   std::string prompt;                 // kPromptCompletion
   std::string completion;             // kPromptCompletion
   std::string text;                   // kText
@@ -92,7 +98,8 @@ struct Dataset {
 };
 
 // Reads, renders, tokenizes and truncates a data file of any of the three
-// formats (logging how many examples were truncated). `chat_template` is
+// supervised formats (logging how many examples were truncated); a
+// preference line is refused, naming it and the methods that take it. `chat_template` is
 // used for chat lines only, so a model without a known template can still
 // train on prompt/completion or text data. INVALID_ARGUMENT as
 // ReadDataJsonl, naming the first chat line when `chat_template` is an

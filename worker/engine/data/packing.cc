@@ -31,4 +31,11 @@ Batch PackBatch(const std::vector<Example>& examples,
   return batch;
 }
 
+Batch MakeInput(const std::vector<Example>& examples,
+                const std::vector<size_t>& indices, bool packing,
+                int32_t pad_id) {
+  return packing ? PackBatch(examples, indices)
+                 : MakeBatch(examples, indices, pad_id);
+}
+
 }  // namespace lathe::engine

@@ -18,6 +18,7 @@
 #define LATHE_WORKER_ENGINE_DATA_PACKING_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "worker/engine/data/batch.h"
@@ -30,6 +31,12 @@ namespace lathe::engine {
 // example non-empty.
 Batch PackBatch(const std::vector<Example>& examples,
                 const std::vector<size_t>& indices);
+
+// examples[indices] as the model's input: PackBatch when `packing`, else
+// MakeBatch (batch.h) padded with pad_id.
+Batch MakeInput(const std::vector<Example>& examples,
+                const std::vector<size_t>& indices, bool packing,
+                int32_t pad_id);
 
 }  // namespace lathe::engine
 

@@ -91,7 +91,143 @@ struct ChunkedCrossEntropyFunction
   }
 };
 
+// Per-row log-probabilities; backward recomputes each chunk's softmax.
+struct ChunkedTokenLogpsFunction
+    : torch::autograd::Function<ChunkedTokenLogpsFunction> {
+  static variable_list forward(AutogradContext* ctx,
+                               const torch::Tensor& hidden,
+                               const torch::Tensor& head,
+                               const torch::Tensor& labels,
+                               int64_t chunk_tokens) {
+    ctx->save_for_backward({hidden, head, labels});
+    ctx->saved_data["chunk_tokens"] = chunk_tokens;
+    int64_t peak = 0;
+    TokenLogps out = Logps(hidden, head, labels, chunk_tokens, &peak);
+    torch::Tensor stats = torch::tensor({peak}, torch::kInt64);
+    ctx->mark_non_differentiable({out.correct, stats});
+    return {out.logps, out.correct, stats};
+  }
+
+  static variable_list backward(AutogradContext* ctx,
+                                variable_list grad_outputs) {
+    torch::NoGradGuard no_grad;
+    const variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &hidden = saved[0], &head = saved[1],
+                        &labels = saved[2];
+    const int64_t chunk_tokens = ctx->saved_data["chunk_tokens"].toInt();
+    const torch::Tensor g = grad_outputs[0].to(torch::kFloat32);
+    const bool want_hidden = ctx->needs_input_grad(0);
+    const bool want_head = ctx->needs_input_grad(1);
+    torch::Tensor grad_hidden, grad_head;
+    if (want_hidden) grad_hidden = torch::empty_like(hidden);
+    if (want_head) {
+      grad_head = torch::zeros(head.sizes(),
+                               head.options().dtype(torch::kFloat32));
+    }
+    const int64_t N = hidden.size(0);
+    for (int64_t start = 0; start < N; start += chunk_tokens) {
+      const int64_t end = std::min(N, start + chunk_tokens);
+      const torch::Tensor h = hidden.slice(0, start, end);
+      const torch::Tensor y = labels.slice(0, start, end);
+      // d log softmax(z)[y] / dz = onehot(y) - softmax(z), times g per row.
+      torch::Tensor grad =
+          torch::matmul(h, head.t()).to(torch::kFloat32).softmax(1).neg_();
+      grad.scatter_add_(1, y.unsqueeze(1),
+                        torch::ones({end - start, 1}, grad.options()));
+      grad.mul_(g.slice(0, start, end).unsqueeze(1));
+      grad = grad.to(hidden.scalar_type());
+      if (want_hidden) grad_hidden.slice(0, start, end).copy_(grad.mm(head));
+      if (want_head) grad_head.add_(grad.t().mm(h).to(torch::kFloat32));
+    }
+    return {grad_hidden,
+            want_head ? grad_head.to(head.scalar_type()) : torch::Tensor(),
+            torch::Tensor(), torch::Tensor()};
+  }
+
+  static TokenLogps Logps(const torch::Tensor& hidden,
+                          const torch::Tensor& head,
+                          const torch::Tensor& labels, int64_t chunk_tokens,
+                          int64_t* peak) {
+    torch::NoGradGuard no_grad;
+    const int64_t N = hidden.size(0);
+    TokenLogps out{
+        .logps = torch::empty({N}, hidden.options().dtype(torch::kFloat32)),
+        .correct = torch::empty({N}, hidden.options().dtype(torch::kBool))};
+    for (int64_t start = 0; start < N; start += chunk_tokens) {
+      const int64_t end = std::min(N, start + chunk_tokens);
+      const torch::Tensor logits =
+          torch::matmul(hidden.slice(0, start, end), head.t())
+              .to(torch::kFloat32);
+      const torch::Tensor y = labels.slice(0, start, end).unsqueeze(1);
+      out.logps.slice(0, start, end)
+          .copy_((logits.gather(1, y) -
+                  torch::logsumexp(logits, 1, /*keepdim=*/true))
+                     .squeeze(1));
+      out.correct.slice(0, start, end).copy_(logits.argmax(1).eq(y.squeeze(1)));
+      *peak = std::max(*peak, logits.numel() *
+                                  static_cast<int64_t>(logits.element_size()));
+    }
+    return out;
+  }
+};
+
 }  // namespace
+
+TokenLogps ChunkedTokenLogps(const torch::Tensor& hidden,
+                             const torch::Tensor& head_in,
+                             const torch::Tensor& labels, int64_t chunk_tokens,
+                             int64_t* peak_logits_bytes) {
+  const torch::Tensor head = head_in.scalar_type() == hidden.scalar_type()
+                                 ? head_in
+                                 : head_in.to(hidden.scalar_type());
+  int64_t peak = 0;
+  TokenLogps out;
+  if (torch::GradMode::is_enabled() &&
+      (hidden.requires_grad() || head.requires_grad())) {
+    variable_list v =
+        ChunkedTokenLogpsFunction::apply(hidden, head, labels, chunk_tokens);
+    out = {.logps = v[0], .correct = v[1]};
+    peak = v[2][0].item<int64_t>();
+  } else {
+    out = ChunkedTokenLogpsFunction::Logps(hidden, head, labels, chunk_tokens,
+                                           &peak);
+  }
+  if (peak_logits_bytes != nullptr) {
+    *peak_logits_bytes = std::max(*peak_logits_bytes, peak);
+  }
+  return out;
+}
+
+CausalTargets SelectCausalTargets(const torch::Tensor& hidden,
+                                  const Batch& batch) {
+  const int64_t B = batch.input_ids.size(0), T = batch.input_ids.size(1);
+  const int64_t C = hidden.size(-1);
+  // The example of every position: in one row (packed, or a single
+  // example) each segment is an example; in several rows, each row is one
+  // (followed by its padding, which holds no target).
+  std::vector<int64_t> example_of(B * T);
+  if (B == 1) {
+    int64_t t = 0, example = 0;
+    for (const int64_t length : batch.layout.segments[0]) {
+      for (int64_t i = 0; i < length; ++i) example_of[t++] = example;
+      ++example;
+    }
+  } else {
+    for (int64_t i = 0; i < B * T; ++i) example_of[i] = i / T;
+  }
+  const torch::Tensor mask = batch.loss_mask.slice(1, 1).reshape({-1});
+  const torch::Tensor rows = mask.nonzero().squeeze(1);
+  // Position t + 1's example for the row predicting it from t.
+  torch::Tensor owner =
+      torch::tensor(example_of, torch::kInt64).view({B, T}).slice(1, 1);
+  return {.rows = rows,
+          .hidden =
+              hidden.slice(1, 0, -1).reshape({-1, C}).index_select(0, rows),
+          .labels =
+              batch.input_ids.slice(1, 1).reshape({-1}).index_select(0, rows),
+          .example = owner.reshape({-1}).to(rows.device()).index_select(0,
+                                                                        rows)};
+}
 
 LossStats ChunkedCrossEntropy(const torch::Tensor& hidden,
                               const torch::Tensor& head_in,

@@ -37,6 +37,37 @@ LossStats ChunkedCausalLmLoss(const torch::Tensor& hidden,
                               const torch::Tensor& head, const Batch& batch,
                               int64_t chunk_tokens);
 
+// Per-row log-probabilities log softmax(hidden head^T)[label], computed a
+// chunk of rows at a time; differentiable in hidden and head (where they
+// require gradients) for any upstream gradient: backward recomputes each
+// chunk's logits instead of keeping them, so memory stays chunk_tokens x V.
+// For losses over sequence log-probabilities (DPO, ORPO).
+// *peak_logits_bytes (when not null) is raised to the largest logits block
+// held. REQUIRES: hidden [N, C], head [V, C], labels [N] int64,
+// chunk_tokens > 0.
+struct TokenLogps {
+  torch::Tensor logps;    // [N] float32
+  torch::Tensor correct;  // [N] bool: the argmax is the label
+};
+TokenLogps ChunkedTokenLogps(const torch::Tensor& hidden,
+                             const torch::Tensor& head,
+                             const torch::Tensor& labels, int64_t chunk_tokens,
+                             int64_t* peak_logits_bytes = nullptr);
+
+// The target tokens of `batch` and which example of the batch each belongs
+// to: the rows of hidden [B, T, C] that predict them (hidden[b, t] predicts
+// input_ids[b, t + 1] where loss_mask[b, t + 1]), their labels, and for
+// each the index of its example (row b of a padded batch; segment k of a
+// packed one, counted over rows in order).
+struct CausalTargets {
+  torch::Tensor rows;     // [N] int64: the predicting positions, b * (T-1) + t
+  torch::Tensor hidden;   // [N, C]
+  torch::Tensor labels;   // [N] int64
+  torch::Tensor example;  // [N] int64
+};
+CausalTargets SelectCausalTargets(const torch::Tensor& hidden,
+                                  const Batch& batch);
+
 }  // namespace lathe::engine
 
 #endif  // LATHE_WORKER_ENGINE_LOSS_CHUNKED_CROSS_ENTROPY_H_

@@ -55,4 +55,26 @@ PreferenceStats PreferenceLossOf(const PairLogps& p,
   return stats;
 }
 
+OrpoStats OrpoLossOf(const torch::Tensor& w, const torch::Tensor& l,
+                     double lambda) {
+  const torch::Tensor log_odds =
+      (w - l) - (torch::log1p(-torch::exp(w)) - torch::log1p(-torch::exp(l)));
+  const torch::Tensor log_sigmoid = torch::log_sigmoid(log_odds);
+  OrpoStats stats;
+  stats.loss = -lambda * log_sigmoid.mean();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor chosen = lambda * w.detach();
+  const torch::Tensor rejected = lambda * l.detach();
+  stats.rewards_chosen = chosen.mean().item<double>();
+  stats.rewards_rejected = rejected.mean().item<double>();
+  stats.rewards_accuracies =
+      chosen.gt(rejected).to(torch::kFloat64).mean().item<double>();
+  stats.rewards_margins = (chosen - rejected).mean().item<double>();
+  stats.logps_chosen = w.detach().mean().item<double>();
+  stats.logps_rejected = l.detach().mean().item<double>();
+  stats.log_odds_ratio = log_sigmoid.detach().mean().item<double>();
+  stats.log_odds_chosen = log_odds.detach().mean().item<double>();
+  return stats;
+}
+
 }  // namespace lathe::engine

@@ -55,6 +55,26 @@ struct PreferenceStats {
 PreferenceStats PreferenceLossOf(const PairLogps& logps,
                                  const PreferenceOptions& options);
 
+// ORPO's odds-ratio term (METHODS.md §1.8, TRL v0.24 odds_ratio_loss) from
+// the mean token log-probabilities ℓw, ℓl of the completions, each [P]:
+// log_odds = (ℓw − ℓl) − (log1p(−exp ℓw) − log1p(−exp ℓl)), and the term
+// λ · mean(−logσ(log_odds)) that is added to the NLL.
+struct OrpoStats {
+  torch::Tensor loss;  // scalar: λ · mean(−logσ(log_odds))
+  // Batch means: λ·ℓw, λ·ℓl, [λℓw > λℓl], their difference (TRL's rewards,
+  // with no reference), ℓw and ℓl, logσ(log_odds) and log_odds.
+  double rewards_chosen = 0;
+  double rewards_rejected = 0;
+  double rewards_accuracies = 0;
+  double rewards_margins = 0;
+  double logps_chosen = 0;
+  double logps_rejected = 0;
+  double log_odds_ratio = 0;
+  double log_odds_chosen = 0;
+};
+OrpoStats OrpoLossOf(const torch::Tensor& mean_logps_chosen,
+                     const torch::Tensor& mean_logps_rejected, double lambda);
+
 }  // namespace lathe::engine
 
 #endif  // LATHE_WORKER_ENGINE_LOSS_PREFERENCE_H_

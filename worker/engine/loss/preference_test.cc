@@ -89,5 +89,29 @@ TEST(PreferenceLossTest, UnknownLossTypesAreRefusedByName) {
   EXPECT_NE(s.message().find("\"loss_type\""), std::string::npos);
 }
 
+// METHODS.md §1.8's worked numbers: ℓw = ln 0.5, ℓl = ln 0.25 give
+// log_odds = ln((0.5/0.5)/(0.25/0.75)) = ln 3, logσ(ln 3) = ln 0.75.
+TEST(PreferenceLossTest, OrpoWorkedNumbers) {
+  const OrpoStats s =
+      OrpoLossOf(torch::tensor({std::log(0.5)}, torch::kFloat64),
+                 torch::tensor({std::log(0.25)}, torch::kFloat64), 0.1);
+  EXPECT_NEAR(s.log_odds_chosen, std::log(3.0), 1e-12);
+  EXPECT_NEAR(s.log_odds_ratio, std::log(0.75), 1e-12);
+  EXPECT_NEAR(s.loss.item<double>(), 0.0287682, 1e-7);
+  EXPECT_NEAR(s.rewards_chosen, 0.1 * std::log(0.5), 1e-12);
+  EXPECT_EQ(s.rewards_accuracies, 1.0);
+}
+
+// With chosen == rejected the odds ratio is 1: the term is λ ln 2 and its
+// gradient is zero.
+TEST(PreferenceLossTest, OrpoEqualPairsGiveLambdaLn2AndNoGradient) {
+  torch::Tensor w = torch::tensor({-1.3, -0.2}, torch::kFloat64)
+                        .requires_grad_(true);
+  const OrpoStats s = OrpoLossOf(w, w, 0.1);
+  EXPECT_NEAR(s.loss.item<double>(), 0.1 * std::log(2.0), 1e-12);
+  s.loss.backward();
+  EXPECT_LT(w.grad().abs().max().item<double>(), 1e-15);
+}
+
 }  // namespace
 }  // namespace lathe::engine

@@ -82,9 +82,10 @@ torch::Tensor InverseFrequencies(const ModelConfig& c) {
 
 }  // namespace
 
-torch::Tensor Linear::Forward(const torch::Tensor& x, bool training) const {
+torch::Tensor Linear::Forward(const torch::Tensor& x, bool training,
+                              bool adapter) const {
   torch::Tensor y = torch::linear(x, As(weight, x), As(bias, x));
-  if (!lora_a.defined()) return y;
+  if (!lora_a.defined() || !adapter) return y;
   torch::Tensor dropped = torch::dropout(x, lora_dropout, training);
   return y + torch::linear(torch::linear(dropped, As(lora_a, x)),
                            As(lora_b, x)) *
@@ -247,13 +248,14 @@ torch::Tensor LlamaModel::Attention(const DecoderLayer& layer,
   const int64_t KV = config_.num_key_value_heads;
   const int64_t D = config_.head_dim;
   const bool training = options.training;
+  const bool adapters = options.adapters;
   // [B, T, heads * D] -> [B, heads, T, D]
   auto heads = [&](const torch::Tensor& t, int64_t n) {
     return t.view({B, T, n, D}).transpose(1, 2);
   };
-  torch::Tensor q = heads(layer.q_proj.Forward(x, training), H);
-  torch::Tensor k = heads(layer.k_proj.Forward(x, training), KV);
-  torch::Tensor v = heads(layer.v_proj.Forward(x, training), KV);
+  torch::Tensor q = heads(layer.q_proj.Forward(x, training, adapters), H);
+  torch::Tensor k = heads(layer.k_proj.Forward(x, training, adapters), KV);
+  torch::Tensor v = heads(layer.v_proj.Forward(x, training, adapters), KV);
   q = q * cos + RotateHalf(q) * sin;
   k = k * cos + RotateHalf(k) * sin;
   if (KV != H) {  // grouped-query attention: each kv head serves H/KV heads
@@ -264,7 +266,7 @@ torch::Tensor LlamaModel::Attention(const DecoderLayer& layer,
       SegmentedCausalAttention(q, k, v, layout.segments, options.attention)
           .transpose(1, 2)
           .reshape({B, T, H * D});
-  return layer.o_proj.Forward(out, training);
+  return layer.o_proj.Forward(out, training, adapters);
 }
 
 torch::Tensor LlamaModel::Layer(const DecoderLayer& layer,
@@ -274,13 +276,14 @@ torch::Tensor LlamaModel::Layer(const DecoderLayer& layer,
                                 const SequenceLayout& layout,
                                 const ForwardOptions& options) const {
   const bool training = options.training;
+  const bool adapters = options.adapters;
   torch::Tensor h = RmsNorm(x, layer.input_norm, config_.rms_norm_eps);
   torch::Tensor y = x + Attention(layer, h, cos, sin, layout, options);
   h = RmsNorm(y, layer.post_attention_norm, config_.rms_norm_eps);
   return y + layer.down_proj.Forward(
-                 torch::silu(layer.gate_proj.Forward(h, training)) *
-                     layer.up_proj.Forward(h, training),
-                 training);
+                 torch::silu(layer.gate_proj.Forward(h, training, adapters)) *
+                     layer.up_proj.Forward(h, training, adapters),
+                 training, adapters);
 }
 
 torch::Tensor LlamaModel::Forward(const torch::Tensor& input_ids,

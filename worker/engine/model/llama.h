@@ -34,7 +34,9 @@ struct Linear {
   double lora_scale = 0;    // alpha / r (alpha / sqrt(r) for rsLoRA)
   double lora_dropout = 0;  // probability, applied when training
 
-  torch::Tensor Forward(const torch::Tensor& x, bool training) const;
+  // `adapter` false: the base projection alone, as if no LoRA were attached.
+  torch::Tensor Forward(const torch::Tensor& x, bool training,
+                        bool adapter = true) const;
 };
 
 struct DecoderLayer {
@@ -69,6 +71,9 @@ struct ForwardOptions {
   // keeping them (see activation_checkpoint.h).
   bool checkpoint_layers = false;
   AttentionKernel attention = DefaultAttentionKernel();
+  // false: the base model alone, every adapter bypassed (no copy of the
+  // weights): DPO's reference model for a LoRA policy.
+  bool adapters = true;
 };
 
 // Thread-compatible. Forward may throw c10::Error; the engine's entry points

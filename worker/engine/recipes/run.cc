@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "worker/engine/error_kind.h"
+#include "worker/engine/recipes/preference.h"
 #include "worker/engine/recipes/sft.h"
 
 namespace lathe::engine {
@@ -22,6 +23,11 @@ absl::StatusOr<TrainResult> Train(const RunSpec& spec,
           using Objective = std::decay_t<decltype(objective)>;
           if constexpr (std::is_same_v<Objective, SftSpec>) {
             return RunSft(spec, objective, hooks);
+          } else if constexpr (std::is_same_v<Objective, DpoSpec>) {
+            return RunDpo(spec, objective, hooks);
+          } else {
+            static_assert(std::is_same_v<Objective, OrpoSpec>);
+            return RunOrpo(spec, objective, hooks);
           }
         },
         spec.objective);
@@ -33,7 +39,7 @@ absl::StatusOr<TrainResult> Train(const RunSpec& spec,
             " tokens per micro-batch); use a smaller batch_size or "
             "max_seq_len, or gradient accumulation")),
         ErrorKind::kUserOptions,
-        "method.supervised.hyperparameters.batch_size");
+        absl::StrCat(HyperparametersField(spec.objective), ".batch_size"));
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("LibTorch error: ", e.what_without_backtrace()));

@@ -1,7 +1,9 @@
 // The training engine's entry point: one run of a RunSpec
 // (spec/run_spec.h), handed to the recipe of its objective (recipes/sft.h
-// for "sft"; a new method is a new recipe file beside it), and what a run
-// reports while it trains and when it ends. Every recipe shares these types.
+// for "sft", recipes/preference.h for "dpo" and "orpo"; a new method is a
+// new recipe file beside them, on the shared loop of recipes/loop.h), and
+// what a run reports while it trains and when it ends. Every recipe shares
+// these types.
 //
 // The engine never includes gRPC headers and never lets an exception escape:
 // every c10::Error / std::exception is caught here and returned as a Status.
@@ -36,10 +38,10 @@ struct StepMetrics {
   // token accuracy over its trainable tokens after this step's update.
   std::optional<double> validation_loss;
   std::optional<double> validation_accuracy;
-  // On those steps, for a mixture whose sources have validation files:
-  // each one's mean loss, by source name ("math" -> 1.25). validation_loss
-  // is then over all of them together unless data.validation_file is set.
-  std::map<std::string, double> source_validation_loss;
+  // The objective's further figures by name: DPO's "rewards/chosen",
+  // "rewards/accuracies", ... (METHODS.md §1.5), and on validation steps
+  // the same of the validation pass with "valid_" before the name.
+  std::map<std::string, double> values;
 };
 
 struct TrainResult {
@@ -57,8 +59,6 @@ struct TrainResult {
   // Mean loss over the trainable tokens of validation_file after training;
   // empty when there is none.
   std::optional<double> validation_loss;
-  // Per mixture source with a validation file, as in StepMetrics.
-  std::map<std::string, double> source_validation_loss;
 };
 
 enum class StopRequest { kNone, kCancel, kCheckpointAndStop };

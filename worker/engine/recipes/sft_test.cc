@@ -799,17 +799,18 @@ TEST_F(TrainerTest, MixtureRunReportsEachSourceAndResumesToTheSameDraws) {
   ASSERT_TRUE(reference.result.ok()) << reference.result.status();
   ASSERT_EQ(reference.steps.size(), 22u);
   for (const StepMetrics& m : reference.steps) {
-    EXPECT_EQ(m.source_validation_loss.size(), m.step % 11 == 0 ? 2u : 0u);
+    EXPECT_EQ(m.values.count("valid_loss/a"), m.step % 11 == 0 ? 1u : 0u);
+    EXPECT_EQ(m.values.count("valid_loss/b"), m.step % 11 == 0 ? 1u : 0u);
+    EXPECT_EQ(m.values.count("valid_loss/general"), 0u);
   }
   const StepMetrics& last = reference.steps.back();
-  const double a = last.source_validation_loss.at("a");
-  const double b = last.source_validation_loss.at("b");
+  const double a = last.values.at("valid_loss/a");
+  const double b = last.values.at("valid_loss/b");
   EXPECT_NE(a, b);
   ASSERT_TRUE(last.validation_loss.has_value());  // over a's and b's files
   EXPECT_GT(*last.validation_loss, std::min(a, b));
   EXPECT_LT(*last.validation_loss, std::max(a, b));
-  EXPECT_EQ(reference.result->source_validation_loss,
-            last.source_validation_loss);
+  EXPECT_EQ(reference.result->validation_loss, last.validation_loss);
 
   options.output.dir = out.path() + "/interrupted";
   options.checkpoint.dir = out.path() + "/ckpt";

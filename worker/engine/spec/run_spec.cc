@@ -84,6 +84,21 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, MaskedT
   f("mask_token", s.mask_token);
 }
 template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, DpoSpec> {
+  f("beta", s.beta);
+  f("loss_type", s.loss_type);
+  f("label_smoothing", s.label_smoothing);
+  f("rpo_alpha", s.rpo_alpha);
+  f("max_prompt_len", s.max_prompt_len);
+  f("loss_chunk_tokens", s.loss_chunk_tokens);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, OrpoSpec> {
+  f("lambda", s.lambda);
+  f("max_prompt_len", s.max_prompt_len);
+  f("loss_chunk_tokens", s.loss_chunk_tokens);
+}
+template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, OptimizerSpec> {
   f("learning_rate", s.learning_rate);
   f("weight_decay", s.weight_decay);
@@ -125,6 +140,8 @@ template <> constexpr const char* kName<DataSpec> = "data";
 template <> constexpr const char* kName<LoraSpec> = "adapter";
 template <> constexpr const char* kName<FullSpec> = "adapter";
 template <> constexpr const char* kName<SftSpec> = "objective";
+template <> constexpr const char* kName<DpoSpec> = "objective";
+template <> constexpr const char* kName<OrpoSpec> = "objective";
 template <> constexpr const char* kName<OptimizerSpec> = "optimizer";
 template <> constexpr const char* kName<ScheduleSpec> = "schedule";
 template <> constexpr const char* kName<CheckpointSpec> = "checkpoint";
@@ -368,7 +385,21 @@ std::string AdapterType(const AdapterSpec& adapter) {
   return std::holds_alternative<LoraSpec>(adapter) ? "lora" : "full";
 }
 
-std::string ObjectiveType(const ObjectiveSpec&) { return "sft"; }
+std::string ObjectiveType(const ObjectiveSpec& objective) {
+  constexpr const char* kTypes[] = {"sft", "dpo", "orpo"};
+  static_assert(std::variant_size_v<ObjectiveSpec> == std::size(kTypes));
+  return kTypes[objective.index()];
+}
+
+std::string HyperparametersField(const ObjectiveSpec& objective) {
+  const std::string type = ObjectiveType(objective);
+  return absl::StrCat("method.", type == "sft" ? "supervised" : type,
+                      ".hyperparameters");
+}
+
+bool IsPreference(const ObjectiveSpec& objective) {
+  return !std::holds_alternative<SftSpec>(objective);
+}
 
 // ---- model
 Json ToJson(const ModelSpec& s) { return SectionToJson(s); }
@@ -476,10 +507,40 @@ Json ToJson(const ObjectiveSpec& s) {
   return json;
 }
 absl::Status FromJson(const Json& j, ObjectiveSpec* s) {
-  return VariantFromJson<ObjectiveSpec>(j, s, "objective",
-                                        {{"sft", SftSpec{}}});
+  return VariantFromJson<ObjectiveSpec>(
+      j, s, "objective",
+      {{"sft", SftSpec{}}, {"dpo", DpoSpec{}}, {"orpo", OrpoSpec{}}});
 }
 absl::Status Validate(const ObjectiveSpec& s) {
+  if (const auto* dpo = std::get_if<DpoSpec>(&s)) {
+    if (!(dpo->beta > 0 && dpo->beta <= 2)) {
+      return Invalid("objective.beta", "must be in (0, 2]");
+    }
+    if (dpo->loss_type != "sigmoid" && dpo->loss_type != "robust" &&
+        dpo->loss_type != "hinge" && dpo->loss_type != "ipo") {
+      return Invalid("objective.loss_type",
+                     absl::StrCat("is \"", dpo->loss_type,
+                                  "\"; known: sigmoid, robust, hinge, ipo"));
+    }
+    if (!(dpo->label_smoothing >= 0 && dpo->label_smoothing < 0.5)) {
+      return Invalid("objective.label_smoothing", "must be in [0, 0.5)");
+    }
+    if (dpo->label_smoothing > 0 && dpo->loss_type != "sigmoid" &&
+        dpo->loss_type != "robust") {
+      return Invalid("objective.label_smoothing",
+                     "is for loss_type sigmoid and robust only");
+    }
+    RETURN_IF_ERROR(NonNegative("objective", "rpo_alpha", dpo->rpo_alpha));
+    RETURN_IF_ERROR(Positive("objective", "max_prompt_len",
+                             dpo->max_prompt_len));
+    return Positive("objective", "loss_chunk_tokens", dpo->loss_chunk_tokens);
+  }
+  if (const auto* orpo = std::get_if<OrpoSpec>(&s)) {
+    RETURN_IF_ERROR(Positive("objective", "lambda", orpo->lambda));
+    RETURN_IF_ERROR(Positive("objective", "max_prompt_len",
+                             orpo->max_prompt_len));
+    return Positive("objective", "loss_chunk_tokens", orpo->loss_chunk_tokens);
+  }
   const SftSpec& sft = std::get<SftSpec>(s);
   RETURN_IF_ERROR(
       Positive("objective", "loss_chunk_tokens", sft.loss_chunk_tokens));
@@ -508,12 +569,27 @@ absl::Status Validate(const ObjectiveSpec& s) {
   return absl::OkStatus();
 }
 void AddResumeKeys(const ObjectiveSpec& s, Json* keys) {
-  // A checkpoint of one objective is not resumed by another; "sft", the
-  // only one so far, adds no key, so that older checkpoints stay resumable.
+  // A checkpoint of one objective is not resumed by another; "sft" adds no
+  // key, so that checkpoints older than the objectives stay resumable.
   if (ObjectiveType(s) != "sft") (*keys)["objective"] = ObjectiveType(s);
+  // What defines the loss and the examples; loss_chunk_tokens only changes
+  // how it is computed.
+  if (const auto* dpo = std::get_if<DpoSpec>(&s)) {
+    (*keys)["dpo.beta"] = dpo->beta;
+    (*keys)["dpo.loss_type"] = dpo->loss_type;
+    (*keys)["dpo.label_smoothing"] = dpo->label_smoothing;
+    (*keys)["dpo.rpo_alpha"] = dpo->rpo_alpha;
+    (*keys)["dpo.max_prompt_len"] = dpo->max_prompt_len;
+  }
+  if (const auto* orpo = std::get_if<OrpoSpec>(&s)) {
+    (*keys)["orpo.lambda"] = orpo->lambda;
+    (*keys)["orpo.max_prompt_len"] = orpo->max_prompt_len;
+  }
   // Masked Thought changes every step's inputs; off adds no key.
-  const MaskedThoughtSpec& mt = std::get<SftSpec>(s).masked_thought;
-  if (mt.mask_rate > 0) (*keys)["masked_thought"] = SectionToJson(mt);
+  if (const auto* sft = std::get_if<SftSpec>(&s);
+      sft != nullptr && sft->masked_thought.mask_rate > 0) {
+    (*keys)["masked_thought"] = SectionToJson(sft->masked_thought);
+  }
 }
 
 // ---- optimizer
@@ -695,6 +771,18 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
   RETURN_IF_ERROR(status);
   if (Lora(spec.adapter) == nullptr && !spec.output.merged_dir.empty()) {
     return Invalid("output.merged_dir", "is for LoRA runs only");
+  }
+  // A pair row must keep at least one reply token after its prompt.
+  const int max_prompt_len = std::visit(
+      [](const auto& o) {
+        if constexpr (requires { o.max_prompt_len; }) return o.max_prompt_len;
+        return 0;
+      },
+      spec.objective);
+  if (max_prompt_len >= spec.data.max_seq_len) {
+    return Invalid("objective.max_prompt_len",
+                   absl::StrCat("must be below data.max_seq_len (",
+                                spec.data.max_seq_len, ")"));
   }
   return absl::OkStatus();
 }

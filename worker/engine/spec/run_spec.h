@@ -132,7 +132,37 @@ struct SftSpec {
   MaskedThoughtSpec masked_thought;
 };
 
-using ObjectiveSpec = std::variant<SftSpec>;
+// "objective" {"type": "dpo", ...}: Direct Preference Optimization and its
+// variants on preference pairs (../shared/METHODS.md §1, TRL v0.24's
+// semantics): the policy's log-probability margin of the preferred over the
+// non-preferred reply against the reference model's (the base with the
+// adapter off for LoRA; log-probabilities computed before the first step
+// for full fine-tuning).
+struct DpoSpec {
+  double beta = 0.1;               // 0.5: β, in (0, 2]
+  std::string loss_type = "sigmoid";  // "robust", "hinge", "ipo"
+  // ε: cDPO's label smoothing (sigmoid) or robust DPO's noise rate; [0, 0.5).
+  double label_smoothing = 0.0;  // 0.1
+  // RPO: α times the NLL of the preferred reply is added; 0 = off.
+  double rpo_alpha = 0.0;  // 1.0
+  // The prompt keeps its last max_prompt_len tokens (below
+  // data.max_seq_len; lathed's auto is min(512, max_seq_len / 2), this
+  // default that for the default max_seq_len); the whole pair row is then
+  // cut to data.max_seq_len, keeping its start.
+  int max_prompt_len = 256;      // 512
+  int loss_chunk_tokens = 1024;  // as SftSpec's
+};
+
+// "objective" {"type": "orpo", ...}: ORPO (METHODS.md §1.8): the NLL of the
+// preferred row (prompt included, as TRL) plus λ times the odds-ratio loss
+// of the mean token log-probabilities; no reference model.
+struct OrpoSpec {
+  double lambda = 0.1;  // 0.25: TRL's beta
+  int max_prompt_len = 256;  // 512: as DpoSpec's
+  int loss_chunk_tokens = 1024;
+};
+
+using ObjectiveSpec = std::variant<SftSpec, DpoSpec, OrpoSpec>;
 
 // "optimizer": AdamW and what one optimizer step is.
 struct OptimizerSpec {
@@ -196,9 +226,15 @@ struct RunSpec {
   OutputSpec output;
 };
 
-// "lora" or "full"; "sft".
+// "lora" or "full"; "sft", "dpo" or "orpo".
 std::string AdapterType(const AdapterSpec& adapter);
 std::string ObjectiveType(const ObjectiveSpec& objective);
+// The API's name of the objective's hyperparameters, for errors about a
+// setting: "method.supervised.hyperparameters", "method.dpo.…", ….
+std::string HyperparametersField(const ObjectiveSpec& objective);
+// Whether the objective trains on preference pairs (data in the preference
+// format) rather than on chat / prompt-completion / text examples.
+bool IsPreference(const ObjectiveSpec& objective);
 // The LoRA settings, or nullptr for another adapter.
 inline const LoraSpec* Lora(const AdapterSpec& a) {
   return std::get_if<LoraSpec>(&a);

@@ -60,6 +60,30 @@ TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
   ExpectRoundTrip(s.adapter);
   ExpectRoundTrip(AdapterSpec(FullSpec{}));
   ExpectRoundTrip(s.objective);
+  // The preference objectives, every field away from its default.
+  const DpoSpec dpo{.beta = 0.3,
+                    .loss_type = "robust",
+                    .label_smoothing = 0.2,
+                    .rpo_alpha = 1.5,
+                    .max_prompt_len = 40,
+                    .loss_chunk_tokens = 64};
+  const OrpoSpec orpo{.lambda = 0.5, .max_prompt_len = 30,
+                      .loss_chunk_tokens = 32};
+  ExpectRoundTrip(ObjectiveSpec(dpo));
+  ExpectRoundTrip(ObjectiveSpec(orpo));
+  for (const Json& json : {ToJson(ObjectiveSpec(dpo)),
+                           ToJson(ObjectiveSpec(orpo))}) {
+    const std::string type = json["type"];
+    const Json defaults =
+        ToJson(type == "dpo" ? ObjectiveSpec(DpoSpec{}) : OrpoSpec{});
+    for (const auto& [name, value] : json.items()) {
+      if (name != "type") EXPECT_NE(value, defaults[name]) << type << name;
+    }
+  }
+  EXPECT_EQ(HyperparametersField(ObjectiveSpec(dpo)),
+            "method.dpo.hyperparameters");
+  EXPECT_EQ(HyperparametersField(SftSpec{}),
+            "method.supervised.hyperparameters");
   ExpectRoundTrip(s.optimizer);
   ExpectRoundTrip(s.schedule);
   ExpectRoundTrip(s.checkpoint);
@@ -132,7 +156,9 @@ TEST(RunSpecTest, ReadingErrorsNameTheField) {
       {Json{{"adapter", {{"type", "full"}, {"rank", 3}}}}, "\"adapter.rank\""},
       {Json{{"adapter", {{"type", "dora"}}}}, "\"adapter.type\""},
       {Json{{"adapter", {{"use_rslora", 1}}}}, "\"adapter.use_rslora\""},
-      {Json{{"objective", {{"type", "dpo"}}}}, "\"objective.type\""},
+      {Json{{"objective", {{"type", "kto"}}}}, "\"objective.type\""},
+      {Json{{"objective", {{"type", "orpo"}, {"beta", 0.1}}}},
+       "\"objective.beta\""},
       {Json{{"schedule", 3}}, "\"schedule\""},
       {Json{{"epochs", 3}}, "\"epochs\""},
       // The flat layout's fields say where they went.
@@ -172,6 +198,25 @@ TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
        },
        "adapter.target_modules"},
       {[](RunSpec& s) { s.objective = SftSpec{.loss_chunk_tokens = 0}; },
+       "objective.loss_chunk_tokens"},
+      {[](RunSpec& s) { s.objective = DpoSpec{.beta = 0}; }, "objective.beta"},
+      {[](RunSpec& s) { s.objective = DpoSpec{.beta = 2.5}; },
+       "objective.beta"},
+      {[](RunSpec& s) { s.objective = DpoSpec{.loss_type = "kto"}; },
+       "objective.loss_type"},
+      {[](RunSpec& s) { s.objective = DpoSpec{.label_smoothing = 0.5}; },
+       "objective.label_smoothing"},
+      {[](RunSpec& s) {
+         s.objective = DpoSpec{.loss_type = "ipo", .label_smoothing = 0.1};
+       },
+       "objective.label_smoothing"},
+      {[](RunSpec& s) { s.objective = DpoSpec{.rpo_alpha = -1}; },
+       "objective.rpo_alpha"},
+      {[](RunSpec& s) { s.objective = DpoSpec{.max_prompt_len = 99}; },
+       "objective.max_prompt_len"},
+      {[](RunSpec& s) { s.objective = OrpoSpec{.lambda = 0}; },
+       "objective.lambda"},
+      {[](RunSpec& s) { s.objective = OrpoSpec{.loss_chunk_tokens = 0}; },
        "objective.loss_chunk_tokens"},
       {[](RunSpec& s) { s.optimizer.learning_rate = 0; },
        "optimizer.learning_rate"},

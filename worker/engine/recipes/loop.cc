@@ -1,0 +1,248 @@
+#include "worker/engine/recipes/loop.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "spdlog/spdlog.h"
+#include "worker/engine/adapters/adapter.h"
+#include "worker/engine/checkpoint/run_checkpoint.h"
+#include "worker/engine/data/cursor.h"
+#include "worker/engine/device/placement.h"
+#include "worker/engine/error_kind.h"
+#include "worker/engine/optim/adamw.h"
+#include "worker/engine/optim/schedule.h"
+
+namespace lathe::engine {
+
+using Json = nlohmann::json;
+
+absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec) {
+  const ModelSpec& m = spec.model;
+  ModelSetup setup;
+  ASSIGN_OR_RETURN(const Placement placement, ResolvePlacement(spec.device));
+  // The base model's files are the operator's: a broken one is never
+  // blamed on the user's data.
+  ASSIGN_OR_RETURN(setup.model, WithErrorKind(LlamaModel::Load(m.dir),
+                                              ErrorKind::kModel));
+  ASSIGN_OR_RETURN(setup.tokenizer, WithErrorKind(Tokenizer::Load(m.dir),
+                                                  ErrorKind::kModel));
+  if (setup.tokenizer->vocab_size() > setup.model->config().vocab_size) {
+    return WithErrorKind(absl::InvalidArgumentError(absl::StrCat(
+                             m.dir, ": the tokenizer has ",
+                             setup.tokenizer->vocab_size(),
+                             " tokens but config.json's vocab_size is ",
+                             setup.model->config().vocab_size)),
+                         ErrorKind::kModel);
+  }
+  setup.chat_template = ChatTemplateFor(*setup.tokenizer, m.chat_template);
+  // Mixed precision: a frozen base is held in the compute dtype; what is
+  // trained stays float32 (masters, and AdamW's moments with them).
+  setup.model->Place(placement.device,
+                     Lora(spec.adapter) != nullptr ? placement.compute
+                                                   : torch::kFloat32,
+                     placement.compute);
+  torch::manual_seed(spec.seed);
+  RETURN_IF_ERROR(MakeTrainable(*setup.model, spec.adapter));
+  return setup;
+}
+
+namespace {
+
+// Fills `m` from a validation pass.
+void Record(const EvalWork& eval, StepMetrics& m) {
+  m.validation_loss = eval.loss;
+  m.validation_accuracy = eval.token_accuracy;
+  for (const auto& [name, value] : eval.values) {
+    m.values[absl::StrCat("valid_", name)] = value;
+  }
+}
+
+}  // namespace
+
+int64_t TotalSteps(const RunSpec& spec, size_t epoch_examples) {
+  const int64_t examples_per_step =
+      static_cast<int64_t>(spec.data.batch_size) *
+      spec.optimizer.gradient_accumulation_steps;
+  const int64_t steps_per_epoch =
+      (static_cast<int64_t>(epoch_examples) + examples_per_step - 1) /
+      examples_per_step;
+  return steps_per_epoch * spec.schedule.n_epochs;
+}
+
+absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
+                                    Objective& objective,
+                                    const TrainHooks& hooks) {
+  const std::string hyperparameters = HyperparametersField(spec.objective);
+  ASSIGN_OR_RETURN(const LrSchedule schedule,
+                   WithErrorKind(ParseLrSchedule(spec.schedule.lr_scheduler),
+                                 ErrorKind::kUserOptions,
+                                 absl::StrCat(hyperparameters,
+                                              ".lr_scheduler")));
+  // A mixture's sources are fingerprinted by content, each.
+  Json resume_keys = ResumeKeys(spec);
+  const std::vector<MixtureSourceSpec>& sources = spec.data.mixture.sources;
+  for (size_t i = 1; i < sources.size(); ++i) {
+    ASSIGN_OR_RETURN(
+        resume_keys[absl::StrCat("mixture.sources[", i, "].fnv1a64")],
+        FileFingerprint(sources[i].file));
+  }
+  ASSIGN_OR_RETURN(
+      const Json fingerprint,
+      RunFingerprint(std::move(resume_keys), spec.model.dir,
+                     sources.empty() ? spec.data.training_file
+                                     : sources[0].file));
+  const DataSpec& data_spec = spec.data;
+  const OptimizerSpec& optimizer_spec = spec.optimizer;
+
+  const std::vector<AdamW::Param> params =
+      TrainableParams(model, spec.adapter);
+  AdamW optimizer(params,
+                  AdamWOptions{.weight_decay = optimizer_spec.weight_decay});
+  const size_t examples = objective.train_examples();
+  const MixturePlan* mixture = objective.mixture();
+  const int64_t total_steps = TotalSteps(
+      spec, mixture != nullptr ? mixture->EpochSize() : examples);
+
+  // Fresh, or resumed.
+  Progress progress;
+  DataCursor data = DataCursor::Start(examples, spec.seed, mixture);
+  const std::string& resume_from = spec.checkpoint.resume_from;
+  if (!resume_from.empty()) {
+    RETURN_IF_ERROR(ResumeRunCheckpoint(
+        resume_from, TrainedWeightsFile(spec.adapter), params, optimizer,
+        progress, data, total_steps, fingerprint, model.device()));
+    RETURN_IF_ERROR(objective.LoadState(resume_from));
+  } else {
+    RETURN_IF_ERROR(objective.Prepare());
+  }
+  const LoraSpec* lora = Lora(spec.adapter);
+  spdlog::info(
+      "training {} on {} ({} on {}, {} examples, {} steps from step {}, lr "
+      "{} {}, batch {} x {}, max_seq_len {}, seed {}, packing {}, "
+      "activation checkpointing {}; {})",
+      lora != nullptr ? absl::StrCat("LoRA r=", lora->rank) : "all weights",
+      spec.model.dir, c10::toString(model.compute_dtype()),
+      model.device().str(), examples, total_steps, progress.step,
+      optimizer_spec.learning_rate, spec.schedule.lr_scheduler,
+      data_spec.batch_size, optimizer_spec.gradient_accumulation_steps,
+      data_spec.max_seq_len, spec.seed, data_spec.packing,
+      spec.device.activation_checkpointing, objective.Describe());
+
+  TrainResult result;
+  result.truncated_examples = objective.truncated_examples();
+  StepMetrics m;
+  m.step = progress.step;
+  m.total_steps = total_steps;
+  // The step whose checkpoint exists: the one resumed from, then the ones
+  // this run writes. A stop right after a resume does not write (and
+  // upload) the same step again.
+  int64_t checkpointed_step = resume_from.empty() ? -1 : progress.step;
+  auto checkpoint = [&]() -> absl::Status {
+    auto save_state = [&](const std::string& dir) -> absl::Status {
+      // float32 whatever the source dtype, so that resuming is exact.
+      RETURN_IF_ERROR(SaveTrained(model, spec.adapter, spec.model, dir,
+                                  torch::kFloat32));
+      return objective.SaveState(dir);
+    };
+    ASSIGN_OR_RETURN(SavedCheckpoint saved,
+                     SaveRunCheckpoint(spec.checkpoint, save_state, optimizer,
+                                       progress, data, total_steps,
+                                       fingerprint, model.device()));
+    CheckpointInfo info{.step = progress.step,
+                        .dir = saved.dir,
+                        .files = saved.files,
+                        .metrics = m,
+                        .validation_loss = m.validation_loss};
+    checkpointed_step = progress.step;
+    if (hooks.on_checkpoint) hooks.on_checkpoint(info);
+    return absl::OkStatus();
+  };
+  const int eval_every = spec.evaluation.every_steps;
+  const int checkpoint_every = spec.checkpoint.every_steps;
+
+  // Steps.
+  while (progress.step < total_steps) {
+    const StopRequest stop =
+        hooks.should_stop ? hooks.should_stop() : StopRequest::kNone;
+    if (stop == StopRequest::kCancel) {
+      return absl::CancelledError(
+          absl::StrCat("cancelled at step ", progress.step));
+    }
+    if (stop == StopRequest::kCheckpointAndStop) {
+      if (checkpointed_step != progress.step) RETURN_IF_ERROR(checkpoint());
+      return absl::AbortedError(absl::StrCat("stopped at step ", progress.step,
+                                             " after checkpointing"));
+    }
+
+    const auto start = std::chrono::steady_clock::now();
+    m = StepMetrics{.step = progress.step + 1, .total_steps = total_steps};
+    m.learning_rate = LearningRateAt(schedule, progress.step, total_steps,
+                                     spec.schedule.warmup_steps,
+                                     optimizer_spec.learning_rate);
+    optimizer.ZeroGrad();
+    ASSIGN_OR_RETURN(
+        StepWork work,
+        objective.Step(data.TakeStep(data_spec.batch_size,
+                                     optimizer_spec.gradient_accumulation_steps),
+                       m.step));
+    m.loss = work.loss;
+    m.token_accuracy = work.token_accuracy;
+    m.values = std::move(work.values);
+    result.padding_tokens += work.padding;
+    result.loss_peak_bytes =
+        std::max(result.loss_peak_bytes, work.loss_peak_bytes);
+    if (!std::isfinite(m.loss)) {
+      // Retrying would diverge the same way: stop and say what to change.
+      // The weights are left as they were before the step.
+      return WithErrorKind(
+          absl::OutOfRangeError(absl::StrCat(
+              "nan_loss: the training loss became ", m.loss, " at step ",
+              m.step,
+              "; lower the learning rate (learning_rate_multiplier) or check "
+              "the data")),
+          ErrorKind::kUserOptions,
+          absl::StrCat(hyperparameters, ".learning_rate_multiplier"));
+    }
+    m.grad_norm = torch::nn::utils::clip_grad_norm_(
+        optimizer.tensors(), optimizer_spec.max_grad_norm);
+    optimizer.Step(m.learning_rate);
+    const std::chrono::duration<double> seconds =
+        std::chrono::steady_clock::now() - start;
+    m.tokens_per_second = work.tokens / std::max(seconds.count(), 1e-9);
+
+    progress.step = m.step;
+    progress.trained_tokens += work.tokens;
+    if (m.step == 1) progress.first_loss = m.loss;
+    progress.last_loss = m.loss;
+    m.trained_tokens = progress.trained_tokens;
+    if (objective.has_validation() &&
+        ((eval_every > 0 && m.step % eval_every == 0) ||
+         m.step == total_steps)) {
+      Record(objective.Evaluate(), m);
+    }
+    if (hooks.on_step) hooks.on_step(m);
+    if (checkpoint_every > 0 && m.step % checkpoint_every == 0) {
+      RETURN_IF_ERROR(checkpoint());
+    }
+  }
+
+  // Export.
+  result.steps = progress.step;
+  result.trained_tokens = progress.trained_tokens;
+  result.first_loss = progress.first_loss;
+  result.last_loss = progress.last_loss;
+  if (objective.has_validation()) {
+    result.validation_loss = m.validation_loss.has_value()
+                                 ? *m.validation_loss
+                                 : objective.Evaluate().loss;
+  }
+  RETURN_IF_ERROR(ExportResult(model, spec.adapter, spec.model, spec.output));
+  return result;
+}
+
+}  // namespace lathe::engine

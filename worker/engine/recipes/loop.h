@@ -1,0 +1,117 @@
+// The training loop every recipe shares: set up the model, or resume ->
+// for each step: the objective's forward and backward over the step's
+// micro-batches, clip, optimizer step, schedule, log, evaluate, checkpoint
+// -> export. A recipe (sft.cc, preference.cc) loads its data, implements
+// Objective (what a step computes from the examples the data cursor
+// gives it) and calls RunLoop; the loop never knows which objective runs.
+#ifndef LATHE_WORKER_ENGINE_RECIPES_LOOP_H_
+#define LATHE_WORKER_ENGINE_RECIPES_LOOP_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "worker/engine/data/chat_data.h"
+#include "worker/engine/data/mixture.h"
+#include "worker/engine/model/llama.h"
+#include "worker/engine/recipes/run.h"
+#include "worker/engine/spec/run_spec.h"
+#include "worker/engine/text/tokenizer.h"
+
+namespace lathe::engine {
+
+// The model a run trains, on its device, with its adapter attached, and
+// the text side of the base.
+struct ModelSetup {
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  // An error when the base has no known chat template: a recipe reports it
+  // only if its data holds chat lines.
+  absl::StatusOr<ChatTemplate> chat_template = absl::UnknownError("unset");
+};
+
+// Loads the base (errors of the kind kModel), places it (spec.device: a
+// frozen LoRA base in the compute dtype, float32 masters otherwise), seeds
+// torch's generator with spec.seed and attaches the adapter.
+absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec);
+
+// What one optimizer step computed, before the update.
+struct StepWork {
+  double loss = 0;            // the step's loss, as the objective defines it
+  double token_accuracy = 0;  // argmax == label over the trained tokens
+  int64_t tokens = 0;         // real tokens of the step's forward passes
+  int64_t padding = 0;        // pad tokens computed
+  int64_t loss_peak_bytes = 0;  // largest logits block the loss held
+  // Further figures of the objective, by name ("rewards/margins"): carried
+  // to StepMetrics::values and the metrics events.
+  std::map<std::string, double> values;
+};
+
+// A validation pass's figures; `values` go to StepMetrics::values with
+// "valid_" before each name.
+struct EvalWork {
+  double loss = 0;
+  double token_accuracy = 0;
+  std::map<std::string, double> values;
+};
+
+// What a recipe's objective does in the loop. Called on the training thread.
+class Objective {
+ public:
+  virtual ~Objective() = default;
+
+  // Training examples: the data cursor shuffles their indices.
+  virtual size_t train_examples() const = 0;
+  // For a mixture (data/mixture.h): how each epoch draws from the training
+  // examples (the sources end to end); null = one shuffled pass. Must
+  // outlive the loop.
+  virtual const MixturePlan* mixture() const { return nullptr; }
+  // Examples of the training file cut to fit (for TrainResult).
+  virtual int64_t truncated_examples() const { return 0; }
+
+  // Forward and backward over `micro_batches` (indices into the training
+  // examples) for optimizer step `step` (1-based), accumulating gradients
+  // into the trained tensors (zeroed before); the step's loss is the
+  // objective's mean over the whole step. OUT_OF_RANGE is not for this:
+  // the loop checks the loss is finite.
+  virtual absl::StatusOr<StepWork> Step(
+      const std::vector<std::vector<size_t>>& micro_batches, int64_t step) = 0;
+
+  // Whether Evaluate has data to run on.
+  virtual bool has_validation() const { return false; }
+  // A validation pass, without gradients or dropout.
+  virtual EvalWork Evaluate() { return {}; }
+
+  // Before the first step of a fresh run (not on resume): work that must
+  // see the untrained model, e.g. reference log-probabilities.
+  virtual absl::Status Prepare() { return absl::OkStatus(); }
+  // The objective's own state, written into each checkpoint folder (beside
+  // the weights) and read back on resume instead of Prepare.
+  virtual absl::Status SaveState(const std::string& dir) const {
+    return absl::OkStatus();
+  }
+  virtual absl::Status LoadState(const std::string& dir) {
+    return absl::OkStatus();
+  }
+
+  // A few words for the run's log line ("SFT, loss chunks of 1024 tokens").
+  virtual std::string Describe() const = 0;
+};
+
+// The optimizer steps of a run whose epochs hold `epoch_examples`
+// examples: ceil(epoch_examples / (batch_size x accumulation)) x n_epochs.
+int64_t TotalSteps(const RunSpec& spec, size_t epoch_examples);
+
+// Trains `model` (from SetUpModel) with `objective` as Train (run.h)
+// describes, writing checkpoints and the result.
+absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
+                                    Objective& objective,
+                                    const TrainHooks& hooks);
+
+}  // namespace lathe::engine
+
+#endif  // LATHE_WORKER_ENGINE_RECIPES_LOOP_H_
