@@ -201,9 +201,9 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
   hp.set_eval_every_steps(spec.evaluation.every_steps);
   hp.set_max_grad_norm(spec.optimizer.max_grad_norm);
   hp.set_checkpoint_every_steps(spec.checkpoint.every_steps);
-  const engine::MaskedThoughtSpec& mt =
-      std::get<engine::SftSpec>(spec.objective).masked_thought;
-  if (mt.mask_rate > 0) {
+  const auto* sft = std::get_if<engine::SftSpec>(&spec.objective);
+  if (sft != nullptr && sft->masked_thought.mask_rate > 0) {
+    const engine::MaskedThoughtSpec& mt = sft->masked_thought;
     v1::MaskedThought& wire =
         *job.mutable_method()->mutable_supervised()->mutable_masked_thought();
     wire.set_mask_rate(mt.mask_rate);
