@@ -4,7 +4,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <iostream>
+#include <map>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -18,6 +20,7 @@
 #include "cli/args.h"
 #include "client/client.h"
 #include "common/control_chars.h"
+#include "common/job_method.h"
 #include "common/job_state.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -39,7 +42,8 @@ Usage:
   lathe models list
   lathe models get MODEL_ID
   lathe jobs create --model NAME --training-file FILE_ID
-                    [--validation-file FILE_ID] [--method lora|full]
+                    [--validation-file FILE_ID]
+                    [--method supervised|dpo|orpo] [--adapter lora|full]
                     [--n-epochs N] [--batch-size N]
                     [--learning-rate-multiplier X] [--warmup-steps N]
                     [--lr-scheduler linear|cosine|constant]
@@ -48,6 +52,9 @@ Usage:
                     [--eval-every-steps N] [--checkpoint-every-steps N]
                     [--lora-rank R] [--lora-alpha A] [--lora-dropout P]
                     [--lora-target-modules q_proj,v_proj,...] [--lora-rslora]
+                    dpo, orpo: [--beta B] [--max-prompt-len N]
+                    dpo: [--loss-type sigmoid|robust|hinge|ipo]
+                         [--label-smoothing E] [--rpo-alpha A]
                     [--suffix S] [--seed N] [--metadata KEY=VALUE]...
                     [--priority low|normal|high] [--idempotency-key KEY]
                     [--mixture FILE_ID:WEIGHT[:VALID_FILE_ID],...
@@ -213,7 +220,9 @@ void PrintJob(const v1::Job& j) {
         mt.warmup_ratio(),
         mt.has_mask_token_id() ? absl::StrCat(mt.mask_token_id()) : std::string("pad"));
   }
-  const auto& hp = j.method().supervised().hyperparameters();
+  const auto& hp = MethodHyperparameters(j.method());
+  const std::string method = MethodType(j.method());
+  std::cout << "method:           " << method << "\n";
   std::cout << absl::StrFormat(
       "hyperparameters:  n_epochs=%d batch_size=%d learning_rate_multiplier=%g "
       "(learning_rate=%g)\n"
@@ -225,8 +234,19 @@ void PrintJob(const v1::Job& j) {
       hp.warmup_steps(), SchedulerName(hp.lr_scheduler()), hp.weight_decay(),
       hp.gradient_accumulation_steps(), hp.max_seq_len(), hp.max_grad_norm(),
       hp.eval_every_steps(), hp.checkpoint_every_steps());
+  if (method == "dpo") {
+    std::cout << absl::StrFormat(
+        "dpo:              beta=%g loss_type=%s label_smoothing=%g rpo_alpha=%g "
+        "max_prompt_len=%d\n",
+        hp.beta(),
+        absl::AsciiStrToLower(v1::PreferenceLoss_Name(hp.loss_type()).substr(16)),
+        hp.label_smoothing(), hp.rpo_alpha(), hp.max_prompt_len());
+  } else if (method == "orpo") {
+    std::cout << absl::StrFormat("orpo:             lambda=%g max_prompt_len=%d\n",
+                                 hp.beta(), hp.max_prompt_len());
+  }
   if (j.adapter() == v1::ADAPTER_TYPE_FULL) {
-    std::cout << "method:           full (every weight is trained)\n";
+    std::cout << "adapter:          full (every weight is trained)\n";
   } else {
     std::cout << absl::StrFormat(
         "lora:             rank=%d alpha=%g dropout=%g targets=%s%s\n", j.lora().rank(),
@@ -269,9 +289,10 @@ void PrintEvent(const v1::JobEvent& e) {
         "%s  step %d/%d  loss %.4f  acc %.3f  lr %.2e  %.0f tok/s", when, m.step(),
         m.total_steps(), m.train_loss(), m.train_mean_token_accuracy(),
         m.learning_rate(), m.tokens_per_second());
+    // The method's own figures, by name (sorted: the map is ordered).
     for (const auto& [name, value] :
          std::map<std::string, double>(m.values().begin(), m.values().end())) {
-      std::cout << absl::StrFormat("  %s %.4f", name, value);
+      std::cout << absl::StrFormat("  %s %.4g", name, value);
     }
     std::cout << "\n";
   } else {
@@ -404,8 +425,27 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
   r.set_validation_file(a.GetOr("validation-file", ""));
   r.set_suffix(a.GetOr("suffix", ""));
   r.set_idempotency_key(a.GetOr("idempotency-key", ""));
-  r.mutable_method()->set_type("supervised");
-  auto* hp = r.mutable_method()->mutable_supervised()->mutable_hyperparameters();
+  // The method (what is optimised) and the adapter (what is trained).
+  // --method lora|full, from before the methods, still chooses the adapter
+  // of supervised fine-tuning.
+  std::string method = a.GetOr("method", "supervised");
+  if (method == "full" || method == "lora") {
+    r.set_adapter(method == "full" ? v1::ADAPTER_TYPE_FULL : v1::ADAPTER_TYPE_LORA);
+    method = "supervised";
+  }
+  if (std::find(std::begin(kMethodTypes), std::end(kMethodTypes), method) ==
+      std::end(kMethodTypes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--method: use ", absl::StrJoin(kMethodTypes, ", ")));
+  }
+  if (a.Has("adapter")) {
+    const std::string adapter = *a.Get("adapter");
+    if (adapter == "full") r.set_adapter(v1::ADAPTER_TYPE_FULL);
+    else if (adapter == "lora") r.set_adapter(v1::ADAPTER_TYPE_LORA);
+    else return absl::InvalidArgumentError("--adapter: use lora or full");
+  }
+  r.mutable_method()->set_type(method);
+  auto* hp = MutableMethodHyperparameters(*r.mutable_method());
   auto is_auto = [&](const std::string& f) { return a.GetOr(f, "auto") == "auto"; };
   if (!is_auto("n-epochs")) {
     auto v = IntFlag(a, "n-epochs");
@@ -423,15 +463,6 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     hp->set_learning_rate_multiplier(*v);
   }
   // Lathe's settings: each unset one is auto (the job shows what ran).
-  if (a.Has("method")) {
-    // The objective is supervised; lora/full choose what is trained.
-    std::string m = *a.Get("method");
-    if (m == "full") r.set_adapter(v1::ADAPTER_TYPE_FULL);
-    else if (m == "lora") r.set_adapter(v1::ADAPTER_TYPE_LORA);
-    else if (m != "supervised") {
-      return absl::InvalidArgumentError("--method: use lora or full (supervised fine-tuning)");
-    }
-  }
   struct IntSetting {
     const char* flag;
     void (v1::Hyperparameters::*set)(int32_t);
@@ -444,6 +475,7 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
            IntSetting{"eval-every-steps", &v1::Hyperparameters::set_eval_every_steps},
            IntSetting{"checkpoint-every-steps",
                       &v1::Hyperparameters::set_checkpoint_every_steps},
+           IntSetting{"max-prompt-len", &v1::Hyperparameters::set_max_prompt_len},
        }) {
     if (is_auto(f.flag)) continue;
     auto v = IntFlag(a, f.flag);
@@ -453,7 +485,10 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
   for (const auto& [flag, set] :
        std::vector<std::pair<const char*, void (v1::Hyperparameters::*)(double)>>{
            {"weight-decay", &v1::Hyperparameters::set_weight_decay},
-           {"max-grad-norm", &v1::Hyperparameters::set_max_grad_norm}}) {
+           {"max-grad-norm", &v1::Hyperparameters::set_max_grad_norm},
+           {"beta", &v1::Hyperparameters::set_beta},
+           {"label-smoothing", &v1::Hyperparameters::set_label_smoothing},
+           {"rpo-alpha", &v1::Hyperparameters::set_rpo_alpha}}) {
     if (is_auto(flag)) continue;
     auto v = DoubleFlag(a, flag);
     if (!v.ok()) return v.status();
@@ -467,6 +502,15 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
       return absl::InvalidArgumentError("--lr-scheduler: use linear, cosine or constant");
     }
     hp->set_lr_scheduler(s);
+  }
+  if (!is_auto("loss-type")) {
+    v1::PreferenceLoss l;
+    if (!v1::PreferenceLoss_Parse(
+            "PREFERENCE_LOSS_" + absl::AsciiStrToUpper(*a.Get("loss-type")), &l) ||
+        l == v1::PREFERENCE_LOSS_UNSPECIFIED) {
+      return absl::InvalidArgumentError("--loss-type: use sigmoid, robust, hinge or ipo");
+    }
+    hp->set_loss_type(l);
   }
   if (a.Has("lora-rslora")) r.mutable_lora()->set_use_rslora(true);
   if (a.Has("lora-rank")) {
@@ -822,7 +866,8 @@ int Run(const std::vector<std::string>& argv) {
        "lora-dropout", "lora-target-modules", "lora-rslora", "suffix", "seed", "metadata",
        "idempotency-key", "priority", "checkpoint", "method", "warmup-steps",
        "lr-scheduler", "weight-decay", "gradient-accumulation-steps", "max-seq-len",
-       "max-grad-norm", "eval-every-steps", "checkpoint-every-steps", "mixture",
+       "max-grad-norm", "eval-every-steps", "checkpoint-every-steps", "adapter", "beta",
+       "loss-type", "label-smoothing", "rpo-alpha", "max-prompt-len", "mixture",
        "mixture-strategy", "mixture-temperature", "mixture-stop", "regularizer",
        "masked-thought", "mask-token"});
   if (!st.ok()) return Usage(std::string(st.message()));

@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "common/echo.h"
 #include "common/ids.h"
+#include "common/job_method.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -106,6 +107,62 @@ absl::Status CheckMaskedThought(const v1::MaskedThought& mt) {
   return absl::OkStatus();
 }
 
+// The preference settings: only for the methods that take them, in range.
+absl::Status CheckPreferenceHyperparameters(const std::string& type,
+                                            const v1::Hyperparameters& hp,
+                                            const std::string& prefix) {
+  const bool dpo = type == "dpo", orpo = type == "orpo";
+  struct Setting {
+    const char* field;
+    bool set;
+    bool dpo, orpo;  // which methods take it
+  };
+  for (const Setting& f : {
+           Setting{"beta", hp.has_beta(), true, true},
+           Setting{"loss_type", hp.loss_type() != v1::PREFERENCE_LOSS_UNSPECIFIED, true,
+                   false},
+           Setting{"label_smoothing", hp.has_label_smoothing(), true, false},
+           Setting{"rpo_alpha", hp.has_rpo_alpha(), true, false},
+           Setting{"max_prompt_len", hp.has_max_prompt_len(), true, true},
+       }) {
+    if (f.set && !(dpo && f.dpo) && !(orpo && f.orpo)) {
+      return Bad(prefix + f.field,
+                 absl::StrCat("is for method.type ",
+                              f.orpo ? "\"dpo\" or \"orpo\"" : "\"dpo\"",
+                              ", not \"", type, "\""));
+    }
+  }
+  if (hp.has_beta() && (!std::isfinite(hp.beta()) || hp.beta() <= 0 || hp.beta() > 2)) {
+    return Bad(prefix + "beta", absl::StrCat(hp.beta(), " must be in (0, 2]"));
+  }
+  if (!v1::PreferenceLoss_IsValid(hp.loss_type())) {
+    return Bad(prefix + "loss_type", "unknown value");
+  }
+  if (hp.has_label_smoothing()) {
+    if (!std::isfinite(hp.label_smoothing()) || hp.label_smoothing() < 0 ||
+        hp.label_smoothing() >= 0.5) {
+      return Bad(prefix + "label_smoothing", "must be in [0, 0.5)");
+    }
+    if (hp.label_smoothing() > 0 && hp.loss_type() != v1::PREFERENCE_LOSS_UNSPECIFIED &&
+        hp.loss_type() != v1::PREFERENCE_LOSS_SIGMOID &&
+        hp.loss_type() != v1::PREFERENCE_LOSS_ROBUST) {
+      return Bad(prefix + "label_smoothing", "is for loss_type SIGMOID and ROBUST only");
+    }
+  }
+  if (hp.has_rpo_alpha() &&
+      (!std::isfinite(hp.rpo_alpha()) || hp.rpo_alpha() < 0 || hp.rpo_alpha() > 100)) {
+    return Bad(prefix + "rpo_alpha", "must be in [0, 100]");
+  }
+  // FillJobDefaults' max_seq_len when unset.
+  const int32_t max_seq_len = hp.has_max_seq_len() ? hp.max_seq_len() : 512;
+  if (hp.has_max_prompt_len() && hp.max_prompt_len() >= max_seq_len) {
+    return Bad(prefix + "max_prompt_len",
+               absl::StrCat(hp.max_prompt_len(), " must be below max_seq_len (",
+                            max_seq_len, ")"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
@@ -119,25 +176,44 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckMaskedThought(r.method().supervised().masked_thought()));
   RETURN_IF_ERROR(
       CheckIdField("validation_file", r.validation_file(), /*required=*/false));
-  const std::string& type = r.method().type();
-  if (!type.empty() && type != "supervised") {
-    return Bad("method.type", absl::StrCat("\"", type,
-                                           "\" is not supported (use "
-                                           "\"supervised\")"));
+  const std::string type = MethodType(r.method());
+  if (std::find(std::begin(kMethodTypes), std::end(kMethodTypes), type) ==
+      std::end(kMethodTypes)) {
+    return Bad("method.type",
+               absl::StrCat("\"", Echo(type), "\" is not supported (use ",
+                            absl::StrJoin(kMethodTypes, ", "), ")"));
   }
-  const auto& hp = r.method().supervised().hyperparameters();
+  if (r.has_training_mixture() && type != "supervised") {
+    return Bad("training_mixture", absl::StrCat("is for method.type \"supervised\", not \"",
+                                                Echo(type), "\""));
+  }
+  // Only the named method's message may be set.
+  const v1::Method& method = r.method();
+  for (const auto& [name, set] :
+       {std::pair<const char*, bool>{"supervised", method.has_supervised()},
+        {"dpo", method.has_dpo()},
+        {"orpo", method.has_orpo()}}) {
+    if (set && type != name) {
+      return Bad(absl::StrCat("method.", name),
+                 absl::StrCat("is for method.type \"", name,
+                              "\"; this job's method.type is \"", type,
+                              "\""));
+    }
+  }
+  const v1::Hyperparameters& hp = MethodHyperparameters(method);
+  const std::string kHp = HyperparametersPrefix(method);
   if (hp.has_n_epochs() && (hp.n_epochs() < 1 || hp.n_epochs() > 50)) {
-    return Bad("method.supervised.hyperparameters.n_epochs",
+    return Bad(kHp + "n_epochs",
                absl::StrCat(hp.n_epochs(), " is out of range 1..50"));
   }
   if (hp.has_batch_size() && (hp.batch_size() < 1 || hp.batch_size() > 256)) {
-    return Bad("method.supervised.hyperparameters.batch_size",
+    return Bad(kHp + "batch_size",
                absl::StrCat(hp.batch_size(), " is out of range 1..256"));
   }
   if (hp.has_learning_rate_multiplier()) {
     double m = hp.learning_rate_multiplier();
     if (!std::isfinite(m) || m <= 0 || m > 100) {
-      return Bad("method.supervised.hyperparameters.learning_rate_multiplier",
+      return Bad(kHp + "learning_rate_multiplier",
                  absl::StrCat(m, " must be finite and in (0, 100]"));
     }
   }
@@ -146,7 +222,6 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
     bool set;
     int64_t value, min, max;
   };
-  const std::string kHp = "method.supervised.hyperparameters.";
   for (const IntRange& f : {
            IntRange{"warmup_steps", hp.has_warmup_steps(), hp.warmup_steps(), 0, 1'000'000},
            IntRange{"gradient_accumulation_steps", hp.has_gradient_accumulation_steps(),
@@ -156,6 +231,8 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
                     1'000'000},
            IntRange{"checkpoint_every_steps", hp.has_checkpoint_every_steps(),
                     hp.checkpoint_every_steps(), 0, 1'000'000},
+           IntRange{"max_prompt_len", hp.has_max_prompt_len(), hp.max_prompt_len(), 1,
+                    131'071},
        }) {
     if (f.set && (f.value < f.min || f.value > f.max)) {
       return Bad(kHp + f.field,
@@ -177,6 +254,7 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
     return Bad(kHp + "learning_rate",
                "output only (the resolved peak rate); set learning_rate_multiplier");
   }
+  RETURN_IF_ERROR(CheckPreferenceHyperparameters(type, hp, kHp));
   if (!v1::AdapterType_IsValid(r.adapter())) return Bad("adapter", "unknown value");
   const auto& lora = r.lora();
   if (r.adapter() == v1::ADAPTER_TYPE_FULL && r.has_lora()) {
@@ -229,7 +307,9 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
 }
 
 void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
-  auto* hp = job.mutable_method()->mutable_supervised()->mutable_hyperparameters();
+  const std::string type = MethodType(job.method());
+  job.mutable_method()->set_type(type);
+  auto* hp = MutableMethodHyperparameters(*job.mutable_method());
   if (!hp->has_n_epochs()) hp->set_n_epochs(3);
   if (!hp->has_batch_size()) hp->set_batch_size(1);
   if (!hp->has_learning_rate_multiplier()) hp->set_learning_rate_multiplier(1);
@@ -248,9 +328,8 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
   if (!hp->has_checkpoint_every_steps()) {
     hp->set_checkpoint_every_steps(defaults.checkpoint_every_steps);
   }
-  auto* supervised = job.mutable_method()->mutable_supervised();
-  if (supervised->has_masked_thought()) {
-    auto* mt = supervised->mutable_masked_thought();
+  if (job.method().supervised().has_masked_thought()) {
+    auto* mt = job.mutable_method()->mutable_supervised()->mutable_masked_thought();
     if (!mt->has_mask_rate()) mt->set_mask_rate(0.2);
     if (mt->schedule() == v1::MASK_RATE_SCHEDULE_UNSPECIFIED) {
       mt->set_schedule(v1::MASK_RATE_SCHEDULE_LINEAR_WARMUP);
@@ -272,6 +351,19 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
       if (!s.has_fraction()) s.set_fraction(1);
       if (s.name().empty()) s.set_name(s.file_id());
     }
+  }
+  if (IsPreferenceMethod(type)) {
+    if (!hp->has_beta()) hp->set_beta(0.1);  // TRL's and Together's
+    if (!hp->has_max_prompt_len()) {
+      hp->set_max_prompt_len(std::min(512, hp->max_seq_len() / 2));
+    }
+  }
+  if (type == "dpo") {
+    if (hp->loss_type() == v1::PREFERENCE_LOSS_UNSPECIFIED) {
+      hp->set_loss_type(v1::PREFERENCE_LOSS_SIGMOID);
+    }
+    if (!hp->has_label_smoothing()) hp->set_label_smoothing(0);
+    if (!hp->has_rpo_alpha()) hp->set_rpo_alpha(0);
   }
   if (job.adapter() == v1::ADAPTER_TYPE_UNSPECIFIED) job.set_adapter(v1::ADAPTER_TYPE_LORA);
   if (job.adapter() != v1::ADAPTER_TYPE_LORA) return;
@@ -310,9 +402,9 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   *job.mutable_metadata() = r.metadata();
 
   auto* method = job.mutable_method();
-  method->set_type("supervised");
-  auto* hp = method->mutable_supervised()->mutable_hyperparameters();
-  *hp = r.method().supervised().hyperparameters();
+  method->set_type(MethodType(r.method()));
+  auto* hp = MutableMethodHyperparameters(*method);
+  *hp = MethodHyperparameters(r.method());
   if (r.method().supervised().has_masked_thought()) {
     *method->mutable_supervised()->mutable_masked_thought() =
         r.method().supervised().masked_thought();
@@ -328,7 +420,8 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   if (r.adapter() != v1::ADAPTER_TYPE_FULL) *job.mutable_lora() = r.lora();
   FillJobDefaults(job, defaults);
   scheduler::TrainShape train;
-  train.batch_size = hp->batch_size();
+  // A preference step runs both rows of each pair.
+  train.batch_size = hp->batch_size() * (IsPreferenceMethod(method->type()) ? 2 : 1);
   train.sequence_length = hp->max_seq_len();
   if (job.adapter() == v1::ADAPTER_TYPE_LORA) {
     train.method = scheduler::TrainMethod::kLora;
@@ -345,6 +438,36 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   shape.bytes_per_weight = model.bytes_per_weight() > 0 ? model.bytes_per_weight() : 2;
   job.set_memory_bytes(scheduler::EstimateMemoryBytes(shape, train));
   return job;
+}
+
+absl::Status CheckJobFiles(const v1::CreateJobRequest& r,
+                           const v1::File& training,
+                           const v1::File* validation) {
+  const std::string type = MethodType(r.method());
+  const bool preference = IsPreferenceMethod(type);
+  for (const auto& [field, file] :
+       {std::pair<const char*, const v1::File*>{"training_file", &training},
+        {"validation_file", validation}}) {
+    // Files uploaded before the format was recorded have none: the worker
+    // reports a mismatch there.
+    if (file == nullptr || file->format().empty()) continue;
+    if (preference && file->format() != "preference") {
+      return Bad(field, absl::StrCat(file->id(), " holds ", file->format(),
+                                     " data; method ", type,
+                                     " trains on preference data (lines "
+                                     "with input, preferred_output and "
+                                     "non_preferred_output)"));
+    }
+    if (!preference && file->format() == "preference") {
+      return Bad(field, absl::StrCat(file->id(),
+                                     " holds preference data; it is for "
+                                     "method.type \"dpo\" or \"orpo\" "
+                                     "(method ",
+                                     type, " trains on chat, "
+                                     "prompt/completion or text data)"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::string RequestFingerprint(const v1::CreateJobRequest& request) {

@@ -38,6 +38,13 @@ v1::Job ResolveJob(const v1::CreateJobRequest& request,
                    const std::string& project, const std::string& job_id,
                    int64_t seed_if_unset, const JobDefaults& defaults);
 
+// The request's files fit its method: preference data for dpo and orpo,
+// chat / prompt-completion / text data otherwise. INVALID_ARGUMENT naming
+// training_file or validation_file. `validation` may be null (none).
+absl::Status CheckJobFiles(const v1::CreateJobRequest& request,
+                           const v1::File& training_file,
+                           const v1::File* validation_file);
+
 // SHA-256 of the request without its idempotency key: "same body".
 std::string RequestFingerprint(const v1::CreateJobRequest& request);
 

@@ -1,13 +1,21 @@
 #include "server/job_request.h"
 
 #include <cmath>
+#include <cstring>
+#include <set>
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/match.h"
+#include "common/job_method.h"
 #include "google/protobuf/descriptor.h"
 
 namespace lathe {
 namespace {
+
+// Hyperparameters only the preference methods take.
+const std::set<std::string> kPreferenceOnly = {"beta", "label_smoothing", "rpo_alpha",
+                                               "max_prompt_len"};
 
 v1::CreateJobRequest Valid() {
   v1::CreateJobRequest r;
@@ -27,7 +35,12 @@ TEST(JobRequestTest, RefusesBadFieldsByName) {
   const Case cases[] = {
       {[](auto& r) { r.clear_model(); }, "model: required"},
       {[](auto& r) { r.clear_training_file(); }, "training_file: required"},
-      {[](auto& r) { r.mutable_method()->set_type("dpo"); }, "method.type"},
+      {[](auto& r) { r.mutable_method()->set_type("kto"); }, "method.type"},
+      // Preference settings on a supervised job.
+      {[&](auto& r) { hp(r)->set_beta(0.1); },
+       "method.supervised.hyperparameters.beta: is for method.type \"dpo\" or \"orpo\""},
+      {[&](auto& r) { hp(r)->set_rpo_alpha(1); },
+       "method.supervised.hyperparameters.rpo_alpha: is for method.type \"dpo\""},
       {[&](auto& r) { hp(r)->set_n_epochs(0); }, "hyperparameters.n_epochs"},
       {[&](auto& r) { hp(r)->set_batch_size(100000); }, "hyperparameters.batch_size"},
       {[&](auto& r) { hp(r)->set_learning_rate_multiplier(NAN); },
@@ -205,7 +218,9 @@ TEST(JobRequestTest, ResolvesAutoAndKeepsGivenValues) {
     const google::protobuf::Descriptor* d = m->GetDescriptor();
     for (int i = 0; i < d->field_count(); ++i) {
       const google::protobuf::FieldDescriptor* fd = d->field(i);
-      if (fd->has_presence()) {
+      // (The preference settings are dpo's and orpo's: resolved there, see
+      // ResolvesPreferenceDefaultsAndChecksTheFilesFormat.)
+      if (fd->has_presence() && !kPreferenceOnly.count(fd->name())) {
         EXPECT_TRUE(m->GetReflection()->HasField(*m, fd)) << fd->full_name() << " not resolved";
       }
     }
@@ -260,6 +275,113 @@ TEST(JobRequestTest, FullFineTuningAndTheOperatorsDefaults) {
   absl::Status st = CheckJobRequest(r);
   EXPECT_TRUE(absl::IsInvalidArgument(st));
   EXPECT_EQ(st.message().substr(0, 6), "lora: ");
+}
+
+TEST(JobRequestTest, RefusesBadPreferenceSettingsByName) {
+  struct Case {
+    const char* type;
+    std::function<void(v1::Hyperparameters&)> mutate;
+    const char* error;
+  };
+  const Case cases[] = {
+      {"dpo", [](auto& hp) { hp.set_beta(0); }, "method.dpo.hyperparameters.beta: 0 must be in (0, 2]"},
+      {"dpo", [](auto& hp) { hp.set_beta(2.5); }, "method.dpo.hyperparameters.beta"},
+      {"dpo", [](auto& hp) { hp.set_beta(NAN); }, "method.dpo.hyperparameters.beta"},
+      {"dpo", [](auto& hp) { hp.set_loss_type(static_cast<v1::PreferenceLoss>(9)); },
+       "method.dpo.hyperparameters.loss_type: unknown value"},
+      {"dpo", [](auto& hp) { hp.set_label_smoothing(0.5); },
+       "method.dpo.hyperparameters.label_smoothing: must be in [0, 0.5)"},
+      {"dpo",
+       [](auto& hp) {
+         hp.set_loss_type(v1::PREFERENCE_LOSS_IPO);
+         hp.set_label_smoothing(0.1);
+       },
+       "method.dpo.hyperparameters.label_smoothing: is for loss_type SIGMOID and ROBUST"},
+      {"dpo", [](auto& hp) { hp.set_rpo_alpha(-1); }, "method.dpo.hyperparameters.rpo_alpha"},
+      {"dpo", [](auto& hp) { hp.set_max_prompt_len(512); },
+       "method.dpo.hyperparameters.max_prompt_len: 512 must be below max_seq_len (512)"},
+      {"dpo", [](auto& hp) { hp.set_n_epochs(0); }, "method.dpo.hyperparameters.n_epochs"},
+      {"orpo", [](auto& hp) { hp.set_loss_type(v1::PREFERENCE_LOSS_HINGE); },
+       "method.orpo.hyperparameters.loss_type: is for method.type \"dpo\", not \"orpo\""},
+      {"orpo", [](auto& hp) { hp.set_beta(-1); }, "method.orpo.hyperparameters.beta"},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest r = Valid();
+    r.mutable_method()->set_type(c.type);
+    c.mutate(*MutableMethodHyperparameters(*r.mutable_method()));
+    absl::Status st = CheckJobRequest(r);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.error;
+    EXPECT_EQ(st.message().substr(0, strlen(c.error)), c.error) << st.message();
+  }
+  // Another method's message is refused, naming it.
+  v1::CreateJobRequest r = Valid();
+  r.mutable_method()->set_type("dpo");
+  r.mutable_method()->mutable_supervised()->mutable_hyperparameters()->set_n_epochs(2);
+  EXPECT_EQ(CheckJobRequest(r).message(),
+            "method.supervised: is for method.type \"supervised\"; this job's method.type is "
+            "\"dpo\"");
+}
+
+TEST(JobRequestTest, ResolvesPreferenceDefaultsAndChecksTheFilesFormat) {
+  v1::File f;
+  f.set_id("file-p");
+  f.set_line_count(40);
+  f.set_format("preference");
+  v1::Model model;
+  model.set_parameter_count(1'000'000);
+  model.set_hidden_size(64);
+  model.set_num_layers(2);
+  model.set_vocab_size(1000);
+  v1::CreateJobRequest r = Valid();
+  r.mutable_method()->set_type("dpo");
+  r.mutable_method()->mutable_dpo()->mutable_hyperparameters()->set_max_seq_len(256);
+  ASSERT_TRUE(CheckJobRequest(r).ok());
+  const v1::Job job = ResolveJob(r, f, model, "p", "ftjob-d", 1, JobDefaults{});
+  EXPECT_EQ(job.method().type(), "dpo");
+  EXPECT_FALSE(job.method().has_supervised());
+  const auto& hp = job.method().dpo().hyperparameters();
+  EXPECT_EQ(hp.beta(), 0.1);
+  EXPECT_EQ(hp.loss_type(), v1::PREFERENCE_LOSS_SIGMOID);
+  EXPECT_EQ(hp.label_smoothing(), 0);
+  EXPECT_EQ(hp.rpo_alpha(), 0);
+  EXPECT_EQ(hp.max_prompt_len(), 128);  // min(512, max_seq_len / 2)
+  EXPECT_EQ(hp.batch_size(), 2);        // 40 pairs / 20
+  EXPECT_EQ(hp.n_epochs(), 3);
+  const google::protobuf::Descriptor* d = hp.GetDescriptor();
+  for (int i = 0; i < d->field_count(); ++i) {
+    if (d->field(i)->has_presence()) {
+      EXPECT_TRUE(hp.GetReflection()->HasField(hp, d->field(i)))
+          << d->field(i)->full_name() << " not resolved";
+    }
+  }
+  // A pair is two rows: more memory than supervised on the same batch.
+  v1::CreateJobRequest sft = Valid();
+  sft.mutable_method()->mutable_supervised()->mutable_hyperparameters()->set_max_seq_len(256);
+  EXPECT_GT(job.memory_bytes(), ResolveJob(sft, f, model, "p", "ftjob-s", 1, JobDefaults{})
+                                    .memory_bytes());
+  r.mutable_method()->set_type("orpo");
+  r.mutable_method()->clear_dpo();
+  const v1::Job orpo = ResolveJob(r, f, model, "p", "ftjob-o", 1, JobDefaults{});
+  EXPECT_EQ(orpo.method().orpo().hyperparameters().beta(), 0.1);
+  EXPECT_EQ(orpo.method().orpo().hyperparameters().loss_type(),
+            v1::PREFERENCE_LOSS_UNSPECIFIED);
+
+  // The files' formats must fit the method.
+  v1::CreateJobRequest dpo = Valid();
+  dpo.mutable_method()->set_type("dpo");
+  EXPECT_TRUE(CheckJobFiles(dpo, f, nullptr).ok());
+  v1::File chat;
+  chat.set_id("file-c");
+  chat.set_format("chat");
+  EXPECT_EQ(CheckJobFiles(dpo, chat, nullptr).message(),
+            "training_file: file-c holds chat data; method dpo trains on preference data "
+            "(lines with input, preferred_output and non_preferred_output)");
+  EXPECT_EQ(CheckJobFiles(dpo, f, &chat).message().substr(0, 40),
+            "validation_file: file-c holds chat data;");
+  EXPECT_TRUE(absl::StartsWith(CheckJobFiles(Valid(), f, nullptr).message(),
+                               "training_file: file-p holds preference data; it is for "
+                               "method.type \"dpo\" or \"orpo\""));
+  EXPECT_TRUE(CheckJobFiles(Valid(), chat, nullptr).ok());
 }
 
 TEST(JobRequestTest, FingerprintIgnoresOnlyTheKey) {

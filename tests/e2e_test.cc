@@ -218,7 +218,7 @@ TEST(EndToEndTest, FullFineTuningWithScheduleOptionsThroughTheCli) {
   const std::string id = created["id"];
   ASSERT_EQ(Cli(c, {"jobs", "get", id}, &out), 0) << out;
   for (const char* shown :
-       {"method:           full", "warmup_steps=2", "lr_scheduler=cosine",
+       {"adapter:          full", "warmup_steps=2", "lr_scheduler=cosine",
         "gradient_accumulation_steps=2", "max_seq_len=96", "weight_decay=0.01"}) {
     EXPECT_NE(out.find(shown), std::string::npos) << shown << " not in:\n" << out;
   }

@@ -95,6 +95,17 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
                       ? own_file("training_file", r.training_file())
                       : own_file("training_mixture.sources[0].file_id", sources[0].file_id());
   if (!training.ok()) return training.status();
+  std::optional<v1::File> validation;
+  if (!r.validation_file().empty()) {
+    auto file = deps_.store->GetFile(r.validation_file());
+    if (!file.ok() || file->project() != caller.project) {
+      return absl::NotFoundError(absl::StrCat("validation_file: no such file ",
+                                              Echo(r.validation_file())));
+    }
+    validation = *std::move(file);
+  }
+  RETURN_IF_ERROR(
+      CheckJobFiles(r, *training, validation ? &*validation : nullptr));
   thread_local absl::BitGen gen;
   v1::Job job = ResolveJob(r, *training, *model, caller.project, NewId("ftjob"),
                            absl::Uniform<int64_t>(gen, 0, 1LL << 31),

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/ids.h"
@@ -503,6 +504,10 @@ void Agent::RunAttempt(Attempt* attempt) {
                                 as.resume_from().step_number(), " on ")
                  : "Training started on ",
              options_.worker_id, ": ",
+             engine::ObjectiveType(o.objective) == "sft"
+                 ? ""
+                 : absl::AsciiStrToUpper(engine::ObjectiveType(o.objective)) +
+                       " ",
              engine::Lora(o.adapter) == nullptr
                  ? std::string("full fine-tuning")
                  : absl::StrCat("LoRA r=", engine::Lora(o.adapter)->rank),
@@ -524,10 +529,16 @@ void Agent::RunAttempt(Attempt* attempt) {
       mm->set_learning_rate(m.learning_rate);
       mm->set_tokens_per_second(m.tokens_per_second);
       mm->set_trained_tokens(m.trained_tokens);
-      // The objective's named figures, and each mixture source's
-      // validation loss ("valid_loss/<source>").
-      mm->mutable_values()->insert(m.values.begin(), m.values.end());
-      if (m.validation_loss) (*mm->mutable_values())["valid_loss"] = *m.validation_loss;
+      if (m.validation_loss) {
+        (*mm->mutable_values())["valid_loss"] = *m.validation_loss;
+      }
+      if (m.validation_accuracy) {
+        (*mm->mutable_values())["valid_mean_token_accuracy"] =
+            *m.validation_accuracy;
+      }
+      for (const auto& [name, value] : m.values) {
+        (*mm->mutable_values())[name] = value;
+      }
       {
         absl::MutexLock lock(&mu_);
         attempt->step = m.step;
@@ -548,7 +559,11 @@ void Agent::RunAttempt(Attempt* attempt) {
       m.set_train_loss(c.metrics.loss);
       m.set_train_mean_token_accuracy(c.metrics.token_accuracy);
       if (c.validation_loss) m.set_valid_loss(*c.validation_loss);
-      m.mutable_values()->insert(c.metrics.values.begin(), c.metrics.values.end());
+      if (c.metrics.validation_accuracy) {
+        m.set_valid_mean_token_accuracy(*c.metrics.validation_accuracy);
+      }
+      m.mutable_values()->insert(c.metrics.values.begin(),
+                                 c.metrics.values.end());
       std::string err;
       if (UploadCheckpoint(attempt, c.step, c.dir, c.files, m, &err)) {
         // A stop (pause, shutdown) fails only if its own checkpoint did.

@@ -1,6 +1,7 @@
 #include "worker/agent/job_options.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/job_method.h"
 
 namespace lathe::worker {
 namespace {
@@ -89,6 +90,17 @@ absl::Status MixtureForJob(const v1::Mixture& wire, engine::MixtureSpec& m) {
   return absl::OkStatus();
 }
 
+struct LossName {
+  v1::PreferenceLoss wire;
+  const char* engine;  // DpoSpec::loss_type
+};
+constexpr LossName kLosses[] = {
+    {v1::PREFERENCE_LOSS_SIGMOID, "sigmoid"},
+    {v1::PREFERENCE_LOSS_ROBUST, "robust"},
+    {v1::PREFERENCE_LOSS_HINGE, "hinge"},
+    {v1::PREFERENCE_LOSS_IPO, "ipo"},
+};
+
 }  // namespace
 
 absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
@@ -117,33 +129,58 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
                        " is not resolved"));
   }
   // Jobs stored before method.type was always set are supervised.
-  if (!job.method().type().empty() && job.method().type() != "supervised") {
+  const std::string type = MethodType(job.method());
+  const v1::Hyperparameters& hp = MethodHyperparameters(job.method());
+  const std::string prefix = HyperparametersPrefix(job.method());
+  if (type == "supervised") {
+    engine::SftSpec sft;
+    if (job.method().supervised().has_masked_thought()) {
+      const v1::MaskedThought& wire = job.method().supervised().masked_thought();
+      engine::MaskedThoughtSpec& mt = sft.masked_thought;
+      mt.mask_rate = wire.mask_rate();
+      mt.schedule = EngineName(kMaskSchedules, wire.schedule());
+      if (mt.schedule.empty()) {
+        return absl::InvalidArgumentError(
+            "method.supervised.masked_thought.schedule: not resolved");
+      }
+      mt.warmup_ratio = wire.warmup_ratio();
+      mt.mask_token = wire.has_mask_token_id()
+                          ? absl::StrCat(wire.mask_token_id())
+                          : "pad";
+    }
+    spec.objective = sft;
+  } else if (type == "dpo") {
+    engine::DpoSpec dpo;
+    dpo.beta = hp.beta();
+    dpo.loss_type.clear();
+    for (const LossName& l : kLosses) {
+      if (l.wire == hp.loss_type()) dpo.loss_type = l.engine;
+    }
+    if (dpo.loss_type.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(prefix, "loss_type: ",
+                       v1::PreferenceLoss_Name(hp.loss_type()),
+                       " is not resolved"));
+    }
+    dpo.label_smoothing = hp.label_smoothing();
+    dpo.rpo_alpha = hp.rpo_alpha();
+    dpo.max_prompt_len = hp.max_prompt_len();
+    spec.objective = dpo;
+  } else if (type == "orpo") {
+    engine::OrpoSpec orpo;
+    orpo.lambda = hp.beta();
+    orpo.max_prompt_len = hp.max_prompt_len();
+    spec.objective = orpo;
+  } else {
     return absl::InvalidArgumentError(absl::StrCat(
         "method.type: \"", job.method().type(), "\" has no engine recipe"));
   }
-  engine::SftSpec sft;
-  if (job.method().supervised().has_masked_thought()) {
-    const v1::MaskedThought& wire = job.method().supervised().masked_thought();
-    engine::MaskedThoughtSpec& mt = sft.masked_thought;
-    mt.mask_rate = wire.mask_rate();
-    mt.schedule = EngineName(kMaskSchedules, wire.schedule());
-    if (mt.schedule.empty()) {
-      return absl::InvalidArgumentError(
-          "method.supervised.masked_thought.schedule: not resolved");
-    }
-    mt.warmup_ratio = wire.warmup_ratio();
-    mt.mask_token = wire.has_mask_token_id()
-                        ? absl::StrCat(wire.mask_token_id())
-                        : "pad";
-  }
-  spec.objective = sft;
   if (job.training_mixture().sources_size() > 0) {
     if (absl::Status s = MixtureForJob(job.training_mixture(), spec.data.mixture);
         !s.ok()) {
       return s;
     }
   }
-  const v1::Hyperparameters& hp = job.method().supervised().hyperparameters();
   spec.schedule.n_epochs = hp.n_epochs();
   spec.data.batch_size = hp.batch_size();
   spec.optimizer.learning_rate = hp.learning_rate();
@@ -154,7 +191,7 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
   }
   if (spec.schedule.lr_scheduler.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "method.supervised.hyperparameters.lr_scheduler: ",
+        prefix, "lr_scheduler: ",
         v1::LrScheduler_Name(hp.lr_scheduler()), " is not resolved"));
   }
   spec.optimizer.weight_decay = hp.weight_decay();
@@ -184,9 +221,22 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
   } else {
     job.set_adapter(v1::ADAPTER_TYPE_FULL);
   }
-  job.mutable_method()->set_type("supervised");
-  v1::Hyperparameters& hp =
-      *job.mutable_method()->mutable_supervised()->mutable_hyperparameters();
+  const std::string type = engine::ObjectiveType(spec.objective);
+  job.mutable_method()->set_type(type == "sft" ? "supervised" : type);
+  v1::Hyperparameters& hp = *MutableMethodHyperparameters(*job.mutable_method());
+  if (const auto* dpo = std::get_if<engine::DpoSpec>(&spec.objective)) {
+    hp.set_beta(dpo->beta);
+    for (const LossName& l : kLosses) {
+      if (dpo->loss_type == l.engine) hp.set_loss_type(l.wire);
+    }
+    hp.set_label_smoothing(dpo->label_smoothing);
+    hp.set_rpo_alpha(dpo->rpo_alpha);
+    hp.set_max_prompt_len(dpo->max_prompt_len);
+  }
+  if (const auto* orpo = std::get_if<engine::OrpoSpec>(&spec.objective)) {
+    hp.set_beta(orpo->lambda);
+    hp.set_max_prompt_len(orpo->max_prompt_len);
+  }
   hp.set_n_epochs(spec.schedule.n_epochs);
   hp.set_batch_size(spec.data.batch_size);
   hp.set_learning_rate(spec.optimizer.learning_rate);

@@ -5,6 +5,7 @@
 #include <set>
 #include <string>
 
+#include "common/job_method.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "nlohmann/json.hpp"
@@ -24,12 +25,17 @@ const std::set<std::string> kServerOnly = {
 // Sets every field of `m` to a value of its own (the n-th field gets
 // numbers around n), enums to their last value, repeated strings to two
 // distinct known names.
-void SetEveryField(Message& m) {
+// Fields of the hyperparameters that a method does not take.
+const std::set<std::string> kPreference = {"beta", "loss_type", "label_smoothing",
+                                           "rpo_alpha", "max_prompt_len"};
+const std::set<std::string> kDpoOnly = {"loss_type", "label_smoothing", "rpo_alpha"};
+
+void SetEveryField(Message& m, const std::set<std::string>& skip = {}) {
   const auto* d = m.GetDescriptor();
   const auto* r = m.GetReflection();
   for (int i = 0; i < d->field_count(); ++i) {
     const FieldDescriptor* f = d->field(i);
-    if (kServerOnly.count(f->full_name())) continue;
+    if (kServerOnly.count(f->full_name()) || skip.count(f->name())) continue;
     const int n = i + 2;
     switch (f->cpp_type()) {
       case FieldDescriptor::CPPTYPE_INT32:
@@ -58,14 +64,18 @@ void SetEveryField(Message& m) {
   }
 }
 
-v1::Job EveryFieldJob(v1::AdapterType adapter) {
+v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supervised") {
   v1::Job job;
   job.set_model("lathe-demo");
   job.set_seed(1234);
   job.set_adapter(adapter);
-  job.mutable_method()->set_type("supervised");
-  SetEveryField(*job.mutable_method()->mutable_supervised()->mutable_hyperparameters());
+  job.mutable_method()->set_type(method);
+  SetEveryField(*MutableMethodHyperparameters(*job.mutable_method()),
+                method == "supervised" ? kPreference
+                : method == "orpo"     ? kDpoOnly
+                                       : std::set<std::string>{});
   if (adapter == v1::ADAPTER_TYPE_LORA) SetEveryField(*job.mutable_lora());
+  if (method != "supervised") return job;  // masked thought and mixtures are SFT's
   SetEveryField(*job.mutable_method()->mutable_supervised()->mutable_masked_thought());
   // Mixture holds messages and ids: filled by hand, every field away from
   // the engine's defaults.
@@ -86,16 +96,44 @@ v1::Job EveryFieldJob(v1::AdapterType adapter) {
 }
 
 TEST(JobOptionsTest, EveryResolvedSettingReachesTheEngineAndBack) {
-  for (v1::AdapterType adapter : {v1::ADAPTER_TYPE_LORA, v1::ADAPTER_TYPE_FULL}) {
-    v1::Job job = EveryFieldJob(adapter);
-    auto options = RunSpecForJob(job);
-    ASSERT_TRUE(options.ok()) << options.status();
-    v1::Job back = JobForRunSpec(*options);
-    google::protobuf::util::MessageDifferencer diff;
-    std::string report;
-    diff.ReportDifferencesToString(&report);
-    EXPECT_TRUE(diff.Compare(job, back)) << v1::AdapterType_Name(adapter) << ":\n" << report;
+  for (const char* method : kMethodTypes) {
+    for (v1::AdapterType adapter : {v1::ADAPTER_TYPE_LORA, v1::ADAPTER_TYPE_FULL}) {
+      v1::Job job = EveryFieldJob(adapter, method);
+      auto options = RunSpecForJob(job);
+      ASSERT_TRUE(options.ok()) << options.status();
+      v1::Job back = JobForRunSpec(*options);
+      google::protobuf::util::MessageDifferencer diff;
+      std::string report;
+      diff.ReportDifferencesToString(&report);
+      EXPECT_TRUE(diff.Compare(job, back))
+          << method << " " << v1::AdapterType_Name(adapter) << ":\n" << report;
+    }
   }
+}
+
+TEST(JobOptionsTest, PreferenceMethodsGetTheirObjectives) {
+  v1::Job job = EveryFieldJob(v1::ADAPTER_TYPE_LORA, "dpo");
+  auto* hp = job.mutable_method()->mutable_dpo()->mutable_hyperparameters();
+  hp->set_beta(0.25);
+  hp->set_loss_type(v1::PREFERENCE_LOSS_ROBUST);
+  hp->set_label_smoothing(0.1);
+  auto o = RunSpecForJob(job);
+  ASSERT_TRUE(o.ok()) << o.status();
+  const auto* dpo = std::get_if<engine::DpoSpec>(&o->objective);
+  ASSERT_NE(dpo, nullptr);
+  EXPECT_EQ(dpo->beta, 0.25);
+  EXPECT_EQ(dpo->loss_type, "robust");
+  EXPECT_EQ(dpo->label_smoothing, 0.1);
+  EXPECT_EQ(o->data.batch_size, hp->batch_size());
+  hp->set_loss_type(v1::PREFERENCE_LOSS_UNSPECIFIED);
+  EXPECT_EQ(RunSpecForJob(job).status().message().substr(0, 42),
+            "method.dpo.hyperparameters.loss_type: PREF");
+  v1::Job orpo = EveryFieldJob(v1::ADAPTER_TYPE_LORA, "orpo");
+  orpo.mutable_method()->mutable_orpo()->mutable_hyperparameters()->set_beta(0.5);
+  auto p = RunSpecForJob(orpo);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_TRUE(std::holds_alternative<engine::OrpoSpec>(p->objective));
+  EXPECT_EQ(std::get<engine::OrpoSpec>(p->objective).lambda, 0.5);
 }
 
 TEST(JobOptionsTest, TheValuesLandInTheirEngineFields) {
@@ -157,12 +195,18 @@ void CollectChanged(const nlohmann::json& now, const nlohmann::json& before,
 }
 
 TEST(JobOptionsTest, EverySpecFieldComesFromTheJobOrIsListed) {
-  auto spec = RunSpecForJob(EveryFieldJob(v1::ADAPTER_TYPE_LORA));
-  ASSERT_TRUE(spec.ok()) << spec.status();
-  engine::RunSpec defaults;
   std::set<std::string> changed, all;
-  CollectChanged(engine::RunSpecJson(*spec), engine::RunSpecJson(defaults), "",
-                 changed, all);
+  for (const char* method : kMethodTypes) {
+    auto spec = RunSpecForJob(EveryFieldJob(v1::ADAPTER_TYPE_LORA, method));
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    // The defaults of the same objective.
+    engine::RunSpec defaults;
+    defaults.objective = std::visit(
+        [](const auto& o) -> engine::ObjectiveSpec { return std::decay_t<decltype(o)>{}; },
+        spec->objective);
+    CollectChanged(engine::RunSpecJson(*spec), engine::RunSpecJson(defaults), "",
+                   changed, all);
+  }
   for (const std::string& field : all) {
     EXPECT_TRUE(changed.count(field) || kNotFromTheJob.count(field))
         << field << " is neither set from the job nor listed in kNotFromTheJob";

@@ -40,6 +40,7 @@ struct BenchOptions {
   int batch = 4;
   int seq_len = 256;
   std::string method = "lora";
+  std::string objective = "sft";  // sft, dpo or orpo
   int lora_rank = 16;
   std::string lora_targets =
       "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
@@ -62,6 +63,9 @@ constexpr char kUsage[] = R"(Usage: engine_bench [--flag=value ...]
                          examples per step; each is 1/2 to 1 x seq_len
                          tokens long, so a padded batch carries padding
   --method=lora          lora or full
+  --objective=sft        sft, dpo or orpo (preference pairs: the chat data's
+                         prompt with its answer preferred to a second one of
+                         the same length; a step holds batch x 2 rows)
   --lora_rank=16 --lora_targets=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
   --data=chat            chat (a user turn, then an assistant turn that
                          holds --assistant_share of the words) or text
@@ -125,6 +129,8 @@ absl::Status ParseFlag(const std::string& arg, BenchOptions& o) {
     ok = integer(o.seq_len);
   else if (name == "method")
     ok = (o.method = value) == "lora" || value == "full";
+  else if (name == "objective")
+    ok = (o.objective = value) == "sft" || value == "dpo" || value == "orpo";
   else if (name == "lora_rank")
     ok = integer(o.lora_rank);
   else if (name == "lora_targets")
@@ -185,7 +191,19 @@ void WriteData(const std::string& path, const BenchOptions& o, int n,
     const int tokens = usable / 2 + static_cast<int>(rng() % (usable / 2));
     const int words = std::max(2, static_cast<int>(tokens * words_per_token));
     nlohmann::json line;
-    if (o.data == "text") {
+    if (o.objective != "sft") {
+      const int answer =
+          std::max(1, static_cast<int>(words * o.assistant_share));
+      const nlohmann::json reply = {{"role", "assistant"},
+                                    {"content", Words(rng, answer)}};
+      nlohmann::json other = reply;
+      other["content"] = Words(rng, answer);
+      line = {{"input",
+               {{"messages",
+                 {{{"role", "user"}, {"content", Words(rng, words - answer)}}}}}},
+              {"preferred_output", {reply}},
+              {"non_preferred_output", {other}}};
+    } else if (o.data == "text") {
       line = {{"text", Words(rng, words)}};
     } else {
       const int answer =
@@ -268,6 +286,13 @@ int Run(const BenchOptions& o) {
   options.schedule.n_epochs = 1;
   options.optimizer.learning_rate = 1e-4;
   options.objective = SftSpec{.loss_chunk_tokens = o.loss_chunk_tokens};
+  if (o.objective == "dpo") {
+    options.objective = DpoSpec{.max_prompt_len = o.seq_len / 2,
+                                .loss_chunk_tokens = o.loss_chunk_tokens};
+  } else if (o.objective == "orpo") {
+    options.objective = OrpoSpec{.max_prompt_len = o.seq_len / 2,
+                                 .loss_chunk_tokens = o.loss_chunk_tokens};
+  }
   options.device.activation_checkpointing = o.activation_checkpointing;
   options.device.device = o.device;
   options.device.dtype = o.dtype;
@@ -281,7 +306,8 @@ int Run(const BenchOptions& o) {
   }
 
   const absl::StatusOr<double> share =
-      TargetShare(**tokenizer, data, o.seq_len);
+      o.objective == "sft" ? TargetShare(**tokenizer, data, o.seq_len)
+                           : absl::StatusOr<double>(o.assistant_share);
   if (!share.ok()) {
     std::cerr << share.status() << "\n";
     return 1;
@@ -318,7 +344,7 @@ int Run(const BenchOptions& o) {
             << o.model.intermediate_size << ", " << o.model.num_hidden_layers
             << " layers, " << o.model.num_attention_heads << "/"
             << o.model.num_key_value_heads << " heads, vocab "
-            << o.model.vocab_size << "; " << o.method;
+            << o.model.vocab_size << "; " << o.objective << ", " << o.method;
   if (o.method == "lora")
     std::cout << " r=" << o.lora_rank << " on " << o.lora_targets;
   std::cout << "\ndata: " << o.data << ", "

@@ -114,5 +114,39 @@ TEST(ChunkedCrossEntropyTest, WithoutGradientsGivesTheSameLoss) {
   EXPECT_FALSE(got.loss.requires_grad());
 }
 
+// Per-row log-probabilities, and their gradients for an arbitrary upstream
+// gradient (a DPO loss weights each row's log-probability differently),
+// equal plain autograd through the full logits.
+TEST(ChunkedTokenLogpsTest, EqualsFullLogitsValuesAndGradients) {
+  torch::manual_seed(3);
+  const int64_t N = 13, C = 8, V = 29;
+  const torch::Tensor h0 = torch::randn({N, C}), w0 = torch::randn({V, C});
+  const torch::Tensor labels = torch::randint(0, V, {N}, torch::kInt64);
+  const torch::Tensor upstream = torch::randn({N});
+  torch::Tensor h = h0.clone().requires_grad_(true);
+  torch::Tensor w = w0.clone().requires_grad_(true);
+  const torch::Tensor plain =
+      torch::log_softmax(torch::matmul(h, w.t()), 1)
+          .gather(1, labels.unsqueeze(1))
+          .squeeze(1);
+  (plain * upstream).sum().backward();
+  torch::Tensor hc = h0.clone().requires_grad_(true);
+  torch::Tensor wc = w0.clone().requires_grad_(true);
+  int64_t peak = 0;
+  const TokenLogps got = ChunkedTokenLogps(hc, wc, labels, 4, &peak);
+  EXPECT_TRUE(torch::allclose(got.logps, plain.detach(), 1e-5, 1e-6));
+  (got.logps * upstream).sum().backward();
+  EXPECT_TRUE(torch::allclose(hc.grad(), h.grad(), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(wc.grad(), w.grad(), 1e-5, 1e-6));
+  EXPECT_EQ(peak, 4 * V * 4);  // one chunk of float32 logits
+  EXPECT_TRUE(torch::equal(
+      got.correct, torch::matmul(h0, w0.t()).argmax(1).eq(labels)));
+  // Without gradients: the same numbers, nothing recorded.
+  torch::NoGradGuard no_grad;
+  const TokenLogps off = ChunkedTokenLogps(hc, wc, labels, 5);
+  EXPECT_FALSE(off.logps.requires_grad());
+  EXPECT_TRUE(torch::allclose(off.logps, plain.detach(), 1e-5, 1e-6));
+}
+
 }  // namespace
 }  // namespace lathe::engine

@@ -1,0 +1,36 @@
+#include "common/job_method.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace lathe {
+
+std::string MethodType(const v1::Method& method) {
+  return method.type().empty() ? "supervised" : method.type();
+}
+
+bool IsPreferenceMethod(const std::string& type) {
+  return type == "dpo" || type == "orpo";
+}
+
+const v1::Hyperparameters& MethodHyperparameters(const v1::Method& method) {
+  const std::string type = MethodType(method);
+  if (type == "dpo") return method.dpo().hyperparameters();
+  if (type == "orpo") return method.orpo().hyperparameters();
+  return method.supervised().hyperparameters();
+}
+
+v1::Hyperparameters* MutableMethodHyperparameters(v1::Method& method) {
+  const std::string type = MethodType(method);
+  if (type == "dpo") return method.mutable_dpo()->mutable_hyperparameters();
+  if (type == "orpo") return method.mutable_orpo()->mutable_hyperparameters();
+  return method.mutable_supervised()->mutable_hyperparameters();
+}
+
+std::string HyperparametersPrefix(const v1::Method& method) {
+  const std::string type = MethodType(method);
+  return absl::StrCat("method.",
+                      type == "dpo" || type == "orpo" ? type : "supervised",
+                      ".hyperparameters.");
+}
+
+}  // namespace lathe
