@@ -66,6 +66,13 @@ Usage:
                          [--prompt-init-text TEXT]
                     [--suffix S] [--seed N] [--metadata KEY=VALUE]...
                     [--priority low|normal|high] [--idempotency-key KEY]
+                    [--mixture FILE_ID:WEIGHT[:VALID_FILE_ID],...
+                     [--mixture-strategy concat|weighted|temperature]
+                     [--mixture-temperature T]
+                     [--mixture-stop first_exhausted|all_exhausted]
+                     [--regularizer FILE_ID:PROPORTION[:VALID_FILE_ID]]]
+                    [--masked-thought P [--mask-token pad|ID]]
+                    (with --mixture, --training-file may be left out)
   lathe jobs get JOB_ID
   lathe jobs list [--status STATUS] [--metadata KEY=VALUE]... [--limit N]
                   [--after JOB_ID]
@@ -184,6 +191,12 @@ std::string SchedulerName(v1::LrScheduler s) {
   return absl::AsciiStrToLower(name);
 }
 
+// An enum value's name without its prefix, in lower case: "weighted".
+std::string EnumSuffix(std::string name, absl::string_view prefix) {
+  if (absl::StartsWith(name, prefix)) name = name.substr(prefix.size());
+  return absl::AsciiStrToLower(name);
+}
+
 void PrintJob(const v1::Job& j) {
   std::cout << "id:               " << j.id() << "\n"
             << "status:           " << StatusName(j.status()) << "\n"
@@ -191,6 +204,30 @@ void PrintJob(const v1::Job& j) {
             << "training_file:    " << j.training_file() << "\n";
   if (!j.validation_file().empty()) {
     std::cout << "validation_file:  " << j.validation_file() << "\n";
+  }
+  if (j.training_mixture().sources_size() > 0) {
+    const v1::Mixture& m = j.training_mixture();
+    std::cout << absl::StrFormat("training_mixture: strategy=%s temperature=%g stop=%s\n",
+                                 EnumSuffix(v1::MixtureStrategy_Name(m.strategy()),
+                                            "MIXTURE_STRATEGY_"),
+                                 m.temperature(),
+                                 EnumSuffix(v1::MixtureStop_Name(m.stop()), "MIXTURE_STOP_"));
+    for (const v1::MixtureSource& s : m.sources()) {
+      std::cout << absl::StrFormat(
+          "                  %s file=%s %s%s%s\n", s.name(), s.file_id(),
+          s.proportion() > 0 ? absl::StrFormat("proportion=%g", s.proportion())
+                             : absl::StrFormat("weight=%g", s.weight()),
+          s.fraction() < 1 ? absl::StrFormat(" fraction=%g", s.fraction()) : "",
+          s.validation_file_id().empty() ? "" : " validation_file=" + s.validation_file_id());
+    }
+  }
+  if (j.method().supervised().has_masked_thought()) {
+    const v1::MaskedThought& mt = j.method().supervised().masked_thought();
+    std::cout << absl::StrFormat(
+        "masked_thought:   mask_rate=%g schedule=%s warmup_ratio=%g mask_token=%s\n",
+        mt.mask_rate(), EnumSuffix(v1::MaskRateSchedule_Name(mt.schedule()), "MASK_RATE_SCHEDULE_"),
+        mt.warmup_ratio(),
+        mt.has_mask_token_id() ? absl::StrCat(mt.mask_token_id()) : std::string("pad"));
   }
   const auto& hp = MethodHyperparameters(j.method());
   const std::string method = MethodType(j.method());
@@ -337,6 +374,93 @@ absl::StatusOr<std::map<std::string, std::string>> MetadataFlags(const Args& a) 
     out[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
   return out;
+}
+
+// One --mixture / --regularizer item: FILE_ID:NUMBER[:VALIDATION_FILE_ID].
+absl::StatusOr<v1::MixtureSource> MixtureItem(const std::string& flag, absl::string_view item,
+                                              bool proportion) {
+  std::vector<std::string> parts = absl::StrSplit(item, ':');
+  double value = 0;
+  if (parts.size() < 2 || parts.size() > 3 || parts[0].empty() ||
+      !absl::SimpleAtod(parts[1], &value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, ": expected FILE_ID:", proportion ? "PROPORTION" : "WEIGHT",
+                     "[:VALIDATION_FILE_ID], got \"", item, "\""));
+  }
+  v1::MixtureSource s;
+  s.set_file_id(parts[0]);
+  if (proportion) {
+    s.set_proportion(value);
+  } else {
+    s.set_weight(value);
+  }
+  if (parts.size() == 3) s.set_validation_file_id(parts[2]);
+  return s;
+}
+
+// --mixture, its options and --regularizer into training_mixture;
+// --masked-thought and --mask-token into method.supervised.masked_thought.
+absl::Status MixtureAndMaskFlags(const Args& a, v1::CreateJobRequest& r) {
+  const bool mixture_options = a.Has("mixture-strategy") || a.Has("mixture-temperature") ||
+                               a.Has("mixture-stop") || a.Has("regularizer");
+  if (mixture_options && !a.Has("mixture")) {
+    return absl::InvalidArgumentError(
+        "--mixture-strategy, --mixture-temperature, --mixture-stop and --regularizer go with "
+        "--mixture");
+  }
+  if (a.Has("mixture")) {
+    v1::Mixture& m = *r.mutable_training_mixture();
+    for (absl::string_view item : absl::StrSplit(*a.Get("mixture"), ',', absl::SkipEmpty())) {
+      auto s = MixtureItem("mixture", item, /*proportion=*/false);
+      if (!s.ok()) return s.status();
+      *m.add_sources() = *std::move(s);
+    }
+    for (const std::string& g : a.Values("regularizer")) {
+      auto s = MixtureItem("regularizer", g, /*proportion=*/true);
+      if (!s.ok()) return s.status();
+      *m.add_sources() = *std::move(s);
+    }
+    if (a.Has("mixture-strategy")) {
+      v1::MixtureStrategy v;
+      if (!v1::MixtureStrategy_Parse(
+              "MIXTURE_STRATEGY_" + absl::AsciiStrToUpper(*a.Get("mixture-strategy")), &v)) {
+        return absl::InvalidArgumentError(
+            "--mixture-strategy: use concat, weighted or temperature");
+      }
+      m.set_strategy(v);
+    }
+    if (a.Has("mixture-temperature")) {
+      auto v = DoubleFlag(a, "mixture-temperature");
+      if (!v.ok()) return v.status();
+      m.set_temperature(*v);
+    }
+    if (a.Has("mixture-stop")) {
+      v1::MixtureStop v;
+      if (!v1::MixtureStop_Parse("MIXTURE_STOP_" + absl::AsciiStrToUpper(*a.Get("mixture-stop")),
+                                 &v)) {
+        return absl::InvalidArgumentError("--mixture-stop: use first_exhausted or all_exhausted");
+      }
+      m.set_stop(v);
+    }
+  }
+  if (a.Has("mask-token") && !a.Has("masked-thought")) {
+    return absl::InvalidArgumentError("--mask-token goes with --masked-thought");
+  }
+  if (a.Has("masked-thought")) {
+    auto* mt = r.mutable_method()->mutable_supervised()->mutable_masked_thought();
+    auto v = DoubleFlag(a, "masked-thought");
+    if (!v.ok()) return v.status();
+    mt->set_mask_rate(*v);
+    const std::string token = a.GetOr("mask-token", "pad");
+    if (token != "pad") {
+      int32_t id = 0;
+      if (!absl::SimpleAtoi(token, &id)) {
+        return absl::InvalidArgumentError("--mask-token: use pad or a token id");
+      }
+      mt->set_mask_token_id(id);
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
@@ -544,6 +668,7 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     else if (p == "high") r.set_priority(v1::JOB_PRIORITY_HIGH);
     else return absl::InvalidArgumentError("--priority: use low, normal or high");
   }
+  if (absl::Status st = MixtureAndMaskFlags(a, r); !st.ok()) return st;
   return r;
 }
 
@@ -809,6 +934,10 @@ int JobsCommand(Env& env, const std::string& verb) {
       if (c.metrics().has_valid_loss()) {
         std::cout << absl::StrFormat("  valid_loss %.4f", c.metrics().valid_loss());
       }
+      for (const auto& [name, value] : std::map<std::string, double>(
+               c.metrics().values().begin(), c.metrics().values().end())) {
+        std::cout << absl::StrFormat("  %s %.4f", name, value);
+      }
       std::cout << "  " << FormatTime(c.created_at()) << "\n";
     }
     return 0;
@@ -860,7 +989,9 @@ int Run(const std::vector<std::string>& argv) {
        "max-grad-norm", "eval-every-steps", "checkpoint-every-steps", "adapter", "beta",
        "loss-type", "label-smoothing", "rpo-alpha", "max-prompt-len", "num-virtual-tokens",
        "prompt-init", "prompt-init-text", "lora-dora", "lora-layers", "layers", "modules",
-       "lisa-layers", "lisa-interval", "half-ft", "half-ft-reselect"});
+       "lisa-layers", "lisa-interval", "half-ft", "half-ft-reselect", "mixture",
+       "mixture-strategy", "mixture-temperature", "mixture-stop", "regularizer",
+       "masked-thought", "mask-token"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

@@ -1,6 +1,7 @@
 #include "server/job_request.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -113,6 +114,86 @@ absl::Status CheckTrainable(const v1::CreateJobRequest& r) {
   return absl::OkStatus();
 }
 
+bool Finite(double v) { return std::isfinite(v); }
+
+// training_mixture (METHODS.md §2.2): its files, weights and options.
+absl::Status CheckMixture(const v1::CreateJobRequest& r) {
+  const v1::Mixture& m = r.training_mixture();
+  constexpr int kMaxSources = 16;
+  if (m.sources_size() > kMaxSources) {
+    return Bad("training_mixture.sources", absl::StrCat("at most ", kMaxSources, " sources"));
+  }
+  if (!r.training_file().empty() && r.training_file() != m.sources(0).file_id()) {
+    return Bad("training_file",
+               "leave it empty with training_mixture (or give "
+               "training_mixture.sources[0].file_id)");
+  }
+  double proportions = 0;
+  bool drawn = false;
+  for (int i = 0; i < m.sources_size(); ++i) {
+    const v1::MixtureSource& s = m.sources(i);
+    const std::string at = absl::StrCat("training_mixture.sources[", i, "].");
+    RETURN_IF_ERROR(CheckIdField(at + "file_id", s.file_id()));
+    RETURN_IF_ERROR(
+        CheckIdField(at + "validation_file_id", s.validation_file_id(), /*required=*/false));
+    if (s.has_weight() && !(Finite(s.weight()) && s.weight() > 0)) {
+      return Bad(at + "weight", absl::StrCat(s.weight(), " must be > 0"));
+    }
+    if (s.has_proportion() &&
+        !(Finite(s.proportion()) && s.proportion() >= 0 && s.proportion() < 1)) {
+      return Bad(at + "proportion", "must be in [0, 1)");
+    }
+    if (s.has_fraction() && !(Finite(s.fraction()) && s.fraction() > 0 && s.fraction() <= 1)) {
+      return Bad(at + "fraction", "must be in (0, 1]");
+    }
+    if (s.name().size() > 64 ||
+        !std::all_of(s.name().begin(), s.name().end(), [](char c) {
+          return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+        })) {
+      return Bad(at + "name", "up to 64 letters, digits, '.', '_' and '-'");
+    }
+    const std::string name = s.name().empty() ? s.file_id() : s.name();
+    for (int j = 0; j < i; ++j) {
+      const v1::MixtureSource& o = m.sources(j);
+      if ((o.name().empty() ? o.file_id() : o.name()) == name) {
+        return Bad(at + "name",
+                   absl::StrCat("\"", Echo(name), "\" is already sources[", j, "]'s name"));
+      }
+    }
+    proportions += s.proportion();
+    drawn = drawn || s.proportion() == 0;
+  }
+  if (!drawn || proportions >= 1) {
+    return Bad("training_mixture.sources",
+               "need one source without a proportion, and proportions summing below 1");
+  }
+  if (!v1::MixtureStrategy_IsValid(m.strategy())) {
+    return Bad("training_mixture.strategy", "unknown value");
+  }
+  if (!v1::MixtureStop_IsValid(m.stop())) return Bad("training_mixture.stop", "unknown value");
+  if (m.has_temperature() && !(Finite(m.temperature()) && m.temperature() > 0)) {
+    return Bad("training_mixture.temperature", "must be > 0");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckMaskedThought(const v1::MaskedThought& mt) {
+  const std::string at = "method.supervised.masked_thought.";
+  if (mt.has_mask_rate() &&
+      !(Finite(mt.mask_rate()) && mt.mask_rate() >= 0 && mt.mask_rate() <= 1)) {
+    return Bad(at + "mask_rate", "must be in [0, 1]");
+  }
+  if (!v1::MaskRateSchedule_IsValid(mt.schedule())) return Bad(at + "schedule", "unknown value");
+  if (mt.has_warmup_ratio() &&
+      !(Finite(mt.warmup_ratio()) && mt.warmup_ratio() > 0 && mt.warmup_ratio() <= 1)) {
+    return Bad(at + "warmup_ratio", "must be in (0, 1]");
+  }
+  if (mt.has_mask_token_id() && mt.mask_token_id() < 0) {
+    return Bad(at + "mask_token_id", "must be >= 0");
+  }
+  return absl::OkStatus();
+}
+
 // The preference settings: only for the methods that take them, in range.
 absl::Status CheckPreferenceHyperparameters(const std::string& type,
                                             const v1::Hyperparameters& hp,
@@ -211,7 +292,13 @@ absl::Status CheckPromptTuning(const v1::CreateJobRequest& r) {
 
 absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckIdField("model", r.model()));
-  RETURN_IF_ERROR(CheckIdField("training_file", r.training_file()));
+  if (r.training_mixture().sources_size() > 0) {
+    RETURN_IF_ERROR(CheckMixture(r));
+  } else {
+    if (r.has_training_mixture()) return Bad("training_mixture.sources", "must not be empty");
+    RETURN_IF_ERROR(CheckIdField("training_file", r.training_file()));
+  }
+  RETURN_IF_ERROR(CheckMaskedThought(r.method().supervised().masked_thought()));
   RETURN_IF_ERROR(
       CheckIdField("validation_file", r.validation_file(), /*required=*/false));
   const std::string type = MethodType(r.method());
@@ -220,6 +307,10 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
     return Bad("method.type",
                absl::StrCat("\"", Echo(type), "\" is not supported (use ",
                             absl::StrJoin(kMethodTypes, ", "), ")"));
+  }
+  if (r.has_training_mixture() && type != "supervised") {
+    return Bad("training_mixture", absl::StrCat("is for method.type \"supervised\", not \"",
+                                                Echo(type), "\""));
   }
   // Only the named method's message may be set.
   const v1::Method& method = r.method();
@@ -412,6 +503,30 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
   if (!hp->has_checkpoint_every_steps()) {
     hp->set_checkpoint_every_steps(defaults.checkpoint_every_steps);
   }
+  if (job.method().supervised().has_masked_thought()) {
+    auto* mt = job.mutable_method()->mutable_supervised()->mutable_masked_thought();
+    if (!mt->has_mask_rate()) mt->set_mask_rate(0.2);
+    if (mt->schedule() == v1::MASK_RATE_SCHEDULE_UNSPECIFIED) {
+      mt->set_schedule(v1::MASK_RATE_SCHEDULE_LINEAR_WARMUP);
+    }
+    if (!mt->has_warmup_ratio()) mt->set_warmup_ratio(2.0 / 3.0);
+  }
+  if (job.has_training_mixture()) {
+    auto* m = job.mutable_training_mixture();
+    if (m->strategy() == v1::MIXTURE_STRATEGY_UNSPECIFIED) {
+      const bool weighted = std::any_of(m->sources().begin(), m->sources().end(),
+                                        [](const v1::MixtureSource& s) { return s.has_weight(); });
+      m->set_strategy(weighted ? v1::MIXTURE_STRATEGY_WEIGHTED : v1::MIXTURE_STRATEGY_CONCAT);
+    }
+    if (!m->has_temperature()) m->set_temperature(1);
+    if (m->stop() == v1::MIXTURE_STOP_UNSPECIFIED) m->set_stop(v1::MIXTURE_STOP_FIRST_EXHAUSTED);
+    for (v1::MixtureSource& s : *m->mutable_sources()) {
+      if (!s.has_weight()) s.set_weight(1);
+      if (!s.has_proportion()) s.set_proportion(0);
+      if (!s.has_fraction()) s.set_fraction(1);
+      if (s.name().empty()) s.set_name(s.file_id());
+    }
+  }
   if (IsPreferenceMethod(type)) {
     if (!hp->has_beta()) hp->set_beta(0.1);  // TRL's and Together's
     if (!hp->has_max_prompt_len()) {
@@ -475,7 +590,12 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   job.set_created_at(NowUnixSeconds());
   job.set_status(v1::JOB_STATUS_VALIDATING_FILES);
   job.set_model(r.model());
-  job.set_training_file(r.training_file());
+  if (r.training_mixture().sources_size() > 0) {
+    *job.mutable_training_mixture() = r.training_mixture();
+    job.set_training_file(r.training_mixture().sources(0).file_id());
+  } else {
+    job.set_training_file(r.training_file());
+  }
   job.set_validation_file(r.validation_file());
   job.set_suffix(r.suffix());
   job.set_seed(r.has_seed() ? r.seed() : seed_if_unset);
@@ -488,6 +608,10 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   }
   auto* hp = MutableMethodHyperparameters(*method);
   *hp = MethodHyperparameters(r.method());
+  if (r.method().supervised().has_masked_thought()) {
+    *method->mutable_supervised()->mutable_masked_thought() =
+        r.method().supervised().masked_thought();
+  }
   if (!hp->has_n_epochs()) hp->set_n_epochs(3);
   if (!hp->has_batch_size()) {
     // About 5% of the examples per step, within 1..8.

@@ -94,6 +94,92 @@ TEST(JobRequestTest, RefusesBadFieldsByName) {
   EXPECT_TRUE(CheckJobRequest(Valid()).ok());
 }
 
+// A mixture job: two weighted sources and a regulariser.
+v1::CreateJobRequest Mixed() {
+  v1::CreateJobRequest r = Valid();
+  r.clear_training_file();
+  auto* m = r.mutable_training_mixture();
+  for (const char* id : {"file-a", "file-b", "file-g"}) m->add_sources()->set_file_id(id);
+  m->mutable_sources(0)->set_weight(0.7);
+  m->mutable_sources(1)->set_weight(0.3);
+  m->mutable_sources(2)->set_proportion(0.1);
+  r.mutable_method()->mutable_supervised()->mutable_masked_thought();
+  return r;
+}
+
+TEST(JobRequestTest, RefusesBadMixturesAndMaskedThoughtByName) {
+  struct Case {
+    std::function<void(v1::CreateJobRequest&)> mutate;
+    const char* field;
+  };
+  auto source = [](v1::CreateJobRequest& r, int i) {
+    return r.mutable_training_mixture()->mutable_sources(i);
+  };
+  auto mt = [](v1::CreateJobRequest& r) {
+    return r.mutable_method()->mutable_supervised()->mutable_masked_thought();
+  };
+  const Case cases[] = {
+      {[&](auto& r) { source(r, 1)->set_weight(0); }, "training_mixture.sources[1].weight"},
+      {[&](auto& r) { source(r, 1)->set_weight(NAN); }, "training_mixture.sources[1].weight"},
+      {[&](auto& r) { source(r, 2)->set_proportion(1); },
+       "training_mixture.sources[2].proportion"},
+      {[&](auto& r) { source(r, 0)->set_fraction(0); }, "training_mixture.sources[0].fraction"},
+      {[&](auto& r) { source(r, 1)->clear_file_id(); }, "training_mixture.sources[1].file_id"},
+      {[&](auto& r) { source(r, 1)->set_name("a/b"); }, "training_mixture.sources[1].name"},
+      {[&](auto& r) { source(r, 1)->set_file_id("file-a"); },
+       "training_mixture.sources[1].name: \"file-a\" is already sources[0]'s name"},
+      {[&](auto& r) {
+         source(r, 0)->set_proportion(0.5);
+         source(r, 1)->set_proportion(0.5);
+       },
+       "training_mixture.sources: need one source"},
+      {[](auto& r) { r.set_training_file("file-x"); }, "training_file: leave it empty"},
+      {[](auto& r) { r.mutable_training_mixture()->set_temperature(0); },
+       "training_mixture.temperature"},
+      {[](auto& r) { r.mutable_training_mixture()->set_stop(static_cast<v1::MixtureStop>(9)); },
+       "training_mixture.stop"},
+      {[](auto& r) { r.mutable_training_mixture()->clear_sources(); },
+       "training_mixture.sources: must not be empty"},
+      {[&](auto& r) { mt(r)->set_mask_rate(1.5); }, "masked_thought.mask_rate"},
+      {[&](auto& r) { mt(r)->set_warmup_ratio(0); }, "masked_thought.warmup_ratio"},
+      {[&](auto& r) { mt(r)->set_mask_token_id(-1); }, "masked_thought.mask_token_id"},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest r = Mixed();
+    c.mutate(r);
+    absl::Status st = CheckJobRequest(r);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.field << ": " << st;
+    EXPECT_NE(st.message().find(c.field), absl::string_view::npos)
+        << st.message() << " should name " << c.field;
+  }
+  ASSERT_TRUE(CheckJobRequest(Mixed()).ok()) << CheckJobRequest(Mixed());
+  v1::CreateJobRequest first = Mixed();
+  first.set_training_file("file-a");  // the first source may be named twice
+  EXPECT_TRUE(CheckJobRequest(first).ok());
+
+  v1::File training;
+  training.set_line_count(40);
+  const v1::Job job = ResolveJob(Mixed(), training, v1::Model(), "p", "ftjob-1", 5, {});
+  EXPECT_EQ(job.training_file(), "file-a");
+  const v1::Mixture& m = job.training_mixture();
+  EXPECT_EQ(m.strategy(), v1::MIXTURE_STRATEGY_WEIGHTED);
+  EXPECT_EQ(m.stop(), v1::MIXTURE_STOP_FIRST_EXHAUSTED);
+  EXPECT_EQ(m.temperature(), 1);
+  EXPECT_EQ(m.sources(2).name(), "file-g");
+  EXPECT_EQ(m.sources(2).weight(), 1);
+  EXPECT_EQ(m.sources(2).proportion(), 0.1);
+  EXPECT_EQ(m.sources(0).fraction(), 1);
+  const v1::MaskedThought& resolved = job.method().supervised().masked_thought();
+  EXPECT_EQ(resolved.mask_rate(), 0.2);
+  EXPECT_EQ(resolved.schedule(), v1::MASK_RATE_SCHEDULE_LINEAR_WARMUP);
+  EXPECT_NEAR(resolved.warmup_ratio(), 2.0 / 3, 1e-12);
+  EXPECT_FALSE(resolved.has_mask_token_id());  // the pad token
+  EXPECT_FALSE(ResolveJob(Valid(), training, v1::Model(), "p", "ftjob-2", 5, {})
+                   .method()
+                   .supervised()
+                   .has_masked_thought());
+}
+
 TEST(JobRequestTest, ResolvesAutoAndKeepsGivenValues) {
   v1::File f;
   f.set_line_count(100);

@@ -73,11 +73,29 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
         model->base_model()));
   }
   RETURN_IF_ERROR(CheckJobForModel(r, *model));
-  auto training = deps_.store->GetFile(r.training_file());
-  if (!training.ok() || training->project() != caller.project) {
-    return absl::NotFoundError(
-        absl::StrCat("training_file: no such file ", Echo(r.training_file())));
+  // A mixture's files, each of the caller's project (another project's
+  // file is as missing as one that never existed).
+  auto own_file = [&](const std::string& field,
+                      const std::string& id) -> absl::StatusOr<v1::File> {
+    auto file = deps_.store->GetFile(id);
+    if (!file.ok() || file->project() != caller.project) {
+      return absl::NotFoundError(absl::StrCat(field, ": no such file ", Echo(id)));
+    }
+    return file;
+  };
+  const auto& sources = r.training_mixture().sources();
+  for (int i = 0; i < sources.size(); ++i) {
+    const std::string at = absl::StrCat("training_mixture.sources[", i, "].");
+    RETURN_IF_ERROR(own_file(at + "file_id", sources[i].file_id()).status());
+    if (!sources[i].validation_file_id().empty()) {
+      RETURN_IF_ERROR(
+          own_file(at + "validation_file_id", sources[i].validation_file_id()).status());
+    }
   }
+  auto training = sources.empty()
+                      ? own_file("training_file", r.training_file())
+                      : own_file("training_mixture.sources[0].file_id", sources[0].file_id());
+  if (!training.ok()) return training.status();
   std::optional<v1::File> validation;
   if (!r.validation_file().empty()) {
     auto file = deps_.store->GetFile(r.validation_file());

@@ -27,8 +27,13 @@ absl::StatusOr<std::string> WorkerOps::FetchFile(
     const WorkerCaller&, const v1::FetchFileRequest& r) const {
   RETURN_IF_ERROR(CheckAttempt(r.job_id(), r.attempt()));
   ASSIGN_OR_RETURN(v1::Job job, deps_.store->GetJob(r.job_id()));
-  if (r.file_id() != job.training_file() &&
-      r.file_id() != job.validation_file()) {
+  bool of_job = r.file_id() == job.training_file() ||
+                r.file_id() == job.validation_file();
+  for (const v1::MixtureSource& s : job.training_mixture().sources()) {
+    of_job = of_job || r.file_id() == s.file_id() ||
+             r.file_id() == s.validation_file_id();
+  }
+  if (r.file_id().empty() || !of_job) {
     return absl::NotFoundError(absl::StrCat("file_id: ", Echo(r.file_id()),
                                             " is not a file of ", job.id()));
   }

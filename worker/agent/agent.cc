@@ -469,9 +469,20 @@ void Agent::RunAttempt(Attempt* attempt) {
   engine::RunSpec o = translated.ok() ? *translated : engine::RunSpec();
 
   std::string error;
-  bool fetched =
-      translated.ok() && ResolveModel(attempt, &o.model.dir, &error) &&
-      FetchFile(attempt, job.training_file(), o.data.training_file, &error);
+  bool fetched = translated.ok() && ResolveModel(attempt, &o.model.dir, &error);
+  if (fetched && !o.data.training_file.empty()) {
+    fetched =
+        FetchFile(attempt, job.training_file(), o.data.training_file, &error);
+  }
+  // A mixture's sources and their validation files, in the job's order.
+  for (size_t i = 0; fetched && i < o.data.mixture.sources.size(); ++i) {
+    const v1::MixtureSource& wire = job.training_mixture().sources(i);
+    const engine::MixtureSourceSpec& source = o.data.mixture.sources[i];
+    fetched = FetchFile(attempt, wire.file_id(), source.file, &error) &&
+              (source.validation_file.empty() ||
+               FetchFile(attempt, wire.validation_file_id(),
+                         source.validation_file, &error));
+  }
   if (fetched && !o.data.validation_file.empty()) {
     fetched = FetchFile(attempt, job.validation_file(),
                         o.data.validation_file, &error);

@@ -15,9 +15,21 @@ absl::StatusOr<engine::RunSpec> RunSpecFor(const v1::Assignment& as,
   namespace fs = std::filesystem;
   const v1::Job& job = as.job();
   ASSIGN_OR_RETURN(engine::RunSpec spec, RunSpecForJob(job));
-  spec.data.training_file = (fs::path(dir) / "train.jsonl").string();
-  spec.data.training_file_name =
-      absl::StrCat("training_file ", job.training_file());
+  // A mixture's sources in place of training_file: their file ids become
+  // the paths the agent fetches them to.
+  for (size_t i = 0; i < spec.data.mixture.sources.size(); ++i) {
+    engine::MixtureSourceSpec& source = spec.data.mixture.sources[i];
+    source.file = (fs::path(dir) / absl::StrCat("source-", i, ".jsonl")).string();
+    if (!source.validation_file.empty()) {
+      source.validation_file =
+          (fs::path(dir) / absl::StrCat("source-", i, "-valid.jsonl")).string();
+    }
+  }
+  if (spec.data.mixture.sources.empty()) {
+    spec.data.training_file = (fs::path(dir) / "train.jsonl").string();
+    spec.data.training_file_name =
+        absl::StrCat("training_file ", job.training_file());
+  }
   if (!job.validation_file().empty()) {
     spec.data.validation_file = (fs::path(dir) / "valid.jsonl").string();
     spec.data.validation_file_name =

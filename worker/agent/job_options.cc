@@ -52,6 +52,80 @@ absl::StatusOr<engine::TrainableSpec> TrainableForJob(
   return t;
 }
 
+struct StrategyName {
+  v1::MixtureStrategy wire;
+  const char* engine;  // MixtureSpec::strategy
+};
+constexpr StrategyName kStrategies[] = {
+    {v1::MIXTURE_STRATEGY_CONCAT, "concat"},
+    {v1::MIXTURE_STRATEGY_WEIGHTED, "weighted"},
+    {v1::MIXTURE_STRATEGY_TEMPERATURE, "temperature"},
+};
+struct StopName {
+  v1::MixtureStop wire;
+  const char* engine;  // MixtureSpec::stop
+};
+constexpr StopName kStops[] = {
+    {v1::MIXTURE_STOP_FIRST_EXHAUSTED, "first_exhausted"},
+    {v1::MIXTURE_STOP_ALL_EXHAUSTED, "all_exhausted"},
+};
+struct ScheduleName {
+  v1::MaskRateSchedule wire;
+  const char* engine;  // MaskedThoughtSpec::schedule
+};
+constexpr ScheduleName kMaskSchedules[] = {
+    {v1::MASK_RATE_SCHEDULE_LINEAR_WARMUP, "linear_warmup"},
+    {v1::MASK_RATE_SCHEDULE_CONSTANT, "constant"},
+};
+
+// The engine name of `wire` in `table`, or "" when it has none.
+template <typename Table, typename Wire>
+std::string EngineName(const Table& table, Wire wire) {
+  for (const auto& entry : table) {
+    if (entry.wire == wire) return entry.engine;
+  }
+  return "";
+}
+template <typename Table>
+auto WireValue(const Table& table, const std::string& engine) {
+  for (const auto& entry : table) {
+    if (engine == entry.engine) return entry.wire;
+  }
+  return decltype(table[0].wire){};
+}
+
+// The mixture as the engine's data.mixture. The sources' file and
+// validation_file hold the job's file ids here; the agent puts the fetched
+// paths in their place (attempt_setup.h).
+absl::Status MixtureForJob(const v1::Mixture& wire, engine::MixtureSpec& m) {
+  m.strategy = EngineName(kStrategies, wire.strategy());
+  m.stop = EngineName(kStops, wire.stop());
+  if (m.strategy.empty() || m.stop.empty()) {
+    return absl::InvalidArgumentError(
+        "training_mixture: its strategy or stop is not resolved");
+  }
+  m.temperature = wire.temperature();
+  for (int i = 0; i < wire.sources_size(); ++i) {
+    const v1::MixtureSource& s = wire.sources(i);
+    m.sources.push_back(
+        {.name = s.name(),
+         .file = s.file_id(),
+         .file_name = absl::StrCat("training_mixture.sources[", i,
+                                   "].file_id ", s.file_id()),
+         .validation_file = s.validation_file_id(),
+         .validation_file_name =
+             s.validation_file_id().empty()
+                 ? ""
+                 : absl::StrCat("training_mixture.sources[", i,
+                                "].validation_file_id ",
+                                s.validation_file_id()),
+         .weight = s.weight(),
+         .proportion = s.proportion(),
+         .fraction = s.fraction()});
+  }
+  return absl::OkStatus();
+}
+
 struct LossName {
   v1::PreferenceLoss wire;
   const char* engine;  // DpoSpec::loss_type
@@ -131,7 +205,22 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
   const v1::Hyperparameters& hp = MethodHyperparameters(job.method());
   const std::string prefix = HyperparametersPrefix(job.method());
   if (type == "supervised" || type == "prompt_tuning") {
-    spec.objective = engine::SftSpec{};
+    engine::SftSpec sft;
+    if (job.method().supervised().has_masked_thought()) {
+      const v1::MaskedThought& wire = job.method().supervised().masked_thought();
+      engine::MaskedThoughtSpec& mt = sft.masked_thought;
+      mt.mask_rate = wire.mask_rate();
+      mt.schedule = EngineName(kMaskSchedules, wire.schedule());
+      if (mt.schedule.empty()) {
+        return absl::InvalidArgumentError(
+            "method.supervised.masked_thought.schedule: not resolved");
+      }
+      mt.warmup_ratio = wire.warmup_ratio();
+      mt.mask_token = wire.has_mask_token_id()
+                          ? absl::StrCat(wire.mask_token_id())
+                          : "pad";
+    }
+    spec.objective = sft;
   } else if (type == "dpo") {
     engine::DpoSpec dpo;
     dpo.beta = hp.beta();
@@ -157,6 +246,12 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
         "method.type: \"", job.method().type(), "\" has no engine recipe"));
+  }
+  if (job.training_mixture().sources_size() > 0) {
+    if (absl::Status s = MixtureForJob(job.training_mixture(), spec.data.mixture);
+        !s.ok()) {
+      return s;
+    }
   }
   spec.schedule.n_epochs = hp.n_epochs();
   spec.data.batch_size = hp.batch_size();
@@ -261,6 +356,32 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
   hp.set_eval_every_steps(spec.evaluation.every_steps);
   hp.set_max_grad_norm(spec.optimizer.max_grad_norm);
   hp.set_checkpoint_every_steps(spec.checkpoint.every_steps);
+  const auto* sft = std::get_if<engine::SftSpec>(&spec.objective);
+  if (sft != nullptr && sft->masked_thought.mask_rate > 0) {
+    const engine::MaskedThoughtSpec& mt = sft->masked_thought;
+    v1::MaskedThought& wire =
+        *job.mutable_method()->mutable_supervised()->mutable_masked_thought();
+    wire.set_mask_rate(mt.mask_rate);
+    wire.set_schedule(WireValue(kMaskSchedules, mt.schedule));
+    wire.set_warmup_ratio(mt.warmup_ratio);
+    if (mt.mask_token != "pad") wire.set_mask_token_id(std::stoi(mt.mask_token));
+  }
+  const engine::MixtureSpec& m = spec.data.mixture;
+  if (!m.sources.empty()) {
+    v1::Mixture& wire = *job.mutable_training_mixture();
+    wire.set_strategy(WireValue(kStrategies, m.strategy));
+    wire.set_stop(WireValue(kStops, m.stop));
+    wire.set_temperature(m.temperature);
+    for (const engine::MixtureSourceSpec& s : m.sources) {
+      v1::MixtureSource& source = *wire.add_sources();
+      source.set_name(s.name);
+      source.set_file_id(s.file);
+      source.set_validation_file_id(s.validation_file);
+      source.set_weight(s.weight);
+      source.set_proportion(s.proportion);
+      source.set_fraction(s.fraction);
+    }
+  }
   return job;
 }
 

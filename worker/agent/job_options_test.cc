@@ -94,6 +94,23 @@ v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supe
   if (adapter == v1::ADAPTER_TYPE_LORA) SetEveryField(*job.mutable_lora());
   // Not a valid selection (all kinds at once), but every field travels.
   if (adapter == v1::ADAPTER_TYPE_FULL) SetEveryField(*job.mutable_trainable());
+  if (method != "supervised") return job;  // masked thought and mixtures are SFT's
+  SetEveryField(*job.mutable_method()->mutable_supervised()->mutable_masked_thought());
+  // Mixture holds messages and ids: filled by hand, every field away from
+  // the engine's defaults.
+  v1::Mixture& mixture = *job.mutable_training_mixture();
+  mixture.set_strategy(v1::MIXTURE_STRATEGY_TEMPERATURE);
+  mixture.set_stop(v1::MIXTURE_STOP_ALL_EXHAUSTED);
+  mixture.set_temperature(2.5);
+  for (int i = 0; i < 2; ++i) {
+    v1::MixtureSource& s = *mixture.add_sources();
+    s.set_file_id(i == 0 ? "file-a" : "file-b");
+    s.set_name(i == 0 ? "math" : "general");
+    s.set_validation_file_id(i == 0 ? "file-av" : "file-bv");
+    s.set_weight(0.75);
+    s.set_proportion(i == 0 ? 0 : 0.25);
+    s.set_fraction(0.5);
+  }
   return job;
 }
 
@@ -166,6 +183,8 @@ TEST(JobOptionsTest, TheValuesLandInTheirEngineFields) {
 const std::set<std::string> kNotFromTheJob = {
     // The agent's paths and the worker's device (attempt_setup.h).
     "model.dir", "data.training_file", "data.validation_file",
+    // (The mixture's sources come from the job; the agent replaces their
+    // file ids with the fetched paths.)
     "data.training_file_name", "data.validation_file_name", "checkpoint.dir",
     "checkpoint.resume_from", "output.dir", "output.merged_dir",
     "device.device",

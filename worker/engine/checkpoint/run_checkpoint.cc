@@ -118,7 +118,7 @@ absl::Status ResumeRunCheckpoint(
                      "run's data"));
   }
   for (int64_t index : state.data_order) {
-    if (index < 0 || index >= static_cast<int64_t>(data.order.size())) {
+    if (index < 0 || index >= static_cast<int64_t>(data.examples)) {
       return absl::DataLossError(
           absl::StrCat(state_path, ": data order holds index ", index));
     }

@@ -36,8 +36,13 @@ Batch ToDevice(Batch batch, torch::Device device) {
   if (batch.input_ids.device() == device) return batch;
   batch.input_ids = batch.input_ids.to(device);
   batch.loss_mask = batch.loss_mask.to(device);
+  if (batch.labels.defined()) batch.labels = batch.labels.to(device);
   batch.layout.position_ids = batch.layout.position_ids.to(device);
   return batch;
+}
+
+const torch::Tensor& Labels(const Batch& batch) {
+  return batch.labels.defined() ? batch.labels : batch.input_ids;
 }
 
 int64_t Targets(const Batch& batch) {
@@ -49,8 +54,7 @@ LossStats CausalLmLoss(const torch::Tensor& logits, const Batch& batch) {
   torch::Tensor mask = batch.loss_mask.slice(1, 1).reshape({-1});  // [B*(T-1)]
   torch::Tensor predicted =
       logits.slice(1, 0, -1).reshape({-1, V}).index({mask});  // [N, V]
-  torch::Tensor labels =
-      batch.input_ids.slice(1, 1).reshape({-1}).index({mask});
+  torch::Tensor labels = Labels(batch).slice(1, 1).reshape({-1}).index({mask});
   LossStats stats;
   stats.loss = torch::cross_entropy_loss(predicted, labels);
   stats.targets = labels.size(0);

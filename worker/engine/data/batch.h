@@ -21,6 +21,10 @@ struct Batch {
   // token before it, which always belongs to the same example: the first
   // token of an example is never a target.
   torch::Tensor loss_mask;
+  // [B, T] int64: what each target position must predict. Undefined = the
+  // input_ids themselves; set when the inputs are altered (Masked Thought,
+  // data/masked_thought.h) while the targets stay the original tokens.
+  torch::Tensor labels;
   SequenceLayout layout;  // positions and attention segments
   int64_t tokens = 0;     // real (non-pad) tokens
   int64_t padding = 0;    // pad tokens: B * T - tokens
@@ -33,6 +37,9 @@ Batch MakeBatch(const std::vector<Example>& examples,
 
 // `batch` with its tensors on `device`.
 Batch ToDevice(Batch batch, torch::Device device);
+
+// The ids the targets of `batch` predict: labels when set, else input_ids.
+const torch::Tensor& Labels(const Batch& batch);
 
 // The number of target tokens of `batch`.
 int64_t Targets(const Batch& batch);

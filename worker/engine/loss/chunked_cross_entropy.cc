@@ -267,7 +267,7 @@ LossStats ChunkedCausalLmLoss(const torch::Tensor& hidden,
   const torch::Tensor predicting =
       hidden.slice(1, 0, -1).reshape({-1, C}).index_select(0, rows);
   const torch::Tensor labels =
-      batch.input_ids.slice(1, 1).reshape({-1}).index_select(0, rows);
+      Labels(batch).slice(1, 1).reshape({-1}).index_select(0, rows);
   return ChunkedCrossEntropy(predicting, head, labels, chunk_tokens);
 }
 

@@ -93,6 +93,16 @@ absl::StatusOr<std::unique_ptr<TrainableSelection>> MakeSelection(
 
 }  // namespace
 
+int64_t TotalSteps(const RunSpec& spec, size_t epoch_examples) {
+  const int64_t examples_per_step =
+      static_cast<int64_t>(spec.data.batch_size) *
+      spec.optimizer.gradient_accumulation_steps;
+  const int64_t steps_per_epoch =
+      (static_cast<int64_t>(epoch_examples) + examples_per_step - 1) /
+      examples_per_step;
+  return steps_per_epoch * spec.schedule.n_epochs;
+}
+
 absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
                                     Objective& objective,
                                     const TrainHooks& hooks) {
@@ -102,9 +112,19 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
                                  ErrorKind::kUserOptions,
                                  absl::StrCat(hyperparameters,
                                               ".lr_scheduler")));
-  ASSIGN_OR_RETURN(const Json fingerprint,
-                   RunFingerprint(ResumeKeys(spec), spec.model.dir,
-                                  spec.data.training_file));
+  // A mixture's sources are fingerprinted by content, each.
+  Json resume_keys = ResumeKeys(spec);
+  const std::vector<MixtureSourceSpec>& sources = spec.data.mixture.sources;
+  for (size_t i = 1; i < sources.size(); ++i) {
+    ASSIGN_OR_RETURN(
+        resume_keys[absl::StrCat("mixture.sources[", i, "].fnv1a64")],
+        FileFingerprint(sources[i].file));
+  }
+  ASSIGN_OR_RETURN(
+      const Json fingerprint,
+      RunFingerprint(std::move(resume_keys), spec.model.dir,
+                     sources.empty() ? spec.data.training_file
+                                     : sources[0].file));
   const DataSpec& data_spec = spec.data;
   const OptimizerSpec& optimizer_spec = spec.optimizer;
 
@@ -118,13 +138,11 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
   AdamW optimizer(selection != nullptr ? std::vector<AdamW::Param>{} : params,
                   AdamWOptions{.weight_decay = optimizer_spec.weight_decay});
   const size_t examples = objective.train_examples();
-  const int64_t examples_per_step =
-      static_cast<int64_t>(data_spec.batch_size) *
-      optimizer_spec.gradient_accumulation_steps;
+  const MixturePlan* mixture = objective.mixture();
+  const int64_t total_steps = TotalSteps(
+      spec, mixture != nullptr ? mixture->EpochSize() : examples);
   const int64_t steps_per_epoch =
-      (static_cast<int64_t>(examples) + examples_per_step - 1) /
-      examples_per_step;
-  const int64_t total_steps = steps_per_epoch * spec.schedule.n_epochs;
+      std::max<int64_t>(total_steps / spec.schedule.n_epochs, 1);
 
   // The trainable selection for the step about to run: LISA's draws, HFT's
   // halves. The optimizer follows it: LISA's inactive layers lose their
@@ -152,7 +170,7 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
 
   // Fresh, or resumed.
   Progress progress;
-  DataCursor data = DataCursor::Start(examples, spec.seed);
+  DataCursor data = DataCursor::Start(examples, spec.seed, mixture);
   const std::string& resume_from = spec.checkpoint.resume_from;
   if (!resume_from.empty()) {
     std::function<absl::Status(const Json&)> restore_selection;

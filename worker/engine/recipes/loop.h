@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "worker/engine/data/chat_data.h"
+#include "worker/engine/data/mixture.h"
 #include "worker/engine/model/llama.h"
 #include "worker/engine/recipes/run.h"
 #include "worker/engine/spec/run_spec.h"
@@ -65,6 +66,10 @@ class Objective {
 
   // Training examples: the data cursor shuffles their indices.
   virtual size_t train_examples() const = 0;
+  // For a mixture (data/mixture.h): how each epoch draws from the training
+  // examples (the sources end to end); null = one shuffled pass. Must
+  // outlive the loop.
+  virtual const MixturePlan* mixture() const { return nullptr; }
   // Examples of the training file cut to fit (for TrainResult).
   virtual int64_t truncated_examples() const { return 0; }
 
@@ -96,6 +101,10 @@ class Objective {
   // A few words for the run's log line ("SFT, loss chunks of 1024 tokens").
   virtual std::string Describe() const = 0;
 };
+
+// The optimizer steps of a run whose epochs hold `epoch_examples`
+// examples: ceil(epoch_examples / (batch_size x accumulation)) x n_epochs.
+int64_t TotalSteps(const RunSpec& spec, size_t epoch_examples);
 
 // Trains `model` (from SetUpModel) with `objective` as Train (run.h)
 // describes, writing checkpoints and the result.

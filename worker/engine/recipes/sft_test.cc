@@ -754,5 +754,118 @@ TEST_F(TrainerTest, AMissingCudaDeviceIsAPlatformErrorNamingTheDevice) {
   EXPECT_EQ(status.message().rfind("device.device: cuda", 0), 0u) << status;
 }
 
+// Writes lines [begin, end) of `from` to `to`.
+void CopyLines(const std::string& from, const std::string& to, int begin,
+               int end) {
+  std::ifstream in(from);
+  std::ofstream out(to);
+  int i = 0;
+  for (std::string line; std::getline(in, line); ++i) {
+    if (i >= begin && i < end) out << line << "\n";
+  }
+}
+
+// A weighted mixture of two halves of the demo data with the validation
+// file as a general-data regulariser: the epoch is the plan's
+// (first_exhausted: min(48 / 0.7, 32 / 0.3) = 68 draws, plus
+// round(0.2 / 0.8 * 68) = 17 general examples: 85, 22 steps), each
+// source's validation loss is reported, and a stopped run resumes to the
+// same draws and losses.
+TEST_F(TrainerTest, MixtureRunReportsEachSourceAndResumesToTheSameDraws) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/reference");
+  const std::string train = options.data.training_file;
+  const std::string valid = options.data.validation_file;
+  CopyLines(train, out.path() + "/a.jsonl", 0, 48);
+  CopyLines(train, out.path() + "/b.jsonl", 48, 80);
+  CopyLines(valid, out.path() + "/b-valid.jsonl", 0, 5);
+  options.data.training_file.clear();
+  options.data.validation_file.clear();
+  options.data.mixture = {
+      .sources = {{.name = "a",
+                   .file = out.path() + "/a.jsonl",
+                   .validation_file = valid,
+                   .weight = 0.7},
+                  {.name = "b",
+                   .file = out.path() + "/b.jsonl",
+                   .validation_file = out.path() + "/b-valid.jsonl",
+                   .weight = 0.3},
+                  {.name = "general", .file = valid, .proportion = 0.2}},
+      .strategy = "weighted"};
+  options.schedule.n_epochs = 1;
+  options.evaluation.every_steps = 11;
+  ASSERT_TRUE(ValidateRunSpec(options).ok()) << ValidateRunSpec(options);
+  const Run reference = TrainRun(options);
+  ASSERT_TRUE(reference.result.ok()) << reference.result.status();
+  ASSERT_EQ(reference.steps.size(), 22u);
+  for (const StepMetrics& m : reference.steps) {
+    EXPECT_EQ(m.values.count("valid_loss/a"), m.step % 11 == 0 ? 1u : 0u);
+    EXPECT_EQ(m.values.count("valid_loss/b"), m.step % 11 == 0 ? 1u : 0u);
+    EXPECT_EQ(m.values.count("valid_loss/general"), 0u);
+  }
+  const StepMetrics& last = reference.steps.back();
+  const double a = last.values.at("valid_loss/a");
+  const double b = last.values.at("valid_loss/b");
+  EXPECT_NE(a, b);
+  ASSERT_TRUE(last.validation_loss.has_value());  // over a's and b's files
+  EXPECT_GT(*last.validation_loss, std::min(a, b));
+  EXPECT_LT(*last.validation_loss, std::max(a, b));
+  EXPECT_EQ(reference.result->validation_loss, last.validation_loss);
+
+  options.output.dir = out.path() + "/interrupted";
+  options.checkpoint.dir = out.path() + "/ckpt";
+  const Run stopped = TrainRun(options, /*stop_after=*/9);
+  ASSERT_EQ(stopped.checkpoints.size(), 1u);
+  options.checkpoint.resume_from = stopped.checkpoints[0].dir;
+  const Run resumed = TrainRun(options);
+  ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+  ASSERT_EQ(resumed.steps.size(), 13u);
+  const std::vector<double> want = Tail(reference.losses(), 9);
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(resumed.losses()[i], want[i], 1e-6) << "step " << i + 10;
+  }
+  EXPECT_EQ(resumed.result->trained_tokens, reference.result->trained_tokens);
+  // Another weight is another plan: the checkpoint is refused.
+  options.data.mixture.sources[0].weight = 0.6;
+  EXPECT_EQ(TrainRun(options).result.status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// Masked Thought changes the steps' losses (the inputs are masked, the
+// targets are not), a stopped run resumes to the same masks, and a mask id
+// beyond the vocabulary is the user's option error.
+TEST_F(TrainerTest, MaskedThoughtRunResumesToTheSameMasks) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/plain");
+  options.schedule.n_epochs = 1;
+  const std::vector<double> plain = TrainLosses(options);
+  std::get<SftSpec>(options.objective).masked_thought = {
+      .mask_rate = 0.5, .schedule = "constant"};
+  options.output.dir = out.path() + "/reference";
+  const Run reference = TrainRun(options);
+  ASSERT_TRUE(reference.result.ok()) << reference.result.status();
+  ASSERT_EQ(reference.steps.size(), plain.size());
+  EXPECT_GT(std::abs(reference.steps[0].loss - plain[0]), 1e-3);
+
+  options.output.dir = out.path() + "/interrupted";
+  options.checkpoint.dir = out.path() + "/ckpt";
+  const Run stopped = TrainRun(options, /*stop_after=*/7);
+  ASSERT_EQ(stopped.checkpoints.size(), 1u);
+  options.checkpoint.resume_from = stopped.checkpoints[0].dir;
+  const Run resumed = TrainRun(options);
+  ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+  const std::vector<double> want = Tail(reference.losses(), 7);
+  ASSERT_EQ(resumed.steps.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(resumed.losses()[i], want[i], 1e-6) << "step " << i + 8;
+  }
+
+  options.checkpoint = {};
+  std::get<SftSpec>(options.objective).masked_thought.mask_token = "999999";
+  const absl::Status bad = TrainRun(options).result.status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
+  EXPECT_EQ(ErrorKindOf(bad), ErrorKind::kUserOptions) << bad;
+}
+
 }  // namespace
 }  // namespace lathe::engine

@@ -1,6 +1,8 @@
 #include "worker/engine/spec/run_spec.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
 #include <filesystem>
 #include <limits>
 #include <set>
@@ -40,6 +42,25 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, DataSpe
   f("batch_size", s.batch_size);
   f("max_seq_len", s.max_seq_len);
   f("packing", s.packing);
+  f("mixture", s.mixture);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, MixtureSpec> {
+  f("sources", s.sources);
+  f("strategy", s.strategy);
+  f("temperature", s.temperature);
+  f("stop", s.stop);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, MixtureSourceSpec> {
+  f("name", s.name);
+  f("file", s.file);
+  f("file_name", s.file_name);
+  f("validation_file", s.validation_file);
+  f("validation_file_name", s.validation_file_name);
+  f("weight", s.weight);
+  f("proportion", s.proportion);
+  f("fraction", s.fraction);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, LoraSpec> {
@@ -79,6 +100,14 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, Trainab
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, SftSpec> {
   f("loss_chunk_tokens", s.loss_chunk_tokens);
+  f("masked_thought", s.masked_thought);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, MaskedThoughtSpec> {
+  f("mask_rate", s.mask_rate);
+  f("schedule", s.schedule);
+  f("warmup_ratio", s.warmup_ratio);
+  f("mask_token", s.mask_token);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, DpoSpec> {
@@ -156,6 +185,15 @@ template <typename T>
 constexpr bool kIsNested = false;
 template <typename S>
 constexpr bool kIsNested<std::optional<S>> = true;
+// Objects inside a section, with field lists of their own; and lists of
+// them.
+template <typename T> constexpr bool kNested = false;
+template <> constexpr bool kNested<MaskedThoughtSpec> = true;
+template <> constexpr bool kNested<MixtureSpec> = true;
+template <> constexpr bool kNested<MixtureSourceSpec> = true;
+template <typename T> constexpr bool kNestedList = false;
+template <typename T>
+constexpr bool kNestedList<std::vector<T>> = kNested<T>;
 
 template <typename T>
 bool HasType(const Json& v) {
@@ -192,6 +230,11 @@ Json SectionToJson(const S& s) {
     using T = std::decay_t<decltype(value)>;
     if constexpr (kIsNested<T>) {
       json[name] = value.has_value() ? SectionToJson(*value) : Json(nullptr);
+    } else if constexpr (kNested<T>) {
+      json[name] = SectionToJson(value);
+    } else if constexpr (kNestedList<T>) {
+      json[name] = Json::array();
+      for (const auto& e : value) json[name].push_back(SectionToJson(e));
     } else {
       json[name] = value;
     }
@@ -200,10 +243,10 @@ Json SectionToJson(const S& s) {
 }
 
 // Reads the fields of `json` into *s; `skip` is a key that is not a field
-// (the variant's "type").
+// (the variant's "type"); `section` is what errors call the object.
 template <typename S>
-absl::Status SectionFromJson(const Json& json, S* s, const char* skip = "") {
-  const std::string section = kName<S>;
+absl::Status SectionFromJson(const Json& json, S* s, const char* skip = "",
+                             const std::string& section = kName<S>) {
   if (!json.is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat("spec field \"", section, "\" must be an object"));
@@ -215,17 +258,36 @@ absl::Status SectionFromJson(const Json& json, S* s, const char* skip = "") {
     auto it = json.find(name);
     if (!status.ok() || it == json.end()) return;
     using T = std::decay_t<decltype(value)>;
-    if (!HasType<T>(*it)) {
-      status = absl::InvalidArgumentError(
-          absl::StrCat("spec field \"", section, ".", name,
-                       "\" has the wrong type: ", it->dump()));
-      return;
-    }
-    if constexpr (kIsNested<T>) {
+    const std::string field = absl::StrCat(section, ".", name);
+    if constexpr (kNested<T>) {
+      status = SectionFromJson(*it, &value, "", field);
+    } else if constexpr (kNestedList<T>) {
+      if (!it->is_array()) {
+        status = absl::InvalidArgumentError(absl::StrCat(
+            "spec field \"", field, "\" has the wrong type: ", it->dump()));
+        return;
+      }
+      value.clear();
+      for (size_t i = 0; i < it->size() && status.ok(); ++i) {
+        status = SectionFromJson((*it)[i], &value.emplace_back(), "",
+                                 absl::StrCat(field, "[", i, "]"));
+      }
+    } else if constexpr (kIsNested<T>) {
+      // An optional object: null or absent = not set.
+      if (!HasType<T>(*it)) {
+        status = absl::InvalidArgumentError(absl::StrCat(
+            "spec field \"", field, "\" has the wrong type: ", it->dump()));
+        return;
+      }
       value.reset();
       if (it->is_null()) return;
-      status = SectionFromJson(*it, &value.emplace());
+      status = SectionFromJson(*it, &value.emplace(), "", field);
     } else {
+      if (!HasType<T>(*it)) {
+        status = absl::InvalidArgumentError(absl::StrCat(
+            "spec field \"", field, "\" has the wrong type: ", it->dump()));
+        return;
+      }
       value = it->template get<T>();
     }
   });
@@ -281,6 +343,62 @@ absl::Status NonNegative(const char* section, const char* field,
                          double value) {
   if (value >= 0) return absl::OkStatus();
   return Invalid(absl::StrCat(section, ".", field), "must be >= 0");
+}
+
+absl::Status ValidateMixture(const MixtureSpec& m) {
+  if (m.sources.empty()) return absl::OkStatus();
+  if (m.strategy != "concat" && m.strategy != "weighted" &&
+      m.strategy != "temperature") {
+    return Invalid("data.mixture.strategy",
+                   absl::StrCat("is \"", m.strategy,
+                                "\"; known: concat, weighted, temperature"));
+  }
+  if (!(m.temperature > 0 && std::isfinite(m.temperature))) {
+    return Invalid("data.mixture.temperature", "must be positive");
+  }
+  if (m.stop != "first_exhausted" && m.stop != "all_exhausted") {
+    return Invalid("data.mixture.stop",
+                   absl::StrCat("is \"", m.stop,
+                                "\"; known: first_exhausted, all_exhausted"));
+  }
+  double proportions = 0;
+  bool drawn = false;
+  std::set<std::string> names;
+  for (size_t i = 0; i < m.sources.size(); ++i) {
+    const MixtureSourceSpec& s = m.sources[i];
+    const std::string at = absl::StrCat("data.mixture.sources[", i, "].");
+    const bool name_ok =
+        !s.name.empty() &&
+        std::all_of(s.name.begin(), s.name.end(), [](char c) {
+          return std::isalnum(static_cast<unsigned char>(c)) || c == '.' ||
+                 c == '_' || c == '-';
+        });
+    if (!name_ok) {
+      return Invalid(at + "name",
+                     "is required: letters, digits, '.', '_' and '-'");
+    }
+    if (!names.insert(s.name).second) {
+      return Invalid(at + "name", absl::StrCat("\"", s.name, "\" is repeated"));
+    }
+    if (s.file.empty()) return Invalid(at + "file", "is required");
+    if (!(s.weight > 0 && std::isfinite(s.weight))) {
+      return Invalid(at + "weight", "must be positive");
+    }
+    if (!(s.proportion >= 0 && s.proportion < 1)) {
+      return Invalid(at + "proportion", "must be in [0, 1)");
+    }
+    if (!(s.fraction > 0 && s.fraction <= 1)) {
+      return Invalid(at + "fraction", "must be in (0, 1]");
+    }
+    proportions += s.proportion;
+    drawn = drawn || s.proportion == 0;
+  }
+  if (!drawn || proportions >= 1) {
+    return Invalid("data.mixture.sources",
+                   "need one source without a proportion, and proportions "
+                   "summing below 1");
+  }
+  return absl::OkStatus();
 }
 
 // The legacy flat spec.json's fields and where they are now.
@@ -362,7 +480,13 @@ absl::Status FromJson(const Json& j, DataSpec* s) {
   return SectionFromJson(j, s);
 }
 absl::Status Validate(const DataSpec& s) {
-  if (s.training_file.empty()) {
+  RETURN_IF_ERROR(ValidateMixture(s.mixture));
+  if (!s.mixture.sources.empty() && !s.training_file.empty()) {
+    return Invalid("data.training_file",
+                   "must be empty with data.mixture.sources (list it as a "
+                   "source)");
+  }
+  if (s.training_file.empty() && s.mixture.sources.empty()) {
     return Invalid("data.training_file", "is required");
   }
   RETURN_IF_ERROR(Positive("data", "batch_size", s.batch_size));
@@ -374,6 +498,20 @@ void AddResumeKeys(const DataSpec& s, Json* keys) {
   // stay resumable.
   (*keys)["batch_size"] = s.batch_size;
   (*keys)["max_seq_len"] = s.max_seq_len;
+  // The sources' contents are in the recipe's fingerprint; their paths may
+  // differ on resume.
+  if (s.mixture.sources.empty()) return;
+  Json mixture = {{"strategy", s.mixture.strategy},
+                  {"temperature", s.mixture.temperature},
+                  {"stop", s.mixture.stop},
+                  {"sources", Json::array()}};
+  for (const MixtureSourceSpec& source : s.mixture.sources) {
+    mixture["sources"].push_back({{"name", source.name},
+                                  {"weight", source.weight},
+                                  {"proportion", source.proportion},
+                                  {"fraction", source.fraction}});
+  }
+  (*keys)["mixture"] = mixture;
 }
 
 // ---- adapter
@@ -555,7 +693,31 @@ absl::Status Validate(const ObjectiveSpec& s) {
     return Positive("objective", "loss_chunk_tokens", orpo->loss_chunk_tokens);
   }
   const SftSpec& sft = std::get<SftSpec>(s);
-  return Positive("objective", "loss_chunk_tokens", sft.loss_chunk_tokens);
+  RETURN_IF_ERROR(
+      Positive("objective", "loss_chunk_tokens", sft.loss_chunk_tokens));
+  const MaskedThoughtSpec& mt = sft.masked_thought;
+  if (!(mt.mask_rate >= 0 && mt.mask_rate <= 1)) {
+    return Invalid("objective.masked_thought.mask_rate", "must be in [0, 1]");
+  }
+  if (mt.schedule != "linear_warmup" && mt.schedule != "constant") {
+    return Invalid("objective.masked_thought.schedule",
+                   absl::StrCat("is \"", mt.schedule,
+                                "\"; known: linear_warmup, constant"));
+  }
+  if (!(mt.warmup_ratio > 0 && mt.warmup_ratio <= 1)) {
+    return Invalid("objective.masked_thought.warmup_ratio",
+                   "must be in (0, 1]");
+  }
+  if (mt.mask_token != "pad" &&
+      (mt.mask_token.empty() ||
+       !std::all_of(mt.mask_token.begin(), mt.mask_token.end(),
+                    [](char c) { return c >= '0' && c <= '9'; }) ||
+       mt.mask_token.size() > 9)) {
+    return Invalid("objective.masked_thought.mask_token",
+                   absl::StrCat("is \"", mt.mask_token,
+                                "\"; use \"pad\" or a token id"));
+  }
+  return absl::OkStatus();
 }
 void AddResumeKeys(const ObjectiveSpec& s, Json* keys) {
   // A checkpoint of one objective is not resumed by another; "sft" adds no
@@ -573,6 +735,11 @@ void AddResumeKeys(const ObjectiveSpec& s, Json* keys) {
   if (const auto* orpo = std::get_if<OrpoSpec>(&s)) {
     (*keys)["orpo.lambda"] = orpo->lambda;
     (*keys)["orpo.max_prompt_len"] = orpo->max_prompt_len;
+  }
+  // Masked Thought changes every step's inputs; off adds no key.
+  if (const auto* sft = std::get_if<SftSpec>(&s);
+      sft != nullptr && sft->masked_thought.mask_rate > 0) {
+    (*keys)["masked_thought"] = SectionToJson(sft->masked_thought);
   }
 }
 
@@ -732,6 +899,10 @@ absl::StatusOr<RunSpec> ParseRunSpec(const Json& json,
         &spec.checkpoint.dir, &spec.checkpoint.resume_from, &spec.output.dir,
         &spec.output.merged_dir}) {
     *path = Resolve(*path, base_dir);
+  }
+  for (MixtureSourceSpec& source : spec.data.mixture.sources) {
+    source.file = Resolve(source.file, base_dir);
+    source.validation_file = Resolve(source.validation_file, base_dir);
   }
   return spec;
 }

@@ -40,9 +40,44 @@ struct ModelSpec {
   std::string chat_template;  // "llama3" (or zephyr, chatml, mistral)
 };
 
+// "data.mixture.sources[i]": one training file of a mixture
+// (METHODS.md §2.2, data/mixture.h).
+struct MixtureSourceSpec {
+  // Unique; the source's validation loss is reported as
+  // "valid_loss/<name>". Letters, digits, '.', '_', '-'.
+  std::string name;       // "math" (required)
+  std::string file;       // "math.jsonl" (required)
+  std::string file_name;  // "training_mixture.sources[0] file-abc": errors
+  std::string validation_file;       // "math-valid.jsonl"; "" = none
+  std::string validation_file_name;  // as file_name
+  double weight = 1;  // 0.7: > 0; the share of draws under "weighted"
+  // In [0, 1): a fixed share of every epoch's examples, drawn on top of the
+  // other sources (a general-data regulariser); 0 = drawn by the strategy.
+  double proportion = 0;  // 0.1
+  // In (0, 1]: the source is a seeded subsample of floor(fraction * n) of
+  // its examples, drawn once without replacement (DMT's k).
+  double fraction = 1;  // 0.00390625 (1/256)
+};
+
+// "data.mixture": several training files and how an epoch draws from them.
+// Off while sources is empty (data.training_file is then the data).
+struct MixtureSpec {
+  std::vector<MixtureSourceSpec> sources;
+  // "concat": every example of every source once per epoch, shuffled;
+  // "weighted": each draw picks source i with p_i = w_i / sum(w);
+  // "temperature": p_i proportional to n_i^(1/T) (T5's mixing).
+  std::string strategy = "concat";
+  double temperature = 1;  // 2: T for "temperature"; > 0
+  // The draws of an epoch of "weighted" / "temperature": "first_exhausted"
+  // min_i floor(n_i / p_i) (until the first source would be used up),
+  // "all_exhausted" max_i ceil(n_i / p_i) (until each has been seen once
+  // in expectation).
+  std::string stop = "first_exhausted";
+};
+
 // "data": the JSONL files and how examples become batches.
 struct DataSpec {
-  std::string training_file;    // "train.jsonl" (required)
+  std::string training_file;    // "train.jsonl" (required without mixture)
   std::string validation_file;  // "valid.jsonl"; "" = none
   // What errors call the two files ("" = their paths): a worker gives the
   // job's file ids, so that no path of its own reaches the job's owner.
@@ -54,6 +89,7 @@ struct DataSpec {
   // attention and positions, instead of one padded row each (see
   // data/packing.h): the same loss, no padding computed.
   bool packing = true;
+  MixtureSpec mixture;  // several training files instead of training_file
 };
 
 // "adapter" {"type": "lora", ...}: low-rank factors on the projections; the
@@ -122,12 +158,28 @@ struct TrainableSpec {
   }
 };
 
+// "objective.masked_thought": Masked Thought (METHODS.md §3,
+// data/masked_thought.h): each response (target) input token is replaced by
+// the mask token with probability p, a fresh mask every step; the targets
+// stay the original tokens. Off while mask_rate is 0 (lathed sets 0.2 when
+// a job asks for it).
+struct MaskedThoughtSpec {
+  double mask_rate = 0;  // 0.2: p, or p_max under "linear_warmup"; [0, 1]
+  // "linear_warmup": p(step) = min(p_max * step / (total_steps *
+  // warmup_ratio + 1), p_max), step = steps done before this one (the
+  // main repo's update_mask_rate); "constant": p_max from the first step.
+  std::string schedule = "linear_warmup";
+  double warmup_ratio = 2.0 / 3.0;  // 0.667, in (0, 1]
+  std::string mask_token = "pad";   // "pad" (the tokenizer's) or an id "0"
+};
+
 // "objective" {"type": "sft", ...}: next-token cross-entropy on the
 // completion (assistant) tokens. The methods issues add more variants.
 struct SftSpec {
   // Target positions per chunk of the output head + cross-entropy; the loss
   // path holds at most loss_chunk_tokens x vocab_size float32 logits.
   int loss_chunk_tokens = 1024;  // 4096
+  MaskedThoughtSpec masked_thought;
 };
 
 // "objective" {"type": "dpo", ...}: Direct Preference Optimization and its

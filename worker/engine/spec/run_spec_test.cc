@@ -19,7 +19,10 @@ RunSpec EveryFieldSet() {
             .validation_file_name = "validation_file file-xyz",
             .batch_size = 3,
             .max_seq_len = 99,
-            .packing = false};
+            .packing = false,
+            // Sources are in MixtureSpecIsNestedObjects: with them,
+            // training_file must be empty.
+            .mixture = {.strategy = "weighted"}};
   s.adapter = LoraSpec{.rank = 5,
                        .alpha = 3.5,
                        .dropout = 0.1,
@@ -27,7 +30,9 @@ RunSpec EveryFieldSet() {
                        .target_modules = {"up_proj", "q_proj"},
                        .use_dora = true,
                        .layers_to_transform = {0, 1}};
-  s.objective = SftSpec{.loss_chunk_tokens = 77};
+  // A mask rate (on) is in MixtureSpecIsNestedObjects: it adds a resume key.
+  s.objective = SftSpec{.loss_chunk_tokens = 77,
+                        .masked_thought = {.schedule = "constant"}};
   s.optimizer = {.learning_rate = 5e-4,
                  .weight_decay = 0.01,
                  .max_grad_norm = 0.5,
@@ -385,6 +390,119 @@ TEST(RunSpecTest, ResumeKeysAreWhatDecidesTheDataAndTheTrainedTensors) {
   EXPECT_FALSE(ResumeKeys(full).contains("trainable"));
   full.trainable.lisa = LisaSpec{};
   EXPECT_EQ(ResumeKeys(full)["trainable"], ToJson(full.trainable));
+}
+
+// The nested objects (data.mixture with its sources, and
+// objective.masked_thought) round-trip field for field, are validated
+// naming the nested field, and are resume keys when on.
+TEST(RunSpecTest, MixtureSpecIsNestedObjects) {
+  RunSpec s = EveryFieldSet();
+  s.data.training_file.clear();
+  s.data.mixture = {
+      .sources = {{.name = "math",
+                   .file = "/math.jsonl",
+                   .file_name = "training_mixture.sources[0] file-a",
+                   .validation_file = "/mv.jsonl",
+                   .validation_file_name = "training_mixture.sources[0] file-v",
+                   .weight = 0.7,
+                   .proportion = 0.1,
+                   .fraction = 0.25},
+                  {.name = "code", .file = "/code.jsonl"}},
+      .strategy = "temperature",
+      .temperature = 2,
+      .stop = "all_exhausted"};
+  std::get<SftSpec>(s.objective).masked_thought = {.mask_rate = 0.3,
+                                                    .schedule = "constant",
+                                                    .warmup_ratio = 0.5,
+                                                    .mask_token = "12"};
+  ASSERT_TRUE(ValidateRunSpec(s).ok()) << ValidateRunSpec(s);
+  absl::StatusOr<RunSpec> back = ParseRunSpec(RunSpecJson(s), "/");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(RunSpecJson(*back), RunSpecJson(s));
+  const Json json = RunSpecJson(s);
+  const Json source = json["data"]["mixture"]["sources"][0];
+  const Json default_source = ToJson(DataSpec{
+      .mixture = {.sources = {MixtureSourceSpec{}}}})["mixture"]["sources"][0];
+  for (const auto& [name, value] : source.items()) {
+    EXPECT_NE(value, default_source[name]) << name;
+  }
+  for (const auto& [name, value] : json["data"]["mixture"].items()) {
+    EXPECT_NE(value, ToJson(DataSpec{})["mixture"][name]) << name;
+  }
+  const Json mt = json["objective"]["masked_thought"];
+  for (const auto& [name, value] : mt.items()) {
+    EXPECT_NE(value, ToJson(SftSpec{})["masked_thought"][name]) << name;
+  }
+  // A relative source path is resolved against the spec's folder.
+  Json relative = json;
+  relative["data"]["mixture"]["sources"][1]["file"] = "c.jsonl";
+  EXPECT_EQ(ParseRunSpec(relative, "/d")->data.mixture.sources[1].file,
+            "/d/c.jsonl");
+  relative["data"]["mixture"]["sources"][1]["weight"] = "x";
+  EXPECT_NE(ParseRunSpec(relative, "/d").status().message().find(
+                "\"data.mixture.sources[1].weight\""),
+            std::string::npos);
+
+  struct Case {
+    void (*change)(RunSpec&);
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {[](RunSpec& r) { r.data.training_file = "/t"; }, "data.training_file"},
+      {[](RunSpec& r) { r.data.mixture.sources[1].weight = 0; },
+       "data.mixture.sources[1].weight"},
+      {[](RunSpec& r) { r.data.mixture.sources[1].name = "math"; },
+       "data.mixture.sources[1].name"},
+      {[](RunSpec& r) { r.data.mixture.sources[0].name = "a/b"; },
+       "data.mixture.sources[0].name"},
+      {[](RunSpec& r) { r.data.mixture.sources[0].file.clear(); },
+       "data.mixture.sources[0].file"},
+      {[](RunSpec& r) { r.data.mixture.sources[0].proportion = 1; },
+       "data.mixture.sources[0].proportion"},
+      {[](RunSpec& r) { r.data.mixture.sources[1].proportion = 0.2; },
+       "data.mixture.sources"},
+      {[](RunSpec& r) { r.data.mixture.sources[0].fraction = 0; },
+       "data.mixture.sources[0].fraction"},
+      {[](RunSpec& r) { r.data.mixture.strategy = "x"; },
+       "data.mixture.strategy"},
+      {[](RunSpec& r) { r.data.mixture.temperature = 0; },
+       "data.mixture.temperature"},
+      {[](RunSpec& r) { r.data.mixture.stop = "x"; }, "data.mixture.stop"},
+      {[](RunSpec& r) {
+         std::get<SftSpec>(r.objective).masked_thought.mask_rate = 1.5;
+       },
+       "objective.masked_thought.mask_rate"},
+      {[](RunSpec& r) {
+         std::get<SftSpec>(r.objective).masked_thought.schedule = "x";
+       },
+       "objective.masked_thought.schedule"},
+      {[](RunSpec& r) {
+         std::get<SftSpec>(r.objective).masked_thought.warmup_ratio = 0;
+       },
+       "objective.masked_thought.warmup_ratio"},
+      {[](RunSpec& r) {
+         std::get<SftSpec>(r.objective).masked_thought.mask_token = "mask";
+       },
+       "objective.masked_thought.mask_token"},
+  };
+  for (const Case& c : cases) {
+    RunSpec changed = s;
+    c.change(changed);
+    const absl::Status status = ValidateRunSpec(changed);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_NE(status.message().find("\"" + c.field + "\""), std::string::npos)
+        << c.field << ": " << status;
+  }
+
+  const Json keys = ResumeKeys(s);
+  EXPECT_EQ(keys["mixture"]["strategy"], "temperature");
+  EXPECT_EQ(keys["mixture"]["sources"][0]["fraction"], 0.25);
+  EXPECT_EQ(keys["masked_thought"]["mask_rate"], 0.3);
+  RunSpec moved = s;  // the files' paths may change on resume
+  moved.data.mixture.sources[0].file = "/elsewhere.jsonl";
+  EXPECT_EQ(ResumeKeys(moved), keys);
+  moved.data.mixture.sources[0].weight = 0.8;
+  EXPECT_NE(ResumeKeys(moved), keys);
 }
 
 }  // namespace
