@@ -46,6 +46,8 @@ struct BenchOptions {
   int lisa_interval = 20;
   std::string objective = "sft";  // sft, dpo or orpo
   int lora_rank = 16;
+  bool lora_dora = false;
+  double masked_thought = 0;  // Masked Thought's mask rate; 0 = off
   std::string lora_targets =
       "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
   std::string data = "chat";         // chat or text
@@ -72,6 +74,8 @@ constexpr char kUsage[] = R"(Usage: engine_bench [--flag=value ...]
   --objective=sft        sft, dpo or orpo (preference pairs: the chat data's
                          prompt with its answer preferred to a second one of
                          the same length; a step holds batch x 2 rows)
+  --lora_dora=false      DoRA on the LoRA projections
+  --masked_thought=0     Masked Thought's mask rate (sft)
   --lora_rank=16 --lora_targets=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
   --data=chat            chat (a user turn, then an assistant turn that
                          holds --assistant_share of the words) or text
@@ -142,7 +146,12 @@ absl::Status ParseFlag(const std::string& arg, BenchOptions& o) {
     ok = integer(o.lisa_interval);
   else if (name == "objective")
     ok = (o.objective = value) == "sft" || value == "dpo" || value == "orpo";
-  else if (name == "lora_rank")
+  else if (name == "lora_dora")
+    ok = boolean(o.lora_dora);
+  else if (name == "masked_thought") {
+    ok = absl::SimpleAtod(value, &o.masked_thought) && o.masked_thought >= 0 &&
+         o.masked_thought <= 1;
+  } else if (name == "lora_rank")
     ok = integer(o.lora_rank);
   else if (name == "lora_targets")
     ok = !(o.lora_targets = value).empty();
@@ -296,7 +305,9 @@ int Run(const BenchOptions& o) {
   options.output.dir = dir + "/out";
   options.schedule.n_epochs = 1;
   options.optimizer.learning_rate = 1e-4;
-  options.objective = SftSpec{.loss_chunk_tokens = o.loss_chunk_tokens};
+  options.objective = SftSpec{
+      .loss_chunk_tokens = o.loss_chunk_tokens,
+      .masked_thought = {.mask_rate = o.masked_thought}};
   if (o.objective == "dpo") {
     options.objective = DpoSpec{.max_prompt_len = o.seq_len / 2,
                                 .loss_chunk_tokens = o.loss_chunk_tokens};
@@ -319,7 +330,8 @@ int Run(const BenchOptions& o) {
     options.adapter =
         LoraSpec{.rank = o.lora_rank,
                  .alpha = 2.0 * o.lora_rank,
-                 .target_modules = absl::StrSplit(o.lora_targets, ',')};
+                 .target_modules = absl::StrSplit(o.lora_targets, ','),
+                 .use_dora = o.lora_dora};
   }
 
   const absl::StatusOr<double> share =
