@@ -86,10 +86,22 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
   const auto& sources = r.training_mixture().sources();
   for (int i = 0; i < sources.size(); ++i) {
     const std::string at = absl::StrCat("training_mixture.sources[", i, "].");
-    RETURN_IF_ERROR(own_file(at + "file_id", sources[i].file_id()).status());
+    // A mixture is supervised data: a preference file does not fit it.
+    auto supervised = [&](const std::string& field,
+                          const std::string& id) -> absl::Status {
+      ASSIGN_OR_RETURN(v1::File file, own_file(field, id));
+      if (file.format() == "preference") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ": ", id,
+            " holds preference data; a mixture trains on chat, "
+            "prompt/completion or text data"));
+      }
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(supervised(at + "file_id", sources[i].file_id()));
     if (!sources[i].validation_file_id().empty()) {
       RETURN_IF_ERROR(
-          own_file(at + "validation_file_id", sources[i].validation_file_id()).status());
+          supervised(at + "validation_file_id", sources[i].validation_file_id()));
     }
   }
   auto training = sources.empty()

@@ -139,7 +139,45 @@ UPDATE events SET job_seq = numbered.n
 DROP INDEX events_by_job;
 CREATE UNIQUE INDEX events_by_job_seq ON events(job_id, job_seq);
 )sql",
+    // 5: every file a job reads (a mixture has several), by the job's field
+    // naming it, so that no file an unfinished job needs can be deleted.
+    R"sql(
+CREATE TABLE job_files (
+  job_id TEXT NOT NULL REFERENCES jobs(id),
+  field TEXT NOT NULL,
+  file_id TEXT NOT NULL,
+  PRIMARY KEY (job_id, field)
+);
+CREATE INDEX job_files_by_file ON job_files(file_id);
+INSERT INTO job_files SELECT id, 'training_file', training_file FROM jobs
+  WHERE training_file != '';
+INSERT INTO job_files SELECT id, 'validation_file', validation_file FROM jobs
+  WHERE validation_file != '';
+)sql",
 };
+
+// Every file `job` reads, by the field that names it: its training and
+// validation files and each mixture source's.
+std::vector<std::pair<std::string, std::string>> JobFiles(const v1::Job& job) {
+  std::vector<std::pair<std::string, std::string>> files;
+  if (!job.training_file().empty()) {
+    files.push_back({"training_file", job.training_file()});
+  }
+  if (!job.validation_file().empty()) {
+    files.push_back({"validation_file", job.validation_file()});
+  }
+  const auto& sources = job.training_mixture().sources();
+  for (int i = 0; i < sources.size(); ++i) {
+    const std::string at = absl::StrCat("training_mixture.sources[", i, "].");
+    if (!sources[i].file_id().empty()) {
+      files.push_back({at + "file_id", sources[i].file_id()});
+    }
+    if (!sources[i].validation_file_id().empty()) {
+      files.push_back({at + "validation_file_id", sources[i].validation_file_id()});
+    }
+  }
+  return files;
+}
 
 constexpr char kFileColumns[] =
     "id, created_at, filename, purpose, bytes, sha256, line_count, format, "
@@ -267,8 +305,9 @@ absl::StatusOr<bool> Store::DeleteFile(const std::string& id) {
   if (!found) return absl::NotFoundError(absl::StrCat("no such file: ", id));
   std::string sha = f.ColumnText(0);
   ASSIGN_OR_RETURN(auto live, db_->Prepare(
-                                  "SELECT id FROM jobs WHERE (training_file = ?1 "
-                                  "OR validation_file = ?1) AND status NOT IN "
+                                  "SELECT jobs.id FROM job_files JOIN jobs ON "
+                                  "jobs.id = job_files.job_id WHERE "
+                                  "job_files.file_id = ?1 AND jobs.status NOT IN "
                                   "(?2, ?3, ?4) LIMIT 1"));
   live.Bind(1, id).Bind(2, static_cast<int64_t>(v1::JOB_STATUS_SUCCEEDED));
   live.Bind(3, static_cast<int64_t>(v1::JOB_STATUS_FAILED));
@@ -604,10 +643,8 @@ absl::StatusOr<Store::Created> Store::CreateJob(
   // The files are checked in the insert's transaction: a concurrent
   // DeleteFile (which refuses while an unfinished job names the file) is
   // either before it (the create is refused) or after it (the delete is).
-  for (const auto& [field, id] : {std::pair<const char*, const std::string&>{
-                                      "training_file", job.training_file()},
-                                  {"validation_file", job.validation_file()}}) {
-    if (id.empty()) continue;
+  const std::vector<std::pair<std::string, std::string>> files = JobFiles(job);
+  for (const auto& [field, id] : files) {
     ASSIGN_OR_RETURN(
         auto f,
         db_->Prepare("SELECT 1 FROM files WHERE id = ? AND project = ?"));
@@ -652,6 +689,12 @@ absl::StatusOr<Store::Created> Store::CreateJob(
   stmt.Bind(8, job.memory_bytes()).Bind(9, job.created_at());
   stmt.Bind(10, job.training_file()).Bind(11, job.validation_file());
   RETURN_IF_ERROR(stmt.Run());
+  for (const auto& [field, id] : files) {
+    ASSIGN_OR_RETURN(auto jf, db_->Prepare("INSERT INTO job_files (job_id, "
+                                           "field, file_id) VALUES (?,?,?)"));
+    jf.Bind(1, job.id()).Bind(2, field).Bind(3, id);
+    RETURN_IF_ERROR(jf.Run());
+  }
   for (const auto& [key, value] : job.metadata()) {
     ASSIGN_OR_RETURN(auto md, db_->Prepare("INSERT INTO job_metadata (job_id, "
                                            "key, value) VALUES (?,?,?)"));

@@ -476,6 +476,38 @@ TEST_F(StoreTest, DeleteFileRefusedWhileAJobUsesIt) {
   EXPECT_TRUE(*store_->BlobReferenced(same.sha256()));
 }
 
+// A mixture's every file (each source and its validation file) is held
+// while the job is unfinished, and checked in the insert's transaction.
+TEST_F(StoreTest, EveryFileOfAMixtureIsHeldWhileTheJobRuns) {
+  for (const char* id : {"file-m1", "file-m2", "file-mv"}) {
+    ASSERT_TRUE(store_->InsertFile(MakeFile(id)).ok());
+  }
+  v1::Job job = MakeJob("ftjob-mix");
+  job.set_training_file("file-m1");
+  auto* first = job.mutable_training_mixture()->add_sources();
+  first->set_file_id("file-m1");
+  auto* second = job.mutable_training_mixture()->add_sources();
+  second->set_file_id("file-m2");
+  second->set_validation_file_id("file-mv");
+  v1::Job missing = job;
+  missing.set_id("ftjob-missing");
+  missing.mutable_training_mixture()->mutable_sources(1)->set_file_id("file-gone");
+  auto refused = CreateJob(missing, "", "");
+  EXPECT_TRUE(absl::IsNotFound(refused.status())) << refused.status();
+  EXPECT_EQ(refused.status().message(),
+            "training_mixture.sources[1].file_id: no such file file-gone");
+  EXPECT_TRUE(absl::IsNotFound(store_->GetJob("ftjob-missing").status()));
+  ASSERT_TRUE(CreateJob(job, "", "").ok());
+  for (const char* id : {"file-m1", "file-m2", "file-mv"}) {
+    EXPECT_TRUE(absl::IsFailedPrecondition(store_->DeleteFile(id).status())) << id;
+  }
+  ASSERT_TRUE(store_->Transition("ftjob-mix", v1::JOB_STATUS_QUEUED,
+                                 v1::JOB_STATUS_CANCELLED, std::nullopt, {}).ok());
+  for (const char* id : {"file-m2", "file-mv"}) {
+    EXPECT_TRUE(store_->DeleteFile(id).ok()) << id;
+  }
+}
+
 TEST_F(StoreTest, ListJobsFiltersByStatusAndMetadata) {
   for (int i = 0; i < 4; ++i) {
     v1::Job j = MakeJob("ftjob-" + std::to_string(i));
@@ -592,7 +624,7 @@ TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
   auto db = Database::Open(path);
   ASSERT_TRUE(db.ok());
-  EXPECT_EQ(*(*db)->UserVersion(), 4);
+  EXPECT_EQ(*(*db)->UserVersion(), 5);
 }
 
 TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
@@ -609,19 +641,22 @@ TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
     InterleaveEvents(**s, 2);
   }
   {
-    // The events table as the schema before per-job numbers had it.
+    // The events table as the schema before per-job numbers had it, and
+    // no job_files (migration 5) yet.
     auto db = Database::Open(path);
     ASSERT_TRUE(db.ok());
     int version = *(*db)->UserVersion();
+    ASSERT_EQ(version, 5);
     ASSERT_TRUE(
         (*db)
-            ->Execute("DROP INDEX events_by_job_seq;"
+            ->Execute("DROP TABLE job_files;"
+                      "DROP INDEX events_by_job_seq;"
                       "ALTER TABLE events DROP COLUMN job_seq;"
                       "CREATE INDEX events_by_job ON events(job_id, seq);")
             .ok());
     ASSERT_TRUE(
         (*db)
-            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 1))
+            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 2))
             .ok());
   }
   auto s = Store::Open(path);
@@ -644,6 +679,8 @@ TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
   }
   ASSERT_EQ(b->data.size(), 2u);
   EXPECT_EQ(b->data[1].id(), "ftevent-b-4");
+  // Migration 5 recorded the jobs' files: the one they read is held.
+  EXPECT_TRUE(absl::IsFailedPrecondition((*s)->DeleteFile("file-1").status()));
 }
 
 }  // namespace
