@@ -14,6 +14,33 @@ absl::StatusOr<PreferenceLoss> ParsePreferenceLoss(const std::string& name) {
                    "\"; known: sigmoid, robust, hinge, ipo"));
 }
 
+RewardStats RewardStats::Of(const torch::Tensor& chosen_rewards,
+                            const torch::Tensor& rejected_rewards,
+                            const torch::Tensor& policy_chosen,
+                            const torch::Tensor& policy_rejected) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor chosen = chosen_rewards.detach();
+  const torch::Tensor rejected = rejected_rewards.detach();
+  RewardStats stats;
+  stats.rewards_chosen = chosen.mean().item<double>();
+  stats.rewards_rejected = rejected.mean().item<double>();
+  stats.rewards_accuracies =
+      chosen.gt(rejected).to(torch::kFloat64).mean().item<double>();
+  stats.rewards_margins = (chosen - rejected).mean().item<double>();
+  stats.logps_chosen = policy_chosen.detach().mean().item<double>();
+  stats.logps_rejected = policy_rejected.detach().mean().item<double>();
+  return stats;
+}
+
+std::map<std::string, double> RewardStats::Named() const {
+  return {{"rewards/chosen", rewards_chosen},
+          {"rewards/rejected", rewards_rejected},
+          {"rewards/accuracies", rewards_accuracies},
+          {"rewards/margins", rewards_margins},
+          {"logps/chosen", logps_chosen},
+          {"logps/rejected", logps_rejected}};
+}
+
 PreferenceStats PreferenceLossOf(const PairLogps& p,
                                  const PreferenceOptions& o) {
   const torch::Tensor chosen_ratio =
@@ -41,17 +68,10 @@ PreferenceStats PreferenceLossOf(const PairLogps& p,
       break;
   }
   PreferenceStats stats;
+  static_cast<RewardStats&>(stats) =
+      RewardStats::Of(beta * chosen_ratio, beta * rejected_ratio,
+                      p.policy_chosen, p.policy_rejected);
   stats.loss = losses.mean();
-  torch::NoGradGuard no_grad;
-  const torch::Tensor chosen = beta * chosen_ratio.detach();
-  const torch::Tensor rejected = beta * rejected_ratio.detach();
-  stats.rewards_chosen = chosen.mean().item<double>();
-  stats.rewards_rejected = rejected.mean().item<double>();
-  stats.rewards_accuracies =
-      chosen.gt(rejected).to(torch::kFloat64).mean().item<double>();
-  stats.rewards_margins = (chosen - rejected).mean().item<double>();
-  stats.logps_chosen = p.policy_chosen.detach().mean().item<double>();
-  stats.logps_rejected = p.policy_rejected.detach().mean().item<double>();
   return stats;
 }
 
@@ -61,17 +81,9 @@ OrpoStats OrpoLossOf(const torch::Tensor& w, const torch::Tensor& l,
       (w - l) - (torch::log1p(-torch::exp(w)) - torch::log1p(-torch::exp(l)));
   const torch::Tensor log_sigmoid = torch::log_sigmoid(log_odds);
   OrpoStats stats;
+  static_cast<RewardStats&>(stats) = RewardStats::Of(lambda * w, lambda * l, w, l);
   stats.loss = -lambda * log_sigmoid.mean();
   torch::NoGradGuard no_grad;
-  const torch::Tensor chosen = lambda * w.detach();
-  const torch::Tensor rejected = lambda * l.detach();
-  stats.rewards_chosen = chosen.mean().item<double>();
-  stats.rewards_rejected = rejected.mean().item<double>();
-  stats.rewards_accuracies =
-      chosen.gt(rejected).to(torch::kFloat64).mean().item<double>();
-  stats.rewards_margins = (chosen - rejected).mean().item<double>();
-  stats.logps_chosen = w.detach().mean().item<double>();
-  stats.logps_rejected = l.detach().mean().item<double>();
   stats.log_odds_ratio = log_sigmoid.detach().mean().item<double>();
   stats.log_odds_chosen = log_odds.detach().mean().item<double>();
   return stats;

@@ -8,6 +8,7 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -34,16 +35,29 @@ struct PairLogps {
   torch::Tensor reference_rejected;
 };
 
-struct PreferenceStats {
-  torch::Tensor loss;  // scalar: mean over pairs of the per-pair loss
-  // Batch means (§1.5): β(πw − rw), β(πl − rl), [chosen > rejected]
-  // (strict: 0 at init), their difference, and the policy logps.
+// The batch means TRL reports for a preference step (§1.5): the rewards
+// of the two replies, the strict share of pairs whose chosen reward is the
+// larger (0 at init), their mean difference, and the policy's logps.
+struct RewardStats {
   double rewards_chosen = 0;
   double rewards_rejected = 0;
   double rewards_accuracies = 0;
   double rewards_margins = 0;
   double logps_chosen = 0;
   double logps_rejected = 0;
+
+  // From per-pair rewards and policy logps, each [P].
+  static RewardStats Of(const torch::Tensor& chosen_rewards,
+                        const torch::Tensor& rejected_rewards,
+                        const torch::Tensor& policy_chosen,
+                        const torch::Tensor& policy_rejected);
+  // By TRL's names: "rewards/chosen", ..., "logps/rejected".
+  std::map<std::string, double> Named() const;
+};
+
+// Rewards are β(πw − rw) and β(πl − rl).
+struct PreferenceStats : RewardStats {
+  torch::Tensor loss;  // scalar: mean over pairs of the per-pair loss
 };
 
 // Per pair, with h = (πw − rw) − (πl − rl):
@@ -59,16 +73,10 @@ PreferenceStats PreferenceLossOf(const PairLogps& logps,
 // the mean token log-probabilities ℓw, ℓl of the completions, each [P]:
 // log_odds = (ℓw − ℓl) − (log1p(−exp ℓw) − log1p(−exp ℓl)), and the term
 // λ · mean(−logσ(log_odds)) that is added to the NLL.
-struct OrpoStats {
+// Rewards are λ·ℓw and λ·ℓl (TRL's, with no reference); also the means of
+// logσ(log_odds) and log_odds.
+struct OrpoStats : RewardStats {
   torch::Tensor loss;  // scalar: λ · mean(−logσ(log_odds))
-  // Batch means: λ·ℓw, λ·ℓl, [λℓw > λℓl], their difference (TRL's rewards,
-  // with no reference), ℓw and ℓl, logσ(log_odds) and log_odds.
-  double rewards_chosen = 0;
-  double rewards_rejected = 0;
-  double rewards_accuracies = 0;
-  double rewards_margins = 0;
-  double logps_chosen = 0;
-  double logps_rejected = 0;
   double log_odds_ratio = 0;
   double log_odds_chosen = 0;
 };

@@ -320,12 +320,7 @@ class DpoObjective : public PreferenceObjective {
                           .reference_chosen = reference.slice(0, 0, n),
                           .reference_rejected = reference.slice(0, n)},
                          options_);
-    values = {{"rewards/chosen", stats.rewards_chosen},
-              {"rewards/rejected", stats.rewards_rejected},
-              {"rewards/accuracies", stats.rewards_accuracies},
-              {"rewards/margins", stats.rewards_margins},
-              {"logps/chosen", stats.logps_chosen},
-              {"logps/rejected", stats.logps_rejected}};
+    values = stats.Named();
     torch::Tensor loss = stats.loss;
     if (dpo_.rpo_alpha > 0) {
       // RPO: the mean cross-entropy over the chosen completions' tokens.
@@ -391,15 +386,10 @@ class OrpoObjective : public PreferenceObjective {
         OrpoLossOf(mean.slice(0, 0, n), mean.slice(0, n), orpo_.lambda);
     const torch::Tensor nll =
         policy.chosen_nll_sum / static_cast<double>(policy.chosen_nll_tokens);
-    values = {{"rewards/chosen", stats.rewards_chosen},
-              {"rewards/rejected", stats.rewards_rejected},
-              {"rewards/accuracies", stats.rewards_accuracies},
-              {"rewards/margins", stats.rewards_margins},
-              {"logps/chosen", stats.logps_chosen},
-              {"logps/rejected", stats.logps_rejected},
-              {"log_odds_ratio", stats.log_odds_ratio},
-              {"log_odds_chosen", stats.log_odds_chosen},
-              {"nll_loss", nll.item<double>()}};
+    values = stats.Named();
+    values["log_odds_ratio"] = stats.log_odds_ratio;
+    values["log_odds_chosen"] = stats.log_odds_chosen;
+    values["nll_loss"] = nll.item<double>();
     return nll + stats.loss;
   }
 
