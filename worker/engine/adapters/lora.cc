@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "worker/engine/adapters/peft_folder.h"
 #include "worker/engine/model/weights.h"
 #include "worker/engine/text/json_file.h"
 
@@ -105,12 +106,6 @@ TensorMap LoraParameters(const LlamaModel& model) {
 absl::Status SaveAdapter(const LlamaModel& model, const LoraSpec& options,
                          const std::string& base_model_name,
                          const std::string& dir) {
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  if (error) {
-    return absl::InternalError(
-        absl::StrCat("cannot create ", dir, ": ", error.message()));
-  }
   const Json config = {
       {"peft_type", "LORA"},
       {"task_type", "CAUSAL_LM"},
@@ -131,22 +126,15 @@ absl::Status SaveAdapter(const LlamaModel& model, const LoraSpec& options,
       {"modules_to_save", nullptr},
       {"base_model_name_or_path", base_model_name},
   };
-  RETURN_IF_ERROR(WriteJsonFile(dir + "/adapter_config.json", config));
-  return SaveSafetensors(dir + "/adapter_model.safetensors",
-                         LoraParameters(model), {{"format", "pt"}});
+  return WritePeftFolder(dir, config, LoraParameters(model));
 }
 
 absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
                                         const std::string& dir) {
-  const std::string config_path = dir + "/adapter_config.json";
-  ASSIGN_OR_RETURN(Json config, ReadJsonFile(config_path));
+  ASSIGN_OR_RETURN(Json config, ReadPeftConfig(dir, "LORA"));
   auto field_error = [&](const std::string& field, const std::string& problem) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(config_path, ": field \"", field, "\" ", problem));
+    return PeftConfigError(dir, field, problem);
   };
-  if (config.value("peft_type", "") != "LORA") {
-    return field_error("peft_type", "must be \"LORA\"");
-  }
   if (!config.contains("r") || !config["r"].is_number_integer()) {
     return field_error("r", "must be an integer");
   }
@@ -195,7 +183,7 @@ absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
        {Validate(AdapterSpec(options)), CheckLayers(options, model)}) {
     if (!valid.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(config_path, ": ", valid.message()));
+          absl::StrCat(dir, "/adapter_config.json: ", valid.message()));
     }
   }
   const double scale = LoraScale(options);

@@ -1,11 +1,10 @@
 #include "worker/engine/adapters/prompt_tuning.h"
 
-#include <filesystem>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "worker/engine/adapters/peft_folder.h"
 #include "worker/engine/model/weights.h"
 #include "worker/engine/text/json_file.h"
 
@@ -64,12 +63,6 @@ absl::Status SavePromptTuning(const LlamaModel& model,
                               const PromptTuningSpec& spec,
                               const std::string& base_model_name,
                               const std::string& dir) {
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  if (error) {
-    return absl::InternalError(
-        absl::StrCat("cannot create ", dir, ": ", error.message()));
-  }
   // PEFT's PromptTuningConfig fields (METHODS.md §10).
   const Json config = {
       {"peft_type", "PROMPT_TUNING"},
@@ -91,23 +84,16 @@ absl::Status SavePromptTuning(const LlamaModel& model,
        spec.init == "text" ? Json(base_model_name) : Json(nullptr)},
       {"tokenizer_kwargs", nullptr},
   };
-  RETURN_IF_ERROR(WriteJsonFile(dir + "/adapter_config.json", config));
-  return SaveSafetensors(dir + "/adapter_model.safetensors",
-                         {{"prompt_embeddings", model.prompt_embeddings()}},
-                         {{"format", "pt"}});
+  return WritePeftFolder(dir, config,
+                         {{"prompt_embeddings", model.prompt_embeddings()}});
 }
 
 absl::StatusOr<PromptTuningSpec> LoadPromptTuning(LlamaModel& model,
                                                   const std::string& dir) {
-  const std::string config_path = dir + "/adapter_config.json";
-  ASSIGN_OR_RETURN(Json config, ReadJsonFile(config_path));
+  ASSIGN_OR_RETURN(Json config, ReadPeftConfig(dir, "PROMPT_TUNING"));
   auto field_error = [&](const std::string& field, const std::string& problem) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(config_path, ": field \"", field, "\" ", problem));
+    return PeftConfigError(dir, field, problem);
   };
-  if (config.value("peft_type", "") != "PROMPT_TUNING") {
-    return field_error("peft_type", "must be \"PROMPT_TUNING\"");
-  }
   if (!config.contains("num_virtual_tokens") ||
       !config["num_virtual_tokens"].is_number_integer() ||
       config["num_virtual_tokens"].get<int64_t>() < 1) {
