@@ -162,28 +162,42 @@ class PreferenceObjective : public Objective {
                                  bool grad, int64_t* peak, RowLogps& policy,
                                  std::map<std::string, double>& values) = 0;
 
-  // Log-probabilities of the rows of pairs[indices]; with `adapters` false
-  // the base alone (LoRA's reference); with `whole_chosen`, also the NLL of
-  // the chosen rows' every token. Gradients flow when `grad` and grad mode
-  // is on.
-  RowLogps Forward(const std::vector<PreferencePair>& pairs,
-                   const std::vector<size_t>& indices, bool grad,
-                   bool adapters, bool whole_chosen, int64_t* peak) const {
-    const int64_t n = static_cast<int64_t>(indices.size());
+  // The rows of pairs[indices] as one model input: with `whole_chosen`,
+  // also the same rows with every token of the chosen ones a target.
+  struct PairBatch {
+    int64_t n = 0;  // pairs
+    Batch batch;
+    std::optional<Batch> whole;
+  };
+  PairBatch MakePairBatch(const std::vector<PreferencePair>& pairs,
+                          const std::vector<size_t>& indices,
+                          bool whole_chosen) const {
+    PairBatch out;
+    out.n = static_cast<int64_t>(indices.size());
     std::vector<Example> rows = PairRows(pairs, indices);
     std::vector<size_t> all(rows.size());
     std::iota(all.begin(), all.end(), 0);
     const bool packing = spec_.data.packing;
-    const Batch batch =
+    out.batch =
         ToDevice(MakeInput(rows, all, packing, pad_id_), model_.device());
-    std::optional<Batch> whole;
     if (whole_chosen) {
-      for (int64_t i = 0; i < n; ++i) {
+      for (int64_t i = 0; i < out.n; ++i) {
         std::fill(rows[i].loss_mask.begin() + 1, rows[i].loss_mask.end(), 1);
       }
-      whole = ToDevice(MakeInput(rows, all, packing, pad_id_),
-                       model_.device());
+      out.whole = ToDevice(MakeInput(rows, all, packing, pad_id_),
+                           model_.device());
     }
+    return out;
+  }
+
+  // Log-probabilities of `rows`; with `adapters` false the base alone
+  // (LoRA's reference); with rows.whole, also the NLL of the chosen rows'
+  // every token. Gradients flow when `grad` and grad mode is on.
+  RowLogps Forward(const PairBatch& rows, bool grad, bool adapters,
+                   int64_t* peak) const {
+    const int64_t n = rows.n;
+    const Batch& batch = rows.batch;
+    const std::optional<Batch>& whole = rows.whole;
     const torch::Tensor hidden = model_.Hidden(
         batch.input_ids, batch.layout,
         {.training = false,  // no dropout, as TRL's disable_dropout
@@ -297,13 +311,12 @@ class DpoObjective : public PreferenceObjective {
                          int64_t* peak, RowLogps& policy,
                          std::map<std::string, double>& values) override {
     const int64_t n = static_cast<int64_t>(indices.size());
-    policy = Forward(data.pairs, indices, grad, /*adapters=*/true,
-                     /*whole_chosen=*/false, peak);
+    const PairBatch rows = MakePairBatch(data.pairs, indices, false);
+    policy = Forward(rows, grad, /*adapters=*/true, peak);
     torch::Tensor reference;
     if (Lora(spec_.adapter) != nullptr) {
       torch::NoGradGuard no_grad;
-      reference = Sequence(Forward(data.pairs, indices, false,
-                                   /*adapters=*/false, false, nullptr));
+      reference = Sequence(Forward(rows, false, /*adapters=*/false, nullptr));
     } else {
       const torch::Tensor index =
           torch::tensor(std::vector<int64_t>(indices.begin(), indices.end()),
@@ -348,7 +361,8 @@ class DpoObjective : public PreferenceObjective {
       std::iota(indices.begin(), indices.end(), first);
       const int64_t n = static_cast<int64_t>(indices.size());
       const torch::Tensor s =
-          Sequence(Forward(data.pairs, indices, false, true, false, nullptr));
+          Sequence(Forward(MakePairBatch(data.pairs, indices, false), false,
+                           /*adapters=*/true, nullptr));
       chosen.push_back(s.slice(0, 0, n));
       rejected.push_back(s.slice(0, n));
     }
@@ -379,8 +393,8 @@ class OrpoObjective : public PreferenceObjective {
                          int64_t* peak, RowLogps& policy,
                          std::map<std::string, double>& values) override {
     const int64_t n = static_cast<int64_t>(indices.size());
-    policy = Forward(data.pairs, indices, grad, /*adapters=*/true,
-                     /*whole_chosen=*/true, peak);
+    policy = Forward(MakePairBatch(data.pairs, indices, /*whole_chosen=*/true),
+                     grad, /*adapters=*/true, peak);
     const torch::Tensor mean = policy.sum / policy.count;
     const OrpoStats stats =
         OrpoLossOf(mean.slice(0, 0, n), mean.slice(0, n), orpo_.lambda);
