@@ -24,6 +24,9 @@ constexpr const char* kTargetModules[] = {"q_proj", "k_proj", "v_proj",
                                           "o_proj", "gate_proj", "up_proj",
                                           "down_proj"};
 
+// FillJobDefaults' max_seq_len, which the checks read when a job sets none.
+constexpr int32_t kDefaultMaxSeqLen = 512;
+
 absl::Status Bad(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
@@ -240,8 +243,8 @@ absl::Status CheckPreferenceHyperparameters(const std::string& type,
       (!std::isfinite(hp.rpo_alpha()) || hp.rpo_alpha() < 0 || hp.rpo_alpha() > 100)) {
     return Bad(prefix + "rpo_alpha", "must be in [0, 100]");
   }
-  // FillJobDefaults' max_seq_len when unset.
-  const int32_t max_seq_len = hp.has_max_seq_len() ? hp.max_seq_len() : 512;
+  const int32_t max_seq_len =
+      hp.has_max_seq_len() ? hp.max_seq_len() : kDefaultMaxSeqLen;
   if (hp.has_max_prompt_len() && hp.max_prompt_len() >= max_seq_len) {
     return Bad(prefix + "max_prompt_len",
                absl::StrCat(hp.max_prompt_len(), " must be below max_seq_len (",
@@ -497,7 +500,7 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
   }
   if (!hp->has_weight_decay()) hp->set_weight_decay(0);
   if (!hp->has_gradient_accumulation_steps()) hp->set_gradient_accumulation_steps(1);
-  if (!hp->has_max_seq_len()) hp->set_max_seq_len(512);
+  if (!hp->has_max_seq_len()) hp->set_max_seq_len(kDefaultMaxSeqLen);
   if (!hp->has_eval_every_steps()) hp->set_eval_every_steps(0);
   if (!hp->has_max_grad_norm()) hp->set_max_grad_norm(1.0);
   if (!hp->has_checkpoint_every_steps()) {
