@@ -18,8 +18,8 @@
 //     half_ft.seed (the run's seed when 0), selection number}: a shuffle of
 //     the layers (the first ⌊L/2⌋ get 2 MLP matrices), then per layer a
 //     shuffle of {q,k,v,o} and one of {gate,up,down}. The selection number
-//     is 0 for reselect "stage" (one half for the whole run), the epoch for
-//     "epoch". Norms, embeddings and the head stay frozen.
+//     is the stage for reselect "stage" (one half per stage: the whole
+//     run unless it has data.stages), the epoch for "epoch". Norms, embeddings and the head stay frozen.
 // Tensors outside the selection get no gradient and are left bit-identical.
 // The state (the current set, LISA's generator and draws, HFT's selections)
 // is a JSON value a checkpoint carries, so that a resumed run continues
@@ -59,12 +59,13 @@ class TrainableSelection {
   static absl::StatusOr<std::unique_ptr<TrainableSelection>> Create(
       const TrainableSpec& spec, const LlamaModel& model, uint64_t run_seed);
 
-  // Brings the selection to optimizer step `step` (0-based) of `epoch`:
-  // LISA draws when step % interval_steps == 0, HFT with reselect "epoch"
-  // draws for a new epoch, and the first call draws (or fixes) the first
-  // set. REQUIRES: steps in increasing order. Returns whether the trained
-  // set changed.
-  bool Advance(int64_t step, int epoch);
+  // Brings the selection to optimizer step `step` (0-based) of `epoch`
+  // (counted across the stages) of `stage` (0-based, data.stages): LISA
+  // draws when step % interval_steps == 0, HFT with reselect "epoch" draws
+  // for a new epoch and with reselect "stage" for a new stage, and the
+  // first call draws (or fixes) the first set. REQUIRES: steps in
+  // increasing order. Returns whether the trained set changed.
+  bool Advance(int64_t step, int epoch, int stage = 0);
 
   // The names (as LlamaModel::Weights names them) of the tensors trained
   // now; empty before the first Advance or Restore.
