@@ -18,11 +18,18 @@
 #include "worker/engine/error_kind.h"
 #include "worker/engine/optim/adamw.h"
 #include "worker/engine/optim/schedule.h"
+#include "worker/engine/adapters/prompt_tuning.h"
+#include "worker/engine/reports/reports.h"
 #include "worker/engine/text/json_file.h"
 
 namespace lathe::engine {
 
 using Json = nlohmann::json;
+
+namespace {
+// In a checkpoint: the forgetting report's "before" ({"loss", "tokens"}).
+constexpr char kGeneralBeforeFile[] = "general_before.json";
+}  // namespace
 
 absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec) {
   const ModelSpec& m = spec.model;
@@ -54,6 +61,20 @@ absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec) {
   RETURN_IF_ERROR(
       MakeTrainable(*setup.model, spec.adapter, setup.tokenizer.get()));
   return setup;
+}
+
+absl::StatusOr<std::optional<GeneralSet>> LoadGeneralSet(
+    const RunSpec& spec, const ModelSetup& setup) {
+  const EvaluationSpec& e = spec.evaluation;
+  if (e.general_file.empty()) return std::nullopt;
+  absl::StatusOr<Dataset> data = LoadChatDataset(
+      e.general_file, *setup.tokenizer, setup.chat_template,
+      spec.data.max_seq_len, e.general_file_name);
+  if (!data.ok()) {
+    return WithErrorKind(data.status(), ErrorKind::kUserData, "general_file");
+  }
+  return GeneralSet{.examples = std::move(data->examples),
+                    .pad_id = setup.tokenizer->pad_id()};
 }
 
 namespace {
@@ -106,7 +127,8 @@ int64_t TotalSteps(const RunSpec& spec, size_t epoch_examples) {
 
 absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
                                     const std::vector<LoopStage>& stages,
-                                    const TrainHooks& hooks) {
+                                    const TrainHooks& hooks,
+                                    const GeneralSet* general) {
   const std::string hyperparameters = HyperparametersField(spec.objective);
   ASSIGN_OR_RETURN(const LrSchedule schedule,
                    WithErrorKind(ParseLrSchedule(spec.schedule.lr_scheduler),
@@ -252,6 +274,31 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
   } else {
     RETURN_IF_ERROR(stages[stage].objective->Prepare());
   }
+  // The forgetting report's "before": the base model's loss, measured on a
+  // fresh run and carried by the checkpoints.
+  const bool all_tokens = spec.evaluation.general_tokens == "all";
+  std::optional<HeldOutLoss> general_before;
+  if (general != nullptr && resume_from.empty()) {
+    const torch::Tensor virtual_tokens = model.prompt_embeddings();
+    model.SetPromptEmbeddings(torch::Tensor());
+    general_before =
+        HeldOutLossOf(model, general->examples, all_tokens,
+                      data_spec.batch_size, general->pad_id,
+                      /*adapters=*/false);
+    model.SetPromptEmbeddings(virtual_tokens);
+    spdlog::info("general_file: the base model's loss {} over {} tokens",
+                 general_before->loss, general_before->tokens);
+  } else if (general != nullptr) {
+    absl::StatusOr<Json> saved =
+        ReadJsonFile(absl::StrCat(resume_from, "/", kGeneralBeforeFile));
+    if (saved.ok() && saved->contains("loss") && saved->contains("tokens")) {
+      general_before = HeldOutLoss{.loss = (*saved)["loss"].get<double>(),
+                                   .tokens = (*saved)["tokens"].get<int64_t>()};
+    } else {
+      spdlog::warn("{} holds no {}: no forgetting report for this run",
+                   resume_from, kGeneralBeforeFile);
+    }
+  }
   const LoraSpec* lora = Lora(spec.adapter);
   auto log_stage = [&] {
     const LoopStage& current = stages[stage];
@@ -291,6 +338,12 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
       // float32 whatever the source dtype, so that resuming is exact.
       RETURN_IF_ERROR(SaveTrained(model, spec.adapter, spec.model, dir,
                                   torch::kFloat32));
+      if (general_before.has_value()) {
+        RETURN_IF_ERROR(WriteJsonFile(
+            absl::StrCat(dir, "/", kGeneralBeforeFile),
+            {{"loss", general_before->loss},
+             {"tokens", general_before->tokens}}));
+      }
       return stages[stage].objective->SaveState(dir);
     };
     ASSIGN_OR_RETURN(SavedCheckpoint saved,
@@ -407,6 +460,33 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
     result.validation_loss = m.validation_loss.has_value()
                                  ? *m.validation_loss
                                  : last.Evaluate().loss;
+  }
+  if (general_before.has_value()) {
+    std::vector<Example> examples = general->examples;
+    if (const int n = model.num_virtual_tokens(); n > 0) {
+      PrependVirtualTokens(examples, n);
+    }
+    const HeldOutLoss after = HeldOutLossOf(
+        model, examples, all_tokens, data_spec.batch_size, general->pad_id);
+    result.forgetting = ForgettingReport{
+        .loss_before = general_before->loss,
+        .loss_after = after.loss,
+        .tokens = after.tokens,
+        .tokens_counted = spec.evaluation.general_tokens};
+    spdlog::info("general_file: loss {} before, {} after (delta {})",
+                 result.forgetting->loss_before, result.forgetting->loss_after,
+                 result.forgetting->delta());
+  }
+  if (lora != nullptr && spec.evaluation.intruder_top_k > 0) {
+    result.intruders = LoraIntruders(model, spec.evaluation.intruder_top_k,
+                                     spec.evaluation.intruder_epsilon);
+    int total = 0;
+    for (const IntruderMatrix& m : result.intruders) total += m.intruders;
+    spdlog::info("intruder dimensions: {} over {} adapted matrices (top {}, "
+                 "epsilon {})",
+                 total, result.intruders.size(),
+                 spec.evaluation.intruder_top_k,
+                 spec.evaluation.intruder_epsilon);
   }
   RETURN_IF_ERROR(ExportResult(model, spec.adapter, spec.model, spec.output));
   if (selection != nullptr) {

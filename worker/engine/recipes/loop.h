@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -106,6 +107,20 @@ class Objective {
 // examples: ceil(epoch_examples / (batch_size x accumulation)) x n_epochs.
 int64_t TotalSteps(const RunSpec& spec, size_t epoch_examples);
 
+// The forgetting report's held-out general set (evaluation.general_file),
+// as chat / prompt-completion / text examples without prompt tuning's
+// placeholders.
+struct GeneralSet {
+  std::vector<Example> examples;
+  int32_t pad_id = 0;
+};
+
+// evaluation.general_file loaded with the base's tokenizer and template
+// (errors of the kind kUserData naming "general_file"), or nullopt without
+// one.
+absl::StatusOr<std::optional<GeneralSet>> LoadGeneralSet(
+    const RunSpec& spec, const ModelSetup& setup);
+
 // One stage of a run (spec/run_spec.h StageSpec): its spec (StageRunSpec,
 // or the run's own for a one-stage run) and its objective, over that
 // stage's data. Both must outlive the loop.
@@ -124,16 +139,25 @@ struct LoopStage {
 // stages; a checkpoint holds the state of the stage that wrote its last
 // step, and a resume continues in that stage (or starts the next one, at
 // a stage's end).
+//
+// With `general` (LoadGeneralSet), the loop measures its loss with the base
+// model (the adapter bypassed, no virtual tokens) before the first step of
+// a fresh run, keeps that figure in every checkpoint, and measures the
+// trained model's after the last: TrainResult::forgetting. A LoRA run
+// counts its intruder dimensions after training (evaluation.intruder_*).
 absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
                                     const std::vector<LoopStage>& stages,
-                                    const TrainHooks& hooks);
+                                    const TrainHooks& hooks,
+                                    const GeneralSet* general = nullptr);
 
 // A one-stage run of `objective`.
 inline absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec,
                                            LlamaModel& model,
                                            Objective& objective,
-                                           const TrainHooks& hooks) {
-  return RunLoop(spec, model, {LoopStage{&spec, &objective, ""}}, hooks);
+                                           const TrainHooks& hooks,
+                                           const GeneralSet* general = nullptr) {
+  return RunLoop(spec, model, {LoopStage{&spec, &objective, ""}}, hooks,
+                 general);
 }
 
 }  // namespace lathe::engine

@@ -295,10 +295,13 @@ absl::StatusOr<std::unique_ptr<SftObjective>> MakeObjective(
 absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
                                    const TrainHooks& hooks) {
   ASSIGN_OR_RETURN(ModelSetup setup, SetUpModel(spec));
+  ASSIGN_OR_RETURN(const std::optional<GeneralSet> general,
+                   LoadGeneralSet(spec, setup));
+  const GeneralSet* general_set = general.has_value() ? &*general : nullptr;
   if (spec.data.stages.empty()) {
     ASSIGN_OR_RETURN(std::unique_ptr<SftObjective> objective,
                      MakeObjective(spec, sft, setup));
-    return RunLoop(spec, *setup.model, *objective, hooks);
+    return RunLoop(spec, *setup.model, *objective, hooks, general_set);
   }
   // DMT and other multi-stage runs: every stage's data is loaded (and
   // checked) before the first step.
@@ -317,7 +320,7 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
     stages.push_back({&specs.back(), objectives.back().get(),
                       name.empty() ? absl::StrCat("stage-", i + 1) : name});
   }
-  return RunLoop(spec, *setup.model, stages, hooks);
+  return RunLoop(spec, *setup.model, stages, hooks, general_set);
 }
 
 }  // namespace lathe::engine

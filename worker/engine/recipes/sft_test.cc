@@ -17,6 +17,8 @@
 #include "worker/engine/adapters/lora.h"
 #include "worker/engine/model/model_export.h"
 #include "worker/engine/optim/schedule.h"
+#include "worker/engine/inference/score.h"
+#include "worker/engine/text/tokenizer.h"
 #include "worker/engine/test_util.h"
 #include "worker/engine/spec/run_spec.h"
 
@@ -937,6 +939,91 @@ TEST_F(TrainerTest, DmtStagesRunAsSeparateRunsFromTheLastWeightsAndResume) {
   bad.objective = DpoSpec{};
   EXPECT_NE(ValidateRunSpec(bad).message().find("data.stages"), std::string::npos)
       << ValidateRunSpec(bad);
+}
+
+// The forgetting report (METHODS.md §9.1) on a LoRA run with the demo's
+// validation file as the general set: "before" equals the base model's
+// score loss over the file (ScoreExample, one example at a time, weighted
+// by its trained tokens), "after" differs once trained, a learning rate of
+// 0 gives delta 0 exactly, and a resumed run reports the uninterrupted
+// run's "before". Every adapted matrix has its intruder count.
+TEST_F(TrainerTest, ForgettingReportAndIntruderDimensions) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/trained");
+  options.schedule.n_epochs = 1;
+  options.evaluation.general_file = options.data.validation_file;
+  options.data.validation_file.clear();
+
+  // The independent "before": the base model scoring each example.
+  absl::StatusOr<std::unique_ptr<LlamaModel>> base =
+      LlamaModel::Load(options.model.dir);
+  ASSERT_TRUE(base.ok());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      Tokenizer::Load(options.model.dir);
+  ASSERT_TRUE(tokenizer.ok());
+  absl::StatusOr<Dataset> general = LoadChatDataset(
+      options.evaluation.general_file, **tokenizer,
+      ChatTemplateFor(**tokenizer, options.model.chat_template),
+      options.data.max_seq_len, "general");
+  ASSERT_TRUE(general.ok()) << general.status();
+  double sum = 0;
+  int64_t tokens = 0;
+  for (const Example& e : general->examples) {
+    absl::StatusOr<Scores> scores = ScoreExample(**base, e);
+    ASSERT_TRUE(scores.ok()) << scores.status();
+    int64_t n = 0;
+    for (size_t t = 1; t < e.loss_mask.size(); ++t) n += e.loss_mask[t];
+    sum += scores->loss * n;
+    tokens += n;
+  }
+
+  const Run trained = TrainRun(options);
+  ASSERT_TRUE(trained.result.ok()) << trained.result.status();
+  ASSERT_TRUE(trained.result->forgetting.has_value());
+  const ForgettingReport& report = *trained.result->forgetting;
+  EXPECT_NEAR(report.loss_before, sum / tokens, 1e-5);
+  EXPECT_EQ(report.tokens, tokens);
+  EXPECT_EQ(report.tokens_counted, "assistant");
+  EXPECT_GT(std::abs(report.delta()), 1e-4);
+  EXPECT_DOUBLE_EQ(report.ppl_ratio(), std::exp(report.delta()));
+  const size_t adapted =
+      (*base)->layers().size() * Lora(options.adapter)->target_modules.size();
+  ASSERT_EQ(trained.result->intruders.size(), adapted);
+  EXPECT_EQ(trained.result->intruders[0].name,
+            "model.layers.0.self_attn.q_proj.weight");
+  for (const IntruderMatrix& m : trained.result->intruders) {
+    EXPECT_GE(m.intruders, 0);
+    EXPECT_LE(m.min_similarity, 1 + 1e-6);
+  }
+
+  RunSpec still = options;
+  still.output.dir = out.path() + "/still";
+  still.optimizer.learning_rate = 0;
+  const Run unchanged = TrainRun(still);
+  ASSERT_TRUE(unchanged.result.ok()) << unchanged.result.status();
+  EXPECT_EQ(unchanged.result->forgetting->delta(), 0);
+  for (const IntruderMatrix& m : unchanged.result->intruders) {
+    EXPECT_EQ(m.intruders, 0) << m.name;  // W_ft = W0
+  }
+
+  RunSpec again = options;
+  again.output.dir = out.path() + "/resumed";
+  again.checkpoint.dir = out.path() + "/ckpt";
+  const Run stopped = TrainRun(again, /*stop_after=*/5);
+  ASSERT_EQ(stopped.checkpoints.size(), 1u);
+  again.checkpoint.resume_from = stopped.checkpoints[0].dir;
+  const Run resumed = TrainRun(again);
+  ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+  ASSERT_TRUE(resumed.result->forgetting.has_value());
+  EXPECT_EQ(resumed.result->forgetting->loss_before, report.loss_before);
+  EXPECT_NEAR(resumed.result->forgetting->loss_after, report.loss_after, 1e-6);
+
+  // A general file that does not parse is the user's data, named.
+  std::ofstream(out.path() + "/bad.jsonl") << "{not json\n";
+  options.evaluation.general_file = out.path() + "/bad.jsonl";
+  const absl::Status bad = TrainRun(options).result.status();
+  EXPECT_EQ(ErrorKindOf(bad), ErrorKind::kUserData) << bad;
+  EXPECT_EQ(ErrorFieldOf(bad), "general_file") << bad;
 }
 
 // Masked Thought changes the steps' losses (the inputs are masked, the

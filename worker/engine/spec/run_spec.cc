@@ -159,6 +159,11 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, DeviceS
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, EvaluationSpec> {
   f("every_steps", s.every_steps);
+  f("general_file", s.general_file);
+  f("general_file_name", s.general_file_name);
+  f("general_tokens", s.general_tokens);
+  f("intruder_top_k", s.intruder_top_k);
+  f("intruder_epsilon", s.intruder_epsilon);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, OutputSpec> {
@@ -792,7 +797,8 @@ absl::Status FromJson(const Json& j, OptimizerSpec* s) {
   return SectionFromJson(j, s);
 }
 absl::Status Validate(const OptimizerSpec& s) {
-  RETURN_IF_ERROR(Positive("optimizer", "learning_rate", s.learning_rate));
+  // 0 trains nothing: a baseline run (its reports measure the base alone).
+  RETURN_IF_ERROR(NonNegative("optimizer", "learning_rate", s.learning_rate));
   RETURN_IF_ERROR(NonNegative("optimizer", "weight_decay", s.weight_decay));
   RETURN_IF_ERROR(Positive("optimizer", "max_grad_norm", s.max_grad_norm));
   return Positive("optimizer", "gradient_accumulation_steps",
@@ -868,7 +874,18 @@ absl::Status FromJson(const Json& j, EvaluationSpec* s) {
   return SectionFromJson(j, s);
 }
 absl::Status Validate(const EvaluationSpec& s) {
-  return NonNegative("evaluation", "every_steps", s.every_steps);
+  RETURN_IF_ERROR(NonNegative("evaluation", "every_steps", s.every_steps));
+  if (s.general_tokens != "assistant" && s.general_tokens != "all") {
+    return Invalid("evaluation.general_tokens",
+                   absl::StrCat("is \"", s.general_tokens,
+                                "\"; known: assistant, all"));
+  }
+  RETURN_IF_ERROR(
+      NonNegative("evaluation", "intruder_top_k", s.intruder_top_k));
+  if (!(s.intruder_epsilon > 0 && s.intruder_epsilon <= 1)) {
+    return Invalid("evaluation.intruder_epsilon", "must be in (0, 1]");
+  }
+  return absl::OkStatus();
 }
 void AddResumeKeys(const EvaluationSpec&, Json*) {}
 
@@ -939,6 +956,7 @@ absl::StatusOr<RunSpec> ParseRunSpec(const Json& json,
   }
   for (std::string* path :
        {&spec.model.dir, &spec.data.training_file, &spec.data.validation_file,
+        &spec.evaluation.general_file,
         &spec.checkpoint.dir, &spec.checkpoint.resume_from, &spec.output.dir,
         &spec.output.merged_dir}) {
     *path = Resolve(*path, base_dir);

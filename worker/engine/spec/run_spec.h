@@ -267,6 +267,20 @@ struct DeviceSpec {
 // "evaluation": validation passes over data.validation_file.
 struct EvaluationSpec {
   int every_steps = 0;  // 50; 0 = only after the last step
+  // The forgetting report (METHODS.md §9.1): a held-out general-data file
+  // (chat, prompt/completion or text) whose loss is measured before the
+  // first step and after the last; "" = none.
+  std::string general_file;       // "general.jsonl"
+  std::string general_file_name;  // as data.training_file_name
+  // Which tokens its loss is over: "assistant" (the trained tokens, as the
+  // training loss) or "all" (every next token).
+  std::string general_tokens = "assistant";
+  // Intruder dimensions (METHODS.md §9.2) of every LoRA-adapted matrix
+  // after training: of the top intruder_top_k singular vectors of W0 + dW,
+  // those whose largest |cosine| with W0's left singular vectors is below
+  // intruder_epsilon. 0 = not counted; LoRA runs only.
+  int intruder_top_k = 10;
+  double intruder_epsilon = 0.5;
 };
 
 // "output": where the result goes.

@@ -257,7 +257,7 @@ TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
        "objective.lambda"},
       {[](RunSpec& s) { s.objective = OrpoSpec{.loss_chunk_tokens = 0}; },
        "objective.loss_chunk_tokens"},
-      {[](RunSpec& s) { s.optimizer.learning_rate = 0; },
+      {[](RunSpec& s) { s.optimizer.learning_rate = -1e-4; },
        "optimizer.learning_rate"},
       {[](RunSpec& s) { s.optimizer.weight_decay = -1; },
        "optimizer.weight_decay"},
