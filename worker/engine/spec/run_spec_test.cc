@@ -23,6 +23,8 @@ RunSpec EveryFieldSet() {
             // Sources are in MixtureSpecIsNestedObjects: with them,
             // training_file must be empty.
             .mixture = {.strategy = "weighted"}};
+            // Stages are in StagesAreNestedObjects: with them, training_file
+            // must be empty.
   s.adapter = LoraSpec{.rank = 5,
                        .alpha = 3.5,
                        .dropout = 0.1,
@@ -42,7 +44,12 @@ RunSpec EveryFieldSet() {
   s.device = {.device = "cuda:1",
               .dtype = "bfloat16",
               .activation_checkpointing = true};
-  s.evaluation = {.every_steps = 10};
+  s.evaluation = {.every_steps = 10,
+                  .general_file = "/general.jsonl",
+                  .general_file_name = "general_file file-g",
+                  .general_tokens = "all",
+                  .intruder_top_k = 5,
+                  .intruder_epsilon = 0.25};
   s.output = {.dir = "/out", .merged_dir = "/merged"};
   return s;
 }
@@ -115,7 +122,7 @@ TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
     // its own below.
     if (!fields.is_object() || section == "trainable") continue;
     for (const auto& [name, value] : fields.items()) {
-      if (name == "type") continue;
+      if (name == "type" || (section == "data" && name == "stages")) continue;
       EXPECT_NE(value, defaults[section][name]) << section << "." << name;
     }
   }
@@ -348,6 +355,41 @@ TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
     EXPECT_NE(status.message().find("\"" + c.field + "\""), std::string::npos)
         << c.field << ": " << status;
   }
+}
+
+// data.stages: each stage's fields round-trip, its paths resolve against
+// the spec's folder, and its mixture and epochs are resume keys.
+TEST(RunSpecTest, StagesAreNestedObjects) {
+  RunSpec s = EveryFieldSet();
+  s.data.training_file.clear();
+  s.data.stages = {
+      {.name = "specialised",
+       .mixture = {.sources = {{.name = "math", .file = "math.jsonl"}}}},
+      {.name = "general",
+       .mixture = {.sources = {{.name = "g", .file = "/g.jsonl"},
+                               {.name = "math",
+                                .file = "math.jsonl",
+                                .fraction = 0.25}}},
+       .n_epochs = 2}};
+  ASSERT_TRUE(ValidateRunSpec(s).ok()) << ValidateRunSpec(s);
+  const Json json = RunSpecJson(s);
+  EXPECT_EQ(json["data"]["stages"][1]["n_epochs"], 2);
+  EXPECT_EQ(json["data"]["stages"][1]["mixture"]["sources"][1]["fraction"], 0.25);
+  absl::StatusOr<RunSpec> back = ParseRunSpec(json, "/specs");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->data.stages[0].mixture.sources[0].file, "/specs/math.jsonl");
+  EXPECT_EQ(back->data.stages[1].mixture.sources[0].file, "/g.jsonl");
+  const RunSpec stage = StageRunSpec(*back, 1);
+  EXPECT_TRUE(stage.data.stages.empty());
+  EXPECT_EQ(stage.data.mixture.sources.size(), 2u);
+  EXPECT_EQ(stage.schedule.n_epochs, 2);
+  EXPECT_EQ(StageRunSpec(*back, 0).schedule.n_epochs, s.schedule.n_epochs);
+  RunSpec other = s;
+  other.data.stages[1].mixture.sources[1].fraction = 0.5;
+  EXPECT_NE(ResumeKeys(other), ResumeKeys(s));
+  other = s;
+  other.data.stages[1].n_epochs = 3;
+  EXPECT_NE(ResumeKeys(other), ResumeKeys(s));
 }
 
 TEST(RunSpecTest, ResumeKeysAreWhatDecidesTheDataAndTheTrainedTensors) {
