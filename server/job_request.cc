@@ -7,9 +7,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/echo.h"
+#include "common/half_ft.h"
 #include "common/ids.h"
-#include "common/layer_ranges.h"
 #include "common/job_method.h"
+#include "common/layer_ranges.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -112,6 +113,11 @@ absl::Status CheckTrainable(const v1::CreateJobRequest& r) {
     }
     if (t.half_ft().has_seed() && t.half_ft().seed() < 0) {
       return Bad("trainable.half_ft.seed", "must be >= 0");
+    }
+    if (t.half_ft().has_fraction() &&
+        !(t.half_ft().fraction() > 0 && t.half_ft().fraction() <= 1)) {
+      return Bad("trainable.half_ft.fraction",
+                 absl::StrCat(t.half_ft().fraction(), " is not in (0, 1]"));
     }
   }
   return absl::OkStatus();
@@ -470,6 +476,16 @@ absl::Status CheckJobForModel(const v1::CreateJobRequest& r,
                      gamma, " layers at a time is more than the model has")));
     }
   }
+  if (t.has_half_ft()) {
+    const double fraction = t.half_ft().has_fraction() ? t.half_ft().fraction()
+                                                       : kDefaultHalfFtFraction;
+    if (HalfFtMatrixCounts(fraction, layers).total() == 0) {
+      return Bad("trainable.half_ft.fraction",
+                 on(absl::StrCat(fraction, " of its ",
+                                 (kAttentionMatrices + kMlpMatrices) * layers,
+                                 " matrices rounds to none")));
+    }
+  }
   absl::StatusOr<std::vector<int>> resolved =
       ResolveLayerRanges({t.layers().begin(), t.layers().end()},
                          static_cast<int>(layers), "trainable.layers");
@@ -566,6 +582,12 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
         t.mutable_half_ft()->set_reselect(v1::HALF_FT_RESELECT_STAGE);
       }
       if (!t.half_ft().has_seed()) t.mutable_half_ft()->set_seed(job.seed());
+      if (!t.half_ft().has_fraction()) {
+        t.mutable_half_ft()->set_fraction(kDefaultHalfFtFraction);
+      }
+      if (!t.half_ft().has_include_embeddings()) {
+        t.mutable_half_ft()->set_include_embeddings(false);
+      }
     }
   }
   if (job.adapter() != v1::ADAPTER_TYPE_LORA) return;

@@ -321,6 +321,12 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
          t.mutable_half_ft()->set_reselect(static_cast<v1::HalfFtReselect>(9));
        },
        "trainable.half_ft.reselect"},
+      {[](auto& t) { t.mutable_half_ft()->set_fraction(0); },
+       "trainable.half_ft.fraction: 0 is not in (0, 1]"},
+      {[](auto& t) { t.mutable_half_ft()->set_fraction(1.25); },
+       "trainable.half_ft.fraction"},
+      {[](auto& t) { t.mutable_half_ft()->set_fraction(NAN); },
+       "trainable.half_ft.fraction"},
   };
   for (const Case& c : cases) {
     v1::CreateJobRequest r = Valid();
@@ -354,6 +360,15 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
   EXPECT_NE(
       CheckJobForModel(layers, model).message().find("trainable.layers[0]"),
       std::string::npos);
+  // 0.03 of a 2-layer model's 14 matrices is 0.42: none.
+  v1::CreateJobRequest few = Valid();
+  few.set_adapter(v1::ADAPTER_TYPE_FULL);
+  few.mutable_trainable()->mutable_half_ft()->set_fraction(0.03);
+  ASSERT_TRUE(CheckJobRequest(few).ok());
+  st = CheckJobForModel(few, model);
+  EXPECT_EQ(st.message().substr(0, 28), "trainable.half_ft.fraction: ") << st;
+  few.mutable_trainable()->mutable_half_ft()->set_fraction(0.04);  // 0.56: 1
+  EXPECT_TRUE(CheckJobForModel(few, model).ok());
   dora.mutable_lora()->clear_layers_to_transform();
   dora.mutable_lora()->add_layers_to_transform(2);
   EXPECT_NE(CheckJobForModel(dora, model)
@@ -372,6 +387,10 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
   job = ResolveJob(hft, f, model, "p", "ftjob-2", 77, JobDefaults{});
   EXPECT_EQ(job.trainable().half_ft().reselect(), v1::HALF_FT_RESELECT_STAGE);
   EXPECT_EQ(job.trainable().half_ft().seed(), 77);
+  EXPECT_TRUE(job.trainable().half_ft().has_fraction());
+  EXPECT_EQ(job.trainable().half_ft().fraction(), 0.5);
+  EXPECT_TRUE(job.trainable().half_ft().has_include_embeddings());
+  EXPECT_FALSE(job.trainable().half_ft().include_embeddings());
   job = ResolveJob(dora, f, model, "p", "ftjob-3", 77, JobDefaults{});
   EXPECT_TRUE(job.lora().use_dora());
   EXPECT_FALSE(ResolveJob(Valid(), f, model, "p", "ftjob-4", 1, JobDefaults{})
