@@ -73,6 +73,10 @@ Usage:
                      [--mixture-stop first_exhausted|all_exhausted]
                      [--regularizer FILE_ID:PROPORTION[:VALID_FILE_ID]]]
                     [--masked-thought P [--mask-token pad|ID]]
+                    [--dmt GENERAL_FILE_ID[:VALID_FILE_ID] [--dmt-k K]]
+                     (DMT: stage 1 on --mixture / --training-file, stage 2
+                      on the general file + a fraction K, default 1/256, of
+                      each of them)
                     (with --mixture, --training-file may be left out)
   lathe jobs get JOB_ID
   lathe jobs list [--status STATUS] [--metadata KEY=VALUE]... [--limit N]
@@ -198,6 +202,18 @@ std::string EnumSuffix(std::string name, absl::string_view prefix) {
   return absl::AsciiStrToLower(name);
 }
 
+// A mixture's sources, one line each, under its heading line.
+void PrintSources(const v1::Mixture& m) {
+  for (const v1::MixtureSource& s : m.sources()) {
+    std::cout << absl::StrFormat(
+        "                  %s file=%s %s%s%s\n", s.name(), s.file_id(),
+        s.proportion() > 0 ? absl::StrFormat("proportion=%g", s.proportion())
+                           : absl::StrFormat("weight=%g", s.weight()),
+        s.fraction() < 1 ? absl::StrFormat(" fraction=%g", s.fraction()) : "",
+        s.validation_file_id().empty() ? "" : " validation_file=" + s.validation_file_id());
+  }
+}
+
 void PrintJob(const v1::Job& j) {
   std::cout << "id:               " << j.id() << "\n"
             << "status:           " << StatusName(j.status()) << "\n"
@@ -213,14 +229,17 @@ void PrintJob(const v1::Job& j) {
                                             "MIXTURE_STRATEGY_"),
                                  m.temperature(),
                                  EnumSuffix(v1::MixtureStop_Name(m.stop()), "MIXTURE_STOP_"));
-    for (const v1::MixtureSource& s : m.sources()) {
-      std::cout << absl::StrFormat(
-          "                  %s file=%s %s%s%s\n", s.name(), s.file_id(),
-          s.proportion() > 0 ? absl::StrFormat("proportion=%g", s.proportion())
-                             : absl::StrFormat("weight=%g", s.weight()),
-          s.fraction() < 1 ? absl::StrFormat(" fraction=%g", s.fraction()) : "",
-          s.validation_file_id().empty() ? "" : " validation_file=" + s.validation_file_id());
-    }
+    PrintSources(m);
+  }
+  for (const v1::TrainingStage& stage : j.stages()) {
+    const v1::Mixture& m = stage.training_mixture();
+    std::cout << absl::StrFormat("stage:            %s n_epochs=%d strategy=%s temperature=%g stop=%s\n",
+                                 stage.name(), stage.n_epochs(),
+                                 EnumSuffix(v1::MixtureStrategy_Name(m.strategy()),
+                                            "MIXTURE_STRATEGY_"),
+                                 m.temperature(),
+                                 EnumSuffix(v1::MixtureStop_Name(m.stop()), "MIXTURE_STOP_"));
+    PrintSources(m);
   }
   if (j.method().supervised().has_masked_thought()) {
     const v1::MaskedThought& mt = j.method().supervised().masked_thought();
@@ -465,6 +484,62 @@ absl::Status MixtureAndMaskFlags(const Args& a, v1::CreateJobRequest& r) {
   return absl::OkStatus();
 }
 
+// --dmt GENERAL[:VALID] [--dmt-k K]: DMT's two stages (METHODS.md §2.2)
+// from the specialised data of --mixture or --training-file: stage
+// "specialised" on it, then stage "general" on the general file plus a
+// seeded fraction K (default 1/256) of each specialised file.
+absl::Status DmtFlags(const Args& a, v1::CreateJobRequest& r) {
+  if (a.Has("dmt-k") && !a.Has("dmt")) return absl::InvalidArgumentError("--dmt-k goes with --dmt");
+  if (!a.Has("dmt")) return absl::OkStatus();
+  if (a.Has("regularizer")) {
+    return absl::InvalidArgumentError(
+        "--regularizer does not go with --dmt (the general file is stage 2's data)");
+  }
+  double k = 1.0 / 256;
+  if (a.Has("dmt-k")) {
+    const std::string text = *a.Get("dmt-k");
+    std::vector<std::string> parts = absl::StrSplit(text, '/');
+    double num = 0, den = 1;
+    if (parts.size() > 2 || !absl::SimpleAtod(parts[0], &num) ||
+        (parts.size() == 2 && (!absl::SimpleAtod(parts[1], &den) || den == 0))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--dmt-k: expected a fraction like 1/256 or 0.01, got \"", text, "\""));
+    }
+    k = num / den;
+  }
+  v1::TrainingStage first;
+  first.set_name("specialised");
+  if (r.has_training_mixture()) {
+    *first.mutable_training_mixture() = r.training_mixture();
+  } else if (!r.training_file().empty()) {
+    first.mutable_training_mixture()->add_sources()->set_file_id(r.training_file());
+  } else {
+    return absl::InvalidArgumentError(
+        "--dmt needs the specialised data: --mixture or --training-file");
+  }
+  v1::TrainingStage second;
+  second.set_name("general");
+  std::vector<std::string> general = absl::StrSplit(*a.Get("dmt"), ':');
+  if (general.size() > 2 || general[0].empty()) {
+    return absl::InvalidArgumentError("--dmt: expected GENERAL_FILE_ID[:VALIDATION_FILE_ID]");
+  }
+  v1::MixtureSource& g = *second.mutable_training_mixture()->add_sources();
+  g.set_file_id(general[0]);
+  if (general.size() == 2) g.set_validation_file_id(general[1]);
+  for (const v1::MixtureSource& s : first.training_mixture().sources()) {
+    v1::MixtureSource& sub = *second.mutable_training_mixture()->add_sources();
+    sub.set_file_id(s.file_id());
+    sub.set_name(s.name());
+    sub.set_validation_file_id(s.validation_file_id());
+    sub.set_fraction(k);
+  }
+  r.clear_training_mixture();
+  r.clear_training_file();
+  *r.add_stages() = std::move(first);
+  *r.add_stages() = std::move(second);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
   v1::CreateJobRequest r;
   r.set_model(a.GetOr("model", ""));
@@ -679,6 +754,7 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     else return absl::InvalidArgumentError("--priority: use low, normal or high");
   }
   if (absl::Status st = MixtureAndMaskFlags(a, r); !st.ok()) return st;
+  if (absl::Status st = DmtFlags(a, r); !st.ok()) return st;
   return r;
 }
 
@@ -1003,7 +1079,7 @@ int Run(const std::vector<std::string>& argv) {
        "lisa-layers", "lisa-interval", "half-ft", "half-ft-reselect", "half-ft-fraction",
        "half-ft-include-embeddings", "mixture",
        "mixture-strategy", "mixture-temperature", "mixture-stop", "regularizer",
-       "masked-thought", "mask-token"});
+       "masked-thought", "mask-token", "dmt", "dmt-k"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

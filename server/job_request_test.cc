@@ -107,6 +107,90 @@ v1::CreateJobRequest Mixed() {
   return r;
 }
 
+// A DMT job: stage 1 on two specialised files, stage 2 on the general
+// file plus a quarter of each.
+v1::CreateJobRequest Dmt() {
+  v1::CreateJobRequest r = Valid();
+  r.clear_training_file();
+  v1::TrainingStage* first = r.add_stages();
+  first->set_name("specialised");
+  for (const char* id : {"file-a", "file-b"}) {
+    first->mutable_training_mixture()->add_sources()->set_file_id(id);
+  }
+  v1::TrainingStage* second = r.add_stages();
+  second->mutable_training_mixture()->add_sources()->set_file_id("file-g");
+  for (const char* id : {"file-a", "file-b"}) {
+    auto* s = second->mutable_training_mixture()->add_sources();
+    s->set_file_id(id);
+    s->set_fraction(0.25);
+  }
+  second->set_n_epochs(2);
+  return r;
+}
+
+TEST(JobRequestTest, StagesAreCheckedByNameAndResolved) {
+  struct Case {
+    std::function<void(v1::CreateJobRequest&)> mutate;
+    const char* field;
+  };
+  auto source = [](v1::CreateJobRequest& r, int stage, int i) {
+    return r.mutable_stages(stage)->mutable_training_mixture()->mutable_sources(i);
+  };
+  const Case cases[] = {
+      {[&](auto& r) { source(r, 1, 1)->set_fraction(0); },
+       "stages[1].training_mixture.sources[1].fraction"},
+      {[&](auto& r) { source(r, 1, 0)->set_weight(-1); },
+       "stages[1].training_mixture.sources[0].weight"},
+      {[&](auto& r) { source(r, 0, 1)->set_file_id("file-a"); },
+       "stages[0].training_mixture.sources[1].name"},
+      {[](auto& r) { r.mutable_stages(1)->mutable_training_mixture()->clear_sources(); },
+       "stages[1].training_mixture.sources: must not be empty"},
+      {[](auto& r) { r.mutable_stages(1)->set_n_epochs(0); }, "stages[1].n_epochs"},
+      {[](auto& r) { r.mutable_stages(1)->set_name("specialised"); },
+       "stages[1].name: \"specialised\" is already stages[0]'s name"},
+      {[](auto& r) { r.mutable_stages(0)->set_name("a b"); }, "stages[0].name"},
+      {[](auto& r) { r.mutable_training_mixture()->add_sources()->set_file_id("file-x"); },
+       "training_mixture: leave it unset with stages"},
+      {[](auto& r) { r.set_training_file("file-x"); }, "training_file: leave it empty with stages"},
+      {[](auto& r) {
+         for (int i = 0; i < 7; ++i) *r.add_stages() = r.stages(0);
+       },
+       "stages: at most 8"},
+      {[](auto& r) { r.mutable_method()->set_type("dpo"); },
+       "stages: is for method.type \"supervised\""},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest r = Dmt();
+    c.mutate(r);
+    absl::Status st = CheckJobRequest(r);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.field << ": " << st;
+    EXPECT_NE(st.message().find(c.field), absl::string_view::npos)
+        << st.message() << " should name " << c.field;
+  }
+  ASSERT_TRUE(CheckJobRequest(Dmt()).ok()) << CheckJobRequest(Dmt());
+  v1::CreateJobRequest first = Dmt();
+  first.set_training_file("file-a");
+  EXPECT_TRUE(CheckJobRequest(first).ok());
+
+  v1::File training;
+  training.set_line_count(40);
+  const v1::Job job = ResolveJob(Dmt(), training, v1::Model(), "p", "ftjob-1", 5, {});
+  EXPECT_EQ(job.training_file(), "file-a");
+  EXPECT_FALSE(job.has_training_mixture());
+  ASSERT_EQ(job.stages_size(), 2);
+  EXPECT_EQ(job.stages(0).name(), "specialised");
+  EXPECT_EQ(job.stages(1).name(), "stage-2");
+  EXPECT_EQ(job.stages(0).n_epochs(), 3);  // the method's
+  EXPECT_EQ(job.stages(1).n_epochs(), 2);
+  const v1::Mixture& m = job.stages(1).training_mixture();
+  EXPECT_EQ(m.strategy(), v1::MIXTURE_STRATEGY_CONCAT);
+  EXPECT_EQ(m.stop(), v1::MIXTURE_STOP_FIRST_EXHAUSTED);
+  EXPECT_EQ(m.sources(0).name(), "file-g");
+  EXPECT_EQ(m.sources(0).fraction(), 1);
+  EXPECT_EQ(m.sources(2).fraction(), 0.25);
+  EXPECT_EQ(job.stages(0).training_mixture().sources(1).weight(), 1);
+}
+
 TEST(JobRequestTest, RefusesBadMixturesAndMaskedThoughtByName) {
   struct Case {
     std::function<void(v1::CreateJobRequest&)> mutate;

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/job_method.h"
 #include "absl/strings/strip.h"
 #include "common/echo.h"
 #include "common/ids.h"
@@ -157,7 +158,7 @@ INSERT INTO job_files SELECT id, 'validation_file', validation_file FROM jobs
 };
 
 // Every file `job` reads, by the field that names it: its training and
-// validation files and each mixture source's.
+// validation files and each mixture source's (of every stage).
 std::vector<std::pair<std::string, std::string>> JobFiles(const v1::Job& job) {
   std::vector<std::pair<std::string, std::string>> files;
   if (!job.training_file().empty()) {
@@ -166,14 +167,16 @@ std::vector<std::pair<std::string, std::string>> JobFiles(const v1::Job& job) {
   if (!job.validation_file().empty()) {
     files.push_back({"validation_file", job.validation_file()});
   }
-  const auto& sources = job.training_mixture().sources();
-  for (int i = 0; i < sources.size(); ++i) {
-    const std::string at = absl::StrCat("training_mixture.sources[", i, "].");
-    if (!sources[i].file_id().empty()) {
-      files.push_back({at + "file_id", sources[i].file_id()});
-    }
-    if (!sources[i].validation_file_id().empty()) {
-      files.push_back({at + "validation_file_id", sources[i].validation_file_id()});
+  for (const auto& [mixture_field, mixture] : TrainingMixtures(job)) {
+    const auto& sources = mixture->sources();
+    for (int i = 0; i < sources.size(); ++i) {
+      const std::string at = absl::StrCat(mixture_field, ".sources[", i, "].");
+      if (!sources[i].file_id().empty()) {
+        files.push_back({at + "file_id", sources[i].file_id()});
+      }
+      if (!sources[i].validation_file_id().empty()) {
+        files.push_back({at + "validation_file_id", sources[i].validation_file_id()});
+      }
     }
   }
   return files;

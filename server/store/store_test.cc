@@ -508,6 +508,31 @@ TEST_F(StoreTest, EveryFileOfAMixtureIsHeldWhileTheJobRuns) {
   }
 }
 
+// Each stage's files (DMT's general file is only stage 2's) are held too.
+TEST_F(StoreTest, EveryFileOfEveryStageIsHeldWhileTheJobRuns) {
+  for (const char* id : {"file-s1", "file-s2", "file-sv"}) {
+    ASSERT_TRUE(store_->InsertFile(MakeFile(id)).ok());
+  }
+  v1::Job job = MakeJob("ftjob-stages");
+  job.set_training_file("file-s1");
+  job.add_stages()->mutable_training_mixture()->add_sources()->set_file_id("file-s1");
+  auto* general = job.add_stages()->mutable_training_mixture()->add_sources();
+  general->set_file_id("file-s2");
+  general->set_validation_file_id("file-sv");
+  v1::Job missing = job;
+  missing.set_id("ftjob-missing");
+  missing.mutable_stages(1)->mutable_training_mixture()->mutable_sources(0)->set_validation_file_id(
+      "file-gone");
+  auto refused = CreateJob(missing, "", "");
+  EXPECT_TRUE(absl::IsNotFound(refused.status())) << refused.status();
+  EXPECT_EQ(refused.status().message(),
+            "stages[1].training_mixture.sources[0].validation_file_id: no such file file-gone");
+  ASSERT_TRUE(CreateJob(job, "", "").ok());
+  for (const char* id : {"file-s1", "file-s2", "file-sv"}) {
+    EXPECT_TRUE(absl::IsFailedPrecondition(store_->DeleteFile(id).status())) << id;
+  }
+}
+
 TEST_F(StoreTest, ListJobsFiltersByStatusAndMetadata) {
   for (int i = 0; i < 4; ++i) {
     v1::Job j = MakeJob("ftjob-" + std::to_string(i));

@@ -474,14 +474,22 @@ void Agent::RunAttempt(Attempt* attempt) {
     fetched =
         FetchFile(attempt, job.training_file(), o.data.training_file, &error);
   }
-  // A mixture's sources and their validation files, in the job's order.
-  for (size_t i = 0; fetched && i < o.data.mixture.sources.size(); ++i) {
-    const v1::MixtureSource& wire = job.training_mixture().sources(i);
-    const engine::MixtureSourceSpec& source = o.data.mixture.sources[i];
-    fetched = FetchFile(attempt, wire.file_id(), source.file, &error) &&
-              (source.validation_file.empty() ||
-               FetchFile(attempt, wire.validation_file_id(),
-                         source.validation_file, &error));
+  // A mixture's sources and their validation files, in the job's order;
+  // each stage's likewise.
+  auto fetch_mixture = [&](const v1::Mixture& wire_mixture,
+                           const engine::MixtureSpec& mixture) {
+    for (size_t i = 0; fetched && i < mixture.sources.size(); ++i) {
+      const v1::MixtureSource& wire = wire_mixture.sources(i);
+      const engine::MixtureSourceSpec& source = mixture.sources[i];
+      fetched = FetchFile(attempt, wire.file_id(), source.file, &error) &&
+                (source.validation_file.empty() ||
+                 FetchFile(attempt, wire.validation_file_id(),
+                           source.validation_file, &error));
+    }
+  };
+  fetch_mixture(job.training_mixture(), o.data.mixture);
+  for (size_t s = 0; fetched && s < o.data.stages.size(); ++s) {
+    fetch_mixture(job.stages(s).training_mixture(), o.data.stages[s].mixture);
   }
   if (fetched && !o.data.validation_file.empty()) {
     fetched = FetchFile(attempt, job.validation_file(),
@@ -517,11 +525,26 @@ void Agent::RunAttempt(Attempt* attempt) {
                            .num_virtual_tokens,
                        " virtual tokens")
                  : std::string("full fine-tuning"),
-             " on ", job.model(), ", ", o.schedule.n_epochs,
-             " epochs, batch ", o.data.batch_size, ", lr ",
+             " on ", job.model(), ", ",
+             o.data.stages.empty()
+                 ? absl::StrCat(o.schedule.n_epochs, " epochs")
+                 : absl::StrCat(o.data.stages.size(), " stages"),
+             ", batch ", o.data.batch_size, ", lr ",
              o.optimizer.learning_rate)));
     engine::TrainHooks hooks;
+    int stage = 0;  // of the last step reported
     hooks.on_step = [&](const engine::StepMetrics& m) {
+      if (m.stage != stage && m.stage > 0) {
+        stage = m.stage;
+        const engine::StageSpec& spec = o.data.stages[stage - 1];
+        Emit(attempt,
+             Message(absl::StrCat(
+                 "Stage ", stage, "/", o.data.stages.size(), " \"",
+                 spec.name, "\" from step ", m.step,
+                 stage > 1 ? absl::StrCat(": from stage ", stage - 1,
+                                          "'s weights, a fresh optimizer")
+                           : std::string())));
+      }
       v1::JobEvent e;
       e.set_type("metrics");
       e.set_level("info");
@@ -535,6 +558,7 @@ void Agent::RunAttempt(Attempt* attempt) {
       mm->set_learning_rate(m.learning_rate);
       mm->set_tokens_per_second(m.tokens_per_second);
       mm->set_trained_tokens(m.trained_tokens);
+      mm->set_stage(m.stage);
       if (m.validation_loss) {
         (*mm->mutable_values())["valid_loss"] = *m.validation_loss;
       }

@@ -100,12 +100,15 @@ auto WireValue(const Table& table, const std::string& engine) {
 // The mixture as the engine's data.mixture. The sources' file and
 // validation_file hold the job's file ids here; the agent puts the fetched
 // paths in their place (attempt_setup.h).
-absl::Status MixtureForJob(const v1::Mixture& wire, engine::MixtureSpec& m) {
+// `field`: where the job holds it ("training_mixture",
+// "stages[1].training_mixture"), for the sources' file names.
+absl::Status MixtureForJob(const v1::Mixture& wire, const std::string& field,
+                           engine::MixtureSpec& m) {
   m.strategy = EngineName(kStrategies, wire.strategy());
   m.stop = EngineName(kStops, wire.stop());
   if (m.strategy.empty() || m.stop.empty()) {
     return absl::InvalidArgumentError(
-        "training_mixture: its strategy or stop is not resolved");
+        absl::StrCat(field, ": its strategy or stop is not resolved"));
   }
   m.temperature = wire.temperature();
   for (int i = 0; i < wire.sources_size(); ++i) {
@@ -113,13 +116,13 @@ absl::Status MixtureForJob(const v1::Mixture& wire, engine::MixtureSpec& m) {
     m.sources.push_back(
         {.name = s.name(),
          .file = s.file_id(),
-         .file_name = absl::StrCat("training_mixture.sources[", i,
-                                   "].file_id ", s.file_id()),
+         .file_name = absl::StrCat(field, ".sources[", i, "].file_id ",
+                                   s.file_id()),
          .validation_file = s.validation_file_id(),
          .validation_file_name =
              s.validation_file_id().empty()
                  ? ""
-                 : absl::StrCat("training_mixture.sources[", i,
+                 : absl::StrCat(field, ".sources[", i,
                                 "].validation_file_id ",
                                 s.validation_file_id()),
          .weight = s.weight(),
@@ -251,7 +254,20 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
         "method.type: \"", job.method().type(), "\" has no engine recipe"));
   }
   if (job.training_mixture().sources_size() > 0) {
-    if (absl::Status s = MixtureForJob(job.training_mixture(), spec.data.mixture);
+    if (absl::Status s = MixtureForJob(job.training_mixture(),
+                                       "training_mixture", spec.data.mixture);
+        !s.ok()) {
+      return s;
+    }
+  }
+  for (int i = 0; i < job.stages_size(); ++i) {
+    const v1::TrainingStage& wire = job.stages(i);
+    engine::StageSpec& stage = spec.data.stages.emplace_back();
+    stage.name = wire.name();
+    stage.n_epochs = wire.n_epochs();
+    if (absl::Status s = MixtureForJob(
+            wire.training_mixture(),
+            absl::StrCat("stages[", i, "].training_mixture"), stage.mixture);
         !s.ok()) {
       return s;
     }
@@ -372,9 +388,7 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
     wire.set_warmup_ratio(mt.warmup_ratio);
     if (mt.mask_token != "pad") wire.set_mask_token_id(std::stoi(mt.mask_token));
   }
-  const engine::MixtureSpec& m = spec.data.mixture;
-  if (!m.sources.empty()) {
-    v1::Mixture& wire = *job.mutable_training_mixture();
+  auto mixture_wire = [](const engine::MixtureSpec& m, v1::Mixture& wire) {
     wire.set_strategy(WireValue(kStrategies, m.strategy));
     wire.set_stop(WireValue(kStops, m.stop));
     wire.set_temperature(m.temperature);
@@ -387,6 +401,18 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
       source.set_proportion(s.proportion);
       source.set_fraction(s.fraction);
     }
+  };
+  if (!spec.data.mixture.sources.empty()) {
+    mixture_wire(spec.data.mixture, *job.mutable_training_mixture());
+  }
+  for (size_t i = 0; i < spec.data.stages.size(); ++i) {
+    const engine::StageSpec& stage = spec.data.stages[i];
+    v1::TrainingStage& wire = *job.add_stages();
+    wire.set_name(stage.name.empty() ? absl::StrCat("stage-", i + 1)
+                                     : stage.name);
+    wire.set_n_epochs(stage.n_epochs > 0 ? stage.n_epochs
+                                         : spec.schedule.n_epochs);
+    mixture_wire(stage.mixture, *wire.mutable_training_mixture());
   }
   return job;
 }

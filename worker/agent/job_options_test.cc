@@ -111,6 +111,14 @@ v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supe
     s.set_proportion(i == 0 ? 0 : 0.25);
     s.set_fraction(0.5);
   }
+  // Not a valid job (a mixture and stages at once), but every field
+  // travels.
+  for (const char* name : {"specialised", "general"}) {
+    v1::TrainingStage& stage = *job.add_stages();
+    stage.set_name(name);
+    stage.set_n_epochs(2);
+    *stage.mutable_training_mixture() = mixture;
+  }
   return job;
 }
 

@@ -154,7 +154,7 @@ std::set<std::string> TrainableSelection::HalfFtSet(int selection) const {
   return set;
 }
 
-bool TrainableSelection::Advance(int64_t step, int epoch) {
+bool TrainableSelection::Advance(int64_t step, int epoch, int stage) {
   std::set<std::string> next = trained_;
   if (spec_.lisa) {
     if (step % spec_.lisa->interval_steps == 0 &&
@@ -168,7 +168,8 @@ bool TrainableSelection::Advance(int64_t step, int epoch) {
       next = LisaSet(order);
     }
   } else if (spec_.half_ft) {
-    const int selection = spec_.half_ft->reselect == "epoch" ? epoch : 0;
+    const int selection =
+        spec_.half_ft->reselect == "epoch" ? epoch : stage;
     if (selection != selection_epoch_) {
       selection_epoch_ = selection;
       next = HalfFtSet(selection);

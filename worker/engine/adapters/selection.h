@@ -23,10 +23,10 @@
 //     more in its first m mod L layers (so that the extras fall on
 //     different layers where they can). At f = 0.5 that is 2 of 4 attention
 //     matrices a layer, 2 of 3 MLP matrices in ⌊L/2⌋ layers and 1 in the
-//     others. The selection number is 0 for reselect "stage" (one draw for
-//     the whole run), the epoch for "epoch". The layers' norms stay frozen;
-//     the embeddings, final norm and head too unless include_embeddings,
-//     which trains them always.
+//     others. The selection number is the stage for reselect "stage" (one
+//     draw per stage: the whole run unless it has data.stages), the epoch
+//     for "epoch". The layers' norms stay frozen; the embeddings, final norm
+//     and head too unless include_embeddings, which trains them always.
 // Tensors outside the selection get no gradient and are left bit-identical.
 // The state (the current set, LISA's generator and draws, HFT's selections)
 // is a JSON value a checkpoint carries, so that a resumed run continues
@@ -67,12 +67,13 @@ class TrainableSelection {
   static absl::StatusOr<std::unique_ptr<TrainableSelection>> Create(
       const TrainableSpec& spec, const LlamaModel& model, uint64_t run_seed);
 
-  // Brings the selection to optimizer step `step` (0-based) of `epoch`:
-  // LISA draws when step % interval_steps == 0, HFT with reselect "epoch"
-  // draws for a new epoch, and the first call draws (or fixes) the first
-  // set. REQUIRES: steps in increasing order. Returns whether the trained
-  // set changed.
-  bool Advance(int64_t step, int epoch);
+  // Brings the selection to optimizer step `step` (0-based) of `epoch`
+  // (counted across the stages) of `stage` (0-based, data.stages): LISA
+  // draws when step % interval_steps == 0, HFT with reselect "epoch" draws
+  // for a new epoch and with reselect "stage" for a new stage, and the
+  // first call draws (or fixes) the first set. REQUIRES: steps in
+  // increasing order. Returns whether the trained set changed.
+  bool Advance(int64_t step, int epoch, int stage = 0);
 
   // The names (as LlamaModel::Weights names them) of the tensors trained
   // now; empty before the first Advance or Restore.

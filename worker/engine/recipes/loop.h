@@ -106,11 +106,35 @@ class Objective {
 // examples: ceil(epoch_examples / (batch_size x accumulation)) x n_epochs.
 int64_t TotalSteps(const RunSpec& spec, size_t epoch_examples);
 
-// Trains `model` (from SetUpModel) with `objective` as Train (run.h)
-// describes, writing checkpoints and the result.
+// One stage of a run (spec/run_spec.h StageSpec): its spec (StageRunSpec,
+// or the run's own for a one-stage run) and its objective, over that
+// stage's data. Both must outlive the loop.
+struct LoopStage {
+  const RunSpec* spec = nullptr;
+  Objective* objective = nullptr;
+  std::string name;  // "general"; "" for a one-stage run
+};
+
+// Trains `model` (from SetUpModel) through `stages` in order (at least
+// one) as Train (run.h) describes, writing checkpoints and the result. A
+// stage after the first starts from the weights the one before left, with
+// a fresh optimizer, its own learning-rate schedule over its steps and
+// torch's generator seeded with spec.seed again: as a separate run from
+// those weights would. Steps, checkpoints and metrics count across the
+// stages; a checkpoint holds the state of the stage that wrote its last
+// step, and a resume continues in that stage (or starts the next one, at
+// a stage's end).
 absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
-                                    Objective& objective,
+                                    const std::vector<LoopStage>& stages,
                                     const TrainHooks& hooks);
+
+// A one-stage run of `objective`.
+inline absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec,
+                                           LlamaModel& model,
+                                           Objective& objective,
+                                           const TrainHooks& hooks) {
+  return RunLoop(spec, model, {LoopStage{&spec, &objective, ""}}, hooks);
+}
 
 }  // namespace lathe::engine
 

@@ -32,6 +32,9 @@ struct StepMetrics {
   double grad_norm = 0;          // total gradient norm before clipping
   double tokens_per_second = 0;  // all tokens of the step / step wall time
   int64_t trained_tokens = 0;    // cumulative tokens processed so far
+  // A multi-stage run (data.stages): the 1-based stage of this step; 0
+  // for a one-stage run.
+  int stage = 0;
   // Set on the steps where a validation pass ran (every
   // evaluation.every_steps
   // and the last step, when there is a validation_file): mean loss and

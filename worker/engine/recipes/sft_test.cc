@@ -831,6 +831,114 @@ TEST_F(TrainerTest, MixtureRunReportsEachSourceAndResumesToTheSameDraws) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// DMT (METHODS.md §2.2): stage 1 on the specialised sources, stage 2 on
+// the general data plus a k = 1/4 subsample of each. The two-stage run is
+// exactly stage 1 as a run of its own followed by stage 2 as a run of its
+// own from stage 1's exported weights (a fresh optimizer, warmup and
+// schedule again, the same seeded data order): the same losses, learning
+// rates and final weights. A run stopped inside stage 2, or exactly at the
+// end of stage 1, resumes to the same weights.
+TEST_F(TrainerTest, DmtStagesRunAsSeparateRunsFromTheLastWeightsAndResume) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/staged");
+  const std::string train = options.data.training_file;
+  const std::string general = options.data.validation_file;  // 16 lines
+  CopyLines(train, out.path() + "/math.jsonl", 0, 48);
+  CopyLines(train, out.path() + "/code.jsonl", 48, 80);
+  options.data.training_file.clear();
+  options.data.validation_file.clear();
+  options.adapter = FullSpec{};
+  options.schedule.n_epochs = 1;
+  options.schedule.warmup_steps = 2;
+  options.optimizer.learning_rate = 1e-3;
+  const MixtureSpec specialised = {
+      .sources = {{.name = "math", .file = out.path() + "/math.jsonl"},
+                  {.name = "code", .file = out.path() + "/code.jsonl"}}};
+  MixtureSpec second = {.sources = {{.name = "general", .file = general}}};
+  for (MixtureSourceSpec source : specialised.sources) {
+    source.fraction = 0.25;
+    second.sources.push_back(source);
+  }
+  const int batch = options.data.batch_size;
+  const size_t first_steps = (80 + batch - 1) / batch;
+  // |general| + floor(48 / 4) + floor(32 / 4) examples.
+  const size_t second_steps = (16 + 12 + 8 + batch - 1) / batch;
+
+  RunSpec stage1 = options;
+  stage1.data.mixture = specialised;
+  stage1.output.dir = out.path() + "/stage1";
+  const Run one = TrainRun(stage1);
+  ASSERT_TRUE(one.result.ok()) << one.result.status();
+  ASSERT_EQ(one.steps.size(), first_steps);
+  RunSpec stage2 = options;
+  stage2.model.dir = stage1.output.dir;
+  stage2.data.mixture = second;
+  stage2.output.dir = out.path() + "/stage2";
+  const Run two = TrainRun(stage2);
+  ASSERT_TRUE(two.result.ok()) << two.result.status();
+  ASSERT_EQ(two.steps.size(), second_steps);
+
+  options.data.stages = {{.name = "specialised", .mixture = specialised},
+                         {.name = "general", .mixture = second}};
+  ASSERT_TRUE(ValidateRunSpec(options).ok()) << ValidateRunSpec(options);
+  const Run staged = TrainRun(options);
+  ASSERT_TRUE(staged.result.ok()) << staged.result.status();
+  ASSERT_EQ(staged.steps.size(), first_steps + second_steps);
+  for (size_t i = 0; i < staged.steps.size(); ++i) {
+    const bool first = i < first_steps;
+    const StepMetrics& want =
+        first ? one.steps[i] : two.steps[i - first_steps];
+    const StepMetrics& got = staged.steps[i];
+    EXPECT_EQ(got.step, static_cast<int64_t>(i + 1));
+    EXPECT_EQ(got.total_steps,
+              static_cast<int64_t>(first_steps + second_steps));
+    EXPECT_EQ(got.stage, first ? 1 : 2) << "step " << i + 1;
+    EXPECT_NEAR(got.loss, want.loss, 1e-6) << "step " << i + 1;
+    EXPECT_DOUBLE_EQ(got.learning_rate, want.learning_rate)
+        << "step " << i + 1;
+  }
+  // Warmup again at the start of stage 2.
+  EXPECT_DOUBLE_EQ(staged.steps[first_steps].learning_rate,
+                   staged.steps[0].learning_rate);
+  EXPECT_EQ(MaxDifference(out.path() + "/staged/model.safetensors",
+                          out.path() + "/stage2/model.safetensors"),
+            0);
+
+  // Stopped inside stage 2, and at the end of stage 1.
+  for (const size_t stop : {first_steps + 2, first_steps}) {
+    SCOPED_TRACE(absl::StrCat("stopped after step ", stop));
+    RunSpec again = options;
+    again.output.dir = out.path() + absl::StrCat("/resumed-", stop);
+    again.checkpoint.dir = out.path() + absl::StrCat("/ckpt-", stop);
+    const Run stopped = TrainRun(again, static_cast<int>(stop));
+    ASSERT_EQ(stopped.result.status().code(), absl::StatusCode::kAborted);
+    ASSERT_EQ(stopped.checkpoints.size(), 1u);
+    again.checkpoint.resume_from = stopped.checkpoints[0].dir;
+    const Run resumed = TrainRun(again);
+    ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+    ASSERT_EQ(resumed.steps.size(), first_steps + second_steps - stop);
+    EXPECT_EQ(resumed.steps[0].stage, stop < first_steps ? 1 : 2);
+    EXPECT_NEAR(resumed.steps[0].loss, staged.steps[stop].loss, 1e-6);
+    EXPECT_EQ(MaxDifference(out.path() + "/staged/model.safetensors",
+                            again.output.dir + "/model.safetensors"),
+              0);
+  }
+
+  // A stage without data is refused naming it; stages are for SFT.
+  RunSpec bad = options;
+  bad.data.stages[1].mixture.sources.clear();
+  EXPECT_NE(ValidateRunSpec(bad).message().find("data.stages[1].mixture.sources"), std::string::npos)
+      << ValidateRunSpec(bad);
+  bad = options;
+  bad.data.training_file = train;
+  EXPECT_NE(ValidateRunSpec(bad).message().find("data.training_file"), std::string::npos)
+      << ValidateRunSpec(bad);
+  bad = options;
+  bad.objective = DpoSpec{};
+  EXPECT_NE(ValidateRunSpec(bad).message().find("data.stages"), std::string::npos)
+      << ValidateRunSpec(bad);
+}
+
 // Masked Thought changes the steps' losses (the inputs are masked, the
 // targets are not), a stopped run resumes to the same masks, and a mask id
 // beyond the vocabulary is the user's option error.

@@ -43,6 +43,13 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, DataSpe
   f("max_seq_len", s.max_seq_len);
   f("packing", s.packing);
   f("mixture", s.mixture);
+  f("stages", s.stages);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, StageSpec> {
+  f("name", s.name);
+  f("mixture", s.mixture);
+  f("n_epochs", s.n_epochs);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, MixtureSpec> {
@@ -193,6 +200,7 @@ template <typename T> constexpr bool kNested = false;
 template <> constexpr bool kNested<MaskedThoughtSpec> = true;
 template <> constexpr bool kNested<MixtureSpec> = true;
 template <> constexpr bool kNested<MixtureSourceSpec> = true;
+template <> constexpr bool kNested<StageSpec> = true;
 template <typename T> constexpr bool kNestedList = false;
 template <typename T>
 constexpr bool kNestedList<std::vector<T>> = kNested<T>;
@@ -347,19 +355,20 @@ absl::Status NonNegative(const char* section, const char* field,
   return Invalid(absl::StrCat(section, ".", field), "must be >= 0");
 }
 
-absl::Status ValidateMixture(const MixtureSpec& m) {
+// `at_mixture`: its field, "data.mixture" or "data.stages[i].mixture".
+absl::Status ValidateMixture(const MixtureSpec& m, const std::string& at_mixture) {
   if (m.sources.empty()) return absl::OkStatus();
   if (m.strategy != "concat" && m.strategy != "weighted" &&
       m.strategy != "temperature") {
-    return Invalid("data.mixture.strategy",
+    return Invalid(at_mixture + ".strategy",
                    absl::StrCat("is \"", m.strategy,
                                 "\"; known: concat, weighted, temperature"));
   }
   if (!(m.temperature > 0 && std::isfinite(m.temperature))) {
-    return Invalid("data.mixture.temperature", "must be positive");
+    return Invalid(at_mixture + ".temperature", "must be positive");
   }
   if (m.stop != "first_exhausted" && m.stop != "all_exhausted") {
-    return Invalid("data.mixture.stop",
+    return Invalid(at_mixture + ".stop",
                    absl::StrCat("is \"", m.stop,
                                 "\"; known: first_exhausted, all_exhausted"));
   }
@@ -368,7 +377,7 @@ absl::Status ValidateMixture(const MixtureSpec& m) {
   std::set<std::string> names;
   for (size_t i = 0; i < m.sources.size(); ++i) {
     const MixtureSourceSpec& s = m.sources[i];
-    const std::string at = absl::StrCat("data.mixture.sources[", i, "].");
+    const std::string at = absl::StrCat(at_mixture, ".sources[", i, "].");
     const bool name_ok =
         !s.name.empty() &&
         std::all_of(s.name.begin(), s.name.end(), [](char c) {
@@ -396,7 +405,7 @@ absl::Status ValidateMixture(const MixtureSpec& m) {
     drawn = drawn || s.proportion == 0;
   }
   if (!drawn || proportions >= 1) {
-    return Invalid("data.mixture.sources",
+    return Invalid(at_mixture + ".sources",
                    "need one source without a proportion, and proportions "
                    "summing below 1");
   }
@@ -477,18 +486,58 @@ void AddResumeKeys(const ModelSpec& s, Json* keys) {
 }
 
 // ---- data
+namespace {
+
+// A mixture's resume keys: what decides its draws, not its paths.
+Json MixtureKeys(const MixtureSpec& m) {
+  Json mixture = {{"strategy", m.strategy},
+                  {"temperature", m.temperature},
+                  {"stop", m.stop},
+                  {"sources", Json::array()}};
+  for (const MixtureSourceSpec& source : m.sources) {
+    mixture["sources"].push_back({{"name", source.name},
+                                  {"weight", source.weight},
+                                  {"proportion", source.proportion},
+                                  {"fraction", source.fraction}});
+  }
+  return mixture;
+}
+
+}  // namespace
+
 Json ToJson(const DataSpec& s) { return SectionToJson(s); }
 absl::Status FromJson(const Json& j, DataSpec* s) {
   return SectionFromJson(j, s);
 }
 absl::Status Validate(const DataSpec& s) {
-  RETURN_IF_ERROR(ValidateMixture(s.mixture));
-  if (!s.mixture.sources.empty() && !s.training_file.empty()) {
+  RETURN_IF_ERROR(ValidateMixture(s.mixture, "data.mixture"));
+  if (!s.stages.empty()) {
+    if (!s.training_file.empty() || !s.mixture.sources.empty()) {
+      return Invalid(s.training_file.empty() ? "data.mixture" : "data.training_file",
+                     "must be empty with data.stages (each stage has its "
+                     "mixture)");
+    }
+    std::set<std::string> names;
+    for (size_t i = 0; i < s.stages.size(); ++i) {
+      const StageSpec& stage = s.stages[i];
+      const std::string at = absl::StrCat("data.stages[", i, "]");
+      if (stage.mixture.sources.empty()) {
+        return Invalid(at + ".mixture.sources", "is required");
+      }
+      RETURN_IF_ERROR(ValidateMixture(stage.mixture, at + ".mixture"));
+      if (stage.n_epochs < 0) return Invalid(at + ".n_epochs", "must be >= 0");
+      const std::string name =
+          stage.name.empty() ? absl::StrCat("stage-", i + 1) : stage.name;
+      if (!names.insert(name).second) {
+        return Invalid(at + ".name", absl::StrCat("\"", name, "\" is repeated"));
+      }
+    }
+  } else if (!s.mixture.sources.empty() && !s.training_file.empty()) {
     return Invalid("data.training_file",
                    "must be empty with data.mixture.sources (list it as a "
                    "source)");
   }
-  if (s.training_file.empty() && s.mixture.sources.empty()) {
+  if (s.training_file.empty() && s.mixture.sources.empty() && s.stages.empty()) {
     return Invalid("data.training_file", "is required");
   }
   RETURN_IF_ERROR(Positive("data", "batch_size", s.batch_size));
@@ -502,18 +551,12 @@ void AddResumeKeys(const DataSpec& s, Json* keys) {
   (*keys)["max_seq_len"] = s.max_seq_len;
   // The sources' contents are in the recipe's fingerprint; their paths may
   // differ on resume.
-  if (s.mixture.sources.empty()) return;
-  Json mixture = {{"strategy", s.mixture.strategy},
-                  {"temperature", s.mixture.temperature},
-                  {"stop", s.mixture.stop},
-                  {"sources", Json::array()}};
-  for (const MixtureSourceSpec& source : s.mixture.sources) {
-    mixture["sources"].push_back({{"name", source.name},
-                                  {"weight", source.weight},
-                                  {"proportion", source.proportion},
-                                  {"fraction", source.fraction}});
+  if (!s.mixture.sources.empty()) (*keys)["mixture"] = MixtureKeys(s.mixture);
+  for (const StageSpec& stage : s.stages) {
+    (*keys)["stages"].push_back({{"name", stage.name},
+                                 {"n_epochs", stage.n_epochs},
+                                 {"mixture", MixtureKeys(stage.mixture)}});
   }
-  (*keys)["mixture"] = mixture;
 }
 
 // ---- adapter
@@ -905,10 +948,14 @@ absl::StatusOr<RunSpec> ParseRunSpec(const Json& json,
         &spec.output.merged_dir}) {
     *path = Resolve(*path, base_dir);
   }
-  for (MixtureSourceSpec& source : spec.data.mixture.sources) {
-    source.file = Resolve(source.file, base_dir);
-    source.validation_file = Resolve(source.validation_file, base_dir);
-  }
+  auto resolve_sources = [&](MixtureSpec& mixture) {
+    for (MixtureSourceSpec& source : mixture.sources) {
+      source.file = Resolve(source.file, base_dir);
+      source.validation_file = Resolve(source.validation_file, base_dir);
+    }
+  };
+  resolve_sources(spec.data.mixture);
+  for (StageSpec& stage : spec.data.stages) resolve_sources(stage.mixture);
   return spec;
 }
 
@@ -928,6 +975,9 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
   RETURN_IF_ERROR(status);
   if (Lora(spec.adapter) == nullptr && !spec.output.merged_dir.empty()) {
     return Invalid("output.merged_dir", "is for LoRA runs only");
+  }
+  if (IsPreference(spec.objective) && !spec.data.stages.empty()) {
+    return Invalid("data.stages", "are for objective sft");
   }
   if (IsPreference(spec.objective) &&
       std::holds_alternative<PromptTuningSpec>(spec.adapter)) {
@@ -960,6 +1010,16 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
                                 spec.data.max_seq_len, ")"));
   }
   return absl::OkStatus();
+}
+
+RunSpec StageRunSpec(const RunSpec& spec, size_t i) {
+  RunSpec stage = spec;
+  stage.data.stages.clear();
+  stage.data.mixture = spec.data.stages[i].mixture;
+  if (spec.data.stages[i].n_epochs > 0) {
+    stage.schedule.n_epochs = spec.data.stages[i].n_epochs;
+  }
+  return stage;
 }
 
 Json ResumeKeys(const RunSpec& spec) {

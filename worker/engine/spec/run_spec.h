@@ -76,6 +76,19 @@ struct MixtureSpec {
   std::string stop = "first_exhausted";
 };
 
+// "data.stages[i]": one stage of a multi-stage run (DMT, METHODS.md §2.2).
+// Stages train one after another on the same weights: stage i+1 starts from
+// stage i's trained weights with a fresh optimizer and its own learning-rate
+// schedule (warmup included), exactly as a separate run from those weights
+// with the run's seed would (its data order, subsamples and dropout seeded
+// by the run's seed again). A trainable selection with reselect "stage"
+// draws a new half per stage. Steps are counted across the stages.
+struct StageSpec {
+  std::string name;     // "general"; "" = "stage-<i+1>"
+  MixtureSpec mixture;  // the stage's training data (required)
+  int n_epochs = 0;     // 2; 0 = schedule.n_epochs
+};
+
 // "data": the JSONL files and how examples become batches.
 struct DataSpec {
   std::string training_file;    // "train.jsonl" (required without mixture)
@@ -91,6 +104,9 @@ struct DataSpec {
   // data/packing.h): the same loss, no padding computed.
   bool packing = true;
   MixtureSpec mixture;  // several training files instead of training_file
+  // Several stages, each with its own mixture, instead of training_file and
+  // mixture (both then empty); SFT only.
+  std::vector<StageSpec> stages;
 };
 
 // "adapter" {"type": "lora", ...}: low-rank factors on the projections; the
@@ -334,6 +350,11 @@ nlohmann::json RunSpecJson(const RunSpec& spec);
 // interval needs a checkpoint dir; merged_dir is for LoRA, a trainable
 // selection for full fine-tuning).
 absl::Status ValidateRunSpec(const RunSpec& spec);
+
+// The spec of stage `i` of a multi-stage run (REQUIRES: i <
+// spec.data.stages.size()): `spec` with that stage's mixture as
+// data.mixture, no stages, and its n_epochs.
+RunSpec StageRunSpec(const RunSpec& spec, size_t i);
 
 // The resume keys of every section and the seed: a checkpoint is resumed
 // only by a run whose keys equal those it was written with. (Learning rate,
