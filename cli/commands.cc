@@ -58,6 +58,7 @@ Usage:
                     [--layers 2-3,bottom2,...] [--modules up_proj,down_proj,...]
                     [--lisa-layers N] [--lisa-interval K]
                     [--half-ft] [--half-ft-reselect stage|epoch]
+                    [--half-ft-fraction F] [--half-ft-include-embeddings]
                     dpo, orpo: [--beta B] [--max-prompt-len N]
                     dpo: [--loss-type sigmoid|robust|hinge|ipo]
                          [--label-smoothing E] [--rpo-alpha A]
@@ -304,10 +305,11 @@ void PrintJob(const v1::Job& j) {
                              t.lisa().interval_steps());
     } else if (t.has_half_ft()) {
       what = absl::StrFormat(
-          "half_ft reselect=%s seed=%d",
+          "half_ft reselect=%s seed=%d fraction=%g%s",
           t.half_ft().reselect() == v1::HALF_FT_RESELECT_EPOCH ? "epoch"
                                                                : "stage",
-          t.half_ft().seed());
+          t.half_ft().seed(), t.half_ft().fraction(),
+          t.half_ft().include_embeddings() ? " include_embeddings" : "");
     } else {
       what = absl::StrCat(
           "layers=",
@@ -709,8 +711,17 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
       lisa->set_interval_steps(static_cast<int32_t>(*v));
     }
   }
-  if (a.Has("half-ft") || a.Has("half-ft-reselect")) {
+  const bool half_ft = a.Has("half-ft") || a.Has("half-ft-reselect") ||
+                       a.Has("half-ft-fraction") ||
+                       a.Has("half-ft-include-embeddings");
+  if (half_ft) {
     v1::HalfFt* half = r.mutable_trainable()->mutable_half_ft();
+    if (a.Has("half-ft-fraction")) {
+      auto v = DoubleFlag(a, "half-ft-fraction");
+      if (!v.ok()) return v.status();
+      half->set_fraction(*v);
+    }
+    if (a.Has("half-ft-include-embeddings")) half->set_include_embeddings(true);
     if (a.Has("half-ft-reselect")) {
       const std::string reselect = *a.Get("half-ft-reselect");
       if (reselect == "stage") {
@@ -724,8 +735,7 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     }
   }
   if (!a.Has("layers") && !a.Has("modules") && !a.Has("lisa-layers") &&
-      !a.Has("lisa-interval") && !a.Has("half-ft") &&
-      !a.Has("half-ft-reselect")) {
+      !a.Has("lisa-interval") && !half_ft) {
     r.clear_trainable();  // the loop above made an empty one
   }
   if (a.Has("seed")) {
@@ -1052,8 +1062,9 @@ int JobsCommand(Env& env, const std::string& verb) {
 }  // namespace
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora",
-                                 "lora-dora", "half-ft"});
+  auto args =
+      Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora",
+                         "lora-dora", "half-ft", "half-ft-include-embeddings"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   auto st = args->CheckKnown(
       {"server", "api_key", "ca_cert", "tls_server_name", "insecure", "project", "role", "name", "output", "help", "purpose", "limit", "after", "status", "follow",
@@ -1065,7 +1076,8 @@ int Run(const std::vector<std::string>& argv) {
        "max-grad-norm", "eval-every-steps", "checkpoint-every-steps", "adapter", "beta",
        "loss-type", "label-smoothing", "rpo-alpha", "max-prompt-len", "num-virtual-tokens",
        "prompt-init", "prompt-init-text", "lora-dora", "lora-layers", "layers", "modules",
-       "lisa-layers", "lisa-interval", "half-ft", "half-ft-reselect", "mixture",
+       "lisa-layers", "lisa-interval", "half-ft", "half-ft-reselect", "half-ft-fraction",
+       "half-ft-include-embeddings", "mixture",
        "mixture-strategy", "mixture-temperature", "mixture-stop", "regularizer",
        "masked-thought", "mask-token", "dmt", "dmt-k"});
   if (!st.ok()) return Usage(std::string(st.message()));

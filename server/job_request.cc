@@ -3,13 +3,16 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <optional>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/echo.h"
+#include "common/half_ft.h"
 #include "common/ids.h"
-#include "common/layer_ranges.h"
 #include "common/job_method.h"
+#include "common/layer_ranges.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -113,8 +116,73 @@ absl::Status CheckTrainable(const v1::CreateJobRequest& r) {
     if (t.half_ft().has_seed() && t.half_ft().seed() < 0) {
       return Bad("trainable.half_ft.seed", "must be >= 0");
     }
+    if (t.half_ft().has_fraction() &&
+        !(t.half_ft().fraction() > 0 && t.half_ft().fraction() <= 1)) {
+      return Bad("trainable.half_ft.fraction",
+                 absl::StrCat(t.half_ft().fraction(), " is not in (0, 1]"));
+    }
   }
   return absl::OkStatus();
+}
+
+// What a full fine-tuning with `t` trains at most at one time, for the
+// memory estimate (scheduler::TrainedPart), on a model of `layers` decoder
+// layers; none (every parameter) when the layer count is not known or the
+// job selects nothing. REQUIRES: t resolved (FillJobDefaults).
+std::optional<scheduler::TrainedPart> TrainedPartOf(const v1::Trainable& t,
+                                                    int64_t layers) {
+  if (layers <= 0) return std::nullopt;
+  if (t.has_lisa()) {
+    return scheduler::TrainedPart{
+        .ends = true,
+        .whole_layers = std::min<int64_t>(t.lisa().activated_layers(), layers)};
+  }
+  if (t.has_half_ft()) {
+    const HalfFtMatrices counts =
+        HalfFtMatrixCounts(t.half_ft().fraction(), layers);
+    // The draw is random: at worst a layer's attention matrices are q and o
+    // (the larger ones) first. A layer takes ⌊a/L⌋ or ⌈a/L⌉ of them, so
+    // that is all a of them up to 2 per layer.
+    const int64_t q_o = std::min(counts.attention, 2 * layers);
+    return scheduler::TrainedPart{.ends = t.half_ft().include_embeddings(),
+                                  .q_o_matrices = q_o,
+                                  .k_v_matrices = counts.attention - q_o,
+                                  .mlp_matrices = counts.mlp};
+  }
+  if (t.layers().empty() && t.modules().empty()) return std::nullopt;
+  int64_t selected = layers;
+  if (!t.layers().empty()) {
+    absl::StatusOr<std::vector<int>> resolved =
+        ResolveLayerRanges({t.layers().begin(), t.layers().end()},
+                           static_cast<int>(layers), "trainable.layers");
+    if (!resolved.ok()) return std::nullopt;
+    selected = static_cast<int64_t>(resolved->size());
+  }
+  if (t.modules().empty()) {
+    return scheduler::TrainedPart{.whole_layers = selected};
+  }
+  // The tensors of a layer the modules name, each once ("self_attn" and
+  // "q_proj" both name q_proj).
+  std::set<std::string> tensors;
+  for (const std::string& m : t.modules()) {
+    if (m == "self_attn") {
+      tensors.insert({"q_proj", "k_proj", "v_proj", "o_proj"});
+    } else if (m == "mlp") {
+      tensors.insert({"gate_proj", "up_proj", "down_proj"});
+    } else {
+      tensors.insert(m);
+    }
+  }
+  const auto count = [&](std::initializer_list<const char*> names) {
+    int64_t n = 0;
+    for (const char* name : names) n += tensors.count(name);
+    return n * selected;
+  };
+  return scheduler::TrainedPart{
+      .q_o_matrices = count({"q_proj", "o_proj"}),
+      .k_v_matrices = count({"k_proj", "v_proj"}),
+      .mlp_matrices = count({"gate_proj", "up_proj", "down_proj"}),
+      .norms = count({"input_layernorm", "post_attention_layernorm"})};
 }
 
 bool Finite(double v) { return std::isfinite(v); }
@@ -515,6 +583,16 @@ absl::Status CheckJobForModel(const v1::CreateJobRequest& r,
                      gamma, " layers at a time is more than the model has")));
     }
   }
+  if (t.has_half_ft()) {
+    const double fraction = t.half_ft().has_fraction() ? t.half_ft().fraction()
+                                                       : kDefaultHalfFtFraction;
+    if (HalfFtMatrixCounts(fraction, layers).total() == 0) {
+      return Bad("trainable.half_ft.fraction",
+                 on(absl::StrCat(fraction, " of its ",
+                                 (kAttentionMatrices + kMlpMatrices) * layers,
+                                 " matrices rounds to none")));
+    }
+  }
   absl::StatusOr<std::vector<int>> resolved =
       ResolveLayerRanges({t.layers().begin(), t.layers().end()},
                          static_cast<int>(layers), "trainable.layers");
@@ -625,6 +703,12 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
         t.mutable_half_ft()->set_reselect(v1::HALF_FT_RESELECT_STAGE);
       }
       if (!t.half_ft().has_seed()) t.mutable_half_ft()->set_seed(job.seed());
+      if (!t.half_ft().has_fraction()) {
+        t.mutable_half_ft()->set_fraction(kDefaultHalfFtFraction);
+      }
+      if (!t.half_ft().has_include_embeddings()) {
+        t.mutable_half_ft()->set_include_embeddings(false);
+      }
     }
   }
   if (job.adapter() != v1::ADAPTER_TYPE_LORA) return;
@@ -707,6 +791,9 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
     train.sequence_length += job.method().prompt_tuning().num_virtual_tokens();
   } else {
     train.method = scheduler::TrainMethod::kFull;
+    if (job.has_trainable()) {
+      train.part = TrainedPartOf(job.trainable(), model.num_layers());
+    }
   }
   scheduler::ModelShape shape;
   shape.parameters = model.parameter_count();
@@ -714,6 +801,10 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   shape.num_layers = model.num_layers();
   shape.vocab_size = model.vocab_size();
   shape.bytes_per_weight = model.bytes_per_weight() > 0 ? model.bytes_per_weight() : 2;
+  shape.intermediate_size = model.intermediate_size();
+  shape.attention_size = model.num_attention_heads() * model.head_dim();
+  shape.kv_size = model.num_key_value_heads() * model.head_dim();
+  shape.tied_embeddings = model.tie_word_embeddings();
   job.set_memory_bytes(scheduler::EstimateMemoryBytes(shape, train));
   return job;
 }

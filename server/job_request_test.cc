@@ -405,6 +405,12 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
          t.mutable_half_ft()->set_reselect(static_cast<v1::HalfFtReselect>(9));
        },
        "trainable.half_ft.reselect"},
+      {[](auto& t) { t.mutable_half_ft()->set_fraction(0); },
+       "trainable.half_ft.fraction: 0 is not in (0, 1]"},
+      {[](auto& t) { t.mutable_half_ft()->set_fraction(1.25); },
+       "trainable.half_ft.fraction"},
+      {[](auto& t) { t.mutable_half_ft()->set_fraction(NAN); },
+       "trainable.half_ft.fraction"},
   };
   for (const Case& c : cases) {
     v1::CreateJobRequest r = Valid();
@@ -438,6 +444,15 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
   EXPECT_NE(
       CheckJobForModel(layers, model).message().find("trainable.layers[0]"),
       std::string::npos);
+  // 0.03 of a 2-layer model's 14 matrices is 0.42: none.
+  v1::CreateJobRequest few = Valid();
+  few.set_adapter(v1::ADAPTER_TYPE_FULL);
+  few.mutable_trainable()->mutable_half_ft()->set_fraction(0.03);
+  ASSERT_TRUE(CheckJobRequest(few).ok());
+  st = CheckJobForModel(few, model);
+  EXPECT_EQ(st.message().substr(0, 28), "trainable.half_ft.fraction: ") << st;
+  few.mutable_trainable()->mutable_half_ft()->set_fraction(0.04);  // 0.56: 1
+  EXPECT_TRUE(CheckJobForModel(few, model).ok());
   dora.mutable_lora()->clear_layers_to_transform();
   dora.mutable_lora()->add_layers_to_transform(2);
   EXPECT_NE(CheckJobForModel(dora, model)
@@ -456,10 +471,87 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
   job = ResolveJob(hft, f, model, "p", "ftjob-2", 77, JobDefaults{});
   EXPECT_EQ(job.trainable().half_ft().reselect(), v1::HALF_FT_RESELECT_STAGE);
   EXPECT_EQ(job.trainable().half_ft().seed(), 77);
+  EXPECT_TRUE(job.trainable().half_ft().has_fraction());
+  EXPECT_EQ(job.trainable().half_ft().fraction(), 0.5);
+  EXPECT_TRUE(job.trainable().half_ft().has_include_embeddings());
+  EXPECT_FALSE(job.trainable().half_ft().include_embeddings());
   job = ResolveJob(dora, f, model, "p", "ftjob-3", 77, JobDefaults{});
   EXPECT_TRUE(job.lora().use_dora());
   EXPECT_FALSE(ResolveJob(Valid(), f, model, "p", "ftjob-4", 1, JobDefaults{})
                    .has_trainable());
+}
+
+// A partial full fine-tuning reserves gradients and AdamW state (16 bytes a
+// parameter) for what it trains only; the weights stay whole. A 4-layer
+// model, hidden 64, vocabulary 1000, MLP 160, 4 heads of 16 with 2 kv heads:
+//   ends   1000 * 64 * 2 + 64                         = 128'064
+//   layer  q, o 64 * 64 * 2 + k, v 32 * 64 * 2
+//          + gate, up, down 160 * 64 * 3 + norms 64 * 2 = 43'136
+//   model  128'064 + 4 * 43'136                       = 300'608
+TEST(JobRequestTest, PartialFineTuningReservesStateForTheTrainedPartOnly) {
+  v1::File f;
+  f.set_line_count(10);
+  v1::Model model;
+  model.set_parameter_count(300'608);
+  model.set_hidden_size(64);
+  model.set_num_layers(4);
+  model.set_vocab_size(1000);
+  model.set_intermediate_size(160);
+  model.set_num_attention_heads(4);
+  model.set_num_key_value_heads(2);
+  model.set_head_dim(16);
+  v1::CreateJobRequest r = Valid();
+  r.set_adapter(v1::ADAPTER_TYPE_FULL);
+  const int64_t full =
+      ResolveJob(r, f, model, "p", "ftjob-f", 1, JobDefaults{}).memory_bytes();
+  // The bytes saved against full fine-tuning with `trainable`.
+  auto saved = [&](const std::function<void(v1::Trainable&)>& set,
+                   const v1::Model& m) {
+    v1::CreateJobRequest partial = r;
+    set(*partial.mutable_trainable());
+    EXPECT_TRUE(CheckJobRequest(partial).ok());
+    return full - ResolveJob(partial, f, m, "p", "ftjob-t", 1, JobDefaults{})
+                      .memory_bytes();
+  };
+  // LISA, gamma 2: the ends and 2 layers, 128'064 + 2 * 43'136 = 214'336.
+  EXPECT_EQ(
+      saved([](auto& t) { t.mutable_lisa()->set_activated_layers(2); }, model),
+      (300'608 - 214'336) * 16);
+  // HFT at 0.5: 8 of the 16 attention matrices, at worst q and o
+  // (8 * 4096), and 14 - 8 = 6 MLP ones (6 * 10'240): 94'208.
+  EXPECT_EQ(saved([](auto& t) { t.mutable_half_ft(); }, model),
+            (300'608 - 94'208) * 16);
+  EXPECT_EQ(
+      saved([](auto& t) { t.mutable_half_ft()->set_include_embeddings(true); },
+            model),
+      (300'608 - 94'208 - 128'064) * 16);
+  // HFT at 0.25: 4 attention (q, o), 7 - 4 = 3 MLP: 4 * 4096 + 3 * 10'240.
+  EXPECT_EQ(
+      saved([](auto& t) { t.mutable_half_ft()->set_fraction(0.25); }, model),
+      (300'608 - 47'104) * 16);
+  // CoFiTune: layer 1 (bottom2 of 4)'s up and down, 2 * 10'240; layers 2-3
+  // whole, 2 * 43'136; self_attn and q_proj of every layer, 4 * 12'288.
+  EXPECT_EQ(saved(
+                [](auto& t) {
+                  t.add_layers("bottom2");
+                  t.add_modules("up_proj");
+                  t.add_modules("down_proj");
+                },
+                model),
+            (300'608 - 20'480) * 16);
+  EXPECT_EQ(saved([](auto& t) { t.add_layers("2-3"); }, model),
+            (300'608 - 86'272) * 16);
+  EXPECT_EQ(saved(
+                [](auto& t) {
+                  t.add_modules("self_attn");
+                  t.add_modules("q_proj");
+                },
+                model),
+            (300'608 - 4 * 12'288) * 16);
+  // A model registered without its layer shapes: estimated as full.
+  v1::Model unknown = model;
+  unknown.clear_intermediate_size();
+  EXPECT_EQ(saved([](auto& t) { t.mutable_lisa(); }, unknown), 0);
 }
 
 TEST(JobRequestTest, RefusesBadPreferenceSettingsByName) {

@@ -37,7 +37,10 @@ absl::StatusOr<engine::TrainableSpec> TrainableForJob(
   }
   if (wire.has_half_ft()) {
     engine::HalfFtSpec half{
-        .reselect = "", .seed = static_cast<uint64_t>(wire.half_ft().seed())};
+        .reselect = "",
+        .seed = static_cast<uint64_t>(wire.half_ft().seed()),
+        .fraction = wire.half_ft().fraction(),
+        .include_embeddings = wire.half_ft().include_embeddings()};
     for (const ReselectName& r : kReselects) {
       if (r.wire == wire.half_ft().reselect()) half.reselect = r.engine;
     }
@@ -329,6 +332,9 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
           wire.mutable_half_ft()->set_reselect(r.wire);
       }
       wire.mutable_half_ft()->set_seed(static_cast<int64_t>(t.half_ft->seed));
+      wire.mutable_half_ft()->set_fraction(t.half_ft->fraction);
+      wire.mutable_half_ft()->set_include_embeddings(
+          t.half_ft->include_embeddings);
     }
   }
   const std::string type = engine::ObjectiveType(spec.objective);

@@ -96,6 +96,8 @@ template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, HalfFtSpec> {
   f("reselect", s.reselect);
   f("seed", s.seed);
+  f("fraction", s.fraction);
+  f("include_embeddings", s.include_embeddings);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, TrainableSpec> {
@@ -689,6 +691,9 @@ absl::Status Validate(const TrainableSpec& s) {
       return Invalid("trainable.half_ft.reselect",
                      absl::StrCat("is \"", s.half_ft->reselect,
                                   "\"; known: stage, epoch"));
+    }
+    if (!(s.half_ft->fraction > 0 && s.half_ft->fraction <= 1)) {
+      return Invalid("trainable.half_ft.fraction", "must be in (0, 1]");
     }
   }
   return absl::OkStatus();

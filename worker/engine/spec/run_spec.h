@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/half_ft.h"
 #include "nlohmann/json.hpp"
 
 namespace lathe::engine {
@@ -155,9 +156,12 @@ struct LisaSpec {
   int interval_steps = 20;   // 10: K
 };
 struct HalfFtSpec {
-  // HFT: half of each layer's matrices (2 of 4 attention, 2 or 1 of 3 MLP).
-  std::string reselect = "stage";  // "epoch": a new half every epoch
+  // HFT: a fraction of the decoder layers' matrices, counted and spread by
+  // common/half_ft.h's rule (0.5: 2 of 4 attention, 2 or 1 of 3 MLP).
+  std::string reselect = "stage";  // "epoch": a new draw every epoch
   uint64_t seed = 0;               // 7; 0 = the run's seed
+  double fraction = kDefaultHalfFtFraction;  // 0.25; in (0, 1]
+  bool include_embeddings = false;  // also the embeddings, norm and head
 };
 struct TrainableSpec {
   // Decoder layers: indices, ranges or bands (common/layer_ranges.h).

@@ -60,7 +60,10 @@ TrainableSpec EveryTrainableFieldSet() {
   return {.layers = {"1-2"},
           .modules = {"up_proj"},
           .lisa = LisaSpec{.activated_layers = 1, .interval_steps = 5},
-          .half_ft = HalfFtSpec{.reselect = "epoch", .seed = 3}};
+          .half_ft = HalfFtSpec{.reselect = "epoch",
+                                .seed = 3,
+                                .fraction = 0.25,
+                                .include_embeddings = true}};
 }
 
 // Each section's JSON reads back as the section, field for field.
@@ -135,6 +138,13 @@ TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
     EXPECT_NE(value, no_selection[name]) << "trainable." << name;
   }
   EXPECT_EQ(no_selection["lisa"], nullptr);
+  const Json half_defaults =
+      ToJson(TrainableSpec{.half_ft = HalfFtSpec{}})["half_ft"];
+  for (const auto& [name, value] : trainable["half_ft"].items()) {
+    EXPECT_NE(value, half_defaults[name]) << "trainable.half_ft." << name;
+  }
+  EXPECT_EQ(half_defaults["fraction"], 0.5);
+  EXPECT_EQ(half_defaults["include_embeddings"], false);
   TrainableSpec lisa;
   ASSERT_TRUE(FromJson(Json{{"lisa", Json::object()}}, &lisa).ok());
   ASSERT_TRUE(lisa.lisa.has_value());
@@ -335,6 +345,16 @@ TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
          s.trainable.layers = {"1"};
        },
        "trainable.half_ft"},
+      {[](RunSpec& s) {
+         FullFineTuning(s);
+         s.trainable.half_ft = HalfFtSpec{.fraction = 0};
+       },
+       "trainable.half_ft.fraction"},
+      {[](RunSpec& s) {
+         FullFineTuning(s);
+         s.trainable.half_ft = HalfFtSpec{.fraction = 1.5};
+       },
+       "trainable.half_ft.fraction"},
   };
   ASSERT_TRUE(ValidateRunSpec(EveryFieldSet()).ok())
       << ValidateRunSpec(EveryFieldSet());
