@@ -73,6 +73,9 @@ Usage:
                      [--mixture-stop first_exhausted|all_exhausted]
                      [--regularizer FILE_ID:PROPORTION[:VALID_FILE_ID]]]
                     [--masked-thought P [--mask-token pad|ID]]
+                    [--general-file FILE_ID [--general-all-tokens]]
+                     (the forgetting report: its loss before and after)
+                    [--intruder-top-k K] [--intruder-epsilon E]  (LoRA)
                     [--dmt GENERAL_FILE_ID[:VALID_FILE_ID] [--dmt-k K]]
                      (DMT: stage 1 on --mixture / --training-file, stage 2
                       on the general file + a fraction K, default 1/256, of
@@ -335,6 +338,29 @@ void PrintJob(const v1::Job& j) {
   if (!j.fine_tuned_model().empty()) {
     std::cout << "fine_tuned_model: " << j.fine_tuned_model() << "\n";
   }
+  if (!j.reports().general_file().empty()) {
+    std::cout << "general_file:     " << j.reports().general_file()
+              << (j.reports().all_tokens() ? " (all tokens)" : " (assistant tokens)") << "\n";
+  }
+  if (j.report().has_forgetting()) {
+    const v1::ForgettingReport& f = j.report().forgetting();
+    std::cout << absl::StrFormat(
+        "forgetting:       loss %.4f before, %.4f after, delta %+.4f, ppl ratio %.4f (%d %s "
+        "tokens)\n",
+        f.loss_before(), f.loss_after(), f.delta(), f.ppl_ratio(), f.tokens(),
+        f.tokens_counted());
+  }
+  if (j.report().has_intruders()) {
+    const v1::IntruderReport& r = j.report().intruders();
+    std::cout << absl::StrFormat(
+        "intruders:        %d in %d adapted matrices (top %d, epsilon %g)\n", r.total(),
+        r.matrices_size(), r.top_k(), r.epsilon());
+    for (const v1::IntruderMatrix& m : r.matrices()) {
+      if (m.intruders() == 0) continue;
+      std::cout << absl::StrFormat("                  %s: %d (min similarity %.3f)\n", m.name(),
+                                   m.intruders(), m.min_similarity());
+    }
+  }
   if (!j.error().code().empty()) {
     std::cout << "error:            " << j.error().code() << ": " << j.error().message()
               << (j.error().param().empty() ? "" : absl::StrCat(" (", j.error().param(), ")"))
@@ -545,6 +571,23 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
   r.set_model(a.GetOr("model", ""));
   r.set_training_file(a.GetOr("training-file", ""));
   r.set_validation_file(a.GetOr("validation-file", ""));
+  if (a.Has("general-file")) r.mutable_reports()->set_general_file(*a.Get("general-file"));
+  if (a.Has("general-all-tokens")) {
+    if (!a.Has("general-file")) {
+      return absl::InvalidArgumentError("--general-all-tokens goes with --general-file");
+    }
+    r.mutable_reports()->set_all_tokens(true);
+  }
+  if (a.Has("intruder-top-k")) {
+    auto v = IntFlag(a, "intruder-top-k");
+    if (!v.ok()) return v.status();
+    r.mutable_reports()->set_intruder_top_k(static_cast<int32_t>(*v));
+  }
+  if (a.Has("intruder-epsilon")) {
+    auto v = DoubleFlag(a, "intruder-epsilon");
+    if (!v.ok()) return v.status();
+    r.mutable_reports()->set_intruder_epsilon(*v);
+  }
   r.set_suffix(a.GetOr("suffix", ""));
   r.set_idempotency_key(a.GetOr("idempotency-key", ""));
   // The method (what is optimised) and the adapter (what is trained).
@@ -1064,7 +1107,8 @@ int JobsCommand(Env& env, const std::string& verb) {
 int Run(const std::vector<std::string>& argv) {
   auto args =
       Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora",
-                         "lora-dora", "half-ft", "half-ft-include-embeddings"});
+                         "lora-dora", "half-ft", "half-ft-include-embeddings",
+                         "general-all-tokens"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   auto st = args->CheckKnown(
       {"server", "api_key", "ca_cert", "tls_server_name", "insecure", "project", "role", "name", "output", "help", "purpose", "limit", "after", "status", "follow",
@@ -1079,7 +1123,8 @@ int Run(const std::vector<std::string>& argv) {
        "lisa-layers", "lisa-interval", "half-ft", "half-ft-reselect", "half-ft-fraction",
        "half-ft-include-embeddings", "mixture",
        "mixture-strategy", "mixture-temperature", "mixture-stop", "regularizer",
-       "masked-thought", "mask-token", "dmt", "dmt-k"});
+       "masked-thought", "mask-token", "dmt", "dmt-k", "general-file", "general-all-tokens",
+       "intruder-top-k", "intruder-epsilon"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

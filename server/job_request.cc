@@ -417,6 +417,20 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckMaskedThought(r.method().supervised().masked_thought()));
   RETURN_IF_ERROR(
       CheckIdField("validation_file", r.validation_file(), /*required=*/false));
+  RETURN_IF_ERROR(CheckIdField("reports.general_file", r.reports().general_file(),
+                               /*required=*/false));
+  if (r.reports().has_intruder_top_k()) {
+    const int k = r.reports().intruder_top_k();
+    if (k < 0 || k > 64) return Bad("reports.intruder_top_k", absl::StrCat(k, " is out of range 0..64"));
+    if (k > 0 && r.adapter() != v1::ADAPTER_TYPE_UNSPECIFIED && r.adapter() != v1::ADAPTER_TYPE_LORA) {
+      return Bad("reports.intruder_top_k", "is for LoRA jobs (their adapted matrices)");
+    }
+  }
+  if (r.reports().has_intruder_epsilon() &&
+      !(Finite(r.reports().intruder_epsilon()) && r.reports().intruder_epsilon() > 0 &&
+        r.reports().intruder_epsilon() <= 1)) {
+    return Bad("reports.intruder_epsilon", "must be in (0, 1]");
+  }
   const std::string type = MethodType(r.method());
   if (std::find(std::begin(kMethodTypes), std::end(kMethodTypes), type) ==
       std::end(kMethodTypes)) {
@@ -689,6 +703,12 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
     }
   }
   if (job.adapter() == v1::ADAPTER_TYPE_UNSPECIFIED) job.set_adapter(v1::ADAPTER_TYPE_LORA);
+  {
+    v1::Reports& reports = *job.mutable_reports();
+    const bool lora = job.adapter() == v1::ADAPTER_TYPE_LORA;
+    if (!reports.has_intruder_top_k() || !lora) reports.set_intruder_top_k(lora ? 10 : 0);
+    if (!reports.has_intruder_epsilon()) reports.set_intruder_epsilon(0.5);
+  }
   if (job.has_trainable()) {
     v1::Trainable& t = *job.mutable_trainable();
     if (t.has_lisa()) {
@@ -746,6 +766,7 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
     job.set_training_file(r.training_file());
   }
   job.set_validation_file(r.validation_file());
+  *job.mutable_reports() = r.reports();
   job.set_suffix(r.suffix());
   job.set_seed(r.has_seed() ? r.seed() : seed_if_unset);
   *job.mutable_metadata() = r.metadata();

@@ -128,6 +128,47 @@ v1::CreateJobRequest Dmt() {
   return r;
 }
 
+TEST(JobRequestTest, ReportsAreCheckedAndResolved) {
+  struct Case {
+    std::function<void(v1::CreateJobRequest&)> mutate;
+    const char* field;
+  };
+  const Case cases[] = {
+      {[](auto& r) { r.mutable_reports()->set_general_file("bad id"); }, "reports.general_file"},
+      {[](auto& r) { r.mutable_reports()->set_intruder_top_k(65); }, "reports.intruder_top_k"},
+      {[](auto& r) { r.mutable_reports()->set_intruder_top_k(-1); }, "reports.intruder_top_k"},
+      {[](auto& r) {
+         r.set_adapter(v1::ADAPTER_TYPE_FULL);
+         r.mutable_reports()->set_intruder_top_k(4);
+       },
+       "reports.intruder_top_k: is for LoRA jobs"},
+      {[](auto& r) { r.mutable_reports()->set_intruder_epsilon(0); }, "reports.intruder_epsilon"},
+      {[](auto& r) { r.mutable_reports()->set_intruder_epsilon(NAN); },
+       "reports.intruder_epsilon"},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest r = Valid();
+    c.mutate(r);
+    absl::Status st = CheckJobRequest(r);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.field << ": " << st;
+    EXPECT_NE(st.message().find(c.field), absl::string_view::npos)
+        << st.message() << " should name " << c.field;
+  }
+  v1::File training;
+  training.set_line_count(40);
+  v1::CreateJobRequest r = Valid();
+  r.mutable_reports()->set_general_file("file-g");
+  ASSERT_TRUE(CheckJobRequest(r).ok()) << CheckJobRequest(r);
+  v1::Job job = ResolveJob(r, training, v1::Model(), "p", "ftjob-1", 5, {});
+  EXPECT_EQ(job.reports().general_file(), "file-g");
+  EXPECT_FALSE(job.reports().all_tokens());
+  EXPECT_EQ(job.reports().intruder_top_k(), 10);  // LoRA
+  EXPECT_EQ(job.reports().intruder_epsilon(), 0.5);
+  r.set_adapter(v1::ADAPTER_TYPE_FULL);
+  job = ResolveJob(r, training, v1::Model(), "p", "ftjob-2", 5, {});
+  EXPECT_EQ(job.reports().intruder_top_k(), 0);  // no adapted matrices
+}
+
 TEST(JobRequestTest, StagesAreCheckedByNameAndResolved) {
   struct Case {
     std::function<void(v1::CreateJobRequest&)> mutate;

@@ -493,7 +493,8 @@ TEST(EndToEndTest, MixtureWithARegulariserAndMaskedThought) {
 // the demo data, stage 2 on the general file plus a quarter of each half.
 // It succeeds, streams each step's stage and a message as each stage
 // starts, counts steps across both stages, shows its stages on `jobs get`,
-// and its adapter downloads.
+// its after-job reports (forgetting on the general file, intruder
+// dimensions) are on the job, and its adapter downloads.
 TEST(EndToEndTest, DmtTwoStageJobThroughTheCli) {
   auto cluster = Cluster::Start(TestRoot("e2e-dmt"), 1);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
@@ -525,8 +526,8 @@ TEST(EndToEndTest, DmtTwoStageJobThroughTheCli) {
   std::string out;
   ASSERT_EQ(cli({"jobs", "create", "--model", "lathe-demo", "--mixture",
                  fa + ":1:" + fg + "," + fb + ":1", "--mixture-strategy", "concat", "--dmt", fg,
-                 "--dmt-k", "1/4", "--n-epochs", "1", "--batch-size", "4", "--seed", "3", "-o",
-                 "json"},
+                 "--dmt-k", "1/4", "--general-file", fg, "--n-epochs", "1", "--batch-size", "4",
+                 "--seed", "3", "-o", "json"},
                 &out),
             0)
       << out << c.Logs();
@@ -568,6 +569,18 @@ TEST(EndToEndTest, DmtTwoStageJobThroughTheCli) {
   EXPECT_NE(out.find("stage:            general n_epochs=1 strategy=concat"), std::string::npos)
       << out;
   EXPECT_NE(out.find(fb + " file=" + fb + " weight=1 fraction=0.25"), std::string::npos) << out;
+  // The after-job reports: the general file's loss before and after, and
+  // the intruder count of every adapted matrix (2 layers x q, k, v, o).
+  const v1::ForgettingReport& forgetting = done->report().forgetting();
+  EXPECT_GT(forgetting.loss_before(), 0);
+  EXPECT_NE(forgetting.loss_after(), forgetting.loss_before());
+  EXPECT_DOUBLE_EQ(forgetting.delta(), forgetting.loss_after() - forgetting.loss_before());
+  EXPECT_EQ(forgetting.tokens_counted(), "assistant");
+  EXPECT_EQ(done->report().intruders().top_k(), 10);
+  EXPECT_GT(done->report().intruders().matrices_size(), 0);
+  EXPECT_NE(out.find("forgetting:       loss "), std::string::npos) << out;
+  EXPECT_NE(out.find("intruders:        "), std::string::npos) << out;
+  EXPECT_NE(all.find("general_file loss"), std::string::npos) << all;
 
   std::string adapter_dir = c.root() + "/adapter";
   fs::remove_all(adapter_dir);

@@ -124,6 +124,17 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
   }
   RETURN_IF_ERROR(
       CheckJobFiles(r, *training, validation ? &*validation : nullptr));
+  // The forgetting report's general file is supervised data of the project.
+  if (!r.reports().general_file().empty()) {
+    ASSIGN_OR_RETURN(v1::File general,
+                     own_file("reports.general_file", r.reports().general_file()));
+    if (general.format() == "preference") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "reports.general_file: ", general.id(),
+          " holds preference data; the forgetting report measures a loss on chat, "
+          "prompt/completion or text data"));
+    }
+  }
   thread_local absl::BitGen gen;
   v1::Job job = ResolveJob(r, *training, *model, caller.project, NewId("ftjob"),
                            absl::Uniform<int64_t>(gen, 0, 1LL << 31),

@@ -533,6 +533,31 @@ TEST_F(StoreTest, EveryFileOfEveryStageIsHeldWhileTheJobRuns) {
   }
 }
 
+// A succeeded job keeps its after-job report; its general file is held
+// while it runs.
+TEST_F(StoreTest, ASucceededJobKeepsItsReport) {
+  ASSERT_TRUE(store_->InsertFile(MakeFile("file-gen")).ok());
+  v1::Job job = MakeJob("ftjob-report");
+  job.mutable_reports()->set_general_file("file-gen");
+  ASSERT_TRUE(CreateJob(job, "", "").ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->DeleteFile("file-gen").status()));
+  ASSERT_TRUE(store_->Transition("ftjob-report", v1::JOB_STATUS_QUEUED,
+                                 v1::JOB_STATUS_RUNNING, std::nullopt, {}).ok());
+  TransitionUpdate done;
+  v1::JobReport report;
+  report.mutable_forgetting()->set_loss_before(1.5);
+  report.mutable_forgetting()->set_loss_after(1.75);
+  report.mutable_intruders()->set_total(3);
+  done.report = report;
+  ASSERT_TRUE(store_->Transition("ftjob-report", v1::JOB_STATUS_RUNNING,
+                                 v1::JOB_STATUS_SUCCEEDED, std::nullopt, done).ok());
+  auto loaded = store_->GetJob("ftjob-report");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->report().forgetting().loss_after(), 1.75);
+  EXPECT_EQ(loaded->report().intruders().total(), 3);
+  EXPECT_TRUE(store_->DeleteFile("file-gen").ok());
+}
+
 TEST_F(StoreTest, ListJobsFiltersByStatusAndMetadata) {
   for (int i = 0; i < 4; ++i) {
     v1::Job j = MakeJob("ftjob-" + std::to_string(i));

@@ -15,6 +15,7 @@
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/agent/attempt_setup.h"
+#include "worker/agent/job_options.h"
 #include "worker/agent/device_report.h"
 #include "worker/engine/recipes/run.h"
 
@@ -495,6 +496,10 @@ void Agent::RunAttempt(Attempt* attempt) {
     fetched = FetchFile(attempt, job.validation_file(),
                         o.data.validation_file, &error);
   }
+  if (fetched && !o.evaluation.general_file.empty()) {
+    fetched = FetchFile(attempt, job.reports().general_file(),
+                        o.evaluation.general_file, &error);
+  }
   if (fetched && !o.checkpoint.resume_from.empty()) {
     fetched = FetchCheckpoint(attempt, as.resume_from(),
                               o.checkpoint.resume_from, &error);
@@ -609,6 +614,7 @@ void Agent::RunAttempt(Attempt* attempt) {
     auto result = engine::Train(o, hooks);
     if (result.ok()) {
       outcome.set_trained_tokens(result->trained_tokens);
+      *outcome.mutable_report() = ReportForResult(o, *result);
       if (result->truncated_examples > 0) {
         Emit(attempt,
              Message(absl::StrCat(result->truncated_examples,

@@ -43,6 +43,11 @@ absl::StatusOr<engine::RunSpec> RunSpecFor(const v1::Assignment& as,
     spec.data.validation_file_name =
         absl::StrCat("validation_file ", job.validation_file());
   }
+  if (!job.reports().general_file().empty()) {
+    spec.evaluation.general_file = (fs::path(dir) / "general.jsonl").string();
+    spec.evaluation.general_file_name =
+        absl::StrCat("reports.general_file ", job.reports().general_file());
+  }
   if (as.has_resume_from()) {
     spec.checkpoint.resume_from = (fs::path(dir) / "resume").string();
   }

@@ -272,6 +272,13 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
       return s;
     }
   }
+  // After-job reports: the general file's id here; the agent puts the
+  // fetched path in its place (attempt_setup.h).
+  spec.evaluation.general_file = job.reports().general_file();
+  spec.evaluation.general_tokens =
+      job.reports().all_tokens() ? "all" : "assistant";
+  spec.evaluation.intruder_top_k = job.reports().intruder_top_k();
+  spec.evaluation.intruder_epsilon = job.reports().intruder_epsilon();
   spec.schedule.n_epochs = hp.n_epochs();
   spec.data.batch_size = hp.batch_size();
   spec.optimizer.learning_rate = hp.learning_rate();
@@ -376,6 +383,11 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
       spec.optimizer.gradient_accumulation_steps);
   hp.set_max_seq_len(spec.data.max_seq_len);
   hp.set_eval_every_steps(spec.evaluation.every_steps);
+  v1::Reports& reports = *job.mutable_reports();
+  reports.set_general_file(spec.evaluation.general_file);
+  reports.set_all_tokens(spec.evaluation.general_tokens == "all");
+  reports.set_intruder_top_k(spec.evaluation.intruder_top_k);
+  reports.set_intruder_epsilon(spec.evaluation.intruder_epsilon);
   hp.set_max_grad_norm(spec.optimizer.max_grad_norm);
   hp.set_checkpoint_every_steps(spec.checkpoint.every_steps);
   const auto* sft = std::get_if<engine::SftSpec>(&spec.objective);
@@ -415,6 +427,36 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
     mixture_wire(stage.mixture, *wire.mutable_training_mixture());
   }
   return job;
+}
+
+v1::JobReport ReportForResult(const engine::RunSpec& spec,
+                              const engine::TrainResult& result) {
+  v1::JobReport report;
+  if (result.forgetting.has_value()) {
+    const engine::ForgettingReport& f = *result.forgetting;
+    v1::ForgettingReport& wire = *report.mutable_forgetting();
+    wire.set_loss_before(f.loss_before);
+    wire.set_loss_after(f.loss_after);
+    wire.set_delta(f.delta());
+    wire.set_ppl_ratio(f.ppl_ratio());
+    wire.set_tokens(f.tokens);
+    wire.set_tokens_counted(f.tokens_counted);
+  }
+  if (!result.intruders.empty()) {
+    v1::IntruderReport& wire = *report.mutable_intruders();
+    wire.set_top_k(spec.evaluation.intruder_top_k);
+    wire.set_epsilon(spec.evaluation.intruder_epsilon);
+    int total = 0;
+    for (const engine::IntruderMatrix& m : result.intruders) {
+      v1::IntruderMatrix& matrix = *wire.add_matrices();
+      matrix.set_name(m.name);
+      matrix.set_intruders(m.intruders);
+      matrix.set_min_similarity(m.min_similarity);
+      total += m.intruders;
+    }
+    wire.set_total(total);
+  }
+  return report;
 }
 
 }  // namespace lathe::worker
