@@ -674,7 +674,7 @@ TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
   auto db = Database::Open(path);
   ASSERT_TRUE(db.ok());
-  EXPECT_EQ(*(*db)->UserVersion(), 5);
+  EXPECT_EQ(*(*db)->UserVersion(), 6);
 }
 
 TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
@@ -692,21 +692,22 @@ TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
   }
   {
     // The events table as the schema before per-job numbers had it, and
-    // no job_files (migration 5) yet.
+    // no job_files (migration 5) or report column (6) yet.
     auto db = Database::Open(path);
     ASSERT_TRUE(db.ok());
     int version = *(*db)->UserVersion();
-    ASSERT_EQ(version, 5);
+    ASSERT_EQ(version, 6);
     ASSERT_TRUE(
         (*db)
-            ->Execute("DROP TABLE job_files;"
+            ->Execute("ALTER TABLE jobs DROP COLUMN report;"
+                      "DROP TABLE job_files;"
                       "DROP INDEX events_by_job_seq;"
                       "ALTER TABLE events DROP COLUMN job_seq;"
                       "CREATE INDEX events_by_job ON events(job_id, seq);")
             .ok());
     ASSERT_TRUE(
         (*db)
-            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 2))
+            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 3))
             .ok());
   }
   auto s = Store::Open(path);

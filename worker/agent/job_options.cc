@@ -277,8 +277,11 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
   spec.evaluation.general_file = job.reports().general_file();
   spec.evaluation.general_tokens =
       job.reports().all_tokens() ? "all" : "assistant";
+  // Jobs stored before reports were resolved count no intruders.
   spec.evaluation.intruder_top_k = job.reports().intruder_top_k();
-  spec.evaluation.intruder_epsilon = job.reports().intruder_epsilon();
+  if (job.reports().intruder_epsilon() > 0) {
+    spec.evaluation.intruder_epsilon = job.reports().intruder_epsilon();
+  }
   spec.schedule.n_epochs = hp.n_epochs();
   spec.data.batch_size = hp.batch_size();
   spec.optimizer.learning_rate = hp.learning_rate();
