@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -50,6 +52,9 @@ constexpr char kUsage[] =
     "  %1$s generate --model DIR [--adapter DIR] (--prompt STR | --chat FILE)\n"
     "      [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n"
     "      [--chat-template NAME]\n"
+    "      [--expert DIR [--expert-adapter DIR] --anti-expert DIR [--alpha A]]\n"
+    "  --expert/--anti-expert: EFT / proxy tuning, each step's logits are\n"
+    "  model + A x (expert - anti-expert) (A = 1); same tokenizer required.\n"
     "  --add-special-tokens (with --text) adds what Hugging Face's\n"
     "  encode(text) adds by default (BOS for Llama 2, Mistral, TinyLlama).\n"
     "  --chat-template names the family (zephyr, llama3, chatml, mistral)\n"
@@ -287,6 +292,36 @@ absl::Status ScoreCommand(const std::map<std::string, std::string>& flags) {
   return absl::OkStatus();
 }
 
+// OK when `other` (a model folder) has the tokenizer files of `model`,
+// byte for byte; INVALID_ARGUMENT naming `flag` otherwise.
+absl::Status SameTokenizer(const std::string& model, const std::string& other,
+                           const char* flag) {
+  auto read = [](const std::string& path) -> std::optional<std::string> {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return std::nullopt;
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  bool compared = false;
+  for (const char* file : {"tokenizer.json", "tokenizer.model"}) {
+    const std::optional<std::string> a = read(model + "/" + file);
+    const std::optional<std::string> b = read(other + "/" + file);
+    if (!a.has_value() && !b.has_value()) continue;
+    if (a != b) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          flag, ": ", other, "'s ", file, " differs from --model's: logit "
+          "fusion adds logits token by token, so the models must share a "
+          "tokenizer"));
+    }
+    compared = true;
+  }
+  if (!compared) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        flag, ": ", other, " has no tokenizer.json or tokenizer.model to "
+        "compare with --model's"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status GenerateCommand(const std::map<std::string, std::string>& flags) {
   if (flags.count("--prompt") == flags.count("--chat")) {
     return absl::InvalidArgumentError("give one of --prompt and --chat");
@@ -328,8 +363,39 @@ absl::Status GenerateCommand(const std::map<std::string, std::string>& flags) {
   }
   ASSIGN_OR_RETURN(Encoding encoding, tokenizer.Encode(prompt));
   ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LoadModel(flags));
+  // EFT / proxy tuning: --expert and --anti-expert, small models of the
+  // same tokenizer (the expert optionally a LoRA adapter on its folder).
+  std::unique_ptr<LlamaModel> expert, anti_expert;
+  std::optional<LogitFusion> fusion;
+  if (flags.count("--expert") != flags.count("--anti-expert")) {
+    return absl::InvalidArgumentError(
+        "logit fusion needs both --expert (the small fine-tuned model) and "
+        "--anti-expert (its base)");
+  }
+  if (flags.count("--expert") == 0 &&
+      (flags.count("--alpha") || flags.count("--expert-adapter"))) {
+    return absl::InvalidArgumentError(
+        "--alpha and --expert-adapter go with --expert and --anti-expert");
+  }
+  if (flags.count("--expert")) {
+    const std::string model_dir = Flag(flags, "--model");
+    for (const char* flag : {"--expert", "--anti-expert"}) {
+      RETURN_IF_ERROR(SameTokenizer(model_dir, Flag(flags, flag), flag));
+    }
+    auto small = [&](const char* flag, const std::string& adapter) {
+      std::map<std::string, std::string> f = flags;
+      f["--model"] = Flag(flags, flag);
+      f["--adapter"] = adapter;
+      return LoadModel(f);
+    };
+    ASSIGN_OR_RETURN(expert, small("--expert", Flag(flags, "--expert-adapter")));
+    ASSIGN_OR_RETURN(anti_expert, small("--anti-expert", ""));
+    fusion = LogitFusion{.expert = expert.get(), .anti_expert = anti_expert.get()};
+    RETURN_IF_ERROR(number("--alpha", &fusion->alpha));
+  }
   ASSIGN_OR_RETURN(std::vector<int32_t> output,
-                   Generate(*model, encoding.ids, options));
+                   Generate(*model, encoding.ids, options,
+                            fusion.has_value() ? &*fusion : nullptr));
   ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(output));
   std::cout << Json{{"prompt", prompt},
                     {"prompt_ids", encoding.ids},
@@ -371,7 +437,8 @@ int RunEngineCommand(int argc, char** argv) {
             {"generate",
              {GenerateCommand,
               {"--model", "--adapter", "--prompt", "--chat", "--max-new-tokens",
-               "--temperature", "--top-p", "--seed", "-o", "--chat-template"}}},
+               "--temperature", "--top-p", "--seed", "-o", "--chat-template",
+               "--expert", "--expert-adapter", "--anti-expert", "--alpha"}}},
         };
     auto it = commands.find(command);
     if (it != commands.end()) {

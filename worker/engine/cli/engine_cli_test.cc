@@ -10,6 +10,7 @@
 #include "common/safetensors.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "worker/engine/cli/demo.h"
 #include "worker/engine/test_util.h"
 
 namespace lathe::engine {
@@ -214,6 +215,44 @@ TEST(EngineCliTest, GenerateIsGreedyOrSeeded) {
   EXPECT_EQ(generate({"--temperature", "1", "--top-p", "0.9", "--seed",
                       "7"})["output_ids"],
             sampled["output_ids"]);
+}
+
+// Logit fusion (--expert / --anti-expert) runs on models of one tokenizer
+// and refuses another's, naming the flag.
+TEST(EngineCliTest, GenerateWithExpertsNeedsOneTokenizer) {
+  const std::string fixture = testing::TinyLlamaFixture();
+  LATHE_SKIP_WITHOUT_FIXTURES(fixture);
+  const std::string model = fixture + "/model";
+  std::vector<Json> lines;
+  EXPECT_EQ(RunCliJson({"lathe-worker", "generate", "--model", model, "--prompt", "2+2",
+                        "--max-new-tokens", "3", "--expert", model, "--anti-expert", model,
+                        "--alpha", "0.5"},
+                       &lines),
+            0);
+  ASSERT_EQ(lines.size(), 1u);
+  // expert = anti-expert: the model's own greedy tokens.
+  std::vector<Json> plain;
+  EXPECT_EQ(RunCliJson({"lathe-worker", "generate", "--model", model, "--prompt", "2+2",
+                        "--max-new-tokens", "3"},
+                       &plain),
+            0);
+  ASSERT_EQ(plain.size(), 1u);
+  EXPECT_EQ(lines[0]["output_ids"], plain[0]["output_ids"]);
+
+  testing::TempDir demo;
+  ASSERT_TRUE(MakeDemo(demo.path()).ok());
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(RunCli({"lathe-worker", "generate", "--model", model, "--prompt", "2+2",
+                    "--expert", demo.path() + "/model", "--anti-expert", model}),
+            1);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("--expert: "), std::string::npos) << err;
+  EXPECT_NE(err.find("share a tokenizer"), std::string::npos) << err;
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(RunCli({"lathe-worker", "generate", "--model", model, "--prompt", "2+2",
+                    "--expert", model}),
+            1);
+  EXPECT_NE(::testing::internal::GetCapturedStderr().find("--anti-expert"), std::string::npos);
 }
 
 TEST(EngineCliTest, BadUsageReturnsTwo) {
