@@ -44,8 +44,8 @@ std::string TrainedWeightsFile(const AdapterSpec& adapter) {
 }
 
 std::string AdapterBaseName(const ModelSpec& model_spec,
-                            const LlamaModel& model) {
-  if (!model.config().hub_name.empty()) return model.config().hub_name;
+                            const ModelConfig& config) {
+  if (!config.hub_name.empty()) return config.hub_name;
   return model_spec.base_model_name.empty() ? model_spec.dir
                                             : model_spec.base_model_name;
 }
@@ -54,10 +54,10 @@ absl::Status SaveTrained(const LlamaModel& model, const AdapterSpec& adapter,
                          const ModelSpec& model_spec, const std::string& dir,
                          torch::ScalarType dtype) {
   if (const LoraSpec* lora = Lora(adapter)) {
-    return SaveAdapter(model, *lora, AdapterBaseName(model_spec, model), dir);
+    return SaveAdapter(model, *lora, AdapterBaseName(model_spec, model.config()), dir);
   }
   if (const auto* prompt = std::get_if<PromptTuningSpec>(&adapter)) {
-    return SavePromptTuning(model, *prompt, AdapterBaseName(model_spec, model),
+    return SavePromptTuning(model, *prompt, AdapterBaseName(model_spec, model.config()),
                             dir);
   }
   return SaveModelFolder(model, model_spec.dir, dir, dtype);
