@@ -58,6 +58,7 @@ Usage:
                     [--layers 2-3,bottom2,...] [--modules up_proj,down_proj,...]
                     [--lisa-layers N] [--lisa-interval K]
                     [--half-ft] [--half-ft-reselect stage|epoch]
+                    [--half-ft-fraction F] [--half-ft-include-embeddings]
                     dpo, orpo: [--beta B] [--max-prompt-len N]
                     dpo: [--loss-type sigmoid|robust|hinge|ipo]
                          [--label-smoothing E] [--rpo-alpha A]
@@ -72,6 +73,13 @@ Usage:
                      [--mixture-stop first_exhausted|all_exhausted]
                      [--regularizer FILE_ID:PROPORTION[:VALID_FILE_ID]]]
                     [--masked-thought P [--mask-token pad|ID]]
+                    [--general-file FILE_ID [--general-all-tokens]]
+                     (the forgetting report: its loss before and after)
+                    [--intruder-top-k K] [--intruder-epsilon E]  (LoRA)
+                    [--dmt GENERAL_FILE_ID[:VALID_FILE_ID] [--dmt-k K]]
+                     (DMT: stage 1 on --mixture / --training-file, stage 2
+                      on the general file + a fraction K, default 1/256, of
+                      each of them)
                     (with --mixture, --training-file may be left out)
   lathe jobs get JOB_ID
   lathe jobs list [--status STATUS] [--metadata KEY=VALUE]... [--limit N]
@@ -197,6 +205,18 @@ std::string EnumSuffix(std::string name, absl::string_view prefix) {
   return absl::AsciiStrToLower(name);
 }
 
+// A mixture's sources, one line each, under its heading line.
+void PrintSources(const v1::Mixture& m) {
+  for (const v1::MixtureSource& s : m.sources()) {
+    std::cout << absl::StrFormat(
+        "                  %s file=%s %s%s%s\n", s.name(), s.file_id(),
+        s.proportion() > 0 ? absl::StrFormat("proportion=%g", s.proportion())
+                           : absl::StrFormat("weight=%g", s.weight()),
+        s.fraction() < 1 ? absl::StrFormat(" fraction=%g", s.fraction()) : "",
+        s.validation_file_id().empty() ? "" : " validation_file=" + s.validation_file_id());
+  }
+}
+
 void PrintJob(const v1::Job& j) {
   std::cout << "id:               " << j.id() << "\n"
             << "status:           " << StatusName(j.status()) << "\n"
@@ -212,14 +232,17 @@ void PrintJob(const v1::Job& j) {
                                             "MIXTURE_STRATEGY_"),
                                  m.temperature(),
                                  EnumSuffix(v1::MixtureStop_Name(m.stop()), "MIXTURE_STOP_"));
-    for (const v1::MixtureSource& s : m.sources()) {
-      std::cout << absl::StrFormat(
-          "                  %s file=%s %s%s%s\n", s.name(), s.file_id(),
-          s.proportion() > 0 ? absl::StrFormat("proportion=%g", s.proportion())
-                             : absl::StrFormat("weight=%g", s.weight()),
-          s.fraction() < 1 ? absl::StrFormat(" fraction=%g", s.fraction()) : "",
-          s.validation_file_id().empty() ? "" : " validation_file=" + s.validation_file_id());
-    }
+    PrintSources(m);
+  }
+  for (const v1::TrainingStage& stage : j.stages()) {
+    const v1::Mixture& m = stage.training_mixture();
+    std::cout << absl::StrFormat("stage:            %s n_epochs=%d strategy=%s temperature=%g stop=%s\n",
+                                 stage.name(), stage.n_epochs(),
+                                 EnumSuffix(v1::MixtureStrategy_Name(m.strategy()),
+                                            "MIXTURE_STRATEGY_"),
+                                 m.temperature(),
+                                 EnumSuffix(v1::MixtureStop_Name(m.stop()), "MIXTURE_STOP_"));
+    PrintSources(m);
   }
   if (j.method().supervised().has_masked_thought()) {
     const v1::MaskedThought& mt = j.method().supervised().masked_thought();
@@ -285,10 +308,11 @@ void PrintJob(const v1::Job& j) {
                              t.lisa().interval_steps());
     } else if (t.has_half_ft()) {
       what = absl::StrFormat(
-          "half_ft reselect=%s seed=%d",
+          "half_ft reselect=%s seed=%d fraction=%g%s",
           t.half_ft().reselect() == v1::HALF_FT_RESELECT_EPOCH ? "epoch"
                                                                : "stage",
-          t.half_ft().seed());
+          t.half_ft().seed(), t.half_ft().fraction(),
+          t.half_ft().include_embeddings() ? " include_embeddings" : "");
     } else {
       what = absl::StrCat(
           "layers=",
@@ -313,6 +337,29 @@ void PrintJob(const v1::Job& j) {
   if (j.trained_tokens() > 0) std::cout << "trained_tokens:   " << j.trained_tokens() << "\n";
   if (!j.fine_tuned_model().empty()) {
     std::cout << "fine_tuned_model: " << j.fine_tuned_model() << "\n";
+  }
+  if (!j.reports().general_file().empty()) {
+    std::cout << "general_file:     " << j.reports().general_file()
+              << (j.reports().all_tokens() ? " (all tokens)" : " (assistant tokens)") << "\n";
+  }
+  if (j.report().has_forgetting()) {
+    const v1::ForgettingReport& f = j.report().forgetting();
+    std::cout << absl::StrFormat(
+        "forgetting:       loss %.4f before, %.4f after, delta %+.4f, ppl ratio %.4f (%d %s "
+        "tokens)\n",
+        f.loss_before(), f.loss_after(), f.delta(), f.ppl_ratio(), f.tokens(),
+        f.tokens_counted());
+  }
+  if (j.report().has_intruders()) {
+    const v1::IntruderReport& r = j.report().intruders();
+    std::cout << absl::StrFormat(
+        "intruders:        %d in %d adapted matrices (top %d, epsilon %g)\n", r.total(),
+        r.matrices_size(), r.top_k(), r.epsilon());
+    for (const v1::IntruderMatrix& m : r.matrices()) {
+      if (m.intruders() == 0) continue;
+      std::cout << absl::StrFormat("                  %s: %d (min similarity %.3f)\n", m.name(),
+                                   m.intruders(), m.min_similarity());
+    }
   }
   if (!j.error().code().empty()) {
     std::cout << "error:            " << j.error().code() << ": " << j.error().message()
@@ -463,11 +510,84 @@ absl::Status MixtureAndMaskFlags(const Args& a, v1::CreateJobRequest& r) {
   return absl::OkStatus();
 }
 
+// --dmt GENERAL[:VALID] [--dmt-k K]: DMT's two stages (METHODS.md §2.2)
+// from the specialised data of --mixture or --training-file: stage
+// "specialised" on it, then stage "general" on the general file plus a
+// seeded fraction K (default 1/256) of each specialised file.
+absl::Status DmtFlags(const Args& a, v1::CreateJobRequest& r) {
+  if (a.Has("dmt-k") && !a.Has("dmt")) return absl::InvalidArgumentError("--dmt-k goes with --dmt");
+  if (!a.Has("dmt")) return absl::OkStatus();
+  if (a.Has("regularizer")) {
+    return absl::InvalidArgumentError(
+        "--regularizer does not go with --dmt (the general file is stage 2's data)");
+  }
+  double k = 1.0 / 256;
+  if (a.Has("dmt-k")) {
+    const std::string text = *a.Get("dmt-k");
+    std::vector<std::string> parts = absl::StrSplit(text, '/');
+    double num = 0, den = 1;
+    if (parts.size() > 2 || !absl::SimpleAtod(parts[0], &num) ||
+        (parts.size() == 2 && (!absl::SimpleAtod(parts[1], &den) || den == 0))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--dmt-k: expected a fraction like 1/256 or 0.01, got \"", text, "\""));
+    }
+    k = num / den;
+  }
+  v1::TrainingStage first;
+  first.set_name("specialised");
+  if (r.has_training_mixture()) {
+    *first.mutable_training_mixture() = r.training_mixture();
+  } else if (!r.training_file().empty()) {
+    first.mutable_training_mixture()->add_sources()->set_file_id(r.training_file());
+  } else {
+    return absl::InvalidArgumentError(
+        "--dmt needs the specialised data: --mixture or --training-file");
+  }
+  v1::TrainingStage second;
+  second.set_name("general");
+  std::vector<std::string> general = absl::StrSplit(*a.Get("dmt"), ':');
+  if (general.size() > 2 || general[0].empty()) {
+    return absl::InvalidArgumentError("--dmt: expected GENERAL_FILE_ID[:VALIDATION_FILE_ID]");
+  }
+  v1::MixtureSource& g = *second.mutable_training_mixture()->add_sources();
+  g.set_file_id(general[0]);
+  if (general.size() == 2) g.set_validation_file_id(general[1]);
+  for (const v1::MixtureSource& s : first.training_mixture().sources()) {
+    v1::MixtureSource& sub = *second.mutable_training_mixture()->add_sources();
+    sub.set_file_id(s.file_id());
+    sub.set_name(s.name());
+    sub.set_validation_file_id(s.validation_file_id());
+    sub.set_fraction(k);
+  }
+  r.clear_training_mixture();
+  r.clear_training_file();
+  *r.add_stages() = std::move(first);
+  *r.add_stages() = std::move(second);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
   v1::CreateJobRequest r;
   r.set_model(a.GetOr("model", ""));
   r.set_training_file(a.GetOr("training-file", ""));
   r.set_validation_file(a.GetOr("validation-file", ""));
+  if (a.Has("general-file")) r.mutable_reports()->set_general_file(*a.Get("general-file"));
+  if (a.Has("general-all-tokens")) {
+    if (!a.Has("general-file")) {
+      return absl::InvalidArgumentError("--general-all-tokens goes with --general-file");
+    }
+    r.mutable_reports()->set_all_tokens(true);
+  }
+  if (a.Has("intruder-top-k")) {
+    auto v = IntFlag(a, "intruder-top-k");
+    if (!v.ok()) return v.status();
+    r.mutable_reports()->set_intruder_top_k(static_cast<int32_t>(*v));
+  }
+  if (a.Has("intruder-epsilon")) {
+    auto v = DoubleFlag(a, "intruder-epsilon");
+    if (!v.ok()) return v.status();
+    r.mutable_reports()->set_intruder_epsilon(*v);
+  }
   r.set_suffix(a.GetOr("suffix", ""));
   r.set_idempotency_key(a.GetOr("idempotency-key", ""));
   // The method (what is optimised) and the adapter (what is trained).
@@ -634,8 +754,17 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
       lisa->set_interval_steps(static_cast<int32_t>(*v));
     }
   }
-  if (a.Has("half-ft") || a.Has("half-ft-reselect")) {
+  const bool half_ft = a.Has("half-ft") || a.Has("half-ft-reselect") ||
+                       a.Has("half-ft-fraction") ||
+                       a.Has("half-ft-include-embeddings");
+  if (half_ft) {
     v1::HalfFt* half = r.mutable_trainable()->mutable_half_ft();
+    if (a.Has("half-ft-fraction")) {
+      auto v = DoubleFlag(a, "half-ft-fraction");
+      if (!v.ok()) return v.status();
+      half->set_fraction(*v);
+    }
+    if (a.Has("half-ft-include-embeddings")) half->set_include_embeddings(true);
     if (a.Has("half-ft-reselect")) {
       const std::string reselect = *a.Get("half-ft-reselect");
       if (reselect == "stage") {
@@ -649,8 +778,7 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     }
   }
   if (!a.Has("layers") && !a.Has("modules") && !a.Has("lisa-layers") &&
-      !a.Has("lisa-interval") && !a.Has("half-ft") &&
-      !a.Has("half-ft-reselect")) {
+      !a.Has("lisa-interval") && !half_ft) {
     r.clear_trainable();  // the loop above made an empty one
   }
   if (a.Has("seed")) {
@@ -669,6 +797,7 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     else return absl::InvalidArgumentError("--priority: use low, normal or high");
   }
   if (absl::Status st = MixtureAndMaskFlags(a, r); !st.ok()) return st;
+  if (absl::Status st = DmtFlags(a, r); !st.ok()) return st;
   return r;
 }
 
@@ -976,8 +1105,10 @@ int JobsCommand(Env& env, const std::string& verb) {
 }  // namespace
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora",
-                                 "lora-dora", "half-ft"});
+  auto args =
+      Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora",
+                         "lora-dora", "half-ft", "half-ft-include-embeddings",
+                         "general-all-tokens"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   auto st = args->CheckKnown(
       {"server", "api_key", "ca_cert", "tls_server_name", "insecure", "project", "role", "name", "output", "help", "purpose", "limit", "after", "status", "follow",
@@ -989,9 +1120,11 @@ int Run(const std::vector<std::string>& argv) {
        "max-grad-norm", "eval-every-steps", "checkpoint-every-steps", "adapter", "beta",
        "loss-type", "label-smoothing", "rpo-alpha", "max-prompt-len", "num-virtual-tokens",
        "prompt-init", "prompt-init-text", "lora-dora", "lora-layers", "layers", "modules",
-       "lisa-layers", "lisa-interval", "half-ft", "half-ft-reselect", "mixture",
+       "lisa-layers", "lisa-interval", "half-ft", "half-ft-reselect", "half-ft-fraction",
+       "half-ft-include-embeddings", "mixture",
        "mixture-strategy", "mixture-temperature", "mixture-stop", "regularizer",
-       "masked-thought", "mask-token"});
+       "masked-thought", "mask-token", "dmt", "dmt-k", "general-file", "general-all-tokens",
+       "intruder-top-k", "intruder-epsilon"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

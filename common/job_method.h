@@ -5,7 +5,10 @@
 #define LATHE_COMMON_JOB_METHOD_H_
 
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "lathe/v1/fine_tuning.pb.h"
 
 namespace lathe {
@@ -29,6 +32,24 @@ v1::Hyperparameters* MutableMethodHyperparameters(v1::Method& method);
 // "method.<type>.hyperparameters." for error messages ("supervised" for an
 // unknown type).
 std::string HyperparametersPrefix(const v1::Method& method);
+
+// Every training mixture of a job or a create request (v1::Job,
+// v1::CreateJobRequest), with the API field that holds it:
+// "training_mixture" when set, then "stages[i].training_mixture" for each
+// stage.
+template <typename JobOrRequest>
+std::vector<std::pair<std::string, const v1::Mixture*>> TrainingMixtures(
+    const JobOrRequest& job) {
+  std::vector<std::pair<std::string, const v1::Mixture*>> mixtures;
+  if (job.has_training_mixture()) {
+    mixtures.push_back({"training_mixture", &job.training_mixture()});
+  }
+  for (int i = 0; i < job.stages_size(); ++i) {
+    mixtures.push_back({absl::StrCat("stages[", i, "].training_mixture"),
+                        &job.stages(i).training_mixture()});
+  }
+  return mixtures;
+}
 
 }  // namespace lathe
 

@@ -1,5 +1,7 @@
 #include "scheduler/memory_estimate.h"
 
+#include <algorithm>
+
 namespace lathe::scheduler {
 namespace {
 
@@ -13,10 +15,33 @@ constexpr int64_t kActivationValuesPerTokenHiddenLayer = 17;
 // fp32 logits and their gradient.
 constexpr int64_t kLogitBytesPerTokenVocab = 4 * 2;
 
+// The parameters `part` trains; every parameter when the layer shapes are
+// not known.
+int64_t PartParameters(const ModelShape& m, const TrainedPart& part) {
+  if (m.num_layers <= 0 || m.intermediate_size <= 0 || m.attention_size <= 0 ||
+      m.kv_size <= 0) {
+    return m.parameters;
+  }
+  const int64_t ends =
+      m.vocab_size * m.hidden_size * (m.tied_embeddings ? 1 : 2) +
+      m.hidden_size;
+  const int64_t layer =
+      std::max<int64_t>(m.parameters - ends, 0) / m.num_layers;
+  const int64_t trained =
+      (part.ends ? ends : 0) + part.whole_layers * layer +
+      part.q_o_matrices * m.hidden_size * m.attention_size +
+      part.k_v_matrices * m.hidden_size * m.kv_size +
+      part.mlp_matrices * m.hidden_size * m.intermediate_size +
+      part.norms * m.hidden_size;
+  return std::min(trained, m.parameters);
+}
+
 }  // namespace
 
 int64_t TrainableParameters(const ModelShape& model, const TrainShape& train) {
-  if (train.method == TrainMethod::kFull) return model.parameters;
+  if (train.method == TrainMethod::kFull) {
+    return train.part ? PartParameters(model, *train.part) : model.parameters;
+  }
   return 2 * train.lora_rank * model.hidden_size *
          train.lora_matrices_per_layer * model.num_layers;
 }

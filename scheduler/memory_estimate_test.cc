@@ -40,6 +40,60 @@ TEST(MemoryEstimateTest, WorkedExampleLlama3_8BFull) {
   EXPECT_EQ(EstimateMemoryBytes(Llama3_8B(), train), 190'531'051'520);
 }
 
+// Llama-3-8B's layer: q, o 4096 x 4096; k, v 1024 x 4096; gate, up, down
+// 14336 x 4096; two norms of 4096.
+ModelShape Llama3_8BLayers() {
+  ModelShape m = Llama3_8B();
+  m.intermediate_size = 14336;
+  m.attention_size = 4096;
+  m.kv_size = 1024;
+  return m;
+}
+
+// LISA's gamma layers and the ends; the weights stay whole.
+TEST(MemoryEstimateTest, WorkedExampleLlama3_8BLisa) {
+  TrainShape train{.method = TrainMethod::kFull,
+                   .batch_size = 4,
+                   .sequence_length = 2048,
+                   .part = TrainedPart{.ends = true, .whole_layers = 2}};
+  // ends   128'256 * 4096 * 2 + 4096                     =  1'050'677'248
+  // layer  (8'030'261'248 - 1'050'677'248) / 32          =    218'112'000
+  //        (= 2 * 4096² + 2 * 1024 * 4096 + 3 * 14336 * 4096 + 2 * 4096)
+  // LISA   1'050'677'248 + 2 * 218'112'000               =  1'486'901'248
+  EXPECT_EQ(TrainableParameters(Llama3_8BLayers(), train), 1'486'901'248);
+  // weights      8'030'261'248 * 2           = 16'060'522'496
+  // optimizer    1'486'901'248 * 16          = 23'790'419'968
+  // activations, logits, overhead as in the LoRA example
+  //                                            45'986'349'056
+  EXPECT_EQ(EstimateMemoryBytes(Llama3_8BLayers(), train), 85'837'291'520);
+  // A tied head is in the embeddings: ends 128'256 * 4096 + 4096 =
+  // 525'340'672, layer (8'030'261'248 - 525'340'672) / 32 = 234'528'768.
+  ModelShape tied = Llama3_8BLayers();
+  tied.tied_embeddings = true;
+  EXPECT_EQ(TrainableParameters(tied, train), 525'340'672 + 2 * 234'528'768);
+}
+
+TEST(MemoryEstimateTest, MatrixPartsCountTheirShapes) {
+  TrainShape train{.method = TrainMethod::kFull};
+  // HFT at 0.5 on 32 layers: 64 attention matrices, at worst all q and o
+  // (64 * 4096²), and 112 - 64 = 48 MLP ones (48 * 14336 * 4096).
+  train.part = TrainedPart{.q_o_matrices = 64, .mlp_matrices = 48};
+  EXPECT_EQ(TrainableParameters(Llama3_8BLayers(), train),
+            1'073'741'824 + 2'818'572'288);
+  train.part->ends = true;
+  EXPECT_EQ(TrainableParameters(Llama3_8BLayers(), train),
+            1'073'741'824 + 2'818'572'288 + 1'050'677'248);
+  // Each kind at its size: 2 k/v matrices, 16 MLP ones, 8 norms.
+  train.part = TrainedPart{.k_v_matrices = 2, .mlp_matrices = 16, .norms = 8};
+  EXPECT_EQ(TrainableParameters(Llama3_8BLayers(), train),
+            2 * 1024 * 4096 + 16 * 14336 * 4096 + 8 * 4096);
+  // Without the layer shapes, a part is estimated as the whole model.
+  EXPECT_EQ(TrainableParameters(Llama3_8B(), train), 8'030'261'248);
+  // Never more than the model.
+  train.part = TrainedPart{.ends = true, .whole_layers = 40};
+  EXPECT_EQ(TrainableParameters(Llama3_8BLayers(), train), 8'030'261'248);
+}
+
 TEST(MemoryEstimateTest, MonotoneInEveryField) {
   const ModelShape model = Llama3_8B();
   const TrainShape train{.batch_size = 2, .sequence_length = 1024};

@@ -4,6 +4,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/ids.h"
 #include "common/job_state.h"
 #include "common/status_macros.h"
@@ -257,6 +258,21 @@ absl::Status Coordinator::DecideOutcome(const v1::Job& job,
       u.fine_tuned_model = FineTunedModelName(job);
       u.message = absl::StrCat("The job has successfully completed: ",
                                *u.fine_tuned_model);
+      if (o.has_report()) {
+        u.report = o.report();
+        if (o.report().has_forgetting()) {
+          const v1::ForgettingReport& f = o.report().forgetting();
+          u.message += absl::StrFormat(
+              "; general_file loss %.4f before, %.4f after (delta %+.4f)",
+              f.loss_before(), f.loss_after(), f.delta());
+        }
+        if (o.report().has_intruders()) {
+          u.message += absl::StrCat("; ", o.report().intruders().total(),
+                                    " intruder dimensions in ",
+                                    o.report().intruders().matrices_size(),
+                                    " adapted matrices");
+        }
+      }
       break;
     }
     case v1::AttemptOutcome::RESULT_CANCELLED:

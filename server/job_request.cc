@@ -3,13 +3,16 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <optional>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/echo.h"
+#include "common/half_ft.h"
 #include "common/ids.h"
-#include "common/layer_ranges.h"
 #include "common/job_method.h"
+#include "common/layer_ranges.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -113,29 +116,97 @@ absl::Status CheckTrainable(const v1::CreateJobRequest& r) {
     if (t.half_ft().has_seed() && t.half_ft().seed() < 0) {
       return Bad("trainable.half_ft.seed", "must be >= 0");
     }
+    if (t.half_ft().has_fraction() &&
+        !(t.half_ft().fraction() > 0 && t.half_ft().fraction() <= 1)) {
+      return Bad("trainable.half_ft.fraction",
+                 absl::StrCat(t.half_ft().fraction(), " is not in (0, 1]"));
+    }
   }
   return absl::OkStatus();
 }
 
+// What a full fine-tuning with `t` trains at most at one time, for the
+// memory estimate (scheduler::TrainedPart), on a model of `layers` decoder
+// layers; none (every parameter) when the layer count is not known or the
+// job selects nothing. REQUIRES: t resolved (FillJobDefaults).
+std::optional<scheduler::TrainedPart> TrainedPartOf(const v1::Trainable& t,
+                                                    int64_t layers) {
+  if (layers <= 0) return std::nullopt;
+  if (t.has_lisa()) {
+    return scheduler::TrainedPart{
+        .ends = true,
+        .whole_layers = std::min<int64_t>(t.lisa().activated_layers(), layers)};
+  }
+  if (t.has_half_ft()) {
+    const HalfFtMatrices counts =
+        HalfFtMatrixCounts(t.half_ft().fraction(), layers);
+    // The draw is random: at worst a layer's attention matrices are q and o
+    // (the larger ones) first. A layer takes ⌊a/L⌋ or ⌈a/L⌉ of them, so
+    // that is all a of them up to 2 per layer.
+    const int64_t q_o = std::min(counts.attention, 2 * layers);
+    return scheduler::TrainedPart{.ends = t.half_ft().include_embeddings(),
+                                  .q_o_matrices = q_o,
+                                  .k_v_matrices = counts.attention - q_o,
+                                  .mlp_matrices = counts.mlp};
+  }
+  if (t.layers().empty() && t.modules().empty()) return std::nullopt;
+  int64_t selected = layers;
+  if (!t.layers().empty()) {
+    absl::StatusOr<std::vector<int>> resolved =
+        ResolveLayerRanges({t.layers().begin(), t.layers().end()},
+                           static_cast<int>(layers), "trainable.layers");
+    if (!resolved.ok()) return std::nullopt;
+    selected = static_cast<int64_t>(resolved->size());
+  }
+  if (t.modules().empty()) {
+    return scheduler::TrainedPart{.whole_layers = selected};
+  }
+  // The tensors of a layer the modules name, each once ("self_attn" and
+  // "q_proj" both name q_proj).
+  std::set<std::string> tensors;
+  for (const std::string& m : t.modules()) {
+    if (m == "self_attn") {
+      tensors.insert({"q_proj", "k_proj", "v_proj", "o_proj"});
+    } else if (m == "mlp") {
+      tensors.insert({"gate_proj", "up_proj", "down_proj"});
+    } else {
+      tensors.insert(m);
+    }
+  }
+  const auto count = [&](std::initializer_list<const char*> names) {
+    int64_t n = 0;
+    for (const char* name : names) n += tensors.count(name);
+    return n * selected;
+  };
+  return scheduler::TrainedPart{
+      .q_o_matrices = count({"q_proj", "o_proj"}),
+      .k_v_matrices = count({"k_proj", "v_proj"}),
+      .mlp_matrices = count({"gate_proj", "up_proj", "down_proj"}),
+      .norms = count({"input_layernorm", "post_attention_layernorm"})};
+}
+
 bool Finite(double v) { return std::isfinite(v); }
 
-// training_mixture (METHODS.md §2.2): its files, weights and options.
-absl::Status CheckMixture(const v1::CreateJobRequest& r) {
-  const v1::Mixture& m = r.training_mixture();
+// A source's or a stage's name: up to 64 letters, digits, '.', '_', '-'.
+bool NameOk(const std::string& name) {
+  return name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+         });
+}
+
+// A training mixture (METHODS.md §2.2) at field `mixture_field`
+// (training_mixture, stages[1].training_mixture): its files, weights
+// and options. REQUIRES: sources.
+absl::Status CheckMixture(const v1::Mixture& m, const std::string& mixture_field) {
   constexpr int kMaxSources = 16;
   if (m.sources_size() > kMaxSources) {
-    return Bad("training_mixture.sources", absl::StrCat("at most ", kMaxSources, " sources"));
-  }
-  if (!r.training_file().empty() && r.training_file() != m.sources(0).file_id()) {
-    return Bad("training_file",
-               "leave it empty with training_mixture (or give "
-               "training_mixture.sources[0].file_id)");
+    return Bad(mixture_field + ".sources", absl::StrCat("at most ", kMaxSources, " sources"));
   }
   double proportions = 0;
   bool drawn = false;
   for (int i = 0; i < m.sources_size(); ++i) {
     const v1::MixtureSource& s = m.sources(i);
-    const std::string at = absl::StrCat("training_mixture.sources[", i, "].");
+    const std::string at = absl::StrCat(mixture_field, ".sources[", i, "].");
     RETURN_IF_ERROR(CheckIdField(at + "file_id", s.file_id()));
     RETURN_IF_ERROR(
         CheckIdField(at + "validation_file_id", s.validation_file_id(), /*required=*/false));
@@ -149,10 +220,7 @@ absl::Status CheckMixture(const v1::CreateJobRequest& r) {
     if (s.has_fraction() && !(Finite(s.fraction()) && s.fraction() > 0 && s.fraction() <= 1)) {
       return Bad(at + "fraction", "must be in (0, 1]");
     }
-    if (s.name().size() > 64 ||
-        !std::all_of(s.name().begin(), s.name().end(), [](char c) {
-          return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
-        })) {
+    if (!NameOk(s.name())) {
       return Bad(at + "name", "up to 64 letters, digits, '.', '_' and '-'");
     }
     const std::string name = s.name().empty() ? s.file_id() : s.name();
@@ -167,15 +235,52 @@ absl::Status CheckMixture(const v1::CreateJobRequest& r) {
     drawn = drawn || s.proportion() == 0;
   }
   if (!drawn || proportions >= 1) {
-    return Bad("training_mixture.sources",
+    return Bad(mixture_field + ".sources",
                "need one source without a proportion, and proportions summing below 1");
   }
   if (!v1::MixtureStrategy_IsValid(m.strategy())) {
-    return Bad("training_mixture.strategy", "unknown value");
+    return Bad(mixture_field + ".strategy", "unknown value");
   }
-  if (!v1::MixtureStop_IsValid(m.stop())) return Bad("training_mixture.stop", "unknown value");
+  if (!v1::MixtureStop_IsValid(m.stop())) return Bad(mixture_field + ".stop", "unknown value");
   if (m.has_temperature() && !(Finite(m.temperature()) && m.temperature() > 0)) {
-    return Bad("training_mixture.temperature", "must be > 0");
+    return Bad(mixture_field + ".temperature", "must be > 0");
+  }
+  return absl::OkStatus();
+}
+
+// stages (DMT, METHODS.md §2.2): each a mixture, a name and n_epochs.
+absl::Status CheckStages(const v1::CreateJobRequest& r) {
+  constexpr int kMaxStages = 8;
+  if (r.stages_size() > kMaxStages) {
+    return Bad("stages", absl::StrCat("at most ", kMaxStages, " stages"));
+  }
+  if (r.has_training_mixture()) {
+    return Bad("training_mixture", "leave it unset with stages (each stage has its training_mixture)");
+  }
+  for (int i = 0; i < r.stages_size(); ++i) {
+    const v1::TrainingStage& stage = r.stages(i);
+    const std::string at = absl::StrCat("stages[", i, "].");
+    if (stage.training_mixture().sources_size() == 0) {
+      return Bad(at + "training_mixture.sources", "must not be empty: each stage needs its files");
+    }
+    RETURN_IF_ERROR(CheckMixture(stage.training_mixture(), at + "training_mixture"));
+    if (stage.has_n_epochs() && (stage.n_epochs() < 1 || stage.n_epochs() > 50)) {
+      return Bad(at + "n_epochs", absl::StrCat(stage.n_epochs(), " is out of range 1..50"));
+    }
+    if (!NameOk(stage.name())) return Bad(at + "name", "up to 64 letters, digits, '.', '_' and '-'");
+    const std::string name = stage.name().empty() ? absl::StrCat("stage-", i + 1) : stage.name();
+    for (int j = 0; j < i; ++j) {
+      const std::string other =
+          r.stages(j).name().empty() ? absl::StrCat("stage-", j + 1) : r.stages(j).name();
+      if (other == name) {
+        return Bad(at + "name", absl::StrCat("\"", Echo(name), "\" is already stages[", j, "]'s name"));
+      }
+    }
+  }
+  const std::string& first = r.stages(0).training_mixture().sources(0).file_id();
+  if (!r.training_file().empty() && r.training_file() != first) {
+    return Bad("training_file",
+               "leave it empty with stages (or give stages[0].training_mixture.sources[0].file_id)");
   }
   return absl::OkStatus();
 }
@@ -295,8 +400,16 @@ absl::Status CheckPromptTuning(const v1::CreateJobRequest& r) {
 
 absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckIdField("model", r.model()));
-  if (r.training_mixture().sources_size() > 0) {
-    RETURN_IF_ERROR(CheckMixture(r));
+  if (r.stages_size() > 0) {
+    RETURN_IF_ERROR(CheckStages(r));
+  } else if (r.training_mixture().sources_size() > 0) {
+    const v1::Mixture& m = r.training_mixture();
+    if (!r.training_file().empty() && r.training_file() != m.sources(0).file_id()) {
+      return Bad("training_file",
+                 "leave it empty with training_mixture (or give "
+                 "training_mixture.sources[0].file_id)");
+    }
+    RETURN_IF_ERROR(CheckMixture(m, "training_mixture"));
   } else {
     if (r.has_training_mixture()) return Bad("training_mixture.sources", "must not be empty");
     RETURN_IF_ERROR(CheckIdField("training_file", r.training_file()));
@@ -304,6 +417,20 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckMaskedThought(r.method().supervised().masked_thought()));
   RETURN_IF_ERROR(
       CheckIdField("validation_file", r.validation_file(), /*required=*/false));
+  RETURN_IF_ERROR(CheckIdField("reports.general_file", r.reports().general_file(),
+                               /*required=*/false));
+  if (r.reports().has_intruder_top_k()) {
+    const int k = r.reports().intruder_top_k();
+    if (k < 0 || k > 64) return Bad("reports.intruder_top_k", absl::StrCat(k, " is out of range 0..64"));
+    if (k > 0 && r.adapter() != v1::ADAPTER_TYPE_UNSPECIFIED && r.adapter() != v1::ADAPTER_TYPE_LORA) {
+      return Bad("reports.intruder_top_k", "is for LoRA jobs (their adapted matrices)");
+    }
+  }
+  if (r.reports().has_intruder_epsilon() &&
+      !(Finite(r.reports().intruder_epsilon()) && r.reports().intruder_epsilon() > 0 &&
+        r.reports().intruder_epsilon() <= 1)) {
+    return Bad("reports.intruder_epsilon", "must be in (0, 1]");
+  }
   const std::string type = MethodType(r.method());
   if (std::find(std::begin(kMethodTypes), std::end(kMethodTypes), type) ==
       std::end(kMethodTypes)) {
@@ -311,9 +438,9 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
                absl::StrCat("\"", Echo(type), "\" is not supported (use ",
                             absl::StrJoin(kMethodTypes, ", "), ")"));
   }
-  if (r.has_training_mixture() && type != "supervised") {
-    return Bad("training_mixture", absl::StrCat("is for method.type \"supervised\", not \"",
-                                                Echo(type), "\""));
+  if ((r.has_training_mixture() || r.stages_size() > 0) && type != "supervised") {
+    return Bad(r.stages_size() > 0 ? "stages" : "training_mixture",
+               absl::StrCat("is for method.type \"supervised\", not \"", Echo(type), "\""));
   }
   // Only the named method's message may be set.
   const v1::Method& method = r.method();
@@ -470,6 +597,16 @@ absl::Status CheckJobForModel(const v1::CreateJobRequest& r,
                      gamma, " layers at a time is more than the model has")));
     }
   }
+  if (t.has_half_ft()) {
+    const double fraction = t.half_ft().has_fraction() ? t.half_ft().fraction()
+                                                       : kDefaultHalfFtFraction;
+    if (HalfFtMatrixCounts(fraction, layers).total() == 0) {
+      return Bad("trainable.half_ft.fraction",
+                 on(absl::StrCat(fraction, " of its ",
+                                 (kAttentionMatrices + kMlpMatrices) * layers,
+                                 " matrices rounds to none")));
+    }
+  }
   absl::StatusOr<std::vector<int>> resolved =
       ResolveLayerRanges({t.layers().begin(), t.layers().end()},
                          static_cast<int>(layers), "trainable.layers");
@@ -483,6 +620,29 @@ absl::Status CheckJobForModel(const v1::CreateJobRequest& r,
   }
   return absl::OkStatus();
 }
+
+namespace {
+
+// A mixture's auto settings: WEIGHTED when a weight is set (else CONCAT),
+// temperature 1, FIRST_EXHAUSTED, and per source weight 1, proportion 0,
+// fraction 1 and its file id as its name.
+void ResolveMixture(v1::Mixture& m) {
+  if (m.strategy() == v1::MIXTURE_STRATEGY_UNSPECIFIED) {
+    const bool weighted = std::any_of(m.sources().begin(), m.sources().end(),
+                                      [](const v1::MixtureSource& s) { return s.has_weight(); });
+    m.set_strategy(weighted ? v1::MIXTURE_STRATEGY_WEIGHTED : v1::MIXTURE_STRATEGY_CONCAT);
+  }
+  if (!m.has_temperature()) m.set_temperature(1);
+  if (m.stop() == v1::MIXTURE_STOP_UNSPECIFIED) m.set_stop(v1::MIXTURE_STOP_FIRST_EXHAUSTED);
+  for (v1::MixtureSource& s : *m.mutable_sources()) {
+    if (!s.has_weight()) s.set_weight(1);
+    if (!s.has_proportion()) s.set_proportion(0);
+    if (!s.has_fraction()) s.set_fraction(1);
+    if (s.name().empty()) s.set_name(s.file_id());
+  }
+}
+
+}  // namespace
 
 void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
   const std::string type = MethodType(job.method());
@@ -514,21 +674,12 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
     }
     if (!mt->has_warmup_ratio()) mt->set_warmup_ratio(2.0 / 3.0);
   }
-  if (job.has_training_mixture()) {
-    auto* m = job.mutable_training_mixture();
-    if (m->strategy() == v1::MIXTURE_STRATEGY_UNSPECIFIED) {
-      const bool weighted = std::any_of(m->sources().begin(), m->sources().end(),
-                                        [](const v1::MixtureSource& s) { return s.has_weight(); });
-      m->set_strategy(weighted ? v1::MIXTURE_STRATEGY_WEIGHTED : v1::MIXTURE_STRATEGY_CONCAT);
-    }
-    if (!m->has_temperature()) m->set_temperature(1);
-    if (m->stop() == v1::MIXTURE_STOP_UNSPECIFIED) m->set_stop(v1::MIXTURE_STOP_FIRST_EXHAUSTED);
-    for (v1::MixtureSource& s : *m->mutable_sources()) {
-      if (!s.has_weight()) s.set_weight(1);
-      if (!s.has_proportion()) s.set_proportion(0);
-      if (!s.has_fraction()) s.set_fraction(1);
-      if (s.name().empty()) s.set_name(s.file_id());
-    }
+  if (job.has_training_mixture()) ResolveMixture(*job.mutable_training_mixture());
+  for (int i = 0; i < job.stages_size(); ++i) {
+    v1::TrainingStage& stage = *job.mutable_stages(i);
+    ResolveMixture(*stage.mutable_training_mixture());
+    if (stage.name().empty()) stage.set_name(absl::StrCat("stage-", i + 1));
+    if (!stage.has_n_epochs()) stage.set_n_epochs(hp->n_epochs());
   }
   if (IsPreferenceMethod(type)) {
     if (!hp->has_beta()) hp->set_beta(0.1);  // TRL's and Together's
@@ -552,6 +703,12 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
     }
   }
   if (job.adapter() == v1::ADAPTER_TYPE_UNSPECIFIED) job.set_adapter(v1::ADAPTER_TYPE_LORA);
+  {
+    v1::Reports& reports = *job.mutable_reports();
+    const bool lora = job.adapter() == v1::ADAPTER_TYPE_LORA;
+    if (!reports.has_intruder_top_k() || !lora) reports.set_intruder_top_k(lora ? 10 : 0);
+    if (!reports.has_intruder_epsilon()) reports.set_intruder_epsilon(0.5);
+  }
   if (job.has_trainable()) {
     v1::Trainable& t = *job.mutable_trainable();
     if (t.has_lisa()) {
@@ -566,6 +723,12 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
         t.mutable_half_ft()->set_reselect(v1::HALF_FT_RESELECT_STAGE);
       }
       if (!t.half_ft().has_seed()) t.mutable_half_ft()->set_seed(job.seed());
+      if (!t.half_ft().has_fraction()) {
+        t.mutable_half_ft()->set_fraction(kDefaultHalfFtFraction);
+      }
+      if (!t.half_ft().has_include_embeddings()) {
+        t.mutable_half_ft()->set_include_embeddings(false);
+      }
     }
   }
   if (job.adapter() != v1::ADAPTER_TYPE_LORA) return;
@@ -593,13 +756,17 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   job.set_created_at(NowUnixSeconds());
   job.set_status(v1::JOB_STATUS_VALIDATING_FILES);
   job.set_model(r.model());
-  if (r.training_mixture().sources_size() > 0) {
+  if (r.stages_size() > 0) {
+    *job.mutable_stages() = r.stages();
+    job.set_training_file(r.stages(0).training_mixture().sources(0).file_id());
+  } else if (r.training_mixture().sources_size() > 0) {
     *job.mutable_training_mixture() = r.training_mixture();
     job.set_training_file(r.training_mixture().sources(0).file_id());
   } else {
     job.set_training_file(r.training_file());
   }
   job.set_validation_file(r.validation_file());
+  *job.mutable_reports() = r.reports();
   job.set_suffix(r.suffix());
   job.set_seed(r.has_seed() ? r.seed() : seed_if_unset);
   *job.mutable_metadata() = r.metadata();
@@ -645,6 +812,9 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
     train.sequence_length += job.method().prompt_tuning().num_virtual_tokens();
   } else {
     train.method = scheduler::TrainMethod::kFull;
+    if (job.has_trainable()) {
+      train.part = TrainedPartOf(job.trainable(), model.num_layers());
+    }
   }
   scheduler::ModelShape shape;
   shape.parameters = model.parameter_count();
@@ -652,6 +822,10 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   shape.num_layers = model.num_layers();
   shape.vocab_size = model.vocab_size();
   shape.bytes_per_weight = model.bytes_per_weight() > 0 ? model.bytes_per_weight() : 2;
+  shape.intermediate_size = model.intermediate_size();
+  shape.attention_size = model.num_attention_heads() * model.head_dim();
+  shape.kv_size = model.num_key_value_heads() * model.head_dim();
+  shape.tied_embeddings = model.tie_word_embeddings();
   job.set_memory_bytes(scheduler::EstimateMemoryBytes(shape, train));
   return job;
 }

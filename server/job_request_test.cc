@@ -107,6 +107,131 @@ v1::CreateJobRequest Mixed() {
   return r;
 }
 
+// A DMT job: stage 1 on two specialised files, stage 2 on the general
+// file plus a quarter of each.
+v1::CreateJobRequest Dmt() {
+  v1::CreateJobRequest r = Valid();
+  r.clear_training_file();
+  v1::TrainingStage* first = r.add_stages();
+  first->set_name("specialised");
+  for (const char* id : {"file-a", "file-b"}) {
+    first->mutable_training_mixture()->add_sources()->set_file_id(id);
+  }
+  v1::TrainingStage* second = r.add_stages();
+  second->mutable_training_mixture()->add_sources()->set_file_id("file-g");
+  for (const char* id : {"file-a", "file-b"}) {
+    auto* s = second->mutable_training_mixture()->add_sources();
+    s->set_file_id(id);
+    s->set_fraction(0.25);
+  }
+  second->set_n_epochs(2);
+  return r;
+}
+
+TEST(JobRequestTest, ReportsAreCheckedAndResolved) {
+  struct Case {
+    std::function<void(v1::CreateJobRequest&)> mutate;
+    const char* field;
+  };
+  const Case cases[] = {
+      {[](auto& r) { r.mutable_reports()->set_general_file("bad id"); }, "reports.general_file"},
+      {[](auto& r) { r.mutable_reports()->set_intruder_top_k(65); }, "reports.intruder_top_k"},
+      {[](auto& r) { r.mutable_reports()->set_intruder_top_k(-1); }, "reports.intruder_top_k"},
+      {[](auto& r) {
+         r.set_adapter(v1::ADAPTER_TYPE_FULL);
+         r.mutable_reports()->set_intruder_top_k(4);
+       },
+       "reports.intruder_top_k: is for LoRA jobs"},
+      {[](auto& r) { r.mutable_reports()->set_intruder_epsilon(0); }, "reports.intruder_epsilon"},
+      {[](auto& r) { r.mutable_reports()->set_intruder_epsilon(NAN); },
+       "reports.intruder_epsilon"},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest r = Valid();
+    c.mutate(r);
+    absl::Status st = CheckJobRequest(r);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.field << ": " << st;
+    EXPECT_NE(st.message().find(c.field), absl::string_view::npos)
+        << st.message() << " should name " << c.field;
+  }
+  v1::File training;
+  training.set_line_count(40);
+  v1::CreateJobRequest r = Valid();
+  r.mutable_reports()->set_general_file("file-g");
+  ASSERT_TRUE(CheckJobRequest(r).ok()) << CheckJobRequest(r);
+  v1::Job job = ResolveJob(r, training, v1::Model(), "p", "ftjob-1", 5, {});
+  EXPECT_EQ(job.reports().general_file(), "file-g");
+  EXPECT_FALSE(job.reports().all_tokens());
+  EXPECT_EQ(job.reports().intruder_top_k(), 10);  // LoRA
+  EXPECT_EQ(job.reports().intruder_epsilon(), 0.5);
+  r.set_adapter(v1::ADAPTER_TYPE_FULL);
+  job = ResolveJob(r, training, v1::Model(), "p", "ftjob-2", 5, {});
+  EXPECT_EQ(job.reports().intruder_top_k(), 0);  // no adapted matrices
+}
+
+TEST(JobRequestTest, StagesAreCheckedByNameAndResolved) {
+  struct Case {
+    std::function<void(v1::CreateJobRequest&)> mutate;
+    const char* field;
+  };
+  auto source = [](v1::CreateJobRequest& r, int stage, int i) {
+    return r.mutable_stages(stage)->mutable_training_mixture()->mutable_sources(i);
+  };
+  const Case cases[] = {
+      {[&](auto& r) { source(r, 1, 1)->set_fraction(0); },
+       "stages[1].training_mixture.sources[1].fraction"},
+      {[&](auto& r) { source(r, 1, 0)->set_weight(-1); },
+       "stages[1].training_mixture.sources[0].weight"},
+      {[&](auto& r) { source(r, 0, 1)->set_file_id("file-a"); },
+       "stages[0].training_mixture.sources[1].name"},
+      {[](auto& r) { r.mutable_stages(1)->mutable_training_mixture()->clear_sources(); },
+       "stages[1].training_mixture.sources: must not be empty"},
+      {[](auto& r) { r.mutable_stages(1)->set_n_epochs(0); }, "stages[1].n_epochs"},
+      {[](auto& r) { r.mutable_stages(1)->set_name("specialised"); },
+       "stages[1].name: \"specialised\" is already stages[0]'s name"},
+      {[](auto& r) { r.mutable_stages(0)->set_name("a b"); }, "stages[0].name"},
+      {[](auto& r) { r.mutable_training_mixture()->add_sources()->set_file_id("file-x"); },
+       "training_mixture: leave it unset with stages"},
+      {[](auto& r) { r.set_training_file("file-x"); }, "training_file: leave it empty with stages"},
+      {[](auto& r) {
+         for (int i = 0; i < 7; ++i) *r.add_stages() = r.stages(0);
+       },
+       "stages: at most 8"},
+      {[](auto& r) { r.mutable_method()->set_type("dpo"); },
+       "stages: is for method.type \"supervised\""},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest r = Dmt();
+    c.mutate(r);
+    absl::Status st = CheckJobRequest(r);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.field << ": " << st;
+    EXPECT_NE(st.message().find(c.field), absl::string_view::npos)
+        << st.message() << " should name " << c.field;
+  }
+  ASSERT_TRUE(CheckJobRequest(Dmt()).ok()) << CheckJobRequest(Dmt());
+  v1::CreateJobRequest first = Dmt();
+  first.set_training_file("file-a");
+  EXPECT_TRUE(CheckJobRequest(first).ok());
+
+  v1::File training;
+  training.set_line_count(40);
+  const v1::Job job = ResolveJob(Dmt(), training, v1::Model(), "p", "ftjob-1", 5, {});
+  EXPECT_EQ(job.training_file(), "file-a");
+  EXPECT_FALSE(job.has_training_mixture());
+  ASSERT_EQ(job.stages_size(), 2);
+  EXPECT_EQ(job.stages(0).name(), "specialised");
+  EXPECT_EQ(job.stages(1).name(), "stage-2");
+  EXPECT_EQ(job.stages(0).n_epochs(), 3);  // the method's
+  EXPECT_EQ(job.stages(1).n_epochs(), 2);
+  const v1::Mixture& m = job.stages(1).training_mixture();
+  EXPECT_EQ(m.strategy(), v1::MIXTURE_STRATEGY_CONCAT);
+  EXPECT_EQ(m.stop(), v1::MIXTURE_STOP_FIRST_EXHAUSTED);
+  EXPECT_EQ(m.sources(0).name(), "file-g");
+  EXPECT_EQ(m.sources(0).fraction(), 1);
+  EXPECT_EQ(m.sources(2).fraction(), 0.25);
+  EXPECT_EQ(job.stages(0).training_mixture().sources(1).weight(), 1);
+}
+
 TEST(JobRequestTest, RefusesBadMixturesAndMaskedThoughtByName) {
   struct Case {
     std::function<void(v1::CreateJobRequest&)> mutate;
@@ -321,6 +446,12 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
          t.mutable_half_ft()->set_reselect(static_cast<v1::HalfFtReselect>(9));
        },
        "trainable.half_ft.reselect"},
+      {[](auto& t) { t.mutable_half_ft()->set_fraction(0); },
+       "trainable.half_ft.fraction: 0 is not in (0, 1]"},
+      {[](auto& t) { t.mutable_half_ft()->set_fraction(1.25); },
+       "trainable.half_ft.fraction"},
+      {[](auto& t) { t.mutable_half_ft()->set_fraction(NAN); },
+       "trainable.half_ft.fraction"},
   };
   for (const Case& c : cases) {
     v1::CreateJobRequest r = Valid();
@@ -354,6 +485,15 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
   EXPECT_NE(
       CheckJobForModel(layers, model).message().find("trainable.layers[0]"),
       std::string::npos);
+  // 0.03 of a 2-layer model's 14 matrices is 0.42: none.
+  v1::CreateJobRequest few = Valid();
+  few.set_adapter(v1::ADAPTER_TYPE_FULL);
+  few.mutable_trainable()->mutable_half_ft()->set_fraction(0.03);
+  ASSERT_TRUE(CheckJobRequest(few).ok());
+  st = CheckJobForModel(few, model);
+  EXPECT_EQ(st.message().substr(0, 28), "trainable.half_ft.fraction: ") << st;
+  few.mutable_trainable()->mutable_half_ft()->set_fraction(0.04);  // 0.56: 1
+  EXPECT_TRUE(CheckJobForModel(few, model).ok());
   dora.mutable_lora()->clear_layers_to_transform();
   dora.mutable_lora()->add_layers_to_transform(2);
   EXPECT_NE(CheckJobForModel(dora, model)
@@ -372,10 +512,87 @@ TEST(JobRequestTest, TrainableSelectionIsCheckedAndResolved) {
   job = ResolveJob(hft, f, model, "p", "ftjob-2", 77, JobDefaults{});
   EXPECT_EQ(job.trainable().half_ft().reselect(), v1::HALF_FT_RESELECT_STAGE);
   EXPECT_EQ(job.trainable().half_ft().seed(), 77);
+  EXPECT_TRUE(job.trainable().half_ft().has_fraction());
+  EXPECT_EQ(job.trainable().half_ft().fraction(), 0.5);
+  EXPECT_TRUE(job.trainable().half_ft().has_include_embeddings());
+  EXPECT_FALSE(job.trainable().half_ft().include_embeddings());
   job = ResolveJob(dora, f, model, "p", "ftjob-3", 77, JobDefaults{});
   EXPECT_TRUE(job.lora().use_dora());
   EXPECT_FALSE(ResolveJob(Valid(), f, model, "p", "ftjob-4", 1, JobDefaults{})
                    .has_trainable());
+}
+
+// A partial full fine-tuning reserves gradients and AdamW state (16 bytes a
+// parameter) for what it trains only; the weights stay whole. A 4-layer
+// model, hidden 64, vocabulary 1000, MLP 160, 4 heads of 16 with 2 kv heads:
+//   ends   1000 * 64 * 2 + 64                         = 128'064
+//   layer  q, o 64 * 64 * 2 + k, v 32 * 64 * 2
+//          + gate, up, down 160 * 64 * 3 + norms 64 * 2 = 43'136
+//   model  128'064 + 4 * 43'136                       = 300'608
+TEST(JobRequestTest, PartialFineTuningReservesStateForTheTrainedPartOnly) {
+  v1::File f;
+  f.set_line_count(10);
+  v1::Model model;
+  model.set_parameter_count(300'608);
+  model.set_hidden_size(64);
+  model.set_num_layers(4);
+  model.set_vocab_size(1000);
+  model.set_intermediate_size(160);
+  model.set_num_attention_heads(4);
+  model.set_num_key_value_heads(2);
+  model.set_head_dim(16);
+  v1::CreateJobRequest r = Valid();
+  r.set_adapter(v1::ADAPTER_TYPE_FULL);
+  const int64_t full =
+      ResolveJob(r, f, model, "p", "ftjob-f", 1, JobDefaults{}).memory_bytes();
+  // The bytes saved against full fine-tuning with `trainable`.
+  auto saved = [&](const std::function<void(v1::Trainable&)>& set,
+                   const v1::Model& m) {
+    v1::CreateJobRequest partial = r;
+    set(*partial.mutable_trainable());
+    EXPECT_TRUE(CheckJobRequest(partial).ok());
+    return full - ResolveJob(partial, f, m, "p", "ftjob-t", 1, JobDefaults{})
+                      .memory_bytes();
+  };
+  // LISA, gamma 2: the ends and 2 layers, 128'064 + 2 * 43'136 = 214'336.
+  EXPECT_EQ(
+      saved([](auto& t) { t.mutable_lisa()->set_activated_layers(2); }, model),
+      (300'608 - 214'336) * 16);
+  // HFT at 0.5: 8 of the 16 attention matrices, at worst q and o
+  // (8 * 4096), and 14 - 8 = 6 MLP ones (6 * 10'240): 94'208.
+  EXPECT_EQ(saved([](auto& t) { t.mutable_half_ft(); }, model),
+            (300'608 - 94'208) * 16);
+  EXPECT_EQ(
+      saved([](auto& t) { t.mutable_half_ft()->set_include_embeddings(true); },
+            model),
+      (300'608 - 94'208 - 128'064) * 16);
+  // HFT at 0.25: 4 attention (q, o), 7 - 4 = 3 MLP: 4 * 4096 + 3 * 10'240.
+  EXPECT_EQ(
+      saved([](auto& t) { t.mutable_half_ft()->set_fraction(0.25); }, model),
+      (300'608 - 47'104) * 16);
+  // CoFiTune: layer 1 (bottom2 of 4)'s up and down, 2 * 10'240; layers 2-3
+  // whole, 2 * 43'136; self_attn and q_proj of every layer, 4 * 12'288.
+  EXPECT_EQ(saved(
+                [](auto& t) {
+                  t.add_layers("bottom2");
+                  t.add_modules("up_proj");
+                  t.add_modules("down_proj");
+                },
+                model),
+            (300'608 - 20'480) * 16);
+  EXPECT_EQ(saved([](auto& t) { t.add_layers("2-3"); }, model),
+            (300'608 - 86'272) * 16);
+  EXPECT_EQ(saved(
+                [](auto& t) {
+                  t.add_modules("self_attn");
+                  t.add_modules("q_proj");
+                },
+                model),
+            (300'608 - 4 * 12'288) * 16);
+  // A model registered without its layer shapes: estimated as full.
+  v1::Model unknown = model;
+  unknown.clear_intermediate_size();
+  EXPECT_EQ(saved([](auto& t) { t.mutable_lisa(); }, unknown), 0);
 }
 
 TEST(JobRequestTest, RefusesBadPreferenceSettingsByName) {

@@ -55,6 +55,49 @@ absl::Status CheckStaysInside(const fs::path& dir, const fs::path& file) {
                    "they are in"));
 }
 
+// A positive integer field of config.json, or `absent` when it has none.
+absl::StatusOr<int64_t> OptionalPositive(const json& config, const char* field,
+                                         const std::string& config_path,
+                                         int64_t absent) {
+  auto it = config.find(field);
+  if (it == config.end()) return absent;
+  if (!it->is_number_integer() || it->get<int64_t>() <= 0) {
+    return Bad(config_path, absl::StrCat(field, ": not a positive integer"));
+  }
+  return it->get<int64_t>();
+}
+
+// The layer shapes for the memory estimate, with the engine's defaults
+// (model_config.cc) for the fields a config may omit. A config without
+// intermediate_size or num_attention_heads leaves them 0: the engine refuses
+// it at setup, and lathed estimates its jobs as full fine-tuning.
+absl::Status ReadLayerShape(const json& config, const std::string& config_path,
+                            v1::Model& m) {
+  ASSIGN_OR_RETURN(
+      int64_t intermediate,
+      OptionalPositive(config, "intermediate_size", config_path, 0));
+  ASSIGN_OR_RETURN(
+      int64_t heads,
+      OptionalPositive(config, "num_attention_heads", config_path, 0));
+  if (heads == 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(
+      int64_t kv_heads,
+      OptionalPositive(config, "num_key_value_heads", config_path, heads));
+  ASSIGN_OR_RETURN(int64_t head_dim,
+                   OptionalPositive(config, "head_dim", config_path,
+                                    m.hidden_size() / heads));
+  auto tied = config.find("tie_word_embeddings");
+  if (tied != config.end() && !tied->is_boolean()) {
+    return Bad(config_path, "tie_word_embeddings: not a boolean");
+  }
+  m.set_intermediate_size(intermediate);
+  m.set_num_attention_heads(heads);
+  m.set_num_key_value_heads(kv_heads);
+  m.set_head_dim(head_dim);
+  m.set_tie_word_embeddings(tied != config.end() && tied->get<bool>());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<v1::Model> InspectModelFolder(const std::string& folder) {
@@ -103,6 +146,7 @@ absl::StatusOr<v1::Model> InspectModelFolder(const std::string& folder) {
     }
     (m.*setter)(it->get<int64_t>());
   }
+  RETURN_IF_ERROR(ReadLayerShape(config, config_path, m));
 
   // Weights: one file, or the shards an index names.
   std::vector<std::string> shards;

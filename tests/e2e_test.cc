@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "absl/strings/str_join.h"
 #include "common/safetensors.h"
 #include "common/sha256.h"
 #include "tests/cluster.h"
@@ -484,6 +485,119 @@ TEST(EndToEndTest, MixtureWithARegulariserAndMaskedThought) {
   auto refused = c.client().CreateJob(bad);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kNotFound) << refused.status();
   EXPECT_NE(refused.status().message().find("training_mixture.sources[1].file_id"),
+            std::string::npos)
+      << refused.status();
+}
+
+// A DMT job through the CLI (METHODS.md §2.2): stage 1 on two halves of
+// the demo data, stage 2 on the general file plus a quarter of each half.
+// It succeeds, streams each step's stage and a message as each stage
+// starts, counts steps across both stages, shows its stages on `jobs get`,
+// its after-job reports (forgetting on the general file, intruder
+// dimensions) are on the job, and its adapter downloads.
+TEST(EndToEndTest, DmtTwoStageJobThroughTheCli) {
+  auto cluster = Cluster::Start(TestRoot("e2e-dmt"), 1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  std::ifstream in(c.demo_dir() + "/train.jsonl");
+  std::ofstream a(c.root() + "/a.jsonl"), b(c.root() + "/b.jsonl");
+  int line_number = 0;
+  for (std::string line; std::getline(in, line); ++line_number) {
+    (line_number < 48 ? a : b) << line << "\n";
+  }
+  a.close();
+  b.close();
+  auto upload = [&](const std::string& path) {
+    auto f = c.client().UploadFile(path, "fine-tune", nullptr);
+    EXPECT_TRUE(f.ok()) << f.status();
+    return f.ok() ? f->id() : "";
+  };
+  const std::string fa = upload(c.root() + "/a.jsonl");
+  const std::string fb = upload(c.root() + "/b.jsonl");
+  const std::string fg = upload(c.demo_dir() + "/valid.jsonl");  // 16 lines
+  ASSERT_FALSE(fa.empty() || fb.empty() || fg.empty());
+  auto cli = [&](std::vector<std::string> args, std::string* out) {
+    std::vector<std::string> argv = {Binaries().cli, "--server", c.address(), "--api_key",
+                                     c.api_key()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    for (const std::string& f : c.CliTlsFlags()) argv.push_back(f);
+    return RunCommand(argv, out);
+  };
+  std::string out;
+  ASSERT_EQ(cli({"jobs", "create", "--model", "lathe-demo", "--mixture",
+                 fa + ":1:" + fg + "," + fb + ":1", "--mixture-strategy", "concat", "--dmt", fg,
+                 "--dmt-k", "1/4", "--general-file", fg, "--n-epochs", "1", "--batch-size", "4",
+                 "--seed", "3", "-o", "json"},
+                &out),
+            0)
+      << out << c.Logs();
+  const auto json_start = out.find('{');
+  ASSERT_NE(json_start, std::string::npos) << out;
+  const std::string job_id = nlohmann::json::parse(out.substr(json_start))["id"];
+
+  std::vector<int> stages;
+  std::vector<std::string> messages;
+  auto st = c.client().WatchJob(
+      job_id, "",
+      [&](const v1::WatchJobResponse& u) {
+        if (u.event().type() == "metrics") {
+          stages.push_back(u.event().metrics().stage());
+        } else {
+          messages.push_back(u.event().message());
+        }
+      },
+      absl::Now() + absl::Minutes(5));
+  ASSERT_TRUE(st.ok()) << st << c.Logs();
+  auto done = c.client().GetJob(job_id);
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED) << done->error().message() << c.Logs();
+  // Stage 1: 80 examples, 20 steps; stage 2: 16 + floor(48 / 4) +
+  // floor(32 / 4) = 36 examples, 9 steps.
+  ASSERT_EQ(stages.size(), 29u);
+  EXPECT_EQ(done->progress().steps_total(), 29);
+  for (size_t i = 0; i < stages.size(); ++i) EXPECT_EQ(stages[i], i < 20 ? 1 : 2) << i;
+  const std::string all = absl::StrJoin(messages, "\n");
+  EXPECT_NE(all.find("Stage 1/2 \"specialised\" from step 1"), std::string::npos) << all;
+  EXPECT_NE(all.find("Stage 2/2 \"general\" from step 21: from stage 1's weights"),
+            std::string::npos)
+      << all;
+
+  ASSERT_EQ(cli({"jobs", "get", job_id}, &out), 0) << out;
+  EXPECT_NE(out.find("stage:            specialised n_epochs=1 strategy=concat"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("stage:            general n_epochs=1 strategy=concat"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find(fb + " file=" + fb + " weight=1 fraction=0.25"), std::string::npos) << out;
+  // The after-job reports: the general file's loss before and after, and
+  // the intruder count of every adapted matrix (2 layers x q, k, v, o).
+  const v1::ForgettingReport& forgetting = done->report().forgetting();
+  EXPECT_GT(forgetting.loss_before(), 0);
+  EXPECT_NE(forgetting.loss_after(), forgetting.loss_before());
+  EXPECT_DOUBLE_EQ(forgetting.delta(), forgetting.loss_after() - forgetting.loss_before());
+  EXPECT_EQ(forgetting.tokens_counted(), "assistant");
+  EXPECT_EQ(done->report().intruders().top_k(), 10);
+  EXPECT_GT(done->report().intruders().matrices_size(), 0);
+  EXPECT_NE(out.find("forgetting:       loss "), std::string::npos) << out;
+  EXPECT_NE(out.find("intruders:        "), std::string::npos) << out;
+  EXPECT_NE(all.find("general_file loss"), std::string::npos) << all;
+
+  std::string adapter_dir = c.root() + "/adapter";
+  fs::remove_all(adapter_dir);
+  auto files = c.client().DownloadAdapter(job_id, adapter_dir, nullptr);
+  ASSERT_TRUE(files.ok()) << files.status();
+  for (const auto& f : done->result_files()) {
+    EXPECT_EQ(*Sha256File(adapter_dir + "/" + f.name()), f.sha256()) << f.name();
+  }
+
+  // A stage's missing file is NOT_FOUND by its field; nothing is stored.
+  v1::CreateJobRequest bad;
+  bad.set_model("lathe-demo");
+  bad.add_stages()->mutable_training_mixture()->add_sources()->set_file_id(fa);
+  bad.add_stages()->mutable_training_mixture()->add_sources()->set_file_id("file-nope");
+  auto refused = c.client().CreateJob(bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kNotFound) << refused.status();
+  EXPECT_NE(refused.status().message().find("stages[1].training_mixture.sources[0].file_id"),
             std::string::npos)
       << refused.status();
 }

@@ -5,6 +5,7 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "common/job_method.h"
 #include "absl/synchronization/mutex.h"
 #include "common/echo.h"
 #include "common/ids.h"
@@ -83,30 +84,34 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
     }
     return file;
   };
-  const auto& sources = r.training_mixture().sources();
-  for (int i = 0; i < sources.size(); ++i) {
-    const std::string at = absl::StrCat("training_mixture.sources[", i, "].");
-    // A mixture is supervised data: a preference file does not fit it.
-    auto supervised = [&](const std::string& field,
-                          const std::string& id) -> absl::Status {
-      ASSIGN_OR_RETURN(v1::File file, own_file(field, id));
-      if (file.format() == "preference") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            field, ": ", id,
-            " holds preference data; a mixture trains on chat, "
-            "prompt/completion or text data"));
+  for (const auto& [mixture_field, mixture] : TrainingMixtures(r)) {
+    const auto& sources = mixture->sources();
+    for (int i = 0; i < sources.size(); ++i) {
+      const std::string at = absl::StrCat(mixture_field, ".sources[", i, "].");
+      // A mixture is supervised data: a preference file does not fit it.
+      auto supervised = [&](const std::string& field,
+                            const std::string& id) -> absl::Status {
+        ASSIGN_OR_RETURN(v1::File file, own_file(field, id));
+        if (file.format() == "preference") {
+          return absl::InvalidArgumentError(absl::StrCat(
+              field, ": ", id,
+              " holds preference data; a mixture trains on chat, "
+              "prompt/completion or text data"));
+        }
+        return absl::OkStatus();
+      };
+      RETURN_IF_ERROR(supervised(at + "file_id", sources[i].file_id()));
+      if (!sources[i].validation_file_id().empty()) {
+        RETURN_IF_ERROR(
+            supervised(at + "validation_file_id", sources[i].validation_file_id()));
       }
-      return absl::OkStatus();
-    };
-    RETURN_IF_ERROR(supervised(at + "file_id", sources[i].file_id()));
-    if (!sources[i].validation_file_id().empty()) {
-      RETURN_IF_ERROR(
-          supervised(at + "validation_file_id", sources[i].validation_file_id()));
     }
   }
-  auto training = sources.empty()
+  const auto mixtures = TrainingMixtures(r);
+  auto training = mixtures.empty()
                       ? own_file("training_file", r.training_file())
-                      : own_file("training_mixture.sources[0].file_id", sources[0].file_id());
+                      : own_file(mixtures[0].first + ".sources[0].file_id",
+                                 mixtures[0].second->sources(0).file_id());
   if (!training.ok()) return training.status();
   std::optional<v1::File> validation;
   if (!r.validation_file().empty()) {
@@ -119,6 +124,17 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
   }
   RETURN_IF_ERROR(
       CheckJobFiles(r, *training, validation ? &*validation : nullptr));
+  // The forgetting report's general file is supervised data of the project.
+  if (!r.reports().general_file().empty()) {
+    ASSIGN_OR_RETURN(v1::File general,
+                     own_file("reports.general_file", r.reports().general_file()));
+    if (general.format() == "preference") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "reports.general_file: ", general.id(),
+          " holds preference data; the forgetting report measures a loss on chat, "
+          "prompt/completion or text data"));
+    }
+  }
   thread_local absl::BitGen gen;
   v1::Job job = ResolveJob(r, *training, *model, caller.project, NewId("ftjob"),
                            absl::Uniform<int64_t>(gen, 0, 1LL << 31),

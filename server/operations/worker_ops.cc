@@ -1,6 +1,7 @@
 #include "server/operations/worker_ops.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/job_method.h"
 #include "common/echo.h"
 #include "common/status_macros.h"
 #include "server/request_limits.h"
@@ -28,10 +29,13 @@ absl::StatusOr<std::string> WorkerOps::FetchFile(
   RETURN_IF_ERROR(CheckAttempt(r.job_id(), r.attempt()));
   ASSIGN_OR_RETURN(v1::Job job, deps_.store->GetJob(r.job_id()));
   bool of_job = r.file_id() == job.training_file() ||
-                r.file_id() == job.validation_file();
-  for (const v1::MixtureSource& s : job.training_mixture().sources()) {
-    of_job = of_job || r.file_id() == s.file_id() ||
-             r.file_id() == s.validation_file_id();
+                r.file_id() == job.validation_file() ||
+                r.file_id() == job.reports().general_file();
+  for (const auto& [field, mixture] : TrainingMixtures(job)) {
+    for (const v1::MixtureSource& s : mixture->sources()) {
+      of_job = of_job || r.file_id() == s.file_id() ||
+               r.file_id() == s.validation_file_id();
+    }
   }
   if (r.file_id().empty() || !of_job) {
     return absl::NotFoundError(absl::StrCat("file_id: ", Echo(r.file_id()),

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/job_method.h"
 #include "absl/strings/strip.h"
 #include "common/echo.h"
 #include "common/ids.h"
@@ -154,10 +155,14 @@ INSERT INTO job_files SELECT id, 'training_file', training_file FROM jobs
 INSERT INTO job_files SELECT id, 'validation_file', validation_file FROM jobs
   WHERE validation_file != '';
 )sql",
+    // 6: a succeeded job's after-job reports (v1::JobReport).
+    R"sql(
+ALTER TABLE jobs ADD COLUMN report BLOB;
+)sql",
 };
 
 // Every file `job` reads, by the field that names it: its training and
-// validation files and each mixture source's.
+// validation files and each mixture source's (of every stage).
 std::vector<std::pair<std::string, std::string>> JobFiles(const v1::Job& job) {
   std::vector<std::pair<std::string, std::string>> files;
   if (!job.training_file().empty()) {
@@ -166,14 +171,19 @@ std::vector<std::pair<std::string, std::string>> JobFiles(const v1::Job& job) {
   if (!job.validation_file().empty()) {
     files.push_back({"validation_file", job.validation_file()});
   }
-  const auto& sources = job.training_mixture().sources();
-  for (int i = 0; i < sources.size(); ++i) {
-    const std::string at = absl::StrCat("training_mixture.sources[", i, "].");
-    if (!sources[i].file_id().empty()) {
-      files.push_back({at + "file_id", sources[i].file_id()});
-    }
-    if (!sources[i].validation_file_id().empty()) {
-      files.push_back({at + "validation_file_id", sources[i].validation_file_id()});
+  if (!job.reports().general_file().empty()) {
+    files.push_back({"reports.general_file", job.reports().general_file()});
+  }
+  for (const auto& [mixture_field, mixture] : TrainingMixtures(job)) {
+    const auto& sources = mixture->sources();
+    for (int i = 0; i < sources.size(); ++i) {
+      const std::string at = absl::StrCat(mixture_field, ".sources[", i, "].");
+      if (!sources[i].file_id().empty()) {
+        files.push_back({at + "file_id", sources[i].file_id()});
+      }
+      if (!sources[i].validation_file_id().empty()) {
+        files.push_back({at + "validation_file_id", sources[i].validation_file_id()});
+      }
     }
   }
   return files;
@@ -722,8 +732,8 @@ absl::StatusOr<v1::Job> Store::LoadJob(const std::string& id) {
       auto s, db_->Prepare("SELECT spec, status, attempt, error, "
                            "fine_tuned_model, trained_tokens, steps_done, "
                            "steps_total, started_at, finished_at, seq, "
-                           "attempt_started_ms, failures, resume_requested "
-                           "FROM jobs WHERE id = ?"));
+                           "attempt_started_ms, failures, resume_requested, "
+                           "report FROM jobs WHERE id = ?"));
   s.Bind(1, id);
   ASSIGN_OR_RETURN(bool row, s.Step());
   if (!row) return absl::NotFoundError(absl::StrCat("no such job: ", id));
@@ -744,6 +754,7 @@ absl::StatusOr<v1::Job> Store::LoadJob(const std::string& id) {
   int64_t attempt_started_ms = s.ColumnInt(11);
   job.set_failed_attempts(static_cast<int32_t>(s.ColumnInt(12)));
   job.set_resume_requested(s.ColumnInt(13) != 0);
+  if (!s.ColumnIsNull(14)) job.mutable_report()->ParseFromString(s.ColumnBlob(14));
   if (job.status() == v1::JOB_STATUS_RUNNING && done > 0 && total > done &&
       attempt_started_ms > 0) {
     // Extrapolate from this attempt's pace (steps resumed from a checkpoint
@@ -913,7 +924,8 @@ absl::StatusOr<v1::Job> Store::TransitionLocked(
           " not_before_ms = COALESCE(?14, not_before_ms),"
           " failures = failures + ?15,"
           " resume_requested = CASE WHEN ?1 = ?16 THEN resume_requested"
-          "   ELSE 0 END"
+          "   ELSE 0 END,"
+          " report = COALESCE(?17, report)"
           " WHERE id = ?11 AND status = ?12 AND (?13 IS NULL OR attempt = "
           "?13)"));
   stmt.Bind(1, static_cast<int64_t>(to));
@@ -940,6 +952,8 @@ absl::StatusOr<v1::Job> Store::TransitionLocked(
     stmt.Bind(14, *update.not_before_ms);
   else
     stmt.BindNull(14);
+  if (update.report) stmt.BindBlob(17, update.report->SerializeAsString());
+  else stmt.BindNull(17);
   stmt.Bind(15, static_cast<int64_t>(update.count_failure ? 1 : 0));
   // Leaving `paused` by any path ends a pending resume request.
   stmt.Bind(16, static_cast<int64_t>(v1::JOB_STATUS_PAUSED));

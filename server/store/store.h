@@ -43,6 +43,7 @@ struct TransitionUpdate {
   std::optional<v1::JobError> error;
   std::optional<std::string> fine_tuned_model;
   std::optional<int64_t> trained_tokens;
+  std::optional<v1::JobReport> report;   // succeeded: the after-job reports
   std::optional<int64_t> not_before_ms;  // queued: not placed before
   bool count_failure = false;  // the attempt failed (failed_attempts + 1)
   std::string message;         // the event's text

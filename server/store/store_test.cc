@@ -508,6 +508,56 @@ TEST_F(StoreTest, EveryFileOfAMixtureIsHeldWhileTheJobRuns) {
   }
 }
 
+// Each stage's files (DMT's general file is only stage 2's) are held too.
+TEST_F(StoreTest, EveryFileOfEveryStageIsHeldWhileTheJobRuns) {
+  for (const char* id : {"file-s1", "file-s2", "file-sv"}) {
+    ASSERT_TRUE(store_->InsertFile(MakeFile(id)).ok());
+  }
+  v1::Job job = MakeJob("ftjob-stages");
+  job.set_training_file("file-s1");
+  job.add_stages()->mutable_training_mixture()->add_sources()->set_file_id("file-s1");
+  auto* general = job.add_stages()->mutable_training_mixture()->add_sources();
+  general->set_file_id("file-s2");
+  general->set_validation_file_id("file-sv");
+  v1::Job missing = job;
+  missing.set_id("ftjob-missing");
+  missing.mutable_stages(1)->mutable_training_mixture()->mutable_sources(0)->set_validation_file_id(
+      "file-gone");
+  auto refused = CreateJob(missing, "", "");
+  EXPECT_TRUE(absl::IsNotFound(refused.status())) << refused.status();
+  EXPECT_EQ(refused.status().message(),
+            "stages[1].training_mixture.sources[0].validation_file_id: no such file file-gone");
+  ASSERT_TRUE(CreateJob(job, "", "").ok());
+  for (const char* id : {"file-s1", "file-s2", "file-sv"}) {
+    EXPECT_TRUE(absl::IsFailedPrecondition(store_->DeleteFile(id).status())) << id;
+  }
+}
+
+// A succeeded job keeps its after-job report; its general file is held
+// while it runs.
+TEST_F(StoreTest, ASucceededJobKeepsItsReport) {
+  ASSERT_TRUE(store_->InsertFile(MakeFile("file-gen")).ok());
+  v1::Job job = MakeJob("ftjob-report");
+  job.mutable_reports()->set_general_file("file-gen");
+  ASSERT_TRUE(CreateJob(job, "", "").ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->DeleteFile("file-gen").status()));
+  ASSERT_TRUE(store_->Transition("ftjob-report", v1::JOB_STATUS_QUEUED,
+                                 v1::JOB_STATUS_RUNNING, std::nullopt, {}).ok());
+  TransitionUpdate done;
+  v1::JobReport report;
+  report.mutable_forgetting()->set_loss_before(1.5);
+  report.mutable_forgetting()->set_loss_after(1.75);
+  report.mutable_intruders()->set_total(3);
+  done.report = report;
+  ASSERT_TRUE(store_->Transition("ftjob-report", v1::JOB_STATUS_RUNNING,
+                                 v1::JOB_STATUS_SUCCEEDED, std::nullopt, done).ok());
+  auto loaded = store_->GetJob("ftjob-report");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->report().forgetting().loss_after(), 1.75);
+  EXPECT_EQ(loaded->report().intruders().total(), 3);
+  EXPECT_TRUE(store_->DeleteFile("file-gen").ok());
+}
+
 TEST_F(StoreTest, ListJobsFiltersByStatusAndMetadata) {
   for (int i = 0; i < 4; ++i) {
     v1::Job j = MakeJob("ftjob-" + std::to_string(i));
@@ -624,7 +674,7 @@ TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
   auto db = Database::Open(path);
   ASSERT_TRUE(db.ok());
-  EXPECT_EQ(*(*db)->UserVersion(), 5);
+  EXPECT_EQ(*(*db)->UserVersion(), 6);
 }
 
 TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
@@ -642,21 +692,22 @@ TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
   }
   {
     // The events table as the schema before per-job numbers had it, and
-    // no job_files (migration 5) yet.
+    // no job_files (migration 5) or report column (6) yet.
     auto db = Database::Open(path);
     ASSERT_TRUE(db.ok());
     int version = *(*db)->UserVersion();
-    ASSERT_EQ(version, 5);
+    ASSERT_EQ(version, 6);
     ASSERT_TRUE(
         (*db)
-            ->Execute("DROP TABLE job_files;"
+            ->Execute("ALTER TABLE jobs DROP COLUMN report;"
+                      "DROP TABLE job_files;"
                       "DROP INDEX events_by_job_seq;"
                       "ALTER TABLE events DROP COLUMN job_seq;"
                       "CREATE INDEX events_by_job ON events(job_id, seq);")
             .ok());
     ASSERT_TRUE(
         (*db)
-            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 2))
+            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 3))
             .ok());
   }
   auto s = Store::Open(path);

@@ -15,6 +15,7 @@
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/agent/attempt_setup.h"
+#include "worker/agent/job_options.h"
 #include "worker/agent/device_report.h"
 #include "worker/engine/recipes/run.h"
 
@@ -474,18 +475,30 @@ void Agent::RunAttempt(Attempt* attempt) {
     fetched =
         FetchFile(attempt, job.training_file(), o.data.training_file, &error);
   }
-  // A mixture's sources and their validation files, in the job's order.
-  for (size_t i = 0; fetched && i < o.data.mixture.sources.size(); ++i) {
-    const v1::MixtureSource& wire = job.training_mixture().sources(i);
-    const engine::MixtureSourceSpec& source = o.data.mixture.sources[i];
-    fetched = FetchFile(attempt, wire.file_id(), source.file, &error) &&
-              (source.validation_file.empty() ||
-               FetchFile(attempt, wire.validation_file_id(),
-                         source.validation_file, &error));
+  // A mixture's sources and their validation files, in the job's order;
+  // each stage's likewise.
+  auto fetch_mixture = [&](const v1::Mixture& wire_mixture,
+                           const engine::MixtureSpec& mixture) {
+    for (size_t i = 0; fetched && i < mixture.sources.size(); ++i) {
+      const v1::MixtureSource& wire = wire_mixture.sources(i);
+      const engine::MixtureSourceSpec& source = mixture.sources[i];
+      fetched = FetchFile(attempt, wire.file_id(), source.file, &error) &&
+                (source.validation_file.empty() ||
+                 FetchFile(attempt, wire.validation_file_id(),
+                           source.validation_file, &error));
+    }
+  };
+  fetch_mixture(job.training_mixture(), o.data.mixture);
+  for (size_t s = 0; fetched && s < o.data.stages.size(); ++s) {
+    fetch_mixture(job.stages(s).training_mixture(), o.data.stages[s].mixture);
   }
   if (fetched && !o.data.validation_file.empty()) {
     fetched = FetchFile(attempt, job.validation_file(),
                         o.data.validation_file, &error);
+  }
+  if (fetched && !o.evaluation.general_file.empty()) {
+    fetched = FetchFile(attempt, job.reports().general_file(),
+                        o.evaluation.general_file, &error);
   }
   if (fetched && !o.checkpoint.resume_from.empty()) {
     fetched = FetchCheckpoint(attempt, as.resume_from(),
@@ -517,11 +530,26 @@ void Agent::RunAttempt(Attempt* attempt) {
                            .num_virtual_tokens,
                        " virtual tokens")
                  : std::string("full fine-tuning"),
-             " on ", job.model(), ", ", o.schedule.n_epochs,
-             " epochs, batch ", o.data.batch_size, ", lr ",
+             " on ", job.model(), ", ",
+             o.data.stages.empty()
+                 ? absl::StrCat(o.schedule.n_epochs, " epochs")
+                 : absl::StrCat(o.data.stages.size(), " stages"),
+             ", batch ", o.data.batch_size, ", lr ",
              o.optimizer.learning_rate)));
     engine::TrainHooks hooks;
+    int stage = 0;  // of the last step reported
     hooks.on_step = [&](const engine::StepMetrics& m) {
+      if (m.stage != stage && m.stage > 0) {
+        stage = m.stage;
+        const engine::StageSpec& spec = o.data.stages[stage - 1];
+        Emit(attempt,
+             Message(absl::StrCat(
+                 "Stage ", stage, "/", o.data.stages.size(), " \"",
+                 spec.name, "\" from step ", m.step,
+                 stage > 1 ? absl::StrCat(": from stage ", stage - 1,
+                                          "'s weights, a fresh optimizer")
+                           : std::string())));
+      }
       v1::JobEvent e;
       e.set_type("metrics");
       e.set_level("info");
@@ -535,6 +563,7 @@ void Agent::RunAttempt(Attempt* attempt) {
       mm->set_learning_rate(m.learning_rate);
       mm->set_tokens_per_second(m.tokens_per_second);
       mm->set_trained_tokens(m.trained_tokens);
+      mm->set_stage(m.stage);
       if (m.validation_loss) {
         (*mm->mutable_values())["valid_loss"] = *m.validation_loss;
       }
@@ -585,6 +614,7 @@ void Agent::RunAttempt(Attempt* attempt) {
     auto result = engine::Train(o, hooks);
     if (result.ok()) {
       outcome.set_trained_tokens(result->trained_tokens);
+      *outcome.mutable_report() = ReportForResult(o, *result);
       if (result->truncated_examples > 0) {
         Emit(attempt,
              Message(absl::StrCat(result->truncated_examples,

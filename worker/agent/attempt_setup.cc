@@ -17,15 +17,23 @@ absl::StatusOr<engine::RunSpec> RunSpecFor(const v1::Assignment& as,
   ASSIGN_OR_RETURN(engine::RunSpec spec, RunSpecForJob(job));
   // A mixture's sources in place of training_file: their file ids become
   // the paths the agent fetches them to.
-  for (size_t i = 0; i < spec.data.mixture.sources.size(); ++i) {
-    engine::MixtureSourceSpec& source = spec.data.mixture.sources[i];
-    source.file = (fs::path(dir) / absl::StrCat("source-", i, ".jsonl")).string();
-    if (!source.validation_file.empty()) {
-      source.validation_file =
-          (fs::path(dir) / absl::StrCat("source-", i, "-valid.jsonl")).string();
+  auto place = [&](engine::MixtureSpec& mixture, const std::string& prefix) {
+    for (size_t i = 0; i < mixture.sources.size(); ++i) {
+      engine::MixtureSourceSpec& source = mixture.sources[i];
+      source.file =
+          (fs::path(dir) / absl::StrCat(prefix, "source-", i, ".jsonl")).string();
+      if (!source.validation_file.empty()) {
+        source.validation_file =
+            (fs::path(dir) / absl::StrCat(prefix, "source-", i, "-valid.jsonl"))
+                .string();
+      }
     }
+  };
+  place(spec.data.mixture, "");
+  for (size_t s = 0; s < spec.data.stages.size(); ++s) {
+    place(spec.data.stages[s].mixture, absl::StrCat("stage-", s, "-"));
   }
-  if (spec.data.mixture.sources.empty()) {
+  if (spec.data.mixture.sources.empty() && spec.data.stages.empty()) {
     spec.data.training_file = (fs::path(dir) / "train.jsonl").string();
     spec.data.training_file_name =
         absl::StrCat("training_file ", job.training_file());
@@ -34,6 +42,11 @@ absl::StatusOr<engine::RunSpec> RunSpecFor(const v1::Assignment& as,
     spec.data.validation_file = (fs::path(dir) / "valid.jsonl").string();
     spec.data.validation_file_name =
         absl::StrCat("validation_file ", job.validation_file());
+  }
+  if (!job.reports().general_file().empty()) {
+    spec.evaluation.general_file = (fs::path(dir) / "general.jsonl").string();
+    spec.evaluation.general_file_name =
+        absl::StrCat("reports.general_file ", job.reports().general_file());
   }
   if (as.has_resume_from()) {
     spec.checkpoint.resume_from = (fs::path(dir) / "resume").string();

@@ -37,7 +37,10 @@ absl::StatusOr<engine::TrainableSpec> TrainableForJob(
   }
   if (wire.has_half_ft()) {
     engine::HalfFtSpec half{
-        .reselect = "", .seed = static_cast<uint64_t>(wire.half_ft().seed())};
+        .reselect = "",
+        .seed = static_cast<uint64_t>(wire.half_ft().seed()),
+        .fraction = wire.half_ft().fraction(),
+        .include_embeddings = wire.half_ft().include_embeddings()};
     for (const ReselectName& r : kReselects) {
       if (r.wire == wire.half_ft().reselect()) half.reselect = r.engine;
     }
@@ -97,12 +100,15 @@ auto WireValue(const Table& table, const std::string& engine) {
 // The mixture as the engine's data.mixture. The sources' file and
 // validation_file hold the job's file ids here; the agent puts the fetched
 // paths in their place (attempt_setup.h).
-absl::Status MixtureForJob(const v1::Mixture& wire, engine::MixtureSpec& m) {
+// `field`: where the job holds it ("training_mixture",
+// "stages[1].training_mixture"), for the sources' file names.
+absl::Status MixtureForJob(const v1::Mixture& wire, const std::string& field,
+                           engine::MixtureSpec& m) {
   m.strategy = EngineName(kStrategies, wire.strategy());
   m.stop = EngineName(kStops, wire.stop());
   if (m.strategy.empty() || m.stop.empty()) {
     return absl::InvalidArgumentError(
-        "training_mixture: its strategy or stop is not resolved");
+        absl::StrCat(field, ": its strategy or stop is not resolved"));
   }
   m.temperature = wire.temperature();
   for (int i = 0; i < wire.sources_size(); ++i) {
@@ -110,13 +116,13 @@ absl::Status MixtureForJob(const v1::Mixture& wire, engine::MixtureSpec& m) {
     m.sources.push_back(
         {.name = s.name(),
          .file = s.file_id(),
-         .file_name = absl::StrCat("training_mixture.sources[", i,
-                                   "].file_id ", s.file_id()),
+         .file_name = absl::StrCat(field, ".sources[", i, "].file_id ",
+                                   s.file_id()),
          .validation_file = s.validation_file_id(),
          .validation_file_name =
              s.validation_file_id().empty()
                  ? ""
-                 : absl::StrCat("training_mixture.sources[", i,
+                 : absl::StrCat(field, ".sources[", i,
                                 "].validation_file_id ",
                                 s.validation_file_id()),
          .weight = s.weight(),
@@ -248,10 +254,33 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
         "method.type: \"", job.method().type(), "\" has no engine recipe"));
   }
   if (job.training_mixture().sources_size() > 0) {
-    if (absl::Status s = MixtureForJob(job.training_mixture(), spec.data.mixture);
+    if (absl::Status s = MixtureForJob(job.training_mixture(),
+                                       "training_mixture", spec.data.mixture);
         !s.ok()) {
       return s;
     }
+  }
+  for (int i = 0; i < job.stages_size(); ++i) {
+    const v1::TrainingStage& wire = job.stages(i);
+    engine::StageSpec& stage = spec.data.stages.emplace_back();
+    stage.name = wire.name();
+    stage.n_epochs = wire.n_epochs();
+    if (absl::Status s = MixtureForJob(
+            wire.training_mixture(),
+            absl::StrCat("stages[", i, "].training_mixture"), stage.mixture);
+        !s.ok()) {
+      return s;
+    }
+  }
+  // After-job reports: the general file's id here; the agent puts the
+  // fetched path in its place (attempt_setup.h).
+  spec.evaluation.general_file = job.reports().general_file();
+  spec.evaluation.general_tokens =
+      job.reports().all_tokens() ? "all" : "assistant";
+  // Jobs stored before reports were resolved count no intruders.
+  spec.evaluation.intruder_top_k = job.reports().intruder_top_k();
+  if (job.reports().intruder_epsilon() > 0) {
+    spec.evaluation.intruder_epsilon = job.reports().intruder_epsilon();
   }
   spec.schedule.n_epochs = hp.n_epochs();
   spec.data.batch_size = hp.batch_size();
@@ -313,6 +342,9 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
           wire.mutable_half_ft()->set_reselect(r.wire);
       }
       wire.mutable_half_ft()->set_seed(static_cast<int64_t>(t.half_ft->seed));
+      wire.mutable_half_ft()->set_fraction(t.half_ft->fraction);
+      wire.mutable_half_ft()->set_include_embeddings(
+          t.half_ft->include_embeddings);
     }
   }
   const std::string type = engine::ObjectiveType(spec.objective);
@@ -354,6 +386,11 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
       spec.optimizer.gradient_accumulation_steps);
   hp.set_max_seq_len(spec.data.max_seq_len);
   hp.set_eval_every_steps(spec.evaluation.every_steps);
+  v1::Reports& reports = *job.mutable_reports();
+  reports.set_general_file(spec.evaluation.general_file);
+  reports.set_all_tokens(spec.evaluation.general_tokens == "all");
+  reports.set_intruder_top_k(spec.evaluation.intruder_top_k);
+  reports.set_intruder_epsilon(spec.evaluation.intruder_epsilon);
   hp.set_max_grad_norm(spec.optimizer.max_grad_norm);
   hp.set_checkpoint_every_steps(spec.checkpoint.every_steps);
   const auto* sft = std::get_if<engine::SftSpec>(&spec.objective);
@@ -366,9 +403,7 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
     wire.set_warmup_ratio(mt.warmup_ratio);
     if (mt.mask_token != "pad") wire.set_mask_token_id(std::stoi(mt.mask_token));
   }
-  const engine::MixtureSpec& m = spec.data.mixture;
-  if (!m.sources.empty()) {
-    v1::Mixture& wire = *job.mutable_training_mixture();
+  auto mixture_wire = [](const engine::MixtureSpec& m, v1::Mixture& wire) {
     wire.set_strategy(WireValue(kStrategies, m.strategy));
     wire.set_stop(WireValue(kStops, m.stop));
     wire.set_temperature(m.temperature);
@@ -381,8 +416,50 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
       source.set_proportion(s.proportion);
       source.set_fraction(s.fraction);
     }
+  };
+  if (!spec.data.mixture.sources.empty()) {
+    mixture_wire(spec.data.mixture, *job.mutable_training_mixture());
+  }
+  for (size_t i = 0; i < spec.data.stages.size(); ++i) {
+    const engine::StageSpec& stage = spec.data.stages[i];
+    v1::TrainingStage& wire = *job.add_stages();
+    wire.set_name(stage.name.empty() ? absl::StrCat("stage-", i + 1)
+                                     : stage.name);
+    wire.set_n_epochs(stage.n_epochs > 0 ? stage.n_epochs
+                                         : spec.schedule.n_epochs);
+    mixture_wire(stage.mixture, *wire.mutable_training_mixture());
   }
   return job;
+}
+
+v1::JobReport ReportForResult(const engine::RunSpec& spec,
+                              const engine::TrainResult& result) {
+  v1::JobReport report;
+  if (result.forgetting.has_value()) {
+    const engine::ForgettingReport& f = *result.forgetting;
+    v1::ForgettingReport& wire = *report.mutable_forgetting();
+    wire.set_loss_before(f.loss_before);
+    wire.set_loss_after(f.loss_after);
+    wire.set_delta(f.delta());
+    wire.set_ppl_ratio(f.ppl_ratio());
+    wire.set_tokens(f.tokens);
+    wire.set_tokens_counted(f.tokens_counted);
+  }
+  if (!result.intruders.empty()) {
+    v1::IntruderReport& wire = *report.mutable_intruders();
+    wire.set_top_k(spec.evaluation.intruder_top_k);
+    wire.set_epsilon(spec.evaluation.intruder_epsilon);
+    int total = 0;
+    for (const engine::IntruderMatrix& m : result.intruders) {
+      v1::IntruderMatrix& matrix = *wire.add_matrices();
+      matrix.set_name(m.name);
+      matrix.set_intruders(m.intruders);
+      matrix.set_min_similarity(m.min_similarity);
+      total += m.intruders;
+    }
+    wire.set_total(total);
+  }
+  return report;
 }
 
 }  // namespace lathe::worker

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "lathe/v1/fine_tuning.pb.h"
+#include "worker/engine/recipes/run.h"
 #include "worker/engine/spec/run_spec.h"
 
 namespace lathe::worker {
@@ -23,6 +24,12 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job);
 
 // The inverse over the same fields, for the round-trip test.
 v1::Job JobForRunSpec(const engine::RunSpec& spec);
+
+// What the after-job reports of a finished run found (METHODS.md §9), as
+// the job's report: the forgetting report when the run had a general file,
+// the intruder counts when it counted them.
+v1::JobReport ReportForResult(const engine::RunSpec& spec,
+                              const engine::TrainResult& result);
 
 }  // namespace lathe::worker
 

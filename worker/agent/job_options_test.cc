@@ -1,5 +1,6 @@
 #include "worker/agent/job_options.h"
 
+#include <cmath>
 #include <gtest/gtest.h>
 
 #include <set>
@@ -83,6 +84,10 @@ v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supe
                 method == "dpo"    ? std::set<std::string>{}
                 : method == "orpo" ? kDpoOnly
                                    : kPreference);
+  job.mutable_reports()->set_general_file("file-general");
+  job.mutable_reports()->set_all_tokens(true);
+  job.mutable_reports()->set_intruder_top_k(5);
+  job.mutable_reports()->set_intruder_epsilon(0.25);
   if (method == std::string("prompt_tuning")) {
     job.set_adapter(v1::ADAPTER_TYPE_PROMPT_TUNING);
     auto* p = job.mutable_method()->mutable_prompt_tuning();
@@ -111,6 +116,14 @@ v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supe
     s.set_proportion(i == 0 ? 0 : 0.25);
     s.set_fraction(0.5);
   }
+  // Not a valid job (a mixture and stages at once), but every field
+  // travels.
+  for (const char* name : {"specialised", "general"}) {
+    v1::TrainingStage& stage = *job.add_stages();
+    stage.set_name(name);
+    stage.set_n_epochs(2);
+    *stage.mutable_training_mixture() = mixture;
+  }
   return job;
 }
 
@@ -128,6 +141,35 @@ TEST(JobOptionsTest, EveryResolvedSettingReachesTheEngineAndBack) {
           << method << " " << v1::AdapterType_Name(adapter) << ":\n" << report;
     }
   }
+}
+
+TEST(JobOptionsTest, ReportsReachTheJobAsTheEngineFoundThem) {
+  engine::RunSpec spec;
+  spec.evaluation.intruder_top_k = 10;
+  spec.evaluation.intruder_epsilon = 0.5;
+  engine::TrainResult result;
+  EXPECT_FALSE(ReportForResult(spec, result).has_forgetting());
+  EXPECT_FALSE(ReportForResult(spec, result).has_intruders());
+  result.forgetting = engine::ForgettingReport{
+      .loss_before = 2.0, .loss_after = 2.5, .tokens = 40, .tokens_counted = "all"};
+  result.intruders = {{.name = "model.layers.0.self_attn.q_proj.weight",
+                       .intruders = 2,
+                       .min_similarity = 0.3},
+                      {.name = "model.layers.0.self_attn.v_proj.weight",
+                       .intruders = 1,
+                       .min_similarity = 0.45}};
+  const v1::JobReport report = ReportForResult(spec, result);
+  EXPECT_EQ(report.forgetting().loss_before(), 2.0);
+  EXPECT_EQ(report.forgetting().loss_after(), 2.5);
+  EXPECT_EQ(report.forgetting().delta(), 0.5);
+  EXPECT_DOUBLE_EQ(report.forgetting().ppl_ratio(), std::exp(0.5));
+  EXPECT_EQ(report.forgetting().tokens(), 40);
+  EXPECT_EQ(report.forgetting().tokens_counted(), "all");
+  EXPECT_EQ(report.intruders().total(), 3);
+  EXPECT_EQ(report.intruders().top_k(), 10);
+  EXPECT_EQ(report.intruders().epsilon(), 0.5);
+  ASSERT_EQ(report.intruders().matrices_size(), 2);
+  EXPECT_EQ(report.intruders().matrices(1).min_similarity(), 0.45);
 }
 
 TEST(JobOptionsTest, PreferenceMethodsGetTheirObjectives) {
@@ -183,6 +225,7 @@ TEST(JobOptionsTest, TheValuesLandInTheirEngineFields) {
 const std::set<std::string> kNotFromTheJob = {
     // The agent's paths and the worker's device (attempt_setup.h).
     "model.dir", "data.training_file", "data.validation_file",
+    "evaluation.general_file_name",
     // (The mixture's sources come from the job; the agent replaces their
     // file ids with the fetched paths.)
     "data.training_file_name", "data.validation_file_name", "checkpoint.dir",

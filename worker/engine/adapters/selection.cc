@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/half_ft.h"
 #include "common/layer_ranges.h"
 #include "common/status_macros.h"
 
@@ -66,6 +67,14 @@ absl::StatusOr<std::unique_ptr<TrainableSelection>> TrainableSelection::Create(
                    absl::StrCat("is ", spec.lisa->activated_layers,
                                 " but the model has ", L, " decoder layers"));
   }
+  if (spec.half_ft &&
+      HalfFtMatrixCounts(spec.half_ft->fraction, L).total() == 0) {
+    return Invalid("trainable.half_ft.fraction",
+                   absl::StrCat("is ", spec.half_ft->fraction, ": of the ",
+                                (kAttentionMatrices + kMlpMatrices) * L,
+                                " matrices of the model's ", L,
+                                " decoder layers it trains none"));
+  }
   if (spec.lisa || spec.half_ft) return selection;
   std::vector<int> layers(L);
   std::iota(layers.begin(), layers.end(), 0);
@@ -111,7 +120,9 @@ std::set<std::string> TrainableSelection::HalfFtSet(int selection) const {
   std::vector<int> order(L);
   std::iota(order.begin(), order.end(), 0);
   std::shuffle(order.begin(), order.end(), rng);
-  const std::set<int> two_mlp(order.begin(), order.begin() + L / 2);
+  std::vector<int> rank(L);  // a layer's place in the shuffle
+  for (int i = 0; i < L; ++i) rank[order[i]] = i;
+  const HalfFtMatrices counts = HalfFtMatrixCounts(spec_.half_ft->fraction, L);
   std::set<std::string> set;
   const TensorMap weights = model_.Weights(/*merge_lora=*/false);
   for (int l = 0; l < L; ++l) {
@@ -120,8 +131,9 @@ std::set<std::string> TrainableSelection::HalfFtSet(int selection) const {
     std::vector<std::string> mlp = {"gate_proj", "up_proj", "down_proj"};
     std::shuffle(attention.begin(), attention.end(), rng);
     std::shuffle(mlp.begin(), mlp.end(), rng);
-    attention.resize(2);
-    mlp.resize(two_mlp.count(l) ? 2 : 1);
+    attention.resize(counts.attention / L +
+                     (rank[l] >= L - counts.attention % L ? 1 : 0));
+    mlp.resize(counts.mlp / L + (rank[l] < counts.mlp % L ? 1 : 0));
     for (const auto& [group, modules] :
          {std::pair<const char*, const std::vector<std::string>&>{"self_attn",
                                                                   attention},
@@ -134,10 +146,15 @@ std::set<std::string> TrainableSelection::HalfFtSet(int selection) const {
       }
     }
   }
+  if (spec_.half_ft->include_embeddings) {
+    for (const auto& [name, tensor] : weights) {
+      if (LayerOf(name).first < 0) set.insert(name);
+    }
+  }
   return set;
 }
 
-bool TrainableSelection::Advance(int64_t step, int epoch) {
+bool TrainableSelection::Advance(int64_t step, int epoch, int stage) {
   std::set<std::string> next = trained_;
   if (spec_.lisa) {
     if (step % spec_.lisa->interval_steps == 0 &&
@@ -151,7 +168,8 @@ bool TrainableSelection::Advance(int64_t step, int epoch) {
       next = LisaSet(order);
     }
   } else if (spec_.half_ft) {
-    const int selection = spec_.half_ft->reselect == "epoch" ? epoch : 0;
+    const int selection =
+        spec_.half_ft->reselect == "epoch" ? epoch : stage;
     if (selection != selection_epoch_) {
       selection_epoch_ = selection;
       next = HalfFtSet(selection);

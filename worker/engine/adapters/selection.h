@@ -11,15 +11,22 @@
 //     the run's seed, high 32 bits, 0x4C495341}, whose first
 //     activated_layers entries are the draw (one generator for the whole
 //     run). The embeddings, final norm and head are trained always.
-//   - half_ft (HFT, METHODS.md §4.1's Lathe definition): per layer 2 of
-//     the 4 attention matrices; 2 of the 3 MLP matrices in ⌊L/2⌋ layers and
-//     1 of 3 in the others; a projection's bias goes with its matrix. Drawn
-//     by a std::mt19937_64 seeded with std::seed_seq{low, high 32 bits of
-//     half_ft.seed (the run's seed when 0), selection number}: a shuffle of
-//     the layers (the first ⌊L/2⌋ get 2 MLP matrices), then per layer a
-//     shuffle of {q,k,v,o} and one of {gate,up,down}. The selection number
-//     is 0 for reselect "stage" (one half for the whole run), the epoch for
-//     "epoch". Norms, embeddings and the head stay frozen.
+//   - half_ft (HFT, METHODS.md §4.1's Lathe definition): a = R(f·4L)
+//     attention and m = R(f·7L) − a MLP matrices of the L layers, for
+//     fraction f (common/half_ft.h: R rounds to nearest, halves down); a
+//     projection's bias goes with its matrix. Drawn by a std::mt19937_64
+//     seeded with std::seed_seq{low, high 32 bits of half_ft.seed (the
+//     run's seed when 0), selection number}: a shuffle of the layers, then
+//     per layer a shuffle of {q,k,v,o} and one of {gate,up,down}, whose
+//     first entries are trained: ⌊a/L⌋ attention matrices, one more in the
+//     last a mod L layers of the layer shuffle, and ⌊m/L⌋ MLP matrices, one
+//     more in its first m mod L layers (so that the extras fall on
+//     different layers where they can). At f = 0.5 that is 2 of 4 attention
+//     matrices a layer, 2 of 3 MLP matrices in ⌊L/2⌋ layers and 1 in the
+//     others. The selection number is the stage for reselect "stage" (one
+//     draw per stage: the whole run unless it has data.stages), the epoch
+//     for "epoch". The layers' norms stay frozen; the embeddings, final norm
+//     and head too unless include_embeddings, which trains them always.
 // Tensors outside the selection get no gradient and are left bit-identical.
 // The state (the current set, LISA's generator and draws, HFT's selections)
 // is a JSON value a checkpoint carries, so that a resumed run continues
@@ -54,17 +61,19 @@ class TrainableSelection {
   // A selection of `model`'s tensors by `spec` (REQUIRES: spec.Selects()).
   // INVALID_ARGUMENT naming the field when it does not fit the model: a
   // layer past the last ("trainable.layers"), more LISA layers than the
-  // model has ("trainable.lisa.activated_layers"), or a set that trains no
-  // tensor.
+  // model has ("trainable.lisa.activated_layers"), an HFT fraction that
+  // rounds to no matrix ("trainable.half_ft.fraction"), or a set that
+  // trains no tensor.
   static absl::StatusOr<std::unique_ptr<TrainableSelection>> Create(
       const TrainableSpec& spec, const LlamaModel& model, uint64_t run_seed);
 
-  // Brings the selection to optimizer step `step` (0-based) of `epoch`:
-  // LISA draws when step % interval_steps == 0, HFT with reselect "epoch"
-  // draws for a new epoch, and the first call draws (or fixes) the first
-  // set. REQUIRES: steps in increasing order. Returns whether the trained
-  // set changed.
-  bool Advance(int64_t step, int epoch);
+  // Brings the selection to optimizer step `step` (0-based) of `epoch`
+  // (counted across the stages) of `stage` (0-based, data.stages): LISA
+  // draws when step % interval_steps == 0, HFT with reselect "epoch" draws
+  // for a new epoch and with reselect "stage" for a new stage, and the
+  // first call draws (or fixes) the first set. REQUIRES: steps in
+  // increasing order. Returns whether the trained set changed.
+  bool Advance(int64_t step, int epoch, int stage = 0);
 
   // The names (as LlamaModel::Weights names them) of the tensors trained
   // now; empty before the first Advance or Restore.

@@ -11,17 +11,25 @@
 #include "spdlog/spdlog.h"
 #include "worker/engine/adapters/adapter.h"
 #include "worker/engine/adapters/selection.h"
+#include "worker/engine/checkpoint/checkpoint.h"
 #include "worker/engine/checkpoint/run_checkpoint.h"
 #include "worker/engine/data/cursor.h"
 #include "worker/engine/device/placement.h"
 #include "worker/engine/error_kind.h"
 #include "worker/engine/optim/adamw.h"
 #include "worker/engine/optim/schedule.h"
+#include "worker/engine/adapters/prompt_tuning.h"
+#include "worker/engine/reports/reports.h"
 #include "worker/engine/text/json_file.h"
 
 namespace lathe::engine {
 
 using Json = nlohmann::json;
+
+namespace {
+// In a checkpoint: the forgetting report's "before" ({"loss", "tokens"}).
+constexpr char kGeneralBeforeFile[] = "general_before.json";
+}  // namespace
 
 absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec) {
   const ModelSpec& m = spec.model;
@@ -53,6 +61,20 @@ absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec) {
   RETURN_IF_ERROR(
       MakeTrainable(*setup.model, spec.adapter, setup.tokenizer.get()));
   return setup;
+}
+
+absl::StatusOr<std::optional<GeneralSet>> LoadGeneralSet(
+    const RunSpec& spec, const ModelSetup& setup) {
+  const EvaluationSpec& e = spec.evaluation;
+  if (e.general_file.empty()) return std::nullopt;
+  absl::StatusOr<Dataset> data = LoadChatDataset(
+      e.general_file, *setup.tokenizer, setup.chat_template,
+      spec.data.max_seq_len, e.general_file_name);
+  if (!data.ok()) {
+    return WithErrorKind(data.status(), ErrorKind::kUserData, "general_file");
+  }
+  return GeneralSet{.examples = std::move(data->examples),
+                    .pad_id = setup.tokenizer->pad_id()};
 }
 
 namespace {
@@ -104,27 +126,39 @@ int64_t TotalSteps(const RunSpec& spec, size_t epoch_examples) {
 }
 
 absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
-                                    Objective& objective,
-                                    const TrainHooks& hooks) {
+                                    const std::vector<LoopStage>& stages,
+                                    const TrainHooks& hooks,
+                                    const GeneralSet* general) {
   const std::string hyperparameters = HyperparametersField(spec.objective);
   ASSIGN_OR_RETURN(const LrSchedule schedule,
                    WithErrorKind(ParseLrSchedule(spec.schedule.lr_scheduler),
                                  ErrorKind::kUserOptions,
                                  absl::StrCat(hyperparameters,
                                               ".lr_scheduler")));
-  // A mixture's sources are fingerprinted by content, each.
+  // A mixture's sources are fingerprinted by content, each (the first
+  // source of the first stage as the run's training file).
   Json resume_keys = ResumeKeys(spec);
-  const std::vector<MixtureSourceSpec>& sources = spec.data.mixture.sources;
-  for (size_t i = 1; i < sources.size(); ++i) {
-    ASSIGN_OR_RETURN(
-        resume_keys[absl::StrCat("mixture.sources[", i, "].fnv1a64")],
-        FileFingerprint(sources[i].file));
+  const bool multi_stage = !spec.data.stages.empty();
+  std::string training_file = spec.data.training_file;
+  for (size_t s = 0; s < stages.size(); ++s) {
+    const std::vector<MixtureSourceSpec>& sources =
+        stages[s].spec->data.mixture.sources;
+    for (size_t i = 0; i < sources.size(); ++i) {
+      if (s == 0 && i == 0) {
+        training_file = sources[0].file;
+        continue;
+      }
+      ASSIGN_OR_RETURN(
+          resume_keys[multi_stage
+                          ? absl::StrCat("stages[", s, "].sources[", i,
+                                         "].fnv1a64")
+                          : absl::StrCat("mixture.sources[", i, "].fnv1a64")],
+          FileFingerprint(sources[i].file));
+    }
   }
-  ASSIGN_OR_RETURN(
-      const Json fingerprint,
-      RunFingerprint(std::move(resume_keys), spec.model.dir,
-                     sources.empty() ? spec.data.training_file
-                                     : sources[0].file));
+  ASSIGN_OR_RETURN(const Json fingerprint,
+                   RunFingerprint(std::move(resume_keys), spec.model.dir,
+                                  training_file));
   const DataSpec& data_spec = spec.data;
   const OptimizerSpec& optimizer_spec = spec.optimizer;
 
@@ -135,14 +169,49 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
   // With a selection, the optimizer holds only what is trained now (its
   // moments for the rest are never made, or dropped when they leave: see
   // select below).
-  AdamW optimizer(selection != nullptr ? std::vector<AdamW::Param>{} : params,
-                  AdamWOptions{.weight_decay = optimizer_spec.weight_decay});
-  const size_t examples = objective.train_examples();
-  const MixturePlan* mixture = objective.mixture();
-  const int64_t total_steps = TotalSteps(
-      spec, mixture != nullptr ? mixture->EpochSize() : examples);
-  const int64_t steps_per_epoch =
-      std::max<int64_t>(total_steps / spec.schedule.n_epochs, 1);
+  auto fresh_optimizer = [&] {
+    return AdamW(selection != nullptr ? std::vector<AdamW::Param>{} : params,
+                 AdamWOptions{.weight_decay = optimizer_spec.weight_decay});
+  };
+  AdamW optimizer = fresh_optimizer();
+
+  // The stages' steps: stage s runs steps (first[s], first[s] + steps[s]].
+  struct StagePlan {
+    int64_t first = 0;  // steps before it
+    int64_t steps = 0;
+    int64_t steps_per_epoch = 1;
+    int first_epoch = 0;  // epochs of the stages before it
+    size_t examples = 0;
+    const MixturePlan* mixture = nullptr;
+  };
+  std::vector<StagePlan> plans;
+  int64_t total_steps = 0;
+  int epochs = 0;
+  for (const LoopStage& stage : stages) {
+    StagePlan plan{.first = total_steps,
+                   .first_epoch = epochs,
+                   .examples = stage.objective->train_examples(),
+                   .mixture = stage.objective->mixture()};
+    plan.steps = TotalSteps(*stage.spec, plan.mixture != nullptr
+                                             ? plan.mixture->EpochSize()
+                                             : plan.examples);
+    plan.steps_per_epoch =
+        std::max<int64_t>(plan.steps / stage.spec->schedule.n_epochs, 1);
+    total_steps += plan.steps;
+    epochs += stage.spec->schedule.n_epochs;
+    plans.push_back(plan);
+  }
+  // The stage whose state a checkpoint after `done` steps holds: the one
+  // that ran step `done` (the first before any).
+  auto stage_after = [&](int64_t done) {
+    size_t s = 0;
+    while (s + 1 < plans.size() && done > plans[s + 1].first) ++s;
+    return s;
+  };
+  size_t stage = 0;
+  auto start_cursor = [&](size_t s) {
+    return DataCursor::Start(plans[s].examples, spec.seed, plans[s].mixture);
+  };
 
   // The trainable selection for the step about to run: LISA's draws, HFT's
   // halves. The optimizer follows it: LISA's inactive layers lose their
@@ -153,8 +222,12 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
     optimizer.SetParams(Selected(params, *selection));
   };
   auto select = [&](int64_t step) {
+    const StagePlan& plan = plans[stage];
+    const int epoch = plan.first_epoch +
+                      static_cast<int>((step - plan.first) /
+                                       plan.steps_per_epoch);
     if (selection == nullptr ||
-        !selection->Advance(step, static_cast<int>(step / steps_per_epoch))) {
+        !selection->Advance(step, epoch, static_cast<int>(stage))) {
       return;
     }
     use_selection();
@@ -170,8 +243,18 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
 
   // Fresh, or resumed.
   Progress progress;
-  DataCursor data = DataCursor::Start(examples, spec.seed, mixture);
   const std::string& resume_from = spec.checkpoint.resume_from;
+  if (!resume_from.empty() && plans.size() > 1) {
+    // The cursor restored must be of the checkpoint's stage. An unreadable
+    // state is reported by the resume below.
+    absl::StatusOr<Json> state =
+        ReadJsonFile(absl::StrCat(resume_from, "/", kTrainerStateJson));
+    if (state.ok() && state->contains("step") &&
+        (*state)["step"].is_number_integer()) {
+      stage = stage_after((*state)["step"].get<int64_t>());
+    }
+  }
+  DataCursor data = start_cursor(stage);
   if (!resume_from.empty()) {
     std::function<absl::Status(const Json&)> restore_selection;
     if (selection != nullptr) {
@@ -187,25 +270,62 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
         resume_from, TrainedWeightsFile(spec.adapter), params, optimizer,
         progress, data, total_steps, fingerprint, model.device(),
         restore_selection));
-    RETURN_IF_ERROR(objective.LoadState(resume_from));
+    RETURN_IF_ERROR(stages[stage].objective->LoadState(resume_from));
   } else {
-    RETURN_IF_ERROR(objective.Prepare());
+    RETURN_IF_ERROR(stages[stage].objective->Prepare());
+  }
+  // The forgetting report's "before": the base model's loss, measured on a
+  // fresh run and carried by the checkpoints.
+  const bool all_tokens = spec.evaluation.general_tokens == "all";
+  std::optional<HeldOutLoss> general_before;
+  if (general != nullptr && resume_from.empty()) {
+    const torch::Tensor virtual_tokens = model.prompt_embeddings();
+    model.SetPromptEmbeddings(torch::Tensor());
+    general_before =
+        HeldOutLossOf(model, general->examples, all_tokens,
+                      data_spec.batch_size, general->pad_id,
+                      /*adapters=*/false);
+    model.SetPromptEmbeddings(virtual_tokens);
+    spdlog::info("general_file: the base model's loss {} over {} tokens",
+                 general_before->loss, general_before->tokens);
+  } else if (general != nullptr) {
+    absl::StatusOr<Json> saved =
+        ReadJsonFile(absl::StrCat(resume_from, "/", kGeneralBeforeFile));
+    if (saved.ok() && saved->contains("loss") && saved->contains("tokens")) {
+      general_before = HeldOutLoss{.loss = (*saved)["loss"].get<double>(),
+                                   .tokens = (*saved)["tokens"].get<int64_t>()};
+    } else {
+      spdlog::warn("{} holds no {}: no forgetting report for this run",
+                   resume_from, kGeneralBeforeFile);
+    }
   }
   const LoraSpec* lora = Lora(spec.adapter);
-  spdlog::info(
-      "training {} on {} ({} on {}, {} examples, {} steps from step {}, lr "
-      "{} {}, batch {} x {}, max_seq_len {}, seed {}, packing {}, "
-      "activation checkpointing {}; {})",
-      lora != nullptr ? absl::StrCat("LoRA r=", lora->rank) : "all weights",
-      spec.model.dir, c10::toString(model.compute_dtype()),
-      model.device().str(), examples, total_steps, progress.step,
-      optimizer_spec.learning_rate, spec.schedule.lr_scheduler,
-      data_spec.batch_size, optimizer_spec.gradient_accumulation_steps,
-      data_spec.max_seq_len, spec.seed, data_spec.packing,
-      spec.device.activation_checkpointing, objective.Describe());
+  auto log_stage = [&] {
+    const LoopStage& current = stages[stage];
+    const StagePlan& plan = plans[stage];
+    spdlog::info(
+        "training {} on {} ({} on {}, {}{} examples, {} steps from step {}, "
+        "lr {} {}, batch {} x {}, max_seq_len {}, seed {}, packing {}, "
+        "activation checkpointing {}; {})",
+        lora != nullptr ? absl::StrCat("LoRA r=", lora->rank) : "all weights",
+        spec.model.dir, c10::toString(model.compute_dtype()),
+        model.device().str(),
+        multi_stage ? absl::StrCat("stage ", stage + 1, "/", stages.size(),
+                                   " \"", current.name, "\", ")
+                    : "",
+        plan.examples, total_steps, progress.step,
+        optimizer_spec.learning_rate, spec.schedule.lr_scheduler,
+        data_spec.batch_size, optimizer_spec.gradient_accumulation_steps,
+        data_spec.max_seq_len, spec.seed, data_spec.packing,
+        spec.device.activation_checkpointing,
+        current.objective->Describe());
+  };
+  log_stage();
 
   TrainResult result;
-  result.truncated_examples = objective.truncated_examples();
+  for (const LoopStage& s : stages) {
+    result.truncated_examples += s.objective->truncated_examples();
+  }
   StepMetrics m;
   m.step = progress.step;
   m.total_steps = total_steps;
@@ -218,7 +338,13 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
       // float32 whatever the source dtype, so that resuming is exact.
       RETURN_IF_ERROR(SaveTrained(model, spec.adapter, spec.model, dir,
                                   torch::kFloat32));
-      return objective.SaveState(dir);
+      if (general_before.has_value()) {
+        RETURN_IF_ERROR(WriteJsonFile(
+            absl::StrCat(dir, "/", kGeneralBeforeFile),
+            {{"loss", general_before->loss},
+             {"tokens", general_before->tokens}}));
+      }
+      return stages[stage].objective->SaveState(dir);
     };
     ASSIGN_OR_RETURN(SavedCheckpoint saved,
                      SaveRunCheckpoint(
@@ -252,19 +378,36 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
       return absl::AbortedError(absl::StrCat("stopped at step ", progress.step,
                                              " after checkpointing"));
     }
+    // The next stage, when this one has run its steps: its data from the
+    // start, a fresh optimizer (on the selection's tensors), the seed again.
+    if (progress.step == plans[stage].first + plans[stage].steps) {
+      ++stage;
+      data = start_cursor(stage);
+      optimizer = fresh_optimizer();
+      if (selection != nullptr && !selection->trained().empty()) {
+        use_selection();
+      }
+      torch::manual_seed(spec.seed);
+      RETURN_IF_ERROR(stages[stage].objective->Prepare());
+      log_stage();
+    }
+    const StagePlan& plan = plans[stage];
+    const LoopStage& current = stages[stage];
+    Objective& objective = *current.objective;
 
     const auto start = std::chrono::steady_clock::now();
     m = StepMetrics{.step = progress.step + 1, .total_steps = total_steps};
-    m.learning_rate = LearningRateAt(schedule, progress.step, total_steps,
-                                     spec.schedule.warmup_steps,
-                                     optimizer_spec.learning_rate);
+    if (multi_stage) m.stage = static_cast<int>(stage) + 1;
+    m.learning_rate = LearningRateAt(
+        schedule, progress.step - plan.first, plan.steps,
+        spec.schedule.warmup_steps, optimizer_spec.learning_rate);
     select(progress.step);
     optimizer.ZeroGrad();
     ASSIGN_OR_RETURN(
         StepWork work,
         objective.Step(data.TakeStep(data_spec.batch_size,
                                      optimizer_spec.gradient_accumulation_steps),
-                       m.step));
+                       m.step - plan.first));
     m.loss = work.loss;
     m.token_accuracy = work.token_accuracy;
     m.values = std::move(work.values);
@@ -295,9 +438,10 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
     if (m.step == 1) progress.first_loss = m.loss;
     progress.last_loss = m.loss;
     m.trained_tokens = progress.trained_tokens;
+    // Validation every eval_every steps and at the end of each stage.
     if (objective.has_validation() &&
         ((eval_every > 0 && m.step % eval_every == 0) ||
-         m.step == total_steps)) {
+         m.step == plan.first + plan.steps)) {
       Record(objective.Evaluate(), m);
     }
     if (hooks.on_step) hooks.on_step(m);
@@ -307,14 +451,42 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
   }
 
   // Export.
+  Objective& last = *stages[stage].objective;
   result.steps = progress.step;
   result.trained_tokens = progress.trained_tokens;
   result.first_loss = progress.first_loss;
   result.last_loss = progress.last_loss;
-  if (objective.has_validation()) {
+  if (last.has_validation()) {
     result.validation_loss = m.validation_loss.has_value()
                                  ? *m.validation_loss
-                                 : objective.Evaluate().loss;
+                                 : last.Evaluate().loss;
+  }
+  if (general_before.has_value()) {
+    std::vector<Example> examples = general->examples;
+    if (const int n = model.num_virtual_tokens(); n > 0) {
+      PrependVirtualTokens(examples, n);
+    }
+    const HeldOutLoss after = HeldOutLossOf(
+        model, examples, all_tokens, data_spec.batch_size, general->pad_id);
+    result.forgetting = ForgettingReport{
+        .loss_before = general_before->loss,
+        .loss_after = after.loss,
+        .tokens = after.tokens,
+        .tokens_counted = spec.evaluation.general_tokens};
+    spdlog::info("general_file: loss {} before, {} after (delta {})",
+                 result.forgetting->loss_before, result.forgetting->loss_after,
+                 result.forgetting->delta());
+  }
+  if (lora != nullptr && spec.evaluation.intruder_top_k > 0) {
+    result.intruders = LoraIntruders(model, spec.evaluation.intruder_top_k,
+                                     spec.evaluation.intruder_epsilon);
+    int total = 0;
+    for (const IntruderMatrix& m : result.intruders) total += m.intruders;
+    spdlog::info("intruder dimensions: {} over {} adapted matrices (top {}, "
+                 "epsilon {})",
+                 total, result.intruders.size(),
+                 spec.evaluation.intruder_top_k,
+                 spec.evaluation.intruder_epsilon);
   }
   RETURN_IF_ERROR(ExportResult(model, spec.adapter, spec.model, spec.output));
   if (selection != nullptr) {

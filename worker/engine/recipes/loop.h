@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -106,11 +107,58 @@ class Objective {
 // examples: ceil(epoch_examples / (batch_size x accumulation)) x n_epochs.
 int64_t TotalSteps(const RunSpec& spec, size_t epoch_examples);
 
-// Trains `model` (from SetUpModel) with `objective` as Train (run.h)
-// describes, writing checkpoints and the result.
+// The forgetting report's held-out general set (evaluation.general_file),
+// as chat / prompt-completion / text examples without prompt tuning's
+// placeholders.
+struct GeneralSet {
+  std::vector<Example> examples;
+  int32_t pad_id = 0;
+};
+
+// evaluation.general_file loaded with the base's tokenizer and template
+// (errors of the kind kUserData naming "general_file"), or nullopt without
+// one.
+absl::StatusOr<std::optional<GeneralSet>> LoadGeneralSet(
+    const RunSpec& spec, const ModelSetup& setup);
+
+// One stage of a run (spec/run_spec.h StageSpec): its spec (StageRunSpec,
+// or the run's own for a one-stage run) and its objective, over that
+// stage's data. Both must outlive the loop.
+struct LoopStage {
+  const RunSpec* spec = nullptr;
+  Objective* objective = nullptr;
+  std::string name;  // "general"; "" for a one-stage run
+};
+
+// Trains `model` (from SetUpModel) through `stages` in order (at least
+// one) as Train (run.h) describes, writing checkpoints and the result. A
+// stage after the first starts from the weights the one before left, with
+// a fresh optimizer, its own learning-rate schedule over its steps and
+// torch's generator seeded with spec.seed again: as a separate run from
+// those weights would. Steps, checkpoints and metrics count across the
+// stages; a checkpoint holds the state of the stage that wrote its last
+// step, and a resume continues in that stage (or starts the next one, at
+// a stage's end).
+//
+// With `general` (LoadGeneralSet), the loop measures its loss with the base
+// model (the adapter bypassed, no virtual tokens) before the first step of
+// a fresh run, keeps that figure in every checkpoint, and measures the
+// trained model's after the last: TrainResult::forgetting. A LoRA run
+// counts its intruder dimensions after training (evaluation.intruder_*).
 absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
-                                    Objective& objective,
-                                    const TrainHooks& hooks);
+                                    const std::vector<LoopStage>& stages,
+                                    const TrainHooks& hooks,
+                                    const GeneralSet* general = nullptr);
+
+// A one-stage run of `objective`.
+inline absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec,
+                                           LlamaModel& model,
+                                           Objective& objective,
+                                           const TrainHooks& hooks,
+                                           const GeneralSet* general = nullptr) {
+  return RunLoop(spec, model, {LoopStage{&spec, &objective, ""}}, hooks,
+                 general);
+}
 
 }  // namespace lathe::engine
 

@@ -420,21 +420,27 @@ absl::StatusOr<TrainResult> RunDpo(const RunSpec& spec, const DpoSpec& dpo,
                                  ErrorKind::kUserOptions,
                                  "method.dpo.hyperparameters.loss_type"));
   ASSIGN_OR_RETURN(ModelSetup setup, SetUpModel(spec));
+  ASSIGN_OR_RETURN(const std::optional<GeneralSet> general,
+                   LoadGeneralSet(spec, setup));
   ASSIGN_OR_RETURN(PreferenceData data,
                    LoadData(spec, setup, dpo.max_prompt_len));
   DpoObjective objective(spec, dpo, *setup.model, std::move(data),
                          setup.tokenizer->pad_id(), loss);
-  return RunLoop(spec, *setup.model, objective, hooks);
+  return RunLoop(spec, *setup.model, objective, hooks,
+                 general.has_value() ? &*general : nullptr);
 }
 
 absl::StatusOr<TrainResult> RunOrpo(const RunSpec& spec, const OrpoSpec& orpo,
                                     const TrainHooks& hooks) {
   ASSIGN_OR_RETURN(ModelSetup setup, SetUpModel(spec));
+  ASSIGN_OR_RETURN(const std::optional<GeneralSet> general,
+                   LoadGeneralSet(spec, setup));
   ASSIGN_OR_RETURN(PreferenceData data,
                    LoadData(spec, setup, orpo.max_prompt_len));
   OrpoObjective objective(spec, orpo, *setup.model, std::move(data),
                           setup.tokenizer->pad_id());
-  return RunLoop(spec, *setup.model, objective, hooks);
+  return RunLoop(spec, *setup.model, objective, hooks,
+                 general.has_value() ? &*general : nullptr);
 }
 
 }  // namespace lathe::engine

@@ -6,10 +6,12 @@
 #include <cmath>
 #include <fstream>
 #include <numeric>
+#include <random>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "worker/engine/adapters/selection.h"
 #include "worker/engine/cli/demo.h"
 #include "worker/engine/data/batch.h"
 #include "worker/engine/data/packing.h"
@@ -312,6 +314,58 @@ TEST_F(PreferenceTest, OrpoOnIdenticalPairsIsTheNllPlusLambdaLn2) {
     }
   }
   EXPECT_NEAR(m.values.at("nll_loss"), nll / tokens, 1e-5);
+}
+
+// DPO with full fine-tuning and LISA (γ = 1) on the demo's 2 layers: the
+// reference is the initial model, so step 1's loss is ln 2; the layer LISA
+// did not draw (the manifest's draw, which is the seeded generator's
+// replay) is bit-identical after the step, the drawn one and the
+// embeddings and head are not.
+TEST_F(PreferenceTest, DpoWithLisaTrainsTheDrawnLayerAndTheEndsOnly) {
+  testing::TempDir out;
+  RunSpec spec = Spec(out.path(), DpoSpec{});
+  spec.adapter = FullSpec{};
+  spec.trainable.lisa = LisaSpec{.activated_layers = 1, .interval_steps = 20};
+  Run run = TrainRun(spec);
+  ASSERT_TRUE(run.result.ok()) << run.result.status();
+  ASSERT_EQ(run.steps.size(), 1u);
+  EXPECT_NEAR(run.steps[0].loss, std::log(2.0), 1e-6);
+
+  const nlohmann::json manifest =
+      ReadJsonFile(spec.output.dir + "/" + kSelectionManifest).value();
+  ASSERT_EQ(manifest["kind"], "lisa");
+  ASSERT_EQ(manifest["draws"].size(), 1u);
+  ASSERT_EQ(manifest["draws"][0]["layers"].size(), 1u);
+  const int drawn = manifest["draws"][0]["layers"][0].get<int>();
+  std::seed_seq seq{static_cast<uint32_t>(spec.seed),
+                    static_cast<uint32_t>(spec.seed >> 32), 0x4C495341u};
+  std::mt19937_64 rng(seq);
+  std::vector<int> order = {0, 1};
+  std::shuffle(order.begin(), order.end(), rng);
+  EXPECT_EQ(drawn, order[0]);
+
+  const TensorMap before = Tensors(demo_->path() + "/model/model.safetensors");
+  const TensorMap after = Tensors(spec.output.dir + "/model.safetensors");
+  ASSERT_EQ(before.size(), after.size());
+  const std::string drawn_prefix = absl::StrCat("model.layers.", drawn, ".");
+  const std::string frozen_prefix =
+      absl::StrCat("model.layers.", 1 - drawn, ".");
+  int frozen = 0;
+  for (const auto& [name, tensor] : before) {
+    const bool same = torch::equal(tensor, after.at(name));
+    if (absl::StartsWith(name, frozen_prefix)) {
+      EXPECT_TRUE(same) << name;
+      ++frozen;
+    } else if (absl::EndsWith(name, "_proj.weight") ||
+               name == "model.embed_tokens.weight" ||
+               name == "lm_head.weight") {
+      EXPECT_FALSE(same) << name;
+    }
+  }
+  EXPECT_EQ(frozen, 9);  // 7 projections and 2 norms
+  EXPECT_FALSE(
+      torch::equal(before.at(drawn_prefix + "self_attn.q_proj.weight"),
+                   after.at(drawn_prefix + "self_attn.q_proj.weight")));
 }
 
 TEST_F(PreferenceTest, AChatFileIsRefusedNamingTheTrainingFile) {

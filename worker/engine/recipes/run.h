@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/engine/reports/report.h"
 #include "worker/engine/spec/run_spec.h"
 
 namespace lathe::engine {
@@ -32,6 +33,9 @@ struct StepMetrics {
   double grad_norm = 0;          // total gradient norm before clipping
   double tokens_per_second = 0;  // all tokens of the step / step wall time
   int64_t trained_tokens = 0;    // cumulative tokens processed so far
+  // A multi-stage run (data.stages): the 1-based stage of this step; 0
+  // for a one-stage run.
+  int stage = 0;
   // Set on the steps where a validation pass ran (every
   // evaluation.every_steps
   // and the last step, when there is a validation_file): mean loss and
@@ -59,6 +63,13 @@ struct TrainResult {
   // Mean loss over the trainable tokens of validation_file after training;
   // empty when there is none.
   std::optional<double> validation_loss;
+  // evaluation.general_file's loss before and after (METHODS.md §9.1);
+  // empty without one, or when resumed from a checkpoint that holds no
+  // "before".
+  std::optional<ForgettingReport> forgetting;
+  // LoRA runs with evaluation.intruder_top_k > 0: every adapted matrix's
+  // intruder dimensions (METHODS.md §9.2).
+  std::vector<IntruderMatrix> intruders;
 };
 
 enum class StopRequest { kNone, kCancel, kCheckpointAndStop };

@@ -245,9 +245,13 @@ class SftObjective : public Objective {
 
 }  // namespace
 
-absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
-                                   const TrainHooks& hooks) {
-  ASSIGN_OR_RETURN(ModelSetup setup, SetUpModel(spec));
+namespace {
+
+// The objective of `spec` (the run's, or one stage's: StageRunSpec) on
+// `setup`'s model: its training data, the validation file's and its
+// sources' validation sets.
+absl::StatusOr<std::unique_ptr<SftObjective>> MakeObjective(
+    const RunSpec& spec, const SftSpec& sft, const ModelSetup& setup) {
   Dataset train;
   std::optional<MixturePlan> plan;
   std::vector<std::pair<std::string, Dataset>> source_valid;
@@ -280,10 +284,43 @@ absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
                       ErrorKind::kUserOptions,
                       "method.supervised.masked_thought.mask_token"));
   }
-  SftObjective objective(spec, sft, *setup.model, std::move(train),
-                         std::move(valid), setup.tokenizer->pad_id(),
-                         std::move(plan), std::move(source_valid), mask_id);
-  return RunLoop(spec, *setup.model, objective, hooks);
+  return std::make_unique<SftObjective>(
+      spec, sft, *setup.model, std::move(train), std::move(valid),
+      setup.tokenizer->pad_id(), std::move(plan), std::move(source_valid),
+      mask_id);
+}
+
+}  // namespace
+
+absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
+                                   const TrainHooks& hooks) {
+  ASSIGN_OR_RETURN(ModelSetup setup, SetUpModel(spec));
+  ASSIGN_OR_RETURN(const std::optional<GeneralSet> general,
+                   LoadGeneralSet(spec, setup));
+  const GeneralSet* general_set = general.has_value() ? &*general : nullptr;
+  if (spec.data.stages.empty()) {
+    ASSIGN_OR_RETURN(std::unique_ptr<SftObjective> objective,
+                     MakeObjective(spec, sft, setup));
+    return RunLoop(spec, *setup.model, *objective, hooks, general_set);
+  }
+  // DMT and other multi-stage runs: every stage's data is loaded (and
+  // checked) before the first step.
+  const size_t n = spec.data.stages.size();
+  std::vector<RunSpec> specs;
+  specs.reserve(n);  // the objectives keep references into it
+  std::vector<std::unique_ptr<SftObjective>> objectives;
+  std::vector<LoopStage> stages;
+  for (size_t i = 0; i < n; ++i) {
+    specs.push_back(StageRunSpec(spec, i));
+    // Errors name the stage's source by its file_name.
+    ASSIGN_OR_RETURN(std::unique_ptr<SftObjective> objective,
+                     MakeObjective(specs.back(), sft, setup));
+    objectives.push_back(std::move(objective));
+    const std::string& name = spec.data.stages[i].name;
+    stages.push_back({&specs.back(), objectives.back().get(),
+                      name.empty() ? absl::StrCat("stage-", i + 1) : name});
+  }
+  return RunLoop(spec, *setup.model, stages, hooks, general_set);
 }
 
 }  // namespace lathe::engine

@@ -17,6 +17,8 @@
 #include "worker/engine/adapters/lora.h"
 #include "worker/engine/model/model_export.h"
 #include "worker/engine/optim/schedule.h"
+#include "worker/engine/inference/score.h"
+#include "worker/engine/text/tokenizer.h"
 #include "worker/engine/test_util.h"
 #include "worker/engine/spec/run_spec.h"
 
@@ -829,6 +831,199 @@ TEST_F(TrainerTest, MixtureRunReportsEachSourceAndResumesToTheSameDraws) {
   options.data.mixture.sources[0].weight = 0.6;
   EXPECT_EQ(TrainRun(options).result.status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// DMT (METHODS.md §2.2): stage 1 on the specialised sources, stage 2 on
+// the general data plus a k = 1/4 subsample of each. The two-stage run is
+// exactly stage 1 as a run of its own followed by stage 2 as a run of its
+// own from stage 1's exported weights (a fresh optimizer, warmup and
+// schedule again, the same seeded data order): the same losses, learning
+// rates and final weights. A run stopped inside stage 2, or exactly at the
+// end of stage 1, resumes to the same weights.
+TEST_F(TrainerTest, DmtStagesRunAsSeparateRunsFromTheLastWeightsAndResume) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/staged");
+  const std::string train = options.data.training_file;
+  const std::string general = options.data.validation_file;  // 16 lines
+  CopyLines(train, out.path() + "/math.jsonl", 0, 48);
+  CopyLines(train, out.path() + "/code.jsonl", 48, 80);
+  options.data.training_file.clear();
+  options.data.validation_file.clear();
+  options.adapter = FullSpec{};
+  options.schedule.n_epochs = 1;
+  options.schedule.warmup_steps = 2;
+  options.optimizer.learning_rate = 1e-3;
+  const MixtureSpec specialised = {
+      .sources = {{.name = "math", .file = out.path() + "/math.jsonl"},
+                  {.name = "code", .file = out.path() + "/code.jsonl"}}};
+  MixtureSpec second = {.sources = {{.name = "general", .file = general}}};
+  for (MixtureSourceSpec source : specialised.sources) {
+    source.fraction = 0.25;
+    second.sources.push_back(source);
+  }
+  const int batch = options.data.batch_size;
+  const size_t first_steps = (80 + batch - 1) / batch;
+  // |general| + floor(48 / 4) + floor(32 / 4) examples.
+  const size_t second_steps = (16 + 12 + 8 + batch - 1) / batch;
+
+  RunSpec stage1 = options;
+  stage1.data.mixture = specialised;
+  stage1.output.dir = out.path() + "/stage1";
+  const Run one = TrainRun(stage1);
+  ASSERT_TRUE(one.result.ok()) << one.result.status();
+  ASSERT_EQ(one.steps.size(), first_steps);
+  RunSpec stage2 = options;
+  stage2.model.dir = stage1.output.dir;
+  stage2.data.mixture = second;
+  stage2.output.dir = out.path() + "/stage2";
+  const Run two = TrainRun(stage2);
+  ASSERT_TRUE(two.result.ok()) << two.result.status();
+  ASSERT_EQ(two.steps.size(), second_steps);
+
+  options.data.stages = {{.name = "specialised", .mixture = specialised},
+                         {.name = "general", .mixture = second}};
+  ASSERT_TRUE(ValidateRunSpec(options).ok()) << ValidateRunSpec(options);
+  const Run staged = TrainRun(options);
+  ASSERT_TRUE(staged.result.ok()) << staged.result.status();
+  ASSERT_EQ(staged.steps.size(), first_steps + second_steps);
+  for (size_t i = 0; i < staged.steps.size(); ++i) {
+    const bool first = i < first_steps;
+    const StepMetrics& want =
+        first ? one.steps[i] : two.steps[i - first_steps];
+    const StepMetrics& got = staged.steps[i];
+    EXPECT_EQ(got.step, static_cast<int64_t>(i + 1));
+    EXPECT_EQ(got.total_steps,
+              static_cast<int64_t>(first_steps + second_steps));
+    EXPECT_EQ(got.stage, first ? 1 : 2) << "step " << i + 1;
+    EXPECT_NEAR(got.loss, want.loss, 1e-6) << "step " << i + 1;
+    EXPECT_DOUBLE_EQ(got.learning_rate, want.learning_rate)
+        << "step " << i + 1;
+  }
+  // Warmup again at the start of stage 2.
+  EXPECT_DOUBLE_EQ(staged.steps[first_steps].learning_rate,
+                   staged.steps[0].learning_rate);
+  EXPECT_EQ(MaxDifference(out.path() + "/staged/model.safetensors",
+                          out.path() + "/stage2/model.safetensors"),
+            0);
+
+  // Stopped inside stage 2, and at the end of stage 1.
+  for (const size_t stop : {first_steps + 2, first_steps}) {
+    SCOPED_TRACE(absl::StrCat("stopped after step ", stop));
+    RunSpec again = options;
+    again.output.dir = out.path() + absl::StrCat("/resumed-", stop);
+    again.checkpoint.dir = out.path() + absl::StrCat("/ckpt-", stop);
+    const Run stopped = TrainRun(again, static_cast<int>(stop));
+    ASSERT_EQ(stopped.result.status().code(), absl::StatusCode::kAborted);
+    ASSERT_EQ(stopped.checkpoints.size(), 1u);
+    again.checkpoint.resume_from = stopped.checkpoints[0].dir;
+    const Run resumed = TrainRun(again);
+    ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+    ASSERT_EQ(resumed.steps.size(), first_steps + second_steps - stop);
+    EXPECT_EQ(resumed.steps[0].stage, stop < first_steps ? 1 : 2);
+    EXPECT_NEAR(resumed.steps[0].loss, staged.steps[stop].loss, 1e-6);
+    EXPECT_EQ(MaxDifference(out.path() + "/staged/model.safetensors",
+                            again.output.dir + "/model.safetensors"),
+              0);
+  }
+
+  // A stage without data is refused naming it; stages are for SFT.
+  RunSpec bad = options;
+  bad.data.stages[1].mixture.sources.clear();
+  EXPECT_NE(ValidateRunSpec(bad).message().find("data.stages[1].mixture.sources"), std::string::npos)
+      << ValidateRunSpec(bad);
+  bad = options;
+  bad.data.training_file = train;
+  EXPECT_NE(ValidateRunSpec(bad).message().find("data.training_file"), std::string::npos)
+      << ValidateRunSpec(bad);
+  bad = options;
+  bad.objective = DpoSpec{};
+  EXPECT_NE(ValidateRunSpec(bad).message().find("data.stages"), std::string::npos)
+      << ValidateRunSpec(bad);
+}
+
+// The forgetting report (METHODS.md §9.1) on a LoRA run with the demo's
+// validation file as the general set: "before" equals the base model's
+// score loss over the file (ScoreExample, one example at a time, weighted
+// by its trained tokens), "after" differs once trained, a learning rate of
+// 0 gives delta 0 exactly, and a resumed run reports the uninterrupted
+// run's "before". Every adapted matrix has its intruder count.
+TEST_F(TrainerTest, ForgettingReportAndIntruderDimensions) {
+  testing::TempDir out;
+  RunSpec options = DemoOptions(out.path() + "/trained");
+  options.schedule.n_epochs = 1;
+  options.evaluation.general_file = options.data.validation_file;
+  options.data.validation_file.clear();
+
+  // The independent "before": the base model scoring each example.
+  absl::StatusOr<std::unique_ptr<LlamaModel>> base =
+      LlamaModel::Load(options.model.dir);
+  ASSERT_TRUE(base.ok());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      Tokenizer::Load(options.model.dir);
+  ASSERT_TRUE(tokenizer.ok());
+  absl::StatusOr<Dataset> general = LoadChatDataset(
+      options.evaluation.general_file, **tokenizer,
+      ChatTemplateFor(**tokenizer, options.model.chat_template),
+      options.data.max_seq_len, "general");
+  ASSERT_TRUE(general.ok()) << general.status();
+  double sum = 0;
+  int64_t tokens = 0;
+  for (const Example& e : general->examples) {
+    absl::StatusOr<Scores> scores = ScoreExample(**base, e);
+    ASSERT_TRUE(scores.ok()) << scores.status();
+    int64_t n = 0;
+    for (size_t t = 1; t < e.loss_mask.size(); ++t) n += e.loss_mask[t];
+    sum += scores->loss * n;
+    tokens += n;
+  }
+
+  const Run trained = TrainRun(options);
+  ASSERT_TRUE(trained.result.ok()) << trained.result.status();
+  ASSERT_TRUE(trained.result->forgetting.has_value());
+  const ForgettingReport& report = *trained.result->forgetting;
+  EXPECT_NEAR(report.loss_before, sum / tokens, 1e-5);
+  EXPECT_EQ(report.tokens, tokens);
+  EXPECT_EQ(report.tokens_counted, "assistant");
+  EXPECT_GT(std::abs(report.delta()), 1e-4);
+  EXPECT_DOUBLE_EQ(report.ppl_ratio(), std::exp(report.delta()));
+  const size_t adapted =
+      (*base)->layers().size() * Lora(options.adapter)->target_modules.size();
+  ASSERT_EQ(trained.result->intruders.size(), adapted);
+  EXPECT_EQ(trained.result->intruders[0].name,
+            "model.layers.0.self_attn.q_proj.weight");
+  for (const IntruderMatrix& m : trained.result->intruders) {
+    EXPECT_GE(m.intruders, 0);
+    EXPECT_LE(m.min_similarity, 1 + 1e-6);
+  }
+
+  RunSpec still = options;
+  still.output.dir = out.path() + "/still";
+  still.optimizer.learning_rate = 0;
+  const Run unchanged = TrainRun(still);
+  ASSERT_TRUE(unchanged.result.ok()) << unchanged.result.status();
+  EXPECT_EQ(unchanged.result->forgetting->delta(), 0);
+  for (const IntruderMatrix& m : unchanged.result->intruders) {
+    EXPECT_EQ(m.intruders, 0) << m.name;  // W_ft = W0
+  }
+
+  RunSpec again = options;
+  again.output.dir = out.path() + "/resumed";
+  again.checkpoint.dir = out.path() + "/ckpt";
+  const Run stopped = TrainRun(again, /*stop_after=*/5);
+  ASSERT_EQ(stopped.checkpoints.size(), 1u);
+  again.checkpoint.resume_from = stopped.checkpoints[0].dir;
+  const Run resumed = TrainRun(again);
+  ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+  ASSERT_TRUE(resumed.result->forgetting.has_value());
+  EXPECT_EQ(resumed.result->forgetting->loss_before, report.loss_before);
+  EXPECT_NEAR(resumed.result->forgetting->loss_after, report.loss_after, 1e-6);
+
+  // A general file that does not parse is the user's data, named.
+  std::ofstream(out.path() + "/bad.jsonl") << "{not json\n";
+  options.evaluation.general_file = out.path() + "/bad.jsonl";
+  const absl::Status bad = TrainRun(options).result.status();
+  EXPECT_EQ(ErrorKindOf(bad), ErrorKind::kUserData) << bad;
+  EXPECT_EQ(ErrorFieldOf(bad), "general_file") << bad;
 }
 
 // Masked Thought changes the steps' losses (the inputs are masked, the

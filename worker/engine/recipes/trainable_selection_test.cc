@@ -199,6 +199,33 @@ TEST_F(TrainableSelectionRunTest, HalfFtChangesOnlyTheSelectedHalfPerEpoch) {
   EXPECT_EQ(Manifest(resumed.output.dir)["selections"], manifest["selections"]);
 }
 
+// HFT with fraction 0.25 and include_embeddings on 4 layers: 0.25 x 28 = 7
+// matrices (0.25 x 16 = 4 of them attention ones) and the embeddings, final
+// norm and head change; every other tensor is bit-identical.
+TEST_F(TrainableSelectionRunTest, HalfFtWithEmbeddingsChangesOnlyItsSelection) {
+  RunSpec spec = Spec(out_.path() + "/hft-ends");
+  spec.trainable.half_ft =
+      HalfFtSpec{.seed = 3, .fraction = 0.25, .include_embeddings = true};
+  absl::StatusOr<TrainResult> result = Run(spec);
+  ASSERT_TRUE(result.ok()) << result.status();
+  const Json manifest = Manifest(spec.output.dir);
+  ASSERT_EQ(manifest["selections"].size(), 1u);
+  const std::set<std::string> selected = manifest["selections"][0]["tensors"];
+  int attention = 0, mlp = 0;
+  for (const std::string& name : selected) {
+    if (!absl::StartsWith(name, "model.layers.")) continue;
+    (absl::StrContains(name, ".self_attn.") ? attention : mlp)++;
+  }
+  EXPECT_EQ(attention, 4);
+  EXPECT_EQ(mlp, 3);
+  for (const char* name :
+       {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}) {
+    EXPECT_TRUE(selected.count(name)) << name;
+  }
+  EXPECT_EQ(selected.size(), 7u + 3u);
+  EXPECT_EQ(Changed(Base(), Read(spec.output.dir)), selected);
+}
+
 TEST_F(TrainableSelectionRunTest, MoreLisaLayersThanTheModelHasIsAUserError) {
   RunSpec spec = Spec(out_.path() + "/bad");
   spec.trainable.lisa = LisaSpec{.activated_layers = 5};

@@ -43,6 +43,13 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, DataSpe
   f("max_seq_len", s.max_seq_len);
   f("packing", s.packing);
   f("mixture", s.mixture);
+  f("stages", s.stages);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, StageSpec> {
+  f("name", s.name);
+  f("mixture", s.mixture);
+  f("n_epochs", s.n_epochs);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, MixtureSpec> {
@@ -89,6 +96,8 @@ template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, HalfFtSpec> {
   f("reselect", s.reselect);
   f("seed", s.seed);
+  f("fraction", s.fraction);
+  f("include_embeddings", s.include_embeddings);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, TrainableSpec> {
@@ -152,6 +161,11 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, DeviceS
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, EvaluationSpec> {
   f("every_steps", s.every_steps);
+  f("general_file", s.general_file);
+  f("general_file_name", s.general_file_name);
+  f("general_tokens", s.general_tokens);
+  f("intruder_top_k", s.intruder_top_k);
+  f("intruder_epsilon", s.intruder_epsilon);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, OutputSpec> {
@@ -191,6 +205,7 @@ template <typename T> constexpr bool kNested = false;
 template <> constexpr bool kNested<MaskedThoughtSpec> = true;
 template <> constexpr bool kNested<MixtureSpec> = true;
 template <> constexpr bool kNested<MixtureSourceSpec> = true;
+template <> constexpr bool kNested<StageSpec> = true;
 template <typename T> constexpr bool kNestedList = false;
 template <typename T>
 constexpr bool kNestedList<std::vector<T>> = kNested<T>;
@@ -345,19 +360,20 @@ absl::Status NonNegative(const char* section, const char* field,
   return Invalid(absl::StrCat(section, ".", field), "must be >= 0");
 }
 
-absl::Status ValidateMixture(const MixtureSpec& m) {
+// `at_mixture`: its field, "data.mixture" or "data.stages[i].mixture".
+absl::Status ValidateMixture(const MixtureSpec& m, const std::string& at_mixture) {
   if (m.sources.empty()) return absl::OkStatus();
   if (m.strategy != "concat" && m.strategy != "weighted" &&
       m.strategy != "temperature") {
-    return Invalid("data.mixture.strategy",
+    return Invalid(at_mixture + ".strategy",
                    absl::StrCat("is \"", m.strategy,
                                 "\"; known: concat, weighted, temperature"));
   }
   if (!(m.temperature > 0 && std::isfinite(m.temperature))) {
-    return Invalid("data.mixture.temperature", "must be positive");
+    return Invalid(at_mixture + ".temperature", "must be positive");
   }
   if (m.stop != "first_exhausted" && m.stop != "all_exhausted") {
-    return Invalid("data.mixture.stop",
+    return Invalid(at_mixture + ".stop",
                    absl::StrCat("is \"", m.stop,
                                 "\"; known: first_exhausted, all_exhausted"));
   }
@@ -366,7 +382,7 @@ absl::Status ValidateMixture(const MixtureSpec& m) {
   std::set<std::string> names;
   for (size_t i = 0; i < m.sources.size(); ++i) {
     const MixtureSourceSpec& s = m.sources[i];
-    const std::string at = absl::StrCat("data.mixture.sources[", i, "].");
+    const std::string at = absl::StrCat(at_mixture, ".sources[", i, "].");
     const bool name_ok =
         !s.name.empty() &&
         std::all_of(s.name.begin(), s.name.end(), [](char c) {
@@ -394,7 +410,7 @@ absl::Status ValidateMixture(const MixtureSpec& m) {
     drawn = drawn || s.proportion == 0;
   }
   if (!drawn || proportions >= 1) {
-    return Invalid("data.mixture.sources",
+    return Invalid(at_mixture + ".sources",
                    "need one source without a proportion, and proportions "
                    "summing below 1");
   }
@@ -475,18 +491,58 @@ void AddResumeKeys(const ModelSpec& s, Json* keys) {
 }
 
 // ---- data
+namespace {
+
+// A mixture's resume keys: what decides its draws, not its paths.
+Json MixtureKeys(const MixtureSpec& m) {
+  Json mixture = {{"strategy", m.strategy},
+                  {"temperature", m.temperature},
+                  {"stop", m.stop},
+                  {"sources", Json::array()}};
+  for (const MixtureSourceSpec& source : m.sources) {
+    mixture["sources"].push_back({{"name", source.name},
+                                  {"weight", source.weight},
+                                  {"proportion", source.proportion},
+                                  {"fraction", source.fraction}});
+  }
+  return mixture;
+}
+
+}  // namespace
+
 Json ToJson(const DataSpec& s) { return SectionToJson(s); }
 absl::Status FromJson(const Json& j, DataSpec* s) {
   return SectionFromJson(j, s);
 }
 absl::Status Validate(const DataSpec& s) {
-  RETURN_IF_ERROR(ValidateMixture(s.mixture));
-  if (!s.mixture.sources.empty() && !s.training_file.empty()) {
+  RETURN_IF_ERROR(ValidateMixture(s.mixture, "data.mixture"));
+  if (!s.stages.empty()) {
+    if (!s.training_file.empty() || !s.mixture.sources.empty()) {
+      return Invalid(s.training_file.empty() ? "data.mixture" : "data.training_file",
+                     "must be empty with data.stages (each stage has its "
+                     "mixture)");
+    }
+    std::set<std::string> names;
+    for (size_t i = 0; i < s.stages.size(); ++i) {
+      const StageSpec& stage = s.stages[i];
+      const std::string at = absl::StrCat("data.stages[", i, "]");
+      if (stage.mixture.sources.empty()) {
+        return Invalid(at + ".mixture.sources", "is required");
+      }
+      RETURN_IF_ERROR(ValidateMixture(stage.mixture, at + ".mixture"));
+      if (stage.n_epochs < 0) return Invalid(at + ".n_epochs", "must be >= 0");
+      const std::string name =
+          stage.name.empty() ? absl::StrCat("stage-", i + 1) : stage.name;
+      if (!names.insert(name).second) {
+        return Invalid(at + ".name", absl::StrCat("\"", name, "\" is repeated"));
+      }
+    }
+  } else if (!s.mixture.sources.empty() && !s.training_file.empty()) {
     return Invalid("data.training_file",
                    "must be empty with data.mixture.sources (list it as a "
                    "source)");
   }
-  if (s.training_file.empty() && s.mixture.sources.empty()) {
+  if (s.training_file.empty() && s.mixture.sources.empty() && s.stages.empty()) {
     return Invalid("data.training_file", "is required");
   }
   RETURN_IF_ERROR(Positive("data", "batch_size", s.batch_size));
@@ -500,18 +556,12 @@ void AddResumeKeys(const DataSpec& s, Json* keys) {
   (*keys)["max_seq_len"] = s.max_seq_len;
   // The sources' contents are in the recipe's fingerprint; their paths may
   // differ on resume.
-  if (s.mixture.sources.empty()) return;
-  Json mixture = {{"strategy", s.mixture.strategy},
-                  {"temperature", s.mixture.temperature},
-                  {"stop", s.mixture.stop},
-                  {"sources", Json::array()}};
-  for (const MixtureSourceSpec& source : s.mixture.sources) {
-    mixture["sources"].push_back({{"name", source.name},
-                                  {"weight", source.weight},
-                                  {"proportion", source.proportion},
-                                  {"fraction", source.fraction}});
+  if (!s.mixture.sources.empty()) (*keys)["mixture"] = MixtureKeys(s.mixture);
+  for (const StageSpec& stage : s.stages) {
+    (*keys)["stages"].push_back({{"name", stage.name},
+                                 {"n_epochs", stage.n_epochs},
+                                 {"mixture", MixtureKeys(stage.mixture)}});
   }
-  (*keys)["mixture"] = mixture;
 }
 
 // ---- adapter
@@ -642,6 +692,9 @@ absl::Status Validate(const TrainableSpec& s) {
                      absl::StrCat("is \"", s.half_ft->reselect,
                                   "\"; known: stage, epoch"));
     }
+    if (!(s.half_ft->fraction > 0 && s.half_ft->fraction <= 1)) {
+      return Invalid("trainable.half_ft.fraction", "must be in (0, 1]");
+    }
   }
   return absl::OkStatus();
 }
@@ -749,7 +802,8 @@ absl::Status FromJson(const Json& j, OptimizerSpec* s) {
   return SectionFromJson(j, s);
 }
 absl::Status Validate(const OptimizerSpec& s) {
-  RETURN_IF_ERROR(Positive("optimizer", "learning_rate", s.learning_rate));
+  // 0 trains nothing: a baseline run (its reports measure the base alone).
+  RETURN_IF_ERROR(NonNegative("optimizer", "learning_rate", s.learning_rate));
   RETURN_IF_ERROR(NonNegative("optimizer", "weight_decay", s.weight_decay));
   RETURN_IF_ERROR(Positive("optimizer", "max_grad_norm", s.max_grad_norm));
   return Positive("optimizer", "gradient_accumulation_steps",
@@ -825,7 +879,18 @@ absl::Status FromJson(const Json& j, EvaluationSpec* s) {
   return SectionFromJson(j, s);
 }
 absl::Status Validate(const EvaluationSpec& s) {
-  return NonNegative("evaluation", "every_steps", s.every_steps);
+  RETURN_IF_ERROR(NonNegative("evaluation", "every_steps", s.every_steps));
+  if (s.general_tokens != "assistant" && s.general_tokens != "all") {
+    return Invalid("evaluation.general_tokens",
+                   absl::StrCat("is \"", s.general_tokens,
+                                "\"; known: assistant, all"));
+  }
+  RETURN_IF_ERROR(
+      NonNegative("evaluation", "intruder_top_k", s.intruder_top_k));
+  if (!(s.intruder_epsilon > 0 && s.intruder_epsilon <= 1)) {
+    return Invalid("evaluation.intruder_epsilon", "must be in (0, 1]");
+  }
+  return absl::OkStatus();
 }
 void AddResumeKeys(const EvaluationSpec&, Json*) {}
 
@@ -896,14 +961,19 @@ absl::StatusOr<RunSpec> ParseRunSpec(const Json& json,
   }
   for (std::string* path :
        {&spec.model.dir, &spec.data.training_file, &spec.data.validation_file,
+        &spec.evaluation.general_file,
         &spec.checkpoint.dir, &spec.checkpoint.resume_from, &spec.output.dir,
         &spec.output.merged_dir}) {
     *path = Resolve(*path, base_dir);
   }
-  for (MixtureSourceSpec& source : spec.data.mixture.sources) {
-    source.file = Resolve(source.file, base_dir);
-    source.validation_file = Resolve(source.validation_file, base_dir);
-  }
+  auto resolve_sources = [&](MixtureSpec& mixture) {
+    for (MixtureSourceSpec& source : mixture.sources) {
+      source.file = Resolve(source.file, base_dir);
+      source.validation_file = Resolve(source.validation_file, base_dir);
+    }
+  };
+  resolve_sources(spec.data.mixture);
+  for (StageSpec& stage : spec.data.stages) resolve_sources(stage.mixture);
   return spec;
 }
 
@@ -923,6 +993,9 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
   RETURN_IF_ERROR(status);
   if (Lora(spec.adapter) == nullptr && !spec.output.merged_dir.empty()) {
     return Invalid("output.merged_dir", "is for LoRA runs only");
+  }
+  if (IsPreference(spec.objective) && !spec.data.stages.empty()) {
+    return Invalid("data.stages", "are for objective sft");
   }
   if (IsPreference(spec.objective) &&
       std::holds_alternative<PromptTuningSpec>(spec.adapter)) {
@@ -955,6 +1028,16 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
                                 spec.data.max_seq_len, ")"));
   }
   return absl::OkStatus();
+}
+
+RunSpec StageRunSpec(const RunSpec& spec, size_t i) {
+  RunSpec stage = spec;
+  stage.data.stages.clear();
+  stage.data.mixture = spec.data.stages[i].mixture;
+  if (spec.data.stages[i].n_epochs > 0) {
+    stage.schedule.n_epochs = spec.data.stages[i].n_epochs;
+  }
+  return stage;
 }
 
 Json ResumeKeys(const RunSpec& spec) {

@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/half_ft.h"
 #include "nlohmann/json.hpp"
 
 namespace lathe::engine {
@@ -75,6 +76,19 @@ struct MixtureSpec {
   std::string stop = "first_exhausted";
 };
 
+// "data.stages[i]": one stage of a multi-stage run (DMT, METHODS.md §2.2).
+// Stages train one after another on the same weights: stage i+1 starts from
+// stage i's trained weights with a fresh optimizer and its own learning-rate
+// schedule (warmup included), exactly as a separate run from those weights
+// with the run's seed would (its data order, subsamples and dropout seeded
+// by the run's seed again). A trainable selection with reselect "stage"
+// draws a new half per stage. Steps are counted across the stages.
+struct StageSpec {
+  std::string name;     // "general"; "" = "stage-<i+1>"
+  MixtureSpec mixture;  // the stage's training data (required)
+  int n_epochs = 0;     // 2; 0 = schedule.n_epochs
+};
+
 // "data": the JSONL files and how examples become batches.
 struct DataSpec {
   std::string training_file;    // "train.jsonl" (required without mixture)
@@ -90,6 +104,9 @@ struct DataSpec {
   // data/packing.h): the same loss, no padding computed.
   bool packing = true;
   MixtureSpec mixture;  // several training files instead of training_file
+  // Several stages, each with its own mixture, instead of training_file and
+  // mixture (both then empty); SFT only.
+  std::vector<StageSpec> stages;
 };
 
 // "adapter" {"type": "lora", ...}: low-rank factors on the projections; the
@@ -139,9 +156,12 @@ struct LisaSpec {
   int interval_steps = 20;   // 10: K
 };
 struct HalfFtSpec {
-  // HFT: half of each layer's matrices (2 of 4 attention, 2 or 1 of 3 MLP).
-  std::string reselect = "stage";  // "epoch": a new half every epoch
+  // HFT: a fraction of the decoder layers' matrices, counted and spread by
+  // common/half_ft.h's rule (0.5: 2 of 4 attention, 2 or 1 of 3 MLP).
+  std::string reselect = "stage";  // "epoch": a new draw every epoch
   uint64_t seed = 0;               // 7; 0 = the run's seed
+  double fraction = kDefaultHalfFtFraction;  // 0.25; in (0, 1]
+  bool include_embeddings = false;  // also the embeddings, norm and head
 };
 struct TrainableSpec {
   // Decoder layers: indices, ranges or bands (common/layer_ranges.h).
@@ -251,6 +271,20 @@ struct DeviceSpec {
 // "evaluation": validation passes over data.validation_file.
 struct EvaluationSpec {
   int every_steps = 0;  // 50; 0 = only after the last step
+  // The forgetting report (METHODS.md §9.1): a held-out general-data file
+  // (chat, prompt/completion or text) whose loss is measured before the
+  // first step and after the last; "" = none.
+  std::string general_file;       // "general.jsonl"
+  std::string general_file_name;  // as data.training_file_name
+  // Which tokens its loss is over: "assistant" (the trained tokens, as the
+  // training loss) or "all" (every next token).
+  std::string general_tokens = "assistant";
+  // Intruder dimensions (METHODS.md §9.2) of every LoRA-adapted matrix
+  // after training: of the top intruder_top_k singular vectors of W0 + dW,
+  // those whose largest |cosine| with W0's left singular vectors is below
+  // intruder_epsilon. 0 = not counted; LoRA runs only.
+  int intruder_top_k = 10;
+  double intruder_epsilon = 0.5;
 };
 
 // "output": where the result goes.
@@ -330,6 +364,11 @@ nlohmann::json RunSpecJson(const RunSpec& spec);
 // interval needs a checkpoint dir; merged_dir is for LoRA, a trainable
 // selection for full fine-tuning).
 absl::Status ValidateRunSpec(const RunSpec& spec);
+
+// The spec of stage `i` of a multi-stage run (REQUIRES: i <
+// spec.data.stages.size()): `spec` with that stage's mixture as
+// data.mixture, no stages, and its n_epochs.
+RunSpec StageRunSpec(const RunSpec& spec, size_t i);
 
 // The resume keys of every section and the seed: a checkpoint is resumed
 // only by a run whose keys equal those it was written with. (Learning rate,

@@ -23,6 +23,8 @@ RunSpec EveryFieldSet() {
             // Sources are in MixtureSpecIsNestedObjects: with them,
             // training_file must be empty.
             .mixture = {.strategy = "weighted"}};
+            // Stages are in StagesAreNestedObjects: with them, training_file
+            // must be empty.
   s.adapter = LoraSpec{.rank = 5,
                        .alpha = 3.5,
                        .dropout = 0.1,
@@ -42,7 +44,12 @@ RunSpec EveryFieldSet() {
   s.device = {.device = "cuda:1",
               .dtype = "bfloat16",
               .activation_checkpointing = true};
-  s.evaluation = {.every_steps = 10};
+  s.evaluation = {.every_steps = 10,
+                  .general_file = "/general.jsonl",
+                  .general_file_name = "general_file file-g",
+                  .general_tokens = "all",
+                  .intruder_top_k = 5,
+                  .intruder_epsilon = 0.25};
   s.output = {.dir = "/out", .merged_dir = "/merged"};
   return s;
 }
@@ -53,7 +60,10 @@ TrainableSpec EveryTrainableFieldSet() {
   return {.layers = {"1-2"},
           .modules = {"up_proj"},
           .lisa = LisaSpec{.activated_layers = 1, .interval_steps = 5},
-          .half_ft = HalfFtSpec{.reselect = "epoch", .seed = 3}};
+          .half_ft = HalfFtSpec{.reselect = "epoch",
+                                .seed = 3,
+                                .fraction = 0.25,
+                                .include_embeddings = true}};
 }
 
 // Each section's JSON reads back as the section, field for field.
@@ -115,7 +125,7 @@ TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
     // its own below.
     if (!fields.is_object() || section == "trainable") continue;
     for (const auto& [name, value] : fields.items()) {
-      if (name == "type") continue;
+      if (name == "type" || (section == "data" && name == "stages")) continue;
       EXPECT_NE(value, defaults[section][name]) << section << "." << name;
     }
   }
@@ -128,6 +138,13 @@ TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
     EXPECT_NE(value, no_selection[name]) << "trainable." << name;
   }
   EXPECT_EQ(no_selection["lisa"], nullptr);
+  const Json half_defaults =
+      ToJson(TrainableSpec{.half_ft = HalfFtSpec{}})["half_ft"];
+  for (const auto& [name, value] : trainable["half_ft"].items()) {
+    EXPECT_NE(value, half_defaults[name]) << "trainable.half_ft." << name;
+  }
+  EXPECT_EQ(half_defaults["fraction"], 0.5);
+  EXPECT_EQ(half_defaults["include_embeddings"], false);
   TrainableSpec lisa;
   ASSERT_TRUE(FromJson(Json{{"lisa", Json::object()}}, &lisa).ok());
   ASSERT_TRUE(lisa.lisa.has_value());
@@ -257,7 +274,7 @@ TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
        "objective.lambda"},
       {[](RunSpec& s) { s.objective = OrpoSpec{.loss_chunk_tokens = 0}; },
        "objective.loss_chunk_tokens"},
-      {[](RunSpec& s) { s.optimizer.learning_rate = 0; },
+      {[](RunSpec& s) { s.optimizer.learning_rate = -1e-4; },
        "optimizer.learning_rate"},
       {[](RunSpec& s) { s.optimizer.weight_decay = -1; },
        "optimizer.weight_decay"},
@@ -328,6 +345,16 @@ TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
          s.trainable.layers = {"1"};
        },
        "trainable.half_ft"},
+      {[](RunSpec& s) {
+         FullFineTuning(s);
+         s.trainable.half_ft = HalfFtSpec{.fraction = 0};
+       },
+       "trainable.half_ft.fraction"},
+      {[](RunSpec& s) {
+         FullFineTuning(s);
+         s.trainable.half_ft = HalfFtSpec{.fraction = 1.5};
+       },
+       "trainable.half_ft.fraction"},
   };
   ASSERT_TRUE(ValidateRunSpec(EveryFieldSet()).ok())
       << ValidateRunSpec(EveryFieldSet());
@@ -348,6 +375,41 @@ TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
     EXPECT_NE(status.message().find("\"" + c.field + "\""), std::string::npos)
         << c.field << ": " << status;
   }
+}
+
+// data.stages: each stage's fields round-trip, its paths resolve against
+// the spec's folder, and its mixture and epochs are resume keys.
+TEST(RunSpecTest, StagesAreNestedObjects) {
+  RunSpec s = EveryFieldSet();
+  s.data.training_file.clear();
+  s.data.stages = {
+      {.name = "specialised",
+       .mixture = {.sources = {{.name = "math", .file = "math.jsonl"}}}},
+      {.name = "general",
+       .mixture = {.sources = {{.name = "g", .file = "/g.jsonl"},
+                               {.name = "math",
+                                .file = "math.jsonl",
+                                .fraction = 0.25}}},
+       .n_epochs = 2}};
+  ASSERT_TRUE(ValidateRunSpec(s).ok()) << ValidateRunSpec(s);
+  const Json json = RunSpecJson(s);
+  EXPECT_EQ(json["data"]["stages"][1]["n_epochs"], 2);
+  EXPECT_EQ(json["data"]["stages"][1]["mixture"]["sources"][1]["fraction"], 0.25);
+  absl::StatusOr<RunSpec> back = ParseRunSpec(json, "/specs");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->data.stages[0].mixture.sources[0].file, "/specs/math.jsonl");
+  EXPECT_EQ(back->data.stages[1].mixture.sources[0].file, "/g.jsonl");
+  const RunSpec stage = StageRunSpec(*back, 1);
+  EXPECT_TRUE(stage.data.stages.empty());
+  EXPECT_EQ(stage.data.mixture.sources.size(), 2u);
+  EXPECT_EQ(stage.schedule.n_epochs, 2);
+  EXPECT_EQ(StageRunSpec(*back, 0).schedule.n_epochs, s.schedule.n_epochs);
+  RunSpec other = s;
+  other.data.stages[1].mixture.sources[1].fraction = 0.5;
+  EXPECT_NE(ResumeKeys(other), ResumeKeys(s));
+  other = s;
+  other.data.stages[1].n_epochs = 3;
+  EXPECT_NE(ResumeKeys(other), ResumeKeys(s));
 }
 
 TEST(RunSpecTest, ResumeKeysAreWhatDecidesTheDataAndTheTrainedTensors) {

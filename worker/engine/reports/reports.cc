@@ -1,0 +1,94 @@
+#include "worker/engine/reports/reports.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "worker/engine/data/batch.h"
+#include "worker/engine/loss/chunked_cross_entropy.h"
+
+namespace lathe::engine {
+
+HeldOutLoss HeldOutLossOf(const LlamaModel& model,
+                          const std::vector<Example>& data, bool all_tokens,
+                          int batch_size, int32_t pad_id, bool adapters) {
+  torch::NoGradGuard no_grad;
+  // Every next token after the first real one (prompt tuning's
+  // placeholders are never targets, nor is the token after them).
+  const size_t first_target =
+      static_cast<size_t>(model.num_virtual_tokens()) + 1;
+  std::vector<Example> all;
+  if (all_tokens) {
+    all = data;
+    for (Example& e : all) {
+      for (size_t t = 0; t < e.loss_mask.size(); ++t) {
+        e.loss_mask[t] = t >= first_target ? 1 : 0;
+      }
+    }
+  }
+  const std::vector<Example>& examples = all_tokens ? all : data;
+  double total = 0;
+  int64_t targets = 0;
+  const size_t step = static_cast<size_t>(std::max(batch_size, 1));
+  for (size_t first = 0; first < examples.size(); first += step) {
+    std::vector<size_t> indices(std::min(step, examples.size() - first));
+    std::iota(indices.begin(), indices.end(), first);
+    const Batch batch =
+        ToDevice(MakeBatch(examples, indices, pad_id), model.device());
+    if (Targets(batch) == 0) continue;
+    const torch::Tensor hidden = model.Hidden(
+        batch.input_ids, batch.layout,
+        {.training = false, .adapters = adapters});
+    const LossStats stats =
+        ChunkedCausalLmLoss(hidden, model.head(), batch, /*chunk_tokens=*/1024);
+    total += stats.loss.item<double>() * stats.targets;
+    targets += stats.targets;
+  }
+  return {.loss = targets > 0 ? total / targets : 0, .tokens = targets};
+}
+
+std::vector<double> IntruderSimilarities(const torch::Tensor& w0,
+                                         const torch::Tensor& w_ft,
+                                         int top_k) {
+  torch::NoGradGuard no_grad;
+  // Reduced SVDs (full_matrices=False, as the paper's code and PEFT);
+  // singular values come sorted, largest first.
+  const torch::Tensor u0 = std::get<0>(torch::linalg::svd(
+      w0.to(torch::kFloat32), /*full_matrices=*/false, c10::nullopt));
+  const torch::Tensor u = std::get<0>(torch::linalg::svd(
+      w_ft.to(torch::kFloat32), /*full_matrices=*/false, c10::nullopt));
+  const int64_t k = std::min<int64_t>(top_k, u.size(1));
+  // [k, r0]: |<U[:, i], U0[:, j]>|, then the largest over j.
+  const torch::Tensor sims = std::get<0>(
+      u.narrow(1, 0, k).t().matmul(u0).abs().max(/*dim=*/1));
+  const torch::Tensor cpu = sims.to(torch::kCPU, torch::kFloat64).contiguous();
+  return std::vector<double>(cpu.data_ptr<double>(),
+                             cpu.data_ptr<double>() + k);
+}
+
+std::vector<IntruderMatrix> LoraIntruders(const LlamaModel& model, int top_k,
+                                          double epsilon) {
+  std::vector<IntruderMatrix> out;
+  const std::vector<DecoderLayer>& layers = model.layers();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    for (const char* name : kProjectionNames) {
+      const Linear& linear =
+          *layers[i].Projection(name);
+      if (!linear.lora_a.defined()) continue;
+      const std::vector<double> sims =
+          IntruderSimilarities(linear.weight, linear.MergedWeight(), top_k);
+      IntruderMatrix m{.name = absl::StrCat("model.layers.", i, ".",
+                                            std::string(ProjectionGroup(name)),
+                                            ".", name, ".weight")};
+      for (double s : sims) {
+        m.intruders += s < epsilon ? 1 : 0;
+        m.min_similarity = std::min(m.min_similarity, s);
+      }
+      out.push_back(std::move(m));
+    }
+  }
+  return out;
+}
+
+}  // namespace lathe::engine
