@@ -3,8 +3,8 @@
 #include "common/status_macros.h"
 #include "worker/engine/adapters/lora.h"
 #include "worker/engine/adapters/prompt_tuning.h"
-#include "worker/engine/text/json_file.h"
 #include "worker/engine/model/model_export.h"
+#include "worker/engine/text/json_file.h"
 
 namespace lathe::engine {
 
@@ -39,13 +39,14 @@ std::vector<AdamW::Param> TrainableParams(const LlamaModel& model,
 }
 
 std::string TrainedWeightsFile(const AdapterSpec& adapter) {
-  return std::holds_alternative<FullSpec>(adapter) ? "model.safetensors"
-                                                   : "adapter_model.safetensors";
+  return std::holds_alternative<FullSpec>(adapter)
+             ? "model.safetensors"
+             : "adapter_model.safetensors";
 }
 
 std::string AdapterBaseName(const ModelSpec& model_spec,
-                            const LlamaModel& model) {
-  if (!model.config().hub_name.empty()) return model.config().hub_name;
+                            const ModelConfig& config) {
+  if (!config.hub_name.empty()) return config.hub_name;
   return model_spec.base_model_name.empty() ? model_spec.dir
                                             : model_spec.base_model_name;
 }
@@ -54,11 +55,12 @@ absl::Status SaveTrained(const LlamaModel& model, const AdapterSpec& adapter,
                          const ModelSpec& model_spec, const std::string& dir,
                          torch::ScalarType dtype) {
   if (const LoraSpec* lora = Lora(adapter)) {
-    return SaveAdapter(model, *lora, AdapterBaseName(model_spec, model), dir);
+    return SaveAdapter(model, *lora,
+                       AdapterBaseName(model_spec, model.config()), dir);
   }
   if (const auto* prompt = std::get_if<PromptTuningSpec>(&adapter)) {
-    return SavePromptTuning(model, *prompt, AdapterBaseName(model_spec, model),
-                            dir);
+    return SavePromptTuning(model, *prompt,
+                            AdapterBaseName(model_spec, model.config()), dir);
   }
   return SaveModelFolder(model, model_spec.dir, dir, dtype);
 }

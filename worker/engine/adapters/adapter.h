@@ -36,7 +36,7 @@ std::string TrainedWeightsFile(const AdapterSpec& adapter);
 // adapter_config.json's base_model_name_or_path: the Hugging Face id from
 // config.json, else model.base_model_name, else model.dir.
 std::string AdapterBaseName(const ModelSpec& model_spec,
-                            const LlamaModel& model);
+                            const ModelConfig& config);
 
 // Writes what was trained to `dir`: the PEFT adapter (LoRA, float32), or a
 // model folder in the base's layout with its weights in `dtype` (full).

@@ -17,13 +17,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-std::string PeftKey(size_t layer, const std::string& module,
-                    const char* which) {
-  return absl::StrCat("base_model.model.model.layers.", layer, ".",
-                      std::string(ProjectionGroup(module)), ".", module, ".",
-                      which, ".weight");
-}
-
 // DoRA's magnitude: no ".weight" suffix, as PEFT saves it.
 std::string MagnitudeKey(size_t layer, const std::string& module) {
   return absl::StrCat("base_model.model.model.layers.", layer, ".",
@@ -50,12 +43,19 @@ absl::Status CheckLayers(const LoraSpec& options, const LlamaModel& model) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
 double LoraScale(const LoraSpec& options) {
   return options.use_rslora ? options.alpha / std::sqrt(options.rank)
                             : options.alpha / options.rank;
 }
 
-}  // namespace
+std::string LoraFactorKey(size_t layer, const std::string& module,
+                          const char* which) {
+  return absl::StrCat("base_model.model.model.layers.", layer, ".",
+                      std::string(ProjectionGroup(module)), ".", module, ".",
+                      which, ".weight");
+}
 
 absl::Status AttachLora(LlamaModel& model, const LoraSpec& options) {
   RETURN_IF_ERROR(Validate(AdapterSpec(options)));
@@ -93,8 +93,8 @@ TensorMap LoraParameters(const LlamaModel& model) {
     for (const char* name : kProjectionNames) {
       const Linear& linear = *model.layers()[i].Projection(name);
       if (!linear.lora_a.defined()) continue;
-      params[PeftKey(i, name, "lora_A")] = linear.lora_a;
-      params[PeftKey(i, name, "lora_B")] = linear.lora_b;
+      params[LoraFactorKey(i, name, "lora_A")] = linear.lora_a;
+      params[LoraFactorKey(i, name, "lora_B")] = linear.lora_b;
       if (linear.lora_magnitude.defined()) {
         params[MagnitudeKey(i, name)] = linear.lora_magnitude;
       }
@@ -103,10 +103,9 @@ TensorMap LoraParameters(const LlamaModel& model) {
   return params;
 }
 
-absl::Status SaveAdapter(const LlamaModel& model, const LoraSpec& options,
-                         const std::string& base_model_name,
-                         const std::string& dir) {
-  const Json config = {
+Json LoraConfigJson(const LoraSpec& options,
+                    const std::string& base_model_name) {
+  return {
       {"peft_type", "LORA"},
       {"task_type", "CAUSAL_LM"},
       {"r", options.rank},
@@ -126,11 +125,16 @@ absl::Status SaveAdapter(const LlamaModel& model, const LoraSpec& options,
       {"modules_to_save", nullptr},
       {"base_model_name_or_path", base_model_name},
   };
-  return WritePeftFolder(dir, config, LoraParameters(model));
 }
 
-absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
-                                        const std::string& dir) {
+absl::Status SaveAdapter(const LlamaModel& model, const LoraSpec& options,
+                         const std::string& base_model_name,
+                         const std::string& dir) {
+  return WritePeftFolder(dir, LoraConfigJson(options, base_model_name),
+                         LoraParameters(model));
+}
+
+absl::StatusOr<LoraSpec> ReadLoraConfig(const std::string& dir) {
   ASSIGN_OR_RETURN(Json config, ReadPeftConfig(dir, "LORA"));
   auto field_error = [&](const std::string& field, const std::string& problem) {
     return PeftConfigError(dir, field, problem);
@@ -179,12 +183,19 @@ absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
       config["target_modules"].get<std::vector<std::string>>();
   options.use_dora = config.value("use_dora", false);
   options.layers_to_transform = layers;
-  for (absl::Status valid :
-       {Validate(AdapterSpec(options)), CheckLayers(options, model)}) {
-    if (!valid.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(dir, "/adapter_config.json: ", valid.message()));
-    }
+  if (absl::Status valid = Validate(AdapterSpec(options)); !valid.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, "/adapter_config.json: ", valid.message()));
+  }
+  return options;
+}
+
+absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
+                                     const std::string& dir) {
+  ASSIGN_OR_RETURN(const LoraSpec options, ReadLoraConfig(dir));
+  if (absl::Status valid = CheckLayers(options, model); !valid.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, "/adapter_config.json: ", valid.message()));
   }
   const double scale = LoraScale(options);
 
@@ -203,10 +214,10 @@ absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
       Linear* linear = model.layers()[i].Projection(module);
       const int64_t out = linear->weight.size(0), in = linear->weight.size(1);
       ASSIGN_OR_RETURN(torch::Tensor a,
-                       TakeTensor(tensors, PeftKey(i, module, "lora_A"),
+                       TakeTensor(tensors, LoraFactorKey(i, module, "lora_A"),
                                   {options.rank, in}, weights_path));
       ASSIGN_OR_RETURN(torch::Tensor b,
-                       TakeTensor(tensors, PeftKey(i, module, "lora_B"),
+                       TakeTensor(tensors, LoraFactorKey(i, module, "lora_B"),
                                   {out, options.rank}, weights_path));
       torch::Tensor magnitude;
       if (options.use_dora) {

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
 #include "worker/engine/model/llama.h"
 #include "worker/engine/spec/run_spec.h"
 
@@ -42,11 +43,30 @@ absl::Status SaveAdapter(const LlamaModel& model, const LoraSpec& options,
                          const std::string& base_model_name,
                          const std::string& dir);
 
+// The scale of `options`' factors: alpha / r, or alpha / sqrt(r) with
+// use_rslora.
+double LoraScale(const LoraSpec& options);
+
+// The name of a factor in adapter_model.safetensors: `which` "lora_A" or
+// "lora_B" of projection `module` ("q_proj") of decoder layer `layer`,
+// "base_model.model.model.layers.{layer}.self_attn.q_proj.lora_A.weight".
+std::string LoraFactorKey(size_t layer, const std::string& module,
+                          const char* which);
+
+// The adapter_config.json SaveAdapter writes for `options`.
+nlohmann::json LoraConfigJson(const LoraSpec& options,
+                              const std::string& base_model_name);
+
+// The options of the PEFT LoRA adapter in `dir`, from its
+// adapter_config.json (whether its layers exist is the caller's to check).
+// INVALID_ARGUMENT naming the field for an unsupported config; errors as
+// ReadPeftConfig.
+absl::StatusOr<LoraSpec> ReadLoraConfig(const std::string& dir);
+
 // Reads a PEFT LoRA adapter from `dir` and attaches it (frozen) to `model`.
 // Returns its options. INVALID_ARGUMENT naming the field or tensor for an
 // unsupported config, a missing, unexpected or mis-shaped tensor.
-absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model,
-                                        const std::string& dir);
+absl::StatusOr<LoraSpec> LoadAdapter(LlamaModel& model, const std::string& dir);
 
 }  // namespace lathe::engine
 

@@ -14,24 +14,26 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
-#include "worker/engine/data/chat_data.h"
-#include "worker/engine/text/chat_template.h"
-#include "worker/engine/cli/demo.h"
-#include "worker/engine/inference/generate.h"
-#include "worker/engine/text/json_file.h"
-#include "worker/engine/model/llama.h"
 #include "worker/engine/adapters/adapter.h"
 #include "worker/engine/adapters/lora.h"
+#include "worker/engine/cli/demo.h"
+#include "worker/engine/data/chat_data.h"
 #include "worker/engine/device/placement.h"
+#include "worker/engine/inference/generate.h"
 #include "worker/engine/inference/score.h"
-#include "worker/engine/text/tokenizer.h"
+#include "worker/engine/merge/merge.h"
+#include "worker/engine/model/llama.h"
+#include "worker/engine/model/weights.h"
 #include "worker/engine/recipes/run.h"
 #include "worker/engine/spec/run_spec.h"
-#include "worker/engine/model/weights.h"
+#include "worker/engine/text/chat_template.h"
+#include "worker/engine/text/json_file.h"
+#include "worker/engine/text/tokenizer.h"
 
 namespace lathe::engine {
 namespace {
@@ -55,12 +57,22 @@ constexpr char kUsage[] =
     "      [--expert DIR [--expert-adapter DIR] --anti-expert DIR [--alpha A]]\n"
     "  --expert/--anti-expert: EFT / proxy tuning, each step's logits are\n"
     "  model + A x (expert - anti-expert) (A = 1); same tokenizer required.\n"
+    "  %1$s merge --base DIR --inputs DIR,DIR,... --out DIR\n"
+    "      [--method linear|task_arithmetic|ties|dare_linear|dare_ties|\n"
+    "                breadcrumbs|lines|greedy_soup] [--weights W,W,...]\n"
+    "      [--lambda L] [--density D] [--majority-sign total|frequency]\n"
+    "      [--beta B] [--gamma G] [--lines-alpha A] [--lines-beta B]\n"
+    "      [--seed S] [--lora-out DIR --lora-rank R\n"
+    "      [--lora-target-modules q_proj,v_proj,...]]\n"
+    "      [--validation-file FILE.jsonl] [--chat-template NAME]\n"
+    "      [--max-seq-len N] [--device cpu|cuda|auto] [--dtype ...]\n"
     "  --add-special-tokens (with --text) adds what Hugging Face's\n"
     "  encode(text) adds by default (BOS for Llama 2, Mistral, TinyLlama).\n"
     "  --chat-template names the family (zephyr, llama3, chatml, mistral)\n"
     "  instead of recognizing tokenizer_config.json's chat_template; --mask\n"
     "  picks the chat tokens scored: every assistant turn (default), the\n"
-    "  last one, or all tokens.\n";
+    "  last one, or all tokens. merge inputs are model folders or PEFT\n"
+    "  LoRA adapters on the base (docs/merging.md).\n";
 
 int Fail(const absl::Status& status) {
   std::cerr << "error: " << status << "\n";
@@ -133,6 +145,29 @@ std::string Flag(const std::map<std::string, std::string>& flags,
                  const std::string& name) {
   auto it = flags.find(name);
   return it == flags.end() ? "" : it->second;
+}
+
+// Sets *value from flag `name` when it is given. INVALID_ARGUMENT when it
+// is not a number of *value's type.
+template <typename T>
+absl::Status NumberFlag(const std::map<std::string, std::string>& flags,
+                        const char* name, T* value) {
+  const std::string text = Flag(flags, name);
+  bool ok = true;
+  if constexpr (std::is_floating_point_v<T>) {
+    ok = text.empty() || absl::SimpleAtod(text, value);
+  } else {
+    ok = text.empty() || absl::SimpleAtoi(text, value);
+  }
+  return ok ? absl::OkStatus()
+            : absl::InvalidArgumentError(
+                  absl::StrCat(name, " is not a number: ", text));
+}
+
+// A comma-separated flag's items ("a,b" -> {"a", "b"}); {} when absent.
+std::vector<std::string> ListFlag(
+    const std::map<std::string, std::string>& flags, const std::string& name) {
+  return absl::StrSplit(Flag(flags, name), ',', absl::SkipEmpty());
 }
 
 enum class MaskMode { kAssistant, kLast, kAll };
@@ -327,17 +362,8 @@ absl::Status GenerateCommand(const std::map<std::string, std::string>& flags) {
     return absl::InvalidArgumentError("give one of --prompt and --chat");
   }
   GenerateOptions options;
-  auto number = [&](const char* name, auto* value) -> absl::Status {
-    const std::string text = Flag(flags, name);
-    bool ok = true;
-    if constexpr (std::is_same_v<std::decay_t<decltype(*value)>, double>) {
-      ok = text.empty() || absl::SimpleAtod(text, value);
-    } else {
-      ok = text.empty() || absl::SimpleAtoi(text, value);
-    }
-    return ok ? absl::OkStatus()
-              : absl::InvalidArgumentError(
-                    absl::StrCat(name, " is not a number: ", text));
+  auto number = [&](const char* name, auto* value) {
+    return NumberFlag(flags, name, value);
   };
   RETURN_IF_ERROR(number("--max-new-tokens", &options.max_new_tokens));
   RETURN_IF_ERROR(number("--temperature", &options.temperature));
@@ -406,6 +432,92 @@ absl::Status GenerateCommand(const std::map<std::string, std::string>& flags) {
   return absl::OkStatus();
 }
 
+// The flags of `merge` as a MergeSpec.
+absl::StatusOr<MergeSpec> MergeSpecFromFlags(
+    const std::map<std::string, std::string>& flags) {
+  MergeSpec spec;
+  spec.base_dir = Flag(flags, "--base");
+  spec.output_dir = Flag(flags, "--out");
+  for (const std::string& dir : ListFlag(flags, "--inputs")) {
+    spec.inputs.push_back({.dir = dir});
+  }
+  MergeParams& p = spec.params;
+  if (flags.count("--method")) {
+    ASSIGN_OR_RETURN(p.method, ParseMergeMethod(Flag(flags, "--method")));
+  }
+  if (flags.count("--majority-sign")) {
+    ASSIGN_OR_RETURN(p.majority_sign,
+                     ParseMajoritySign(Flag(flags, "--majority-sign")));
+  }
+  for (const std::string& text : ListFlag(flags, "--weights")) {
+    double w = 0;
+    if (!absl::SimpleAtod(text, &w)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--weights: not a number: ", text));
+    }
+    p.weights.push_back(w);
+  }
+  RETURN_IF_ERROR(NumberFlag(flags, "--lambda", &p.lambda));
+  RETURN_IF_ERROR(NumberFlag(flags, "--density", &p.density));
+  RETURN_IF_ERROR(NumberFlag(flags, "--beta", &p.beta));
+  RETURN_IF_ERROR(NumberFlag(flags, "--gamma", &p.gamma));
+  RETURN_IF_ERROR(NumberFlag(flags, "--lines-alpha", &p.lines_alpha));
+  RETURN_IF_ERROR(NumberFlag(flags, "--lines-beta", &p.lines_beta));
+  RETURN_IF_ERROR(NumberFlag(flags, "--seed", &p.seed));
+  spec.lora.dir = Flag(flags, "--lora-out");
+  RETURN_IF_ERROR(NumberFlag(flags, "--lora-rank", &spec.lora.rank));
+  spec.lora.target_modules = ListFlag(flags, "--lora-target-modules");
+  spec.soup.validation_file = Flag(flags, "--validation-file");
+  spec.soup.chat_template = Flag(flags, "--chat-template");
+  RETURN_IF_ERROR(NumberFlag(flags, "--max-seq-len", &spec.soup.max_seq_len));
+  if (flags.count("--device"))
+    spec.soup.device.device = Flag(flags, "--device");
+  if (flags.count("--dtype")) spec.soup.device.dtype = Flag(flags, "--dtype");
+  return spec;
+}
+
+// Prints {"tensor": i, "total": n, "name": ...} per merged tensor,
+// {"soup_step": {...}} per greedy soup step, then {"summary": {...}}.
+absl::Status MergeCommand(const std::map<std::string, std::string>& flags) {
+  ASSIGN_OR_RETURN(const MergeSpec spec, MergeSpecFromFlags(flags));
+  auto input_name = [&](int i) { return spec.inputs[i].dir; };
+  MergeHooks hooks;
+  hooks.on_tensor = [](int64_t done, int64_t total, const std::string& name) {
+    std::cout << Json{{"tensor", done}, {"total", total}, {"name", name}}.dump()
+              << std::endl;
+  };
+  hooks.on_soup_step = [&](const SoupStep& step) {
+    Json line = {
+        {"phase", step.phase == SoupStep::Phase::kScored ? "scored" : "tried"},
+        {"input", input_name(step.input)},
+        {"input_loss", Number(step.input_loss)},
+        {"best_loss", Number(step.best_loss)},
+        {"soup_size", step.soup_size}};
+    if (step.phase == SoupStep::Phase::kTried) {
+      line["soup_loss"] = Number(step.soup_loss);
+      line["kept"] = step.kept;
+    }
+    std::cout << Json{{"soup_step", line}}.dump() << std::endl;
+  };
+  ASSIGN_OR_RETURN(const MergeResult result, RunMerge(spec, hooks));
+  Json merged = Json::array();
+  for (int i : result.merged_inputs) merged.push_back(input_name(i));
+  Json summary = {{"method", MergeMethodName(spec.params.method)},
+                  {"tensors", result.tensors},
+                  {"merged_inputs", merged},
+                  {"output_dir", spec.output_dir}};
+  if (result.validation_loss) {
+    summary["validation_loss"] = Number(*result.validation_loss);
+  }
+  if (!spec.lora.dir.empty()) {
+    summary["lora_dir"] = spec.lora.dir;
+    summary["lora_target_modules"] = result.lora_target_modules;
+    summary["lora_dropped_tensors"] = result.lora_dropped;
+  }
+  std::cout << Json{{"summary", summary}}.dump() << std::endl;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int RunEngineCommand(int argc, char** argv) {
@@ -424,27 +536,59 @@ int RunEngineCommand(int argc, char** argv) {
       return 0;
     }
     using Command = absl::Status (*)(const std::map<std::string, std::string>&);
-    const std::map<std::string, std::pair<Command, std::vector<std::string>>>
-        commands = {
-            {"tokenize",
-             {TokenizeCommand,
-              {"--model", "--text", "--chat", "-o", "--chat-template", "--mask",
-               "--add-special-tokens"}}},
-            {"score",
-             {ScoreCommand,
-              {"--model", "--adapter", "--data", "-o", "--logits-out",
-               "--chat-template", "--mask", "--device", "--dtype"}}},
-            {"generate",
-             {GenerateCommand,
-              {"--model", "--adapter", "--prompt", "--chat", "--max-new-tokens",
-               "--temperature", "--top-p", "--seed", "-o", "--chat-template",
-               "--expert", "--expert-adapter", "--anti-expert", "--alpha"}}},
-        };
+    struct Subcommand {
+      Command run;
+      const char* required;  // the flag without which it is bad usage
+      std::vector<std::string> flags;
+    };
+    const std::map<std::string, Subcommand> commands = {
+        {"tokenize",
+         {TokenizeCommand,
+          "--model",
+          {"--model", "--text", "--chat", "-o", "--chat-template", "--mask",
+           "--add-special-tokens"}}},
+        {"score",
+         {ScoreCommand,
+          "--model",
+          {"--model", "--adapter", "--data", "-o", "--logits-out",
+           "--chat-template", "--mask", "--device", "--dtype"}}},
+        {"generate",
+         {GenerateCommand,
+          "--model",
+          {"--model", "--adapter", "--prompt", "--chat", "--max-new-tokens",
+           "--temperature", "--top-p", "--seed", "-o", "--chat-template",
+           "--expert", "--expert-adapter", "--anti-expert", "--alpha"}}},
+        {"merge",
+         {MergeCommand,
+          "--base",
+          {"--base",
+           "--inputs",
+           "--out",
+           "--method",
+           "--weights",
+           "--lambda",
+           "--density",
+           "--majority-sign",
+           "--beta",
+           "--gamma",
+           "--lines-alpha",
+           "--lines-beta",
+           "--seed",
+           "--lora-out",
+           "--lora-rank",
+           "--lora-target-modules",
+           "--validation-file",
+           "--chat-template",
+           "--max-seq-len",
+           "--device",
+           "--dtype",
+           "-o"}}},
+    };
     auto it = commands.find(command);
     if (it != commands.end()) {
-      auto flags = ParseFlags(argc, argv, it->second.second);
-      if (flags.has_value() && flags->count("--model")) {
-        const absl::Status status = it->second.first(*flags);
+      auto flags = ParseFlags(argc, argv, it->second.flags);
+      if (flags.has_value() && flags->count(it->second.required)) {
+        const absl::Status status = it->second.run(*flags);
         return status.ok() ? 0 : Fail(status);
       }
     }

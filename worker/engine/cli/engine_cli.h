@@ -12,8 +12,12 @@
 //                       --logits-out saves the first example's logits
 //   generate            greedy or sampled continuation of a prompt or a
 //                       chat (generate.h)
+//   merge               merges fine-tunes of a base model into a model
+//                       folder (and a LoRA adapter): merge/merge.h, one
+//                       JSON line per tensor (and greedy soup step), then
+//                       a {"summary": ...} line
 // The usage text (RunEngineCommand with no subcommand) lists their flags.
-// tokenize/score/generate print one JSON object per line on stdout.
+// tokenize/score/generate/merge print one JSON object per line on stdout.
 #ifndef LATHE_WORKER_ENGINE_CLI_ENGINE_CLI_H_
 #define LATHE_WORKER_ENGINE_CLI_ENGINE_CLI_H_
 

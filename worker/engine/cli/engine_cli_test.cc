@@ -298,5 +298,75 @@ TEST(EngineCliTest, MakeDemoThenTrainPrintsStepsAndSummary) {
       std::filesystem::exists(dir.path() + "/out/adapter_model.safetensors"));
 }
 
+// merge on folders: a trained LoRA adapter, merged twice with weights that
+// sum to 1, is the adapter merged into the base; the re-factorised adapter
+// (rank 8 = the adapter's) scores as the merged folder; a greedy soup
+// reports its steps.
+TEST(EngineCliTest, MergeWritesAModelFolderAndALoraAdapter) {
+  testing::TempDir dir;
+  const std::string d = dir.path();
+  ASSERT_EQ(RunCli({"lathe-worker", "make-demo", "--out", d}), 0);
+  std::ifstream in(d + "/spec.json");
+  nlohmann::json spec = nlohmann::json::parse(in);
+  spec["schedule"]["n_epochs"] = 1;
+  std::ofstream(d + "/one.json") << spec.dump();
+  std::vector<Json> lines;
+  ASSERT_EQ(RunCliJson({"lathe-worker", "train", d + "/one.json"}, &lines), 0);
+  const std::string adapter = lines.back()["summary"]["adapter_dir"];
+
+  lines.clear();
+  ASSERT_EQ(
+      RunCliJson({"lathe-worker", "merge", "--base", d + "/model", "--inputs",
+                  adapter + "," + adapter, "--method", "task_arithmetic",
+                  "--weights", "0.25,0.75", "--out", d + "/merged",
+                  "--lora-out", d + "/lora", "--lora-rank", "8"},
+                 &lines),
+      0);
+  ASSERT_GE(lines.size(), 2u);
+  const Json summary = lines.back()["summary"];
+  EXPECT_EQ(summary["tensors"], lines.size() - 1);
+  EXPECT_EQ(lines[0]["tensor"], 1);
+  EXPECT_EQ(lines[0]["total"], summary["tensors"]);
+  EXPECT_EQ(summary["method"], "task_arithmetic");
+  EXPECT_EQ(summary["lora_target_modules"].size(), 7u);
+  EXPECT_TRUE(summary["lora_dropped_tensors"].empty());
+
+  auto loss = [&](std::vector<std::string> model) {
+    std::vector<std::string> args = {"lathe-worker", "score", "--data",
+                                     d + "/valid.jsonl"};
+    args.insert(args.end(), model.begin(), model.end());
+    std::vector<Json> scored;
+    EXPECT_EQ(RunCliJson(args, &scored), 0);
+    return scored.empty() ? NAN : scored[0]["loss"].get<double>();
+  };
+  const double trained = loss({"--model", d + "/model", "--adapter", adapter});
+  EXPECT_NEAR(loss({"--model", d + "/merged"}), trained, 1e-4);
+  EXPECT_NEAR(loss({"--model", d + "/model", "--adapter", d + "/lora"}),
+              trained, 1e-4);
+  EXPECT_GT(std::abs(loss({"--model", d + "/model"}) - trained), 1e-3);
+
+  lines.clear();
+  ASSERT_EQ(RunCliJson(
+                {"lathe-worker", "merge", "--base", d + "/model", "--inputs",
+                 adapter + "," + d + "/merged", "--method", "greedy_soup",
+                 "--validation-file", d + "/valid.jsonl", "--out", d + "/soup"},
+                &lines),
+            0);
+  int steps = 0;
+  for (const Json& line : lines) steps += line.contains("soup_step");
+  EXPECT_EQ(steps, 4);  // 2 scored, 2 tried
+  EXPECT_TRUE(lines.back()["summary"].contains("validation_loss"));
+
+  // Errors: an input that is no model (1), an unknown method (1), no --base
+  // (usage, 2).
+  EXPECT_EQ(RunCli({"lathe-worker", "merge", "--base", d + "/model", "--inputs",
+                    d, "--out", d + "/x"}),
+            1);
+  EXPECT_EQ(RunCli({"lathe-worker", "merge", "--base", d + "/model", "--inputs",
+                    adapter, "--method", "soup", "--out", d + "/x"}),
+            1);
+  EXPECT_EQ(RunCli({"lathe-worker", "merge", "--inputs", adapter}), 2);
+}
+
 }  // namespace
 }  // namespace lathe::engine

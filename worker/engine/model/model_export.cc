@@ -8,10 +8,8 @@
 
 namespace lathe::engine {
 
-absl::Status SaveModelFolder(const LlamaModel& model,
-                             const std::string& source_dir,
-                             const std::string& out_dir,
-                             torch::ScalarType dtype) {
+absl::Status CopyModelFolderFiles(const std::string& source_dir,
+                                  const std::string& out_dir) {
   namespace fs = std::filesystem;
   std::error_code error;
   fs::create_directories(out_dir, error);
@@ -30,6 +28,14 @@ absl::Status SaveModelFolder(const LlamaModel& model,
     return absl::InternalError(absl::StrCat("cannot copy ", source_dir, " to ",
                                             out_dir, ": ", error.message()));
   }
+  return absl::OkStatus();
+}
+
+absl::Status SaveModelFolder(const LlamaModel& model,
+                             const std::string& source_dir,
+                             const std::string& out_dir,
+                             torch::ScalarType dtype) {
+  RETURN_IF_ERROR(CopyModelFolderFiles(source_dir, out_dir));
   return SaveSafetensors(out_dir + "/model.safetensors",
                          model.Weights(/*merge_lora=*/true), {{"format", "pt"}},
                          dtype);

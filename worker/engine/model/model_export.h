@@ -12,6 +12,12 @@
 
 namespace lathe::engine {
 
+// Copies into `out_dir` (created if needed) every file of the model folder
+// `source_dir` except its weights: config.json, tokenizer files, ...
+// INTERNAL on I/O failure.
+absl::Status CopyModelFolderFiles(const std::string& source_dir,
+                                  const std::string& out_dir);
+
 // Writes into `out_dir` (created if needed) every file of the model folder
 // `source_dir` except its weights (config.json, tokenizer files, ...), and
 // model.safetensors holding `model`'s weights in `dtype`, with any attached

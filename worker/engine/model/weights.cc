@@ -5,7 +5,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "worker/engine/text/json_file.h"
 
@@ -31,6 +30,18 @@ absl::StatusOr<torch::ScalarType> TorchType(const st::TensorInfo& info,
   }
 }
 
+// `info`'s tensor of `file` as a float32 CPU tensor, copied out of the
+// read-only mapping.
+absl::StatusOr<torch::Tensor> ToFloat32(const st::MappedFile& file,
+                                        const st::TensorInfo& info) {
+  ASSIGN_OR_RETURN(torch::ScalarType type, TorchType(info, file.path()));
+  absl::Span<const std::byte> data = file.Data(info);
+  // from_blob does not copy; to()/clone() copies out of the mapping.
+  torch::Tensor view = torch::from_blob(const_cast<std::byte*>(data.data()),
+                                        info.shape, torch::dtype(type));
+  return type == torch::kFloat32 ? view.clone() : view.to(torch::kFloat32);
+}
+
 }  // namespace
 
 absl::StatusOr<TensorMap> LoadSafetensors(const std::string& path) {
@@ -38,44 +49,73 @@ absl::StatusOr<TensorMap> LoadSafetensors(const std::string& path) {
                    st::MappedFile::Open(path));
   TensorMap out;
   for (const st::TensorInfo& info : file->header().tensors) {
-    ASSIGN_OR_RETURN(torch::ScalarType type, TorchType(info, path));
-    absl::Span<const std::byte> data = file->Data(info);
-    // from_blob does not copy; to()/clone() copies out of the mapping.
-    torch::Tensor view = torch::from_blob(const_cast<std::byte*>(data.data()),
-                                          info.shape, torch::dtype(type));
-    out[info.name] =
-        type == torch::kFloat32 ? view.clone() : view.to(torch::kFloat32);
+    ASSIGN_OR_RETURN(out[info.name], ToFloat32(*file, info));
   }
   return out;
 }
 
 absl::StatusOr<TensorMap> LoadModelWeights(const std::string& model_dir) {
+  ASSIGN_OR_RETURN(std::unique_ptr<ModelWeightsReader> reader,
+                   ModelWeightsReader::Open(model_dir));
+  TensorMap out;
+  for (const auto& [name, shape] : reader->shapes()) {
+    ASSIGN_OR_RETURN(out[name], reader->Read(name));
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<ModelWeightsReader>> ModelWeightsReader::Open(
+    const std::string& model_dir) {
+  std::vector<std::string> paths;
   const std::string single = model_dir + "/model.safetensors";
   const std::string index_path = model_dir + "/model.safetensors.index.json";
   if (std::filesystem::exists(single) || !std::filesystem::exists(index_path)) {
-    return LoadSafetensors(single);
-  }
-  ASSIGN_OR_RETURN(nlohmann::json index, ReadJsonFile(index_path));
-  auto weight_map = index.find("weight_map");
-  if (weight_map == index.end() || !weight_map->is_object()) {
-    return absl::DataLossError(
-        absl::StrCat(index_path, ": field \"weight_map\" is missing"));
-  }
-  std::set<std::string> shards;
-  for (const auto& [name, shard] : weight_map->items()) {
-    if (!shard.is_string()) {
-      return absl::DataLossError(absl::StrCat(index_path,
-                                              ": field \"weight_map\" entry \"",
-                                              name, "\" is not a file name"));
+    paths.push_back(single);
+  } else {
+    ASSIGN_OR_RETURN(nlohmann::json index, ReadJsonFile(index_path));
+    auto weight_map = index.find("weight_map");
+    if (weight_map == index.end() || !weight_map->is_object()) {
+      return absl::DataLossError(
+          absl::StrCat(index_path, ": field \"weight_map\" is missing"));
     }
-    shards.insert(shard.get<std::string>());
+    std::set<std::string> shards;
+    for (const auto& [name, shard] : weight_map->items()) {
+      if (!shard.is_string()) {
+        return absl::DataLossError(
+            absl::StrCat(index_path, ": field \"weight_map\" entry \"", name,
+                         "\" is not a file name"));
+      }
+      shards.insert(shard.get<std::string>());
+    }
+    for (const std::string& shard : shards) {
+      paths.push_back(model_dir + "/" + shard);
+    }
   }
-  TensorMap out;
-  for (const std::string& shard : shards) {
-    ASSIGN_OR_RETURN(TensorMap part, LoadSafetensors(model_dir + "/" + shard));
-    out.merge(part);
+  std::unique_ptr<ModelWeightsReader> reader(new ModelWeightsReader(model_dir));
+  for (const std::string& path : paths) {
+    ASSIGN_OR_RETURN(std::unique_ptr<st::MappedFile> file,
+                     st::MappedFile::Open(path));
+    for (const st::TensorInfo& info : file->header().tensors) {
+      if (!reader->locations_.emplace(info.name, Location{file.get(), &info})
+               .second) {
+        return absl::DataLossError(absl::StrCat(path, ": tensor \"", info.name,
+                                                "\" is also in another shard"));
+      }
+      reader->shapes_[info.name] = info.shape;
+    }
+    reader->files_.push_back(std::move(file));
   }
-  return out;
+  return reader;
+}
+
+absl::StatusOr<torch::Tensor> ModelWeightsReader::Read(
+    const std::string& name) const {
+  auto it = locations_.find(name);
+  if (it == locations_.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(model_dir_, ": tensor \"", name, "\" is missing"));
+  }
+  return ToFloat32(*it->second.file, *it->second.info);
 }
 
 absl::StatusOr<torch::Tensor> TakeTensor(TensorMap& tensors,

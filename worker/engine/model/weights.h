@@ -5,10 +5,12 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/safetensors.h"
 
 namespace lathe::engine {
 
@@ -23,6 +25,41 @@ absl::StatusOr<TensorMap> LoadSafetensors(const std::string& path);
 // The weights of a Hugging Face model folder: model.safetensors, or the
 // shards listed in model.safetensors.index.json.
 absl::StatusOr<TensorMap> LoadModelWeights(const std::string& model_dir);
+
+// The weights of a Hugging Face model folder (as LoadModelWeights finds
+// them), memory-mapped and read one tensor at a time, so that a caller can
+// stream a model without holding it. Thread-compatible.
+class ModelWeightsReader {
+ public:
+  // Maps the folder's weight files. Errors as LoadModelWeights; DATA_LOSS
+  // when two shards hold the same tensor.
+  static absl::StatusOr<std::unique_ptr<ModelWeightsReader>> Open(
+      const std::string& model_dir);
+
+  // Every tensor's shape ([] for a scalar), by name.
+  const std::map<std::string, std::vector<int64_t>>& shapes() const {
+    return shapes_;
+  }
+
+  // The tensor `name` as a float32 CPU tensor (a copy). INVALID_ARGUMENT
+  // naming the file and the tensor when it is absent or not F32, F16 or
+  // BF16.
+  absl::StatusOr<torch::Tensor> Read(const std::string& name) const;
+
+ private:
+  struct Location {
+    const safetensors::MappedFile* file;
+    const safetensors::TensorInfo* info;
+  };
+
+  explicit ModelWeightsReader(std::string model_dir)
+      : model_dir_(std::move(model_dir)) {}
+
+  const std::string model_dir_;
+  std::vector<std::unique_ptr<safetensors::MappedFile>> files_;
+  std::map<std::string, Location> locations_;
+  std::map<std::string, std::vector<int64_t>> shapes_;
+};
 
 // Moves the tensor called `name` out of `tensors`. INVALID_ARGUMENT naming
 // `source` and the tensor when it is missing or its shape is not `shape`.
