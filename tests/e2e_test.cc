@@ -196,6 +196,27 @@ int Cli(Cluster& c, std::vector<std::string> args, std::string* out) {
   return RunCommand(argv, out);
 }
 
+// Uploads the demo's training file in two parts (lines 0-47 and 48-79);
+// returns their file ids.
+std::pair<std::string, std::string> UploadDemoHalves(Cluster& c) {
+  std::ifstream in(c.demo_dir() + "/train.jsonl");
+  std::ofstream a(c.root() + "/a.jsonl"), b(c.root() + "/b.jsonl");
+  int line_number = 0;
+  for (std::string line; std::getline(in, line); ++line_number) {
+    (line_number < 48 ? a : b) << line << "\n";
+  }
+  a.close();
+  b.close();
+  std::pair<std::string, std::string> ids;
+  for (auto [path, id] : {std::pair{c.root() + "/a.jsonl", &ids.first},
+                          std::pair{c.root() + "/b.jsonl", &ids.second}}) {
+    auto f = c.client().UploadFile(path, "fine-tune", nullptr);
+    EXPECT_TRUE(f.ok()) << f.status();
+    if (f.ok()) *id = f->id();
+  }
+  return ids;
+}
+
 // The options the public API adds beyond OpenAI's, set through the CLI,
 // reach the engine: full fine-tuning with warmup, a cosine schedule,
 // gradient accumulation and a sequence cap; `lathe jobs get` shows them
@@ -396,30 +417,14 @@ TEST(EndToEndTest, MixtureWithARegulariserAndMaskedThought) {
   auto cluster = Cluster::Start(TestRoot("e2e-mixture"), 1);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
-  std::ifstream in(c.demo_dir() + "/train.jsonl");
-  std::ofstream a(c.root() + "/a.jsonl"), b(c.root() + "/b.jsonl");
-  int line_number = 0;
-  for (std::string line; std::getline(in, line); ++line_number) {
-    (line_number < 48 ? a : b) << line << "\n";
-  }
-  a.close();
-  b.close();
-  auto upload = [&](const std::string& path) {
-    auto f = c.client().UploadFile(path, "fine-tune", nullptr);
-    EXPECT_TRUE(f.ok()) << f.status();
-    return f.ok() ? f->id() : "";
-  };
-  const std::string fa = upload(c.root() + "/a.jsonl");
-  const std::string fb = upload(c.root() + "/b.jsonl");
-  const std::string fg = upload(c.demo_dir() + "/valid.jsonl");
+  const auto [fa, fb] = UploadDemoHalves(c);
+  auto general = c.client().UploadFile(c.demo_dir() + "/valid.jsonl", "fine-tune", nullptr);
+  ASSERT_TRUE(general.ok()) << general.status();
+  const std::string fg = general->id();
   ASSERT_FALSE(fa.empty() || fb.empty() || fg.empty());
 
   auto cli = [&](std::vector<std::string> args, std::string* out) {
-    std::vector<std::string> argv = {Binaries().cli, "--server", c.address(), "--api_key",
-                                     c.api_key()};
-    argv.insert(argv.end(), args.begin(), args.end());
-    for (const std::string& f : c.CliTlsFlags()) argv.push_back(f);
-    return RunCommand(argv, out);
+    return Cli(c, std::move(args), out);
   };
   std::string out;
   ASSERT_EQ(cli({"jobs", "create", "--model", "lathe-demo", "--mixture",
@@ -499,29 +504,13 @@ TEST(EndToEndTest, DmtTwoStageJobThroughTheCli) {
   auto cluster = Cluster::Start(TestRoot("e2e-dmt"), 1);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
-  std::ifstream in(c.demo_dir() + "/train.jsonl");
-  std::ofstream a(c.root() + "/a.jsonl"), b(c.root() + "/b.jsonl");
-  int line_number = 0;
-  for (std::string line; std::getline(in, line); ++line_number) {
-    (line_number < 48 ? a : b) << line << "\n";
-  }
-  a.close();
-  b.close();
-  auto upload = [&](const std::string& path) {
-    auto f = c.client().UploadFile(path, "fine-tune", nullptr);
-    EXPECT_TRUE(f.ok()) << f.status();
-    return f.ok() ? f->id() : "";
-  };
-  const std::string fa = upload(c.root() + "/a.jsonl");
-  const std::string fb = upload(c.root() + "/b.jsonl");
-  const std::string fg = upload(c.demo_dir() + "/valid.jsonl");  // 16 lines
+  const auto [fa, fb] = UploadDemoHalves(c);
+  auto general = c.client().UploadFile(c.demo_dir() + "/valid.jsonl", "fine-tune", nullptr);
+  ASSERT_TRUE(general.ok()) << general.status();
+  const std::string fg = general->id();  // 16 lines
   ASSERT_FALSE(fa.empty() || fb.empty() || fg.empty());
   auto cli = [&](std::vector<std::string> args, std::string* out) {
-    std::vector<std::string> argv = {Binaries().cli, "--server", c.address(), "--api_key",
-                                     c.api_key()};
-    argv.insert(argv.end(), args.begin(), args.end());
-    for (const std::string& f : c.CliTlsFlags()) argv.push_back(f);
-    return RunCommand(argv, out);
+    return Cli(c, std::move(args), out);
   };
   std::string out;
   ASSERT_EQ(cli({"jobs", "create", "--model", "lathe-demo", "--mixture",
