@@ -81,6 +81,14 @@ Usage:
                       on the general file + a fraction K, default 1/256, of
                       each of them)
                     (with --mixture, --training-file may be left out)
+  lathe merges create --base MODEL --inputs ft:a,ft:b[,...]
+                    [--method linear|task_arithmetic|ties|dare_linear|dare_ties|
+                              breadcrumbs|lines|greedy_soup] [--weights W,W,...]
+                    [--lambda L] [--density D] [--majority-sign total|frequency]
+                    [--beta B] [--gamma G] [--lines-alpha A] [--lines-beta B]
+                    [--seed N] [--validation-file FILE_ID (greedy_soup)] [--suffix S]
+                    (a job: follow it with jobs get/events, download its model
+                     with jobs download)
   lathe jobs get JOB_ID
   lathe jobs list [--status STATUS] [--metadata KEY=VALUE]... [--limit N]
                   [--after JOB_ID]
@@ -233,6 +241,15 @@ void PrintJob(const v1::Job& j) {
                                  m.temperature(),
                                  EnumSuffix(v1::MixtureStop_Name(m.stop()), "MIXTURE_STOP_"));
     PrintSources(m);
+  }
+  if (j.method().type() == "merge") {
+    const v1::MergeMethod& m = j.method().merge();
+    std::cout << "merge:            " << m.merge_method() << " of " << absl::StrJoin(m.inputs(), ", ")
+              << absl::StrFormat(" weights=[%s] lambda=%g density=%g majority_sign=%s beta=%g "
+                                 "gamma=%g lines_alpha=%g lines_beta=%g\n",
+                                 absl::StrJoin(m.weights(), ","), m.lambda(), m.density(),
+                                 m.majority_sign(), m.beta(), m.gamma(), m.lines_alpha(),
+                                 m.lines_beta());
   }
   for (const v1::TrainingStage& stage : j.stages()) {
     const v1::Mixture& m = stage.training_mixture();
@@ -999,6 +1016,59 @@ int EventsCommand(Env& env, const std::string& job_id, bool follow) {
   return 0;
 }
 
+// lathe merges create: a merge job (MergeMethod) over fine-tuned models.
+absl::StatusOr<v1::CreateJobRequest> BuildMerge(const Args& a) {
+  v1::CreateJobRequest r;
+  r.set_model(a.GetOr("base", ""));
+  r.set_validation_file(a.GetOr("validation-file", ""));
+  r.set_suffix(a.GetOr("suffix", ""));
+  r.mutable_method()->set_type("merge");
+  v1::MergeMethod& m = *r.mutable_method()->mutable_merge();
+  for (absl::string_view input : absl::StrSplit(a.GetOr("inputs", ""), ',', absl::SkipEmpty())) {
+    m.add_inputs(std::string(input));
+  }
+  m.set_merge_method(a.GetOr("method", ""));
+  for (absl::string_view w : absl::StrSplit(a.GetOr("weights", ""), ',', absl::SkipEmpty())) {
+    double v = 0;
+    if (!absl::SimpleAtod(w, &v)) {
+      return absl::InvalidArgumentError(absl::StrCat("--weights: \"", w, "\" is not a number"));
+    }
+    m.add_weights(v);
+  }
+  struct Number {
+    const char* flag;
+    void (v1::MergeMethod::*set)(double);
+  };
+  for (const Number& n : {Number{"lambda", &v1::MergeMethod::set_lambda},
+                          {"density", &v1::MergeMethod::set_density},
+                          {"beta", &v1::MergeMethod::set_beta},
+                          {"gamma", &v1::MergeMethod::set_gamma},
+                          {"lines-alpha", &v1::MergeMethod::set_lines_alpha},
+                          {"lines-beta", &v1::MergeMethod::set_lines_beta}}) {
+    if (!a.Has(n.flag)) continue;
+    auto v = DoubleFlag(a, n.flag);
+    if (!v.ok()) return v.status();
+    (m.*n.set)(*v);
+  }
+  m.set_majority_sign(a.GetOr("majority-sign", ""));
+  if (a.Has("seed")) {
+    auto v = IntFlag(a, "seed");
+    if (!v.ok()) return v.status();
+    r.set_seed(*v);
+  }
+  return r;
+}
+
+int MergesCommand(Env& env, const std::string& verb) {
+  if (verb != "create") return Usage(absl::StrCat("unknown merges command: ", verb));
+  auto r = BuildMerge(env.args);
+  if (!r.ok()) return Usage(std::string(r.status().message()));
+  auto job = env.client->CreateJob(*r);
+  if (!job.ok()) return Fail(job.status());
+  env.json ? void(std::cout << ToJson(*job) << "\n") : PrintJob(*job);
+  return 0;
+}
+
 int JobsCommand(Env& env, const std::string& verb) {
   const auto& pos = env.args.positional();
   auto print_job = [&](const absl::StatusOr<v1::Job>& j) {
@@ -1124,7 +1194,8 @@ int Run(const std::vector<std::string>& argv) {
        "half-ft-include-embeddings", "mixture",
        "mixture-strategy", "mixture-temperature", "mixture-stop", "regularizer",
        "masked-thought", "mask-token", "dmt", "dmt-k", "general-file", "general-all-tokens",
-       "intruder-top-k", "intruder-epsilon"});
+       "intruder-top-k", "intruder-epsilon", "base", "inputs", "weights", "lambda", "density",
+       "majority-sign", "gamma", "lines-alpha", "lines-beta"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {
@@ -1148,6 +1219,7 @@ int Run(const std::vector<std::string>& argv) {
   Env env{*args, client->get(), output == "json"};
   if (pos[0] == "files") return FilesCommand(env, pos[1]);
   if (pos[0] == "jobs") return JobsCommand(env, pos[1]);
+  if (pos[0] == "merges") return MergesCommand(env, pos[1]);
   if (pos[0] == "models") return ModelsCommand(env, pos[1]);
   if (pos[0] == "admin") return AdminCommand(env, pos[1]);
   return Usage(absl::StrCat("unknown command: ", pos[0]));

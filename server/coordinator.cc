@@ -398,6 +398,9 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
   *as->mutable_job() = job;
   as->set_model_path(model.path());
   *as->mutable_model() = model;
+  for (const std::string& input : job.method().merge().inputs()) {
+    ASSIGN_OR_RETURN(*as->add_merge_inputs(), store_.GetModel(input));
+  }
   ASSIGN_OR_RETURN(auto checkpoints, store_.ListCheckpoints(job.id()));
   if (!checkpoints.empty()) *as->mutable_resume_from() = checkpoints.back();
   out.set_lease_deadline_ms(absl::ToUnixMillis(deadline));

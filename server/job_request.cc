@@ -396,10 +396,91 @@ absl::Status CheckPromptTuning(const v1::CreateJobRequest& r) {
   return absl::OkStatus();
 }
 
+// A merge job (MergeMethod): its inputs and parameters; nothing of
+// training may be set.
+absl::Status CheckMergeRequest(const v1::CreateJobRequest& r) {
+  const v1::MergeMethod& m = r.method().merge();
+  const std::string at = "method.merge.";
+  for (const auto& [field, set] :
+       {std::pair<const char*, bool>{"training_file", !r.training_file().empty()},
+        {"training_mixture", r.has_training_mixture()},
+        {"stages", r.stages_size() > 0},
+        {"lora", r.has_lora()},
+        {"trainable", r.has_trainable()},
+        {"reports", r.has_reports()},
+        {"adapter", r.adapter() != v1::ADAPTER_TYPE_UNSPECIFIED},
+        {"method.supervised", r.method().has_supervised()},
+        {"method.dpo", r.method().has_dpo()},
+        {"method.orpo", r.method().has_orpo()},
+        {"method.prompt_tuning", r.method().has_prompt_tuning()}}) {
+    if (set) return Bad(field, "is for training jobs; a merge job trains nothing");
+  }
+  if (m.inputs_size() < 2 || m.inputs_size() > 16) {
+    return Bad(at + "inputs", absl::StrCat(m.inputs_size(), " inputs; a merge takes 2 to 16 fine-tuned models"));
+  }
+  for (int i = 0; i < m.inputs_size(); ++i) {
+    RETURN_IF_ERROR(CheckIdField(absl::StrCat(at, "inputs[", i, "]"), m.inputs(i)));
+    for (int j = 0; j < i; ++j) {
+      if (m.inputs(j) == m.inputs(i)) {
+        return Bad(absl::StrCat(at, "inputs[", i, "]"),
+                   absl::StrCat(Echo(m.inputs(i)), " is already inputs[", j, "]"));
+      }
+    }
+  }
+  constexpr const char* kMethods[] = {"linear", "task_arithmetic", "ties", "dare_linear",
+                                      "dare_ties", "breadcrumbs", "lines", "greedy_soup"};
+  const std::string method = m.merge_method().empty() ? "linear" : m.merge_method();
+  if (std::find(std::begin(kMethods), std::end(kMethods), method) == std::end(kMethods)) {
+    return Bad(at + "merge_method", absl::StrCat("\"", Echo(method), "\" is not one of ",
+                                                  absl::StrJoin(kMethods, ", ")));
+  }
+  if (m.weights_size() > 0) {
+    if (method == "greedy_soup") return Bad(at + "weights", "greedy_soup takes no weights");
+    if (m.weights_size() != m.inputs_size()) {
+      return Bad(at + "weights", absl::StrCat(m.weights_size(), " weights for ", m.inputs_size(),
+                                              " inputs: give one per input"));
+    }
+    for (int i = 0; i < m.weights_size(); ++i) {
+      const double w = m.weights(i);
+      if (!Finite(w) || (method == "linear" ? w <= 0 : w == 0)) {
+        return Bad(absl::StrCat(at, "weights[", i, "]"),
+                   method == "linear" ? "must be > 0" : "must be finite and not 0");
+      }
+    }
+  }
+  auto in = [&](const char* name, bool has, double v, double lo, bool lo_open, double hi) {
+    if (!has) return absl::OkStatus();
+    if (!Finite(v) || v < lo || (lo_open && v == lo) || v > hi) {
+      return Bad(at + name, absl::StrCat(v, " is out of range ", lo_open ? "(" : "[", lo, ", ",
+                                         hi, "]"));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(in("lambda", m.has_lambda(), m.lambda(), -100, false, 100));
+  RETURN_IF_ERROR(in("density", m.has_density(), m.density(), 0, true, 1));
+  RETURN_IF_ERROR(in("beta", m.has_beta(), m.beta(), 0, true, 1));
+  RETURN_IF_ERROR(in("gamma", m.has_gamma(), m.gamma(), 0, false, 1));
+  RETURN_IF_ERROR(in("lines_alpha", m.has_lines_alpha(), m.lines_alpha(), -100, false, 100));
+  RETURN_IF_ERROR(in("lines_beta", m.has_lines_beta(), m.lines_beta(), -100, false, 100));
+  if (!m.majority_sign().empty() && m.majority_sign() != "total" &&
+      m.majority_sign() != "frequency") {
+    return Bad(at + "majority_sign", "use total or frequency");
+  }
+  RETURN_IF_ERROR(CheckIdField("validation_file", r.validation_file(), /*required=*/false));
+  if (method == "greedy_soup" && r.validation_file().empty()) {
+    return Bad("validation_file", "greedy_soup orders and keeps inputs by their validation loss: give one");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckIdField("model", r.model()));
+  if (MethodType(r.method()) == "merge") {
+    if (!r.method().has_merge()) return Bad("method.merge.inputs", "a merge job needs its inputs");
+    return CheckMergeRequest(r);
+  }
   if (r.stages_size() > 0) {
     RETURN_IF_ERROR(CheckStages(r));
   } else if (r.training_mixture().sources_size() > 0) {
@@ -766,6 +847,31 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
     job.set_training_file(r.training_file());
   }
   job.set_validation_file(r.validation_file());
+  if (MethodType(r.method()) == "merge") {
+    // No training: only the merge's own settings, resolved.
+    job.set_suffix(r.suffix());
+    job.set_seed(r.has_seed() ? r.seed() : seed_if_unset);
+    *job.mutable_metadata() = r.metadata();
+    job.mutable_method()->set_type("merge");
+    v1::MergeMethod& m = *job.mutable_method()->mutable_merge();
+    m = r.method().merge();
+    if (m.merge_method().empty()) m.set_merge_method("linear");
+    if (m.weights().empty() && m.merge_method() != "greedy_soup") {
+      for (int i = 0; i < m.inputs_size(); ++i) m.add_weights(1);
+    }
+    if (!m.has_lambda()) m.set_lambda(1);
+    if (!m.has_density()) m.set_density(1);
+    if (m.majority_sign().empty()) m.set_majority_sign("total");
+    if (!m.has_beta()) m.set_beta(0.9);
+    if (!m.has_gamma()) m.set_gamma(0.01);
+    if (!m.has_lines_alpha()) m.set_lines_alpha(1);
+    if (!m.has_lines_beta()) m.set_lines_beta(0);
+    job.set_adapter(v1::ADAPTER_TYPE_FULL);  // the result is a model folder
+    // Merging runs on the host: the device holds a float32 model only for
+    // greedy_soup's validation losses.
+    job.set_memory_bytes(m.merge_method() == "greedy_soup" ? model.parameter_count() * 4 : 0);
+    return job;
+  }
   *job.mutable_reports() = r.reports();
   job.set_suffix(r.suffix());
   job.set_seed(r.has_seed() ? r.seed() : seed_if_unset);

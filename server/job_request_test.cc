@@ -128,6 +128,72 @@ v1::CreateJobRequest Dmt() {
   return r;
 }
 
+// A merge job: its inputs and parameters are checked by field, nothing of
+// training may be set, and its settings resolve.
+TEST(JobRequestTest, MergeJobsAreCheckedAndResolved) {
+  auto merge = [] {
+    v1::CreateJobRequest r;
+    r.set_model("lathe-demo");
+    r.mutable_method()->set_type("merge");
+    for (const char* id : {"ft:lathe-demo:a", "ft:lathe-demo:b"}) {
+      r.mutable_method()->mutable_merge()->add_inputs(id);
+    }
+    return r;
+  };
+  struct Case {
+    std::function<void(v1::CreateJobRequest&)> mutate;
+    const char* field;
+  };
+  auto m = [](v1::CreateJobRequest& r) { return r.mutable_method()->mutable_merge(); };
+  const Case cases[] = {
+      {[&](auto& r) { m(r)->mutable_inputs()->RemoveLast(); }, "method.merge.inputs: 1 inputs"},
+      {[&](auto& r) { m(r)->set_inputs(1, "ft:lathe-demo:a"); },
+       "method.merge.inputs[1]: ft:lathe-demo:a is already inputs[0]"},
+      {[&](auto& r) { m(r)->set_merge_method("average"); }, "method.merge.merge_method"},
+      {[&](auto& r) { m(r)->add_weights(1); }, "method.merge.weights: 1 weights for 2"},
+      {[&](auto& r) {
+         m(r)->add_weights(1);
+         m(r)->add_weights(0);
+       },
+       "method.merge.weights[1]"},
+      {[&](auto& r) { m(r)->set_density(0); }, "method.merge.density"},
+      {[&](auto& r) { m(r)->set_gamma(1.5); }, "method.merge.gamma"},
+      {[&](auto& r) { m(r)->set_majority_sign("mass"); }, "method.merge.majority_sign"},
+      {[&](auto& r) { m(r)->set_merge_method("greedy_soup"); }, "validation_file: greedy_soup"},
+      {[](auto& r) { r.set_training_file("file-a"); }, "training_file: is for training jobs"},
+      {[](auto& r) { r.mutable_lora()->set_rank(4); }, "lora: is for training jobs"},
+      {[](auto& r) { r.mutable_method()->mutable_supervised(); }, "method.supervised"},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest r = merge();
+    c.mutate(r);
+    absl::Status st = CheckJobRequest(r);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.field << ": " << st;
+    EXPECT_NE(st.message().find(c.field), absl::string_view::npos)
+        << st.message() << " should name " << c.field;
+  }
+  ASSERT_TRUE(CheckJobRequest(merge()).ok()) << CheckJobRequest(merge());
+  v1::Model model;
+  model.set_parameter_count(1000);
+  const v1::Job job = ResolveJob(merge(), v1::File(), model, "p", "ftjob-1", 5, {});
+  EXPECT_EQ(job.method().type(), "merge");
+  EXPECT_FALSE(job.method().has_supervised());
+  const v1::MergeMethod& resolved = job.method().merge();
+  EXPECT_EQ(resolved.merge_method(), "linear");
+  EXPECT_EQ(resolved.weights_size(), 2);
+  EXPECT_EQ(resolved.density(), 1);
+  EXPECT_EQ(resolved.majority_sign(), "total");
+  EXPECT_EQ(job.adapter(), v1::ADAPTER_TYPE_FULL);
+  EXPECT_EQ(job.memory_bytes(), 0);
+  v1::CreateJobRequest soup = merge();
+  soup.mutable_method()->mutable_merge()->set_merge_method("greedy_soup");
+  soup.set_validation_file("file-v");
+  ASSERT_TRUE(CheckJobRequest(soup).ok()) << CheckJobRequest(soup);
+  const v1::Job soup_job = ResolveJob(soup, v1::File(), model, "p", "ftjob-2", 5, {});
+  EXPECT_EQ(soup_job.method().merge().weights_size(), 0);
+  EXPECT_EQ(soup_job.memory_bytes(), 4000);  // a float32 model to score
+}
+
 TEST(JobRequestTest, ReportsAreCheckedAndResolved) {
   struct Case {
     std::function<void(v1::CreateJobRequest&)> mutate;

@@ -591,5 +591,110 @@ TEST(EndToEndTest, DmtTwoStageJobThroughTheCli) {
       << refused.status();
 }
 
+// A merge job through the CLI: two LoRA fine-tunes of the demo (one on
+// each half of its data), merged by TIES into a model folder. The job
+// streams its progress, its result downloads with the sizes and hashes
+// listed, the merged model scores in the engine, and an input that is not
+// a fine-tuned model of the project is NOT_FOUND by its field.
+TEST(EndToEndTest, MergeJobOverTwoFineTunesThroughTheCli) {
+  auto cluster = Cluster::Start(TestRoot("e2e-merge"), 1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  const auto [fa, fb] = UploadDemoHalves(c);
+  ASSERT_FALSE(fa.empty() || fb.empty());
+  // Waits for `job_id` to end; returns it, with its non-metrics events.
+  auto finish = [&](const std::string& job_id, std::vector<std::string>* messages) {
+    auto st = c.client().WatchJob(
+        job_id, "",
+        [&](const v1::WatchJobResponse& u) {
+          if (messages != nullptr && u.event().type() == "message") {
+            messages->push_back(u.event().message());
+          }
+        },
+        absl::Now() + absl::Minutes(5));
+    EXPECT_TRUE(st.ok()) << st << c.Logs();
+    return c.client().GetJob(job_id);
+  };
+  std::vector<std::string> inputs;
+  for (const std::string& file : {fa, fb}) {
+    v1::CreateJobRequest req;
+    req.set_model("lathe-demo");
+    req.set_training_file(file);
+    req.set_seed(5);
+    auto* hp = req.mutable_method()->mutable_supervised()->mutable_hyperparameters();
+    hp->set_n_epochs(1);
+    hp->set_batch_size(4);
+    auto job = c.client().CreateJob(req);
+    ASSERT_TRUE(job.ok()) << job.status();
+    auto done = finish(job->id(), nullptr);
+    ASSERT_TRUE(done.ok());
+    ASSERT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED) << done->error().message() << c.Logs();
+    inputs.push_back(done->fine_tuned_model());
+  }
+
+  std::string out;
+  ASSERT_EQ(Cli(c,
+                {"merges", "create", "--base", "lathe-demo", "--inputs",
+                 inputs[0] + "," + inputs[1], "--method", "ties", "--density", "0.5",
+                 "--weights", "1,0.5", "--suffix", "merged", "-o", "json"},
+                &out),
+            0)
+      << out << c.Logs();
+  const auto json_start = out.find('{');
+  ASSERT_NE(json_start, std::string::npos) << out;
+  const std::string job_id = nlohmann::json::parse(out.substr(json_start))["id"];
+  std::vector<std::string> messages;
+  auto done = finish(job_id, &messages);
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED) << done->error().message() << c.Logs();
+  const std::string all = absl::StrJoin(messages, "\n");
+  EXPECT_NE(all.find("Merge started on"), std::string::npos) << all;
+  EXPECT_NE(all.find("Merged "), std::string::npos) << all;
+  EXPECT_NE(all.find("Model uploaded (ties of " + inputs[0] + ", " + inputs[1]),
+            std::string::npos)
+      << all;
+  EXPECT_GT(done->progress().steps_total(), 0);
+  EXPECT_EQ(done->progress().steps_done(), done->progress().steps_total());
+  ASSERT_EQ(Cli(c, {"jobs", "get", job_id}, &out), 0) << out;
+  EXPECT_NE(out.find("merge:            ties of " + inputs[0] + ", " + inputs[1] +
+                     " weights=[1,0.5] lambda=1 density=0.5 majority_sign=total"),
+            std::string::npos)
+      << out;
+
+  const std::string merged = c.root() + "/merged";
+  fs::remove_all(merged);
+  auto files = c.client().DownloadAdapter(job_id, merged, nullptr);
+  ASSERT_TRUE(files.ok()) << files.status();
+  for (const auto& f : done->result_files()) {
+    EXPECT_EQ(*Sha256File(merged + "/" + f.name()), f.sha256()) << f.name();
+  }
+  EXPECT_TRUE(fs::exists(merged + "/config.json"));
+  EXPECT_TRUE(fs::exists(merged + "/model.safetensors"));
+  // The merged folder is a model: the engine scores the demo data with it.
+  std::string scored;
+  ASSERT_EQ(RunCommand({Binaries().worker, "score", "--model", merged, "--data",
+                        c.demo_dir() + "/valid.jsonl", "-o", "json"},
+                       &scored),
+            0)
+      << scored;
+  EXPECT_NE(scored.find("\"loss\""), std::string::npos) << scored;
+
+  v1::CreateJobRequest bad;
+  bad.set_model("lathe-demo");
+  bad.mutable_method()->set_type("merge");
+  bad.mutable_method()->mutable_merge()->add_inputs(inputs[0]);
+  bad.mutable_method()->mutable_merge()->add_inputs("ft:nope");
+  auto refused = c.client().CreateJob(bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kNotFound) << refused.status();
+  EXPECT_NE(refused.status().message().find("method.merge.inputs[1]"), std::string::npos)
+      << refused.status();
+  bad.mutable_method()->mutable_merge()->set_inputs(1, inputs[1]);
+  bad.set_training_file(fa);
+  refused = c.client().CreateJob(bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_NE(refused.status().message().find("training_file"), std::string::npos)
+      << refused.status();
+}
+
 }  // namespace
 }  // namespace lathe::testing

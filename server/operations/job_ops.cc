@@ -84,6 +84,40 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
     }
     return file;
   };
+  if (MethodType(r.method()) == "merge") {
+    // Each input: a fine-tuned model of this project (another project's is
+    // as missing as one that never existed), made from the job's model.
+    const auto& inputs = r.method().merge().inputs();
+    for (int i = 0; i < inputs.size(); ++i) {
+      const std::string field = absl::StrCat("method.merge.inputs[", i, "]");
+      auto input = deps_.store->GetModel(inputs[i]);
+      std::optional<v1::Job> owner;
+      if (input.ok() && input->kind() == "fine-tuned") {
+        auto j = deps_.store->GetJob(input->job_id());
+        if (j.ok() && j->project() == caller.project) owner = *std::move(j);
+      }
+      if (!owner.has_value()) {
+        return absl::NotFoundError(absl::StrCat(
+            field, ": no fine-tuned model ", Echo(inputs[i]),
+            " in this project (`lathe models list` shows them)"));
+      }
+      if (input->base_model() != r.model()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            field, ": ", inputs[i], " is a fine-tune of ", input->base_model(),
+            ", not of ", r.model(), "; a merge combines fine-tunes of one base"));
+      }
+    }
+    v1::File none;
+    if (!r.validation_file().empty()) {
+      ASSIGN_OR_RETURN(v1::File valid, own_file("validation_file", r.validation_file()));
+      if (valid.format() == "preference") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "validation_file: ", valid.id(),
+            " holds preference data; greedy_soup scores chat, prompt/completion or text data"));
+      }
+    }
+    return Enqueue(caller, r, none, *model);
+  }
   for (const auto& [mixture_field, mixture] : TrainingMixtures(r)) {
     const auto& sources = mixture->sources();
     for (int i = 0; i < sources.size(); ++i) {
@@ -135,8 +169,15 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
           "prompt/completion or text data"));
     }
   }
+  return Enqueue(caller, r, *training, *model);
+}
+
+absl::StatusOr<v1::Job> JobOps::Enqueue(const Caller& caller,
+                                        const v1::CreateJobRequest& r,
+                                        const v1::File& training,
+                                        const v1::Model& model) const {
   thread_local absl::BitGen gen;
-  v1::Job job = ResolveJob(r, *training, *model, caller.project, NewId("ftjob"),
+  v1::Job job = ResolveJob(r, training, model, caller.project, NewId("ftjob"),
                            absl::Uniform<int64_t>(gen, 0, 1LL << 31),
                            deps_.options.job_defaults);
   // Files are validated line by line at upload; the store checks in the
@@ -154,8 +195,10 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
       deps_.store->CreateJob(job, key, RequestFingerprint(r),
                              deps_.options.max_jobs_in_flight_per_project));
   if (created.created) {
-    spdlog::info("created {} on {} ({} examples)", job.id(), job.model(),
-                 training->line_count());
+    spdlog::info("created {} on {} ({})", job.id(), job.model(),
+                 job.method().type() == "merge"
+                     ? absl::StrCat("a merge of ", job.method().merge().inputs_size(), " models")
+                     : absl::StrCat(training.line_count(), " examples"));
   }
   return Presented(std::move(created.job));
 }

@@ -79,6 +79,12 @@ class JobOps {
                                    const std::string& job_id) const;
   // `job` with what it shows beyond its record: its queue position.
   absl::StatusOr<v1::Job> Presented(absl::StatusOr<v1::Job> job) const;
+  // Resolves request `r` (checked, its files and inputs found) into a job
+  // and writes it straight into the queue.
+  absl::StatusOr<v1::Job> Enqueue(const Caller& caller,
+                                  const v1::CreateJobRequest& r,
+                                  const v1::File& training,
+                                  const v1::Model& model) const;
   std::vector<Download> DownloadsOf(
       const google::protobuf::RepeatedPtrField<v1::ResultFile>& files) const;
 

@@ -1,5 +1,7 @@
 #include "server/operations/worker_ops.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/job_method.h"
 #include "common/echo.h"
@@ -64,6 +66,20 @@ absl::StatusOr<std::string> WorkerOps::FetchModelFile(
     const WorkerCaller&, const v1::FetchModelFileRequest& r) const {
   RETURN_IF_ERROR(CheckAttempt(r.job_id(), r.attempt()));
   ASSIGN_OR_RETURN(v1::Job job, deps_.store->GetJob(r.job_id()));
+  if (!r.input_model().empty()) {
+    // A merge input: a result file of one of the job's input models.
+    const auto& inputs = job.method().merge().inputs();
+    if (std::find(inputs.begin(), inputs.end(), r.input_model()) == inputs.end()) {
+      return absl::NotFoundError(absl::StrCat("input_model: ", Echo(r.input_model()),
+                                              " is not an input of ", job.id()));
+    }
+    ASSIGN_OR_RETURN(v1::Model input, deps_.store->GetModel(r.input_model()));
+    for (const v1::ModelFile& f : input.files()) {
+      if (f.name() == r.name()) return deps_.blobs->PathFor(f.sha256());
+    }
+    return absl::NotFoundError(absl::StrCat("name: ", Echo(r.name()), " is not a file of model ",
+                                            r.input_model()));
+  }
   ASSIGN_OR_RETURN(v1::Model model, deps_.store->GetModel(job.model()));
   for (const v1::ModelFile& f : model.files()) {
     // Names come from the registration's directory listing, never from the

@@ -9,6 +9,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/grpc_status.h"
 #include "common/ids.h"
 #include "common/sha256.h"
@@ -16,6 +17,7 @@
 #include "spdlog/spdlog.h"
 #include "worker/agent/attempt_setup.h"
 #include "worker/agent/job_options.h"
+#include "worker/engine/merge/merge.h"
 #include "worker/agent/device_report.h"
 #include "worker/engine/recipes/run.h"
 
@@ -359,30 +361,9 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
   fs::path tmp = cache.string() + ".part";
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
-  for (const v1::ModelFile& f : model.files()) {
-    v1::FetchModelFileRequest r;
-    r.set_job_id(as.job_id());
-    r.set_attempt(as.attempt());
-    r.set_name(f.name());
-    std::string what =
-        absl::StrCat("Fetching ", f.name(), " of ", as.job().model());
-    absl::Status st = Retry(attempt, what, options_.transfer_patience, [&] {
-      auto ctx = NewContext();
-      auto sha = ReceiveToFile(stub_->FetchModelFile(ctx.get(), r).get(),
-                               tmp / f.name());
-      if (!sha.ok()) return sha.status();
-      if (*sha != f.sha256()) {
-        return absl::DataLossError(
-            absl::StrCat("SHA-256 ", *sha, " != ", f.sha256()));
-      }
-      return absl::OkStatus();
-    });
-    if (!st.ok()) {
-      *error = absl::StrCat("fetching ", f.name(), " of ", as.job().model(),
-                            ": ", st.message());
-      fs::remove_all(tmp, ec);
-      return false;
-    }
+  if (!FetchModelFiles(attempt, model, "", tmp, error)) {
+    fs::remove_all(tmp, ec);
+    return false;
   }
   std::ofstream(tmp / ".complete") << model.content_sha256() << "\n";
   fs::remove_all(cache, ec);
@@ -393,6 +374,136 @@ bool Agent::ResolveModel(Attempt* attempt, std::string* dir,
     return false;
   }
   return true;
+}
+
+bool Agent::FetchModelFiles(Attempt* attempt, const v1::Model& model,
+                            const std::string& input_model, const fs::path& dir,
+                            std::string* error) {
+  const v1::Assignment& as = attempt->assignment;
+  const std::string& name = input_model.empty() ? as.job().model() : input_model;
+  for (const v1::ModelFile& f : model.files()) {
+    v1::FetchModelFileRequest r;
+    r.set_job_id(as.job_id());
+    r.set_attempt(as.attempt());
+    r.set_name(f.name());
+    r.set_input_model(input_model);
+    std::string what = absl::StrCat("Fetching ", f.name(), " of ", name);
+    absl::Status st = Retry(attempt, what, options_.transfer_patience, [&] {
+      auto ctx = NewContext();
+      auto sha = ReceiveToFile(stub_->FetchModelFile(ctx.get(), r).get(),
+                               dir / f.name());
+      if (!sha.ok()) return sha.status();
+      if (*sha != f.sha256()) {
+        return absl::DataLossError(
+            absl::StrCat("SHA-256 ", *sha, " != ", f.sha256()));
+      }
+      return absl::OkStatus();
+    });
+    if (!st.ok()) {
+      *error = absl::StrCat("fetching ", f.name(), " of ", name, ": ", st.message());
+      return false;
+    }
+  }
+  return true;
+}
+
+void Agent::RunMergeAttempt(Attempt* attempt, const fs::path& dir,
+                            v1::AttemptOutcome& outcome) {
+  const v1::Assignment& as = attempt->assignment;
+  const v1::Job& job = as.job();
+  auto fail = [&](const std::string& code, const std::string& message, bool user_fault) {
+    outcome.set_result(v1::AttemptOutcome::RESULT_FAILED);
+    outcome.mutable_error()->set_code(code);
+    outcome.mutable_error()->set_message(message);
+    outcome.mutable_error()->set_user_fault(user_fault);
+  };
+  absl::StatusOr<engine::MergeSpec> translated = MergeSpecForJob(job);
+  if (!translated.ok()) {
+    // lathed resolves every setting: one left unresolved is the platform's.
+    return fail("platform_error", std::string(translated.status().message()), false);
+  }
+  engine::MergeSpec spec = *std::move(translated);
+  std::string error;
+  std::error_code ec;
+  bool fetched = ResolveModel(attempt, &spec.base_dir, &error);
+  spec.base_model_name = job.model();
+  for (int i = 0; fetched && i < as.merge_inputs_size(); ++i) {
+    const fs::path input = dir / absl::StrCat("input-", i);
+    fs::create_directories(input, ec);
+    Emit(attempt, Message(absl::StrCat("Fetching input ", as.merge_inputs(i).id(), " (",
+                                       as.merge_inputs(i).bytes() >> 20, " MiB)")));
+    fetched = FetchModelFiles(attempt, as.merge_inputs(i), as.merge_inputs(i).id(), input, &error);
+    if (i < static_cast<int>(spec.inputs.size())) spec.inputs[i].dir = input.string();
+  }
+  if (fetched && as.merge_inputs_size() != static_cast<int>(spec.inputs.size())) {
+    return fail("platform_error", "the assignment's merge inputs do not match the job's", false);
+  }
+  if (fetched && !job.validation_file().empty()) {
+    spec.soup.validation_file = (dir / "valid.jsonl").string();
+    spec.soup.validation_file_name = absl::StrCat("validation_file ", job.validation_file());
+    fetched = FetchFile(attempt, job.validation_file(), spec.soup.validation_file, &error);
+  }
+  if (!fetched) return fail("fetch_failed", error, false);
+  spec.output_dir = (dir / "merged").string();
+  const std::string method(engine::MergeMethodName(spec.params.method));
+  Emit(attempt, Message(absl::StrCat("Merge started on ", options_.worker_id, ": ", method, " of ",
+                                     spec.inputs.size(), " fine-tunes of ", job.model())));
+  engine::MergeHooks hooks;
+  int64_t reported = -1;
+  hooks.on_tensor = [&](int64_t done, int64_t total, const std::string&) {
+    {
+      absl::MutexLock lock(&mu_);
+      attempt->step = done;
+      attempt->total_steps = total;
+    }
+    // A progress line at every tenth, not per tensor.
+    const int64_t tenth = total > 0 ? done * 10 / total : 10;
+    if (tenth != reported) {
+      reported = tenth;
+      Emit(attempt, Message(absl::StrCat("Merged ", done, "/", total, " tensors")));
+    }
+  };
+  hooks.on_soup_step = [&](const engine::SoupStep& step) {
+    const std::string& input = spec.inputs[step.input].name;
+    Emit(attempt,
+         Message(step.phase == engine::SoupStep::Phase::kScored
+                     ? absl::StrCat("Greedy soup: ", input, " alone has validation loss ",
+                                    step.input_loss)
+                     : absl::StrCat("Greedy soup: with ", input, " the loss is ", step.soup_loss,
+                                    step.kept ? ": kept" : ": left out", " (soup of ",
+                                    step.soup_size, ", loss ", step.best_loss, ")")));
+  };
+  absl::StatusOr<engine::MergeResult> result = engine::RunMerge(spec, hooks);
+  if (!result.ok()) {
+    spdlog::error("{} attempt {} failed: {}", as.job_id(), as.attempt(),
+                  result.status().ToString());
+    outcome.set_result(v1::AttemptOutcome::RESULT_FAILED);
+    *outcome.mutable_error() = JobErrorFor(result.status());
+    return;
+  }
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(spec.output_dir, ec)) {
+    if (entry.is_regular_file()) names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  bool uploaded = !names.empty();
+  if (!uploaded) error = "the merge wrote no result files";
+  for (const std::string& name : names) {
+    uploaded = uploaded && UploadResult(attempt, (fs::path(spec.output_dir) / name).string(),
+                                        name, 0, options_.transfer_patience, &error);
+    if (uploaded) outcome.add_result_files(name);
+  }
+  if (!uploaded) return fail("upload_failed", error, false);
+  std::vector<std::string> merged;
+  for (int i : result->merged_inputs) merged.push_back(spec.inputs[i].name);
+  Emit(attempt, Message(absl::StrCat(
+                    "Model uploaded (", method, " of ", absl::StrJoin(merged, ", "), ", ",
+                    result->tensors, " tensors",
+                    result->validation_loss.has_value()
+                        ? absl::StrCat(", validation loss ", *result->validation_loss)
+                        : "",
+                    ")")));
+  outcome.set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
 }
 
 bool Agent::UploadResult(Attempt* attempt, const std::string& path,
@@ -466,6 +577,16 @@ void Agent::RunAttempt(Attempt* attempt) {
     outcome.mutable_error()->set_user_fault(user_fault);
   };
 
+  if (job.method().type() == "merge") {
+    RunMergeAttempt(attempt, dir, outcome);
+    fs::remove_all(dir, ec);
+    spdlog::info("{} attempt {} ended: {}", as.job_id(), as.attempt(),
+                 v1::AttemptOutcome::Result_Name(outcome.result()));
+    absl::MutexLock lock(&mu_);
+    attempt->outcome = outcome;
+    wake_ = true;
+    return;
+  }
   auto translated = RunSpecFor(as, dir.string(), options_.device);
   engine::RunSpec o = translated.ok() ? *translated : engine::RunSpec();
 

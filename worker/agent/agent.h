@@ -8,6 +8,7 @@
 #define LATHE_WORKER_AGENT_AGENT_H_
 
 #include <atomic>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -114,6 +115,16 @@ class Agent {
   // cache under work_dir/models/<content sha256>, fetched file by file and
   // checked against the registered hashes.
   bool ResolveModel(Attempt* attempt, std::string* dir, std::string* error);
+  // Fetches `model`'s files (FetchModelFile; `input_model` for a merge
+  // input) into `dir`, each checked against its registered hash.
+  bool FetchModelFiles(Attempt* attempt, const v1::Model& model,
+                       const std::string& input_model,
+                       const std::filesystem::path& dir, std::string* error);
+  // A merge job's attempt (method.type "merge"): fetches the base, the
+  // inputs and greedy_soup's validation file into `dir`, merges, uploads the
+  // model folder; sets `outcome`.
+  void RunMergeAttempt(Attempt* attempt, const std::filesystem::path& dir,
+                       v1::AttemptOutcome& outcome);
 
   const AgentOptions options_;
   std::shared_ptr<grpc::Channel> channel_;

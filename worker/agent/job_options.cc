@@ -462,4 +462,35 @@ v1::JobReport ReportForResult(const engine::RunSpec& spec,
   return report;
 }
 
+absl::StatusOr<engine::MergeSpec> MergeSpecForJob(const v1::Job& job) {
+  const v1::MergeMethod& m = job.method().merge();
+  engine::MergeSpec spec;
+  absl::StatusOr<engine::MergeMethod> method =
+      engine::ParseMergeMethod(m.merge_method());
+  if (!method.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("method.merge.merge_method: ", method.status().message()));
+  }
+  absl::StatusOr<engine::MajoritySign> sign =
+      engine::ParseMajoritySign(m.majority_sign());
+  if (!sign.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("method.merge.majority_sign: ", sign.status().message()));
+  }
+  spec.params = {.method = *method,
+                 .weights = {m.weights().begin(), m.weights().end()},
+                 .lambda = m.lambda(),
+                 .density = m.density(),
+                 .majority_sign = *sign,
+                 .beta = m.beta(),
+                 .gamma = m.gamma(),
+                 .lines_alpha = m.lines_alpha(),
+                 .lines_beta = m.lines_beta(),
+                 .seed = static_cast<uint64_t>(job.seed())};
+  for (const std::string& input : m.inputs()) {
+    spec.inputs.push_back({.dir = "", .name = input});
+  }
+  return spec;
+}
+
 }  // namespace lathe::worker

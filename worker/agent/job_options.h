@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "lathe/v1/fine_tuning.pb.h"
+#include "worker/engine/merge/merge_spec.h"
 #include "worker/engine/recipes/run.h"
 #include "worker/engine/spec/run_spec.h"
 
@@ -24,6 +25,13 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job);
 
 // The inverse over the same fields, for the round-trip test.
 v1::Job JobForRunSpec(const engine::RunSpec& spec);
+
+// A merge job (method.type "merge", resolved) as the engine's MergeSpec:
+// the parameters, DARE's seed (the job's), and the inputs named by their
+// model names. The base, input and validation paths and the output are the
+// agent's to fill. INVALID_ARGUMENT naming the field for an unresolved or
+// unknown setting.
+absl::StatusOr<engine::MergeSpec> MergeSpecForJob(const v1::Job& job);
 
 // What the after-job reports of a finished run found (METHODS.md §9), as
 // the job's report: the forgetting report when the run had a general file,

@@ -172,6 +172,42 @@ TEST(JobOptionsTest, ReportsReachTheJobAsTheEngineFoundThem) {
   EXPECT_EQ(report.intruders().matrices(1).min_similarity(), 0.45);
 }
 
+TEST(JobOptionsTest, AMergeJobBecomesItsMergeSpec) {
+  v1::Job job;
+  job.set_seed(77);
+  job.mutable_method()->set_type("merge");
+  v1::MergeMethod& m = *job.mutable_method()->mutable_merge();
+  m.add_inputs("ft:a");
+  m.add_inputs("ft:b");
+  m.set_merge_method("dare_ties");
+  m.add_weights(0.75);
+  m.add_weights(0.25);
+  m.set_lambda(0.5);
+  m.set_density(0.3);
+  m.set_majority_sign("frequency");
+  m.set_beta(0.8);
+  m.set_gamma(0.05);
+  m.set_lines_alpha(0.4);
+  m.set_lines_beta(0.6);
+  auto spec = MergeSpecForJob(job);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->params.method, engine::MergeMethod::kDareTies);
+  EXPECT_EQ(spec->params.weights, (std::vector<double>{0.75, 0.25}));
+  EXPECT_EQ(spec->params.lambda, 0.5);
+  EXPECT_EQ(spec->params.density, 0.3);
+  EXPECT_EQ(spec->params.majority_sign, engine::MajoritySign::kFrequency);
+  EXPECT_EQ(spec->params.beta, 0.8);
+  EXPECT_EQ(spec->params.gamma, 0.05);
+  EXPECT_EQ(spec->params.lines_alpha, 0.4);
+  EXPECT_EQ(spec->params.lines_beta, 0.6);
+  EXPECT_EQ(spec->params.seed, 77u);
+  ASSERT_EQ(spec->inputs.size(), 2u);
+  EXPECT_EQ(spec->inputs[1].name, "ft:b");
+  m.set_merge_method("soup");
+  EXPECT_NE(MergeSpecForJob(job).status().message().find("method.merge.merge_method"),
+            std::string::npos);
+}
+
 TEST(JobOptionsTest, PreferenceMethodsGetTheirObjectives) {
   v1::Job job = EveryFieldJob(v1::ADAPTER_TYPE_LORA, "dpo");
   auto* hp = job.mutable_method()->mutable_dpo()->mutable_hyperparameters();

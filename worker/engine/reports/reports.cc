@@ -54,10 +54,10 @@ std::vector<double> IntruderSimilarities(const torch::Tensor& w0,
   torch::NoGradGuard no_grad;
   // Reduced SVDs (full_matrices=False, as the paper's code and PEFT);
   // singular values come sorted, largest first.
-  const torch::Tensor u0 = std::get<0>(torch::linalg::svd(
-      w0.to(torch::kFloat32), /*full_matrices=*/false, c10::nullopt));
-  const torch::Tensor u = std::get<0>(torch::linalg::svd(
-      w_ft.to(torch::kFloat32), /*full_matrices=*/false, c10::nullopt));
+  const torch::Tensor u0 = std::get<0>(
+      torch::linalg_svd(w0.to(torch::kFloat32), /*full_matrices=*/false));
+  const torch::Tensor u = std::get<0>(
+      torch::linalg_svd(w_ft.to(torch::kFloat32), /*full_matrices=*/false));
   const int64_t k = std::min<int64_t>(top_k, u.size(1));
   // [k, r0]: |<U[:, i], U0[:, j]>|, then the largest over j.
   const torch::Tensor sims = std::get<0>(

@@ -74,7 +74,7 @@ TEST(ReportsTest, HeldOutLossEqualsTransformersPerConversationAndWeighted) {
 
 // A random orthogonal d x d matrix: Q of the QR of a Gaussian.
 torch::Tensor Orthogonal(int64_t d) {
-  return std::get<0>(torch::linalg::qr(torch::randn({d, d}, torch::kFloat64)));
+  return std::get<0>(torch::linalg_qr(torch::randn({d, d}, torch::kFloat64)));
 }
 
 // METHODS.md §9.2's defining test: W0 = Q1 diag(2^(-j/2)) Q2^T (64 x 64).
