@@ -25,6 +25,8 @@
 #include "worker/engine/data/chat_data.h"
 #include "worker/engine/device/placement.h"
 #include "worker/engine/inference/generate.h"
+#include "worker/engine/reports/reports.h"
+#include "worker/engine/data/curation.h"
 #include "worker/engine/inference/score.h"
 #include "worker/engine/merge/merge.h"
 #include "worker/engine/model/llama.h"
@@ -57,6 +59,8 @@ constexpr char kUsage[] =
     "      [--expert DIR [--expert-adapter DIR] --anti-expert DIR [--alpha A]]\n"
     "  --expert/--anti-expert: EFT / proxy tuning, each step's logits are\n"
     "  model + A x (expert - anti-expert) (A = 1); same tokenizer required.\n"
+    "  %1$s analyze --model DIR --data FILE.jsonl --out DIR [--validation FILE]\n"
+    "      [--max-seq-len N] [--select-loss-quantile LO,HI] [--keep-duplicates]\n"
     "  %1$s merge --base DIR --inputs DIR,DIR,... --out DIR\n"
     "      [--method linear|task_arithmetic|ties|dare_linear|dare_ties|\n"
     "                breadcrumbs|lines|greedy_soup] [--weights W,W,...]\n"
@@ -120,7 +124,7 @@ int TrainCommand(const std::string& spec_path) {
 }
 
 // Flags that take no value; present means "true".
-const std::vector<std::string> kSwitches = {"--add-special-tokens"};
+const std::vector<std::string> kSwitches = {"--add-special-tokens", "--keep-duplicates"};
 
 // "--name value" flags (and switches) after the subcommand. nullopt (usage
 // error) for a flag not in `known`, a repeated one, or one without a value.
@@ -324,6 +328,151 @@ absl::Status ScoreCommand(const std::map<std::string, std::string>& flags) {
                                       {{"logits", scores->logits}}, {}));
     }
   }
+  return absl::OkStatus();
+}
+
+// analyze: the curation report of a data file (METHODS.md §8) and a
+// selection of it.
+absl::Status AnalyzeCommand(const std::map<std::string, std::string>& flags) {
+  const std::string data = Flag(flags, "--data");
+  const std::string out = Flag(flags, "--out");
+  if (data.empty() || out.empty()) {
+    return absl::InvalidArgumentError("--data and --out are required");
+  }
+  int max_seq_len = DataSpec{}.max_seq_len;
+  if (!Flag(flags, "--max-seq-len").empty() &&
+      (!absl::SimpleAtoi(Flag(flags, "--max-seq-len"), &max_seq_len) || max_seq_len < 2)) {
+    return absl::InvalidArgumentError("--max-seq-len: a number of at least 2");
+  }
+  double lo = 0, hi = 1;
+  if (const std::string q = Flag(flags, "--select-loss-quantile"); !q.empty()) {
+    std::vector<std::string> parts = absl::StrSplit(q, ',');
+    if (parts.size() != 2 || !absl::SimpleAtod(parts[0], &lo) ||
+        !absl::SimpleAtod(parts[1], &hi) || !(0 <= lo && lo < hi && hi <= 1)) {
+      return absl::InvalidArgumentError(
+          "--select-loss-quantile: LO,HI with 0 <= LO < HI <= 1, e.g. 0.05,0.95");
+    }
+  }
+  const bool keep_duplicates = flags.count("--keep-duplicates") > 0;
+  ASSIGN_OR_RETURN(std::vector<DataRecord> records, ReadDataJsonl(data));
+  ASSIGN_OR_RETURN(TextSetup setup, LoadText(flags, records[0].format == DataFormat::kChat));
+  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LoadModel(flags));
+  auto tokenize = [&](const std::vector<DataRecord>& rs, std::vector<Example>* examples,
+                      std::vector<std::vector<int32_t>>* ids) -> absl::Status {
+    for (const DataRecord& r : rs) {
+      std::string rendered;
+      ASSIGN_OR_RETURN(Example e, MakeExample(setup, r, &rendered));
+      ids->push_back(e.ids);
+      examples->push_back(std::move(e));
+    }
+    return absl::OkStatus();
+  };
+  std::vector<Example> examples, valid_examples;
+  std::vector<std::vector<int32_t>> ids, valid_ids;
+  RETURN_IF_ERROR(tokenize(records, &examples, &ids));
+  const std::string validation = Flag(flags, "--validation");
+  if (!validation.empty()) {
+    ASSIGN_OR_RETURN(std::vector<DataRecord> valid, ReadDataJsonl(validation));
+    RETURN_IF_ERROR(tokenize(valid, &valid_examples, &valid_ids));
+  }
+  const std::vector<DuplicateInfo> dups = FindDuplicates(ids, valid_ids, MinHashOptions{});
+  // The base model's loss per example, over its trained tokens, cut to
+  // max_seq_len as training would.
+  std::vector<double> losses(examples.size());
+  for (size_t i = 0; i < examples.size(); ++i) {
+    Example e = examples[i];
+    if (e.ids.size() > static_cast<size_t>(max_seq_len)) {
+      e.ids.resize(max_seq_len);
+      e.loss_mask.resize(max_seq_len);
+    }
+    const HeldOutLoss loss = HeldOutLossOf(*model, {e}, false, 1, setup.tokenizer->pad_id());
+    losses[i] = loss.tokens > 0 ? loss.loss : std::nan("");
+  }
+  std::vector<double> sorted;
+  for (double l : losses) {
+    if (!std::isnan(l)) sorted.push_back(l);
+  }
+  std::sort(sorted.begin(), sorted.end());
+  // The quantile as numpy's default (linear interpolation).
+  auto quantile = [&](double q) {
+    if (sorted.empty()) return 0.0;
+    const double at = q * (sorted.size() - 1);
+    const size_t below = static_cast<size_t>(std::floor(at));
+    const size_t above = std::min(below + 1, sorted.size() - 1);
+    return sorted[below] + (at - below) * (sorted[above] - sorted[below]);
+  };
+  const double loss_lo = quantile(lo), loss_hi = quantile(hi);
+
+  std::vector<std::string> lines;
+  {
+    std::ifstream in(data);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(out, ec);
+  std::ofstream report(out + "/report.jsonl"), selected(out + "/selected.jsonl");
+  if (!report || !selected) {
+    return absl::InternalError(absl::StrCat("cannot write to ", out));
+  }
+  auto line_of = [&](int64_t i, const std::vector<DataRecord>& rs) {
+    return i < 0 ? Json(nullptr) : Json(rs[i].line);
+  };
+  std::vector<DataRecord> valid_records;
+  if (!validation.empty()) valid_records = *ReadDataJsonl(validation);
+  int64_t kept = 0, truncated = 0, exact = 0, near = 0, overlap = 0;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const DuplicateInfo& d = dups[i];
+    std::vector<std::string> reasons;
+    const bool cut = examples[i].ids.size() > static_cast<size_t>(max_seq_len);
+    truncated += cut;
+    if (d.exact_of >= 0) {
+      ++exact;
+      if (!keep_duplicates) reasons.push_back(absl::StrCat("exact_duplicate_of_line_", records[d.exact_of].line));
+    } else if (d.near_of >= 0) {
+      ++near;
+      if (!keep_duplicates) reasons.push_back(absl::StrCat("near_duplicate_of_line_", records[d.near_of].line));
+    }
+    const int64_t v = d.validation_exact >= 0 ? d.validation_exact : d.validation_near;
+    if (v >= 0) {
+      ++overlap;
+      reasons.push_back(absl::StrCat("overlaps_validation_line_", valid_records[v].line));
+    }
+    if (!std::isnan(losses[i]) && losses[i] < loss_lo) {
+      reasons.push_back(absl::StrCat("loss_below_quantile_", lo));
+    }
+    if (!std::isnan(losses[i]) && losses[i] > loss_hi) {
+      reasons.push_back(absl::StrCat("loss_above_quantile_", hi));
+    }
+    const bool keep = reasons.empty();
+    kept += keep;
+    if (keep) selected << lines[records[i].line - 1] << "\n";
+    report << Json{{"line", records[i].line},
+                   {"tokens", examples[i].ids.size()},
+                   {"truncated", cut},
+                   {"loss", Number(losses[i])},
+                   {"perplexity", Number(std::exp(losses[i]))},
+                   {"exact_duplicate_of", line_of(d.exact_of, records)},
+                   {"near_duplicate_of", line_of(d.near_of, records)},
+                   {"near_jaccard", d.near_jaccard},
+                   {"validation_overlap", line_of(v, valid_records)},
+                   {"validation_jaccard", d.validation_exact >= 0 ? 1.0 : d.validation_jaccard},
+                   {"kept", keep},
+                   {"reasons", reasons}}
+                  .dump()
+           << "\n";
+  }
+  std::cout << Json{{"summary",
+                     {{"examples", examples.size()},
+                      {"kept", kept},
+                      {"truncated", truncated},
+                      {"exact_duplicates", exact},
+                      {"near_duplicates", near},
+                      {"validation_overlaps", overlap},
+                      {"loss_quantiles", {{"low", loss_lo}, {"high", loss_hi}}},
+                      {"report", out + "/report.jsonl"},
+                      {"selected", out + "/selected.jsonl"}}}}
+                   .dump()
+            << std::endl;
   return absl::OkStatus();
 }
 
@@ -558,6 +707,12 @@ int RunEngineCommand(int argc, char** argv) {
           {"--model", "--adapter", "--prompt", "--chat", "--max-new-tokens",
            "--temperature", "--top-p", "--seed", "-o", "--chat-template",
            "--expert", "--expert-adapter", "--anti-expert", "--alpha"}}},
+        {"analyze",
+         {AnalyzeCommand,
+          "--model",
+          {"--model", "--adapter", "--data", "--validation", "--out", "--max-seq-len",
+           "--select-loss-quantile", "--keep-duplicates", "--chat-template", "--device",
+           "--dtype", "-o"}}},
         {"merge",
          {MergeCommand,
           "--base",

@@ -1,5 +1,6 @@
 #include "worker/engine/cli/engine_cli.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -253,6 +254,103 @@ TEST(EngineCliTest, GenerateWithExpertsNeedsOneTokenizer) {
                     "--expert", model}),
             1);
   EXPECT_NE(::testing::internal::GetCapturedStderr().find("--anti-expert"), std::string::npos);
+}
+
+// analyze: a file of the demo's first 20 conversations, the 3rd repeated
+// at the end and a validation conversation among them. The report names
+// the duplicate and the overlap by line, its losses are the score
+// command's, and selected.jsonl is the other lines verbatim; a loss
+// quantile selection drops the tails.
+TEST(EngineCliTest, AnalyzeReportsDuplicatesOverlapAndLossAndSelects) {
+  testing::TempDir dir;
+  ASSERT_TRUE(MakeDemo(dir.path()).ok());
+  std::vector<std::string> train, valid;
+  {
+    std::ifstream t(dir.path() + "/train.jsonl"), v(dir.path() + "/valid.jsonl");
+    for (std::string line; std::getline(t, line);) train.push_back(line);
+    for (std::string line; std::getline(v, line);) valid.push_back(line);
+  }
+  std::vector<std::string> data(train.begin(), train.begin() + 20);
+  data.push_back(valid[4]);  // line 21
+  data.push_back(train[2]);  // line 22: line 3 again
+  const std::string file = dir.path() + "/data.jsonl";
+  {
+    std::ofstream out(file);
+    for (const std::string& line : data) out << line << "\n";
+  }
+  const std::string model = dir.path() + "/model";
+  std::vector<Json> summary;
+  ASSERT_EQ(RunCliJson({"lathe-worker", "analyze", "--model", model, "--data", file,
+                        "--validation", dir.path() + "/valid.jsonl", "--out",
+                        dir.path() + "/analysis"},
+                       &summary),
+            0);
+  ASSERT_EQ(summary.size(), 1u);
+  EXPECT_EQ(summary[0]["summary"]["examples"], 22);
+  std::vector<Json> report;
+  {
+    std::ifstream in(dir.path() + "/analysis/report.jsonl");
+    for (std::string line; std::getline(in, line);) report.push_back(Json::parse(line));
+  }
+  ASSERT_EQ(report.size(), 22u);
+  // Exact duplicates and exact validation overlaps, found by comparing the
+  // lines' text (the demo's generator repeats some conversations too).
+  int64_t exact = 0, kept = 0;
+  std::vector<std::string> kept_lines;
+  for (size_t i = 0; i < data.size(); ++i) {
+    const auto first = std::find(data.begin(), data.begin() + i, data[i]);
+    if (first != data.begin() + i) {
+      ++exact;
+      EXPECT_EQ(report[i]["exact_duplicate_of"], first - data.begin() + 1) << i;
+    } else {
+      EXPECT_TRUE(report[i]["exact_duplicate_of"].is_null()) << i;
+    }
+    const auto in_valid = std::find(valid.begin(), valid.end(), data[i]);
+    if (in_valid != valid.end()) {
+      EXPECT_FALSE(report[i]["validation_overlap"].is_null()) << i;
+      EXPECT_EQ(report[i]["validation_jaccard"], 1.0) << i;
+    }
+    EXPECT_EQ(report[i]["kept"], report[i]["reasons"].empty()) << i;
+    if (report[i]["kept"]) {
+      ++kept;
+      kept_lines.push_back(data[i]);
+    }
+  }
+  EXPECT_EQ(report[21]["exact_duplicate_of"], 3);
+  EXPECT_EQ(report[21]["reasons"][0], "exact_duplicate_of_line_3");
+  EXPECT_FALSE(report[20]["validation_overlap"].is_null());
+  EXPECT_EQ(report[20]["kept"], false);
+  EXPECT_EQ(summary[0]["summary"]["exact_duplicates"], exact);
+  EXPECT_EQ(summary[0]["summary"]["kept"], kept);
+  // The loss is the score command's (ScoreExample's mean over the
+  // assistant tokens).
+  std::vector<Json> scored;
+  ASSERT_EQ(RunCliJson({"lathe-worker", "score", "--model", model, "--data", file}, &scored), 0);
+  ASSERT_EQ(scored.size(), 22u);
+  for (size_t i = 0; i < 22; ++i) {
+    EXPECT_NEAR(report[i]["loss"].get<double>(), scored[i]["loss"].get<double>(), 1e-5) << i;
+  }
+  std::vector<std::string> selected;
+  {
+    std::ifstream in(dir.path() + "/analysis/selected.jsonl");
+    for (std::string line; std::getline(in, line);) selected.push_back(line);
+  }
+  EXPECT_EQ(selected, kept_lines);
+
+  summary.clear();
+  ASSERT_EQ(RunCliJson({"lathe-worker", "analyze", "--model", model, "--data", file, "--out",
+                        dir.path() + "/tails", "--select-loss-quantile", "0.1,0.9",
+                        "--keep-duplicates"},
+                       &summary),
+            0);
+  // Without duplicates dropped, 22 losses: the lowest and highest 10 %
+  // fall outside the interpolated quantiles (2 or 3 at each end).
+  const int64_t tails_kept = summary[0]["summary"]["kept"];
+  EXPECT_GE(tails_kept, 16);
+  EXPECT_LE(tails_kept, 20);
+  EXPECT_EQ(RunCli({"lathe-worker", "analyze", "--model", model, "--data", file, "--out",
+                    dir.path() + "/x", "--select-loss-quantile", "0.9,0.1"}),
+            1);
 }
 
 TEST(EngineCliTest, BadUsageReturnsTwo) {
