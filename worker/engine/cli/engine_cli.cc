@@ -24,9 +24,9 @@
 #include "worker/engine/cli/demo.h"
 #include "worker/engine/data/chat_data.h"
 #include "worker/engine/device/placement.h"
+#include "worker/engine/inference/analyze.h"
 #include "worker/engine/inference/generate.h"
 #include "worker/engine/reports/reports.h"
-#include "worker/engine/data/curation.h"
 #include "worker/engine/inference/score.h"
 #include "worker/engine/merge/merge.h"
 #include "worker/engine/model/llama.h"
@@ -331,146 +331,42 @@ absl::Status ScoreCommand(const std::map<std::string, std::string>& flags) {
   return absl::OkStatus();
 }
 
-// analyze: the curation report of a data file (METHODS.md §8) and a
-// selection of it.
+// analyze: the curation report of a data file (inference/analyze.h).
 absl::Status AnalyzeCommand(const std::map<std::string, std::string>& flags) {
-  const std::string data = Flag(flags, "--data");
-  const std::string out = Flag(flags, "--out");
-  if (data.empty() || out.empty()) {
+  AnalyzeSpec spec{.model_dir = Flag(flags, "--model"),
+                   .data_file = Flag(flags, "--data"),
+                   .validation_file = Flag(flags, "--validation"),
+                   .chat_template = Flag(flags, "--chat-template"),
+                   .keep_duplicates = flags.count("--keep-duplicates") > 0,
+                   .out_dir = Flag(flags, "--out")};
+  if (spec.data_file.empty() || spec.out_dir.empty()) {
     return absl::InvalidArgumentError("--data and --out are required");
   }
-  int max_seq_len = DataSpec{}.max_seq_len;
   if (!Flag(flags, "--max-seq-len").empty() &&
-      (!absl::SimpleAtoi(Flag(flags, "--max-seq-len"), &max_seq_len) || max_seq_len < 2)) {
+      !absl::SimpleAtoi(Flag(flags, "--max-seq-len"), &spec.max_seq_len)) {
     return absl::InvalidArgumentError("--max-seq-len: a number of at least 2");
   }
-  double lo = 0, hi = 1;
   if (const std::string q = Flag(flags, "--select-loss-quantile"); !q.empty()) {
     std::vector<std::string> parts = absl::StrSplit(q, ',');
-    if (parts.size() != 2 || !absl::SimpleAtod(parts[0], &lo) ||
-        !absl::SimpleAtod(parts[1], &hi) || !(0 <= lo && lo < hi && hi <= 1)) {
+    if (parts.size() != 2 || !absl::SimpleAtod(parts[0], &spec.loss_quantile_low) ||
+        !absl::SimpleAtod(parts[1], &spec.loss_quantile_high)) {
       return absl::InvalidArgumentError(
           "--select-loss-quantile: LO,HI with 0 <= LO < HI <= 1, e.g. 0.05,0.95");
     }
   }
-  const bool keep_duplicates = flags.count("--keep-duplicates") > 0;
-  ASSIGN_OR_RETURN(std::vector<DataRecord> records, ReadDataJsonl(data));
-  ASSIGN_OR_RETURN(TextSetup setup, LoadText(flags, records[0].format == DataFormat::kChat));
-  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LoadModel(flags));
-  auto tokenize = [&](const std::vector<DataRecord>& rs, std::vector<Example>* examples,
-                      std::vector<std::vector<int32_t>>* ids) -> absl::Status {
-    for (const DataRecord& r : rs) {
-      std::string rendered;
-      ASSIGN_OR_RETURN(Example e, MakeExample(setup, r, &rendered));
-      ids->push_back(e.ids);
-      examples->push_back(std::move(e));
-    }
-    return absl::OkStatus();
-  };
-  std::vector<Example> examples, valid_examples;
-  std::vector<std::vector<int32_t>> ids, valid_ids;
-  RETURN_IF_ERROR(tokenize(records, &examples, &ids));
-  const std::string validation = Flag(flags, "--validation");
-  if (!validation.empty()) {
-    ASSIGN_OR_RETURN(std::vector<DataRecord> valid, ReadDataJsonl(validation));
-    RETURN_IF_ERROR(tokenize(valid, &valid_examples, &valid_ids));
-  }
-  const std::vector<DuplicateInfo> dups = FindDuplicates(ids, valid_ids, MinHashOptions{});
-  // The base model's loss per example, over its trained tokens, cut to
-  // max_seq_len as training would.
-  std::vector<double> losses(examples.size());
-  for (size_t i = 0; i < examples.size(); ++i) {
-    Example e = examples[i];
-    if (e.ids.size() > static_cast<size_t>(max_seq_len)) {
-      e.ids.resize(max_seq_len);
-      e.loss_mask.resize(max_seq_len);
-    }
-    const HeldOutLoss loss = HeldOutLossOf(*model, {e}, false, 1, setup.tokenizer->pad_id());
-    losses[i] = loss.tokens > 0 ? loss.loss : std::nan("");
-  }
-  std::vector<double> sorted;
-  for (double l : losses) {
-    if (!std::isnan(l)) sorted.push_back(l);
-  }
-  std::sort(sorted.begin(), sorted.end());
-  // The quantile as numpy's default (linear interpolation).
-  auto quantile = [&](double q) {
-    if (sorted.empty()) return 0.0;
-    const double at = q * (sorted.size() - 1);
-    const size_t below = static_cast<size_t>(std::floor(at));
-    const size_t above = std::min(below + 1, sorted.size() - 1);
-    return sorted[below] + (at - below) * (sorted[above] - sorted[below]);
-  };
-  const double loss_lo = quantile(lo), loss_hi = quantile(hi);
-
-  std::vector<std::string> lines;
-  {
-    std::ifstream in(data);
-    for (std::string line; std::getline(in, line);) lines.push_back(line);
-  }
-  std::error_code ec;
-  std::filesystem::create_directories(out, ec);
-  std::ofstream report(out + "/report.jsonl"), selected(out + "/selected.jsonl");
-  if (!report || !selected) {
-    return absl::InternalError(absl::StrCat("cannot write to ", out));
-  }
-  auto line_of = [&](int64_t i, const std::vector<DataRecord>& rs) {
-    return i < 0 ? Json(nullptr) : Json(rs[i].line);
-  };
-  std::vector<DataRecord> valid_records;
-  if (!validation.empty()) valid_records = *ReadDataJsonl(validation);
-  int64_t kept = 0, truncated = 0, exact = 0, near = 0, overlap = 0;
-  for (size_t i = 0; i < examples.size(); ++i) {
-    const DuplicateInfo& d = dups[i];
-    std::vector<std::string> reasons;
-    const bool cut = examples[i].ids.size() > static_cast<size_t>(max_seq_len);
-    truncated += cut;
-    if (d.exact_of >= 0) {
-      ++exact;
-      if (!keep_duplicates) reasons.push_back(absl::StrCat("exact_duplicate_of_line_", records[d.exact_of].line));
-    } else if (d.near_of >= 0) {
-      ++near;
-      if (!keep_duplicates) reasons.push_back(absl::StrCat("near_duplicate_of_line_", records[d.near_of].line));
-    }
-    const int64_t v = d.validation_exact >= 0 ? d.validation_exact : d.validation_near;
-    if (v >= 0) {
-      ++overlap;
-      reasons.push_back(absl::StrCat("overlaps_validation_line_", valid_records[v].line));
-    }
-    if (!std::isnan(losses[i]) && losses[i] < loss_lo) {
-      reasons.push_back(absl::StrCat("loss_below_quantile_", lo));
-    }
-    if (!std::isnan(losses[i]) && losses[i] > loss_hi) {
-      reasons.push_back(absl::StrCat("loss_above_quantile_", hi));
-    }
-    const bool keep = reasons.empty();
-    kept += keep;
-    if (keep) selected << lines[records[i].line - 1] << "\n";
-    report << Json{{"line", records[i].line},
-                   {"tokens", examples[i].ids.size()},
-                   {"truncated", cut},
-                   {"loss", Number(losses[i])},
-                   {"perplexity", Number(std::exp(losses[i]))},
-                   {"exact_duplicate_of", line_of(d.exact_of, records)},
-                   {"near_duplicate_of", line_of(d.near_of, records)},
-                   {"near_jaccard", d.near_jaccard},
-                   {"validation_overlap", line_of(v, valid_records)},
-                   {"validation_jaccard", d.validation_exact >= 0 ? 1.0 : d.validation_jaccard},
-                   {"kept", keep},
-                   {"reasons", reasons}}
-                  .dump()
-           << "\n";
-  }
+  if (!Flag(flags, "--device").empty()) spec.device.device = Flag(flags, "--device");
+  if (!Flag(flags, "--dtype").empty()) spec.device.dtype = Flag(flags, "--dtype");
+  ASSIGN_OR_RETURN(const AnalyzeSummary summary, AnalyzeData(spec));
   std::cout << Json{{"summary",
-                     {{"examples", examples.size()},
-                      {"kept", kept},
-                      {"truncated", truncated},
-                      {"exact_duplicates", exact},
-                      {"near_duplicates", near},
-                      {"validation_overlaps", overlap},
-                      {"loss_quantiles", {{"low", loss_lo}, {"high", loss_hi}}},
-                      {"report", out + "/report.jsonl"},
-                      {"selected", out + "/selected.jsonl"}}}}
+                     {{"examples", summary.examples},
+                      {"kept", summary.kept},
+                      {"truncated", summary.truncated},
+                      {"exact_duplicates", summary.exact_duplicates},
+                      {"near_duplicates", summary.near_duplicates},
+                      {"validation_overlaps", summary.validation_overlaps},
+                      {"loss_quantiles", {{"low", summary.loss_low}, {"high", summary.loss_high}}},
+                      {"report", spec.out_dir + "/report.jsonl"},
+                      {"selected", spec.out_dir + "/selected.jsonl"}}}}
                    .dump()
             << std::endl;
   return absl::OkStatus();
