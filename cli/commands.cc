@@ -32,6 +32,10 @@ constexpr char kUsage[] = R"(lathe: drive a Lathe fine-tuning server.
 
 Usage:
   lathe files upload PATH [--purpose fine-tune]
+  lathe files analyze FILE_ID --model MODEL [--validation-file FILE_ID]
+                      [--max-seq-len N] [--select-loss-quantile LO,HI] [--keep-duplicates]
+                      (a job: per line tokens, truncation, duplicates, overlap, loss;
+                       download report.jsonl and selected.jsonl with jobs download)
   lathe files get FILE_ID
   lathe files list [--limit N] [--after FILE_ID]
   lathe files delete FILE_ID
@@ -241,6 +245,13 @@ void PrintJob(const v1::Job& j) {
                                  m.temperature(),
                                  EnumSuffix(v1::MixtureStop_Name(m.stop()), "MIXTURE_STOP_"));
     PrintSources(m);
+  }
+  if (j.method().type() == "analyze") {
+    const v1::AnalyzeMethod& a = j.method().analyze();
+    std::cout << absl::StrFormat(
+        "analyze:          max_seq_len=%d loss_quantiles=%g..%g keep_duplicates=%s\n",
+        a.max_seq_len(), a.loss_quantile_low(), a.loss_quantile_high(),
+        a.keep_duplicates() ? "true" : "false");
   }
   if (j.method().type() == "merge") {
     const v1::MergeMethod& m = j.method().merge();
@@ -820,6 +831,35 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
 
 int FilesCommand(Env& env, const std::string& verb) {
   const auto& pos = env.args.positional();
+  if (verb == "analyze") {
+    // A data analysis job (AnalyzeMethod) over the file.
+    if (pos.size() != 3) return Usage("files analyze needs FILE_ID");
+    v1::CreateJobRequest r;
+    r.set_model(env.args.GetOr("model", ""));
+    r.set_training_file(pos[2]);
+    r.set_validation_file(env.args.GetOr("validation-file", ""));
+    r.mutable_method()->set_type("analyze");
+    v1::AnalyzeMethod& a = *r.mutable_method()->mutable_analyze();
+    if (env.args.Has("max-seq-len")) {
+      auto v = IntFlag(env.args, "max-seq-len");
+      if (!v.ok()) return Usage(std::string(v.status().message()));
+      a.set_max_seq_len(static_cast<int32_t>(*v));
+    }
+    if (env.args.Has("select-loss-quantile")) {
+      std::vector<std::string> parts = absl::StrSplit(*env.args.Get("select-loss-quantile"), ',');
+      double lo = 0, hi = 0;
+      if (parts.size() != 2 || !absl::SimpleAtod(parts[0], &lo) || !absl::SimpleAtod(parts[1], &hi)) {
+        return Usage("--select-loss-quantile: LO,HI, e.g. 0.05,0.95");
+      }
+      a.set_loss_quantile_low(lo);
+      a.set_loss_quantile_high(hi);
+    }
+    a.set_keep_duplicates(env.args.Has("keep-duplicates"));
+    auto job = env.client->CreateJob(r);
+    if (!job.ok()) return Fail(job.status());
+    env.json ? void(std::cout << ToJson(*job) << "\n") : PrintJob(*job);
+    return 0;
+  }
   if (verb == "upload") {
     if (pos.size() != 3) return Usage("files upload needs PATH");
     auto f = env.client->UploadFile(pos[2], env.args.GetOr("purpose", "fine-tune"),
@@ -1178,7 +1218,7 @@ int Run(const std::vector<std::string>& argv) {
   auto args =
       Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora",
                          "lora-dora", "half-ft", "half-ft-include-embeddings",
-                         "general-all-tokens"});
+                         "general-all-tokens", "keep-duplicates"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   auto st = args->CheckKnown(
       {"server", "api_key", "ca_cert", "tls_server_name", "insecure", "project", "role", "name", "output", "help", "purpose", "limit", "after", "status", "follow",
@@ -1195,7 +1235,8 @@ int Run(const std::vector<std::string>& argv) {
        "mixture-strategy", "mixture-temperature", "mixture-stop", "regularizer",
        "masked-thought", "mask-token", "dmt", "dmt-k", "general-file", "general-all-tokens",
        "intruder-top-k", "intruder-epsilon", "base", "inputs", "weights", "lambda", "density",
-       "majority-sign", "gamma", "lines-alpha", "lines-beta"});
+       "majority-sign", "gamma", "lines-alpha", "lines-beta", "select-loss-quantile",
+       "keep-duplicates"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

@@ -473,6 +473,39 @@ absl::Status CheckMergeRequest(const v1::CreateJobRequest& r) {
   return absl::OkStatus();
 }
 
+// A data analysis job (AnalyzeMethod): the file analysed, the overlap
+// reference and the selection; nothing of training.
+absl::Status CheckAnalyzeRequest(const v1::CreateJobRequest& r) {
+  for (const auto& [field, set] :
+       {std::pair<const char*, bool>{"training_mixture", r.has_training_mixture()},
+        {"stages", r.stages_size() > 0},
+        {"lora", r.has_lora()},
+        {"trainable", r.has_trainable()},
+        {"reports", r.has_reports()},
+        {"adapter", r.adapter() != v1::ADAPTER_TYPE_UNSPECIFIED},
+        {"method.supervised", r.method().has_supervised()},
+        {"method.dpo", r.method().has_dpo()},
+        {"method.orpo", r.method().has_orpo()},
+        {"method.prompt_tuning", r.method().has_prompt_tuning()},
+        {"method.merge", r.method().has_merge()}}) {
+    if (set) return Bad(field, "is for training jobs; an analysis job trains nothing");
+  }
+  RETURN_IF_ERROR(CheckIdField("training_file", r.training_file()));
+  RETURN_IF_ERROR(CheckIdField("validation_file", r.validation_file(), /*required=*/false));
+  const v1::AnalyzeMethod& a = r.method().analyze();
+  if (a.has_max_seq_len() && (a.max_seq_len() < 2 || a.max_seq_len() > 32768)) {
+    return Bad("method.analyze.max_seq_len", absl::StrCat(a.max_seq_len(), " is out of range 2..32768"));
+  }
+  const double lo = a.has_loss_quantile_low() ? a.loss_quantile_low() : 0;
+  const double hi = a.has_loss_quantile_high() ? a.loss_quantile_high() : 1;
+  if (!(Finite(lo) && Finite(hi) && 0 <= lo && lo < hi && hi <= 1)) {
+    return Bad(a.has_loss_quantile_low() ? "method.analyze.loss_quantile_low"
+                                         : "method.analyze.loss_quantile_high",
+               "need 0 <= loss_quantile_low < loss_quantile_high <= 1");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
@@ -481,6 +514,7 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
     if (!r.method().has_merge()) return Bad("method.merge.inputs", "a merge job needs its inputs");
     return CheckMergeRequest(r);
   }
+  if (MethodType(r.method()) == "analyze") return CheckAnalyzeRequest(r);
   if (r.stages_size() > 0) {
     RETURN_IF_ERROR(CheckStages(r));
   } else if (r.training_mixture().sources_size() > 0) {
@@ -847,6 +881,22 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
     job.set_training_file(r.training_file());
   }
   job.set_validation_file(r.validation_file());
+  if (MethodType(r.method()) == "analyze") {
+    job.set_training_file(r.training_file());
+    job.set_suffix(r.suffix());
+    job.set_seed(r.has_seed() ? r.seed() : seed_if_unset);
+    *job.mutable_metadata() = r.metadata();
+    job.mutable_method()->set_type("analyze");
+    v1::AnalyzeMethod& a = *job.mutable_method()->mutable_analyze();
+    a = r.method().analyze();
+    if (!a.has_max_seq_len()) a.set_max_seq_len(kDefaultMaxSeqLen);
+    if (!a.has_loss_quantile_low()) a.set_loss_quantile_low(0);
+    if (!a.has_loss_quantile_high()) a.set_loss_quantile_high(1);
+    job.set_adapter(v1::ADAPTER_TYPE_FULL);  // nothing trained: no adapter
+    // The model in float32 on the device, scoring one line at a time.
+    job.set_memory_bytes(model.parameter_count() * 4);
+    return job;
+  }
   if (MethodType(r.method()) == "merge") {
     // No training: only the merge's own settings, resolved.
     job.set_suffix(r.suffix());

@@ -194,6 +194,51 @@ TEST(JobRequestTest, MergeJobsAreCheckedAndResolved) {
   EXPECT_EQ(soup_job.memory_bytes(), 4000);  // a float32 model to score
 }
 
+TEST(JobRequestTest, AnalysisJobsAreCheckedAndResolved) {
+  auto analyze = [] {
+    v1::CreateJobRequest r;
+    r.set_model("lathe-demo");
+    r.set_training_file("file-a");
+    r.mutable_method()->set_type("analyze");
+    return r;
+  };
+  struct Case {
+    std::function<void(v1::CreateJobRequest&)> mutate;
+    const char* field;
+  };
+  auto a = [](v1::CreateJobRequest& r) { return r.mutable_method()->mutable_analyze(); };
+  const Case cases[] = {
+      {[](auto& r) { r.clear_training_file(); }, "training_file"},
+      {[&](auto& r) { a(r)->set_max_seq_len(1); }, "method.analyze.max_seq_len"},
+      {[&](auto& r) { a(r)->set_loss_quantile_high(1.5); }, "method.analyze.loss_quantile_high"},
+      {[&](auto& r) {
+         a(r)->set_loss_quantile_low(0.5);
+         a(r)->set_loss_quantile_high(0.5);
+       },
+       "method.analyze.loss_quantile_low"},
+      {[](auto& r) { r.mutable_lora()->set_rank(2); }, "lora: is for training jobs"},
+      {[](auto& r) { r.mutable_method()->mutable_merge(); }, "method.merge"},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest r = analyze();
+    c.mutate(r);
+    absl::Status st = CheckJobRequest(r);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.field << ": " << st;
+    EXPECT_NE(st.message().find(c.field), absl::string_view::npos)
+        << st.message() << " should name " << c.field;
+  }
+  ASSERT_TRUE(CheckJobRequest(analyze()).ok()) << CheckJobRequest(analyze());
+  v1::Model model;
+  model.set_parameter_count(1000);
+  const v1::Job job = ResolveJob(analyze(), v1::File(), model, "p", "ftjob-1", 5, {});
+  EXPECT_EQ(job.method().type(), "analyze");
+  EXPECT_EQ(job.training_file(), "file-a");
+  EXPECT_EQ(job.method().analyze().max_seq_len(), 512);
+  EXPECT_EQ(job.method().analyze().loss_quantile_high(), 1);
+  EXPECT_FALSE(job.method().has_supervised());
+  EXPECT_EQ(job.memory_bytes(), 4000);
+}
+
 TEST(JobRequestTest, ReportsAreCheckedAndResolved) {
   struct Case {
     std::function<void(v1::CreateJobRequest&)> mutate;

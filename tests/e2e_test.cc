@@ -696,5 +696,92 @@ TEST(EndToEndTest, MergeJobOverTwoFineTunesThroughTheCli) {
       << refused.status();
 }
 
+// A data analysis job through the CLI: the demo's training file with its
+// first line appended again. It streams its summary, its progress counts
+// the lines, and report.jsonl / selected.jsonl download: a report line per
+// data line naming the duplicate, the selection without it.
+TEST(EndToEndTest, DataAnalysisJobThroughTheCli) {
+  auto cluster = Cluster::Start(TestRoot("e2e-analyze"), 1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  std::vector<std::string> lines;
+  {
+    std::ifstream in(c.demo_dir() + "/train.jsonl");
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+  }
+  lines.push_back(lines[0]);
+  const std::string path = c.root() + "/data.jsonl";
+  {
+    std::ofstream out(path);
+    for (const std::string& line : lines) out << line << "\n";
+  }
+  auto file = c.client().UploadFile(path, "fine-tune", nullptr);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::string out;
+  ASSERT_EQ(Cli(c, {"files", "analyze", file->id(), "--model", "lathe-demo", "--max-seq-len",
+                    "256", "-o", "json"},
+                &out),
+            0)
+      << out << c.Logs();
+  const auto json_start = out.find('{');
+  ASSERT_NE(json_start, std::string::npos) << out;
+  const std::string job_id = nlohmann::json::parse(out.substr(json_start))["id"];
+  std::vector<std::string> messages;
+  auto st = c.client().WatchJob(
+      job_id, "",
+      [&](const v1::WatchJobResponse& u) {
+        if (u.event().type() == "message") messages.push_back(u.event().message());
+      },
+      absl::Now() + absl::Minutes(5));
+  ASSERT_TRUE(st.ok()) << st << c.Logs();
+  auto done = c.client().GetJob(job_id);
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED) << done->error().message() << c.Logs();
+  const std::string all = absl::StrJoin(messages, "\n");
+  EXPECT_NE(all.find(absl::StrCat("Analysis of ", lines.size(), " lines")), std::string::npos)
+      << all;
+  EXPECT_EQ(done->progress().steps_total(), static_cast<int64_t>(lines.size()));
+  ASSERT_EQ(Cli(c, {"jobs", "get", job_id}, &out), 0) << out;
+  EXPECT_NE(out.find("analyze:          max_seq_len=256 loss_quantiles=0..1"), std::string::npos)
+      << out;
+
+  const std::string results = c.root() + "/analysis";
+  fs::remove_all(results);
+  auto files = c.client().DownloadAdapter(job_id, results, nullptr);
+  ASSERT_TRUE(files.ok()) << files.status();
+  std::vector<nlohmann::json> report;
+  {
+    std::ifstream in(results + "/report.jsonl");
+    for (std::string line; std::getline(in, line);) report.push_back(nlohmann::json::parse(line));
+  }
+  ASSERT_EQ(report.size(), lines.size());
+  EXPECT_EQ(report.back()["exact_duplicate_of"], 1);
+  EXPECT_EQ(report.back()["kept"], false);
+  EXPECT_GT(report[0]["loss"].get<double>(), 0);
+  std::vector<std::string> selected;
+  {
+    std::ifstream in(results + "/selected.jsonl");
+    for (std::string line; std::getline(in, line);) selected.push_back(line);
+  }
+  size_t kept = 0;
+  for (const auto& r : report) kept += r["kept"].get<bool>();
+  EXPECT_EQ(selected.size(), kept);
+  EXPECT_LT(selected.size(), lines.size());
+  EXPECT_EQ(selected[0], lines[0]);
+
+  // Bad options are refused by field; nothing is stored.
+  v1::CreateJobRequest bad;
+  bad.set_model("lathe-demo");
+  bad.set_training_file(file->id());
+  bad.mutable_method()->set_type("analyze");
+  bad.mutable_method()->mutable_analyze()->set_loss_quantile_low(0.9);
+  bad.mutable_method()->mutable_analyze()->set_loss_quantile_high(0.1);
+  auto refused = c.client().CreateJob(bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_NE(refused.status().message().find("method.analyze.loss_quantile_low"),
+            std::string::npos)
+      << refused.status();
+}
+
 }  // namespace
 }  // namespace lathe::testing

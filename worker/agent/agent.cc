@@ -17,6 +17,7 @@
 #include "spdlog/spdlog.h"
 #include "worker/agent/attempt_setup.h"
 #include "worker/agent/job_options.h"
+#include "worker/engine/inference/analyze.h"
 #include "worker/engine/merge/merge.h"
 #include "worker/agent/device_report.h"
 #include "worker/engine/recipes/run.h"
@@ -407,6 +408,87 @@ bool Agent::FetchModelFiles(Attempt* attempt, const v1::Model& model,
   return true;
 }
 
+bool Agent::UploadResultFolder(Attempt* attempt, const fs::path& dir,
+                               v1::AttemptOutcome& outcome, std::string* error) {
+  std::error_code ec;
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (entry.is_regular_file()) names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  if (names.empty()) {
+    *error = absl::StrCat("the engine wrote no result files in ", dir.string());
+    return false;
+  }
+  for (const std::string& name : names) {
+    if (!UploadResult(attempt, (dir / name).string(), name, 0, options_.transfer_patience,
+                      error)) {
+      return false;
+    }
+    outcome.add_result_files(name);
+  }
+  return true;
+}
+
+void Agent::RunAnalyzeAttempt(Attempt* attempt, const fs::path& dir,
+                              v1::AttemptOutcome& outcome) {
+  const v1::Assignment& as = attempt->assignment;
+  const v1::Job& job = as.job();
+  const v1::AnalyzeMethod& a = job.method().analyze();
+  engine::AnalyzeSpec spec{
+      .data_file = (dir / "data.jsonl").string(),
+      .data_file_name = absl::StrCat("training_file ", job.training_file()),
+      .max_seq_len = a.max_seq_len(),
+      .loss_quantile_low = a.loss_quantile_low(),
+      .loss_quantile_high = a.loss_quantile_high(),
+      .keep_duplicates = a.keep_duplicates(),
+      .out_dir = (dir / "analysis").string(),
+      .device = {.device = options_.device, .dtype = "float32"}};
+  std::string error;
+  bool fetched = ResolveModel(attempt, &spec.model_dir, &error) &&
+                 FetchFile(attempt, job.training_file(), spec.data_file, &error);
+  if (fetched && !job.validation_file().empty()) {
+    spec.validation_file = (dir / "valid.jsonl").string();
+    spec.validation_file_name = absl::StrCat("validation_file ", job.validation_file());
+    fetched = FetchFile(attempt, job.validation_file(), spec.validation_file, &error);
+  }
+  auto fail = [&](const std::string& code, const std::string& message, bool user_fault) {
+    outcome.set_result(v1::AttemptOutcome::RESULT_FAILED);
+    outcome.mutable_error()->set_code(code);
+    outcome.mutable_error()->set_message(message);
+    outcome.mutable_error()->set_user_fault(user_fault);
+  };
+  if (!fetched) return fail("fetch_failed", error, false);
+  Emit(attempt, Message(absl::StrCat("Analysis started on ", options_.worker_id, ": ",
+                                     job.training_file(), " with ", job.model())));
+  absl::StatusOr<engine::AnalyzeSummary> summary =
+      engine::AnalyzeData(spec, [&](int64_t done, int64_t total) {
+        absl::MutexLock lock(&mu_);
+        attempt->step = done;
+        attempt->total_steps = total;
+      });
+  if (!summary.ok()) {
+    spdlog::error("{} attempt {} failed: {}", as.job_id(), as.attempt(),
+                  summary.status().ToString());
+    // A line that does not tokenize is the user's data.
+    if (absl::IsInvalidArgument(summary.status())) {
+      return fail("invalid_training_file", std::string(summary.status().message()), true);
+    }
+    return fail("platform_error", std::string(summary.status().message()), false);
+  }
+  if (!UploadResultFolder(attempt, spec.out_dir, outcome, &error)) {
+    return fail("upload_failed", error, false);
+  }
+  Emit(attempt, Message(absl::StrCat(
+                    "Analysis of ", summary->examples, " lines: ", summary->kept, " kept, ",
+                    summary->exact_duplicates, " exact and ", summary->near_duplicates,
+                    " near duplicates, ", summary->validation_overlaps,
+                    " overlapping validation_file, ", summary->truncated, " longer than ",
+                    spec.max_seq_len, " tokens; loss quantiles ", summary->loss_low, " .. ",
+                    summary->loss_high, " (report.jsonl, selected.jsonl)")));
+  outcome.set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
+}
+
 void Agent::RunMergeAttempt(Attempt* attempt, const fs::path& dir,
                             v1::AttemptOutcome& outcome) {
   const v1::Assignment& as = attempt->assignment;
@@ -481,19 +563,9 @@ void Agent::RunMergeAttempt(Attempt* attempt, const fs::path& dir,
     *outcome.mutable_error() = JobErrorFor(result.status());
     return;
   }
-  std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(spec.output_dir, ec)) {
-    if (entry.is_regular_file()) names.push_back(entry.path().filename().string());
+  if (!UploadResultFolder(attempt, spec.output_dir, outcome, &error)) {
+    return fail("upload_failed", error, false);
   }
-  std::sort(names.begin(), names.end());
-  bool uploaded = !names.empty();
-  if (!uploaded) error = "the merge wrote no result files";
-  for (const std::string& name : names) {
-    uploaded = uploaded && UploadResult(attempt, (fs::path(spec.output_dir) / name).string(),
-                                        name, 0, options_.transfer_patience, &error);
-    if (uploaded) outcome.add_result_files(name);
-  }
-  if (!uploaded) return fail("upload_failed", error, false);
   std::vector<std::string> merged;
   for (int i : result->merged_inputs) merged.push_back(spec.inputs[i].name);
   Emit(attempt, Message(absl::StrCat(
@@ -577,8 +649,12 @@ void Agent::RunAttempt(Attempt* attempt) {
     outcome.mutable_error()->set_user_fault(user_fault);
   };
 
-  if (job.method().type() == "merge") {
-    RunMergeAttempt(attempt, dir, outcome);
+  if (job.method().type() == "merge" || job.method().type() == "analyze") {
+    if (job.method().type() == "merge") {
+      RunMergeAttempt(attempt, dir, outcome);
+    } else {
+      RunAnalyzeAttempt(attempt, dir, outcome);
+    }
     fs::remove_all(dir, ec);
     spdlog::info("{} attempt {} ended: {}", as.job_id(), as.attempt(),
                  v1::AttemptOutcome::Result_Name(outcome.result()));

@@ -125,6 +125,14 @@ class Agent {
   // model folder; sets `outcome`.
   void RunMergeAttempt(Attempt* attempt, const std::filesystem::path& dir,
                        v1::AttemptOutcome& outcome);
+  // A data analysis job's attempt (method.type "analyze"): fetches the
+  // base and the files, analyses, uploads report.jsonl and selected.jsonl.
+  void RunAnalyzeAttempt(Attempt* attempt, const std::filesystem::path& dir,
+                         v1::AttemptOutcome& outcome);
+  // Uploads every file of `dir` as the attempt's result; false with
+  // `error` set when one fails or there is none.
+  bool UploadResultFolder(Attempt* attempt, const std::filesystem::path& dir,
+                          v1::AttemptOutcome& outcome, std::string* error);
 
   const AgentOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
