@@ -396,25 +396,39 @@ absl::Status CheckPromptTuning(const v1::CreateJobRequest& r) {
   return absl::OkStatus();
 }
 
-// A merge job (MergeMethod): its inputs and parameters; nothing of
-// training may be set.
-absl::Status CheckMergeRequest(const v1::CreateJobRequest& r) {
-  const v1::MergeMethod& m = r.method().merge();
-  const std::string at = "method.merge.";
+// OK when `r` (a job that trains nothing: `what`) sets no training field
+// and no other method's message; training_file only when
+// `reads_training_file`.
+absl::Status CheckNothingOfTraining(const v1::CreateJobRequest& r, const char* what,
+                                    bool reads_training_file) {
+  const std::string type = MethodType(r.method());
+  const v1::Method& m = r.method();
   for (const auto& [field, set] :
-       {std::pair<const char*, bool>{"training_file", !r.training_file().empty()},
+       {std::pair<const char*, bool>{"training_file",
+                                     !reads_training_file && !r.training_file().empty()},
         {"training_mixture", r.has_training_mixture()},
         {"stages", r.stages_size() > 0},
         {"lora", r.has_lora()},
         {"trainable", r.has_trainable()},
         {"reports", r.has_reports()},
         {"adapter", r.adapter() != v1::ADAPTER_TYPE_UNSPECIFIED},
-        {"method.supervised", r.method().has_supervised()},
-        {"method.dpo", r.method().has_dpo()},
-        {"method.orpo", r.method().has_orpo()},
-        {"method.prompt_tuning", r.method().has_prompt_tuning()}}) {
-    if (set) return Bad(field, "is for training jobs; a merge job trains nothing");
+        {"method.supervised", m.has_supervised()},
+        {"method.dpo", m.has_dpo()},
+        {"method.orpo", m.has_orpo()},
+        {"method.prompt_tuning", m.has_prompt_tuning()},
+        {"method.merge", type != "merge" && m.has_merge()},
+        {"method.analyze", type != "analyze" && m.has_analyze()}}) {
+    if (set) return Bad(field, absl::StrCat("is for training jobs; ", what, " trains nothing"));
   }
+  return absl::OkStatus();
+}
+
+// A merge job (MergeMethod): its inputs and parameters; nothing of
+// training may be set.
+absl::Status CheckMergeRequest(const v1::CreateJobRequest& r) {
+  const v1::MergeMethod& m = r.method().merge();
+  const std::string at = "method.merge.";
+  RETURN_IF_ERROR(CheckNothingOfTraining(r, "a merge job", /*reads_training_file=*/false));
   if (m.inputs_size() < 2 || m.inputs_size() > 16) {
     return Bad(at + "inputs", absl::StrCat(m.inputs_size(), " inputs; a merge takes 2 to 16 fine-tuned models"));
   }
@@ -476,20 +490,7 @@ absl::Status CheckMergeRequest(const v1::CreateJobRequest& r) {
 // A data analysis job (AnalyzeMethod): the file analysed, the overlap
 // reference and the selection; nothing of training.
 absl::Status CheckAnalyzeRequest(const v1::CreateJobRequest& r) {
-  for (const auto& [field, set] :
-       {std::pair<const char*, bool>{"training_mixture", r.has_training_mixture()},
-        {"stages", r.stages_size() > 0},
-        {"lora", r.has_lora()},
-        {"trainable", r.has_trainable()},
-        {"reports", r.has_reports()},
-        {"adapter", r.adapter() != v1::ADAPTER_TYPE_UNSPECIFIED},
-        {"method.supervised", r.method().has_supervised()},
-        {"method.dpo", r.method().has_dpo()},
-        {"method.orpo", r.method().has_orpo()},
-        {"method.prompt_tuning", r.method().has_prompt_tuning()},
-        {"method.merge", r.method().has_merge()}}) {
-    if (set) return Bad(field, "is for training jobs; an analysis job trains nothing");
-  }
+  RETURN_IF_ERROR(CheckNothingOfTraining(r, "an analysis job", /*reads_training_file=*/true));
   RETURN_IF_ERROR(CheckIdField("training_file", r.training_file()));
   RETURN_IF_ERROR(CheckIdField("validation_file", r.validation_file(), /*required=*/false));
   const v1::AnalyzeMethod& a = r.method().analyze();

@@ -50,6 +50,15 @@ std::string DefaultWorkerId() {
   return absl::StrCat(host, "-", getpid());
 }
 
+// Marks `outcome` failed with the job error `code`, `message`.
+void SetFailed(v1::AttemptOutcome& outcome, const std::string& code, const std::string& message,
+               bool user_fault) {
+  outcome.set_result(v1::AttemptOutcome::RESULT_FAILED);
+  outcome.mutable_error()->set_code(code);
+  outcome.mutable_error()->set_message(message);
+  outcome.mutable_error()->set_user_fault(user_fault);
+}
+
 v1::JobEvent Message(const std::string& text,
                      const std::string& level = "info") {
   v1::JobEvent e;
@@ -453,10 +462,7 @@ void Agent::RunAnalyzeAttempt(Attempt* attempt, const fs::path& dir,
     fetched = FetchFile(attempt, job.validation_file(), spec.validation_file, &error);
   }
   auto fail = [&](const std::string& code, const std::string& message, bool user_fault) {
-    outcome.set_result(v1::AttemptOutcome::RESULT_FAILED);
-    outcome.mutable_error()->set_code(code);
-    outcome.mutable_error()->set_message(message);
-    outcome.mutable_error()->set_user_fault(user_fault);
+    SetFailed(outcome, code, message, user_fault);
   };
   if (!fetched) return fail("fetch_failed", error, false);
   Emit(attempt, Message(absl::StrCat("Analysis started on ", options_.worker_id, ": ",
@@ -494,10 +500,7 @@ void Agent::RunMergeAttempt(Attempt* attempt, const fs::path& dir,
   const v1::Assignment& as = attempt->assignment;
   const v1::Job& job = as.job();
   auto fail = [&](const std::string& code, const std::string& message, bool user_fault) {
-    outcome.set_result(v1::AttemptOutcome::RESULT_FAILED);
-    outcome.mutable_error()->set_code(code);
-    outcome.mutable_error()->set_message(message);
-    outcome.mutable_error()->set_user_fault(user_fault);
+    SetFailed(outcome, code, message, user_fault);
   };
   absl::StatusOr<engine::MergeSpec> translated = MergeSpecForJob(job);
   if (!translated.ok()) {
@@ -643,10 +646,7 @@ void Agent::RunAttempt(Attempt* attempt) {
   v1::AttemptOutcome outcome;
   auto fail = [&](const std::string& code, const std::string& message,
                   bool user_fault) {
-    outcome.set_result(v1::AttemptOutcome::RESULT_FAILED);
-    outcome.mutable_error()->set_code(code);
-    outcome.mutable_error()->set_message(message);
-    outcome.mutable_error()->set_user_fault(user_fault);
+    SetFailed(outcome, code, message, user_fault);
   };
 
   if (job.method().type() == "merge" || job.method().type() == "analyze") {
