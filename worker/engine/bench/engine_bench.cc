@@ -44,6 +44,7 @@ struct BenchOptions {
   // and interval.
   int lisa_layers = 0;
   int lisa_interval = 20;
+  double half_ft = 0;  // --method=full only: HFT's fraction (0 = off)
   std::string objective = "sft";  // sft, dpo or orpo
   int lora_rank = 16;
   bool lora_dora = false;
@@ -71,6 +72,8 @@ constexpr char kUsage[] = R"(Usage: engine_bench [--flag=value ...]
   --method=lora          lora, full or prompt_tuning (20 virtual tokens)
   --lisa_layers=0 --lisa_interval=20
                          full only: train LISA's drawn layers (0 = all)
+  --half_ft=0            full only: HFT with this fraction of the matrices
+                         (0 = off)
   --objective=sft        sft, dpo or orpo (preference pairs: the chat data's
                          prompt with its answer preferred to a second one of
                          the same length; a step holds batch x 2 rows)
@@ -144,6 +147,8 @@ absl::Status ParseFlag(const std::string& arg, BenchOptions& o) {
     ok = integer(o.lisa_layers);
   else if (name == "lisa_interval")
     ok = integer(o.lisa_interval);
+  else if (name == "half_ft")
+    ok = absl::SimpleAtod(value, &o.half_ft);
   else if (name == "objective")
     ok = (o.objective = value) == "sft" || value == "dpo" || value == "orpo";
   else if (name == "lora_dora")
@@ -323,6 +328,9 @@ int Run(const BenchOptions& o) {
     if (o.lisa_layers > 0) {
       options.trainable.lisa = LisaSpec{.activated_layers = o.lisa_layers,
                                         .interval_steps = o.lisa_interval};
+    }
+    if (o.half_ft > 0) {
+      options.trainable.half_ft = HalfFtSpec{.fraction = o.half_ft};
     }
   } else if (o.method == "prompt_tuning") {
     options.adapter = PromptTuningSpec{.num_virtual_tokens = 20};
