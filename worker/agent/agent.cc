@@ -649,18 +649,23 @@ void Agent::RunAttempt(Attempt* attempt) {
     SetFailed(outcome, code, message, user_fault);
   };
 
-  if (job.method().type() == "merge" || job.method().type() == "analyze") {
-    if (job.method().type() == "merge") {
-      RunMergeAttempt(attempt, dir, outcome);
-    } else {
-      RunAnalyzeAttempt(attempt, dir, outcome);
-    }
+  // The attempt's end, whatever it ran: its folder removed, its outcome
+  // handed to Run().
+  auto finish = [&] {
     fs::remove_all(dir, ec);
     spdlog::info("{} attempt {} ended: {}", as.job_id(), as.attempt(),
                  v1::AttemptOutcome::Result_Name(outcome.result()));
     absl::MutexLock lock(&mu_);
     attempt->outcome = outcome;
     wake_ = true;
+  };
+  if (job.method().type() == "merge" || job.method().type() == "analyze") {
+    if (job.method().type() == "merge") {
+      RunMergeAttempt(attempt, dir, outcome);
+    } else {
+      RunAnalyzeAttempt(attempt, dir, outcome);
+    }
+    finish();
     return;
   }
   auto translated = RunSpecFor(as, dir.string(), options_.device);
@@ -859,12 +864,7 @@ void Agent::RunAttempt(Attempt* attempt) {
       *outcome.mutable_error() = JobErrorFor(result.status());
     }
   }
-  fs::remove_all(dir, ec);
-  spdlog::info("{} attempt {} ended: {}", as.job_id(), as.attempt(),
-               v1::AttemptOutcome::Result_Name(outcome.result()));
-  absl::MutexLock lock(&mu_);
-  attempt->outcome = outcome;
-  wake_ = true;
+  finish();
 }
 
 bool Agent::Drained() {

@@ -108,7 +108,14 @@ TEST_F(PromptTuningTest, VirtualTokensAreTheirEmbeddingsBeforeTheInput) {
   const torch::Tensor packed =
       torch::linear(model->Hidden(torch::tensor(row).unsqueeze(0), layout, {}),
                     model->head());
+  // Without adapters the virtual tokens are bypassed: raw ids give the
+  // base model's hidden states (computed below with none attached).
+  const torch::Tensor raw = ids;
+  const torch::Tensor bypassed = model->Hidden(
+      raw, SequenceLayout::Padded(torch::ones_like(raw)), {.adapters = false});
   model->SetPromptEmbeddings(torch::Tensor());
+  EXPECT_TRUE(torch::equal(
+      bypassed, model->Hidden(raw, SequenceLayout::Padded(torch::ones_like(raw)), {})));
   const torch::Tensor second = model->Forward(
       torch::cat({v, torch::tensor({1, 10, 11}, torch::kInt64)}).unsqueeze(0),
       torch::ones({1, 7}, torch::kInt64), false);

@@ -89,20 +89,17 @@ TEST_F(LogitFusionTest, GreedyTokensAreTheArgmaxOfTheHandFusedLogits) {
   ASSERT_TRUE(out.ok()) << out.status();
   ASSERT_EQ(out->size(), 5u);
   std::vector<int64_t> ids = prefix_;
-  bool differs_from_large = false;
   for (int32_t token : *out) {
     const torch::Tensor fused =
         Plain(*large_, ids) + 0.7 * (Plain(*tuned_, ids) - Plain(*small_, ids));
     EXPECT_EQ(token, fused.argmax().item<int64_t>());
-    differs_from_large = differs_from_large ||
-                         token != Plain(*large_, ids).argmax().item<int64_t>();
     ids.push_back(token);
   }
-  // Not a test that cannot fail: the fine-tune moved the choice somewhere.
+  // The fusion matters here: the large model alone decodes otherwise.
   absl::StatusOr<std::vector<int32_t>> plain =
       Generate(*large_, prompt, {.max_new_tokens = 5});
   ASSERT_TRUE(plain.ok());
-  EXPECT_TRUE(differs_from_large || *plain != *out);
+  EXPECT_NE(*plain, *out);
 }
 
 TEST_F(LogitFusionTest, AnExpertWithASmallerVocabularyIsRefused) {

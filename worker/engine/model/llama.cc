@@ -333,9 +333,10 @@ torch::Tensor LlamaModel::Hidden(const torch::Tensor& input_ids,
                                  const ForwardOptions& options) const {
   torch::Tensor x = torch::embedding(embed_tokens_, input_ids)  // [B, T, C]
                         .to(compute_dtype_);
-  if (const int64_t N = num_virtual_tokens(); N > 0) {
+  if (const int64_t N = num_virtual_tokens(); N > 0 && options.adapters) {
     // Prompt tuning: the first N positions of each example are the virtual
-    // tokens (their gradient reaches prompt_embeddings_ only).
+    // tokens (their gradient reaches prompt_embeddings_ only). Without
+    // adapters the examples carry no placeholders: the base alone.
     const torch::Tensor virtual_position = layout.position_ids.lt(N);
     const torch::Tensor rows = torch::embedding(
         As(prompt_embeddings_, x),

@@ -89,7 +89,9 @@ struct ForwardOptions {
   bool checkpoint_layers = false;
   AttentionKernel attention = DefaultAttentionKernel();
   // false: the base model alone, every adapter bypassed (no copy of the
-  // weights): DPO's reference model for a LoRA policy.
+  // weights): DPO's reference model for a LoRA policy. Prompt tuning's
+  // virtual tokens are bypassed too (Hidden's examples then carry no
+  // placeholders).
   bool adapters = true;
 };
 
@@ -132,7 +134,8 @@ class LlamaModel {
   TensorMap Weights(bool merge_lora) const;
 
   // Prompt tuning's virtual tokens (adapters/prompt_tuning.h): [N, C]
-  // float32, or undefined (none). While set, Hidden embeds every position
+  // float32, or undefined (none). While set (and ForwardOptions::adapters),
+  // Hidden embeds every position
   // whose position id is below N as row position_id of these instead of its
   // token, so each example (each segment, its positions restarting at 0)
   // must start with N placeholder tokens; Forward prepends them itself and

@@ -279,13 +279,10 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
   const bool all_tokens = spec.evaluation.general_tokens == "all";
   std::optional<HeldOutLoss> general_before;
   if (general != nullptr && resume_from.empty()) {
-    const torch::Tensor virtual_tokens = model.prompt_embeddings();
-    model.SetPromptEmbeddings(torch::Tensor());
     general_before =
         HeldOutLossOf(model, general->examples, all_tokens,
                       data_spec.batch_size, general->pad_id,
                       /*adapters=*/false);
-    model.SetPromptEmbeddings(virtual_tokens);
     spdlog::info("general_file: the base model's loss {} over {} tokens",
                  general_before->loss, general_before->tokens);
   } else if (general != nullptr) {

@@ -17,7 +17,7 @@ HeldOutLoss HeldOutLossOf(const LlamaModel& model,
   // Every next token after the first real one (prompt tuning's
   // placeholders are never targets, nor is the token after them).
   const size_t first_target =
-      static_cast<size_t>(model.num_virtual_tokens()) + 1;
+      static_cast<size_t>(adapters ? model.num_virtual_tokens() : 0) + 1;
   std::vector<Example> all;
   if (all_tokens) {
     all = data;

@@ -26,8 +26,8 @@ struct HeldOutLoss {
 // example's loss-mask targets (`all_tokens` false: the assistant tokens) or
 // over every next token (`all_tokens` true), in batches of `batch_size`
 // padded rows; `adapters` false runs the base alone (the adapter
-// bypassed). Examples must already carry prompt tuning's placeholder
-// tokens when the model has virtual tokens.
+// bypassed, virtual tokens too). With adapters, examples must already carry
+// prompt tuning's placeholder tokens when the model has virtual tokens.
 HeldOutLoss HeldOutLossOf(const LlamaModel& model,
                           const std::vector<Example>& data, bool all_tokens,
                           int batch_size, int32_t pad_id,
