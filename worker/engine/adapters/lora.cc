@@ -139,8 +139,9 @@ absl::StatusOr<LoraSpec> ReadLoraConfig(const std::string& dir) {
   auto field_error = [&](const std::string& field, const std::string& problem) {
     return PeftConfigError(dir, field, problem);
   };
-  if (!config.contains("r") || !config["r"].is_number_integer()) {
-    return field_error("r", "must be an integer");
+  if (!config.contains("r") || !config["r"].is_number_integer() ||
+      config["r"].get<int64_t>() < 1 || config["r"].get<int64_t>() > 65536) {
+    return field_error("r", "must be an integer from 1 to 65536");
   }
   if (!config.contains("lora_alpha") || !config["lora_alpha"].is_number()) {
     return field_error("lora_alpha", "must be a number");
@@ -157,14 +158,15 @@ absl::StatusOr<LoraSpec> ReadLoraConfig(const std::string& dir) {
   }
   // PEFT takes an int or a list of ints; null = every layer.
   std::vector<int> layers;
+  const auto is_layer = [](const Json& e) {
+    return e.is_number_integer() && e.get<int64_t>() >= 0 &&
+           e.get<int64_t>() < (int64_t{1} << 20);
+  };
   if (auto it = config.find("layers_to_transform");
       it != config.end() && !it->is_null()) {
-    if (it->is_number_integer()) {
+    if (is_layer(*it)) {
       layers.push_back(it->get<int>());
-    } else if (it->is_array() &&
-               std::all_of(it->begin(), it->end(), [](const Json& e) {
-                 return e.is_number_integer();
-               })) {
+    } else if (it->is_array() && std::all_of(it->begin(), it->end(), is_layer)) {
       layers = it->get<std::vector<int>>();
     } else {
       return field_error("layers_to_transform",

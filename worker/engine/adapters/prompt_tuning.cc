@@ -96,10 +96,12 @@ absl::StatusOr<PromptTuningSpec> LoadPromptTuning(LlamaModel& model,
   };
   if (!config.contains("num_virtual_tokens") ||
       !config["num_virtual_tokens"].is_number_integer() ||
-      config["num_virtual_tokens"].get<int64_t>() < 1) {
-    return field_error("num_virtual_tokens", "must be a positive integer");
+      config["num_virtual_tokens"].get<int64_t>() < 1 ||
+      config["num_virtual_tokens"].get<int64_t>() > 65536) {
+    return field_error("num_virtual_tokens",
+                       "must be an integer from 1 to 65536");
   }
-  if (config.value("num_transformer_submodules", 1) != 1) {
+  if (config.value("num_transformer_submodules", Json(1)) != Json(1)) {
     return field_error("num_transformer_submodules", "must be 1 (causal LM)");
   }
   PromptTuningSpec spec;

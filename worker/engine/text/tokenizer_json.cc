@@ -67,8 +67,19 @@ absl::Status ParseDecoder(const Json& json,
   } else if (type == "Strip") {
     step->kind = DecodeStep::kStrip;
     step->content = json.value("content", " ");
-    step->start = json.value("start", 0);
-    step->stop = json.value("stop", 0);
+    for (const auto& [key, field] :
+         {std::pair{"start", &step->start}, std::pair{"stop", &step->stop}}) {
+      const Json value = json.value(key, Json(0));
+      // A count of characters stripped: a small non-negative integer (a
+      // double such as 2.7e80 would not even convert to int).
+      if (!value.is_number_integer() || value.get<int64_t>() < 0 ||
+          value.get<int64_t>() > 1024) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tokenizer.json: a Strip decoder's \"", key,
+            "\" must be an integer from 0 to 1024, not ", value.dump()));
+      }
+      *field = static_cast<int>(value.get<int64_t>());
+    }
   } else if (type == "Metaspace") {
     step->kind = DecodeStep::kMetaspace;
     step->from = json.value("replacement", "\xE2\x96\x81");

@@ -287,6 +287,16 @@ TEST(TokenizerJsonTest, MalformedDocumentsAreInvalidArgument) {
             kInvalid);
   EXPECT_EQ(LoadCode([](Json& j) { j["added_tokens"][1]["id"] = 2147483647; }),
             kInvalid);
+  // A Strip decoder's count as a huge double (UBSan: float-cast-overflow
+  // in the int conversion, found by tokenizer_load_fuzzer) and negative.
+  EXPECT_EQ(LoadCode([](Json& j) {
+              j["decoder"] = {{"type", "Strip"}, {"start", 2.66667e+80}};
+            }),
+            kInvalid);
+  EXPECT_EQ(LoadCode([](Json& j) {
+              j["decoder"] = {{"type", "Strip"}, {"stop", -1}};
+            }),
+            kInvalid);
   const Json config = {
       {"eos_token", "<eos>"},
       {"chat_template", Json::array({{{"name", 5}, {"template", "x"}}})}};
