@@ -69,6 +69,15 @@ Usage:
                     prompt_tuning: [--num-virtual-tokens N]
                          [--prompt-init random|text|sample_vocab]
                          [--prompt-init-text TEXT]
+                    rft: [--iterations N] [--samples-per-prompt K]
+                         [--sample-temperature T] [--sample-top-p P]
+                         [--max-new-tokens N]
+                         [--answer-extractor gsm8k|last_number|regex|exact]
+                         [--answer-pattern REGEX] [--dedupe equations|exact|none]
+                         [--no-gold] [--rft-init current|base]
+                     (rejection-sampling fine-tuning: per iteration, K samples
+                      per training line; those whose answer is the gold
+                      reply's are trained with the gold replies)
                     [--suffix S] [--seed N] [--metadata KEY=VALUE]...
                     [--priority low|normal|high] [--idempotency-key KEY]
                     [--mixture FILE_ID:WEIGHT[:VALID_FILE_ID],...
@@ -369,6 +378,26 @@ void PrintJob(const v1::Job& j) {
   if (!j.reports().general_file().empty()) {
     std::cout << "general_file:     " << j.reports().general_file()
               << (j.reports().all_tokens() ? " (all tokens)" : " (assistant tokens)") << "\n";
+  }
+  if (method == "rft") {
+    const v1::RftMethod& m = j.method().rft();
+    std::cout << absl::StrFormat(
+        "rft:              iterations=%d samples_per_prompt=%d temperature=%g top_p=%g "
+        "max_new_tokens=%d answer_extractor=%s%s dedupe=%s include_gold=%s init=%s\n",
+        m.iterations(), m.samples_per_prompt(), m.temperature(), m.top_p(), m.max_new_tokens(),
+        m.answer_extractor(),
+        m.answer_pattern().empty()
+            ? ""
+            : absl::StrCat(" answer_pattern=\"", absl::CHexEscape(m.answer_pattern()), "\""),
+        m.dedupe(), m.include_gold() ? "true" : "false", m.init());
+  }
+  for (const v1::IterationSummary& it : j.report().iterations()) {
+    std::cout << absl::StrFormat(
+        "iteration %d:      %d/%d samples correct (%.1f%%), %d kept, %d RFT examples; "
+        "steps %d-%d, loss %.4f -> %.4f\n",
+        it.iteration(), it.correct(), it.samples(), 100 * it.accepted_fraction(), it.kept(),
+        it.rft_examples(), it.first_step() + 1, it.last_step(), it.first_loss(),
+        it.last_loss());
   }
   if (j.report().has_forgetting()) {
     const v1::ForgettingReport& f = j.report().forgetting();
@@ -713,6 +742,46 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
   }
   if (a.Has("prompt-init-text")) {
     r.mutable_method()->mutable_prompt_tuning()->set_init_text(*a.Get("prompt-init-text"));
+  }
+  {
+    v1::RftMethod* rft = r.mutable_method()->mutable_rft();
+    bool any = false;
+    for (const auto& [flag, set] :
+         std::vector<std::pair<const char*, void (v1::RftMethod::*)(int32_t)>>{
+             {"iterations", &v1::RftMethod::set_iterations},
+             {"samples-per-prompt", &v1::RftMethod::set_samples_per_prompt},
+             {"max-new-tokens", &v1::RftMethod::set_max_new_tokens}}) {
+      if (!a.Has(flag)) continue;
+      auto v = IntFlag(a, flag);
+      if (!v.ok()) return v.status();
+      (rft->*set)(static_cast<int32_t>(*v));
+      any = true;
+    }
+    for (const auto& [flag, set] :
+         std::vector<std::pair<const char*, void (v1::RftMethod::*)(double)>>{
+             {"sample-temperature", &v1::RftMethod::set_temperature},
+             {"sample-top-p", &v1::RftMethod::set_top_p}}) {
+      if (!a.Has(flag)) continue;
+      auto v = DoubleFlag(a, flag);
+      if (!v.ok()) return v.status();
+      (rft->*set)(*v);
+      any = true;
+    }
+    for (const auto& [flag, set] :
+         std::vector<std::pair<const char*, void (v1::RftMethod::*)(const std::string&)>>{
+             {"answer-extractor", &v1::RftMethod::set_answer_extractor},
+             {"answer-pattern", &v1::RftMethod::set_answer_pattern},
+             {"dedupe", &v1::RftMethod::set_dedupe},
+             {"rft-init", &v1::RftMethod::set_init}}) {
+      if (!a.Has(flag)) continue;
+      (rft->*set)(*a.Get(flag));
+      any = true;
+    }
+    if (a.Has("no-gold")) {
+      rft->set_include_gold(false);
+      any = true;
+    }
+    if (!any && method != "rft") r.mutable_method()->clear_rft();
   }
   if (!is_auto("loss-type")) {
     v1::PreferenceLoss l;
@@ -1217,7 +1286,7 @@ int JobsCommand(Env& env, const std::string& verb) {
 int Run(const std::vector<std::string>& argv) {
   auto args =
       Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora",
-                         "lora-dora", "half-ft", "half-ft-include-embeddings",
+                         "lora-dora", "half-ft", "half-ft-include-embeddings", "no-gold",
                          "general-all-tokens", "keep-duplicates"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   auto st = args->CheckKnown(
@@ -1236,7 +1305,9 @@ int Run(const std::vector<std::string>& argv) {
        "masked-thought", "mask-token", "dmt", "dmt-k", "general-file", "general-all-tokens",
        "intruder-top-k", "intruder-epsilon", "base", "inputs", "weights", "lambda", "density",
        "majority-sign", "gamma", "lines-alpha", "lines-beta", "select-loss-quantile",
-       "keep-duplicates"});
+       "keep-duplicates", "iterations", "samples-per-prompt", "sample-temperature",
+       "sample-top-p", "max-new-tokens", "answer-extractor", "answer-pattern", "dedupe",
+       "no-gold", "rft-init"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

@@ -17,6 +17,7 @@ const v1::Hyperparameters& MethodHyperparameters(const v1::Method& method) {
   if (type == "dpo") return method.dpo().hyperparameters();
   if (type == "orpo") return method.orpo().hyperparameters();
   if (type == "prompt_tuning") return method.prompt_tuning().hyperparameters();
+  if (type == "rft") return method.rft().hyperparameters();
   return method.supervised().hyperparameters();
 }
 
@@ -27,12 +28,14 @@ v1::Hyperparameters* MutableMethodHyperparameters(v1::Method& method) {
   if (type == "prompt_tuning") {
     return method.mutable_prompt_tuning()->mutable_hyperparameters();
   }
+  if (type == "rft") return method.mutable_rft()->mutable_hyperparameters();
   return method.mutable_supervised()->mutable_hyperparameters();
 }
 
 std::string HyperparametersPrefix(const v1::Method& method) {
   const std::string type = MethodType(method);
-  const bool known = type == "dpo" || type == "orpo" || type == "prompt_tuning";
+  const bool known = type == "dpo" || type == "orpo" ||
+                     type == "prompt_tuning" || type == "rft";
   return absl::StrCat("method.", known ? type : "supervised",
                       ".hyperparameters.");
 }

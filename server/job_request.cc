@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 #include <optional>
+#include <regex>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -358,6 +359,68 @@ absl::Status CheckPreferenceHyperparameters(const std::string& type,
   return absl::OkStatus();
 }
 
+// Rejection-sampling fine-tuning's settings (RftMethod): the engine's
+// ranges (spec/run_spec.cc SelfTrainingSpec), checked before anything is
+// stored.
+absl::Status CheckRft(const v1::CreateJobRequest& r) {
+  if (MethodType(r.method()) != "rft") return absl::OkStatus();
+  const v1::RftMethod& m = r.method().rft();
+  const std::string at = "method.rft.";
+  struct IntRange {
+    const char* field;
+    bool set;
+    int64_t value, min, max;
+  };
+  for (const IntRange& f : {
+           IntRange{"iterations", m.has_iterations(), m.iterations(), 1, 16},
+           IntRange{"samples_per_prompt", m.has_samples_per_prompt(), m.samples_per_prompt(), 1,
+                    256},
+           IntRange{"max_new_tokens", m.has_max_new_tokens(), m.max_new_tokens(), 1, 4096},
+       }) {
+    if (f.set && (f.value < f.min || f.value > f.max)) {
+      return Bad(at + f.field, absl::StrCat(f.value, " is out of range ", f.min, "..", f.max));
+    }
+  }
+  if (m.has_temperature() &&
+      !(Finite(m.temperature()) && m.temperature() >= 0 && m.temperature() <= 100)) {
+    return Bad(at + "temperature", "must be in [0, 100]");
+  }
+  if (m.has_top_p() && !(Finite(m.top_p()) && m.top_p() > 0 && m.top_p() <= 1)) {
+    return Bad(at + "top_p", "must be in (0, 1]");
+  }
+  const std::string& extractor = m.answer_extractor();
+  if (!extractor.empty() && extractor != "gsm8k" && extractor != "last_number" &&
+      extractor != "regex" && extractor != "exact") {
+    return Bad(at + "answer_extractor",
+               absl::StrCat("\"", Echo(extractor),
+                            "\" is not one of gsm8k, last_number, regex, exact"));
+  }
+  if (extractor == "regex") {
+    if (m.answer_pattern().empty()) return Bad(at + "answer_pattern", "is required with regex");
+    if (m.answer_pattern().size() > 1024) return Bad(at + "answer_pattern", "is over 1024 bytes");
+    try {
+      std::regex compiled(m.answer_pattern(), std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      return Bad(at + "answer_pattern", absl::StrCat("does not compile: ", e.what()));
+    }
+  } else if (!m.answer_pattern().empty()) {
+    return Bad(at + "answer_pattern", "is for answer_extractor \"regex\"");
+  }
+  if (!m.dedupe().empty() && m.dedupe() != "equations" && m.dedupe() != "exact" &&
+      m.dedupe() != "none") {
+    return Bad(at + "dedupe",
+               absl::StrCat("\"", Echo(m.dedupe()), "\" is not one of equations, exact, none"));
+  }
+  if (!m.init().empty() && m.init() != "current" && m.init() != "base") {
+    return Bad(at + "init",
+               absl::StrCat("\"", Echo(m.init()), "\" is not one of current, base"));
+  }
+  if (!r.reports().general_file().empty()) {
+    return Bad("reports.general_file", "cannot be combined with method.type \"rft\" yet");
+  }
+  return absl::OkStatus();
+}
+
 // Prompt tuning's settings, and its adapter: nothing of LoRA's.
 absl::Status CheckPromptTuning(const v1::CreateJobRequest& r) {
   const bool prompt = MethodType(r.method()) == "prompt_tuning";
@@ -416,6 +479,7 @@ absl::Status CheckNothingOfTraining(const v1::CreateJobRequest& r, const char* w
         {"method.dpo", m.has_dpo()},
         {"method.orpo", m.has_orpo()},
         {"method.prompt_tuning", m.has_prompt_tuning()},
+        {"method.rft", m.has_rft()},
         {"method.merge", type != "merge" && m.has_merge()},
         {"method.analyze", type != "analyze" && m.has_analyze()}}) {
     if (set) return Bad(field, absl::StrCat("is for training jobs; ", what, " trains nothing"));
@@ -564,7 +628,8 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
        {std::pair<const char*, bool>{"supervised", method.has_supervised()},
         {"dpo", method.has_dpo()},
         {"orpo", method.has_orpo()},
-        {"prompt_tuning", method.has_prompt_tuning()}}) {
+        {"prompt_tuning", method.has_prompt_tuning()},
+        {"rft", method.has_rft()}}) {
     if (set && type != name) {
       return Bad(absl::StrCat("method.", name),
                  absl::StrCat("is for method.type \"", name,
@@ -628,6 +693,7 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   }
   RETURN_IF_ERROR(CheckPreferenceHyperparameters(type, hp, kHp));
   RETURN_IF_ERROR(CheckPromptTuning(r));
+  RETURN_IF_ERROR(CheckRft(r));
   if (!v1::AdapterType_IsValid(r.adapter())) return Bad("adapter", "unknown value");
   const auto& lora = r.lora();
   if (r.adapter() == v1::ADAPTER_TYPE_FULL && r.has_lora()) {
@@ -810,6 +876,18 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
     if (!hp->has_label_smoothing()) hp->set_label_smoothing(0);
     if (!hp->has_rpo_alpha()) hp->set_rpo_alpha(0);
   }
+  if (type == "rft") {
+    auto* m = job.mutable_method()->mutable_rft();
+    if (!m->has_iterations()) m->set_iterations(1);
+    if (!m->has_samples_per_prompt()) m->set_samples_per_prompt(4);
+    if (!m->has_temperature()) m->set_temperature(0.7);
+    if (!m->has_top_p()) m->set_top_p(1);
+    if (!m->has_max_new_tokens()) m->set_max_new_tokens(256);
+    if (m->answer_extractor().empty()) m->set_answer_extractor("gsm8k");
+    if (m->dedupe().empty()) m->set_dedupe("equations");
+    if (!m->has_include_gold()) m->set_include_gold(true);
+    if (m->init().empty()) m->set_init("current");
+  }
   if (type == "prompt_tuning") {
     job.set_adapter(v1::ADAPTER_TYPE_PROMPT_TUNING);
     auto* p = job.mutable_method()->mutable_prompt_tuning();
@@ -933,6 +1011,7 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   if (method->type() == "prompt_tuning") {
     *method->mutable_prompt_tuning() = r.method().prompt_tuning();
   }
+  if (method->type() == "rft") *method->mutable_rft() = r.method().rft();
   auto* hp = MutableMethodHyperparameters(*method);
   *hp = MethodHyperparameters(r.method());
   if (r.method().supervised().has_masked_thought()) {
@@ -1004,6 +1083,12 @@ absl::Status CheckJobFiles(const v1::CreateJobRequest& r,
                                      " trains on preference data (lines "
                                      "with input, preferred_output and "
                                      "non_preferred_output)"));
+    }
+    if (type == "rft" && field == std::string("training_file") && file->format() == "text") {
+      return Bad(field, absl::StrCat(file->id(),
+                                     " holds text data; method rft samples replies to "
+                                     "prompts: give chat or prompt/completion lines whose "
+                                     "last reply is the gold one"));
     }
     if (!preference && file->format() == "preference") {
       return Bad(field, absl::StrCat(file->id(),

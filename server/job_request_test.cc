@@ -866,6 +866,89 @@ TEST(JobRequestTest, PromptTuningResolvesItsAdapterAndRefusesLoraSettings) {
                                "adapter: PROMPT_TUNING comes with method.type"));
 }
 
+TEST(JobRequestTest, RftJobsAreCheckedAndResolved) {
+  v1::File f;
+  f.set_id("file-t");
+  f.set_line_count(40);
+  f.set_format("chat");
+  v1::Model model;
+  model.set_parameter_count(1'000'000);
+  model.set_hidden_size(64);
+  model.set_num_layers(2);
+  model.set_vocab_size(1000);
+  v1::CreateJobRequest r = Valid();
+  r.mutable_method()->set_type("rft");
+  r.mutable_method()->mutable_rft()->set_iterations(2);
+  ASSERT_TRUE(CheckJobRequest(r).ok()) << CheckJobRequest(r);
+  ASSERT_TRUE(CheckJobFiles(r, f, nullptr).ok());
+  const v1::Job job = ResolveJob(r, f, model, "p", "ftjob-r", 1, JobDefaults{});
+  const v1::RftMethod& m = job.method().rft();
+  EXPECT_EQ(job.method().type(), "rft");
+  EXPECT_EQ(m.iterations(), 2);
+  EXPECT_EQ(m.samples_per_prompt(), 4);
+  EXPECT_EQ(m.temperature(), 0.7);
+  EXPECT_EQ(m.top_p(), 1);
+  EXPECT_EQ(m.max_new_tokens(), 256);
+  EXPECT_EQ(m.answer_extractor(), "gsm8k");
+  EXPECT_EQ(m.dedupe(), "equations");
+  EXPECT_TRUE(m.include_gold());
+  EXPECT_EQ(m.init(), "current");
+  EXPECT_EQ(m.hyperparameters().n_epochs(), 3);
+  EXPECT_EQ(job.adapter(), v1::ADAPTER_TYPE_LORA);
+
+  struct Case {
+    std::function<void(v1::CreateJobRequest&)> mutate;
+    const char* error;
+  };
+  const Case cases[] = {
+      {[](auto& r) { r.mutable_method()->mutable_rft()->set_iterations(0); },
+       "method.rft.iterations: 0 is out of range 1..16"},
+      {[](auto& r) { r.mutable_method()->mutable_rft()->set_samples_per_prompt(300); },
+       "method.rft.samples_per_prompt: 300 is out of range 1..256"},
+      {[](auto& r) { r.mutable_method()->mutable_rft()->set_top_p(0); },
+       "method.rft.top_p: must be in (0, 1]"},
+      {[](auto& r) { r.mutable_method()->mutable_rft()->set_answer_extractor("json"); },
+       "method.rft.answer_extractor: \"json\" is not one of"},
+      {[](auto& r) { r.mutable_method()->mutable_rft()->set_answer_extractor("regex"); },
+       "method.rft.answer_pattern: is required with regex"},
+      {[](auto& r) {
+         r.mutable_method()->mutable_rft()->set_answer_extractor("regex");
+         r.mutable_method()->mutable_rft()->set_answer_pattern("([0-9]");
+       },
+       "method.rft.answer_pattern: does not compile"},
+      {[](auto& r) { r.mutable_method()->mutable_rft()->set_answer_pattern("x"); },
+       "method.rft.answer_pattern: is for answer_extractor \"regex\""},
+      {[](auto& r) { r.mutable_method()->mutable_rft()->set_dedupe("fuzzy"); },
+       "method.rft.dedupe: \"fuzzy\" is not one of"},
+      {[](auto& r) { r.mutable_method()->mutable_rft()->set_init("sft"); },
+       "method.rft.init: \"sft\" is not one of"},
+      {[](auto& r) { r.mutable_reports()->set_general_file("file-g"); },
+       "reports.general_file: cannot be combined with method.type \"rft\""},
+      {[](auto& r) {
+         r.mutable_method()->mutable_rft()->mutable_hyperparameters()->set_beta(0.1);
+       },
+       "method.rft.hyperparameters.beta: is for method.type"},
+      {[](auto& r) { r.mutable_method()->mutable_supervised()->mutable_hyperparameters(); },
+       "method.supervised: is for method.type \"supervised\""},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest bad = r;
+    c.mutate(bad);
+    const absl::Status st = CheckJobRequest(bad);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.error;
+    EXPECT_TRUE(absl::StartsWith(st.message(), c.error)) << st.message();
+  }
+  v1::CreateJobRequest sft = Valid();
+  sft.mutable_method()->mutable_rft()->set_iterations(2);
+  EXPECT_TRUE(absl::StartsWith(CheckJobRequest(sft).message(), "method.rft: is for method.type"))
+      << CheckJobRequest(sft);
+  v1::File text = f;
+  text.set_format("text");
+  EXPECT_TRUE(absl::StartsWith(CheckJobFiles(r, text, nullptr).message(),
+                               "training_file: file-"))
+      << CheckJobFiles(r, text, nullptr);
+}
+
 TEST(JobRequestTest, FingerprintIgnoresOnlyTheKey) {
   v1::CreateJobRequest a = Valid(), b = Valid();
   a.set_idempotency_key("k1");

@@ -783,5 +783,119 @@ TEST(EndToEndTest, DataAnalysisJobThroughTheCli) {
       << refused.status();
 }
 
+// Rejection-sampling fine-tuning (METHODS.md §7.2) through the CLI,
+// lathed and a worker: two iterations of sample -> select -> train, their
+// events, one checkpoint per iteration holding its RFT set, the iterations
+// in the job's report, the adapter downloaded; bad settings refused by
+// field.
+TEST(EndToEndTest, TwoIterationRejectionSamplingJobThroughTheCli) {
+  auto cluster = Cluster::Start(TestRoot("e2e-rft"), 1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  const std::string path = c.root() + "/sums.jsonl";
+  {
+    std::ofstream out(path);
+    for (int a = 1; a <= 6; ++a) {
+      const int b = 7 - a + (a % 3);
+      nlohmann::json line = {
+          {"messages",
+           {{{"role", "user"}, {"content", absl::StrCat("What is ", a, " plus ", b, "?")}},
+            {{"role", "assistant"},
+             {"content", absl::StrCat(a, " plus ", b, " is ", a + b, ".")}}}}};
+      out << line.dump() << "\n";
+    }
+  }
+  auto file = c.client().UploadFile(path, "fine-tune", nullptr);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::string out;
+  ASSERT_EQ(Cli(c, {"jobs", "create", "--model", "lathe-demo", "--training-file", file->id(),
+                    "--method", "rft", "--iterations", "2", "--samples-per-prompt", "3",
+                    "--sample-temperature", "1", "--max-new-tokens", "10",
+                    "--answer-extractor", "last_number", "--dedupe", "exact", "--n-epochs",
+                    "1", "--batch-size", "4", "-o", "json"},
+                &out),
+            0)
+      << out;
+  const std::string id = nlohmann::json::parse(out.substr(out.find('{')))["id"];
+  ASSERT_EQ(Cli(c, {"jobs", "get", id}, &out), 0) << out;
+  EXPECT_NE(out.find("rft:              iterations=2 samples_per_prompt=3 temperature=1 "
+                     "top_p=1 max_new_tokens=10 answer_extractor=last_number dedupe=exact "
+                     "include_gold=true init=current"),
+            std::string::npos)
+      << out;
+  std::vector<std::string> messages;
+  std::vector<double> iteration_of_step;
+  auto st = c.client().WatchJob(
+      id, "",
+      [&](const v1::WatchJobResponse& u) {
+        if (u.event().type() == "message") messages.push_back(u.event().message());
+        if (u.event().type() == "metrics") {
+          const auto& values = u.event().metrics().values();
+          iteration_of_step.push_back(values.count("iteration") ? values.at("iteration") : 0);
+        }
+      },
+      absl::Now() + absl::Minutes(5));
+  ASSERT_TRUE(st.ok()) << st << c.Logs();
+  auto done = c.client().GetJob(id);
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED) << done->error().message() << c.Logs();
+  const std::string all = absl::StrJoin(messages, "\n");
+  for (const char* what : {"Iteration 1/2: ", "Iteration 1/2 trained: steps 1-",
+                           "Iteration 2/2: ", "Iteration 2/2 trained: steps "}) {
+    EXPECT_NE(all.find(what), std::string::npos) << what << "\n" << all;
+  }
+  ASSERT_EQ(done->report().iterations_size(), 2) << done->DebugString();
+  const v1::IterationSummary& one = done->report().iterations(0);
+  const v1::IterationSummary& two = done->report().iterations(1);
+  EXPECT_EQ(one.samples(), 18);
+  EXPECT_EQ(one.rft_examples(), 6 + one.kept());
+  EXPECT_EQ(two.first_step(), one.last_step());
+  ASSERT_FALSE(iteration_of_step.empty());
+  EXPECT_EQ(iteration_of_step.front(), 1);
+  EXPECT_EQ(iteration_of_step.back(), 2);
+  EXPECT_EQ(static_cast<int64_t>(iteration_of_step.size()), two.last_step());
+  ASSERT_EQ(Cli(c, {"jobs", "get", id}, &out), 0) << out;
+  EXPECT_NE(out.find("iteration 2:      "), std::string::npos) << out;
+
+  // One checkpoint per iteration, each holding its RFT set.
+  auto checkpoints = c.client().ListJobCheckpoints(id);
+  ASSERT_TRUE(checkpoints.ok()) << checkpoints.status();
+  std::set<int64_t> steps;
+  for (const auto& cp : checkpoints->data()) steps.insert(cp.step_number());
+  EXPECT_TRUE(steps.count(one.last_step()) && steps.count(two.last_step()))
+      << checkpoints->DebugString();
+  const std::string first = c.root() + "/iteration-1";
+  auto cp_files = c.client().DownloadCheckpoint(id, one.last_step(), first, nullptr);
+  ASSERT_TRUE(cp_files.ok()) << cp_files.status();
+  size_t rft_lines = 0;
+  {
+    std::ifstream in(first + "/iteration_train.jsonl");
+    for (std::string line; std::getline(in, line);) rft_lines += !line.empty();
+  }
+  EXPECT_EQ(static_cast<int64_t>(rft_lines), one.rft_examples());
+  const std::string adapter = c.root() + "/rft-adapter";
+  auto files = c.client().DownloadAdapter(id, adapter, nullptr);
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_TRUE(fs::exists(adapter + "/adapter_model.safetensors"));
+
+  // Bad settings are refused by field; nothing is stored.
+  v1::CreateJobRequest bad;
+  bad.set_model("lathe-demo");
+  bad.set_training_file(file->id());
+  bad.mutable_method()->set_type("rft");
+  bad.mutable_method()->mutable_rft()->set_answer_extractor("regex");
+  bad.mutable_method()->mutable_rft()->set_answer_pattern("(unclosed");
+  auto refused = c.client().CreateJob(bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_NE(refused.status().message().find("method.rft.answer_pattern"), std::string::npos)
+      << refused.status();
+  bad.mutable_method()->mutable_rft()->clear_answer_pattern();
+  bad.mutable_method()->mutable_rft()->set_answer_extractor("gsm8k");
+  bad.mutable_method()->mutable_rft()->set_iterations(17);
+  refused = c.client().CreateJob(bad);
+  EXPECT_NE(refused.status().message().find("method.rft.iterations"), std::string::npos)
+      << refused.status();
+}
+
 }  // namespace
 }  // namespace lathe::testing

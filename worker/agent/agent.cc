@@ -9,6 +9,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/grpc_status.h"
 #include "common/ids.h"
@@ -719,7 +720,12 @@ void Agent::RunAttempt(Attempt* attempt) {
                                 as.resume_from().step_number(), " on ")
                  : "Training started on ",
              options_.worker_id, ": ",
-             engine::ObjectiveType(o.objective) == "sft"
+             o.self_training.iterations > 0
+                 ? absl::StrCat("RFT (", o.self_training.iterations,
+                                " iterations of ",
+                                o.self_training.samples_per_prompt,
+                                " samples per prompt), ")
+             : engine::ObjectiveType(o.objective) == "sft"
                  ? ""
                  : absl::AsciiStrToUpper(engine::ObjectiveType(o.objective)) +
                        " ",
@@ -776,6 +782,7 @@ void Agent::RunAttempt(Attempt* attempt) {
       for (const auto& [name, value] : m.values) {
         (*mm->mutable_values())[name] = value;
       }
+      if (m.iteration > 0) (*mm->mutable_values())["iteration"] = m.iteration;
       {
         absl::MutexLock lock(&mu_);
         attempt->step = m.step;
@@ -783,6 +790,24 @@ void Agent::RunAttempt(Attempt* attempt) {
         attempt->trained_tokens = m.trained_tokens;
       }
       Emit(attempt, std::move(e));
+    };
+    hooks.on_iteration = [&](const engine::IterationReport& r) {
+      if (!r.trained) {
+        Emit(attempt,
+             Message(absl::StrFormat(
+                 "Iteration %d/%d: %d of %d samples correct (%.1f%%), %d kept "
+                 "after deduplication; training on %d examples (%.1f s "
+                 "sampling)",
+                 r.iteration, r.iterations, r.correct, r.samples,
+                 100 * r.accepted_fraction, r.kept, r.rft_examples,
+                 r.seconds_sampling)));
+      } else {
+        Emit(attempt,
+             Message(absl::StrCat("Iteration ", r.iteration, "/", r.iterations,
+                                  " trained: steps ", r.first_step + 1, "-",
+                                  r.last_step, ", loss ", r.first_loss, " -> ",
+                                  r.last_loss)));
+      }
     };
     hooks.should_stop = [&] {
       if (!attempt->stop.load()) return engine::StopRequest::kNone;

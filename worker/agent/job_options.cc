@@ -210,7 +210,25 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
   const std::string type = MethodType(job.method());
   const v1::Hyperparameters& hp = MethodHyperparameters(job.method());
   const std::string prefix = HyperparametersPrefix(job.method());
-  if (type == "supervised" || type == "prompt_tuning") {
+  if (type == "rft") {
+    const v1::RftMethod& wire = job.method().rft();
+    engine::SelfTrainingSpec& st = spec.self_training;
+    st.iterations = wire.iterations();
+    st.samples_per_prompt = wire.samples_per_prompt();
+    st.temperature = wire.temperature();
+    st.top_p = wire.top_p();
+    st.max_new_tokens = wire.max_new_tokens();
+    st.answer_extractor = wire.answer_extractor();
+    st.answer_pattern = wire.answer_pattern();
+    st.dedupe = wire.dedupe();
+    st.include_gold = wire.include_gold();
+    st.init = wire.init();
+    if (st.iterations < 1 || st.answer_extractor.empty() || st.dedupe.empty() ||
+        st.init.empty()) {
+      return absl::InvalidArgumentError("method.rft: not resolved");
+    }
+  }
+  if (type == "supervised" || type == "prompt_tuning" || type == "rft") {
     engine::SftSpec sft;
     if (job.method().supervised().has_masked_thought()) {
       const v1::MaskedThought& wire = job.method().supervised().masked_thought();
@@ -349,9 +367,24 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
   }
   const std::string type = engine::ObjectiveType(spec.objective);
   const auto* prompt = std::get_if<engine::PromptTuningSpec>(&spec.adapter);
-  job.mutable_method()->set_type(prompt != nullptr ? "prompt_tuning"
-                                 : type == "sft"   ? "supervised"
-                                                   : type);
+  const engine::SelfTrainingSpec& st = spec.self_training;
+  job.mutable_method()->set_type(prompt != nullptr      ? "prompt_tuning"
+                                 : st.iterations > 0 ? "rft"
+                                 : type == "sft"     ? "supervised"
+                                                     : type);
+  if (st.iterations > 0) {
+    v1::RftMethod& wire = *job.mutable_method()->mutable_rft();
+    wire.set_iterations(st.iterations);
+    wire.set_samples_per_prompt(st.samples_per_prompt);
+    wire.set_temperature(st.temperature);
+    wire.set_top_p(st.top_p);
+    wire.set_max_new_tokens(st.max_new_tokens);
+    wire.set_answer_extractor(st.answer_extractor);
+    wire.set_answer_pattern(st.answer_pattern);
+    wire.set_dedupe(st.dedupe);
+    wire.set_include_gold(st.include_gold);
+    wire.set_init(st.init);
+  }
   if (prompt != nullptr) {
     v1::PromptTuningMethod& wire = *job.mutable_method()->mutable_prompt_tuning();
     wire.set_num_virtual_tokens(prompt->num_virtual_tokens);
@@ -458,6 +491,20 @@ v1::JobReport ReportForResult(const engine::RunSpec& spec,
       total += m.intruders;
     }
     wire.set_total(total);
+  }
+  for (const engine::IterationReport& r : result.iterations) {
+    v1::IterationSummary& wire = *report.add_iterations();
+    wire.set_iteration(r.iteration);
+    wire.set_prompts(r.prompts);
+    wire.set_samples(r.samples);
+    wire.set_correct(r.correct);
+    wire.set_kept(r.kept);
+    wire.set_rft_examples(r.rft_examples);
+    wire.set_accepted_fraction(r.accepted_fraction);
+    wire.set_first_step(r.first_step);
+    wire.set_last_step(r.last_step);
+    wire.set_first_loss(r.first_loss);
+    wire.set_last_loss(r.last_loss);
   }
   return report;
 }

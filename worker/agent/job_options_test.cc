@@ -96,6 +96,21 @@ v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supe
     p->set_init_text("Answer briefly:");
     return job;
   }
+  if (method == std::string("rft")) {
+    // Strings need names the engine knows: filled by hand, away from the
+    // defaults.
+    v1::RftMethod& r = *job.mutable_method()->mutable_rft();
+    r.set_iterations(3);
+    r.set_samples_per_prompt(7);
+    r.set_temperature(0.9);
+    r.set_top_p(0.95);
+    r.set_max_new_tokens(99);
+    r.set_answer_extractor("regex");
+    r.set_answer_pattern("answer: (\\d+)");
+    r.set_dedupe("exact");
+    r.set_include_gold(false);
+    r.set_init("base");
+  }
   if (adapter == v1::ADAPTER_TYPE_LORA) SetEveryField(*job.mutable_lora());
   // Not a valid selection (all kinds at once), but every field travels.
   if (adapter == v1::ADAPTER_TYPE_FULL) SetEveryField(*job.mutable_trainable());
@@ -274,6 +289,8 @@ const std::set<std::string> kNotFromTheJob = {
     // (the same loss and gradients either way; tests prove each).
     "data.packing", "objective.loss_chunk_tokens",
     "device.activation_checkpointing", "device.dtype",
+    // The self-training recipe's own: each iteration ends in a checkpoint.
+    "checkpoint.at_end",
 };
 
 void CollectChanged(const nlohmann::json& now, const nlohmann::json& before,

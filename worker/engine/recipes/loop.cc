@@ -447,6 +447,11 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
     }
   }
 
+  if (spec.checkpoint.at_end && !spec.checkpoint.dir.empty() &&
+      checkpointed_step != progress.step) {
+    RETURN_IF_ERROR(checkpoint());
+  }
+
   // Export.
   Objective& last = *stages[stage].objective;
   result.steps = progress.step;

@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "worker/engine/error_kind.h"
 #include "worker/engine/recipes/preference.h"
+#include "worker/engine/recipes/rft.h"
 #include "worker/engine/recipes/sft.h"
 
 namespace lathe::engine {
@@ -22,6 +23,9 @@ absl::StatusOr<TrainResult> Train(const RunSpec& spec,
         [&](const auto& objective) -> absl::StatusOr<TrainResult> {
           using Objective = std::decay_t<decltype(objective)>;
           if constexpr (std::is_same_v<Objective, SftSpec>) {
+            if (spec.self_training.iterations > 0) {
+              return RunSelfTraining(spec, objective, hooks);
+            }
             return RunSft(spec, objective, hooks);
           } else if constexpr (std::is_same_v<Objective, DpoSpec>) {
             return RunDpo(spec, objective, hooks);

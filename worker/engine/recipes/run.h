@@ -36,6 +36,9 @@ struct StepMetrics {
   // A multi-stage run (data.stages): the 1-based stage of this step; 0
   // for a one-stage run.
   int stage = 0;
+  // A self-training run (self_training): the 1-based iteration of this
+  // step; 0 otherwise.
+  int iteration = 0;
   // Set on the steps where a validation pass ran (every
   // evaluation.every_steps
   // and the last step, when there is a validation_file): mean loss and
@@ -46,6 +49,30 @@ struct StepMetrics {
   // "rewards/accuracies", ... (METHODS.md §1.5), and on validation steps
   // the same of the validation pass with "valid_" before the name.
   std::map<std::string, double> values;
+};
+
+// One iteration of a self-training run (recipes/rft.h): what its sampling
+// kept, then (once trained) its steps and losses.
+struct IterationReport {
+  int iteration = 0;  // 1-based
+  int iterations = 0;
+  int64_t prompts = 0;  // training lines sampled from
+  int64_t samples = 0;  // prompts x samples_per_prompt
+  // Samples whose extracted answer equals the gold one (reward 1; the rest
+  // 0): accepted_fraction = correct / samples is also the mean reward.
+  int64_t correct = 0;
+  int64_t kept = 0;          // correct samples left after deduplication
+  int64_t rft_examples = 0;  // the RFT set: gold replies + kept samples
+  double accepted_fraction = 0;
+  double seconds_sampling = 0;
+  // Set once the iteration has trained (the report's second call).
+  bool trained = false;
+  int64_t first_step = 0;  // its steps are (first_step, last_step]
+  int64_t last_step = 0;
+  double first_loss = 0;
+  double last_loss = 0;
+  int64_t trained_tokens = 0;
+  std::optional<double> validation_loss;
 };
 
 struct TrainResult {
@@ -70,6 +97,8 @@ struct TrainResult {
   // LoRA runs with evaluation.intruder_top_k > 0: every adapted matrix's
   // intruder dimensions (METHODS.md §9.2).
   std::vector<IntruderMatrix> intruders;
+  // A self-training run: every iteration, trained.
+  std::vector<IterationReport> iterations;
 };
 
 enum class StopRequest { kNone, kCancel, kCheckpointAndStop };
@@ -90,6 +119,9 @@ struct TrainHooks {
   std::function<StopRequest()> should_stop;         // before each step
   // After a checkpoint folder is complete (renamed into place).
   std::function<void(const CheckpointInfo&)> on_checkpoint;
+  // A self-training run: after an iteration's sampling and selection, and
+  // again (trained set) after its training.
+  std::function<void(const IterationReport&)> on_iteration;
 };
 
 // Trains and writes the result to spec.output.dir: a PEFT adapter

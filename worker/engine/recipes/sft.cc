@@ -292,6 +292,13 @@ absl::StatusOr<std::unique_ptr<SftObjective>> MakeObjective(
 
 }  // namespace
 
+absl::StatusOr<std::unique_ptr<Objective>> MakeSftObjective(
+    const RunSpec& spec, const SftSpec& sft, const ModelSetup& setup) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SftObjective> objective,
+                   MakeObjective(spec, sft, setup));
+  return std::unique_ptr<Objective>(std::move(objective));
+}
+
 absl::StatusOr<TrainResult> RunSft(const RunSpec& spec, const SftSpec& sft,
                                    const TrainHooks& hooks) {
   ASSIGN_OR_RETURN(ModelSetup setup, SetUpModel(spec));

@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "common/layer_ranges.h"
 #include "common/status_macros.h"
+#include "worker/engine/data/rft.h"
 #include "worker/engine/model/model_config.h"
 
 namespace lathe::engine {
@@ -151,6 +152,7 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, Checkpo
   f("every_steps", s.every_steps);
   f("dir", s.dir);
   f("resume_from", s.resume_from);
+  f("at_end", s.at_end);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, DeviceSpec> {
@@ -166,6 +168,19 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, Evaluat
   f("general_tokens", s.general_tokens);
   f("intruder_top_k", s.intruder_top_k);
   f("intruder_epsilon", s.intruder_epsilon);
+}
+template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, SelfTrainingSpec> {
+  f("iterations", s.iterations);
+  f("samples_per_prompt", s.samples_per_prompt);
+  f("temperature", s.temperature);
+  f("top_p", s.top_p);
+  f("max_new_tokens", s.max_new_tokens);
+  f("answer_extractor", s.answer_extractor);
+  f("answer_pattern", s.answer_pattern);
+  f("dedupe", s.dedupe);
+  f("include_gold", s.include_gold);
+  f("init", s.init);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, OutputSpec> {
@@ -191,6 +206,7 @@ template <> constexpr const char* kName<ScheduleSpec> = "schedule";
 template <> constexpr const char* kName<CheckpointSpec> = "checkpoint";
 template <> constexpr const char* kName<DeviceSpec> = "device";
 template <> constexpr const char* kName<EvaluationSpec> = "evaluation";
+template <> constexpr const char* kName<SelfTrainingSpec> = "self_training";
 template <> constexpr const char* kName<OutputSpec> = "output";
 
 // A section nested in another as an optional object ("trainable.lisa"):
@@ -894,6 +910,51 @@ absl::Status Validate(const EvaluationSpec& s) {
 }
 void AddResumeKeys(const EvaluationSpec&, Json*) {}
 
+// ---- self_training
+Json ToJson(const SelfTrainingSpec& s) { return SectionToJson(s); }
+absl::Status FromJson(const Json& j, SelfTrainingSpec* s) {
+  return SectionFromJson(j, s);
+}
+absl::Status Validate(const SelfTrainingSpec& s) {
+  if (s.iterations < 0 || s.iterations > 16) {
+    return Invalid("self_training.iterations", "must be in 0..16");
+  }
+  if (s.samples_per_prompt < 1 || s.samples_per_prompt > 256) {
+    return Invalid("self_training.samples_per_prompt", "must be in 1..256");
+  }
+  if (!(s.temperature >= 0 && s.temperature <= 100)) {
+    return Invalid("self_training.temperature", "must be in [0, 100]");
+  }
+  if (!(s.top_p > 0 && s.top_p <= 1)) {
+    return Invalid("self_training.top_p", "must be in (0, 1]");
+  }
+  if (s.max_new_tokens < 1 || s.max_new_tokens > 4096) {
+    return Invalid("self_training.max_new_tokens", "must be in 1..4096");
+  }
+  absl::Status extractor = ValidateExtractor(
+      AnswerExtractor{.kind = s.answer_extractor, .pattern = s.answer_pattern});
+  if (!extractor.ok()) {
+    return Invalid(s.answer_extractor == "regex"
+                       ? "self_training.answer_pattern"
+                       : "self_training.answer_extractor",
+                   std::string(extractor.message()));
+  }
+  if (s.dedupe != "equations" && s.dedupe != "exact" && s.dedupe != "none") {
+    return Invalid("self_training.dedupe",
+                   absl::StrCat("is \"", s.dedupe,
+                                "\"; known: equations, exact, none"));
+  }
+  if (s.init != "current" && s.init != "base") {
+    return Invalid("self_training.init",
+                   absl::StrCat("is \"", s.init, "\"; known: current, base"));
+  }
+  return absl::OkStatus();
+}
+// Every setting decides an iteration's data or weights.
+void AddResumeKeys(const SelfTrainingSpec& s, Json* keys) {
+  if (s.iterations > 0) (*keys)["self_training"] = ToJson(s);
+}
+
 // ---- output
 Json ToJson(const OutputSpec& s) { return SectionToJson(s); }
 absl::Status FromJson(const Json& j, OutputSpec* s) {
@@ -921,6 +982,7 @@ void Sections(S& spec, F&& f) {
   f("checkpoint", spec.checkpoint);
   f("device", spec.device);
   f("evaluation", spec.evaluation);
+  f("self_training", spec.self_training);
   f("output", spec.output);
 }
 
@@ -1014,6 +1076,26 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
                    "is for full fine-tuning (LoRA chooses its layers with "
                    "adapter.layers_to_transform and its projections with "
                    "adapter.target_modules)");
+  }
+  if (spec.self_training.iterations > 0) {
+    if (ObjectiveType(spec.objective) != "sft") {
+      return Invalid("self_training.iterations",
+                     "is for objective sft (rejection-sampling fine-tuning)");
+    }
+    if (std::holds_alternative<PromptTuningSpec>(spec.adapter)) {
+      return Invalid("adapter.type",
+                     "prompt_tuning cannot run self_training; use a LoRA or "
+                     "a full adapter");
+    }
+    if (!spec.data.stages.empty() || !spec.data.mixture.sources.empty()) {
+      return Invalid(spec.data.stages.empty() ? "data.mixture" : "data.stages",
+                     "cannot be combined with self_training: each "
+                     "iteration's training data is its RFT set");
+    }
+    if (!spec.evaluation.general_file.empty()) {
+      return Invalid("evaluation.general_file",
+                     "cannot be combined with self_training yet");
+    }
   }
   // A pair row must keep at least one reply token after its prompt.
   const int max_prompt_len = std::visit(

@@ -256,6 +256,8 @@ struct CheckpointSpec {
   int every_steps = 0;      // 500; 0 = only when a stop asks for one
   std::string dir;          // "ckpt": checkpoints go to <dir>/step-<N>
   std::string resume_from;  // "ckpt/step-500"; "" = fresh start
+  // Also after the last step (with a dir): the run's end as a checkpoint.
+  bool at_end = false;
 };
 
 // "device": where and in which precision the run computes.
@@ -287,6 +289,30 @@ struct EvaluationSpec {
   double intruder_epsilon = 0.5;
 };
 
+// "self_training": rejection-sampling fine-tuning in iterations (RFT,
+// METHODS.md §7.2; the iterated form is ReST-EM's). Each iteration samples
+// samples_per_prompt completions per training example's prompt (every
+// message before its last, an assistant reply: the gold one) with the
+// current model, keeps those whose extracted answer equals the gold
+// reply's (data/rft.h), deduplicates them, and trains SFT on the gold
+// replies plus the kept ones. Objective sft only, LoRA or full.
+struct SelfTrainingSpec {
+  int iterations = 0;          // 2; 0 = off, at most 16
+  int samples_per_prompt = 4;  // 100 (the paper's k); 1..256
+  double temperature = 0.7;    // the paper's; 0 = greedy
+  double top_p = 1.0;          // (0, 1]
+  int max_new_tokens = 256;    // 1..4096
+  // data/rft.h AnswerExtractor: "gsm8k", "last_number", "regex", "exact".
+  std::string answer_extractor = "gsm8k";
+  std::string answer_pattern;  // "regex" only: "answer: (\\w+)"
+  std::string dedupe = "equations";  // "exact", "none" (RftDedupe)
+  bool include_gold = true;  // the gold replies are in every RFT set
+  // What each iteration trains from: "current" (the model the iteration
+  // sampled with) or "base" (the job's model again: the paper's and
+  // ReST-EM's; the sampler is still the newest model).
+  std::string init = "current";
+};
+
 // "output": where the result goes.
 struct OutputSpec {
   // The adapter (LoRA) or the model folder (full) (required).
@@ -308,6 +334,7 @@ struct RunSpec {
   CheckpointSpec checkpoint;
   DeviceSpec device;
   EvaluationSpec evaluation;
+  SelfTrainingSpec self_training;
   OutputSpec output;
 };
 
@@ -344,6 +371,7 @@ LATHE_RUN_SPEC_SECTION(ScheduleSpec)
 LATHE_RUN_SPEC_SECTION(CheckpointSpec)
 LATHE_RUN_SPEC_SECTION(DeviceSpec)
 LATHE_RUN_SPEC_SECTION(EvaluationSpec)
+LATHE_RUN_SPEC_SECTION(SelfTrainingSpec)
 LATHE_RUN_SPEC_SECTION(OutputSpec)
 #undef LATHE_RUN_SPEC_SECTION
 

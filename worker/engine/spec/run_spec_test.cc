@@ -40,7 +40,10 @@ RunSpec EveryFieldSet() {
                  .max_grad_norm = 0.5,
                  .gradient_accumulation_steps = 4};
   s.schedule = {.n_epochs = 2, .warmup_steps = 3, .lr_scheduler = "cosine"};
-  s.checkpoint = {.every_steps = 50, .dir = "/ckpt", .resume_from = "/ckpt/s"};
+  s.checkpoint = {.every_steps = 50,
+                  .dir = "/ckpt",
+                  .resume_from = "/ckpt/s",
+                  .at_end = true};
   s.device = {.device = "cuda:1",
               .dtype = "bfloat16",
               .activation_checkpointing = true};
@@ -52,6 +55,21 @@ RunSpec EveryFieldSet() {
                   .intruder_epsilon = 0.25};
   s.output = {.dir = "/out", .merged_dir = "/merged"};
   return s;
+}
+
+// Every field of the self_training section away from its default (apart:
+// a run with them takes no general_file, stages or mixture).
+SelfTrainingSpec EverySelfTrainingFieldSet() {
+  return {.iterations = 2,
+          .samples_per_prompt = 8,
+          .temperature = 1.0,
+          .top_p = 0.9,
+          .max_new_tokens = 64,
+          .answer_extractor = "regex",
+          .answer_pattern = "answer: (\\d+)",
+          .dedupe = "exact",
+          .include_gold = false,
+          .init = "base"};
 }
 
 // Every field of the trainable section away from its default (not a valid
@@ -75,7 +93,11 @@ void ExpectRoundTrip(const S& section) {
 }
 
 TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
-  const RunSpec s = EveryFieldSet();
+  const RunSpec s = [] {
+    RunSpec s = EveryFieldSet();
+    s.self_training = EverySelfTrainingFieldSet();
+    return s;
+  }();
   ExpectRoundTrip(s.model);
   ExpectRoundTrip(s.data);
   ExpectRoundTrip(s.adapter);
@@ -112,6 +134,7 @@ TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
   ExpectRoundTrip(s.checkpoint);
   ExpectRoundTrip(s.device);
   ExpectRoundTrip(s.evaluation);
+  ExpectRoundTrip(s.self_training);
   ExpectRoundTrip(s.output);
 
   absl::StatusOr<RunSpec> back = ParseRunSpec(RunSpecJson(s), "/");
@@ -296,6 +319,31 @@ TEST(RunSpecTest, EachSectionsValidationNamesTheField) {
       {[](RunSpec& s) { s.evaluation.every_steps = -1; },
        "evaluation.every_steps"},
       {[](RunSpec& s) { s.output.dir.clear(); }, "output.dir"},
+      {[](RunSpec& s) { s.self_training.iterations = 17; },
+       "self_training.iterations"},
+      {[](RunSpec& s) { s.self_training.samples_per_prompt = 0; },
+       "self_training.samples_per_prompt"},
+      {[](RunSpec& s) { s.self_training.top_p = 0; }, "self_training.top_p"},
+      {[](RunSpec& s) { s.self_training.answer_extractor = "json_field"; },
+       "self_training.answer_extractor"},
+      {[](RunSpec& s) {
+         s.self_training.answer_extractor = "regex";
+         s.self_training.answer_pattern = "(";
+       },
+       "self_training.answer_pattern"},
+      {[](RunSpec& s) { s.self_training.dedupe = "fuzzy"; },
+       "self_training.dedupe"},
+      {[](RunSpec& s) { s.self_training.init = "sft"; }, "self_training.init"},
+      {[](RunSpec& s) {
+         s.self_training.iterations = 1;
+         s.objective = OrpoSpec{};
+       },
+       "self_training.iterations"},
+      {[](RunSpec& s) {
+         s.self_training.iterations = 1;
+         s.evaluation.general_file = "/g.jsonl";
+       },
+       "evaluation.general_file"},
       {[](RunSpec& s) { s.adapter = FullSpec{}; }, "output.merged_dir"},
       {[](RunSpec& s) {
          Lora(s.adapter)->layers_to_transform = {1, 1};
