@@ -75,6 +75,11 @@ Usage:
                          [--answer-extractor gsm8k|last_number|regex|exact]
                          [--answer-pattern REGEX] [--dedupe equations|exact|none]
                          [--no-gold] [--rft-init current|base]
+                    spin: [--iterations N] [--sample-temperature T]
+                         [--sample-top-p P] [--max-new-tokens N]
+                         [--no-accumulate] and dpo's --beta, --loss-type ...
+                     (SPIN: per iteration, DPO of the real replies over the
+                      model's own against the iteration's starting model)
                      (rejection-sampling fine-tuning: per iteration, K samples
                       per training line; those whose answer is the gold
                       reply's are trained with the gold replies)
@@ -390,6 +395,14 @@ void PrintJob(const v1::Job& j) {
             ? ""
             : absl::StrCat(" answer_pattern=\"", absl::CHexEscape(m.answer_pattern()), "\""),
         m.dedupe(), m.include_gold() ? "true" : "false", m.init());
+  }
+  if (method == "spin") {
+    const v1::SpinMethod& m = j.method().spin();
+    std::cout << absl::StrFormat(
+        "spin:             iterations=%d temperature=%g top_p=%g max_new_tokens=%d "
+        "accumulate_previous=%s\n",
+        m.iterations(), m.temperature(), m.top_p(), m.max_new_tokens(),
+        m.accumulate_previous() ? "true" : "false");
   }
   for (const v1::IterationSummary& it : j.report().iterations()) {
     std::cout << absl::StrFormat(
@@ -780,6 +793,24 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     if (a.Has("no-gold")) {
       rft->set_include_gold(false);
       any = true;
+    }
+    if (method == "spin") {
+      // The same flags, on SPIN's message.
+      v1::SpinMethod* spin = r.mutable_method()->mutable_spin();
+      if (rft->has_iterations()) spin->set_iterations(rft->iterations());
+      if (rft->has_temperature()) spin->set_temperature(rft->temperature());
+      if (rft->has_top_p()) spin->set_top_p(rft->top_p());
+      if (rft->has_max_new_tokens()) spin->set_max_new_tokens(rft->max_new_tokens());
+      r.mutable_method()->clear_rft();
+      for (const char* flag : {"samples-per-prompt", "answer-extractor", "answer-pattern",
+                               "dedupe", "no-gold", "rft-init"}) {
+        if (a.Has(flag)) {
+          return absl::InvalidArgumentError(absl::StrCat("--", flag, " is for --method rft"));
+        }
+      }
+      if (a.Has("no-accumulate")) spin->set_accumulate_previous(false);
+    } else if (a.Has("no-accumulate")) {
+      return absl::InvalidArgumentError("--no-accumulate is for --method spin");
     }
     if (!any && method != "rft") r.mutable_method()->clear_rft();
   }
@@ -1287,6 +1318,7 @@ int Run(const std::vector<std::string>& argv) {
   auto args =
       Args::Parse(argv, {"follow", "help", "insecure", "lora-rslora",
                          "lora-dora", "half-ft", "half-ft-include-embeddings", "no-gold",
+                         "no-accumulate",
                          "general-all-tokens", "keep-duplicates"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   auto st = args->CheckKnown(
@@ -1307,7 +1339,7 @@ int Run(const std::vector<std::string>& argv) {
        "majority-sign", "gamma", "lines-alpha", "lines-beta", "select-loss-quantile",
        "keep-duplicates", "iterations", "samples-per-prompt", "sample-temperature",
        "sample-top-p", "max-new-tokens", "answer-extractor", "answer-pattern", "dedupe",
-       "no-gold", "rft-init"});
+       "no-gold", "rft-init", "no-accumulate"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

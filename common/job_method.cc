@@ -18,6 +18,7 @@ const v1::Hyperparameters& MethodHyperparameters(const v1::Method& method) {
   if (type == "orpo") return method.orpo().hyperparameters();
   if (type == "prompt_tuning") return method.prompt_tuning().hyperparameters();
   if (type == "rft") return method.rft().hyperparameters();
+  if (type == "spin") return method.spin().hyperparameters();
   return method.supervised().hyperparameters();
 }
 
@@ -29,13 +30,14 @@ v1::Hyperparameters* MutableMethodHyperparameters(v1::Method& method) {
     return method.mutable_prompt_tuning()->mutable_hyperparameters();
   }
   if (type == "rft") return method.mutable_rft()->mutable_hyperparameters();
+  if (type == "spin") return method.mutable_spin()->mutable_hyperparameters();
   return method.mutable_supervised()->mutable_hyperparameters();
 }
 
 std::string HyperparametersPrefix(const v1::Method& method) {
   const std::string type = MethodType(method);
   const bool known = type == "dpo" || type == "orpo" ||
-                     type == "prompt_tuning" || type == "rft";
+                     type == "prompt_tuning" || type == "rft" || type == "spin";
   return absl::StrCat("method.", known ? type : "supervised",
                       ".hyperparameters.");
 }

@@ -15,7 +15,7 @@ namespace lathe {
 
 // The method types, as Method.type spells them.
 inline constexpr const char* kMethodTypes[] = {"supervised", "dpo", "orpo",
-                                               "prompt_tuning", "rft"};
+                                               "prompt_tuning", "rft", "spin"};
 
 // method.type, with "" (auto, and jobs stored before the field was always
 // set) read as "supervised".

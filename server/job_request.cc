@@ -307,7 +307,8 @@ absl::Status CheckMaskedThought(const v1::MaskedThought& mt) {
 absl::Status CheckPreferenceHyperparameters(const std::string& type,
                                             const v1::Hyperparameters& hp,
                                             const std::string& prefix) {
-  const bool dpo = type == "dpo", orpo = type == "orpo";
+  // SPIN trains DPO on its generated pairs: DPO's settings.
+  const bool dpo = type == "dpo" || type == "spin", orpo = type == "orpo";
   struct Setting {
     const char* field;
     bool set;
@@ -421,6 +422,33 @@ absl::Status CheckRft(const v1::CreateJobRequest& r) {
   return absl::OkStatus();
 }
 
+// SPIN's settings (SpinMethod), as CheckRft.
+absl::Status CheckSpin(const v1::CreateJobRequest& r) {
+  if (MethodType(r.method()) != "spin") return absl::OkStatus();
+  const v1::SpinMethod& m = r.method().spin();
+  const std::string at = "method.spin.";
+  if (m.has_iterations() && (m.iterations() < 1 || m.iterations() > 16)) {
+    return Bad(at + "iterations", absl::StrCat(m.iterations(), " is out of range 1..16"));
+  }
+  if (m.has_max_new_tokens() && (m.max_new_tokens() < 1 || m.max_new_tokens() > 4096)) {
+    return Bad(at + "max_new_tokens", absl::StrCat(m.max_new_tokens(), " is out of range 1..4096"));
+  }
+  if (m.has_temperature() &&
+      !(Finite(m.temperature()) && m.temperature() >= 0 && m.temperature() <= 100)) {
+    return Bad(at + "temperature", "must be in [0, 100]");
+  }
+  if (m.has_top_p() && !(Finite(m.top_p()) && m.top_p() > 0 && m.top_p() <= 1)) {
+    return Bad(at + "top_p", "must be in (0, 1]");
+  }
+  if (!r.validation_file().empty()) {
+    return Bad("validation_file", "cannot be combined with method.type \"spin\" yet");
+  }
+  if (!r.reports().general_file().empty()) {
+    return Bad("reports.general_file", "cannot be combined with method.type \"spin\" yet");
+  }
+  return absl::OkStatus();
+}
+
 // Prompt tuning's settings, and its adapter: nothing of LoRA's.
 absl::Status CheckPromptTuning(const v1::CreateJobRequest& r) {
   const bool prompt = MethodType(r.method()) == "prompt_tuning";
@@ -480,6 +508,7 @@ absl::Status CheckNothingOfTraining(const v1::CreateJobRequest& r, const char* w
         {"method.orpo", m.has_orpo()},
         {"method.prompt_tuning", m.has_prompt_tuning()},
         {"method.rft", m.has_rft()},
+        {"method.spin", m.has_spin()},
         {"method.merge", type != "merge" && m.has_merge()},
         {"method.analyze", type != "analyze" && m.has_analyze()}}) {
     if (set) return Bad(field, absl::StrCat("is for training jobs; ", what, " trains nothing"));
@@ -629,7 +658,8 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
         {"dpo", method.has_dpo()},
         {"orpo", method.has_orpo()},
         {"prompt_tuning", method.has_prompt_tuning()},
-        {"rft", method.has_rft()}}) {
+        {"rft", method.has_rft()},
+        {"spin", method.has_spin()}}) {
     if (set && type != name) {
       return Bad(absl::StrCat("method.", name),
                  absl::StrCat("is for method.type \"", name,
@@ -694,6 +724,7 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckPreferenceHyperparameters(type, hp, kHp));
   RETURN_IF_ERROR(CheckPromptTuning(r));
   RETURN_IF_ERROR(CheckRft(r));
+  RETURN_IF_ERROR(CheckSpin(r));
   if (!v1::AdapterType_IsValid(r.adapter())) return Bad("adapter", "unknown value");
   const auto& lora = r.lora();
   if (r.adapter() == v1::ADAPTER_TYPE_FULL && r.has_lora()) {
@@ -863,13 +894,21 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
     if (stage.name().empty()) stage.set_name(absl::StrCat("stage-", i + 1));
     if (!stage.has_n_epochs()) stage.set_n_epochs(hp->n_epochs());
   }
-  if (IsPreferenceMethod(type)) {
-    if (!hp->has_beta()) hp->set_beta(0.1);  // TRL's and Together's
+  if (IsPreferenceMethod(type) || type == "spin") {
+    if (!hp->has_beta()) hp->set_beta(0.1);  // TRL's, Together's and SPIN's
     if (!hp->has_max_prompt_len()) {
       hp->set_max_prompt_len(std::min(512, hp->max_seq_len() / 2));
     }
   }
-  if (type == "dpo") {
+  if (type == "spin") {
+    auto* m = job.mutable_method()->mutable_spin();
+    if (!m->has_iterations()) m->set_iterations(2);
+    if (!m->has_temperature()) m->set_temperature(0);
+    if (!m->has_top_p()) m->set_top_p(1);
+    if (!m->has_max_new_tokens()) m->set_max_new_tokens(256);
+    if (!m->has_accumulate_previous()) m->set_accumulate_previous(true);
+  }
+  if (type == "dpo" || type == "spin") {
     if (hp->loss_type() == v1::PREFERENCE_LOSS_UNSPECIFIED) {
       hp->set_loss_type(v1::PREFERENCE_LOSS_SIGMOID);
     }
@@ -1012,6 +1051,7 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
     *method->mutable_prompt_tuning() = r.method().prompt_tuning();
   }
   if (method->type() == "rft") *method->mutable_rft() = r.method().rft();
+  if (method->type() == "spin") *method->mutable_spin() = r.method().spin();
   auto* hp = MutableMethodHyperparameters(*method);
   *hp = MethodHyperparameters(r.method());
   if (r.method().supervised().has_masked_thought()) {
@@ -1033,7 +1073,8 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   FillJobDefaults(job, defaults);
   scheduler::TrainShape train;
   // A preference step runs both rows of each pair.
-  train.batch_size = hp->batch_size() * (IsPreferenceMethod(method->type()) ? 2 : 1);
+  train.batch_size = hp->batch_size() *
+                     (IsPreferenceMethod(method->type()) || method->type() == "spin" ? 2 : 1);
   train.sequence_length = hp->max_seq_len();
   if (job.adapter() == v1::ADAPTER_TYPE_LORA) {
     train.method = scheduler::TrainMethod::kLora;
@@ -1089,6 +1130,13 @@ absl::Status CheckJobFiles(const v1::CreateJobRequest& r,
                                      " holds text data; method rft samples replies to "
                                      "prompts: give chat or prompt/completion lines whose "
                                      "last reply is the gold one"));
+    }
+    if (type == "spin" && field == std::string("training_file") && file->format() != "chat" &&
+        file->format() != "preference") {
+      return Bad(field, absl::StrCat(file->id(), " holds ", file->format(),
+                                     " data; method spin generates replies to chat "
+                                     "prompts: give chat lines whose last reply is the "
+                                     "real one"));
     }
     if (!preference && file->format() == "preference") {
       return Bad(field, absl::StrCat(file->id(),

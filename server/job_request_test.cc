@@ -949,6 +949,52 @@ TEST(JobRequestTest, RftJobsAreCheckedAndResolved) {
       << CheckJobFiles(r, text, nullptr);
 }
 
+TEST(JobRequestTest, SpinJobsTakeDpoSettingsAndChatData) {
+  v1::File f;
+  f.set_id("file-t");
+  f.set_line_count(40);
+  f.set_format("chat");
+  v1::Model model;
+  model.set_parameter_count(1'000'000);
+  model.set_hidden_size(64);
+  model.set_num_layers(2);
+  model.set_vocab_size(1000);
+  v1::CreateJobRequest r = Valid();
+  r.mutable_method()->set_type("spin");
+  r.mutable_method()->mutable_spin()->mutable_hyperparameters()->set_beta(0.2);
+  ASSERT_TRUE(CheckJobRequest(r).ok()) << CheckJobRequest(r);
+  ASSERT_TRUE(CheckJobFiles(r, f, nullptr).ok());
+  const v1::Job job = ResolveJob(r, f, model, "p", "ftjob-s", 1, JobDefaults{});
+  const v1::SpinMethod& m = job.method().spin();
+  EXPECT_EQ(m.iterations(), 2);
+  EXPECT_EQ(m.temperature(), 0);
+  EXPECT_EQ(m.top_p(), 1);
+  EXPECT_EQ(m.max_new_tokens(), 256);
+  EXPECT_TRUE(m.accumulate_previous());
+  EXPECT_EQ(m.hyperparameters().beta(), 0.2);
+  EXPECT_EQ(m.hyperparameters().loss_type(), v1::PREFERENCE_LOSS_SIGMOID);
+  EXPECT_EQ(m.hyperparameters().max_prompt_len(), 256);
+  for (const auto& [mutate, error] :
+       std::vector<std::pair<std::function<void(v1::CreateJobRequest&)>, const char*>>{
+           {[](auto& r) { r.mutable_method()->mutable_spin()->set_iterations(17); },
+            "method.spin.iterations: 17 is out of range 1..16"},
+           {[](auto& r) { r.mutable_method()->mutable_spin()->set_temperature(-1); },
+            "method.spin.temperature: must be in [0, 100]"},
+           {[](auto& r) { r.set_validation_file("file-v"); },
+            "validation_file: cannot be combined with method.type \"spin\""},
+       }) {
+    v1::CreateJobRequest bad = r;
+    mutate(bad);
+    const absl::Status st = CheckJobRequest(bad);
+    EXPECT_TRUE(absl::StartsWith(st.message(), error)) << st.message();
+  }
+  v1::File pc = f;
+  pc.set_format("prompt_completion");
+  EXPECT_TRUE(absl::StartsWith(CheckJobFiles(r, pc, nullptr).message(),
+                               "training_file: file-t holds prompt_completion data"))
+      << CheckJobFiles(r, pc, nullptr);
+}
+
 TEST(JobRequestTest, FingerprintIgnoresOnlyTheKey) {
   v1::CreateJobRequest a = Valid(), b = Valid();
   a.set_idempotency_key("k1");

@@ -720,7 +720,11 @@ void Agent::RunAttempt(Attempt* attempt) {
                                 as.resume_from().step_number(), " on ")
                  : "Training started on ",
              options_.worker_id, ": ",
-             o.self_training.iterations > 0
+             o.self_training.iterations > 0 &&
+                     engine::ObjectiveType(o.objective) == "dpo"
+                 ? absl::StrCat("SPIN (", o.self_training.iterations,
+                                " iterations), ")
+             : o.self_training.iterations > 0
                  ? absl::StrCat("RFT (", o.self_training.iterations,
                                 " iterations of ",
                                 o.self_training.samples_per_prompt,
@@ -791,8 +795,17 @@ void Agent::RunAttempt(Attempt* attempt) {
       }
       Emit(attempt, std::move(e));
     };
+    const bool spin = engine::ObjectiveType(o.objective) == "dpo";
     hooks.on_iteration = [&](const engine::IterationReport& r) {
-      if (!r.trained) {
+      if (!r.trained && spin) {
+        Emit(attempt,
+             Message(absl::StrFormat(
+                 "Iteration %d/%d: %d replies generated (%d equal to the real "
+                 "one); training DPO on %d pairs against the iteration's "
+                 "starting model (%.1f s generating)",
+                 r.iteration, r.iterations, r.samples, r.correct,
+                 r.rft_examples, r.seconds_sampling)));
+      } else if (!r.trained) {
         Emit(attempt,
              Message(absl::StrFormat(
                  "Iteration %d/%d: %d of %d samples correct (%.1f%%), %d kept "

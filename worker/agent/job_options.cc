@@ -228,6 +228,17 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
       return absl::InvalidArgumentError("method.rft: not resolved");
     }
   }
+  if (type == "spin") {
+    const v1::SpinMethod& wire = job.method().spin();
+    engine::SelfTrainingSpec& st = spec.self_training;
+    st.iterations = wire.iterations();
+    st.samples_per_prompt = 1;
+    st.temperature = wire.temperature();
+    st.top_p = wire.top_p();
+    st.max_new_tokens = wire.max_new_tokens();
+    st.accumulate_previous = wire.accumulate_previous();
+    if (st.iterations < 1) return absl::InvalidArgumentError("method.spin: not resolved");
+  }
   if (type == "supervised" || type == "prompt_tuning" || type == "rft") {
     engine::SftSpec sft;
     if (job.method().supervised().has_masked_thought()) {
@@ -245,7 +256,7 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
                           : "pad";
     }
     spec.objective = sft;
-  } else if (type == "dpo") {
+  } else if (type == "dpo" || type == "spin") {
     engine::DpoSpec dpo;
     dpo.beta = hp.beta();
     dpo.loss_type.clear();
@@ -368,11 +379,20 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
   const std::string type = engine::ObjectiveType(spec.objective);
   const auto* prompt = std::get_if<engine::PromptTuningSpec>(&spec.adapter);
   const engine::SelfTrainingSpec& st = spec.self_training;
-  job.mutable_method()->set_type(prompt != nullptr      ? "prompt_tuning"
-                                 : st.iterations > 0 ? "rft"
-                                 : type == "sft"     ? "supervised"
-                                                     : type);
-  if (st.iterations > 0) {
+  const bool self_training = st.iterations > 0;
+  job.mutable_method()->set_type(prompt != nullptr                     ? "prompt_tuning"
+                                 : self_training && type == "dpo" ? "spin"
+                                 : self_training                  ? "rft"
+                                 : type == "sft"                  ? "supervised"
+                                                                  : type);
+  if (self_training && type == "dpo") {
+    v1::SpinMethod& wire = *job.mutable_method()->mutable_spin();
+    wire.set_iterations(st.iterations);
+    wire.set_temperature(st.temperature);
+    wire.set_top_p(st.top_p);
+    wire.set_max_new_tokens(st.max_new_tokens);
+    wire.set_accumulate_previous(st.accumulate_previous);
+  } else if (self_training) {
     v1::RftMethod& wire = *job.mutable_method()->mutable_rft();
     wire.set_iterations(st.iterations);
     wire.set_samples_per_prompt(st.samples_per_prompt);

@@ -81,7 +81,7 @@ v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supe
   job.set_adapter(adapter);
   job.mutable_method()->set_type(method);
   SetEveryField(*MutableMethodHyperparameters(*job.mutable_method()),
-                method == "dpo"    ? std::set<std::string>{}
+                method == "dpo" || method == "spin" ? std::set<std::string>{}
                 : method == "orpo" ? kDpoOnly
                                    : kPreference);
   job.mutable_reports()->set_general_file("file-general");
@@ -95,6 +95,14 @@ v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supe
     p->set_init(v1::PROMPT_TUNING_INIT_TEXT);
     p->set_init_text("Answer briefly:");
     return job;
+  }
+  if (method == std::string("spin")) {
+    v1::SpinMethod& s = *job.mutable_method()->mutable_spin();
+    s.set_iterations(3);
+    s.set_temperature(0.9);
+    s.set_top_p(0.95);
+    s.set_max_new_tokens(99);
+    s.set_accumulate_previous(false);
   }
   if (method == std::string("rft")) {
     // Strings need names the engine knows: filled by hand, away from the
@@ -290,7 +298,7 @@ const std::set<std::string> kNotFromTheJob = {
     "data.packing", "objective.loss_chunk_tokens",
     "device.activation_checkpointing", "device.dtype",
     // The self-training recipe's own: each iteration ends in a checkpoint.
-    "checkpoint.at_end",
+    "checkpoint.at_end", "objective.reference",
 };
 
 void CollectChanged(const nlohmann::json& now, const nlohmann::json& before,

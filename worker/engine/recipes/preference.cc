@@ -246,14 +246,16 @@ class DpoObjective : public PreferenceObjective {
       : PreferenceObjective(spec, model, std::move(data), pad_id,
                             dpo.loss_chunk_tokens),
         dpo_(dpo),
+        precomputed_(Lora(spec.adapter) == nullptr ||
+                     dpo.reference == "precomputed"),
         options_{.loss = loss,
                  .beta = dpo.beta,
                  .label_smoothing = dpo.label_smoothing} {}
 
-  // Full fine-tuning: the initial model's log-probabilities, before any
-  // step changes it.
+  // Full fine-tuning (and reference "precomputed"): the initial model's
+  // log-probabilities, before any step changes it.
   absl::Status Prepare() override {
-    if (Lora(spec_.adapter) != nullptr) return absl::OkStatus();
+    if (!precomputed_) return absl::OkStatus();
     torch::NoGradGuard no_grad;
     reference_["train"] = ReferenceOf(data_.train);
     if (data_.valid) reference_["valid"] = ReferenceOf(*data_.valid);
@@ -271,7 +273,7 @@ class DpoObjective : public PreferenceObjective {
   }
 
   absl::Status LoadState(const std::string& dir) override {
-    if (Lora(spec_.adapter) != nullptr) return absl::OkStatus();
+    if (!precomputed_) return absl::OkStatus();
     const std::string path = absl::StrCat(dir, "/", kReferenceFile);
     ASSIGN_OR_RETURN(TensorMap tensors, LoadSafetensors(path));
     for (const auto& [name, data] :
@@ -300,8 +302,8 @@ class DpoObjective : public PreferenceObjective {
             : "",
         dpo_.rpo_alpha > 0 ? absl::StrCat(" RPO alpha ", dpo_.rpo_alpha) : "",
         ", reference: ",
-        Lora(spec_.adapter) != nullptr ? "the base (adapter off)"
-                                       : "precomputed log-probabilities",
+        !precomputed_ ? "the base (adapter off)"
+                      : "precomputed log-probabilities",
         ", loss chunks of ", dpo_.loss_chunk_tokens, " tokens");
   }
 
@@ -314,7 +316,7 @@ class DpoObjective : public PreferenceObjective {
     const PairBatch rows = MakePairBatch(data.pairs, indices, false);
     policy = Forward(rows, grad, /*adapters=*/true, peak);
     torch::Tensor reference;
-    if (Lora(spec_.adapter) != nullptr) {
+    if (!precomputed_) {
       torch::NoGradGuard no_grad;
       reference = Sequence(Forward(rows, false, /*adapters=*/false, nullptr));
     } else {
@@ -370,6 +372,7 @@ class DpoObjective : public PreferenceObjective {
   }
 
   const DpoSpec& dpo_;
+  const bool precomputed_;  // else the adapter-off base
   const PreferenceOptions options_;
   std::map<std::string, torch::Tensor> reference_;  // "train", "valid"
 };
@@ -412,6 +415,19 @@ class OrpoObjective : public PreferenceObjective {
 };
 
 }  // namespace
+
+absl::StatusOr<std::unique_ptr<Objective>> MakeDpoObjective(
+    const RunSpec& spec, const DpoSpec& dpo, const ModelSetup& setup) {
+  ASSIGN_OR_RETURN(const PreferenceLoss loss,
+                   WithErrorKind(ParsePreferenceLoss(dpo.loss_type),
+                                 ErrorKind::kUserOptions,
+                                 "method.dpo.hyperparameters.loss_type"));
+  ASSIGN_OR_RETURN(PreferenceData data,
+                   LoadData(spec, setup, dpo.max_prompt_len));
+  return std::unique_ptr<Objective>(
+      std::make_unique<DpoObjective>(spec, dpo, *setup.model, std::move(data),
+                                     setup.tokenizer->pad_id(), loss));
+}
 
 absl::StatusOr<TrainResult> RunDpo(const RunSpec& spec, const DpoSpec& dpo,
                                    const TrainHooks& hooks) {

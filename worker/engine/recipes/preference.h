@@ -25,11 +25,20 @@
 #ifndef LATHE_WORKER_ENGINE_RECIPES_PREFERENCE_H_
 #define LATHE_WORKER_ENGINE_RECIPES_PREFERENCE_H_
 
+#include <memory>
+
 #include "absl/status/statusor.h"
+#include "worker/engine/recipes/loop.h"
 #include "worker/engine/recipes/run.h"
 #include "worker/engine/spec/run_spec.h"
 
 namespace lathe::engine {
+
+// The DPO objective of `spec` on `setup`'s model, as MakeSftObjective
+// (sft.h): for a recipe that runs the loop itself (rft.cc's SPIN). `dpo`
+// must outlive it.
+absl::StatusOr<std::unique_ptr<Objective>> MakeDpoObjective(
+    const RunSpec& spec, const DpoSpec& dpo, const ModelSetup& setup);
 
 // One DPO / ORPO run of `spec` (validated), as RunSft (sft.h).
 absl::StatusOr<TrainResult> RunDpo(const RunSpec& spec, const DpoSpec& dpo,

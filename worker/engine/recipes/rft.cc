@@ -22,6 +22,7 @@
 #include "worker/engine/error_kind.h"
 #include "worker/engine/inference/generate.h"
 #include "worker/engine/recipes/loop.h"
+#include "worker/engine/recipes/preference.h"
 #include "worker/engine/recipes/sft.h"
 #include "worker/engine/text/json_file.h"
 
@@ -50,7 +51,7 @@ namespace {
 struct RftLine {
   DataRecord record;
   std::vector<int32_t> prompt_ids;
-  std::string gold_answer;  // of the gold reply
+  std::string gold_answer;  // of the gold reply (RFT)
 };
 
 const std::string& GoldReply(const DataRecord& r) {
@@ -82,9 +83,27 @@ absl::Status DataError(const std::string& file, int line,
                        ErrorKind::kUserData, "training_file");
 }
 
+// SPIN's training line: the gold reply chosen, the generation rejected.
+std::string SpinPairJson(const DataRecord& record,
+                         const std::string& generated) {
+  Json messages = Json::array();
+  for (size_t i = 0; i + 1 < record.messages.size(); ++i) {
+    const ChatMessage& m = record.messages[i];
+    messages.push_back({{"role", m.role}, {"content", m.content}});
+  }
+  return Json{{"input", {{"messages", std::move(messages)}}},
+              {"preferred_output",
+               {{{"role", "assistant"}, {"content", GoldReply(record)}}}},
+              {"non_preferred_output",
+               {{{"role", "assistant"}, {"content", generated}}}}}
+             .dump() +
+         "\n";
+}
+
+// `spin`: no answers are read, and only chat lines are taken.
 absl::StatusOr<std::vector<RftLine>> LoadRftLines(
     const RunSpec& spec, const ModelSetup& setup,
-    const AnswerExtractor& extractor) {
+    const AnswerExtractor& extractor, bool spin) {
   const DataSpec& d = spec.data;
   const std::string file =
       d.training_file_name.empty() ? d.training_file : d.training_file_name;
@@ -110,15 +129,20 @@ absl::StatusOr<std::vector<RftLine>> LoadRftLines(
       }
       prompt = setup.chat_template->RenderPrompt(std::vector<ChatMessage>(
           record.messages.begin(), record.messages.end() - 1));
-    } else if (record.format == DataFormat::kPromptCompletion) {
+    } else if (record.format == DataFormat::kPromptCompletion && !spin) {
       prompt = record.prompt;
+    } else if (record.format == DataFormat::kPromptCompletion) {
+      return DataError(file, record.line,
+                       "SPIN trains on chat lines (its pairs are chat "
+                       "preference lines); give this one as messages");
     } else {
       return DataError(file, record.line,
                        "a text line has no prompt to sample replies to; "
                        "self_training takes chat or prompt/completion lines");
     }
     std::optional<std::string> answer =
-        ExtractAnswer(extractor, GoldReply(record));
+        spin ? std::optional<std::string>("")
+             : ExtractAnswer(extractor, GoldReply(record));
     if (!answer.has_value()) {
       return DataError(
           file, record.line,
@@ -214,9 +238,10 @@ class ScratchDir {
 class IterationObjective : public Objective {
  public:
   IterationObjective(std::unique_ptr<Objective> inner, std::string data_file,
-                     Json state)
+                     std::string new_file, Json state)
       : inner_(std::move(inner)),
         data_file_(std::move(data_file)),
+        new_file_(std::move(new_file)),
         state_(std::move(state)) {}
 
   size_t train_examples() const override { return inner_->train_examples(); }
@@ -234,14 +259,16 @@ class IterationObjective : public Objective {
   absl::Status Prepare() override { return inner_->Prepare(); }
   absl::Status SaveState(const std::string& dir) const override {
     RETURN_IF_ERROR(inner_->SaveState(dir));
-    const std::string copy = absl::StrCat(dir, "/", kIterationTrainFile);
-    if (fs::path(copy) != fs::path(data_file_)) {
+    for (const auto& [from, name] :
+         {std::pair<std::string, const char*>{data_file_, kIterationTrainFile},
+          {new_file_, kIterationNewFile}}) {
+      if (from.empty()) continue;
+      const std::string copy = absl::StrCat(dir, "/", name);
       std::error_code ec;
-      fs::copy_file(data_file_, copy, fs::copy_options::overwrite_existing,
-                    ec);
+      fs::copy_file(from, copy, fs::copy_options::overwrite_existing, ec);
       if (ec) {
-        return absl::InternalError(absl::StrCat(
-            "copying the RFT set into ", dir, ": ", ec.message()));
+        return absl::InternalError(absl::StrCat("copying ", from, " into ",
+                                                dir, ": ", ec.message()));
       }
     }
     return WriteJsonFile(absl::StrCat(dir, "/", kSelfTrainingStateFile), state_);
@@ -252,12 +279,13 @@ class IterationObjective : public Objective {
   std::string Describe() const override {
     return absl::StrCat(inner_->Describe(), ", ",
                         state_["iterations"].back()["rft_examples"].get<int64_t>(),
-                        " RFT examples");
+                        " examples of the iteration");
   }
 
  private:
   std::unique_ptr<Objective> inner_;
   const std::string data_file_;
+  const std::string new_file_;  // SPIN: the iteration's own pairs
   const Json state_;
 };
 
@@ -270,14 +298,14 @@ RftDedupe DedupeOf(const std::string& name) {
 }  // namespace
 
 absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
-                                            const SftSpec& sft,
                                             const TrainHooks& hooks) {
   const SelfTrainingSpec& st = spec.self_training;
+  const bool spin = std::holds_alternative<DpoSpec>(spec.objective);
   const AnswerExtractor extractor{.kind = st.answer_extractor,
                                   .pattern = st.answer_pattern};
   ASSIGN_OR_RETURN(ModelSetup setup, SetUpModel(spec));
   ASSIGN_OR_RETURN(const std::vector<RftLine> lines,
-                   LoadRftLines(spec, setup, extractor));
+                   LoadRftLines(spec, setup, extractor, spin));
   LlamaModel& model = *setup.model;
   const std::vector<AdamW::Param> params =
       TrainableParams(model, spec.adapter);
@@ -341,15 +369,18 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
     return absl::InternalError("cannot make a scratch folder for the RFT sets");
   }
   bool stop_requested = false;  // a pause during sampling: see below
+  // SPIN with accumulate_previous: the previous iteration's own pairs.
+  std::string previous_new;
   TrainResult result;
   for (int i = first_iteration; i <= st.iterations; ++i) {
     const bool resuming = !resume_from.empty() && i == first_iteration;
     IterationReport report;
-    std::string data_file;
+    std::string data_file, new_file;
     if (resuming) {
       report = history.back();
       history.pop_back();
       data_file = absl::StrCat(resume_from, "/", kIterationTrainFile);
+      if (spin) new_file = absl::StrCat(resume_from, "/", kIterationNewFile);
     } else {
       // 1. Sample with the current model.
       report.iteration = i;
@@ -357,7 +388,11 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
       report.prompts = static_cast<int64_t>(lines.size());
       const auto start = std::chrono::steady_clock::now();
       data_file = absl::StrCat(scratch.path(), "/iteration-", i, ".jsonl");
-      std::ofstream out(data_file, std::ios::binary | std::ios::trunc);
+      if (spin) {
+        new_file = absl::StrCat(scratch.path(), "/iteration-", i, ".new.jsonl");
+      }
+      std::ofstream out(spin ? new_file : data_file,
+                        std::ios::binary | std::ios::trunc);
       for (size_t j = 0; j < lines.size(); ++j) {
         if (hooks.should_stop) {
           const StopRequest stop = hooks.should_stop();
@@ -384,6 +419,27 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
           }
         }
         const RftLine& line = lines[j];
+        if (spin) {
+          // One generation, left-stripped (SPIN's generate.py).
+          generate.seed = RftSampleSeed(spec.seed, i, static_cast<int64_t>(j), 0);
+          ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                           Generate(model, line.prompt_ids, generate));
+          if (!ids.empty() &&
+              std::find(generate.stop_ids.begin(), generate.stop_ids.end(),
+                        ids.back()) != generate.stop_ids.end()) {
+            ids.pop_back();
+          }
+          ASSIGN_OR_RETURN(std::string text, setup.tokenizer->Decode(ids));
+          text = std::string(absl::StripLeadingAsciiWhitespace(text));
+          ++report.samples;
+          if (text == GoldReply(line.record)) ++report.correct;
+          // An empty reply is no preference line: that prompt sits out.
+          if (!absl::StripAsciiWhitespace(text).empty()) {
+            out << SpinPairJson(line.record, text);
+            ++report.kept;
+          }
+          continue;
+        }
         std::vector<std::string> samples;
         for (int s = 0; s < st.samples_per_prompt; ++s) {
           generate.seed = RftSampleSeed(spec.seed, i, static_cast<int64_t>(j), s);
@@ -424,6 +480,27 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
       if (!out) {
         return absl::InternalError(absl::StrCat("writing ", data_file));
       }
+      if (spin) {
+        // The training set: this iteration's pairs, then the previous
+        // iteration's.
+        report.rft_examples = report.kept;
+        std::ofstream train(data_file, std::ios::binary | std::ios::trunc);
+        for (const std::string& from : {new_file, previous_new}) {
+          if (from.empty() || (from == previous_new && !st.accumulate_previous)) {
+            continue;
+          }
+          std::ifstream in(from, std::ios::binary);
+          for (std::string pair; std::getline(in, pair);) {
+            if (pair.empty()) continue;
+            train << pair << "\n";
+            if (from == previous_new) ++report.rft_examples;
+          }
+        }
+        train.close();
+        if (!train) {
+          return absl::InternalError(absl::StrCat("writing ", data_file));
+        }
+      }
       report.accepted_fraction =
           report.samples > 0
               ? static_cast<double>(report.correct) / report.samples
@@ -431,12 +508,29 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
       report.seconds_sampling = std::chrono::duration<double>(
                                     std::chrono::steady_clock::now() - start)
                                     .count();
-      spdlog::info(
-          "iteration {}/{}: {} of {} samples correct ({:.1f}%), {} kept; RFT "
-          "set of {} examples ({:.1f} s sampling)",
-          i, st.iterations, report.correct, report.samples,
-          100 * report.accepted_fraction, report.kept, report.rft_examples,
-          report.seconds_sampling);
+      if (spin) {
+        spdlog::info(
+            "iteration {}/{}: {} replies generated ({} the gold reply, {} "
+            "empty); {} pairs to train on ({:.1f} s generating)",
+            i, st.iterations, report.samples, report.correct,
+            report.samples - report.kept, report.rft_examples,
+            report.seconds_sampling);
+      } else {
+        spdlog::info(
+            "iteration {}/{}: {} of {} samples correct ({:.1f}%), {} kept; "
+            "RFT set of {} examples ({:.1f} s sampling)",
+            i, st.iterations, report.correct, report.samples,
+            100 * report.accepted_fraction, report.kept, report.rft_examples,
+            report.seconds_sampling);
+      }
+      if (spin && report.rft_examples == 0) {
+        return WithErrorKind(
+            absl::FailedPreconditionError(absl::StrCat(
+                "iteration ", i, " generated only empty replies, so it has "
+                "no pairs to train on; allow more tokens (max_new_tokens) or "
+                "sample (temperature)")),
+            ErrorKind::kUserOptions, "self_training.max_new_tokens");
+      }
       if (report.rft_examples == 0) {
         return WithErrorKind(
             absl::FailedPreconditionError(absl::StrCat(
@@ -460,7 +554,8 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
     // 2-3. Train on the RFT set.
     RunSpec it = spec;
     it.data.training_file = data_file;
-    it.data.training_file_name = absl::StrCat("iteration ", i, "'s RFT set");
+    it.data.training_file_name =
+        absl::StrCat("iteration ", i, spin ? "'s pairs" : "'s RFT set");
     it.checkpoint.dir =
         spec.checkpoint.dir.empty()
             ? ""
@@ -474,9 +569,19 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
       state["iterations"].push_back(ReportJson(r));
     }
     state["iterations"].push_back(ReportJson(report));
-    ASSIGN_OR_RETURN(std::unique_ptr<Objective> sft_objective,
-                     MakeSftObjective(it, sft, setup));
-    IterationObjective objective(std::move(sft_objective), data_file, state);
+    std::unique_ptr<Objective> inner_objective;
+    if (spin) {
+      // The opponent: the model this iteration starts from.
+      DpoSpec& dpo = std::get<DpoSpec>(it.objective);
+      dpo.reference = "precomputed";
+      ASSIGN_OR_RETURN(inner_objective, MakeDpoObjective(it, dpo, setup));
+    } else {
+      ASSIGN_OR_RETURN(inner_objective,
+                       MakeSftObjective(it, std::get<SftSpec>(it.objective),
+                                        setup));
+    }
+    IterationObjective objective(std::move(inner_objective), data_file,
+                                 new_file, state);
     TrainHooks inner;
     inner.on_step = [&](const StepMetrics& m) {
       if (!hooks.on_step) return;
@@ -518,6 +623,7 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
     report.validation_loss = trained->validation_loss;
     report.trained_tokens = trained->trained_tokens;
     offset = report.last_step;
+    previous_new = new_file;
     history.push_back(report);
     if (hooks.on_iteration) hooks.on_iteration(report);
     result.truncated_examples += trained->truncated_examples;

@@ -1,6 +1,7 @@
-// Rejection-sampling fine-tuning in iterations (spec.self_training;
-// METHODS.md §7.2): generate -> select -> train, on the shared loop.
+// Training on the model's own generations, in iterations
+// (spec.self_training): generate -> select -> train, on the shared loop.
 //
+// Objective sft: rejection-sampling fine-tuning (RFT, METHODS.md §7.2).
 // Iteration i (1-based) of N:
 //   1. Sample. For every training line j (chat: every message before the
 //      last, an assistant reply that is the gold one; prompt/completion:
@@ -16,10 +17,20 @@
 //      schedule), from the current weights (init "current") or the job's
 //      model again (init "base"); a checkpoint after its last step.
 //
+// Objective dpo: SPIN (METHODS.md §7.1). Iteration i generates one reply
+// per chat line's prompt with the current model (seeded as above, s = 0;
+// left-stripped, as SPIN's generate.py), and trains DPO on the pairs
+// (chosen: the gold reply, rejected: the generation), plus the previous
+// iteration's pairs with accumulate_previous, against the model the
+// iteration starts from: its log-probabilities of every pair, computed
+// before the first step (DpoSpec::reference "precomputed", for LoRA too),
+// so that each iteration's first loss is ln 2.
+//
 // Steps and checkpoints count across the iterations. A checkpoint holds
-// its iteration's RFT set (iteration_train.jsonl) and self_training.json;
-// a resume continues that iteration at its step without sampling again
-// (or, from an iteration's last checkpoint, samples the next iteration).
+// its iteration's training set (iteration_train.jsonl; SPIN also its own
+// pairs, iteration_new.jsonl) and self_training.json; a resume continues
+// that iteration at its step without generating again (or, from an
+// iteration's last checkpoint, generates the next iteration).
 #ifndef LATHE_WORKER_ENGINE_RECIPES_RFT_H_
 #define LATHE_WORKER_ENGINE_RECIPES_RFT_H_
 
@@ -31,9 +42,11 @@
 
 namespace lathe::engine {
 
-// In every checkpoint of a self-training run: the iteration's RFT set and
-// {"iteration", "step_offset", "iterations": [IterationReport JSON...]}.
+// In every checkpoint of a self-training run: the iteration's training set,
+// SPIN's pairs of the iteration alone, and {"iteration", "step_offset",
+// "iterations": [IterationReport JSON...]}.
 inline constexpr char kIterationTrainFile[] = "iteration_train.jsonl";
+inline constexpr char kIterationNewFile[] = "iteration_new.jsonl";
 inline constexpr char kSelfTrainingStateFile[] = "self_training.json";
 
 // The seed of sample `sample` of training line `line` (0-based) in
@@ -43,12 +56,13 @@ uint64_t RftSampleSeed(uint64_t seed, int iteration, int64_t line,
                        int sample);
 
 // One self-training run of `spec` (validated; spec.self_training.iterations
-// > 0, objective sft). Errors as Train; INVALID_ARGUMENT (user data,
+// > 0, objective sft or dpo). Errors as Train; INVALID_ARGUMENT (user data,
 // "training_file") for a line whose gold reply has no answer the extractor
-// finds, or a text line (no prompt); FAILED_PRECONDITION (user options,
-// "self_training.include_gold") when an iteration's RFT set is empty.
+// finds (RFT), a text line (no prompt) or, for SPIN, a prompt/completion
+// line; FAILED_PRECONDITION (user options) when an iteration has nothing to
+// train on ("self_training.include_gold"; SPIN:
+// "self_training.max_new_tokens", every generation empty).
 absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
-                                            const SftSpec& sft,
                                             const TrainHooks& hooks);
 
 }  // namespace lathe::engine

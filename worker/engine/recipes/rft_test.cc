@@ -5,12 +5,14 @@
 #include "worker/engine/recipes/rft.h"
 
 #include <cctype>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/safetensors.h"
 #include "gtest/gtest.h"
@@ -378,7 +380,7 @@ TEST_F(RftTest, BadDataAndSettingsAreRefusedNamingTheLineOrField) {
             std::string::npos)
       << r.status();
   bad = RftSpec(dir.path(), dir.path() + "/never.jsonl", 1);
-  bad.objective = DpoSpec{};
+  bad.objective = OrpoSpec{.max_prompt_len = 64};
   r = Train(bad, {});
   ASSERT_TRUE(absl::IsInvalidArgument(r.status()));
   EXPECT_NE(r.status().message().find("self_training.iterations"),
@@ -386,6 +388,131 @@ TEST_F(RftTest, BadDataAndSettingsAreRefusedNamingTheLineOrField) {
       << r.status();
   bad = RftSpec(dir.path(), dir.path() + "/never.jsonl", 17);
   EXPECT_TRUE(absl::IsInvalidArgument(Train(bad, {}).status()));
+}
+
+// SPIN (METHODS.md §7.1): each iteration's first loss is ln 2 (the policy
+// is its opponent: for iteration 2, iteration 1's final weights); with
+// greedy generation the rejected side is Generate's output, replayed here;
+// after iteration 1 the margin is positive; iteration 2 trains on its own
+// pairs and iteration 1's; a run stopped in iteration 2 resumes to the
+// uninterrupted run's adapter (the opponent's log-probabilities travel in
+// the checkpoint).
+TEST_F(RftTest, SpinStartsEachIterationAtLn2AndRejectsTheGreedyGeneration) {
+  testing::TempDir data, whole, stopped;
+  const std::string train = TrainingFile(data.path());
+  auto spin_spec = [&](const std::string& dir) {
+    RunSpec spec = RftSpec(dir, train, 2);
+    spec.objective = DpoSpec{.beta = 0.1, .max_prompt_len = 64};
+    spec.self_training.samples_per_prompt = 1;
+    spec.self_training.temperature = 0;  // greedy: SPIN's HF path
+    spec.schedule.n_epochs = 3;
+    return spec;
+  };
+  struct Out {
+    std::vector<StepMetrics> steps;
+    std::vector<CheckpointInfo> checkpoints;
+    absl::StatusOr<TrainResult> result;
+  };
+  auto run = [&](const RunSpec& spec, int64_t stop_after) {
+    Out out;
+    int64_t done = 0;
+    out.result = Train(
+        spec, {.on_step =
+                   [&](const StepMetrics& m) {
+                     out.steps.push_back(m);
+                     done = m.step;
+                   },
+               .should_stop =
+                   [&] {
+                     return stop_after > 0 && done >= stop_after
+                                ? StopRequest::kCheckpointAndStop
+                                : StopRequest::kNone;
+                   },
+               .on_checkpoint =
+                   [&](const CheckpointInfo& c) { out.checkpoints.push_back(c); }});
+    return out;
+  };
+  Out w = run(spin_spec(whole.path()), 0);
+  ASSERT_TRUE(w.result.ok()) << w.result.status();
+  ASSERT_EQ(w.result->iterations.size(), 2u);
+  const IterationReport& one = w.result->iterations[0];
+  const IterationReport& two = w.result->iterations[1];
+  ASSERT_GT(one.last_step, 1);
+  for (const StepMetrics& m : w.steps) {
+    if (m.step == 1 || m.step == one.last_step + 1) {
+      EXPECT_NEAR(m.loss, std::log(2.0), 1e-6) << "step " << m.step;
+      EXPECT_NEAR(m.values.at("rewards/margins"), 0, 1e-6);
+    }
+  }
+  EXPECT_GT(w.steps[one.last_step - 1].values.at("rewards/margins"), 0);
+  EXPECT_LT(w.steps[one.last_step - 1].loss, std::log(2.0));
+
+  // The rejected side of iteration 1 is greedy Generate from the job's
+  // model (LoRA's B = 0), decoded and left-stripped.
+  absl::StatusOr<std::unique_ptr<LlamaModel>> model =
+      LlamaModel::Load(SamplerDir());
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      Tokenizer::Load(SamplerDir());
+  ASSERT_TRUE(tokenizer.ok());
+  absl::StatusOr<ChatTemplate> chat = ChatTemplateFor(**tokenizer, "");
+  ASSERT_TRUE(chat.ok());
+  std::vector<Json> expected;
+  for (size_t j = 0; j < Sums().size(); ++j) {
+    absl::StatusOr<Encoding> prompt = (*tokenizer)->Encode(
+        chat->RenderPrompt({{.role = "user", .content = Question(j)}}));
+    ASSERT_TRUE(prompt.ok());
+    absl::StatusOr<std::vector<int32_t>> ids = Generate(
+        **model, prompt->ids,
+        {.max_new_tokens = 12, .stop_ids = {(*tokenizer)->eos_id()}});
+    ASSERT_TRUE(ids.ok());
+    if (!ids->empty() && ids->back() == (*tokenizer)->eos_id()) ids->pop_back();
+    absl::StatusOr<std::string> text = (*tokenizer)->Decode(*ids);
+    ASSERT_TRUE(text.ok());
+    const std::string rejected(absl::StripLeadingAsciiWhitespace(*text));
+    if (absl::StripAsciiWhitespace(rejected).empty()) continue;
+    const auto [a, b] = Sums()[j];
+    expected.push_back(
+        {{"input", {{"messages", {{{"role", "user"}, {"content", Question(j)}}}}}},
+         {"preferred_output",
+          {{{"role", "assistant"},
+            {"content", absl::StrCat(a, " plus ", b, " is ", a + b, ".")}}}},
+         {"non_preferred_output", {{{"role", "assistant"}, {"content", rejected}}}}});
+  }
+  ASSERT_FALSE(expected.empty());
+  ASSERT_EQ(w.checkpoints.size(), 2u);
+  EXPECT_EQ(JsonLines(w.checkpoints[0].dir + "/" + kIterationNewFile), expected);
+  EXPECT_EQ(one.rft_examples, static_cast<int64_t>(expected.size()));
+  // Iteration 2: its own pairs, then iteration 1's.
+  std::vector<Json> second =
+      JsonLines(w.checkpoints[1].dir + "/" + kIterationTrainFile);
+  ASSERT_EQ(static_cast<int64_t>(second.size()), two.kept + one.kept);
+  EXPECT_EQ(two.rft_examples, two.kept + one.kept);
+  EXPECT_EQ(std::vector<Json>(second.begin() + two.kept, second.end()), expected);
+
+  // Stopped in iteration 2, resumed: the same adapter.
+  RunSpec stop_spec = spin_spec(stopped.path());
+  Out s = run(stop_spec, one.last_step + 1);
+  ASSERT_TRUE(absl::IsAborted(s.result.status())) << s.result.status();
+  stop_spec.checkpoint.resume_from = s.checkpoints.back().dir;
+  Out resumed = run(stop_spec, 0);
+  ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
+  const std::string adapter = "/adapter/adapter_model.safetensors";
+  absl::StatusOr<TensorMap> x = LoadSafetensors(whole.path() + adapter);
+  absl::StatusOr<TensorMap> y = LoadSafetensors(stopped.path() + adapter);
+  ASSERT_TRUE(x.ok() && y.ok());
+  for (const auto& [name, tensor] : *x) {
+    EXPECT_TRUE(torch::equal(tensor, y->at(name))) << name;
+  }
+
+  // SPIN takes one generation per prompt and chat lines.
+  RunSpec bad = spin_spec(stopped.path());
+  bad.self_training.samples_per_prompt = 2;
+  absl::StatusOr<TrainResult> refused = Train(bad, {});
+  ASSERT_TRUE(absl::IsInvalidArgument(refused.status()));
+  EXPECT_NE(refused.status().message().find("self_training.samples_per_prompt"),
+            std::string::npos)
+      << refused.status();
 }
 
 }  // namespace

@@ -24,10 +24,13 @@ absl::StatusOr<TrainResult> Train(const RunSpec& spec,
           using Objective = std::decay_t<decltype(objective)>;
           if constexpr (std::is_same_v<Objective, SftSpec>) {
             if (spec.self_training.iterations > 0) {
-              return RunSelfTraining(spec, objective, hooks);
+              return RunSelfTraining(spec, hooks);
             }
             return RunSft(spec, objective, hooks);
           } else if constexpr (std::is_same_v<Objective, DpoSpec>) {
+            if (spec.self_training.iterations > 0) {
+              return RunSelfTraining(spec, hooks);
+            }
             return RunDpo(spec, objective, hooks);
           } else {
             static_assert(std::is_same_v<Objective, OrpoSpec>);

@@ -127,6 +127,7 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, DpoSpec
   f("rpo_alpha", s.rpo_alpha);
   f("max_prompt_len", s.max_prompt_len);
   f("loss_chunk_tokens", s.loss_chunk_tokens);
+  f("reference", s.reference);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, OrpoSpec> {
@@ -181,6 +182,7 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, SelfTra
   f("dedupe", s.dedupe);
   f("include_gold", s.include_gold);
   f("init", s.init);
+  f("accumulate_previous", s.accumulate_previous);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, OutputSpec> {
@@ -753,6 +755,11 @@ absl::Status Validate(const ObjectiveSpec& s) {
     RETURN_IF_ERROR(NonNegative("objective", "rpo_alpha", dpo->rpo_alpha));
     RETURN_IF_ERROR(Positive("objective", "max_prompt_len",
                              dpo->max_prompt_len));
+    if (dpo->reference != "auto" && dpo->reference != "precomputed") {
+      return Invalid("objective.reference",
+                     absl::StrCat("is \"", dpo->reference,
+                                  "\"; known: auto, precomputed"));
+    }
     return Positive("objective", "loss_chunk_tokens", dpo->loss_chunk_tokens);
   }
   if (const auto* orpo = std::get_if<OrpoSpec>(&s)) {
@@ -800,6 +807,7 @@ void AddResumeKeys(const ObjectiveSpec& s, Json* keys) {
     (*keys)["dpo.label_smoothing"] = dpo->label_smoothing;
     (*keys)["dpo.rpo_alpha"] = dpo->rpo_alpha;
     (*keys)["dpo.max_prompt_len"] = dpo->max_prompt_len;
+    if (dpo->reference != "auto") (*keys)["dpo.reference"] = dpo->reference;
   }
   if (const auto* orpo = std::get_if<OrpoSpec>(&s)) {
     (*keys)["orpo.lambda"] = orpo->lambda;
@@ -1078,9 +1086,20 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
                    "adapter.target_modules)");
   }
   if (spec.self_training.iterations > 0) {
-    if (ObjectiveType(spec.objective) != "sft") {
+    const std::string type = ObjectiveType(spec.objective);
+    if (type != "sft" && type != "dpo") {
       return Invalid("self_training.iterations",
-                     "is for objective sft (rejection-sampling fine-tuning)");
+                     "is for objective sft (rejection-sampling fine-tuning) "
+                     "and dpo (SPIN)");
+    }
+    if (type == "dpo" && spec.self_training.samples_per_prompt != 1) {
+      return Invalid("self_training.samples_per_prompt",
+                     "must be 1 for SPIN (one generated reply per prompt)");
+    }
+    if (type == "dpo" && !spec.data.validation_file.empty()) {
+      return Invalid("data.validation_file",
+                     "cannot be combined with SPIN yet (its pairs are "
+                     "generated from the training file)");
     }
     if (std::holds_alternative<PromptTuningSpec>(spec.adapter)) {
       return Invalid("adapter.type",

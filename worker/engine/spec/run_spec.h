@@ -221,6 +221,11 @@ struct DpoSpec {
   // cut to data.max_seq_len, keeping its start.
   int max_prompt_len = 256;      // 512
   int loss_chunk_tokens = 1024;  // as SftSpec's
+  // The reference: "auto" (a LoRA policy's base with the adapter off; full
+  // fine-tuning's log-probabilities before the first step) or
+  // "precomputed" (the model's log-probabilities before the first step for
+  // LoRA too: SPIN's opponent, the model an iteration starts from).
+  std::string reference = "auto";
 };
 
 // "objective" {"type": "orpo", ...}: ORPO (METHODS.md §1.8): the NLL of the
@@ -289,13 +294,17 @@ struct EvaluationSpec {
   double intruder_epsilon = 0.5;
 };
 
-// "self_training": rejection-sampling fine-tuning in iterations (RFT,
-// METHODS.md §7.2; the iterated form is ReST-EM's). Each iteration samples
+// "self_training": training on the model's own generations, in iterations
+// (recipes/rft.h). With objective sft, rejection-sampling fine-tuning (RFT,
+// METHODS.md §7.2; iterated as ReST-EM): each iteration samples
 // samples_per_prompt completions per training example's prompt (every
 // message before its last, an assistant reply: the gold one) with the
 // current model, keeps those whose extracted answer equals the gold
 // reply's (data/rft.h), deduplicates them, and trains SFT on the gold
-// replies plus the kept ones. Objective sft only, LoRA or full.
+// replies plus the kept ones. With objective dpo, SPIN (METHODS.md §7.1):
+// one generation per prompt is the rejected reply, the gold one the
+// chosen, and DPO trains against the model the iteration started from
+// (samples_per_prompt 1; the answer settings unused). LoRA or full.
 struct SelfTrainingSpec {
   int iterations = 0;          // 2; 0 = off, at most 16
   int samples_per_prompt = 4;  // 100 (the paper's k); 1..256
@@ -311,6 +320,9 @@ struct SelfTrainingSpec {
   // sampled with) or "base" (the job's model again: the paper's and
   // ReST-EM's; the sampler is still the newest model).
   std::string init = "current";
+  // SPIN: an iteration after the first also trains on the previous
+  // iteration's pairs (the paper's SPIN_iter0 + SPIN_iter1).
+  bool accumulate_previous = true;
 };
 
 // "output": where the result goes.

@@ -69,7 +69,8 @@ SelfTrainingSpec EverySelfTrainingFieldSet() {
           .answer_pattern = "answer: (\\d+)",
           .dedupe = "exact",
           .include_gold = false,
-          .init = "base"};
+          .init = "base",
+          .accumulate_previous = false};
 }
 
 // Every field of the trainable section away from its default (not a valid
@@ -111,7 +112,8 @@ TEST(RunSpecTest, EverySectionRoundTripsThroughJson) {
                     .label_smoothing = 0.2,
                     .rpo_alpha = 1.5,
                     .max_prompt_len = 40,
-                    .loss_chunk_tokens = 64};
+                    .loss_chunk_tokens = 64,
+                    .reference = "precomputed"};
   const OrpoSpec orpo{.lambda = 0.5, .max_prompt_len = 30,
                       .loss_chunk_tokens = 32};
   ExpectRoundTrip(ObjectiveSpec(dpo));
