@@ -866,16 +866,26 @@ TEST(JobRequestTest, PromptTuningResolvesItsAdapterAndRefusesLoraSettings) {
                                "adapter: PROMPT_TUNING comes with method.type"));
 }
 
-TEST(JobRequestTest, RftJobsAreCheckedAndResolved) {
+// A 40-line chat upload and a tiny model, for the self-training jobs.
+v1::File ChatFile() {
   v1::File f;
   f.set_id("file-t");
   f.set_line_count(40);
   f.set_format("chat");
+  return f;
+}
+v1::Model TinyModel() {
   v1::Model model;
   model.set_parameter_count(1'000'000);
   model.set_hidden_size(64);
   model.set_num_layers(2);
   model.set_vocab_size(1000);
+  return model;
+}
+
+TEST(JobRequestTest, RftJobsAreCheckedAndResolved) {
+  const v1::File f = ChatFile();
+  const v1::Model model = TinyModel();
   v1::CreateJobRequest r = Valid();
   r.mutable_method()->set_type("rft");
   r.mutable_method()->mutable_rft()->set_iterations(2);
@@ -950,15 +960,8 @@ TEST(JobRequestTest, RftJobsAreCheckedAndResolved) {
 }
 
 TEST(JobRequestTest, SpinJobsTakeDpoSettingsAndChatData) {
-  v1::File f;
-  f.set_id("file-t");
-  f.set_line_count(40);
-  f.set_format("chat");
-  v1::Model model;
-  model.set_parameter_count(1'000'000);
-  model.set_hidden_size(64);
-  model.set_num_layers(2);
-  model.set_vocab_size(1000);
+  const v1::File f = ChatFile();
+  const v1::Model model = TinyModel();
   v1::CreateJobRequest r = Valid();
   r.mutable_method()->set_type("spin");
   r.mutable_method()->mutable_spin()->mutable_hyperparameters()->set_beta(0.2);

@@ -419,9 +419,10 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
           }
         }
         const RftLine& line = lines[j];
-        if (spin) {
-          // One generation, left-stripped (SPIN's generate.py).
-          generate.seed = RftSampleSeed(spec.seed, i, static_cast<int64_t>(j), 0);
+        // Sample s of this line, decoded without its stop token.
+        auto sample = [&](int s) -> absl::StatusOr<std::string> {
+          generate.seed =
+              RftSampleSeed(spec.seed, i, static_cast<int64_t>(j), s);
           ASSIGN_OR_RETURN(std::vector<int32_t> ids,
                            Generate(model, line.prompt_ids, generate));
           if (!ids.empty() &&
@@ -429,7 +430,11 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
                         ids.back()) != generate.stop_ids.end()) {
             ids.pop_back();
           }
-          ASSIGN_OR_RETURN(std::string text, setup.tokenizer->Decode(ids));
+          return setup.tokenizer->Decode(ids);
+        };
+        if (spin) {
+          // One generation, left-stripped (SPIN's generate.py).
+          ASSIGN_OR_RETURN(std::string text, sample(0));
           text = std::string(absl::StripLeadingAsciiWhitespace(text));
           ++report.samples;
           if (text == GoldReply(line.record)) ++report.correct;
@@ -442,20 +447,12 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
         }
         std::vector<std::string> samples;
         for (int s = 0; s < st.samples_per_prompt; ++s) {
-          generate.seed = RftSampleSeed(spec.seed, i, static_cast<int64_t>(j), s);
-          ASSIGN_OR_RETURN(std::vector<int32_t> ids,
-                           Generate(model, line.prompt_ids, generate));
-          if (!ids.empty() &&
-              std::find(generate.stop_ids.begin(), generate.stop_ids.end(),
-                        ids.back()) != generate.stop_ids.end()) {
-            ids.pop_back();
-          }
-          ASSIGN_OR_RETURN(std::string text, setup.tokenizer->Decode(ids));
+          ASSIGN_OR_RETURN(std::string text, sample(s));
           samples.push_back(std::move(text));
         }
         report.samples += st.samples_per_prompt;
-        for (const std::string& sample : samples) {
-          std::optional<std::string> answer = ExtractAnswer(extractor, sample);
+        for (const std::string& text : samples) {
+          std::optional<std::string> answer = ExtractAnswer(extractor, text);
           if (answer && SameAnswer(extractor, *answer, line.gold_answer)) {
             ++report.correct;
           }
@@ -463,9 +460,9 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
         // Empty replies are not training examples (the data check refuses
         // an empty assistant message).
         std::vector<std::string> nonempty;
-        for (std::string& sample : samples) {
-          if (!absl::StripAsciiWhitespace(sample).empty()) {
-            nonempty.push_back(std::move(sample));
+        for (std::string& text : samples) {
+          if (!absl::StripAsciiWhitespace(text).empty()) {
+            nonempty.push_back(std::move(text));
           }
         }
         const std::vector<std::string> kept = SelectRftPaths(

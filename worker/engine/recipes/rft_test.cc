@@ -128,6 +128,36 @@ class RftTest : public ::testing::Test {
     return spec;
   }
 
+  // A run's steps, checkpoints, iteration reports and outcome; it asks for
+  // kCheckpointAndStop once step `stop_after` (> 0) has run.
+  struct Out {
+    std::vector<StepMetrics> steps;
+    std::vector<CheckpointInfo> checkpoints;
+    std::vector<IterationReport> reports;
+    absl::StatusOr<TrainResult> result;
+  };
+  static Out TrainRun(const RunSpec& spec, int64_t stop_after) {
+    Out out;
+    int64_t done = 0;
+    out.result = Train(
+        spec, {.on_step =
+                   [&](const StepMetrics& m) {
+                     out.steps.push_back(m);
+                     done = m.step;
+                   },
+               .should_stop =
+                   [&] {
+                     return stop_after > 0 && done >= stop_after
+                                ? StopRequest::kCheckpointAndStop
+                                : StopRequest::kNone;
+                   },
+               .on_checkpoint =
+                   [&](const CheckpointInfo& c) { out.checkpoints.push_back(c); },
+               .on_iteration =
+                   [&](const IterationReport& r) { out.reports.push_back(r); }});
+    return out;
+  }
+
   static const std::vector<std::pair<int, int>>& Sums() {
     static const auto* sums =
         new std::vector<std::pair<int, int>>{{2, 3}, {4, 4}, {1, 7}, {6, 2}};
@@ -249,31 +279,19 @@ TEST_F(RftTest, TheFirstSetIsTheGoldPlusTheReplayedSamplesWhoseNumberMatches) {
 TEST_F(RftTest, TwoIterationsCountStepsOnAndResumeToTheSameAdapter) {
   testing::TempDir data, whole, stopped, boundary;
   const std::string train = TrainingFile(data.path());
+  // TrainRun, appending what it saw.
   auto run = [&](const RunSpec& spec, int64_t stop_after,
                  std::vector<StepMetrics>* steps,
                  std::vector<CheckpointInfo>* checkpoints,
                  std::vector<IterationReport>* reports) {
-    int64_t done = 0;
-    return Train(spec,
-                 {.on_step =
-                      [&](const StepMetrics& m) {
-                        steps->push_back(m);
-                        done = m.step;
-                      },
-                  .should_stop =
-                      [&] {
-                        return stop_after > 0 && done >= stop_after
-                                   ? StopRequest::kCheckpointAndStop
-                                   : StopRequest::kNone;
-                      },
-                  .on_checkpoint =
-                      [&](const CheckpointInfo& c) {
-                        checkpoints->push_back(c);
-                      },
-                  .on_iteration =
-                      [&](const IterationReport& r) {
-                        if (reports) reports->push_back(r);
-                      }});
+    Out out = TrainRun(spec, stop_after);
+    steps->insert(steps->end(), out.steps.begin(), out.steps.end());
+    checkpoints->insert(checkpoints->end(), out.checkpoints.begin(),
+                        out.checkpoints.end());
+    if (reports) {
+      reports->insert(reports->end(), out.reports.begin(), out.reports.end());
+    }
+    return out.result;
   };
   std::vector<StepMetrics> steps;
   std::vector<CheckpointInfo> checkpoints;
@@ -408,31 +426,7 @@ TEST_F(RftTest, SpinStartsEachIterationAtLn2AndRejectsTheGreedyGeneration) {
     spec.schedule.n_epochs = 3;
     return spec;
   };
-  struct Out {
-    std::vector<StepMetrics> steps;
-    std::vector<CheckpointInfo> checkpoints;
-    absl::StatusOr<TrainResult> result;
-  };
-  auto run = [&](const RunSpec& spec, int64_t stop_after) {
-    Out out;
-    int64_t done = 0;
-    out.result = Train(
-        spec, {.on_step =
-                   [&](const StepMetrics& m) {
-                     out.steps.push_back(m);
-                     done = m.step;
-                   },
-               .should_stop =
-                   [&] {
-                     return stop_after > 0 && done >= stop_after
-                                ? StopRequest::kCheckpointAndStop
-                                : StopRequest::kNone;
-                   },
-               .on_checkpoint =
-                   [&](const CheckpointInfo& c) { out.checkpoints.push_back(c); }});
-    return out;
-  };
-  Out w = run(spin_spec(whole.path()), 0);
+  Out w = TrainRun(spin_spec(whole.path()), 0);
   ASSERT_TRUE(w.result.ok()) << w.result.status();
   ASSERT_EQ(w.result->iterations.size(), 2u);
   const IterationReport& one = w.result->iterations[0];
@@ -492,10 +486,10 @@ TEST_F(RftTest, SpinStartsEachIterationAtLn2AndRejectsTheGreedyGeneration) {
 
   // Stopped in iteration 2, resumed: the same adapter.
   RunSpec stop_spec = spin_spec(stopped.path());
-  Out s = run(stop_spec, one.last_step + 1);
+  Out s = TrainRun(stop_spec, one.last_step + 1);
   ASSERT_TRUE(absl::IsAborted(s.result.status())) << s.result.status();
   stop_spec.checkpoint.resume_from = s.checkpoints.back().dir;
-  Out resumed = run(stop_spec, 0);
+  Out resumed = TrainRun(stop_spec, 0);
   ASSERT_TRUE(resumed.result.ok()) << resumed.result.status();
   const std::string adapter = "/adapter/adapter_model.safetensors";
   absl::StatusOr<TensorMap> x = LoadSafetensors(whole.path() + adapter);
