@@ -3,6 +3,7 @@
 // follow its events, download the adapter and check it.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -895,6 +896,71 @@ TEST(EndToEndTest, TwoIterationRejectionSamplingJobThroughTheCli) {
   refused = c.client().CreateJob(bad);
   EXPECT_NE(refused.status().message().find("method.rft.iterations"), std::string::npos)
       << refused.status();
+}
+
+// SPIN (METHODS.md §7.1) through the CLI, lathed and a worker: two
+// iterations of DPO of the real replies over the model's own, each
+// starting at ln 2, their pairs in the checkpoints, the adapter downloaded.
+TEST(EndToEndTest, SpinJobThroughTheCli) {
+  auto cluster = Cluster::Start(TestRoot("e2e-spin"), 1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  auto file = c.client().UploadFile(c.demo_dir() + "/valid.jsonl", "fine-tune", nullptr);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::string out;
+  ASSERT_EQ(Cli(c, {"jobs", "create", "--model", "lathe-demo", "--training-file", file->id(),
+                    "--method", "spin", "--iterations", "2", "--max-new-tokens", "8",
+                    "--beta", "0.2", "--n-epochs", "1", "--batch-size", "4", "-o", "json"},
+                &out),
+            0)
+      << out;
+  const std::string id = nlohmann::json::parse(out.substr(out.find('{')))["id"];
+  ASSERT_EQ(Cli(c, {"jobs", "get", id}, &out), 0) << out;
+  EXPECT_NE(out.find("spin:             iterations=2 temperature=0 top_p=1 max_new_tokens=8 "
+                     "accumulate_previous=true"),
+            std::string::npos)
+      << out;
+  std::vector<std::string> messages;
+  std::map<int64_t, double> loss;  // by step
+  auto st = c.client().WatchJob(
+      id, "",
+      [&](const v1::WatchJobResponse& u) {
+        if (u.event().type() == "message") messages.push_back(u.event().message());
+        if (u.event().type() == "metrics") {
+          loss[u.event().metrics().step()] = u.event().metrics().train_loss();
+        }
+      },
+      absl::Now() + absl::Minutes(5));
+  ASSERT_TRUE(st.ok()) << st << c.Logs();
+  auto done = c.client().GetJob(id);
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED) << done->error().message() << c.Logs();
+  const std::string all = absl::StrJoin(messages, "\n");
+  EXPECT_NE(all.find("Iteration 2/2: 16 replies generated"), std::string::npos) << all;
+  ASSERT_EQ(done->report().iterations_size(), 2);
+  const v1::IterationSummary& one = done->report().iterations(0);
+  const v1::IterationSummary& two = done->report().iterations(1);
+  // Each iteration starts at its opponent: ln 2.
+  for (int64_t step : {one.first_step() + 1, two.first_step() + 1}) {
+    ASSERT_TRUE(loss.count(step)) << step;
+    EXPECT_NEAR(loss[step], std::log(2.0), 1e-5) << step;
+  }
+  EXPECT_EQ(two.rft_examples(), two.kept() + one.kept());
+  const std::string second = c.root() + "/iteration-2";
+  ASSERT_TRUE(c.client().DownloadCheckpoint(id, two.last_step(), second, nullptr).ok());
+  size_t pairs = 0;
+  {
+    std::ifstream in(second + "/iteration_train.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty()) continue;
+      const auto pair = nlohmann::json::parse(line);
+      EXPECT_TRUE(pair.contains("preferred_output") && pair.contains("non_preferred_output"));
+      ++pairs;
+    }
+  }
+  EXPECT_EQ(static_cast<int64_t>(pairs), two.rft_examples());
+  ASSERT_TRUE(c.client().DownloadAdapter(id, c.root() + "/spin-adapter", nullptr).ok());
+  EXPECT_TRUE(fs::exists(c.root() + "/spin-adapter/adapter_model.safetensors"));
 }
 
 }  // namespace
