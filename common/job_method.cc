@@ -12,6 +12,10 @@ bool IsPreferenceMethod(const std::string& type) {
   return type == "dpo" || type == "orpo";
 }
 
+bool TrainsOnPairs(const std::string& type) {
+  return IsPreferenceMethod(type) || type == "spin";
+}
+
 const v1::Hyperparameters& MethodHyperparameters(const v1::Method& method) {
   const std::string type = MethodType(method);
   if (type == "dpo") return method.dpo().hyperparameters();

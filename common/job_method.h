@@ -23,6 +23,9 @@ std::string MethodType(const v1::Method& method);
 
 // Whether the method trains on preference data (dpo, orpo).
 bool IsPreferenceMethod(const std::string& type);
+// Whether the method's steps run preference pairs (both rows of each):
+// the preference methods, and SPIN on the pairs it generates.
+bool TrainsOnPairs(const std::string& type);
 
 // The hyperparameters of the method named by method.type; those of
 // supervised for an unknown type.

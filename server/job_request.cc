@@ -360,27 +360,18 @@ absl::Status CheckPreferenceHyperparameters(const std::string& type,
   return absl::OkStatus();
 }
 
-// Rejection-sampling fine-tuning's settings (RftMethod): the engine's
-// ranges (spec/run_spec.cc SelfTrainingSpec), checked before anything is
-// stored.
-absl::Status CheckRft(const v1::CreateJobRequest& r) {
-  if (MethodType(r.method()) != "rft") return absl::OkStatus();
-  const v1::RftMethod& m = r.method().rft();
-  const std::string at = "method.rft.";
-  struct IntRange {
-    const char* field;
-    bool set;
-    int64_t value, min, max;
-  };
-  for (const IntRange& f : {
-           IntRange{"iterations", m.has_iterations(), m.iterations(), 1, 16},
-           IntRange{"samples_per_prompt", m.has_samples_per_prompt(), m.samples_per_prompt(), 1,
-                    256},
-           IntRange{"max_new_tokens", m.has_max_new_tokens(), m.max_new_tokens(), 1, 4096},
-       }) {
-    if (f.set && (f.value < f.min || f.value > f.max)) {
-      return Bad(at + f.field, absl::StrCat(f.value, " is out of range ", f.min, "..", f.max));
-    }
+// What RftMethod and SpinMethod share: the iterations and the generation
+// settings, in the engine's ranges (spec/run_spec.cc SelfTrainingSpec), and
+// no forgetting report yet.
+template <typename M>
+absl::Status CheckSelfTraining(const v1::CreateJobRequest& r, const M& m,
+                               const std::string& type) {
+  const std::string at = absl::StrCat("method.", type, ".");
+  if (m.has_iterations() && (m.iterations() < 1 || m.iterations() > 16)) {
+    return Bad(at + "iterations", absl::StrCat(m.iterations(), " is out of range 1..16"));
+  }
+  if (m.has_max_new_tokens() && (m.max_new_tokens() < 1 || m.max_new_tokens() > 4096)) {
+    return Bad(at + "max_new_tokens", absl::StrCat(m.max_new_tokens(), " is out of range 1..4096"));
   }
   if (m.has_temperature() &&
       !(Finite(m.temperature()) && m.temperature() >= 0 && m.temperature() <= 100)) {
@@ -389,6 +380,24 @@ absl::Status CheckRft(const v1::CreateJobRequest& r) {
   if (m.has_top_p() && !(Finite(m.top_p()) && m.top_p() > 0 && m.top_p() <= 1)) {
     return Bad(at + "top_p", "must be in (0, 1]");
   }
+  if (!r.reports().general_file().empty()) {
+    return Bad("reports.general_file",
+               absl::StrCat("cannot be combined with method.type \"", type, "\" yet"));
+  }
+  return absl::OkStatus();
+}
+
+// Rejection-sampling fine-tuning's settings (RftMethod), checked before
+// anything is stored.
+absl::Status CheckRft(const v1::CreateJobRequest& r) {
+  if (MethodType(r.method()) != "rft") return absl::OkStatus();
+  const v1::RftMethod& m = r.method().rft();
+  const std::string at = "method.rft.";
+  if (m.has_samples_per_prompt() && (m.samples_per_prompt() < 1 || m.samples_per_prompt() > 256)) {
+    return Bad(at + "samples_per_prompt",
+               absl::StrCat(m.samples_per_prompt(), " is out of range 1..256"));
+  }
+  RETURN_IF_ERROR(CheckSelfTraining(r, m, "rft"));
   const std::string& extractor = m.answer_extractor();
   if (!extractor.empty() && extractor != "gsm8k" && extractor != "last_number" &&
       extractor != "regex" && extractor != "exact") {
@@ -416,35 +425,15 @@ absl::Status CheckRft(const v1::CreateJobRequest& r) {
     return Bad(at + "init",
                absl::StrCat("\"", Echo(m.init()), "\" is not one of current, base"));
   }
-  if (!r.reports().general_file().empty()) {
-    return Bad("reports.general_file", "cannot be combined with method.type \"rft\" yet");
-  }
   return absl::OkStatus();
 }
 
 // SPIN's settings (SpinMethod), as CheckRft.
 absl::Status CheckSpin(const v1::CreateJobRequest& r) {
   if (MethodType(r.method()) != "spin") return absl::OkStatus();
-  const v1::SpinMethod& m = r.method().spin();
-  const std::string at = "method.spin.";
-  if (m.has_iterations() && (m.iterations() < 1 || m.iterations() > 16)) {
-    return Bad(at + "iterations", absl::StrCat(m.iterations(), " is out of range 1..16"));
-  }
-  if (m.has_max_new_tokens() && (m.max_new_tokens() < 1 || m.max_new_tokens() > 4096)) {
-    return Bad(at + "max_new_tokens", absl::StrCat(m.max_new_tokens(), " is out of range 1..4096"));
-  }
-  if (m.has_temperature() &&
-      !(Finite(m.temperature()) && m.temperature() >= 0 && m.temperature() <= 100)) {
-    return Bad(at + "temperature", "must be in [0, 100]");
-  }
-  if (m.has_top_p() && !(Finite(m.top_p()) && m.top_p() > 0 && m.top_p() <= 1)) {
-    return Bad(at + "top_p", "must be in (0, 1]");
-  }
+  RETURN_IF_ERROR(CheckSelfTraining(r, r.method().spin(), "spin"));
   if (!r.validation_file().empty()) {
     return Bad("validation_file", "cannot be combined with method.type \"spin\" yet");
-  }
-  if (!r.reports().general_file().empty()) {
-    return Bad("reports.general_file", "cannot be combined with method.type \"spin\" yet");
   }
   return absl::OkStatus();
 }
@@ -894,7 +883,7 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
     if (stage.name().empty()) stage.set_name(absl::StrCat("stage-", i + 1));
     if (!stage.has_n_epochs()) stage.set_n_epochs(hp->n_epochs());
   }
-  if (IsPreferenceMethod(type) || type == "spin") {
+  if (TrainsOnPairs(type)) {
     if (!hp->has_beta()) hp->set_beta(0.1);  // TRL's, Together's and SPIN's
     if (!hp->has_max_prompt_len()) {
       hp->set_max_prompt_len(std::min(512, hp->max_seq_len() / 2));
@@ -1073,8 +1062,7 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   FillJobDefaults(job, defaults);
   scheduler::TrainShape train;
   // A preference step runs both rows of each pair.
-  train.batch_size = hp->batch_size() *
-                     (IsPreferenceMethod(method->type()) || method->type() == "spin" ? 2 : 1);
+  train.batch_size = hp->batch_size() * (TrainsOnPairs(method->type()) ? 2 : 1);
   train.sequence_length = hp->max_seq_len();
   if (job.adapter() == v1::ADAPTER_TYPE_LORA) {
     train.method = scheduler::TrainMethod::kLora;

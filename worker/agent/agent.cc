@@ -812,7 +812,7 @@ void Agent::RunAttempt(Attempt* attempt) {
                  "after deduplication; training on %d examples (%.1f s "
                  "sampling)",
                  r.iteration, r.iterations, r.correct, r.samples,
-                 100 * r.accepted_fraction, r.kept, r.rft_examples,
+                 100 * r.accepted_fraction(), r.kept, r.rft_examples,
                  r.seconds_sampling)));
       } else {
         Emit(attempt,

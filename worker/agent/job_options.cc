@@ -520,7 +520,7 @@ v1::JobReport ReportForResult(const engine::RunSpec& spec,
     wire.set_correct(r.correct);
     wire.set_kept(r.kept);
     wire.set_rft_examples(r.rft_examples);
-    wire.set_accepted_fraction(r.accepted_fraction);
+    wire.set_accepted_fraction(r.accepted_fraction());
     wire.set_first_step(r.first_step);
     wire.set_last_step(r.last_step);
     wire.set_first_loss(r.first_loss);

@@ -418,7 +418,8 @@ absl::Status GenerateCommand(const std::map<std::string, std::string>& flags) {
   ASSIGN_OR_RETURN(TextSetup setup, LoadText(flags, !chat.empty()));
   const Tokenizer& tokenizer = *setup.tokenizer;
   std::string prompt = Flag(flags, "--prompt");
-  options.stop_ids.push_back(tokenizer.eos_id());
+  options.stop_ids = ReplyStopIds(
+      tokenizer, chat.empty() ? nullptr : &*setup.chat_template);
   if (!chat.empty()) {
     // The first conversation, up to its last user turn.
     ASSIGN_OR_RETURN(std::vector<Conversation> conversations,
@@ -428,9 +429,6 @@ absl::Status GenerateCommand(const std::map<std::string, std::string>& flags) {
       messages.pop_back();
     }
     prompt = setup.chat_template->RenderPrompt(messages);
-    const int32_t end_of_turn =
-        tokenizer.TokenToId(setup.chat_template->EndOfTurn());
-    if (end_of_turn >= 0) options.stop_ids.push_back(end_of_turn);
   }
   ASSIGN_OR_RETURN(Encoding encoding, tokenizer.Encode(prompt));
   ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LoadModel(flags));

@@ -111,6 +111,18 @@ absl::StatusOr<TokenizedChat> TokenizeChat(
   return out;
 }
 
+std::vector<int32_t> ReplyStopIds(const Tokenizer& tokenizer,
+                                  const ChatTemplate* chat_template) {
+  std::vector<int32_t> ids = {tokenizer.eos_id()};
+  if (chat_template != nullptr) {
+    const int32_t end_of_turn = tokenizer.TokenToId(chat_template->EndOfTurn());
+    if (end_of_turn >= 0 && end_of_turn != tokenizer.eos_id()) {
+      ids.push_back(end_of_turn);
+    }
+  }
+  return ids;
+}
+
 absl::StatusOr<Example> TokenizeRecord(const Tokenizer& tokenizer,
                                        const ChatTemplate* chat_template,
                                        const DataRecord& record) {

@@ -36,6 +36,12 @@ namespace lathe::engine {
 absl::StatusOr<ChatTemplate> ChatTemplateFor(const Tokenizer& tokenizer,
                                              const std::string& name);
 
+// The tokens that end a generated reply: EOS, and the template's end of
+// turn (Llama 3's <|eot_id|>, ChatML's <|im_end|>) when `chat_template` is
+// given and that is another token.
+std::vector<int32_t> ReplyStopIds(const Tokenizer& tokenizer,
+                                  const ChatTemplate* chat_template);
+
 // One line of a data file.
 struct DataRecord {
   DataFormat format = DataFormat::kChat;

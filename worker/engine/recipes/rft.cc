@@ -174,7 +174,6 @@ Json ReportJson(const IterationReport& r) {
             {"correct", r.correct},
             {"kept", r.kept},
             {"rft_examples", r.rft_examples},
-            {"accepted_fraction", r.accepted_fraction},
             {"seconds_sampling", r.seconds_sampling},
             {"trained", r.trained},
             {"first_step", r.first_step},
@@ -196,7 +195,6 @@ absl::StatusOr<IterationReport> ReportFromJson(const Json& j) {
     r.correct = j.at("correct").get<int64_t>();
     r.kept = j.at("kept").get<int64_t>();
     r.rft_examples = j.at("rft_examples").get<int64_t>();
-    r.accepted_fraction = j.at("accepted_fraction").get<double>();
     r.seconds_sampling = j.at("seconds_sampling").get<double>();
     r.trained = j.at("trained").get<bool>();
     r.first_step = j.at("first_step").get<int64_t>();
@@ -320,14 +318,9 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
   GenerateOptions generate{.max_new_tokens = st.max_new_tokens,
                            .temperature = st.temperature,
                            .top_p = st.top_p};
-  generate.stop_ids.push_back(setup.tokenizer->eos_id());
-  if (setup.chat_template.ok()) {
-    const int32_t end_of_turn =
-        setup.tokenizer->TokenToId(setup.chat_template->EndOfTurn());
-    if (end_of_turn >= 0 && end_of_turn != setup.tokenizer->eos_id()) {
-      generate.stop_ids.push_back(end_of_turn);
-    }
-  }
+  generate.stop_ids = ReplyStopIds(
+      *setup.tokenizer,
+      setup.chat_template.ok() ? &*setup.chat_template : nullptr);
 
   // Where the run stands: fresh, or a checkpoint's iteration.
   int first_iteration = 1;
@@ -498,10 +491,6 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
           return absl::InternalError(absl::StrCat("writing ", data_file));
         }
       }
-      report.accepted_fraction =
-          report.samples > 0
-              ? static_cast<double>(report.correct) / report.samples
-              : 0.0;
       report.seconds_sampling = std::chrono::duration<double>(
                                     std::chrono::steady_clock::now() - start)
                                     .count();
@@ -517,7 +506,7 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
             "iteration {}/{}: {} of {} samples correct ({:.1f}%), {} kept; "
             "RFT set of {} examples ({:.1f} s sampling)",
             i, st.iterations, report.correct, report.samples,
-            100 * report.accepted_fraction, report.kept, report.rft_examples,
+            100 * report.accepted_fraction(), report.kept, report.rft_examples,
             report.seconds_sampling);
       }
       if (spin && report.rft_examples == 0) {

@@ -260,7 +260,7 @@ TEST_F(RftTest, TheFirstSetIsTheGoldPlusTheReplayedSamplesWhoseNumberMatches) {
   EXPECT_EQ(reports[0].correct, correct);
   EXPECT_EQ(reports[0].kept, correct);
   EXPECT_EQ(reports[0].rft_examples, static_cast<int64_t>(expected.size()));
-  EXPECT_DOUBLE_EQ(reports[0].accepted_fraction,
+  EXPECT_DOUBLE_EQ(reports[0].accepted_fraction(),
                    static_cast<double>(correct) / (4 * k));
   EXPECT_TRUE(reports[1].trained);
   // ceil(|set| / batch 2) steps of one epoch.
@@ -357,6 +357,43 @@ TEST_F(RftTest, TwoIterationsCountStepsOnAndResumeToTheSameAdapter) {
     EXPECT_TRUE(torch::equal(tensor, b->at(name))) << name;
     EXPECT_TRUE(torch::equal(tensor, c->at(name))) << name;
   }
+}
+
+// init "base": iteration 2 samples with iteration 1's model but trains
+// from the job's model, so its adapter is that of a plain SFT run from the
+// job's model on iteration 2's set (the same seed, so the same LoRA init
+// and data order).
+TEST_F(RftTest, InitBaseTrainsEachIterationFromTheJobsModel) {
+  testing::TempDir data, rft, plain;
+  RunSpec spec = RftSpec(rft.path(), TrainingFile(data.path()), 2);
+  spec.self_training.init = "base";
+  Out out = TrainRun(spec, 0);
+  ASSERT_TRUE(out.result.ok()) << out.result.status();
+  ASSERT_EQ(out.checkpoints.size(), 2u);
+  RunSpec sft = RftSpec(plain.path(),
+                        out.checkpoints[1].dir + "/" + kIterationTrainFile, 1);
+  sft.self_training = {};
+  absl::StatusOr<TrainResult> r = Train(sft, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->steps, out.result->iterations[1].last_step -
+                          out.result->iterations[1].first_step);
+  const std::string adapter = "/adapter/adapter_model.safetensors";
+  absl::StatusOr<TensorMap> a = LoadSafetensors(rft.path() + adapter);
+  absl::StatusOr<TensorMap> b = LoadSafetensors(plain.path() + adapter);
+  ASSERT_TRUE(a.ok() && b.ok());
+  for (const auto& [name, tensor] : *a) {
+    EXPECT_TRUE(torch::allclose(tensor, b->at(name), 1e-6, 1e-7)) << name;
+  }
+  // With init "current" the second adapter differs (it goes on from the
+  // first iteration's).
+  testing::TempDir current;
+  RunSpec on = RftSpec(current.path(), TrainingFile(data.path()), 2);
+  ASSERT_TRUE(TrainRun(on, 0).result.ok());
+  absl::StatusOr<TensorMap> c = LoadSafetensors(current.path() + adapter);
+  ASSERT_TRUE(c.ok());
+  bool differs = false;
+  for (const auto& [name, tensor] : *a) differs |= !torch::allclose(tensor, c->at(name));
+  EXPECT_TRUE(differs);
 }
 
 TEST_F(RftTest, BadDataAndSettingsAreRefusedNamingTheLineOrField) {

@@ -58,12 +58,15 @@ struct IterationReport {
   int iterations = 0;
   int64_t prompts = 0;  // training lines sampled from
   int64_t samples = 0;  // prompts x samples_per_prompt
-  // Samples whose extracted answer equals the gold one (reward 1; the rest
-  // 0): accepted_fraction = correct / samples is also the mean reward.
+  // RFT: samples whose extracted answer equals the gold one (reward 1; the
+  // rest 0). SPIN: generations equal to the real reply.
   int64_t correct = 0;
-  int64_t kept = 0;          // correct samples left after deduplication
-  int64_t rft_examples = 0;  // the RFT set: gold replies + kept samples
-  double accepted_fraction = 0;
+  // RFT: correct samples left after deduplication. SPIN: the pairs made
+  // (non-empty generations).
+  int64_t kept = 0;
+  // The iteration's training set: RFT's gold replies + kept samples;
+  // SPIN's pairs with the previous iteration's.
+  int64_t rft_examples = 0;
   double seconds_sampling = 0;
   // Set once the iteration has trained (the report's second call).
   bool trained = false;
@@ -73,6 +76,11 @@ struct IterationReport {
   double last_loss = 0;
   int64_t trained_tokens = 0;
   std::optional<double> validation_loss;
+
+  // RFT: correct / samples, also the mean reward.
+  double accepted_fraction() const {
+    return samples > 0 ? static_cast<double>(correct) / samples : 0.0;
+  }
 };
 
 struct TrainResult {
