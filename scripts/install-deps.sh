@@ -14,6 +14,8 @@ PACKAGES=(
   libopenblas0-openmp
   # scripts/make-certs.sh (the quick start's and the tests' private CA).
   openssl
+  # The GOT-D test's reference dual potentials (POT 0.8.2, with numpy).
+  python3-pot
   # scripts/fuzz.sh: clang with libFuzzer and the ASan/UBSan runtimes, and
   # llvm-symbolizer for readable reports.
   clang-14 libclang-rt-14-dev llvm-14
