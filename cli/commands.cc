@@ -33,7 +33,13 @@ constexpr char kUsage[] = R"(lathe: drive a Lathe fine-tuning server.
 Usage:
   lathe files upload PATH [--purpose fine-tune]
   lathe files analyze FILE_ID --model MODEL [--validation-file FILE_ID]
-                      [--max-seq-len N] [--select-loss-quantile LO,HI] [--keep-duplicates]
+                      [--max-seq-len N] [--batch-size N] [--keep-duplicates]
+                      [--select loss_quantile|got_d|clear] [--select-loss-quantile LO,HI]
+                      got_d: --target FILE_ID --budget N [--epsilon-fraction F]
+                      clear: [--score confidence|log_likelihood] [--threshold T]
+                             [--drop-fraction Q] [--alpha A] [--samples K]
+                             [--temperature T] [--max-new-tokens N]
+                             [--answer-extractor KIND [--answer-pattern RE]]
                       (a job: per line tokens, truncation, duplicates, overlap, loss;
                        download report.jsonl and selected.jsonl with jobs download)
   lathe files get FILE_ID
@@ -263,9 +269,26 @@ void PrintJob(const v1::Job& j) {
   if (j.method().type() == "analyze") {
     const v1::AnalyzeMethod& a = j.method().analyze();
     std::cout << absl::StrFormat(
-        "analyze:          max_seq_len=%d loss_quantiles=%g..%g keep_duplicates=%s\n",
+        "analyze:          max_seq_len=%d loss_quantiles=%g..%g keep_duplicates=%s "
+        "batch_size=%d selection=%s\n",
         a.max_seq_len(), a.loss_quantile_low(), a.loss_quantile_high(),
-        a.keep_duplicates() ? "true" : "false");
+        a.keep_duplicates() ? "true" : "false", a.batch_size(),
+        EnumSuffix(v1::AnalyzeSelection_Name(a.selection()), "ANALYZE_SELECTION_"));
+    if (a.selection() == v1::ANALYZE_SELECTION_GOT_D) {
+      std::cout << absl::StrFormat("got_d:            target_file=%s budget=%d epsilon_fraction=%g\n",
+                                   a.got_d().target_file(), a.got_d().budget(),
+                                   a.got_d().epsilon_fraction());
+    }
+    if (a.selection() == v1::ANALYZE_SELECTION_CLEAR) {
+      const v1::ClearSelection& c = a.clear();
+      std::cout << absl::StrFormat(
+          "clear:            score=%s alpha=%g samples=%d temperature=%g max_new_tokens=%d "
+          "threshold=%s drop_fraction=%g answer_extractor=%s\n",
+          EnumSuffix(v1::ClearScore_Name(c.score()), "CLEAR_SCORE_"),
+          c.alpha(), c.samples(), c.temperature(), c.max_new_tokens(),
+          c.has_threshold() ? absl::StrCat(c.threshold()) : "none", c.drop_fraction(),
+          c.answer_extractor().empty() ? "token_f1" : c.answer_extractor());
+    }
   }
   if (j.method().type() == "merge") {
     const v1::MergeMethod& m = j.method().merge();
@@ -955,6 +978,60 @@ int FilesCommand(Env& env, const std::string& verb) {
       a.set_loss_quantile_high(hi);
     }
     a.set_keep_duplicates(env.args.Has("keep-duplicates"));
+    // Numbers are set only when given: the server resolves the rest.
+    auto set_int = [&](const char* name, auto set) -> bool {
+      if (!env.args.Has(name)) return true;
+      auto v = IntFlag(env.args, name);
+      if (v.ok()) set(*v);
+      return v.ok();
+    };
+    auto set_double = [&](const char* name, auto set) -> bool {
+      if (!env.args.Has(name)) return true;
+      auto v = DoubleFlag(env.args, name);
+      if (v.ok()) set(*v);
+      return v.ok();
+    };
+    const std::string select = env.args.GetOr("select", "");
+    if (select == "loss_quantile") {
+      a.set_selection(v1::ANALYZE_SELECTION_LOSS_QUANTILE);
+    } else if (select == "got_d") {
+      a.set_selection(v1::ANALYZE_SELECTION_GOT_D);
+      v1::GotDSelection& g = *a.mutable_got_d();
+      g.set_target_file(env.args.GetOr("target", ""));
+      if (!set_int("budget", [&](int64_t v) { g.set_budget(v); }) ||
+          !set_double("epsilon-fraction", [&](double v) { g.set_epsilon_fraction(v); })) {
+        return Usage("--budget and --epsilon-fraction take numbers");
+      }
+    } else if (select == "clear") {
+      a.set_selection(v1::ANALYZE_SELECTION_CLEAR);
+      v1::ClearSelection& c = *a.mutable_clear();
+      const std::string score = env.args.GetOr("score", "");
+      if (score == "confidence") {
+        c.set_score(v1::CLEAR_SCORE_CONFIDENCE);
+      } else if (score == "log_likelihood") {
+        c.set_score(v1::CLEAR_SCORE_LOG_LIKELIHOOD);
+      } else if (!score.empty()) {
+        return Usage("--score: confidence or log_likelihood");
+      }
+      if (!set_double("threshold", [&](double v) { c.set_threshold(v); }) ||
+          !set_double("drop-fraction", [&](double v) { c.set_drop_fraction(v); }) ||
+          !set_double("alpha", [&](double v) { c.set_alpha(v); }) ||
+          !set_int("samples", [&](int64_t v) { c.set_samples(static_cast<int32_t>(v)); }) ||
+          !set_double("temperature", [&](double v) { c.set_temperature(v); }) ||
+          !set_int("max-new-tokens",
+                   [&](int64_t v) { c.set_max_new_tokens(static_cast<int32_t>(v)); })) {
+        return Usage(
+            "--threshold, --drop-fraction, --alpha, --samples, --temperature and "
+            "--max-new-tokens take numbers");
+      }
+      c.set_answer_extractor(env.args.GetOr("answer-extractor", ""));
+      c.set_answer_pattern(env.args.GetOr("answer-pattern", ""));
+    } else if (!select.empty()) {
+      return Usage("--select: loss_quantile, got_d or clear");
+    }
+    if (!set_int("batch-size", [&](int64_t v) { a.set_batch_size(static_cast<int32_t>(v)); })) {
+      return Usage("--batch-size takes a number");
+    }
     auto job = env.client->CreateJob(r);
     if (!job.ok()) return Fail(job.status());
     env.json ? void(std::cout << ToJson(*job) << "\n") : PrintJob(*job);
@@ -1337,7 +1414,9 @@ int Run(const std::vector<std::string>& argv) {
        "masked-thought", "mask-token", "dmt", "dmt-k", "general-file", "general-all-tokens",
        "intruder-top-k", "intruder-epsilon", "base", "inputs", "weights", "lambda", "density",
        "majority-sign", "gamma", "lines-alpha", "lines-beta", "select-loss-quantile",
-       "keep-duplicates", "iterations", "samples-per-prompt", "sample-temperature",
+       "keep-duplicates", "select", "target", "budget", "epsilon-fraction", "score",
+       "threshold", "drop-fraction", "alpha", "samples", "temperature",
+       "iterations", "samples-per-prompt", "sample-temperature",
        "sample-top-p", "max-new-tokens", "answer-extractor", "answer-pattern", "dedupe",
        "no-gold", "rft-init", "no-accumulate"});
   if (!st.ok()) return Usage(std::string(st.message()));

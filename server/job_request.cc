@@ -6,9 +6,11 @@
 #include <optional>
 #include <regex>
 #include <set>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "common/echo.h"
 #include "common/half_ft.h"
 #include "common/ids.h"
@@ -387,6 +389,30 @@ absl::Status CheckSelfTraining(const v1::CreateJobRequest& r, const M& m,
   return absl::OkStatus();
 }
 
+// An answer extractor's kind ("" = the method's default) and pattern, the
+// fields under `at` (RFT's, a CLEAR analysis's).
+absl::Status CheckAnswerExtractor(const std::string& at, const std::string& extractor,
+                                  const std::string& pattern) {
+  if (!extractor.empty() && extractor != "gsm8k" && extractor != "last_number" &&
+      extractor != "regex" && extractor != "exact") {
+    return Bad(at + "answer_extractor",
+               absl::StrCat("\"", Echo(extractor),
+                            "\" is not one of gsm8k, last_number, regex, exact"));
+  }
+  if (extractor == "regex") {
+    if (pattern.empty()) return Bad(at + "answer_pattern", "is required with regex");
+    if (pattern.size() > 1024) return Bad(at + "answer_pattern", "is over 1024 bytes");
+    try {
+      std::regex compiled(pattern, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      return Bad(at + "answer_pattern", absl::StrCat("does not compile: ", e.what()));
+    }
+  } else if (!pattern.empty()) {
+    return Bad(at + "answer_pattern", "is for answer_extractor \"regex\"");
+  }
+  return absl::OkStatus();
+}
+
 // Rejection-sampling fine-tuning's settings (RftMethod), checked before
 // anything is stored.
 absl::Status CheckRft(const v1::CreateJobRequest& r) {
@@ -398,24 +424,7 @@ absl::Status CheckRft(const v1::CreateJobRequest& r) {
                absl::StrCat(m.samples_per_prompt(), " is out of range 1..256"));
   }
   RETURN_IF_ERROR(CheckSelfTraining(r, m, "rft"));
-  const std::string& extractor = m.answer_extractor();
-  if (!extractor.empty() && extractor != "gsm8k" && extractor != "last_number" &&
-      extractor != "regex" && extractor != "exact") {
-    return Bad(at + "answer_extractor",
-               absl::StrCat("\"", Echo(extractor),
-                            "\" is not one of gsm8k, last_number, regex, exact"));
-  }
-  if (extractor == "regex") {
-    if (m.answer_pattern().empty()) return Bad(at + "answer_pattern", "is required with regex");
-    if (m.answer_pattern().size() > 1024) return Bad(at + "answer_pattern", "is over 1024 bytes");
-    try {
-      std::regex compiled(m.answer_pattern(), std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      return Bad(at + "answer_pattern", absl::StrCat("does not compile: ", e.what()));
-    }
-  } else if (!m.answer_pattern().empty()) {
-    return Bad(at + "answer_pattern", "is for answer_extractor \"regex\"");
-  }
+  RETURN_IF_ERROR(CheckAnswerExtractor(at, m.answer_extractor(), m.answer_pattern()));
   if (!m.dedupe().empty() && m.dedupe() != "equations" && m.dedupe() != "exact" &&
       m.dedupe() != "none") {
     return Bad(at + "dedupe",
@@ -585,6 +594,66 @@ absl::Status CheckAnalyzeRequest(const v1::CreateJobRequest& r) {
     return Bad(a.has_loss_quantile_low() ? "method.analyze.loss_quantile_low"
                                          : "method.analyze.loss_quantile_high",
                "need 0 <= loss_quantile_low < loss_quantile_high <= 1");
+  }
+  if (a.has_batch_size() && (a.batch_size() < 1 || a.batch_size() > 256)) {
+    return Bad("method.analyze.batch_size", absl::StrCat(a.batch_size(), " is out of range 1..256"));
+  }
+  if (!v1::AnalyzeSelection_IsValid(a.selection())) {
+    return Bad("method.analyze.selection", "unknown value");
+  }
+  const v1::AnalyzeSelection selection = a.selection() == v1::ANALYZE_SELECTION_UNSPECIFIED
+                                             ? v1::ANALYZE_SELECTION_LOSS_QUANTILE
+                                             : a.selection();
+  auto name = [](v1::AnalyzeSelection s) {
+    return std::string(absl::StripPrefix(v1::AnalyzeSelection_Name(s), "ANALYZE_SELECTION_"));
+  };
+  // Each selection's settings only with it.
+  for (const auto& [field, set, of] :
+       {std::tuple<const char*, bool, v1::AnalyzeSelection>{
+            "method.analyze.loss_quantile_low", a.has_loss_quantile_low(),
+            v1::ANALYZE_SELECTION_LOSS_QUANTILE},
+        {"method.analyze.loss_quantile_high", a.has_loss_quantile_high(),
+         v1::ANALYZE_SELECTION_LOSS_QUANTILE},
+        {"method.analyze.got_d", a.has_got_d(), v1::ANALYZE_SELECTION_GOT_D},
+        {"method.analyze.clear", a.has_clear(), v1::ANALYZE_SELECTION_CLEAR}}) {
+    if (set && selection != of) {
+      return Bad(field, absl::StrCat("is for selection ", name(of), "; this one is ",
+                                     name(selection)));
+    }
+  }
+  auto in = [](const std::string& field, bool has, double v, double lo, bool lo_open,
+               double hi, bool hi_open) {
+    if (!has) return absl::OkStatus();
+    if (!Finite(v) || v < lo || (lo_open && v == lo) || v > hi || (hi_open && v == hi)) {
+      return Bad(field, absl::StrCat(v, " is out of range ", lo_open ? "(" : "[", lo, ", ", hi,
+                                     hi_open ? ")" : "]"));
+    }
+    return absl::OkStatus();
+  };
+  if (selection == v1::ANALYZE_SELECTION_GOT_D) {
+    const v1::GotDSelection& g = a.got_d();
+    const std::string at = "method.analyze.got_d.";
+    RETURN_IF_ERROR(CheckIdField(at + "target_file", g.target_file()));
+    if (!g.has_budget()) return Bad(at + "budget", "is required: the number of lines to keep");
+    if (g.budget() < 1) return Bad(at + "budget", absl::StrCat(g.budget(), " is below 1"));
+    RETURN_IF_ERROR(
+        in(at + "epsilon_fraction", g.has_epsilon_fraction(), g.epsilon_fraction(), 0, true, 10, false));
+  }
+  if (selection == v1::ANALYZE_SELECTION_CLEAR) {
+    const v1::ClearSelection& c = a.clear();
+    const std::string at = "method.analyze.clear.";
+    if (!v1::ClearScore_IsValid(c.score())) return Bad(at + "score", "unknown value");
+    RETURN_IF_ERROR(in(at + "alpha", c.has_alpha(), c.alpha(), 0, false, 1, false));
+    RETURN_IF_ERROR(in(at + "temperature", c.has_temperature(), c.temperature(), 0, false, 100, false));
+    RETURN_IF_ERROR(in(at + "drop_fraction", c.has_drop_fraction(), c.drop_fraction(), 0, false, 1, true));
+    if (c.has_threshold() && !Finite(c.threshold())) return Bad(at + "threshold", "must be finite");
+    if (c.has_samples() && (c.samples() < 1 || c.samples() > 64)) {
+      return Bad(at + "samples", absl::StrCat(c.samples(), " is out of range 1..64"));
+    }
+    if (c.has_max_new_tokens() && (c.max_new_tokens() < 1 || c.max_new_tokens() > 4096)) {
+      return Bad(at + "max_new_tokens", absl::StrCat(c.max_new_tokens(), " is out of range 1..4096"));
+    }
+    RETURN_IF_ERROR(CheckAnswerExtractor(at, c.answer_extractor(), c.answer_pattern()));
   }
   return absl::OkStatus();
 }
@@ -997,10 +1066,31 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
     v1::AnalyzeMethod& a = *job.mutable_method()->mutable_analyze();
     a = r.method().analyze();
     if (!a.has_max_seq_len()) a.set_max_seq_len(kDefaultMaxSeqLen);
+    if (!a.has_batch_size()) a.set_batch_size(8);
+    if (a.selection() == v1::ANALYZE_SELECTION_UNSPECIFIED) {
+      a.set_selection(v1::ANALYZE_SELECTION_LOSS_QUANTILE);
+    }
+    // 0 and 1 select nothing by loss (another selection's).
     if (!a.has_loss_quantile_low()) a.set_loss_quantile_low(0);
     if (!a.has_loss_quantile_high()) a.set_loss_quantile_high(1);
+    if (a.selection() == v1::ANALYZE_SELECTION_GOT_D) {
+      // METHODS.md §8.1: ε 0.05-0.1 of the median cost; its upper end.
+      if (!a.got_d().has_epsilon_fraction()) a.mutable_got_d()->set_epsilon_fraction(0.1);
+    }
+    if (a.selection() == v1::ANALYZE_SELECTION_CLEAR) {
+      // METHODS.md §8.2 (BSDetector's constants, UNVERIFIED there): α 0.7,
+      // k 5 samples at T 1; RFT's 256 new tokens.
+      v1::ClearSelection& c = *a.mutable_clear();
+      if (c.score() == v1::CLEAR_SCORE_UNSPECIFIED) c.set_score(v1::CLEAR_SCORE_CONFIDENCE);
+      if (!c.has_alpha()) c.set_alpha(0.7);
+      if (!c.has_samples()) c.set_samples(5);
+      if (!c.has_temperature()) c.set_temperature(1);
+      if (!c.has_max_new_tokens()) c.set_max_new_tokens(256);
+      if (!c.has_drop_fraction()) c.set_drop_fraction(0);
+    }
     job.set_adapter(v1::ADAPTER_TYPE_FULL);  // nothing trained: no adapter
-    // The model in float32 on the device, scoring one line at a time.
+    // The model in float32 on the device; a batch of lines' activations
+    // is small beside it.
     job.set_memory_bytes(model.parameter_count() * 4);
     return job;
   }

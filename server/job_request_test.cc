@@ -239,6 +239,92 @@ TEST(JobRequestTest, AnalysisJobsAreCheckedAndResolved) {
   EXPECT_EQ(job.memory_bytes(), 4000);
 }
 
+TEST(JobRequestTest, GotDAndClearSelectionsAreCheckedAndResolved) {
+  auto analyze = [](v1::AnalyzeSelection selection) {
+    v1::CreateJobRequest r;
+    r.set_model("lathe-demo");
+    r.set_training_file("file-a");
+    r.mutable_method()->set_type("analyze");
+    r.mutable_method()->mutable_analyze()->set_selection(selection);
+    if (selection == v1::ANALYZE_SELECTION_GOT_D) {
+      r.mutable_method()->mutable_analyze()->mutable_got_d()->set_target_file("file-t");
+      r.mutable_method()->mutable_analyze()->mutable_got_d()->set_budget(10);
+    }
+    return r;
+  };
+  struct Case {
+    v1::AnalyzeSelection selection;
+    std::function<void(v1::AnalyzeMethod&)> mutate;
+    const char* field;
+  };
+  const auto kGotD = v1::ANALYZE_SELECTION_GOT_D, kClear = v1::ANALYZE_SELECTION_CLEAR;
+  const Case cases[] = {
+      {kGotD, [](auto& a) { a.mutable_got_d()->clear_target_file(); },
+       "method.analyze.got_d.target_file"},
+      {kGotD, [](auto& a) { a.mutable_got_d()->clear_budget(); }, "method.analyze.got_d.budget"},
+      {kGotD, [](auto& a) { a.mutable_got_d()->set_budget(0); }, "method.analyze.got_d.budget"},
+      {kGotD, [](auto& a) { a.mutable_got_d()->set_epsilon_fraction(0); },
+       "method.analyze.got_d.epsilon_fraction"},
+      {kGotD, [](auto& a) { a.set_loss_quantile_low(0.1); }, "method.analyze.loss_quantile_low"},
+      {kGotD, [](auto& a) { a.mutable_clear()->set_alpha(0.5); }, "method.analyze.clear"},
+      {kClear, [](auto& a) { a.mutable_got_d()->set_budget(3); }, "method.analyze.got_d"},
+      {kClear, [](auto& a) { a.mutable_clear()->set_alpha(1.5); }, "method.analyze.clear.alpha"},
+      {kClear, [](auto& a) { a.mutable_clear()->set_drop_fraction(1); },
+       "method.analyze.clear.drop_fraction"},
+      {kClear, [](auto& a) { a.mutable_clear()->set_samples(0); }, "method.analyze.clear.samples"},
+      {kClear, [](auto& a) { a.mutable_clear()->set_temperature(-1); },
+       "method.analyze.clear.temperature"},
+      {kClear, [](auto& a) { a.mutable_clear()->set_max_new_tokens(0); },
+       "method.analyze.clear.max_new_tokens"},
+      {kClear, [](auto& a) { a.mutable_clear()->set_threshold(NAN); },
+       "method.analyze.clear.threshold"},
+      {kClear, [](auto& a) { a.mutable_clear()->set_score(static_cast<v1::ClearScore>(9)); },
+       "method.analyze.clear.score"},
+      {kClear, [](auto& a) { a.mutable_clear()->set_answer_extractor("vibes"); },
+       "method.analyze.clear.answer_extractor"},
+      {kClear, [](auto& a) { a.mutable_clear()->set_answer_pattern("x"); },
+       "method.analyze.clear.answer_pattern"},
+      {kClear, [](auto& a) { a.set_batch_size(0); }, "method.analyze.batch_size"},
+      {kClear, [](auto& a) { a.set_selection(static_cast<v1::AnalyzeSelection>(7)); },
+       "method.analyze.selection"},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest r = analyze(c.selection);
+    c.mutate(*r.mutable_method()->mutable_analyze());
+    absl::Status st = CheckJobRequest(r);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.field << ": " << st;
+    EXPECT_NE(st.message().find(c.field), absl::string_view::npos)
+        << st.message() << " should name " << c.field;
+  }
+  v1::Model model;
+  model.set_parameter_count(1000);
+  ASSERT_TRUE(CheckJobRequest(analyze(kGotD)).ok()) << CheckJobRequest(analyze(kGotD));
+  v1::Job job = ResolveJob(analyze(kGotD), v1::File(), model, "p", "ftjob-1", 5, {});
+  const v1::AnalyzeMethod& g = job.method().analyze();
+  EXPECT_EQ(g.selection(), kGotD);
+  EXPECT_EQ(g.got_d().target_file(), "file-t");
+  EXPECT_EQ(g.got_d().budget(), 10);
+  EXPECT_EQ(g.got_d().epsilon_fraction(), 0.1);
+  EXPECT_EQ(g.batch_size(), 8);
+  EXPECT_FALSE(g.has_clear());
+
+  ASSERT_TRUE(CheckJobRequest(analyze(kClear)).ok()) << CheckJobRequest(analyze(kClear));
+  job = ResolveJob(analyze(kClear), v1::File(), model, "p", "ftjob-2", 5, {});
+  const v1::ClearSelection& c = job.method().analyze().clear();
+  EXPECT_EQ(c.score(), v1::CLEAR_SCORE_CONFIDENCE);
+  EXPECT_EQ(c.alpha(), 0.7);
+  EXPECT_EQ(c.samples(), 5);
+  EXPECT_EQ(c.temperature(), 1);
+  EXPECT_EQ(c.max_new_tokens(), 256);
+  EXPECT_EQ(c.drop_fraction(), 0);
+  EXPECT_FALSE(c.has_threshold());
+  EXPECT_EQ(job.seed(), 5);
+  // Unspecified is the loss quantiles.
+  job = ResolveJob(analyze(v1::ANALYZE_SELECTION_UNSPECIFIED), v1::File(), model, "p", "ftjob-3",
+                   5, {});
+  EXPECT_EQ(job.method().analyze().selection(), v1::ANALYZE_SELECTION_LOSS_QUANTILE);
+}
+
 TEST(JobRequestTest, ReportsAreCheckedAndResolved) {
   struct Case {
     std::function<void(v1::CreateJobRequest&)> mutate;

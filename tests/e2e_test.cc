@@ -782,6 +782,82 @@ TEST(EndToEndTest, DataAnalysisJobThroughTheCli) {
   EXPECT_NE(refused.status().message().find("method.analyze.loss_quantile_low"),
             std::string::npos)
       << refused.status();
+
+  // GOT-D towards the demo's validation file (METHODS.md §8.1): the budget's
+  // lines are kept, each line left after the duplicates has its gradient,
+  // the others are dropped as not selected.
+  auto target = c.client().UploadFile(c.demo_dir() + "/valid.jsonl", "fine-tune", nullptr);
+  ASSERT_TRUE(target.ok()) << target.status();
+  ASSERT_EQ(Cli(c, {"files", "analyze", file->id(), "--model", "lathe-demo", "--select", "got_d",
+                    "--target", target->id(), "--budget", "10", "-o", "json"},
+                &out),
+            0)
+      << out << c.Logs();
+  const std::string got_d_id = nlohmann::json::parse(out.substr(out.find('{')))["id"];
+  messages.clear();
+  st = c.client().WatchJob(
+      got_d_id, "",
+      [&](const v1::WatchJobResponse& u) {
+        if (u.event().type() == "message") messages.push_back(u.event().message());
+      },
+      absl::Now() + absl::Minutes(5));
+  ASSERT_TRUE(st.ok()) << st << c.Logs();
+  done = c.client().GetJob(got_d_id);
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED) << done->error().message() << c.Logs();
+  EXPECT_NE(absl::StrJoin(messages, "\n").find("GOT-D kept 10 at most"), std::string::npos)
+      << absl::StrJoin(messages, "\n");
+  ASSERT_EQ(Cli(c, {"jobs", "get", got_d_id}, &out), 0) << out;
+  EXPECT_NE(out.find(absl::StrCat("got_d:            target_file=", target->id(),
+                                  " budget=10 epsilon_fraction=0.1")),
+            std::string::npos)
+      << out;
+  const std::string got_d_results = c.root() + "/got_d";
+  fs::remove_all(got_d_results);
+  ASSERT_TRUE(c.client().DownloadAdapter(got_d_id, got_d_results, nullptr).ok());
+  report.clear();
+  {
+    std::ifstream in(got_d_results + "/report.jsonl");
+    for (std::string line; std::getline(in, line);) report.push_back(nlohmann::json::parse(line));
+  }
+  ASSERT_EQ(report.size(), lines.size());
+  size_t got_d_kept = 0;
+  for (const auto& r : report) {
+    got_d_kept += r["kept"].get<bool>();
+    const bool duplicate = !r["exact_duplicate_of"].is_null() || !r["near_duplicate_of"].is_null();
+    EXPECT_EQ(r["got_d_gradient"].is_number(), !duplicate) << r;
+    if (!duplicate && !r["kept"].get<bool>()) {
+      EXPECT_EQ(r["reasons"], nlohmann::json::array({"got_d_not_selected"})) << r;
+    }
+  }
+  EXPECT_EQ(got_d_kept, 10u);
+  std::vector<std::string> got_d_selected;
+  {
+    std::ifstream in(got_d_results + "/selected.jsonl");
+    for (std::string line; std::getline(in, line);) got_d_selected.push_back(line);
+  }
+  EXPECT_EQ(got_d_selected.size(), 10u);
+
+  // A target that is no file of the project is NOT_FOUND, naming the field;
+  // a GOT-D selection without a budget is refused by field.
+  v1::CreateJobRequest missing;
+  missing.set_model("lathe-demo");
+  missing.set_training_file(file->id());
+  missing.mutable_method()->set_type("analyze");
+  v1::AnalyzeMethod& m = *missing.mutable_method()->mutable_analyze();
+  m.set_selection(v1::ANALYZE_SELECTION_GOT_D);
+  m.mutable_got_d()->set_target_file("file-nope");
+  m.mutable_got_d()->set_budget(3);
+  refused = c.client().CreateJob(missing);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kNotFound) << refused.status();
+  EXPECT_NE(refused.status().message().find("method.analyze.got_d.target_file"), std::string::npos)
+      << refused.status();
+  m.mutable_got_d()->set_target_file(target->id());
+  m.mutable_got_d()->clear_budget();
+  refused = c.client().CreateJob(missing);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_NE(refused.status().message().find("method.analyze.got_d.budget"), std::string::npos)
+      << refused.status();
 }
 
 // Rejection-sampling fine-tuning (METHODS.md §7.2) through the CLI,

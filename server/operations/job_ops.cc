@@ -158,6 +158,16 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
   }
   RETURN_IF_ERROR(
       CheckJobFiles(r, *training, validation ? &*validation : nullptr));
+  // A GOT-D analysis's target is supervised data of the project.
+  if (const std::string& target = r.method().analyze().got_d().target_file();
+      MethodType(r.method()) == "analyze" && !target.empty()) {
+    ASSIGN_OR_RETURN(v1::File file, own_file("method.analyze.got_d.target_file", target));
+    if (file.format() == "preference") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "method.analyze.got_d.target_file: ", file.id(),
+          " holds preference data; GOT-D embeds chat, prompt/completion or text lines"));
+    }
+  }
   // The forgetting report's general file is supervised data of the project.
   if (!r.reports().general_file().empty()) {
     ASSIGN_OR_RETURN(v1::File general,

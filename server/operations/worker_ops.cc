@@ -32,7 +32,8 @@ absl::StatusOr<std::string> WorkerOps::FetchFile(
   ASSIGN_OR_RETURN(v1::Job job, deps_.store->GetJob(r.job_id()));
   bool of_job = r.file_id() == job.training_file() ||
                 r.file_id() == job.validation_file() ||
-                r.file_id() == job.reports().general_file();
+                r.file_id() == job.reports().general_file() ||
+                r.file_id() == job.method().analyze().got_d().target_file();
   for (const auto& [field, mixture] : TrainingMixtures(job)) {
     for (const v1::MixtureSource& s : mixture->sources()) {
       of_job = of_job || r.file_id() == s.file_id() ||

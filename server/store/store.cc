@@ -162,7 +162,8 @@ ALTER TABLE jobs ADD COLUMN report BLOB;
 };
 
 // Every file `job` reads, by the field that names it: its training and
-// validation files and each mixture source's (of every stage).
+// validation files, each mixture source's (of every stage), the forgetting
+// report's and a GOT-D analysis's target.
 std::vector<std::pair<std::string, std::string>> JobFiles(const v1::Job& job) {
   std::vector<std::pair<std::string, std::string>> files;
   if (!job.training_file().empty()) {
@@ -173,6 +174,10 @@ std::vector<std::pair<std::string, std::string>> JobFiles(const v1::Job& job) {
   }
   if (!job.reports().general_file().empty()) {
     files.push_back({"reports.general_file", job.reports().general_file()});
+  }
+  if (!job.method().analyze().got_d().target_file().empty()) {
+    files.push_back({"method.analyze.got_d.target_file",
+                     job.method().analyze().got_d().target_file()});
   }
   for (const auto& [mixture_field, mixture] : TrainingMixtures(job)) {
     const auto& sources = mixture->sources();

@@ -445,12 +445,37 @@ void Agent::RunAnalyzeAttempt(Attempt* attempt, const fs::path& dir,
   const v1::Assignment& as = attempt->assignment;
   const v1::Job& job = as.job();
   const v1::AnalyzeMethod& a = job.method().analyze();
+  const v1::GotDSelection& g = a.got_d();
+  const v1::ClearSelection& c = a.clear();
   engine::AnalyzeSpec spec{
       .data_file = (dir / "data.jsonl").string(),
       .data_file_name = absl::StrCat("training_file ", job.training_file()),
       .max_seq_len = a.max_seq_len(),
+      .batch_size = a.batch_size(),
+      .select = a.selection() == v1::ANALYZE_SELECTION_GOT_D ? engine::AnalyzeSelection::kGotD
+                : a.selection() == v1::ANALYZE_SELECTION_CLEAR
+                    ? engine::AnalyzeSelection::kClear
+                    : engine::AnalyzeSelection::kLossQuantile,
       .loss_quantile_low = a.loss_quantile_low(),
       .loss_quantile_high = a.loss_quantile_high(),
+      .got_d = {.target_file_name = absl::StrCat("method.analyze.got_d.target_file ",
+                                                 g.target_file()),
+                .budget = g.budget(),
+                .epsilon_fraction = g.epsilon_fraction()},
+      .clear = {.filter = {.score = c.score() == v1::CLEAR_SCORE_LOG_LIKELIHOOD
+                                        ? engine::ClearScore::kLogLikelihood
+                                        : engine::ClearScore::kConfidence,
+                           .alpha = c.alpha(),
+                           .threshold = c.has_threshold()
+                                            ? std::optional<double>(c.threshold())
+                                            : std::nullopt,
+                           .drop_fraction = c.drop_fraction()},
+                .consistency = {.samples = c.samples(),
+                                .temperature = c.temperature(),
+                                .max_new_tokens = c.max_new_tokens(),
+                                .seed = static_cast<uint64_t>(job.seed())},
+                .answer_extractor = {.kind = c.answer_extractor(),
+                                     .pattern = c.answer_pattern()}},
       .keep_duplicates = a.keep_duplicates(),
       .out_dir = (dir / "analysis").string(),
       .device = {.device = options_.device, .dtype = "float32"}};
@@ -461,6 +486,10 @@ void Agent::RunAnalyzeAttempt(Attempt* attempt, const fs::path& dir,
     spec.validation_file = (dir / "valid.jsonl").string();
     spec.validation_file_name = absl::StrCat("validation_file ", job.validation_file());
     fetched = FetchFile(attempt, job.validation_file(), spec.validation_file, &error);
+  }
+  if (fetched && spec.select == engine::AnalyzeSelection::kGotD) {
+    spec.got_d.target_file = (dir / "target.jsonl").string();
+    fetched = FetchFile(attempt, g.target_file(), spec.got_d.target_file, &error);
   }
   auto fail = [&](const std::string& code, const std::string& message, bool user_fault) {
     SetFailed(outcome, code, message, user_fault);
@@ -491,8 +520,17 @@ void Agent::RunAnalyzeAttempt(Attempt* attempt, const fs::path& dir,
                     summary->exact_duplicates, " exact and ", summary->near_duplicates,
                     " near duplicates, ", summary->validation_overlaps,
                     " overlapping validation_file, ", summary->truncated, " longer than ",
-                    spec.max_seq_len, " tokens; loss quantiles ", summary->loss_low, " .. ",
-                    summary->loss_high, " (report.jsonl, selected.jsonl)")));
+                    spec.max_seq_len, " tokens; ",
+                    spec.select == engine::AnalyzeSelection::kGotD
+                        ? absl::StrCat("GOT-D kept ", g.budget(), " at most (epsilon ",
+                                       summary->got_d_epsilon, ", ",
+                                       summary->got_d_iterations, " Sinkhorn iterations)")
+                    : spec.select == engine::AnalyzeSelection::kClear
+                        ? absl::StrCat("CLEAR filter by ",
+                                       engine::ClearScoreName(spec.clear.filter.score))
+                        : absl::StrCat("loss quantiles ", summary->loss_low, " .. ",
+                                       summary->loss_high),
+                    " (report.jsonl, selected.jsonl)")));
   outcome.set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
 }
 

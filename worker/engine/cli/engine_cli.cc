@@ -59,8 +59,14 @@ constexpr char kUsage[] =
     "      [--expert DIR [--expert-adapter DIR] --anti-expert DIR [--alpha A]]\n"
     "  --expert/--anti-expert: EFT / proxy tuning, each step's logits are\n"
     "  model + A x (expert - anti-expert) (A = 1); same tokenizer required.\n"
-    "  %1$s analyze --model DIR --data FILE.jsonl --out DIR [--validation FILE]\n"
-    "      [--max-seq-len N] [--select-loss-quantile LO,HI] [--keep-duplicates]\n"
+    "  %1$s analyze --model DIR [--adapter DIR] --data FILE.jsonl --out DIR\n"
+    "      [--validation FILE] [--max-seq-len N] [--batch-size N] [--keep-duplicates]\n"
+    "      [--select loss_quantile|got_d|clear] [--select-loss-quantile LO,HI]\n"
+    "      got_d: --target FILE.jsonl --budget N [--epsilon-fraction F]\n"
+    "      clear: [--score confidence|log_likelihood] [--threshold T]\n"
+    "             [--drop-fraction Q] [--alpha A] [--samples K] [--temperature T]\n"
+    "             [--max-new-tokens N] [--answer-extractor KIND [--answer-pattern RE]]\n"
+    "             [--seed S]\n"
     "  %1$s merge --base DIR --inputs DIR,DIR,... --out DIR\n"
     "      [--method linear|task_arithmetic|ties|dare_linear|dare_ties|\n"
     "                breadcrumbs|lines|greedy_soup] [--weights W,W,...]\n"
@@ -334,6 +340,7 @@ absl::Status ScoreCommand(const std::map<std::string, std::string>& flags) {
 // analyze: the curation report of a data file (inference/analyze.h).
 absl::Status AnalyzeCommand(const std::map<std::string, std::string>& flags) {
   AnalyzeSpec spec{.model_dir = Flag(flags, "--model"),
+                   .adapter_dir = Flag(flags, "--adapter"),
                    .data_file = Flag(flags, "--data"),
                    .validation_file = Flag(flags, "--validation"),
                    .chat_template = Flag(flags, "--chat-template"),
@@ -354,6 +361,36 @@ absl::Status AnalyzeCommand(const std::map<std::string, std::string>& flags) {
           "--select-loss-quantile: LO,HI with 0 <= LO < HI <= 1, e.g. 0.05,0.95");
     }
   }
+  RETURN_IF_ERROR(NumberFlag(flags, "--batch-size", &spec.batch_size));
+  if (const std::string select = Flag(flags, "--select"); select == "got_d") {
+    spec.select = AnalyzeSelection::kGotD;
+  } else if (select == "clear") {
+    spec.select = AnalyzeSelection::kClear;
+  } else if (!select.empty() && select != "loss_quantile") {
+    return absl::InvalidArgumentError("--select: loss_quantile, got_d or clear");
+  }
+  spec.got_d.target_file = Flag(flags, "--target");
+  RETURN_IF_ERROR(NumberFlag(flags, "--budget", &spec.got_d.budget));
+  RETURN_IF_ERROR(NumberFlag(flags, "--epsilon-fraction", &spec.got_d.epsilon_fraction));
+  ClearSelection& clear = spec.clear;
+  if (const std::string score = Flag(flags, "--score"); score == "log_likelihood") {
+    clear.filter.score = ClearScore::kLogLikelihood;
+  } else if (!score.empty() && score != "confidence") {
+    return absl::InvalidArgumentError("--score: confidence or log_likelihood");
+  }
+  if (!Flag(flags, "--threshold").empty()) {
+    double threshold = 0;
+    RETURN_IF_ERROR(NumberFlag(flags, "--threshold", &threshold));
+    clear.filter.threshold = threshold;
+  }
+  RETURN_IF_ERROR(NumberFlag(flags, "--drop-fraction", &clear.filter.drop_fraction));
+  RETURN_IF_ERROR(NumberFlag(flags, "--alpha", &clear.filter.alpha));
+  RETURN_IF_ERROR(NumberFlag(flags, "--samples", &clear.consistency.samples));
+  RETURN_IF_ERROR(NumberFlag(flags, "--temperature", &clear.consistency.temperature));
+  RETURN_IF_ERROR(NumberFlag(flags, "--max-new-tokens", &clear.consistency.max_new_tokens));
+  RETURN_IF_ERROR(NumberFlag(flags, "--seed", &clear.consistency.seed));
+  clear.answer_extractor = {.kind = Flag(flags, "--answer-extractor"),
+                            .pattern = Flag(flags, "--answer-pattern")};
   if (!Flag(flags, "--device").empty()) spec.device.device = Flag(flags, "--device");
   if (!Flag(flags, "--dtype").empty()) spec.device.dtype = Flag(flags, "--dtype");
   ASSIGN_OR_RETURN(const AnalyzeSummary summary, AnalyzeData(spec));
@@ -365,6 +402,12 @@ absl::Status AnalyzeCommand(const std::map<std::string, std::string>& flags) {
                       {"near_duplicates", summary.near_duplicates},
                       {"validation_overlaps", summary.validation_overlaps},
                       {"loss_quantiles", {{"low", summary.loss_low}, {"high", summary.loss_high}}},
+                      {"got_d",
+                       spec.select == AnalyzeSelection::kGotD
+                           ? Json{{"epsilon", summary.got_d_epsilon},
+                                  {"iterations", summary.got_d_iterations},
+                                  {"marginal_error", summary.got_d_marginal_error}}
+                           : Json(nullptr)},
                       {"report", spec.out_dir + "/report.jsonl"},
                       {"selected", spec.out_dir + "/selected.jsonl"}}}}
                    .dump()
@@ -606,7 +649,10 @@ int RunEngineCommand(int argc, char** argv) {
           "--model",
           {"--model", "--adapter", "--data", "--validation", "--out", "--max-seq-len",
            "--select-loss-quantile", "--keep-duplicates", "--chat-template", "--device",
-           "--dtype", "-o"}}},
+           "--dtype", "-o", "--batch-size", "--select", "--target", "--budget",
+           "--epsilon-fraction", "--score", "--threshold", "--drop-fraction", "--alpha",
+           "--samples", "--temperature", "--max-new-tokens", "--answer-extractor",
+           "--answer-pattern", "--seed"}}},
         {"merge",
          {MergeCommand,
           "--base",

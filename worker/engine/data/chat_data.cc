@@ -48,7 +48,8 @@ absl::StatusOr<ChatTemplate> ChatTemplateFor(const Tokenizer& tokenizer,
 }
 
 absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(const std::string& path,
-                                                      const std::string& name) {
+                                                      const std::string& name,
+                                                      std::vector<std::string>* texts) {
   const std::string& file = name.empty() ? path : name;
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", file));
@@ -65,6 +66,7 @@ absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(const std::string& path,
           absl::StrCat(where, ": ", st.message()));
     }
     out.push_back(std::move(record));
+    if (texts != nullptr) texts->push_back(text);
   }
   if (out.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(file, " holds no example"));

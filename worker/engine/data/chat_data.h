@@ -58,9 +58,11 @@ struct DataRecord {
 // and line ("<name>: line 3: messages[1].role: ...") for a line that
 // ParseDataLine refuses or of another format than the file's first line;
 // NOT_FOUND if unreadable. `name` is what errors call the file ("" = its
-// path): a job's file id, where the path is the worker's.
+// path): a job's file id, where the path is the worker's. `texts`, when
+// not null, receives each record's line verbatim (without its newline).
 absl::StatusOr<std::vector<DataRecord>> ReadDataJsonl(
-    const std::string& path, const std::string& name = "");
+    const std::string& path, const std::string& name = "",
+    std::vector<std::string>* texts = nullptr);
 
 struct Conversation {
   std::vector<ChatMessage> messages;

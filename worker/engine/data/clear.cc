@@ -75,10 +75,7 @@ double ResponseSimilarity(const AnswerExtractor* extractor,
   return TokenF1(sample, reference);
 }
 
-absl::StatusOr<std::vector<ClearVerdict>> ClearFilter(
-    int64_t n,
-    const std::function<absl::StatusOr<ClearSignals>(int64_t)>& signals,
-    const ClearOptions& o) {
+absl::Status CheckClearOptions(const ClearOptions& o) {
   if (!(o.alpha >= 0 && o.alpha <= 1)) {
     return absl::InvalidArgumentError(
         absl::StrCat("alpha: must be in [0, 1], got ", o.alpha));
@@ -90,6 +87,14 @@ absl::StatusOr<std::vector<ClearVerdict>> ClearFilter(
   if (o.threshold.has_value() && !std::isfinite(*o.threshold)) {
     return absl::InvalidArgumentError("threshold: must be finite");
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<ClearVerdict>> ClearFilter(
+    int64_t n,
+    const std::function<absl::StatusOr<ClearSignals>(int64_t)>& signals,
+    const ClearOptions& o) {
+  if (absl::Status st = CheckClearOptions(o); !st.ok()) return st;
   const std::string name = ClearScoreName(o.score);
   std::vector<ClearVerdict> out(n);
   for (int64_t i = 0; i < n; ++i) {

@@ -76,11 +76,14 @@ struct ClearVerdict {
   std::vector<std::string> reasons;
 };
 
+// INVALID_ARGUMENT naming the option for alpha outside [0, 1],
+// drop_fraction outside [0, 1) or a non-finite threshold.
+absl::Status CheckClearOptions(const ClearOptions& options);
+
 // Scores pairs 0..n-1 with `signals(i)` and filters them. The score is
 // signals.log_likelihood (kLogLikelihood) or alpha * consistency +
-// (1 - alpha) * reflection (kConfidence). INVALID_ARGUMENT for alpha
-// outside [0, 1], drop_fraction outside [0, 1) or a non-finite threshold;
-// `signals`' own errors.
+// (1 - alpha) * reflection (kConfidence). Errors as CheckClearOptions,
+// and `signals`' own.
 absl::StatusOr<std::vector<ClearVerdict>> ClearFilter(
     int64_t n,
     const std::function<absl::StatusOr<ClearSignals>(int64_t)>& signals,
