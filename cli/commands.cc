@@ -55,7 +55,7 @@ Usage:
   lathe jobs create --model NAME --training-file FILE_ID
                     [--validation-file FILE_ID]
                     [--method supervised|dpo|orpo|prompt_tuning]
-                    [--adapter lora|full]
+                    [--adapter lora|full|s2ft]
                     [--n-epochs N] [--batch-size N]
                     [--learning-rate-multiplier X] [--warmup-steps N]
                     [--lr-scheduler linear|cosine|constant]
@@ -69,6 +69,8 @@ Usage:
                     [--lisa-layers N] [--lisa-interval K]
                     [--half-ft] [--half-ft-reselect stage|epoch]
                     [--half-ft-fraction F] [--half-ft-include-embeddings]
+                    [--s2ft-d-ratio R] [--s2ft-u-ratio R] [--s2ft-o-ratio R]
+                    [--s2ft-v-ratio R] [--s2ft-seed S]  (adapter s2ft)
                     dpo, orpo: [--beta B] [--max-prompt-len N]
                     dpo: [--loss-type sigmoid|robust|hinge|ipo]
                          [--label-smoothing E] [--rpo-alpha A]
@@ -111,8 +113,10 @@ Usage:
                     [--lambda L] [--density D] [--majority-sign total|frequency]
                     [--beta B] [--gamma G] [--lines-alpha A] [--lines-beta B]
                     [--seed N] [--validation-file FILE_ID (greedy_soup)] [--suffix S]
+                    [--lora-rank R [--lora-target-modules q_proj,v_proj,...]]
                     (a job: follow it with jobs get/events, download its model
-                     with jobs download)
+                     with jobs download; with --lora-rank its result is a
+                     PEFT LoRA adapter of rank R, re-factorised by SVD)
   lathe jobs get JOB_ID
   lathe jobs list [--status STATUS] [--metadata KEY=VALUE]... [--limit N]
                   [--after JOB_ID]
@@ -298,6 +302,12 @@ void PrintJob(const v1::Job& j) {
                                  absl::StrJoin(m.weights(), ","), m.lambda(), m.density(),
                                  m.majority_sign(), m.beta(), m.gamma(), m.lines_alpha(),
                                  m.lines_beta());
+    if (m.has_lora_rank()) {
+      std::cout << absl::StrFormat(
+          "                  result: a LoRA adapter, rank=%d targets=%s\n", m.lora_rank(),
+          m.lora_target_modules().empty() ? "the LoRA inputs'"
+                                          : absl::StrJoin(m.lora_target_modules(), ","));
+    }
   }
   for (const v1::TrainingStage& stage : j.stages()) {
     const v1::Mixture& m = stage.training_mixture();
@@ -353,6 +363,11 @@ void PrintJob(const v1::Job& j) {
                                              "\""));
   } else if (j.adapter() == v1::ADAPTER_TYPE_FULL) {
     std::cout << "adapter:          full (every weight is trained)\n";
+  } else if (j.adapter() == v1::ADAPTER_TYPE_S2FT) {
+    std::cout << absl::StrFormat(
+        "adapter:          s2ft d_ratio=%g u_ratio=%g o_ratio=%g v_ratio=%g seed=%d\n",
+        j.s2ft().d_ratio(), j.s2ft().u_ratio(), j.s2ft().o_ratio(), j.s2ft().v_ratio(),
+        j.s2ft().seed());
   } else {
     std::cout << absl::StrFormat(
         "lora:             rank=%d alpha=%g dropout=%g targets=%s%s\n", j.lora().rank(),
@@ -700,7 +715,25 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     const std::string adapter = *a.Get("adapter");
     if (adapter == "full") r.set_adapter(v1::ADAPTER_TYPE_FULL);
     else if (adapter == "lora") r.set_adapter(v1::ADAPTER_TYPE_LORA);
-    else return absl::InvalidArgumentError("--adapter: use lora or full");
+    else if (adapter == "s2ft") r.set_adapter(v1::ADAPTER_TYPE_S2FT);
+    else return absl::InvalidArgumentError("--adapter: use lora, full or s2ft");
+  }
+  // S²FT's selection (lathed checks the ranges).
+  for (const auto& [flag, set] :
+       {std::pair<const char*, void (v1::S2ftConfig::*)(double)>{
+            "s2ft-d-ratio", &v1::S2ftConfig::set_d_ratio},
+        {"s2ft-u-ratio", &v1::S2ftConfig::set_u_ratio},
+        {"s2ft-o-ratio", &v1::S2ftConfig::set_o_ratio},
+        {"s2ft-v-ratio", &v1::S2ftConfig::set_v_ratio}}) {
+    if (!a.Has(flag)) continue;
+    auto v = DoubleFlag(a, flag);
+    if (!v.ok()) return v.status();
+    (r.mutable_s2ft()->*set)(*v);
+  }
+  if (a.Has("s2ft-seed")) {
+    auto v = IntFlag(a, "s2ft-seed");
+    if (!v.ok()) return v.status();
+    r.mutable_s2ft()->set_seed(*v);
   }
   r.mutable_method()->set_type(method);
   auto* hp = MutableMethodHyperparameters(*r.mutable_method());
@@ -1268,6 +1301,15 @@ absl::StatusOr<v1::CreateJobRequest> BuildMerge(const Args& a) {
     (m.*n.set)(*v);
   }
   m.set_majority_sign(a.GetOr("majority-sign", ""));
+  if (a.Has("lora-rank")) {
+    auto v = IntFlag(a, "lora-rank");
+    if (!v.ok()) return v.status();
+    m.set_lora_rank(static_cast<int32_t>(*v));
+  }
+  for (absl::string_view t :
+       absl::StrSplit(a.GetOr("lora-target-modules", ""), ',', absl::SkipEmpty())) {
+    m.add_lora_target_modules(std::string(t));
+  }
   if (a.Has("seed")) {
     auto v = IntFlag(a, "seed");
     if (!v.ok()) return v.status();
@@ -1418,7 +1460,8 @@ int Run(const std::vector<std::string>& argv) {
        "threshold", "drop-fraction", "alpha", "samples", "temperature",
        "iterations", "samples-per-prompt", "sample-temperature",
        "sample-top-p", "max-new-tokens", "answer-extractor", "answer-pattern", "dedupe",
-       "no-gold", "rft-init", "no-accumulate"});
+       "no-gold", "rft-init", "no-accumulate", "s2ft-d-ratio", "s2ft-u-ratio",
+       "s2ft-o-ratio", "s2ft-v-ratio", "s2ft-seed"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

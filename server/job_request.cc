@@ -363,8 +363,7 @@ absl::Status CheckPreferenceHyperparameters(const std::string& type,
 }
 
 // What RftMethod and SpinMethod share: the iterations and the generation
-// settings, in the engine's ranges (spec/run_spec.cc SelfTrainingSpec), and
-// no forgetting report yet.
+// settings, in the engine's ranges (spec/run_spec.cc SelfTrainingSpec).
 template <typename M>
 absl::Status CheckSelfTraining(const v1::CreateJobRequest& r, const M& m,
                                const std::string& type) {
@@ -381,10 +380,6 @@ absl::Status CheckSelfTraining(const v1::CreateJobRequest& r, const M& m,
   }
   if (m.has_top_p() && !(Finite(m.top_p()) && m.top_p() > 0 && m.top_p() <= 1)) {
     return Bad(at + "top_p", "must be in (0, 1]");
-  }
-  if (!r.reports().general_file().empty()) {
-    return Bad("reports.general_file",
-               absl::StrCat("cannot be combined with method.type \"", type, "\" yet"));
   }
   return absl::OkStatus();
 }
@@ -447,6 +442,39 @@ absl::Status CheckSpin(const v1::CreateJobRequest& r) {
   return absl::OkStatus();
 }
 
+// S²FT's settings (adapter S2FT only): ratios in [0, 1], not all 0.
+absl::Status CheckS2ft(const v1::CreateJobRequest& r) {
+  const bool s2ft = r.adapter() == v1::ADAPTER_TYPE_S2FT;
+  if (!s2ft) {
+    if (r.has_s2ft()) return Bad("s2ft", "S²FT settings are for adapter S2FT");
+    return absl::OkStatus();
+  }
+  if (r.has_lora()) {
+    return Bad("lora", "LoRA settings are for adapter LORA; S²FT trains rows and columns (s2ft)");
+  }
+  const v1::S2ftConfig& c = r.s2ft();
+  const std::pair<const char*, std::optional<double>> ratios[] = {
+      {"s2ft.d_ratio", c.has_d_ratio() ? std::optional(c.d_ratio()) : std::nullopt},
+      {"s2ft.u_ratio", c.has_u_ratio() ? std::optional(c.u_ratio()) : std::nullopt},
+      {"s2ft.o_ratio", c.has_o_ratio() ? std::optional(c.o_ratio()) : std::nullopt},
+      {"s2ft.v_ratio", c.has_v_ratio() ? std::optional(c.v_ratio()) : std::nullopt}};
+  bool any_set = false, any_positive = false;
+  for (const auto& [field, ratio] : ratios) {
+    if (!ratio) continue;
+    any_set = true;
+    if (!std::isfinite(*ratio) || *ratio < 0 || *ratio > 1) {
+      return Bad(field, "must be in [0, 1]");
+    }
+    any_positive = any_positive || *ratio > 0;
+  }
+  if (any_set && !any_positive) {
+    return Bad("s2ft.d_ratio", "every ratio is 0: S²FT would train nothing (the "
+                               "reference's LLaMA-3 setting is d_ratio 0.03)");
+  }
+  if (c.has_seed() && c.seed() < 0) return Bad("s2ft.seed", "must be at least 0");
+  return absl::OkStatus();
+}
+
 // Prompt tuning's settings, and its adapter: nothing of LoRA's.
 absl::Status CheckPromptTuning(const v1::CreateJobRequest& r) {
   const bool prompt = MethodType(r.method()) == "prompt_tuning";
@@ -498,6 +526,7 @@ absl::Status CheckNothingOfTraining(const v1::CreateJobRequest& r, const char* w
         {"training_mixture", r.has_training_mixture()},
         {"stages", r.stages_size() > 0},
         {"lora", r.has_lora()},
+        {"s2ft", r.has_s2ft()},
         {"trainable", r.has_trainable()},
         {"reports", r.has_reports()},
         {"adapter", r.adapter() != v1::ADAPTER_TYPE_UNSPECIFIED},
@@ -570,6 +599,26 @@ absl::Status CheckMergeRequest(const v1::CreateJobRequest& r) {
   if (!m.majority_sign().empty() && m.majority_sign() != "total" &&
       m.majority_sign() != "frequency") {
     return Bad(at + "majority_sign", "use total or frequency");
+  }
+  if (m.has_lora_rank() && (m.lora_rank() < 1 || m.lora_rank() > 1024)) {
+    return Bad(at + "lora_rank", absl::StrCat(m.lora_rank(), " is out of range 1..1024"));
+  }
+  if (!m.has_lora_rank() && m.lora_target_modules_size() > 0) {
+    return Bad(at + "lora_target_modules", "goes with lora_rank (a LoRA result)");
+  }
+  for (int i = 0; i < m.lora_target_modules_size(); ++i) {
+    const std::string& t = m.lora_target_modules(i);
+    const std::string field = absl::StrCat(at, "lora_target_modules[", i, "]");
+    if (std::find(std::begin(kTargetModules), std::end(kTargetModules), t) ==
+        std::end(kTargetModules)) {
+      return Bad(field, absl::StrCat("unknown module \"", Echo(t), "\" (known: ",
+                                     absl::StrJoin(kTargetModules, ", "), ")"));
+    }
+    for (int j = 0; j < i; ++j) {
+      if (m.lora_target_modules(j) == t) {
+        return Bad(field, absl::StrCat("\"", t, "\" is already lora_target_modules[", j, "]"));
+      }
+    }
   }
   RETURN_IF_ERROR(CheckIdField("validation_file", r.validation_file(), /*required=*/false));
   if (method == "greedy_soup" && r.validation_file().empty()) {
@@ -781,6 +830,7 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   }
   RETURN_IF_ERROR(CheckPreferenceHyperparameters(type, hp, kHp));
   RETURN_IF_ERROR(CheckPromptTuning(r));
+  RETURN_IF_ERROR(CheckS2ft(r));
   RETURN_IF_ERROR(CheckRft(r));
   RETURN_IF_ERROR(CheckSpin(r));
   if (!v1::AdapterType_IsValid(r.adapter())) return Bad("adapter", "unknown value");
@@ -1022,6 +1072,16 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
       }
     }
   }
+  if (job.adapter() == v1::ADAPTER_TYPE_S2FT) {
+    v1::S2ftConfig& c = *job.mutable_s2ft();
+    const bool none = !c.has_d_ratio() && !c.has_u_ratio() && !c.has_o_ratio() &&
+                      !c.has_v_ratio();
+    if (!c.has_d_ratio()) c.set_d_ratio(none ? 0.03 : 0);
+    if (!c.has_u_ratio()) c.set_u_ratio(0);
+    if (!c.has_o_ratio()) c.set_o_ratio(0);
+    if (!c.has_v_ratio()) c.set_v_ratio(0);
+    if (!c.has_seed()) c.set_seed(job.seed());
+  }
   if (job.adapter() != v1::ADAPTER_TYPE_LORA) return;
   auto* lora = job.mutable_lora();
   if (!lora->has_rank()) lora->set_rank(8);
@@ -1113,7 +1173,19 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
     if (!m.has_gamma()) m.set_gamma(0.01);
     if (!m.has_lines_alpha()) m.set_lines_alpha(1);
     if (!m.has_lines_beta()) m.set_lines_beta(0);
-    job.set_adapter(v1::ADAPTER_TYPE_FULL);  // the result is a model folder
+    if (m.has_lora_rank()) {
+      // The result is the re-factorised adapter (alpha = rank: scale 1).
+      job.set_adapter(v1::ADAPTER_TYPE_LORA);
+      v1::LoraConfig& lora = *job.mutable_lora();
+      lora.set_rank(m.lora_rank());
+      lora.set_alpha(m.lora_rank());
+      lora.set_dropout(0);
+      lora.set_use_rslora(false);
+      lora.set_use_dora(false);
+      *lora.mutable_target_modules() = m.lora_target_modules();
+    } else {
+      job.set_adapter(v1::ADAPTER_TYPE_FULL);  // the result is a model folder
+    }
     // Merging runs on the host: the device holds a float32 model only for
     // greedy_soup's validation losses.
     job.set_memory_bytes(m.merge_method() == "greedy_soup" ? model.parameter_count() * 4 : 0);
@@ -1145,9 +1217,11 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   }
   if (!hp->has_learning_rate_multiplier()) hp->set_learning_rate_multiplier(1);
   job.set_adapter(r.adapter());
-  if (r.adapter() != v1::ADAPTER_TYPE_FULL && method->type() != "prompt_tuning") {
+  if (r.adapter() != v1::ADAPTER_TYPE_FULL && r.adapter() != v1::ADAPTER_TYPE_S2FT &&
+      method->type() != "prompt_tuning") {
     *job.mutable_lora() = r.lora();
   }
+  if (r.adapter() == v1::ADAPTER_TYPE_S2FT) *job.mutable_s2ft() = r.s2ft();
   if (r.has_trainable()) *job.mutable_trainable() = r.trainable();
   FillJobDefaults(job, defaults);
   scheduler::TrainShape train;
@@ -1165,6 +1239,17 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
     train.lora_rank = 1;
     train.lora_matrices_per_layer = 1;
     train.sequence_length += job.method().prompt_tuning().num_virtual_tokens();
+  } else if (job.adapter() == v1::ADAPTER_TYPE_S2FT) {
+    // A frozen base and the selected rows and columns: per layer about
+    // (d + u) I C + (o + v) C C trained values, counted as one LoRA matrix
+    // of the rank with as many (r x 2C).
+    const v1::S2ftConfig& c = job.s2ft();
+    const double per_layer =
+        (c.d_ratio() + c.u_ratio()) * static_cast<double>(model.intermediate_size()) +
+        (c.o_ratio() + c.v_ratio()) * static_cast<double>(model.hidden_size());
+    train.method = scheduler::TrainMethod::kLora;
+    train.lora_rank = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(per_layer / 2)));
+    train.lora_matrices_per_layer = 1;
   } else {
     train.method = scheduler::TrainMethod::kFull;
     if (job.has_trainable()) {

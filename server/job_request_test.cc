@@ -952,6 +952,68 @@ TEST(JobRequestTest, PromptTuningResolvesItsAdapterAndRefusesLoraSettings) {
                                "adapter: PROMPT_TUNING comes with method.type"));
 }
 
+TEST(JobRequestTest, S2ftJobsResolveTheirSelectionAndRefuseOthersSettings) {
+  v1::File f;
+  f.set_line_count(40);
+  v1::Model model;
+  model.set_parameter_count(1'000'000);
+  model.set_hidden_size(64);
+  model.set_intermediate_size(160);
+  model.set_num_layers(2);
+  model.set_vocab_size(1000);
+  v1::CreateJobRequest r = Valid();
+  r.set_adapter(v1::ADAPTER_TYPE_S2FT);
+  r.set_seed(77);
+  ASSERT_TRUE(CheckJobRequest(r).ok()) << CheckJobRequest(r);
+  v1::Job job = ResolveJob(r, f, model, "p", "ftjob-s", 1, JobDefaults{});
+  EXPECT_EQ(job.adapter(), v1::ADAPTER_TYPE_S2FT);
+  EXPECT_FALSE(job.has_lora());
+  // None set: the reference's LLaMA-3 setting, the job's seed.
+  EXPECT_DOUBLE_EQ(job.s2ft().d_ratio(), 0.03);
+  EXPECT_EQ(job.s2ft().u_ratio(), 0);
+  EXPECT_EQ(job.s2ft().o_ratio(), 0);
+  EXPECT_EQ(job.s2ft().v_ratio(), 0);
+  EXPECT_EQ(job.s2ft().seed(), 77);
+  EXPECT_EQ(job.reports().intruder_top_k(), 0);  // a LoRA report
+  EXPECT_GT(job.memory_bytes(), 0);
+
+  // Some set: the others are 0 (LLaMA-2's o_ratio 0.052 alone here).
+  r.mutable_s2ft()->set_o_ratio(0.052);
+  r.mutable_s2ft()->set_seed(0);
+  ASSERT_TRUE(CheckJobRequest(r).ok()) << CheckJobRequest(r);
+  job = ResolveJob(r, f, model, "p", "ftjob-s", 1, JobDefaults{});
+  EXPECT_EQ(job.s2ft().d_ratio(), 0);
+  EXPECT_DOUBLE_EQ(job.s2ft().o_ratio(), 0.052);
+  EXPECT_EQ(job.s2ft().seed(), 0);
+
+  struct Case {
+    std::function<void(v1::CreateJobRequest&)> mutate;
+    const char* error;
+  };
+  const Case cases[] = {
+      {[](auto& r) { r.mutable_lora()->set_rank(4); }, "lora: LoRA settings are for adapter LORA"},
+      {[](auto& r) { r.mutable_s2ft()->set_d_ratio(1.5); }, "s2ft.d_ratio: must be in [0, 1]"},
+      {[](auto& r) { r.mutable_s2ft()->set_v_ratio(NAN); }, "s2ft.v_ratio: must be in [0, 1]"},
+      {[](auto& r) {
+         r.clear_s2ft();
+         r.mutable_s2ft()->set_u_ratio(0);
+       },
+       "s2ft.d_ratio: every ratio is 0"},
+      {[](auto& r) { r.mutable_s2ft()->set_seed(-1); }, "s2ft.seed: must be at least 0"},
+      {[](auto& r) { r.set_adapter(v1::ADAPTER_TYPE_LORA); },
+       "s2ft: S²FT settings are for adapter S2FT"},
+      {[](auto& r) { r.mutable_trainable()->add_layers("0"); },
+       "trainable.layers: is for full fine-tuning"},
+  };
+  for (const Case& c : cases) {
+    v1::CreateJobRequest bad = r;
+    c.mutate(bad);
+    const absl::Status st = CheckJobRequest(bad);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.error;
+    EXPECT_TRUE(absl::StartsWith(st.message(), c.error)) << st.message();
+  }
+}
+
 // A 40-line chat upload and a tiny model, for the self-training jobs.
 v1::File ChatFile() {
   v1::File f;
@@ -1018,8 +1080,6 @@ TEST(JobRequestTest, RftJobsAreCheckedAndResolved) {
        "method.rft.dedupe: \"fuzzy\" is not one of"},
       {[](auto& r) { r.mutable_method()->mutable_rft()->set_init("sft"); },
        "method.rft.init: \"sft\" is not one of"},
-      {[](auto& r) { r.mutable_reports()->set_general_file("file-g"); },
-       "reports.general_file: cannot be combined with method.type \"rft\""},
       {[](auto& r) {
          r.mutable_method()->mutable_rft()->mutable_hyperparameters()->set_beta(0.1);
        },

@@ -13,6 +13,7 @@
 #include <set>
 
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/safetensors.h"
 #include "common/sha256.h"
 #include "tests/cluster.h"
@@ -329,6 +330,68 @@ TEST(EndToEndTest, PromptTuningThroughTheCliDownloadsPeftsLayout) {
   EXPECT_EQ(config["num_virtual_tokens"], 8);
   EXPECT_EQ(config["prompt_tuning_init"], "TEXT");
   EXPECT_EQ(config["prompt_tuning_init_text"], "Answer briefly:");
+}
+
+// S²FT (METHODS.md §6.1) through the CLI, lathed and a worker: the job
+// shows its resolved selection; its download is the merged model folder
+// with the sparse diff beside it, and `lathe-worker s2ft-apply` of that
+// diff to the base gives a model that scores exactly as the merged one.
+TEST(EndToEndTest, S2ftJobDownloadsTheMergedModelAndADiffThatApplies) {
+  auto cluster = Cluster::Start(TestRoot("e2e-s2ft"), 1);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::string out;
+  ASSERT_EQ(Cli(c,
+                {"jobs", "create", "--model", "lathe-demo", "--training-file", file->id(),
+                 "--adapter", "s2ft", "--s2ft-d-ratio", "0.05", "--s2ft-o-ratio", "0.25",
+                 "--s2ft-seed", "3", "--n-epochs", "1", "--batch-size", "4",
+                 "--learning-rate-multiplier", "10", "-o", "json"},
+                &out),
+            0)
+      << out;
+  const std::string id = nlohmann::json::parse(out.substr(out.find('{')))["id"];
+  ASSERT_EQ(Cli(c, {"jobs", "get", id}, &out), 0) << out;
+  EXPECT_NE(out.find("adapter:          s2ft d_ratio=0.05 u_ratio=0 o_ratio=0.25 v_ratio=0 seed=3"),
+            std::string::npos)
+      << out;
+  ASSERT_EQ(Cli(c, {"jobs", "wait", id, "--timeout", "300"}, &out), 0) << out << c.Logs();
+
+  const std::string dir = c.root() + "/s2ft";
+  ASSERT_EQ(Cli(c, {"jobs", "download", id, "--out", dir}, &out), 0) << out;
+  for (const char* name : {"config.json", "model.safetensors", "s2ft_config.json",
+                           "s2ft_model.safetensors"}) {
+    EXPECT_TRUE(fs::exists(dir + "/" + name)) << name;
+  }
+  // The diff is a small part of the model: int(2 x 160 x 0.05) = 16
+  // down_proj columns and int(2 x 4 x 0.25) = 2 heads' o_proj columns.
+  const auto config = nlohmann::json::parse(ReadFileOrEmpty(dir + "/s2ft_config.json"));
+  EXPECT_EQ(config["format"], "lathe-s2ft");
+  EXPECT_EQ(config["seed"], 3);
+  EXPECT_EQ(config["trainable_parameters"], (16 + 2 * 16) * 64);
+  EXPECT_LT(fs::file_size(dir + "/s2ft_model.safetensors") * 10,
+            fs::file_size(dir + "/model.safetensors"));
+
+  const std::string applied = c.root() + "/s2ft-applied";
+  ASSERT_EQ(RunCommand({Binaries().worker, "s2ft-apply", "--model", c.demo_dir() + "/model",
+                        "--diff", dir, "--out", applied},
+                       &out),
+            0)
+      << out;
+  std::string merged_scores, applied_scores, base_scores;
+  for (auto [model, scores] : {std::pair{dir, &merged_scores},
+                               std::pair{applied, &applied_scores},
+                               std::pair{c.demo_dir() + "/model", &base_scores}}) {
+    ASSERT_EQ(RunCommand({Binaries().worker, "score", "--model", model, "--data",
+                          c.demo_dir() + "/valid.jsonl", "-o", "json"},
+                         scores),
+              0)
+        << *scores;
+  }
+  EXPECT_NE(merged_scores.find("\"loss\""), std::string::npos) << merged_scores;
+  EXPECT_EQ(applied_scores, merged_scores);
+  EXPECT_NE(base_scores, merged_scores);  // it trained
 }
 
 // LISA full fine-tuning (METHODS.md §4.2) through the CLI, lathed and a
@@ -695,6 +758,54 @@ TEST(EndToEndTest, MergeJobOverTwoFineTunesThroughTheCli) {
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
   EXPECT_NE(refused.status().message().find("training_file"), std::string::npos)
       << refused.status();
+
+  // --lora-rank: the result is a PEFT LoRA adapter re-factorised from the
+  // merged delta. Two rank-8 inputs' weighted sum has rank <= 16 per
+  // matrix, so at rank 16 the adapter on the base scores as the linear
+  // merge's model folder does.
+  std::map<std::string, std::string> results;  // "folder" / "lora" -> dir
+  for (const char* kind : {"folder", "lora"}) {
+    std::vector<std::string> args = {"merges", "create", "--base", "lathe-demo", "--inputs",
+                                     inputs[0] + "," + inputs[1], "--method", "linear",
+                                     "--weights", "1,0.5", "-o", "json"};
+    if (kind == std::string("lora")) {
+      args.insert(args.end(), {"--lora-rank", "16"});
+    }
+    ASSERT_EQ(Cli(c, args, &out), 0) << out << c.Logs();
+    const std::string id = nlohmann::json::parse(out.substr(out.find('{')))["id"];
+    auto ended = finish(id, nullptr);
+    ASSERT_TRUE(ended.ok());
+    ASSERT_EQ(ended->status(), v1::JOB_STATUS_SUCCEEDED) << ended->error().message() << c.Logs();
+    EXPECT_EQ(ended->adapter(),
+              kind == std::string("lora") ? v1::ADAPTER_TYPE_LORA : v1::ADAPTER_TYPE_FULL);
+    results[kind] = c.root() + "/linear-" + kind;
+    ASSERT_EQ(Cli(c, {"jobs", "download", id, "--out", results[kind]}, &out), 0) << out;
+  }
+  const auto lora_config =
+      nlohmann::json::parse(ReadFileOrEmpty(results["lora"] + "/adapter_config.json"));
+  EXPECT_EQ(lora_config["r"], 16);
+  EXPECT_EQ(lora_config["lora_alpha"], 16);
+  EXPECT_FALSE(fs::exists(results["lora"] + "/config.json"));
+  auto losses = [&](std::vector<std::string> args) {
+    std::string scored;
+    args.insert(args.begin(), {Binaries().worker, "score"});
+    args.insert(args.end(), {"--data", c.demo_dir() + "/valid.jsonl", "-o", "json"});
+    EXPECT_EQ(RunCommand(args, &scored), 0) << scored;
+    std::vector<double> out;
+    for (absl::string_view line : absl::StrSplit(scored, '\n', absl::SkipEmpty())) {
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_object() && j.contains("loss") && j["loss"].is_number()) {
+        out.push_back(j["loss"].get<double>());
+      }
+    }
+    return out;
+  };
+  const std::vector<double> folder = losses({"--model", results["folder"]});
+  const std::vector<double> adapted =
+      losses({"--model", c.demo_dir() + "/model", "--adapter", results["lora"]});
+  ASSERT_FALSE(folder.empty());
+  ASSERT_EQ(folder.size(), adapted.size());
+  for (size_t i = 0; i < folder.size(); ++i) EXPECT_NEAR(adapted[i], folder[i], 1e-4) << i;
 }
 
 // A data analysis job through the CLI: the demo's training file with its

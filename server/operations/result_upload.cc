@@ -28,7 +28,8 @@ absl::Status CheckResultHeader(const OperationDeps& deps,
       deps.coordinator->CheckCurrentAttempt(h.job_id(), h.attempt()));
   ASSIGN_OR_RETURN(v1::Job job, deps.store->GetJob(h.job_id()));
   bool allowed =
-      h.checkpoint_step() > 0 || job.adapter() == v1::ADAPTER_TYPE_FULL
+      h.checkpoint_step() > 0 || job.adapter() == v1::ADAPTER_TYPE_FULL ||
+              job.adapter() == v1::ADAPTER_TYPE_S2FT  // the merged folder + diff
           ? plain_name
           : h.name() == "adapter_config.json" ||
                 h.name() == "adapter_model.safetensors";

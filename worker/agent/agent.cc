@@ -569,6 +569,10 @@ void Agent::RunMergeAttempt(Attempt* attempt, const fs::path& dir,
   }
   if (!fetched) return fail("fetch_failed", error, false);
   spec.output_dir = (dir / "merged").string();
+  // A LoRA result (method.merge.lora_rank): the adapter re-factorised from
+  // the merged delta is what the job uploads.
+  const bool lora_result = job.method().merge().has_lora_rank();
+  if (lora_result) spec.lora.dir = (dir / "merged-lora").string();
   const std::string method(engine::MergeMethodName(spec.params.method));
   Emit(attempt, Message(absl::StrCat("Merge started on ", options_.worker_id, ": ", method, " of ",
                                      spec.inputs.size(), " fine-tunes of ", job.model())));
@@ -605,13 +609,16 @@ void Agent::RunMergeAttempt(Attempt* attempt, const fs::path& dir,
     *outcome.mutable_error() = JobErrorFor(result.status());
     return;
   }
-  if (!UploadResultFolder(attempt, spec.output_dir, outcome, &error)) {
+  if (!UploadResultFolder(attempt, lora_result ? spec.lora.dir : spec.output_dir, outcome,
+                          &error)) {
     return fail("upload_failed", error, false);
   }
   std::vector<std::string> merged;
   for (int i : result->merged_inputs) merged.push_back(spec.inputs[i].name);
   Emit(attempt, Message(absl::StrCat(
-                    "Model uploaded (", method, " of ", absl::StrJoin(merged, ", "), ", ",
+                    lora_result ? absl::StrCat("LoRA adapter (rank ", spec.lora.rank, ") uploaded (")
+                                : std::string("Model uploaded ("),
+                    method, " of ", absl::StrJoin(merged, ", "), ", ",
                     result->tensors, " tensors",
                     result->validation_loss.has_value()
                         ? absl::StrCat(", validation loss ", *result->validation_loss)
@@ -773,6 +780,13 @@ void Agent::RunAttempt(Attempt* attempt) {
                        " ",
              engine::Lora(o.adapter) != nullptr
                  ? absl::StrCat("LoRA r=", engine::Lora(o.adapter)->rank)
+             : std::holds_alternative<engine::S2ftSpec>(o.adapter)
+                 ? absl::StrCat(
+                       "S²FT (d_ratio ",
+                       std::get<engine::S2ftSpec>(o.adapter).d_ratio, ", u_ratio ",
+                       std::get<engine::S2ftSpec>(o.adapter).u_ratio, ", o_ratio ",
+                       std::get<engine::S2ftSpec>(o.adapter).o_ratio, ", v_ratio ",
+                       std::get<engine::S2ftSpec>(o.adapter).v_ratio, ")")
              : std::holds_alternative<engine::PromptTuningSpec>(o.adapter)
                  ? absl::StrCat(
                        "prompt tuning, ",
@@ -920,7 +934,10 @@ void Agent::RunAttempt(Attempt* attempt) {
       }
       if (uploaded) {
         outcome.set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
-        Emit(attempt, Message(absl::StrCat(std::holds_alternative<engine::FullSpec>(o.adapter) ? "Model" : "Adapter",
+        Emit(attempt, Message(absl::StrCat(std::holds_alternative<engine::FullSpec>(o.adapter)   ? "Model"
+                                           : std::holds_alternative<engine::S2ftSpec>(o.adapter)
+                                               ? "Merged model and S²FT diff"
+                                               : "Adapter",
                                            " uploaded (", result->steps,
                                            " steps, loss ", result->first_loss,
                                            " -> ", result->last_loss, ")")));

@@ -178,6 +178,18 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
     case v1::ADAPTER_TYPE_FULL:
       spec.adapter = engine::FullSpec{};
       break;
+    case v1::ADAPTER_TYPE_S2FT: {
+      const v1::S2ftConfig& wire = job.s2ft();
+      if (!wire.has_seed()) {
+        return absl::InvalidArgumentError("s2ft.seed: is not resolved");
+      }
+      spec.adapter = engine::S2ftSpec{.d_ratio = wire.d_ratio(),
+                                      .u_ratio = wire.u_ratio(),
+                                      .o_ratio = wire.o_ratio(),
+                                      .v_ratio = wire.v_ratio(),
+                                      .seed = wire.seed()};
+      break;
+    }
     case v1::ADAPTER_TYPE_PROMPT_TUNING: {
       const v1::PromptTuningMethod& wire = job.method().prompt_tuning();
       engine::PromptTuningSpec prompt;
@@ -353,6 +365,14 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
       wire.add_layers_to_transform(layer);
   } else if (std::holds_alternative<engine::PromptTuningSpec>(spec.adapter)) {
     job.set_adapter(v1::ADAPTER_TYPE_PROMPT_TUNING);
+  } else if (const auto* s2 = std::get_if<engine::S2ftSpec>(&spec.adapter)) {
+    job.set_adapter(v1::ADAPTER_TYPE_S2FT);
+    v1::S2ftConfig& wire = *job.mutable_s2ft();
+    wire.set_d_ratio(s2->d_ratio);
+    wire.set_u_ratio(s2->u_ratio);
+    wire.set_o_ratio(s2->o_ratio);
+    wire.set_v_ratio(s2->v_ratio);
+    wire.set_seed(s2->seed >= 0 ? s2->seed : static_cast<int64_t>(spec.seed));
   } else {
     job.set_adapter(v1::ADAPTER_TYPE_FULL);
   }
@@ -556,6 +576,11 @@ absl::StatusOr<engine::MergeSpec> MergeSpecForJob(const v1::Job& job) {
                  .seed = static_cast<uint64_t>(job.seed())};
   for (const std::string& input : m.inputs()) {
     spec.inputs.push_back({.dir = "", .name = input});
+  }
+  if (m.has_lora_rank()) {  // the job's result is the LoRA export
+    spec.lora.rank = m.lora_rank();
+    spec.lora.target_modules.assign(m.lora_target_modules().begin(),
+                                    m.lora_target_modules().end());
   }
   return spec;
 }

@@ -120,6 +120,7 @@ v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supe
     r.set_init("base");
   }
   if (adapter == v1::ADAPTER_TYPE_LORA) SetEveryField(*job.mutable_lora());
+  if (adapter == v1::ADAPTER_TYPE_S2FT) SetEveryField(*job.mutable_s2ft());
   // Not a valid selection (all kinds at once), but every field travels.
   if (adapter == v1::ADAPTER_TYPE_FULL) SetEveryField(*job.mutable_trainable());
   if (method != "supervised") return job;  // masked thought and mixtures are SFT's
@@ -152,7 +153,8 @@ v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supe
 
 TEST(JobOptionsTest, EveryResolvedSettingReachesTheEngineAndBack) {
   for (const char* method : kMethodTypes) {
-    for (v1::AdapterType adapter : {v1::ADAPTER_TYPE_LORA, v1::ADAPTER_TYPE_FULL}) {
+    for (v1::AdapterType adapter :
+         {v1::ADAPTER_TYPE_LORA, v1::ADAPTER_TYPE_FULL, v1::ADAPTER_TYPE_S2FT}) {
       v1::Job job = EveryFieldJob(adapter, method);
       auto options = RunSpecForJob(job);
       ASSERT_TRUE(options.ok()) << options.status();

@@ -19,14 +19,16 @@
 namespace lathe::engine {
 
 // Makes `adapter`'s tensors trainable: fresh LoRA factors or prompt
-// embeddings (drawn from torch's global generator), or requires_grad on
-// every weight. `tokenizer`: for prompt tuning's text init.
+// embeddings (drawn from torch's global generator), S²FT's zero deltas on
+// the slices drawn from its seed (`run_seed` when it has none), or
+// requires_grad on every weight. `tokenizer`: for prompt tuning's text init.
 absl::Status MakeTrainable(LlamaModel& model, const AdapterSpec& adapter,
-                           const Tokenizer* tokenizer = nullptr);
+                           const Tokenizer* tokenizer, uint64_t run_seed);
 
 // The trained tensors, named as in the adapter's weight file. Weight decay
-// applies to LoRA's A, B and DoRA magnitudes, and to full fine-tuning's
-// matrices (not to norms and biases, as transformers' Trainer does).
+// applies to LoRA's A, B and DoRA magnitudes, S²FT's deltas, and to full
+// fine-tuning's matrices (not to norms and biases, as transformers' Trainer
+// does).
 std::vector<AdamW::Param> TrainableParams(const LlamaModel& model,
                                           const AdapterSpec& adapter);
 
@@ -38,23 +40,26 @@ std::string TrainedWeightsFile(const AdapterSpec& adapter);
 std::string AdapterBaseName(const ModelSpec& model_spec,
                             const ModelConfig& config);
 
-// Writes what was trained to `dir`: the PEFT adapter (LoRA, float32), or a
-// model folder in the base's layout with its weights in `dtype` (full).
+// Writes what was trained to `dir`: the PEFT adapter (LoRA, float32),
+// S²FT's sparse diff (adapters/s2ft.h; its seed resolved with `run_seed`),
+// or a model folder in the base's layout with its weights in `dtype` (full).
 absl::Status SaveTrained(const LlamaModel& model, const AdapterSpec& adapter,
                          const ModelSpec& model_spec, const std::string& dir,
-                         torch::ScalarType dtype);
+                         torch::ScalarType dtype, uint64_t run_seed);
 
 // Loads the PEFT adapter folder `dir` (LORA or PROMPT_TUNING, by its
-// adapter_config.json) into `model`. Errors as LoadAdapter /
-// LoadPromptTuning.
+// adapter_config.json), or an S²FT diff (s2ft_config.json), into `model`.
+// Errors as LoadAdapter / LoadPromptTuning / LoadS2ft.
 absl::StatusOr<AdapterSpec> LoadTrained(LlamaModel& model,
                                         const std::string& dir);
 
 // The run's result: SaveTrained to output.dir in the base model's dtype,
-// and for LoRA the merged model folder to output.merged_dir when set.
+// and for LoRA the merged model folder to output.merged_dir when set. An
+// S²FT result is both in output.dir: the merged model folder (loads in
+// transformers) with the sparse diff's two files beside it.
 absl::Status ExportResult(const LlamaModel& model, const AdapterSpec& adapter,
                           const ModelSpec& model_spec,
-                          const OutputSpec& output);
+                          const OutputSpec& output, uint64_t run_seed);
 
 }  // namespace lathe::engine
 

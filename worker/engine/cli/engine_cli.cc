@@ -21,6 +21,7 @@
 #include "spdlog/spdlog.h"
 #include "worker/engine/adapters/adapter.h"
 #include "worker/engine/adapters/lora.h"
+#include "worker/engine/adapters/s2ft.h"
 #include "worker/engine/cli/demo.h"
 #include "worker/engine/data/chat_data.h"
 #include "worker/engine/device/placement.h"
@@ -67,6 +68,9 @@ constexpr char kUsage[] =
     "             [--drop-fraction Q] [--alpha A] [--samples K] [--temperature T]\n"
     "             [--max-new-tokens N] [--answer-extractor KIND [--answer-pattern RE]]\n"
     "             [--seed S]\n"
+    "  %1$s s2ft-apply --model DIR --diff DIR --out DIR [--revert]\n"
+    "      the base with an S2FT job's sparse diff added (subtracted), as a\n"
+    "      model folder\n"
     "  %1$s merge --base DIR --inputs DIR,DIR,... --out DIR\n"
     "      [--method linear|task_arithmetic|ties|dare_linear|dare_ties|\n"
     "                breadcrumbs|lines|greedy_soup] [--weights W,W,...]\n"
@@ -130,7 +134,7 @@ int TrainCommand(const std::string& spec_path) {
 }
 
 // Flags that take no value; present means "true".
-const std::vector<std::string> kSwitches = {"--add-special-tokens", "--keep-duplicates"};
+const std::vector<std::string> kSwitches = {"--add-special-tokens", "--keep-duplicates", "--revert"};
 
 // "--name value" flags (and switches) after the subcommand. nullopt (usage
 // error) for a flag not in `known`, a repeated one, or one without a value.
@@ -604,6 +608,22 @@ absl::Status MergeCommand(const std::map<std::string, std::string>& flags) {
   return absl::OkStatus();
 }
 
+absl::Status S2ftApplyCommand(const std::map<std::string, std::string>& flags) {
+  if (Flag(flags, "--diff").empty() || Flag(flags, "--out").empty()) {
+    return absl::InvalidArgumentError("s2ft-apply needs --model, --diff and --out");
+  }
+  const bool revert = flags.count("--revert") != 0;
+  RETURN_IF_ERROR(ApplyS2ftDiff(Flag(flags, "--model"), Flag(flags, "--diff"),
+                                Flag(flags, "--out"), revert));
+  std::cout << Json{{"model", Flag(flags, "--model")},
+                    {"diff", Flag(flags, "--diff")},
+                    {"out", Flag(flags, "--out")},
+                    {"reverted", revert}}
+                   .dump()
+            << std::endl;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int RunEngineCommand(int argc, char** argv) {
@@ -653,6 +673,8 @@ int RunEngineCommand(int argc, char** argv) {
            "--epsilon-fraction", "--score", "--threshold", "--drop-fraction", "--alpha",
            "--samples", "--temperature", "--max-new-tokens", "--answer-extractor",
            "--answer-pattern", "--seed"}}},
+        {"s2ft-apply",
+         {S2ftApplyCommand, "--model", {"--model", "--diff", "--out", "--revert"}}},
         {"merge",
          {MergeCommand,
           "--base",

@@ -85,6 +85,12 @@ torch::Tensor InverseFrequencies(const ModelConfig& c) {
 torch::Tensor Linear::Forward(const torch::Tensor& x, bool training,
                               bool adapter) const {
   torch::Tensor y = torch::linear(x, As(weight, x), As(bias, x));
+  if (s2_delta.defined() && adapter) {
+    return s2_rows ? y.index_add(y.dim() - 1, s2_index,
+                                 torch::linear(x, As(s2_delta, x)))
+                   : y + torch::linear(x.index_select(x.dim() - 1, s2_index),
+                                       As(s2_delta, x));
+  }
   if (!lora_a.defined() || !adapter) return y;
   torch::Tensor dropped = torch::dropout(x, lora_dropout, training);
   torch::Tensor lora =
@@ -113,6 +119,11 @@ torch::Tensor Linear::DoraRowNorm() const {
 
 torch::Tensor Linear::MergedWeight() const {
   torch::NoGradGuard no_grad;
+  if (s2_delta.defined()) {
+    return weight.to(torch::kFloat32)
+        .index_add(s2_rows ? 0 : 1, s2_index, s2_delta.to(torch::kFloat32))
+        .to(weight.scalar_type());
+  }
   if (!lora_a.defined()) return weight;
   torch::Tensor merged = weight + lora_scale * torch::matmul(lora_b, lora_a);
   if (!lora_magnitude.defined()) return merged;

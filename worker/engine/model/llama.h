@@ -41,6 +41,14 @@ struct Linear {
   torch::Tensor lora_magnitude;  // [out]: DoRA's m, or undefined
   double lora_scale = 0;         // alpha / r (alpha / sqrt(r) for rsLoRA)
   double lora_dropout = 0;       // probability, applied when training
+  // S²FT (adapters/s2ft.h): a dense trained update of some whole rows
+  // (s2_rows) or columns of the frozen weight, the weight applied being
+  // W[idx, :] + delta (delta [k, in]) or W[:, idx] + delta (delta [out, k]):
+  // rows add x delta^T into the selected outputs, columns add
+  // x[..., idx] delta^T to every output. Undefined = none.
+  torch::Tensor s2_index;  // int64 [k], ascending, on the weight's device
+  torch::Tensor s2_delta;  // float32
+  bool s2_rows = true;
 
   // `adapter` false: the base projection alone, as if no LoRA were attached.
   torch::Tensor Forward(const torch::Tensor& x, bool training,
@@ -51,8 +59,10 @@ struct Linear {
   // is float32 whatever the compute dtype). REQUIRES: lora_a defined.
   torch::Tensor DoraRowNorm() const;
 
-  // The weight the layer applies: W, W + scale B A (LoRA) or
-  // m (W + scale B A) / ||W + scale B A|| (DoRA), without gradient.
+  // The weight the layer applies: W, W + scale B A (LoRA),
+  // m (W + scale B A) / ||W + scale B A|| (DoRA) or W with S²FT's delta
+  // added to its rows or columns (in float32, then W's dtype), without
+  // gradient.
   torch::Tensor MergedWeight() const;
 };
 

@@ -49,6 +49,13 @@ absl::StatusOr<TensorMap> LoadSafetensors(const std::string& path) {
                    st::MappedFile::Open(path));
   TensorMap out;
   for (const st::TensorInfo& info : file->header().tensors) {
+    if (info.dtype == st::Dtype::kI64) {  // indices (S²FT's), kept as they are
+      absl::Span<const std::byte> data = file->Data(info);
+      out[info.name] = torch::from_blob(const_cast<std::byte*>(data.data()),
+                                        info.shape, torch::dtype(torch::kInt64))
+                           .clone();
+      continue;
+    }
     ASSIGN_OR_RETURN(out[info.name], ToFloat32(*file, info));
   }
   return out;
@@ -148,10 +155,12 @@ absl::Status SaveSafetensors(const std::string& path, const TensorMap& tensors,
   contiguous.reserve(tensors.size());
   std::vector<st::TensorView> views;
   for (const auto& [name, tensor] : tensors) {
-    contiguous.push_back(tensor.detach().to(torch::kCPU, dtype).contiguous());
+    const bool index = tensor.scalar_type() == torch::kInt64;
+    contiguous.push_back(
+        tensor.detach().to(torch::kCPU, index ? torch::kInt64 : dtype).contiguous());
     const torch::Tensor& t = contiguous.back();
     views.push_back(
-        {name, file_dtype, t.sizes().vec(),
+        {name, index ? st::Dtype::kI64 : file_dtype, t.sizes().vec(),
          absl::Span<const std::byte>(
              static_cast<const std::byte*>(t.data_ptr()), t.nbytes())});
   }

@@ -17,7 +17,8 @@ namespace lathe::engine {
 using TensorMap = std::map<std::string, torch::Tensor>;
 
 // Every tensor of the safetensors file at `path`, converted from F32, F16 or
-// BF16 to float32 CPU tensors (copied out of a read-only mapping).
+// BF16 to float32 CPU tensors (copied out of a read-only mapping); I64
+// tensors (indices) stay int64.
 // NOT_FOUND / DATA_LOSS as safetensors::ReadHeaderFile; INVALID_ARGUMENT
 // naming the tensor for any other dtype.
 absl::StatusOr<TensorMap> LoadSafetensors(const std::string& path);
@@ -69,7 +70,7 @@ absl::StatusOr<torch::Tensor> TakeTensor(TensorMap& tensors,
                                          const std::string& source);
 
 // Writes `tensors` to `path` (atomically) with `metadata`, converted to
-// `dtype` (float32, float16 or bfloat16).
+// `dtype` (float32, float16 or bfloat16); int64 tensors are written as I64.
 absl::Status SaveSafetensors(const std::string& path, const TensorMap& tensors,
                              const std::map<std::string, std::string>& metadata,
                              torch::ScalarType dtype = torch::kFloat32);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -59,7 +60,7 @@ absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec) {
                      placement.compute);
   torch::manual_seed(spec.seed);
   RETURN_IF_ERROR(
-      MakeTrainable(*setup.model, spec.adapter, setup.tokenizer.get()));
+      MakeTrainable(*setup.model, spec.adapter, setup.tokenizer.get(), spec.seed));
   return setup;
 }
 
@@ -304,7 +305,15 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
         "training {} on {} ({} on {}, {}{} examples, {} steps from step {}, "
         "lr {} {}, batch {} x {}, max_seq_len {}, seed {}, packing {}, "
         "activation checkpointing {}; {})",
-        lora != nullptr ? absl::StrCat("LoRA r=", lora->rank) : "all weights",
+        lora != nullptr ? absl::StrCat("LoRA r=", lora->rank)
+        : std::holds_alternative<S2ftSpec>(spec.adapter)
+            ? absl::StrCat("S²FT slices (",
+                           std::accumulate(params.begin(), params.end(), int64_t{0},
+                                           [](int64_t n, const AdamW::Param& p) {
+                                             return n + p.value.numel();
+                                           }),
+                           " parameters)")
+            : "all weights",
         spec.model.dir, c10::toString(model.compute_dtype()),
         model.device().str(),
         multi_stage ? absl::StrCat("stage ", stage + 1, "/", stages.size(),
@@ -334,7 +343,7 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
     auto save_state = [&](const std::string& dir) -> absl::Status {
       // float32 whatever the source dtype, so that resuming is exact.
       RETURN_IF_ERROR(SaveTrained(model, spec.adapter, spec.model, dir,
-                                  torch::kFloat32));
+                                  torch::kFloat32, spec.seed));
       if (general_before.has_value()) {
         RETURN_IF_ERROR(WriteJsonFile(
             absl::StrCat(dir, "/", kGeneralBeforeFile),
@@ -490,7 +499,8 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
                  spec.evaluation.intruder_top_k,
                  spec.evaluation.intruder_epsilon);
   }
-  RETURN_IF_ERROR(ExportResult(model, spec.adapter, spec.model, spec.output));
+  RETURN_IF_ERROR(
+      ExportResult(model, spec.adapter, spec.model, spec.output, spec.seed));
   if (selection != nullptr) {
     // The manifest: what was trained (LISA's draws, HFT's halves).
     RETURN_IF_ERROR(WriteJsonFile(spec.output.dir + "/" + kSelectionManifest,

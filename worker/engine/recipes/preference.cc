@@ -246,7 +246,7 @@ class DpoObjective : public PreferenceObjective {
       : PreferenceObjective(spec, model, std::move(data), pad_id,
                             dpo.loss_chunk_tokens),
         dpo_(dpo),
-        precomputed_(Lora(spec.adapter) == nullptr ||
+        precomputed_(std::holds_alternative<FullSpec>(spec.adapter) ||
                      dpo.reference == "precomputed"),
         options_{.loss = loss,
                  .beta = dpo.beta,

@@ -24,6 +24,7 @@
 #include "worker/engine/recipes/loop.h"
 #include "worker/engine/recipes/preference.h"
 #include "worker/engine/recipes/sft.h"
+#include "worker/engine/reports/reports.h"
 #include "worker/engine/text/json_file.h"
 
 namespace lathe::engine {
@@ -326,6 +327,13 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
   int first_iteration = 1;
   int64_t offset = 0;  // steps of the iterations before
   std::vector<IterationReport> history;
+  // The forgetting report (evaluation.general_file): the base model's loss
+  // before the first iteration, carried by every checkpoint's state, and
+  // the trained model's after the last.
+  ASSIGN_OR_RETURN(const std::optional<GeneralSet> general,
+                   LoadGeneralSet(spec, setup));
+  const bool all_tokens = spec.evaluation.general_tokens == "all";
+  std::optional<HeldOutLoss> general_before;
   const std::string& resume_from = spec.checkpoint.resume_from;
   if (!resume_from.empty()) {
     const std::string path = absl::StrCat(resume_from, "/", kSelfTrainingStateFile);
@@ -346,6 +354,14 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
       ASSIGN_OR_RETURN(IterationReport r, ReportFromJson(j));
       history.push_back(r);
     }
+    if (const auto b = state.find("general_before"); general && b != state.end() &&
+        b->is_object() && b->value("loss", Json()).is_number() &&
+        b->value("tokens", Json()).is_number_integer()) {
+      general_before = HeldOutLoss{.loss = (*b)["loss"].get<double>(),
+                                   .tokens = (*b)["tokens"].get<int64_t>()};
+    } else if (general) {
+      spdlog::warn("{} holds no general_before: no forgetting report for this run", path);
+    }
     if (first_iteration < 1 || first_iteration > st.iterations ||
         history.back().iteration != first_iteration) {
       return WithErrorKind(
@@ -355,6 +371,14 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
               "self_training settings it was written with")),
           ErrorKind::kUserOptions, "self_training.iterations");
     }
+  }
+
+  if (general && resume_from.empty()) {
+    general_before = HeldOutLossOf(model, general->examples, all_tokens,
+                                   spec.data.batch_size, general->pad_id,
+                                   /*adapters=*/false);
+    spdlog::info("general_file: the base model's loss {} over {} tokens",
+                 general_before->loss, general_before->tokens);
   }
 
   ScratchDir scratch;
@@ -555,6 +579,10 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
       state["iterations"].push_back(ReportJson(r));
     }
     state["iterations"].push_back(ReportJson(report));
+    if (general_before) {
+      state["general_before"] = {{"loss", general_before->loss},
+                                 {"tokens", general_before->tokens}};
+    }
     std::unique_ptr<Objective> inner_objective;
     if (spin) {
       // The opponent: the model this iteration starts from.
@@ -619,6 +647,17 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
     result.last_loss = trained->last_loss;
     result.validation_loss = trained->validation_loss;
     result.intruders = std::move(trained->intruders);
+  }
+  if (general_before) {
+    const HeldOutLoss after = HeldOutLossOf(model, general->examples, all_tokens,
+                                            spec.data.batch_size, general->pad_id);
+    result.forgetting = ForgettingReport{.loss_before = general_before->loss,
+                                         .loss_after = after.loss,
+                                         .tokens = after.tokens,
+                                         .tokens_counted = spec.evaluation.general_tokens};
+    spdlog::info("general_file: loss {} before, {} after (delta {})",
+                 result.forgetting->loss_before, result.forgetting->loss_after,
+                 result.forgetting->delta());
   }
   result.steps = offset;
   result.first_loss = history.front().first_loss;

@@ -19,7 +19,9 @@
 #include "worker/engine/cli/demo.h"
 #include "worker/engine/data/chat_data.h"
 #include "worker/engine/error_kind.h"
+#include "worker/engine/adapters/adapter.h"
 #include "worker/engine/inference/generate.h"
+#include "worker/engine/inference/score.h"
 #include "worker/engine/model/llama.h"
 #include "worker/engine/recipes/run.h"
 #include "worker/engine/spec/run_spec.h"
@@ -394,6 +396,60 @@ TEST_F(RftTest, InitBaseTrainsEachIterationFromTheJobsModel) {
   bool differs = false;
   for (const auto& [name, tensor] : *a) differs |= !torch::allclose(tensor, c->at(name));
   EXPECT_TRUE(differs);
+}
+
+// The forgetting report of a self-training run (METHODS.md §9.1): "before"
+// is the job's model scoring the general file (ScoreExample, weighted by
+// each example's trained tokens), measured before iteration 1 and carried
+// through a resume; "after" is the final adapter's on the same file.
+TEST_F(RftTest, TheForgettingReportSpansTheIterations) {
+  testing::TempDir data, whole, stopped;
+  const std::string train = TrainingFile(data.path());
+  RunSpec spec = RftSpec(whole.path(), train, 2);
+  spec.evaluation.general_file = demo_->path() + "/valid.jsonl";
+
+  // Σ loss_i n_i / Σ n_i of a model over the general file.
+  auto general_loss = [&](const std::string& adapter_dir) {
+    absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Load(SamplerDir());
+    EXPECT_TRUE(model.ok());
+    if (!adapter_dir.empty()) EXPECT_TRUE(LoadTrained(**model, adapter_dir).ok());
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(SamplerDir());
+    absl::StatusOr<Dataset> general = LoadChatDataset(
+        spec.evaluation.general_file, **tokenizer, ChatTemplateFor(**tokenizer, ""),
+        spec.data.max_seq_len, "general");
+    EXPECT_TRUE(general.ok()) << general.status();
+    double sum = 0;
+    int64_t tokens = 0;
+    for (const Example& e : general->examples) {
+      absl::StatusOr<Scores> scores = ScoreExample(**model, e);
+      EXPECT_TRUE(scores.ok()) << scores.status();
+      int64_t n = 0;
+      for (size_t t = 1; t < e.loss_mask.size(); ++t) n += e.loss_mask[t];
+      sum += scores->loss * n;
+      tokens += n;
+    }
+    return sum / tokens;
+  };
+
+  Out out = TrainRun(spec, 0);
+  ASSERT_TRUE(out.result.ok()) << out.result.status();
+  ASSERT_TRUE(out.result->forgetting.has_value());
+  const ForgettingReport& report = *out.result->forgetting;
+  EXPECT_NEAR(report.loss_before, general_loss(""), 1e-5);
+  EXPECT_NEAR(report.loss_after, general_loss(spec.output.dir), 1e-5);
+  EXPECT_GT(std::abs(report.delta()), 1e-6);
+
+  // Stopped in iteration 2 and resumed: the same "before", from the state.
+  RunSpec stop_spec = RftSpec(stopped.path(), train, 2);
+  stop_spec.evaluation.general_file = spec.evaluation.general_file;
+  Out first = TrainRun(stop_spec, out.result->iterations[0].last_step + 1);
+  ASSERT_TRUE(absl::IsAborted(first.result.status())) << first.result.status();
+  stop_spec.checkpoint.resume_from = first.checkpoints.back().dir;
+  Out rest = TrainRun(stop_spec, 0);
+  ASSERT_TRUE(rest.result.ok()) << rest.result.status();
+  ASSERT_TRUE(rest.result->forgetting.has_value());
+  EXPECT_EQ(rest.result->forgetting->loss_before, report.loss_before);
+  EXPECT_DOUBLE_EQ(rest.result->forgetting->loss_after, report.loss_after);
 }
 
 TEST_F(RftTest, BadDataAndSettingsAreRefusedNamingTheLineOrField) {

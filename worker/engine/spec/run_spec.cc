@@ -89,6 +89,14 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, PromptT
   f("init_text", s.init_text);
 }
 template <typename S, typename F>
+void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, S2ftSpec> {
+  f("d_ratio", s.d_ratio);
+  f("u_ratio", s.u_ratio);
+  f("o_ratio", s.o_ratio);
+  f("v_ratio", s.v_ratio);
+  f("seed", s.seed);
+}
+template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, LisaSpec> {
   f("activated_layers", s.activated_layers);
   f("interval_steps", s.interval_steps);
@@ -474,7 +482,7 @@ std::string Resolve(const std::string& path, const std::string& base_dir) {
 }  // namespace
 
 std::string AdapterType(const AdapterSpec& adapter) {
-  constexpr const char* kTypes[] = {"lora", "full", "prompt_tuning"};
+  constexpr const char* kTypes[] = {"lora", "full", "prompt_tuning", "s2ft"};
   static_assert(std::variant_size_v<AdapterSpec> == std::size(kTypes));
   return kTypes[adapter.index()];
 }
@@ -593,9 +601,28 @@ absl::Status FromJson(const Json& j, AdapterSpec* s) {
       j, s, "adapter",
       {{"lora", LoraSpec{}},
        {"full", FullSpec{}},
-       {"prompt_tuning", PromptTuningSpec{}}});
+       {"prompt_tuning", PromptTuningSpec{}},
+       {"s2ft", S2ftSpec{}}});
 }
 absl::Status Validate(const AdapterSpec& s) {
+  if (const auto* s2 = std::get_if<S2ftSpec>(&s)) {
+    for (const auto& [field, ratio] :
+         {std::pair{"d_ratio", s2->d_ratio}, std::pair{"u_ratio", s2->u_ratio},
+          std::pair{"o_ratio", s2->o_ratio}, std::pair{"v_ratio", s2->v_ratio}}) {
+      if (!(ratio >= 0 && ratio <= 1)) {
+        return Invalid(absl::StrCat("adapter.", field), "must be in [0, 1]");
+      }
+    }
+    if (s2->d_ratio + s2->u_ratio + s2->o_ratio + s2->v_ratio == 0) {
+      return Invalid("adapter.d_ratio",
+                     "every ratio is 0: S²FT would train nothing (the "
+                     "reference's LLaMA-3 setting is d_ratio 0.03)");
+    }
+    if (s2->seed < -1) {
+      return Invalid("adapter.seed", "must be -1 (the run's seed) or at least 0");
+    }
+    return absl::OkStatus();
+  }
   if (const auto* prompt = std::get_if<PromptTuningSpec>(&s)) {
     if (prompt->num_virtual_tokens < 1 || prompt->num_virtual_tokens > 1024) {
       return Invalid("adapter.num_virtual_tokens", "must be in 1..1024");
@@ -662,6 +689,13 @@ void AddResumeKeys(const AdapterSpec& s, Json* keys) {
     (*keys)["prompt_tuning.num_virtual_tokens"] = prompt->num_virtual_tokens;
     (*keys)["prompt_tuning.init"] = prompt->init;
     (*keys)["prompt_tuning.init_text"] = prompt->init_text;
+  }
+  if (const auto* s2 = std::get_if<S2ftSpec>(&s)) {
+    (*keys)["s2ft.d_ratio"] = s2->d_ratio;
+    (*keys)["s2ft.u_ratio"] = s2->u_ratio;
+    (*keys)["s2ft.o_ratio"] = s2->o_ratio;
+    (*keys)["s2ft.v_ratio"] = s2->v_ratio;
+    (*keys)["s2ft.seed"] = s2->seed;
   }
 }
 
@@ -1062,7 +1096,9 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
   });
   RETURN_IF_ERROR(status);
   if (Lora(spec.adapter) == nullptr && !spec.output.merged_dir.empty()) {
-    return Invalid("output.merged_dir", "is for LoRA runs only");
+    return Invalid("output.merged_dir",
+                   "is for LoRA runs only (an S²FT run's output.dir holds "
+                   "the merged model)");
   }
   if (IsPreference(spec.objective) && !spec.data.stages.empty()) {
     return Invalid("data.stages", "are for objective sft");
@@ -1110,10 +1146,6 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
       return Invalid(spec.data.stages.empty() ? "data.mixture" : "data.stages",
                      "cannot be combined with self_training: each "
                      "iteration's training data is its RFT set");
-    }
-    if (!spec.evaluation.general_file.empty()) {
-      return Invalid("evaluation.general_file",
-                     "cannot be combined with self_training yet");
     }
   }
   // A pair row must keep at least one reply token after its prompt.

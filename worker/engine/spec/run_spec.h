@@ -142,7 +142,23 @@ struct PromptTuningSpec {
   std::string init_text;        // "Classify the sentiment:" (for "text")
 };
 
-using AdapterSpec = std::variant<LoraSpec, FullSpec, PromptTuningSpec>;
+// "adapter" {"type": "s2ft", ...}: S²FT, structured sparse fine-tuning
+// (METHODS.md §6.1, common/s2ft_selection.h): whole rows or columns of a
+// few frozen projections are trained densely, chosen at random model-wide
+// from `seed` as the reference draws them. The result is the merged model
+// folder plus the sparse diff (adapters/s2ft.h) that `lathe-worker
+// s2ft-apply` adds to the base.
+struct S2ftSpec {
+  double d_ratio = 0.03;  // 0.02: of all (layer, FFN channel): down_proj columns
+  double u_ratio = 0;     // 0.01: of all (layer, FFN channel): up_proj rows
+  double o_ratio = 0;     // 0.052: of all (layer, query head): o_proj columns
+  double v_ratio = 0;     // 0.01: of all (layer, KV head): v_proj rows
+  // Python's random.seed of the selection; -1 = the run's seed.
+  int64_t seed = -1;  // 0
+};
+
+using AdapterSpec =
+    std::variant<LoraSpec, FullSpec, PromptTuningSpec, S2ftSpec>;
 
 // "trainable": which of the model's tensors a full fine-tuning run trains
 // (METHODS.md §2.3 coarse level, §4); adapters/selection.h applies it. No
@@ -350,7 +366,7 @@ struct RunSpec {
   OutputSpec output;
 };
 
-// "lora", "full" or "prompt_tuning"; "sft", "dpo" or "orpo".
+// "lora", "full", "prompt_tuning" or "s2ft"; "sft", "dpo" or "orpo".
 std::string AdapterType(const AdapterSpec& adapter);
 std::string ObjectiveType(const ObjectiveSpec& objective);
 // The API's name of the objective's hyperparameters, for errors about a
