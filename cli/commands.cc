@@ -101,7 +101,8 @@ Usage:
                     [--masked-thought P [--mask-token pad|ID]]
                     [--general-file FILE_ID [--general-all-tokens]]
                      (the forgetting report: its loss before and after)
-                    [--intruder-top-k K] [--intruder-epsilon E]  (LoRA)
+                    [--intruder-top-k K] [--intruder-epsilon E]
+                    [--intruder-mitigation-lambda L]  (LoRA)
                     [--dmt GENERAL_FILE_ID[:VALID_FILE_ID] [--dmt-k K]]
                      (DMT: stage 1 on --mixture / --training-file, stage 2
                       on the general file + a fraction K, default 1/256, of
@@ -468,6 +469,12 @@ void PrintJob(const v1::Job& j) {
       std::cout << absl::StrFormat("                  %s: %d (min similarity %.3f)\n", m.name(),
                                    m.intruders(), m.min_similarity());
     }
+    if (r.has_mitigation_lambda()) {
+      std::cout << absl::StrFormat(
+          "                  mitigated (lambda %g): %d matrices re-factorised; the adapter is the "
+          "mitigated one\n",
+          r.mitigation_lambda(), r.mitigated_matrices());
+    }
   }
   if (!j.error().code().empty()) {
     std::cout << "error:            " << j.error().code() << ": " << j.error().message()
@@ -690,6 +697,11 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     auto v = IntFlag(a, "intruder-top-k");
     if (!v.ok()) return v.status();
     r.mutable_reports()->set_intruder_top_k(static_cast<int32_t>(*v));
+  }
+  if (a.Has("intruder-mitigation-lambda")) {
+    auto v = DoubleFlag(a, "intruder-mitigation-lambda");
+    if (!v.ok()) return v.status();
+    r.mutable_reports()->set_intruder_mitigation_lambda(*v);
   }
   if (a.Has("intruder-epsilon")) {
     auto v = DoubleFlag(a, "intruder-epsilon");
@@ -1454,7 +1466,7 @@ int Run(const std::vector<std::string>& argv) {
        "half-ft-include-embeddings", "mixture",
        "mixture-strategy", "mixture-temperature", "mixture-stop", "regularizer",
        "masked-thought", "mask-token", "dmt", "dmt-k", "general-file", "general-all-tokens",
-       "intruder-top-k", "intruder-epsilon", "base", "inputs", "weights", "lambda", "density",
+       "intruder-top-k", "intruder-epsilon", "intruder-mitigation-lambda", "base", "inputs", "weights", "lambda", "density",
        "majority-sign", "gamma", "lines-alpha", "lines-beta", "select-loss-quantile",
        "keep-duplicates", "select", "target", "budget", "epsilon-fraction", "score",
        "threshold", "drop-fraction", "alpha", "samples", "temperature",

@@ -742,6 +742,20 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
       return Bad("reports.intruder_top_k", "is for LoRA jobs (their adapted matrices)");
     }
   }
+  if (r.reports().has_intruder_mitigation_lambda()) {
+    const double l = r.reports().intruder_mitigation_lambda();
+    if (!(Finite(l) && l >= 0 && l <= 1)) {
+      return Bad("reports.intruder_mitigation_lambda", "must be in [0, 1] (PEFT's default 0.75)");
+    }
+    if ((r.adapter() != v1::ADAPTER_TYPE_UNSPECIFIED && r.adapter() != v1::ADAPTER_TYPE_LORA) ||
+        MethodType(r.method()) == "prompt_tuning") {
+      return Bad("reports.intruder_mitigation_lambda", "is for LoRA jobs (their adapted matrices)");
+    }
+    if (r.lora().use_dora()) {
+      return Bad("reports.intruder_mitigation_lambda",
+                 "is for LoRA without DoRA (the mitigation re-factorises B and A)");
+    }
+  }
   if (r.reports().has_intruder_epsilon() &&
       !(Finite(r.reports().intruder_epsilon()) && r.reports().intruder_epsilon() > 0 &&
         r.reports().intruder_epsilon() <= 1)) {

@@ -342,6 +342,18 @@ TEST(JobRequestTest, ReportsAreCheckedAndResolved) {
       {[](auto& r) { r.mutable_reports()->set_intruder_epsilon(0); }, "reports.intruder_epsilon"},
       {[](auto& r) { r.mutable_reports()->set_intruder_epsilon(NAN); },
        "reports.intruder_epsilon"},
+      {[](auto& r) { r.mutable_reports()->set_intruder_mitigation_lambda(1.5); },
+       "reports.intruder_mitigation_lambda: must be in [0, 1]"},
+      {[](auto& r) {
+         r.set_adapter(v1::ADAPTER_TYPE_FULL);
+         r.mutable_reports()->set_intruder_mitigation_lambda(0.75);
+       },
+       "reports.intruder_mitigation_lambda: is for LoRA jobs"},
+      {[](auto& r) {
+         r.mutable_lora()->set_use_dora(true);
+         r.mutable_reports()->set_intruder_mitigation_lambda(0.75);
+       },
+       "reports.intruder_mitigation_lambda: is for LoRA without DoRA"},
   };
   for (const Case& c : cases) {
     v1::CreateJobRequest r = Valid();
@@ -361,6 +373,14 @@ TEST(JobRequestTest, ReportsAreCheckedAndResolved) {
   EXPECT_FALSE(job.reports().all_tokens());
   EXPECT_EQ(job.reports().intruder_top_k(), 10);  // LoRA
   EXPECT_EQ(job.reports().intruder_epsilon(), 0.5);
+  EXPECT_FALSE(job.reports().has_intruder_mitigation_lambda());  // off unless asked
+  r.mutable_reports()->set_intruder_mitigation_lambda(0);
+  ASSERT_TRUE(CheckJobRequest(r).ok()) << CheckJobRequest(r);
+  EXPECT_EQ(ResolveJob(r, training, v1::Model(), "p", "ftjob-1", 5, {})
+                .reports()
+                .intruder_mitigation_lambda(),
+            0);
+  r.mutable_reports()->clear_intruder_mitigation_lambda();
   r.set_adapter(v1::ADAPTER_TYPE_FULL);
   job = ResolveJob(r, training, v1::Model(), "p", "ftjob-2", 5, {});
   EXPECT_EQ(job.reports().intruder_top_k(), 0);  // no adapted matrices

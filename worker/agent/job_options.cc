@@ -323,6 +323,9 @@ absl::StatusOr<engine::RunSpec> RunSpecForJob(const v1::Job& job) {
   if (job.reports().intruder_epsilon() > 0) {
     spec.evaluation.intruder_epsilon = job.reports().intruder_epsilon();
   }
+  if (job.reports().has_intruder_mitigation_lambda()) {
+    spec.evaluation.intruder_mitigation_lambda = job.reports().intruder_mitigation_lambda();
+  }
   spec.schedule.n_epochs = hp.n_epochs();
   spec.data.batch_size = hp.batch_size();
   spec.optimizer.learning_rate = hp.learning_rate();
@@ -464,6 +467,9 @@ v1::Job JobForRunSpec(const engine::RunSpec& spec) {
   reports.set_all_tokens(spec.evaluation.general_tokens == "all");
   reports.set_intruder_top_k(spec.evaluation.intruder_top_k);
   reports.set_intruder_epsilon(spec.evaluation.intruder_epsilon);
+  if (spec.evaluation.intruder_mitigation_lambda >= 0) {
+    reports.set_intruder_mitigation_lambda(spec.evaluation.intruder_mitigation_lambda);
+  }
   hp.set_max_grad_norm(spec.optimizer.max_grad_norm);
   hp.set_checkpoint_every_steps(spec.checkpoint.every_steps);
   const auto* sft = std::get_if<engine::SftSpec>(&spec.objective);
@@ -531,6 +537,10 @@ v1::JobReport ReportForResult(const engine::RunSpec& spec,
       total += m.intruders;
     }
     wire.set_total(total);
+    if (result.intruders_mitigated.has_value()) {
+      wire.set_mitigation_lambda(spec.evaluation.intruder_mitigation_lambda);
+      wire.set_mitigated_matrices(*result.intruders_mitigated);
+    }
   }
   for (const engine::IterationReport& r : result.iterations) {
     v1::IterationSummary& wire = *report.add_iterations();

@@ -88,6 +88,7 @@ v1::Job EveryFieldJob(v1::AdapterType adapter, const std::string& method = "supe
   job.mutable_reports()->set_all_tokens(true);
   job.mutable_reports()->set_intruder_top_k(5);
   job.mutable_reports()->set_intruder_epsilon(0.25);
+  job.mutable_reports()->set_intruder_mitigation_lambda(0.375);
   if (method == std::string("prompt_tuning")) {
     job.set_adapter(v1::ADAPTER_TYPE_PROMPT_TUNING);
     auto* p = job.mutable_method()->mutable_prompt_tuning();

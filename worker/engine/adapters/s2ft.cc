@@ -255,7 +255,7 @@ absl::StatusOr<std::vector<Slice>> ReadDiff(
                                      " but the base model is ", shape.dump(),
                                      ": the diff was made on another model"));
   }
-  ASSIGN_OR_RETURN(TensorMap tensors, LoadSafetensors(weights_path));
+  ASSIGN_OR_RETURN(TensorMap tensors, LoadSafetensors(weights_path, /*int64_indices=*/true));
   std::vector<Slice> slices;
   for (size_t i = 0; i < static_cast<size_t>(config.num_hidden_layers); ++i) {
     for (const Target& t : kTargets) {

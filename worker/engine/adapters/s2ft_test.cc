@@ -70,7 +70,7 @@ class S2ftTest : public ::testing::Test {
   }
 
   static TensorMap Read(const std::string& path) {
-    absl::StatusOr<TensorMap> t = LoadSafetensors(path);
+    absl::StatusOr<TensorMap> t = LoadSafetensors(path, /*int64_indices=*/true);
     EXPECT_TRUE(t.ok()) << t.status();
     return t.ok() ? *t : TensorMap{};
   }

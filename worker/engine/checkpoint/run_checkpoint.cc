@@ -132,7 +132,8 @@ absl::Status ResumeRunCheckpoint(
   }
 
   const std::string weights_path = dir + "/" + weights_file;
-  ASSIGN_OR_RETURN(TensorMap saved, LoadSafetensors(weights_path));
+  // S²FT checkpoints hold indices beside the deltas.
+  ASSIGN_OR_RETURN(TensorMap saved, LoadSafetensors(weights_path, /*int64_indices=*/true));
   std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;
   for (const AdamW::Param& p : params) {
     ASSIGN_OR_RETURN(

@@ -44,12 +44,13 @@ absl::StatusOr<torch::Tensor> ToFloat32(const st::MappedFile& file,
 
 }  // namespace
 
-absl::StatusOr<TensorMap> LoadSafetensors(const std::string& path) {
+absl::StatusOr<TensorMap> LoadSafetensors(const std::string& path,
+                                          bool int64_indices) {
   ASSIGN_OR_RETURN(std::unique_ptr<st::MappedFile> file,
                    st::MappedFile::Open(path));
   TensorMap out;
   for (const st::TensorInfo& info : file->header().tensors) {
-    if (info.dtype == st::Dtype::kI64) {  // indices (S²FT's), kept as they are
+    if (int64_indices && info.dtype == st::Dtype::kI64) {  // kept as they are
       absl::Span<const std::byte> data = file->Data(info);
       out[info.name] = torch::from_blob(const_cast<std::byte*>(data.data()),
                                         info.shape, torch::dtype(torch::kInt64))

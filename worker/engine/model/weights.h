@@ -17,11 +17,12 @@ namespace lathe::engine {
 using TensorMap = std::map<std::string, torch::Tensor>;
 
 // Every tensor of the safetensors file at `path`, converted from F32, F16 or
-// BF16 to float32 CPU tensors (copied out of a read-only mapping); I64
-// tensors (indices) stay int64.
+// BF16 to float32 CPU tensors (copied out of a read-only mapping); with
+// `int64_indices`, I64 tensors too, kept int64 (S²FT's indices).
 // NOT_FOUND / DATA_LOSS as safetensors::ReadHeaderFile; INVALID_ARGUMENT
 // naming the tensor for any other dtype.
-absl::StatusOr<TensorMap> LoadSafetensors(const std::string& path);
+absl::StatusOr<TensorMap> LoadSafetensors(const std::string& path,
+                                          bool int64_indices = false);
 
 // The weights of a Hugging Face model folder: model.safetensors, or the
 // shards listed in model.safetensors.index.json.

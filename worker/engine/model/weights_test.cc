@@ -50,6 +50,15 @@ TEST(WeightsTest, RejectsIntegerTensorsAndMissingFiles) {
       << tensors.status();
   EXPECT_EQ(LoadModelWeights(dir.path() + "/none").status().code(),
             absl::StatusCode::kNotFound);
+  // Asked for (S²FT's indices): kept as int64, written back as I64.
+  tensors = LoadSafetensors(path, /*int64_indices=*/true);
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  EXPECT_EQ(tensors->at("ids").scalar_type(), torch::kInt64);
+  EXPECT_EQ(tensors->at("ids")[1].item<int64_t>(), 2);
+  ASSERT_TRUE(SaveSafetensors(path, *tensors, {}).ok());
+  absl::StatusOr<st::Header> header = st::ReadHeaderFile(path);
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_EQ(header->tensors[0].dtype, st::Dtype::kI64);
 }
 
 TEST(WeightsTest, LoadsShardsListedInTheIndex) {

@@ -11,6 +11,7 @@
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/engine/adapters/adapter.h"
+#include "worker/engine/adapters/lora.h"
 #include "worker/engine/adapters/selection.h"
 #include "worker/engine/checkpoint/checkpoint.h"
 #include "worker/engine/checkpoint/run_checkpoint.h"
@@ -472,6 +473,30 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
                                  ? *m.validation_loss
                                  : last.Evaluate().loss;
   }
+  if (lora != nullptr && spec.evaluation.intruder_top_k > 0) {
+    result.intruders = LoraIntruders(model, spec.evaluation.intruder_top_k,
+                                     spec.evaluation.intruder_epsilon);
+    int total = 0;
+    for (const IntruderMatrix& m : result.intruders) total += m.intruders;
+    spdlog::info("intruder dimensions: {} over {} adapted matrices (top {}, "
+                 "epsilon {})",
+                 total, result.intruders.size(),
+                 spec.evaluation.intruder_top_k,
+                 spec.evaluation.intruder_epsilon);
+  }
+  // PEFT's intruder-dimension mitigation (METHODS.md §9.2): the result
+  // (and the forgetting report's "after") is the mitigated adapter.
+  if (lora != nullptr && spec.evaluation.intruder_mitigation_lambda >= 0) {
+    const std::vector<IntruderMatrix> mitigated = MitigateIntruders(
+        model, spec.evaluation.intruder_top_k > 0 ? spec.evaluation.intruder_top_k : 10,
+        spec.evaluation.intruder_epsilon, spec.evaluation.intruder_mitigation_lambda,
+        LoraScale(*lora), lora->rank);
+    int changed = 0;
+    for (const IntruderMatrix& m : mitigated) changed += m.intruders > 0;
+    result.intruders_mitigated = changed;
+    spdlog::info("intruder mitigation (lambda {}): {} of {} adapted matrices re-factorised",
+                 spec.evaluation.intruder_mitigation_lambda, changed, mitigated.size());
+  }
   if (general_before.has_value()) {
     std::vector<Example> examples = general->examples;
     if (const int n = model.num_virtual_tokens(); n > 0) {
@@ -487,17 +512,6 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
     spdlog::info("general_file: loss {} before, {} after (delta {})",
                  result.forgetting->loss_before, result.forgetting->loss_after,
                  result.forgetting->delta());
-  }
-  if (lora != nullptr && spec.evaluation.intruder_top_k > 0) {
-    result.intruders = LoraIntruders(model, spec.evaluation.intruder_top_k,
-                                     spec.evaluation.intruder_epsilon);
-    int total = 0;
-    for (const IntruderMatrix& m : result.intruders) total += m.intruders;
-    spdlog::info("intruder dimensions: {} over {} adapted matrices (top {}, "
-                 "epsilon {})",
-                 total, result.intruders.size(),
-                 spec.evaluation.intruder_top_k,
-                 spec.evaluation.intruder_epsilon);
   }
   RETURN_IF_ERROR(
       ExportResult(model, spec.adapter, spec.model, spec.output, spec.seed));

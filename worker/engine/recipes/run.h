@@ -105,6 +105,10 @@ struct TrainResult {
   // LoRA runs with evaluation.intruder_top_k > 0: every adapted matrix's
   // intruder dimensions (METHODS.md §9.2).
   std::vector<IntruderMatrix> intruders;
+  // evaluation.intruder_mitigation_lambda set: how many adapted matrices
+  // had intruders and were re-factorised (the result is the mitigated
+  // adapter); unset without mitigation.
+  std::optional<int> intruders_mitigated;
   // A self-training run: every iteration, trained.
   std::vector<IterationReport> iterations;
 };

@@ -1,4 +1,5 @@
 #include "worker/engine/recipes/run.h"
+#include "worker/engine/reports/reports.h"
 
 #include <cmath>
 #include <filesystem>
@@ -1024,6 +1025,50 @@ TEST_F(TrainerTest, ForgettingReportAndIntruderDimensions) {
   const absl::Status bad = TrainRun(options).result.status();
   EXPECT_EQ(ErrorKindOf(bad), ErrorKind::kUserData) << bad;
   EXPECT_EQ(ErrorFieldOf(bad), "general_file") << bad;
+}
+
+// Intruder mitigation on a run (§9.2): with epsilon 1 every top singular
+// vector counts as an intruder, so every adapted matrix is re-factorised;
+// the exported adapter is the mitigated one (its s B A equals the
+// mitigation of the unmitigated run's, computed again here from that
+// run's adapter), and the forgetting report's "after" is of it.
+TEST_F(TrainerTest, IntruderMitigationExportsTheMitigatedAdapter) {
+  testing::TempDir out;
+  RunSpec plain = DemoOptions(out.path() + "/plain");
+  plain.schedule.n_epochs = 1;
+  plain.evaluation.intruder_epsilon = 1;
+  const Run unmitigated = TrainRun(plain);
+  ASSERT_TRUE(unmitigated.result.ok()) << unmitigated.result.status();
+  EXPECT_FALSE(unmitigated.result->intruders_mitigated.has_value());
+
+  RunSpec mitigated = plain;
+  mitigated.output.dir = out.path() + "/mitigated";
+  mitigated.evaluation.intruder_mitigation_lambda = 0.5;
+  const Run run = TrainRun(mitigated);
+  ASSERT_TRUE(run.result.ok()) << run.result.status();
+  const LoraSpec& lora = *Lora(plain.adapter);
+  ASSERT_TRUE(run.result->intruders_mitigated.has_value());
+  EXPECT_EQ(*run.result->intruders_mitigated,
+            static_cast<int>(run.result->intruders.size()));
+
+  absl::StatusOr<TensorMap> base = LoadSafetensors(plain.model.dir + "/model.safetensors");
+  absl::StatusOr<TensorMap> before = LoadSafetensors(plain.output.dir + "/adapter_model.safetensors");
+  absl::StatusOr<TensorMap> after = LoadSafetensors(mitigated.output.dir + "/adapter_model.safetensors");
+  ASSERT_TRUE(base.ok() && before.ok() && after.ok());
+  const std::string key = "model.layers.0.self_attn.q_proj";
+  const std::string peft = "base_model.model." + key;
+  const MitigatedFactors want = MitigateIntruderFactors(
+      base->at(key + ".weight"), before->at(peft + ".lora_B.weight"),
+      before->at(peft + ".lora_A.weight"), LoraScale(lora), 10, 1.0, 0.5, lora.rank);
+  EXPECT_GT(want.intruders, 0);
+  EXPECT_TRUE(torch::allclose(after->at(peft + ".lora_B.weight").matmul(after->at(peft + ".lora_A.weight")),
+                              want.b.matmul(want.a), 1e-4, 1e-6));
+  EXPECT_FALSE(torch::allclose(after->at(peft + ".lora_B.weight"), before->at(peft + ".lora_B.weight")));
+
+  RunSpec dora = mitigated;
+  Lora(dora.adapter)->use_dora = true;
+  EXPECT_NE(ValidateRunSpec(dora).message().find("evaluation.intruder_mitigation_lambda"),
+            std::string::npos);
 }
 
 // Masked Thought changes the steps' losses (the inputs are masked, the

@@ -91,4 +91,74 @@ std::vector<IntruderMatrix> LoraIntruders(const LlamaModel& model, int top_k,
   return out;
 }
 
+MitigatedFactors MitigateIntruderFactors(const torch::Tensor& w0,
+                                         const torch::Tensor& b,
+                                         const torch::Tensor& a, double scale,
+                                         int top_k, double epsilon,
+                                         double lambda, int rank) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor w = w0.to(torch::kFloat32);
+  const torch::Tensor b32 = b.to(torch::kFloat32), a32 = a.to(torch::kFloat32);
+  const torch::Tensor merged = w + scale * b32.matmul(a32);
+  const torch::Tensor u0 =
+      std::get<0>(torch::linalg_svd(w, /*full_matrices=*/false));
+  auto [u, sv, vh] = torch::linalg_svd(merged, /*full_matrices=*/false);
+  const int64_t k = std::min<int64_t>(top_k, u.size(1));
+  const torch::Tensor sims = std::get<0>(
+      u.narrow(1, 0, k).t().matmul(u0).abs().max(/*dim=*/1)).to(torch::kCPU, torch::kFloat64);
+  MitigatedFactors out{.b = b32.clone(), .a = a32.clone()};
+  std::vector<int64_t> intruders;
+  for (int64_t i = 0; i < k; ++i) {
+    const double sim = sims[i].item<double>();
+    out.min_similarity = std::min(out.min_similarity, sim);
+    if (sim < epsilon) intruders.push_back(i);
+  }
+  out.intruders = static_cast<int>(intruders.size());
+  if (intruders.empty()) return out;
+  const torch::Tensor idx = torch::tensor(intruders, torch::kInt64).to(u.device());
+  // U_I S_I V_I^T: PEFT's B_intruder A_intruder with sqrt(S) on each side.
+  const torch::Tensor part = u.index_select(1, idx)
+                                 .mul(sv.index_select(0, idx).unsqueeze(0))
+                                 .matmul(vh.index_select(0, idx));
+  const torch::Tensor delta = (merged + (lambda - 1) * part - w) / scale;
+  auto [ud, sd, vhd] = torch::linalg_svd(delta, /*full_matrices=*/false);
+  const int64_t r = std::min<int64_t>(rank, sd.size(0));
+  const torch::Tensor root = sd.narrow(0, 0, r).sqrt();
+  torch::Tensor new_b = ud.narrow(1, 0, r).mul(root.unsqueeze(0));
+  torch::Tensor new_a = root.unsqueeze(1).mul(vhd.narrow(0, 0, r));
+  if (r < rank) {  // a matrix smaller than the rank: zero factors past it
+    new_b = torch::cat({new_b, torch::zeros({new_b.size(0), rank - r}, new_b.options())}, 1);
+    new_a = torch::cat({new_a, torch::zeros({rank - r, new_a.size(1)}, new_a.options())}, 0);
+  }
+  out.b = new_b.contiguous();
+  out.a = new_a.contiguous();
+  return out;
+}
+
+std::vector<IntruderMatrix> MitigateIntruders(LlamaModel& model, int top_k,
+                                              double epsilon, double lambda,
+                                              double scale, int rank) {
+  std::vector<IntruderMatrix> out;
+  std::vector<DecoderLayer>& layers = model.layers();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    for (const char* name : kProjectionNames) {
+      Linear& linear = *layers[i].Projection(name);
+      if (!linear.lora_a.defined()) continue;
+      MitigatedFactors m = MitigateIntruderFactors(
+          linear.weight, linear.lora_b, linear.lora_a, scale, top_k, epsilon, lambda, rank);
+      if (m.intruders > 0) {
+        torch::NoGradGuard no_grad;
+        linear.lora_b.copy_(m.b);
+        linear.lora_a.copy_(m.a);
+      }
+      out.push_back({.name = absl::StrCat("model.layers.", i, ".",
+                                          std::string(ProjectionGroup(name)), ".", name,
+                                          ".weight"),
+                     .intruders = m.intruders,
+                     .min_similarity = m.min_similarity});
+    }
+  }
+  return out;
+}
+
 }  // namespace lathe::engine

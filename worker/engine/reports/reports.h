@@ -46,6 +46,31 @@ std::vector<double> IntruderSimilarities(const torch::Tensor& w0,
 std::vector<IntruderMatrix> LoraIntruders(const LlamaModel& model, int top_k,
                                           double epsilon);
 
+// PEFT's reduce_intruder_dimension (peft v0.20 lora/intruders.py) for one
+// matrix, in float32: with W_ft = W0 + scale B A and its reduced SVD
+// U S V^T, the intruders I are those of the top `top_k` left singular
+// vectors whose largest |cosine| with W0's is below `epsilon`; then
+// W_mit = W_ft + (lambda - 1) U_I S_I V_I^T and (W_mit - W0) / scale is
+// re-factorised by SVD to `rank`: B' = U' sqrt(S'), A' = sqrt(S') V'^T (the
+// first `rank` triplets). Without intruders B and A come back unchanged.
+struct MitigatedFactors {
+  torch::Tensor b;  // [out, rank]
+  torch::Tensor a;  // [rank, in]
+  int intruders = 0;
+  double min_similarity = 1;
+};
+MitigatedFactors MitigateIntruderFactors(const torch::Tensor& w0,
+                                         const torch::Tensor& b,
+                                         const torch::Tensor& a, double scale,
+                                         int top_k, double epsilon,
+                                         double lambda, int rank);
+
+// MitigateIntruderFactors on every LoRA-adapted projection of `model`, its
+// factors replaced in place; what each had, in the order of Weights().
+std::vector<IntruderMatrix> MitigateIntruders(LlamaModel& model, int top_k,
+                                              double epsilon, double lambda,
+                                              double scale, int rank);
+
 }  // namespace lathe::engine
 
 #endif  // LATHE_WORKER_ENGINE_REPORTS_REPORTS_H_

@@ -109,5 +109,67 @@ TEST(ReportsTest, IntruderDimensionsOfTheWorkedExample) {
             4u);
 }
 
+// PEFT's mitigation (§9.2) on the worked example, against the same steps
+// written out here in float64: a rank-1 LoRA whose s B A is the intruding
+// 100 u v^T. The one intruder's part is scaled by lambda and the change
+// re-factorised to rank 1 with sqrt(S) on each side; an aligned update
+// is left as it was, and lambda = 1 gives a rank-2 update's product back.
+TEST(ReportsTest, MitigationScalesTheIntruderPartAsPeftDoes) {
+  torch::manual_seed(11);
+  const int64_t d = 64;
+  const torch::Tensor q1 = Orthogonal(d), q2 = Orthogonal(d);
+  const torch::Tensor sigma = torch::pow(2.0, -torch::arange(d, torch::kFloat64) / 2);
+  const torch::Tensor w0 = q1.matmul(torch::diag(sigma)).matmul(q2.t());
+  const torch::Tensor u = q1.narrow(1, 0, 8).sum(1) / std::sqrt(8.0);
+  const torch::Tensor v = q2.narrow(1, 0, 8).sum(1) / std::sqrt(8.0);
+  const double scale = 2;  // alpha / r
+  const torch::Tensor b = (u * std::sqrt(50.0)).unsqueeze(1);  // [64, 1]
+  const torch::Tensor a = (v * std::sqrt(50.0)).unsqueeze(0);  // [1, 64]
+  const double lambda = 0.75;
+  auto f32 = [](const torch::Tensor& t) { return t.to(torch::kFloat32); };
+
+  // The reference, step by step.
+  const torch::Tensor w_ft = w0 + scale * b.matmul(a);
+  auto [uf, sf, vhf] = torch::linalg_svd(w_ft, false);
+  const torch::Tensor u0 = std::get<0>(torch::linalg_svd(w0, false));
+  const torch::Tensor sims = std::get<0>(uf.narrow(1, 0, 10).t().matmul(u0).abs().max(1));
+  ASSERT_LT(sims[0].item<double>(), 0.5);
+  for (int i = 1; i < 10; ++i) ASSERT_GT(sims[i].item<double>(), 0.5) << i;
+  const torch::Tensor w_mit =
+      w_ft + (lambda - 1) * sf[0].item<double>() * torch::outer(uf.select(1, 0), vhf[0]);
+  auto [ud, sd, vhd] = torch::linalg_svd((w_mit - w0) / scale, false);
+  const torch::Tensor want = sd[0].item<double>() * torch::outer(ud.select(1, 0), vhd[0]);
+
+  const MitigatedFactors m =
+      MitigateIntruderFactors(f32(w0), f32(b), f32(a), scale, 10, 0.5, lambda, 1);
+  EXPECT_EQ(m.intruders, 1);
+  EXPECT_NEAR(m.min_similarity, sims[0].item<double>(), 1e-4);
+  ASSERT_EQ(m.b.sizes(), b.sizes());
+  ASSERT_EQ(m.a.sizes(), a.sizes());
+  const torch::Tensor got = m.b.to(torch::kFloat64).matmul(m.a.to(torch::kFloat64));
+  EXPECT_LT((got - want).abs().max().item<double>(), 1e-4 * want.abs().max().item<double>());
+  // The change is about 0.75 of the update's 100 / scale = 50 now.
+  EXPECT_NEAR(sd[0].item<double>(), 0.75 * 50, 1.0);
+  EXPECT_NEAR(m.b.norm().item<double>(), m.a.norm().item<double>(), 1e-4);  // sqrt(S) each
+
+  // Aligned (0.05 of W0's top two directions): no intruder, unchanged.
+  const torch::Tensor root = torch::sqrt(0.05 * sigma.narrow(0, 0, 2));
+  const torch::Tensor ab = q1.narrow(1, 0, 2) * root.unsqueeze(0);
+  const torch::Tensor aa = root.unsqueeze(1) * q2.narrow(1, 0, 2).t();
+  const MitigatedFactors none =
+      MitigateIntruderFactors(f32(w0), f32(ab), f32(aa), scale, 10, 0.5, lambda, 2);
+  EXPECT_EQ(none.intruders, 0);
+  EXPECT_TRUE(torch::equal(none.b, f32(ab)));
+  EXPECT_TRUE(torch::equal(none.a, f32(aa)));
+  // lambda = 1 removes nothing: a rank-2 update's product comes back.
+  const torch::Tensor b2 = torch::cat({b, 0.3 * torch::randn({d, 1}, torch::kFloat64)}, 1);
+  const torch::Tensor a2 = torch::cat({a, 0.3 * torch::randn({1, d}, torch::kFloat64)}, 0);
+  const MitigatedFactors same =
+      MitigateIntruderFactors(f32(w0), f32(b2), f32(a2), scale, 10, 0.5, 1.0, 2);
+  EXPECT_GE(same.intruders, 1);
+  EXPECT_LT((same.b.matmul(same.a).to(torch::kFloat64) - b2.matmul(a2)).abs().max().item<double>(),
+            1e-4 * b2.matmul(a2).abs().max().item<double>());
+}
+
 }  // namespace
 }  // namespace lathe::engine

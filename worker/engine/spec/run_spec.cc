@@ -177,6 +177,7 @@ void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, Evaluat
   f("general_tokens", s.general_tokens);
   f("intruder_top_k", s.intruder_top_k);
   f("intruder_epsilon", s.intruder_epsilon);
+  f("intruder_mitigation_lambda", s.intruder_mitigation_lambda);
 }
 template <typename S, typename F>
 void Fields(S& s, F&& f) requires std::is_same_v<std::remove_const_t<S>, SelfTrainingSpec> {
@@ -948,6 +949,11 @@ absl::Status Validate(const EvaluationSpec& s) {
   if (!(s.intruder_epsilon > 0 && s.intruder_epsilon <= 1)) {
     return Invalid("evaluation.intruder_epsilon", "must be in (0, 1]");
   }
+  if (!(s.intruder_mitigation_lambda == -1 ||
+        (s.intruder_mitigation_lambda >= 0 && s.intruder_mitigation_lambda <= 1))) {
+    return Invalid("evaluation.intruder_mitigation_lambda",
+                   "must be in [0, 1] (PEFT's default 0.75), or -1 for none");
+  }
   return absl::OkStatus();
 }
 void AddResumeKeys(const EvaluationSpec&, Json*) {}
@@ -1099,6 +1105,12 @@ absl::Status ValidateRunSpec(const RunSpec& spec) {
     return Invalid("output.merged_dir",
                    "is for LoRA runs only (an S²FT run's output.dir holds "
                    "the merged model)");
+  }
+  if (spec.evaluation.intruder_mitigation_lambda >= 0 &&
+      (Lora(spec.adapter) == nullptr || Lora(spec.adapter)->use_dora)) {
+    return Invalid("evaluation.intruder_mitigation_lambda",
+                   "is for LoRA adapters without DoRA (PEFT's "
+                   "reduce_intruder_dimension re-factorises B and A)");
   }
   if (IsPreference(spec.objective) && !spec.data.stages.empty()) {
     return Invalid("data.stages", "are for objective sft");

@@ -308,6 +308,12 @@ struct EvaluationSpec {
   // intruder_epsilon. 0 = not counted; LoRA runs only.
   int intruder_top_k = 10;
   double intruder_epsilon = 0.5;
+  // PEFT's reduce_intruder_dimension after training (§9.2; LoRA without
+  // DoRA): in each adapted matrix W_ft = W0 + s B A, the intruders I among
+  // its top intruder_top_k (10 when 0) left singular vectors become
+  // W_ft + (lambda - 1) U_I S_I V_I^T, re-factorised by SVD to rank r with
+  // sqrt(S) split between B and A; the result is that adapter. -1 = off.
+  double intruder_mitigation_lambda = -1;  // 0.75 (PEFT's default); [0, 1]
 };
 
 // "self_training": training on the model's own generations, in iterations
