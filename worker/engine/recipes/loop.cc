@@ -65,6 +65,32 @@ absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec) {
   return setup;
 }
 
+HeldOutLoss GeneralLossBefore(const LlamaModel& model, const GeneralSet& general,
+                              const RunSpec& spec) {
+  const HeldOutLoss before =
+      HeldOutLossOf(model, general.examples, spec.evaluation.general_tokens == "all",
+                    spec.data.batch_size, general.pad_id, /*adapters=*/false);
+  spdlog::info("general_file: the base model's loss {} over {} tokens", before.loss,
+               before.tokens);
+  return before;
+}
+
+ForgettingReport ForgettingAfter(const LlamaModel& model, const GeneralSet& general,
+                                 const RunSpec& spec, const HeldOutLoss& before) {
+  std::vector<Example> examples = general.examples;
+  if (const int n = model.num_virtual_tokens(); n > 0) PrependVirtualTokens(examples, n);
+  const HeldOutLoss after =
+      HeldOutLossOf(model, examples, spec.evaluation.general_tokens == "all",
+                    spec.data.batch_size, general.pad_id);
+  const ForgettingReport report{.loss_before = before.loss,
+                                .loss_after = after.loss,
+                                .tokens = after.tokens,
+                                .tokens_counted = spec.evaluation.general_tokens};
+  spdlog::info("general_file: loss {} before, {} after (delta {})", report.loss_before,
+               report.loss_after, report.delta());
+  return report;
+}
+
 absl::StatusOr<std::optional<GeneralSet>> LoadGeneralSet(
     const RunSpec& spec, const ModelSetup& setup) {
   const EvaluationSpec& e = spec.evaluation;
@@ -278,15 +304,9 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
   }
   // The forgetting report's "before": the base model's loss, measured on a
   // fresh run and carried by the checkpoints.
-  const bool all_tokens = spec.evaluation.general_tokens == "all";
   std::optional<HeldOutLoss> general_before;
   if (general != nullptr && resume_from.empty()) {
-    general_before =
-        HeldOutLossOf(model, general->examples, all_tokens,
-                      data_spec.batch_size, general->pad_id,
-                      /*adapters=*/false);
-    spdlog::info("general_file: the base model's loss {} over {} tokens",
-                 general_before->loss, general_before->tokens);
+    general_before = GeneralLossBefore(model, *general, spec);
   } else if (general != nullptr) {
     absl::StatusOr<Json> saved =
         ReadJsonFile(absl::StrCat(resume_from, "/", kGeneralBeforeFile));
@@ -498,20 +518,7 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
                  spec.evaluation.intruder_mitigation_lambda, changed, mitigated.size());
   }
   if (general_before.has_value()) {
-    std::vector<Example> examples = general->examples;
-    if (const int n = model.num_virtual_tokens(); n > 0) {
-      PrependVirtualTokens(examples, n);
-    }
-    const HeldOutLoss after = HeldOutLossOf(
-        model, examples, all_tokens, data_spec.batch_size, general->pad_id);
-    result.forgetting = ForgettingReport{
-        .loss_before = general_before->loss,
-        .loss_after = after.loss,
-        .tokens = after.tokens,
-        .tokens_counted = spec.evaluation.general_tokens};
-    spdlog::info("general_file: loss {} before, {} after (delta {})",
-                 result.forgetting->loss_before, result.forgetting->loss_after,
-                 result.forgetting->delta());
+    result.forgetting = ForgettingAfter(model, *general, spec, *general_before);
   }
   RETURN_IF_ERROR(
       ExportResult(model, spec.adapter, spec.model, spec.output, spec.seed));

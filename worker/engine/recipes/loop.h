@@ -20,6 +20,7 @@
 #include "worker/engine/data/mixture.h"
 #include "worker/engine/model/llama.h"
 #include "worker/engine/recipes/run.h"
+#include "worker/engine/reports/reports.h"
 #include "worker/engine/spec/run_spec.h"
 #include "worker/engine/text/tokenizer.h"
 
@@ -120,6 +121,17 @@ struct GeneralSet {
 // one.
 absl::StatusOr<std::optional<GeneralSet>> LoadGeneralSet(
     const RunSpec& spec, const ModelSetup& setup);
+
+// The forgetting report's "before": the base model's loss on `general`
+// (the adapter bypassed, no virtual tokens), over the tokens
+// evaluation.general_tokens names, in batches of data.batch_size.
+HeldOutLoss GeneralLossBefore(const LlamaModel& model, const GeneralSet& general,
+                              const RunSpec& spec);
+
+// The forgetting report: `before` and the trained model's loss on
+// `general` now (with its virtual tokens, if any).
+ForgettingReport ForgettingAfter(const LlamaModel& model, const GeneralSet& general,
+                                 const RunSpec& spec, const HeldOutLoss& before);
 
 // One stage of a run (spec/run_spec.h StageSpec): its spec (StageRunSpec,
 // or the run's own for a one-stage run) and its objective, over that

@@ -332,7 +332,6 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
   // the trained model's after the last.
   ASSIGN_OR_RETURN(const std::optional<GeneralSet> general,
                    LoadGeneralSet(spec, setup));
-  const bool all_tokens = spec.evaluation.general_tokens == "all";
   std::optional<HeldOutLoss> general_before;
   const std::string& resume_from = spec.checkpoint.resume_from;
   if (!resume_from.empty()) {
@@ -374,11 +373,7 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
   }
 
   if (general && resume_from.empty()) {
-    general_before = HeldOutLossOf(model, general->examples, all_tokens,
-                                   spec.data.batch_size, general->pad_id,
-                                   /*adapters=*/false);
-    spdlog::info("general_file: the base model's loss {} over {} tokens",
-                 general_before->loss, general_before->tokens);
+    general_before = GeneralLossBefore(model, *general, spec);
   }
 
   ScratchDir scratch;
@@ -649,15 +644,7 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
     result.intruders = std::move(trained->intruders);
   }
   if (general_before) {
-    const HeldOutLoss after = HeldOutLossOf(model, general->examples, all_tokens,
-                                            spec.data.batch_size, general->pad_id);
-    result.forgetting = ForgettingReport{.loss_before = general_before->loss,
-                                         .loss_after = after.loss,
-                                         .tokens = after.tokens,
-                                         .tokens_counted = spec.evaluation.general_tokens};
-    spdlog::info("general_file: loss {} before, {} after (delta {})",
-                 result.forgetting->loss_before, result.forgetting->loss_after,
-                 result.forgetting->delta());
+    result.forgetting = ForgettingAfter(model, *general, spec, *general_before);
   }
   result.steps = offset;
   result.first_loss = history.front().first_loss;
