@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/server_builder.h>
 
@@ -105,6 +106,11 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   d->admin_ = std::make_unique<AdminService>(ctx);
 
   grpc::EnableDefaultHealthCheckService(true);
+  // Server reflection (grpc.reflection.v1alpha), beside the health service:
+  // grpcurl, Postman and the like list the services and read their
+  // schemas without the .proto files. It serves only the descriptors,
+  // which are public; every call of the API still needs its key.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   // Keepalives detect dead peers on idle streams.
   auto configure = [&](grpc::ServerBuilder& b) {
     b.experimental().SetInterceptorCreators(RequestInterceptors());

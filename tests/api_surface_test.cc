@@ -1,16 +1,19 @@
 // What a third-party client sees of lathed beyond the calls themselves: the
-// health service per service name, the standard rich error details, and
-// `lathed --help`.
+// health service per service name, server reflection, the standard rich
+// error details, and `lathed --help`.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "common/grpc_status.h"
+#include "google/protobuf/descriptor.pb.h"
 #include "google/rpc/error_details.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "lathe/v1/fine_tuning.grpc.pb.h"
+#include "reflection_client.grpc.pb.h"
 #include "tests/cluster.h"
 
 namespace lathe::testing {
@@ -66,6 +69,59 @@ TEST_F(ApiSurfaceTest, HealthAnswersForTheServerAndEachServiceByName) {
   EXPECT_EQ(r.status(), HealthCheckResponse::SERVING);
   EXPECT_EQ(Check(cluster_->NewChannel(), "lathe.v1.Nope", &r).error_code(),
             grpc::StatusCode::NOT_FOUND);
+}
+
+// Server reflection, as grpcurl and Postman use it, without an API key:
+// the services by name, and the file defining FineTuning with its methods
+// (the descriptors are public; the calls still need a key).
+TEST_F(ApiSurfaceTest, ReflectionListsTheServicesAndServesTheirSchemas) {
+  namespace refl = grpc::reflection::v1alpha;
+  auto stub = refl::ServerReflection::NewStub(cluster_->NewChannel());
+  grpc::ClientContext ctx;
+  auto stream = stub->ServerReflectionInfo(&ctx);
+  refl::ServerReflectionRequest list;
+  list.set_list_services("*");
+  ASSERT_TRUE(stream->Write(list));
+  refl::ServerReflectionResponse listed;
+  ASSERT_TRUE(stream->Read(&listed));
+  ASSERT_TRUE(listed.has_list_services_response()) << listed.DebugString();
+  std::set<std::string> names;
+  for (const auto& s : listed.list_services_response().service()) names.insert(s.name());
+  for (const char* want : {"lathe.v1.Files", "lathe.v1.FineTuning", "lathe.v1.Models",
+                           "lathe.v1.Admin", "grpc.health.v1.Health",
+                           "grpc.reflection.v1alpha.ServerReflection"}) {
+    EXPECT_TRUE(names.count(want)) << want << " not listed";
+  }
+
+  refl::ServerReflectionRequest symbol;
+  symbol.set_file_containing_symbol("lathe.v1.FineTuning");
+  ASSERT_TRUE(stream->Write(symbol));
+  refl::ServerReflectionResponse file;
+  ASSERT_TRUE(stream->Read(&file));
+  ASSERT_TRUE(file.has_file_descriptor_response()) << file.DebugString();
+  ASSERT_GE(file.file_descriptor_response().file_descriptor_proto_size(), 1);
+  google::protobuf::FileDescriptorProto proto;
+  ASSERT_TRUE(proto.ParseFromString(file.file_descriptor_response().file_descriptor_proto(0)));
+  EXPECT_EQ(proto.name(), "lathe/v1/fine_tuning.proto");
+  EXPECT_EQ(proto.package(), "lathe.v1");
+  std::set<std::string> methods;
+  for (const auto& service : proto.service()) {
+    if (service.name() != "FineTuning") continue;
+    for (const auto& m : service.method()) methods.insert(m.name());
+  }
+  for (const char* want : {"CreateJob", "GetJob", "ListJobs", "CancelJob", "WatchJob"}) {
+    EXPECT_TRUE(methods.count(want)) << want;
+  }
+
+  refl::ServerReflectionRequest unknown;
+  unknown.set_file_containing_symbol("lathe.v1.NoSuchService");
+  ASSERT_TRUE(stream->Write(unknown));
+  refl::ServerReflectionResponse error;
+  ASSERT_TRUE(stream->Read(&error));
+  ASSERT_TRUE(error.has_error_response()) << error.DebugString();
+  EXPECT_EQ(error.error_response().error_code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
 }
 
 TEST_F(ApiSurfaceTest, ErrorsCarryTheFieldAndAReasonAsStandardDetails) {
