@@ -36,6 +36,7 @@ PACKAGES=(
   libtorch-dev libsentencepiece-dev libicu-dev
   libopenblas0-openmp
   openssl
+  python3-pot
 )
 
 if [ "$(id -u)" -ne 0 ]; then
