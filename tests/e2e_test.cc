@@ -779,7 +779,8 @@ TEST(EndToEndTest, MergeJobOverTwoFineTunesThroughTheCli) {
     EXPECT_EQ(ended->adapter(),
               kind == std::string("lora") ? v1::ADAPTER_TYPE_LORA : v1::ADAPTER_TYPE_FULL);
     results[kind] = c.root() + "/linear-" + kind;
-    ASSERT_EQ(Cli(c, {"jobs", "download", id, "--out", results[kind]}, &out), 0) << out;
+    ASSERT_EQ(Cli(c, {"jobs", "download", id, "--out", results[kind]}, &out), 0)
+        << kind << ": " << out << c.Logs();
   }
   const auto lora_config =
       nlohmann::json::parse(ReadFileOrEmpty(results["lora"] + "/adapter_config.json"));

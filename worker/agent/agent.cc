@@ -461,7 +461,8 @@ void Agent::RunAnalyzeAttempt(Attempt* attempt, const fs::path& dir,
       .got_d = {.target_file_name = absl::StrCat("method.analyze.got_d.target_file ",
                                                  g.target_file()),
                 .budget = g.budget(),
-                .epsilon_fraction = g.epsilon_fraction()},
+                .epsilon_fraction = g.epsilon_fraction(),
+                .seed = static_cast<uint64_t>(job.seed())},
       .clear = {.filter = {.score = c.score() == v1::CLEAR_SCORE_LOG_LIKELIHOOD
                                         ? engine::ClearScore::kLogLikelihood
                                         : engine::ClearScore::kConfidence,

@@ -64,6 +64,7 @@ constexpr char kUsage[] =
     "      [--validation FILE] [--max-seq-len N] [--batch-size N] [--keep-duplicates]\n"
     "      [--select loss_quantile|got_d|clear] [--select-loss-quantile LO,HI]\n"
     "      got_d: --target FILE.jsonl --budget N [--epsilon-fraction F]\n"
+    "             [--shard-size N] (random shards of a large pool; --seed)\n"
     "      clear: [--score confidence|log_likelihood] [--threshold T]\n"
     "             [--drop-fraction Q] [--alpha A] [--samples K] [--temperature T]\n"
     "             [--max-new-tokens N] [--answer-extractor KIND [--answer-pattern RE]]\n"
@@ -376,6 +377,8 @@ absl::Status AnalyzeCommand(const std::map<std::string, std::string>& flags) {
   spec.got_d.target_file = Flag(flags, "--target");
   RETURN_IF_ERROR(NumberFlag(flags, "--budget", &spec.got_d.budget));
   RETURN_IF_ERROR(NumberFlag(flags, "--epsilon-fraction", &spec.got_d.epsilon_fraction));
+  RETURN_IF_ERROR(NumberFlag(flags, "--shard-size", &spec.got_d.shard_size));
+  RETURN_IF_ERROR(NumberFlag(flags, "--seed", &spec.got_d.seed));
   ClearSelection& clear = spec.clear;
   if (const std::string score = Flag(flags, "--score"); score == "log_likelihood") {
     clear.filter.score = ClearScore::kLogLikelihood;
@@ -410,7 +413,8 @@ absl::Status AnalyzeCommand(const std::map<std::string, std::string>& flags) {
                        spec.select == AnalyzeSelection::kGotD
                            ? Json{{"epsilon", summary.got_d_epsilon},
                                   {"iterations", summary.got_d_iterations},
-                                  {"marginal_error", summary.got_d_marginal_error}}
+                                  {"marginal_error", summary.got_d_marginal_error},
+                                  {"shards", summary.got_d_shards}}
                            : Json(nullptr)},
                       {"report", spec.out_dir + "/report.jsonl"},
                       {"selected", spec.out_dir + "/selected.jsonl"}}}}
@@ -670,7 +674,7 @@ int RunEngineCommand(int argc, char** argv) {
           {"--model", "--adapter", "--data", "--validation", "--out", "--max-seq-len",
            "--select-loss-quantile", "--keep-duplicates", "--chat-template", "--device",
            "--dtype", "-o", "--batch-size", "--select", "--target", "--budget",
-           "--epsilon-fraction", "--score", "--threshold", "--drop-fraction", "--alpha",
+           "--epsilon-fraction", "--shard-size", "--score", "--threshold", "--drop-fraction", "--alpha",
            "--samples", "--temperature", "--max-new-tokens", "--answer-extractor",
            "--answer-pattern", "--seed"}}},
         {"s2ft-apply",

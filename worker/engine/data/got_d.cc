@@ -4,8 +4,10 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace lathe::engine {
 namespace {
@@ -225,6 +227,73 @@ absl::StatusOr<GotDResult> GotDSelect(
   });
   order.resize(std::min<size_t>(n, static_cast<size_t>(options.budget)));
   out.selected = std::move(order);
+  return out;
+}
+
+absl::StatusOr<GotDShardedResult> GotDSelectSharded(
+    const std::vector<std::vector<float>>& candidates,
+    const std::vector<std::vector<float>>& targets, const GotDOptions& options,
+    int64_t shard_size, uint64_t seed) {
+  const int64_t n = static_cast<int64_t>(candidates.size());
+  const int64_t m = std::max<int64_t>(1, static_cast<int64_t>(targets.size()));
+  if (shard_size <= 0) shard_size = kGotDMaxCostEntries / m;
+  shard_size = std::max<int64_t>(shard_size, 4);  // every shard >= 2 candidates
+  GotDShardedResult out;
+  if (n <= shard_size) {
+    ASSIGN_OR_RETURN(out.result, GotDSelect(candidates, targets, options));
+    out.max_iterations = out.result.duals.iterations;
+    out.max_marginal_error = out.result.duals.marginal_error;
+    return out;
+  }
+  if (options.budget < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("budget: must be at least 1, got ", options.budget));
+  }
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(seed);
+  std::shuffle(order.begin(), order.end(), rng);
+  const int64_t shards = (n + shard_size - 1) / shard_size;
+  // Near-equal sizes: with shard_size >= 4, each above shard_size / 2.
+  std::vector<int64_t> sizes(shards, n / shards);
+  for (int64_t s = 0; s < n % shards; ++s) ++sizes[s];
+  // The budget in proportion to the sizes, by largest remainders.
+  const int64_t budget = std::min(options.budget, n);
+  std::vector<int64_t> share(shards);
+  std::vector<std::pair<double, int64_t>> remainders;
+  int64_t given = 0;
+  for (int64_t s = 0; s < shards; ++s) {
+    const double exact = static_cast<double>(budget) * sizes[s] / n;
+    share[s] = static_cast<int64_t>(std::floor(exact));
+    given += share[s];
+    remainders.push_back({exact - share[s], s});
+  }
+  std::stable_sort(remainders.begin(), remainders.end(),
+                   [](const auto& x, const auto& y) { return x.first > y.first; });
+  for (int64_t k = 0; given < budget; ++k, ++given) ++share[remainders[k].second];
+
+  out.shards = static_cast<int>(shards);
+  out.result.gradient.assign(n, 0);
+  GotDOptions each = options;
+  int64_t begin = 0;
+  for (int64_t s = 0; s < shards; ++s) {
+    std::vector<std::vector<float>> part;
+    part.reserve(sizes[s]);
+    for (int64_t k = 0; k < sizes[s]; ++k) part.push_back(candidates[order[begin + k]]);
+    each.budget = std::max<int64_t>(1, share[s]);
+    ASSIGN_OR_RETURN(GotDResult r, GotDSelect(part, targets, each));
+    if (s == 0) {
+      each.epsilon = r.epsilon;  // every shard regularised as the first
+      out.result.median_cost = r.median_cost;
+      out.result.epsilon = r.epsilon;
+    }
+    for (int64_t k = 0; k < sizes[s]; ++k) out.result.gradient[order[begin + k]] = r.gradient[k];
+    for (int64_t k = 0; k < share[s]; ++k) out.result.selected.push_back(order[begin + r.selected[k]]);
+    out.max_iterations = std::max(out.max_iterations, r.duals.iterations);
+    out.max_marginal_error = std::max(out.max_marginal_error, r.duals.marginal_error);
+    out.result.duals = std::move(r.duals);
+    begin += sizes[s];
+  }
   return out;
 }
 

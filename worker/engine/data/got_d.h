@@ -98,6 +98,30 @@ absl::StatusOr<GotDResult> GotDSelect(
     const std::vector<std::vector<float>>& candidates,
     const std::vector<std::vector<float>>& targets, const GotDOptions& options);
 
+// METHODS.md §8.1 step 6: a pool too large for one N x M cost matrix is
+// solved in random shards against the whole target sample. The candidates
+// are shuffled with `seed` (std::mt19937_64) and cut into
+// ceil(N / shard_size) shards of near-equal size; the budget is split
+// between them in proportion to their sizes (largest remainders); each
+// shard is GotDSelect with the epsilon of the first shard (so that every
+// shard is regularised alike) and keeps its share with the smallest G.
+// gradient[i] is candidate i's G within its shard; `selected` lists the
+// shards' picks, each shard's smallest G first. shard_size 0 = as many
+// candidates as keep a shard's cost matrix within kGotDMaxCostEntries (at
+// least 4, so every shard has 2); with N <= shard_size this is GotDSelect
+// exactly. Errors as GotDSelect.
+inline constexpr int64_t kGotDMaxCostEntries = int64_t{1} << 26;  // 512 MiB of doubles
+struct GotDShardedResult {
+  GotDResult result;  // duals: the last shard's
+  int shards = 1;
+  int max_iterations = 0;       // the most any shard needed
+  double max_marginal_error = 0;
+};
+absl::StatusOr<GotDShardedResult> GotDSelectSharded(
+    const std::vector<std::vector<float>>& candidates,
+    const std::vector<std::vector<float>>& targets, const GotDOptions& options,
+    int64_t shard_size, uint64_t seed);
+
 }  // namespace lathe::engine
 
 #endif  // LATHE_WORKER_ENGINE_DATA_GOT_D_H_

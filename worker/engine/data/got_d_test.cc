@@ -6,6 +6,7 @@
 #include <fstream>
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -156,6 +157,37 @@ TEST(GotDTest, SelectsTheClusterNearTheTarget) {
   EXPECT_TRUE(std::is_sorted(
       r->selected.begin(), r->selected.end(),
       [&](int64_t x, int64_t y) { return r->gradient[x] < r->gradient[y]; }));
+}
+
+// §8.1 step 6: random shards of the pool against the whole target. With
+// 4 shards of 25 the budget of 10 is split by largest remainders (2.5
+// each, so 3, 3, 2 and 2), every pick still comes from the (0, 0) cluster, the same seed
+// gives the same selection, and a shard as large as the pool is
+// GotDSelect itself.
+TEST(GotDTest, ShardsOfThePoolEachKeepTheirShareTowardsTheTarget) {
+  const Clusters c = TwoClusters();
+  const GotDOptions options{.budget = 10, .normalize = false};
+  const absl::StatusOr<GotDShardedResult> r =
+      GotDSelectSharded(c.candidates, c.targets, options, /*shard_size=*/25, /*seed=*/3);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->shards, 4);
+  ASSERT_EQ(r->result.selected.size(), 10u);
+  std::set<int64_t> distinct(r->result.selected.begin(), r->result.selected.end());
+  EXPECT_EQ(distinct.size(), 10u);
+  for (int64_t i : r->result.selected) EXPECT_GE(i, 50) << "selected from (5, 5): " << i;
+  EXPECT_GT(r->result.epsilon, 0);
+  EXPECT_LT(r->max_marginal_error, 1e-8);
+  const absl::StatusOr<GotDShardedResult> again =
+      GotDSelectSharded(c.candidates, c.targets, options, 25, 3);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->result.selected, r->result.selected);
+  const absl::StatusOr<GotDShardedResult> whole =
+      GotDSelectSharded(c.candidates, c.targets, options, 100, 3);
+  const absl::StatusOr<GotDResult> plain = GotDSelect(c.candidates, c.targets, options);
+  ASSERT_TRUE(whole.ok() && plain.ok());
+  EXPECT_EQ(whole->shards, 1);
+  EXPECT_EQ(whole->result.selected, plain->selected);
+  EXPECT_EQ(whole->result.gradient, plain->gradient);
 }
 
 TEST(GotDTest, DualsAgreeWithPot) {

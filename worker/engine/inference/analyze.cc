@@ -265,10 +265,12 @@ absl::StatusOr<AnalyzeSummary> AnalyzeData(
     for (size_t i : left) candidates.push_back(scores[i].embedding);
     for (const ExampleScore& t : target_scores) targets.push_back(t.embedding);
     ASSIGN_OR_RETURN(
-        const GotDResult r,
-        GotDSelect(candidates, targets,
-                   {.budget = spec.got_d.budget,
-                    .epsilon_fraction = spec.got_d.epsilon_fraction}));
+        const GotDShardedResult sharded,
+        GotDSelectSharded(candidates, targets,
+                          {.budget = spec.got_d.budget,
+                           .epsilon_fraction = spec.got_d.epsilon_fraction},
+                          spec.got_d.shard_size, spec.got_d.seed));
+    const GotDResult& r = sharded.result;
     std::vector<bool> selected(left.size(), false);
     for (int64_t k : r.selected) selected[k] = true;
     for (size_t k = 0; k < left.size(); ++k) {
@@ -276,8 +278,9 @@ absl::StatusOr<AnalyzeSummary> AnalyzeData(
       if (!selected[k]) reasons[left[k]].push_back("got_d_not_selected");
     }
     summary.got_d_epsilon = r.epsilon;
-    summary.got_d_iterations = r.duals.iterations;
-    summary.got_d_marginal_error = r.duals.marginal_error;
+    summary.got_d_iterations = sharded.max_iterations;
+    summary.got_d_marginal_error = sharded.max_marginal_error;
+    summary.got_d_shards = sharded.shards;
   } else {
     ConsistencyOptions consistency = spec.clear.consistency;
     consistency.extractor = spec.clear.answer_extractor.kind.empty()

@@ -35,6 +35,10 @@ struct GotDSelection {
   std::string target_file_name;  // what errors call it; "" = its path
   int64_t budget = 0;            // lines kept, >= 1
   double epsilon_fraction = GotDOptions{}.epsilon_fraction;
+  // Pools larger than this are solved in random shards against the whole
+  // target (GotDSelectSharded); 0 = as memory allows.
+  int64_t shard_size = 0;
+  uint64_t seed = 0;  // the shards' shuffle
 };
 
 // CLEAR's settings: every chat or prompt/completion line is scored
@@ -84,6 +88,7 @@ struct AnalyzeSummary {
   double got_d_epsilon = 0;
   int got_d_iterations = 0;
   double got_d_marginal_error = 0;
+  int got_d_shards = 0;  // the pool's shards (1: solved whole)
 };
 
 // Writes out_dir/report.jsonl (one JSON line per data line: line, tokens,
