@@ -88,6 +88,7 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
     // Each input: a fine-tuned model of this project (another project's is
     // as missing as one that never existed), made from the job's model.
     const auto& inputs = r.method().merge().inputs();
+    bool any_lora = false;  // an input whose target_modules a LoRA result can take
     for (int i = 0; i < inputs.size(); ++i) {
       const std::string field = absl::StrCat("method.merge.inputs[", i, "]");
       auto input = deps_.store->GetModel(inputs[i]);
@@ -106,6 +107,21 @@ absl::StatusOr<v1::Job> JobOps::CreateJob(const Caller& caller,
             field, ": ", inputs[i], " is a fine-tune of ", input->base_model(),
             ", not of ", r.model(), "; a merge combines fine-tunes of one base"));
       }
+      // What a merge reads (docs/merging.md): LoRA adapters and model
+      // folders (full fine-tunes, S²FT's merged results, merges).
+      if (owner->adapter() == v1::ADAPTER_TYPE_PROMPT_TUNING || owner->lora().use_dora()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            field, ": ", inputs[i], " is a ",
+            owner->lora().use_dora() ? "DoRA" : "prompt-tuning",
+            " adapter; a merge takes LoRA adapters and full model folders"));
+      }
+      any_lora = any_lora || owner->adapter() == v1::ADAPTER_TYPE_LORA;
+    }
+    const v1::MergeMethod& merge = r.method().merge();
+    if (merge.has_lora_rank() && merge.lora_target_modules().empty() && !any_lora) {
+      return absl::InvalidArgumentError(
+          "method.merge.lora_target_modules: name the projections that get factors "
+          "(e.g. q_proj,v_proj): no input is a LoRA adapter to take them from");
     }
     v1::File none;
     if (!r.validation_file().empty()) {

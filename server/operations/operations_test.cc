@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -313,6 +314,72 @@ TEST_F(OperationsTest, CreatePauseResumeAndCancelAJob) {
   events.set_limit(1001);
   EXPECT_EQ(ops_->jobs.ListJobEvents(alice, events).status().message(),
             "limit: must be 1..1000");
+}
+
+// A merge's inputs are checked against the jobs that made them before
+// anything is stored: a prompt-tuning or DoRA adapter is not mergeable,
+// and a LoRA result (lora_rank) over inputs none of which is LoRA must name
+// its target modules.
+TEST_F(OperationsTest, MergeInputsMustBeMergeableAdapters) {
+  Caller alice = As(alice_);
+  auto file = Upload(alice, std::string(kLine) + kLine);
+  ASSERT_TRUE(file.ok()) << file.status();
+  // One finished job of each kind, each with its fine-tuned model.
+  auto fine_tune = [&](const std::string& name, auto configure) {
+    v1::CreateJobRequest r;
+    r.set_model("tiny");
+    r.set_training_file(file->id());
+    configure(r);
+    auto job = ops_->jobs.CreateJob(alice, r);
+    EXPECT_TRUE(job.ok()) << name << ": " << job.status();
+    if (!job.ok()) return std::string();
+    // Run and succeed, as the coordinator records it.
+    store::TransitionUpdate run;
+    run.attempt = 1;
+    run.worker_id = "w1";
+    EXPECT_TRUE(store_->Transition(job->id(), v1::JOB_STATUS_QUEUED, v1::JOB_STATUS_RUNNING,
+                                   std::nullopt, run)
+                    .ok());
+    store::TransitionUpdate done;
+    done.fine_tuned_model = "ft:tiny:" + name;
+    auto succeeded = store_->Transition(job->id(), v1::JOB_STATUS_RUNNING,
+                                        v1::JOB_STATUS_SUCCEEDED, 1, done);
+    EXPECT_TRUE(succeeded.ok()) << succeeded.status();
+    return "ft:tiny:" + name;
+  };
+  const std::string full1 = fine_tune("full1", [](auto& r) { r.set_adapter(v1::ADAPTER_TYPE_FULL); });
+  const std::string full2 = fine_tune("full2", [](auto& r) { r.set_adapter(v1::ADAPTER_TYPE_FULL); });
+  const std::string lora = fine_tune("lora", [](auto&) {});
+  const std::string dora = fine_tune("dora", [](auto& r) { r.mutable_lora()->set_use_dora(true); });
+  const std::string prompt =
+      fine_tune("prompt", [](auto& r) { r.mutable_method()->set_type("prompt_tuning"); });
+  const int stored = [&] {
+    auto page = ops_->jobs.ListJobs(alice, {});
+    return page.ok() ? page->data_size() : -1;
+  }();
+  auto merge = [&](std::vector<std::string> inputs, bool lora_result) {
+    v1::CreateJobRequest r;
+    r.set_model("tiny");
+    r.mutable_method()->set_type("merge");
+    for (const std::string& i : inputs) r.mutable_method()->mutable_merge()->add_inputs(i);
+    if (lora_result) r.mutable_method()->mutable_merge()->set_lora_rank(8);
+    return ops_->jobs.CreateJob(alice, r).status();
+  };
+  absl::Status st = merge({lora, dora}, false);
+  EXPECT_TRUE(absl::IsFailedPrecondition(st)) << st;
+  EXPECT_TRUE(absl::StartsWith(st.message(), "method.merge.inputs[1]: ft:tiny:dora is a DoRA")) << st;
+  st = merge({prompt, lora}, false);
+  EXPECT_TRUE(absl::StartsWith(st.message(), "method.merge.inputs[0]: ft:tiny:prompt is a prompt-tuning"))
+      << st;
+  st = merge({full1, full2}, true);
+  EXPECT_TRUE(absl::IsInvalidArgument(st)) << st;
+  EXPECT_TRUE(absl::StartsWith(st.message(), "method.merge.lora_target_modules:")) << st;
+  auto page = ops_->jobs.ListJobs(alice, {});
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->data_size(), stored);  // nothing stored
+  // Fine: full fine-tunes as a folder; a LoRA result with a LoRA input.
+  EXPECT_TRUE(merge({full1, full2}, false).ok());
+  EXPECT_TRUE(merge({full1, lora}, true).ok());
 }
 
 TEST_F(OperationsTest, NextJobEventsWaitsForNewsUntilItsDeadline) {
