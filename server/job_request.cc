@@ -37,6 +37,28 @@ absl::Status Bad(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
 
+
+// Projection names for LoRA factors (lora.target_modules, a merge's
+// lora_target_modules): each known, none twice; errors name `field`[i].
+absl::Status CheckTargetModules(const std::string& field,
+                                const google::protobuf::RepeatedPtrField<std::string>& modules) {
+  for (int i = 0; i < modules.size(); ++i) {
+    const std::string& m = modules[i];
+    const std::string at = absl::StrCat(field, "[", i, "]");
+    if (std::find(std::begin(kTargetModules), std::end(kTargetModules), m) ==
+        std::end(kTargetModules)) {
+      return Bad(at, absl::StrCat("unknown module \"", Echo(m), "\" (known: ",
+                                  absl::StrJoin(kTargetModules, ", "), ")"));
+    }
+    for (int j = 0; j < i; ++j) {
+      if (modules[j] == m) {
+        return Bad(at, absl::StrCat("\"", m, "\" is already ", field, "[", j, "]"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 // The module names trainable.modules accepts: a layer's projections, its
 // groups and its norms.
 constexpr const char* kLayerModules[] = {"q_proj",
@@ -606,20 +628,7 @@ absl::Status CheckMergeRequest(const v1::CreateJobRequest& r) {
   if (!m.has_lora_rank() && m.lora_target_modules_size() > 0) {
     return Bad(at + "lora_target_modules", "goes with lora_rank (a LoRA result)");
   }
-  for (int i = 0; i < m.lora_target_modules_size(); ++i) {
-    const std::string& t = m.lora_target_modules(i);
-    const std::string field = absl::StrCat(at, "lora_target_modules[", i, "]");
-    if (std::find(std::begin(kTargetModules), std::end(kTargetModules), t) ==
-        std::end(kTargetModules)) {
-      return Bad(field, absl::StrCat("unknown module \"", Echo(t), "\" (known: ",
-                                     absl::StrJoin(kTargetModules, ", "), ")"));
-    }
-    for (int j = 0; j < i; ++j) {
-      if (m.lora_target_modules(j) == t) {
-        return Bad(field, absl::StrCat("\"", t, "\" is already lora_target_modules[", j, "]"));
-      }
-    }
-  }
+  RETURN_IF_ERROR(CheckTargetModules(at + "lora_target_modules", m.lora_target_modules()));
   RETURN_IF_ERROR(CheckIdField("validation_file", r.validation_file(), /*required=*/false));
   if (method == "greedy_soup" && r.validation_file().empty()) {
     return Bad("validation_file", "greedy_soup orders and keeps inputs by their validation loss: give one");
@@ -866,22 +875,7 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
                              lora.dropout() < 0 || lora.dropout() >= 1)) {
     return Bad("lora.dropout", "must be in [0, 1)");
   }
-  for (int i = 0; i < lora.target_modules_size(); ++i) {
-    const std::string& m = lora.target_modules(i);
-    if (std::find(std::begin(kTargetModules), std::end(kTargetModules), m) ==
-        std::end(kTargetModules)) {
-      return Bad(absl::StrCat("lora.target_modules[", i, "]"),
-                 absl::StrCat("unknown module \"", Echo(m), "\" (known: ",
-                              absl::StrJoin(kTargetModules, ", "), ")"));
-    }
-    for (int j = 0; j < i; ++j) {
-      if (lora.target_modules(j) == m) {
-        return Bad(absl::StrCat("lora.target_modules[", i, "]"),
-                   absl::StrCat("\"", m, "\" is already lora.target_modules[",
-                                j, "]"));
-      }
-    }
-  }
+  RETURN_IF_ERROR(CheckTargetModules("lora.target_modules", lora.target_modules()));
   for (int i = 0; i < lora.layers_to_transform_size(); ++i) {
     const int32_t layer = lora.layers_to_transform(i);
     const std::string field = absl::StrCat("lora.layers_to_transform[", i, "]");

@@ -249,7 +249,6 @@ TEST_F(S2ftTest, ADiffIsRefusedOnAModelOfAnotherShapeOrWhenMalformed) {
 
   // An index out of range, named with its tensor.
   TensorMap tensors = Read(spec.output.dir + "/" + kS2ftWeightsFile);
-  const std::string key = tensors.begin()->first;  // some ".index" or ".delta"
   std::string index_key;
   for (const auto& [name, t] : tensors) {
     if (absl::EndsWith(name, ".index")) index_key = name;

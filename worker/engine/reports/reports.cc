@@ -48,23 +48,31 @@ HeldOutLoss HeldOutLossOf(const LlamaModel& model,
   return {.loss = targets > 0 ? total / targets : 0, .tokens = targets};
 }
 
+namespace {
+
+// The left singular vectors of a float32 reduced SVD (full_matrices=False,
+// as the paper's code and PEFT; singular values sorted, largest first).
+torch::Tensor LeftSingular(const torch::Tensor& w) {
+  return std::get<0>(torch::linalg_svd(w.to(torch::kFloat32), /*full_matrices=*/false));
+}
+
+// For the top `top_k` columns of `u`: the largest |<U[:, i], U0[:, j]>|
+// over j, as float64 on the CPU.
+std::vector<double> TopSimilarities(const torch::Tensor& u, const torch::Tensor& u0,
+                                    int top_k) {
+  const int64_t k = std::min<int64_t>(top_k, u.size(1));
+  const torch::Tensor sims = std::get<0>(u.narrow(1, 0, k).t().matmul(u0).abs().max(/*dim=*/1));
+  const torch::Tensor cpu = sims.to(torch::kCPU, torch::kFloat64).contiguous();
+  return std::vector<double>(cpu.data_ptr<double>(), cpu.data_ptr<double>() + k);
+}
+
+}  // namespace
+
 std::vector<double> IntruderSimilarities(const torch::Tensor& w0,
                                          const torch::Tensor& w_ft,
                                          int top_k) {
   torch::NoGradGuard no_grad;
-  // Reduced SVDs (full_matrices=False, as the paper's code and PEFT);
-  // singular values come sorted, largest first.
-  const torch::Tensor u0 = std::get<0>(
-      torch::linalg_svd(w0.to(torch::kFloat32), /*full_matrices=*/false));
-  const torch::Tensor u = std::get<0>(
-      torch::linalg_svd(w_ft.to(torch::kFloat32), /*full_matrices=*/false));
-  const int64_t k = std::min<int64_t>(top_k, u.size(1));
-  // [k, r0]: |<U[:, i], U0[:, j]>|, then the largest over j.
-  const torch::Tensor sims = std::get<0>(
-      u.narrow(1, 0, k).t().matmul(u0).abs().max(/*dim=*/1));
-  const torch::Tensor cpu = sims.to(torch::kCPU, torch::kFloat64).contiguous();
-  return std::vector<double>(cpu.data_ptr<double>(),
-                             cpu.data_ptr<double>() + k);
+  return TopSimilarities(LeftSingular(w_ft), LeftSingular(w0), top_k);
 }
 
 std::vector<IntruderMatrix> LoraIntruders(const LlamaModel& model, int top_k,
@@ -100,16 +108,12 @@ MitigatedFactors MitigateIntruderFactors(const torch::Tensor& w0,
   const torch::Tensor w = w0.to(torch::kFloat32);
   const torch::Tensor b32 = b.to(torch::kFloat32), a32 = a.to(torch::kFloat32);
   const torch::Tensor merged = w + scale * b32.matmul(a32);
-  const torch::Tensor u0 =
-      std::get<0>(torch::linalg_svd(w, /*full_matrices=*/false));
   auto [u, sv, vh] = torch::linalg_svd(merged, /*full_matrices=*/false);
-  const int64_t k = std::min<int64_t>(top_k, u.size(1));
-  const torch::Tensor sims = std::get<0>(
-      u.narrow(1, 0, k).t().matmul(u0).abs().max(/*dim=*/1)).to(torch::kCPU, torch::kFloat64);
+  const std::vector<double> sims = TopSimilarities(u, LeftSingular(w), top_k);
   MitigatedFactors out{.b = b32.clone(), .a = a32.clone()};
   std::vector<int64_t> intruders;
-  for (int64_t i = 0; i < k; ++i) {
-    const double sim = sims[i].item<double>();
+  for (int64_t i = 0; i < static_cast<int64_t>(sims.size()); ++i) {
+    const double sim = sims[i];
     out.min_similarity = std::min(out.min_similarity, sim);
     if (sim < epsilon) intruders.push_back(i);
   }
