@@ -37,6 +37,8 @@ PACKAGES=(
   libopenblas0-openmp
   openssl
   python3-pot
+  # The Python client's test (clients/python).
+  python3-grpcio
 )
 
 if [ "$(id -u)" -ne 0 ]; then
