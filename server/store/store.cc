@@ -159,6 +159,42 @@ INSERT INTO job_files SELECT id, 'validation_file', validation_file FROM jobs
     R"sql(
 ALTER TABLE jobs ADD COLUMN report BLOB;
 )sql",
+    // 7: webhooks, their event types, and the deliveries queued with the
+    // events they tell of (the outbox the dispatcher sends from).
+    R"sql(
+CREATE TABLE webhooks (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  project TEXT NOT NULL,
+  url TEXT NOT NULL,
+  secret TEXT NOT NULL,
+  description TEXT NOT NULL DEFAULT '',
+  created_at INTEGER NOT NULL
+);
+CREATE INDEX webhooks_by_project ON webhooks(project, seq);
+CREATE TABLE webhook_event_types (
+  webhook_id TEXT NOT NULL REFERENCES webhooks(id),
+  event_type TEXT NOT NULL,
+  PRIMARY KEY (webhook_id, event_type)
+);
+CREATE TABLE webhook_deliveries (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  webhook_id TEXT NOT NULL REFERENCES webhooks(id),
+  job_id TEXT NOT NULL REFERENCES jobs(id),
+  event_job_seq INTEGER NOT NULL,
+  event_type TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  status INTEGER NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  last_response_code INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT NOT NULL DEFAULT '',
+  next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+  delivered_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries(webhook_id, seq);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(status, next_attempt_ms);
+)sql",
 };
 
 // Every file `job` reads, by the field that names it: its training and
@@ -212,12 +248,12 @@ v1::File ReadFile(const Statement& s) {
   return f;
 }
 
-int ClampLimit(int limit, int def, int max) {
+}  // namespace
+
+int Store::ClampLimit(int limit, int def, int max) {
   if (limit <= 0) return def;
   return std::min(limit, max);
 }
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
   ASSIGN_OR_RETURN(auto db, Database::Open(path));
@@ -1073,6 +1109,8 @@ absl::StatusOr<v1::JobEvent> Store::InsertEvent(const std::string& job_id,
   ASSIGN_OR_RETURN(bool inserted, stmt.Step());
   if (!inserted) return absl::AlreadyExistsError("event already stored");
   event.set_id(EventId(job_id, stmt.ColumnInt(0)));
+  RETURN_IF_ERROR(
+      QueueWebhookDeliveriesLocked(job_id, stmt.ColumnInt(0), event));
   if (event_listener_) event_listener_(job_id);
   return event;
 }

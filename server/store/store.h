@@ -1,6 +1,7 @@
-// The control plane's durable state: files, jobs, events, result files and
-// base models in one SQLite database (WAL, synchronous=FULL). Speaks the
-// API's protos; knows nothing of gRPC.
+// The control plane's durable state: files, jobs, events, result files,
+// base models and webhooks with their deliveries (an outbox) in one SQLite
+// database (WAL, synchronous=FULL). Speaks the API's protos; knows nothing
+// of gRPC.
 //
 // Thread-safe: one connection guarded by a mutex; every write runs in a
 // BEGIN IMMEDIATE transaction. Job status changes are compare-and-set
@@ -26,6 +27,7 @@
 #include "lathe/v1/files.pb.h"
 #include "lathe/v1/fine_tuning.pb.h"
 #include "lathe/v1/models.pb.h"
+#include "lathe/v1/webhooks.pb.h"
 #include "server/store/database.h"
 
 namespace lathe::store {
@@ -223,6 +225,64 @@ class Store {
   void SetEventListener(
       std::function<void(const std::string& job_id)> listener);
 
+  // Webhooks (each of a project). InsertWebhook: RESOURCE_EXHAUSTED when
+  // the project already has `max_per_project` (checked in the insert's
+  // transaction). GetWebhook returns the secret, ListWebhooks (newest
+  // first; INVALID_ARGUMENT for an unknown cursor) never does.
+  absl::Status InsertWebhook(const v1::Webhook& webhook, int max_per_project);
+  absl::StatusOr<v1::Webhook> GetWebhook(const std::string& id);
+  absl::StatusOr<Page<v1::Webhook>> ListWebhooks(const std::string& project,
+                                                 int limit,
+                                                 const std::string& after);
+  // Deletes the webhook and all its deliveries. NOT_FOUND if absent.
+  absl::Status DeleteWebhook(const std::string& id);
+
+  // Webhook deliveries: the outbox. Every event recorded (by any method
+  // above) that a webhook of the job's project subscribes to
+  // (WebhookEventTypeOf) queues one pending delivery per such webhook in
+  // the event's own transaction, due at once: a state change is never
+  // recorded without its deliveries, nor a delivery without its event.
+  //
+  // Newest first; `after` is a delivery id of this webhook
+  // (INVALID_ARGUMENT otherwise).
+  absl::StatusOr<Page<v1::WebhookDelivery>> ListWebhookDeliveries(
+      const std::string& webhook_id, int limit, const std::string& after);
+  // Pending deliveries due at `now_ms` (Unix ms), earliest first, at most
+  // `limit`; and when the earliest pending delivery not yet due is.
+  struct DueDeliveries {
+    std::vector<std::string> ids;
+    std::optional<int64_t> next_attempt_ms;
+  };
+  absl::StatusOr<DueDeliveries> DueWebhookDeliveries(int64_t now_ms,
+                                                     int limit);
+  // What sending a delivery needs: the delivery, its webhook's URL and
+  // secret, its job and the job event it tells of. NOT_FOUND once the
+  // delivery was deleted with its webhook.
+  struct WebhookSend {
+    v1::WebhookDelivery delivery;
+    std::string url;
+    std::string secret;
+    v1::Job job;
+    v1::JobEvent event;
+  };
+  absl::StatusOr<WebhookSend> LoadWebhookSend(const std::string& delivery_id);
+  // One attempt's outcome. attempts + 1 and the response code and error
+  // are recorded; then the delivery is delivered, pending until
+  // `next_attempt_ms`, or failed (neither).
+  struct WebhookAttempt {
+    int response_code = 0;  // 0: no HTTP answer
+    std::string error;      // empty when delivered
+    bool delivered = false;
+    std::optional<int64_t> next_attempt_ms;  // Unix ms of the retry
+  };
+  // A delivery deleted meanwhile (with its webhook): OK, nothing written.
+  absl::Status RecordWebhookAttempt(const std::string& delivery_id,
+                                    const WebhookAttempt& attempt);
+  // `listener()` is called whenever deliveries are queued, as the event
+  // listener is: inside the writing transaction with the store's lock held;
+  // it must return quickly and must not call into the store. Empty: none.
+  void SetDeliveryListener(std::function<void()> listener);
+
   // Result files of a job (the adapter); names unique per job.
   absl::Status PutResultFile(const std::string& job_id,
                              const v1::ResultFile& file);
@@ -247,6 +307,8 @@ class Store {
  private:
   explicit Store(std::unique_ptr<Database> db) : db_(std::move(db)) {}
   static v1::Model FineTunedModel(const v1::Job& job);
+  // A list's page size: `def` for 0 (or less), at most `max`.
+  static int ClampLimit(int limit, int def, int max);
   absl::Status Migrate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The seq of row `after` in `table` (files or jobs) of `project`, the
   // exclusive upper bound of the next newest-first page; INT64_MAX when
@@ -279,9 +341,16 @@ class Store {
                                            int64_t attempt_seq)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // Queues the deliveries of event `job_seq` of `job_id` (InsertEvent).
+  absl::Status QueueWebhookDeliveriesLocked(const std::string& job_id,
+                                            int64_t job_seq,
+                                            const v1::JobEvent& event)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   absl::Mutex mu_;
   std::unique_ptr<Database> db_ ABSL_GUARDED_BY(mu_);
   std::function<void(const std::string&)> event_listener_ ABSL_GUARDED_BY(mu_);
+  std::function<void()> delivery_listener_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace lathe::store

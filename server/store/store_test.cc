@@ -674,7 +674,7 @@ TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
   auto db = Database::Open(path);
   ASSERT_TRUE(db.ok());
-  EXPECT_EQ(*(*db)->UserVersion(), 6);
+  EXPECT_EQ(*(*db)->UserVersion(), 7);
 }
 
 TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
@@ -692,14 +692,17 @@ TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
   }
   {
     // The events table as the schema before per-job numbers had it, and
-    // no job_files (migration 5) or report column (6) yet.
+    // no job_files (migration 5), report column (6) or webhooks (7) yet.
     auto db = Database::Open(path);
     ASSERT_TRUE(db.ok());
     int version = *(*db)->UserVersion();
-    ASSERT_EQ(version, 6);
+    ASSERT_EQ(version, 7);
     ASSERT_TRUE(
         (*db)
-            ->Execute("ALTER TABLE jobs DROP COLUMN report;"
+            ->Execute("DROP TABLE webhook_deliveries;"
+                      "DROP TABLE webhook_event_types;"
+                      "DROP TABLE webhooks;"
+                      "ALTER TABLE jobs DROP COLUMN report;"
                       "DROP TABLE job_files;"
                       "DROP INDEX events_by_job_seq;"
                       "ALTER TABLE events DROP COLUMN job_seq;"
@@ -707,7 +710,7 @@ TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
             .ok());
     ASSERT_TRUE(
         (*db)
-            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 3))
+            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 4))
             .ok());
   }
   auto s = Store::Open(path);
