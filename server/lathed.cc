@@ -104,6 +104,9 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   d->worker_ = std::make_unique<WorkerService>(ctx);
   d->models_ = std::make_unique<ModelsService>(ctx);
   d->admin_ = std::make_unique<AdminService>(ctx);
+  d->webhooks_ = std::make_unique<WebhooksService>(ctx);
+  ASSIGN_OR_RETURN(d->webhook_dispatcher_,
+                   WebhookDispatcher::Start(*d->store_, options.webhooks));
 
   grpc::EnableDefaultHealthCheckService(true);
   // Server reflection (grpc.reflection.v1alpha), beside the health service:
@@ -126,6 +129,7 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   builder.RegisterService(d->fine_tuning_.get());
   builder.RegisterService(d->models_.get());
   builder.RegisterService(d->admin_.get());
+  builder.RegisterService(d->webhooks_.get());
   if (options.worker_listen.empty()) builder.RegisterService(d->worker_.get());
   configure(builder);
   d->server_ = builder.BuildAndStart();
@@ -175,7 +179,7 @@ void Lathed::SetServing(bool serving) {
   };
   std::vector<std::string> public_services = {
       "lathe.v1.Files", "lathe.v1.FineTuning", "lathe.v1.Models",
-      "lathe.v1.Admin"};
+      "lathe.v1.Admin", "lathe.v1.Webhooks"};
   const std::string worker_service = "lathe.v1.Worker";
   if (worker_server_) {
     set(*worker_server_, {worker_service});
@@ -200,6 +204,9 @@ void Lathed::Shutdown(absl::Duration deadline) {
   if (worker_server_) workers = std::thread([this, until] { worker_server_->Shutdown(until); });
   server_->Shutdown(until);
   if (workers.joinable()) workers.join();
+  // Sends in flight end now; their deliveries stay pending for the next
+  // start.
+  webhook_dispatcher_->Stop();
   if (sweeper_.joinable()) sweeper_.join();
 }
 

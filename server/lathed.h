@@ -1,6 +1,6 @@
 // lathed, assembled: the store, the blob store, the coordinator, the
-// operations, the gRPC services over them and the lease sweeper, under one
-// data directory.
+// operations, the gRPC services over them, the lease sweeper and the
+// webhook dispatcher, under one data directory.
 #ifndef LATHE_SERVER_LATHED_H_
 #define LATHE_SERVER_LATHED_H_
 
@@ -18,6 +18,7 @@
 #include "server/event_feed.h"
 #include "server/operations/operations.h"
 #include "server/services.h"
+#include "server/webhooks/dispatcher.h"
 
 namespace lathe {
 
@@ -39,6 +40,7 @@ struct LathedOptions {
   OperationOptions operations;
   CoordinatorOptions coordinator;
   EventFeedOptions feed;  // WatchJob streams
+  WebhookDispatcherOptions webhooks;  // sending webhook deliveries
   absl::Duration sweep_interval = absl::Seconds(1);
   // Secrets; empty = <data_dir>/admin.key and <data_dir>/worker.token,
   // created on first start (mode 0600).
@@ -78,6 +80,8 @@ class Lathed {
   std::unique_ptr<FineTuningService> fine_tuning_;
   std::unique_ptr<WorkerService> worker_;
   std::unique_ptr<ModelsService> models_;
+  std::unique_ptr<WebhooksService> webhooks_;
+  std::unique_ptr<WebhookDispatcher> webhook_dispatcher_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> worker_server_;  // null without worker_listen
   std::atomic<bool> shutting_down_{false};

@@ -68,6 +68,20 @@ ABSL_FLAG(std::string, admin_key_file, "",
 ABSL_FLAG(std::string, worker_token_file, "",
           "the secret workers present (default <data_dir>/worker.token, "
           "created on first start)");
+ABSL_FLAG(double, webhook_retry_base_seconds,
+          absl::ToDoubleSeconds(lathe::WebhookRetryOptions().base),
+          "a failed webhook delivery is retried after this, then on the "
+          "Standard Webhooks schedule scaled to it (5 s: 5 s, 5 min, 30 min, "
+          "2 h, 5 h, 10 h, ...)");
+ABSL_FLAG(int, webhook_max_attempts, lathe::WebhookRetryOptions().max_attempts,
+          "attempts of a webhook delivery (the first and the retries) before "
+          "it is recorded as failed");
+ABSL_FLAG(double, webhook_timeout_seconds,
+          absl::ToDoubleSeconds(lathe::WebhookDispatcherOptions().read_timeout),
+          "a webhook receiver silent this long fails the attempt");
+ABSL_FLAG(std::string, webhook_ca_cert, "",
+          "PEM CA(s) that https webhook receivers' certificates must chain "
+          "to (default: the system's)");
 ABSL_FLAG(std::string, port_file, "",
           "if set, the bound port is written here once serving (for --listen "
           "with port 0)");
@@ -128,6 +142,19 @@ int main(int argc, char** argv) {
   o.worker_token_file = absl::GetFlag(FLAGS_worker_token_file);
   o.operations.job_defaults.checkpoint_every_steps =
       absl::GetFlag(FLAGS_checkpoint_every_steps);
+  o.webhooks.retry.base =
+      absl::Seconds(absl::GetFlag(FLAGS_webhook_retry_base_seconds));
+  o.webhooks.retry.max_attempts = absl::GetFlag(FLAGS_webhook_max_attempts);
+  o.webhooks.read_timeout =
+      absl::Seconds(absl::GetFlag(FLAGS_webhook_timeout_seconds));
+  o.webhooks.ca_file = absl::GetFlag(FLAGS_webhook_ca_cert);
+  if (o.webhooks.retry.base <= absl::ZeroDuration() ||
+      o.webhooks.read_timeout <= absl::ZeroDuration() ||
+      o.webhooks.retry.max_attempts < 1) {
+    std::cerr << "--webhook_retry_base_seconds and --webhook_timeout_seconds "
+                 "must be positive, --webhook_max_attempts at least 1\n";
+    return 2;
+  }
 
   // Blocks of 1 MiB and more (upload lines and chunks) are mmapped and go
   // back to the system when freed, instead of staying in malloc's arenas

@@ -16,6 +16,7 @@
 #include "lathe/v1/files.grpc.pb.h"
 #include "lathe/v1/fine_tuning.grpc.pb.h"
 #include "lathe/v1/models.grpc.pb.h"
+#include "lathe/v1/webhooks.grpc.pb.h"
 #include "lathe/v1/worker.grpc.pb.h"
 #include "server/auth.h"
 #include "server/operations/operations.h"
@@ -152,6 +153,27 @@ class ModelsService final : public v1::Models::Service {
   grpc::Status ListModels(grpc::ServerContext* context,
                           const v1::ListModelsRequest* request,
                           v1::ListModelsResponse* response) override;
+
+ private:
+  const ServiceDeps deps_;
+};
+
+class WebhooksService final : public v1::Webhooks::Service {
+ public:
+  explicit WebhooksService(ServiceDeps deps) : deps_(deps) {}
+  grpc::Status CreateWebhook(grpc::ServerContext* context,
+                             const v1::CreateWebhookRequest* request,
+                             v1::Webhook* response) override;
+  grpc::Status ListWebhooks(grpc::ServerContext* context,
+                            const v1::ListWebhooksRequest* request,
+                            v1::ListWebhooksResponse* response) override;
+  grpc::Status DeleteWebhook(grpc::ServerContext* context,
+                             const v1::DeleteWebhookRequest* request,
+                             v1::DeleteWebhookResponse* response) override;
+  grpc::Status ListWebhookDeliveries(
+      grpc::ServerContext* context,
+      const v1::ListWebhookDeliveriesRequest* request,
+      v1::ListWebhookDeliveriesResponse* response) override;
 
  private:
   const ServiceDeps deps_;

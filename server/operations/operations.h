@@ -15,6 +15,7 @@
 #include "server/operations/file_ops.h"
 #include "server/operations/job_ops.h"
 #include "server/operations/model_ops.h"
+#include "server/operations/webhook_ops.h"
 #include "server/operations/worker_ops.h"
 
 namespace lathe {
@@ -22,13 +23,19 @@ namespace lathe {
 struct Operations {
   // What `deps` points to must outlive this.
   explicit Operations(const OperationDeps& deps)
-      : jobs(deps), files(deps), models(deps), admin(deps), worker(deps) {}
+      : jobs(deps),
+        files(deps),
+        models(deps),
+        admin(deps),
+        worker(deps),
+        webhooks(deps) {}
 
   JobOps jobs;
   FileOps files;
   ModelOps models;
   AdminOps admin;
   WorkerOps worker;
+  WebhookOps webhooks;
 };
 
 }  // namespace lathe
