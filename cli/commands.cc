@@ -49,6 +49,13 @@ Usage:
   lathe admin keys create --project NAME [--role user|admin] [--name LABEL]
   lathe admin keys list [--project NAME]
   lathe admin keys revoke KEY_ID
+  lathe webhooks create --url URL [--event-type TYPE]... [--description TEXT]
+                  (TYPE: fine_tuning.job.succeeded|failed|cancelled|running|
+                   paused|metrics; default the first three; prints the
+                   signing secret once)
+  lathe webhooks list [--limit N] [--after WEBHOOK_ID]
+  lathe webhooks delete WEBHOOK_ID
+  lathe webhooks deliveries WEBHOOK_ID [--limit N] [--after DELIVERY_ID]
   lathe models register NAME FOLDER   (admin; FOLDER: absolute, on the server)
   lathe models list
   lathe models get MODEL_ID
@@ -1220,6 +1227,104 @@ int AdminCommand(Env& env, const std::string& noun) {
   return Usage(absl::StrCat("unknown command: admin keys ", verb));
 }
 
+void PrintWebhook(const v1::Webhook& w) {
+  std::cout << absl::StrFormat("%s  %s  %s  %s%s\n", w.id(), FormatTime(w.created_at()),
+                               EscapeControlChars(w.url()),
+                               absl::StrJoin(w.event_types(), ","),
+                               w.description().empty()
+                                   ? ""
+                                   : "  " + EscapeControlChars(w.description()));
+}
+
+std::string DeliveryStatusName(v1::WebhookDeliveryStatus s) {
+  return EnumSuffix(v1::WebhookDeliveryStatus_Name(s), "WEBHOOK_DELIVERY_STATUS_");
+}
+
+void PrintDelivery(const v1::WebhookDelivery& d) {
+  std::string line = absl::StrFormat("%s  %s  %-26s %s  %-9s attempts %d", d.id(),
+                                     FormatTime(d.created_at()), d.event_type(), d.job_id(),
+                                     DeliveryStatusName(d.status()), d.attempts());
+  if (d.status() == v1::WEBHOOK_DELIVERY_STATUS_PENDING) {
+    absl::StrAppend(&line, "  next attempt ", FormatTime(d.next_attempt_at()));
+  }
+  if (d.status() == v1::WEBHOOK_DELIVERY_STATUS_DELIVERED) {
+    absl::StrAppend(&line, "  delivered ", FormatTime(d.delivered_at()), " (HTTP ",
+                    d.last_response_code(), ")");
+  }
+  if (!d.last_error().empty()) {
+    absl::StrAppend(&line, "  last error: ", EscapeControlChars(d.last_error()));
+  }
+  std::cout << line << "\n";
+}
+
+int WebhooksCommand(Env& env, const std::string& verb) {
+  const auto& pos = env.args.positional();
+  if (verb == "create") {
+    v1::CreateWebhookRequest r;
+    r.set_url(env.args.GetOr("url", ""));
+    for (const std::string& t : env.args.Values("event-type")) r.add_event_types(t);
+    r.set_description(env.args.GetOr("description", ""));
+    auto w = env.client->CreateWebhook(r);
+    if (!w.ok()) return Fail(w.status());
+    if (env.json) {
+      std::cout << ToJson(*w) << "\n";
+    } else {
+      PrintWebhook(*w);
+      std::cout << "secret (shown once; verify each delivery's webhook-signature with it): "
+                << w->secret() << "\n";
+    }
+    return 0;
+  }
+  if (verb == "list") {
+    v1::ListWebhooksRequest r;
+    if (env.args.Has("limit")) {
+      auto v = IntFlag(env.args, "limit");
+      if (!v.ok()) return Fail(v.status());
+      r.set_limit(static_cast<int32_t>(*v));
+    }
+    r.set_after(env.args.GetOr("after", ""));
+    auto page = env.client->ListWebhooks(r);
+    if (!page.ok()) return Fail(page.status());
+    if (env.json) {
+      std::cout << ToJson(*page) << "\n";
+    } else {
+      for (const auto& w : page->data()) PrintWebhook(w);
+      if (page->has_more()) std::cout << "(more: --after " << page->data().rbegin()->id() << ")\n";
+    }
+    return 0;
+  }
+  if (verb == "delete") {
+    if (pos.size() != 3) return Usage("webhooks delete needs WEBHOOK_ID");
+    absl::Status st = env.client->DeleteWebhook(pos[2]);
+    if (!st.ok()) return Fail(st);
+    std::cout << (env.json ? absl::StrCat("{\"id\": \"", pos[2], "\", \"deleted\": true}")
+                           : absl::StrCat("deleted ", pos[2]))
+              << "\n";
+    return 0;
+  }
+  if (verb == "deliveries") {
+    if (pos.size() != 3) return Usage("webhooks deliveries needs WEBHOOK_ID");
+    v1::ListWebhookDeliveriesRequest r;
+    r.set_webhook_id(pos[2]);
+    if (env.args.Has("limit")) {
+      auto v = IntFlag(env.args, "limit");
+      if (!v.ok()) return Fail(v.status());
+      r.set_limit(static_cast<int32_t>(*v));
+    }
+    r.set_after(env.args.GetOr("after", ""));
+    auto page = env.client->ListWebhookDeliveries(r);
+    if (!page.ok()) return Fail(page.status());
+    if (env.json) {
+      std::cout << ToJson(*page) << "\n";
+    } else {
+      for (const auto& d : page->data()) PrintDelivery(d);
+      if (page->has_more()) std::cout << "(more: --after " << page->data().rbegin()->id() << ")\n";
+    }
+    return 0;
+  }
+  return Usage(absl::StrCat("unknown command: webhooks ", verb));
+}
+
 int WaitCommand(Env& env, const std::string& job_id) {
   absl::Time deadline = absl::InfiniteFuture();
   if (env.args.Has("timeout")) {
@@ -1473,7 +1578,7 @@ int Run(const std::vector<std::string>& argv) {
        "iterations", "samples-per-prompt", "sample-temperature",
        "sample-top-p", "max-new-tokens", "answer-extractor", "answer-pattern", "dedupe",
        "no-gold", "rft-init", "no-accumulate", "s2ft-d-ratio", "s2ft-u-ratio",
-       "s2ft-o-ratio", "s2ft-v-ratio", "s2ft-seed"});
+       "s2ft-o-ratio", "s2ft-v-ratio", "s2ft-seed", "url", "event-type", "description"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {
@@ -1500,6 +1605,7 @@ int Run(const std::vector<std::string>& argv) {
   if (pos[0] == "merges") return MergesCommand(env, pos[1]);
   if (pos[0] == "models") return ModelsCommand(env, pos[1]);
   if (pos[0] == "admin") return AdminCommand(env, pos[1]);
+  if (pos[0] == "webhooks") return WebhooksCommand(env, pos[1]);
   return Usage(absl::StrCat("unknown command: ", pos[0]));
 }
 

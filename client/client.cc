@@ -56,6 +56,7 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, const std::string& api_ke
   jobs_ = v1::FineTuning::NewStub(channel_);
   models_ = v1::Models::NewStub(channel_);
   admin_ = v1::Admin::NewStub(channel_);
+  webhooks_ = v1::Webhooks::NewStub(channel_);
 }
 
 absl::StatusOr<v1::ApiKey> Client::CreateApiKey(const v1::CreateApiKeyRequest& r) {
@@ -202,6 +203,39 @@ absl::StatusOr<v1::ListModelsResponse> Client::ListModels() {
   return Unary<v1::ListModelsResponse>(
       [&](grpc::ClientContext* c, v1::ListModelsResponse* out) {
         return models_->ListModels(c, v1::ListModelsRequest(), out);
+      });
+}
+
+absl::StatusOr<v1::Webhook> Client::CreateWebhook(
+    const v1::CreateWebhookRequest& r) {
+  return Unary<v1::Webhook>([&](grpc::ClientContext* c, v1::Webhook* out) {
+    return webhooks_->CreateWebhook(c, r, out);
+  });
+}
+
+absl::StatusOr<v1::ListWebhooksResponse> Client::ListWebhooks(
+    const v1::ListWebhooksRequest& r) {
+  return Unary<v1::ListWebhooksResponse>(
+      [&](grpc::ClientContext* c, v1::ListWebhooksResponse* out) {
+        return webhooks_->ListWebhooks(c, r, out);
+      });
+}
+
+absl::Status Client::DeleteWebhook(const std::string& webhook_id) {
+  v1::DeleteWebhookRequest r;
+  r.set_webhook_id(webhook_id);
+  return Unary<v1::DeleteWebhookResponse>(
+             [&](grpc::ClientContext* c, v1::DeleteWebhookResponse* out) {
+               return webhooks_->DeleteWebhook(c, r, out);
+             })
+      .status();
+}
+
+absl::StatusOr<v1::ListWebhookDeliveriesResponse> Client::ListWebhookDeliveries(
+    const v1::ListWebhookDeliveriesRequest& r) {
+  return Unary<v1::ListWebhookDeliveriesResponse>(
+      [&](grpc::ClientContext* c, v1::ListWebhookDeliveriesResponse* out) {
+        return webhooks_->ListWebhookDeliveries(c, r, out);
       });
 }
 

@@ -18,6 +18,7 @@
 #include "lathe/v1/files.grpc.pb.h"
 #include "lathe/v1/fine_tuning.grpc.pb.h"
 #include "lathe/v1/models.grpc.pb.h"
+#include "lathe/v1/webhooks.grpc.pb.h"
 
 namespace lathe {
 
@@ -71,6 +72,15 @@ class Client {
   absl::StatusOr<v1::Model> GetModel(const std::string& model_id);
   absl::StatusOr<v1::ListModelsResponse> ListModels();
 
+  // The project's webhooks. CreateWebhook's answer carries the secret
+  // (the only time it is shown).
+  absl::StatusOr<v1::Webhook> CreateWebhook(const v1::CreateWebhookRequest& r);
+  absl::StatusOr<v1::ListWebhooksResponse> ListWebhooks(
+      const v1::ListWebhooksRequest& r);
+  absl::Status DeleteWebhook(const std::string& webhook_id);
+  absl::StatusOr<v1::ListWebhookDeliveriesResponse> ListWebhookDeliveries(
+      const v1::ListWebhookDeliveriesRequest& r);
+
   // Follows a job from the event after `after` ("" = the first) until its
   // final event, calling `on_update` for each. If the stream breaks
   // (UNAVAILABLE: server restart, network), re-attaches from the last event
@@ -103,6 +113,7 @@ class Client {
   std::unique_ptr<v1::FineTuning::Stub> jobs_;
   std::unique_ptr<v1::Models::Stub> models_;
   std::unique_ptr<v1::Admin::Stub> admin_;
+  std::unique_ptr<v1::Webhooks::Stub> webhooks_;
 };
 
 }  // namespace lathe
