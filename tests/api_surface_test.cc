@@ -57,7 +57,8 @@ Cluster* ApiSurfaceTest::cluster_ = nullptr;
 
 TEST_F(ApiSurfaceTest, HealthAnswersForTheServerAndEachServiceByName) {
   for (const char* service : {"", "lathe.v1.Files", "lathe.v1.FineTuning",
-                              "lathe.v1.Models", "lathe.v1.Admin"}) {
+                              "lathe.v1.Models", "lathe.v1.Admin",
+                              "lathe.v1.Webhooks"}) {
     HealthCheckResponse r;
     grpc::Status st = Check(cluster_->NewChannel(), service, &r);
     ASSERT_TRUE(st.ok()) << "\"" << service << "\": " << st.error_message();
@@ -88,7 +89,7 @@ TEST_F(ApiSurfaceTest, ReflectionListsTheServicesAndServesTheirSchemas) {
   std::set<std::string> names;
   for (const auto& s : listed.list_services_response().service()) names.insert(s.name());
   for (const char* want : {"lathe.v1.Files", "lathe.v1.FineTuning", "lathe.v1.Models",
-                           "lathe.v1.Admin", "grpc.health.v1.Health",
+                           "lathe.v1.Admin", "lathe.v1.Webhooks", "grpc.health.v1.Health",
                            "grpc.reflection.v1alpha.ServerReflection"}) {
     EXPECT_TRUE(names.count(want)) << want << " not listed";
   }
