@@ -59,6 +59,7 @@ Usage:
   lathe models register NAME FOLDER   (admin; FOLDER: absolute, on the server)
   lathe models list
   lathe models get MODEL_ID
+  lathe models delete MODEL_ID        (a fine-tuned model: its adapter files go)
   lathe jobs create --model NAME --training-file FILE_ID
                     [--validation-file FILE_ID]
                     [--method supervised|dpo|orpo|prompt_tuning]
@@ -1168,6 +1169,12 @@ int ModelsCommand(Env& env, const std::string& verb) {
   if (verb == "get") {
     if (pos.size() != 3) return Usage("models get needs MODEL_ID");
     return show(env.client->GetModel(pos[2]));
+  }
+  if (verb == "delete") {
+    if (pos.size() != 3) return Usage("models delete needs MODEL_ID");
+    if (auto st = env.client->DeleteModel(pos[2]); !st.ok()) return Fail(st);
+    std::cout << "deleted " << pos[2] << "\n";
+    return 0;
   }
   if (verb == "list") {
     auto all = env.client->ListModels();

@@ -206,6 +206,16 @@ absl::StatusOr<v1::ListModelsResponse> Client::ListModels() {
       });
 }
 
+absl::Status Client::DeleteModel(const std::string& model_id) {
+  v1::DeleteModelRequest r;
+  r.set_model_id(model_id);
+  return Unary<v1::DeleteModelResponse>(
+             [&](grpc::ClientContext* c, v1::DeleteModelResponse* out) {
+               return models_->DeleteModel(c, r, out);
+             })
+      .status();
+}
+
 absl::StatusOr<v1::Webhook> Client::CreateWebhook(
     const v1::CreateWebhookRequest& r) {
   return Unary<v1::Webhook>([&](grpc::ClientContext* c, v1::Webhook* out) {

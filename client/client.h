@@ -71,6 +71,7 @@ class Client {
                                           const std::string& path);
   absl::StatusOr<v1::Model> GetModel(const std::string& model_id);
   absl::StatusOr<v1::ListModelsResponse> ListModels();
+  absl::Status DeleteModel(const std::string& model_id);
 
   // The project's webhooks. CreateWebhook's answer carries the secret
   // (the only time it is shown).

@@ -35,4 +35,15 @@ grpc::Status ModelsService::ListModels(grpc::ServerContext* context,
       response);
 }
 
+grpc::Status ModelsService::DeleteModel(grpc::ServerContext* context,
+                                        const v1::DeleteModelRequest* request,
+                                        v1::DeleteModelResponse* response) {
+  return Respond(
+      UserOf(*deps_.auth, *context),
+      [&](const Caller& c) {
+        return deps_.ops->models.DeleteModel(c, *request);
+      },
+      response);
+}
+
 }  // namespace lathe

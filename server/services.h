@@ -153,6 +153,9 @@ class ModelsService final : public v1::Models::Service {
   grpc::Status ListModels(grpc::ServerContext* context,
                           const v1::ListModelsRequest* request,
                           v1::ListModelsResponse* response) override;
+  grpc::Status DeleteModel(grpc::ServerContext* context,
+                           const v1::DeleteModelRequest* request,
+                           v1::DeleteModelResponse* response) override;
 
  private:
   const ServiceDeps deps_;

@@ -1,11 +1,13 @@
 #include "server/operations/model_ops.h"
 
+#include <algorithm>
 #include <cctype>
 
 #include "absl/strings/str_cat.h"
 #include "common/echo.h"
 #include "common/status_macros.h"
 #include "server/model_inspect.h"
+#include "server/operations/file_ops.h"
 #include "server/request_limits.h"
 #include "spdlog/spdlog.h"
 
@@ -77,6 +79,43 @@ absl::StatusOr<v1::ListModelsResponse> ModelOps::ListModels(
   ASSIGN_OR_RETURN(auto all, deps_.store->ListModels(caller.project));
   v1::ListModelsResponse out;
   for (auto& m : all) *out.add_data() = ForCaller(caller, std::move(m));
+  return out;
+}
+
+absl::StatusOr<v1::DeleteModelResponse> ModelOps::DeleteModel(
+    const Caller& caller, const v1::DeleteModelRequest& r) const {
+  v1::GetModelRequest get;
+  get.set_model_id(r.model_id());
+  ASSIGN_OR_RETURN(v1::Model m, GetModel(caller, get));
+  if (m.kind() == "base") {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "model_id: ", m.id(), " is a base model, which the operator "
+        "registers (lathed --base_model); only fine-tuned models are deleted "
+        "through the API"));
+  }
+  for (v1::JobStatus status :
+       {v1::JOB_STATUS_VALIDATING_FILES, v1::JOB_STATUS_QUEUED,
+        v1::JOB_STATUS_RUNNING, v1::JOB_STATUS_PAUSED,
+        v1::JOB_STATUS_CANCELLING}) {
+    ASSIGN_OR_RETURN(auto jobs, deps_.store->JobsInStatus(status));
+    for (const v1::Job& job : jobs) {
+      const auto& inputs = job.method().merge().inputs();
+      if (job.model() == m.id() ||
+          std::find(inputs.begin(), inputs.end(), m.id()) != inputs.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "model_id: job ", job.id(), " (not finished) uses ", m.id(),
+            "; cancel it or wait for it to finish first"));
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<std::string> blobs,
+                   deps_.store->DeleteFineTunedModel(m.job_id()));
+  for (const std::string& sha : blobs) RemoveBlobIfUnreferenced(deps_, sha);
+  spdlog::info("deleted fine-tuned model {} (job {}, {} file(s))", m.id(),
+               m.job_id(), blobs.size());
+  v1::DeleteModelResponse out;
+  out.set_id(m.id());
+  out.set_deleted(true);
   return out;
 }
 

@@ -27,6 +27,12 @@ class ModelOps {
                                      const v1::GetModelRequest& request) const;
   absl::StatusOr<v1::ListModelsResponse> ListModels(
       const Caller& caller, const v1::ListModelsRequest& request) const;
+  // A fine-tuned model of the caller's project, with its adapter files
+  // (Store::DeleteFineTunedModel; blobs no record names go). NOT_FOUND as
+  // GetModel, PERMISSION_DENIED for a base model, FAILED_PRECONDITION while
+  // an unfinished job uses it.
+  absl::StatusOr<v1::DeleteModelResponse> DeleteModel(
+      const Caller& caller, const v1::DeleteModelRequest& request) const;
 
  private:
   const OperationDeps deps_;

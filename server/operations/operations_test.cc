@@ -320,6 +320,91 @@ TEST_F(OperationsTest, CreatePauseResumeAndCancelAJob) {
 // anything is stored: a prompt-tuning or DoRA adapter is not mergeable,
 // and a LoRA result (lora_rank) over inputs none of which is LoRA must name
 // its target modules.
+TEST_F(OperationsTest, DeleteModelRemovesAFineTunesAdapterAndNothingElse) {
+  Caller alice = As(alice_);
+  auto file = Upload(alice, std::string(kLine) + kLine);
+  ASSERT_TRUE(file.ok()) << file.status();
+  // A finished job with a result file whose blob is stored.
+  auto finished = [&](const std::string& name, absl::string_view bytes) {
+    v1::CreateJobRequest r;
+    r.set_model("tiny");
+    r.set_training_file(file->id());
+    auto job = ops_->jobs.CreateJob(alice, r);
+    EXPECT_TRUE(job.ok()) << job.status();
+    store::TransitionUpdate run;
+    run.attempt = 1;
+    run.worker_id = "w1";
+    EXPECT_TRUE(store_->Transition(job->id(), v1::JOB_STATUS_QUEUED,
+                                   v1::JOB_STATUS_RUNNING, std::nullopt, run)
+                    .ok());
+    auto w = blobs_->NewWriter();
+    EXPECT_TRUE(w.ok());
+    EXPECT_TRUE((*w)->Append(bytes).ok());
+    auto sha = (*w)->Commit();
+    EXPECT_TRUE(sha.ok()) << sha.status();
+    v1::ResultFile f;
+    f.set_name("adapter_model.safetensors");
+    f.set_bytes(static_cast<int64_t>(bytes.size()));
+    f.set_sha256(*sha);
+    EXPECT_TRUE(store_->PutResultFile(job->id(), f).ok());
+    store::TransitionUpdate done;
+    done.fine_tuned_model = "ft:tiny:" + name;
+    EXPECT_TRUE(store_->Transition(job->id(), v1::JOB_STATUS_RUNNING,
+                                   v1::JOB_STATUS_SUCCEEDED, 1, done)
+                    .ok());
+    return std::make_pair(job->id(), *sha);
+  };
+  auto [a_job, a_blob] = finished("a", "adapter a");
+  auto [b_job, b_blob] = finished("b", "adapter b");
+  auto del = [&](const Caller& c, const std::string& id) {
+    v1::DeleteModelRequest r;
+    r.set_model_id(id);
+    return ops_->models.DeleteModel(c, r);
+  };
+  // Another project's, a base model, and one an unfinished merge uses.
+  EXPECT_TRUE(absl::IsNotFound(del(As(bob_), "ft:tiny:a").status()));
+  EXPECT_TRUE(absl::IsPermissionDenied(del(alice, "tiny").status()));
+  v1::CreateJobRequest merge;
+  merge.set_model("tiny");
+  merge.mutable_method()->set_type("merge");
+  merge.mutable_method()->mutable_merge()->add_inputs("ft:tiny:a");
+  merge.mutable_method()->mutable_merge()->add_inputs("ft:tiny:b");
+  auto merging = ops_->jobs.CreateJob(alice, merge);
+  ASSERT_TRUE(merging.ok()) << merging.status();
+  auto busy = del(alice, "ft:tiny:b");
+  EXPECT_TRUE(absl::IsFailedPrecondition(busy.status())) << busy.status();
+  EXPECT_TRUE(absl::StrContains(busy.status().message(), merging->id())) << busy.status();
+  ASSERT_TRUE(coordinator_->CancelJob(merging->id()).ok());
+
+  auto gone = del(alice, "ft:tiny:a");
+  ASSERT_TRUE(gone.ok()) << gone.status();
+  EXPECT_EQ(gone->id(), "ft:tiny:a");
+  EXPECT_TRUE(gone->deleted());
+  v1::GetModelRequest get;
+  get.set_model_id("ft:tiny:a");
+  EXPECT_TRUE(absl::IsNotFound(ops_->models.GetModel(alice, get).status()));
+  auto models = ops_->models.ListModels(alice, {});
+  ASSERT_TRUE(models.ok());
+  std::vector<std::string> ids;
+  for (const auto& m : models->data()) ids.push_back(m.id());
+  EXPECT_EQ(ids, (std::vector<std::string>{"tiny", "ft:tiny:b"}));
+  // The job stays, without its model and files; the blob is gone, the
+  // other job's is not.
+  v1::GetJobRequest job;
+  job.set_job_id(a_job);
+  auto a = ops_->jobs.GetJob(alice, job);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->status(), v1::JOB_STATUS_SUCCEEDED);
+  EXPECT_EQ(a->fine_tuned_model(), "");
+  EXPECT_EQ(a->result_files_size(), 0);
+  EXPECT_FALSE(blobs_->Exists(a_blob));
+  EXPECT_TRUE(blobs_->Exists(b_blob));
+  v1::DownloadAdapterRequest dl;
+  dl.set_job_id(a_job);
+  EXPECT_FALSE(ops_->jobs.DownloadAdapter(alice, dl).ok());
+  EXPECT_TRUE(absl::IsNotFound(del(alice, "ft:tiny:a").status()));  // once
+}
+
 TEST_F(OperationsTest, MergeInputsMustBeMergeableAdapters) {
   Caller alice = As(alice_);
   auto file = Upload(alice, std::string(kLine) + kLine);

@@ -654,7 +654,9 @@ absl::StatusOr<std::vector<v1::Model>> Store::ListModels(
     out.push_back(std::move(m));
   }
   ASSIGN_OR_RETURN(auto ft, db_->Prepare("SELECT id FROM jobs WHERE status = ? "
-                                         "AND project = ? ORDER BY seq DESC"));
+                                         "AND project = ? AND "
+                                         "fine_tuned_model != '' "
+                                         "ORDER BY seq DESC"));
   ft.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_SUCCEEDED)).Bind(2, project);
   std::vector<std::string> ids;
   while (true) {
@@ -667,6 +669,83 @@ absl::StatusOr<std::vector<v1::Model>> Store::ListModels(
     out.push_back(FineTunedModel(job));
   }
   return out;
+}
+
+absl::StatusOr<std::vector<std::string>> Store::DeleteFineTunedModel(
+    const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto tx, Transaction::Begin(*db_));
+  ASSIGN_OR_RETURN(auto cleared,
+                   db_->Prepare("UPDATE jobs SET fine_tuned_model = '' WHERE "
+                                "id = ? AND fine_tuned_model != ''"));
+  cleared.Bind(1, job_id);
+  RETURN_IF_ERROR(cleared.Run());
+  if (db_->Changes() == 0) {
+    return absl::NotFoundError(
+        absl::StrCat("job ", job_id, " has no fine-tuned model"));
+  }
+  ASSIGN_OR_RETURN(auto files, db_->Prepare(
+                                   "SELECT sha256 FROM result_files WHERE "
+                                   "job_id = ?"));
+  files.Bind(1, job_id);
+  std::vector<std::string> blobs;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, files.Step());
+    if (!row) break;
+    blobs.push_back(files.ColumnText(0));
+  }
+  ASSIGN_OR_RETURN(auto gone,
+                   db_->Prepare("DELETE FROM result_files WHERE job_id = ?"));
+  gone.Bind(1, job_id);
+  RETURN_IF_ERROR(gone.Run());
+  RETURN_IF_ERROR(tx->Commit());
+  return blobs;
+}
+
+absl::StatusOr<Store::Stats> Store::ReadStats() {
+  absl::MutexLock lock(&mu_);
+  Stats out;
+  ASSIGN_OR_RETURN(auto jobs, db_->Prepare("SELECT project, status, COUNT(*) "
+                                           "FROM jobs GROUP BY project, "
+                                           "status"));
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, jobs.Step());
+    if (!row) break;
+    out.jobs[{jobs.ColumnText(0),
+              static_cast<v1::JobStatus>(jobs.ColumnInt(1))}] = jobs.ColumnInt(2);
+  }
+  ASSIGN_OR_RETURN(auto blobs, db_->Prepare(
+                                   "SELECT COALESCE(SUM(bytes), 0) FROM ("
+                                   "SELECT sha256, bytes FROM files UNION "
+                                   "SELECT sha256, bytes FROM result_files "
+                                   "UNION SELECT sha256, bytes FROM "
+                                   "checkpoint_files)"));
+  RETURN_IF_ERROR(blobs.Step().status());
+  out.blob_bytes = blobs.ColumnInt(0);
+  return out;
+}
+
+absl::StatusOr<std::optional<v1::Metrics>> Store::LatestMetrics(
+    const std::string& job_id, int window) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare("SELECT data FROM events WHERE "
+                                           "job_id = ? ORDER BY job_seq DESC "
+                                           "LIMIT ?"));
+  stmt.Bind(1, job_id).Bind(2, static_cast<int64_t>(window));
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    v1::JobEvent e;
+    if (e.ParseFromString(stmt.ColumnBlob(0)) && e.type() == "metrics") {
+      return std::optional<v1::Metrics>(e.metrics());
+    }
+  }
+  return std::optional<v1::Metrics>();
+}
+
+void Store::SetCommitObserver(std::function<void(double seconds)> observer) {
+  absl::MutexLock lock(&mu_);
+  db_->SetCommitObserver(std::move(observer));
 }
 
 absl::StatusOr<Store::Created> Store::CreateJob(

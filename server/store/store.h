@@ -106,6 +106,26 @@ class Store {
   absl::StatusOr<v1::Model> GetModel(const std::string& id);
   // Base models by name, then `project`'s fine-tuned models newest first.
   absl::StatusOr<std::vector<v1::Model>> ListModels(const std::string& project);
+  // Deletes job `job_id`'s fine-tuned model: the job keeps its record and
+  // checkpoints, without fine_tuned_model and result files, in one
+  // transaction. Returns the SHA-256 of each result file removed (their
+  // blobs may go once unreferenced). NOT_FOUND when it has no model.
+  absl::StatusOr<std::vector<std::string>> DeleteFineTunedModel(
+      const std::string& job_id);
+
+  // What /metrics reads off the database at a scrape.
+  struct Stats {
+    // (project, status) -> jobs.
+    std::map<std::pair<std::string, v1::JobStatus>, int64_t> jobs;
+    int64_t blob_bytes = 0;  // distinct blobs the records name
+  };
+  absl::StatusOr<Stats> ReadStats();
+  // The newest metrics event of `job_id` among its last `window` events
+  // (nullopt when none).
+  absl::StatusOr<std::optional<v1::Metrics>> LatestMetrics(
+      const std::string& job_id, int window = 64);
+  // Each commit's duration (Database::SetCommitObserver).
+  void SetCommitObserver(std::function<void(double seconds)> observer);
 
   // Inserts a job (status taken from `job`: validating_files, or queued
   // with both events in the one transaction), after checking in that
