@@ -39,6 +39,10 @@ PACKAGES=(
   python3-pot
   # The Python client's test (clients/python).
   python3-grpcio
+  # lathed's HTTP port (server/http) and its tests: the Node SDK test runs
+  # on Debian 13's Node 20 over the tree's web/node_modules; the dashboard
+  # test in its Chromium.
+  libcpp-httplib-dev prometheus-cpp-dev nodejs chromium curl
 )
 
 if [ "$(id -u)" -ne 0 ]; then

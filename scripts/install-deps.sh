@@ -16,6 +16,10 @@ PACKAGES=(
   openssl
   # The GOT-D test's reference dual potentials (POT 0.8.2, with numpy).
   python3-pot
+  # The REST gateway, /metrics and the dashboard (server/http), the Python
+  # client (clients/python: stubs from the system protoc + grpc_python_plugin)
+  # and the browser test (Debian's Chromium driven by playwright-core).
+  libcpp-httplib-dev prometheus-cpp-dev python3-grpcio chromium curl
   # scripts/fuzz.sh: clang with libFuzzer and the ASan/UBSan runtimes, and
   # llvm-symbolizer for readable reports.
   clang-14 libclang-rt-14-dev llvm-14
@@ -25,13 +29,27 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+# Node.js and npm: the machine's own when it has them (Node 20 or later is
+# needed by playwright-core), else Debian's.
+if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
+  missing+=(nodejs npm)
 fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "Installing ${#missing[@]} Debian package(s): ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "Installing ${#missing[@]} Debian package(s): ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# web/: the dashboard's charting library (uPlot, built into lathed) and the
+# Node tests' packages (the official openai SDK, playwright-core), exactly
+# as package-lock.json pins them.
+cd "$(dirname "$0")/../web"
+if [ ! -f node_modules/.package-lock.json ] ||
+   ! cmp -s package-lock.json node_modules/.lathe-lock; then
+  npm ci --no-audit --no-fund
+  cp package-lock.json node_modules/.lathe-lock
+fi

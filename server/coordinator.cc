@@ -650,4 +650,12 @@ void Coordinator::ExpireAttempt(const scheduler::LeaseTable::Lease& lease,
   }
 }
 
+std::vector<scheduler::WorkerInfo> Coordinator::Fleet() {
+  absl::MutexLock lock(&mu_);
+  std::vector<scheduler::WorkerInfo> out;
+  out.reserve(fleet_.size());
+  for (const auto& [id, w] : fleet_) out.push_back(w);
+  return out;
+}
+
 }  // namespace lathe

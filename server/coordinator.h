@@ -116,6 +116,9 @@ class Coordinator {
   // many expired.
   int SweepExpiredLeases(absl::Time now);
 
+  // The connected workers as the scheduler sees them (for /metrics).
+  std::vector<scheduler::WorkerInfo> Fleet() ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
   Coordinator(store::Store& store, CoordinatorOptions options)
       : store_(store), options_(options), leases_(options.lease_ttl) {}

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "server/http/dashboard_assets.h"
 #include "server/request_interceptor.h"
 #include "spdlog/spdlog.h"
 
@@ -104,6 +105,10 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   d->worker_ = std::make_unique<WorkerService>(ctx);
   d->models_ = std::make_unique<ModelsService>(ctx);
   d->admin_ = std::make_unique<AdminService>(ctx);
+  d->metrics_ = std::make_unique<ServerMetrics>(*d->store_, *d->coordinator_);
+  ServerMetrics* metrics = d->metrics_.get();
+  d->store_->SetCommitObserver(
+      [metrics](double seconds) { metrics->ObserveCommit(seconds); });
   d->webhooks_ = std::make_unique<WebhooksService>(ctx);
   ASSIGN_OR_RETURN(d->webhook_dispatcher_,
                    WebhookDispatcher::Start(*d->store_, options.webhooks));
@@ -116,7 +121,10 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   // Keepalives detect dead peers on idle streams.
   auto configure = [&](grpc::ServerBuilder& b) {
-    b.experimental().SetInterceptorCreators(RequestInterceptors());
+    b.experimental().SetInterceptorCreators(RequestInterceptors(
+        [metrics](const std::string& method, int code, double seconds) {
+          metrics->ObserveRpc(method, code, seconds);
+        }));
     b.SetMaxReceiveMessageSize(options.max_message_bytes);
     b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
@@ -149,6 +157,25 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
           absl::StrCat("worker_listen: cannot bind ", options.worker_listen));
     }
   }
+  if (!options.http_listen.empty()) {
+    HttpGatewayOptions http;
+    http.listen = options.http_listen;
+    http.threads = options.http_threads;
+    http.tls = options.tls;
+    http.spool_dir = (fs::path(options.data_dir) / "spool").string();
+    http.max_upload_bytes = options.operations.max_upload_bytes;
+    http.max_stream = options.feed.max_follow;
+    http.metrics = [metrics] { return metrics->Scrape(); };
+    Lathed* self = d.get();
+    http.ready = [self] { return !self->shutting_down_.load(); };
+    http.observe = [metrics](const std::string& route, int status,
+                             double seconds) {
+      metrics->ObserveHttp(route, status, seconds);
+    };
+    http.asset = DashboardAsset;
+    ASSIGN_OR_RETURN(d->http_, HttpGateway::Start(std::move(http), *d->auth_,
+                                                  *d->ops_));
+  }
   d->SetServing(true);
   Lathed* self = d.get();
   absl::Duration interval = options.sweep_interval;
@@ -164,6 +191,10 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
                : options.worker_client_ca.empty() ? "TLS"
                                                    : "TLS (workers: mutual TLS)",
                options.data_dir);
+  if (d->http_) {
+    spdlog::info("HTTP (OpenAI-compatible REST, /metrics, dashboard) on port {}",
+                 d->http_->port());
+  }
   return d;
 }
 
@@ -189,6 +220,8 @@ void Lathed::SetServing(bool serving) {
   set(*server_, public_services);
 }
 
+int Lathed::http_port() const { return http_ ? http_->port() : 0; }
+
 void Lathed::Wait() { server_->Wait(); }
 
 void Lathed::Shutdown(absl::Duration deadline) {
@@ -198,6 +231,7 @@ void Lathed::Shutdown(absl::Duration deadline) {
   SetServing(false);
   // WatchJob streams end now (UNAVAILABLE: re-attach), not at the deadline.
   feed_->Stop();
+  if (http_) http_->Shutdown();
   // Both servers drain in parallel within the one deadline.
   auto until = absl::ToChronoTime(absl::Now() + deadline);
   std::thread workers;

@@ -16,6 +16,8 @@
 #include "common/tls.h"
 #include "server/coordinator.h"
 #include "server/event_feed.h"
+#include "server/http/http_gateway.h"
+#include "server/http/metrics.h"
 #include "server/operations/operations.h"
 #include "server/services.h"
 #include "server/webhooks/dispatcher.h"
@@ -27,6 +29,11 @@ struct LathedOptions {
   // The worker service's own port, e.g. on a cluster-internal interface.
   // Empty: workers connect to `listen` as users do.
   std::string worker_listen;
+  // The HTTP port (server/http/http_gateway.h): OpenAI-compatible REST,
+  // /metrics, /healthz, /readyz and the dashboard, with the same TLS.
+  // Empty: off.
+  std::string http_listen;
+  int http_threads = 64;  // HTTP requests served at once
   // Both ports' certificate and key (or insecure). MakeServerCredentials
   // refuses a start with neither.
   ServerTls tls;
@@ -58,6 +65,8 @@ class Lathed {
   int port() const { return port_; }
   // The worker port (== port() without worker_listen).
   int worker_port() const { return worker_port_; }
+  // The HTTP port (0 without http_listen).
+  int http_port() const;
   // Blocks until Shutdown() is called from another thread or a signal.
   void Wait();
   // Stops accepting calls, ends streams, and returns within `deadline`.
@@ -82,6 +91,8 @@ class Lathed {
   std::unique_ptr<ModelsService> models_;
   std::unique_ptr<WebhooksService> webhooks_;
   std::unique_ptr<WebhookDispatcher> webhook_dispatcher_;
+  std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<HttpGateway> http_;  // null without http_listen
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> worker_server_;  // null without worker_listen
   std::atomic<bool> shutting_down_{false};

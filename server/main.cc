@@ -19,6 +19,13 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "host:port to serve on");
 ABSL_FLAG(std::string, worker_listen, "",
           "host:port for the worker service alone (e.g. a cluster-internal "
           "address); default: workers use --listen");
+ABSL_FLAG(std::string, http_listen, "",
+          "host:port for HTTP: the OpenAI-compatible REST API under /v1, "
+          "/metrics, /healthz, /readyz and the dashboard at / (TLS as "
+          "--tls_cert, or plaintext with --insecure); default: off");
+ABSL_FLAG(int, http_threads, 64,
+          "HTTP requests served at once; event streams (the dashboard's live "
+          "curves) may hold half of them");
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain served on both ports (scripts/make-certs.sh "
           "makes a private CA, this and the key)");
@@ -102,6 +109,8 @@ int main(int argc, char** argv) {
   lathe::LathedOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
   o.worker_listen = absl::GetFlag(FLAGS_worker_listen);
+  o.http_listen = absl::GetFlag(FLAGS_http_listen);
+  o.http_threads = absl::GetFlag(FLAGS_http_threads);
   o.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.tls.key_file = absl::GetFlag(FLAGS_tls_key);
   o.tls.insecure = absl::GetFlag(FLAGS_insecure);
@@ -184,6 +193,11 @@ int main(int argc, char** argv) {
       std::string wtmp = pf + ".worker.tmp";
       std::ofstream(wtmp) << (*server)->worker_port() << "\n";
       std::rename(wtmp.c_str(), (pf + ".worker").c_str());
+    }
+    if ((*server)->http_port() != 0) {
+      std::string htmp = pf + ".http.tmp";
+      std::ofstream(htmp) << (*server)->http_port() << "\n";
+      std::rename(htmp.c_str(), (pf + ".http").c_str());
     }
     std::string tmp = pf + ".tmp";
     std::ofstream(tmp) << (*server)->port() << "\n";

@@ -9,14 +9,22 @@
 
 #include <grpcpp/support/server_interceptor.h>
 
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace lathe {
 
+// A finished call: its full method name ("/lathe.v1.Files/Upload"), the
+// status code sent and how long the call lived, for the metrics.
+using RpcObserver =
+    std::function<void(const std::string& method, int code, double seconds)>;
+
+// The unparsed-request fix, then (with `observer`) every call observed.
 std::vector<
     std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-RequestInterceptors();
+RequestInterceptors(RpcObserver observer = nullptr);
 
 }  // namespace lathe
 

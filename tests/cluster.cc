@@ -39,6 +39,11 @@ int FreePort() {
 
 }  // namespace
 
+std::string Cluster::http_url() const {
+  if (http_port_ == 0) return "";
+  return absl::StrCat(insecure_ ? "http" : "https", "://127.0.0.1:", http_port_);
+}
+
 std::string TestRoot(const std::string& name) {
   const char* tmp = std::getenv("TMPDIR");
   return absl::StrCat(tmp && *tmp ? tmp : "/tmp", "/lathe-", name, "-", getpid());
@@ -93,6 +98,9 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(
   c->lathed_ = std::make_unique<Subprocess>(argv, root + "/lathed.log");
   if (WaitForFile(port_file, absl::Seconds(20)).empty()) {
     return absl::InternalError(absl::StrCat("lathed did not start:\n", c->Logs()));
+  }
+  if (std::string http = ReadFileOrEmpty(port_file + ".http"); !http.empty()) {
+    c->http_port_ = std::stoi(http);
   }
   if (auto st = c->Connect(); !st.ok()) return st;
   for (int i = 0; i < workers; ++i) c->AddWorker();

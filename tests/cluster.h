@@ -62,6 +62,11 @@ class Cluster {
   std::shared_ptr<grpc::Channel> NewChannel() const;
   std::shared_ptr<grpc::Channel> NewWorkerChannel() const;
   bool insecure() const { return insecure_; }
+  // With "--http_listen=..." among lathed_flags: the HTTP port lathed bound
+  // and its base URL ("https://127.0.0.1:PORT", http:// when insecure);
+  // 0 and "" without.
+  int http_port() const { return http_port_; }
+  std::string http_url() const;
   // The folder of ca.pem, server.pem/.key and worker.pem/.key.
   std::string certs_dir() const { return root_ + "/certs"; }
   // A client with a user key of project "default".
@@ -85,6 +90,7 @@ class Cluster {
   std::string root_;
   std::string demo_dir_;
   int port_ = 0;
+  int http_port_ = 0;
   int worker_port_ = 0;
   bool insecure_ = false;
   std::vector<std::string> lathed_argv_;

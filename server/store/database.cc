@@ -1,5 +1,7 @@
 #include "server/store/database.h"
 
+#include <chrono>
+
 #include <sqlite3.h>
 
 #include "absl/status/status.h"
@@ -161,7 +163,13 @@ Transaction::~Transaction() {
 }
 
 absl::Status Transaction::Commit() {
+  auto start = std::chrono::steady_clock::now();
   auto st = db_.Execute("COMMIT");
+  if (db_.commit_observer()) {
+    db_.commit_observer()(std::chrono::duration<double>(
+                              std::chrono::steady_clock::now() - start)
+                              .count());
+  }
   if (st.ok()) done_ = true;
   return st;
 }

@@ -4,6 +4,7 @@
 #define LATHE_SERVER_STORE_DATABASE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,14 @@ class Database {
 
   int64_t LastInsertRowId() const;
   int Changes() const;  // rows changed by the last statement
+  // Called with each COMMIT's duration in seconds (the metrics' SQLite
+  // commit latency). Set before the database is shared.
+  void SetCommitObserver(std::function<void(double seconds)> observer) {
+    commit_observer_ = std::move(observer);
+  }
+  const std::function<void(double)>& commit_observer() const {
+    return commit_observer_;
+  }
 
   // PRAGMA user_version, the schema's migration number.
   absl::StatusOr<int> UserVersion();
@@ -45,6 +54,7 @@ class Database {
  private:
   explicit Database(sqlite3* db) : db_(db) {}
   sqlite3* db_;
+  std::function<void(double)> commit_observer_;
 };
 
 // A compiled statement. Bind* uses 1-based indices. Step() returns true
