@@ -4,6 +4,7 @@
 #include <array>
 #include <functional>
 #include <numeric>
+#include <optional>
 #include <queue>
 #include <set>
 #include <string_view>
@@ -106,6 +107,46 @@ class FleetIndex {
     return it->second;
   }
 
+  // How many workers, idle or busy, have the kind and labels `job` asks for
+  // and at least its memory.
+  int CountFitting(const JobRequest& job, const std::string& key) {
+    auto [it, inserted] = fitting_.try_emplace(
+        absl::StrCat(key, "\0", job.memory_bytes), 0);
+    if (inserted) {
+      for (size_t i = 0; i < workers_.size(); ++i) {
+        if (Accepts(job, i) && capacity_[i].memory_bytes >= job.memory_bytes) {
+          ++it->second;
+        }
+      }
+    }
+    return it->second;
+  }
+
+  // The smallest need with `key` known to find no idle worker, if any.
+  std::optional<int64_t> UnmetNeed(const std::string& key) const {
+    auto it = smallest_unmet_need_.find(key);
+    if (it == smallest_unmet_need_.end()) return std::nullopt;
+    return it->second;
+  }
+
+  // Undoes TakeBestFit calls made with `key` only: puts `taken` back in the
+  // idle set and `key`'s unmet need back to `unmet_before` (what UnmetNeed
+  // said before them). Every other key's cache was made with those workers
+  // idle, so it is still right.
+  void Return(const std::vector<int>& taken, const std::string& key,
+              std::optional<int64_t> unmet_before) {
+    for (int index : taken) {
+      idle_by_kind_[capacity_[index].kind].insert(
+          {capacity_[index].memory_bytes, index});
+      ++idle_count_;
+    }
+    if (unmet_before) {
+      smallest_unmet_need_[key] = *unmet_before;
+    } else {
+      smallest_unmet_need_.erase(key);
+    }
+  }
+
   // Removes from the idle set and returns the smallest idle worker that
   // fits `job` (ties: the first in the fleet), or -1 if none does.
   int TakeBestFit(const JobRequest& job, const std::string& key) {
@@ -163,6 +204,8 @@ class FleetIndex {
   // Both keyed by RequirementKey.
   absl::flat_hash_map<std::string, int64_t> max_capacity_;
   absl::flat_hash_map<std::string, int64_t> smallest_unmet_need_;
+  // RequirementKey + need -> CountFitting.
+  absl::flat_hash_map<std::string, int> fitting_;
 };
 
 // One project's eligible jobs, by effective class, each list in enqueue
@@ -249,12 +292,12 @@ std::vector<ProjectQueue> ProjectQueues(
 }
 
 // Offers the jobs of `projects` in rank order (class, then fair share,
-// then enqueue order) while `more()`; `offer(job)` returns whether the job
-// was placed, which raises its project's share.
+// then enqueue order) while `more()`; `offer(job)` returns how many workers
+// the job was placed on (0: not placed), which raise its project's share.
 void OfferInRankOrder(const std::vector<JobRequest>& queue,
                       std::vector<ProjectQueue>& projects,
                       const std::function<bool()>& more,
-                      const std::function<bool(int)>& offer) {
+                      const std::function<int(int)>& offer) {
   for (int c = kTopClass; c >= 0 && more(); --c) {
     std::priority_queue<Head, std::vector<Head>, std::greater<Head>> heads;
     auto push = [&](int project, size_t position) {
@@ -268,7 +311,7 @@ void OfferInRankOrder(const std::vector<JobRequest>& queue,
     while (!heads.empty() && more()) {
       const Head head = heads.top();
       heads.pop();
-      if (offer(head.job)) ++projects[head.project].jobs_running;
+      projects[head.project].jobs_running += offer(head.job);
       push(head.project, head.position + 1);
     }
   }
@@ -294,6 +337,18 @@ RoundPlan PlanRound(
     const JobRequest& job = queue[i];
     keys[i] = RequirementKey(job);
     const int64_t max_capacity = index.MaxCapacity(job, keys[i]);
+    if (job.devices > 1 && max_capacity >= job.memory_bytes) {
+      const int fitting = index.CountFitting(job, keys[i]);
+      if (fitting < job.devices) {
+        plan.unplaceable.push_back(
+            {job.job_id,
+             absl::StrCat("needs ", job.devices, " ", DescribeWorkerWanted(job),
+                          "s with ", Gib(job.memory_bytes),
+                          " of device memory each; ", fitting,
+                          fitting == 1 ? " is" : " are", " connected")});
+        continue;
+      }
+    }
     if (max_capacity < job.memory_bytes) {
       plan.unplaceable.push_back(
           {job.job_id,
@@ -313,10 +368,37 @@ RoundPlan PlanRound(
   OfferInRankOrder(
       queue, projects, [&] { return index.AnyIdle(); },
       [&](int job) {
-        const int worker = index.TakeBestFit(queue[job], keys[job]);
-        if (worker < 0) return false;
-        plan.placements.push_back({queue[job].job_id, fleet[worker].worker_id});
-        return true;
+        const JobRequest& request = queue[job];
+        if (request.devices <= 1) {
+          const int worker = index.TakeBestFit(request, keys[job]);
+          if (worker < 0) return 0;
+          plan.placements.push_back({request.job_id, fleet[worker].worker_id, 0});
+          return 1;
+        }
+        // A gang: all of its workers in this round, or none.
+        const std::optional<int64_t> unmet_before = index.UnmetNeed(keys[job]);
+        std::vector<int> taken;
+        while (static_cast<int>(taken.size()) < request.devices) {
+          const int worker = index.TakeBestFit(request, keys[job]);
+          if (worker < 0) break;
+          taken.push_back(worker);
+        }
+        if (static_cast<int>(taken.size()) == request.devices) {
+          for (int r = 0; r < request.devices; ++r) {
+            plan.placements.push_back(
+                {request.job_id, fleet[taken[r]].worker_id, r});
+          }
+          return request.devices;
+        }
+        if (plan.reserved.empty()) {
+          // The highest-ranked gang waiting: what it found stays idle for it.
+          Reservation& held = plan.reserved.emplace_back();
+          held.job_id = request.job_id;
+          for (int w : taken) held.worker_ids.push_back(fleet[w].worker_id);
+        } else {
+          index.Return(taken, keys[job], unmet_before);
+        }
+        return 0;
       });
   return plan;
 }
@@ -334,7 +416,7 @@ std::vector<std::string> RankOrder(
       queue, projects, [] { return true; },
       [&](int job) {
         out.push_back(queue[job].job_id);
-        return true;
+        return 1;
       });
   // Jobs waiting out a retry backoff come last, in enqueue order.
   std::vector<int> waiting;

@@ -25,11 +25,20 @@
 //     frees, a big job waiting for it gets it ahead of the small jobs ranked
 //     below it; small jobs ranked above it take it only if no smaller idle
 //     worker fits them, and aging bounds how long they can outrank it.
-//     (No reservation beyond this is needed while every job runs on one
-//     worker: reservations matter for jobs that need several workers at
-//     once, which this policy does not place.)
-//  4. Backoff. A job whose `not_before` is after `now` is not placed.
-//  5. Unplaceable. A job that fits no worker of the fleet, idle or busy, is
+//  4. Gangs. A job that asks for `devices` N > 1 workers (data-parallel
+//     ranks, each needing `memory_bytes`) is placed on N idle workers at
+//     once, or on none: a round never hands a gang part of its workers, so
+//     two gangs can never each hold half of what both need (no deadlock).
+//     The highest-ranked gang that cannot be placed in a round reserves the
+//     idle workers it could take (at most N-1): they stay idle, so jobs
+//     ranked below it cannot keep taking every worker that frees and starve
+//     it; it is placed as soon as enough are free. Only one gang reserves
+//     per round, so reservations cannot deadlock either. Jobs ranked below
+//     it backfill the other idle workers. A placed gang counts N jobs
+//     towards its project's fair share.
+//  5. Backoff. A job whose `not_before` is after `now` is not placed.
+//  6. Unplaceable. A job that fits no worker of the fleet, idle or busy (a
+//     gang: fewer than N workers of the fleet fit it), is
 //     reported with a reason instead of being ranked, so the caller can fail
 //     it rather than let it wait forever.
 //
@@ -77,6 +86,9 @@ struct JobRequest {
   int64_t enqueue_order = 0;                        // smaller = earlier
   absl::Time enqueued_at = absl::InfiniteFuture();  // unset: never aged
   absl::Time not_before = absl::InfinitePast();     // retry backoff
+  // Workers the job runs on at once (ranks of one data-parallel gang),
+  // each needing memory_bytes. REQUIRES: >= 1.
+  int devices = 1;
 };
 
 struct SchedulingPolicy {
@@ -92,6 +104,13 @@ struct SchedulingPolicy {
 struct Placement {
   std::string job_id;
   std::string worker_id;
+  int rank = 0;  // within the job's gang: 0..devices-1
+};
+
+// Idle workers held back this round for a gang that could not be placed.
+struct Reservation {
+  std::string job_id;
+  std::vector<std::string> worker_ids;
 };
 
 struct Unplaceable {
@@ -102,17 +121,19 @@ struct Unplaceable {
 struct RoundPlan {
   std::vector<Placement> placements;     // in the order they were decided
   std::vector<Unplaceable> unplaceable;  // in enqueue order
+  std::vector<Reservation> reserved;     // at most one
 };
 
 // Decides one round: places jobs of `queue` on the idle workers of `fleet`
-// by the policy above, each worker getting at most one job. `fleet` lists
+// by the policy above, each worker getting at most one job (a gang of N
+// gets N placements, ranks 0..N-1, consecutive in the plan). `fleet` lists
 // every connected worker, busy ones included (they decide what is
 // placeable); `running_per_project` counts each project's running jobs (a
 // project not listed runs none). Jobs that fit no worker of `fleet` are in
 // `unplaceable` (whatever their backoff); judge them against a fleet that
 // is complete, e.g. not right after the server starts.
 // REQUIRES: job ids unique in `queue`, worker ids unique in `fleet`,
-// memory_bytes >= 0.
+// memory_bytes >= 0, devices >= 1.
 RoundPlan PlanRound(
     const std::vector<JobRequest>& queue, const std::vector<WorkerInfo>& fleet,
     const absl::flat_hash_map<std::string, int>& running_per_project,
