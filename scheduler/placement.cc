@@ -108,18 +108,20 @@ class FleetIndex {
   }
 
   // How many workers, idle or busy, have the kind and labels `job` asks for
-  // and at least its memory.
+  // and at least its memory: a binary search in the capacities of the
+  // workers with that key, sorted once per round.
   int CountFitting(const JobRequest& job, const std::string& key) {
-    auto [it, inserted] = fitting_.try_emplace(
-        absl::StrCat(key, "\0", job.memory_bytes), 0);
+    auto [it, inserted] = capacities_.try_emplace(key);
     if (inserted) {
       for (size_t i = 0; i < workers_.size(); ++i) {
-        if (Accepts(job, i) && capacity_[i].memory_bytes >= job.memory_bytes) {
-          ++it->second;
-        }
+        if (Accepts(job, i)) it->second.push_back(capacity_[i].memory_bytes);
       }
+      std::sort(it->second.begin(), it->second.end());
     }
-    return it->second;
+    const std::vector<int64_t>& sorted = it->second;
+    return static_cast<int>(
+        sorted.end() -
+        std::lower_bound(sorted.begin(), sorted.end(), job.memory_bytes));
   }
 
   // The smallest need with `key` known to find no idle worker, if any.
@@ -204,8 +206,8 @@ class FleetIndex {
   // Both keyed by RequirementKey.
   absl::flat_hash_map<std::string, int64_t> max_capacity_;
   absl::flat_hash_map<std::string, int64_t> smallest_unmet_need_;
-  // RequirementKey + need -> CountFitting.
-  absl::flat_hash_map<std::string, int> fitting_;
+  // RequirementKey -> the capacities of the workers it accepts, sorted.
+  absl::flat_hash_map<std::string, std::vector<int64_t>> capacities_;
 };
 
 // One project's eligible jobs, by effective class, each list in enqueue

@@ -14,7 +14,7 @@
 // of PlanRound (which indexes the whole queue and fleet every call);
 // "time per decision" is a call's time divided by the placements it made.
 //
-// Usage: scheduler_bench [seed]
+// Usage: scheduler_bench [seed] [gang_percent (default 5)]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -43,7 +43,7 @@ struct Scenario {
   std::vector<int> minutes;  // run time of each job, by index in queue
 };
 
-Scenario MakeScenario(uint32_t seed, absl::Time start) {
+Scenario MakeScenario(uint32_t seed, int gang_percent, absl::Time start) {
   std::mt19937 rng(seed);
   auto uniform = [&rng](int lo, int hi) {
     return std::uniform_int_distribution<int>(lo, hi)(rng);
@@ -85,7 +85,7 @@ Scenario MakeScenario(uint32_t seed, absl::Time start) {
     job.enqueue_order = i;
     job.enqueued_at = start - absl::Seconds(uniform(0, 3600));
     if (uniform(0, 49) == 0) job.not_before = start + absl::Minutes(5);
-    if (uniform(0, 19) == 0) {
+    if (uniform(0, 99) < gang_percent) {
       job.devices = uniform(2, 8);
       job.memory_bytes = uniform(8, 75) * kGB;  // per rank
     }
@@ -214,11 +214,12 @@ int main(int argc, char** argv) {
   using namespace lathe::scheduler;
   const uint32_t seed = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 1;
   const absl::Time start = absl::FromUnixSeconds(1'800'000'000);
-  const Scenario scenario = MakeScenario(seed, start);
+  const int gang_percent = argc > 2 ? std::atoi(argv[2]) : 5;
+  const Scenario scenario = MakeScenario(seed, gang_percent, start);
   std::printf(
       "scheduler_bench: %d jobs from %d projects, %d workers "
-      "(24/40/80/141 GB), seed %u\n",
-      kJobs, kProjects, kWorkers, seed);
+      "(24/40/80/141 GB), %d%% gangs of 2-8 workers, seed %u\n",
+      kJobs, kProjects, kWorkers, gang_percent, seed);
   Simulate(scenario, start, /*batch=*/true);
   Simulate(scenario, start, /*batch=*/false);
   return 0;
