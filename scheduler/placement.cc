@@ -432,4 +432,63 @@ std::vector<std::string> RankOrder(
   return out;
 }
 
+std::optional<PreemptionPlan> PlanPreemption(
+    const JobRequest& job, const std::vector<WorkerInfo>& fleet,
+    const std::vector<RunningJob>& running, absl::Duration grace,
+    absl::Time now) {
+  auto fits = [&job](const WorkerInfo& w) {
+    const Device d = WorkerCapacity(w);
+    return d.memory_bytes >= job.memory_bytes &&
+           (job.device_kind.empty() || d.kind == job.device_kind) &&
+           HasLabels(w.labels, job.required_labels);
+  };
+  absl::flat_hash_map<std::string, const WorkerInfo*> by_id;
+  std::vector<std::string> idle;
+  for (const WorkerInfo& w : fleet) {
+    by_id[w.worker_id] = &w;
+    if (w.idle && fits(w)) idle.push_back(w.worker_id);
+  }
+  const int need = std::max(1, job.devices);
+  if (static_cast<int>(idle.size()) >= need) return std::nullopt;
+  struct Candidate {
+    const RunningJob* job;
+    std::vector<std::string> fitting;  // its workers that fit `job`
+  };
+  std::vector<Candidate> candidates;
+  for (const RunningJob& r : running) {
+    if (static_cast<int>(r.priority) >= static_cast<int>(job.priority)) continue;
+    if (r.last_preempted != absl::InfinitePast() && now - r.last_preempted < grace) {
+      continue;
+    }
+    Candidate c{&r, {}};
+    for (const std::string& id : r.worker_ids) {
+      auto it = by_id.find(id);
+      if (it != by_id.end() && fits(*it->second)) c.fitting.push_back(id);
+    }
+    if (!c.fitting.empty()) candidates.push_back(std::move(c));
+  }
+  // The fewest victims: those freeing the most first (optimal for a
+  // count), then the most recently started, then by id for determinism.
+  std::sort(candidates.begin(), candidates.end(),
+            [](const Candidate& a, const Candidate& b) {
+              if (a.fitting.size() != b.fitting.size()) {
+                return a.fitting.size() > b.fitting.size();
+              }
+              if (a.job->started_at != b.job->started_at) {
+                return a.job->started_at > b.job->started_at;
+              }
+              return a.job->job_id < b.job->job_id;
+            });
+  PreemptionPlan plan;
+  plan.workers = idle;
+  for (const Candidate& c : candidates) {
+    if (static_cast<int>(plan.workers.size()) >= need) break;
+    plan.victims.push_back(c.job->job_id);
+    for (const std::string& w : c.fitting) plan.workers.push_back(w);
+  }
+  if (static_cast<int>(plan.workers.size()) < need) return std::nullopt;
+  plan.workers.resize(need);
+  return plan;
+}
+
 }  // namespace lathe::scheduler

@@ -50,6 +50,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -148,6 +149,34 @@ std::vector<std::string> RankOrder(
     const std::vector<JobRequest>& queue,
     const absl::flat_hash_map<std::string, int>& running_per_project,
     const SchedulingPolicy& policy, absl::Time now);
+
+// Priority preemption: what to stop so that `job`, which no round could
+// place, can run. A running job is a victim only if its priority class is
+// strictly below `job`'s (never the same class) and it was not preempted
+// within `grace` of `now`. Victims free all their workers; the plan takes
+// the fewest victims whose freed workers that fit `job`, with the idle ones
+// that fit, make `job.devices`: those freeing the most fitting workers
+// first, and among equals the most recently started (they lose the least
+// work). nullopt when no preemption is needed (enough idle workers fit) or
+// none would be enough. The caller asks the victims to checkpoint and hand
+// back, and requeues them at the front of their class.
+struct RunningJob {
+  std::string job_id;
+  Priority priority = Priority::kNormal;
+  std::vector<std::string> worker_ids;  // a gang's every rank
+  absl::Time started_at;
+  absl::Time last_preempted = absl::InfinitePast();
+};
+
+struct PreemptionPlan {
+  std::vector<std::string> victims;  // job ids, in the order chosen
+  std::vector<std::string> workers;  // those `job` will take (devices of them)
+};
+
+std::optional<PreemptionPlan> PlanPreemption(
+    const JobRequest& job, const std::vector<WorkerInfo>& fleet,
+    const std::vector<RunningJob>& running, absl::Duration grace,
+    absl::Time now);
 
 }  // namespace lathe::scheduler
 

@@ -647,5 +647,73 @@ TEST(GangTest, MatchesTheReferenceOnRandomRoundsWithGangs) {
   }
 }
 
+TEST(PreemptionTest, FewestLowerPriorityVictimsMostRecentFirst) {
+  JobRequest high = Job("high", 1, 30);
+  high.priority = Priority::kHigh;
+  std::vector<WorkerInfo> fleet = {Gpu("w1", 40, false), Gpu("w2", 40, false),
+                                   Gpu("w3", 40, false), Gpu("w4", 16, false)};
+  auto run = [](std::string id, Priority p, std::vector<std::string> workers,
+                int started_min) {
+    return RunningJob{std::move(id), p, std::move(workers),
+                      kNow - absl::Minutes(started_min)};
+  };
+  std::vector<RunningJob> running = {
+      run("old-low", Priority::kLow, {"w1"}, 60),
+      run("new-low", Priority::kLow, {"w2"}, 5),
+      run("normal", Priority::kNormal, {"w3"}, 1),
+      run("tiny", Priority::kLow, {"w4"}, 1)};  // its worker is too small
+  auto plan = PlanPreemption(high, fleet, running, absl::Minutes(10), kNow);
+  ASSERT_TRUE(plan.has_value());
+  // One victim suffices; of the three whose worker fits, the most recently
+  // started (any class below high).
+  EXPECT_THAT(plan->victims, ElementsAre("normal"));
+  EXPECT_THAT(plan->workers, ElementsAre("w3"));
+  // Never the same class: a normal job preempts only low ones.
+  JobRequest normal = Job("n", 2, 30);
+  plan = PlanPreemption(normal, fleet, running, absl::Minutes(10), kNow);
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_THAT(plan->victims, ElementsAre("new-low"));
+  JobRequest low = Job("l", 3, 30);
+  low.priority = Priority::kLow;
+  EXPECT_FALSE(PlanPreemption(low, fleet, running, absl::Minutes(10), kNow).has_value());
+}
+
+TEST(PreemptionTest, GangsFreeAllTheirWorkersAndIdleOnesCount) {
+  JobRequest gang = Job("g", 1, 30);
+  gang.priority = Priority::kHigh;
+  gang.devices = 3;
+  std::vector<WorkerInfo> fleet = {Gpu("w1", 40), Gpu("w2", 40, false),
+                                   Gpu("w3", 40, false), Gpu("w4", 40, false)};
+  std::vector<RunningJob> running = {
+      {"single", Priority::kLow, {"w4"}, kNow - absl::Minutes(1)},
+      {"pair", Priority::kLow, {"w2", "w3"}, kNow - absl::Minutes(30)}};
+  auto plan = PlanPreemption(gang, fleet, running, absl::Minutes(10), kNow);
+  ASSERT_TRUE(plan.has_value());
+  // One idle + the pair (one victim) rather than the single and more.
+  EXPECT_THAT(plan->victims, ElementsAre("pair"));
+  EXPECT_THAT(plan->workers, ElementsAre("w1", "w2", "w3"));
+  // Enough idle: nothing to preempt.
+  gang.devices = 1;
+  EXPECT_FALSE(PlanPreemption(gang, fleet, running, absl::Minutes(10), kNow).has_value());
+  // Not enough even with every victim.
+  gang.devices = 5;
+  EXPECT_FALSE(PlanPreemption(gang, fleet, running, absl::Minutes(10), kNow).has_value());
+}
+
+TEST(PreemptionTest, NotPreemptedTwiceWithinTheGrace) {
+  JobRequest high = Job("high", 1, 30);
+  high.priority = Priority::kHigh;
+  std::vector<WorkerInfo> fleet = {Gpu("w1", 40, false), Gpu("w2", 40, false)};
+  std::vector<RunningJob> running = {
+      {"recent", Priority::kLow, {"w1"}, kNow - absl::Minutes(1), kNow - absl::Minutes(3)},
+      {"other", Priority::kLow, {"w2"}, kNow - absl::Minutes(50)}};
+  auto plan = PlanPreemption(high, fleet, running, absl::Minutes(10), kNow);
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_THAT(plan->victims, ElementsAre("other"));  // "recent" is in its grace
+  plan = PlanPreemption(high, fleet, running, absl::Minutes(2), kNow);
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_THAT(plan->victims, ElementsAre("recent"));  // grace over: the newest
+}
+
 }  // namespace
 }  // namespace lathe::scheduler
