@@ -596,7 +596,14 @@ absl::Status HttpGateway::Upload(const Caller& caller, const Request& req,
       });
   out.close();
   if (!error.ok()) return error;
-  if (!whole) return session->Abort();
+  if (!whole) {
+    // A client that went away reads no answer; one that sent a broken
+    // body reads what to fix. Either way nothing is stored.
+    session->Abort().IgnoreError();
+    return absl::InvalidArgumentError(
+        "body: the multipart body is malformed or ended early; nothing "
+        "stored (send the JSONL as the field \"file\" and purpose=fine-tune)");
+  }
   if (!out) return absl::InternalError("cannot write the upload's spool file");
   if (!have_file) {
     return absl::InvalidArgumentError(
