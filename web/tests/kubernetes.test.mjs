@@ -17,7 +17,7 @@
 //
 // KUBECTL names the kubectl (default: kubectl on PATH; Debian 12's
 // kubernetes-client is 1.20, whose kustomize is v2.0.3).
-import { test, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -43,7 +43,8 @@ function run(cmd, args, opts = {}) {
 // make-secrets.sh, as an operator would (the repository holds none).
 
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "lathe-k8s-"));
-after(() => fs.rmSync(scratch, { recursive: true, force: true }));
+// On exit, so that a failure while setting up removes it too.
+process.on("exit", () => fs.rmSync(scratch, { recursive: true, force: true }));
 fs.cpSync(path.join(repo, "deploy/kubernetes"), path.join(scratch, "deploy/kubernetes"), {
   recursive: true,
   filter: (src) => !/\/overlays\/[^/]+\/secrets(\/|$)/.test(src),
@@ -86,7 +87,25 @@ function render(overlay) {
   return objs;
 }
 
-const rendered = new Map(overlays.map((o) => [o, render(o)]));
+// Each overlay's objects, or the error rendering it gave (which fails each
+// of its tests).
+const renders = new Map(
+  overlays.map((o) => {
+    try {
+      return [o, { objs: render(o) }];
+    } catch (error) {
+      return [o, { error }];
+    }
+  }),
+);
+const rendered = {
+  get(overlay) {
+    const r = renders.get(overlay);
+    if (!r) throw new Error(`there is no overlays/${overlay}`);
+    if (r.error) throw r.error;
+    return r.objs;
+  },
+};
 
 // ---------------------------------------------------------------------------
 // Schemas: apiVersion + kind -> the kubernetes-models class, which carries
@@ -260,10 +279,11 @@ test("the repository holds overlays, and no secrets", () => {
 });
 
 for (const overlay of overlays) {
-  const objs = rendered.get(overlay);
   const label = `overlays/${overlay}`;
+  // Each test gets the overlay's objects (or fails with its render error).
+  const overlayTest = (name, fn) => test(`${label}: ${name}`, () => fn(rendered.get(overlay)));
 
-  test(`${label}: every object passes the Kubernetes schema of its kind`, async () => {
+  overlayTest("every object passes the Kubernetes schema of its kind", async (objs) => {
     assert.ok(objs.length > 0, `${label} rendered nothing`);
     for (const obj of objs) {
       const id = `${label}: ${obj.kind} ${obj.metadata?.name}`;
@@ -283,7 +303,7 @@ for (const overlay of overlays) {
     }
   });
 
-  test(`${label}: lathed is one StatefulSet pod on a ReadWriteOnce data directory`, () => {
+  overlayTest("lathed is one StatefulSet pod on a ReadWriteOnce data directory", (objs) => {
     const sets = objs.filter((o) => o.kind === "StatefulSet");
     assert.equal(sets.length, 1, "exactly one StatefulSet");
     const sts = sets[0];
@@ -317,7 +337,7 @@ for (const overlay of overlays) {
     assert.equal(headless.spec.clusterIP, "None");
   });
 
-  test(`${label}: lathed's probes are /readyz, /healthz and a startup probe over HTTPS`, () => {
+  overlayTest("lathed's probes are /readyz, /healthz and a startup probe over HTTPS", (objs) => {
     const sts = find(objs, "StatefulSet", "lathed");
     const lathed = podSpecOf(sts).containers.find((c) => c.name === "lathed");
     const httpPort = Number(flagValue(lathed, "http_listen").split(":").pop());
@@ -338,7 +358,7 @@ for (const overlay of overlays) {
     }
   });
 
-  test(`${label}: Services for the API, the workers and the StatefulSet`, () => {
+  overlayTest("Services for the API, the workers and the StatefulSet", (objs) => {
     const sts = find(objs, "StatefulSet", "lathed");
     const podLabels = sts.spec.template.metadata.labels;
     const lathed = podSpecOf(sts).containers.find((c) => c.name === "lathed");
@@ -364,7 +384,7 @@ for (const overlay of overlays) {
     }
   });
 
-  test(`${label}: workers join lathed-workers:7071 with the token and a client certificate`, () => {
+  overlayTest("workers join lathed-workers:7071 with the token and a client certificate", (objs) => {
     const deps = objs.filter((o) => o.kind === "Deployment" && o.metadata.name === "lathe-worker");
     assert.equal(deps.length, 1, "a Deployment lathe-worker");
     const spec = podSpecOf(deps[0]);
@@ -392,7 +412,7 @@ for (const overlay of overlays) {
     );
   });
 
-  test(`${label}: GPU workers ask for nvidia.com/gpu, CPU workers do not`, () => {
+  overlayTest("GPU workers ask for nvidia.com/gpu, CPU workers do not", (objs) => {
     const dep = find(objs, "Deployment", "lathe-worker");
     const spec = podSpecOf(dep);
     const c = spec.containers.find((x) => x.name === "lathe-worker");
@@ -413,7 +433,7 @@ for (const overlay of overlays) {
     }
   });
 
-  test(`${label}: disruption budgets for lathed and the workers`, () => {
+  overlayTest("disruption budgets for lathed and the workers", (objs) => {
     for (const w of workloads(objs)) {
       const pdbs = objs.filter(
         (o) => o.kind === "PodDisruptionBudget" &&
@@ -431,7 +451,7 @@ for (const overlay of overlays) {
     }
   });
 
-  test(`${label}: Lathe's flags, and everything a pod names, exist`, () => {
+  overlayTest("Lathe's flags, and everything a pod names, exist", (objs) => {
     const names = (kind) => new Set(objs.filter((o) => o.kind === kind).map((o) => o.metadata.name));
     const secrets = names("Secret");
     const configMaps = names("ConfigMap");
