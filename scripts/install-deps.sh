@@ -34,6 +34,14 @@ done
 if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
   missing+=(nodejs npm)
 fi
+# kubectl, whose built-in kustomize renders deploy/kubernetes' overlays for
+# their test (web/tests/kubernetes.test.mjs): the machine's own when it has
+# one (another package's /usr/bin/kubectl, e.g. the Google Cloud SDK's,
+# would make dpkg refuse Debian's), else Debian's kubernetes-client
+# (kubectl 1.20, kustomize v2.0.3: the oldest the manifests keep to).
+if ! command -v kubectl > /dev/null; then
+  missing+=(kubernetes-client)
+fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -45,8 +53,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # web/: the dashboard's charting library (uPlot, built into lathed) and the
-# Node tests' packages (the official openai SDK, playwright-core), exactly
-# as package-lock.json pins them.
+# Node tests' packages (the official openai SDK, playwright-core;
+# kubernetes-models and yaml for the Kubernetes manifests), exactly as
+# package-lock.json pins them.
 cd "$(dirname "$0")/../web"
 if [ ! -f node_modules/.package-lock.json ] ||
    ! cmp -s package-lock.json node_modules/.lathe-lock; then
