@@ -23,6 +23,9 @@ PACKAGES=(
   # scripts/fuzz.sh: clang with libFuzzer and the ASan/UBSan runtimes, and
   # llvm-symbolizer for readable reports.
   clang-14 libclang-rt-14-dev llvm-14
+  # The Slurm test (tests/slurm): slurmctld, slurmd, sbatch and munged,
+  # started by the test itself on loopback.
+  slurm-wlm munge
 )
 
 missing=()
