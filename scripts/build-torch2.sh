@@ -43,6 +43,9 @@ PACKAGES=(
   # on Debian 13's Node 20 over the tree's web/node_modules; the dashboard
   # test in its Chromium.
   libcpp-httplib-dev prometheus-cpp-dev nodejs chromium curl
+  # The Kubernetes manifests' test (kubectl's kustomize). The Slurm test
+  # skips here (no slurm-wlm in the root): it runs in the Debian 12 suite.
+  kubernetes-client
 )
 
 if [ "$(id -u)" -ne 0 ]; then
