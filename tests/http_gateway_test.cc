@@ -119,21 +119,21 @@ TEST(HttpGatewayTest, OpenAiSdkDrivesEveryPathAndGrpcSeesTheSameJobs) {
   auto result = nlohmann::json::parse(ReadFileOrEmpty(result_path));
 
   // The same jobs through gRPC.
-  auto sft = c.client().GetJob(result["supervised"]);
+  auto sft = c.client().GetJob(result["supervised"].get<std::string>());
   ASSERT_TRUE(sft.ok()) << sft.status();
   EXPECT_EQ(sft->status(), v1::JOB_STATUS_SUCCEEDED);
-  EXPECT_EQ(sft->fine_tuned_model(), result["fine_tuned_model"]);
+  EXPECT_EQ(sft->fine_tuned_model(), result["fine_tuned_model"].get<std::string>());
   EXPECT_EQ(sft->metadata().at("team"), "a");
   EXPECT_EQ(sft->lora().rank(), 4);  // the extension key reached the job
   EXPECT_EQ(sft->progress().steps_total(), result["steps"].get<int64_t>());
-  auto dpo = c.client().GetJob(result["dpo"]);
+  auto dpo = c.client().GetJob(result["dpo"].get<std::string>());
   ASSERT_TRUE(dpo.ok());
   EXPECT_EQ(dpo->method().type(), "dpo");
   EXPECT_EQ(dpo->status(), v1::JOB_STATUS_SUCCEEDED);
   EXPECT_EQ(dpo->fine_tuned_model(), "");  // deleted through REST
-  auto gone = c.client().GetModel(result["deleted_model"]);
+  auto gone = c.client().GetModel(result["deleted_model"].get<std::string>());
   EXPECT_EQ(gone.status().code(), absl::StatusCode::kNotFound);
-  auto cancelled = c.client().GetJob(result["cancelled"]);
+  auto cancelled = c.client().GetJob(result["cancelled"].get<std::string>());
   ASSERT_TRUE(cancelled.ok());
   EXPECT_EQ(cancelled->status(), v1::JOB_STATUS_CANCELLED);
 
