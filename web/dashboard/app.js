@@ -272,7 +272,9 @@ async function jobPage(root, id) {
             drawAll();
             if (e.type === "metrics") renderInfo();
           } else if (type === "job") {
-            job = JSON.parse(data);
+            // The feed's copy may be older than what a button just got
+            // back: show the job as it is now.
+            job = await api(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}`).catch(() => JSON.parse(data));
             renderInfo();
             renderCheckpoints().catch(() => {});
             renderDownloads();

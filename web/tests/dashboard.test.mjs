@@ -55,8 +55,9 @@ test("the dashboard shows a job live and matches the API", async () => {
   const job = await create({ model: "lathe-demo", training_file: file.id, validation_file: valid.id, suffix: "dash",
     method: { type: "supervised", supervised: { hyperparameters: { n_epochs: 12, batch_size: 4, eval_every_steps: 20,
       checkpoint_every_steps: 60 } } } });
-  // One worker: this one waits in the queue behind the first.
-  const second = await create({ model: "lathe-demo", training_file: file.id, hyperparameters: { n_epochs: 1 } });
+  // One worker: this one waits in the queue behind the first, and is long
+  // enough to be still queued or running when its buttons are tried.
+  const second = await create({ model: "lathe-demo", training_file: file.id, hyperparameters: { n_epochs: 50 } });
 
   const browser = await chromium.launch({ executablePath: env("CHROMIUM"), args: ["--no-sandbox"] });
   try {
@@ -133,20 +134,15 @@ test("the dashboard shows a job live and matches the API", async () => {
     // Pause, resume and cancel from the buttons, on the queued job.
     await page.goto(`${url}/#/jobs/${second.id}`);
     await page.waitForSelector("#job-pause");
-    const s0 = (await api(`/v1/fine_tuning/jobs/${second.id}`)).status;
-    if (s0 === "queued" || s0 === "running") {
-      await page.click("#job-pause");
-      await page.waitForSelector("#job-status [data-status=paused]");
-      assert.equal((await api(`/v1/fine_tuning/jobs/${second.id}`)).status, "paused");
-      await page.waitForSelector("#job-resume:not([disabled])");
-      await page.click("#job-resume");
-      await page.waitForFunction(() => !document.querySelector("#job-status [data-status=paused]"), null, { timeout: 20000 });
-    }
-    const s1 = (await api(`/v1/fine_tuning/jobs/${second.id}`)).status;
-    if (s1 !== "succeeded") {
-      await page.click("#job-cancel");
-      await page.waitForSelector("#job-status [data-status=cancelled]");
-    }
+    assert.ok(["queued", "running"].includes((await api(`/v1/fine_tuning/jobs/${second.id}`)).status));
+    await page.click("#job-pause:not([disabled])");
+    await page.waitForSelector("#job-status [data-status=paused]");
+    assert.equal((await api(`/v1/fine_tuning/jobs/${second.id}`)).status, "paused");
+    await page.click("#job-resume:not([disabled])");
+    await page.waitForFunction(() => !document.querySelector("#job-status [data-status=paused]"), null, { timeout: 30000 });
+    await page.click("#job-cancel:not([disabled])");
+    await page.waitForSelector("#job-status [data-status=cancelled]");
+    assert.equal((await api(`/v1/fine_tuning/jobs/${second.id}`)).status, "cancelled");
 
     // Files and models.
     await page.goto(`${url}/#/files`);
