@@ -45,7 +45,7 @@ PACKAGES=(
   libcpp-httplib-dev prometheus-cpp-dev nodejs chromium curl
   # The Kubernetes manifests' test (kubectl's kustomize). The Slurm test
   # skips here (no slurm-wlm in the root): it runs in the Debian 12 suite.
-  kubernetes-client
+  kubernetes-client git
 )
 
 if [ "$(id -u)" -ne 0 ]; then

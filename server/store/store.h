@@ -280,6 +280,7 @@ class Store {
   // delivery was deleted with its webhook.
   struct WebhookSend {
     v1::WebhookDelivery delivery;
+    int64_t next_attempt_ms = 0;  // as stored: when it is due, if pending
     std::string url;
     std::string secret;
     v1::Job job;

@@ -271,6 +271,7 @@ absl::StatusOr<Store::WebhookSend> Store::LoadWebhookSend(
   }
   WebhookSend send;
   send.delivery = ReadDelivery(stmt);
+  send.next_attempt_ms = stmt.ColumnInt(10);
   send.url = stmt.ColumnText(12);
   send.secret = stmt.ColumnText(13);
   if (!send.event.ParseFromString(stmt.ColumnBlob(14))) {

@@ -206,6 +206,14 @@ std::optional<store::Store::WebhookAttempt> WebhookDispatcher::Post(
 void WebhookDispatcher::Attempt(int sender, const std::string& delivery_id) {
   auto send = store_.LoadWebhookSend(delivery_id);
   if (absl::IsNotFound(send.status())) return;  // deleted with its webhook
+  // The outbox was read before this claim: another sender may have sent
+  // and released this delivery since. Only a delivery still pending and
+  // due is sent, so each attempt goes out once.
+  if (send.ok() &&
+      (send->delivery.status() != v1::WEBHOOK_DELIVERY_STATUS_PENDING ||
+       send->next_attempt_ms > NowUnixMillis())) {
+    return;
+  }
   std::optional<store::Store::WebhookAttempt> outcome;
   if (send.ok()) {
     outcome = Post(sender, *send);
