@@ -119,9 +119,9 @@ class FleetIndex {
       std::sort(it->second.begin(), it->second.end());
     }
     const std::vector<int64_t>& sorted = it->second;
-    return static_cast<int>(
-        sorted.end() -
-        std::lower_bound(sorted.begin(), sorted.end(), job.memory_bytes));
+    return static_cast<int>(sorted.end() - std::lower_bound(sorted.begin(),
+                                                            sorted.end(),
+                                                            job.memory_bytes));
   }
 
   // The smallest need with `key` known to find no idle worker, if any.
@@ -374,7 +374,8 @@ RoundPlan PlanRound(
         if (request.devices <= 1) {
           const int worker = index.TakeBestFit(request, keys[job]);
           if (worker < 0) return 0;
-          plan.placements.push_back({request.job_id, fleet[worker].worker_id, 0});
+          plan.placements.push_back(
+              {request.job_id, fleet[worker].worker_id, 0});
           return 1;
         }
         // A gang: all of its workers in this round, or none.
@@ -456,8 +457,10 @@ std::optional<PreemptionPlan> PlanPreemption(
   };
   std::vector<Candidate> candidates;
   for (const RunningJob& r : running) {
-    if (static_cast<int>(r.priority) >= static_cast<int>(job.priority)) continue;
-    if (r.last_preempted != absl::InfinitePast() && now - r.last_preempted < grace) {
+    if (static_cast<int>(r.priority) >= static_cast<int>(job.priority))
+      continue;
+    if (r.last_preempted != absl::InfinitePast() &&
+        now - r.last_preempted < grace) {
       continue;
     }
     Candidate c{&r, {}};

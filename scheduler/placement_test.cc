@@ -554,7 +554,8 @@ TEST(GangTest, SimulatedFleetNeverDeadlocksOrStarves) {
     };
     const int workers = 4 + pick(5);
     std::vector<WorkerInfo> fleet;
-    for (int w = 0; w < workers; ++w) fleet.push_back(Gpu("w" + std::to_string(w), 80));
+    for (int w = 0; w < workers; ++w)
+      fleet.push_back(Gpu("w" + std::to_string(w), 80));
     std::vector<JobRequest> queue;
     const int total = 60;
     for (int j = 0; j < total; ++j) {
@@ -592,9 +593,9 @@ TEST(GangTest, SimulatedFleetNeverDeadlocksOrStarves) {
       ASSERT_LE(plan.reserved.size(), 1u);
       std::map<std::string, int> ranks;
       for (const Placement& p : plan.placements) {
-        auto w = std::find_if(fleet.begin(), fleet.end(), [&](const WorkerInfo& x) {
-          return x.worker_id == p.worker_id;
-        });
+        auto w = std::find_if(
+            fleet.begin(), fleet.end(),
+            [&](const WorkerInfo& x) { return x.worker_id == p.worker_id; });
         ASSERT_TRUE(w->idle) << "worker " << p.worker_id << " given twice";
         w->idle = false;
         on[p.worker_id] = p.job_id;
@@ -603,7 +604,8 @@ TEST(GangTest, SimulatedFleetNeverDeadlocksOrStarves) {
       }
       for (auto it = queue.begin(); it != queue.end();) {
         if (ranks.count(it->job_id)) {
-          ASSERT_EQ(ranks[it->job_id], it->devices) << it->job_id << " got part of its gang";
+          ASSERT_EQ(ranks[it->job_id], it->devices)
+              << it->job_id << " got part of its gang";
           ends[it->job_id] = round + 1 + pick(6);
           it = queue.erase(it);
         } else {
@@ -625,7 +627,8 @@ TEST(GangTest, MatchesTheReferenceOnRandomRoundsWithGangs) {
   for (int round = 0; round < 300; ++round) {
     std::vector<WorkerInfo> fleet;
     for (int w = 0, n = 1 + pick(10); w < n; ++w) {
-      fleet.push_back(Gpu("w" + std::to_string(w), sizes_gib[pick(4)], pick(3) != 0));
+      fleet.push_back(
+          Gpu("w" + std::to_string(w), sizes_gib[pick(4)], pick(3) != 0));
     }
     std::vector<JobRequest> queue;
     for (int j = 0, n = pick(20); j < n; ++j) {
@@ -643,7 +646,8 @@ TEST(GangTest, MatchesTheReferenceOnRandomRoundsWithGangs) {
       EXPECT_EQ(got.reserved[0].job_id, want.reserved[0].job_id);
       EXPECT_EQ(got.reserved[0].worker_ids, want.reserved[0].worker_ids);
     }
-    ASSERT_EQ(got.unplaceable.size(), want.unplaceable.size()) << "round " << round;
+    ASSERT_EQ(got.unplaceable.size(), want.unplaceable.size())
+        << "round " << round;
   }
 }
 
@@ -675,7 +679,8 @@ TEST(PreemptionTest, FewestLowerPriorityVictimsMostRecentFirst) {
   EXPECT_THAT(plan->victims, ElementsAre("new-low"));
   JobRequest low = Job("l", 3, 30);
   low.priority = Priority::kLow;
-  EXPECT_FALSE(PlanPreemption(low, fleet, running, absl::Minutes(10), kNow).has_value());
+  EXPECT_FALSE(
+      PlanPreemption(low, fleet, running, absl::Minutes(10), kNow).has_value());
 }
 
 TEST(PreemptionTest, GangsFreeAllTheirWorkersAndIdleOnesCount) {
@@ -694,10 +699,12 @@ TEST(PreemptionTest, GangsFreeAllTheirWorkersAndIdleOnesCount) {
   EXPECT_THAT(plan->workers, ElementsAre("w1", "w2", "w3"));
   // Enough idle: nothing to preempt.
   gang.devices = 1;
-  EXPECT_FALSE(PlanPreemption(gang, fleet, running, absl::Minutes(10), kNow).has_value());
+  EXPECT_FALSE(PlanPreemption(gang, fleet, running, absl::Minutes(10), kNow)
+                   .has_value());
   // Not enough even with every victim.
   gang.devices = 5;
-  EXPECT_FALSE(PlanPreemption(gang, fleet, running, absl::Minutes(10), kNow).has_value());
+  EXPECT_FALSE(PlanPreemption(gang, fleet, running, absl::Minutes(10), kNow)
+                   .has_value());
 }
 
 TEST(PreemptionTest, NotPreemptedTwiceWithinTheGrace) {
@@ -705,7 +712,11 @@ TEST(PreemptionTest, NotPreemptedTwiceWithinTheGrace) {
   high.priority = Priority::kHigh;
   std::vector<WorkerInfo> fleet = {Gpu("w1", 40, false), Gpu("w2", 40, false)};
   std::vector<RunningJob> running = {
-      {"recent", Priority::kLow, {"w1"}, kNow - absl::Minutes(1), kNow - absl::Minutes(3)},
+      {"recent",
+       Priority::kLow,
+       {"w1"},
+       kNow - absl::Minutes(1),
+       kNow - absl::Minutes(3)},
       {"other", Priority::kLow, {"w2"}, kNow - absl::Minutes(50)}};
   auto plan = PlanPreemption(high, fleet, running, absl::Minutes(10), kNow);
   ASSERT_TRUE(plan.has_value());

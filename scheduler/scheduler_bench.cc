@@ -201,10 +201,10 @@ void Simulate(const Scenario& scenario, absl::Time start, bool batch) {
       call_ms.size(), static_cast<long long>(empty_calls),
       static_cast<long long>(decisions), static_cast<long long>(unplaceable),
       queue.size(), static_cast<long long>(gangs),
-      static_cast<long long>(reserving_calls), total_ms / 1000, decisions / (total_ms / 1000),
-      Percentile(per_decision_ms, 0.5), Percentile(per_decision_ms, 0.99),
-      Percentile(call_ms, 0.5), Percentile(call_ms, 0.99),
-      Percentile(call_ms, 1.0));
+      static_cast<long long>(reserving_calls), total_ms / 1000,
+      decisions / (total_ms / 1000), Percentile(per_decision_ms, 0.5),
+      Percentile(per_decision_ms, 0.99), Percentile(call_ms, 0.5),
+      Percentile(call_ms, 0.99), Percentile(call_ms, 1.0));
 }
 
 }  // namespace

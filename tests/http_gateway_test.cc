@@ -8,12 +8,11 @@
 
 #include <cmath>
 #include <filesystem>
-#include <map>
 #include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "tests/cluster.h"
@@ -27,9 +26,12 @@ namespace fs = std::filesystem;
 // status in *status.
 std::string Curl(Cluster& c, const std::string& path, int* status,
                  const std::string& key = "") {
-  std::vector<std::string> argv = {"curl", "-sS", "-o", "-", "-w", "\n%{http_code}"};
-  if (!c.insecure()) argv.insert(argv.end(), {"--cacert", c.certs_dir() + "/ca.pem"});
-  if (!key.empty()) argv.insert(argv.end(), {"-H", "Authorization: Bearer " + key});
+  std::vector<std::string> argv = {"curl", "-sS", "-o",
+                                   "-",    "-w",  "\n%{http_code}"};
+  if (!c.insecure())
+    argv.insert(argv.end(), {"--cacert", c.certs_dir() + "/ca.pem"});
+  if (!key.empty())
+    argv.insert(argv.end(), {"-H", "Authorization: Bearer " + key});
   argv.push_back(c.http_url() + path);
   std::string out;
   int rc = RunCommand(argv, &out, absl::Seconds(30));
@@ -49,7 +51,9 @@ std::map<std::string, double> ParseExposition(const std::string& text) {
   for (std::string line; std::getline(in, line);) {
     if (line.empty()) continue;
     if (line[0] == '#') {
-      EXPECT_TRUE(line.rfind("# HELP ", 0) == 0 || line.rfind("# TYPE ", 0) == 0) << line;
+      EXPECT_TRUE(line.rfind("# HELP ", 0) == 0 ||
+                  line.rfind("# TYPE ", 0) == 0)
+          << line;
       continue;
     }
     std::smatch m;
@@ -58,13 +62,15 @@ std::map<std::string, double> ParseExposition(const std::string& text) {
       continue;
     }
     std::string v = m[3];
-    out[m[1].str() + m[2].str()] = v == "+Inf" ? INFINITY : v == "-Inf" ? -INFINITY : std::stod(v);
+    out[m[1].str() + m[2].str()] = v == "+Inf"   ? INFINITY
+                                   : v == "-Inf" ? -INFINITY
+                                                 : std::stod(v);
   }
   return out;
 }
 
-double Sum(const std::map<std::string, double>& samples, const std::string& prefix,
-           const std::string& must_contain = "") {
+double Sum(const std::map<std::string, double>& samples,
+           const std::string& prefix, const std::string& must_contain = "") {
   double s = 0;
   for (const auto& [k, v] : samples) {
     if (k.rfind(prefix, 0) == 0 &&
@@ -76,7 +82,8 @@ double Sum(const std::map<std::string, double>& samples, const std::string& pref
 }
 
 TEST(HttpGatewayTest, OpenAiSdkDrivesEveryPathAndGrpcSeesTheSameJobs) {
-  auto cluster = Cluster::Start(TestRoot("http-sdk"), 1, {"--http_listen=127.0.0.1:0"});
+  auto cluster =
+      Cluster::Start(TestRoot("http-sdk"), 1, {"--http_listen=127.0.0.1:0"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   ASSERT_GT(c.http_port(), 0) << c.Logs();
@@ -110,7 +117,9 @@ TEST(HttpGatewayTest, OpenAiSdkDrivesEveryPathAndGrpcSeesTheSameJobs) {
       "LATHE_WORK_DIR=" + work,
       "LATHE_RESULT=" + result_path,
       "NODE_EXTRA_CA_CERTS=" + c.certs_dir() + "/ca.pem",
-      LATHE_NODE_BIN, "--test", "--test-reporter=spec",
+      LATHE_NODE_BIN,
+      "--test",
+      "--test-reporter=spec",
       std::string(LATHE_SOURCE_DIR) + "/web/tests/openai_sdk.test.mjs"};
   std::string out;
   int rc = RunCommand(argv, &out, absl::Minutes(8));
@@ -122,7 +131,8 @@ TEST(HttpGatewayTest, OpenAiSdkDrivesEveryPathAndGrpcSeesTheSameJobs) {
   auto sft = c.client().GetJob(result["supervised"].get<std::string>());
   ASSERT_TRUE(sft.ok()) << sft.status();
   EXPECT_EQ(sft->status(), v1::JOB_STATUS_SUCCEEDED);
-  EXPECT_EQ(sft->fine_tuned_model(), result["fine_tuned_model"].get<std::string>());
+  EXPECT_EQ(sft->fine_tuned_model(),
+            result["fine_tuned_model"].get<std::string>());
   EXPECT_EQ(sft->metadata().at("team"), "a");
   EXPECT_EQ(sft->lora().rank(), 4);  // the extension key reached the job
   EXPECT_EQ(sft->progress().steps_total(), result["steps"].get<int64_t>());
@@ -142,10 +152,13 @@ TEST(HttpGatewayTest, OpenAiSdkDrivesEveryPathAndGrpcSeesTheSameJobs) {
   EXPECT_EQ(Sum(after, "lathe_jobs{", "status=\"succeeded\""), 2);
   EXPECT_EQ(Sum(after, "lathe_jobs{", "status=\"cancelled\""), 1);
   EXPECT_GT(Sum(after, "lathe_http_requests_total{",
-                "route=\"POST /v1/fine_tuning/jobs\",status=\"200\""), 0);
+                "route=\"POST /v1/fine_tuning/jobs\",status=\"200\""),
+            0);
   EXPECT_GT(Sum(after, "lathe_http_requests_total{", "status=\"404\""), 0);
   EXPECT_GT(Sum(after, "lathe_rpc_requests_total{", "/lathe.v1.Worker/"), 0);
-  EXPECT_GT(Sum(after, "lathe_rpc_requests_total{", "/lathe.v1.FineTuning/GetJob"), 0);
+  EXPECT_GT(
+      Sum(after, "lathe_rpc_requests_total{", "/lathe.v1.FineTuning/GetJob"),
+      0);
   EXPECT_GT(Sum(after, "lathe_sqlite_commit_seconds_count"),
             Sum(before, "lathe_sqlite_commit_seconds_count"));
   EXPECT_GT(Sum(after, "lathe_blob_store_bytes"), 0);
@@ -170,13 +183,16 @@ TEST(HttpGatewayTest, DashboardInHeadlessChromium) {
       "LATHE_DEMO_DIR=" + c.demo_dir(),
       "LATHE_ARTIFACTS=" + artifacts,
       "CHROMIUM=" LATHE_CHROMIUM_BIN,
-      LATHE_NODE_BIN, "--test", "--test-reporter=spec",
+      LATHE_NODE_BIN,
+      "--test",
+      "--test-reporter=spec",
       std::string(LATHE_SOURCE_DIR) + "/web/tests/dashboard.test.mjs"};
   std::string out;
   int rc = RunCommand(argv, &out, absl::Minutes(8));
   ASSERT_EQ(rc, 0) << out << c.Logs();
   std::cout << out;
-  for (const char* shot : {"jobs.png", "job.png", "models.png", "job-phone.png"}) {
+  for (const char* shot :
+       {"jobs.png", "job.png", "models.png", "job-phone.png"}) {
     EXPECT_GT(fs::file_size(artifacts + "/" + shot), 10000u) << shot;
   }
 }

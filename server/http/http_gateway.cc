@@ -1,10 +1,9 @@
 #include "server/http/http_gateway.h"
 
 #include <fcntl.h>
+#include <httplib.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <httplib.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -83,7 +82,8 @@ absl::Status ServeFile(Response& res, const std::string& path,
       static_cast<size_t>(st.st_size), type,
       [fd](size_t offset, size_t length, httplib::DataSink& sink) {
         std::string buf(std::min<size_t>(length, 1 << 20), '\0');
-        ssize_t n = ::pread(fd, buf.data(), buf.size(), static_cast<off_t>(offset));
+        ssize_t n =
+            ::pread(fd, buf.data(), buf.size(), static_cast<off_t>(offset));
         if (n <= 0) return false;
         return sink.write(buf.data(), static_cast<size_t>(n));
       },
@@ -108,8 +108,9 @@ absl::Status ServeOneOf(Response& res, const std::vector<Download>& files,
                         const std::string& name) {
   for (const Download& d : files) {
     if (d.file.name() == name) {
-      res.set_header("Content-Disposition",
-                     absl::StrCat("attachment; filename=\"", d.file.name(), "\""));
+      res.set_header(
+          "Content-Disposition",
+          absl::StrCat("attachment; filename=\"", d.file.name(), "\""));
       res.set_header("ETag", absl::StrCat("\"", d.file.sha256(), "\""));
       res.set_header("X-Lathe-SHA256", d.file.sha256());
       return ServeFile(res, d.path, "application/octet-stream");
@@ -126,8 +127,9 @@ absl::StatusOr<std::pair<std::string, int>> SplitListen(const std::string& s) {
   if (colon == std::string::npos ||
       !absl::SimpleAtoi(s.substr(colon + 1), &port) || port < 0 ||
       port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--http_listen: \"", Echo(s), "\" is not host:port, e.g. 127.0.0.1:8080"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--http_listen: \"", Echo(s),
+                     "\" is not host:port, e.g. 127.0.0.1:8080"));
   }
   std::string host = s.substr(0, colon);
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
@@ -143,10 +145,10 @@ HttpGateway::HttpGateway(HttpGatewayOptions options, const Authenticator& auth,
     : options_(std::move(options)), auth_(auth), ops_(ops) {}
 
 absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
-    HttpGatewayOptions options, const Authenticator& auth,
-    Operations& ops) {
+    HttpGatewayOptions options, const Authenticator& auth, Operations& ops) {
   ASSIGN_OR_RETURN(auto where, SplitListen(options.listen));
-  std::unique_ptr<HttpGateway> g(new HttpGateway(std::move(options), auth, ops));
+  std::unique_ptr<HttpGateway> g(
+      new HttpGateway(std::move(options), auth, ops));
   const ServerTls& tls = g->options_.tls;
   if (tls.insecure) {
     g->server_ = std::make_unique<httplib::Server>();
@@ -154,9 +156,9 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
     auto ssl = std::make_unique<httplib::SSLServer>(tls.cert_file.c_str(),
                                                     tls.key_file.c_str());
     if (!ssl->is_valid()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--tls_cert/--tls_key: the HTTP port cannot load ", tls.cert_file,
-          " and ", tls.key_file));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls_cert/--tls_key: the HTTP port cannot load ",
+                       tls.cert_file, " and ", tls.key_file));
     }
     g->server_ = std::move(ssl);
   }
@@ -212,7 +214,8 @@ void HttpGateway::Routes() {
     };
   };
   // The caller first, from the Bearer key.
-  using Authed = std::function<absl::Status(const Caller&, const Request&, Response&)>;
+  using Authed =
+      std::function<absl::Status(const Caller&, const Request&, Response&)>;
   auto authed = [this, route](std::string name, Authed body) {
     return route(std::move(name), [this, body = std::move(body)](
                                       const Request& req, Response& res) {
@@ -221,15 +224,16 @@ void HttpGateway::Routes() {
     });
   };
   // An operation answering a JSON object.
-  using JsonOp = std::function<absl::StatusOr<Json>(const Caller&, const Request&)>;
+  using JsonOp =
+      std::function<absl::StatusOr<Json>(const Caller&, const Request&)>;
   auto json = [authed](std::string name, JsonOp op) {
-    return authed(std::move(name), [op = std::move(op)](const Caller& c,
-                                                        const Request& req,
-                                                        Response& res) {
-      ASSIGN_OR_RETURN(Json body, op(c, req));
-      SendJson(res, 200, body);
-      return absl::OkStatus();
-    });
+    return authed(std::move(name),
+                  [op = std::move(op)](const Caller& c, const Request& req,
+                                       Response& res) {
+                    ASSIGN_OR_RETURN(Json body, op(c, req));
+                    SendJson(res, 200, body);
+                    return absl::OkStatus();
+                  });
   };
 
   s.Get("/healthz", route("GET /healthz", [](const Request&, Response& res) {
@@ -237,12 +241,14 @@ void HttpGateway::Routes() {
           return absl::OkStatus();
         }));
   s.Get("/readyz", route("GET /readyz", [this](const Request&, Response& res) {
-          bool ready = !stopping_.load() && (!options_.ready || options_.ready());
+          bool ready =
+              !stopping_.load() && (!options_.ready || options_.ready());
           res.status = ready ? 200 : 503;
           res.set_content(ready ? "ready\n" : "not ready\n", "text/plain");
           return absl::OkStatus();
         }));
-  s.Get("/metrics", route("GET /metrics", [this](const Request&, Response& res) {
+  s.Get("/metrics",
+        route("GET /metrics", [this](const Request&, Response& res) {
           if (!options_.metrics) return absl::NotFoundError("no metrics here");
           res.set_content(options_.metrics(),
                           "text/plain; version=0.0.4; charset=utf-8");
@@ -251,128 +257,140 @@ void HttpGateway::Routes() {
 
   // --- Files ---------------------------------------------------------------
   s.Post("/v1/files", [this, route](const Request& req, Response& res,
-                                   const httplib::ContentReader& reader) {
+                                    const httplib::ContentReader& reader) {
     route("POST /v1/files", [&](const Request&, Response&) {
       ASSIGN_OR_RETURN(Caller caller, UserOf(auth_, req));
       return Upload(caller, req, res, reader);
     })(req, res);
   });
-  s.Get("/v1/files", json("GET /v1/files", [this](const Caller& c,
-                                                   const Request& req)
-                                                -> absl::StatusOr<Json> {
-          std::string order = Param(req, "order");
-          if (!order.empty() && order != "desc") {
-            return absl::InvalidArgumentError(
-                "order: only \"desc\" (newest first) is supported");
-          }
-          v1::ListFilesRequest r;
-          ASSIGN_OR_RETURN(int limit, IntParam(req, "limit", 20));
-          r.set_limit(limit);
-          r.set_after(Param(req, "after"));
-          r.set_purpose(Param(req, "purpose"));
-          ASSIGN_OR_RETURN(auto page, ops_.files.ListFiles(c, r));
-          Json data = Json::array();
-          for (const auto& f : page.data()) data.push_back(openai::FileObject(f));
-          return openai::ListObject(std::move(data), page.has_more(), true);
-        }));
-  s.Get(R"(/v1/files/([^/]+))",
-        json("GET /v1/files/{id}", [this](const Caller& c, const Request& req)
-                                       -> absl::StatusOr<Json> {
-          v1::GetFileRequest r;
-          r.set_file_id(req.matches[1]);
-          ASSIGN_OR_RETURN(v1::File f, ops_.files.GetFile(c, r));
-          return openai::FileObject(f);
-        }));
-  s.Delete(R"(/v1/files/([^/]+))",
-           json("DELETE /v1/files/{id}", [this](const Caller& c,
-                                               const Request& req)
-                                            -> absl::StatusOr<Json> {
+  s.Get(
+      "/v1/files",
+      json("GET /v1/files",
+           [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
+             std::string order = Param(req, "order");
+             if (!order.empty() && order != "desc") {
+               return absl::InvalidArgumentError(
+                   "order: only \"desc\" (newest first) is supported");
+             }
+             v1::ListFilesRequest r;
+             ASSIGN_OR_RETURN(int limit, IntParam(req, "limit", 20));
+             r.set_limit(limit);
+             r.set_after(Param(req, "after"));
+             r.set_purpose(Param(req, "purpose"));
+             ASSIGN_OR_RETURN(auto page, ops_.files.ListFiles(c, r));
+             Json data = Json::array();
+             for (const auto& f : page.data())
+               data.push_back(openai::FileObject(f));
+             return openai::ListObject(std::move(data), page.has_more(), true);
+           }));
+  s.Get(
+      R"(/v1/files/([^/]+))",
+      json("GET /v1/files/{id}",
+           [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
+             v1::GetFileRequest r;
+             r.set_file_id(req.matches[1]);
+             ASSIGN_OR_RETURN(v1::File f, ops_.files.GetFile(c, r));
+             return openai::FileObject(f);
+           }));
+  s.Delete(
+      R"(/v1/files/([^/]+))",
+      json("DELETE /v1/files/{id}",
+           [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
              v1::DeleteFileRequest r;
              r.set_file_id(req.matches[1]);
              ASSIGN_OR_RETURN(auto d, ops_.files.DeleteFile(c, r));
-             return Json{{"object", "file"}, {"id", d.id()}, {"deleted", d.deleted()}};
+             return Json{
+                 {"object", "file"}, {"id", d.id()}, {"deleted", d.deleted()}};
            }));
   s.Get(R"(/v1/files/([^/]+)/content)",
         authed("GET /v1/files/{id}/content",
                [this](const Caller& c, const Request& req, Response& res) {
                  v1::DownloadFileRequest r;
                  r.set_file_id(req.matches[1]);
-                 ASSIGN_OR_RETURN(std::string path, ops_.files.DownloadFile(c, r));
+                 ASSIGN_OR_RETURN(std::string path,
+                                  ops_.files.DownloadFile(c, r));
                  return ServeFile(res, path, "application/octet-stream");
                }));
 
   // --- Fine-tuning jobs ----------------------------------------------------
-  s.Post("/v1/fine_tuning/jobs",
-         json("POST /v1/fine_tuning/jobs", [this](const Caller& c,
-                                                 const Request& req)
-                                              -> absl::StatusOr<Json> {
-           ASSIGN_OR_RETURN(v1::CreateJobRequest r,
-                            openai::CreateJobRequestFromJson(req.body));
-           // The SDKs' retries carry one Idempotency-Key: one job.
-           if (r.idempotency_key().empty() && req.has_header("Idempotency-Key")) {
-             r.set_idempotency_key(req.get_header_value("Idempotency-Key"));
-           }
-           ASSIGN_OR_RETURN(v1::Job job, ops_.jobs.CreateJob(c, r));
-           return openai::JobObject(job);
-         }));
-  s.Get("/v1/fine_tuning/jobs",
-        json("GET /v1/fine_tuning/jobs", [this](const Caller& c,
-                                               const Request& req)
-                                            -> absl::StatusOr<Json> {
-          v1::ListJobsRequest r;
-          ASSIGN_OR_RETURN(int limit, IntParam(req, "limit", 20));
-          r.set_limit(limit);
-          r.set_after(Param(req, "after"));
-          if (std::string st = Param(req, "status"); !st.empty()) {
-            ASSIGN_OR_RETURN(v1::JobStatus status, openai::ParseStatus(st, "status"));
-            r.set_status(status);
-          }
-          // metadata[key]=value, as the SDKs write an object in a query.
-          for (const auto& [key, value] : req.params) {
-            if (absl::StartsWith(key, "metadata[") && absl::EndsWith(key, "]")) {
-              (*r.mutable_metadata())[key.substr(9, key.size() - 10)] = value;
-            }
-          }
-          ASSIGN_OR_RETURN(auto page, ops_.jobs.ListJobs(c, r));
-          Json data = Json::array();
-          for (const auto& j : page.data()) data.push_back(openai::JobObject(j));
-          return openai::ListObject(std::move(data), page.has_more());
-        }));
-  s.Get(R"(/v1/fine_tuning/jobs/([^/]+))",
-        json("GET /v1/fine_tuning/jobs/{id}", [this](const Caller& c,
-                                                    const Request& req)
-                                                 -> absl::StatusOr<Json> {
-          v1::GetJobRequest r;
-          r.set_job_id(req.matches[1]);
-          ASSIGN_OR_RETURN(v1::Job job, ops_.jobs.GetJob(c, r));
-          return openai::JobObject(job);
-        }));
-  s.Post(R"(/v1/fine_tuning/jobs/([^/]+)/(cancel|pause|resume))",
-         json("POST /v1/fine_tuning/jobs/{id}/{action}",
-              [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
-                const std::string id = req.matches[1];
-                const std::string action = req.matches[2];
-                absl::StatusOr<v1::Job> job;
-                if (action == "cancel") {
-                  v1::CancelJobRequest r;
-                  r.set_job_id(id);
-                  job = ops_.jobs.CancelJob(c, r);
-                } else if (action == "pause") {
-                  v1::PauseJobRequest r;
-                  r.set_job_id(id);
-                  job = ops_.jobs.PauseJob(c, r);
-                } else {
-                  v1::ResumeJobRequest r;
-                  r.set_job_id(id);
-                  job = ops_.jobs.ResumeJob(c, r);
-                }
-                RETURN_IF_ERROR(job.status());
-                return openai::JobObject(*job);
-              }));
+  s.Post(
+      "/v1/fine_tuning/jobs",
+      json("POST /v1/fine_tuning/jobs",
+           [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
+             ASSIGN_OR_RETURN(v1::CreateJobRequest r,
+                              openai::CreateJobRequestFromJson(req.body));
+             // The SDKs' retries carry one Idempotency-Key: one job.
+             if (r.idempotency_key().empty() &&
+                 req.has_header("Idempotency-Key")) {
+               r.set_idempotency_key(req.get_header_value("Idempotency-Key"));
+             }
+             ASSIGN_OR_RETURN(v1::Job job, ops_.jobs.CreateJob(c, r));
+             return openai::JobObject(job);
+           }));
+  s.Get(
+      "/v1/fine_tuning/jobs",
+      json("GET /v1/fine_tuning/jobs",
+           [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
+             v1::ListJobsRequest r;
+             ASSIGN_OR_RETURN(int limit, IntParam(req, "limit", 20));
+             r.set_limit(limit);
+             r.set_after(Param(req, "after"));
+             if (std::string st = Param(req, "status"); !st.empty()) {
+               ASSIGN_OR_RETURN(v1::JobStatus status,
+                                openai::ParseStatus(st, "status"));
+               r.set_status(status);
+             }
+             // metadata[key]=value, as the SDKs write an object in a query.
+             for (const auto& [key, value] : req.params) {
+               if (absl::StartsWith(key, "metadata[") &&
+                   absl::EndsWith(key, "]")) {
+                 (*r.mutable_metadata())[key.substr(9, key.size() - 10)] =
+                     value;
+               }
+             }
+             ASSIGN_OR_RETURN(auto page, ops_.jobs.ListJobs(c, r));
+             Json data = Json::array();
+             for (const auto& j : page.data())
+               data.push_back(openai::JobObject(j));
+             return openai::ListObject(std::move(data), page.has_more());
+           }));
+  s.Get(
+      R"(/v1/fine_tuning/jobs/([^/]+))",
+      json("GET /v1/fine_tuning/jobs/{id}",
+           [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
+             v1::GetJobRequest r;
+             r.set_job_id(req.matches[1]);
+             ASSIGN_OR_RETURN(v1::Job job, ops_.jobs.GetJob(c, r));
+             return openai::JobObject(job);
+           }));
+  s.Post(
+      R"(/v1/fine_tuning/jobs/([^/]+)/(cancel|pause|resume))",
+      json("POST /v1/fine_tuning/jobs/{id}/{action}",
+           [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
+             const std::string id = req.matches[1];
+             const std::string action = req.matches[2];
+             absl::StatusOr<v1::Job> job;
+             if (action == "cancel") {
+               v1::CancelJobRequest r;
+               r.set_job_id(id);
+               job = ops_.jobs.CancelJob(c, r);
+             } else if (action == "pause") {
+               v1::PauseJobRequest r;
+               r.set_job_id(id);
+               job = ops_.jobs.PauseJob(c, r);
+             } else {
+               v1::ResumeJobRequest r;
+               r.set_job_id(id);
+               job = ops_.jobs.ResumeJob(c, r);
+             }
+             RETURN_IF_ERROR(job.status());
+             return openai::JobObject(*job);
+           }));
   s.Get(R"(/v1/fine_tuning/jobs/([^/]+)/events)",
         authed("GET /v1/fine_tuning/jobs/{id}/events",
                [this](const Caller& c, const Request& req, Response& res) {
-                 if (Param(req, "stream") == "true") return StreamEvents(c, req, res);
+                 if (Param(req, "stream") == "true")
+                   return StreamEvents(c, req, res);
                  v1::ListJobEventsRequest r;
                  r.set_job_id(req.matches[1]);
                  r.set_after(Param(req, "after"));
@@ -380,57 +398,63 @@ void HttpGateway::Routes() {
                  r.set_limit(limit);
                  ASSIGN_OR_RETURN(auto page, ops_.jobs.ListJobEvents(c, r));
                  Json data = Json::array();
-                 for (const auto& e : page.data()) data.push_back(openai::EventObject(e));
-                 SendJson(res, 200, openai::ListObject(std::move(data), page.has_more()));
+                 for (const auto& e : page.data())
+                   data.push_back(openai::EventObject(e));
+                 SendJson(res, 200,
+                          openai::ListObject(std::move(data), page.has_more()));
                  return absl::OkStatus();
                }));
-  s.Get(R"(/v1/fine_tuning/jobs/([^/]+)/checkpoints)",
-        json("GET /v1/fine_tuning/jobs/{id}/checkpoints",
-             [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
-               v1::GetJobRequest g;
-               g.set_job_id(req.matches[1]);
-               ASSIGN_OR_RETURN(v1::Job job, ops_.jobs.GetJob(c, g));
-               v1::ListJobCheckpointsRequest r;
-               r.set_job_id(job.id());
-               ASSIGN_OR_RETURN(auto all, ops_.jobs.ListJobCheckpoints(c, r));
-               ASSIGN_OR_RETURN(int limit, IntParam(req, "limit", 10));
-               if (limit < 1 || limit > 100) {
-                 return absl::InvalidArgumentError("limit: must be 1..100");
+  s.Get(
+      R"(/v1/fine_tuning/jobs/([^/]+)/checkpoints)",
+      json("GET /v1/fine_tuning/jobs/{id}/checkpoints",
+           [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
+             v1::GetJobRequest g;
+             g.set_job_id(req.matches[1]);
+             ASSIGN_OR_RETURN(v1::Job job, ops_.jobs.GetJob(c, g));
+             v1::ListJobCheckpointsRequest r;
+             r.set_job_id(job.id());
+             ASSIGN_OR_RETURN(auto all, ops_.jobs.ListJobCheckpoints(c, r));
+             ASSIGN_OR_RETURN(int limit, IntParam(req, "limit", 10));
+             if (limit < 1 || limit > 100) {
+               return absl::InvalidArgumentError("limit: must be 1..100");
+             }
+             // Newest first, as OpenAI lists them; `after` is an id.
+             std::vector<const v1::Checkpoint*> order;
+             for (const auto& ck : all.data()) order.push_back(&ck);
+             std::reverse(order.begin(), order.end());
+             size_t begin = 0;
+             if (std::string after = Param(req, "after"); !after.empty()) {
+               auto it = std::find_if(
+                   order.begin(), order.end(),
+                   [&](const v1::Checkpoint* ck) { return ck->id() == after; });
+               if (it == order.end()) {
+                 return absl::InvalidArgumentError(
+                     absl::StrCat("after: \"", Echo(after),
+                                  "\" is not a checkpoint of ", job.id()));
                }
-               // Newest first, as OpenAI lists them; `after` is an id.
-               std::vector<const v1::Checkpoint*> order;
-               for (const auto& ck : all.data()) order.push_back(&ck);
-               std::reverse(order.begin(), order.end());
-               size_t begin = 0;
-               if (std::string after = Param(req, "after"); !after.empty()) {
-                 auto it = std::find_if(order.begin(), order.end(),
-                                        [&](const v1::Checkpoint* ck) {
-                                          return ck->id() == after;
-                                        });
-                 if (it == order.end()) {
-                   return absl::InvalidArgumentError(absl::StrCat(
-                       "after: \"", Echo(after), "\" is not a checkpoint of ", job.id()));
-                 }
-                 begin = static_cast<size_t>(it - order.begin()) + 1;
-               }
-               size_t end = std::min(order.size(), begin + static_cast<size_t>(limit));
-               Json data = Json::array();
-               for (size_t i = begin; i < end; ++i) {
-                 data.push_back(openai::CheckpointObject(*order[i], job));
-               }
-               return openai::ListObject(std::move(data), end < order.size(), true);
-             }));
+               begin = static_cast<size_t>(it - order.begin()) + 1;
+             }
+             size_t end =
+                 std::min(order.size(), begin + static_cast<size_t>(limit));
+             Json data = Json::array();
+             for (size_t i = begin; i < end; ++i) {
+               data.push_back(openai::CheckpointObject(*order[i], job));
+             }
+             return openai::ListObject(std::move(data), end < order.size(),
+                                       true);
+           }));
   // Lathe's downloads: the adapter's (or a checkpoint's) files, listed
   // with their sizes and SHA-256, then each by name.
-  s.Get(R"(/v1/fine_tuning/jobs/([^/]+)/adapter)",
-        json("GET /v1/fine_tuning/jobs/{id}/adapter",
-             [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
-               v1::DownloadAdapterRequest r;
-               r.set_job_id(req.matches[1]);
-               ASSIGN_OR_RETURN(auto files, ops_.jobs.DownloadAdapter(c, r));
-               return FileList(files, absl::StrCat("/v1/fine_tuning/jobs/",
-                                                   r.job_id(), "/adapter"));
-             }));
+  s.Get(
+      R"(/v1/fine_tuning/jobs/([^/]+)/adapter)",
+      json("GET /v1/fine_tuning/jobs/{id}/adapter",
+           [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
+             v1::DownloadAdapterRequest r;
+             r.set_job_id(req.matches[1]);
+             ASSIGN_OR_RETURN(auto files, ops_.jobs.DownloadAdapter(c, r));
+             return FileList(files, absl::StrCat("/v1/fine_tuning/jobs/",
+                                                 r.job_id(), "/adapter"));
+           }));
   s.Get(R"(/v1/fine_tuning/jobs/([^/]+)/adapter/([^/]+))",
         authed("GET /v1/fine_tuning/jobs/{id}/adapter/{name}",
                [this](const Caller& c, const Request& req, Response& res) {
@@ -439,77 +463,83 @@ void HttpGateway::Routes() {
                  ASSIGN_OR_RETURN(auto files, ops_.jobs.DownloadAdapter(c, r));
                  return ServeOneOf(res, files, req.matches[2]);
                }));
-  auto checkpoint_request = [](const Request& req)
-      -> absl::StatusOr<v1::DownloadCheckpointRequest> {
+  auto checkpoint_request =
+      [](const Request& req) -> absl::StatusOr<v1::DownloadCheckpointRequest> {
     v1::DownloadCheckpointRequest r;
     r.set_job_id(req.matches[1]);
     int64_t step = 0;
     if (!absl::SimpleAtoi(std::string(req.matches[2]), &step) || step < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "step_number: \"", Echo(std::string(req.matches[2])), "\" is not a step number"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("step_number: \"", Echo(std::string(req.matches[2])),
+                       "\" is not a step number"));
     }
     r.set_step_number(step);
     return r;
   };
   s.Get(R"(/v1/fine_tuning/jobs/([^/]+)/checkpoints/([^/]+)/files)",
         json("GET /v1/fine_tuning/jobs/{id}/checkpoints/{step}/files",
-             [this, checkpoint_request](const Caller& c, const Request& req)
-                 -> absl::StatusOr<Json> {
+             [this, checkpoint_request](
+                 const Caller& c, const Request& req) -> absl::StatusOr<Json> {
                ASSIGN_OR_RETURN(auto r, checkpoint_request(req));
                ASSIGN_OR_RETURN(auto files, ops_.jobs.DownloadCheckpoint(c, r));
-               return FileList(files, absl::StrCat("/v1/fine_tuning/jobs/", r.job_id(),
-                                                   "/checkpoints/", r.step_number(),
-                                                   "/files"));
+               return FileList(files, absl::StrCat("/v1/fine_tuning/jobs/",
+                                                   r.job_id(), "/checkpoints/",
+                                                   r.step_number(), "/files"));
              }));
   s.Get(R"(/v1/fine_tuning/jobs/([^/]+)/checkpoints/([^/]+)/files/([^/]+))",
         authed("GET /v1/fine_tuning/jobs/{id}/checkpoints/{step}/files/{name}",
                [this, checkpoint_request](const Caller& c, const Request& req,
                                           Response& res) {
                  ASSIGN_OR_RETURN(auto r, checkpoint_request(req));
-                 ASSIGN_OR_RETURN(auto files, ops_.jobs.DownloadCheckpoint(c, r));
+                 ASSIGN_OR_RETURN(auto files,
+                                  ops_.jobs.DownloadCheckpoint(c, r));
                  return ServeOneOf(res, files, req.matches[3]);
                }));
 
   // --- Models --------------------------------------------------------------
-  s.Get("/v1/models", json("GET /v1/models", [this](const Caller& c,
-                                                    const Request&)
-                                                 -> absl::StatusOr<Json> {
-          ASSIGN_OR_RETURN(auto all, ops_.models.ListModels(c, {}));
-          Json data = Json::array();
-          for (const auto& m : all.data()) data.push_back(openai::ModelObject(m));
-          return Json{{"object", "list"}, {"data", data}};
-        }));
-  s.Get(R"(/v1/models/(.+))",
-        json("GET /v1/models/{id}", [this](const Caller& c, const Request& req)
-                                        -> absl::StatusOr<Json> {
-          v1::GetModelRequest r;
-          r.set_model_id(req.matches[1]);
-          ASSIGN_OR_RETURN(v1::Model m, ops_.models.GetModel(c, r));
-          return openai::ModelObject(m);
-        }));
-  s.Delete(R"(/v1/models/(.+))",
-           json("DELETE /v1/models/{id}", [this](const Caller& c,
-                                                const Request& req)
-                                             -> absl::StatusOr<Json> {
+  s.Get("/v1/models",
+        json("GET /v1/models",
+             [this](const Caller& c, const Request&) -> absl::StatusOr<Json> {
+               ASSIGN_OR_RETURN(auto all, ops_.models.ListModels(c, {}));
+               Json data = Json::array();
+               for (const auto& m : all.data())
+                 data.push_back(openai::ModelObject(m));
+               return Json{{"object", "list"}, {"data", data}};
+             }));
+  s.Get(
+      R"(/v1/models/(.+))",
+      json("GET /v1/models/{id}",
+           [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
+             v1::GetModelRequest r;
+             r.set_model_id(req.matches[1]);
+             ASSIGN_OR_RETURN(v1::Model m, ops_.models.GetModel(c, r));
+             return openai::ModelObject(m);
+           }));
+  s.Delete(
+      R"(/v1/models/(.+))",
+      json("DELETE /v1/models/{id}",
+           [this](const Caller& c, const Request& req) -> absl::StatusOr<Json> {
              v1::DeleteModelRequest r;
              r.set_model_id(req.matches[1]);
              ASSIGN_OR_RETURN(auto d, ops_.models.DeleteModel(c, r));
-             return Json{{"object", "model"}, {"id", d.id()}, {"deleted", d.deleted()}};
+             return Json{
+                 {"object", "model"}, {"id", d.id()}, {"deleted", d.deleted()}};
            }));
 
   // --- The dashboard -------------------------------------------------------
-  s.Get(R"(/(|dashboard|assets/[A-Za-z0-9._-]+))",
-        route("GET /dashboard", [this](const Request& req, Response& res) {
-          std::string type, body;
-          std::string path = req.matches[1];
-          if (path.empty() || path == "dashboard") path = "index.html";
-          if (!options_.asset || !options_.asset(path, &type, &body)) {
-            return absl::NotFoundError(absl::StrCat("no such page: ", req.path));
-          }
-          res.set_header("Cache-Control", "no-cache");
-          res.set_content(body, type);
-          return absl::OkStatus();
-        }));
+  s.Get(
+      R"(/(|dashboard|assets/[A-Za-z0-9._-]+))",
+      route("GET /dashboard", [this](const Request& req, Response& res) {
+        std::string type, body;
+        std::string path = req.matches[1];
+        if (path.empty() || path == "dashboard") path = "index.html";
+        if (!options_.asset || !options_.asset(path, &type, &body)) {
+          return absl::NotFoundError(absl::StrCat("no such page: ", req.path));
+        }
+        res.set_header("Cache-Control", "no-cache");
+        res.set_content(body, type);
+        return absl::OkStatus();
+      }));
 
   s.set_error_handler([](const Request& req, Response& res) {
     // Routes answer their own errors; this is for paths that match none.
@@ -520,7 +550,8 @@ void HttpGateway::Routes() {
       res.status = 404;
     }
   });
-  s.set_exception_handler([](const Request&, Response& res, std::exception_ptr ep) {
+  s.set_exception_handler([](const Request&, Response& res,
+                             std::exception_ptr ep) {
     std::string what = "unknown error";
     try {
       if (ep) std::rethrow_exception(ep);
@@ -576,9 +607,9 @@ absl::Status HttpGateway::Upload(const Caller& caller, const Request& req,
         if (part == "file") {
           size += static_cast<int64_t>(n);
           if (size > options_.max_upload_bytes) {
-            error = absl::ResourceExhaustedError(absl::StrCat(
-                "file: larger than max_upload_bytes (", options_.max_upload_bytes,
-                " bytes)"));
+            error = absl::ResourceExhaustedError(
+                absl::StrCat("file: larger than max_upload_bytes (",
+                             options_.max_upload_bytes, " bytes)"));
             return false;
           }
           out.write(data, static_cast<std::streamsize>(n));
@@ -586,7 +617,8 @@ absl::Status HttpGateway::Upload(const Caller& caller, const Request& req,
         } else if (part == "purpose") {
           purpose.append(data, n);
           if (purpose.size() > 64) {
-            error = absl::InvalidArgumentError("purpose: must be \"fine-tune\"");
+            error =
+                absl::InvalidArgumentError("purpose: must be \"fine-tune\"");
             return false;
           }
         }
@@ -621,7 +653,8 @@ absl::Status HttpGateway::Upload(const Caller& caller, const Request& req,
     in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
     std::streamsize n = in.gcount();
     if (n <= 0) break;
-    RETURN_IF_ERROR(session->Add(absl::string_view(chunk.data(), static_cast<size_t>(n))));
+    RETURN_IF_ERROR(
+        session->Add(absl::string_view(chunk.data(), static_cast<size_t>(n))));
   }
   ASSIGN_OR_RETURN(v1::File file, session->Finish());
   SendJson(res, 200, openai::FileObject(file));
@@ -688,15 +721,14 @@ absl::Status HttpGateway::StreamEvents(const Caller& caller, const Request& req,
         for (const auto& u : batch->updates) {
           if (u.has_event()) {
             stream->request.set_after(u.event().id());
-            ok = ok && send(absl::StrCat("id: ", u.event().id(),
-                                         "\nevent: event\ndata: ",
-                                         openai::EventObject(u.event()).dump(),
-                                         "\n\n"));
+            ok = ok && send(absl::StrCat(
+                           "id: ", u.event().id(), "\nevent: event\ndata: ",
+                           openai::EventObject(u.event()).dump(), "\n\n"));
           }
           if (u.has_job()) {
-            ok = ok && send(absl::StrCat("event: job\ndata: ",
-                                         openai::JobObject(u.job()).dump(),
-                                         "\n\n"));
+            ok = ok &&
+                 send(absl::StrCat("event: job\ndata: ",
+                                   openai::JobObject(u.job()).dump(), "\n\n"));
           }
         }
         if (batch->updates.empty()) ok = send(": keepalive\n\n");

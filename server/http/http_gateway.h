@@ -70,8 +70,7 @@ class HttpGateway {
   // INVALID_ARGUMENT for bad TLS files (naming the flag), UNAVAILABLE when
   // the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<HttpGateway>> Start(
-      HttpGatewayOptions options, const Authenticator& auth,
-      Operations& ops);
+      HttpGatewayOptions options, const Authenticator& auth, Operations& ops);
   ~HttpGateway();
 
   int port() const { return port_; }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <sstream>
 
+#include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "common/ids.h"
 #include "spdlog/spdlog.h"
@@ -25,17 +26,6 @@ const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
 }
 
 }  // namespace
-
-std::string GrpcCodeName(int code) {
-  static const char* kNames[] = {
-      "OK",          "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",    "ALREADY_EXISTS",    "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",   "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",         "UNAVAILABLE",       "DATA_LOSS",
-      "UNAUTHENTICATED"};
-  if (code < 0 || code > 16) return std::to_string(code);
-  return kNames[code];
-}
 
 ServerMetrics::ServerMetrics(store::Store& store, Coordinator& coordinator)
     : store_(store),
@@ -68,7 +58,11 @@ ServerMetrics::~ServerMetrics() = default;
 
 void ServerMetrics::ObserveRpc(const std::string& method, int code,
                                double seconds) {
-  rpc_total_->Add({{"method", method}, {"code", GrpcCodeName(code)}}).Increment();
+  rpc_total_
+      ->Add({{"method", method},
+             {"code",
+              absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}})
+      .Increment();
   rpc_seconds_->Add({{"method", method}}, LatencyBuckets()).Observe(seconds);
 }
 
@@ -92,8 +86,9 @@ std::string ServerMetrics::Scrape() {
                    .Register(now);
   auto& blob_bytes = prometheus::BuildGauge()
                          .Name("lathe_blob_store_bytes")
-                         .Help("Bytes of the blobs the records name (files, "
-                               "adapters, checkpoints)")
+                         .Help(
+                             "Bytes of the blobs the records name (files, "
+                             "adapters, checkpoints)")
                          .Register(now);
   auto stats = store_.ReadStats();
   if (stats.ok()) {
@@ -118,7 +113,8 @@ std::string ServerMetrics::Scrape() {
                      .Register(now);
   auto input = store_.ReadSchedulerInput();
   if (input.ok()) {
-    std::map<std::string, int> by_priority = {{"low", 0}, {"normal", 0}, {"high", 0}};
+    std::map<std::string, int> by_priority = {
+        {"low", 0}, {"normal", 0}, {"high", 0}};
     int64_t first = 0;
     for (const auto& q : input->queued) {
       std::string p = q.priority == v1::JOB_PRIORITY_LOW    ? "low"
@@ -131,8 +127,8 @@ std::string ServerMetrics::Scrape() {
       depth.Add({{"priority", p}}).Set(n);
     }
     oldest.Add({}).Set(first == 0 ? 0.0
-                                  : static_cast<double>(
-                                        std::max<int64_t>(0, NowUnixSeconds() - first)));
+                                  : static_cast<double>(std::max<int64_t>(
+                                        0, NowUnixSeconds() - first)));
   }
 
   auto& workers = prometheus::BuildGauge()
@@ -169,10 +165,11 @@ std::string ServerMetrics::Scrape() {
                    .Name("lathe_job_train_loss")
                    .Help("A running job's training loss at its newest step")
                    .Register(now);
-  auto& accuracy = prometheus::BuildGauge()
-                       .Name("lathe_job_train_mean_token_accuracy")
-                       .Help("A running job's token accuracy at its newest step")
-                       .Register(now);
+  auto& accuracy =
+      prometheus::BuildGauge()
+          .Name("lathe_job_train_mean_token_accuracy")
+          .Help("A running job's token accuracy at its newest step")
+          .Register(now);
   auto& tps = prometheus::BuildGauge()
                   .Name("lathe_job_tokens_per_second")
                   .Help("A running job's training throughput")

@@ -55,9 +55,6 @@ class ServerMetrics {
   prometheus::Histogram* commit_seconds_;
 };
 
-// grpc::StatusCode's name in upper case ("OK", "NOT_FOUND").
-std::string GrpcCodeName(int code);
-
 }  // namespace lathe
 
 #endif  // LATHE_SERVER_HTTP_METRICS_H_

@@ -138,15 +138,23 @@ absl::Status Normalize(Json& j, const pb::Descriptor* d,
 
 std::string StatusString(v1::JobStatus status) {
   switch (status) {
-    case v1::JOB_STATUS_VALIDATING_FILES: return "validating_files";
-    case v1::JOB_STATUS_QUEUED: return "queued";
-    case v1::JOB_STATUS_RUNNING: return "running";
-    case v1::JOB_STATUS_PAUSED: return "paused";
+    case v1::JOB_STATUS_VALIDATING_FILES:
+      return "validating_files";
+    case v1::JOB_STATUS_QUEUED:
+      return "queued";
+    case v1::JOB_STATUS_RUNNING:
+      return "running";
+    case v1::JOB_STATUS_PAUSED:
+      return "paused";
     case v1::JOB_STATUS_CANCELLING:
-    case v1::JOB_STATUS_CANCELLED: return "cancelled";
-    case v1::JOB_STATUS_SUCCEEDED: return "succeeded";
-    case v1::JOB_STATUS_FAILED: return "failed";
-    default: return "validating_files";
+    case v1::JOB_STATUS_CANCELLED:
+      return "cancelled";
+    case v1::JOB_STATUS_SUCCEEDED:
+      return "succeeded";
+    case v1::JOB_STATUS_FAILED:
+      return "failed";
+    default:
+      return "validating_files";
   }
 }
 
@@ -187,10 +195,11 @@ Json JobObject(const v1::Job& job) {
   const v1::Hyperparameters& h = MethodHyperparameters(job.method());
   Json hyper = Json::object();
   hyper["n_epochs"] = h.has_n_epochs() ? Json(h.n_epochs()) : Json("auto");
-  hyper["batch_size"] = h.has_batch_size() ? Json(h.batch_size()) : Json("auto");
-  hyper["learning_rate_multiplier"] =
-      h.has_learning_rate_multiplier() ? Json(h.learning_rate_multiplier())
-                                       : Json("auto");
+  hyper["batch_size"] =
+      h.has_batch_size() ? Json(h.batch_size()) : Json("auto");
+  hyper["learning_rate_multiplier"] = h.has_learning_rate_multiplier()
+                                          ? Json(h.learning_rate_multiplier())
+                                          : Json("auto");
   Json error;
   if (job.has_error() && !job.error().code().empty()) {
     error = {{"code", job.error().code()},
@@ -346,17 +355,23 @@ absl::StatusOr<v1::CreateJobRequest> CreateJobRequestFromJson(
 
 int HttpStatusOf(const absl::Status& status) {
   switch (status.code()) {
-    case absl::StatusCode::kOk: return 200;
+    case absl::StatusCode::kOk:
+      return 200;
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kFailedPrecondition:
     case absl::StatusCode::kOutOfRange:
     case absl::StatusCode::kDataLoss:
-    case absl::StatusCode::kCancelled: return 400;
-    case absl::StatusCode::kUnauthenticated: return 401;
-    case absl::StatusCode::kPermissionDenied: return 403;
-    case absl::StatusCode::kNotFound: return 404;
+    case absl::StatusCode::kCancelled:
+      return 400;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
+    case absl::StatusCode::kNotFound:
+      return 404;
     case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kAborted: return 409;
+    case absl::StatusCode::kAborted:
+      return 409;
     case absl::StatusCode::kResourceExhausted: {
       // A size limit is the request's fault; a count in flight clears.
       StatusSubject s = SubjectOf(std::string(status.message()));
@@ -365,10 +380,14 @@ int HttpStatusOf(const absl::Status& status) {
                   s.limit == "max_examples_per_file";
       return size ? 413 : 429;
     }
-    case absl::StatusCode::kUnimplemented: return 501;
-    case absl::StatusCode::kUnavailable: return 503;
-    case absl::StatusCode::kDeadlineExceeded: return 504;
-    default: return 500;
+    case absl::StatusCode::kUnimplemented:
+      return 501;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 504;
+    default:
+      return 500;
   }
 }
 
@@ -377,14 +396,23 @@ Json ErrorBody(const absl::Status& status) {
   StatusSubject s = SubjectOf(message);
   std::string type;
   switch (HttpStatusOf(status)) {
-    case 401: type = "authentication_error"; break;
-    case 403: type = "permission_error"; break;
-    case 429: type = "rate_limit_error"; break;
+    case 401:
+      type = "authentication_error";
+      break;
+    case 403:
+      type = "permission_error";
+      break;
+    case 429:
+      type = "rate_limit_error";
+      break;
     case 500:
     case 501:
     case 503:
-    case 504: type = "server_error"; break;
-    default: type = "invalid_request_error";
+    case 504:
+      type = "server_error";
+      break;
+    default:
+      type = "invalid_request_error";
   }
   Json param;
   if (!s.field.empty()) {
@@ -397,7 +425,10 @@ Json ErrorBody(const absl::Status& status) {
     code = "invalid_api_key";
   }
   return {{"error",
-           {{"message", message}, {"type", type}, {"param", param}, {"code", code}}}};
+           {{"message", message},
+            {"type", type},
+            {"param", param},
+            {"code", code}}}};
 }
 
 }  // namespace lathe::openai

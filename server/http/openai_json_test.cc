@@ -62,32 +62,38 @@ TEST(OpenAiJsonTest, BadBodiesNameTheKey) {
   };
   EXPECT_EQ(status(R"({"bogus": 1})"), "bogus: unknown field");
   EXPECT_EQ(status(R"({"lora": {"rnk": 1}})"), "lora.rnk: unknown field");
-  EXPECT_EQ(status(R"({"method": {"supervised": {"hyperparameters": {"epochs": 1}}}})"),
-            "method.supervised.hyperparameters.epochs: unknown field");
+  EXPECT_EQ(
+      status(
+          R"({"method": {"supervised": {"hyperparameters": {"epochs": 1}}}})"),
+      "method.supervised.hyperparameters.epochs: unknown field");
   EXPECT_EQ(status(R"({"adapter": "nope"})").substr(0, 8), "adapter:");
   EXPECT_EQ(status(R"({"lora": 3})"), "lora: must be an object");
-  EXPECT_EQ(status(R"({"integrations": [{"type": "wandb"}]})").substr(0, 13), "integrations:");
+  EXPECT_EQ(status(R"({"integrations": [{"type": "wandb"}]})").substr(0, 13),
+            "integrations:");
   EXPECT_EQ(status("{not json"), "body: not valid JSON");
   EXPECT_EQ(status("[1]"), "body: must be a JSON object");
   EXPECT_EQ(status(R"({"seed": "x"})").substr(0, 5), "body:");
 }
 
 TEST(OpenAiJsonTest, ErrorsAsOpenAiShapesThem) {
-  auto line = absl::InvalidArgumentError("line 3: messages[0].role: must be user");
+  auto line =
+      absl::InvalidArgumentError("line 3: messages[0].role: must be user");
   EXPECT_EQ(HttpStatusOf(line), 400);
   Json e = ErrorBody(line)["error"];
   EXPECT_EQ(e["message"], "line 3: messages[0].role: must be user");
   EXPECT_EQ(e["type"], "invalid_request_error");
   EXPECT_EQ(e["param"], "messages[0].role");
   EXPECT_EQ(e["code"], "invalid_line");
-  Json bare = ErrorBody(absl::InvalidArgumentError("line 2: not JSON"))["error"];
+  Json bare =
+      ErrorBody(absl::InvalidArgumentError("line 2: not JSON"))["error"];
   EXPECT_EQ(bare["param"], "line 2");
   Json none = ErrorBody(absl::NotFoundError("no such job: ftjob-x"))["error"];
   EXPECT_TRUE(none["param"].is_null());
   EXPECT_EQ(none["code"], "not_found");
   EXPECT_EQ(HttpStatusOf(absl::NotFoundError("x")), 404);
   EXPECT_EQ(HttpStatusOf(absl::UnauthenticatedError("x")), 401);
-  EXPECT_EQ(ErrorBody(absl::UnauthenticatedError("x"))["error"]["type"], "authentication_error");
+  EXPECT_EQ(ErrorBody(absl::UnauthenticatedError("x"))["error"]["type"],
+            "authentication_error");
   EXPECT_EQ(HttpStatusOf(absl::PermissionDeniedError("x")), 403);
   EXPECT_EQ(HttpStatusOf(absl::FailedPreconditionError("x")), 400);
   EXPECT_EQ(HttpStatusOf(absl::AlreadyExistsError("x")), 409);
@@ -95,7 +101,8 @@ TEST(OpenAiJsonTest, ErrorsAsOpenAiShapesThem) {
                 "file: larger than max_upload_bytes (10 bytes)")),
             413);
   EXPECT_EQ(HttpStatusOf(absl::ResourceExhaustedError(
-                "project default has 100 jobs in flight (max_jobs_in_flight_per_project)")),
+                "project default has 100 jobs in flight "
+                "(max_jobs_in_flight_per_project)")),
             429);
   EXPECT_EQ(HttpStatusOf(absl::UnavailableError("x")), 503);
   EXPECT_EQ(HttpStatusOf(absl::InternalError("x")), 500);
@@ -111,7 +118,8 @@ TEST(OpenAiJsonTest, JobObjectHasEveryFieldWithNulls) {
   job.set_seed(3);
   job.set_project("default");
   job.mutable_method()->set_type("supervised");
-  auto* h = job.mutable_method()->mutable_supervised()->mutable_hyperparameters();
+  auto* h =
+      job.mutable_method()->mutable_supervised()->mutable_hyperparameters();
   h->set_n_epochs(2);
   h->set_batch_size(4);
   h->set_learning_rate_multiplier(1.5);
@@ -119,9 +127,9 @@ TEST(OpenAiJsonTest, JobObjectHasEveryFieldWithNulls) {
   Json j = JobObject(job);
   EXPECT_EQ(j["object"], "fine_tuning.job");
   EXPECT_EQ(j["status"], "running");
-  for (const char* k : {"finished_at", "fine_tuned_model", "validation_file", "error",
-                        "estimated_finish", "integrations", "metadata", "trained_tokens",
-                        "user_provided_suffix"}) {
+  for (const char* k : {"finished_at", "fine_tuned_model", "validation_file",
+                        "error", "estimated_finish", "integrations", "metadata",
+                        "trained_tokens", "user_provided_suffix"}) {
     ASSERT_TRUE(j.contains(k)) << k;
     EXPECT_TRUE(j[k].is_null()) << k;
   }
@@ -181,7 +189,8 @@ TEST(OpenAiJsonTest, EventsAndCheckpoints) {
   c.mutable_metrics()->set_valid_loss(0.75);
   Json k = CheckpointObject(c, job);
   EXPECT_EQ(k["object"], "fine_tuning.job.checkpoint");
-  EXPECT_EQ(k["fine_tuned_model_checkpoint"], "ft:lathe-demo:ftjob-1:ckpt-step-5");
+  EXPECT_EQ(k["fine_tuned_model_checkpoint"],
+            "ft:lathe-demo:ftjob-1:ckpt-step-5");
   EXPECT_EQ(k["metrics"]["step"], 5);
   EXPECT_EQ(k["metrics"]["valid_loss"], 0.75);
   EXPECT_EQ(k["metrics"]["full_valid_loss"], 0.75);
