@@ -188,15 +188,20 @@ async function jobPage(root, id) {
       ["Error", job.error ? `${job.error.code}: ${job.error.message}` : "—"]];
     info.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v ?? "—")]));
     $("#job-status").replaceChildren(statusBadge(job.status));
-    const act = (name, enabled) => el("button", {
-      type: "button", id: `job-${name}`, ...(enabled ? {} : { disabled: "" }),
-      onclick: async () => {
-        try { job = await api(`/v1/fine_tuning/jobs/${id}/${name}`, { method: "POST" }); renderInfo(); }
-        catch (e) { alert(e.message); }
-      } }, name[0].toUpperCase() + name.slice(1));
+    // The buttons are made once and only enabled or disabled here: the live feed re-renders this block
+    // many times a second while a job trains, and a button replaced under the pointer loses its click.
+    if (!actions.firstChild) {
+      actions.replaceChildren(...["cancel", "pause", "resume"].map((name) => el("button", {
+        type: "button", id: `job-${name}`, disabled: "",
+        onclick: async () => {
+          try { job = await api(`/v1/fine_tuning/jobs/${id}/${name}`, { method: "POST" }); renderInfo(); }
+          catch (e) { alert(e.message); }
+        } }, name[0].toUpperCase() + name.slice(1))));
+    }
     const live = ["validating_files", "queued", "running"].includes(job.status);
-    actions.replaceChildren(act("cancel", live || job.status === "paused"), act("pause", job.status === "queued" || job.status === "running"),
-      act("resume", job.status === "paused"));
+    const enabled = { cancel: live || job.status === "paused", pause: job.status === "queued" || job.status === "running",
+      resume: job.status === "paused" };
+    for (const [name, on] of Object.entries(enabled)) actions.querySelector(`#job-${name}`).disabled = !on;
   };
   const renderDownloads = async () => {
     if (job.status !== "succeeded") { downloads.replaceChildren(el("p", { class: "muted" }, "When the job succeeds.")); return; }
