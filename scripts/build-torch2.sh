@@ -33,7 +33,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libsqlite3-dev libssl-dev
   libspdlog-dev nlohmann-json3-dev libgtest-dev libgmock-dev
-  libtorch-dev libsentencepiece-dev libicu-dev
+  libtorch-dev libgloo-dev libsentencepiece-dev libicu-dev
   libopenblas0-openmp
   openssl
   python3-pot

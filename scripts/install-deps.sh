@@ -8,7 +8,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libsqlite3-dev libssl-dev
   libspdlog-dev nlohmann-json3-dev libgtest-dev libgmock-dev
-  libtorch-dev libsentencepiece-dev libicu-dev
+  libtorch-dev libgloo-dev libsentencepiece-dev libicu-dev
   # LibTorch's CPU matrix multiply is ~45x faster with OpenBLAS than with
   # Debian's reference BLAS.
   libopenblas0-openmp

@@ -17,6 +17,7 @@
 #include "worker/engine/checkpoint/run_checkpoint.h"
 #include "worker/engine/data/cursor.h"
 #include "worker/engine/device/placement.h"
+#include "worker/engine/distributed/data_parallel.h"
 #include "worker/engine/error_kind.h"
 #include "worker/engine/optim/adamw.h"
 #include "worker/engine/optim/schedule.h"
@@ -167,6 +168,24 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
   // source of the first stage as the run's training file).
   Json resume_keys = ResumeKeys(spec);
   const bool multi_stage = !spec.data.stages.empty();
+  // A multi-worker run: this rank's share of each step, gradients summed
+  // across the ranks; rank 0 alone writes checkpoints and the result.
+  DataParallel* const dp =
+      hooks.data_parallel != nullptr && hooks.data_parallel->world_size() > 1
+          ? hooks.data_parallel
+          : nullptr;
+  const bool writer = dp == nullptr || dp->rank() == 0;
+  if (dp != nullptr) {
+    for (const LoopStage& stage : stages) {
+      if (!stage.objective->data_parallel()) {
+        return WithErrorKind(
+            absl::FailedPreconditionError(absl::StrCat(
+                "devices: ", stage.objective->Describe(),
+                " trains on one worker only; set devices to 1")),
+            ErrorKind::kUserOptions, "devices");
+      }
+    }
+  }
   std::string training_file = spec.data.training_file;
   for (size_t s = 0; s < stages.size(); ++s) {
     const std::vector<MixtureSourceSpec>& sources =
@@ -302,10 +321,20 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
   } else {
     RETURN_IF_ERROR(stages[stage].objective->Prepare());
   }
+  if (dp != nullptr) {
+    // Every rank starts from rank 0's weights, as DDP does (they are equal
+    // already: same seed, same checkpoint).
+    std::vector<torch::Tensor> values;
+    values.reserve(params.size());
+    for (const AdamW::Param& p : params) values.push_back(p.value);
+    RETURN_IF_ERROR(dp->Broadcast(values));
+  }
   // The forgetting report's "before": the base model's loss, measured on a
-  // fresh run and carried by the checkpoints.
+  // fresh run and carried by the checkpoints (rank 0's).
   std::optional<HeldOutLoss> general_before;
-  if (general != nullptr && resume_from.empty()) {
+  if (!writer) {
+    // Rank 0 measures and reports it.
+  } else if (general != nullptr && resume_from.empty()) {
     general_before = GeneralLossBefore(model, *general, spec);
   } else if (general != nullptr) {
     absl::StatusOr<Json> saved =
@@ -361,6 +390,10 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
   // upload) the same step again.
   int64_t checkpointed_step = resume_from.empty() ? -1 : progress.step;
   auto checkpoint = [&]() -> absl::Status {
+    if (!writer) {
+      checkpointed_step = progress.step;
+      return absl::OkStatus();
+    }
     auto save_state = [&](const std::string& dir) -> absl::Status {
       // float32 whatever the source dtype, so that resuming is exact.
       RETURN_IF_ERROR(SaveTrained(model, spec.adapter, spec.model, dir,
@@ -394,8 +427,19 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
 
   // Steps.
   while (progress.step < total_steps) {
-    const StopRequest stop =
+    StopRequest stop =
         hooks.should_stop ? hooks.should_stop() : StopRequest::kNone;
+    if (dp != nullptr) {
+      // The ranks stop together, at the same step: the strongest request
+      // of any (a cancel over a pause).
+      const int64_t local = stop == StopRequest::kCancel              ? 2
+                            : stop == StopRequest::kCheckpointAndStop ? 1
+                                                                      : 0;
+      ASSIGN_OR_RETURN(const int64_t agreed, dp->Max(local));
+      stop = agreed == 2   ? StopRequest::kCancel
+             : agreed == 1 ? StopRequest::kCheckpointAndStop
+                           : StopRequest::kNone;
+    }
     if (stop == StopRequest::kCancel) {
       return absl::CancelledError(
           absl::StrCat("cancelled at step ", progress.step));
@@ -430,11 +474,30 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
         spec.schedule.warmup_steps, optimizer_spec.learning_rate);
     select(progress.step);
     optimizer.ZeroGrad();
-    ASSIGN_OR_RETURN(
-        StepWork work,
-        objective.Step(data.TakeStep(data_spec.batch_size,
-                                     optimizer_spec.gradient_accumulation_steps),
-                       m.step - plan.first));
+    std::vector<std::vector<size_t>> micro_batches = data.TakeStep(
+        data_spec.batch_size, optimizer_spec.gradient_accumulation_steps);
+    if (dp != nullptr) micro_batches = dp->Shard(micro_batches);
+    StepWork work;
+    if (!micro_batches.empty()) {
+      ASSIGN_OR_RETURN(work, objective.Step(micro_batches, m.step - plan.first));
+    }
+    if (dp != nullptr) {
+      // The whole step's figures and gradient from every rank's share.
+      ASSIGN_OR_RETURN(const double total,
+                       dp->AllReduceGradients(optimizer.tensors(), work.weight));
+      std::vector<double> sums{work.loss * work.weight,
+                               work.token_accuracy * work.accuracy_weight,
+                               work.accuracy_weight,
+                               static_cast<double>(work.tokens),
+                               static_cast<double>(work.padding)};
+      RETURN_IF_ERROR(dp->SumInPlace(sums));
+      ASSIGN_OR_RETURN(work.values,
+                       dp->WeightedMeans(work.values, work.weight, total));
+      work.loss = total > 0 ? sums[0] / total : 0;
+      work.token_accuracy = sums[2] > 0 ? sums[1] / sums[2] : 0;
+      work.tokens = static_cast<int64_t>(sums[3]);
+      work.padding = static_cast<int64_t>(sums[4]);
+    }
     m.loss = work.loss;
     m.token_accuracy = work.token_accuracy;
     m.values = std::move(work.values);
@@ -466,7 +529,7 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
     progress.last_loss = m.loss;
     m.trained_tokens = progress.trained_tokens;
     // Validation every eval_every steps and at the end of each stage.
-    if (objective.has_validation() &&
+    if (writer && objective.has_validation() &&
         ((eval_every > 0 && m.step % eval_every == 0) ||
          m.step == plan.first + plan.steps)) {
       Record(objective.Evaluate(), m);
@@ -488,6 +551,8 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
   result.trained_tokens = progress.trained_tokens;
   result.first_loss = progress.first_loss;
   result.last_loss = progress.last_loss;
+  // The other ranks' weights equal rank 0's, which writes the result.
+  if (!writer) return result;
   if (last.has_validation()) {
     result.validation_loss = m.validation_loss.has_value()
                                  ? *m.validation_loss

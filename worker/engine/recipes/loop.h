@@ -48,6 +48,12 @@ struct StepWork {
   int64_t tokens = 0;         // real tokens of the step's forward passes
   int64_t padding = 0;        // pad tokens computed
   int64_t loss_peak_bytes = 0;  // largest logits block the loss held
+  // What `loss` (and `values`) is a mean over, and token_accuracy's
+  // denominator: the step's target tokens for SFT; pairs, and the chosen
+  // replies' tokens, for preference objectives. Data-parallel ranks weigh
+  // their shares by them (distributed/data_parallel.h).
+  double weight = 0;
+  double accuracy_weight = 0;
   // Further figures of the objective, by name ("rewards/margins"): carried
   // to StepMetrics::values and the metrics events.
   std::map<std::string, double> values;
@@ -99,6 +105,11 @@ class Objective {
   virtual absl::Status LoadState(const std::string& dir) {
     return absl::OkStatus();
   }
+
+  // Whether Step's gradients are a weighted mean (StepWork::weight) of
+  // independent examples' terms, so that ranks can each take a share of a
+  // step and sum (multi-worker jobs).
+  virtual bool data_parallel() const { return false; }
 
   // A few words for the run's log line ("SFT, loss chunks of 1024 tokens").
   virtual std::string Describe() const = 0;

@@ -124,8 +124,11 @@ class PreferenceObjective : public Objective {
     work.loss = means.loss;
     work.token_accuracy = means.token_accuracy();
     work.values = std::move(means.values);
+    work.weight = static_cast<double>(pairs);
+    work.accuracy_weight = static_cast<double>(means.chosen_tokens);
     return work;
   }
+  bool data_parallel() const override { return true; }
 
   // The same figures over every validation pair, batch_size pairs at a time.
   EvalWork Evaluate() override {

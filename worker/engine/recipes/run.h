@@ -126,6 +126,8 @@ struct CheckpointInfo {
 };
 
 // Callbacks from the training thread; each may be empty.
+class DataParallel;  // distributed/data_parallel.h
+
 struct TrainHooks {
   std::function<void(const StepMetrics&)> on_step;  // after each step
   std::function<StopRequest()> should_stop;         // before each step
@@ -134,6 +136,12 @@ struct TrainHooks {
   // A self-training run: after an iteration's sampling and selection, and
   // again (trained set) after its training.
   std::function<void(const IterationReport&)> on_iteration;
+  // A multi-worker run's process group (rank, world size, collectives):
+  // every rank runs the loop on its share of each step, gradients summed
+  // across them; only rank 0 calls on_checkpoint and writes checkpoints
+  // and the result. Null: one worker. Objectives that cannot shard
+  // (Objective::data_parallel) refuse it.
+  DataParallel* data_parallel = nullptr;
 };
 
 // Trains and writes the result to spec.output.dir: a PEFT adapter

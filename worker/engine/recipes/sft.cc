@@ -139,12 +139,15 @@ class SftObjective : public Objective {
     work.loss = loss_sum / std::max<int64_t>(step_targets, 1);
     work.token_accuracy =
         static_cast<double>(correct) / std::max<int64_t>(step_targets, 1);
+    work.weight = static_cast<double>(step_targets);
+    work.accuracy_weight = work.weight;
     return work;
   }
 
   bool has_validation() const override {
     return valid_.has_value() || !source_valid_.empty();
   }
+  bool data_parallel() const override { return true; }
 
   // The validation file's loss and accuracy; each mixture source's loss as
   // "loss/<name>" (valid_loss/<name> in the metrics), and without a
