@@ -39,6 +39,18 @@ ABSL_FLAG(std::string, model_source, "auto",
           "auto: read a base model at the server's path when readable here, "
           "else fetch it from lathed; server: always fetch (cached by content "
           "hash under work_dir/models)");
+ABSL_FLAG(std::string, rendezvous_host, "",
+          "multi-worker jobs: the address or host name of this machine that "
+          "the job's other workers can reach (this worker's Gloo connections "
+          "listen there; as rank 0 it is reported to lathed for the c10d "
+          "store); empty: lathed uses the address it sees this worker at, and "
+          "Gloo GLOO_SOCKET_IFNAME's interface or this host name's address");
+ABSL_FLAG(int, rendezvous_port, 0,
+          "multi-worker jobs: the port rank 0's c10d TCPStore listens on "
+          "(0: any free port)");
+ABSL_FLAG(absl::Duration, rendezvous_timeout, absl::Minutes(3),
+          "multi-worker jobs: how long a rank waits for the others to gather, "
+          "and for each collective, before the attempt fails");
 
 namespace {
 
@@ -78,6 +90,14 @@ int Serve(int argc, char** argv) {
   o.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.tls.key_file = absl::GetFlag(FLAGS_tls_key);
   o.tls.server_name = absl::GetFlag(FLAGS_tls_server_name);
+  o.rendezvous_host = absl::GetFlag(FLAGS_rendezvous_host);
+  o.rendezvous_port = absl::GetFlag(FLAGS_rendezvous_port);
+  o.rendezvous_timeout = absl::GetFlag(FLAGS_rendezvous_timeout);
+  if (o.rendezvous_port < 0 || o.rendezvous_port > 65535) {
+    std::cerr << "--rendezvous_port: " << o.rendezvous_port
+              << " is not a port (0..65535)\n";
+    return 2;
+  }
   auto agent = lathe::worker::Agent::Create(o);
   if (!agent.ok()) {
     std::cerr << "--" << agent.status().message() << "\n";

@@ -22,6 +22,8 @@
 #include "worker/engine/merge/merge.h"
 #include "worker/agent/device_report.h"
 #include "worker/engine/recipes/run.h"
+#include "worker/engine/device/placement.h"
+#include "worker/engine/distributed/data_parallel.h"
 
 namespace lathe::worker {
 
@@ -41,6 +43,7 @@ struct Agent::Attempt {
   int64_t total_steps = 0;
   int64_t trained_tokens = 0;
   std::optional<v1::AttemptOutcome> outcome;
+  std::string rendezvous;  // rank 0 of a gang: where its store listens
 };
 
 namespace {
@@ -183,6 +186,8 @@ v1::WorkerReport Agent::BuildReport() {
     a->set_step(attempt_->step);
     a->set_total_steps(attempt_->total_steps);
     a->set_trained_tokens(attempt_->trained_tokens);
+    a->set_rank(attempt_->assignment.rank());
+    a->set_rendezvous(attempt_->rendezvous);
     for (const auto& e : attempt_->pending) *a->add_events() = e;
     for (const auto& c : attempt_->checkpoints) *a->add_checkpoints() = c;
     if (attempt_->outcome) *a->mutable_outcome() = *attempt_->outcome;
@@ -238,6 +243,8 @@ void Agent::StartAttempt(const v1::Assignment& a) {
 }
 
 void Agent::Emit(Attempt* attempt, v1::JobEvent event) {
+  // A gang's events are rank 0's: the others' steps are the same steps.
+  if (attempt->assignment.rank() > 0) return;
   absl::MutexLock lock(&mu_);
   v1::AttemptEvent e;
   e.set_seq(attempt->next_seq++);
@@ -717,6 +724,25 @@ void Agent::RunAttempt(Attempt* attempt) {
   }
   auto translated = RunSpecFor(as, dir.string(), options_.device);
   engine::RunSpec o = translated.ok() ? *translated : engine::RunSpec();
+  // A gang: rank 0 hosts the store at once, so that lathed can assign the
+  // other ranks while this one fetches its inputs; they join below.
+  const bool gang = as.world_size() > 1;
+  absl::StatusOr<std::shared_ptr<engine::Rendezvous>> rendezvous =
+      std::shared_ptr<engine::Rendezvous>();
+  if (gang && as.rank() == 0) {
+    rendezvous = engine::Rendezvous::Host(options_.rendezvous_port,
+                                          as.world_size(),
+                                          options_.rendezvous_timeout);
+    if (rendezvous.ok()) {
+      spdlog::info("{} attempt {}: rank 0 of {}, rendezvous on port {}",
+                   as.job_id(), as.attempt(), as.world_size(),
+                   (*rendezvous)->port());
+      absl::MutexLock lock(&mu_);
+      attempt->rendezvous =
+          absl::StrCat(options_.rendezvous_host, ":", (*rendezvous)->port());
+      wake_ = true;
+    }
+  }
 
   std::string error;
   bool fetched = translated.ok() && ResolveModel(attempt, &o.model.dir, &error);
@@ -753,11 +779,44 @@ void Agent::RunAttempt(Attempt* attempt) {
     fetched = FetchCheckpoint(attempt, as.resume_from(),
                               o.checkpoint.resume_from, &error);
   }
+  // The gang's process group, once every input is here (each rank waits
+  // for the others, up to rendezvous_timeout).
+  absl::StatusOr<std::unique_ptr<engine::DataParallel>> group =
+      std::unique_ptr<engine::DataParallel>();
+  if (gang && translated.ok() && fetched && rendezvous.ok()) {
+    if (as.rank() > 0) {
+      spdlog::info("{} attempt {}: rank {} of {}, joining rank 0 at {}",
+                   as.job_id(), as.attempt(), as.rank(), as.world_size(),
+                   as.rendezvous());
+      rendezvous = engine::Rendezvous::Connect(as.rendezvous(),
+                                               options_.rendezvous_timeout);
+    }
+    absl::StatusOr<engine::Placement> placement =
+        engine::ResolvePlacement(o.device);
+    if (rendezvous.ok() && placement.ok()) {
+      group = engine::DataParallel::Join(
+          *rendezvous,
+          {.rank = as.rank(),
+           .world_size = as.world_size(),
+           .gloo_host = options_.rendezvous_host,
+           .timeout = options_.rendezvous_timeout},
+          placement->device);
+    } else if (!placement.ok()) {
+      group = placement.status();
+    }
+  }
   if (!translated.ok()) {
     // lathed resolves every setting: one left unresolved is the platform's.
     fail("platform_error", std::string(translated.status().message()), false);
   } else if (!fetched) {
     fail("fetch_failed", error, false);
+  } else if (!rendezvous.ok() || !group.ok()) {
+    fail("rendezvous_failed",
+         absl::StrCat("rank ", as.rank(), " of ", as.world_size(), " on ",
+                      options_.worker_id, ": ",
+                      (!rendezvous.ok() ? rendezvous.status() : group.status())
+                          .message()),
+         false);
   } else {
     Emit(attempt,
          Message(absl::StrCat(
@@ -800,8 +859,12 @@ void Agent::RunAttempt(Attempt* attempt) {
                  ? absl::StrCat(o.schedule.n_epochs, " epochs")
                  : absl::StrCat(o.data.stages.size(), " stages"),
              ", batch ", o.data.batch_size, ", lr ",
-             o.optimizer.learning_rate)));
+             o.optimizer.learning_rate,
+             gang ? absl::StrCat(", data-parallel over ", as.world_size(),
+                                 " workers (", (*group)->backend(), ")")
+                  : std::string())));
     engine::TrainHooks hooks;
+    hooks.data_parallel = group->get();
     int stage = 0;  // of the last step reported
     hooks.on_step = [&](const engine::StepMetrics& m) {
       if (m.stage != stage && m.stage > 0) {
@@ -905,7 +968,11 @@ void Agent::RunAttempt(Attempt* attempt) {
       }
     };
     auto result = engine::Train(o, hooks);
-    if (result.ok()) {
+    if (result.ok() && as.rank() > 0) {
+      // Rank 0 uploads the gang's result.
+      outcome.set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
+      outcome.set_trained_tokens(result->trained_tokens);
+    } else if (result.ok()) {
       outcome.set_trained_tokens(result->trained_tokens);
       *outcome.mutable_report() = ReportForResult(o, *result);
       if (result->truncated_examples > 0) {

@@ -46,6 +46,16 @@ struct AgentOptions {
   // the attempt cannot go on without them.
   absl::Duration checkpoint_patience = absl::Seconds(5);
   absl::Duration transfer_patience = absl::Minutes(10);
+  // Multi-worker jobs (torch.distributed). As rank 0 this worker hosts the
+  // attempt's c10d TCPStore on rendezvous_port (0: any free port) and
+  // reports "rendezvous_host:port" to lathed (an empty host: lathed uses
+  // the address it sees this worker's stream come from); Gloo's pairs
+  // listen on rendezvous_host too (empty: GLOO_SOCKET_IFNAME, else the
+  // address of this host's name). rendezvous_timeout bounds the wait for
+  // the gang to gather and each collective.
+  std::string rendezvous_host;
+  int rendezvous_port = 0;
+  absl::Duration rendezvous_timeout = absl::Minutes(3);
 };
 
 class Agent {
