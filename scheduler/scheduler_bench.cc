@@ -3,6 +3,10 @@
 // how fast it decides. Deterministic (fixed seed); not a test. 5% of the
 // jobs are data-parallel gangs of 2 to 8 workers (placed all at once or
 // not at all, the highest-ranked waiting gang holding idle workers).
+// Priority preemption is in the mix: after each round, the first waiting
+// high-priority job gets a PlanPreemption call, and when it returns a plan
+// its victims hand their workers back (requeued with the time they had
+// left, not preempted again within a 10-minute grace) and it starts.
 //
 // The simulation: every worker starts idle; each placed job runs 10 to 120
 // simulated minutes. It is run twice:
@@ -113,21 +117,36 @@ void Simulate(const Scenario& scenario, absl::Time start, bool batch) {
   absl::flat_hash_map<std::string, int> worker_index;
   for (size_t i = 0; i < fleet.size(); ++i)
     worker_index[fleet[i].worker_id] = i;
-  // (finish time, worker, project) of each running job, earliest first.
+  // (finish time, worker, project) of each running job's every worker,
+  // earliest first; an entry whose worker has since been given to another
+  // job (after a preemption) is stale and skipped.
   struct Running {
     absl::Time finish;
     int worker;
     std::string project;
+    uint64_t generation;
     bool operator>(const Running& o) const {
       return std::tie(finish, worker) > std::tie(o.finish, o.worker);
     }
   };
+  std::vector<uint64_t> generation(fleet.size(), 0);
+  // The running jobs, for PlanPreemption.
+  struct Run {
+    JobRequest job;
+    std::vector<int> workers;
+    absl::Time started, finish;
+  };
+  absl::flat_hash_map<std::string, Run> runs;
+  absl::flat_hash_map<std::string, std::string> job_on_worker;
+  absl::flat_hash_map<std::string, absl::Time> last_preempted;
+  const absl::Duration grace = absl::Minutes(10);
   std::priority_queue<Running, std::vector<Running>, std::greater<Running>>
       running;
   absl::flat_hash_map<std::string, int> running_per_project;
   const SchedulingPolicy policy;
 
-  std::vector<double> call_ms, per_decision_ms;
+  std::vector<double> call_ms, per_decision_ms, preempt_ms;
+  int64_t preemptions = 0, victims = 0;
   double total_ms = 0;
   int64_t decisions = 0, unplaceable = 0, empty_calls = 0, gangs = 0;
   int64_t reserving_calls = 0;
@@ -155,6 +174,61 @@ void Simulate(const Scenario& scenario, absl::Time start, bool batch) {
     for (const Placement& p : plan.placements) {
       started[p.job_id].push_back(p.worker_id);
     }
+    // Preemption: the first waiting high-priority job that this round
+    // left queued (and could run somewhere: not unplaceable).
+    absl::flat_hash_map<std::string, bool> unplaceable_now;
+    for (const Unplaceable& u : plan.unplaceable) unplaceable_now[u.job_id] = true;
+    std::vector<JobRequest> requeued;
+    for (const JobRequest& job : queue) {
+      if (job.priority != Priority::kHigh || started.contains(job.job_id) ||
+          unplaceable_now.contains(job.job_id) || job.not_before > now) {
+        continue;
+      }
+      std::vector<RunningJob> running_jobs;
+      running_jobs.reserve(runs.size());
+      for (const auto& [id, r] : runs) {
+        RunningJob rj{.job_id = id, .priority = r.job.priority,
+                      .started_at = r.started};
+        for (int w : r.workers) rj.worker_ids.push_back(fleet[w].worker_id);
+        if (auto it = last_preempted.find(id); it != last_preempted.end()) {
+          rj.last_preempted = it->second;
+        }
+        running_jobs.push_back(std::move(rj));
+      }
+      // This round's placements hold their workers already.
+      std::vector<WorkerInfo> free_fleet = fleet;
+      for (const auto& [id, workers] : started) {
+        for (const std::string& w : workers) free_fleet[worker_index[w]].idle = false;
+      }
+      const auto p0 = std::chrono::steady_clock::now();
+      std::optional<PreemptionPlan> preempt =
+          PlanPreemption(job, free_fleet, running_jobs, grace, now);
+      preempt_ms.push_back(std::chrono::duration<double, std::milli>(
+                               std::chrono::steady_clock::now() - p0)
+                               .count());
+      if (preempt.has_value()) {
+        ++preemptions;
+        for (const std::string& victim : preempt->victims) {
+          ++victims;
+          Run& r = runs[victim];
+          for (int w : r.workers) {
+            fleet[w].idle = true;
+            ++generation[w];
+            job_on_worker.erase(fleet[w].worker_id);
+            --running_per_project[r.job.project];
+          }
+          // Back in the queue (its place: its enqueue order) with the time
+          // it had left.
+          minutes_of[victim] = std::max<int>(
+              1, static_cast<int>(absl::ToInt64Minutes(r.finish - now)));
+          last_preempted[victim] = now;
+          requeued.push_back(r.job);
+          runs.erase(victim);
+        }
+        started[job.job_id] = preempt->workers;
+      }
+      break;
+    }
     for (const Unplaceable& u : plan.unplaceable) started[u.job_id];
     std::vector<JobRequest> rest;
     rest.reserve(queue.size());
@@ -163,17 +237,30 @@ void Simulate(const Scenario& scenario, absl::Time start, bool batch) {
       if (it == started.end()) {
         rest.push_back(std::move(job));
       } else {
+        if (it->second.empty()) continue;  // unplaceable: dropped
         if (it->second.size() > 1) ++gangs;
+        Run& r = runs[job.job_id];
+        r.job = job;
+        r.started = now;
+        r.finish = now + absl::Minutes(minutes_of[job.job_id]);
         for (const std::string& worker : it->second) {
           const int w = worker_index[worker];
           fleet[w].idle = false;
+          ++generation[w];
+          job_on_worker[worker] = job.job_id;
+          r.workers.push_back(w);
           ++running_per_project[job.project];
-          running.push(
-              {now + absl::Minutes(minutes_of[job.job_id]), w, job.project});
+          running.push({r.finish, w, job.project, generation[w]});
         }
       }
     }
+    for (JobRequest& job : requeued) rest.push_back(std::move(job));
+    std::sort(rest.begin(), rest.end(), [](const JobRequest& a, const JobRequest& b) {
+      return a.enqueue_order < b.enqueue_order;
+    });
     queue = std::move(rest);
+    auto stale = [&](const Running& r) { return r.generation != generation[r.worker]; };
+    while (!running.empty() && stale(running.top())) running.pop();
     if (queue.empty() || running.empty()) break;
 
     // Advance to the next finish (per event) or to the end of the next
@@ -183,15 +270,24 @@ void Simulate(const Scenario& scenario, absl::Time start, bool batch) {
     do {
       const Running done = running.top();
       running.pop();
+      if (stale(done)) continue;  // its job was preempted
       fleet[done.worker].idle = true;
       --running_per_project[done.project];
-    } while (batch && !running.empty() && running.top().finish <= now);
+      const std::string& wid = fleet[done.worker].worker_id;
+      if (auto it = job_on_worker.find(wid); it != job_on_worker.end()) {
+        runs.erase(it->second);
+        job_on_worker.erase(it);
+      }
+    } while (!running.empty() &&
+             (stale(running.top()) || (batch && running.top().finish <= now)));
   }
   std::printf(
       "%s\n"
       "  PlanRound calls         %zu (%lld placed nothing)\n"
       "  decisions (placements)  %lld; unplaceable reported %lld; left %zu\n"
       "  gangs placed            %lld; calls with a gang holding workers %lld\n"
+      "  preemptions             %lld (%lld jobs handed back); PlanPreemption "
+      "p50 %.3f ms, p99 %.3f ms\n"
       "  time in PlanRound       %.3f s\n"
       "  decisions/s             %.0f\n"
       "  time per decision       p50 %.3f ms, p99 %.3f ms\n"
@@ -201,7 +297,10 @@ void Simulate(const Scenario& scenario, absl::Time start, bool batch) {
       call_ms.size(), static_cast<long long>(empty_calls),
       static_cast<long long>(decisions), static_cast<long long>(unplaceable),
       queue.size(), static_cast<long long>(gangs),
-      static_cast<long long>(reserving_calls), total_ms / 1000,
+      static_cast<long long>(reserving_calls),
+      static_cast<long long>(preemptions), static_cast<long long>(victims),
+      Percentile(preempt_ms, 0.5), Percentile(preempt_ms, 0.99),
+      total_ms / 1000,
       decisions / (total_ms / 1000), Percentile(per_decision_ms, 0.5),
       Percentile(per_decision_ms, 0.99), Percentile(call_ms, 0.5),
       Percentile(call_ms, 0.99), Percentile(call_ms, 1.0));
