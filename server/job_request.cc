@@ -33,6 +33,13 @@ constexpr const char* kTargetModules[] = {"q_proj", "k_proj", "v_proj",
 // FillJobDefaults' max_seq_len, which the checks read when a job sets none.
 constexpr int32_t kDefaultMaxSeqLen = 512;
 
+// Workers a job trains on when it sets none (and a job stored before
+// devices was recorded), and the most it may ask for.
+constexpr int32_t kDefaultDevices = 1;
+constexpr int32_t kMaxDevices = 64;
+// The methods whose recipes train data-parallel over several workers.
+constexpr const char* kDataParallelMethods[] = {"supervised", "dpo", "orpo"};
+
 absl::Status Bad(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
@@ -716,15 +723,45 @@ absl::Status CheckAnalyzeRequest(const v1::CreateJobRequest& r) {
   return absl::OkStatus();
 }
 
+// devices: 1..64, more than one only for a method that trains
+// data-parallel, and never more than the step's batch (each worker takes a
+// share of it).
+absl::Status CheckDevices(const v1::CreateJobRequest& r) {
+  if (!r.has_devices()) return absl::OkStatus();
+  const int32_t n = r.devices();
+  if (n < 1 || n > kMaxDevices) {
+    return Bad("devices", absl::StrCat(n, " is out of range 1..", kMaxDevices));
+  }
+  if (n == 1) return absl::OkStatus();
+  const std::string type = MethodType(r.method());
+  if (std::find(std::begin(kDataParallelMethods), std::end(kDataParallelMethods), type) ==
+      std::end(kDataParallelMethods)) {
+    return Bad("devices", absl::StrCat(n, " workers: training on several is for method.type ",
+                                       absl::StrJoin(kDataParallelMethods, ", "), ", not \"",
+                                       Echo(type), "\""));
+  }
+  const v1::Hyperparameters& hp = MethodHyperparameters(r.method());
+  if (hp.has_batch_size() && hp.batch_size() < n) {
+    return Bad(HyperparametersPrefix(r.method()) + "batch_size",
+               absl::StrCat(hp.batch_size(), " is less than devices (", n,
+                            "): the step's batch is split across the workers"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   RETURN_IF_ERROR(CheckIdField("model", r.model()));
   if (MethodType(r.method()) == "merge") {
     if (!r.method().has_merge()) return Bad("method.merge.inputs", "a merge job needs its inputs");
-    return CheckMergeRequest(r);
+    RETURN_IF_ERROR(CheckMergeRequest(r));
+    return CheckDevices(r);
   }
-  if (MethodType(r.method()) == "analyze") return CheckAnalyzeRequest(r);
+  if (MethodType(r.method()) == "analyze") {
+    RETURN_IF_ERROR(CheckAnalyzeRequest(r));
+    return CheckDevices(r);
+  }
   if (r.stages_size() > 0) {
     RETURN_IF_ERROR(CheckStages(r));
   } else if (r.training_mixture().sources_size() > 0) {
@@ -901,6 +938,7 @@ absl::Status CheckJobRequest(const v1::CreateJobRequest& r) {
   if (!v1::JobPriority_IsValid(r.priority())) {
     return Bad("priority", "unknown value");
   }
+  RETURN_IF_ERROR(CheckDevices(r));
   if (r.idempotency_key().size() > 256) {
     return Bad("idempotency_key", "longer than 256 bytes");
   }
@@ -974,6 +1012,7 @@ void ResolveMixture(v1::Mixture& m) {
 }  // namespace
 
 void FillJobDefaults(v1::Job& job, const JobDefaults& defaults) {
+  if (job.devices() == 0) job.set_devices(kDefaultDevices);
   const std::string type = MethodType(job.method());
   job.mutable_method()->set_type(type);
   auto* hp = MutableMethodHyperparameters(*job.mutable_method());
@@ -1115,6 +1154,7 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   job.set_created_at(NowUnixSeconds());
   job.set_status(v1::JOB_STATUS_VALIDATING_FILES);
   job.set_model(r.model());
+  job.set_devices(r.has_devices() ? r.devices() : kDefaultDevices);
   if (r.stages_size() > 0) {
     *job.mutable_stages() = r.stages();
     job.set_training_file(r.stages(0).training_mixture().sources(0).file_id());
@@ -1219,9 +1259,10 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   }
   if (!hp->has_n_epochs()) hp->set_n_epochs(3);
   if (!hp->has_batch_size()) {
-    // About 5% of the examples per step, within 1..8.
-    hp->set_batch_size(static_cast<int32_t>(
-        std::clamp<int64_t>(training.line_count() / 20, 1, 8)));
+    // About 5% of the examples per step, within 1..8; at least one example
+    // per worker, since the step's batch is split across them.
+    hp->set_batch_size(static_cast<int32_t>(std::max<int64_t>(
+        std::clamp<int64_t>(training.line_count() / 20, 1, 8), job.devices())));
   }
   if (!hp->has_learning_rate_multiplier()) hp->set_learning_rate_multiplier(1);
   job.set_adapter(r.adapter());
@@ -1274,6 +1315,8 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   shape.attention_size = model.num_attention_heads() * model.head_dim();
   shape.kv_size = model.num_key_value_heads() * model.head_dim();
   shape.tied_embeddings = model.tie_word_embeddings();
+  // Per worker: each rank of a gang holds the model; the whole step's batch
+  // is counted, an upper bound for a rank's share of it.
   job.set_memory_bytes(scheduler::EstimateMemoryBytes(shape, train));
   return job;
 }

@@ -13,7 +13,9 @@
 namespace lathe {
 
 // Fields that need no lookup: method, hyperparameters, LoRA, suffix,
-// metadata. INVALID_ARGUMENT naming the field.
+// metadata, devices (1..64; more than 1 only for supervised, dpo and orpo,
+// and not more than a batch_size that is set). INVALID_ARGUMENT naming the
+// field.
 absl::Status CheckJobRequest(const v1::CreateJobRequest& request);
 
 // LISA's activated_layers when the job sets none (LMFlow's default).
@@ -41,7 +43,9 @@ void FillJobDefaults(v1::Job& job, const JobDefaults& defaults);
 // The new job (status validating_files) of `project` with every auto
 // resolved and its memory need estimated, given the training file's and the
 // base model's metadata: the one place a job's defaults are written. The
-// job is what runs: the worker reads every setting from it.
+// job is what runs: the worker reads every setting from it. devices auto is
+// 1; an auto batch_size is at least devices. memory_bytes is each worker's
+// need (a gang places devices workers of it).
 // REQUIRES: CheckJobRequest(request).ok().
 v1::Job ResolveJob(const v1::CreateJobRequest& request,
                    const v1::File& training_file, const v1::Model& model,

@@ -1164,6 +1164,89 @@ TEST(JobRequestTest, SpinJobsTakeDpoSettingsAndChatData) {
       << CheckJobFiles(r, pc, nullptr);
 }
 
+// devices: 1..64, several only for the data-parallel methods and never
+// more than a batch_size the user set; resolved to 1, and an auto batch
+// raised to one example per worker.
+TEST(JobRequestTest, DevicesAreCheckedAndResolved) {
+  const v1::Model model = TinyModel();
+  v1::File f = ChatFile();  // 40 lines: an auto batch of 2
+  auto with = [](const std::string& type, int32_t devices) {
+    v1::CreateJobRequest r = Valid();
+    r.mutable_method()->set_type(type);
+    r.set_devices(devices);
+    return r;
+  };
+  for (const char* type : {"supervised", "dpo", "orpo"}) {
+    EXPECT_TRUE(CheckJobRequest(with(type, 4)).ok()) << type << ": " << CheckJobRequest(with(type, 4));
+  }
+  struct Case {
+    v1::CreateJobRequest request;
+    const char* field;
+  };
+  v1::CreateJobRequest merge;
+  merge.set_model("lathe-demo");
+  merge.mutable_method()->set_type("merge");
+  for (const char* id : {"ft:lathe-demo:a", "ft:lathe-demo:b"}) {
+    merge.mutable_method()->mutable_merge()->add_inputs(id);
+  }
+  merge.set_devices(2);
+  v1::CreateJobRequest analyze = with("analyze", 2);
+  v1::CreateJobRequest small_batch = with("dpo", 4);
+  small_batch.mutable_method()->mutable_dpo()->mutable_hyperparameters()->set_batch_size(3);
+  const Case cases[] = {
+      {with("supervised", 0), "devices: 0 is out of range 1..64"},
+      {with("supervised", 65), "devices: 65 is out of range 1..64"},
+      {with("supervised", -1), "devices"},
+      {with("rft", 2), "devices: 2 workers"},
+      {with("spin", 2), "devices"},
+      {with("prompt_tuning", 2), "devices"},
+      {merge, "devices"},
+      {analyze, "devices"},
+      {small_batch, "method.dpo.hyperparameters.batch_size: 3 is less than devices (4)"},
+  };
+  for (const Case& c : cases) {
+    absl::Status st = CheckJobRequest(c.request);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << c.field << ": " << st;
+    EXPECT_NE(st.message().find(c.field), absl::string_view::npos)
+        << st.message() << " should name " << c.field;
+  }
+  // One worker is allowed for every method, and is what auto means.
+  merge.set_devices(1);
+  EXPECT_TRUE(CheckJobRequest(merge).ok()) << CheckJobRequest(merge);
+  EXPECT_TRUE(CheckJobRequest(with("rft", 1)).ok());
+  EXPECT_EQ(ResolveJob(Valid(), f, model, "p", "ftjob-1", 1, {}).devices(), 1);
+  merge.clear_devices();
+  EXPECT_EQ(ResolveJob(merge, v1::File(), model, "p", "ftjob-m", 1, {}).devices(), 1);
+  analyze.clear_devices();
+  EXPECT_EQ(ResolveJob(analyze, f, model, "p", "ftjob-a", 1, {}).devices(), 1);
+
+  // An auto batch is at least one example per worker; one that is large
+  // enough, or set, is kept.
+  const v1::Job two = ResolveJob(with("supervised", 2), f, model, "p", "ftjob-2", 1, {});
+  EXPECT_EQ(two.devices(), 2);
+  EXPECT_EQ(two.method().supervised().hyperparameters().batch_size(), 2);
+  const v1::Job sixteen = ResolveJob(with("supervised", 16), f, model, "p", "ftjob-16", 1, {});
+  EXPECT_EQ(sixteen.devices(), 16);
+  EXPECT_EQ(sixteen.method().supervised().hyperparameters().batch_size(), 16);
+  v1::CreateJobRequest set = with("dpo", 4);
+  set.mutable_method()->mutable_dpo()->mutable_hyperparameters()->set_batch_size(4);
+  ASSERT_TRUE(CheckJobRequest(set).ok()) << CheckJobRequest(set);
+  f.set_format("preference");
+  const v1::Job given = ResolveJob(set, f, model, "p", "ftjob-4", 1, {});
+  EXPECT_EQ(given.devices(), 4);
+  EXPECT_EQ(given.method().dpo().hyperparameters().batch_size(), 4);
+  // Each worker's need: the same as the job's on one worker.
+  v1::CreateJobRequest one = set;
+  one.set_devices(1);
+  EXPECT_EQ(given.memory_bytes(), ResolveJob(one, f, model, "p", "ftjob-5", 1, {}).memory_bytes());
+
+  // A job stored before devices was recorded runs on one worker.
+  v1::Job old;
+  old.mutable_method()->mutable_supervised();
+  FillJobDefaults(old, {});
+  EXPECT_EQ(old.devices(), 1);
+}
+
 TEST(JobRequestTest, FingerprintIgnoresOnlyTheKey) {
   v1::CreateJobRequest a = Valid(), b = Valid();
   a.set_idempotency_key("k1");

@@ -195,6 +195,11 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_by_webhook ON webhook_deliveries(webhook_id, seq);
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries(status, next_attempt_ms);
 )sql",
+    // 8: the workers a job runs on at once (a gang's ranks), for the
+    // scheduler's queue and fair share; every older job ran on one.
+    R"sql(
+ALTER TABLE jobs ADD COLUMN devices INTEGER NOT NULL DEFAULT 1;
+)sql",
 };
 
 // Every file `job` reads, by the field that names it: its training and
@@ -804,8 +809,8 @@ absl::StatusOr<Store::Created> Store::CreateJob(
                    db_->Prepare("INSERT INTO jobs (id, status, spec, "
                                 "idempotency_key, fingerprint, project, "
                                 "priority, memory_bytes, created_at, "
-                                "training_file, validation_file) "
-                                "VALUES (?,?,?,?,?,?,?,?,?,?,?)"));
+                                "training_file, validation_file, devices) "
+                                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"));
   stmt.Bind(1, job.id()).Bind(2, static_cast<int64_t>(job.status()));
   stmt.BindBlob(3, job.SerializeAsString());
   if (idempotency_key.empty()) {
@@ -818,6 +823,7 @@ absl::StatusOr<Store::Created> Store::CreateJob(
   stmt.Bind(7, static_cast<int64_t>(job.priority()));
   stmt.Bind(8, job.memory_bytes()).Bind(9, job.created_at());
   stmt.Bind(10, job.training_file()).Bind(11, job.validation_file());
+  stmt.Bind(12, static_cast<int64_t>(std::max(job.devices(), 1)));
   RETURN_IF_ERROR(stmt.Run());
   for (const auto& [field, id] : files) {
     ASSIGN_OR_RETURN(auto jf, db_->Prepare("INSERT INTO job_files (job_id, "
@@ -972,8 +978,8 @@ absl::StatusOr<Store::SchedulerInput> Store::ReadSchedulerInput() {
 absl::StatusOr<std::vector<Store::QueueEntry>> Store::QueuedJobsLocked() {
   ASSIGN_OR_RETURN(auto stmt,
                    db_->Prepare("SELECT id, seq, not_before_ms, project, "
-                                "priority, memory_bytes, created_at FROM jobs "
-                                "WHERE status = ? ORDER BY seq"));
+                                "priority, memory_bytes, created_at, devices "
+                                "FROM jobs WHERE status = ? ORDER BY seq"));
   stmt.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_QUEUED));
   std::vector<QueueEntry> out;
   while (true) {
@@ -987,13 +993,15 @@ absl::StatusOr<std::vector<Store::QueueEntry>> Store::QueuedJobsLocked() {
     e.priority = static_cast<v1::JobPriority>(stmt.ColumnInt(4));
     e.memory_bytes = stmt.ColumnInt(5);
     e.created_at = stmt.ColumnInt(6);
+    e.devices = static_cast<int>(stmt.ColumnInt(7));
     out.push_back(std::move(e));
   }
   return out;
 }
 
 absl::StatusOr<std::map<std::string, int>> Store::RunningPerProjectLocked() {
-  ASSIGN_OR_RETURN(auto stmt, db_->Prepare("SELECT project, COUNT(*) FROM jobs "
+  // A gang counts each of its workers, as placement counts it.
+  ASSIGN_OR_RETURN(auto stmt, db_->Prepare("SELECT project, SUM(devices) FROM jobs "
                                            "WHERE status IN (?, ?) "
                                            "GROUP BY project"));
   stmt.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_RUNNING));

@@ -159,12 +159,14 @@ class Store {
     int64_t not_before_ms = 0;  // retry backoff
     std::string project;
     v1::JobPriority priority = v1::JOB_PRIORITY_NORMAL;
-    int64_t memory_bytes = 0;
+    int64_t memory_bytes = 0;   // each worker's
     int64_t created_at = 0;     // Unix seconds
+    int devices = 1;            // workers it runs on at once
   };
   struct SchedulerInput {
     std::vector<QueueEntry> queued;  // oldest first
-    // Running (or cancelling) jobs per project: the fair-share input.
+    // Running (or cancelling) jobs per project, a gang counting each of its
+    // workers: the fair-share input.
     std::map<std::string, int> running_per_project;
   };
   // Both read under one lock, so that they agree with each other.

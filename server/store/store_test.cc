@@ -163,6 +163,27 @@ TEST_F(StoreTest, QueueOrder) {
   EXPECT_EQ(in->running_per_project.at("default"), 1);
 }
 
+TEST_F(StoreTest, AGangIsQueuedWithItsDevicesAndRunsAsThatManyJobs) {
+  v1::Job gang = MakeJob("ftjob-gang");
+  gang.set_devices(3);
+  ASSERT_TRUE(CreateJob(gang, "", "").ok());
+  ASSERT_TRUE(CreateJob(MakeJob("ftjob-one"), "", "").ok());  // devices unset
+  auto in = store_->ReadSchedulerInput();
+  ASSERT_TRUE(in.ok()) << in.status();
+  ASSERT_EQ(in->queued.size(), 2u);
+  EXPECT_EQ(in->queued[0].devices, 3);
+  EXPECT_EQ(in->queued[1].devices, 1);
+  for (const char* id : {"ftjob-gang", "ftjob-one"}) {
+    ASSERT_TRUE(store_
+                    ->Transition(id, v1::JOB_STATUS_QUEUED,
+                                 v1::JOB_STATUS_RUNNING, std::nullopt, {})
+                    .ok());
+  }
+  in = store_->ReadSchedulerInput();
+  ASSERT_TRUE(in.ok()) << in.status();
+  EXPECT_EQ(in->running_per_project.at("default"), 4);  // fair share: 3 + 1
+}
+
 TEST_F(StoreTest, CreateJobChecksItsFilesInItsOwnTransaction) {
   v1::Job j = MakeJob("ftjob-a");
   j.set_training_file("file-missing");
@@ -674,7 +695,7 @@ TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
   auto db = Database::Open(path);
   ASSERT_TRUE(db.ok());
-  EXPECT_EQ(*(*db)->UserVersion(), 7);
+  EXPECT_EQ(*(*db)->UserVersion(), 8);
 }
 
 TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
@@ -692,14 +713,16 @@ TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
   }
   {
     // The events table as the schema before per-job numbers had it, and
-    // no job_files (migration 5), report column (6) or webhooks (7) yet.
+    // no job_files (migration 5), report column (6), webhooks (7) or
+    // devices column (8) yet.
     auto db = Database::Open(path);
     ASSERT_TRUE(db.ok());
     int version = *(*db)->UserVersion();
-    ASSERT_EQ(version, 7);
+    ASSERT_EQ(version, 8);
     ASSERT_TRUE(
         (*db)
-            ->Execute("DROP TABLE webhook_deliveries;"
+            ->Execute("ALTER TABLE jobs DROP COLUMN devices;"
+                      "DROP TABLE webhook_deliveries;"
                       "DROP TABLE webhook_event_types;"
                       "DROP TABLE webhooks;"
                       "ALTER TABLE jobs DROP COLUMN report;"
@@ -710,7 +733,7 @@ TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
             .ok());
     ASSERT_TRUE(
         (*db)
-            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 4))
+            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 5))
             .ok());
   }
   auto s = Store::Open(path);
@@ -735,6 +758,11 @@ TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
   EXPECT_EQ(b->data[1].id(), "ftevent-b-4");
   // Migration 5 recorded the jobs' files: the one they read is held.
   EXPECT_TRUE(absl::IsFailedPrecondition((*s)->DeleteFile("file-1").status()));
+  // Migration 8: the older jobs run on one worker each.
+  auto in = (*s)->ReadSchedulerInput();
+  ASSERT_TRUE(in.ok()) << in.status();
+  ASSERT_EQ(in->queued.size(), 2u);
+  for (const auto& q : in->queued) EXPECT_EQ(q.devices, 1) << q.job_id;
 }
 
 }  // namespace
