@@ -734,11 +734,14 @@ absl::Status CheckDevices(const v1::CreateJobRequest& r) {
   }
   if (n == 1) return absl::OkStatus();
   const std::string type = MethodType(r.method());
-  if (std::find(std::begin(kDataParallelMethods), std::end(kDataParallelMethods), type) ==
-      std::end(kDataParallelMethods)) {
-    return Bad("devices", absl::StrCat(n, " workers: training on several is for method.type ",
-                                       absl::StrJoin(kDataParallelMethods, ", "), ", not \"",
-                                       Echo(type), "\""));
+  if (std::find(std::begin(kDataParallelMethods),
+                std::end(kDataParallelMethods),
+                type) == std::end(kDataParallelMethods)) {
+    return Bad(
+        "devices",
+        absl::StrCat(n, " workers: training on several is for method.type ",
+                     absl::StrJoin(kDataParallelMethods, ", "), ", not \"",
+                     Echo(type), "\""));
   }
   const v1::Hyperparameters& hp = MethodHyperparameters(r.method());
   if (hp.has_batch_size() && hp.batch_size() < n) {

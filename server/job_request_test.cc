@@ -1177,7 +1177,8 @@ TEST(JobRequestTest, DevicesAreCheckedAndResolved) {
     return r;
   };
   for (const char* type : {"supervised", "dpo", "orpo"}) {
-    EXPECT_TRUE(CheckJobRequest(with(type, 4)).ok()) << type << ": " << CheckJobRequest(with(type, 4));
+    EXPECT_TRUE(CheckJobRequest(with(type, 4)).ok())
+        << type << ": " << CheckJobRequest(with(type, 4));
   }
   struct Case {
     v1::CreateJobRequest request;
@@ -1192,7 +1193,10 @@ TEST(JobRequestTest, DevicesAreCheckedAndResolved) {
   merge.set_devices(2);
   v1::CreateJobRequest analyze = with("analyze", 2);
   v1::CreateJobRequest small_batch = with("dpo", 4);
-  small_batch.mutable_method()->mutable_dpo()->mutable_hyperparameters()->set_batch_size(3);
+  small_batch.mutable_method()
+      ->mutable_dpo()
+      ->mutable_hyperparameters()
+      ->set_batch_size(3);
   const Case cases[] = {
       {with("supervised", 0), "devices: 0 is out of range 1..64"},
       {with("supervised", 65), "devices: 65 is out of range 1..64"},
@@ -1202,7 +1206,8 @@ TEST(JobRequestTest, DevicesAreCheckedAndResolved) {
       {with("prompt_tuning", 2), "devices"},
       {merge, "devices"},
       {analyze, "devices"},
-      {small_batch, "method.dpo.hyperparameters.batch_size: 3 is less than devices (4)"},
+      {small_batch,
+       "method.dpo.hyperparameters.batch_size: 3 is less than devices (4)"},
   };
   for (const Case& c : cases) {
     absl::Status st = CheckJobRequest(c.request);
@@ -1216,20 +1221,26 @@ TEST(JobRequestTest, DevicesAreCheckedAndResolved) {
   EXPECT_TRUE(CheckJobRequest(with("rft", 1)).ok());
   EXPECT_EQ(ResolveJob(Valid(), f, model, "p", "ftjob-1", 1, {}).devices(), 1);
   merge.clear_devices();
-  EXPECT_EQ(ResolveJob(merge, v1::File(), model, "p", "ftjob-m", 1, {}).devices(), 1);
+  EXPECT_EQ(
+      ResolveJob(merge, v1::File(), model, "p", "ftjob-m", 1, {}).devices(), 1);
   analyze.clear_devices();
   EXPECT_EQ(ResolveJob(analyze, f, model, "p", "ftjob-a", 1, {}).devices(), 1);
 
   // An auto batch is at least one example per worker; one that is large
   // enough, or set, is kept.
-  const v1::Job two = ResolveJob(with("supervised", 2), f, model, "p", "ftjob-2", 1, {});
+  const v1::Job two =
+      ResolveJob(with("supervised", 2), f, model, "p", "ftjob-2", 1, {});
   EXPECT_EQ(two.devices(), 2);
   EXPECT_EQ(two.method().supervised().hyperparameters().batch_size(), 2);
-  const v1::Job sixteen = ResolveJob(with("supervised", 16), f, model, "p", "ftjob-16", 1, {});
+  const v1::Job sixteen =
+      ResolveJob(with("supervised", 16), f, model, "p", "ftjob-16", 1, {});
   EXPECT_EQ(sixteen.devices(), 16);
   EXPECT_EQ(sixteen.method().supervised().hyperparameters().batch_size(), 16);
   v1::CreateJobRequest set = with("dpo", 4);
-  set.mutable_method()->mutable_dpo()->mutable_hyperparameters()->set_batch_size(4);
+  set.mutable_method()
+      ->mutable_dpo()
+      ->mutable_hyperparameters()
+      ->set_batch_size(4);
   ASSERT_TRUE(CheckJobRequest(set).ok()) << CheckJobRequest(set);
   f.set_format("preference");
   const v1::Job given = ResolveJob(set, f, model, "p", "ftjob-4", 1, {});
@@ -1238,7 +1249,8 @@ TEST(JobRequestTest, DevicesAreCheckedAndResolved) {
   // Each worker's need: the same as the job's on one worker.
   v1::CreateJobRequest one = set;
   one.set_devices(1);
-  EXPECT_EQ(given.memory_bytes(), ResolveJob(one, f, model, "p", "ftjob-5", 1, {}).memory_bytes());
+  EXPECT_EQ(given.memory_bytes(),
+            ResolveJob(one, f, model, "p", "ftjob-5", 1, {}).memory_bytes());
 
   // A job stored before devices was recorded runs on one worker.
   v1::Job old;

@@ -1001,9 +1001,10 @@ absl::StatusOr<std::vector<Store::QueueEntry>> Store::QueuedJobsLocked() {
 
 absl::StatusOr<std::map<std::string, int>> Store::RunningPerProjectLocked() {
   // A gang counts each of its workers, as placement counts it.
-  ASSIGN_OR_RETURN(auto stmt, db_->Prepare("SELECT project, SUM(devices) FROM jobs "
-                                           "WHERE status IN (?, ?) "
-                                           "GROUP BY project"));
+  ASSIGN_OR_RETURN(auto stmt,
+                   db_->Prepare("SELECT project, SUM(devices) FROM jobs "
+                                "WHERE status IN (?, ?) "
+                                "GROUP BY project"));
   stmt.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_RUNNING));
   stmt.Bind(2, static_cast<int64_t>(v1::JOB_STATUS_CANCELLING));
   std::map<std::string, int> out;
