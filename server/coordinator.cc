@@ -1,10 +1,13 @@
 #include "server/coordinator.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/ids.h"
 #include "common/job_state.h"
 #include "common/status_macros.h"
@@ -38,12 +41,46 @@ std::vector<scheduler::JobRequest> SchedulerQueue(
         : q.priority == v1::JOB_PRIORITY_LOW ? scheduler::Priority::kLow
                                              : scheduler::Priority::kNormal;
     j.memory_bytes = q.memory_bytes;
+    j.devices = std::max(q.devices, 1);
     j.enqueue_order = q.seq;
     j.enqueued_at = absl::FromUnixSeconds(q.created_at);
     j.not_before = absl::FromUnixMillis(q.not_before_ms);
     jobs.push_back(std::move(j));
   }
   return jobs;
+}
+
+// How many workers `job` runs on (a job stored before devices: one).
+int WorldSize(const v1::Job& job) { return std::max(job.devices(), 1); }
+
+// "Worker w1", or "Worker w1 (rank 1)" in a gang: who an event names.
+std::string WorkerOfRank(const v1::Job& job, const std::string& worker_id,
+                         int rank) {
+  std::string out =
+      absl::StrCat("Worker ", worker_id.empty() ? "?" : worker_id);
+  if (WorldSize(job) > 1) absl::StrAppend(&out, " (rank ", rank, ")");
+  return out;
+}
+
+// What every rank of `job`'s live attempt is told: stop when the job is
+// cancelling, checkpoint and stop when it is paused.
+void SetStopIfAsked(const v1::Job& job, v1::WorkerDirective& out) {
+  if (job.status() == v1::JOB_STATUS_CANCELLING) {
+    out.set_stop(true);
+    out.set_stop_reason("job cancelled");
+  } else if (job.status() == v1::JOB_STATUS_PAUSED) {
+    out.set_stop(true);
+    out.set_checkpoint_before_stop(true);
+    out.set_stop_reason("job paused");
+  }
+}
+
+// Rank 0's rendezvous as the other ranks connect to it: ":port" is
+// completed with the host its stream comes from.
+std::string RendezvousAddress(const std::string& reported,
+                              const std::string& peer_host) {
+  if (absl::StartsWith(reported, ":")) return peer_host + reported;
+  return reported;
 }
 
 }  // namespace
@@ -87,7 +124,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
 }
 
 absl::StatusOr<v1::WorkerDirective> Coordinator::HandleReport(
-    const v1::WorkerReport& r) {
+    const v1::WorkerReport& r, const std::string& peer_host) {
   if (r.worker_id().empty()) {
     return absl::InvalidArgumentError("worker_id: required");
   }
@@ -95,18 +132,20 @@ absl::StatusOr<v1::WorkerDirective> Coordinator::HandleReport(
     absl::MutexLock lock(&mu_);
     auto [it, joined] = fleet_.try_emplace(r.worker_id());
     scheduler::WorkerInfo& w = it->second;
-    if (joined || (!w.idle && !r.has_attempt())) PlanIsStale();
+    // A committed member waits for its assignment: not idle to the plan.
+    const bool idle = !r.has_attempt() && !committed_.contains(r.worker_id());
+    if (joined || (!w.idle && idle)) PlanIsStale();
     w.worker_id = r.worker_id();
     w.devices.clear();
     for (const v1::Device& d : r.devices()) {
       w.devices.push_back({d.kind(), d.memory_bytes()});
     }
     w.labels = {r.labels().begin(), r.labels().end()};
-    w.idle = !r.has_attempt();
+    w.idle = idle;
   }
   v1::WorkerDirective out;
   if (r.has_attempt()) {
-    RETURN_IF_ERROR(HandleAttempt(r, out));
+    RETURN_IF_ERROR(HandleAttempt(r, peer_host, out));
   } else {
     RETURN_IF_ERROR(MaybeAssign(r, out));
   }
@@ -114,6 +153,7 @@ absl::StatusOr<v1::WorkerDirective> Coordinator::HandleReport(
 }
 
 absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
+                                        const std::string& peer_host,
                                         v1::WorkerDirective& out) {
   const v1::RunningAttempt& a = r.attempt();
   // The job's lock from this read to the report's write: a cancel, pause,
@@ -138,6 +178,7 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
     out.set_outcome_recorded(a.has_outcome());
     return absl::OkStatus();
   }
+  if (a.rank() > 0) return HandleRankReport(r, job, out);
   // The decision: everything the report writes, in one transaction.
   store::Store::AttemptReport report{.job_id = job.id(),
                                      .attempt = a.attempt(),
@@ -180,10 +221,21 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
       leases_.Grant(job.id(), a.attempt(), r.worker_id(), now);
     }
     if (outcome_recorded) {
-      leases_.Release(job.id());
+      EndAttempt(job.id(), a.attempt());
       if (requeued) PlanIsStale();
     } else {
       deadline = leases_.Get(job.id())->deadline;
+      if (!a.rendezvous().empty() && WorldSize(job) > 1) {
+        // Taught again by every report: after a restart the gang is known
+        // from here on.
+        Gang& gang = gangs_[job.id()];
+        if (gang.attempt != a.attempt()) {
+          gang = Gang{.attempt = a.attempt()};
+          gang.workers.resize(WorldSize(job));
+          gang.workers[0] = r.worker_id();
+        }
+        gang.rendezvous = RendezvousAddress(a.rendezvous(), peer_host);
+      }
     }
   }
   RETURN_IF_ERROR(outcome_refused);
@@ -191,14 +243,42 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
     out.set_outcome_recorded(true);
     return absl::OkStatus();
   }
-  if (job.status() == v1::JOB_STATUS_CANCELLING) {
-    out.set_stop(true);
-    out.set_stop_reason("job cancelled");
-  } else if (job.status() == v1::JOB_STATUS_PAUSED) {
-    out.set_stop(true);
-    out.set_checkpoint_before_stop(true);
-    out.set_stop_reason("job paused");
+  SetStopIfAsked(job, out);
+  out.set_lease_deadline_ms(absl::ToUnixMillis(deadline));
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::HandleRankReport(const v1::WorkerReport& r,
+                                           const v1::Job& job,
+                                           v1::WorkerDirective& out) {
+  const v1::RunningAttempt& a = r.attempt();
+  const absl::Time now = absl::Now();
+  if (a.has_outcome()) {
+    const v1::AttemptOutcome::Result result = a.outcome().result();
+    {
+      absl::MutexLock lock(&mu_);
+      leases_.ReleaseRank(job.id(), a.rank());
+    }
+    // Rank 0 reports how the job ended; another rank's end matters only
+    // when it failed, which breaks the gang.
+    if (result != v1::AttemptOutcome::RESULT_SUCCEEDED &&
+        result != v1::AttemptOutcome::RESULT_STOPPED &&
+        result != v1::AttemptOutcome::RESULT_CANCELLED) {
+      LoseRank(job, a.rank(), r.worker_id(), &a.outcome().error(), now);
+    }
+    out.set_outcome_recorded(true);
+    return absl::OkStatus();
   }
+  absl::Time deadline;
+  {
+    absl::MutexLock lock(&mu_);
+    // A rank reporting after a restart has no lease yet.
+    if (!leases_.Renew(job.id(), a.attempt(), now, a.rank())) {
+      leases_.Grant(job.id(), a.attempt(), r.worker_id(), now, a.rank());
+    }
+    deadline = leases_.Get(job.id(), a.rank())->deadline;
+  }
+  SetStopIfAsked(job, out);
   out.set_lease_deadline_ms(absl::ToUnixMillis(deadline));
   return absl::OkStatus();
 }
@@ -267,10 +347,9 @@ absl::Status Coordinator::DecideOutcome(const v1::Job& job,
               f.loss_before(), f.loss_after(), f.delta());
         }
         if (o.report().has_intruders()) {
-          u.message += absl::StrCat("; ", o.report().intruders().total(),
-                                    " intruder dimensions in ",
-                                    o.report().intruders().matrices_size(),
-                                    " adapted matrices");
+          u.message += absl::StrCat(
+              "; ", o.report().intruders().total(), " intruder dimensions in ",
+              o.report().intruders().matrices_size(), " adapted matrices");
         }
       }
       break;
@@ -314,8 +393,9 @@ absl::Status Coordinator::RefreshPlan(absl::Time now) {
     absl::flat_hash_map<std::string, int> running_per_project(
         in.running_per_project.begin(), in.running_per_project.end());
     for (store::Store::QueueEntry& q : in.queued) {
-      if (starting_.contains(q.job_id) || leases_.Get(q.job_id)) {
-        ++running_per_project[q.project];
+      if (starting_.contains(q.job_id) || gangs_.contains(q.job_id) ||
+          leases_.Get(q.job_id)) {
+        running_per_project[q.project] += std::max(q.devices, 1);
       } else {
         queue.push_back(std::move(q));
       }
@@ -327,7 +407,15 @@ absl::Status Coordinator::RefreshPlan(absl::Time now) {
         scheduler::PlanRound(SchedulerQueue(queue), fleet, running_per_project,
                              options_.policy, now);
     pending_.clear();
-    for (const auto& p : plan.placements) pending_[p.worker_id] = p.job_id;
+    planned_.clear();
+    for (const auto& p : plan.placements) {
+      pending_[p.worker_id] = {p.job_id, p.rank};
+      std::vector<std::string>& workers = planned_[p.job_id];
+      if (static_cast<int>(workers.size()) <= p.rank) {
+        workers.resize(p.rank + 1);
+      }
+      workers[p.rank] = p.worker_id;
+    }
     plan_time_ = now;
     planned_changes_ = seen;
     for (const auto& u : plan.unplaceable) {
@@ -352,67 +440,163 @@ absl::Status Coordinator::RefreshPlan(absl::Time now) {
 absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
                                       v1::WorkerDirective& out) {
   absl::Time now = absl::Now();
+  {
+    absl::MutexLock lock(&mu_);
+    if (AssignCommitted(r.worker_id(), now, out)) return absl::OkStatus();
+  }
   RETURN_IF_ERROR(RefreshPlan(now));
   std::string job_id;
+  std::vector<std::string> workers;  // by rank
   {
     absl::MutexLock lock(&mu_);
     auto it = pending_.find(r.worker_id());
     if (it == pending_.end()) return absl::OkStatus();
-    job_id = std::move(it->second);
-    pending_.erase(it);
+    job_id = it->second.job_id;
+    auto planned = planned_.find(job_id);
+    if (planned != planned_.end()) workers = std::move(planned->second);
+    // The whole gang leaves the plan: no other member starts it again.
+    for (const std::string& w : workers) pending_.erase(w);
+    planned_.erase(job_id);
+    // It starts on all its workers or not at all: one that left or was
+    // taken since the plan was made sends it back to the next plan.
+    for (const std::string& w : workers) {
+      auto f = fleet_.find(w);
+      if (w.empty() || f == fleet_.end() || !f->second.idle ||
+          committed_.contains(w)) {
+        PlanIsStale();
+        return absl::OkStatus();
+      }
+    }
+    if (workers.empty()) return absl::OkStatus();
+    for (const std::string& w : workers) {
+      committed_[w] = job_id;
+      fleet_[w].idle = false;
+    }
     starting_.insert(job_id);
   }
-  // Off the plan until its lease is granted (or the assignment failed);
-  // runs once the job's lock is released.
-  absl::Cleanup started = [&] {
+  // Off the plan until its leases are granted (or the start failed: then
+  // its members are free again); runs once the job's lock is released.
+  bool started = false;
+  absl::Cleanup done = [&] {
     absl::MutexLock lock(&mu_);
     starting_.erase(job_id);
+    if (started) return;
+    for (const std::string& w : workers) {
+      auto c = committed_.find(w);
+      if (c == committed_.end() || c->second != job_id) continue;
+      committed_.erase(c);
+      if (auto f = fleet_.find(w); f != fleet_.end()) f->second.idle = true;
+    }
+    PlanIsStale();
   };
   JobLocks::Lock job_lock = job_locks_.Acquire(job_id);
   ASSIGN_OR_RETURN(v1::Job job, store_.GetJob(job_id));
-  ASSIGN_OR_RETURN(v1::Model model, store_.GetModel(job.model()));
+  // Everything the assignment reads, before the attempt starts: once it
+  // has, nothing may fail before its leases are granted.
+  v1::Assignment as;
+  ASSIGN_OR_RETURN(*as.mutable_model(), store_.GetModel(job.model()));
+  as.set_model_path(as.model().path());
+  for (const std::string& input : job.method().merge().inputs()) {
+    ASSIGN_OR_RETURN(*as.add_merge_inputs(), store_.GetModel(input));
+  }
+  ASSIGN_OR_RETURN(auto checkpoints, store_.ListCheckpoints(job.id()));
+  if (!checkpoints.empty()) *as.mutable_resume_from() = checkpoints.back();
   int32_t attempt = job.attempt() + 1;
   store::TransitionUpdate u;
   u.attempt = attempt;
-  u.worker_id = r.worker_id();
-  u.message = absl::StrCat("Job started on worker ", r.worker_id(),
-                           " (attempt ", attempt, ")");
+  u.worker_id = workers[0];
+  if (workers.size() == 1) {
+    u.message = absl::StrCat("Job started on worker ", workers[0], " (attempt ",
+                             attempt, ")");
+  } else {
+    std::vector<std::string> ranks;
+    for (size_t i = 0; i < workers.size(); ++i) {
+      ranks.push_back(absl::StrCat(workers[i], " (rank ", i, ")"));
+    }
+    u.message = absl::StrCat("Job started on ", workers.size(),
+                             " workers: ", absl::StrJoin(ranks, ", "),
+                             " (attempt ", attempt, ")");
+  }
   auto moved = store_.Transition(job.id(), v1::JOB_STATUS_QUEUED,
                                  v1::JOB_STATUS_RUNNING, job.attempt(), u);
   if (absl::IsFailedPrecondition(moved.status())) {
     return absl::OkStatus();  // cancelled or taken since the plan was made
   }
   ASSIGN_OR_RETURN(job, std::move(moved));
-  absl::Time deadline;
+  FillJobDefaults(job, options_.job_defaults);  // no-op but for older records
+  as.set_job_id(job.id());
+  as.set_attempt(attempt);
+  *as.mutable_job() = job;
+  as.set_rank(0);
+  as.set_world_size(static_cast<int32_t>(workers.size()));
   {
     absl::MutexLock lock(&mu_);
-    fleet_[r.worker_id()].idle = false;
+    started = true;
     warned_unplaceable_.erase(job.id());
-    leases_.Grant(job.id(), attempt, r.worker_id(), now);
-    deadline = leases_.Get(job.id())->deadline;
+    // Every rank's lease from now: a member that never reports fails the
+    // attempt.
+    for (size_t rank = 0; rank < workers.size(); ++rank) {
+      leases_.Grant(job.id(), attempt, workers[rank], now,
+                    static_cast<int>(rank));
+    }
+    Gang& gang = gangs_[job.id()] =
+        Gang{.attempt = attempt, .workers = workers, .assignment = as};
+    if (r.worker_id() == workers[0]) SendAssignment(job.id(), gang, 0, out);
   }
-  auto* as = out.mutable_assignment();
-  as->set_job_id(job.id());
-  as->set_attempt(attempt);
-  FillJobDefaults(job, options_.job_defaults);  // no-op but for older records
-  *as->mutable_job() = job;
-  as->set_model_path(model.path());
-  *as->mutable_model() = model;
-  for (const std::string& input : job.method().merge().inputs()) {
-    ASSIGN_OR_RETURN(*as->add_merge_inputs(), store_.GetModel(input));
-  }
-  ASSIGN_OR_RETURN(auto checkpoints, store_.ListCheckpoints(job.id()));
-  if (!checkpoints.empty()) *as->mutable_resume_from() = checkpoints.back();
-  out.set_lease_deadline_ms(absl::ToUnixMillis(deadline));
-  spdlog::info("assigned {} (attempt {}, project {}) to worker {}", job.id(),
-               attempt, job.project(), r.worker_id());
+  spdlog::info("assigned {} (attempt {}, project {}) to worker{} {}", job.id(),
+               attempt, job.project(), workers.size() > 1 ? "s" : "",
+               absl::StrJoin(workers, ", "));
   return absl::OkStatus();
+}
+
+bool Coordinator::AssignCommitted(const std::string& worker_id, absl::Time now,
+                                  v1::WorkerDirective& out) {
+  auto c = committed_.find(worker_id);
+  if (c == committed_.end()) return false;
+  const std::string job_id = c->second;
+  auto g = gangs_.find(job_id);
+  if (g == gangs_.end()) return true;  // its attempt is being started
+  Gang& gang = g->second;
+  const int rank = static_cast<int>(
+      std::find(gang.workers.begin(), gang.workers.end(), worker_id) -
+      gang.workers.begin());
+  if (rank == static_cast<int>(gang.workers.size())) {
+    committed_.erase(c);  // not of this gang's attempt: free
+    return false;
+  }
+  if (!leases_.Renew(job_id, gang.attempt, now, rank)) {
+    leases_.Grant(job_id, gang.attempt, worker_id, now, rank);
+  }
+  // Rank 0 hosts the rendezvous; the others join it once it is known.
+  if (rank == 0 || !gang.rendezvous.empty()) {
+    SendAssignment(job_id, gang, rank, out);
+  }
+  return true;
+}
+
+void Coordinator::SendAssignment(const std::string& job_id, Gang& gang,
+                                 int rank, v1::WorkerDirective& out) {
+  v1::Assignment& as = *out.mutable_assignment();
+  as = gang.assignment;
+  as.set_rank(rank);
+  if (rank > 0) as.set_rendezvous(gang.rendezvous);
+  committed_.erase(gang.workers[rank]);
+  if (auto lease = leases_.Get(job_id, rank)) {
+    out.set_lease_deadline_ms(absl::ToUnixMillis(lease->deadline));
+  }
 }
 
 void Coordinator::WorkerDisconnected(const std::string& worker_id) {
   absl::MutexLock lock(&mu_);
   fleet_.erase(worker_id);
-  pending_.erase(worker_id);
+  // A gang planned on it cannot start: none of its workers takes it. (A
+  // committed member keeps its place: its lease decides.)
+  if (auto p = pending_.find(worker_id); p != pending_.end()) {
+    const std::string job_id = p->second.job_id;
+    for (const std::string& w : planned_[job_id]) pending_.erase(w);
+    planned_.erase(job_id);
+    pending_.erase(worker_id);
+  }
   PlanIsStale();
 }
 
@@ -590,7 +774,10 @@ int Coordinator::SweepExpiredLeases(absl::Time now) {
     JobLocks::Lock job_lock = job_locks_.Acquire(lease.job_id);
     {
       absl::MutexLock lock(&mu_);
-      if (!leases_.TakeIfExpired(lease.job_id, lease.attempt, now)) continue;
+      if (!leases_.TakeIfExpired(lease.job_id, lease.attempt, now,
+                                 lease.rank)) {
+        continue;
+      }
       PlanIsStale();
     }
     ++expired;
@@ -603,51 +790,111 @@ void Coordinator::ExpireAttempt(const scheduler::LeaseTable::Lease& lease,
                                 absl::Time now) {
   auto job = store_.GetJob(lease.job_id);
   if (!job.ok() || job->attempt() != lease.attempt) return;
+  LoseRank(*job, lease.rank, lease.worker_id, nullptr, now);
+}
+
+void Coordinator::LoseRank(const v1::Job& job, int rank,
+                           const std::string& worker_id,
+                           const v1::JobError* failure, absl::Time now) {
+  // Only a live attempt moves the job: a late lease of a job that has
+  // finished or been requeued since never does. What is left of the
+  // attempt (a job cancelled while paused) goes.
+  if (!IsLive(job.status()) && job.status() != v1::JOB_STATUS_PAUSED) {
+    absl::MutexLock lock(&mu_);
+    EndAttempt(job.id(), job.attempt());
+    return;
+  }
+  const std::string who = WorkerOfRank(job, worker_id, rank);
+  const std::string what =
+      failure == nullptr
+          ? absl::StrCat(who, " stopped reporting (lease expired)")
+          : absl::StrCat(who, " failed: ", failure->message());
   store::TransitionUpdate u;
   u.level = "warn";
   absl::StatusOr<v1::Job> moved;
-  // The worker died while pausing: the job stays paused, unless a resume
-  // was asked for meanwhile; then it is queued (below) whatever its
-  // failures, since the user asked for it and it had stopped training.
-  if (job->status() == v1::JOB_STATUS_PAUSED && !job->resume_requested())
-    return;
+  if (job.status() == v1::JOB_STATUS_PAUSED) {
+    // Rank 0 alone writes the pause checkpoint: another rank lost
+    // meanwhile does not end the attempt.
+    if (rank > 0) return;
+    // The worker died while pausing: the job stays paused, unless a resume
+    // was asked for meanwhile; then it is queued (below) whatever its
+    // failures, since the user asked for it and it had stopped training.
+    if (!job.resume_requested()) {
+      absl::MutexLock lock(&mu_);
+      EndAttempt(job.id(), job.attempt());
+      return;
+    }
+  }
   // Only failures count against max_attempts: pauses and hand-backs
   // started new attempts too.
-  const int failures = job->failed_attempts() + 1;
-  u.count_failure = job->status() != v1::JOB_STATUS_CANCELLING;
-  if (job->status() == v1::JOB_STATUS_CANCELLING) {
-    u.message = "Worker lost while cancelling; the job is cancelled";
-    moved = store_.Transition(lease.job_id, job->status(),
-                              v1::JOB_STATUS_CANCELLED, lease.attempt, u);
+  const int failures = job.failed_attempts() + 1;
+  u.count_failure = job.status() != v1::JOB_STATUS_CANCELLING;
+  if (job.status() == v1::JOB_STATUS_CANCELLING) {
+    u.message =
+        failure == nullptr
+            ? "Worker lost while cancelling; the job is cancelled"
+            : absl::StrCat(what, " while cancelling; the job is cancelled");
+    moved = store_.Transition(job.id(), job.status(), v1::JOB_STATUS_CANCELLED,
+                              job.attempt(), u);
   } else if (failures >= options_.max_attempts &&
-             job->status() != v1::JOB_STATUS_PAUSED) {
+             job.status() != v1::JOB_STATUS_PAUSED) {
     v1::JobError err;
-    err.set_code("worker_lost");
-    err.set_message(absl::StrCat("the worker stopped reporting ", failures,
-                                 " times (--max_attempts ",
-                                 options_.max_attempts, ")"));
-    err.set_user_fault(false);
+    if (failure == nullptr) {
+      err.set_code("worker_lost");
+      err.set_message(absl::StrCat("the worker stopped reporting ", failures,
+                                   " times (--max_attempts ",
+                                   options_.max_attempts, ")"));
+      if (WorldSize(job) > 1) {
+        absl::StrAppend(err.mutable_message(), "; last worker ", worker_id,
+                        " (rank ", rank, ")");
+      }
+      err.set_user_fault(false);
+    } else {
+      err = *failure;
+      if (err.code().empty()) err.set_code("worker_failed");
+      err.set_message(absl::StrCat(
+          "rank ", rank, " (worker ", worker_id,
+          ") failed: ", failure->message(), " (", failures,
+          " failed attempts, --max_attempts ", options_.max_attempts, ")"));
+    }
     u.error = err;
     u.level = "error";
     u.message = absl::StrCat("The job failed: ", err.message());
-    moved = store_.Transition(lease.job_id, job->status(),
-                              v1::JOB_STATUS_FAILED, lease.attempt, u);
+    moved = store_.Transition(job.id(), job.status(), v1::JOB_STATUS_FAILED,
+                              job.attempt(), u);
   } else {
     absl::Duration delay = scheduler::RetryBackoff(
         failures, options_.retry_backoff_base, options_.retry_backoff_cap);
     u.not_before_ms = absl::ToUnixMillis(now + delay);
-    u.message = absl::StrCat(
-        "Worker ", lease.worker_id.empty() ? "?" : lease.worker_id,
-        " stopped reporting (lease expired); attempt ", lease.attempt,
-        " failed (", failures, " of ", options_.max_attempts,
-        " allowed), retrying in ", absl::FormatDuration(delay));
-    moved = store_.Transition(lease.job_id, job->status(),
-                              v1::JOB_STATUS_QUEUED, lease.attempt, u);
+    u.message =
+        absl::StrCat(what, "; attempt ", job.attempt(), " failed (", failures,
+                     " of ", options_.max_attempts, " allowed), retrying in ",
+                     absl::FormatDuration(delay));
+    moved = store_.Transition(job.id(), job.status(), v1::JOB_STATUS_QUEUED,
+                              job.attempt(), u);
   }
   if (!moved.ok()) {
-    spdlog::warn("lease expiry of {}: {}", lease.job_id,
-                 moved.status().ToString());
+    // The other ranks' leases stay: one of them expiring tries again.
+    spdlog::warn("{} of {}: {}", what, job.id(), moved.status().ToString());
+    return;
   }
+  absl::MutexLock lock(&mu_);
+  EndAttempt(job.id(), job.attempt());
+  PlanIsStale();
+}
+
+void Coordinator::EndAttempt(const std::string& job_id, int32_t attempt) {
+  leases_.Release(job_id);
+  auto g = gangs_.find(job_id);
+  if (g == gangs_.end() || g->second.attempt != attempt) return;
+  for (const std::string& w : g->second.workers) {
+    auto c = committed_.find(w);
+    if (c == committed_.end() || c->second != job_id) continue;
+    committed_.erase(c);
+    if (auto f = fleet_.find(w); f != fleet_.end()) f->second.idle = true;
+    PlanIsStale();
+  }
+  gangs_.erase(g);
 }
 
 std::vector<scheduler::WorkerInfo> Coordinator::Fleet() {

@@ -5,6 +5,30 @@
 // cancel, pause and resume, and expires leases of silent workers and
 // requeues their jobs.
 //
+// A job of `devices` N > 1 runs as a gang: one attempt on N workers, ranks
+// 0..N-1, placed all at once (scheduler::PlanRound). What each sees:
+// - When the first of them reports idle the attempt starts (queued ->
+//   running) and every rank gets a lease; they are its committed members
+//   and are planned for nothing else. Rank 0 gets its assignment on its
+//   next idle report (at once if it was the first); a rank > 0 only once
+//   rank 0 has reported its rendezvous (RunningAttempt.rendezvous), which
+//   its assignment then carries. Until then its idle reports renew its
+//   lease and get no assignment.
+// - Rank 0 reports the attempt as a single worker does: events, progress,
+//   checkpoints, result files and the outcome that ends the job. A rank >
+//   0's report renews its lease and gets the same stop directives (cancel,
+//   pause); anything else in it is ignored. Its outcome SUCCEEDED, STOPPED
+//   or CANCELLED releases its lease only; any other (a failure) fails the
+//   attempt as a lost worker does: the job is retried with backoff, or
+//   fails at max_attempts, or is cancelled if it was cancelling.
+// - A lost rank (its lease expired) fails the attempt the same way, except
+//   while the job pauses: then only rank 0's loss ends the attempt (rank 0
+//   alone writes the pause checkpoint).
+// - Once the attempt ends, for whatever reason, every rank's lease is
+//   released: the others are told to stop on their next report, and
+//   members not yet assigned are free again.
+// A job on one worker is a gang of one: rank 0, world_size 1.
+//
 // Knows nothing of gRPC. Thread-safe; it decides under its lock and writes
 // outside it:
 // - mu_ guards the in-memory state only (the fleet, the placement plan,
@@ -28,7 +52,9 @@
 #ifndef LATHE_SERVER_COORDINATOR_H_
 #define LATHE_SERVER_COORDINATOR_H_
 
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -67,10 +93,13 @@ class Coordinator {
 
   // Handles one report; returns the directive to send back. A report of a
   // running attempt is written in one transaction: its events, progress,
-  // checkpoints and outcome, all or none. INVALID_ARGUMENT if the report
-  // has no worker id; FAILED_PRECONDITION for an outcome naming a result
-  // file not uploaded (the rest of the report is written).
-  absl::StatusOr<v1::WorkerDirective> HandleReport(const v1::WorkerReport& r);
+  // checkpoints and outcome, all or none. `peer_host` is the host the
+  // worker's stream comes from ("10.0.0.7", "[::1]"): it completes a
+  // rendezvous reported as ":port". INVALID_ARGUMENT if the report has no
+  // worker id; FAILED_PRECONDITION for an outcome naming a result file not
+  // uploaded (the rest of the report is written).
+  absl::StatusOr<v1::WorkerDirective> HandleReport(
+      const v1::WorkerReport& r, const std::string& peer_host = "");
 
   // Cancel: queued, paused (or validating_files) -> cancelled; running ->
   // cancelling (the attempt is then told to stop); cancelling stays.
@@ -123,23 +152,65 @@ class Coordinator {
   Coordinator(store::Store& store, CoordinatorOptions options)
       : store_(store), options_(options), leases_(options.lease_ttl) {}
 
+  // One placed attempt's workers, by rank (a job on one worker: one).
+  struct Gang {
+    int32_t attempt = 0;
+    std::vector<std::string> workers;  // by rank: world_size of them
+    // Rank 0's c10d store, "host:port", once it has reported it.
+    std::string rendezvous;
+    // Rank 0's assignment; every rank's is a copy with its rank set. The
+    // ranks not yet sent theirs are those still in committed_.
+    v1::Assignment assignment;
+  };
+
   // Takes the job's lock for the report, and mu_ only around the lease
   // table.
   absl::Status HandleAttempt(const v1::WorkerReport& r,
+                             const std::string& peer_host,
                              v1::WorkerDirective& out) ABSL_LOCKS_EXCLUDED(mu_);
+  // The report of `job`'s live attempt by a rank > 0. REQUIRES: the job's
+  // lock.
+  absl::Status HandleRankReport(const v1::WorkerReport& r, const v1::Job& job,
+                                v1::WorkerDirective& out)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // What `a`'s outcome writes (into `report`); `requeued` when it queues
   // the job again. FAILED_PRECONDITION if a result file it names was not
   // uploaded. REQUIRES: the job's lock.
   absl::Status DecideOutcome(const v1::Job& job, const v1::RunningAttempt& a,
                              store::Store::AttemptReport& report,
                              bool& requeued) ABSL_LOCKS_EXCLUDED(mu_);
-  // Takes the planned job's lock for its assignment.
+  // Takes the planned job's lock to start its attempt.
   absl::Status MaybeAssign(const v1::WorkerReport& r, v1::WorkerDirective& out)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The idle report of a committed member `worker_id`: renews its rank's
+  // lease and, once its rank may start, puts its assignment in `out`. False
+  // if the worker is no committed member.
+  bool AssignCommitted(const std::string& worker_id, absl::Time now,
+                       v1::WorkerDirective& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts `rank`'s assignment of `gang` (job `job_id`) in `out`; the rank is
+  // no longer a committed member.
+  void SendAssignment(const std::string& job_id, Gang& gang, int rank,
+                      v1::WorkerDirective& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fails or requeues the job of `lease`, whose lease has just been taken.
   // REQUIRES: the job's lock.
   void ExpireAttempt(const scheduler::LeaseTable::Lease& lease, absl::Time now)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // `job`'s current attempt lost rank `rank` (worker `worker_id`): its
+  // lease expired (`failure` null) or it reported `failure`. Requeues the
+  // job with backoff, fails it at max_attempts, cancels it if cancelling;
+  // a paused job stays paused (queued if a resume waits), and loses its
+  // attempt only with rank 0. Never moves a job whose attempt is not live.
+  // REQUIRES: the job's lock; the rank's own lease already taken.
+  void LoseRank(const v1::Job& job, int rank, const std::string& worker_id,
+                const v1::JobError* failure, absl::Time now)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // `job_id`'s attempt `attempt` has ended: every rank's lease is
+  // released, its gang forgotten and its members not yet assigned freed.
+  // REQUIRES: the job's lock.
+  void EndAttempt(const std::string& job_id, int32_t attempt)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // CheckCurrentAttempt. REQUIRES: the job's lock.
   absl::Status CheckCurrentAttemptLocked(const std::string& job_id,
                                          int32_t attempt)
@@ -161,13 +232,29 @@ class Coordinator {
   JobLocks job_locks_;
 
   absl::Mutex mu_;
-  // A job's entry also changes only under that job's lock.
+  // A job's entries also change only under that job's lock (but for a
+  // committed member's lease renewal).
   scheduler::LeaseTable leases_ ABSL_GUARDED_BY(mu_);
+  // Started attempts: job id -> its gang. An entry is made when the
+  // attempt starts (or, after a restart, when rank 0 reports its
+  // rendezvous) and goes when the attempt ends.
+  absl::flat_hash_map<std::string, Gang> gangs_ ABSL_GUARDED_BY(mu_);
+  // Workers of a started (or starting) attempt not yet sent their
+  // assignment: worker id -> job id. Never idle to the scheduler.
+  absl::flat_hash_map<std::string, std::string> committed_ ABSL_GUARDED_BY(mu_);
   // Connected workers as the scheduler sees them.
   absl::flat_hash_map<std::string, scheduler::WorkerInfo> fleet_
       ABSL_GUARDED_BY(mu_);
-  // The last plan: worker id -> job id it should take when it reports idle.
-  absl::flat_hash_map<std::string, std::string> pending_ ABSL_GUARDED_BY(mu_);
+  // The last plan: worker id -> the job, and its rank in the job's gang, it
+  // should take when it (or another of the gang) reports idle.
+  struct PlannedRank {
+    std::string job_id;
+    int rank = 0;
+  };
+  absl::flat_hash_map<std::string, PlannedRank> pending_ ABSL_GUARDED_BY(mu_);
+  // The last plan's workers of each placed job, by rank.
+  absl::flat_hash_map<std::string, std::vector<std::string>> planned_
+      ABSL_GUARDED_BY(mu_);
   absl::Time plan_time_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // PlanIsStale() calls, and how many of them the plan has seen.
   uint64_t changes_ ABSL_GUARDED_BY(mu_) = 1;

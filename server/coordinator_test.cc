@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <future>
+#include <map>
+#include <thread>
 
 #include "common/ids.h"
 
@@ -28,20 +30,97 @@ class CoordinatorTest : public ::testing::Test {
     j.set_id(id);
     j.set_status(v1::JOB_STATUS_QUEUED);
     j.set_model("tiny");
-    j.mutable_method()->mutable_supervised()->mutable_hyperparameters()
+    j.mutable_method()
+        ->mutable_supervised()
+        ->mutable_hyperparameters()
         ->set_learning_rate_multiplier(2);
     ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
   }
 
+  // A job on `devices` workers at once.
+  void AddGang(const std::string& id, int devices) {
+    v1::Job j;
+    j.set_id(id);
+    j.set_status(v1::JOB_STATUS_QUEUED);
+    j.set_model("tiny");
+    j.set_devices(devices);
+    j.mutable_method()->mutable_supervised();
+    ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
+  }
+
+  // A worker in gib_ reports one CPU device of that many GiB (placement
+  // takes the smallest that fits first: rank 0 of a gang); others none.
   v1::WorkerDirective Report(const std::string& worker,
-                             const v1::RunningAttempt* a = nullptr) {
+                             const v1::RunningAttempt* a = nullptr,
+                             const std::string& peer_host = "") {
     v1::WorkerReport r;
     r.set_worker_id(worker);
+    if (auto it = gib_.find(worker); it != gib_.end()) {
+      v1::Device* dev = r.add_devices();
+      dev->set_kind("cpu");
+      dev->set_memory_bytes(it->second << 30);
+    }
     if (a) *r.mutable_attempt() = *a;
-    auto d = coord_->HandleReport(r);
+    auto d = coord_->HandleReport(r, peer_host);
     EXPECT_TRUE(d.ok()) << d.status();
     return d.ok() ? *d : v1::WorkerDirective();
   }
+
+  static v1::RunningAttempt Attempt(const std::string& job, int32_t attempt,
+                                    int rank = 0) {
+    v1::RunningAttempt a;
+    a.set_job_id(job);
+    a.set_attempt(attempt);
+    a.set_rank(rank);
+    return a;
+  }
+
+  // Starts 2-worker job `id` on w1 (8 GiB: rank 0) and w2 (16 GiB: rank 1)
+  // and runs it: rank 0 assigned, its rendezvous ":29500" reported from
+  // 127.0.0.1, rank 1 assigned.
+  void RunPair(const std::string& id) {
+    gib_["w1"] = 8;
+    gib_["w2"] = 16;
+    EXPECT_FALSE(Report("w1").has_assignment());  // alone: the job waits
+    EXPECT_FALSE(Report("w2").has_assignment());  // starts it, as rank 1
+    ASSERT_EQ(store_->GetJob(id)->status(), v1::JOB_STATUS_RUNNING);
+    v1::WorkerDirective rank0 = Report("w1");
+    ASSERT_TRUE(rank0.has_assignment());
+    ASSERT_EQ(rank0.assignment().rank(), 0);
+    v1::RunningAttempt a = Attempt(id, rank0.assignment().attempt());
+    a.set_rendezvous(":29500");
+    EXPECT_FALSE(Report("w1", &a, "127.0.0.1").stop());
+    v1::WorkerDirective rank1 = Report("w2");
+    ASSERT_TRUE(rank1.has_assignment());
+    ASSERT_EQ(rank1.assignment().rank(), 1);
+  }
+
+  // The job's events' messages, oldest first.
+  std::vector<std::string> Messages(const std::string& job) {
+    std::vector<std::string> out;
+    auto events = store_->ListEvents(job, "", 100);
+    EXPECT_TRUE(events.ok()) << events.status();
+    if (events.ok()) {
+      for (const auto& e : events->data) out.push_back(e.message());
+    }
+    return out;
+  }
+
+  bool AnyMessageHas(const std::string& job, const std::string& text) {
+    for (const std::string& m : Messages(job)) {
+      if (m.find(text) != std::string::npos) return true;
+    }
+    return false;
+  }
+
+  void UploadAdapter(const std::string& job) {
+    v1::ResultFile f;
+    f.set_name("adapter_model.safetensors");
+    f.set_sha256(std::string(64, 'a'));
+    ASSERT_TRUE(store_->PutResultFile(job, f).ok());
+  }
+
+  std::map<std::string, int64_t> gib_;
 
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<Coordinator> coord_;
@@ -55,7 +134,8 @@ TEST_F(CoordinatorTest, AssignsFifoAndRecordsProgressAndSuccess) {
   EXPECT_EQ(d.assignment().job_id(), "ftjob-1");
   EXPECT_EQ(d.assignment().attempt(), 1);
   EXPECT_EQ(d.assignment().model_path(), "/models/tiny");
-  EXPECT_EQ(d.assignment().job().id(), "ftjob-1");  // settings travel in the job
+  EXPECT_EQ(d.assignment().job().id(),
+            "ftjob-1");  // settings travel in the job
   EXPECT_GT(d.lease_deadline_ms(), NowUnixMillis());
   EXPECT_EQ(Report("w2").assignment().job_id(), "ftjob-2");
   EXPECT_FALSE(Report("w3").has_assignment());
@@ -104,8 +184,9 @@ TEST_F(CoordinatorTest, AssignsFifoAndRecordsProgressAndSuccess) {
 TEST_F(CoordinatorTest, CancelReachesTheWorker) {
   AddJob("ftjob-1");
   Report("w1");
-  ASSERT_TRUE(store_->Transition("ftjob-1", v1::JOB_STATUS_RUNNING,
-                                 v1::JOB_STATUS_CANCELLING, std::nullopt, {})
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-1", v1::JOB_STATUS_RUNNING,
+                               v1::JOB_STATUS_CANCELLING, std::nullopt, {})
                   .ok());
   v1::RunningAttempt a;
   a.set_job_id("ftjob-1");
@@ -136,18 +217,22 @@ TEST_F(CoordinatorTest, ExpiredLeaseRequeuesThenFailsAndFencesOldAttempt) {
   EXPECT_TRUE(d.stop());
   EXPECT_FALSE(d.superseded());  // same attempt number, job taken back
   EXPECT_EQ(d.stop_reason(), "job is queued");
-  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->CheckCurrentAttempt("ftjob-1", 1)));
+  EXPECT_TRUE(
+      absl::IsFailedPrecondition(coord_->CheckCurrentAttempt("ftjob-1", 1)));
   v1::ResultFile late;
   late.set_name("adapter_model.safetensors");
   late.set_sha256(std::string(64, 'f'));
-  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->RecordResultFile("ftjob-1", 1, 0, late)));
-  EXPECT_TRUE(absl::IsFailedPrecondition(coord_->RecordResultFile("ftjob-1", 1, 5, late)));
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      coord_->RecordResultFile("ftjob-1", 1, 0, late)));
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      coord_->RecordResultFile("ftjob-1", 1, 5, late)));
   EXPECT_TRUE(store_->ResultFiles("ftjob-1")->empty());
 
   // Attempt 2 (after backoff) also dies: max_attempts = 2, so it fails.
-  ASSERT_TRUE(store_->Transition("ftjob-1", v1::JOB_STATUS_QUEUED,
-                                 v1::JOB_STATUS_RUNNING, std::nullopt,
-                                 {.attempt = 2, .worker_id = "w2"})
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-1", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_RUNNING, std::nullopt,
+                               {.attempt = 2, .worker_id = "w2"})
                   .ok());
   EXPECT_TRUE(Report("w1", &old).superseded());  // attempt 1 is over
   old.set_attempt(2);
@@ -187,7 +272,8 @@ TEST_F(CoordinatorTest, PauseCheckpointsStopsAndResumeRequeuesWithCheckpoint) {
   auto events = store_->ListEvents("ftjob-1", "", 100);
   ASSERT_TRUE(events.ok());
   EXPECT_EQ(events->data.back().level(), "warn");
-  EXPECT_NE(events->data.back().message().find("was not uploaded"), std::string::npos)
+  EXPECT_NE(events->data.back().message().find("was not uploaded"),
+            std::string::npos)
       << events->data.back().message();
   v1::ResultFile f;
   f.set_name("adapter_model.safetensors");
@@ -207,8 +293,10 @@ TEST_F(CoordinatorTest, PauseCheckpointsStopsAndResumeRequeuesWithCheckpoint) {
   EXPECT_EQ(d.assignment().attempt(), 2);
   EXPECT_EQ(d.assignment().resume_from().step_number(), 7);
   // Only queued or running jobs pause.
-  ASSERT_TRUE(store_->Transition("ftjob-1", v1::JOB_STATUS_RUNNING,
-                                 v1::JOB_STATUS_CANCELLING, 2, {}).ok());
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-1", v1::JOB_STATUS_RUNNING,
+                               v1::JOB_STATUS_CANCELLING, 2, {})
+                  .ok());
   EXPECT_TRUE(absl::IsFailedPrecondition(coord_->PauseJob("ftjob-1").status()));
 }
 
@@ -361,7 +449,8 @@ TEST_F(CoordinatorTest, PausesAndResumesDoNotUseUpAttempts) {
       << job->error().message();
 }
 
-TEST_F(CoordinatorTest, AJobStoredByAnOlderLathedIsAssignedWithEverySettingResolved) {
+TEST_F(CoordinatorTest,
+       AJobStoredByAnOlderLathedIsAssignedWithEverySettingResolved) {
   // As the previous lathed resolved it: epochs, batch, multiplier and LoRA
   // only (AddJob's record), nothing of the settings added since.
   AddJob("ftjob-old");
@@ -378,7 +467,8 @@ TEST_F(CoordinatorTest, AJobStoredByAnOlderLathedIsAssignedWithEverySettingResol
   EXPECT_EQ(job.lora().rank(), 8);
   // A job resolved now is sent as it is.
   v1::Job resolved = job;
-  FillJobDefaults(resolved, JobDefaults{.base_learning_rate = 1, .checkpoint_every_steps = 1});
+  FillJobDefaults(resolved, JobDefaults{.base_learning_rate = 1,
+                                        .checkpoint_every_steps = 1});
   EXPECT_EQ(resolved.SerializeAsString(), job.SerializeAsString());
 }
 
@@ -494,6 +584,335 @@ TEST_F(CoordinatorTest,
   EXPECT_EQ(d.assignment().job_id(),
             "ftjob-other-1");  // a high job created before
   EXPECT_EQ(Report("w2").assignment().job_id(), "ftjob-high");
+}
+
+// Gangs: a job on several workers at once.
+
+TEST_F(CoordinatorTest, AGangStartsOnAllItsWorkersAndRankZeroIsAssignedFirst) {
+  AddGang("ftjob-g", 2);
+  gib_["w1"] = 8;
+  gib_["w2"] = 16;
+  EXPECT_FALSE(Report("w1").has_assignment());  // one idle worker: waits
+  EXPECT_EQ(store_->GetJob("ftjob-g")->status(), v1::JOB_STATUS_QUEUED);
+  // w2 joins: the job starts on both, w2 as rank 1, which has nothing to
+  // run until rank 0 hosts the rendezvous.
+  EXPECT_FALSE(Report("w2").has_assignment());
+  auto job = store_->GetJob("ftjob-g");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_RUNNING);
+  EXPECT_EQ(job->attempt(), 1);
+  EXPECT_TRUE(AnyMessageHas(
+      "ftjob-g",
+      "Job started on 2 workers: w1 (rank 0), w2 (rank 1) (attempt 1)"));
+  EXPECT_FALSE(Report("w2").has_assignment());
+
+  const v1::WorkerDirective rank0 = Report("w1");
+  ASSERT_TRUE(rank0.has_assignment());
+  EXPECT_EQ(rank0.assignment().job_id(), "ftjob-g");
+  EXPECT_EQ(rank0.assignment().attempt(), 1);
+  EXPECT_EQ(rank0.assignment().rank(), 0);
+  EXPECT_EQ(rank0.assignment().world_size(), 2);
+  EXPECT_EQ(rank0.assignment().rendezvous(), "");
+  EXPECT_EQ(rank0.assignment().job().devices(), 2);
+  EXPECT_GT(rank0.lease_deadline_ms(), NowUnixMillis());
+  // Rank 0 reports where its store listens; the host is the one its
+  // stream comes from.
+  v1::RunningAttempt a0 = Attempt("ftjob-g", 1);
+  EXPECT_FALSE(Report("w1", &a0, "127.0.0.1").stop());
+  EXPECT_FALSE(Report("w2").has_assignment());  // no rendezvous yet
+  a0.set_rendezvous(":29500");
+  EXPECT_FALSE(Report("w1", &a0, "127.0.0.1").stop());
+  const v1::WorkerDirective rank1 = Report("w2");
+  ASSERT_TRUE(rank1.has_assignment());
+  EXPECT_EQ(rank1.assignment().rank(), 1);
+  EXPECT_EQ(rank1.assignment().world_size(), 2);
+  EXPECT_EQ(rank1.assignment().rendezvous(), "127.0.0.1:29500");
+  EXPECT_EQ(rank1.assignment().attempt(), 1);
+  EXPECT_EQ(rank1.assignment().job().SerializeAsString(),
+            rank0.assignment().job().SerializeAsString());
+  EXPECT_GT(rank1.lease_deadline_ms(), 0);
+
+  // Rank 1's reports keep its lease; what else they carry is rank 0's to
+  // report.
+  v1::RunningAttempt a1 = Attempt("ftjob-g", 1, 1);
+  a1.set_step(5);
+  auto* e = a1.add_events();
+  e->set_seq(1);
+  e->mutable_event()->set_type("metrics");
+  const v1::WorkerDirective d1 = Report("w2", &a1);
+  EXPECT_FALSE(d1.stop());
+  EXPECT_GT(d1.lease_deadline_ms(), 0);
+  EXPECT_EQ(store_->GetJob("ftjob-g")->progress().steps_done(), 0);
+  auto events = store_->ListEvents("ftjob-g", "", 100);
+  ASSERT_TRUE(events.ok());
+  for (const auto& ev : events->data) EXPECT_NE(ev.type(), "metrics");
+
+  // Rank 0's success ends the job; rank 1's is acknowledged after it.
+  UploadAdapter("ftjob-g");
+  a0.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
+  a0.mutable_outcome()->add_result_files("adapter_model.safetensors");
+  EXPECT_TRUE(Report("w1", &a0).outcome_recorded());
+  EXPECT_EQ(store_->GetJob("ftjob-g")->status(), v1::JOB_STATUS_SUCCEEDED);
+  a1.clear_events();
+  EXPECT_TRUE(Report("w2", &a1).stop());  // the job is over
+  a1.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
+  const v1::WorkerDirective done = Report("w2", &a1);
+  EXPECT_TRUE(done.outcome_recorded());
+  EXPECT_FALSE(done.stop());
+  EXPECT_EQ(coord_->SweepExpiredLeases(absl::Now() + absl::Hours(1)), 0);
+}
+
+TEST_F(CoordinatorTest, ARendezvousOfABarePortTakesThePeersIpv6Host) {
+  AddGang("ftjob-g", 2);
+  gib_["w1"] = 8;
+  gib_["w2"] = 16;
+  Report("w1");
+  Report("w2");
+  ASSERT_TRUE(Report("w1").has_assignment());
+  v1::RunningAttempt a0 = Attempt("ftjob-g", 1);
+  a0.set_rendezvous(":7000");
+  Report("w1", &a0, "[::1]");
+  EXPECT_EQ(Report("w2").assignment().rendezvous(), "[::1]:7000");
+}
+
+TEST_F(CoordinatorTest, ARanksFailureRequeuesTheJobAndStopsRankZero) {
+  AddGang("ftjob-g", 2);
+  RunPair("ftjob-g");
+  v1::RunningAttempt a1 = Attempt("ftjob-g", 1, 1);
+  a1.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_FAILED);
+  a1.mutable_outcome()->mutable_error()->set_message(
+      "data-parallel all-reduce failed on rank 1");
+  EXPECT_TRUE(Report("w2", &a1).outcome_recorded());
+  auto job = store_->GetJob("ftjob-g");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
+  EXPECT_EQ(job->failed_attempts(), 1);
+  EXPECT_TRUE(AnyMessageHas(
+      "ftjob-g",
+      "Worker w2 (rank 1) failed: data-parallel all-reduce failed on rank 1; "
+      "attempt 1 failed (1 of 2 allowed)"));
+  // Rank 0 is told to stop; no lease of the attempt is left to expire.
+  const v1::RunningAttempt a0 = Attempt("ftjob-g", 1);
+  const v1::WorkerDirective d0 = Report("w1", &a0);
+  EXPECT_TRUE(d0.stop());
+  EXPECT_EQ(d0.stop_reason(), "job is queued");
+  EXPECT_EQ(coord_->SweepExpiredLeases(absl::Now() + absl::Hours(1)), 0);
+  EXPECT_TRUE(Report("w2", &a1).outcome_recorded());  // repeated: harmless
+  EXPECT_EQ(store_->GetJob("ftjob-g")->failed_attempts(), 1);
+
+  // A second failure (max_attempts 2) fails the job with the rank's error.
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-g", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_RUNNING, std::nullopt,
+                               {.attempt = 2, .worker_id = "w1"})
+                  .ok());
+  a1.set_attempt(2);
+  a1.mutable_outcome()->mutable_error()->set_code("rendezvous_failed");
+  EXPECT_TRUE(Report("w2", &a1).outcome_recorded());
+  job = store_->GetJob("ftjob-g");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_FAILED);
+  EXPECT_EQ(job->error().code(), "rendezvous_failed");
+  EXPECT_NE(job->error().message().find("rank 1 (worker w2) failed"),
+            std::string::npos)
+      << job->error().message();
+}
+
+TEST_F(CoordinatorTest, ARanksLostLeaseFailsTheAttemptAndTheJobResumes) {
+  AddGang("ftjob-g", 2);
+  gib_["w1"] = 8;
+  gib_["w2"] = 16;
+  Report("w1");
+  Report("w2");
+  Report("w1");  // rank 0's assignment
+  v1::RunningAttempt a0 = Attempt("ftjob-g", 1);
+  a0.set_rendezvous(":29500");
+  Report("w1", &a0, "127.0.0.1");
+  const int64_t rank1_deadline = Report("w2").lease_deadline_ms();
+  ASSERT_GT(rank1_deadline, 0);
+  // Rank 0 keeps reporting; rank 1 falls silent.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const int64_t rank0_deadline = Report("w1", &a0).lease_deadline_ms();
+  ASSERT_GT(rank0_deadline, rank1_deadline + 1);
+  const absl::Time between =
+      absl::FromUnixMillis(rank1_deadline) + absl::Milliseconds(1);
+  EXPECT_EQ(coord_->SweepExpiredLeases(between), 1);
+  auto job = store_->GetJob("ftjob-g");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
+  EXPECT_EQ(job->failed_attempts(), 1);
+  EXPECT_TRUE(AnyMessageHas("ftjob-g",
+                            "Worker w2 (rank 1) stopped reporting (lease "
+                            "expired); attempt 1 failed"));
+  // Rank 0 is told to stop, and its lease went with the attempt.
+  EXPECT_TRUE(Report("w1", &a0).stop());
+  EXPECT_EQ(coord_->SweepExpiredLeases(absl::Now() + absl::Hours(1)), 0);
+  // A late expiry cannot move the job again.
+  EXPECT_EQ(store_->GetJob("ftjob-g")->status(), v1::JOB_STATUS_QUEUED);
+}
+
+TEST_F(CoordinatorTest, AMemberThatNeverShowsUpFailsTheAttempt) {
+  AddGang("ftjob-g", 2);
+  gib_["w1"] = 8;
+  gib_["w2"] = 16;
+  Report("w2");
+  Report("w1");  // starts it, as rank 0: assigned at once
+  ASSERT_EQ(store_->GetJob("ftjob-g")->status(), v1::JOB_STATUS_RUNNING);
+  coord_->WorkerDisconnected("w2");
+  EXPECT_GE(coord_->SweepExpiredLeases(absl::Now() + absl::Seconds(11)), 1);
+  EXPECT_EQ(store_->GetJob("ftjob-g")->status(), v1::JOB_STATUS_QUEUED);
+}
+
+TEST_F(CoordinatorTest, ACommittedMemberIsNotGivenAnotherJob) {
+  AddGang("ftjob-g", 2);
+  gib_["w1"] = 8;
+  gib_["w2"] = 16;
+  gib_["w3"] = 32;
+  Report("w1");
+  EXPECT_FALSE(Report("w2").has_assignment());  // rank 1, waiting
+  AddJob("ftjob-s");
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_FALSE(Report("w2").has_assignment());
+  }
+  for (const scheduler::WorkerInfo& w : coord_->Fleet()) {
+    if (w.worker_id == "w2") EXPECT_FALSE(w.idle);
+  }
+  EXPECT_EQ(Report("w1").assignment().job_id(), "ftjob-g");  // rank 0
+  EXPECT_EQ(Report("w3").assignment().job_id(), "ftjob-s");
+}
+
+TEST_F(CoordinatorTest, CancelAndPauseReachEveryRank) {
+  AddGang("ftjob-g", 2);
+  RunPair("ftjob-g");
+  ASSERT_TRUE(coord_->PauseJob("ftjob-g").ok());
+  v1::RunningAttempt a0 = Attempt("ftjob-g", 1);
+  v1::RunningAttempt a1 = Attempt("ftjob-g", 1, 1);
+  for (const auto& [worker, a] : {std::pair{"w1", &a0}, {"w2", &a1}}) {
+    const v1::WorkerDirective d = Report(worker, a);
+    EXPECT_TRUE(d.stop()) << worker;
+    EXPECT_TRUE(d.checkpoint_before_stop()) << worker;
+  }
+  // Rank 1 stops first; the attempt lives on while rank 0 checkpoints,
+  // even once rank 1's lease is gone.
+  a1.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_STOPPED);
+  EXPECT_TRUE(Report("w2", &a1).outcome_recorded());
+  EXPECT_TRUE(coord_->CheckCurrentAttempt("ftjob-g", 1).ok());
+  a0.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_STOPPED);
+  a0.set_step(3);
+  EXPECT_TRUE(Report("w1", &a0).outcome_recorded());
+  EXPECT_EQ(store_->GetJob("ftjob-g")->status(), v1::JOB_STATUS_PAUSED);
+  EXPECT_FALSE(coord_->CheckCurrentAttempt("ftjob-g", 1).ok());
+
+  // Resumed, it runs as attempt 2 (on whichever workers); then cancelled.
+  ASSERT_TRUE(coord_->ResumeJob("ftjob-g").ok());
+  Report("w2");
+  const v1::WorkerDirective rank0 = Report("w1");
+  ASSERT_TRUE(rank0.has_assignment());
+  EXPECT_EQ(rank0.assignment().attempt(), 2);
+  a0 = Attempt("ftjob-g", 2);
+  a0.set_rendezvous("w1.cluster:29500");
+  Report("w1", &a0, "10.0.0.1");
+  const v1::WorkerDirective rank1 = Report("w2");
+  EXPECT_EQ(rank1.assignment().rendezvous(), "w1.cluster:29500");
+  ASSERT_TRUE(coord_->CancelJob("ftjob-g").ok());
+  a1 = Attempt("ftjob-g", 2, 1);
+  EXPECT_TRUE(Report("w2", &a1).stop());
+  EXPECT_FALSE(Report("w2", &a1).checkpoint_before_stop());
+  a1.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_CANCELLED);
+  EXPECT_TRUE(Report("w2", &a1).outcome_recorded());
+  EXPECT_EQ(store_->GetJob("ftjob-g")->status(), v1::JOB_STATUS_CANCELLING);
+  EXPECT_TRUE(Report("w1", &a0).stop());
+  a0.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_CANCELLED);
+  EXPECT_TRUE(Report("w1", &a0).outcome_recorded());
+  EXPECT_EQ(store_->GetJob("ftjob-g")->status(), v1::JOB_STATUS_CANCELLED);
+}
+
+TEST_F(CoordinatorTest,
+       AMemberOfAGangCancelledWhilePausedIsFreedWithItsAttempt) {
+  AddGang("ftjob-g", 2);
+  gib_["w1"] = 8;
+  gib_["w2"] = 16;
+  Report("w1");
+  Report("w2");  // started; w2 waits as rank 1
+  ASSERT_TRUE(Report("w1").has_assignment());
+  ASSERT_TRUE(coord_->PauseJob("ftjob-g").ok());
+  ASSERT_TRUE(coord_->CancelJob("ftjob-g").ok());
+  EXPECT_EQ(store_->GetJob("ftjob-g")->status(), v1::JOB_STATUS_CANCELLED);
+  AddJob("ftjob-s");
+  EXPECT_FALSE(Report("w2").has_assignment());  // still the gang's
+  const v1::RunningAttempt a0 = Attempt("ftjob-g", 1);
+  EXPECT_TRUE(Report("w1", &a0).stop());
+  // Rank 0 stops reporting: its lease ends the attempt, and w2 is free.
+  EXPECT_GE(coord_->SweepExpiredLeases(absl::Now() + absl::Seconds(11)), 1);
+  EXPECT_EQ(store_->GetJob("ftjob-g")->status(), v1::JOB_STATUS_CANCELLED);
+  EXPECT_EQ(Report("w2").assignment().job_id(), "ftjob-s");
+}
+
+TEST_F(CoordinatorTest, TwoGangsOnTooFewWorkersForBothRunOneAfterTheOther) {
+  AddGang("ftjob-a", 2);
+  AddGang("ftjob-b", 2);
+  gib_["w1"] = 8;
+  gib_["w2"] = 16;
+  gib_["w3"] = 32;
+  Report("w1");
+  Report("w2");  // ftjob-a starts on w1 (rank 0) and w2
+  EXPECT_FALSE(Report("w3").has_assignment());  // ftjob-b needs two
+  EXPECT_EQ(store_->GetJob("ftjob-a")->status(), v1::JOB_STATUS_RUNNING);
+  EXPECT_EQ(store_->GetJob("ftjob-b")->status(), v1::JOB_STATUS_QUEUED);
+  ASSERT_EQ(Report("w1").assignment().job_id(), "ftjob-a");
+  v1::RunningAttempt a0 = Attempt("ftjob-a", 1);
+  a0.set_rendezvous(":1");
+  Report("w1", &a0, "127.0.0.1");
+  ASSERT_EQ(Report("w2").assignment().job_id(), "ftjob-a");
+  v1::RunningAttempt a1 = Attempt("ftjob-a", 1, 1);
+  Report("w2", &a1);
+  EXPECT_FALSE(Report("w3").has_assignment());  // still waits
+
+  UploadAdapter("ftjob-a");
+  a0.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
+  a0.mutable_outcome()->add_result_files("adapter_model.safetensors");
+  ASSERT_TRUE(Report("w1", &a0).outcome_recorded());
+  a1.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
+  ASSERT_TRUE(Report("w2", &a1).outcome_recorded());
+  EXPECT_EQ(store_->GetJob("ftjob-a")->status(), v1::JOB_STATUS_SUCCEEDED);
+
+  // Freed, w1 takes ftjob-b with w3, the worker ftjob-b has waited on (w2
+  // has not reported idle yet): w1, the smaller, is rank 0.
+  const v1::WorkerDirective b0 = Report("w1");
+  ASSERT_TRUE(b0.has_assignment());
+  EXPECT_EQ(b0.assignment().job_id(), "ftjob-b");
+  EXPECT_EQ(b0.assignment().rank(), 0);
+  EXPECT_EQ(store_->GetJob("ftjob-b")->status(), v1::JOB_STATUS_RUNNING);
+  v1::RunningAttempt b = Attempt("ftjob-b", 1);
+  b.set_rendezvous(":2");
+  Report("w1", &b, "127.0.0.1");
+  EXPECT_FALSE(Report("w2").has_assignment());
+  const v1::WorkerDirective b1 = Report("w3");
+  ASSERT_TRUE(b1.has_assignment());
+  EXPECT_EQ(b1.assignment().job_id(), "ftjob-b");
+  EXPECT_EQ(b1.assignment().rank(), 1);
+  EXPECT_EQ(b1.assignment().rendezvous(), "127.0.0.1:2");
+}
+
+TEST_F(CoordinatorTest, AGangsRanksReportBackAfterARestart) {
+  AddGang("ftjob-g", 2);
+  RunPair("ftjob-g");
+  CoordinatorOptions o;
+  o.lease_ttl = absl::Seconds(10);
+  o.max_attempts = 2;
+  coord_ = *Coordinator::Create(*store_, o);  // lathed restarted
+  // Rank 1 reports first: it gets its lease back, and runs on.
+  v1::RunningAttempt a1 = Attempt("ftjob-g", 1, 1);
+  const v1::WorkerDirective d1 = Report("w2", &a1);
+  EXPECT_FALSE(d1.stop());
+  EXPECT_GT(d1.lease_deadline_ms(), NowUnixMillis());
+  v1::RunningAttempt a0 = Attempt("ftjob-g", 1);
+  a0.set_rendezvous(":29500");
+  EXPECT_FALSE(Report("w1", &a0, "127.0.0.1").stop());
+  // Both leases are kept by their reports; rank 1's loss still fails the
+  // attempt.
+  a1.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_FAILED);
+  a1.mutable_outcome()->mutable_error()->set_message("rank 1 lost its peer");
+  EXPECT_TRUE(Report("w2", &a1).outcome_recorded());
+  EXPECT_EQ(store_->GetJob("ftjob-g")->status(), v1::JOB_STATUS_QUEUED);
+  EXPECT_TRUE(Report("w1", &a0).stop());
+  EXPECT_EQ(coord_->SweepExpiredLeases(absl::Now() + absl::Hours(1)), 0);
 }
 
 }  // namespace

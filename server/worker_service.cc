@@ -33,6 +33,8 @@ grpc::Status WorkerService::Connect(
   auto worker = WorkerOf(*deps_.auth, *context);
   if (!worker.ok()) return ToGrpcStatus(worker.status());
   const WorkerOps& ops = deps_.ops->worker;
+  // Where a gang's rank 0 on this worker listens, if it names a port only.
+  const std::string peer_host = PeerHost(context->peer());
   v1::WorkerReport report;
   std::string worker_id;
   while (!deps_.shutting_down->load() && stream->Read(&report)) {
@@ -41,7 +43,7 @@ grpc::Status WorkerService::Connect(
       spdlog::info("worker {} connected from {}: {}", worker_id,
                    context->peer(), DescribeDevices(report));
     }
-    auto directive = ops.Report(*worker, report);
+    auto directive = ops.Report(*worker, report, peer_host);
     if (!directive.ok()) {
       spdlog::warn("worker {}: {}", worker_id, directive.status().ToString());
       return ToGrpcStatus(directive.status());

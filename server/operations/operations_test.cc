@@ -512,6 +512,16 @@ TEST_F(OperationsTest, NextJobEventsWaitsForNewsUntilItsDeadline) {
       ops_->jobs.NextJobEvents(As(bob_), watch, absl::Now()).status()));
 }
 
+TEST(PeerHostTest, TheHostOfEachKindOfPeerAddress) {
+  EXPECT_EQ(PeerHost("ipv4:127.0.0.1:42076"), "127.0.0.1");
+  EXPECT_EQ(PeerHost("ipv4:10.1.2.3:5"), "10.1.2.3");
+  EXPECT_EQ(PeerHost("ipv6:[::1]:5"), "[::1]");
+  EXPECT_EQ(PeerHost("ipv6:%5Bfe80::1%5D:50051"), "[fe80::1]");
+  EXPECT_EQ(PeerHost("unix:/run/lathe.sock"), "127.0.0.1");
+  EXPECT_EQ(PeerHost("ipv6:::1"), "");
+  EXPECT_EQ(PeerHost("somewhere"), "");
+}
+
 TEST_F(OperationsTest, AWorkerRunsAJobFetchesItsDataAndUploadsItsResult) {
   Caller alice = As(alice_);
   v1::Job job = CreateJob(alice);

@@ -2,9 +2,12 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/job_method.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
 #include "common/echo.h"
+#include "common/job_method.h"
 #include "common/status_macros.h"
 #include "server/request_limits.h"
 
@@ -16,9 +19,25 @@ absl::Status WorkerOps::CheckAttempt(const std::string& job_id,
   return deps_.coordinator->CheckCurrentAttempt(job_id, attempt);
 }
 
+std::string PeerHost(absl::string_view peer) {
+  if (absl::ConsumePrefix(&peer, "ipv4:")) {
+    return std::string(peer.substr(0, peer.rfind(':')));
+  }
+  if (absl::ConsumePrefix(&peer, "ipv6:")) {
+    const std::string address =
+        absl::StrReplaceAll(peer, {{"%5B", "["}, {"%5D", "]"}});
+    const size_t end = address.rfind(']');
+    if (!absl::StartsWith(address, "[") || end == std::string::npos) return "";
+    return address.substr(0, end + 1);
+  }
+  if (absl::StartsWith(peer, "unix:")) return "127.0.0.1";
+  return "";
+}
+
 absl::StatusOr<v1::WorkerDirective> WorkerOps::Report(
-    const WorkerCaller&, const v1::WorkerReport& report) const {
-  return deps_.coordinator->HandleReport(report);
+    const WorkerCaller&, const v1::WorkerReport& report,
+    const std::string& peer_host) const {
+  return deps_.coordinator->HandleReport(report, peer_host);
 }
 
 void WorkerOps::Disconnected(const WorkerCaller&,

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "lathe/v1/worker.pb.h"
 #include "server/auth.h"
 #include "server/operations/deps.h"
@@ -20,16 +21,25 @@
 
 namespace lathe {
 
+// The host of a transport peer address as a TCP connect takes it:
+// "ipv4:10.0.0.7:42076" -> "10.0.0.7", "ipv6:[::1]:5" (or its URI-escaped
+// "ipv6:%5B::1%5D:5") -> "[::1]", a Unix socket's peer -> "127.0.0.1"; ""
+// for any other.
+std::string PeerHost(absl::string_view peer);
+
 class WorkerOps {
  public:
   // What `deps` points to must outlive this.
   explicit WorkerOps(const OperationDeps& deps) : deps_(deps) {}
 
-  // One report; the directive to answer it with. INVALID_ARGUMENT without
-  // a worker id; a store error ends the worker's stream (it reconnects and
-  // reports again).
+  // One report; the directive to answer it with. `peer_host` is the host
+  // the worker's stream comes from (PeerHost): where a gang's rank 0
+  // listens when it reports its rendezvous as ":port". INVALID_ARGUMENT
+  // without a worker id; a store error ends the worker's stream (it
+  // reconnects and reports again).
   absl::StatusOr<v1::WorkerDirective> Report(
-      const WorkerCaller& worker, const v1::WorkerReport& report) const;
+      const WorkerCaller& worker, const v1::WorkerReport& report,
+      const std::string& peer_host = "") const;
   // The worker's stream ended.
   void Disconnected(const WorkerCaller& worker,
                     const std::string& worker_id) const;
