@@ -101,6 +101,8 @@ Usage:
                       reply's are trained with the gold replies)
                     [--suffix S] [--seed N] [--metadata KEY=VALUE]...
                     [--priority low|normal|high] [--idempotency-key KEY]
+                    [--devices N]  (supervised, dpo, orpo: train on N workers
+                     at once, data-parallel; --batch-size is the whole step's)
                     [--mixture FILE_ID:WEIGHT[:VALID_FILE_ID],...
                      [--mixture-strategy concat|weighted|temperature]
                      [--mixture-temperature T]
@@ -339,6 +341,10 @@ void PrintJob(const v1::Job& j) {
   const auto& hp = MethodHyperparameters(j.method());
   const std::string method = MethodType(j.method());
   std::cout << "method:           " << method << "\n";
+  if (j.devices() > 1) {
+    std::cout << "devices:          " << j.devices()
+              << " workers, data-parallel\n";
+  }
   std::cout << absl::StrFormat(
       "hyperparameters:  n_epochs=%d batch_size=%d learning_rate_multiplier=%g "
       "(learning_rate=%g)\n"
@@ -1000,6 +1006,11 @@ absl::StatusOr<v1::CreateJobRequest> BuildCreate(const Args& a) {
     else if (p == "high") r.set_priority(v1::JOB_PRIORITY_HIGH);
     else return absl::InvalidArgumentError("--priority: use low, normal or high");
   }
+  if (a.Has("devices")) {
+    auto v = IntFlag(a, "devices");
+    if (!v.ok()) return v.status();
+    r.set_devices(static_cast<int32_t>(*v));
+  }
   if (absl::Status st = MixtureAndMaskFlags(a, r); !st.ok()) return st;
   if (absl::Status st = DmtFlags(a, r); !st.ok()) return st;
   return r;
@@ -1564,28 +1575,123 @@ int Run(const std::vector<std::string>& argv) {
                          "no-accumulate",
                          "general-all-tokens", "keep-duplicates"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
-  auto st = args->CheckKnown(
-      {"server", "api_key", "ca_cert", "tls_server_name", "insecure", "project", "role", "name", "output", "help", "purpose", "limit", "after", "status", "follow",
-       "timeout", "out", "model", "training-file", "validation-file", "n-epochs",
-       "batch-size", "learning-rate-multiplier", "lora-rank", "lora-alpha",
-       "lora-dropout", "lora-target-modules", "lora-rslora", "suffix", "seed", "metadata",
-       "idempotency-key", "priority", "checkpoint", "method", "warmup-steps",
-       "lr-scheduler", "weight-decay", "gradient-accumulation-steps", "max-seq-len",
-       "max-grad-norm", "eval-every-steps", "checkpoint-every-steps", "adapter", "beta",
-       "loss-type", "label-smoothing", "rpo-alpha", "max-prompt-len", "num-virtual-tokens",
-       "prompt-init", "prompt-init-text", "lora-dora", "lora-layers", "layers", "modules",
-       "lisa-layers", "lisa-interval", "half-ft", "half-ft-reselect", "half-ft-fraction",
-       "half-ft-include-embeddings", "mixture",
-       "mixture-strategy", "mixture-temperature", "mixture-stop", "regularizer",
-       "masked-thought", "mask-token", "dmt", "dmt-k", "general-file", "general-all-tokens",
-       "intruder-top-k", "intruder-epsilon", "intruder-mitigation-lambda", "base", "inputs", "weights", "lambda", "density",
-       "majority-sign", "gamma", "lines-alpha", "lines-beta", "select-loss-quantile",
-       "keep-duplicates", "select", "target", "budget", "epsilon-fraction", "score",
-       "threshold", "drop-fraction", "alpha", "samples", "temperature",
-       "iterations", "samples-per-prompt", "sample-temperature",
-       "sample-top-p", "max-new-tokens", "answer-extractor", "answer-pattern", "dedupe",
-       "no-gold", "rft-init", "no-accumulate", "s2ft-d-ratio", "s2ft-u-ratio",
-       "s2ft-o-ratio", "s2ft-v-ratio", "s2ft-seed", "url", "event-type", "description"});
+  auto st = args->CheckKnown({"server",
+                              "api_key",
+                              "ca_cert",
+                              "tls_server_name",
+                              "insecure",
+                              "project",
+                              "role",
+                              "name",
+                              "output",
+                              "help",
+                              "purpose",
+                              "limit",
+                              "after",
+                              "status",
+                              "follow",
+                              "timeout",
+                              "out",
+                              "model",
+                              "training-file",
+                              "validation-file",
+                              "n-epochs",
+                              "batch-size",
+                              "learning-rate-multiplier",
+                              "lora-rank",
+                              "lora-alpha",
+                              "lora-dropout",
+                              "lora-target-modules",
+                              "lora-rslora",
+                              "suffix",
+                              "seed",
+                              "metadata",
+                              "idempotency-key",
+                              "priority",
+                              "devices",
+                              "checkpoint",
+                              "method",
+                              "warmup-steps",
+                              "lr-scheduler",
+                              "weight-decay",
+                              "gradient-accumulation-steps",
+                              "max-seq-len",
+                              "max-grad-norm",
+                              "eval-every-steps",
+                              "checkpoint-every-steps",
+                              "adapter",
+                              "beta",
+                              "loss-type",
+                              "label-smoothing",
+                              "rpo-alpha",
+                              "max-prompt-len",
+                              "num-virtual-tokens",
+                              "prompt-init",
+                              "prompt-init-text",
+                              "lora-dora",
+                              "lora-layers",
+                              "layers",
+                              "modules",
+                              "lisa-layers",
+                              "lisa-interval",
+                              "half-ft",
+                              "half-ft-reselect",
+                              "half-ft-fraction",
+                              "half-ft-include-embeddings",
+                              "mixture",
+                              "mixture-strategy",
+                              "mixture-temperature",
+                              "mixture-stop",
+                              "regularizer",
+                              "masked-thought",
+                              "mask-token",
+                              "dmt",
+                              "dmt-k",
+                              "general-file",
+                              "general-all-tokens",
+                              "intruder-top-k",
+                              "intruder-epsilon",
+                              "intruder-mitigation-lambda",
+                              "base",
+                              "inputs",
+                              "weights",
+                              "lambda",
+                              "density",
+                              "majority-sign",
+                              "gamma",
+                              "lines-alpha",
+                              "lines-beta",
+                              "select-loss-quantile",
+                              "keep-duplicates",
+                              "select",
+                              "target",
+                              "budget",
+                              "epsilon-fraction",
+                              "score",
+                              "threshold",
+                              "drop-fraction",
+                              "alpha",
+                              "samples",
+                              "temperature",
+                              "iterations",
+                              "samples-per-prompt",
+                              "sample-temperature",
+                              "sample-top-p",
+                              "max-new-tokens",
+                              "answer-extractor",
+                              "answer-pattern",
+                              "dedupe",
+                              "no-gold",
+                              "rft-init",
+                              "no-accumulate",
+                              "s2ft-d-ratio",
+                              "s2ft-u-ratio",
+                              "s2ft-o-ratio",
+                              "s2ft-v-ratio",
+                              "s2ft-seed",
+                              "url",
+                              "event-type",
+                              "description"});
   if (!st.ok()) return Usage(std::string(st.message()));
   const auto& pos = args->positional();
   if (args->Has("help") || pos.size() < 2) {

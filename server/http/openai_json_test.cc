@@ -56,6 +56,26 @@ TEST(OpenAiJsonTest, LatheExtensionsUnderTheirOwnKeysWithShortEnums) {
   EXPECT_EQ(lora->adapter(), v1::ADAPTER_TYPE_LORA);
 }
 
+// devices is a Lathe extension: read from the body ("auto" = unset) and
+// shown resolved under the job's "lathe" record.
+TEST(OpenAiJsonTest, DevicesIsALatheExtension) {
+  auto r = CreateJobRequestFromJson(
+      R"({"model": "m", "training_file": "f", "devices": 4})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->has_devices());
+  EXPECT_EQ(r->devices(), 4);
+  auto auto_devices = CreateJobRequestFromJson(
+      R"({"model": "m", "training_file": "f", "devices": "auto"})");
+  ASSERT_TRUE(auto_devices.ok()) << auto_devices.status();
+  EXPECT_FALSE(auto_devices->has_devices());
+  EXPECT_EQ(CreateJobRequestFromJson(R"({"devices": "two"})").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  v1::Job job;
+  job.set_id("ftjob-1");
+  job.set_devices(4);
+  EXPECT_EQ(JobObject(job)["lathe"]["devices"], 4);
+}
+
 TEST(OpenAiJsonTest, BadBodiesNameTheKey) {
   auto status = [](const char* body) {
     return std::string(CreateJobRequestFromJson(body).status().message());
