@@ -1018,6 +1018,12 @@ void Agent::RunAttempt(Attempt* attempt) {
       outcome.set_result(v1::AttemptOutcome::RESULT_STOPPED);
     } else if (absl::IsAborted(result.status())) {
       fail("checkpoint_failed", checkpoint_error, false);
+    } else if (gang && absl::IsUnavailable(result.status())) {
+      // A collective lost its peer (distributed/data_parallel.h): the
+      // gang broke, not the job; lathed retries it on a new gang.
+      spdlog::error("{} attempt {}: {}", as.job_id(), as.attempt(),
+                    std::string(result.status().message()));
+      fail("rank_lost", std::string(result.status().message()), false);
     } else {
       spdlog::error("{} attempt {} failed: {}", as.job_id(), as.attempt(),
                     result.status().ToString());
