@@ -53,6 +53,13 @@ std::vector<scheduler::JobRequest> SchedulerQueue(
 // How many workers `job` runs on (a job stored before devices: one).
 int WorldSize(const v1::Job& job) { return std::max(job.devices(), 1); }
 
+// A gang's rank that failed because the gang broke, not the job: a peer
+// lost mid-training (the worker's "rank_lost") or never joined
+// ("rendezvous_failed").
+bool IsGangFailure(const v1::JobError& e) {
+  return e.code() == "rank_lost" || e.code() == "rendezvous_failed";
+}
+
 // "Worker w1", or "Worker w1 (rank 1)" in a gang: who an event names.
 std::string WorkerOfRank(const v1::Job& job, const std::string& worker_id,
                          int rank) {
@@ -200,8 +207,15 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
   // again, and what it reported meanwhile is kept.
   absl::Status outcome_refused;
   bool requeued = false;
-  if (a.has_outcome()) {
-    outcome_refused = DecideOutcome(job, a, report, requeued);
+  // Rank 0 of a gang failing because the gang broke (a peer lost, or one
+  // that never came): the attempt is lost as a lost worker's is, and
+  // retried; it is not the job's failure.
+  const bool gang_broke =
+      a.has_outcome() && WorldSize(job) > 1 &&
+      a.outcome().result() == v1::AttemptOutcome::RESULT_FAILED &&
+      IsGangFailure(a.outcome().error());
+  if (a.has_outcome() && !gang_broke) {
+    outcome_refused = DecideOutcome(job, r.worker_id(), a, report, requeued);
     if (!outcome_refused.ok()) {
       report.notes.clear();
       report.status_change.reset();
@@ -211,6 +225,11 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
   out.set_acked_event_seq(acked);
   for (const v1::CheckpointReport& c : a.checkpoints()) {
     out.add_acked_checkpoints(c.step());
+  }
+  if (gang_broke) {
+    LoseRank(job, 0, r.worker_id(), &a.outcome().error(), absl::Now());
+    out.set_outcome_recorded(true);
+    return absl::OkStatus();
   }
   const bool outcome_recorded = a.has_outcome() && outcome_refused.ok();
   absl::Time now = absl::Now();
@@ -284,6 +303,7 @@ absl::Status Coordinator::HandleRankReport(const v1::WorkerReport& r,
 }
 
 absl::Status Coordinator::DecideOutcome(const v1::Job& job,
+                                        const std::string& worker_id,
                                         const v1::RunningAttempt& a,
                                         store::Store::AttemptReport& report,
                                         bool& requeued) {
@@ -359,6 +379,15 @@ absl::Status Coordinator::DecideOutcome(const v1::Job& job,
       u.message = "The job was cancelled";
       break;
     default:
+      if (WorldSize(job) > 1 && !o.error().user_fault()) {
+        // A gang's rank 0 fails with any rank it loses: the attempt
+        // failed, as when a rank fails or is lost, not the job.
+        report.status_change =
+            AttemptFailed(job, 0, worker_id, &o.error(), absl::Now());
+        report.status_change->update.trained_tokens = o.trained_tokens();
+        requeued = report.status_change->to == v1::JOB_STATUS_QUEUED;
+        return absl::OkStatus();
+      }
       u.error = o.error();
       u.level = "error";
       u.message = absl::StrCat("The job failed: ", o.error().message());
@@ -793,49 +822,35 @@ void Coordinator::ExpireAttempt(const scheduler::LeaseTable::Lease& lease,
   LoseRank(*job, lease.rank, lease.worker_id, nullptr, now);
 }
 
-void Coordinator::LoseRank(const v1::Job& job, int rank,
-                           const std::string& worker_id,
-                           const v1::JobError* failure, absl::Time now) {
-  // Only a live attempt moves the job: a late lease of a job that has
-  // finished or been requeued since never does. What is left of the
-  // attempt (a job cancelled while paused) goes.
-  if (!IsLive(job.status()) && job.status() != v1::JOB_STATUS_PAUSED) {
-    absl::MutexLock lock(&mu_);
-    EndAttempt(job.id(), job.attempt());
-    return;
-  }
+store::Store::AttemptReport::StatusChange Coordinator::AttemptFailed(
+    const v1::Job& job, int rank, const std::string& worker_id,
+    const v1::JobError* failure, absl::Time now) const {
   const std::string who = WorkerOfRank(job, worker_id, rank);
   const std::string what =
       failure == nullptr
           ? absl::StrCat(who, " stopped reporting (lease expired)")
           : absl::StrCat(who, " failed: ", failure->message());
-  store::TransitionUpdate u;
+  store::Store::AttemptReport::StatusChange change{.from = job.status()};
+  store::TransitionUpdate& u = change.update;
   u.level = "warn";
-  absl::StatusOr<v1::Job> moved;
-  if (job.status() == v1::JOB_STATUS_PAUSED) {
-    // Rank 0 alone writes the pause checkpoint: another rank lost
-    // meanwhile does not end the attempt.
-    if (rank > 0) return;
-    // The worker died while pausing: the job stays paused, unless a resume
-    // was asked for meanwhile; then it is queued (below) whatever its
-    // failures, since the user asked for it and it had stopped training.
-    if (!job.resume_requested()) {
-      absl::MutexLock lock(&mu_);
-      EndAttempt(job.id(), job.attempt());
-      return;
-    }
-  }
   // Only failures count against max_attempts: pauses and hand-backs
   // started new attempts too.
   const int failures = job.failed_attempts() + 1;
   u.count_failure = job.status() != v1::JOB_STATUS_CANCELLING;
-  if (job.status() == v1::JOB_STATUS_CANCELLING) {
+  if (failure != nullptr && failure->user_fault()) {
+    // The job's own fault (its data, its settings): another attempt would
+    // fail the same way.
+    change.to = v1::JOB_STATUS_FAILED;
+    u.count_failure = false;
+    u.error = *failure;
+    u.level = "error";
+    u.message = absl::StrCat("The job failed: ", what);
+  } else if (job.status() == v1::JOB_STATUS_CANCELLING) {
+    change.to = v1::JOB_STATUS_CANCELLED;
     u.message =
         failure == nullptr
             ? "Worker lost while cancelling; the job is cancelled"
             : absl::StrCat(what, " while cancelling; the job is cancelled");
-    moved = store_.Transition(job.id(), job.status(), v1::JOB_STATUS_CANCELLED,
-                              job.attempt(), u);
   } else if (failures >= options_.max_attempts &&
              job.status() != v1::JOB_STATUS_PAUSED) {
     v1::JobError err;
@@ -857,25 +872,55 @@ void Coordinator::LoseRank(const v1::Job& job, int rank,
           ") failed: ", failure->message(), " (", failures,
           " failed attempts, --max_attempts ", options_.max_attempts, ")"));
     }
+    change.to = v1::JOB_STATUS_FAILED;
     u.error = err;
     u.level = "error";
     u.message = absl::StrCat("The job failed: ", err.message());
-    moved = store_.Transition(job.id(), job.status(), v1::JOB_STATUS_FAILED,
-                              job.attempt(), u);
   } else {
+    // A paused job gets here only when a resume waits: it is queued
+    // whatever its failures, since the user asked for it.
     absl::Duration delay = scheduler::RetryBackoff(
         failures, options_.retry_backoff_base, options_.retry_backoff_cap);
+    change.to = v1::JOB_STATUS_QUEUED;
     u.not_before_ms = absl::ToUnixMillis(now + delay);
     u.message =
         absl::StrCat(what, "; attempt ", job.attempt(), " failed (", failures,
                      " of ", options_.max_attempts, " allowed), retrying in ",
                      absl::FormatDuration(delay));
-    moved = store_.Transition(job.id(), job.status(), v1::JOB_STATUS_QUEUED,
-                              job.attempt(), u);
   }
+  return change;
+}
+
+void Coordinator::LoseRank(const v1::Job& job, int rank,
+                           const std::string& worker_id,
+                           const v1::JobError* failure, absl::Time now) {
+  // Only a live attempt moves the job: a late lease of a job that has
+  // finished or been requeued since never does. What is left of the
+  // attempt (a job cancelled while paused) goes.
+  if (!IsLive(job.status()) && job.status() != v1::JOB_STATUS_PAUSED) {
+    absl::MutexLock lock(&mu_);
+    EndAttempt(job.id(), job.attempt());
+    return;
+  }
+  if (job.status() == v1::JOB_STATUS_PAUSED) {
+    // Rank 0 alone writes the pause checkpoint: another rank lost
+    // meanwhile does not end the attempt.
+    if (rank > 0) return;
+    // The worker died while pausing: the job stays paused, unless a resume
+    // was asked for meanwhile; then it is queued (AttemptFailed).
+    if (!job.resume_requested()) {
+      absl::MutexLock lock(&mu_);
+      EndAttempt(job.id(), job.attempt());
+      return;
+    }
+  }
+  const store::Store::AttemptReport::StatusChange change =
+      AttemptFailed(job, rank, worker_id, failure, now);
+  absl::StatusOr<v1::Job> moved = store_.Transition(
+      job.id(), change.from, change.to, job.attempt(), change.update);
   if (!moved.ok()) {
     // The other ranks' leases stay: one of them expiring tries again.
-    spdlog::warn("{} of {}: {}", what, job.id(), moved.status().ToString());
+    spdlog::warn("{}: {}", change.update.message, moved.status().ToString());
     return;
   }
   absl::MutexLock lock(&mu_);

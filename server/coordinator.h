@@ -18,9 +18,11 @@
 //   checkpoints, result files and the outcome that ends the job. A rank >
 //   0's report renews its lease and gets the same stop directives (cancel,
 //   pause); anything else in it is ignored. Its outcome SUCCEEDED, STOPPED
-//   or CANCELLED releases its lease only; any other (a failure) fails the
-//   attempt as a lost worker does: the job is retried with backoff, or
-//   fails at max_attempts, or is cancelled if it was cancelling.
+//   or CANCELLED releases its lease only.
+// - A rank's failure (rank 0's too, in a gang) fails the attempt as a lost
+//   worker does: the job is retried with backoff, or fails at
+//   max_attempts, or is cancelled if it was cancelling; a failure that is
+//   the job's fault (user_fault) fails the job at once, as on one worker.
 // - A lost rank (its lease expired) fails the attempt the same way, except
 //   while the job pauses: then only rank 0's loss ends the attempt (rank 0
 //   alone writes the pause checkpoint).
@@ -173,12 +175,21 @@ class Coordinator {
   absl::Status HandleRankReport(const v1::WorkerReport& r, const v1::Job& job,
                                 v1::WorkerDirective& out)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // What `a`'s outcome writes (into `report`); `requeued` when it queues
-  // the job again. FAILED_PRECONDITION if a result file it names was not
-  // uploaded. REQUIRES: the job's lock.
-  absl::Status DecideOutcome(const v1::Job& job, const v1::RunningAttempt& a,
+  // What `a`'s outcome (rank 0's, on `worker_id`) writes (into `report`);
+  // `requeued` when it queues the job again. FAILED_PRECONDITION if a
+  // result file it names was not uploaded. REQUIRES: the job's lock.
+  absl::Status DecideOutcome(const v1::Job& job, const std::string& worker_id,
+                             const v1::RunningAttempt& a,
                              store::Store::AttemptReport& report,
                              bool& requeued) ABSL_LOCKS_EXCLUDED(mu_);
+  // How `job` moves when its live attempt fails on rank `rank` (worker
+  // `worker_id`): its lease expired (`failure` null) or it reported
+  // `failure`. The job's fault (failure->user_fault()) fails it; otherwise
+  // it is cancelled if cancelling, fails at max_attempts, or is retried
+  // with backoff (a paused job, whose resume waits, is queued).
+  store::Store::AttemptReport::StatusChange AttemptFailed(
+      const v1::Job& job, int rank, const std::string& worker_id,
+      const v1::JobError* failure, absl::Time now) const;
   // Takes the planned job's lock to start its attempt.
   absl::Status MaybeAssign(const v1::WorkerReport& r, v1::WorkerDirective& out)
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -198,11 +209,11 @@ class Coordinator {
   void ExpireAttempt(const scheduler::LeaseTable::Lease& lease, absl::Time now)
       ABSL_LOCKS_EXCLUDED(mu_);
   // `job`'s current attempt lost rank `rank` (worker `worker_id`): its
-  // lease expired (`failure` null) or it reported `failure`. Requeues the
-  // job with backoff, fails it at max_attempts, cancels it if cancelling;
-  // a paused job stays paused (queued if a resume waits), and loses its
-  // attempt only with rank 0. Never moves a job whose attempt is not live.
-  // REQUIRES: the job's lock; the rank's own lease already taken.
+  // lease expired (`failure` null) or it reported `failure`. Moves the job
+  // as AttemptFailed says; a paused job stays paused (queued if a resume
+  // waits), and loses its attempt only with rank 0. Never moves a job
+  // whose attempt is not live. REQUIRES: the job's lock; the rank's own
+  // lease already taken.
   void LoseRank(const v1::Job& job, int rank, const std::string& worker_id,
                 const v1::JobError* failure, absl::Time now)
       ABSL_LOCKS_EXCLUDED(mu_);

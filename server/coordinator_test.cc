@@ -674,6 +674,43 @@ TEST_F(CoordinatorTest, ARendezvousOfABarePortTakesThePeersIpv6Host) {
   EXPECT_EQ(Report("w2").assignment().rendezvous(), "[::1]:7000");
 }
 
+TEST_F(CoordinatorTest,
+       RankZeroFailingWithItsGangRetriesButTheJobsFaultFailsIt) {
+  AddGang("ftjob-g", 2);
+  RunPair("ftjob-g");
+  // Rank 0's collective lost its peer: not the job's fault, a new attempt.
+  v1::RunningAttempt a0 = Attempt("ftjob-g", 1);
+  a0.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_FAILED);
+  a0.mutable_outcome()->mutable_error()->set_code("training_error");
+  a0.mutable_outcome()->mutable_error()->set_message("another rank was lost");
+  EXPECT_TRUE(Report("w1", &a0).outcome_recorded());
+  auto job = store_->GetJob("ftjob-g");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
+  EXPECT_EQ(job->failed_attempts(), 1);
+  EXPECT_TRUE(AnyMessageHas(
+      "ftjob-g", "Worker w1 (rank 0) failed: another rank was lost"));
+  const v1::RunningAttempt a1 = Attempt("ftjob-g", 1, 1);
+  EXPECT_TRUE(Report("w2", &a1).stop());
+
+  // Attempt 2: rank 1 finds bad data, the job's fault: it fails at once.
+  ASSERT_TRUE(store_
+                  ->Transition("ftjob-g", v1::JOB_STATUS_QUEUED,
+                               v1::JOB_STATUS_RUNNING, std::nullopt,
+                               {.attempt = 2, .worker_id = "w1"})
+                  .ok());
+  v1::RunningAttempt bad = Attempt("ftjob-g", 2, 1);
+  bad.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_FAILED);
+  bad.mutable_outcome()->mutable_error()->set_code("invalid_training_file");
+  bad.mutable_outcome()->mutable_error()->set_message("line 3: not JSON");
+  bad.mutable_outcome()->mutable_error()->set_user_fault(true);
+  EXPECT_TRUE(Report("w2", &bad).outcome_recorded());
+  job = store_->GetJob("ftjob-g");
+  EXPECT_EQ(job->status(), v1::JOB_STATUS_FAILED);
+  EXPECT_EQ(job->error().code(), "invalid_training_file");
+  EXPECT_TRUE(job->error().user_fault());
+  EXPECT_EQ(job->failed_attempts(), 1);
+}
+
 TEST_F(CoordinatorTest, ARanksFailureRequeuesTheJobAndStopsRankZero) {
   AddGang("ftjob-g", 2);
   RunPair("ftjob-g");
