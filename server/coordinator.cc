@@ -27,6 +27,18 @@ std::string FineTunedModelName(const v1::Job& job) {
                       job.suffix().empty() ? "lathe" : job.suffix(), ":", id);
 }
 
+scheduler::Priority SchedulerPriority(v1::JobPriority p) {
+  return p == v1::JOB_PRIORITY_HIGH  ? scheduler::Priority::kHigh
+         : p == v1::JOB_PRIORITY_LOW ? scheduler::Priority::kLow
+                                     : scheduler::Priority::kNormal;
+}
+
+const char* PriorityName(scheduler::Priority p) {
+  return p == scheduler::Priority::kHigh  ? "high"
+         : p == scheduler::Priority::kLow ? "low"
+                                          : "normal";
+}
+
 // The store's queue as the scheduler sees it.
 std::vector<scheduler::JobRequest> SchedulerQueue(
     const std::vector<store::Store::QueueEntry>& queue) {
@@ -36,10 +48,7 @@ std::vector<scheduler::JobRequest> SchedulerQueue(
     scheduler::JobRequest j;
     j.job_id = q.job_id;
     j.project = q.project;
-    j.priority =
-        q.priority == v1::JOB_PRIORITY_HIGH  ? scheduler::Priority::kHigh
-        : q.priority == v1::JOB_PRIORITY_LOW ? scheduler::Priority::kLow
-                                             : scheduler::Priority::kNormal;
+    j.priority = SchedulerPriority(q.priority);
     j.memory_bytes = q.memory_bytes;
     j.devices = std::max(q.devices, 1);
     j.enqueue_order = q.seq;
@@ -263,6 +272,7 @@ absl::Status Coordinator::HandleAttempt(const v1::WorkerReport& r,
     return absl::OkStatus();
   }
   SetStopIfAsked(job, out);
+  SetStopIfPreempted(job, a.attempt(), out);
   out.set_lease_deadline_ms(absl::ToUnixMillis(deadline));
   return absl::OkStatus();
 }
@@ -298,6 +308,7 @@ absl::Status Coordinator::HandleRankReport(const v1::WorkerReport& r,
     deadline = leases_.Get(job.id(), a.rank())->deadline;
   }
   SetStopIfAsked(job, out);
+  SetStopIfPreempted(job, a.attempt(), out);
   out.set_lease_deadline_ms(absl::ToUnixMillis(deadline));
   return absl::OkStatus();
 }
@@ -338,10 +349,25 @@ absl::Status Coordinator::DecideOutcome(const v1::Job& job,
         to = v1::JOB_STATUS_CANCELLED;
         u.message = "The job was cancelled";
       } else {
-        // The worker shut down and handed the job back after a checkpoint.
+        // The worker shut down, or the job was preempted, and handed the
+        // job back after a checkpoint.
         to = v1::JOB_STATUS_QUEUED;
-        u.message = absl::StrCat("The worker stopped at step ", a.step(),
-                                 " and handed the job back; requeued");
+        std::string by;
+        {
+          absl::MutexLock lock(&mu_);
+          auto p = preempting_.find(job.id());
+          if (p != preempting_.end() && p->second.attempt == a.attempt()) {
+            by = p->second.by;
+          }
+        }
+        u.message =
+            by.empty()
+                ? absl::StrCat("The worker stopped at step ", a.step(),
+                               " and handed the job back; requeued")
+                : absl::StrCat("Preempted by ", by, ": checkpointed at step ",
+                               a.step(),
+                               " and handed back; queued again in its place, "
+                               "it resumes from that checkpoint");
       }
       break;
     case v1::AttemptOutcome::RESULT_SUCCEEDED: {
@@ -412,6 +438,10 @@ absl::Status Coordinator::RefreshPlan(absl::Time now) {
   ASSIGN_OR_RETURN(store::Store::SchedulerInput in,
                    store_.ReadSchedulerInput());
   std::vector<std::pair<std::string, std::string>> unplaceable;
+  // A job to preempt for, with what its plan needs.
+  std::optional<scheduler::JobRequest> preempt_for;
+  std::vector<scheduler::WorkerInfo> preempt_fleet;
+  absl::flat_hash_map<std::string, std::vector<std::string>> running_workers;
   {
     absl::MutexLock lock(&mu_);
     // A plan made since this read began saw more than this one.
@@ -429,12 +459,38 @@ absl::Status Coordinator::RefreshPlan(absl::Time now) {
         queue.push_back(std::move(q));
       }
     }
+    const std::vector<scheduler::JobRequest> requests = SchedulerQueue(queue);
+    // Holds end when their job starts (MaybeAssign), leaves the queue, or
+    // waited too long.
+    absl::flat_hash_map<std::string, const scheduler::JobRequest*> queued;
+    for (const scheduler::JobRequest& j : requests) queued[j.job_id] = &j;
+    absl::erase_if(held_, [&](const auto& h) {
+      return h.second.until < now || !queued.contains(h.second.job_id);
+    });
+    // Held workers are planned for their job alone.
     std::vector<scheduler::WorkerInfo> fleet;
     fleet.reserve(fleet_.size());
-    for (const auto& [id, w] : fleet_) fleet.push_back(w);
-    scheduler::RoundPlan plan =
-        scheduler::PlanRound(SchedulerQueue(queue), fleet, running_per_project,
-                             options_.policy, now);
+    absl::flat_hash_map<std::string, std::vector<scheduler::WorkerInfo>> holds;
+    for (const auto& [id, w] : fleet_) {
+      fleet.push_back(w);
+      if (auto h = held_.find(id); h != held_.end()) {
+        holds[h->second.job_id].push_back(w);
+        fleet.back().idle = false;
+      }
+    }
+    scheduler::RoundPlan plan = scheduler::PlanRound(
+        requests, fleet, running_per_project, options_.policy, now);
+    absl::flat_hash_set<std::string> placed;
+    for (const auto& p : plan.placements) placed.insert(p.job_id);
+    for (const auto& [job_id, workers] : holds) {
+      if (placed.contains(job_id)) continue;
+      scheduler::RoundPlan own = scheduler::PlanRound(
+          {*queued[job_id]}, workers, running_per_project, options_.policy,
+          now);
+      plan.placements.insert(plan.placements.end(), own.placements.begin(),
+                             own.placements.end());
+      for (const auto& p : own.placements) placed.insert(p.job_id);
+    }
     pending_.clear();
     planned_.clear();
     for (const auto& p : plan.placements) {
@@ -445,6 +501,31 @@ absl::Status Coordinator::RefreshPlan(absl::Time now) {
       }
       workers[p.rank] = p.worker_id;
     }
+    // Preemption, one at a time: the highest-class job left waiting that
+    // some worker could run (not unplaceable), if none is under way.
+    if (options_.preemption && preempting_.empty() && held_.empty()) {
+      absl::flat_hash_set<std::string> cannot;
+      for (const auto& u : plan.unplaceable) cannot.insert(u.job_id);
+      for (const scheduler::JobRequest& j : requests) {
+        if (placed.contains(j.job_id) || cannot.contains(j.job_id) ||
+            j.not_before > now || j.priority == scheduler::Priority::kLow) {
+          continue;
+        }
+        if (!preempt_for.has_value() || j.priority > preempt_for->priority) {
+          preempt_for = j;  // requests are in queue order: the oldest first
+        }
+      }
+      if (preempt_for.has_value()) {
+        preempt_fleet = fleet;
+        for (const auto& lease : leases_.Expired(absl::InfiniteFuture())) {
+          std::vector<std::string>& workers = running_workers[lease.job_id];
+          if (static_cast<int>(workers.size()) <= lease.rank) {
+            workers.resize(lease.rank + 1);
+          }
+          workers[lease.rank] = lease.worker_id;
+        }
+      }
+    }
     plan_time_ = now;
     planned_changes_ = seen;
     for (const auto& u : plan.unplaceable) {
@@ -452,6 +533,9 @@ absl::Status Coordinator::RefreshPlan(absl::Time now) {
         unplaceable.emplace_back(u.job_id, u.reason);
       }
     }
+  }
+  if (preempt_for.has_value()) {
+    MaybePreempt(*preempt_for, preempt_fleet, running_workers, now);
   }
   for (const auto& [job_id, reason] : unplaceable) {
     v1::JobEvent e;
@@ -562,6 +646,8 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
     absl::MutexLock lock(&mu_);
     started = true;
     warned_unplaceable_.erase(job.id());
+    absl::erase_if(held_,
+                   [&](const auto& h) { return h.second.job_id == job.id(); });
     // Every rank's lease from now: a member that never reports fails the
     // attempt.
     for (size_t rank = 0; rank < workers.size(); ++rank) {
@@ -618,6 +704,7 @@ void Coordinator::SendAssignment(const std::string& job_id, Gang& gang,
 void Coordinator::WorkerDisconnected(const std::string& worker_id) {
   absl::MutexLock lock(&mu_);
   fleet_.erase(worker_id);
+  held_.erase(worker_id);
   // A gang planned on it cannot start: none of its workers takes it. (A
   // committed member keeps its place: its lease decides.)
   if (auto p = pending_.find(worker_id); p != pending_.end()) {
@@ -930,6 +1017,7 @@ void Coordinator::LoseRank(const v1::Job& job, int rank,
 
 void Coordinator::EndAttempt(const std::string& job_id, int32_t attempt) {
   leases_.Release(job_id);
+  preempting_.erase(job_id);
   auto g = gangs_.find(job_id);
   if (g == gangs_.end() || g->second.attempt != attempt) return;
   for (const std::string& w : g->second.workers) {
@@ -940,6 +1028,101 @@ void Coordinator::EndAttempt(const std::string& job_id, int32_t attempt) {
     PlanIsStale();
   }
   gangs_.erase(g);
+}
+
+void Coordinator::ConsiderPreemption(absl::Time now) {
+  if (!options_.preemption) return;
+  if (auto st = RefreshPlan(now); !st.ok()) {
+    spdlog::warn("planning for preemption: {}", st.ToString());
+  }
+}
+
+void Coordinator::SetStopIfPreempted(const v1::Job& job, int32_t attempt,
+                                     v1::WorkerDirective& out) {
+  if (job.status() != v1::JOB_STATUS_RUNNING) return;
+  absl::MutexLock lock(&mu_);
+  auto p = preempting_.find(job.id());
+  if (p == preempting_.end() || p->second.attempt != attempt) return;
+  out.set_stop(true);
+  out.set_checkpoint_before_stop(true);
+  out.set_stop_reason(absl::StrCat("preempted by ", p->second.by));
+}
+
+void Coordinator::MaybePreempt(
+    const scheduler::JobRequest& job,
+    const std::vector<scheduler::WorkerInfo>& fleet,
+    const absl::flat_hash_map<std::string, std::vector<std::string>>& running,
+    absl::Time now) {
+  auto jobs = store_.JobsInStatus(v1::JOB_STATUS_RUNNING);
+  if (!jobs.ok()) {
+    spdlog::warn("preemption for {}: {}", job.job_id, jobs.status().ToString());
+    return;
+  }
+  std::vector<scheduler::RunningJob> candidates;
+  absl::flat_hash_map<std::string, v1::Job> by_id;
+  {
+    absl::MutexLock lock(&mu_);
+    for (v1::Job& j : *jobs) {
+      auto workers = running.find(j.id());
+      if (workers == running.end()) continue;  // no lease: not this lathed's yet
+      scheduler::RunningJob r;
+      r.job_id = j.id();
+      r.priority = SchedulerPriority(j.priority());
+      r.worker_ids = workers->second;
+      // The attempt's start: the newest started lose the least work.
+      r.started_at = absl::FromUnixSeconds(j.started_at());
+      if (auto t = last_preempted_.find(j.id()); t != last_preempted_.end()) {
+        r.last_preempted = t->second;
+      }
+      candidates.push_back(std::move(r));
+      by_id[j.id()] = std::move(j);
+    }
+  }
+  std::optional<scheduler::PreemptionPlan> plan = scheduler::PlanPreemption(
+      job, fleet, candidates, options_.preemption_grace, now);
+  if (!plan.has_value()) return;
+  std::vector<std::string> stopped;
+  for (const std::string& victim : plan->victims) {
+    JobLocks::Lock victim_lock = job_locks_.Acquire(victim);
+    auto current = store_.GetJob(victim);
+    if (!current.ok() || current->status() != v1::JOB_STATUS_RUNNING ||
+        current->attempt() != by_id[victim].attempt()) {
+      continue;  // finished, paused or requeued since: nothing to stop
+    }
+    v1::JobEvent e;
+    e.set_type("message");
+    e.set_level("warn");
+    e.set_message(absl::StrCat(
+        "Preempted by ", job.job_id, " (", PriorityName(job.priority),
+        " priority, needs ", job.devices, job.devices > 1 ? " workers" : " worker",
+        "): the job checkpoints and hands its worker", 
+        current->devices() > 1 ? "s" : "", " back, then waits in its place in the queue"));
+    if (auto st = store_.AppendEvent(victim, e, 0, 0); !st.ok()) {
+      spdlog::warn("event for {}: {}", victim, st.status().ToString());
+    }
+    absl::MutexLock lock(&mu_);
+    preempting_[victim] = {job.job_id, current->attempt()};
+    last_preempted_[victim] = now;
+    stopped.push_back(victim);
+  }
+  if (stopped.empty()) return;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const std::string& w : plan->workers) {
+      held_[w] = {job.job_id, now + options_.preemption_hold};
+    }
+    PlanIsStale();
+  }
+  spdlog::info("preempting {} for {}", absl::StrJoin(stopped, ", "), job.job_id);
+  v1::JobEvent e;
+  e.set_type("message");
+  e.set_level("info");
+  e.set_message(absl::StrCat("No worker is free: preempting ",
+                             absl::StrJoin(stopped, ", "),
+                             " (lower priority) to run this job"));
+  if (auto st = store_.AppendEvent(job.job_id, e, 0, 0); !st.ok()) {
+    spdlog::warn("event for {}: {}", job.job_id, st.status().ToString());
+  }
 }
 
 std::vector<scheduler::WorkerInfo> Coordinator::Fleet() {

@@ -84,6 +84,14 @@ struct CoordinatorOptions {
   // A placement plan is reused for this long before it is recomputed.
   absl::Duration replan_interval = absl::Milliseconds(200);
   scheduler::SchedulingPolicy policy;
+  // Priority preemption (scheduler::PlanPreemption): a queued job that no
+  // round can place may stop strictly lower-class running jobs, which
+  // checkpoint, hand back and are queued again in their old place; none is
+  // preempted twice within `preemption_grace`. The workers freed are held
+  // for the preempting job for up to `preemption_hold`.
+  bool preemption = true;
+  absl::Duration preemption_grace = absl::Minutes(10);
+  absl::Duration preemption_hold = absl::Minutes(5);
 };
 
 class Coordinator {
@@ -146,6 +154,11 @@ class Coordinator {
   // backoff (or fails once max_attempts attempts have failed). Returns how
   // many expired.
   int SweepExpiredLeases(absl::Time now);
+
+  // Plans a round now (as an idle report would) so that a queued job no
+  // worker is free for may preempt (CoordinatorOptions::preemption): with
+  // every worker busy no idle report comes. Called by lathed's sweep.
+  void ConsiderPreemption(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The connected workers as the scheduler sees them (for /metrics).
   std::vector<scheduler::WorkerInfo> Fleet() ABSL_LOCKS_EXCLUDED(mu_);
@@ -234,6 +247,20 @@ class Coordinator {
   // Recomputes pending_ from a snapshot of the queue (read outside mu_),
   // the fleet and the jobs being assigned, unless the plan is fresh.
   absl::Status RefreshPlan(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // Preemption for `job`, which the last round left waiting: plans it from
+  // `fleet` and the running attempts' workers (`running`: job id -> workers
+  // by rank), asks the victims to checkpoint and hand back, and holds the
+  // workers for `job`. Writes events; takes each victim's lock in turn.
+  void MaybePreempt(const scheduler::JobRequest& job,
+                    const std::vector<scheduler::WorkerInfo>& fleet,
+                    const absl::flat_hash_map<std::string,
+                                              std::vector<std::string>>& running,
+                    absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // What a live attempt of `job` is told beyond SetStopIfAsked: checkpoint
+  // and stop when it is being preempted.
+  void SetStopIfPreempted(const v1::Job& job, int32_t attempt,
+                          v1::WorkerDirective& out) ABSL_LOCKS_EXCLUDED(mu_);
+
   // A worker joined, left or became idle, or a job was requeued: the plan
   // is recomputed on the next idle report.
   void PlanIsStale() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++changes_; }
@@ -274,6 +301,24 @@ class Coordinator {
   absl::flat_hash_set<std::string> starting_ ABSL_GUARDED_BY(mu_);
   // Jobs already told that no connected worker can run them.
   absl::flat_hash_set<std::string> warned_unplaceable_ ABSL_GUARDED_BY(mu_);
+  // Running attempts asked to checkpoint and hand back for a preempting
+  // job (job id -> that job and the attempt); gone when the attempt ends.
+  struct Preempted {
+    std::string by;
+    int32_t attempt = 0;
+  };
+  absl::flat_hash_map<std::string, Preempted> preempting_ ABSL_GUARDED_BY(mu_);
+  // When each job was last preempted (for the grace period; this lathed's
+  // memory only).
+  absl::flat_hash_map<std::string, absl::Time> last_preempted_
+      ABSL_GUARDED_BY(mu_);
+  // Workers held for a preempting job: planned for it alone until it
+  // starts, leaves the queue, or the hold ends.
+  struct Hold {
+    std::string job_id;
+    absl::Time until;
+  };
+  absl::flat_hash_map<std::string, Hold> held_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace lathe

@@ -182,6 +182,9 @@ absl::StatusOr<std::unique_ptr<Lathed>> Lathed::Start(LathedOptions options) {
   d->sweeper_ = std::thread([self, interval] {
     while (!self->shutting_down_.load()) {
       self->coordinator_->SweepExpiredLeases(absl::Now());
+      // Plans are otherwise made when a worker reports idle: a busy fleet
+      // would never consider preempting for a waiting job.
+      self->coordinator_->ConsiderPreemption(absl::Now());
       absl::SleepFor(interval);
     }
   });

@@ -60,6 +60,12 @@ ABSL_FLAG(double, base_learning_rate, 2e-4,
           "learning rate at learning_rate_multiplier 1");
 ABSL_FLAG(int, lease_seconds, 15,
           "a running job's lease; a worker silent this long loses the job");
+ABSL_FLAG(bool, preemption, true,
+          "let a queued job that no worker is free for stop strictly "
+          "lower-priority running jobs (they checkpoint, hand back and are "
+          "queued again in their place)");
+ABSL_FLAG(int, preemption_grace_seconds, 600,
+          "a job is not preempted again within this many seconds");
 ABSL_FLAG(int, max_attempts, 3,
           "failed attempts (a worker lost) per job before it fails; pauses and "
           "hand-backs do not count");
@@ -146,6 +152,9 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_base_learning_rate);
   o.coordinator.lease_ttl = absl::Seconds(absl::GetFlag(FLAGS_lease_seconds));
   o.coordinator.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  o.coordinator.preemption = absl::GetFlag(FLAGS_preemption);
+  o.coordinator.preemption_grace =
+      absl::Seconds(absl::GetFlag(FLAGS_preemption_grace_seconds));
   o.feed.max_follow = absl::Seconds(absl::GetFlag(FLAGS_max_stream_seconds));
   o.admin_key_file = absl::GetFlag(FLAGS_admin_key_file);
   o.worker_token_file = absl::GetFlag(FLAGS_worker_token_file);

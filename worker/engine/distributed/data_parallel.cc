@@ -3,6 +3,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/torch.h>
+#include <torch/version.h>
 #if LATHE_HAS_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -19,6 +20,16 @@
 
 namespace lathe::engine {
 namespace {
+
+// LibTorch 2.x asks for a libuv store by default, which Debian's build (and
+// any built without libuv) refuses; the classic one is in every build.
+void ClassicStore(c10d::TCPStoreOptions& o) {
+#if TORCH_VERSION_MAJOR >= 2 && (TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 3)
+  o.useLibUV = false;
+#else
+  (void)o;
+#endif
+}
 
 std::chrono::milliseconds Millis(absl::Duration d) {
   return std::chrono::milliseconds(absl::ToInt64Milliseconds(d));
@@ -78,6 +89,7 @@ absl::StatusOr<std::shared_ptr<Rendezvous>> Rendezvous::Host(
   o.numWorkers = world_size;
   o.waitWorkers = false;  // the others come once lathed has told them where
   o.timeout = Millis(timeout);
+  ClassicStore(o);
   try {
     auto impl = std::make_unique<Impl>();
     impl->store = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", o);
@@ -100,6 +112,7 @@ absl::StatusOr<std::shared_ptr<Rendezvous>> Rendezvous::Connect(
   o.port = static_cast<uint16_t>(port);
   o.isServer = false;
   o.timeout = Millis(timeout);
+  ClassicStore(o);
   try {
     auto impl = std::make_unique<Impl>();
     impl->store = c10::make_intrusive<c10d::TCPStore>(host, o);
