@@ -1032,6 +1032,15 @@ void Coordinator::EndAttempt(const std::string& job_id, int32_t attempt) {
 
 void Coordinator::ConsiderPreemption(absl::Time now) {
   if (!options_.preemption) return;
+  {
+    // An idle worker's reports plan rounds; with no worker at all there is
+    // nothing to preempt.
+    absl::MutexLock lock(&mu_);
+    if (fleet_.empty()) return;
+    for (const auto& [id, w] : fleet_) {
+      if (w.idle && !committed_.contains(id)) return;
+    }
+  }
   if (auto st = RefreshPlan(now); !st.ok()) {
     spdlog::warn("planning for preemption: {}", st.ToString());
   }

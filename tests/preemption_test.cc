@@ -63,7 +63,7 @@ absl::StatusOr<v1::Job> WaitFinished(Client& c, const std::string& id) {
                     absl::Minutes(4));
 }
 
-TEST(PreemptionTest, AHighPriorityJobPreemptsALowOneWhichResumesToTheUninterruptedWeights) {
+TEST(PriorityPreemptionTest, AHighPriorityJobPreemptsALowOneWhichResumesToTheUninterruptedWeights) {
   auto cluster = Cluster::Start(TestRoot("preemption"), 1);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
