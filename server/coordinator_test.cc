@@ -952,5 +952,86 @@ TEST_F(CoordinatorTest, AGangsRanksReportBackAfterARestart) {
   EXPECT_EQ(coord_->SweepExpiredLeases(absl::Now() + absl::Hours(1)), 0);
 }
 
+TEST_F(CoordinatorTest, AHigherClassPreemptsTheLowerOnceWithinTheGrace) {
+  CoordinatorOptions o;
+  o.lease_ttl = absl::Seconds(10);
+  o.replan_interval = absl::ZeroDuration();
+  coord_ = *Coordinator::Create(*store_, o);
+  auto add = [&](const std::string& id, v1::JobPriority p) {
+    v1::Job j;
+    j.set_id(id);
+    j.set_status(v1::JOB_STATUS_QUEUED);
+    j.set_model("tiny");
+    j.set_priority(p);
+    j.mutable_method()->mutable_supervised();
+    ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
+  };
+  add("ftjob-low", v1::JOB_PRIORITY_LOW);
+  ASSERT_EQ(Report("w1").assignment().job_id(), "ftjob-low");
+  v1::RunningAttempt low = Attempt("ftjob-low", 1);
+
+  // A job of the same class waits: no preemption within a class.
+  add("ftjob-low2", v1::JOB_PRIORITY_LOW);
+  coord_->ConsiderPreemption(absl::Now());
+  EXPECT_FALSE(Report("w1", &low).stop());
+
+  // A high one stops it: checkpoint, then stop.
+  add("ftjob-high", v1::JOB_PRIORITY_HIGH);
+  coord_->ConsiderPreemption(absl::Now());
+  v1::WorkerDirective d = Report("w1", &low);
+  EXPECT_TRUE(d.stop());
+  EXPECT_TRUE(d.checkpoint_before_stop());
+  EXPECT_EQ(d.stop_reason(), "preempted by ftjob-high");
+  EXPECT_TRUE(AnyMessageHas("ftjob-low", "Preempted by ftjob-high"));
+  EXPECT_TRUE(AnyMessageHas("ftjob-high", "preempting ftjob-low"));
+  // Its hand-back requeues it, and is not a failure.
+  low.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_STOPPED);
+  EXPECT_TRUE(Report("w1", &low).outcome_recorded());
+  auto requeued = store_->GetJob("ftjob-low");
+  EXPECT_EQ(requeued->status(), v1::JOB_STATUS_QUEUED);
+  EXPECT_EQ(requeued->failed_attempts(), 0);
+  EXPECT_TRUE(AnyMessageHas("ftjob-low", "handed back; queued again"));
+  // The freed worker is the high job's.
+  d = Report("w1");
+  ASSERT_TRUE(d.has_assignment());
+  EXPECT_EQ(d.assignment().job_id(), "ftjob-high");
+  v1::RunningAttempt high = Attempt("ftjob-high", 1);
+  UploadAdapter("ftjob-high");
+  high.mutable_outcome()->set_result(v1::AttemptOutcome::RESULT_SUCCEEDED);
+  high.mutable_outcome()->add_result_files("adapter_model.safetensors");
+  EXPECT_TRUE(Report("w1", &high).outcome_recorded());
+
+  // Then the low job, in its old place (before ftjob-low2), from attempt 2;
+  // another high job does not preempt it again within the grace period.
+  d = Report("w1");
+  ASSERT_TRUE(d.has_assignment());
+  EXPECT_EQ(d.assignment().job_id(), "ftjob-low");
+  EXPECT_EQ(d.assignment().attempt(), 2);
+  add("ftjob-high2", v1::JOB_PRIORITY_HIGH);
+  coord_->ConsiderPreemption(absl::Now());
+  v1::RunningAttempt again = Attempt("ftjob-low", 2);
+  EXPECT_FALSE(Report("w1", &again).stop());
+  EXPECT_EQ(store_->GetJob("ftjob-high2")->status(), v1::JOB_STATUS_QUEUED);
+}
+
+TEST_F(CoordinatorTest, PreemptionOffLeavesRunningJobsAlone) {
+  CoordinatorOptions o;
+  o.replan_interval = absl::ZeroDuration();
+  o.preemption = false;
+  coord_ = *Coordinator::Create(*store_, o);
+  AddJob("ftjob-a");  // normal
+  ASSERT_TRUE(Report("w1").has_assignment());
+  v1::Job j;
+  j.set_id("ftjob-h");
+  j.set_status(v1::JOB_STATUS_QUEUED);
+  j.set_model("tiny");
+  j.set_priority(v1::JOB_PRIORITY_HIGH);
+  j.mutable_method()->mutable_supervised();
+  ASSERT_TRUE(store_->CreateJob(j, "", "").ok());
+  coord_->ConsiderPreemption(absl::Now());
+  v1::RunningAttempt a = Attempt("ftjob-a", 1);
+  EXPECT_FALSE(Report("w1", &a).stop());
+}
+
 }  // namespace
 }  // namespace lathe
