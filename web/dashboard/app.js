@@ -166,7 +166,10 @@ async function jobPage(root, id) {
   const eventsBody = el("tbody");
   const checkpointsBody = el("tbody");
   const downloads = el("div", { id: "downloads" });
-  root.append(el("h1", {}, id, " ", el("span", { id: "job-status" }, statusBadge(job.status))), actions, info,
+  // Updates go to this page's own elements: a late one, after the user
+  // went to another page, lands in detached nodes, never on that page.
+  const status = el("span", { id: "job-status" }, statusBadge(job.status));
+  root.append(el("h1", {}, id, " ", status), actions, info,
     el("h2", {}, "Curves"), el("div", { class: "charts" }, loss.box, acc.box, vloss.box, lr.box),
     el("h2", {}, "Checkpoints"),
     el("table", { id: "checkpoints" }, el("thead", {}, el("tr", {}, el("th", {}, "Step"), el("th", {}, "Train loss"),
@@ -187,7 +190,7 @@ async function jobPage(root, id) {
       ["Created", fmtTime(job.created_at)], ["Finished", fmtTime(job.finished_at)],
       ["Error", job.error ? `${job.error.code}: ${job.error.message}` : "—"]];
     info.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v ?? "—")]));
-    $("#job-status").replaceChildren(statusBadge(job.status));
+    status.replaceChildren(statusBadge(job.status));
     // The buttons are made once and only enabled or disabled here: the live feed re-renders this block
     // many times a second while a job trains, and a button replaced under the pointer loses its click.
     if (!actions.firstChild) {
@@ -279,7 +282,9 @@ async function jobPage(root, id) {
           } else if (type === "job") {
             // The feed's copy may be older than what a button just got
             // back: show the job as it is now.
-            job = await api(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}`).catch(() => JSON.parse(data));
+            const now = await api(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}`).catch(() => JSON.parse(data));
+            if (controller.signal.aborted) return;
+            job = now;
             renderInfo();
             renderCheckpoints().catch(() => {});
             renderDownloads();
@@ -323,7 +328,12 @@ function signOut(message) {
   route();
 }
 
+// route() calls so far: a page that finishes loading after a newer route()
+// has replaced it is stopped at once.
+let routes = 0;
+
 async function route() {
+  const current = ++routes;
   stopPage();
   stopPage = () => {};
   const signedIn = !!apiKey();
@@ -341,6 +351,10 @@ async function route() {
     else if (page === "files") stop = await filesPage(root);
     else if (page === "models") stop = await modelsPage(root);
     else stop = await jobsPage(root);
+    if (current !== routes) {
+      if (stop) stop();
+      return;
+    }
     if (stop) stopPage = stop;
     root.dataset.ready = "true";
   } catch (e) {
