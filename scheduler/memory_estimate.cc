@@ -36,6 +36,10 @@ int64_t PartParameters(const ModelShape& m, const TrainedPart& part) {
   return std::min(trained, m.parameters);
 }
 
+int64_t WeightBytes(const ModelShape& m) {
+  return m.parameters * m.bytes_per_weight;
+}
+
 }  // namespace
 
 int64_t TrainableParameters(const ModelShape& model, const TrainShape& train) {
@@ -48,7 +52,7 @@ int64_t TrainableParameters(const ModelShape& model, const TrainShape& train) {
 
 int64_t EstimateMemoryBytes(const ModelShape& model, const TrainShape& train) {
   const int64_t tokens = train.batch_size * train.sequence_length;
-  const int64_t weights = model.parameters * model.bytes_per_weight;
+  const int64_t weights = WeightBytes(model);
   const int64_t optimizer =
       TrainableParameters(model, train) * kBytesPerTrainableParameter;
   const int64_t activations = tokens * model.hidden_size * model.num_layers *
@@ -56,6 +60,10 @@ int64_t EstimateMemoryBytes(const ModelShape& model, const TrainShape& train) {
                               model.bytes_per_weight;
   const int64_t logits = tokens * model.vocab_size * kLogitBytesPerTokenVocab;
   return weights + optimizer + activations + logits + kMemoryOverheadBytes;
+}
+
+int64_t SharedBaseBytes(const ModelShape& model, const TrainShape& train) {
+  return train.method == TrainMethod::kLora ? WeightBytes(model) : 0;
 }
 
 }  // namespace lathe::scheduler

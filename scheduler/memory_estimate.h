@@ -84,6 +84,16 @@ int64_t TrainableParameters(const ModelShape& model, const TrainShape& train);
 // REQUIRES: every field >= 0.
 int64_t EstimateMemoryBytes(const ModelShape& model, const TrainShape& train);
 
+// The part of EstimateMemoryBytes that is the frozen base model's weights,
+// which LoRA jobs on the same base running in one process share: one copy
+// serves them all. For kLora the weights term, parameters *
+// bytes_per_weight; for kFull 0 (it trains, so owns, its copy, a part
+// included). A job run beside others on the same base costs only
+// EstimateMemoryBytes - SharedBaseBytes more; the base is counted once.
+// Only the weights are shared: each job keeps its own overhead term.
+// REQUIRES: as EstimateMemoryBytes.
+int64_t SharedBaseBytes(const ModelShape& model, const TrainShape& train);
+
 // The fixed part of EstimateMemoryBytes.
 inline constexpr int64_t kMemoryOverheadBytes = int64_t{1} << 30;
 

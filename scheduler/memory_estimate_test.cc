@@ -125,6 +125,39 @@ TEST(MemoryEstimateTest, FullFineTuneIgnoresLoraSettings) {
             EstimateMemoryBytes(Llama3_8B(), b));
 }
 
+TEST(MemoryEstimateTest, LoraSharesExactlyTheBaseWeights) {
+  const TrainShape train{.method = TrainMethod::kLora,
+                         .lora_rank = 16,
+                         .lora_matrices_per_layer = 4,
+                         .batch_size = 4,
+                         .sequence_length = 2048};
+  // The weights term of the worked example: 8'030'261'248 * 2.
+  EXPECT_EQ(SharedBaseBytes(Llama3_8B(), train), 16'060'522'496);
+  // Each job beside the first on the same base costs the rest of its
+  // estimate: optimizer + activations + logits + overhead.
+  EXPECT_EQ(EstimateMemoryBytes(Llama3_8B(), train) -
+                SharedBaseBytes(Llama3_8B(), train),
+            268'435'456 + 36'507'222'016 + 8'405'385'216 + 1'073'741'824);
+  // It follows the weights alone: fp32 weights share twice as much, and a
+  // bigger adapter or batch shares nothing more.
+  ModelShape fp32 = Llama3_8B();
+  fp32.bytes_per_weight = 4;
+  EXPECT_EQ(SharedBaseBytes(fp32, train), 2 * 16'060'522'496);
+  TrainShape bigger = train;
+  bigger.lora_rank = 64;
+  bigger.batch_size = 8;
+  EXPECT_EQ(SharedBaseBytes(Llama3_8B(), bigger), 16'060'522'496);
+}
+
+TEST(MemoryEstimateTest, FullFineTuneSharesNothing) {
+  TrainShape full{.method = TrainMethod::kFull};
+  EXPECT_EQ(SharedBaseBytes(Llama3_8B(), full), 0);
+  // Nor with a trained part: what it trains moves away from the base, so
+  // the copy it holds is its own.
+  full.part = TrainedPart{.ends = true, .whole_layers = 2};
+  EXPECT_EQ(SharedBaseBytes(Llama3_8BLayers(), full), 0);
+}
+
 TEST(MemoryEstimateTest, EmptyShapeIsTheOverhead) {
   EXPECT_EQ(EstimateMemoryBytes({}, {.lora_rank = 0, .batch_size = 0}),
             kMemoryOverheadBytes);

@@ -8,6 +8,7 @@
 #include <queue>
 #include <set>
 #include <string_view>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -56,6 +57,11 @@ int EffectiveClass(const JobRequest& job, absl::Duration aging,
   return level;
 }
 
+// Whether `job` may join other jobs on its base (rule 7).
+bool CanShare(const JobRequest& job) {
+  return job.devices == 1 && job.shared_bytes > 0 && !job.base_id.empty();
+}
+
 std::string Gib(int64_t bytes) {
   return absl::StrFormat("%.1f GiB", static_cast<double>(bytes) / (1 << 30));
 }
@@ -74,23 +80,72 @@ std::string DescribeWorkerWanted(const JobRequest& job) {
   return out;
 }
 
-// The fleet indexed for one round: every worker's capacity, and the idle
-// ones ordered by capacity for best fit. Borrows `workers`, which must
-// outlive it.
+// The fleet indexed for one round: every worker's capacity, the idle ones
+// ordered by capacity for best fit, and the spots where a job can join
+// others on its base (rule 7). Borrows `workers`, which must outlive it.
 class FleetIndex {
  public:
   explicit FleetIndex(const std::vector<WorkerInfo>& workers)
       : workers_(workers) {
     capacity_.reserve(workers.size());
     for (int i = 0; i < static_cast<int>(workers.size()); ++i) {
-      capacity_.push_back(WorkerCapacity(workers[i]));
-      if (!workers[i].idle) continue;
-      idle_by_kind_[capacity_[i].kind].insert({capacity_[i].memory_bytes, i});
-      ++idle_count_;
+      const WorkerInfo& w = workers[i];
+      capacity_.push_back(WorkerCapacity(w));
+      if (w.idle) {
+        idle_by_kind_[capacity_[i].kind].insert({capacity_[i].memory_bytes, i});
+        ++idle_count_;
+      } else if (!w.running.empty() &&
+                 static_cast<int>(w.running.size()) < w.max_attempts) {
+        AddSpotIfShared(i);
+      }
     }
   }
 
   bool AnyIdle() const { return idle_count_ > 0; }
+
+  // Whether any job could still be placed: an idle worker or a spot is left.
+  bool AnyRoom() const { return idle_count_ > 0 || spot_count_ > 0; }
+
+  // Takes the spot that `job` (REQUIRES: CanShare) fits with the least
+  // capacity left after it (ties: the first in the fleet) and returns its
+  // worker, or -1 if none fits.
+  int TakeSpot(const JobRequest& job) {
+    auto spots = spots_.find(job.base_id);
+    if (spots == spots_.end()) return -1;
+    std::vector<Spot>& list = spots->second;
+    auto best = list.end();
+    int64_t best_left = 0;
+    for (auto it = list.begin(); it != list.end(); ++it) {
+      const int64_t left =
+          capacity_[it->worker].memory_bytes -
+          SpotNeed(*it, job.shared_bytes, job.memory_bytes - job.shared_bytes);
+      if (left < 0 || !Accepts(job, it->worker)) continue;
+      if (best == list.end() || left < best_left ||
+          (left == best_left && it->worker < best->worker)) {
+        best = it;
+        best_left = left;
+      }
+    }
+    if (best == list.end()) return -1;
+    const int worker = best->worker;
+    best->base_bytes = std::max(best->base_bytes, job.shared_bytes);
+    best->own_bytes += job.memory_bytes - job.shared_bytes;
+    if (++best->attempts >= workers_[worker].max_attempts) {
+      list.erase(best);
+      --spot_count_;
+    }
+    return worker;
+  }
+
+  // Records that the idle worker `worker` was given `job`: if the job can
+  // share and the worker runs more than one attempt, it is now a spot for
+  // the job's base.
+  void Given(const JobRequest& job, int worker) {
+    if (!CanShare(job) || workers_[worker].max_attempts <= 1) return;
+    spots_[job.base_id].push_back(
+        {worker, 1, job.shared_bytes, job.memory_bytes - job.shared_bytes});
+    ++spot_count_;
+  }
 
   // The largest capacity among the workers, idle or busy, that have the
   // kind and labels `job` asks for (`key` is its RequirementKey), or -1 if
@@ -194,6 +249,38 @@ class FleetIndex {
   // (capacity, index in the fleet), smallest first.
   using IdleSet = std::set<std::pair<int64_t, int>>;
 
+  // A busy worker with a free slot whose every attempt shares one base.
+  struct Spot {
+    int worker;          // index in the fleet
+    int attempts;        // running + given in this round
+    int64_t base_bytes;  // the base, once: the largest shared_bytes of them
+    int64_t own_bytes;   // the sum of their memory_bytes - shared_bytes
+  };
+
+  // The memory `spot` needs once a job sharing `shared` bytes of its base
+  // and needing `own` more joins it.
+  static int64_t SpotNeed(const Spot& spot, int64_t shared, int64_t own) {
+    return std::max(spot.base_bytes, shared) + spot.own_bytes + own;
+  }
+
+  // Makes the busy worker `i` a spot if every attempt it runs can share,
+  // and on one base.
+  void AddSpotIfShared(int i) {
+    const std::vector<RunningAttempt>& running = workers_[i].running;
+    Spot spot{i, 0, 0, 0};
+    for (const RunningAttempt& a : running) {
+      if (a.shared_bytes <= 0 || a.base_id.empty() ||
+          a.base_id != running.front().base_id) {
+        return;
+      }
+      ++spot.attempts;
+      spot.base_bytes = std::max(spot.base_bytes, a.shared_bytes);
+      spot.own_bytes += a.memory_bytes - a.shared_bytes;
+    }
+    spots_[running.front().base_id].push_back(spot);
+    ++spot_count_;
+  }
+
   bool Accepts(const JobRequest& job, size_t i) const {
     return (job.device_kind.empty() || capacity_[i].kind == job.device_kind) &&
            HasLabels(workers_[i].labels, job.required_labels);
@@ -203,6 +290,9 @@ class FleetIndex {
   std::vector<Device> capacity_;  // by index in the fleet
   std::map<std::string, IdleSet> idle_by_kind_;
   int idle_count_ = 0;
+  // base_id -> its spots with a free slot.
+  absl::flat_hash_map<std::string, std::vector<Spot>> spots_;
+  int spot_count_ = 0;
   // Both keyed by RequirementKey.
   absl::flat_hash_map<std::string, int64_t> max_capacity_;
   absl::flat_hash_map<std::string, int64_t> smallest_unmet_need_;
@@ -368,12 +458,24 @@ RoundPlan PlanRound(
       ProjectQueues(queue, running_per_project, policy, now,
                     [&](int i) { return eligible[i]; });
   OfferInRankOrder(
-      queue, projects, [&] { return index.AnyIdle(); },
+      queue, projects, [&] { return index.AnyRoom(); },
       [&](int job) {
         const JobRequest& request = queue[job];
+        if (CanShare(request)) {
+          // Beside jobs on its base first: that leaves idle workers to
+          // jobs that cannot join anyone.
+          if (const int worker = index.TakeSpot(request); worker >= 0) {
+            plan.placements.push_back(
+                {request.job_id, fleet[worker].worker_id, 0, /*packed=*/true});
+            return 1;
+          }
+        }
+        // Only spots are left: nothing for this job to take or hold.
+        if (!index.AnyIdle()) return 0;
         if (request.devices <= 1) {
           const int worker = index.TakeBestFit(request, keys[job]);
           if (worker < 0) return 0;
+          index.Given(request, worker);
           plan.placements.push_back(
               {request.job_id, fleet[worker].worker_id, 0});
           return 1;
@@ -433,6 +535,63 @@ std::vector<std::string> RankOrder(
   return out;
 }
 
+namespace {
+
+// Who runs where, as preemption sees it, on the busy workers of `fleet`
+// for which `counts` holds.
+struct Occupancy {
+  // By index in the fleet: indexes into `running` of the jobs on it, those
+  // that list it and those its WorkerInfo::running lists.
+  std::vector<std::vector<int>> jobs_on;
+  // By index into `running`: the workers it is on (fleet indexes), in the
+  // order its worker_ids and then the fleet list them.
+  std::vector<std::vector<int>> workers_of;
+  // By index in the fleet: it lists an attempt that `running` does not.
+  std::vector<bool> unknown;
+};
+
+Occupancy OccupancyOf(const std::vector<WorkerInfo>& fleet,
+                      const std::vector<RunningJob>& running,
+                      const std::function<bool(const WorkerInfo&)>& counts) {
+  Occupancy out;
+  out.jobs_on.resize(fleet.size());
+  out.workers_of.resize(running.size());
+  out.unknown.assign(fleet.size(), false);
+  auto add = [&out](int job, int worker) {
+    std::vector<int>& jobs = out.jobs_on[worker];
+    if (std::find(jobs.begin(), jobs.end(), job) != jobs.end()) return;
+    jobs.push_back(job);
+    out.workers_of[job].push_back(worker);
+  };
+  absl::flat_hash_map<std::string_view, int> worker_index;
+  for (int i = 0; i < static_cast<int>(fleet.size()); ++i) {
+    if (!fleet[i].idle && counts(fleet[i]))
+      worker_index[fleet[i].worker_id] = i;
+  }
+  absl::flat_hash_map<std::string_view, int> job_index;
+  for (int k = 0; k < static_cast<int>(running.size()); ++k) {
+    job_index[running[k].job_id] = k;
+    for (const std::string& id : running[k].worker_ids) {
+      if (auto it = worker_index.find(id); it != worker_index.end()) {
+        add(k, it->second);
+      }
+    }
+  }
+  for (int i = 0; i < static_cast<int>(fleet.size()); ++i) {
+    if (fleet[i].idle || !counts(fleet[i])) continue;
+    for (const RunningAttempt& a : fleet[i].running) {
+      if (auto it = job_index.find(a.job_id); it != job_index.end()) {
+        add(it->second, i);
+      } else {
+        out.unknown[i] = true;
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 std::optional<PreemptionPlan> PlanPreemption(
     const JobRequest& job, const std::vector<WorkerInfo>& fleet,
     const std::vector<RunningJob>& running, absl::Duration grace,
@@ -443,53 +602,94 @@ std::optional<PreemptionPlan> PlanPreemption(
            (job.device_kind.empty() || d.kind == job.device_kind) &&
            HasLabels(w.labels, job.required_labels);
   };
-  absl::flat_hash_map<std::string, const WorkerInfo*> by_id;
-  std::vector<std::string> idle;
-  for (const WorkerInfo& w : fleet) {
-    by_id[w.worker_id] = &w;
-    if (w.idle && fits(w)) idle.push_back(w.worker_id);
-  }
   const int need = std::max(1, job.devices);
-  if (static_cast<int>(idle.size()) >= need) return std::nullopt;
-  struct Candidate {
-    const RunningJob* job;
-    std::vector<std::string> fitting;  // its workers that fit `job`
-  };
-  std::vector<Candidate> candidates;
-  for (const RunningJob& r : running) {
-    if (static_cast<int>(r.priority) >= static_cast<int>(job.priority))
-      continue;
-    if (r.last_preempted != absl::InfinitePast() &&
-        now - r.last_preempted < grace) {
-      continue;
-    }
-    Candidate c{&r, {}};
-    for (const std::string& id : r.worker_ids) {
-      auto it = by_id.find(id);
-      if (it != by_id.end() && fits(*it->second)) c.fitting.push_back(id);
-    }
-    if (!c.fitting.empty()) candidates.push_back(std::move(c));
-  }
-  // The fewest victims: those freeing the most first (optimal for a
-  // count), then the most recently started, then by id for determinism.
-  std::sort(candidates.begin(), candidates.end(),
-            [](const Candidate& a, const Candidate& b) {
-              if (a.fitting.size() != b.fitting.size()) {
-                return a.fitting.size() > b.fitting.size();
-              }
-              if (a.job->started_at != b.job->started_at) {
-                return a.job->started_at > b.job->started_at;
-              }
-              return a.job->job_id < b.job->job_id;
-            });
   PreemptionPlan plan;
-  plan.workers = idle;
-  for (const Candidate& c : candidates) {
-    if (static_cast<int>(plan.workers.size()) >= need) break;
-    plan.victims.push_back(c.job->job_id);
-    for (const std::string& w : c.fitting) plan.workers.push_back(w);
+  for (const WorkerInfo& w : fleet) {
+    if (w.idle && fits(w)) plan.workers.push_back(w.worker_id);
   }
-  if (static_cast<int>(plan.workers.size()) < need) return std::nullopt;
+  if (static_cast<int>(plan.workers.size()) >= need) return std::nullopt;
+  auto can_stop = [&](const RunningJob& r) {
+    return static_cast<int>(r.priority) < static_cast<int>(job.priority) &&
+           (r.last_preempted == absl::InfinitePast() ||
+            now - r.last_preempted >= grace);
+  };
+  const Occupancy occupancy = OccupancyOf(fleet, running, fits);
+  const std::vector<std::vector<int>>& on = occupancy.jobs_on;
+  const std::vector<std::vector<int>>& workers_of = occupancy.workers_of;
+  // A worker is freed once every job on it stops: it can be if each can.
+  std::vector<bool> freeable(fleet.size(), false);
+  for (int i = 0; i < static_cast<int>(fleet.size()); ++i) {
+    freeable[i] = !occupancy.unknown[i] && !on[i].empty() &&
+                  std::all_of(on[i].begin(), on[i].end(),
+                              [&](int k) { return can_stop(running[k]); });
+  }
+  std::vector<bool> victim(running.size(), false);
+  std::vector<bool> freed(fleet.size(), false);
+  // The workers that `extra` victims would free besides those freed.
+  auto would_free = [&](const std::vector<int>& extra) {
+    std::vector<int> out;
+    for (int k : extra) {
+      for (int w : workers_of[k]) {
+        if (!freeable[w] || freed[w] ||
+            std::find(out.begin(), out.end(), w) != out.end()) {
+          continue;
+        }
+        if (std::all_of(on[w].begin(), on[w].end(), [&](int j) {
+              return victim[j] ||
+                     std::find(extra.begin(), extra.end(), j) != extra.end();
+            })) {
+          out.push_back(w);
+        }
+      }
+    }
+    return out;
+  };
+  // Freeing one worker: the victims it takes besides those taken.
+  struct Step {
+    std::vector<int> victims;  // latest started first, then by id
+    std::vector<int> frees;    // the workers they free, it among them
+    absl::Duration lost;       // the time they have run, summed
+    std::string_view first_id;
+    // Fewest victims, most workers freed, least work lost, smallest id.
+    auto Key() const {
+      return std::tuple(victims.size(), -static_cast<int64_t>(frees.size()),
+                        lost, first_id);
+    }
+  };
+  while (static_cast<int>(plan.workers.size()) < need) {
+    std::optional<Step> best;
+    for (int w = 0; w < static_cast<int>(fleet.size()); ++w) {
+      if (!freeable[w] || freed[w]) continue;
+      Step step;
+      for (int k : on[w]) {
+        if (!victim[k]) step.victims.push_back(k);
+      }
+      std::sort(step.victims.begin(), step.victims.end(), [&](int a, int b) {
+        if (running[a].started_at != running[b].started_at) {
+          return running[a].started_at > running[b].started_at;
+        }
+        return running[a].job_id < running[b].job_id;
+      });
+      step.frees = would_free(step.victims);
+      step.lost = absl::ZeroDuration();
+      step.first_id = running[step.victims.front()].job_id;
+      for (int k : step.victims) {
+        step.lost += now - running[k].started_at;
+        step.first_id =
+            std::min<std::string_view>(step.first_id, running[k].job_id);
+      }
+      if (!best || step.Key() < best->Key()) best = std::move(step);
+    }
+    if (!best) return std::nullopt;
+    for (int k : best->victims) {
+      victim[k] = true;
+      plan.victims.push_back(running[k].job_id);
+    }
+    for (int w : best->frees) {
+      freed[w] = true;
+      plan.workers.push_back(fleet[w].worker_id);
+    }
+  }
   plan.workers.resize(need);
   return plan;
 }

@@ -7,7 +7,8 @@
 //     memory) is at least the job's estimated need, whose device kind is the
 //     one the job asks for (if any), and which carries every label the job
 //     requires. Among the idle workers that fit, the job takes the smallest
-//     (best fit), leaving big workers to jobs that need them.
+//     (best fit), leaving big workers to jobs that need them. A LoRA job may
+//     instead join a busy worker that trains the same base (7).
 //  2. Rank. Jobs are taken in rank order:
 //       a. effective priority class, highest first: the job's class, raised
 //          one class per `aging` it has waited, up to kHigh, so that a job
@@ -41,10 +42,31 @@
 //     gang: fewer than N workers of the fleet fit it), is
 //     reported with a reason instead of being ranked, so the caller can fail
 //     it rather than let it wait forever.
+//  7. Packing. A worker of `max_attempts` > 1 trains several LoRA jobs on
+//     one base model in one process, over one frozen copy of the base. A
+//     job that can share (`shared_bytes` > 0, a `base_id`, one device) may
+//     join a worker that runs, or was given earlier in the round, only jobs
+//     that share the same `base_id`, while that worker has a free slot
+//     (running + given < max_attempts) and its capacity covers the base
+//     once (the largest shared_bytes among those jobs and the new one) plus
+//     every one's own part (memory_bytes - shared_bytes). The job takes
+//     such a spot rather than an idle worker, leaving idle workers to other
+//     jobs; among spots the one with the least capacity left after it (best
+//     fit; ties: the first in the fleet), as for idle workers. So an idle
+//     worker given a LoRA job can take more jobs on its base in that round.
+//     A job of another base, one that cannot share, or a gang never joins a
+//     worker that runs anything. Packing changes only where a job goes, not
+//     whether or in what order: jobs are offered in rank order (2, 3), a
+//     packed job counts one towards its project's share, a spot always has
+//     at least the job's memory_bytes (so 6 is unchanged), and gangs
+//     reserve idle workers only (4). With every max_attempts 1 there are no
+//     spots and rounds decide exactly as 1-6 say.
 //
 // Cost of a round: O(Q log Q + W log W) for Q queued jobs and W workers,
 // plus a scan past idle workers lacking a job's labels (none for jobs that
-// require no labels).
+// require no labels), plus for each job that can share a scan of the
+// workers with a free slot that train its base (none while every
+// max_attempts is 1).
 #ifndef LATHE_SCHEDULER_PLACEMENT_H_
 #define LATHE_SCHEDULER_PLACEMENT_H_
 
@@ -64,11 +86,26 @@ struct Device {
   int64_t memory_bytes = 0;  // 80 GiB for an H100
 };
 
+// An attempt a worker runs, as packing (rule 7) sees it.
+struct RunningAttempt {
+  std::string job_id;
+  std::string base_id;       // its JobRequest's
+  int64_t memory_bytes = 0;  // its JobRequest's
+  int64_t shared_bytes = 0;  // its JobRequest's
+};
+
 struct WorkerInfo {
   std::string worker_id;
   std::vector<Device> devices;  // usually one: a worker process per GPU
   std::map<std::string, std::string> labels;  // {"zone": "eu-1"}
   bool idle = false;  // false while it runs (or was just given) an attempt
+  // How many attempts it runs at once (LoRA jobs on one base, rule 7); 1:
+  // one attempt at a time. REQUIRES: >= 1.
+  int max_attempts = 1;
+  // What it runs now. Only a busy worker whose every attempt is listed here
+  // can take more (rule 7); one that is busy with nothing listed takes
+  // none. REQUIRES: empty while idle.
+  std::vector<RunningAttempt> running;
 };
 
 // The device that gives `worker` its capacity: its largest (the first of
@@ -90,6 +127,13 @@ struct JobRequest {
   // Workers the job runs on at once (ranks of one data-parallel gang),
   // each needing memory_bytes. REQUIRES: >= 1.
   int devices = 1;
+  // The base model's content hash; "" = unknown (the job shares nothing).
+  std::string base_id;
+  // The part of memory_bytes that a job beside it on the same base does not
+  // need again: SharedBaseBytes. 0 = it cannot share (full fine-tuning, or
+  // anything else not LoRA); a gang (devices > 1) never shares.
+  // REQUIRES: 0 <= shared_bytes <= memory_bytes.
+  int64_t shared_bytes = 0;
 };
 
 struct SchedulingPolicy {
@@ -106,6 +150,10 @@ struct Placement {
   std::string job_id;
   std::string worker_id;
   int rank = 0;  // within the job's gang: 0..devices-1
+  // Beside other jobs on its base (rule 7): the worker runs, or was given
+  // earlier in this round, at least one other attempt, whose base this one
+  // shares.
+  bool packed = false;
 };
 
 // Idle workers held back this round for a gang that could not be placed.
@@ -127,14 +175,16 @@ struct RoundPlan {
 
 // Decides one round: places jobs of `queue` on the idle workers of `fleet`
 // by the policy above, each worker getting at most one job (a gang of N
-// gets N placements, ranks 0..N-1, consecutive in the plan). `fleet` lists
+// gets N placements, ranks 0..N-1, consecutive in the plan); a worker of
+// max_attempts > 1, idle or busy, may also take LoRA jobs on one base up
+// to its free slots (rule 7: those placements are `packed`). `fleet` lists
 // every connected worker, busy ones included (they decide what is
 // placeable); `running_per_project` counts each project's running jobs (a
 // project not listed runs none). Jobs that fit no worker of `fleet` are in
 // `unplaceable` (whatever their backoff); judge them against a fleet that
 // is complete, e.g. not right after the server starts.
 // REQUIRES: job ids unique in `queue`, worker ids unique in `fleet`,
-// memory_bytes >= 0, devices >= 1.
+// memory_bytes >= 0, devices >= 1, and as JobRequest and WorkerInfo say.
 RoundPlan PlanRound(
     const std::vector<JobRequest>& queue, const std::vector<WorkerInfo>& fleet,
     const absl::flat_hash_map<std::string, int>& running_per_project,
@@ -153,13 +203,25 @@ std::vector<std::string> RankOrder(
 // Priority preemption: what to stop so that `job`, which no round could
 // place, can run. A running job is a victim only if its priority class is
 // strictly below `job`'s (never the same class) and it was not preempted
-// within `grace` of `now`. Victims free all their workers; the plan takes
-// the fewest victims whose freed workers that fit `job`, with the idle ones
-// that fit, make `job.devices`: those freeing the most fitting workers
-// first, and among equals the most recently started (they lose the least
-// work). nullopt when no preemption is needed (enough idle workers fit) or
-// none would be enough. The caller asks the victims to checkpoint and hand
-// back, and requeues them at the front of their class.
+// within `grace` of `now`. A busy worker that fits `job` is freed when
+// every attempt on it stops, that is when every job on it is a victim (the
+// jobs of `running` that list it and those its WorkerInfo::running lists);
+// one that runs any job that cannot be a victim (of `job`'s class or
+// above, in its grace, or not in `running`) is never freed. So a gang
+// stopped frees all its ranks, and a LoRA job packed beside others frees
+// its worker only with them. The plan frees workers one step at a time
+// until they, with the idle ones that fit, make `job.devices`: each step
+// frees the busy worker that fits needing the fewest new victims; among
+// equals the one whose new victims free the most fitting workers, then
+// whose new victims lose the least work (time since started, summed), then
+// whose new victims' smallest id is first. With one attempt per worker
+// that takes the fewest victims: those freeing the most fitting workers
+// first, and among equals the most recently started. nullopt when no
+// preemption is needed (enough idle workers fit) or none would be enough.
+// `job` only takes freed or idle workers: the plan never stops some of a
+// worker's jobs so that it may join the others (rule 7). The caller asks
+// the victims to checkpoint and hand back, and requeues them at the front
+// of their class.
 struct RunningJob {
   std::string job_id;
   Priority priority = Priority::kNormal;

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace lathe::scheduler {
@@ -724,6 +726,575 @@ TEST(PreemptionTest, NotPreemptedTwiceWithinTheGrace) {
   plan = PlanPreemption(high, fleet, running, absl::Minutes(2), kNow);
   ASSERT_TRUE(plan.has_value());
   EXPECT_THAT(plan->victims, ElementsAre("recent"));  // grace over: the newest
+}
+
+// Packing (rule 7).
+
+// A LoRA job on `base` that needs `need_gib` alone, `base_gib` of it the
+// base's weights (its shared_bytes).
+JobRequest Lora(std::string id, int64_t order, int64_t need_gib,
+                int64_t base_gib = 16, std::string base = "llama-8b") {
+  JobRequest job = Job(std::move(id), order, need_gib);
+  job.base_id = std::move(base);
+  job.shared_bytes = base_gib * kGiB;
+  return job;
+}
+
+RunningAttempt Attempt(const JobRequest& job) {
+  return {job.job_id, job.base_id, job.memory_bytes, job.shared_bytes};
+}
+
+// A worker of `gib` that runs up to `max_attempts` at once: busy with
+// `running`, idle if that is empty.
+WorkerInfo Packer(std::string id, int64_t gib, int max_attempts,
+                  std::vector<RunningAttempt> running = {}) {
+  WorkerInfo w = Gpu(std::move(id), gib, running.empty());
+  w.max_attempts = max_attempts;
+  w.running = std::move(running);
+  return w;
+}
+
+// As Placed, with " (packed)" after each packed placement.
+std::vector<std::string> PlacedPacked(const RoundPlan& plan) {
+  std::vector<std::string> out = Placed(plan);
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (plan.placements[i].packed) out[i] += " (packed)";
+  }
+  return out;
+}
+
+TEST(PackingTest, ThreeLoraJobsOnOneBaseCountTheBaseOnce) {
+  // Each job needs 24 GiB alone: the 16 GiB base + 8 of its own. Three on
+  // the 40 GiB worker need 16 + 3 * 8 = 40, an exact fit; counted three
+  // times, the base would make them 72. The first takes the 40 (best fit),
+  // the others join it, and the 80 stays idle for the full fine-tuning.
+  std::vector<WorkerInfo> fleet = {Gpu("w80", 80), Packer("w40", 40, 3)};
+  std::vector<JobRequest> queue = {Lora("a", 1, 24), Lora("b", 2, 24),
+                                   Lora("c", 3, 24), Job("full", 4, 60)};
+  EXPECT_THAT(
+      PlacedPacked(Plan(queue, fleet)),
+      ElementsAre("a@w40", "b@w40 (packed)", "c@w40 (packed)", "full@w80"));
+  // One more GiB for the last and it no longer fits beside the others: it
+  // takes the 80, and the full fine-tuning waits.
+  queue[2] = Lora("c", 3, 25);
+  EXPECT_THAT(PlacedPacked(Plan(queue, fleet)),
+              ElementsAre("a@w40", "b@w40 (packed)", "c@w80"));
+}
+
+TEST(PackingTest, AJobPacksOntoABusyWorkerAcrossRounds) {
+  const JobRequest a = Lora("a", 1, 24);
+  std::vector<WorkerInfo> fleet = {Packer("w", 40, 3)};
+  EXPECT_THAT(PlacedPacked(Plan({a}, fleet)), ElementsAre("a@w"));
+  // Next round: the worker reports that it runs a; b and c join it.
+  fleet = {Packer("w", 40, 3, {Attempt(a)})};
+  const JobRequest b = Lora("b", 2, 24);
+  const JobRequest c = Lora("c", 3, 24);
+  EXPECT_THAT(PlacedPacked(Plan({b, c}, fleet)),
+              ElementsAre("b@w (packed)", "c@w (packed)"));
+  // Its three slots are full: d waits, though memory would not stop it.
+  fleet = {Packer("w", 64, 3, {Attempt(a), Attempt(b), Attempt(c)})};
+  RoundPlan plan = Plan({Lora("d", 4, 24)}, fleet);
+  EXPECT_THAT(Placed(plan), IsEmpty());
+  EXPECT_THAT(plan.unplaceable, IsEmpty());
+}
+
+TEST(PackingTest, OnlyJobsThatShareTheSameBaseJoin) {
+  const JobRequest running = Lora("r", 0, 24);
+  std::vector<WorkerInfo> fleet = {Packer("w", 80, 4, {Attempt(running)}),
+                                   Gpu("spare", 80)};
+  JobRequest full = Job("full", 2, 24);  // on the same base, but its own copy
+  full.base_id = "llama-8b";
+  JobRequest unknown = Lora("unknown", 3, 24, 16, "");  // no base_id
+  // Another base takes the idle worker; the full fine-tuning and the job of
+  // unknown base find no idle worker left and wait, though w has room; the
+  // job of w's base joins it.
+  EXPECT_THAT(PlacedPacked(Plan({Lora("other", 1, 24, 16, "qwen-7b"), full,
+                                 unknown, Lora("same", 4, 24)},
+                                fleet)),
+              ElementsAre("other@spare", "same@w (packed)"));
+  // A worker running anything that cannot share takes nothing more: a full
+  // fine-tuning, or something it did not list.
+  JobRequest full_running = full;
+  full_running.job_id = "full-running";
+  fleet = {Packer("w1", 80, 4, {Attempt(running), Attempt(full_running)}),
+           Packer("w2", 80, 4)};
+  fleet[1].idle = false;
+  EXPECT_THAT(Placed(Plan({Lora("same", 4, 24)}, fleet)), IsEmpty());
+  // Nor one running jobs on two bases, whichever of them the job shares.
+  fleet = {
+      Packer("w", 80, 4,
+             {Attempt(running), Attempt(Lora("q", 0, 24, 16, "qwen-7b"))})};
+  EXPECT_THAT(
+      Placed(Plan({Lora("same", 4, 24), Lora("other", 5, 24, 16, "qwen-7b")},
+                  fleet)),
+      IsEmpty());
+}
+
+TEST(PackingTest, AFullWorkerOrTooLittleMemorySendsTheJobElsewhere) {
+  const JobRequest r = Lora("r", 0, 24);
+  // One slot left on w: x1 takes it, x2 takes the idle worker.
+  std::vector<WorkerInfo> fleet = {Packer("w", 80, 2, {Attempt(r)}),
+                                   Gpu("spare", 40)};
+  EXPECT_THAT(PlacedPacked(Plan({Lora("x1", 1, 24), Lora("x2", 2, 24)}, fleet)),
+              ElementsAre("x1@w (packed)", "x2@spare"));
+  // w has 40 GiB and runs 24: a job of 36 (the same 16 GiB base + 20 of its
+  // own) needs 16 + 8 + 20 = 44 beside it. With no idle worker it waits
+  // (it fits w alone, so it is not unplaceable); with one it takes it.
+  fleet = {Packer("w", 40, 3, {Attempt(r)})};
+  RoundPlan plan = Plan({Lora("big", 1, 36)}, fleet);
+  EXPECT_THAT(Placed(plan), IsEmpty());
+  EXPECT_THAT(plan.unplaceable, IsEmpty());
+  fleet.push_back(Gpu("spare", 80));
+  EXPECT_THAT(PlacedPacked(Plan({Lora("big", 1, 36)}, fleet)),
+              ElementsAre("big@spare"));
+  // The base counts once at its largest: a job reading the base as 20 GiB
+  // (20 + 4 = 24 alone) needs 20 + 8 + 4 = 32 beside r, not 16 + 8 + 4.
+  fleet = {Packer("w", 31, 3, {Attempt(r)})};
+  EXPECT_THAT(Placed(Plan({Lora("wide", 1, 24, 20)}, fleet)), IsEmpty());
+  fleet = {Packer("w", 32, 3, {Attempt(r)})};
+  EXPECT_THAT(PlacedPacked(Plan({Lora("wide", 1, 24, 20)}, fleet)),
+              ElementsAre("wide@w (packed)"));
+}
+
+TEST(PackingTest, ASpotBeatsAnIdleWorkerAndTheTightestSpotWins) {
+  const JobRequest r = Lora("r", 0, 24);
+  // The 24 GiB idle worker would fit the job more tightly than either busy
+  // one, but joining one leaves it idle. Beside r it needs 16 + 8 + 8 = 32:
+  // of the two spots the 48 has the least left after it (16 GiB, the 80
+  // would have 48).
+  std::vector<WorkerInfo> fleet = {Packer("w80", 80, 3, {Attempt(r)}),
+                                   Packer("w48", 48, 3, {Attempt(r)}),
+                                   Gpu("idle24", 24)};
+  EXPECT_THAT(
+      PlacedPacked(Plan({Lora("x", 1, 24), Job("small", 2, 20)}, fleet)),
+      ElementsAre("x@w48 (packed)", "small@idle24"));
+  // Labels and device kind still decide which workers a job may use.
+  JobRequest eu = Lora("eu", 1, 24);
+  eu.required_labels = {{"zone", "eu"}};
+  fleet[0].labels = {{"zone", "eu"}};
+  EXPECT_THAT(PlacedPacked(Plan({eu}, fleet)), ElementsAre("eu@w80 (packed)"));
+}
+
+TEST(PackingTest, TheHigherRankedJobGetsTheSpotFirst) {
+  const JobRequest r = Lora("r", 0, 24);
+  // One slot left and no idle worker.
+  std::vector<WorkerInfo> fleet = {Packer("w", 80, 2, {Attempt(r)})};
+  JobRequest low = Lora("low", 1, 24);
+  low.priority = Priority::kLow;
+  JobRequest high = Lora("high", 2, 24);
+  high.priority = Priority::kHigh;
+  EXPECT_THAT(Placed(Plan({low, high}, fleet)), ElementsAre("high@w"));
+  // Within a class, fair share: project a runs a job already.
+  JobRequest a = Lora("a", 1, 24);
+  a.project = "a";
+  JobRequest b = Lora("b", 2, 24);
+  b.project = "b";
+  EXPECT_THAT(Placed(Plan({a, b}, fleet, {{"a", 1}})), ElementsAre("b@w"));
+  // A higher-ranked job that needs more than the spot has left does not
+  // block the next one, which fits it.
+  JobRequest big = Lora("big", 1, 80);
+  big.priority = Priority::kHigh;
+  EXPECT_THAT(Placed(Plan({big, Lora("next", 2, 24)}, fleet)),
+              ElementsAre("next@w"));
+}
+
+TEST(PackingTest, GangsNeverPack) {
+  const JobRequest r = Lora("r", 0, 24);
+  JobRequest gang = Lora("g", 1, 24);
+  gang.devices = 2;
+  // Two spots with room, but a gang takes idle workers only: it waits, and
+  // holds the one idle worker; the LoRA job behind it joins a spot.
+  std::vector<WorkerInfo> fleet = {Packer("w1", 80, 3, {Attempt(r)}),
+                                   Packer("w2", 80, 3, {Attempt(r)}),
+                                   Packer("idle", 80, 3)};
+  RoundPlan plan = Plan({gang, Lora("x", 2, 24)}, fleet);
+  EXPECT_THAT(PlacedPacked(plan), ElementsAre("x@w1 (packed)"));
+  ASSERT_EQ(plan.reserved.size(), 1u);
+  EXPECT_THAT(plan.reserved[0].worker_ids, ElementsAre("idle"));
+  // Nor does a gang's worker take jobs beside its rank.
+  fleet = {Packer("i1", 80, 3), Packer("i2", 80, 3)};
+  EXPECT_THAT(PlacedPacked(Plan({gang, Lora("x", 2, 24)}, fleet)),
+              ElementsAre("g@i1", "g#1@i2"));
+}
+
+// Random fleets whose workers each run one attempt at a time: listing what
+// they run and giving jobs a base changes nothing.
+TEST(PackingTest, OneAttemptPerWorkerDecidesAsBefore) {
+  std::mt19937 rng(11);
+  auto pick = [&rng](int n) {
+    return std::uniform_int_distribution<int>(0, n - 1)(rng);
+  };
+  const int64_t sizes_gib[] = {16, 24, 40, 80};
+  const char* bases[] = {"x", "y", ""};
+  for (int round = 0; round < 200; ++round) {
+    std::vector<JobRequest> queue;
+    for (int j = 0, n = pick(20); j < n; ++j) {
+      JobRequest job = Lora("j" + std::to_string(j), pick(20), 17 + pick(50),
+                            pick(2) == 0 ? 0 : 16, bases[pick(3)]);
+      job.project = std::string(1, static_cast<char>('a' + pick(3)));
+      job.priority = static_cast<Priority>(pick(3));
+      if (pick(5) == 0) job.devices = 2 + pick(3);
+      queue.push_back(job);
+    }
+    std::vector<WorkerInfo> fleet;
+    for (int w = 0, n = 1 + pick(10); w < n; ++w) {
+      const std::string id = "w" + std::to_string(w);
+      fleet.push_back(pick(3) == 0 ? Packer(id, sizes_gib[pick(4)], 1,
+                                            {Attempt(Lora("r", 0, 17))})
+                                   : Gpu(id, sizes_gib[pick(4)]));
+    }
+    RoundPlan got = PlanRound(queue, fleet, {}, {}, kNow);
+    RoundPlan want = ReferencePlan(queue, fleet, {}, {}, kNow);
+    ASSERT_EQ(PlacedPacked(got), Placed(want)) << "round " << round;
+    ASSERT_EQ(got.reserved.size(), want.reserved.size()) << "round " << round;
+    if (!got.reserved.empty()) {
+      EXPECT_EQ(got.reserved[0].worker_ids, want.reserved[0].worker_ids);
+    }
+  }
+}
+
+// Rule 7 written as plainly as possible beside ReferencePlan's rules 1-4
+// and 6 (no aging or backoff: these rounds have none): the fast
+// implementation must decide exactly as this does.
+RoundPlan ReferencePackingPlan(
+    const std::vector<JobRequest>& queue, const std::vector<WorkerInfo>& fleet,
+    const absl::flat_hash_map<std::string, int>& running) {
+  auto accepts = [](const JobRequest& job, const WorkerInfo& w) {
+    if (!job.device_kind.empty() && WorkerCapacity(w).kind != job.device_kind) {
+      return false;
+    }
+    for (const auto& [k, v] : job.required_labels) {
+      auto it = w.labels.find(k);
+      if (it == w.labels.end() || it->second != v) return false;
+    }
+    return true;
+  };
+  auto fits = [&](const JobRequest& job, const WorkerInfo& w) {
+    return WorkerCapacity(w).memory_bytes >= job.memory_bytes &&
+           accepts(job, w);
+  };
+  std::vector<bool> idle;
+  std::vector<std::vector<RunningAttempt>> on;  // running + given
+  for (const WorkerInfo& w : fleet) {
+    idle.push_back(w.idle);
+    on.push_back(w.running);
+  }
+  // What worker w has left after `job` joins what it runs, if it can join.
+  auto left_beside = [&](const JobRequest& job,
+                         int w) -> std::optional<int64_t> {
+    if (job.devices != 1 || job.shared_bytes <= 0 || job.base_id.empty() ||
+        idle[w] || on[w].empty() ||
+        static_cast<int>(on[w].size()) >= fleet[w].max_attempts ||
+        !accepts(job, fleet[w])) {
+      return std::nullopt;
+    }
+    int64_t base = job.shared_bytes;
+    int64_t own = job.memory_bytes - job.shared_bytes;
+    for (const RunningAttempt& a : on[w]) {
+      if (a.shared_bytes <= 0 || a.base_id != job.base_id) return std::nullopt;
+      base = std::max(base, a.shared_bytes);
+      own += a.memory_bytes - a.shared_bytes;
+    }
+    const int64_t left = WorkerCapacity(fleet[w]).memory_bytes - base - own;
+    if (left < 0) return std::nullopt;
+    return left;
+  };
+  // The smallest idle worker that fits `job`, or -1.
+  auto best_idle = [&](const JobRequest& job) {
+    int best = -1;
+    for (int w = 0; w < static_cast<int>(fleet.size()); ++w) {
+      if (!idle[w] || !fits(job, fleet[w])) continue;
+      if (best < 0 || WorkerCapacity(fleet[w]).memory_bytes <
+                          WorkerCapacity(fleet[best]).memory_bytes) {
+        best = w;
+      }
+    }
+    return best;
+  };
+  RoundPlan plan;
+  std::vector<int> pending;
+  for (int i = 0; i < static_cast<int>(queue.size()); ++i) {
+    int fitting = 0;
+    for (const WorkerInfo& w : fleet) fitting += fits(queue[i], w) ? 1 : 0;
+    if (fitting >= queue[i].devices) pending.push_back(i);
+  }
+  absl::flat_hash_map<std::string, int> count = running;
+  while (!pending.empty()) {
+    auto rank = [&](int i) {
+      return std::tuple(-static_cast<int>(queue[i].priority),
+                        count[queue[i].project], queue[i].enqueue_order, i);
+    };
+    auto next =
+        std::min_element(pending.begin(), pending.end(),
+                         [&](int a, int b) { return rank(a) < rank(b); });
+    const JobRequest& job = queue[*next];
+    pending.erase(next);
+    int spot = -1;
+    int64_t spot_left = 0;
+    for (int w = 0; w < static_cast<int>(fleet.size()); ++w) {
+      std::optional<int64_t> left = left_beside(job, w);
+      if (left && (spot < 0 || *left < spot_left)) {
+        spot = w;
+        spot_left = *left;
+      }
+    }
+    if (spot >= 0) {
+      on[spot].push_back(Attempt(job));
+      ++count[job.project];
+      plan.placements.push_back({job.job_id, fleet[spot].worker_id, 0, true});
+      continue;
+    }
+    if (std::none_of(idle.begin(), idle.end(), [](bool b) { return b; })) {
+      continue;
+    }
+    std::vector<int> taken;
+    while (static_cast<int>(taken.size()) < job.devices) {
+      const int w = best_idle(job);
+      if (w < 0) break;
+      idle[w] = false;
+      taken.push_back(w);
+    }
+    if (static_cast<int>(taken.size()) == job.devices) {
+      count[job.project] += job.devices;
+      for (int r = 0; r < job.devices; ++r) {
+        // A gang's rank shares nothing with what might join it.
+        on[taken[r]].push_back(job.devices == 1
+                                   ? Attempt(job)
+                                   : RunningAttempt{job.job_id, "", 0, 0});
+        plan.placements.push_back({job.job_id, fleet[taken[r]].worker_id, r});
+      }
+    } else if (job.devices > 1 && plan.reserved.empty()) {
+      Reservation held{job.job_id, {}};
+      for (int w : taken) held.worker_ids.push_back(fleet[w].worker_id);
+      plan.reserved.push_back(held);
+    } else {
+      for (int w : taken) idle[w] = true;
+    }
+  }
+  return plan;
+}
+
+TEST(PackingTest, MatchesTheReferenceAndKeepsEveryWorkerWithinItsMemory) {
+  std::mt19937 rng(17);
+  auto pick = [&rng](int n) {
+    return std::uniform_int_distribution<int>(0, n - 1)(rng);
+  };
+  const int64_t sizes_gib[] = {24, 40, 48, 80};
+  const char* bases[] = {"x", "y", "x", ""};
+  // A job that shares 8 or 16 GiB of its base or nothing.
+  auto job = [&](std::string id) {
+    JobRequest j = Lora(std::move(id), pick(20), 17 + pick(40),
+                        pick(3) == 0 ? 0 : 8 * (1 + pick(2)), bases[pick(4)]);
+    j.project = std::string(1, static_cast<char>('a' + pick(3)));
+    return j;
+  };
+  for (int round = 0; round < 500; ++round) {
+    std::vector<WorkerInfo> fleet;
+    for (int w = 0, n = 1 + pick(8); w < n; ++w) {
+      const int max_attempts = 1 + pick(3);
+      std::vector<RunningAttempt> running;
+      if (pick(2) == 0) {
+        for (int a = 1 + pick(max_attempts); a > 0; --a) {
+          running.push_back(Attempt(job("r" + std::to_string(a))));
+        }
+      }
+      fleet.push_back(Packer("w" + std::to_string(w), sizes_gib[pick(4)],
+                             max_attempts, std::move(running)));
+      if (pick(6) == 0) fleet.back().idle = false;  // busy, nothing listed
+      if (pick(4) == 0) fleet.back().labels["zone"] = "eu";
+    }
+    std::vector<JobRequest> queue;
+    for (int j = 0, n = pick(16); j < n; ++j) {
+      queue.push_back(job("j" + std::to_string(j)));
+      queue.back().priority = static_cast<Priority>(pick(3));
+      if (pick(6) == 0) queue.back().devices = 2 + pick(2);
+      if (pick(5) == 0) queue.back().required_labels["zone"] = "eu";
+    }
+    absl::flat_hash_map<std::string, int> running = {{"a", pick(3)}};
+    RoundPlan got = PlanRound(queue, fleet, running, {}, kNow);
+    RoundPlan want = ReferencePackingPlan(queue, fleet, running);
+    ASSERT_EQ(PlacedPacked(got), PlacedPacked(want)) << "round " << round;
+    ASSERT_EQ(got.reserved.size(), want.reserved.size()) << "round " << round;
+    if (!got.reserved.empty()) {
+      EXPECT_EQ(got.reserved[0].worker_ids, want.reserved[0].worker_ids);
+    }
+    // Whatever the reference says: what each worker runs after the round
+    // fits its slots, and its memory with the base counted once.
+    absl::flat_hash_map<std::string, const JobRequest*> by_id;
+    for (const JobRequest& j : queue) by_id[j.job_id] = &j;
+    for (const WorkerInfo& w : fleet) {
+      std::vector<RunningAttempt> after = w.running;
+      for (const Placement& p : got.placements) {
+        if (p.worker_id != w.worker_id) continue;
+        EXPECT_EQ(p.packed, !w.idle || !after.empty()) << "round " << round;
+        after.push_back(Attempt(*by_id[p.job_id]));
+      }
+      if (after.size() <= w.running.size() || after.size() < 2) continue;
+      EXPECT_LE(static_cast<int>(after.size()), w.max_attempts);
+      int64_t base = 0;
+      int64_t own = 0;
+      for (const RunningAttempt& a : after) {
+        EXPECT_GT(a.shared_bytes, 0) << "round " << round;
+        EXPECT_EQ(a.base_id, after[0].base_id) << "round " << round;
+        base = std::max(base, a.shared_bytes);
+        own += a.memory_bytes - a.shared_bytes;
+      }
+      EXPECT_LE(base + own, WorkerCapacity(w).memory_bytes)
+          << "round " << round;
+    }
+  }
+}
+
+TEST(PreemptionTest, APackedWorkerFreesOnlyWhenEveryJobOnItStops) {
+  JobRequest high = Job("high", 1, 30);
+  high.priority = Priority::kHigh;
+  auto run = [](std::string id, Priority p, std::string worker,
+                int started_min) {
+    return RunningJob{std::move(id),
+                      p,
+                      {std::move(worker)},
+                      kNow - absl::Minutes(started_min)};
+  };
+  auto attempt = [](std::string id) {
+    return Attempt(Lora(std::move(id), 0, 24));
+  };
+  std::vector<RunningJob> running = {
+      run("a", Priority::kLow, "packed", 5),
+      run("b", Priority::kLow, "packed", 1),
+      run("c", Priority::kLow, "mixed", 1),
+      run("d", Priority::kHigh, "mixed", 1),  // never a victim of high
+      run("e", Priority::kLow, "lone", 60)};
+  std::vector<WorkerInfo> fleet = {
+      Packer("packed", 80, 3, {attempt("a"), attempt("b")}),
+      Packer("mixed", 80, 3, {attempt("c"), attempt("d")}),
+      Packer("lone", 80, 3, {attempt("e")})};
+  auto plan = PlanPreemption(high, fleet, running, absl::Minutes(10), kNow);
+  ASSERT_TRUE(plan.has_value());
+  // One victim frees the lone worker, though e has run the longest: b, the
+  // newest, would free nothing while a runs beside it.
+  EXPECT_THAT(plan->victims, ElementsAre("e"));
+  EXPECT_THAT(plan->workers, ElementsAre("lone"));
+  // Two workers: the packed one too, both its jobs, the newest first; never
+  // the one running d.
+  high.devices = 2;
+  plan = PlanPreemption(high, fleet, running, absl::Minutes(10), kNow);
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_THAT(plan->victims, ElementsAre("e", "b", "a"));
+  EXPECT_THAT(plan->workers, ElementsAre("lone", "packed"));
+  high.devices = 3;
+  EXPECT_FALSE(PlanPreemption(high, fleet, running, absl::Minutes(10), kNow)
+                   .has_value());
+  // Of two packed workers, the one with fewer jobs to stop.
+  high.devices = 1;
+  fleet[1] = Packer("mixed", 80, 3, {attempt("c")});
+  fleet[2].running.push_back(attempt("f"));
+  fleet[2].running.push_back(attempt("g"));
+  running[3] = run("f", Priority::kLow, "lone", 2);
+  running.push_back(run("g", Priority::kLow, "lone", 3));
+  plan = PlanPreemption(high, fleet, running, absl::Minutes(10), kNow);
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_THAT(plan->victims, ElementsAre("c"));
+  EXPECT_THAT(plan->workers, ElementsAre("mixed"));
+  // An attempt a worker lists that `running` does not know pins it.
+  fleet[1].running.push_back(attempt("unknown"));
+  plan = PlanPreemption(high, fleet, running, absl::Minutes(10), kNow);
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_THAT(plan->victims, ElementsAre("b", "a"));
+  EXPECT_THAT(plan->workers, ElementsAre("packed"));
+  // A gang stopped frees only the ranks it runs alone.
+  high.devices = 2;
+  fleet = {Gpu("g1", 80, false), Gpu("g2", 80, false), Gpu("l", 80, false)};
+  fleet[1].running = {Attempt(Lora("gang", 0, 24)), attempt("unknown")};
+  running = {{"gang", Priority::kLow, {"g1", "g2"}, kNow},
+             run("l", Priority::kLow, "l", 30)};
+  plan = PlanPreemption(high, fleet, running, absl::Minutes(10), kNow);
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_THAT(plan->victims, ElementsAre("gang", "l"));
+  EXPECT_THAT(plan->workers, ElementsAre("g1", "l"));
+}
+
+// The plan of one attempt per worker, as it was before workers could run
+// several: victims freeing the most fitting workers first, then the most
+// recently started, then by id.
+std::optional<PreemptionPlan> ReferencePreemption(
+    const JobRequest& job, const std::vector<WorkerInfo>& fleet,
+    const std::vector<RunningJob>& running, absl::Duration grace) {
+  auto fits = [&job](const WorkerInfo& w) {
+    return WorkerCapacity(w).memory_bytes >= job.memory_bytes;
+  };
+  PreemptionPlan plan;
+  for (const WorkerInfo& w : fleet) {
+    if (w.idle && fits(w)) plan.workers.push_back(w.worker_id);
+  }
+  if (static_cast<int>(plan.workers.size()) >= job.devices) return std::nullopt;
+  std::vector<std::pair<const RunningJob*, std::vector<std::string>>> victims;
+  for (const RunningJob& r : running) {
+    if (r.priority >= job.priority || kNow - r.last_preempted < grace) continue;
+    std::vector<std::string> fitting;
+    for (const std::string& id : r.worker_ids) {
+      for (const WorkerInfo& w : fleet) {
+        if (w.worker_id == id && fits(w)) fitting.push_back(id);
+      }
+    }
+    if (!fitting.empty()) victims.push_back({&r, fitting});
+  }
+  std::sort(victims.begin(), victims.end(), [](const auto& a, const auto& b) {
+    auto key = [](const auto& v) {
+      return std::tuple(-static_cast<int>(v.second.size()),
+                        -absl::ToUnixNanos(v.first->started_at),
+                        v.first->job_id);
+    };
+    return key(a) < key(b);
+  });
+  for (const auto& [r, fitting] : victims) {
+    if (static_cast<int>(plan.workers.size()) >= job.devices) break;
+    plan.victims.push_back(r->job_id);
+    for (const std::string& w : fitting) plan.workers.push_back(w);
+  }
+  if (static_cast<int>(plan.workers.size()) < job.devices) return std::nullopt;
+  plan.workers.resize(job.devices);
+  return plan;
+}
+
+TEST(PreemptionTest, OneAttemptPerWorkerPlansAsBefore) {
+  std::mt19937 rng(5);
+  auto pick = [&rng](int n) {
+    return std::uniform_int_distribution<int>(0, n - 1)(rng);
+  };
+  const int64_t sizes_gib[] = {16, 40, 80};
+  for (int round = 0; round < 300; ++round) {
+    std::vector<WorkerInfo> fleet;
+    std::vector<RunningJob> running;
+    std::vector<std::string> busy;
+    for (int w = 0, n = 1 + pick(10); w < n; ++w) {
+      fleet.push_back(
+          Gpu("w" + std::to_string(w), sizes_gib[pick(3)], pick(4) == 0));
+      if (!fleet.back().idle) busy.push_back(fleet.back().worker_id);
+    }
+    std::shuffle(busy.begin(), busy.end(), rng);
+    // Each busy worker runs one job; a gang runs on several.
+    for (size_t next = 0; next < busy.size();) {
+      RunningJob r;
+      r.job_id = "r" + std::to_string(next);
+      r.priority = static_cast<Priority>(pick(3));
+      r.started_at = kNow - absl::Minutes(pick(5));
+      if (pick(4) == 0) r.last_preempted = kNow - absl::Minutes(pick(20));
+      for (int size = 1 + (pick(3) == 0 ? pick(3) : 0);
+           size > 0 && next < busy.size(); --size) {
+        r.worker_ids.push_back(busy[next++]);
+      }
+      running.push_back(r);
+    }
+    JobRequest job = Job("new", 0, 1 + pick(80));
+    job.priority = static_cast<Priority>(1 + pick(2));
+    job.devices = 1 + pick(3);
+    auto got = PlanPreemption(job, fleet, running, absl::Minutes(10), kNow);
+    auto want = ReferencePreemption(job, fleet, running, absl::Minutes(10));
+    ASSERT_EQ(got.has_value(), want.has_value()) << "round " << round;
+    if (!got) continue;
+    EXPECT_EQ(got->victims, want->victims) << "round " << round;
+    EXPECT_EQ(got->workers, want->workers) << "round " << round;
+  }
 }
 
 }  // namespace
