@@ -17,7 +17,11 @@ namespace {
 
 using Json = nlohmann::json;
 
-at::Generator TorchGenerator(torch::Device device = torch::kCPU) {
+// The generator of `device` a run draws from: its own when it has one
+// (`run`, of that device), else the device's default.
+at::Generator TorchGenerator(torch::Device device = torch::kCPU,
+                             const at::Generator& run = at::Generator()) {
+  if (run.defined() && run.device().type() == device.type()) return run;
   return at::globalContext().defaultGenerator(device);
 }
 
@@ -50,7 +54,7 @@ absl::StatusOr<SavedCheckpoint> SaveRunCheckpoint(
     const std::function<absl::Status(const std::string& dir)>& save_weights,
     const AdamW& optimizer, const Progress& progress, const DataCursor& data,
     int64_t total_steps, const Json& fingerprint, torch::Device device,
-    const Json& selection) {
+    const Json& selection, const at::Generator& run_generator) {
   if (spec.dir.empty()) {
     return absl::FailedPreconditionError(
         "a checkpoint was requested but the run has no checkpoint.dir");
@@ -79,12 +83,12 @@ absl::StatusOr<SavedCheckpoint> SaveRunCheckpoint(
   state.data_rng = rng.str();
   state.data_order.assign(data.order.begin(), data.order.end());
   {
-    at::Generator generator = TorchGenerator();
+    at::Generator generator = TorchGenerator(torch::kCPU, run_generator);
     std::lock_guard<std::mutex> lock(generator.mutex());
     state.torch_rng = generator.get_state();
   }
   if (!device.is_cpu()) {
-    at::Generator generator = TorchGenerator(device);
+    at::Generator generator = TorchGenerator(device, run_generator);
     std::lock_guard<std::mutex> lock(generator.mutex());
     state.device_rng = generator.get_state();
   }
@@ -104,7 +108,8 @@ absl::Status ResumeRunCheckpoint(
     const std::vector<AdamW::Param>& params, AdamW& optimizer,
     Progress& progress, DataCursor& data, int64_t total_steps,
     const Json& fingerprint, torch::Device device,
-    const std::function<absl::Status(const Json&)>& restore_selection) {
+    const std::function<absl::Status(const Json&)>& restore_selection,
+    const at::Generator& run_generator) {
   ASSIGN_OR_RETURN(TrainerState state, ReadTrainerState(dir));
   RETURN_IF_ERROR(CheckFingerprint(state.fingerprint, fingerprint));
   const std::string state_path = dir + "/" + kTrainerStateJson;
@@ -142,7 +147,7 @@ absl::Status ResumeRunCheckpoint(
     copies.push_back({p.value, std::move(value)});
   }
   {
-    at::Generator generator = TorchGenerator();
+    at::Generator generator = TorchGenerator(torch::kCPU, run_generator);
     std::lock_guard<std::mutex> lock(generator.mutex());
     if (!state.torch_rng.sizes().equals(generator.get_state().sizes())) {
       return absl::DataLossError(
@@ -154,7 +159,7 @@ absl::Status ResumeRunCheckpoint(
   // A checkpoint written on another kind of device resumes with fresh
   // device draws: the same data and weights, other dropout masks.
   if (!device.is_cpu() && state.device_rng.defined()) {
-    at::Generator generator = TorchGenerator(device);
+    at::Generator generator = TorchGenerator(device, run_generator);
     std::lock_guard<std::mutex> lock(generator.mutex());
     if (state.device_rng.sizes().equals(generator.get_state().sizes())) {
       generator.set_state(state.device_rng);

@@ -49,7 +49,8 @@ struct SavedCheckpoint {
 // Writes <checkpoint.dir>/step-<progress.step> atomically: `save_weights`
 // fills the folder with the trained weights, then the trainer state (with
 // the generator of `device` too when it is not the CPU: dropout draws
-// there).
+// there). `generator`, when defined, is the run's own generator of `device`
+// (LlamaModel::generator()), kept in place of that device's default one.
 // FAILED_PRECONDITION when the spec has no checkpoint.dir.
 absl::StatusOr<SavedCheckpoint> SaveRunCheckpoint(
     const CheckpointSpec& spec,
@@ -57,10 +58,12 @@ absl::StatusOr<SavedCheckpoint> SaveRunCheckpoint(
     const AdamW& optimizer, const Progress& progress, const DataCursor& data,
     int64_t total_steps, const nlohmann::json& fingerprint,
     torch::Device device = torch::kCPU,
-    const nlohmann::json& selection = nullptr);
+    const nlohmann::json& selection = nullptr,
+    const at::Generator& generator = at::Generator());
 
 // Restores `params` (from `dir`/`weights_file`), the optimizer, the
-// counters, the data cursor and torch's generator from checkpoint `dir`.
+// counters, the data cursor and torch's generator from checkpoint `dir`
+// (into `generator` when defined, as SaveRunCheckpoint).
 // A run with a trainable selection passes `restore_selection`: it gets the
 // checkpoint's selection state (null when it has none) before the optimizer
 // is restored, so that it can set the optimizer's parameters to those the
@@ -74,7 +77,8 @@ absl::Status ResumeRunCheckpoint(
     Progress& progress, DataCursor& data, int64_t total_steps,
     const nlohmann::json& fingerprint, torch::Device device = torch::kCPU,
     const std::function<absl::Status(const nlohmann::json&)>&
-        restore_selection = nullptr);
+        restore_selection = nullptr,
+    const at::Generator& generator = at::Generator());
 
 }  // namespace lathe::engine
 

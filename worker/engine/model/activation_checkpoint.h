@@ -12,9 +12,10 @@
 namespace lathe::engine {
 
 // Returns fn(x), keeping only x for the backward pass. Backward recomputes
-// fn(x) with gradients enabled and the random generator of x's device set
-// back to its state before the first call (so a dropout inside draws the
-// same mask; torch.utils.checkpoint's preserve_rng_state), then
+// fn(x) with gradients enabled and `generator` (the one fn's dropout draws
+// from; undefined: the default generator of x's device) set back to its
+// state before the first call (so a dropout inside draws the same mask;
+// torch.utils.checkpoint's preserve_rng_state), then
 // back-propagates through it: the gradient of x is returned and the
 // gradients of the leaf tensors fn uses (its parameters) are accumulated
 // into their .grad, as a backward without checkpointing would.
@@ -25,7 +26,7 @@ namespace lathe::engine {
 // state; the trainable tensors fn reads are leaves.
 torch::Tensor Checkpointed(
     std::function<torch::Tensor(const torch::Tensor&)> fn,
-    const torch::Tensor& x);
+    const torch::Tensor& x, at::Generator generator = at::Generator());
 
 }  // namespace lathe::engine
 

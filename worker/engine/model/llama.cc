@@ -80,10 +80,23 @@ torch::Tensor InverseFrequencies(const ModelConfig& c) {
   return torch::where(medium, smoothed, scaled);
 }
 
+// torch::dropout's CPU computation (ATen's _dropout_impl: a Bernoulli(1 - p)
+// mask divided by 1 - p, times x), drawing from `generator`.
+torch::Tensor Dropout(const torch::Tensor& x, double p, bool training,
+                      const at::Generator& generator) {
+  if (!generator.defined()) return torch::dropout(x, p, training);
+  if (!training || p == 0 || x.numel() == 0) return x;
+  torch::Tensor noise = torch::empty_like(x);
+  noise.bernoulli_(1 - p, generator);
+  noise.div_(1 - p);
+  return x * noise;
+}
+
 }  // namespace
 
 torch::Tensor Linear::Forward(const torch::Tensor& x, bool training,
-                              bool adapter) const {
+                              bool adapter,
+                              const at::Generator& generator) const {
   torch::Tensor y = torch::linear(x, As(weight, x), As(bias, x));
   if (s2_delta.defined() && adapter) {
     return s2_rows ? y.index_add(y.dim() - 1, s2_index,
@@ -92,7 +105,7 @@ torch::Tensor Linear::Forward(const torch::Tensor& x, bool training,
                                        As(s2_delta, x));
   }
   if (!lora_a.defined() || !adapter) return y;
-  torch::Tensor dropped = torch::dropout(x, lora_dropout, training);
+  torch::Tensor dropped = Dropout(x, lora_dropout, training, generator);
   torch::Tensor lora =
       torch::linear(torch::linear(dropped, As(lora_a, x)), As(lora_b, x)) *
       lora_scale;
@@ -285,9 +298,9 @@ torch::Tensor LlamaModel::Attention(const DecoderLayer& layer,
   auto heads = [&](const torch::Tensor& t, int64_t n) {
     return t.view({B, T, n, D}).transpose(1, 2);
   };
-  torch::Tensor q = heads(layer.q_proj.Forward(x, training, adapters), H);
-  torch::Tensor k = heads(layer.k_proj.Forward(x, training, adapters), KV);
-  torch::Tensor v = heads(layer.v_proj.Forward(x, training, adapters), KV);
+  torch::Tensor q = heads(layer.q_proj.Forward(x, training, adapters, generator_), H);
+  torch::Tensor k = heads(layer.k_proj.Forward(x, training, adapters, generator_), KV);
+  torch::Tensor v = heads(layer.v_proj.Forward(x, training, adapters, generator_), KV);
   q = q * cos + RotateHalf(q) * sin;
   k = k * cos + RotateHalf(k) * sin;
   if (KV != H) {  // grouped-query attention: each kv head serves H/KV heads
@@ -298,7 +311,7 @@ torch::Tensor LlamaModel::Attention(const DecoderLayer& layer,
       SegmentedCausalAttention(q, k, v, layout.segments, options.attention)
           .transpose(1, 2)
           .reshape({B, T, H * D});
-  return layer.o_proj.Forward(out, training, adapters);
+  return layer.o_proj.Forward(out, training, adapters, generator_);
 }
 
 torch::Tensor LlamaModel::Layer(const DecoderLayer& layer,
@@ -313,9 +326,9 @@ torch::Tensor LlamaModel::Layer(const DecoderLayer& layer,
   torch::Tensor y = x + Attention(layer, h, cos, sin, layout, options);
   h = RmsNorm(y, layer.post_attention_norm, config_.rms_norm_eps);
   return y + layer.down_proj.Forward(
-                 torch::silu(layer.gate_proj.Forward(h, training, adapters)) *
-                     layer.up_proj.Forward(h, training, adapters),
-                 training, adapters);
+                 torch::silu(layer.gate_proj.Forward(h, training, adapters, generator_)) *
+                     layer.up_proj.Forward(h, training, adapters, generator_),
+                 training, adapters, generator_);
 }
 
 torch::Tensor LlamaModel::Forward(const torch::Tensor& input_ids,
@@ -372,7 +385,7 @@ torch::Tensor LlamaModel::Hidden(const torch::Tensor& input_ids,
         [this, &layer, cos, sin, layout, options](const torch::Tensor& in) {
           return Layer(layer, in, cos, sin, layout, options);
         },
-        x);
+        x, generator_);
   }
   return RmsNorm(x, norm_, config_.rms_norm_eps);
 }

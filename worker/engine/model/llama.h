@@ -51,8 +51,11 @@ struct Linear {
   bool s2_rows = true;
 
   // `adapter` false: the base projection alone, as if no LoRA were attached.
+  // Dropout draws from `generator` (undefined: the default generator of x's
+  // device), the same masks as torch::dropout from that generator.
   torch::Tensor Forward(const torch::Tensor& x, bool training,
-                        bool adapter = true) const;
+                        bool adapter = true,
+                        const at::Generator& generator = at::Generator()) const;
 
   // ||W + scale B A|| over the input dimension, per output row: [out]
   // float32, without gradient (PEFT computes it in the input's dtype; this
@@ -167,6 +170,15 @@ class LlamaModel {
   torch::Device device() const { return embed_tokens_.device(); }
   torch::ScalarType compute_dtype() const { return compute_dtype_; }
 
+  // The generator the model's dropout draws from (undefined: the default
+  // generator of its device). A training run gives its model one of its
+  // own (SetUpModel), so that runs in one process draw independently; its
+  // state is what a checkpoint keeps and a resume restores.
+  void SetGenerator(at::Generator generator) {
+    generator_ = std::move(generator);
+  }
+  const at::Generator& generator() const { return generator_; }
+
   const ModelConfig& config() const { return config_; }
   std::vector<DecoderLayer>& layers() { return layers_; }
   const std::vector<DecoderLayer>& layers() const { return layers_; }
@@ -191,6 +203,7 @@ class LlamaModel {
   torch::Tensor inv_freq_;      // [D / 2], float32
   torch::Tensor prompt_embeddings_;  // [N, C] float32 or undefined
   torch::ScalarType compute_dtype_ = torch::kFloat32;
+  at::Generator generator_;
   std::vector<DecoderLayer> layers_;
 };
 

@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <mutex>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 #include "worker/engine/adapters/adapter.h"
@@ -19,6 +21,7 @@
 #include "worker/engine/device/placement.h"
 #include "worker/engine/distributed/data_parallel.h"
 #include "worker/engine/error_kind.h"
+#include "worker/engine/model/shared_base.h"
 #include "worker/engine/optim/adamw.h"
 #include "worker/engine/optim/schedule.h"
 #include "worker/engine/adapters/prompt_tuning.h"
@@ -40,8 +43,27 @@ absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec) {
   ASSIGN_OR_RETURN(const Placement placement, ResolvePlacement(spec.device));
   // The base model's files are the operator's: a broken one is never
   // blamed on the user's data.
-  ASSIGN_OR_RETURN(setup.model, WithErrorKind(LlamaModel::Load(m.dir),
-                                              ErrorKind::kModel));
+  // Mixed precision: a frozen base is held in the compute dtype; what is
+  // trained stays float32 (masters, and AdamW's moments with them).
+  const torch::ScalarType storage =
+      std::holds_alternative<FullSpec>(spec.adapter) ? torch::kFloat32
+                                                     : placement.compute;
+  // LoRA and prompt tuning never write the base: runs of this process over
+  // the same base share one frozen copy of it.
+  const bool shared = Lora(spec.adapter) != nullptr ||
+                      std::holds_alternative<PromptTuningSpec>(spec.adapter);
+  if (shared) {
+    ASSIGN_OR_RETURN(setup.base,
+                     WithErrorKind(AcquireSharedBase(m.dir, placement.device, storage),
+                                   ErrorKind::kModel));
+    ASSIGN_OR_RETURN(setup.model,
+                     WithErrorKind(LlamaModel::FromTensors(setup.base->config,
+                                                           setup.base->weights, m.dir),
+                                   ErrorKind::kModel));
+  } else {
+    ASSIGN_OR_RETURN(setup.model, WithErrorKind(LlamaModel::Load(m.dir),
+                                                ErrorKind::kModel));
+  }
   ASSIGN_OR_RETURN(setup.tokenizer, WithErrorKind(Tokenizer::Load(m.dir),
                                                   ErrorKind::kModel));
   if (setup.tokenizer->vocab_size() > setup.model->config().vocab_size) {
@@ -53,17 +75,29 @@ absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec) {
                          ErrorKind::kModel);
   }
   setup.chat_template = ChatTemplateFor(*setup.tokenizer, m.chat_template);
-  // Mixed precision: a frozen base is held in the compute dtype; what is
-  // trained stays float32 (masters, and AdamW's moments with them).
-  setup.model->Place(placement.device,
-                     std::holds_alternative<FullSpec>(spec.adapter)
-                         ? torch::kFloat32
-                         : placement.compute,
-                     placement.compute);
+  setup.model->Place(placement.device, storage, placement.compute);
+  // The adapter's initialization draws from torch's default generators,
+  // seeded with the run's seed; the run's dropout then draws from a
+  // generator of its own, continuing the same stream. Runs setting up at
+  // once in one process take turns, so each draws what it would alone.
+  static absl::Mutex seeding;
+  absl::MutexLock lock(&seeding);
   torch::manual_seed(spec.seed);
   RETURN_IF_ERROR(
       MakeTrainable(*setup.model, spec.adapter, setup.tokenizer.get(), spec.seed));
+  setup.model->SetGenerator(
+      at::globalContext().defaultGenerator(placement.device).clone());
   return setup;
+}
+
+void ReseedGenerator(const LlamaModel& model, uint64_t seed) {
+  at::Generator generator = model.generator();
+  if (!generator.defined()) {
+    torch::manual_seed(seed);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_current_seed(seed);
 }
 
 HeldOutLoss GeneralLossBefore(const LlamaModel& model, const GeneralSet& general,
@@ -316,7 +350,7 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
     RETURN_IF_ERROR(ResumeRunCheckpoint(
         resume_from, TrainedWeightsFile(spec.adapter), params, optimizer,
         progress, data, total_steps, fingerprint, model.device(),
-        restore_selection));
+        restore_selection, model.generator()));
     RETURN_IF_ERROR(stages[stage].objective->LoadState(resume_from));
   } else {
     RETURN_IF_ERROR(stages[stage].objective->Prepare());
@@ -412,7 +446,8 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
                          data, total_steps, fingerprint, model.device(),
                          selection != nullptr && !selection->trained().empty()
                              ? selection->State()
-                             : Json(nullptr)));
+                             : Json(nullptr),
+                         model.generator()));
     CheckpointInfo info{.step = progress.step,
                         .dir = saved.dir,
                         .files = saved.files,
@@ -458,7 +493,7 @@ absl::StatusOr<TrainResult> RunLoop(const RunSpec& spec, LlamaModel& model,
       if (selection != nullptr && !selection->trained().empty()) {
         use_selection();
       }
-      torch::manual_seed(spec.seed);
+      ReseedGenerator(model, spec.seed);
       RETURN_IF_ERROR(stages[stage].objective->Prepare());
       log_stage();
     }

@@ -19,6 +19,7 @@
 #include "worker/engine/data/chat_data.h"
 #include "worker/engine/data/mixture.h"
 #include "worker/engine/model/llama.h"
+#include "worker/engine/model/shared_base.h"
 #include "worker/engine/recipes/run.h"
 #include "worker/engine/reports/reports.h"
 #include "worker/engine/spec/run_spec.h"
@@ -29,6 +30,9 @@ namespace lathe::engine {
 // The model a run trains, on its device, with its adapter attached, and
 // the text side of the base.
 struct ModelSetup {
+  // LoRA and prompt tuning: the frozen base the model's weights are, shared
+  // with the process's other runs over it (model/shared_base.h).
+  std::shared_ptr<const SharedBase> base;
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;
   // An error when the base has no known chat template: a recipe reports it
@@ -39,7 +43,15 @@ struct ModelSetup {
 // Loads the base (errors of the kind kModel), places it (spec.device: a
 // frozen LoRA base in the compute dtype, float32 masters otherwise), seeds
 // torch's generator with spec.seed and attaches the adapter.
+// LoRA and prompt-tuning runs build their model over the process's shared
+// copy of the base (AcquireSharedBase). The model gets a generator of its
+// own for its dropout, continuing the seeded stream after the adapter's
+// initialization.
 absl::StatusOr<ModelSetup> SetUpModel(const RunSpec& spec);
+
+// Seeds the generator `model`'s dropout draws from (torch::manual_seed's
+// effect on it; torch::manual_seed itself when the model has none).
+void ReseedGenerator(const LlamaModel& model, uint64_t seed);
 
 // What one optimizer step computed, before the update.
 struct StepWork {

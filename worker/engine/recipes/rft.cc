@@ -553,7 +553,7 @@ absl::StatusOr<TrainResult> RunSelfTraining(const RunSpec& spec,
           params[p].value.copy_(initial[p]);
         }
       }
-      torch::manual_seed(spec.seed);
+      ReseedGenerator(model, spec.seed);
     }
 
     // 2-3. Train on the RFT set.
