@@ -180,7 +180,9 @@ TEST(ControlPlaneTest, WatchReattachedMidJobMissesAndRepeatsNothing) {
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
   ASSERT_TRUE(file.ok());
-  auto job = c.client().CreateJob(DemoJob(file->id(), 6));
+  // Several 400 ms attachments long on any machine (6 epochs once took
+  // under a second).
+  auto job = c.client().CreateJob(DemoJob(file->id(), 40));
   ASSERT_TRUE(job.ok());
   std::vector<std::string> seen;
   std::string cursor;

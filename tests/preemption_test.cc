@@ -19,11 +19,12 @@
 namespace lathe::testing {
 namespace {
 
-// The demo job at `priority`: `epochs` over 80 examples at batch 4, a
-// checkpoint every 5 steps, no dropout (so that runs compare exactly).
+// The demo job at `priority`: `epochs` over 80 examples at batch 4 (20
+// steps an epoch), a checkpoint every 50 steps, no dropout (so that runs
+// compare exactly).
 v1::CreateJobRequest Job(const std::string& file_id, int epochs, v1::JobPriority priority) {
   v1::CreateJobRequest r = DemoJob(file_id, epochs);
-  r.mutable_method()->mutable_supervised()->mutable_hyperparameters()->set_checkpoint_every_steps(5);
+  r.mutable_method()->mutable_supervised()->mutable_hyperparameters()->set_checkpoint_every_steps(50);
   r.mutable_lora()->set_dropout(0);
   r.set_priority(priority);
   return r;
@@ -70,7 +71,10 @@ TEST(PriorityPreemptionTest, AHighPriorityJobPreemptsALowOneWhichResumesToTheUni
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
   ASSERT_TRUE(file.ok()) << file.status();
 
-  auto low = c.client().CreateJob(Job(file->id(), 3, v1::JOB_PRIORITY_LOW));  // 60 steps
+  // 800 steps: still running when the preemption lands (a sweep and a
+  // heartbeat later) on any machine; 60 once finished first on a fast one.
+  constexpr int kLowEpochs = 40;
+  auto low = c.client().CreateJob(Job(file->id(), kLowEpochs, v1::JOB_PRIORITY_LOW));
   ASSERT_TRUE(low.ok()) << low.status();
   auto running = WaitForJob(c.client(), low->id(), [](const v1::Job& j) {
     return j.progress().steps_done() >= 8 || IsTerminal(j.status());
@@ -107,7 +111,7 @@ TEST(PriorityPreemptionTest, AHighPriorityJobPreemptsALowOneWhichResumesToTheUni
   EXPECT_EQ(high_done->attempt(), 1);
 
   // Its weights are those of the same job run without interruption.
-  auto solo = c.client().CreateJob(Job(file->id(), 3, v1::JOB_PRIORITY_LOW));
+  auto solo = c.client().CreateJob(Job(file->id(), kLowEpochs, v1::JOB_PRIORITY_LOW));
   ASSERT_TRUE(solo.ok()) << solo.status();
   auto solo_done = WaitFinished(c.client(), solo->id());
   ASSERT_TRUE(solo_done.ok() && solo_done->status() == v1::JOB_STATUS_SUCCEEDED) << c.Logs();

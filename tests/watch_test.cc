@@ -10,6 +10,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <thread>
 
@@ -227,9 +228,19 @@ TEST_F(WatchTest, IdleWatchersHoldNoThreadsAndCostNoWorkWhileAnotherJobRuns) {
   std::string paused = PausedJob(*cluster_, *owner);
   ASSERT_FALSE(paused.empty());
   auto runner = cluster_->ClientFor("busy");
-  auto file = runner->UploadFile(cluster_->demo_dir() + "/train.jsonl",
-                                 "fine-tune", nullptr);
-  ASSERT_TRUE(file.ok());
+  // Far longer than the test (it is cancelled at the end): 50 epochs of the
+  // demo's 80 lines once finished within the two windows on a fast
+  // machine, so the busy job trains on them ten times over (10,000 steps).
+  const std::string long_file = cluster_->root() + "/train-x10.jsonl";
+  {
+    std::ifstream in(cluster_->demo_dir() + "/train.jsonl");
+    const std::string lines((std::istreambuf_iterator<char>(in)),
+                            std::istreambuf_iterator<char>());
+    std::ofstream out(long_file);
+    for (int i = 0; i < 10; ++i) out << lines;
+  }
+  auto file = runner->UploadFile(long_file, "fine-tune", nullptr);
+  ASSERT_TRUE(file.ok()) << file.status();
   auto busy = runner->CreateJob(DemoJob(file->id(), 50));
   ASSERT_TRUE(busy.ok()) << busy.status();
   ASSERT_TRUE(WaitForJob(*runner, busy->id(),

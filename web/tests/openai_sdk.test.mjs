@@ -225,7 +225,9 @@ test("the OpenAI SDK drives every path of the gateway", async () => {
   assert.equal(sft.method.type, "supervised");
   const dpo = await client.fineTuning.jobs.create({
     model: "lathe-demo", training_file: pairs.id, metadata: { team: "b" },
-    method: { type: "dpo", dpo: { hyperparameters: { beta: 0.1, n_epochs: 1, batch_size: 2 } } },
+    // Long enough to be still unfinished when it is paused below, however
+    // fast the machine (a 1-epoch job once finished first).
+    method: { type: "dpo", dpo: { hyperparameters: { beta: 0.1, n_epochs: 15, batch_size: 2 } } },
   });
   checkJob(lastJson());
   assert.equal(dpo.method.type, "dpo");
