@@ -427,6 +427,16 @@ for method in lora full; do
   fi
 done
 
+# Several LoRA jobs at once in one process over one shared copy of the base
+# (issue 17; its goal on a GPU: at least 1.5x the aggregate tokens/s of the
+# same jobs one after another).
+if "$B/engine_bench" --help | grep -q -- '--jobs'; then
+  if step "engine bench 4 LoRA jobs on one base" 240 \
+      "$B/engine_bench" "${SHAPE[@]}" --method=lora --lora_rank=16 --jobs=4 "${ENGINE_DEVICE_FLAGS[@]}"; then
+    say "engine 4 LoRA jobs on one base: $(grep -E '^(base|4 jobs|aggregate)' "$STEP_OUT" | tr '\n' ';')"
+  fi
+fi
+
 # transformers + PEFT on the same shape, when they import.
 if python3 -c 'import torch, transformers, peft' > /dev/null 2>&1; then
   HF_DEVICE=$DEVICE

@@ -6,7 +6,12 @@
 //   block, and the process's peak resident memory (VmHWM).
 #include <torch/torch.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
+#include <optional>
+#include <thread>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -25,6 +30,8 @@
 #include "worker/engine/text/tokenizer.h"
 #include "worker/engine/device/device.h"
 #include "worker/engine/device/peak_memory.h"
+#include "worker/engine/device/placement.h"
+#include "worker/engine/model/shared_base.h"
 #include "worker/engine/recipes/run.h"
 
 namespace lathe::engine {
@@ -61,6 +68,9 @@ struct BenchOptions {
   int warmup_steps = 2;
   std::string device = "cpu";  // the run spec's device.device
   std::string dtype = "auto";  // device.dtype: auto, float32, bfloat16
+  // LoRA / prompt tuning: this many jobs (seeds 42, 43, ...) trained one
+  // after another, then all at once in this process over one shared base.
+  int jobs = 1;
 };
 
 constexpr char kUsage[] = R"(Usage: engine_bench [--flag=value ...]
@@ -90,6 +100,10 @@ constexpr char kUsage[] = R"(Usage: engine_bench [--flag=value ...]
   --device=cpu --dtype=auto
                          the run spec's device section (cuda, cuda:N, auto;
                          float32, bfloat16; auto = bf16 on CUDA)
+  --jobs=1               lora / prompt_tuning: train this many jobs one
+                         after another, then all at once (threads of this
+                         process over one shared copy of the base), and
+                         print both phases' aggregate tokens/s and memory
   --help                 this text
 )";
 
@@ -182,6 +196,8 @@ absl::Status ParseFlag(const std::string& arg, BenchOptions& o) {
   else if (name == "dtype")
     ok = (o.dtype = value) == "auto" || value == "float32" ||
          value == "bfloat16";
+  else if (name == "jobs")
+    ok = integer(o.jobs) && o.jobs >= 1;
   else {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown flag --", name, " (see --help)"));
@@ -275,6 +291,152 @@ double PeakRssMib() {
   return -1;
 }
 
+// VmRSS of this process in MiB, or -1.
+double RssMib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) {
+      return std::strtod(line.c_str() + 6, nullptr) / 1024;
+    }
+  }
+  return -1;
+}
+
+// One phase of --jobs: the real tokens of every job's steps after its
+// warm-up over the time they took (alone: the sum of each job's span from
+// the end of its warm-up to its last step; together: from the moment every
+// job has warmed up, each waiting for the others there, to the last job's
+// last step), and the memory in use at its fullest (on a GPU the caching
+// allocator's peak; on the CPU the largest RSS seen at a step). Setting up
+// and the after-job work (export) are left out of both.
+struct JobsPhase {
+  double tokens_per_second = 0;
+  double seconds = 0;
+  int64_t peak_mib = 0;
+  bool ok = true;
+};
+
+JobsPhase RunJobs(const RunSpec& base_spec, const BenchOptions& o, bool together,
+                  const std::optional<torch::Device>& cuda) {
+  using Clock = std::chrono::steady_clock;
+  if (cuda.has_value()) (void)ResetPeakMemory(*cuda);
+  std::mutex mu;
+  std::condition_variable warmed_up;
+  int warm = 0;
+  Clock::time_point all_warm, last_step;
+  double tokens = 0, alone_seconds = 0, peak_rss = RssMib();
+  bool ok = true;
+  auto run = [&](int i) {
+    // On the CPU the jobs at once split the cores between them (each
+    // thread's OpenMP team is its own: K teams of every core would
+    // oversubscribe them K times).
+    if (together && !cuda.has_value()) torch::set_num_threads(std::max(1, o.threads / o.jobs));
+    RunSpec spec = base_spec;
+    spec.seed = 42 + i;
+    spec.output.dir = absl::StrCat(base_spec.output.dir, "-", together ? "together" : "alone",
+                                   "-", i);
+    Clock::time_point my_warm;
+    int64_t warm_tokens = 0;
+    TrainHooks hooks;
+    hooks.on_step = [&](const StepMetrics& m) {
+      const double rss = RssMib();
+      std::unique_lock<std::mutex> lock(mu);
+      peak_rss = std::max(peak_rss, rss);
+      const auto now = Clock::now();
+      if (m.step == o.warmup_steps) {
+        warm_tokens = m.trained_tokens;
+        my_warm = now;
+        if (together && ++warm == o.jobs) {
+          all_warm = Clock::now();
+          warmed_up.notify_all();
+        }
+        if (together) warmed_up.wait(lock, [&] { return warm == o.jobs; });
+        my_warm = Clock::now();
+      }
+      if (m.step == m.total_steps) {
+        tokens += static_cast<double>(m.trained_tokens - warm_tokens);
+        alone_seconds += std::chrono::duration<double>(now - my_warm).count();
+        last_step = std::max(last_step, now);
+      }
+    };
+    absl::StatusOr<TrainResult> result = Train(spec, hooks);
+    std::lock_guard<std::mutex> lock(mu);
+    if (!result.ok()) {
+      std::cerr << "job " << i << ": " << result.status() << "\n";
+      ok = false;
+      if (together && ++warm == o.jobs) warmed_up.notify_all();
+    }
+  };
+  if (together) {
+    std::vector<std::thread> threads;
+    for (int i = 0; i < o.jobs; ++i) threads.emplace_back(run, i);
+    for (std::thread& t : threads) t.join();
+  } else {
+    for (int i = 0; i < o.jobs; ++i) run(i);
+  }
+  JobsPhase phase;
+  phase.seconds = together ? std::chrono::duration<double>(last_step - all_warm).count()
+                           : alone_seconds;
+  phase.tokens_per_second = tokens / phase.seconds;
+  phase.peak_mib = static_cast<int64_t>(peak_rss);
+  phase.ok = ok;
+  if (cuda.has_value()) {
+    if (absl::StatusOr<int64_t> peak = PeakMemoryBytes(*cuda); peak.ok()) {
+      phase.peak_mib = *peak >> 20;
+    }
+  }
+  return phase;
+}
+
+// --jobs: the same K jobs alone one after another, then together. The base
+// is held through both phases, so neither counts reading it.
+int RunManyJobs(const BenchOptions& o, const RunSpec& options) {
+  absl::StatusOr<Placement> placement = ResolvePlacement(options.device);
+  if (!placement.ok()) {
+    std::cerr << placement.status() << "\n";
+    return 1;
+  }
+  const int64_t before_base = static_cast<int64_t>(RssMib());
+  absl::StatusOr<std::shared_ptr<const SharedBase>> base =
+      AcquireSharedBase(options.model.dir, placement->device, placement->compute);
+  if (!base.ok()) {
+    std::cerr << base.status() << "\n";
+    return 1;
+  }
+  std::optional<torch::Device> cuda;
+  if (placement->device.is_cuda()) cuda = placement->device;
+  const int64_t base_mib = (*base)->bytes >> 20;
+  const JobsPhase alone = RunJobs(options, o, /*together=*/false, cuda);
+  const JobsPhase together = RunJobs(options, o, /*together=*/true, cuda);
+  if (!alone.ok || !together.ok) return 1;
+  std::cout << "model: hidden " << o.model.hidden_size << ", intermediate "
+            << o.model.intermediate_size << ", " << o.model.num_hidden_layers
+            << " layers, vocab " << o.model.vocab_size << "; " << o.method
+            << (o.method == "lora" ? absl::StrCat(" r=", o.lora_rank, " on ", o.lora_targets)
+                                   : std::string())
+            << "; batch " << o.batch << " x up to " << o.seq_len << ", "
+            << o.steps << " measured steps a job after " << o.warmup_steps
+            << " warm-up, " << o.threads
+            << " threads, device " << o.device << ", dtype " << o.dtype << "\n"
+            << "base: " << base_mib << " MiB, held once (RSS before it: "
+            << before_base << " MiB)\n"
+            << o.jobs << " jobs one after another: "
+            << static_cast<int64_t>(alone.tokens_per_second) << " tokens/s ("
+            << alone.seconds << " s), peak " << (cuda ? "device memory " : "RSS ")
+            << alone.peak_mib << " MiB\n"
+            << o.jobs << " jobs at once over the shared base: "
+            << static_cast<int64_t>(together.tokens_per_second) << " tokens/s ("
+            << together.seconds << " s), peak " << (cuda ? "device memory " : "RSS ")
+            << together.peak_mib << " MiB\n"
+            << "aggregate speed-up: " << together.tokens_per_second / alone.tokens_per_second
+            << "x; memory of " << o.jobs << " jobs together vs one alone: +"
+            << together.peak_mib - alone.peak_mib << " MiB (" << o.jobs
+            << " separate processes would hold " << o.jobs << " x " << base_mib
+            << " MiB of base)" << std::endl;
+  return 0;
+}
+
 int Run(const BenchOptions& o) {
   torch::set_num_threads(o.threads);
   const std::string dir = (std::filesystem::temp_directory_path() /
@@ -342,6 +504,17 @@ int Run(const BenchOptions& o) {
                  .use_dora = o.lora_dora};
   }
 
+  if (o.jobs > 1) {
+    if (o.method == "full") {
+      std::cerr << "engine_bench: --jobs is for lora and prompt_tuning (full "
+                   "fine-tuning trains its own copy of the base)\n";
+      return 2;
+    }
+    options.evaluation.intruder_top_k = 0;  // an after-job report, not training
+    const int rc = RunManyJobs(o, options);
+    std::filesystem::remove_all(dir);
+    return rc;
+  }
   const absl::StatusOr<double> share =
       o.objective == "sft" ? TargetShare(**tokenizer, data, o.seq_len)
                            : absl::StatusOr<double>(o.assistant_share);
