@@ -52,9 +52,13 @@ TEST(ControlPlaneTest, TwoProjectsShareWorkersFairly) {
   auto fb = b->UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
   ASSERT_TRUE(fa.ok() && fb.ok());
 
+  // 200 steps each: team A's running jobs cannot finish (and A's next ones
+  // start) in the moment before team B submits, on any machine (40 steps
+  // once fitted in it on a fast one).
+  constexpr int kEpochs = 10;
   std::vector<std::string> a_jobs, b_jobs;
   for (int i = 0; i < 6; ++i) {
-    v1::CreateJobRequest r = DemoJob(fa->id(), 2);
+    v1::CreateJobRequest r = DemoJob(fa->id(), kEpochs);
     if (i % 2 == 0) (*r.mutable_metadata())["sweep"] = "lr";
     auto j = a->CreateJob(r);
     ASSERT_TRUE(j.ok()) << j.status();
@@ -68,7 +72,7 @@ TEST(ControlPlaneTest, TwoProjectsShareWorkersFairly) {
                 }).ok()) << c.Logs();
   }
   for (int i = 0; i < 2; ++i) {
-    auto j = b->CreateJob(DemoJob(fb->id(), 2));
+    auto j = b->CreateJob(DemoJob(fb->id(), kEpochs));
     ASSERT_TRUE(j.ok()) << j.status();
     b_jobs.push_back(j->id());
   }
@@ -117,7 +121,9 @@ TEST(ControlPlaneTest, PauseCheckpointsAndResumeContinues) {
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
   ASSERT_TRUE(file.ok());
-  auto job = c.client().CreateJob(DemoJob(file->id(), 20));
+  // 1,000 steps: still training when it is acted on at step 12, on any
+  // machine (400 once left a fast one under half a second).
+  auto job = c.client().CreateJob(DemoJob(file->id(), 50));
   ASSERT_TRUE(job.ok());
   ASSERT_TRUE(WaitForJob(c.client(), job->id(), [](const v1::Job& j) {
                 return j.progress().steps_done() >= 12;
@@ -214,7 +220,9 @@ TEST(ControlPlaneTest, WorkerKilledMidJobResumesOnTheOtherWorker) {
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
   ASSERT_TRUE(file.ok());
-  auto job = c.client().CreateJob(DemoJob(file->id(), 20));
+  // 1,000 steps: still training when it is acted on at step 12, on any
+  // machine (400 once left a fast one under half a second).
+  auto job = c.client().CreateJob(DemoJob(file->id(), 50));
   ASSERT_TRUE(job.ok());
   auto running = WaitForJob(c.client(), job->id(), [](const v1::Job& j) {
     return j.progress().steps_done() >= 12;

@@ -72,7 +72,9 @@ TEST(WorkerFaultTest, KilledAtRandomPointsJobsResumeFromCheckpoints) {
   const std::string kSuite = "worker-sigkill";
   std::mt19937 rng(FaultSeed(kSuite, 20261126));
   constexpr int kJobs = 22;
-  constexpr int kEpochs = 2;  // 40 steps
+  // 400 steps: a job is still training when its kill lands on any machine
+  // (40 left a fast one a few tens of milliseconds past the latest kill).
+  constexpr int kEpochs = 20;
   auto cluster = Cluster::Start(
       TestRoot("fault-worker-kill"), 3,
       {absl::StrCat("--checkpoint_every_steps=", kCheckpointEvery), "--max_attempts=6"});
@@ -91,7 +93,7 @@ TEST(WorkerFaultTest, KilledAtRandomPointsJobsResumeFromCheckpoints) {
     ASSERT_TRUE(job.ok()) << job.status();
     jobs.push_back(job->id());
     kill_at[job->id()] = std::uniform_int_distribution<int64_t>(
-        kCheckpointEvery + 1, 20 * kEpochs - 8)(rng);
+        kCheckpointEvery + 1, 32)(rng);
   }
   std::set<std::string> killed;
   std::vector<std::string> killed_jobs;
@@ -186,7 +188,9 @@ TEST(WorkerFaultTest, HungWorkerIsDetectedFencedOffAndRecovers) {
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
   ASSERT_TRUE(file.ok()) << file.status();
-  auto job = c.client().CreateJob(DemoJob(file->id(), 4));  // 80 steps
+  // 400 steps: still training when it is frozen, on any machine.
+  constexpr int kSteps = 400;
+  auto job = c.client().CreateJob(DemoJob(file->id(), kSteps / 20));
   ASSERT_TRUE(job.ok()) << job.status();
   int64_t freeze_at = std::uniform_int_distribution<int64_t>(kCheckpointEvery + 1, 30)(rng);
   ASSERT_TRUE(WaitForJob(c.client(), job->id(), [&](const v1::Job& j) {
@@ -242,7 +246,7 @@ TEST(WorkerFaultTest, HungWorkerIsDetectedFencedOffAndRecovers) {
   // After the lease expired only attempt 2 was heard: its steps run from
   // the checkpoint to the end, once each, with nothing of attempt 1 between.
   std::vector<int64_t> expected;
-  for (int64_t s = attempts[1].resumed_from + 1; s <= 80; ++s) expected.push_back(s);
+  for (int64_t s = attempts[1].resumed_from + 1; s <= kSteps; ++s) expected.push_back(s);
   EXPECT_EQ(attempts[1].steps, expected);
   auto checkpoints = c.client().ListJobCheckpoints(job->id());
   ASSERT_TRUE(checkpoints.ok());

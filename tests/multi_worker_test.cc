@@ -23,11 +23,11 @@
 namespace lathe::testing {
 namespace {
 
-// The demo job with `devices` workers: 3 epochs over 80 examples at a whole
-// batch of 8 (30 steps), a checkpoint every 5, no dropout (so that the
+// The demo job with `devices` workers: `epochs` over 80 examples at a whole
+// batch of 8 (10 steps each), a checkpoint every 5, no dropout (so that the
 // runs compare exactly).
-v1::CreateJobRequest GangJob(const std::string& file_id, int devices) {
-  v1::CreateJobRequest r = DemoJob(file_id, 3);
+v1::CreateJobRequest GangJob(const std::string& file_id, int devices, int epochs = 3) {
+  v1::CreateJobRequest r = DemoJob(file_id, epochs);
   auto* hp = r.mutable_method()->mutable_supervised()->mutable_hyperparameters();
   hp->set_batch_size(8);
   hp->set_checkpoint_every_steps(5);
@@ -147,7 +147,10 @@ TEST(MultiWorkerTest, KillingOneRankFailsTheGangAndTheJobResumesFromItsCheckpoin
   Cluster& c = **cluster;
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
   ASSERT_TRUE(file.ok()) << file.status();
-  auto job = c.client().CreateJob(GangJob(file->id(), 2));
+  // 100 steps: still training when the kill lands, on any machine (30 left
+  // a fast one a few tens of milliseconds).
+  constexpr int kEpochs = 10;
+  auto job = c.client().CreateJob(GangJob(file->id(), 2, kEpochs));
   ASSERT_TRUE(job.ok()) << job.status();
   // Past the second checkpoint (step 10), rank 1's worker is killed.
   auto running = WaitForJob(c.client(), job->id(), [](const v1::Job& j) {
@@ -183,13 +186,13 @@ TEST(MultiWorkerTest, KillingOneRankFailsTheGangAndTheJobResumesFromItsCheckpoin
     }
   }
   EXPECT_GE(resumed_from, 10) << "the new gang did not resume from the checkpoint";
-  // Every step from the checkpoint on was trained again, to step 30.
+  // Every step from the checkpoint on was trained again, to the last.
   const auto losses = Losses(events);
   ASSERT_FALSE(losses.empty());
-  EXPECT_EQ(losses.back().first, 30);
+  EXPECT_EQ(losses.back().first, kEpochs * 10);
 
   // And the result is the uninterrupted run's: one worker at the same batch.
-  auto solo = c.client().CreateJob(GangJob(file->id(), 1));
+  auto solo = c.client().CreateJob(GangJob(file->id(), 1, kEpochs));
   ASSERT_TRUE(solo.ok()) << solo.status();
   auto solo_done = WaitFinished(c.client(), solo->id());
   ASSERT_TRUE(solo_done.ok() && solo_done->status() == v1::JOB_STATUS_SUCCEEDED)

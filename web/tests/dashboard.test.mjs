@@ -52,21 +52,27 @@ test("the dashboard shows a job live and matches the API", async () => {
   const valid = await api("/v1/files", { method: "POST", body: vform });
   const create = (body) => api("/v1/fine_tuning/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify(body) });
-  const job = await create({ model: "lathe-demo", training_file: file.id, validation_file: valid.id, suffix: "dash",
-    method: { type: "supervised", supervised: { hyperparameters: { n_epochs: 12, batch_size: 4, eval_every_steps: 20,
-      checkpoint_every_steps: 60 } } } });
-  // One worker: this one waits in the queue behind the first, and is long
-  // enough to be still queued or running when its buttons are tried.
-  const second = await create({ model: "lathe-demo", training_file: file.id, hyperparameters: { n_epochs: 50 } });
-
+  // The browser first: the jobs below must still be running when the page
+  // looks at them, and launching it is the slow part.
   const browser = await chromium.launch({ executablePath: env("CHROMIUM"), args: ["--no-sandbox"] });
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     const errors = [];
     page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(`${url}/`);
+
+    // 2,400 steps at batch 1: still running when its page opens, on any
+    // machine (240 steps once nearly finished first on a fast one).
+    const job = await create({ model: "lathe-demo", training_file: file.id, validation_file: valid.id, suffix: "dash",
+      method: { type: "supervised", supervised: { hyperparameters: { n_epochs: 30, batch_size: 1, eval_every_steps: 300,
+        checkpoint_every_steps: 600 } } } });
+    // One worker: this one waits in the queue behind the first, and is long
+    // enough (4,000 steps) to be still queued or running when its buttons
+    // are tried; it is cancelled at the end.
+    const second = await create({ model: "lathe-demo", training_file: file.id,
+      hyperparameters: { n_epochs: 50, batch_size: 1 } });
 
     // Sign in: a wrong key is refused on the form, the right one enters.
-    await page.goto(`${url}/`);
     await page.fill("#api-key", "sk-wrong");
     await page.click("#signin-form button");
     await page.waitForFunction(() => document.querySelector("#signin-error").textContent.length > 0);
@@ -91,7 +97,7 @@ test("the dashboard shows a job live and matches the API", async () => {
     await page.waitForFunction(() => document.querySelector("[data-page=jobs][data-live]"));
     const first = Number(await page.getAttribute("#chart-loss", "data-points"));
     let grew = false;
-    for (let i = 0; i < 600; i++) {
+    for (let i = 0; i < 2400; i++) {  // up to 4 minutes, beside other tests' jobs
       const status = (await api(`/v1/fine_tuning/jobs/${job.id}`)).status;
       const now = Number(await page.getAttribute("#chart-loss", "data-points"));
       if (now > first && first >= 0 && status === "running") grew = true;
