@@ -51,6 +51,10 @@ std::vector<scheduler::JobRequest> SchedulerQueue(
     j.priority = SchedulerPriority(q.priority);
     j.memory_bytes = q.memory_bytes;
     j.devices = std::max(q.devices, 1);
+    if (j.devices == 1 && !q.base_sha256.empty()) {
+      j.base_id = q.base_sha256;
+      j.shared_bytes = std::clamp<int64_t>(q.shared_memory_bytes, 0, q.memory_bytes);
+    }
     j.enqueue_order = q.seq;
     j.enqueued_at = absl::FromUnixSeconds(q.created_at);
     j.not_before = absl::FromUnixMillis(q.not_before_ms);
@@ -144,27 +148,95 @@ absl::StatusOr<v1::WorkerDirective> Coordinator::HandleReport(
   if (r.worker_id().empty()) {
     return absl::InvalidArgumentError("worker_id: required");
   }
-  {
-    absl::MutexLock lock(&mu_);
-    auto [it, joined] = fleet_.try_emplace(r.worker_id());
-    scheduler::WorkerInfo& w = it->second;
-    // A committed member waits for its assignment: not idle to the plan.
-    const bool idle = !r.has_attempt() && !committed_.contains(r.worker_id());
-    if (joined || (!w.idle && idle)) PlanIsStale();
-    w.worker_id = r.worker_id();
-    w.devices.clear();
-    for (const v1::Device& d : r.devices()) {
-      w.devices.push_back({d.kind(), d.memory_bytes()});
-    }
-    w.labels = {r.labels().begin(), r.labels().end()};
-    w.idle = idle;
-  }
+  UpdateFleet(r);
   v1::WorkerDirective out;
   if (r.has_attempt()) {
     RETURN_IF_ERROR(HandleAttempt(r, peer_host, out));
   } else {
     RETURN_IF_ERROR(MaybeAssign(r, out));
   }
+  return out;
+}
+
+void Coordinator::UpdateFleet(const v1::WorkerReport& r) {
+  absl::MutexLock lock(&mu_);
+  auto [it, joined] = fleet_.try_emplace(r.worker_id());
+  scheduler::WorkerInfo& w = it->second;
+  const int slots = std::max(r.max_attempts(), 1);
+  const size_t was_running = w.running.size();
+  w.max_attempts = slots;
+  w.running.clear();
+  if (slots > 1) {
+    // What it trains, by the attempts started on it alone (their jobs say
+    // their base and memory), and any it reports that this server did not
+    // start (after a restart): those share nothing, so nothing is packed
+    // beside them.
+    absl::flat_hash_set<std::string> known;
+    for (const auto& [job_id, gang] : gangs_) {
+      if (gang.workers.size() != 1 || gang.workers[0] != r.worker_id()) continue;
+      const v1::Job& job = gang.assignment.job();
+      w.running.push_back({.job_id = job_id,
+                           .base_id = job.base_sha256(),
+                           .memory_bytes = job.memory_bytes(),
+                           .shared_bytes = std::min(job.shared_memory_bytes(),
+                                                    job.memory_bytes())});
+      known.insert(job_id);
+    }
+    auto reported = [&](const v1::RunningAttempt& a) {
+      if (!known.insert(a.job_id()).second) return;
+      w.running.push_back({.job_id = a.job_id()});
+    };
+    if (r.has_attempt()) reported(r.attempt());
+    for (const v1::RunningAttempt& a : r.more_attempts()) reported(a);
+  }
+  // A committed member waits for its assignment: not idle to the plan.
+  const bool idle = !r.has_attempt() && r.more_attempts().empty() &&
+                    w.running.empty() && !committed_.contains(r.worker_id());
+  if (joined || (!w.idle && idle) || w.running.size() != was_running) {
+    PlanIsStale();
+  }
+  w.worker_id = r.worker_id();
+  w.devices.clear();
+  for (const v1::Device& d : r.devices()) {
+    w.devices.push_back({d.kind(), d.memory_bytes()});
+  }
+  w.labels = {r.labels().begin(), r.labels().end()};
+  w.idle = idle;
+}
+
+absl::StatusOr<std::vector<v1::WorkerDirective>> Coordinator::HandleReports(
+    const v1::WorkerReport& r, const std::string& peer_host) {
+  if (r.max_attempts() <= 1 && r.more_attempts().empty()) {
+    ASSIGN_OR_RETURN(v1::WorkerDirective one, HandleReport(r, peer_host));
+    return std::vector<v1::WorkerDirective>{std::move(one)};
+  }
+  if (r.worker_id().empty()) {
+    return absl::InvalidArgumentError("worker_id: required");
+  }
+  UpdateFleet(r);
+  std::vector<v1::WorkerDirective> out;
+  int attempts = 0;
+  // Each attempt as the report of a worker running it alone.
+  auto answer = [&](const v1::RunningAttempt& a) -> absl::Status {
+    v1::WorkerReport single;
+    single.set_worker_id(r.worker_id());
+    *single.mutable_attempt() = a;
+    v1::WorkerDirective d;
+    RETURN_IF_ERROR(HandleAttempt(single, peer_host, d));
+    d.set_for_job_id(a.job_id());
+    out.push_back(std::move(d));
+    ++attempts;
+    return absl::OkStatus();
+  };
+  if (r.has_attempt()) RETURN_IF_ERROR(answer(r.attempt()));
+  for (const v1::RunningAttempt& a : r.more_attempts()) RETURN_IF_ERROR(answer(a));
+  if (attempts < r.max_attempts()) {
+    v1::WorkerDirective d;
+    RETURN_IF_ERROR(MaybeAssign(r, d));
+    if (d.has_assignment() || out.empty()) out.push_back(std::move(d));
+  }
+  if (out.empty()) out.emplace_back();
+  for (size_t i = 0; i + 1 < out.size(); ++i) out[i].set_more(true);
   return out;
 }
 
@@ -494,7 +566,13 @@ absl::Status Coordinator::RefreshPlan(absl::Time now) {
     pending_.clear();
     planned_.clear();
     for (const auto& p : plan.placements) {
-      pending_[p.worker_id] = {p.job_id, p.rank};
+      // One placement a worker at a time: a second one packed on the same
+      // worker in this round waits for the next plan.
+      if (pending_.contains(p.worker_id)) {
+        PlanIsStale();
+        continue;
+      }
+      pending_[p.worker_id] = {p.job_id, p.rank, p.packed};
       std::vector<std::string>& workers = planned_[p.job_id];
       if (static_cast<int>(workers.size()) <= p.rank) {
         workers.resize(p.rank + 1);
@@ -560,11 +638,13 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
   RETURN_IF_ERROR(RefreshPlan(now));
   std::string job_id;
   std::vector<std::string> workers;  // by rank
+  bool packed = false;               // beside the worker's other jobs
   {
     absl::MutexLock lock(&mu_);
     auto it = pending_.find(r.worker_id());
     if (it == pending_.end()) return absl::OkStatus();
     job_id = it->second.job_id;
+    packed = it->second.packed;
     auto planned = planned_.find(job_id);
     if (planned != planned_.end()) workers = std::move(planned->second);
     // The whole gang leaves the plan: no other member starts it again.
@@ -574,8 +654,13 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
     // taken since the plan was made sends it back to the next plan.
     for (const std::string& w : workers) {
       auto f = fleet_.find(w);
-      if (w.empty() || f == fleet_.end() || !f->second.idle ||
-          committed_.contains(w)) {
+      // A packed job joins a worker that still has a free slot.
+      const bool free =
+          f != fleet_.end() &&
+          (f->second.idle ||
+           (packed && workers.size() == 1 &&
+            static_cast<int>(f->second.running.size()) < f->second.max_attempts));
+      if (w.empty() || !free || committed_.contains(w)) {
         PlanIsStale();
         return absl::OkStatus();
       }
@@ -598,7 +683,8 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
       auto c = committed_.find(w);
       if (c == committed_.end() || c->second != job_id) continue;
       committed_.erase(c);
-      if (auto f = fleet_.find(w); f != fleet_.end()) f->second.idle = true;
+      // A packed job's worker trains its other jobs still.
+      if (auto f = fleet_.find(w); f != fleet_.end() && !packed) f->second.idle = true;
     }
     PlanIsStale();
   };
@@ -656,6 +742,15 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
     }
     Gang& gang = gangs_[job.id()] =
         Gang{.attempt = attempt, .workers = workers, .assignment = as};
+    // Until its worker's next report lists it, the plan counts it there.
+    if (auto f = fleet_.find(workers[0]);
+        f != fleet_.end() && workers.size() == 1 && f->second.max_attempts > 1) {
+      f->second.running.push_back(
+          {.job_id = job.id(),
+           .base_id = job.base_sha256(),
+           .memory_bytes = job.memory_bytes(),
+           .shared_bytes = std::min(job.shared_memory_bytes(), job.memory_bytes())});
+    }
     if (r.worker_id() == workers[0]) SendAssignment(job.id(), gang, 0, out);
   }
   spdlog::info("assigned {} (attempt {}, project {}) to worker{} {}", job.id(),

@@ -110,6 +110,14 @@ class Coordinator {
   // uploaded (the rest of the report is written).
   absl::StatusOr<v1::WorkerDirective> HandleReport(
       const v1::WorkerReport& r, const std::string& peer_host = "");
+  // A report that may carry several attempts (WorkerReport.max_attempts >
+  // 1): one directive per attempt, each naming its job (for_job_id), then
+  // one with an assignment when the worker has a free slot and the plan
+  // packs a job onto it (LoRA jobs of the base it trains already;
+  // scheduler/placement.h, rule 7). A worker of one attempt gets
+  // HandleReport's one directive. Errors as HandleReport's.
+  absl::StatusOr<std::vector<v1::WorkerDirective>> HandleReports(
+      const v1::WorkerReport& r, const std::string& peer_host = "");
 
   // Cancel: queued, paused (or validating_files) -> cancelled; running ->
   // cancelling (the attempt is then told to stop); cancelling stays.
@@ -178,6 +186,9 @@ class Coordinator {
     v1::Assignment assignment;
   };
 
+  // Records what `r` says of its worker for the plan (devices, labels,
+  // whether it is idle, its slots and what runs there).
+  void UpdateFleet(const v1::WorkerReport& r) ABSL_LOCKS_EXCLUDED(mu_);
   // Takes the job's lock for the report, and mu_ only around the lease
   // table.
   absl::Status HandleAttempt(const v1::WorkerReport& r,
@@ -288,6 +299,8 @@ class Coordinator {
   struct PlannedRank {
     std::string job_id;
     int rank = 0;
+    // Beside the jobs the worker trains already (a packing spot).
+    bool packed = false;
   };
   absl::flat_hash_map<std::string, PlannedRank> pending_ ABSL_GUARDED_BY(mu_);
   // The last plan's workers of each placed job, by rank.

@@ -1321,6 +1321,14 @@ v1::Job ResolveJob(const v1::CreateJobRequest& r, const v1::File& training,
   // Per worker: each rank of a gang holds the model; the whole step's batch
   // is counted, an upper bound for a rank's share of it.
   job.set_memory_bytes(scheduler::EstimateMemoryBytes(shape, train));
+  // LoRA and prompt tuning leave the base frozen and apart: a worker can
+  // train several such jobs of one base over one copy of it.
+  if ((job.adapter() == v1::ADAPTER_TYPE_LORA ||
+       job.adapter() == v1::ADAPTER_TYPE_PROMPT_TUNING) &&
+      job.devices() <= 1 && !model.content_sha256().empty()) {
+    job.set_shared_memory_bytes(scheduler::SharedBaseBytes(shape, train));
+    job.set_base_sha256(model.content_sha256());
+  }
   return job;
 }
 

@@ -43,12 +43,16 @@ grpc::Status WorkerService::Connect(
       spdlog::info("worker {} connected from {}: {}", worker_id,
                    context->peer(), DescribeDevices(report));
     }
-    auto directive = ops.Report(*worker, report, peer_host);
-    if (!directive.ok()) {
-      spdlog::warn("worker {}: {}", worker_id, directive.status().ToString());
-      return ToGrpcStatus(directive.status());
+    auto directives = ops.ReportAll(*worker, report, peer_host);
+    if (!directives.ok()) {
+      spdlog::warn("worker {}: {}", worker_id, directives.status().ToString());
+      return ToGrpcStatus(directives.status());
     }
-    if (!stream->Write(*directive)) break;
+    bool written = true;
+    for (const v1::WorkerDirective& d : *directives) {
+      if (!(written = stream->Write(d))) break;
+    }
+    if (!written) break;
   }
   if (!worker_id.empty()) ops.Disconnected(*worker, worker_id);
   spdlog::info("worker {} disconnected", worker_id);

@@ -40,6 +40,12 @@ absl::StatusOr<v1::WorkerDirective> WorkerOps::Report(
   return deps_.coordinator->HandleReport(report, peer_host);
 }
 
+absl::StatusOr<std::vector<v1::WorkerDirective>> WorkerOps::ReportAll(
+    const WorkerCaller&, const v1::WorkerReport& report,
+    const std::string& peer_host) const {
+  return deps_.coordinator->HandleReports(report, peer_host);
+}
+
 void WorkerOps::Disconnected(const WorkerCaller&,
                              const std::string& worker_id) const {
   deps_.coordinator->WorkerDisconnected(worker_id);

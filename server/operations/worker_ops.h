@@ -40,6 +40,12 @@ class WorkerOps {
   absl::StatusOr<v1::WorkerDirective> Report(
       const WorkerCaller& worker, const v1::WorkerReport& report,
       const std::string& peer_host = "") const;
+  // The same for a worker that may run several attempts: the directives to
+  // answer it with, one per attempt and one more with an assignment when a
+  // job is packed onto it (Coordinator::HandleReports).
+  absl::StatusOr<std::vector<v1::WorkerDirective>> ReportAll(
+      const WorkerCaller& worker, const v1::WorkerReport& report,
+      const std::string& peer_host = "") const;
   // The worker's stream ended.
   void Disconnected(const WorkerCaller& worker,
                     const std::string& worker_id) const;

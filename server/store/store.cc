@@ -200,6 +200,13 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries(status, next_attempt_m
     R"sql(
 ALTER TABLE jobs ADD COLUMN devices INTEGER NOT NULL DEFAULT 1;
 )sql",
+    // 9: what of a job's memory another LoRA job of its base on the same
+    // worker already holds, and that base's content hash, for packing
+    // several LoRA jobs on one worker; older jobs share nothing.
+    R"sql(
+ALTER TABLE jobs ADD COLUMN shared_memory_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN base_sha256 TEXT NOT NULL DEFAULT '';
+)sql",
 };
 
 // Every file `job` reads, by the field that names it: its training and
@@ -809,8 +816,9 @@ absl::StatusOr<Store::Created> Store::CreateJob(
                    db_->Prepare("INSERT INTO jobs (id, status, spec, "
                                 "idempotency_key, fingerprint, project, "
                                 "priority, memory_bytes, created_at, "
-                                "training_file, validation_file, devices) "
-                                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"));
+                                "training_file, validation_file, devices, "
+                                "shared_memory_bytes, base_sha256) "
+                                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
   stmt.Bind(1, job.id()).Bind(2, static_cast<int64_t>(job.status()));
   stmt.BindBlob(3, job.SerializeAsString());
   if (idempotency_key.empty()) {
@@ -824,6 +832,7 @@ absl::StatusOr<Store::Created> Store::CreateJob(
   stmt.Bind(8, job.memory_bytes()).Bind(9, job.created_at());
   stmt.Bind(10, job.training_file()).Bind(11, job.validation_file());
   stmt.Bind(12, static_cast<int64_t>(std::max(job.devices(), 1)));
+  stmt.Bind(13, job.shared_memory_bytes()).Bind(14, job.base_sha256());
   RETURN_IF_ERROR(stmt.Run());
   for (const auto& [field, id] : files) {
     ASSIGN_OR_RETURN(auto jf, db_->Prepare("INSERT INTO job_files (job_id, "
@@ -978,7 +987,8 @@ absl::StatusOr<Store::SchedulerInput> Store::ReadSchedulerInput() {
 absl::StatusOr<std::vector<Store::QueueEntry>> Store::QueuedJobsLocked() {
   ASSIGN_OR_RETURN(auto stmt,
                    db_->Prepare("SELECT id, seq, not_before_ms, project, "
-                                "priority, memory_bytes, created_at, devices "
+                                "priority, memory_bytes, created_at, devices, "
+                                "shared_memory_bytes, base_sha256 "
                                 "FROM jobs WHERE status = ? ORDER BY seq"));
   stmt.Bind(1, static_cast<int64_t>(v1::JOB_STATUS_QUEUED));
   std::vector<QueueEntry> out;
@@ -994,6 +1004,8 @@ absl::StatusOr<std::vector<Store::QueueEntry>> Store::QueuedJobsLocked() {
     e.memory_bytes = stmt.ColumnInt(5);
     e.created_at = stmt.ColumnInt(6);
     e.devices = static_cast<int>(stmt.ColumnInt(7));
+    e.shared_memory_bytes = stmt.ColumnInt(8);
+    e.base_sha256 = stmt.ColumnText(9);
     out.push_back(std::move(e));
   }
   return out;

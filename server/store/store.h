@@ -162,6 +162,10 @@ class Store {
     int64_t memory_bytes = 0;   // each worker's
     int64_t created_at = 0;     // Unix seconds
     int devices = 1;            // workers it runs on at once
+    // Of memory_bytes, what another LoRA job of base_sha256 on the same
+    // worker holds already (Job.shared_memory_bytes).
+    int64_t shared_memory_bytes = 0;
+    std::string base_sha256;
   };
   struct SchedulerInput {
     std::vector<QueueEntry> queued;  // oldest first

@@ -695,7 +695,7 @@ TEST(StoreFileTest, SurvivesReopenAndMigratesOnce) {
   EXPECT_EQ(job->status(), v1::JOB_STATUS_QUEUED);
   auto db = Database::Open(path);
   ASSERT_TRUE(db.ok());
-  EXPECT_EQ(*(*db)->UserVersion(), 8);
+  EXPECT_EQ(*(*db)->UserVersion(), 9);
 }
 
 TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
@@ -713,15 +713,17 @@ TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
   }
   {
     // The events table as the schema before per-job numbers had it, and
-    // no job_files (migration 5), report column (6), webhooks (7) or
-    // devices column (8) yet.
+    // no job_files (migration 5), report column (6), webhooks (7),
+    // devices column (8) or sharing columns (9) yet.
     auto db = Database::Open(path);
     ASSERT_TRUE(db.ok());
     int version = *(*db)->UserVersion();
-    ASSERT_EQ(version, 8);
+    ASSERT_EQ(version, 9);
     ASSERT_TRUE(
         (*db)
-            ->Execute("ALTER TABLE jobs DROP COLUMN devices;"
+            ->Execute("ALTER TABLE jobs DROP COLUMN base_sha256;"
+                      "ALTER TABLE jobs DROP COLUMN shared_memory_bytes;"
+                      "ALTER TABLE jobs DROP COLUMN devices;"
                       "DROP TABLE webhook_deliveries;"
                       "DROP TABLE webhook_event_types;"
                       "DROP TABLE webhooks;"
@@ -733,7 +735,7 @@ TEST(StoreFileTest, MigrationNumbersEarlierEventsPerJob) {
             .ok());
     ASSERT_TRUE(
         (*db)
-            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 5))
+            ->Execute(absl::StrCat("PRAGMA user_version = ", version - 6))
             .ok());
   }
   auto s = Store::Open(path);
