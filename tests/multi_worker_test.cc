@@ -92,6 +92,12 @@ absl::StatusOr<v1::Job> WaitFinished(Client& c, const std::string& id,
   return WaitForJob(c, id, [](const v1::Job& j) { return IsTerminal(j.status()); }, timeout);
 }
 
+int Count(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
 std::string AdapterOf(Client& c, const std::string& job_id, const std::string& dir) {
   auto files = c.DownloadAdapter(job_id, dir, nullptr);
   EXPECT_TRUE(files.ok()) << files.status();
@@ -223,6 +229,83 @@ TEST(MultiWorkerTest, TwoGangsThatEachFitOnlyAloneBothFinish) {
     ASSERT_TRUE(done.ok()) << done.status() << c.Logs();
     EXPECT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED) << id << c.Logs();
     EXPECT_EQ(done->attempt(), 1) << id;
+  }
+}
+
+// Three LoRA jobs of one base on one worker of --max_attempts=3: lathed
+// packs them onto it (the base counted once), the worker trains them at
+// once in one process over one copy of the base, and each one's losses and
+// adapter equal the same job run alone.
+TEST(SharedBaseWorkerTest, ThreeLoraJobsShareOneWorkersBaseAndEachEqualsItsSoloRun) {
+  auto cluster = Cluster::Start(TestRoot("shared-base-worker"), 0);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  c.AddWorker({"--max_attempts=3"});
+  auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
+  ASSERT_TRUE(file.ok()) << file.status();
+  // Other seeds (initialization, data order), ranks and dropout; 200 steps.
+  auto job_of = [&](int i) {
+    v1::CreateJobRequest r = DemoJob(file->id(), 10);
+    r.set_seed(100 + i);
+    r.mutable_lora()->set_rank(4 << i);
+    r.mutable_lora()->set_dropout(i == 2 ? 0.1 : 0.0);
+    return r;
+  };
+  std::vector<std::string> together;
+  for (int i = 0; i < 3; ++i) {
+    auto job = c.client().CreateJob(job_of(i));
+    ASSERT_TRUE(job.ok()) << job.status();
+    together.push_back(job->id());
+  }
+  // All three train at the same time on the one worker.
+  bool at_once = false;
+  for (absl::Time deadline = absl::Now() + absl::Minutes(4); absl::Now() < deadline;) {
+    int running = 0, finished = 0;
+    for (const std::string& id : together) {
+      auto j = c.client().GetJob(id);
+      ASSERT_TRUE(j.ok()) << j.status();
+      running += j->status() == v1::JOB_STATUS_RUNNING && j->progress().steps_done() > 0;
+      finished += IsTerminal(j->status());
+    }
+    at_once = at_once || running == 3;
+    if (finished == 3) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(at_once) << "the three jobs never trained at once" << c.Logs();
+  // In the worker, over one copy of the base: read once, shared twice.
+  const std::string log = ReadFileOrEmpty(c.root() + "/worker-0.log");
+  EXPECT_EQ(Count(log, "holding the base "), 1) << log;
+  EXPECT_EQ(Count(log, "sharing the base "), 2) << log;
+  for (const std::string& id : together) {
+    auto done = WaitFinished(c.client(), id);
+    ASSERT_TRUE(done.ok()) << done.status() << c.Logs();
+    ASSERT_EQ(done->status(), v1::JOB_STATUS_SUCCEEDED)
+        << done->error().message() << "\n" << c.Logs();
+    EXPECT_EQ(done->attempt(), 1);
+    EXPECT_GT(done->shared_memory_bytes(), 0);
+    EXPECT_FALSE(done->base_sha256().empty());
+  }
+
+  // The same jobs one at a time.
+  for (int i = 0; i < 3; ++i) {
+    auto solo = c.client().CreateJob(job_of(i));
+    ASSERT_TRUE(solo.ok()) << solo.status();
+    auto solo_done = WaitFinished(c.client(), solo->id());
+    ASSERT_TRUE(solo_done.ok() && solo_done->status() == v1::JOB_STATUS_SUCCEEDED)
+        << c.Logs();
+    const auto shared_losses = Losses(AllEvents(c.client(), together[i]));
+    const auto solo_losses = Losses(AllEvents(c.client(), solo->id()));
+    ASSERT_EQ(shared_losses.size(), 200u) << i;
+    ASSERT_EQ(solo_losses.size(), shared_losses.size()) << i;
+    for (size_t s = 0; s < solo_losses.size(); ++s) {
+      EXPECT_NEAR(shared_losses[s].second, solo_losses[s].second, 1e-6)
+          << "job " << i << " step " << s + 1;
+    }
+    const double diff = MaxDifference(
+        AdapterOf(c.client(), together[i], c.root() + absl::StrCat("/together-", i)),
+        AdapterOf(c.client(), solo->id(), c.root() + absl::StrCat("/solo-", i)));
+    EXPECT_LE(diff, 1e-6) << "job " << i << "'s adapter differs from its solo run's by "
+                          << diff;
   }
 }
 

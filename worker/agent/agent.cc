@@ -141,12 +141,14 @@ Agent::Agent(AgentOptions options, std::shared_ptr<grpc::Channel> channel,
 
 Agent::~Agent() {
   Stop();
-  std::unique_ptr<Attempt> a;
+  std::vector<std::unique_ptr<Attempt>> attempts;
   {
     absl::MutexLock lock(&mu_);
-    a = std::move(attempt_);
+    attempts = std::move(attempts_);
   }
-  if (a && a->thread.joinable()) a->thread.join();
+  for (auto& a : attempts) {
+    if (a->thread.joinable()) a->thread.join();
+  }
 }
 
 std::unique_ptr<grpc::ClientContext> Agent::NewContext() const {
@@ -158,9 +160,9 @@ std::unique_ptr<grpc::ClientContext> Agent::NewContext() const {
 void Agent::Stop() {
   if (stopping_.exchange(true)) abort_.store(true);
   absl::MutexLock lock(&mu_);
-  if (attempt_) {
-    attempt_->checkpoint_before_stop.store(true);
-    attempt_->stop.store(true);
+  for (auto& a : attempts_) {
+    a->checkpoint_before_stop.store(true);
+    a->stop.store(true);
   }
   drain_deadline_ = absl::Now() + options_.drain_timeout;
   wake_ = true;
@@ -177,20 +179,22 @@ v1::WorkerReport Agent::BuildReport() {
                  devices.status().ToString());
   }
   for (const v1::Device& d : devices_) *r.add_devices() = d;
+  if (options_.max_attempts > 1) r.set_max_attempts(options_.max_attempts);
   absl::MutexLock lock(&mu_);
   wake_ = false;
-  if (attempt_) {
-    auto* a = r.mutable_attempt();
-    a->set_job_id(attempt_->assignment.job_id());
-    a->set_attempt(attempt_->assignment.attempt());
-    a->set_step(attempt_->step);
-    a->set_total_steps(attempt_->total_steps);
-    a->set_trained_tokens(attempt_->trained_tokens);
-    a->set_rank(attempt_->assignment.rank());
-    a->set_rendezvous(attempt_->rendezvous);
-    for (const auto& e : attempt_->pending) *a->add_events() = e;
-    for (const auto& c : attempt_->checkpoints) *a->add_checkpoints() = c;
-    if (attempt_->outcome) *a->mutable_outcome() = *attempt_->outcome;
+  for (size_t i = 0; i < attempts_.size(); ++i) {
+    const Attempt& attempt = *attempts_[i];
+    v1::RunningAttempt* a = i == 0 ? r.mutable_attempt() : r.add_more_attempts();
+    a->set_job_id(attempt.assignment.job_id());
+    a->set_attempt(attempt.assignment.attempt());
+    a->set_step(attempt.step);
+    a->set_total_steps(attempt.total_steps);
+    a->set_trained_tokens(attempt.trained_tokens);
+    a->set_rank(attempt.assignment.rank());
+    a->set_rendezvous(attempt.rendezvous);
+    for (const auto& e : attempt.pending) *a->add_events() = e;
+    for (const auto& c : attempt.checkpoints) *a->add_checkpoints() = c;
+    if (attempt.outcome) *a->mutable_outcome() = *attempt.outcome;
   }
   return r;
 }
@@ -199,14 +203,25 @@ void Agent::Apply(const v1::WorkerDirective& d) {
   std::unique_ptr<Attempt> finished;
   {
     absl::MutexLock lock(&mu_);
-    if (attempt_) {
-      auto& p = attempt_->pending;
+    // The attempt it answers: the one it names, else (a server answering
+    // one attempt) the first.
+    auto target = attempts_.end();
+    if (!d.for_job_id().empty()) {
+      target = std::find_if(attempts_.begin(), attempts_.end(), [&](const auto& a) {
+        return a->assignment.job_id() == d.for_job_id();
+      });
+    } else if (!attempts_.empty()) {
+      target = attempts_.begin();
+    }
+    if (target != attempts_.end()) {
+      Attempt* attempt = target->get();
+      auto& p = attempt->pending;
       p.erase(std::remove_if(p.begin(), p.end(),
                              [&](const v1::AttemptEvent& e) {
                                return e.seq() <= d.acked_event_seq();
                              }),
               p.end());
-      auto& cps = attempt_->checkpoints;
+      auto& cps = attempt->checkpoints;
       for (int64_t step : d.acked_checkpoints()) {
         cps.erase(std::remove_if(cps.begin(), cps.end(),
                                  [&](const v1::CheckpointReport& c) {
@@ -215,19 +230,24 @@ void Agent::Apply(const v1::WorkerDirective& d) {
                   cps.end());
       }
       if (d.stop() && d.checkpoint_before_stop()) {
-        attempt_->checkpoint_before_stop.store(true);
+        attempt->checkpoint_before_stop.store(true);
       }
-      if (d.stop() && !attempt_->stop.exchange(true)) {
+      if (d.stop() && !attempt->stop.exchange(true)) {
         spdlog::info("server asks to stop {}: {}",
-                     attempt_->assignment.job_id(), d.stop_reason());
+                     attempt->assignment.job_id(), d.stop_reason());
       }
-      if (d.superseded()) attempt_->superseded.store(true);
+      if (d.superseded()) attempt->superseded.store(true);
       if (d.outcome_recorded() || d.superseded()) {
-        finished = std::move(attempt_);
+        finished = std::move(*target);
+        attempts_.erase(target);
         wake_ = true;  // say "idle" now, not a heartbeat later
       }
     }
-    if (!attempt_ && d.has_assignment() && !stopping_.load()) {
+    const bool running = std::any_of(attempts_.begin(), attempts_.end(), [&](const auto& a) {
+      return a->assignment.job_id() == d.assignment().job_id();
+    });
+    if (d.has_assignment() && !running && !stopping_.load() &&
+        static_cast<int>(attempts_.size()) < std::max(options_.max_attempts, 1)) {
       StartAttempt(d.assignment());
     }
   }
@@ -236,9 +256,9 @@ void Agent::Apply(const v1::WorkerDirective& d) {
 
 void Agent::StartAttempt(const v1::Assignment& a) {
   spdlog::info("assigned {} (attempt {})", a.job_id(), a.attempt());
-  attempt_ = std::make_unique<Attempt>();
-  attempt_->assignment = a;
-  Attempt* raw = attempt_.get();
+  attempts_.push_back(std::make_unique<Attempt>());
+  Attempt* raw = attempts_.back().get();
+  raw->assignment = a;
   raw->thread = std::thread([this, raw] { RunAttempt(raw); });
 }
 
@@ -689,6 +709,8 @@ absl::Status Agent::UploadOnce(Attempt* attempt, const std::string& path,
 }
 
 void Agent::RunAttempt(Attempt* attempt) {
+  // Attempts at once split the CPU's threads (a GPU run's CPU work too).
+  engine::ShareCpuThreads(options_.max_attempts);
   const v1::Assignment& as = attempt->assignment;
   const v1::Job& job = as.job();
   fs::path dir = fs::path(options_.work_dir) / as.job_id() /
@@ -1038,7 +1060,7 @@ bool Agent::Drained() {
   if (abort_.load()) return true;
   if (!stopping_.load()) return false;
   absl::MutexLock lock(&mu_);
-  return attempt_ == nullptr || absl::Now() > drain_deadline_;
+  return attempts_.empty() || absl::Now() > drain_deadline_;
 }
 
 void Agent::Run() {
@@ -1049,15 +1071,21 @@ void Agent::Run() {
     bool connected = false;
     while (!Drained()) {
       if (!stream->Write(BuildReport())) break;
+      // One directive per report, or several (one per attempt) from a
+      // server answering a worker of several attempts.
       v1::WorkerDirective d;
-      if (!stream->Read(&d)) break;
-      if (!connected) {
-        spdlog::info("connected to lathed at {} as {}", options_.server,
-                     options_.worker_id);
-        connected = true;
-        backoff = absl::Milliseconds(200);
-      }
-      Apply(d);
+      bool read = true;
+      do {
+        if (!(read = stream->Read(&d))) break;
+        if (!connected) {
+          spdlog::info("connected to lathed at {} as {}", options_.server,
+                       options_.worker_id);
+          connected = true;
+          backoff = absl::Milliseconds(200);
+        }
+        Apply(d);
+      } while (d.more());
+      if (!read) break;
       absl::MutexLock lock(&mu_);
       mu_.AwaitWithTimeout(absl::Condition(&wake_), options_.heartbeat);
     }

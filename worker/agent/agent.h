@@ -56,6 +56,11 @@ struct AgentOptions {
   std::string rendezvous_host;
   int rendezvous_port = 0;
   absl::Duration rendezvous_timeout = absl::Minutes(3);
+  // How many attempts this worker runs at once. Above 1, lathed packs LoRA
+  // jobs of one base onto it, trained in this process over one copy of the
+  // base (engine/model/shared_base.h); it still runs a gang's rank, a full
+  // fine-tuning or a merge alone.
+  int max_attempts = 1;
 };
 
 class Agent {
@@ -152,7 +157,9 @@ class Agent {
   std::vector<v1::Device> devices_;
 
   absl::Mutex mu_;
-  std::unique_ptr<Attempt> attempt_ ABSL_GUARDED_BY(mu_);
+  // The attempts running, in the order they were assigned (at most
+  // options_.max_attempts).
+  std::vector<std::unique_ptr<Attempt>> attempts_ ABSL_GUARDED_BY(mu_);
   bool wake_ ABSL_GUARDED_BY(mu_) = false;  // report before the heartbeat
   std::atomic<bool> stopping_{false};  // no new work; drain the attempt
   std::atomic<bool> abort_{false};     // return at once

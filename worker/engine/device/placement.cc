@@ -1,5 +1,7 @@
 #include "worker/engine/device/placement.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "worker/engine/device/device.h"
@@ -37,6 +39,13 @@ absl::StatusOr<Placement> ResolvePlacement(const DeviceSpec& spec) {
   RETURN_IF_ERROR(InSection(dtype.status(), "dtype"));
   p.compute = *dtype;
   return p;
+}
+
+void ShareCpuThreads(int runs) {
+  if (runs <= 1) return;
+  // The count before any run divided it.
+  static const int all = torch::get_num_threads();
+  torch::set_num_threads(std::max(1, all / runs));
 }
 
 }  // namespace lathe::engine

@@ -23,6 +23,14 @@ struct Placement {
 // "device.device" or "device.dtype" when this machine lacks what is asked.
 absl::StatusOr<Placement> ResolvePlacement(const DeviceSpec& spec);
 
+// For one of `runs` runs training at once in this process: the calling
+// thread's CPU intra-op threads become the process's first count divided
+// by `runs` (at least 1). Each thread's OpenMP team is its own, so `runs`
+// teams of every core would oversubscribe the cores `runs` times (5x
+// slower in engine_bench --jobs). Call on the run's thread before it
+// trains; `runs` <= 1 changes nothing.
+void ShareCpuThreads(int runs);
+
 }  // namespace lathe::engine
 
 #endif  // LATHE_WORKER_ENGINE_DEVICE_PLACEMENT_H_

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "spdlog/spdlog.h"
 
 namespace lathe::engine {
 namespace {
@@ -52,7 +53,11 @@ absl::StatusOr<std::shared_ptr<const SharedBase>> AcquireSharedBase(
     slot = entry;
   }
   std::lock_guard<std::mutex> lock(slot->mu);
-  if (std::shared_ptr<const SharedBase> held = slot->base.lock()) return held;
+  if (std::shared_ptr<const SharedBase> held = slot->base.lock()) {
+    spdlog::info("sharing the base {} already held on {} ({} MiB) with {} other run(s)",
+                 path, device.str(), held->bytes >> 20, held.use_count() - 1);
+    return held;
+  }
   auto base = std::make_shared<SharedBase>();
   base->dir = path;
   ASSIGN_OR_RETURN(base->config, LoadModelConfig(dir));
@@ -63,6 +68,8 @@ absl::StatusOr<std::shared_ptr<const SharedBase>> AcquireSharedBase(
     base->bytes += tensor.numel() * tensor.element_size();
   }
   slot->base = base;
+  spdlog::info("holding the base {} on {} ({} MiB) for the runs over it", path,
+               device.str(), base->bytes >> 20);
   return std::shared_ptr<const SharedBase>(std::move(base));
 }
 
