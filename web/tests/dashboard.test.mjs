@@ -67,9 +67,15 @@ test("the dashboard shows a job live and matches the API", async () => {
       method: { type: "supervised", supervised: { hyperparameters: { n_epochs: 30, batch_size: 1, eval_every_steps: 300,
         checkpoint_every_steps: 600 } } } });
     // One worker: this one waits in the queue behind the first, and is long
-    // enough (4,000 steps) to be still queued or running when its buttons
-    // are tried; it is cancelled at the end.
-    const second = await create({ model: "lathe-demo", training_file: file.id,
+    // enough (the demo's lines ten times over, 40,000 steps; 4,000 once
+    // finished first) to be still queued or running when its buttons are
+    // tried; it is cancelled at the end.
+    const longForm = new FormData();
+    longForm.append("purpose", "fine-tune");
+    longForm.append("file", new Blob([fs.readFileSync(path.join(env("LATHE_DEMO_DIR"), "train.jsonl")).toString().repeat(10)]),
+      "train-x10.jsonl");
+    const longFile = await api("/v1/files", { method: "POST", body: longForm });
+    const second = await create({ model: "lathe-demo", training_file: longFile.id,
       hyperparameters: { n_epochs: 50, batch_size: 1 } });
 
     // Sign in: a wrong key is refused on the form, the right one enters.
