@@ -232,7 +232,7 @@ TEST(MultiWorkerTest, TwoGangsThatEachFitOnlyAloneBothFinish) {
   }
 }
 
-// Three LoRA jobs of one base on one worker of --max_attempts=3: lathed
+// Three LoRA jobs of one base on one worker of --max_jobs=3: lathed
 // packs them onto it (the base counted once), the worker trains them at
 // once in one process over one copy of the base, and each one's losses and
 // adapter equal the same job run alone.
@@ -240,7 +240,7 @@ TEST(SharedBaseWorkerTest, ThreeLoraJobsShareOneWorkersBaseAndEachEqualsItsSoloR
   auto cluster = Cluster::Start(TestRoot("shared-base-worker"), 0);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
-  c.AddWorker({"--max_attempts=3"});
+  c.AddWorker({"--max_jobs=3"});
   auto file = c.client().UploadFile(c.demo_dir() + "/train.jsonl", "fine-tune", nullptr);
   ASSERT_TRUE(file.ok()) << file.status();
   // Other seeds (initialization, data order), ranks and dropout; 200 steps.

@@ -51,8 +51,8 @@ ABSL_FLAG(int, rendezvous_port, 0,
 ABSL_FLAG(absl::Duration, rendezvous_timeout, absl::Minutes(3),
           "multi-worker jobs: how long a rank waits for the others to gather, "
           "and for each collective, before the attempt fails");
-ABSL_FLAG(int, max_attempts, 1,
-          "attempts this worker runs at once (1..64): above 1, lathed packs "
+ABSL_FLAG(int, max_jobs, 1,
+          "jobs this worker trains at once (1..64): above 1, lathed packs "
           "LoRA and prompt-tuning jobs of one base model onto it, trained "
           "together over one copy of the base when its device has room");
 
@@ -97,9 +97,9 @@ int Serve(int argc, char** argv) {
   o.rendezvous_host = absl::GetFlag(FLAGS_rendezvous_host);
   o.rendezvous_port = absl::GetFlag(FLAGS_rendezvous_port);
   o.rendezvous_timeout = absl::GetFlag(FLAGS_rendezvous_timeout);
-  o.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  o.max_attempts = absl::GetFlag(FLAGS_max_jobs);
   if (o.max_attempts < 1 || o.max_attempts > 64) {
-    std::cerr << "--max_attempts: " << o.max_attempts << " is not in 1..64\n";
+    std::cerr << "--max_jobs: " << o.max_attempts << " is not in 1..64\n";
     return 2;
   }
   if (o.rendezvous_port < 0 || o.rendezvous_port > 65535) {
