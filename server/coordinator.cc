@@ -63,6 +63,15 @@ std::vector<scheduler::JobRequest> SchedulerQueue(
   return jobs;
 }
 
+// `job` as the scheduler counts it on the worker that trains it: its base
+// and memory, the part another job of that base shares.
+scheduler::RunningAttempt RunningOn(const v1::Job& job) {
+  return {.job_id = job.id(),
+          .base_id = job.base_sha256(),
+          .memory_bytes = job.memory_bytes(),
+          .shared_bytes = std::min(job.shared_memory_bytes(), job.memory_bytes())};
+}
+
 // How many workers `job` runs on (a job stored before devices: one).
 int WorldSize(const v1::Job& job) { return std::max(job.devices(), 1); }
 
@@ -174,12 +183,7 @@ void Coordinator::UpdateFleet(const v1::WorkerReport& r) {
     absl::flat_hash_set<std::string> known;
     for (const auto& [job_id, gang] : gangs_) {
       if (gang.workers.size() != 1 || gang.workers[0] != r.worker_id()) continue;
-      const v1::Job& job = gang.assignment.job();
-      w.running.push_back({.job_id = job_id,
-                           .base_id = job.base_sha256(),
-                           .memory_bytes = job.memory_bytes(),
-                           .shared_bytes = std::min(job.shared_memory_bytes(),
-                                                    job.memory_bytes())});
+      w.running.push_back(RunningOn(gang.assignment.job()));
       known.insert(job_id);
     }
     auto reported = [&](const v1::RunningAttempt& a) {
@@ -745,11 +749,7 @@ absl::Status Coordinator::MaybeAssign(const v1::WorkerReport& r,
     // Until its worker's next report lists it, the plan counts it there.
     if (auto f = fleet_.find(workers[0]);
         f != fleet_.end() && workers.size() == 1 && f->second.max_attempts > 1) {
-      f->second.running.push_back(
-          {.job_id = job.id(),
-           .base_id = job.base_sha256(),
-           .memory_bytes = job.memory_bytes(),
-           .shared_bytes = std::min(job.shared_memory_bytes(), job.memory_bytes())});
+      f->second.running.push_back(RunningOn(job));
     }
     if (r.worker_id() == workers[0]) SendAssignment(job.id(), gang, 0, out);
   }

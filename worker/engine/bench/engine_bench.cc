@@ -279,29 +279,21 @@ absl::StatusOr<double> TargetShare(const Tokenizer& tokenizer,
   return static_cast<double>(targets) / static_cast<double>(tokens);
 }
 
-// VmHWM of this process in MiB, or -1.
-double PeakRssMib() {
+// A memory figure of this process's /proc/self/status ("VmHWM:" its peak
+// resident memory, "VmRSS:" the current) in MiB, or -1.
+double StatusMib(const std::string& key) {
   std::ifstream status("/proc/self/status");
   std::string line;
   while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      return std::strtod(line.c_str() + 6, nullptr) / 1024;
+    if (line.rfind(key, 0) == 0) {
+      return std::strtod(line.c_str() + key.size(), nullptr) / 1024;
     }
   }
   return -1;
 }
 
-// VmRSS of this process in MiB, or -1.
-double RssMib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) {
-      return std::strtod(line.c_str() + 6, nullptr) / 1024;
-    }
-  }
-  return -1;
-}
+double PeakRssMib() { return StatusMib("VmHWM:"); }
+double RssMib() { return StatusMib("VmRSS:"); }
 
 // One phase of --jobs: the real tokens of every job's steps after its
 // warm-up over the time they took (alone: the sum of each job's span from
@@ -328,10 +320,8 @@ JobsPhase RunJobs(const RunSpec& base_spec, const BenchOptions& o, bool together
   double tokens = 0, alone_seconds = 0, peak_rss = RssMib();
   bool ok = true;
   auto run = [&](int i) {
-    // On the CPU the jobs at once split the cores between them (each
-    // thread's OpenMP team is its own: K teams of every core would
-    // oversubscribe them K times).
-    if (together && !cuda.has_value()) torch::set_num_threads(std::max(1, o.threads / o.jobs));
+    // The jobs at once split the CPU's threads, as a worker's do.
+    if (together) ShareCpuThreads(o.jobs);
     RunSpec spec = base_spec;
     spec.seed = 42 + i;
     spec.output.dir = absl::StrCat(base_spec.output.dir, "-", together ? "together" : "alone",

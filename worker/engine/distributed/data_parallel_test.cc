@@ -13,6 +13,7 @@
 #include "worker/engine/model/weights.h"
 #include "worker/engine/recipes/run.h"
 #include "worker/engine/spec/run_spec.h"
+#include "worker/engine/recipes/recipe_test_util.h"
 #include "worker/engine/test_util.h"
 #include "worker/engine/text/json_file.h"
 
@@ -138,38 +139,20 @@ class DataParallelTrainTest : public ::testing::Test {
   static void TearDownTestSuite() { delete demo_; }
 
   static RunSpec Spec(const std::string& out) {
-    absl::StatusOr<nlohmann::json> spec =
-        ReadJsonFile(demo_->path() + "/spec.json");
-    EXPECT_TRUE(spec.ok()) << spec.status();
-    absl::StatusOr<RunSpec> s = ParseRunSpec(*spec, demo_->path());
-    EXPECT_TRUE(s.ok()) << s.status();
-    s->output.dir = out + "/adapter";
-    s->checkpoint.dir = out + "/checkpoints";
-    s->checkpoint.every_steps = 5;
-    s->schedule.n_epochs = 1;
+    RunSpec spec = testing::DemoRunSpec(demo_->path(), out + "/adapter");
+    spec.checkpoint.dir = out + "/checkpoints";
+    spec.checkpoint.every_steps = 5;
+    spec.schedule.n_epochs = 1;
     // A batch that does not divide by the ranks (7 over 2: 4 and 3), and
     // an epoch whose last step is smaller (80 examples: 11 x 7 + 3).
-    s->data.batch_size = 7;
-    if (auto* lora = std::get_if<LoraSpec>(&s->adapter)) lora->dropout = 0;
-    return *s;
+    spec.data.batch_size = 7;
+    if (auto* lora = std::get_if<LoraSpec>(&spec.adapter)) lora->dropout = 0;
+    return spec;
   }
 
   static TempDir* demo_;
 };
 TempDir* DataParallelTrainTest::demo_ = nullptr;
-
-double MaxDifference(const std::string& a, const std::string& b) {
-  absl::StatusOr<TensorMap> x = LoadSafetensors(a);
-  absl::StatusOr<TensorMap> y = LoadSafetensors(b);
-  EXPECT_TRUE(x.ok() && y.ok());
-  if (!x.ok() || !y.ok() || x->size() != y->size() || x->empty()) return 1e9;
-  double max = 0;
-  for (const auto& [name, t] : *x) {
-    if (!y->contains(name)) return 1e9;
-    max = std::max(max, (t - y->at(name)).abs().max().item<double>());
-  }
-  return max;
-}
 
 TEST_F(DataParallelTrainTest, TwoRanksEqualOneWorkerAtTheWholeBatch) {
   TempDir out;
@@ -209,7 +192,7 @@ TEST_F(DataParallelTrainTest, TwoRanksEqualOneWorkerAtTheWholeBatch) {
   EXPECT_EQ(checkpoints[1], 0);
   EXPECT_FALSE(std::filesystem::exists(out.path() + "/rank1/adapter/adapter_model.safetensors"));
   EXPECT_FALSE(std::filesystem::exists(out.path() + "/rank1/checkpoints"));
-  EXPECT_LE(MaxDifference(out.path() + "/one/adapter/adapter_model.safetensors",
+  EXPECT_LE(testing::MaxTensorDifference(out.path() + "/one/adapter/adapter_model.safetensors",
                           out.path() + "/rank0/adapter/adapter_model.safetensors"),
             1e-5);
 }

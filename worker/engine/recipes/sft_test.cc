@@ -20,6 +20,7 @@
 #include "worker/engine/optim/schedule.h"
 #include "worker/engine/inference/score.h"
 #include "worker/engine/text/tokenizer.h"
+#include "worker/engine/recipes/recipe_test_util.h"
 #include "worker/engine/test_util.h"
 #include "worker/engine/spec/run_spec.h"
 
@@ -36,13 +37,7 @@ class TrainerTest : public ::testing::Test {
 
   // The demo's spec, writing its adapter under `out`.
   static RunSpec DemoOptions(const std::string& out) {
-    absl::StatusOr<nlohmann::json> spec =
-        ReadJsonFile(demo_->path() + "/spec.json");
-    EXPECT_TRUE(spec.ok()) << spec.status();
-    absl::StatusOr<RunSpec> options = ParseRunSpec(*spec, demo_->path());
-    EXPECT_TRUE(options.ok()) << options.status();
-    options->output.dir = out;
-    return *options;
+    return testing::DemoRunSpec(demo_->path(), out);
   }
 
   // Trains and returns every step's loss.
@@ -94,21 +89,6 @@ class TrainerTest : public ::testing::Test {
   static testing::TempDir* demo_;
 };
 testing::TempDir* TrainerTest::demo_ = nullptr;
-
-// The largest absolute difference between same-named tensors of two
-// safetensors files holding the same names.
-double MaxDifference(const std::string& a, const std::string& b) {
-  absl::StatusOr<TensorMap> x = LoadSafetensors(a);
-  absl::StatusOr<TensorMap> y = LoadSafetensors(b);
-  EXPECT_TRUE(x.ok() && y.ok());
-  if (!x.ok() || !y.ok() || x->size() != y->size()) return 1e9;
-  double max = 0;
-  for (const auto& [name, t] : *x) {
-    if (!y->contains(name)) return 1e9;
-    max = std::max(max, (t - y->at(name)).abs().max().item<double>());
-  }
-  return max;
-}
 
 std::vector<double> Tail(const std::vector<double>& v, size_t from) {
   return std::vector<double>(v.begin() + from, v.end());
@@ -370,7 +350,7 @@ TEST_F(TrainerTest, InterruptedRunResumesToTheSameState) {
   EXPECT_EQ(resumed.steps.back().trained_tokens,
             reference.steps.back().trained_tokens);
   EXPECT_LE(
-      MaxDifference(out.path() + "/reference/adapter_model.safetensors",
+      testing::MaxTensorDifference(out.path() + "/reference/adapter_model.safetensors",
                     out.path() + "/interrupted/adapter_model.safetensors"),
       1e-6);
 }
@@ -412,7 +392,7 @@ TEST_F(TrainerTest, PeriodicCheckpointsResumeAcrossEpochs) {
   for (size_t i = 0; i < want.size(); ++i) {
     EXPECT_NEAR(resumed.losses()[i], want[i], 1e-6) << "step " << i + 15;
   }
-  EXPECT_LE(MaxDifference(out.path() + "/reference/adapter_model.safetensors",
+  EXPECT_LE(testing::MaxTensorDifference(out.path() + "/reference/adapter_model.safetensors",
                           out.path() + "/resumed/adapter_model.safetensors"),
             1e-6);
   // The resumed run's own checkpoint matches the reference's.
@@ -513,7 +493,7 @@ TEST_F(TrainerTest, GradientAccumulationMatchesTheLargerBatch) {
     EXPECT_NEAR(accumulated.steps[i].grad_norm, big.steps[i].grad_norm, 1e-3);
   }
   EXPECT_LE(
-      MaxDifference(out.path() + "/big/adapter_model.safetensors",
+      testing::MaxTensorDifference(out.path() + "/big/adapter_model.safetensors",
                     out.path() + "/accumulated/adapter_model.safetensors"),
       1e-4);
 }
@@ -565,7 +545,7 @@ TEST_F(TrainerTest, ActivationCheckpointingGivesTheSameRun) {
         << i;
   }
   EXPECT_LE(
-      MaxDifference(out.path() + "/plain/adapter_model.safetensors",
+      testing::MaxTensorDifference(out.path() + "/plain/adapter_model.safetensors",
                     out.path() + "/checkpointed/adapter_model.safetensors"),
       1e-5);
 }
@@ -673,7 +653,7 @@ TEST_F(TrainerTest, FullFineTuningResumesAndExportsInTheSourceDtype) {
   for (size_t i = 0; i < want.size(); ++i) {
     EXPECT_NEAR(resumed.losses()[i], want[i], 1e-6) << "step " << i + 7;
   }
-  EXPECT_EQ(MaxDifference(out.path() + "/reference/model.safetensors",
+  EXPECT_EQ(testing::MaxTensorDifference(out.path() + "/reference/model.safetensors",
                           out.path() + "/resumed/model.safetensors"),
             0);
 }
@@ -903,7 +883,7 @@ TEST_F(TrainerTest, DmtStagesRunAsSeparateRunsFromTheLastWeightsAndResume) {
   // Warmup again at the start of stage 2.
   EXPECT_DOUBLE_EQ(staged.steps[first_steps].learning_rate,
                    staged.steps[0].learning_rate);
-  EXPECT_EQ(MaxDifference(out.path() + "/staged/model.safetensors",
+  EXPECT_EQ(testing::MaxTensorDifference(out.path() + "/staged/model.safetensors",
                           out.path() + "/stage2/model.safetensors"),
             0);
 
@@ -922,7 +902,7 @@ TEST_F(TrainerTest, DmtStagesRunAsSeparateRunsFromTheLastWeightsAndResume) {
     ASSERT_EQ(resumed.steps.size(), first_steps + second_steps - stop);
     EXPECT_EQ(resumed.steps[0].stage, stop < first_steps ? 1 : 2);
     EXPECT_NEAR(resumed.steps[0].loss, staged.steps[stop].loss, 1e-6);
-    EXPECT_EQ(MaxDifference(out.path() + "/staged/model.safetensors",
+    EXPECT_EQ(testing::MaxTensorDifference(out.path() + "/staged/model.safetensors",
                             again.output.dir + "/model.safetensors"),
               0);
   }

@@ -17,6 +17,7 @@
 #include "worker/engine/recipes/loop.h"
 #include "worker/engine/recipes/run.h"
 #include "worker/engine/spec/run_spec.h"
+#include "worker/engine/recipes/recipe_test_util.h"
 #include "worker/engine/test_util.h"
 #include "worker/engine/text/json_file.h"
 
@@ -32,13 +33,7 @@ class SharedBaseTest : public ::testing::Test {
   static void TearDownTestSuite() { delete demo_; }
 
   static RunSpec DemoSpec(const std::string& out) {
-    absl::StatusOr<nlohmann::json> json =
-        ReadJsonFile(demo_->path() + "/spec.json");
-    EXPECT_TRUE(json.ok()) << json.status();
-    absl::StatusOr<RunSpec> spec = ParseRunSpec(*json, demo_->path());
-    EXPECT_TRUE(spec.ok()) << spec.status();
-    spec->output.dir = out;
-    return *spec;
+    return testing::DemoRunSpec(demo_->path(), out);
   }
 
   static testing::TempDir* demo_;
@@ -69,19 +64,6 @@ Outcome RunOnce(const RunSpec& spec, int stop_after = 0,
   };
   outcome.result = Train(spec, hooks);
   return outcome;
-}
-
-double MaxDifference(const std::string& a, const std::string& b) {
-  absl::StatusOr<TensorMap> x = LoadSafetensors(a);
-  absl::StatusOr<TensorMap> y = LoadSafetensors(b);
-  EXPECT_TRUE(x.ok() && y.ok()) << a << " " << b;
-  if (!x.ok() || !y.ok() || x->size() != y->size()) return 1e9;
-  double max = 0;
-  for (const auto& [name, t] : *x) {
-    if (!y->contains(name)) return 1e9;
-    max = std::max(max, (t - y->at(name)).abs().max().item<double>());
-  }
-  return max;
 }
 
 TEST_F(SharedBaseTest, RunsOverOneBaseHoldOneCopyUntilTheLastLetsGo) {
@@ -250,7 +232,7 @@ TEST_F(SharedBaseTest, ThreeConcurrentLoraRunsEachEqualTheirSoloRun) {
           << "run " << i << " step " << s + 1;
     }
     EXPECT_LE(
-        MaxDifference(out.path() + absl::StrCat("/solo-", i,
+        testing::MaxTensorDifference(out.path() + absl::StrCat("/solo-", i,
                                                 "/adapter_model.safetensors"),
                       out.path() + absl::StrCat("/together-", i,
                                                 "/adapter_model.safetensors")),
